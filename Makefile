@@ -1,0 +1,142 @@
+# committee — one non-recursive Makefile.
+#
+#   make               build teacher-server and student-trainer (build/bin/)
+#   make check         install missing Debian packages, build, run every Check suite
+#   make check-asan    the same suites under AddressSanitizer + UBSan (build-asan/)
+#   make valgrind      the suites under valgrind (no fork, leak check)
+#   make bench         benchmark programs (bench/), prints their tables
+#   make format        clang-format every source; make format-check fails on drift
+#   make deps          install the Debian packages listed in deploy/packages.txt
+#
+# Variables: BUILD (output dir), SANITIZE=1, WERROR=1, CC.
+
+BUILD    ?= build
+CC       ?= cc
+PKGS     := libzmq libprotobuf-c libuv openblas jansson zlib
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+WARNINGS := -Wall -Wextra -Wshadow -Wmissing-prototypes -Wno-unused-parameter
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -pthread -fno-strict-aliasing $(WARNINGS)
+ifeq ($(WERROR),1)
+CFLAGS   += -Werror
+endif
+ifeq ($(SANITIZE),1)
+CFLAGS   += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=address,undefined
+endif
+CPPFLAGS += -Icommon -I$(BUILD)/gen $(PKG_CFLAGS)
+LDLIBS   += $(PKG_LIBS) -lm
+
+GEN_DIR   := $(BUILD)/gen
+PROTO_SRC := $(wildcard proto/*.proto)
+PROTO_C   := $(patsubst proto/%.proto,$(GEN_DIR)/%.pb-c.c,$(PROTO_SRC))
+PROTO_H   := $(PROTO_C:.c=.h)
+
+COMMON_SRC  := $(wildcard common/*.c)
+TEACHER_SRC := $(wildcard teacher_server/*.c)
+TRAINER_SRC := $(wildcard student_trainer/*.c)
+TEST_SRC    := $(wildcard tests/*.c)
+TEST_SUITES := $(patsubst tests/check_%.c,%,$(filter-out tests/check_main.c,$(wildcard tests/check_*.c)))
+BENCH_SRC   := $(wildcard bench/*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+COMMON_OBJ  := $(call obj,$(COMMON_SRC)) $(patsubst $(GEN_DIR)/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
+TEACHER_OBJ := $(call obj,$(TEACHER_SRC))
+TRAINER_OBJ := $(call obj,$(TRAINER_SRC))
+TEST_OBJ    := $(call obj,$(TEST_SRC))
+BENCH_BIN   := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRC))
+
+LIB         := $(BUILD)/libcommittee.a
+TEACHER_BIN := $(BUILD)/bin/teacher-server
+TRAINER_BIN := $(BUILD)/bin/student-trainer
+CHECK_BIN   := $(BUILD)/bin/check_committee
+SUITES_H    := $(GEN_DIR)/check_suites.h
+
+.PHONY: all check check-run check-asan valgrind bench bench-run format format-check deps clean
+.DEFAULT_GOAL := all
+
+all: $(TEACHER_BIN) $(TRAINER_BIN)
+
+deps:
+	@deploy/install-deps.sh
+
+# Ordering: packages first, then the build (a recursive call, not recursion into directories).
+check: deps
+	@$(MAKE) --no-print-directory check-run
+
+check-run: $(CHECK_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
+	COMMITTEE_BIN_DIR=$(BUILD)/bin $(CHECK_BIN)
+
+check-asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=1 check-run
+
+valgrind: deps
+	@command -v valgrind >/dev/null || { echo "valgrind missing: run make deps as root"; exit 1; }
+	@$(MAKE) --no-print-directory $(CHECK_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
+	CK_FORK=no COMMITTEE_BIN_DIR=$(BUILD)/bin COMMITTEE_SLOW_TESTS=0 valgrind --error-exitcode=3 \
+	    --leak-check=full --errors-for-leak-kinds=definite,indirect --track-origins=yes \
+	    --suppressions=tests/valgrind.supp $(CHECK_BIN)
+
+bench: deps
+	@$(MAKE) --no-print-directory bench-run
+
+bench-run: $(BENCH_BIN) $(TEACHER_BIN)
+	@for program in $(BENCH_BIN); do echo "== $$program"; $$program || exit 1; done
+
+format:
+	clang-format -i $(COMMON_SRC) $(wildcard common/*.h) $(TEACHER_SRC) $(wildcard teacher_server/*.h) \
+	    $(TRAINER_SRC) $(wildcard student_trainer/*.h) $(TEST_SRC) $(wildcard tests/*.h) $(BENCH_SRC)
+
+format-check:
+	@clang-format --dry-run --Werror $(COMMON_SRC) $(wildcard common/*.h) $(TEACHER_SRC) \
+	    $(wildcard teacher_server/*.h) $(TRAINER_SRC) $(wildcard student_trainer/*.h) $(TEST_SRC) \
+	    $(wildcard tests/*.h) $(BENCH_SRC) && echo "format-check: clean"
+
+clean:
+	rm -rf build build-asan
+
+$(GEN_DIR)/%.pb-c.c $(GEN_DIR)/%.pb-c.h: proto/%.proto
+	@mkdir -p $(GEN_DIR)
+	protoc-c --proto_path=proto --c_out=$(GEN_DIR) $<
+
+$(SUITES_H): $(wildcard tests/check_*.c) Makefile
+	@mkdir -p $(GEN_DIR)
+	@printf '%s\n' $(foreach suite,$(TEST_SUITES),'CHECK_SUITE($(suite))') > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/gen/%.o: $(GEN_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(filter-out $(WARNINGS),$(CFLAGS)) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/%.o: %.c | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/obj/tests/%.o: tests/%.c $(SUITES_H) | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CHECK_CFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(COMMON_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(TEACHER_BIN): $(TEACHER_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $(CFLAGS) $^ $(LDLIBS) -o $@
+
+$(TRAINER_BIN): $(TRAINER_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $(CFLAGS) $^ $(LDLIBS) -o $@
+
+$(CHECK_BIN): $(TEST_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $(CFLAGS) $^ $(CHECK_LIBS) $(LDLIBS) -o $@
+
+$(BUILD)/bin/%: $(BUILD)/obj/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $(CFLAGS) $^ $(LDLIBS) -o $@
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,2 @@
+#include <stdio.h>
+int main(void) { puts("teacher-server"); return 0; }
