@@ -1,0 +1,91 @@
+/*
+ * cm_layers: forward/backward kernels of the neural-network core.
+ *
+ * Conventions (after llm.c):
+ *  - every buffer is a flat row-major float32 array; the comment of each
+ *    kernel gives every buffer's shape;
+ *  - arguments: outputs first, then inputs, then sizes;
+ *  - backward kernels ADD into every gradient buffer (d_in, d_weight, ...);
+ *    the caller zeroes them.  A gradient pointer may be NULL when that
+ *    gradient is not needed (e.g. d_in of the first layer);
+ *  - kernels are pure: no allocation, no logging, no failure.  Shapes are
+ *    validated once, when a model is built.  Scratch memory is passed in.
+ *  - dense weights use PyTorch's layout [out_dim][in_dim], so checkpoints
+ *    interoperate with torch.nn.Linear.
+ */
+#ifndef CM_LAYERS_H
+#define CM_LAYERS_H
+
+#include <stdint.h>
+
+/* out[rows][out_dim] = in[rows][in_dim] · weight[out_dim][in_dim]^T + bias[out_dim]
+ * (bias may be NULL). */
+void cm_layers_dense_forward(float *out, const float *in, const float *weight, const float *bias,
+                             int rows, int in_dim, int out_dim);
+/* d_in[rows][in_dim] += d_out · weight; d_weight[out_dim][in_dim] += d_out^T · in;
+ * d_bias[out_dim] += column sums of d_out.  Any of d_in, d_weight, d_bias may be NULL. */
+void cm_layers_dense_backward(float *d_in, float *d_weight, float *d_bias, const float *d_out,
+                              const float *in, const float *weight, int rows, int in_dim,
+                              int out_dim);
+
+/* out[count] = max(in, 0).  out may equal in. */
+void cm_layers_relu_forward(float *out, const float *in, int count);
+/* d_in[count] += d_out * (in > 0); `in` is the pre-activation. */
+void cm_layers_relu_backward(float *d_in, const float *d_out, const float *in, int count);
+
+/* out[count] = GELU(in), tanh approximation (as GPT-2 / PyTorch approximate="tanh"). */
+void cm_layers_gelu_forward(float *out, const float *in, int count);
+/* d_in[count] += d_out * GELU'(in); `in` is the pre-activation. */
+void cm_layers_gelu_backward(float *d_in, const float *d_out, const float *in, int count);
+
+/* Layer norm over the last dimension, eps = 1e-5:
+ * out[rows][dim] = (in - mean) * rstd * gamma[dim] + beta[dim];
+ * saves mean[rows] and rstd[rows] for the backward pass. */
+void cm_layers_layernorm_forward(float *out, float *mean, float *rstd, const float *in,
+                                 const float *gamma, const float *beta, int rows, int dim);
+/* d_in[rows][dim], d_gamma[dim], d_beta[dim] += gradients. */
+void cm_layers_layernorm_backward(float *d_in, float *d_gamma, float *d_beta, const float *d_out,
+                                  const float *in, const float *gamma, const float *mean,
+                                  const float *rstd, int rows, int dim);
+
+/* out[count][dim] = table[ids[i]][dim]; ids are in [0, vocab) (checked by the caller). */
+void cm_layers_embedding_forward(float *out, const int32_t *ids, const float *table, int count,
+                                 int dim);
+/* d_table[vocab][dim] += scattered d_out[count][dim]. */
+void cm_layers_embedding_backward(float *d_table, const float *d_out, const int32_t *ids,
+                                  int count, int dim);
+
+/* Non-causal multi-head self-attention core (the projections are dense layers around it).
+ * qkv[batch][tokens][3*dim] holds Q, K, V side by side, each split into `heads` heads of
+ * dim/heads.  out[batch][tokens][dim] = concat_h softmax(Q_h K_h^T / sqrt(dim/heads)) V_h;
+ * att[batch][heads][tokens][tokens] saves the attention probabilities. */
+void cm_layers_attention_forward(float *out, float *att, const float *qkv, int batch, int tokens,
+                                 int dim, int heads);
+/* d_qkv[batch][tokens][3*dim] += gradient; scratch holds tokens*tokens floats. */
+void cm_layers_attention_backward(float *d_qkv, float *scratch, const float *d_out,
+                                  const float *qkv, const float *att, int batch, int tokens,
+                                  int dim, int heads);
+
+/* Patch embedding of single-channel images[batch][height][width] into tokens:
+ * patches[batch][num_patches][patch*patch] (saved for backward) are the non-overlapping
+ * patch x patch squares in row-major order, num_patches = (height/patch)*(width/patch);
+ * out[batch][1 + num_patches][dim]: row 0 is cls[dim] + pos[0], row 1 + p is
+ * patches[p] · weight[dim][patch*patch]^T + bias[dim] + pos[1 + p]. */
+void cm_layers_patch_embed_forward(float *out, float *patches, const float *images,
+                                   const float *weight, const float *bias, const float *cls,
+                                   const float *pos, int batch, int height, int width, int patch,
+                                   int dim);
+/* d_weight, d_bias, d_cls[dim], d_pos[1 + num_patches][dim] += gradients (images get none). */
+void cm_layers_patch_embed_backward(float *d_weight, float *d_bias, float *d_cls, float *d_pos,
+                                    const float *d_out, const float *patches, int batch,
+                                    int num_patches, int patch, int dim);
+
+/* out[batch][dim] = mean over tokens of in[batch][tokens][dim]. */
+void cm_layers_mean_pool_forward(float *out, const float *in, int batch, int tokens, int dim);
+/* d_in[batch][tokens][dim] += d_out[batch][dim] / tokens. */
+void cm_layers_mean_pool_backward(float *d_in, const float *d_out, int batch, int tokens, int dim);
+
+/* out[count] = a[count] + b[count] (residual connections); out may alias a or b. */
+void cm_layers_add_forward(float *out, const float *a, const float *b, int count);
+
+#endif
