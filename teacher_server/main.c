@@ -1,2 +1,38 @@
+/*
+ * teacher-server: trains teacher checkpoints (`fit`) and, later, serves a
+ * frozen teacher to student trainers over ZeroMQ (`serve`, `query`).
+ * Exit codes: 0 success, 1 runtime failure, 2 usage error.
+ */
+#include "teacher_fit.h"
+
 #include <stdio.h>
-int main(void) { puts("teacher-server"); return 0; }
+#include <string.h>
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: teacher-server COMMAND [options]\n"
+            "\n"
+            "Trains and serves the frozen teachers of a committee.\n"
+            "\n"
+            "commands:\n"
+            "  fit      train a teacher checkpoint on a dataset view\n"
+            "\n"
+            "Run 'teacher-server COMMAND --help' for the options of a command.\n"
+            "Every option can also be set from the environment as COMMITTEE_<OPTION>\n"
+            "(upper case, '-' as '_'), e.g. COMMITTEE_EPOCHS=5.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *command = argv[1];
+    if (strcmp(command, "--help") == 0 || strcmp(command, "-h") == 0 || strcmp(command, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(command, "fit") == 0) return teacher_fit_main(argc, argv, 2);
+    fprintf(stderr, "teacher-server: unknown command '%s' (try --help)\n", command);
+    return 2;
+}

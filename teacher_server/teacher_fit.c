@@ -1,0 +1,270 @@
+/*
+ * teacher_fit: `teacher-server fit` trains a model from scratch on one view
+ * of a dataset and writes a safetensors checkpoint that names its model
+ * spec, view, dataset and dataset fingerprint, so `teacher-server serve`
+ * and the trainer can check what they are given.
+ *
+ * Training is plain minibatch AdamW on cross-entropy with a seeded shuffle
+ * per epoch; the learning rate warms up linearly and then follows a cosine
+ * down to 10% (or stays constant with --schedule constant).  Everything is
+ * determined by --seed: the same command gives the same checkpoint.
+ */
+#include "teacher_fit.h"
+
+#include "cm_alloc.h"
+#include "cm_blas.h"
+#include "cm_cli.h"
+#include "cm_dataset.h"
+#include "cm_log.h"
+#include "cm_loss.h"
+#include "cm_model.h"
+#include "cm_progress.h"
+#include "cm_rng.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *data;
+    const char *data_dir;
+    const char *view;
+    const char *model;
+    const char *out;
+    const char *schedule;
+    const char *log_level;
+    int epochs;
+    int batch;
+    float lr;
+    float weight_decay;
+    long seed;
+    int threads;
+    int max_train;
+    int max_test;
+} fit_options_t;
+
+static float learning_rate_at(const fit_options_t *options, long step, long total_steps) {
+    if (strcmp(options->schedule, "constant") == 0) return options->lr;
+    long warmup = total_steps / 20 < 200 ? total_steps / 20 : 200;
+    if (step < warmup) return options->lr * (float)(step + 1) / (float)warmup;
+    double progress = (double)(step - warmup) / (double)(total_steps - warmup > 0 ? total_steps - warmup : 1);
+    double cosine = 0.5 * (1.0 + cos(3.14159265358979 * progress));
+    return options->lr * (float)(0.1 + 0.9 * cosine);
+}
+
+/* Checks that the model consumes exactly what the view produces. */
+static cm_status_t check_model_fits_view(const cm_model_spec_t *spec, const cm_dataset_t *dataset,
+                                         const char *spec_text) {
+    if (spec->classes != dataset->classes)
+        return cm_fail(CM_ERR_SHAPE, "model '%s' has %d classes but %s has %d", spec_text,
+                       spec->classes, dataset->name, dataset->classes);
+    if (spec->kind == CM_MODEL_VIT &&
+        (spec->image_height != dataset->height || spec->image_width != dataset->width))
+        return cm_fail(CM_ERR_SHAPE, "model '%s' expects %dx%d images but view '%s' gives %dx%d",
+                       spec_text, spec->image_height, spec->image_width, dataset->view,
+                       dataset->height, dataset->width);
+    if (cm_model_spec_inputs(spec) != dataset->features)
+        return cm_fail(CM_ERR_SHAPE,
+                       "model '%s' expects %d input features but view '%s' gives %d (%dx%d)",
+                       spec_text, cm_model_spec_inputs(spec), dataset->view, dataset->features,
+                       dataset->height, dataset->width);
+    return CM_OK;
+}
+
+static cm_status_t fit(const fit_options_t *options) {
+    cm_model_spec_t spec;
+    cm_status_t status = cm_model_spec_parse(options->model, &spec);
+    if (status != CM_OK) return status;
+    cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
+    cm_dataset_t *dataset = NULL;
+    cm_model_t *model = NULL;
+    float *moment1 = NULL, *moment2 = NULL, *batch_inputs = NULL, *probs = NULL, *d_logits = NULL;
+    int32_t *order = NULL, *batch_labels = NULL;
+
+    status = cm_dataset_load(&dataset, options->data, options->view, &data_options);
+    if (status != CM_OK) goto done;
+    status = check_model_fits_view(&spec, dataset, options->model);
+    if (status != CM_OK) goto done;
+    status = cm_model_new(&spec, options->batch, &model);
+    if (status != CM_OK) goto done;
+    cm_model_init(model, (uint64_t)options->seed);
+
+    const cm_split_data_t *train = &dataset->splits[CM_SPLIT_TRAIN];
+    const cm_split_data_t *test = &dataset->splits[CM_SPLIT_TEST];
+    int features = dataset->features, classes = spec.classes;
+    size_t param_count = cm_model_param_count(model);
+    moment1 = cm_alloc_floats(param_count);
+    moment2 = cm_alloc_floats(param_count);
+    batch_inputs = cm_alloc_floats((size_t)options->batch * (size_t)features);
+    probs = cm_alloc_floats((size_t)options->batch * (size_t)classes);
+    d_logits = cm_alloc_floats((size_t)options->batch * (size_t)classes);
+    order = malloc(sizeof *order * (size_t)train->count);
+    batch_labels = malloc(sizeof *batch_labels * (size_t)options->batch);
+    if (!moment1 || !moment2 || !batch_inputs || !probs || !d_logits || !order || !batch_labels) {
+        status = cm_fail(CM_ERR_NOMEM, "out of memory allocating training buffers");
+        goto done;
+    }
+    char spec_text[CM_MODEL_SPEC_MAX];
+    cm_model_spec_format(&spec, spec_text, sizeof spec_text);
+    cm_log_info("fit %s on %s/%s: %d train, %d test examples, %zu parameters, batch %d, "
+                "%d epochs, lr %g, seed %ld, %d BLAS thread(s)",
+                spec_text, dataset->name, dataset->view, train->count, test->count, param_count,
+                options->batch, options->epochs, (double)options->lr, options->seed,
+                cm_blas_threads());
+
+    cm_adamw_config_t adamw = cm_adamw_defaults();
+    adamw.weight_decay = options->weight_decay;
+    cm_rng_t rng;
+    cm_rng_seed(&rng, (uint64_t)options->seed ^ 0x5eedf17ull);
+    for (int index = 0; index < train->count; index++) order[index] = index;
+    long batches_per_epoch = (train->count + options->batch - 1) / options->batch;
+    long total_steps = batches_per_epoch * options->epochs, step = 0;
+    double test_accuracy = 0.0, test_loss = 0.0, train_seconds = 0.0;
+
+    for (int epoch = 1; epoch <= options->epochs; epoch++) {
+        cm_rng_shuffle(&rng, order, (size_t)train->count);
+        char label[64];
+        snprintf(label, sizeof label, "epoch %d/%d", epoch, options->epochs);
+        cm_progress_t progress;
+        cm_progress_start(&progress, label, train->count);
+        double epoch_start = cm_progress_now(), loss_sum = 0.0;
+        long labelled_total = 0;
+        for (int start = 0; start < train->count; start += options->batch) {
+            int batch = train->count - start < options->batch ? train->count - start : options->batch;
+            for (int row = 0; row < batch; row++) {
+                int id = order[start + row];
+                memcpy(batch_inputs + (size_t)row * (size_t)features,
+                       train->inputs + (size_t)id * (size_t)features, sizeof(float) * (size_t)features);
+                batch_labels[row] = train->labels[id];
+            }
+            cm_model_zero_grads(model);
+            const float *logits = cm_model_forward(model, batch_inputs, batch);
+            int labelled = 0;
+            loss_sum += cm_loss_cross_entropy_forward(probs, logits, batch_labels, batch, classes,
+                                                      &labelled);
+            labelled_total += labelled;
+            memset(d_logits, 0, sizeof(float) * (size_t)batch * (size_t)classes);
+            cm_loss_cross_entropy_backward(d_logits, probs, batch_labels, batch, classes,
+                                           1.0f / (float)(labelled ? labelled : 1));
+            cm_model_backward(model, d_logits, NULL, batch);
+            adamw.learning_rate = learning_rate_at(options, step, total_steps);
+            cm_model_adamw_step(model, moment1, moment2, &adamw, ++step);
+            char loss_text[48];
+            snprintf(loss_text, sizeof loss_text, "loss %.4f",
+                     loss_sum / (double)(labelled_total ? labelled_total : 1));
+            cm_progress_update(&progress, start + batch, loss_text);
+        }
+        cm_progress_finish(&progress);
+        double epoch_seconds = cm_progress_now() - epoch_start;
+        train_seconds += epoch_seconds;
+        cm_model_evaluate(model, test->inputs, test->labels, test->count, &test_accuracy, &test_loss);
+        double train_loss = loss_sum / (double)(labelled_total ? labelled_total : 1);
+        if (!isfinite(train_loss)) {
+            status = cm_fail(CM_ERR_INTERNAL,
+                             "training diverged in epoch %d (loss is not finite); lower --lr", epoch);
+            goto done;
+        }
+        cm_log_info("epoch %d/%d  train loss %.4f  test acc %.4f  test loss %.4f  "
+                    "%.0f examples/s  %.1f s",
+                    epoch, options->epochs, train_loss, test_accuracy, test_loss,
+                    (double)train->count / epoch_seconds, epoch_seconds);
+    }
+
+    char epochs_text[16], seed_text[24], accuracy_text[32], examples_text[24], seconds_text[32];
+    snprintf(epochs_text, sizeof epochs_text, "%d", options->epochs);
+    snprintf(seed_text, sizeof seed_text, "%ld", options->seed);
+    snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_accuracy);
+    snprintf(examples_text, sizeof examples_text, "%d", train->count);
+    snprintf(seconds_text, sizeof seconds_text, "%.1f", train_seconds);
+    const char *metadata[] = {"view",          dataset->view,     "dataset",    dataset->name,
+                              "fingerprint",   dataset->fingerprint, "epochs",  epochs_text,
+                              "seed",          seed_text,         "test_accuracy", accuracy_text,
+                              "train_examples", examples_text,    "train_seconds", seconds_text,
+                              "format",        "committee-checkpoint-1"};
+    status = cm_model_save(model, options->out, metadata, (int)(sizeof metadata / sizeof metadata[0]) / 2);
+    if (status != CM_OK) goto done;
+    cm_log_info("wrote %s (test accuracy %.4f, %.1f s training)", options->out, test_accuracy,
+                train_seconds);
+    printf("test_accuracy=%.4f checkpoint=%s\n", test_accuracy, options->out);
+
+done:
+    cm_free_aligned(moment1);
+    cm_free_aligned(moment2);
+    cm_free_aligned(batch_inputs);
+    cm_free_aligned(probs);
+    cm_free_aligned(d_logits);
+    free(order);
+    free(batch_labels);
+    cm_model_free(&model);
+    cm_dataset_free(&dataset);
+    return status;
+}
+
+int teacher_fit_main(int argc, char **argv, int first) {
+    fit_options_t options = {
+        .data = "fashion-mnist", .data_dir = NULL, .view = "full", .model = NULL, .out = NULL,
+        .schedule = "cosine", .log_level = "info", .epochs = 10, .batch = 128, .lr = 1e-3f,
+        .weight_decay = 0.01f, .seed = 1, .threads = 1, .max_train = 0, .max_test = 0,
+    };
+    const cm_cli_option_t table[] = {
+        {"data", CM_CLI_STRING, &options.data, "NAME", "dataset (fashion-mnist)", 0},
+        {"data-dir", CM_CLI_STRING, &options.data_dir, "DIR",
+         "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
+        {"view", CM_CLI_STRING, &options.view, "VIEW", "input view: full, pool14, pool7", 0},
+        {"model", CM_CLI_STRING, &options.model, "SPEC",
+         "model spec, e.g. mlp:784-256-256-10 or vit:image=28x28,patch=7,dim=64,depth=2,heads=4",
+         1},
+        {"epochs", CM_CLI_INT, &options.epochs, "N", "passes over the training split", 0},
+        {"batch", CM_CLI_INT, &options.batch, "B", "examples per optimizer step", 0},
+        {"lr", CM_CLI_FLOAT, &options.lr, "X", "peak AdamW learning rate", 0},
+        {"weight-decay", CM_CLI_FLOAT, &options.weight_decay, "X", "AdamW decoupled weight decay", 0},
+        {"schedule", CM_CLI_STRING, &options.schedule, "NAME",
+         "learning rate schedule: cosine (warm-up, cosine to 10%) or constant", 0},
+        {"seed", CM_CLI_LONG, &options.seed, "S", "seed for initialization and shuffling", 0},
+        {"threads", CM_CLI_INT, &options.threads, "N", "OpenBLAS threads", 0},
+        {"max-train", CM_CLI_INT, &options.max_train, "N",
+         "use only the first N training examples (0: all)", 0},
+        {"max-test", CM_CLI_INT, &options.max_test, "N",
+         "use only the first N test examples (0: all)", 0},
+        {"out", CM_CLI_STRING, &options.out, "FILE", "checkpoint to write (.safetensors)", 1},
+        {"log-level", CM_CLI_STRING, &options.log_level, "LEVEL", "debug, info, warn or error", 0},
+    };
+    const int count = (int)(sizeof table / sizeof table[0]);
+    const char *usage = "teacher-server fit --model SPEC --out FILE [options]";
+    const char *description =
+        "Trains a teacher (or any model) on one view of a dataset with AdamW and writes a\n"
+        "safetensors checkpoint naming its model spec, view and dataset fingerprint.\n"
+        "Prints per-epoch train loss, test accuracy and examples/s on stderr.";
+    int help = 0;
+    cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
+    if (help) {
+        cm_cli_usage(stdout, usage, description, table, count);
+        return 0;
+    }
+    int level = cm_log_level_parse(options.log_level);
+    if (status == CM_OK && level < 0)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--log-level must be debug, info, warn or error");
+    if (status == CM_OK && (options.epochs < 1 || options.batch < 1 || options.threads < 1))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--epochs, --batch and --threads must be at least 1");
+    if (status == CM_OK && !(options.lr > 0.0f))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--lr must be positive");
+    if (status == CM_OK && options.weight_decay < 0.0f)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--weight-decay must not be negative");
+    if (status == CM_OK && (options.max_train < 0 || options.max_test < 0))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--max-train and --max-test must not be negative");
+    if (status == CM_OK && strcmp(options.schedule, "cosine") && strcmp(options.schedule, "constant"))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--schedule must be cosine or constant");
+    if (status != CM_OK) {
+        fprintf(stderr, "teacher-server fit: %s\n", cm_last_error());
+        return 2;
+    }
+    cm_log_init("teacher-server", (cm_log_level_t)level);
+    cm_blas_set_threads(options.threads);
+    status = fit(&options);
+    if (status != CM_OK) {
+        cm_log_error("fit failed: %s", cm_last_error());
+        return 1;
+    }
+    return 0;
+}
