@@ -1,0 +1,29 @@
+/*
+ * test_util: helpers for tests that drive the real binaries: where they
+ * are, running a shell command with its output captured, temp dirs.
+ */
+#ifndef TEST_UTIL_H
+#define TEST_UTIL_H
+
+#include <stddef.h>
+
+/* Path of a built binary ("teacher-server") in $COMMITTEE_BIN_DIR (default build/bin). */
+const char *test_util_bin(const char *name);
+
+/*
+ * Runs `command` with /bin/sh, stdout and stderr captured together into
+ * output[size] (truncated, NUL-terminated).  Returns the exit status, or -1
+ * if the command could not be run or was killed by a signal.
+ */
+int test_util_run(const char *command, char *output, size_t size);
+
+/* Creates a fresh temp directory and returns its path (static storage per call site copy). */
+void test_util_temp_dir(char *path, size_t size);
+
+/* Removes a directory tree (rm -rf). */
+void test_util_remove_tree(const char *path);
+
+/* 1 when the real Fashion-MNIST files are installed. */
+int test_util_have_fashion_mnist(void);
+
+#endif
