@@ -1,0 +1,665 @@
+/*
+ * cm_dataset: Fashion-MNIST loading against small gzip IDX files written at
+ * test time into a mkdtemp directory (20 training and 10 test images of
+ * seeded random pixels, plus a ramp, an all-white and an all-black image
+ * whose pooled values are worked out by hand).  Covers the three views
+ * (shapes and every value against an independent computation), labels and id
+ * order, subsets, the data directory rules, the fingerprint (its exact
+ * definition, equal across views, different when a file or the subset
+ * changes), and every error a broken file can cause, each checked by status
+ * code and by the sentence naming the file and the problem.  If Debian's
+ * dataset-fashion-mnist is installed, the real "pool7" view is loaded too.
+ */
+#include "cm_dataset.h"
+#include "cm_rng.h"
+#include "cm_sha256.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zlib.h>
+
+enum {
+    SIDE = 28,
+    PIXELS = SIDE * SIDE,
+    TRAIN_COUNT = 20,
+    TEST_COUNT = 10,
+    TRAIN_IMAGE_SEED = 11,
+    TEST_IMAGE_SEED = 12,
+};
+
+#define TRAIN_IMAGES "train-images-idx3-ubyte.gz"
+#define TRAIN_LABELS "train-labels-idx1-ubyte.gz"
+#define TEST_IMAGES  "t10k-images-idx3-ubyte.gz"
+#define TEST_LABELS  "t10k-labels-idx1-ubyte.gz"
+#define DEBIAN_DIR   "/usr/share/datasets/fashion-mnist"
+
+static const char *const source_files[] = {TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS};
+
+static const double pixel_mean = 0.2860, pixel_std = 0.3530;
+
+/* ---- Writing test files ---- */
+
+/*
+ * The pixels of a split: seeded random bytes, except that the training split
+ * starts with a ramp (pixel = row * 28 + col, capped at 255), an all-white
+ * and an all-black image.
+ */
+static uint8_t *make_pixels(int count, uint64_t seed, bool special_images) {
+    uint8_t *pixels = malloc((size_t)count * PIXELS);
+    ck_assert_ptr_nonnull(pixels);
+    cm_rng_t rng;
+    cm_rng_seed(&rng, seed);
+    for (int i = 0; i < count * PIXELS; i++) pixels[i] = (uint8_t)cm_rng_u32(&rng);
+    if (special_images) {
+        for (int i = 0; i < PIXELS; i++) pixels[i] = (uint8_t)(i < 255 ? i : 255);
+        memset(pixels + PIXELS, 255, PIXELS);
+        memset(pixels + 2 * PIXELS, 0, PIXELS);
+    }
+    return pixels;
+}
+
+/* Labels in a pattern that is not the identity, so id order shows. */
+static uint8_t expected_label(int id) { return (uint8_t)((id * 7 + 3) % 10); }
+
+static void store_big_endian(uint8_t *bytes, uint32_t word) {
+    bytes[0] = (uint8_t)(word >> 24);
+    bytes[1] = (uint8_t)(word >> 16);
+    bytes[2] = (uint8_t)(word >> 8);
+    bytes[3] = (uint8_t)word;
+}
+
+static void join_path(char *path, size_t size, const char *directory, const char *file) {
+    int length = snprintf(path, size, "%s/%s", directory, file);
+    ck_assert(length > 0 && (size_t)length < size);
+}
+
+/* Writes an IDX file (header from magic and dims, then body), gzip-compressed or not. */
+static void write_idx(const char *directory, const char *file, uint32_t magic, const uint32_t *dims,
+                      int dim_count, const uint8_t *body, size_t body_size, bool compress) {
+    char path[512];
+    join_path(path, sizeof path, directory, file);
+    uint8_t header[16];
+    store_big_endian(header, magic);
+    for (int d = 0; d < dim_count; d++) store_big_endian(header + 4 + 4 * d, dims[d]);
+    size_t header_size = 4 + 4 * (size_t)dim_count;
+    if (compress) {
+        gzFile gz = gzopen(path, "wb");
+        ck_assert_ptr_nonnull(gz);
+        ck_assert_int_eq(gzwrite(gz, header, (unsigned)header_size), (int)header_size);
+        if (body_size > 0) ck_assert_int_eq(gzwrite(gz, body, (unsigned)body_size), (int)body_size);
+        ck_assert_int_eq(gzclose(gz), Z_OK);
+    } else {
+        FILE *plain = fopen(path, "wb");
+        ck_assert_ptr_nonnull(plain);
+        ck_assert_uint_eq(fwrite(header, 1, header_size, plain), header_size);
+        ck_assert_uint_eq(fwrite(body, 1, body_size, plain), body_size);
+        ck_assert_int_eq(fclose(plain), 0);
+    }
+}
+
+/* Images file with `count` images of rows x cols taken from `pixels`. */
+static void write_images(const char *directory, const char *file, uint32_t magic, int count,
+                         uint32_t rows, uint32_t cols, const uint8_t *pixels, bool compress) {
+    uint32_t dims[3] = {(uint32_t)count, rows, cols};
+    write_idx(directory, file, magic, dims, 3, pixels, (size_t)count * rows * cols, compress);
+}
+
+/* Labels file of `count` labels in the expected pattern, with `bad_label` at id 5 if >= 0. */
+static void write_labels(const char *directory, const char *file, int count, int bad_label,
+                         bool compress) {
+    uint8_t labels[64];
+    ck_assert_int_le(count, (int)sizeof labels);
+    for (int id = 0; id < count; id++) labels[id] = expected_label(id);
+    if (bad_label >= 0) labels[5] = (uint8_t)bad_label;
+    uint32_t dims[1] = {(uint32_t)count};
+    write_idx(directory, file, 0x00000801, dims, 1, labels, (size_t)count, compress);
+}
+
+/* A directory holding four valid files: 20 training and 10 test examples. */
+typedef struct {
+    char directory[64];
+    uint8_t *train_pixels; /* [TRAIN_COUNT][28][28] */
+    uint8_t *test_pixels;  /* [TEST_COUNT][28][28] */
+} fixture_t;
+
+static void fixture_setup(fixture_t *fixture) {
+    snprintf(fixture->directory, sizeof fixture->directory, "/tmp/check_dataset.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(fixture->directory));
+    fixture->train_pixels = make_pixels(TRAIN_COUNT, TRAIN_IMAGE_SEED, true);
+    fixture->test_pixels = make_pixels(TEST_COUNT, TEST_IMAGE_SEED, false);
+    write_images(fixture->directory, TRAIN_IMAGES, 0x00000803, TRAIN_COUNT, SIDE, SIDE,
+                 fixture->train_pixels, true);
+    write_labels(fixture->directory, TRAIN_LABELS, TRAIN_COUNT, -1, true);
+    write_images(fixture->directory, TEST_IMAGES, 0x00000803, TEST_COUNT, SIDE, SIDE,
+                 fixture->test_pixels, true);
+    write_labels(fixture->directory, TEST_LABELS, TEST_COUNT, -1, true);
+}
+
+static void fixture_teardown(fixture_t *fixture) {
+    for (size_t i = 0; i < sizeof source_files / sizeof source_files[0]; i++) {
+        char path[512];
+        join_path(path, sizeof path, fixture->directory, source_files[i]);
+        unlink(path);
+    }
+    ck_assert_int_eq(rmdir(fixture->directory), 0);
+    free(fixture->train_pixels);
+    free(fixture->test_pixels);
+}
+
+static cm_status_t load_from(fixture_t *fixture, const char *view, int max_train, int max_test,
+                             cm_dataset_t **dataset) {
+    cm_dataset_options_t options = {
+        .directory = fixture->directory, .max_train = max_train, .max_test = max_test};
+    return cm_dataset_load(dataset, "fashion-mnist", view, &options);
+}
+
+/* Loading must fail with `expected`, a NULL dataset, and a sentence holding both fragments. */
+static void assert_load_fails(fixture_t *fixture, const char *view, int max_train,
+                              cm_status_t expected, const char *fragment, const char *fragment2) {
+    static cm_dataset_t sentinel; /* the load must overwrite the pointer with NULL */
+    cm_dataset_t *dataset = &sentinel;
+    cm_clear_error();
+    cm_status_t status = load_from(fixture, view, max_train, 0, &dataset);
+    const char *error = cm_last_error();
+    ck_assert_msg(status == expected, "status %s, want %s (%s)", cm_status_name(status),
+                  cm_status_name(expected), error);
+    ck_assert_ptr_null(dataset);
+    ck_assert_msg(strstr(error, fragment) != NULL, "error \"%s\" lacks \"%s\"", error, fragment);
+    if (fragment2)
+        ck_assert_msg(strstr(error, fragment2) != NULL, "error \"%s\" lacks \"%s\"", error,
+                      fragment2);
+}
+
+/* ---- Views, values, labels, ids ---- */
+
+/* The normalized average of a pool x pool block, computed independently of the loader. */
+static double expected_feature(const uint8_t *image, int pool, int row, int col) {
+    double sum = 0;
+    for (int y = row * pool; y < (row + 1) * pool; y++)
+        for (int x = col * pool; x < (col + 1) * pool; x++) sum += image[y * SIDE + x] / 255.0;
+    return (sum / (pool * pool) - pixel_mean) / pixel_std;
+}
+
+static void check_split_values(const cm_split_data_t *split, const uint8_t *pixels, int count,
+                               int pool) {
+    int side = SIDE / pool, features = side * side;
+    ck_assert_int_eq(split->count, count);
+    for (int id = 0; id < count; id++) {
+        ck_assert_int_eq(split->labels[id], expected_label(id));
+        for (int row = 0; row < side; row++)
+            for (int col = 0; col < side; col++) {
+                double want = expected_feature(pixels + (size_t)id * PIXELS, pool, row, col);
+                float got = split->inputs[(size_t)id * features + row * side + col];
+                ck_assert_msg(fabs(got - want) < 1e-5, "pool %d id %d (%d,%d): %g, want %g", pool,
+                              id, row, col, got, want);
+            }
+    }
+}
+
+START_TEST(test_all_views_shapes_values_labels) {
+    static const struct {
+        const char *view;
+        int pool;
+    } views[] = {{"full", 1}, {"pool14", 2}, {"pool7", 4}};
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    for (size_t v = 0; v < sizeof views / sizeof views[0]; v++) {
+        cm_dataset_t *dataset = NULL;
+        ck_assert_int_eq(load_from(&fixture, views[v].view, 0, 0, &dataset), CM_OK);
+        int side = SIDE / views[v].pool;
+        ck_assert_str_eq(dataset->name, "fashion-mnist");
+        ck_assert_str_eq(dataset->view, views[v].view);
+        ck_assert_int_eq(dataset->classes, 10);
+        ck_assert_int_eq(dataset->height, side);
+        ck_assert_int_eq(dataset->width, side);
+        ck_assert_int_eq(dataset->features, side * side);
+        check_split_values(&dataset->splits[CM_SPLIT_TRAIN], fixture.train_pixels, TRAIN_COUNT,
+                           views[v].pool);
+        check_split_values(&dataset->splits[CM_SPLIT_TEST], fixture.test_pixels, TEST_COUNT,
+                           views[v].pool);
+        cm_dataset_free(&dataset);
+        ck_assert_ptr_null(dataset);
+    }
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+/*
+ * Values worked out by hand.  The ramp's top-left 4x4 block holds
+ * 28r + c for r, c in 0..3: sum 4*28*6 + 4*6 = 696, average 43.5, so the
+ * feature is (43.5/255 - 0.2860) / 0.3530 = -0.326946...  White is
+ * (1 - 0.2860) / 0.3530 = 2.022663, black -0.2860 / 0.3530 = -0.810198.
+ */
+START_TEST(test_pool7_hand_computed) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    cm_dataset_t *dataset = NULL;
+    ck_assert_int_eq(load_from(&fixture, "pool7", 0, 0, &dataset), CM_OK);
+    const float *ramp = dataset->splits[CM_SPLIT_TRAIN].inputs;
+    const float *white = ramp + 49, *black = ramp + 2 * 49;
+    ck_assert_float_eq_tol(ramp[0], -0.326946f, 1e-5f);
+    /* Block (0,1): 28r + c for c in 4..7: sum 672 + 4*22 = 760, average 47.5. */
+    ck_assert_float_eq_tol(ramp[1], (float)((47.5 / 255 - 0.2860) / 0.3530), 1e-6f);
+    for (int feature = 0; feature < 49; feature++) {
+        ck_assert_float_eq_tol(white[feature], 2.022663f, 1e-5f);
+        ck_assert_float_eq_tol(black[feature], -0.810198f, 1e-5f);
+    }
+    cm_dataset_free(&dataset);
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_subset_is_prefix) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    cm_dataset_t *whole = NULL, *subset = NULL;
+    ck_assert_int_eq(load_from(&fixture, "pool14", 0, 0, &whole), CM_OK);
+    ck_assert_int_eq(load_from(&fixture, "pool14", 7, 3, &subset), CM_OK);
+    ck_assert_int_eq(subset->splits[CM_SPLIT_TRAIN].count, 7);
+    ck_assert_int_eq(subset->splits[CM_SPLIT_TEST].count, 3);
+    for (int split = 0; split < CM_SPLIT_COUNT; split++) {
+        const cm_split_data_t *part = &subset->splits[split], *all = &whole->splits[split];
+        ck_assert_mem_eq(part->inputs, all->inputs, sizeof(float) * (size_t)(part->count * 196));
+        ck_assert_mem_eq(part->labels, all->labels, sizeof(int32_t) * (size_t)part->count);
+    }
+    cm_dataset_free(&whole);
+    cm_dataset_free(&subset);
+    cm_dataset_free(&subset); /* NULL-safe, twice */
+    cm_dataset_free(NULL);
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_directory_rules) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    cm_dataset_t *dataset = NULL;
+
+    /* No options: the environment variable names the directory. */
+    ck_assert_int_eq(setenv("COMMITTEE_DATA_DIR", fixture.directory, 1), 0);
+    ck_assert_int_eq(cm_dataset_load(&dataset, "fashion-mnist", "pool7", NULL), CM_OK);
+    ck_assert_int_eq(dataset->splits[CM_SPLIT_TRAIN].count, TRAIN_COUNT);
+    cm_dataset_free(&dataset);
+
+    /* The option wins over the environment. */
+    ck_assert_int_eq(setenv("COMMITTEE_DATA_DIR", "/nonexistent/committee", 1), 0);
+    ck_assert_int_eq(load_from(&fixture, "pool7", 0, 0, &dataset), CM_OK);
+    cm_dataset_free(&dataset);
+    ck_assert_int_eq(cm_dataset_load(&dataset, "fashion-mnist", "pool7", NULL), CM_ERR_NOT_FOUND);
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "/nonexistent/committee/" TRAIN_IMAGES));
+    ck_assert_int_eq(unsetenv("COMMITTEE_DATA_DIR"), 0);
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+/* ---- Fingerprint ---- */
+
+static void fingerprint_of(fixture_t *fixture, const char *view, int max_train, int max_test,
+                           char fingerprint[65]) {
+    cm_dataset_t *dataset = NULL;
+    ck_assert_int_eq(load_from(fixture, view, max_train, max_test, &dataset), CM_OK);
+    memcpy(fingerprint, dataset->fingerprint, 65);
+    cm_dataset_free(&dataset);
+}
+
+START_TEST(test_fingerprint_definition) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    /* SHA-256 over the four raw files in a fixed order, then the split definition. */
+    cm_sha256_t hash;
+    cm_sha256_init(&hash);
+    for (size_t i = 0; i < sizeof source_files / sizeof source_files[0]; i++) {
+        char path[512];
+        join_path(path, sizeof path, fixture.directory, source_files[i]);
+        FILE *file = fopen(path, "rb");
+        ck_assert_ptr_nonnull(file);
+        uint8_t buffer[4096];
+        size_t got;
+        while ((got = fread(buffer, 1, sizeof buffer, file)) > 0)
+            cm_sha256_update(&hash, buffer, got);
+        fclose(file);
+    }
+    static const char definition[] = "fashion-mnist;train=20;test=10";
+    cm_sha256_update(&hash, definition, strlen(definition));
+    uint8_t digest[32];
+    char want[65], got[65];
+    cm_sha256_final(&hash, digest);
+    cm_sha256_hex(digest, want);
+    fingerprint_of(&fixture, "full", 0, 0, got);
+    ck_assert_str_eq(got, want);
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_fingerprint_across_views_and_changes) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    char full[65], pool14[65], pool7[65], explicit_all[65], subset[65], changed[65];
+    fingerprint_of(&fixture, "full", 0, 0, full);
+    fingerprint_of(&fixture, "pool14", 0, 0, pool14);
+    fingerprint_of(&fixture, "pool7", 0, 0, pool7);
+    ck_assert_str_eq(full, pool14);
+    ck_assert_str_eq(full, pool7);
+    ck_assert_uint_eq(strspn(full, "0123456789abcdef"), 64);
+
+    /* Asking for every example explicitly is the same split. */
+    fingerprint_of(&fixture, "pool7", TRAIN_COUNT, TEST_COUNT, explicit_all);
+    ck_assert_str_eq(full, explicit_all);
+
+    fingerprint_of(&fixture, "pool7", 10, 0, subset);
+    ck_assert_str_ne(full, subset);
+    char test_subset[65];
+    fingerprint_of(&fixture, "pool7", 0, 5, test_subset);
+    ck_assert_str_ne(full, test_subset);
+    ck_assert_str_ne(subset, test_subset);
+
+    /* One pixel of one test image changed. */
+    fixture.test_pixels[3 * PIXELS + 100] ^= 1;
+    write_images(fixture.directory, TEST_IMAGES, 0x00000803, TEST_COUNT, SIDE, SIDE,
+                 fixture.test_pixels, true);
+    fingerprint_of(&fixture, "pool7", 0, 0, changed);
+    ck_assert_str_ne(full, changed);
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+/* ---- Errors ---- */
+
+START_TEST(test_missing_file) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    char path[512];
+    join_path(path, sizeof path, fixture.directory, TRAIN_LABELS);
+    ck_assert_int_eq(unlink(path), 0);
+    assert_load_fails(&fixture, "full", 0, CM_ERR_NOT_FOUND, path, "No such file");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_bad_magic) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    write_images(fixture.directory, TEST_IMAGES, 0x00000804, TEST_COUNT, SIDE, SIDE,
+                 fixture.test_pixels, true);
+    assert_load_fails(&fixture, "full", 0, CM_ERR_FORMAT, TEST_IMAGES,
+                      "bad magic number 0x00000804");
+    /* A labels file where an images file belongs. */
+    write_labels(fixture.directory, TRAIN_IMAGES, TRAIN_COUNT, -1, true);
+    assert_load_fails(&fixture, "full", 0, CM_ERR_FORMAT, TRAIN_IMAGES, "magic");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_wrong_dimensions) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    write_images(fixture.directory, TRAIN_IMAGES, 0x00000803, TRAIN_COUNT, 27, 28,
+                 fixture.train_pixels, true);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_SHAPE, TRAIN_IMAGES, "27x28");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_count_mismatch) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    write_labels(fixture.directory, TEST_LABELS, TEST_COUNT - 1, -1, true);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_MISMATCH, TEST_LABELS, "9 labels");
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), TEST_IMAGES));
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+static void truncate_file(fixture_t *fixture, const char *file, long remove_bytes) {
+    char path[512];
+    join_path(path, sizeof path, fixture->directory, file);
+    FILE *handle = fopen(path, "rb");
+    ck_assert_ptr_nonnull(handle);
+    ck_assert_int_eq(fseek(handle, 0, SEEK_END), 0);
+    long size = ftell(handle);
+    fclose(handle);
+    ck_assert_int_eq(truncate(path, size - remove_bytes), 0);
+}
+
+START_TEST(test_truncated_gzip) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    /* Cut in the middle of the compressed images. */
+    truncate_file(&fixture, TRAIN_IMAGES, 6000);
+    assert_load_fails(&fixture, "full", 0, CM_ERR_FORMAT, TRAIN_IMAGES,
+                      "truncated: header promises 20 images, file holds");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_truncated_gzip_trailer) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    /* All the data is there but the CRC and length trailer is cut. */
+    truncate_file(&fixture, TEST_LABELS, 4);
+    assert_load_fails(&fixture, "full", 0, CM_ERR_FORMAT, TEST_LABELS, "truncated");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_header_promises_more_than_body) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    /* A complete gzip stream whose IDX body holds 15 of the 20 promised images. */
+    uint32_t dims[3] = {TRAIN_COUNT, SIDE, SIDE};
+    write_idx(fixture.directory, TRAIN_IMAGES, 0x00000803, dims, 3, fixture.train_pixels,
+              15 * PIXELS, true);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_FORMAT, TRAIN_IMAGES,
+                      "truncated: header promises 20 images, file holds 15");
+    /* Labels: promises 10, holds 4. */
+    uint8_t labels[4] = {1, 2, 3, 4};
+    uint32_t label_dims[1] = {TEST_COUNT};
+    write_idx(fixture.directory, TEST_LABELS, 0x00000801, label_dims, 1, labels, 4, true);
+    write_images(fixture.directory, TRAIN_IMAGES, 0x00000803, TRAIN_COUNT, SIDE, SIDE,
+                 fixture.train_pixels, true);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_FORMAT, TEST_LABELS,
+                      "truncated: header promises 10 labels, file holds 4");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_more_data_than_promised) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    uint32_t dims[3] = {TRAIN_COUNT - 1, SIDE, SIDE};
+    write_idx(fixture.directory, TRAIN_IMAGES, 0x00000803, dims, 3, fixture.train_pixels,
+              TRAIN_COUNT * PIXELS, true);
+    write_labels(fixture.directory, TRAIN_LABELS, TRAIN_COUNT - 1, -1, true);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_FORMAT, TRAIN_IMAGES,
+                      "more data than the 19 images");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_absurd_count_fails_before_allocating) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    uint8_t labels[TRAIN_COUNT];
+    for (int id = 0; id < TRAIN_COUNT; id++) labels[id] = expected_label(id);
+    uint32_t dims[1] = {0x7fffffff};
+    write_idx(fixture.directory, TRAIN_LABELS, 0x00000801, dims, 1, labels, TRAIN_COUNT, true);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_FORMAT, TRAIN_LABELS,
+                      "header promises 2147483647 labels");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_corrupt_crc) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    char path[512];
+    join_path(path, sizeof path, fixture.directory, TEST_IMAGES);
+    FILE *file = fopen(path, "r+b");
+    ck_assert_ptr_nonnull(file);
+    ck_assert_int_eq(fseek(file, -8, SEEK_END), 0); /* the CRC-32 of the trailer */
+    int byte = fgetc(file);
+    ck_assert_int_eq(fseek(file, -8, SEEK_END), 0);
+    fputc(byte ^ 0xff, file);
+    fclose(file);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_FORMAT, TEST_IMAGES, "corrupt gzip data");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_label_out_of_range) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    write_labels(fixture.directory, TRAIN_LABELS, TRAIN_COUNT, 12, true);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_OUT_OF_RANGE, TRAIN_LABELS,
+                      "label 12 of example 5");
+    /* Labels beyond the subset are checked too: the fingerprint covers them. */
+    assert_load_fails(&fixture, "pool7", 3, CM_ERR_OUT_OF_RANGE, TRAIN_LABELS, "label 12");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_not_gzip) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    write_labels(fixture.directory, TEST_LABELS, TEST_COUNT, -1, false);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_FORMAT, TEST_LABELS, "not a gzip file");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_trailing_garbage) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    char path[512];
+    join_path(path, sizeof path, fixture.directory, TEST_LABELS);
+    FILE *file = fopen(path, "ab");
+    ck_assert_ptr_nonnull(file);
+    fputs("junk", file);
+    fclose(file);
+    assert_load_fails(&fixture, "pool7", 0, CM_ERR_FORMAT, TEST_LABELS, "trailing garbage");
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_unknown_names_and_bad_options) {
+    fixture_t fixture;
+    fixture_setup(&fixture);
+    assert_load_fails(&fixture, "pool5", 0, CM_ERR_INVALID_ARG, "pool5", "full,pool14,pool7");
+
+    cm_dataset_t *dataset = NULL;
+    ck_assert_int_eq(cm_dataset_load(&dataset, "mnist", "full", NULL), CM_ERR_INVALID_ARG);
+    ck_assert_ptr_null(dataset);
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "\"mnist\""));
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "fashion-mnist"));
+
+    assert_load_fails(&fixture, "pool7", TRAIN_COUNT + 1, CM_ERR_INVALID_ARG, "max_train is 21",
+                      "only 20 examples");
+    assert_load_fails(&fixture, "pool7", -1, CM_ERR_INVALID_ARG, "max_train (-1)", NULL);
+    cm_dataset_options_t options = {.directory = fixture.directory, .max_test = TEST_COUNT + 5};
+    ck_assert_int_eq(cm_dataset_load(&dataset, "fashion-mnist", "full", &options),
+                     CM_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "max_test is 15"));
+    fixture_teardown(&fixture);
+}
+END_TEST
+
+START_TEST(test_split_names_and_views) {
+    cm_split_t split = CM_SPLIT_COUNT;
+    ck_assert_int_eq(cm_split_parse("train", &split), CM_OK);
+    ck_assert_int_eq(split, CM_SPLIT_TRAIN);
+    ck_assert_int_eq(cm_split_parse("test", &split), CM_OK);
+    ck_assert_int_eq(split, CM_SPLIT_TEST);
+    ck_assert_str_eq(cm_split_name(CM_SPLIT_TRAIN), "train");
+    ck_assert_str_eq(cm_split_name(CM_SPLIT_TEST), "test");
+    ck_assert_int_eq(cm_split_parse("valid", &split), CM_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "\"valid\""));
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "train, test"));
+    ck_assert_int_eq(split, CM_SPLIT_TEST);
+
+    ck_assert_str_eq(cm_dataset_views("fashion-mnist"), "full,pool14,pool7");
+    ck_assert_ptr_null(cm_dataset_views("movielens-nope"));
+}
+END_TEST
+
+/* ---- The real files, when installed ---- */
+
+START_TEST(test_real_fashion_mnist_pool7) {
+    if (access(DEBIAN_DIR "/" TRAIN_IMAGES, R_OK) != 0) {
+        fprintf(stderr, "check_dataset: %s not installed, skipping the real-data test\n",
+                DEBIAN_DIR);
+        return;
+    }
+    cm_dataset_options_t options = {.directory = DEBIAN_DIR};
+    cm_dataset_t *dataset = NULL;
+    cm_status_t status = cm_dataset_load(&dataset, "fashion-mnist", "pool7", &options);
+    ck_assert_msg(status == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(dataset->features, 49);
+    ck_assert_int_eq(dataset->splits[CM_SPLIT_TRAIN].count, 60000);
+    ck_assert_int_eq(dataset->splits[CM_SPLIT_TEST].count, 10000);
+    for (int split = 0; split < CM_SPLIT_COUNT; split++) {
+        const cm_split_data_t *data = &dataset->splits[split];
+        int per_class[10] = {0};
+        for (int id = 0; id < data->count; id++) {
+            ck_assert_int_ge(data->labels[id], 0);
+            ck_assert_int_lt(data->labels[id], 10);
+            per_class[data->labels[id]]++;
+        }
+        for (int label = 0; label < 10; label++)
+            ck_assert_msg(per_class[label] > 0, "%s split has no label %d",
+                          cm_split_name((cm_split_t)split), label);
+    }
+    /* Pooling keeps the mean, and the constants are the training set's pixel statistics. */
+    const cm_split_data_t *train = &dataset->splits[CM_SPLIT_TRAIN];
+    double sum = 0;
+    for (size_t i = 0; i < (size_t)train->count * 49; i++) sum += train->inputs[i];
+    double mean = sum / ((double)train->count * 49);
+    ck_assert_msg(fabs(mean) < 0.01, "normalized training mean %g is not near 0", mean);
+    cm_dataset_free(&dataset);
+}
+END_TEST
+
+Suite *check_dataset_suite(void);
+Suite *check_dataset_suite(void) {
+    Suite *suite = suite_create("dataset");
+    TCase *views = tcase_create("views");
+    tcase_add_test(views, test_all_views_shapes_values_labels);
+    tcase_add_test(views, test_pool7_hand_computed);
+    tcase_add_test(views, test_subset_is_prefix);
+    tcase_add_test(views, test_directory_rules);
+    tcase_add_test(views, test_split_names_and_views);
+    suite_add_tcase(suite, views);
+
+    TCase *fingerprint = tcase_create("fingerprint");
+    tcase_add_test(fingerprint, test_fingerprint_definition);
+    tcase_add_test(fingerprint, test_fingerprint_across_views_and_changes);
+    suite_add_tcase(suite, fingerprint);
+
+    TCase *errors = tcase_create("errors");
+    tcase_add_test(errors, test_missing_file);
+    tcase_add_test(errors, test_bad_magic);
+    tcase_add_test(errors, test_wrong_dimensions);
+    tcase_add_test(errors, test_count_mismatch);
+    tcase_add_test(errors, test_truncated_gzip);
+    tcase_add_test(errors, test_truncated_gzip_trailer);
+    tcase_add_test(errors, test_header_promises_more_than_body);
+    tcase_add_test(errors, test_more_data_than_promised);
+    tcase_add_test(errors, test_absurd_count_fails_before_allocating);
+    tcase_add_test(errors, test_corrupt_crc);
+    tcase_add_test(errors, test_label_out_of_range);
+    tcase_add_test(errors, test_not_gzip);
+    tcase_add_test(errors, test_trailing_garbage);
+    tcase_add_test(errors, test_unknown_names_and_bad_options);
+    suite_add_tcase(suite, errors);
+
+    /* The real training set under AddressSanitizer takes a few seconds. */
+    TCase *real = tcase_create("real");
+    tcase_set_timeout(real, 60);
+    tcase_add_test(real, test_real_fashion_mnist_pool7);
+    suite_add_tcase(suite, real);
+    return suite;
+}
