@@ -28,9 +28,11 @@ static double time_gemms(const int *widths, int layers, int repeats, double *flo
     for (int layer = 0; layer < layers; layer++) {
         size_t size = (size_t)widths[layer] * (size_t)widths[layer + 1];
         if (size > biggest) biggest = size;
-        if ((size_t)BATCH * (size_t)widths[layer] > biggest) biggest = (size_t)BATCH * (size_t)widths[layer];
+        if ((size_t)BATCH * (size_t)widths[layer] > biggest)
+            biggest = (size_t)BATCH * (size_t)widths[layer];
     }
-    float *a = cm_alloc_floats(biggest), *b = cm_alloc_floats(biggest), *c = cm_alloc_floats(biggest);
+    float *a = cm_alloc_floats(biggest), *b = cm_alloc_floats(biggest),
+          *c = cm_alloc_floats(biggest);
     cm_rng_t rng;
     cm_rng_seed(&rng, 1);
     for (size_t index = 0; index < biggest; index++) {
@@ -109,7 +111,8 @@ int main(void) {
     printf("| sgemm on the step's shapes | %.1f GF/s |\n", gflops);
     printf("| GEMM flops per step | %.1f MFLOP |\n", flops_per_step / 1e6);
     printf("| estimate from sgemm alone | %.0f examples/s |\n", estimate);
-    printf("| measured training step (forward, loss, backward, AdamW) | %.0f examples/s |\n", measured);
+    printf("| measured training step (forward, loss, backward, AdamW) | %.0f examples/s |\n",
+           measured);
     printf("| measured / estimate | %.2f |\n", measured / estimate);
     cm_free_aligned(m);
     cm_free_aligned(v);

@@ -12,9 +12,8 @@ void cm_blas_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
                 trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-void cm_blas_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
-                       const float *a, int lda, const float *b, int ldb, float beta, float *c,
-                       int ldc) {
+void cm_blas_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+                       int lda, const float *b, int ldb, float beta, float *c, int ldc) {
     for (int row = 0; row < m; row++) {
         for (int col = 0; col < n; col++) {
             double sum = 0.0;

@@ -19,9 +19,8 @@
 void cm_blas_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
                    int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
-void cm_blas_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
-                       const float *a, int lda, const float *b, int ldb, float beta, float *c,
-                       int ldc);
+void cm_blas_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+                       int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
 /* Sets the number of OpenBLAS threads for the whole process (>= 1). */
 void cm_blas_set_threads(int threads);

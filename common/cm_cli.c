@@ -19,7 +19,8 @@ static void env_name(const char *option_name, char *out, size_t size) {
     out[used] = '\0';
 }
 
-static cm_status_t store_value(const cm_cli_option_t *option, const char *text, const char *source) {
+static cm_status_t store_value(const cm_cli_option_t *option, const char *text,
+                               const char *source) {
     char *end = NULL;
     errno = 0;
     switch (option->kind) {
@@ -40,8 +41,10 @@ static cm_status_t store_value(const cm_cli_option_t *option, const char *text, 
         if (errno || end == text || *end != '\0' ||
             (option->kind == CM_CLI_INT && (number < INT_MIN || number > INT_MAX)))
             return cm_fail(CM_ERR_INVALID_ARG, "%s expects an integer, got '%s'", source, text);
-        if (option->kind == CM_CLI_INT) *(int *)option->value = (int)number;
-        else *(long *)option->value = number;
+        if (option->kind == CM_CLI_INT)
+            *(int *)option->value = (int)number;
+        else
+            *(long *)option->value = number;
         return CM_OK;
     }
     case CM_CLI_FLOAT: {
@@ -133,8 +136,8 @@ cm_status_t cm_cli_parse(const cm_cli_option_t *options, int count, int argc, ch
             given[option] = 1;
         }
         if (options[option].required && !given[option])
-            return cm_fail(CM_ERR_INVALID_ARG, "--%s is required (or set %s)",
-                           options[option].name, variable);
+            return cm_fail(CM_ERR_INVALID_ARG, "--%s is required (or set %s)", options[option].name,
+                           variable);
     }
     return CM_OK;
 }
@@ -156,7 +159,8 @@ void cm_cli_usage(FILE *out, const char *usage_line, const char *description,
         switch (option->kind) {
         case CM_CLI_STRING:
             if (*(const char **)option->value)
-                snprintf(fallback, sizeof fallback, " [default: %s]", *(const char **)option->value);
+                snprintf(fallback, sizeof fallback, " [default: %s]",
+                         *(const char **)option->value);
             break;
         case CM_CLI_INT:
             snprintf(fallback, sizeof fallback, " [default: %d]", *(int *)option->value);

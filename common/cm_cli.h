@@ -33,12 +33,12 @@ typedef struct {
 } cm_cli_list_t;
 
 typedef struct {
-    const char *name;     /* long name without dashes: "epochs" */
-    cm_cli_kind_t kind;   /* how to parse the value */
-    void *value;          /* where to store it (type per kind) */
-    const char *metavar;  /* "N", "FILE", ...; NULL for flags */
-    const char *help;     /* one line; mention units and ranges */
-    int required;         /* 1: missing is a usage error */
+    const char *name;    /* long name without dashes: "epochs" */
+    cm_cli_kind_t kind;  /* how to parse the value */
+    void *value;         /* where to store it (type per kind) */
+    const char *metavar; /* "N", "FILE", ...; NULL for flags */
+    const char *help;    /* one line; mention units and ranges */
+    int required;        /* 1: missing is a usage error */
 } cm_cli_option_t;
 
 /*

@@ -39,12 +39,12 @@ typedef struct {
 } cm_split_data_t;
 
 typedef struct {
-    char name[32];         /* "fashion-mnist" */
-    char view[32];         /* "full", "pool14", "pool7" */
-    int classes;           /* 10 */
-    int height, width;     /* of the view, e.g. 7 x 7 */
-    int features;          /* height * width */
-    char fingerprint[65];  /* hex SHA-256, see above */
+    char name[32];        /* "fashion-mnist" */
+    char view[32];        /* "full", "pool14", "pool7" */
+    int classes;          /* 10 */
+    int height, width;    /* of the view, e.g. 7 x 7 */
+    int features;         /* height * width */
+    char fingerprint[65]; /* hex SHA-256, see above */
     cm_split_data_t splits[CM_SPLIT_COUNT];
 } cm_dataset_t;
 

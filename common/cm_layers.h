@@ -52,8 +52,8 @@ void cm_layers_layernorm_backward(float *d_in, float *d_gamma, float *d_beta, co
 void cm_layers_embedding_forward(float *out, const int32_t *ids, const float *table, int count,
                                  int dim);
 /* d_table[vocab][dim] += scattered d_out[count][dim]. */
-void cm_layers_embedding_backward(float *d_table, const float *d_out, const int32_t *ids,
-                                  int count, int dim);
+void cm_layers_embedding_backward(float *d_table, const float *d_out, const int32_t *ids, int count,
+                                  int dim);
 
 /* Non-causal multi-head self-attention core (the projections are dense layers around it).
  * qkv[batch][tokens][3*dim] holds Q, K, V side by side, each split into `heads` heads of

@@ -33,8 +33,8 @@ void cm_log(cm_log_level_t level, const char *format, ...) {
     struct tm utc;
     gmtime_r(&now.tv_sec, &utc);
     int used = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &utc);
-    used += snprintf(line + used, sizeof line - (size_t)used, ".%03ldZ %s %s: ",
-                     now.tv_nsec / 1000000, log_program, level_names[level]);
+    used += snprintf(line + used, sizeof line - (size_t)used,
+                     ".%03ldZ %s %s: ", now.tv_nsec / 1000000, log_program, level_names[level]);
     va_list args;
     va_start(args, format);
     if (used < (int)sizeof line) vsnprintf(line + used, sizeof line - (size_t)used, format, args);

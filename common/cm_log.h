@@ -19,8 +19,8 @@ int cm_log_level_parse(const char *text);
 void cm_log(cm_log_level_t level, const char *format, ...) __attribute__((format(printf, 2, 3)));
 
 #define cm_log_debug(...) cm_log(CM_LOG_DEBUG, __VA_ARGS__)
-#define cm_log_info(...) cm_log(CM_LOG_INFO, __VA_ARGS__)
-#define cm_log_warn(...) cm_log(CM_LOG_WARN, __VA_ARGS__)
+#define cm_log_info(...)  cm_log(CM_LOG_INFO, __VA_ARGS__)
+#define cm_log_warn(...)  cm_log(CM_LOG_WARN, __VA_ARGS__)
 #define cm_log_error(...) cm_log(CM_LOG_ERROR, __VA_ARGS__)
 
 #endif

@@ -27,9 +27,9 @@ typedef struct {
     char name[CM_TENSOR_MAX_NAME];
     int ndim;
     int64_t shape[2];
-    size_t offset; /* in floats, into params and grads */
-    size_t count;  /* floats */
-    int decay;     /* 1: AdamW weight decay applies */
+    size_t offset;  /* in floats, into params and grads */
+    size_t count;   /* floats */
+    int decay;      /* 1: AdamW weight decay applies */
     float init_std; /* N(0, init_std); 0 with init_one: filled with 1 */
     int init_one;
     float **slot; /* where the parameter pointer goes once allocated */
@@ -63,8 +63,7 @@ struct cm_model {
 
     /* ViT */
     int tokens, num_patches;
-    float *patch_weight, *patch_bias, *cls, *pos, *lnf_gamma, *lnf_beta, *head_weight,
-        *head_bias;
+    float *patch_weight, *patch_bias, *cls, *pos, *lnf_gamma, *lnf_beta, *head_weight, *head_bias;
     vit_block_t blocks[MAX_VIT_DEPTH];
     float *patches, *x0, *lnf_out, *lnf_mean, *lnf_rstd, *pooled, *logits;
     float *d_pooled, *d_ln, *d_res, *d_attn, *d_qkv, *d_fc_act, *d_fc_pre, *att_scratch;
@@ -129,7 +128,8 @@ static cm_status_t parse_vit(const char *text, cm_model_spec_t *spec) {
         if (strcmp(key, "image") == 0) {
             char *cross = strchr(value, 'x');
             if (!cross)
-                return cm_fail(CM_ERR_INVALID_ARG, "model spec: image must be HxW, got '%s'", value);
+                return cm_fail(CM_ERR_INVALID_ARG, "model spec: image must be HxW, got '%s'",
+                               value);
             *cross = '\0';
             status = parse_positive(value, "image height", 4096, &spec->image_height);
             if (status == CM_OK)
@@ -247,7 +247,8 @@ static void register_mlp(cm_model_t *model) {
         snprintf(prefix, sizeof prefix, "fc%d", layer);
         int in_dim = spec->widths[layer], out_dim = spec->widths[layer + 1];
         /* He init for layers feeding a ReLU; the output layer gets Xavier-like scale. */
-        float std = layer + 1 < spec->layers ? sqrtf(2.0f / (float)in_dim) : sqrtf(1.0f / (float)in_dim);
+        float std =
+            layer + 1 < spec->layers ? sqrtf(2.0f / (float)in_dim) : sqrtf(1.0f / (float)in_dim);
         add_dense(model, &model->dense_weight[layer], &model->dense_bias[layer], prefix, in_dim,
                   out_dim, std);
     }
@@ -311,12 +312,13 @@ static int alloc_vit_activations(cm_model_t *model) {
     model->x0 = new_buffer(model, rows * dim);
     for (int depth = 0; depth < spec->depth; depth++) {
         vit_block_t *block = &model->blocks[depth];
-        float **targets[] = {&block->ln1_out, &block->ln1_mean, &block->ln1_rstd, &block->qkv,
-                             &block->att,     &block->attn_out, &block->x_mid,    &block->ln2_out,
-                             &block->ln2_mean, &block->ln2_rstd, &block->fc1_pre, &block->fc1_act,
+        float **targets[] = {&block->ln1_out,  &block->ln1_mean, &block->ln1_rstd, &block->qkv,
+                             &block->att,      &block->attn_out, &block->x_mid,    &block->ln2_out,
+                             &block->ln2_mean, &block->ln2_rstd, &block->fc1_pre,  &block->fc1_act,
                              &block->x_out};
-        size_t sizes[] = {rows * dim, rows, rows, rows * 3 * dim, att, rows * dim, rows * dim,
-                          rows * dim, rows, rows, rows * mlp_dim, rows * mlp_dim, rows * dim};
+        size_t sizes[] = {rows * dim,     rows,           rows,       rows * 3 * dim, att,
+                          rows * dim,     rows * dim,     rows * dim, rows,           rows,
+                          rows * mlp_dim, rows * mlp_dim, rows * dim};
         for (size_t index = 0; index < sizeof sizes / sizeof sizes[0]; index++)
             if (!(*targets[index] = new_buffer(model, sizes[index]))) return 0;
     }
@@ -360,8 +362,8 @@ cm_status_t cm_model_new(const cm_model_spec_t *spec, int max_batch, cm_model_t 
     if (!model->params || !model->grads) goto fail;
     for (int index = 0; index < model->tensor_count; index++)
         *model->tensors[index].slot = model->params + model->tensors[index].offset;
-    activations_ok = spec->kind == CM_MODEL_MLP ? alloc_mlp_activations(model)
-                                                : alloc_vit_activations(model);
+    activations_ok =
+        spec->kind == CM_MODEL_MLP ? alloc_mlp_activations(model) : alloc_vit_activations(model);
     if (!activations_ok) goto fail;
     *out = model;
     return CM_OK;
@@ -373,7 +375,8 @@ fail:
 void cm_model_free(cm_model_t **model_pointer) {
     cm_model_t *model = *model_pointer;
     if (!model) return;
-    for (int index = 0; index < model->buffer_count; index++) cm_free_aligned(model->buffers[index]);
+    for (int index = 0; index < model->buffer_count; index++)
+        cm_free_aligned(model->buffers[index]);
     cm_free_aligned(model->params);
     cm_free_aligned(model->grads);
     free(model);
@@ -440,16 +443,16 @@ static const float *vit_forward(cm_model_t *model, const float *inputs, int batc
                                 rows, dim, 3 * dim);
         cm_layers_attention_forward(block->attn_out, block->att, block->qkv, batch, model->tokens,
                                     dim, spec->heads);
-        cm_layers_dense_forward(block->x_mid, block->attn_out, block->proj_weight,
-                                block->proj_bias, rows, dim, dim);
+        cm_layers_dense_forward(block->x_mid, block->attn_out, block->proj_weight, block->proj_bias,
+                                rows, dim, dim);
         cm_layers_add_forward(block->x_mid, block->x_mid, residual, rows * dim);
-        cm_layers_layernorm_forward(block->ln2_out, block->ln2_mean, block->ln2_rstd,
-                                    block->x_mid, block->ln2_gamma, block->ln2_beta, rows, dim);
-        cm_layers_dense_forward(block->fc1_pre, block->ln2_out, block->fc1_weight,
-                                block->fc1_bias, rows, dim, spec->mlp_dim);
+        cm_layers_layernorm_forward(block->ln2_out, block->ln2_mean, block->ln2_rstd, block->x_mid,
+                                    block->ln2_gamma, block->ln2_beta, rows, dim);
+        cm_layers_dense_forward(block->fc1_pre, block->ln2_out, block->fc1_weight, block->fc1_bias,
+                                rows, dim, spec->mlp_dim);
         cm_layers_gelu_forward(block->fc1_act, block->fc1_pre, rows * spec->mlp_dim);
-        cm_layers_dense_forward(block->x_out, block->fc1_act, block->fc2_weight,
-                                block->fc2_bias, rows, spec->mlp_dim, dim);
+        cm_layers_dense_forward(block->x_out, block->fc1_act, block->fc2_weight, block->fc2_bias,
+                                rows, spec->mlp_dim, dim);
         cm_layers_add_forward(block->x_out, block->x_out, block->x_mid, rows * dim);
         residual = block->x_out;
     }
@@ -568,8 +571,7 @@ static void vit_backward(cm_model_t *model, const float *d_logits, const float *
                                  block->fc1_weight, rows, dim, mlp_dim);
         cm_layers_layernorm_backward(model->d_res, GRAD(model, block->ln2_gamma),
                                      GRAD(model, block->ln2_beta), model->d_ln, block->x_mid,
-                                     block->ln2_gamma, block->ln2_mean, block->ln2_rstd, rows,
-                                     dim);
+                                     block->ln2_gamma, block->ln2_mean, block->ln2_rstd, rows, dim);
         /* Attention branch: x_mid = x_in + proj(attention(qkv(ln1(x_in)))) */
         memset(model->d_attn, 0, row_bytes * (size_t)dim);
         cm_layers_dense_backward(model->d_attn, GRAD(model, block->proj_weight),
@@ -584,8 +586,7 @@ static void vit_backward(cm_model_t *model, const float *d_logits, const float *
                                  block->qkv_weight, rows, dim, 3 * dim);
         cm_layers_layernorm_backward(model->d_res, GRAD(model, block->ln1_gamma),
                                      GRAD(model, block->ln1_beta), model->d_ln, block_input,
-                                     block->ln1_gamma, block->ln1_mean, block->ln1_rstd, rows,
-                                     dim);
+                                     block->ln1_gamma, block->ln1_mean, block->ln1_rstd, rows, dim);
     }
     cm_layers_patch_embed_backward(GRAD(model, model->patch_weight), GRAD(model, model->patch_bias),
                                    GRAD(model, model->cls), GRAD(model, model->pos), model->d_res,
@@ -594,8 +595,10 @@ static void vit_backward(cm_model_t *model, const float *d_logits, const float *
 
 void cm_model_backward(cm_model_t *model, const float *d_logits, const float *d_hidden, int batch) {
     assert(batch == model->last_batch);
-    if (model->spec.kind == CM_MODEL_MLP) mlp_backward(model, d_logits, d_hidden, batch);
-    else vit_backward(model, d_logits, d_hidden, batch);
+    if (model->spec.kind == CM_MODEL_MLP)
+        mlp_backward(model, d_logits, d_hidden, batch);
+    else
+        vit_backward(model, d_logits, d_hidden, batch);
 }
 
 void cm_model_zero_grads(cm_model_t *model) {
@@ -646,14 +649,16 @@ cm_status_t cm_model_load(const char *path, int max_batch, cm_model_t **out,
     const char *spec_text = cm_safetensors_metadata(file, "model");
     cm_model_spec_t spec;
     if (!spec_text) {
-        status = cm_fail(CM_ERR_FORMAT, "%s: no \"model\" entry in __metadata__; not a committee "
-                                        "checkpoint",
+        status = cm_fail(CM_ERR_FORMAT,
+                         "%s: no \"model\" entry in __metadata__; not a committee "
+                         "checkpoint",
                          path);
         goto fail;
     }
     status = cm_model_spec_parse(spec_text, &spec);
     if (status != CM_OK) {
-        status = cm_fail(CM_ERR_FORMAT, "%s: bad model spec in metadata: %s", path, cm_last_error());
+        status =
+            cm_fail(CM_ERR_FORMAT, "%s: bad model spec in metadata: %s", path, cm_last_error());
         goto fail;
     }
     status = cm_model_new(&spec, max_batch, &model);
@@ -674,17 +679,19 @@ cm_status_t cm_model_load(const char *path, int max_batch, cm_model_t **out,
                        stored->shape[0] == entry->shape[0] &&
                        (entry->ndim == 1 || stored->shape[1] == entry->shape[1]);
         if (!shape_ok) {
-            status = cm_fail(CM_ERR_SHAPE,
-                             "%s: tensor '%s' should be F32 [%lld%s%lld] for model '%s'", path,
-                             entry->name, (long long)entry->shape[0], entry->ndim == 2 ? "," : "",
-                             entry->ndim == 2 ? (long long)entry->shape[1] : 0LL, spec_text);
+            status =
+                cm_fail(CM_ERR_SHAPE, "%s: tensor '%s' should be F32 [%lld%s%lld] for model '%s'",
+                        path, entry->name, (long long)entry->shape[0], entry->ndim == 2 ? "," : "",
+                        entry->ndim == 2 ? (long long)entry->shape[1] : 0LL, spec_text);
             goto fail;
         }
         memcpy(model->params + entry->offset, stored->data, sizeof(float) * entry->count);
     }
     *out = model;
-    if (metadata_out) *metadata_out = file;
-    else cm_safetensors_free(&file);
+    if (metadata_out)
+        *metadata_out = file;
+    else
+        cm_safetensors_free(&file);
     return CM_OK;
 fail:
     cm_model_free(&model);
@@ -707,10 +714,10 @@ void cm_model_evaluate(cm_model_t *model, const float *inputs, const int32_t *la
             const float *row_logits = logits + (size_t)row * (size_t)classes;
             int best = 0;
             float max_logit = row_logits[0];
-            for (int class = 1; class < classes; class++)
+            for (int class = 1; class < classes; class ++)
                 if (row_logits[class] > max_logit) max_logit = row_logits[best = class];
             double sum = 0.0;
-            for (int class = 0; class < classes; class++)
+            for (int class = 0; class < classes; class ++)
                 sum += exp((double)row_logits[class] - (double)max_logit);
             int label = labels[start + row];
             loss_sum += log(sum) - ((double)row_logits[label] - (double)max_logit);

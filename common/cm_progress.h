@@ -7,11 +7,11 @@
 #define CM_PROGRESS_H
 
 typedef struct {
-    int enabled;        /* stderr is a terminal */
-    long total;         /* units of work (examples) */
-    double started;     /* monotonic seconds */
-    double last_drawn;  /* monotonic seconds */
-    char label[64];     /* e.g. "epoch 3/10" */
+    int enabled;       /* stderr is a terminal */
+    long total;        /* units of work (examples) */
+    double started;    /* monotonic seconds */
+    double last_drawn; /* monotonic seconds */
+    char label[64];    /* e.g. "epoch 3/10" */
 } cm_progress_t;
 
 /* Monotonic clock in seconds. */

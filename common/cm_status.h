@@ -12,23 +12,23 @@
 #define CM_STATUS_H
 
 /* X(code, name, message) */
-#define CM_STATUS_TABLE(X)                                                       \
-    X(CM_OK, "OK", "success")                                                    \
-    X(CM_ERR_NOMEM, "NOMEM", "out of memory")                                    \
-    X(CM_ERR_IO, "IO", "input/output error")                                     \
-    X(CM_ERR_NOT_FOUND, "NOT_FOUND", "not found")                                \
-    X(CM_ERR_FORMAT, "FORMAT", "malformed data")                                 \
-    X(CM_ERR_INVALID_ARG, "INVALID_ARG", "invalid argument")                     \
-    X(CM_ERR_SHAPE, "SHAPE", "shape mismatch")                                   \
-    X(CM_ERR_VERSION, "VERSION", "unsupported version")                          \
-    X(CM_ERR_TOO_LARGE, "TOO_LARGE", "too large")                                \
-    X(CM_ERR_OUT_OF_RANGE, "OUT_OF_RANGE", "value out of range")                 \
-    X(CM_ERR_MISMATCH, "MISMATCH", "does not match")                             \
-    X(CM_ERR_BUSY, "BUSY", "busy, try again later")                              \
-    X(CM_ERR_TIMEOUT, "TIMEOUT", "timed out")                                    \
-    X(CM_ERR_UNAVAILABLE, "UNAVAILABLE", "peer unavailable")                     \
-    X(CM_ERR_PROTOCOL, "PROTOCOL", "protocol violation")                         \
-    X(CM_ERR_INTERNAL, "INTERNAL", "internal error")                             \
+#define CM_STATUS_TABLE(X)                                                                         \
+    X(CM_OK, "OK", "success")                                                                      \
+    X(CM_ERR_NOMEM, "NOMEM", "out of memory")                                                      \
+    X(CM_ERR_IO, "IO", "input/output error")                                                       \
+    X(CM_ERR_NOT_FOUND, "NOT_FOUND", "not found")                                                  \
+    X(CM_ERR_FORMAT, "FORMAT", "malformed data")                                                   \
+    X(CM_ERR_INVALID_ARG, "INVALID_ARG", "invalid argument")                                       \
+    X(CM_ERR_SHAPE, "SHAPE", "shape mismatch")                                                     \
+    X(CM_ERR_VERSION, "VERSION", "unsupported version")                                            \
+    X(CM_ERR_TOO_LARGE, "TOO_LARGE", "too large")                                                  \
+    X(CM_ERR_OUT_OF_RANGE, "OUT_OF_RANGE", "value out of range")                                   \
+    X(CM_ERR_MISMATCH, "MISMATCH", "does not match")                                               \
+    X(CM_ERR_BUSY, "BUSY", "busy, try again later")                                                \
+    X(CM_ERR_TIMEOUT, "TIMEOUT", "timed out")                                                      \
+    X(CM_ERR_UNAVAILABLE, "UNAVAILABLE", "peer unavailable")                                       \
+    X(CM_ERR_PROTOCOL, "PROTOCOL", "protocol violation")                                           \
+    X(CM_ERR_INTERNAL, "INTERNAL", "internal error")                                               \
     X(CM_ERR_CANCELLED, "CANCELLED", "cancelled")
 
 typedef enum {

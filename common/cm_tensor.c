@@ -13,7 +13,9 @@ static const struct {
     [CM_DTYPE_I32] = {"I32", 4}, [CM_DTYPE_I64] = {"I64", 8}, [CM_DTYPE_U8] = {"U8", 1},
 };
 
-size_t cm_dtype_size(cm_dtype_t dtype) { return dtype < CM_DTYPE_COUNT ? dtype_table[dtype].size : 0; }
+size_t cm_dtype_size(cm_dtype_t dtype) {
+    return dtype < CM_DTYPE_COUNT ? dtype_table[dtype].size : 0;
+}
 
 const char *cm_dtype_name(cm_dtype_t dtype) {
     return dtype < CM_DTYPE_COUNT ? dtype_table[dtype].name : "?";

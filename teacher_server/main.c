@@ -9,17 +9,16 @@
 #include <string.h>
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: teacher-server COMMAND [options]\n"
-            "\n"
-            "Trains and serves the frozen teachers of a committee.\n"
-            "\n"
-            "commands:\n"
-            "  fit      train a teacher checkpoint on a dataset view\n"
-            "\n"
-            "Run 'teacher-server COMMAND --help' for the options of a command.\n"
-            "Every option can also be set from the environment as COMMITTEE_<OPTION>\n"
-            "(upper case, '-' as '_'), e.g. COMMITTEE_EPOCHS=5.\n");
+    fprintf(out, "usage: teacher-server COMMAND [options]\n"
+                 "\n"
+                 "Trains and serves the frozen teachers of a committee.\n"
+                 "\n"
+                 "commands:\n"
+                 "  fit      train a teacher checkpoint on a dataset view\n"
+                 "\n"
+                 "Run 'teacher-server COMMAND --help' for the options of a command.\n"
+                 "Every option can also be set from the environment as COMMITTEE_<OPTION>\n"
+                 "(upper case, '-' as '_'), e.g. COMMITTEE_EPOCHS=5.\n");
 }
 
 int main(int argc, char **argv) {
@@ -28,7 +27,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *command = argv[1];
-    if (strcmp(command, "--help") == 0 || strcmp(command, "-h") == 0 || strcmp(command, "help") == 0) {
+    if (strcmp(command, "--help") == 0 || strcmp(command, "-h") == 0 ||
+        strcmp(command, "help") == 0) {
         usage(stdout);
         return 0;
     }

@@ -48,7 +48,8 @@ static float learning_rate_at(const fit_options_t *options, long step, long tota
     if (strcmp(options->schedule, "constant") == 0) return options->lr;
     long warmup = total_steps / 20 < 200 ? total_steps / 20 : 200;
     if (step < warmup) return options->lr * (float)(step + 1) / (float)warmup;
-    double progress = (double)(step - warmup) / (double)(total_steps - warmup > 0 ? total_steps - warmup : 1);
+    double progress =
+        (double)(step - warmup) / (double)(total_steps - warmup > 0 ? total_steps - warmup : 1);
     double cosine = 0.5 * (1.0 + cos(3.14159265358979 * progress));
     return options->lr * (float)(0.1 + 0.9 * cosine);
 }
@@ -131,11 +132,13 @@ static cm_status_t fit(const fit_options_t *options) {
         double epoch_start = cm_progress_now(), loss_sum = 0.0;
         long labelled_total = 0;
         for (int start = 0; start < train->count; start += options->batch) {
-            int batch = train->count - start < options->batch ? train->count - start : options->batch;
+            int batch =
+                train->count - start < options->batch ? train->count - start : options->batch;
             for (int row = 0; row < batch; row++) {
                 int id = order[start + row];
                 memcpy(batch_inputs + (size_t)row * (size_t)features,
-                       train->inputs + (size_t)id * (size_t)features, sizeof(float) * (size_t)features);
+                       train->inputs + (size_t)id * (size_t)features,
+                       sizeof(float) * (size_t)features);
                 batch_labels[row] = train->labels[id];
             }
             cm_model_zero_grads(model);
@@ -158,11 +161,13 @@ static cm_status_t fit(const fit_options_t *options) {
         cm_progress_finish(&progress);
         double epoch_seconds = cm_progress_now() - epoch_start;
         train_seconds += epoch_seconds;
-        cm_model_evaluate(model, test->inputs, test->labels, test->count, &test_accuracy, &test_loss);
+        cm_model_evaluate(model, test->inputs, test->labels, test->count, &test_accuracy,
+                          &test_loss);
         double train_loss = loss_sum / (double)(labelled_total ? labelled_total : 1);
         if (!isfinite(train_loss)) {
-            status = cm_fail(CM_ERR_INTERNAL,
-                             "training diverged in epoch %d (loss is not finite); lower --lr", epoch);
+            status =
+                cm_fail(CM_ERR_INTERNAL,
+                        "training diverged in epoch %d (loss is not finite); lower --lr", epoch);
             goto done;
         }
         cm_log_info("epoch %d/%d  train loss %.4f  test acc %.4f  test loss %.4f  "
@@ -177,12 +182,14 @@ static cm_status_t fit(const fit_options_t *options) {
     snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_accuracy);
     snprintf(examples_text, sizeof examples_text, "%d", train->count);
     snprintf(seconds_text, sizeof seconds_text, "%.1f", train_seconds);
-    const char *metadata[] = {"view",          dataset->view,     "dataset",    dataset->name,
-                              "fingerprint",   dataset->fingerprint, "epochs",  epochs_text,
-                              "seed",          seed_text,         "test_accuracy", accuracy_text,
-                              "train_examples", examples_text,    "train_seconds", seconds_text,
-                              "format",        "committee-checkpoint-1"};
-    status = cm_model_save(model, options->out, metadata, (int)(sizeof metadata / sizeof metadata[0]) / 2);
+    const char *metadata[] = {"view",           dataset->view,   "dataset",
+                              dataset->name,    "fingerprint",   dataset->fingerprint,
+                              "epochs",         epochs_text,     "seed",
+                              seed_text,        "test_accuracy", accuracy_text,
+                              "train_examples", examples_text,   "train_seconds",
+                              seconds_text,     "format",        "committee-checkpoint-1"};
+    status = cm_model_save(model, options->out, metadata,
+                           (int)(sizeof metadata / sizeof metadata[0]) / 2);
     if (status != CM_OK) goto done;
     cm_log_info("wrote %s (test accuracy %.4f, %.1f s training)", options->out, test_accuracy,
                 train_seconds);
@@ -203,9 +210,21 @@ done:
 
 int teacher_fit_main(int argc, char **argv, int first) {
     fit_options_t options = {
-        .data = "fashion-mnist", .data_dir = NULL, .view = "full", .model = NULL, .out = NULL,
-        .schedule = "cosine", .log_level = "info", .epochs = 10, .batch = 128, .lr = 1e-3f,
-        .weight_decay = 0.01f, .seed = 1, .threads = 1, .max_train = 0, .max_test = 0,
+        .data = "fashion-mnist",
+        .data_dir = NULL,
+        .view = "full",
+        .model = NULL,
+        .out = NULL,
+        .schedule = "cosine",
+        .log_level = "info",
+        .epochs = 10,
+        .batch = 128,
+        .lr = 1e-3f,
+        .weight_decay = 0.01f,
+        .seed = 1,
+        .threads = 1,
+        .max_train = 0,
+        .max_test = 0,
     };
     const cm_cli_option_t table[] = {
         {"data", CM_CLI_STRING, &options.data, "NAME", "dataset (fashion-mnist)", 0},
@@ -218,7 +237,8 @@ int teacher_fit_main(int argc, char **argv, int first) {
         {"epochs", CM_CLI_INT, &options.epochs, "N", "passes over the training split", 0},
         {"batch", CM_CLI_INT, &options.batch, "B", "examples per optimizer step", 0},
         {"lr", CM_CLI_FLOAT, &options.lr, "X", "peak AdamW learning rate", 0},
-        {"weight-decay", CM_CLI_FLOAT, &options.weight_decay, "X", "AdamW decoupled weight decay", 0},
+        {"weight-decay", CM_CLI_FLOAT, &options.weight_decay, "X", "AdamW decoupled weight decay",
+         0},
         {"schedule", CM_CLI_STRING, &options.schedule, "NAME",
          "learning rate schedule: cosine (warm-up, cosine to 10%) or constant", 0},
         {"seed", CM_CLI_LONG, &options.seed, "S", "seed for initialization and shuffling", 0},
@@ -253,7 +273,8 @@ int teacher_fit_main(int argc, char **argv, int first) {
         status = cm_fail(CM_ERR_INVALID_ARG, "--weight-decay must not be negative");
     if (status == CM_OK && (options.max_train < 0 || options.max_test < 0))
         status = cm_fail(CM_ERR_INVALID_ARG, "--max-train and --max-test must not be negative");
-    if (status == CM_OK && strcmp(options.schedule, "cosine") && strcmp(options.schedule, "constant"))
+    if (status == CM_OK && strcmp(options.schedule, "cosine") &&
+        strcmp(options.schedule, "constant"))
         status = cm_fail(CM_ERR_INVALID_ARG, "--schedule must be cosine or constant");
     if (status != CM_OK) {
         fprintf(stderr, "teacher-server fit: %s\n", cm_last_error());

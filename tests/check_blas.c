@@ -37,8 +37,8 @@ START_TEST(test_sgemm_matches_reference) {
                     fill(&rng, c, m * ldc);
                     for (int i = 0; i < m * ldc; i++) c_ref[i] = c[i];
                     cm_blas_sgemm(trans_a, trans_b, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c, ldc);
-                    cm_blas_sgemm_ref(trans_a, trans_b, m, n, k, 0.5f, a, lda, b, ldb, 0.25f,
-                                      c_ref, ldc);
+                    cm_blas_sgemm_ref(trans_a, trans_b, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c_ref,
+                                      ldc);
                     for (int row = 0; row < m; row++)
                         for (int col = 0; col < ldc; col++) {
                             float got = c[row * ldc + col], want = c_ref[row * ldc + col];

@@ -36,8 +36,9 @@ START_TEST(test_spec_parse) {
     ck_assert_int_eq(cm_model_spec_parse(text, &again), CM_OK);
     ck_assert_int_eq(memcmp(&spec, &again, sizeof spec), 0);
 
-    const char *bad[] = {"mlp:784-10", "mlp:784--10", "mlp:0-5-10", "cnn:3", "vit:patch=5",
-                         "vit:dim=30,heads=4", "vit:color=red", "vit:image=28", "mlp:a-b-c"};
+    const char *bad[] = {"mlp:784-10",    "mlp:784--10",  "mlp:0-5-10",
+                         "cnn:3",         "vit:patch=5",  "vit:dim=30,heads=4",
+                         "vit:color=red", "vit:image=28", "mlp:a-b-c"};
     for (size_t index = 0; index < sizeof bad / sizeof bad[0]; index++) {
         ck_assert_msg(cm_model_spec_parse(bad[index], &spec) == CM_ERR_INVALID_ARG,
                       "accepted bad spec %s", bad[index]);
@@ -71,11 +72,14 @@ static void check_model_gradients(const char *spec_text, int batch, int inputs_p
     size_t param_count = cm_model_param_count(model);
     /* Perturb every parameter a little so LN gains, biases and the class token are not at
      * their trivial initial values (their gradients would be too special to test). */
-    for (size_t index = 0; index < param_count; index++) params[index] += 0.05f * cm_rng_normal(&rng);
+    for (size_t index = 0; index < param_count; index++)
+        params[index] += 0.05f * cm_rng_normal(&rng);
     float *inputs = cm_alloc_floats((size_t)batch * (size_t)inputs_per_example);
-    for (int index = 0; index < batch * inputs_per_example; index++) inputs[index] = cm_rng_normal(&rng);
+    for (int index = 0; index < batch * inputs_per_example; index++)
+        inputs[index] = cm_rng_normal(&rng);
     int32_t labels[8];
-    for (int row = 0; row < batch; row++) labels[row] = (int32_t)cm_rng_below(&rng, (uint32_t)spec.classes);
+    for (int row = 0; row < batch; row++)
+        labels[row] = (int32_t)cm_rng_below(&rng, (uint32_t)spec.classes);
     labels[batch - 1] = -1; /* an unlabelled row contributes only through the probe */
     int width = 0;
     cm_model_forward(model, inputs, batch);
@@ -113,8 +117,8 @@ static void check_model_gradients(const char *spec_text, int batch, int inputs_p
                 worst = error;
                 worst_tensor = tensor_index;
             }
-            ck_assert_msg(error < 0.05, "%s: d/d %s[%zu]: analytic %.6g vs numeric %.6g",
-                          spec_text, tensor.name, element - offset, analytic, numeric);
+            ck_assert_msg(error < 0.05, "%s: d/d %s[%zu]: analytic %.6g vs numeric %.6g", spec_text,
+                          tensor.name, element - offset, analytic, numeric);
             checked++;
         }
     }
@@ -146,9 +150,11 @@ static void overfit(const char *spec_text, int inputs_per_example, float lr) {
     cm_rng_t rng;
     cm_rng_seed(&rng, 9);
     float *inputs = cm_alloc_floats((size_t)BATCH * (size_t)inputs_per_example);
-    for (int index = 0; index < BATCH * inputs_per_example; index++) inputs[index] = cm_rng_normal(&rng);
+    for (int index = 0; index < BATCH * inputs_per_example; index++)
+        inputs[index] = cm_rng_normal(&rng);
     int32_t labels[BATCH];
-    for (int row = 0; row < BATCH; row++) labels[row] = (int32_t)cm_rng_below(&rng, (uint32_t)spec.classes);
+    for (int row = 0; row < BATCH; row++)
+        labels[row] = (int32_t)cm_rng_below(&rng, (uint32_t)spec.classes);
     size_t count = cm_model_param_count(model);
     float *m = cm_alloc_floats(count), *v = cm_alloc_floats(count);
     float probs[BATCH * 16], d_logits[BATCH * 16];
@@ -158,7 +164,8 @@ static void overfit(const char *spec_text, int inputs_per_example, float lr) {
     for (long step = 1; step <= 300; step++) {
         cm_model_zero_grads(model);
         const float *logits = cm_model_forward(model, inputs, BATCH);
-        loss = cm_loss_cross_entropy_forward(probs, logits, labels, BATCH, spec.classes, NULL) / BATCH;
+        loss =
+            cm_loss_cross_entropy_forward(probs, logits, labels, BATCH, spec.classes, NULL) / BATCH;
         memset(d_logits, 0, sizeof d_logits);
         cm_loss_cross_entropy_backward(d_logits, probs, labels, BATCH, spec.classes, 1.0f / BATCH);
         cm_model_backward(model, d_logits, NULL, BATCH);
@@ -184,8 +191,8 @@ END_TEST
 
 START_TEST(test_features) {
     cm_model_spec_t spec;
-    ck_assert_int_eq(cm_model_spec_parse("vit:image=8x8,patch=2,dim=8,depth=1,heads=2,classes=3",
-                                         &spec), CM_OK);
+    ck_assert_int_eq(
+        cm_model_spec_parse("vit:image=8x8,patch=2,dim=8,depth=1,heads=2,classes=3", &spec), CM_OK);
     cm_model_t *model = NULL;
     ck_assert_int_eq(cm_model_new(&spec, 2, &model), CM_OK);
     cm_model_init(model, 1);
@@ -215,8 +222,8 @@ START_TEST(test_checkpoint_round_trip) {
     char path[128];
     snprintf(path, sizeof path, "%s/model.safetensors", temp_dir);
     cm_model_spec_t spec;
-    ck_assert_int_eq(cm_model_spec_parse("vit:image=8x8,patch=4,dim=8,depth=1,heads=2,classes=3",
-                                         &spec), CM_OK);
+    ck_assert_int_eq(
+        cm_model_spec_parse("vit:image=8x8,patch=4,dim=8,depth=1,heads=2,classes=3", &spec), CM_OK);
     cm_model_t *model = NULL, *loaded = NULL;
     ck_assert_int_eq(cm_model_new(&spec, 4, &model), CM_OK);
     cm_model_init(model, 42);
@@ -229,7 +236,8 @@ START_TEST(test_checkpoint_round_trip) {
     ck_assert_ptr_nonnull(cm_safetensors_find(file, "blocks.0.attn.qkv.weight"));
     ck_assert_int_eq(cm_model_param_count(model), cm_model_param_count(loaded));
     ck_assert_int_eq(memcmp(cm_model_params(model), cm_model_params(loaded),
-                            sizeof(float) * cm_model_param_count(model)), 0);
+                            sizeof(float) * cm_model_param_count(model)),
+                     0);
     float inputs[4 * 64];
     for (int index = 0; index < 4 * 64; index++) inputs[index] = (float)index / 100.0f;
     float first[12];

@@ -22,8 +22,8 @@ START_TEST(test_help) {
     ck_assert_ptr_nonnull(strstr(output, "fit"));
     snprintf(command, sizeof command, "%s fit --help", test_util_bin("teacher-server"));
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 0);
-    const char *documented[] = {"--model", "--view", "--epochs", "--batch", "--lr", "--seed",
-                                "--out", "COMMITTEE_EPOCHS"};
+    const char *documented[] = {"--model", "--view", "--epochs", "--batch",
+                                "--lr",    "--seed", "--out",    "COMMITTEE_EPOCHS"};
     for (size_t index = 0; index < sizeof documented / sizeof documented[0]; index++)
         ck_assert_msg(strstr(output, documented[index]), "fit --help lacks %s", documented[index]);
 }
@@ -39,7 +39,8 @@ START_TEST(test_bad_options_exit_2) {
     };
     for (size_t index = 0; index < sizeof cases / sizeof cases[0]; index++) {
         char command[600];
-        snprintf(command, sizeof command, "%s %s", test_util_bin("teacher-server"), cases[index][0]);
+        snprintf(command, sizeof command, "%s %s", test_util_bin("teacher-server"),
+                 cases[index][0]);
         ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
         ck_assert_msg(strstr(output, cases[index][1]), "'%s' printed: %s", cases[index][0], output);
         ck_assert_msg(strchr(output, '\n') == output + strlen(output) - 1,
@@ -63,8 +64,8 @@ START_TEST(test_bad_data_exit_1) {
              test_util_bin("teacher-server"), directory);
     if (test_util_have_fashion_mnist()) {
         ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
-        ck_assert_msg(strstr(output, "expects 784 input features but view 'pool7' gives 49"),
-                      "%s", output);
+        ck_assert_msg(strstr(output, "expects 784 input features but view 'pool7' gives 49"), "%s",
+                      output);
     }
     test_util_remove_tree(directory);
 }
