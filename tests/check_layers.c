@@ -1,0 +1,758 @@
+/*
+ * cm_layers: every backward kernel against central finite differences (via
+ * check_gradcheck.h, which also checks that backward adds), every forward
+ * kernel against a plain double-precision reference or a known value, the
+ * invariants (attention rows sum to 1, layer-norm rows have mean 0 and
+ * variance 1), and a tiny MLP built from the kernels that overfits one batch
+ * with AdamW.  Sizes are small and awkward (primes, non-multiples of 8) so
+ * index mistakes cannot hide; all data comes from seeded cm_rng streams.
+ */
+#include "cm_adamw.h"
+#include "cm_layers.h"
+#include "cm_loss.h"
+#include "cm_rng.h"
+
+#include "check_gradcheck.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float *floats(int count) {
+    float *values = calloc((size_t)count, sizeof(float));
+    ck_assert_ptr_nonnull(values);
+    return values;
+}
+
+static float *random_floats(cm_rng_t *rng, int count, float low, float high) {
+    float *values = floats(count);
+    gradcheck_fill(rng, values, count, low, high);
+    return values;
+}
+
+/* ---- dense ---------------------------------------------------------------------------- */
+
+typedef struct {
+    int rows, in_dim, out_dim;
+    float *in, *weight, *bias, *out, *d_out;
+    float *d_in, *d_weight, *d_bias;
+} dense_case_t;
+
+static void dense_case_init(dense_case_t *test, cm_rng_t *rng, int rows, int in_dim, int out_dim) {
+    test->rows = rows;
+    test->in_dim = in_dim;
+    test->out_dim = out_dim;
+    test->in = random_floats(rng, rows * in_dim, -1.0f, 1.0f);
+    test->weight = random_floats(rng, out_dim * in_dim, -1.0f, 1.0f);
+    test->bias = random_floats(rng, out_dim, -1.0f, 1.0f);
+    test->out = floats(rows * out_dim);
+    test->d_out = random_floats(rng, rows * out_dim, -1.0f, 1.0f);
+    test->d_in = floats(rows * in_dim);
+    test->d_weight = floats(out_dim * in_dim);
+    test->d_bias = floats(out_dim);
+}
+
+static void dense_case_deinit(dense_case_t *test) {
+    free(test->in);
+    free(test->weight);
+    free(test->bias);
+    free(test->out);
+    free(test->d_out);
+    free(test->d_in);
+    free(test->d_weight);
+    free(test->d_bias);
+}
+
+static double dense_loss(void *context) {
+    dense_case_t *test = context;
+    cm_layers_dense_forward(test->out, test->in, test->weight, test->bias, test->rows, test->in_dim,
+                            test->out_dim);
+    return gradcheck_dot(test->d_out, test->out, test->rows * test->out_dim);
+}
+
+static void dense_backward(void *context) {
+    dense_case_t *test = context;
+    cm_layers_dense_backward(test->d_in, test->d_weight, test->d_bias, test->d_out, test->in,
+                             test->weight, test->rows, test->in_dim, test->out_dim);
+}
+
+START_TEST(test_dense_gradients) {
+    static const int shapes[][3] = {{3, 5, 7}, {1, 1, 1}, {13, 17, 9}};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 101);
+    for (size_t shape = 0; shape < sizeof shapes / sizeof shapes[0]; shape++) {
+        dense_case_t test;
+        dense_case_init(&test, &rng, shapes[shape][0], shapes[shape][1], shapes[shape][2]);
+        gradcheck_param_t params[] = {
+            {"dense in", test.in, test.d_in, test.rows * test.in_dim},
+            {"dense weight", test.weight, test.d_weight, test.out_dim * test.in_dim},
+            {"dense bias", test.bias, test.d_bias, test.out_dim},
+        };
+        gradcheck_run(&rng, params, 3, dense_loss, dense_backward, &test,
+                      gradcheck_default_tolerance());
+        dense_case_deinit(&test);
+    }
+}
+END_TEST
+
+/* Naive out = in · weight^T + bias in double, compared on awkward and on MLP-sized shapes. */
+START_TEST(test_dense_forward_matches_reference) {
+    static const int shapes[][3] = {{3, 5, 7}, {1, 1, 1}, {13, 17, 9}, {64, 784, 256}};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 102);
+    for (size_t shape = 0; shape < sizeof shapes / sizeof shapes[0]; shape++) {
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            dense_case_t test;
+            dense_case_init(&test, &rng, shapes[shape][0], shapes[shape][1], shapes[shape][2]);
+            const float *bias = with_bias ? test.bias : NULL;
+            /* Without a bias the output must be overwritten, whatever it held. */
+            for (int i = 0; i < test.rows * test.out_dim; i++) test.out[i] = NAN;
+            cm_layers_dense_forward(test.out, test.in, test.weight, bias, test.rows, test.in_dim,
+                                    test.out_dim);
+            for (int row = 0; row < test.rows; row++)
+                for (int col = 0; col < test.out_dim; col++) {
+                    double want = bias ? bias[col] : 0.0;
+                    for (int k = 0; k < test.in_dim; k++)
+                        want += (double)test.in[row * test.in_dim + k] *
+                                test.weight[col * test.in_dim + k];
+                    double got = test.out[row * test.out_dim + col];
+                    ck_assert_msg(fabs(got - want) <= 1e-5 * test.in_dim,
+                                  "dense %dx%d->%d bias=%d at (%d,%d): %g vs %g", test.rows,
+                                  test.in_dim, test.out_dim, with_bias, row, col, got, want);
+                }
+            dense_case_deinit(&test);
+        }
+    }
+}
+END_TEST
+
+/* NULL gradient pointers are skipped and do not change the gradients that are computed. */
+START_TEST(test_dense_backward_null_gradients) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 103);
+    dense_case_t test;
+    dense_case_init(&test, &rng, 3, 5, 7);
+    float *d_weight_alone = floats(7 * 5);
+    cm_layers_dense_backward(test.d_in, test.d_weight, test.d_bias, test.d_out, test.in,
+                             test.weight, 3, 5, 7);
+    cm_layers_dense_backward(NULL, d_weight_alone, NULL, test.d_out, test.in, test.weight, 3, 5, 7);
+    for (int i = 0; i < 7 * 5; i++) ck_assert_float_eq(d_weight_alone[i], test.d_weight[i]);
+    cm_layers_dense_backward(NULL, NULL, NULL, test.d_out, test.in, test.weight, 3, 5, 7);
+    free(d_weight_alone);
+    dense_case_deinit(&test);
+}
+END_TEST
+
+/* ---- elementwise activations ---------------------------------------------------------- */
+
+typedef struct {
+    int count;
+    float *in, *out, *d_out, *d_in;
+    void (*forward)(float *out, const float *in, int count);
+    void (*backward)(float *d_in, const float *d_out, const float *in, int count);
+} activation_case_t;
+
+static double activation_loss(void *context) {
+    activation_case_t *test = context;
+    test->forward(test->out, test->in, test->count);
+    return gradcheck_dot(test->d_out, test->out, test->count);
+}
+
+static void activation_backward(void *context) {
+    activation_case_t *test = context;
+    test->backward(test->d_in, test->d_out, test->in, test->count);
+}
+
+static void check_activation_gradient(const char *name, activation_case_t *test, cm_rng_t *rng) {
+    test->out = floats(test->count);
+    test->d_out = random_floats(rng, test->count, -1.0f, 1.0f);
+    test->d_in = floats(test->count);
+    gradcheck_param_t param = {name, test->in, test->d_in, test->count};
+    gradcheck_run(rng, &param, 1, activation_loss, activation_backward, test,
+                  gradcheck_default_tolerance());
+    free(test->in);
+    free(test->out);
+    free(test->d_out);
+    free(test->d_in);
+}
+
+START_TEST(test_relu_gradient) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 111);
+    activation_case_t test = {
+        .count = 37, .forward = cm_layers_relu_forward, .backward = cm_layers_relu_backward};
+    test.in = floats(test.count);
+    /* Keep inputs at least 0.1 (ten steps) away from the kink at 0. */
+    for (int i = 0; i < test.count; i++) {
+        float magnitude = 0.1f + 2.0f * cm_rng_uniform(&rng);
+        test.in[i] = (i % 2 ? magnitude : -magnitude);
+    }
+    check_activation_gradient("relu in", &test, &rng);
+}
+END_TEST
+
+START_TEST(test_relu_forward_in_place) {
+    float values[5] = {-2.0f, -0.0f, 0.5f, 3.0f, -1e-30f};
+    const float want[5] = {0.0f, 0.0f, 0.5f, 3.0f, 0.0f};
+    cm_layers_relu_forward(values, values, 5);
+    for (int i = 0; i < 5; i++) ck_assert_float_eq(values[i], want[i]);
+}
+END_TEST
+
+/* The finite-difference check stays away from the kink; at and near 0 the contract is
+ * d_in += d_out * (in > 0): exactly 0 and negative inputs pass nothing. */
+START_TEST(test_relu_backward_at_kink) {
+    const float in[4] = {0.0f, -0.0f, -1e-6f, 1e-6f}, d_out[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+    float d_in[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+    cm_layers_relu_backward(d_in, d_out, in, 4);
+    ck_assert_float_eq(d_in[0], 0.5f);
+    ck_assert_float_eq(d_in[1], 0.5f);
+    ck_assert_float_eq(d_in[2], 0.5f);
+    ck_assert_float_eq(d_in[3], 1.5f);
+}
+END_TEST
+
+START_TEST(test_gelu_gradient) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 112);
+    activation_case_t test = {
+        .count = 41, .forward = cm_layers_gelu_forward, .backward = cm_layers_gelu_backward};
+    test.in = random_floats(&rng, test.count, -4.0f, 4.0f);
+    check_activation_gradient("gelu in", &test, &rng);
+}
+END_TEST
+
+/* The tanh approximation, evaluated in double, at a few points including the tails. */
+START_TEST(test_gelu_forward_values) {
+    const float in[7] = {-10.0f, -3.0f, -1.0f, 0.0f, 0.5f, 1.0f, 10.0f};
+    float out[7];
+    cm_layers_gelu_forward(out, in, 7);
+    for (int i = 0; i < 7; i++) {
+        double x = in[i];
+        double want = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+        ck_assert_msg(fabs(out[i] - want) <= 1e-6 * (1.0 + fabs(want)), "gelu(%g) = %g, want %g", x,
+                      (double)out[i], want);
+    }
+    ck_assert_float_eq_tol(out[5], 0.841192f, 1e-5f); /* GELU_tanh(1) */
+}
+END_TEST
+
+/* ---- layer norm ----------------------------------------------------------------------- */
+
+typedef struct {
+    int rows, dim;
+    float *in, *gamma, *beta, *out, *mean, *rstd, *d_out;
+    float *d_in, *d_gamma, *d_beta;
+} layernorm_case_t;
+
+static double layernorm_loss(void *context) {
+    layernorm_case_t *test = context;
+    cm_layers_layernorm_forward(test->out, test->mean, test->rstd, test->in, test->gamma,
+                                test->beta, test->rows, test->dim);
+    return gradcheck_dot(test->d_out, test->out, test->rows * test->dim);
+}
+
+static void layernorm_backward(void *context) {
+    layernorm_case_t *test = context;
+    cm_layers_layernorm_backward(test->d_in, test->d_gamma, test->d_beta, test->d_out, test->in,
+                                 test->gamma, test->mean, test->rstd, test->rows, test->dim);
+}
+
+START_TEST(test_layernorm_gradients) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 121);
+    layernorm_case_t test = {.rows = 3, .dim = 7};
+    int size = test.rows * test.dim;
+    test.in = random_floats(&rng, size, -2.0f, 2.0f);
+    test.gamma = random_floats(&rng, test.dim, 0.5f, 1.5f);
+    test.beta = random_floats(&rng, test.dim, -0.5f, 0.5f);
+    test.out = floats(size);
+    test.mean = floats(test.rows);
+    test.rstd = floats(test.rows);
+    test.d_out = random_floats(&rng, size, -1.0f, 1.0f);
+    test.d_in = floats(size);
+    test.d_gamma = floats(test.dim);
+    test.d_beta = floats(test.dim);
+    gradcheck_param_t params[] = {
+        {"layernorm in", test.in, test.d_in, size},
+        {"layernorm gamma", test.gamma, test.d_gamma, test.dim},
+        {"layernorm beta", test.beta, test.d_beta, test.dim},
+    };
+    gradcheck_run(&rng, params, 3, layernorm_loss, layernorm_backward, &test,
+                  gradcheck_default_tolerance());
+    /* With d_in == NULL the parameter gradients still arrive. */
+    memset(test.d_gamma, 0, sizeof(float) * (size_t)test.dim);
+    cm_layers_layernorm_backward(NULL, test.d_gamma, NULL, test.d_out, test.in, test.gamma,
+                                 test.mean, test.rstd, test.rows, test.dim);
+    for (int i = 0; i < test.dim; i++) {
+        double want = 0.0;
+        for (int row = 0; row < test.rows; row++) {
+            int at = row * test.dim + i;
+            want += (double)test.d_out[at] * (test.in[at] - test.mean[row]) * test.rstd[row];
+        }
+        ck_assert_double_eq_tol(test.d_gamma[i], want, 1e-5);
+    }
+    free(test.in);
+    free(test.gamma);
+    free(test.beta);
+    free(test.out);
+    free(test.mean);
+    free(test.rstd);
+    free(test.d_out);
+    free(test.d_in);
+    free(test.d_gamma);
+    free(test.d_beta);
+}
+END_TEST
+
+/* gamma = 1, beta = 0: every row comes out with mean 0 and (biased) variance 1, even when
+ * the input rows sit far from 0 (the two-pass variance does not cancel). */
+START_TEST(test_layernorm_normalises_rows) {
+    enum { rows = 4, dim = 19 };
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 122);
+    float in[rows * dim], out[rows * dim], gamma[dim], beta[dim], mean[rows], rstd[rows];
+    for (int i = 0; i < dim; i++) gamma[i] = 1.0f, beta[i] = 0.0f;
+    for (int row = 0; row < rows; row++)
+        for (int i = 0; i < dim; i++)
+            in[row * dim + i] = 100.0f * (float)row + (float)(row + 1) * cm_rng_normal(&rng);
+    cm_layers_layernorm_forward(out, mean, rstd, in, gamma, beta, rows, dim);
+    for (int row = 0; row < rows; row++) {
+        double sum = 0.0, squares = 0.0, input_mean = 0.0;
+        for (int i = 0; i < dim; i++) input_mean += in[row * dim + i] / (double)dim;
+        for (int i = 0; i < dim; i++) {
+            sum += out[row * dim + i];
+            squares += (double)out[row * dim + i] * out[row * dim + i];
+        }
+        ck_assert_double_eq_tol(mean[row], input_mean, 1e-4 * (1.0 + fabs(input_mean)));
+        ck_assert_double_eq_tol(sum / dim, 0.0, 1e-5);
+        ck_assert_double_eq_tol(squares / dim, 1.0, 1e-4);
+    }
+}
+END_TEST
+
+/* ---- embedding ------------------------------------------------------------------------ */
+
+enum { embedding_vocab = 6, embedding_dim = 4, embedding_count = 9 };
+static const int32_t embedding_ids[embedding_count] = {0, 3, 3, 5, 1, 3, 0, 5, 2};
+
+typedef struct {
+    float *table, *out, *d_out, *d_table;
+} embedding_case_t;
+
+static double embedding_loss(void *context) {
+    embedding_case_t *test = context;
+    cm_layers_embedding_forward(test->out, embedding_ids, test->table, embedding_count,
+                                embedding_dim);
+    return gradcheck_dot(test->d_out, test->out, embedding_count * embedding_dim);
+}
+
+static void embedding_backward(void *context) {
+    embedding_case_t *test = context;
+    cm_layers_embedding_backward(test->d_table, test->d_out, embedding_ids, embedding_count,
+                                 embedding_dim);
+}
+
+/* Repeated ids must accumulate; the unused row 4 must get nothing. */
+START_TEST(test_embedding_gradient) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 131);
+    embedding_case_t test;
+    test.table = random_floats(&rng, embedding_vocab * embedding_dim, -1.0f, 1.0f);
+    test.out = floats(embedding_count * embedding_dim);
+    test.d_out = random_floats(&rng, embedding_count * embedding_dim, -1.0f, 1.0f);
+    test.d_table = floats(embedding_vocab * embedding_dim);
+    embedding_loss(&test);
+    for (int i = 0; i < embedding_count; i++)
+        for (int j = 0; j < embedding_dim; j++)
+            ck_assert_float_eq(test.out[i * embedding_dim + j],
+                               test.table[embedding_ids[i] * embedding_dim + j]);
+    gradcheck_param_t param = {"embedding table", test.table, test.d_table,
+                               embedding_vocab * embedding_dim};
+    gradcheck_run(&rng, &param, 1, embedding_loss, embedding_backward, &test,
+                  gradcheck_default_tolerance());
+    free(test.table);
+    free(test.out);
+    free(test.d_out);
+    free(test.d_table);
+}
+END_TEST
+
+/* ---- attention ------------------------------------------------------------------------ */
+
+typedef struct {
+    int batch, tokens, dim, heads;
+    float *qkv, *out, *att, *d_out, *d_qkv, *scratch;
+} attention_case_t;
+
+static void attention_case_init(attention_case_t *test, cm_rng_t *rng, int batch, int tokens,
+                                int dim, int heads) {
+    *test = (attention_case_t){.batch = batch, .tokens = tokens, .dim = dim, .heads = heads};
+    test->qkv = random_floats(rng, batch * tokens * 3 * dim, -1.5f, 1.5f);
+    test->out = floats(batch * tokens * dim);
+    test->att = floats(batch * heads * tokens * tokens);
+    test->d_out = random_floats(rng, batch * tokens * dim, -1.0f, 1.0f);
+    test->d_qkv = floats(batch * tokens * 3 * dim);
+    test->scratch = floats(tokens * tokens);
+}
+
+static void attention_case_deinit(attention_case_t *test) {
+    free(test->qkv);
+    free(test->out);
+    free(test->att);
+    free(test->d_out);
+    free(test->d_qkv);
+    free(test->scratch);
+}
+
+static double attention_loss(void *context) {
+    attention_case_t *test = context;
+    cm_layers_attention_forward(test->out, test->att, test->qkv, test->batch, test->tokens,
+                                test->dim, test->heads);
+    return gradcheck_dot(test->d_out, test->out, test->batch * test->tokens * test->dim);
+}
+
+static void attention_backward(void *context) {
+    attention_case_t *test = context;
+    cm_layers_attention_backward(test->d_qkv, test->scratch, test->d_out, test->qkv, test->att,
+                                 test->batch, test->tokens, test->dim, test->heads);
+}
+
+START_TEST(test_attention_gradient) {
+    static const int head_counts[] = {2, 1, 4};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 141);
+    for (size_t choice = 0; choice < sizeof head_counts / sizeof head_counts[0]; choice++) {
+        attention_case_t test;
+        attention_case_init(&test, &rng, 2, 5, 8, head_counts[choice]);
+        gradcheck_param_t param = {"attention qkv", test.qkv, test.d_qkv, 2 * 5 * 3 * 8};
+        gradcheck_run(&rng, &param, 1, attention_loss, attention_backward, &test,
+                      gradcheck_default_tolerance());
+        attention_case_deinit(&test);
+    }
+}
+END_TEST
+
+/* Against a naive double-precision attention; attention rows are distributions. */
+START_TEST(test_attention_forward_matches_reference) {
+    enum { batch = 2, tokens = 7, dim = 12, heads = 3, head_dim = dim / heads };
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 142);
+    attention_case_t test;
+    attention_case_init(&test, &rng, batch, tokens, dim, heads);
+    attention_loss(&test);
+    for (int example = 0; example < batch; example++)
+        for (int head = 0; head < heads; head++)
+            for (int query = 0; query < tokens; query++) {
+                const float *qkv = test.qkv + example * tokens * 3 * dim;
+                double scores[tokens], max_score = -INFINITY, sum = 0.0, att_sum = 0.0;
+                for (int key = 0; key < tokens; key++) {
+                    double dot = 0.0;
+                    for (int i = 0; i < head_dim; i++)
+                        dot += (double)qkv[query * 3 * dim + head * head_dim + i] *
+                               qkv[key * 3 * dim + dim + head * head_dim + i];
+                    scores[key] = dot / sqrt((double)head_dim);
+                    max_score = fmax(max_score, scores[key]);
+                }
+                for (int key = 0; key < tokens; key++) {
+                    scores[key] = exp(scores[key] - max_score);
+                    sum += scores[key];
+                }
+                const float *att_row =
+                    test.att + ((example * heads + head) * tokens + query) * tokens;
+                for (int key = 0; key < tokens; key++) {
+                    ck_assert_double_eq_tol(att_row[key], scores[key] / sum, 1e-6);
+                    att_sum += att_row[key];
+                }
+                ck_assert_double_eq_tol(att_sum, 1.0, 1e-6);
+                for (int i = 0; i < head_dim; i++) {
+                    double want = 0.0;
+                    for (int key = 0; key < tokens; key++)
+                        want +=
+                            scores[key] / sum * qkv[key * 3 * dim + 2 * dim + head * head_dim + i];
+                    ck_assert_double_eq_tol(
+                        test.out[(example * tokens + query) * dim + head * head_dim + i], want,
+                        1e-5);
+                }
+            }
+    attention_case_deinit(&test);
+}
+END_TEST
+
+/* Large scores (|q·k| in the hundreds) must still give finite probabilities summing to 1. */
+START_TEST(test_attention_stable_for_large_scores) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 143);
+    attention_case_t test;
+    attention_case_init(&test, &rng, 1, 6, 8, 2);
+    for (int i = 0; i < 6 * 3 * 8; i++) test.qkv[i] *= 40.0f;
+    attention_loss(&test);
+    for (int row = 0; row < 2 * 6; row++) {
+        double sum = 0.0;
+        for (int col = 0; col < 6; col++) {
+            ck_assert(isfinite(test.att[row * 6 + col]));
+            sum += test.att[row * 6 + col];
+        }
+        ck_assert_double_eq_tol(sum, 1.0, 1e-6);
+    }
+    for (int i = 0; i < 6 * 8; i++) ck_assert(isfinite(test.out[i]));
+    attention_case_deinit(&test);
+}
+END_TEST
+
+/* ---- patch embedding ------------------------------------------------------------------ */
+
+typedef struct {
+    int batch, height, width, patch, dim, num_patches;
+    float *images, *weight, *bias, *cls, *pos, *out, *patches, *d_out;
+    float *d_weight, *d_bias, *d_cls, *d_pos;
+} patch_case_t;
+
+static void patch_case_init(patch_case_t *test, cm_rng_t *rng, int batch, int height, int width,
+                            int patch, int dim) {
+    int num_patches = (height / patch) * (width / patch), area = patch * patch;
+    *test = (patch_case_t){.batch = batch,
+                           .height = height,
+                           .width = width,
+                           .patch = patch,
+                           .dim = dim,
+                           .num_patches = num_patches};
+    test->images = random_floats(rng, batch * height * width, 0.0f, 1.0f);
+    test->weight = random_floats(rng, dim * area, -0.5f, 0.5f);
+    test->bias = random_floats(rng, dim, -0.5f, 0.5f);
+    test->cls = random_floats(rng, dim, -0.5f, 0.5f);
+    test->pos = random_floats(rng, (1 + num_patches) * dim, -0.5f, 0.5f);
+    test->out = floats(batch * (1 + num_patches) * dim);
+    test->patches = floats(batch * num_patches * area);
+    test->d_out = random_floats(rng, batch * (1 + num_patches) * dim, -1.0f, 1.0f);
+    test->d_weight = floats(dim * area);
+    test->d_bias = floats(dim);
+    test->d_cls = floats(dim);
+    test->d_pos = floats((1 + num_patches) * dim);
+}
+
+static void patch_case_deinit(patch_case_t *test) {
+    float *buffers[] = {test->images,   test->weight, test->bias,    test->cls,
+                        test->pos,      test->out,    test->patches, test->d_out,
+                        test->d_weight, test->d_bias, test->d_cls,   test->d_pos};
+    for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) free(buffers[i]);
+}
+
+static double patch_loss(void *context) {
+    patch_case_t *test = context;
+    cm_layers_patch_embed_forward(test->out, test->patches, test->images, test->weight, test->bias,
+                                  test->cls, test->pos, test->batch, test->height, test->width,
+                                  test->patch, test->dim);
+    return gradcheck_dot(test->d_out, test->out, test->batch * (1 + test->num_patches) * test->dim);
+}
+
+static void patch_backward(void *context) {
+    patch_case_t *test = context;
+    cm_layers_patch_embed_backward(test->d_weight, test->d_bias, test->d_cls, test->d_pos,
+                                   test->d_out, test->patches, test->batch, test->num_patches,
+                                   test->patch, test->dim);
+}
+
+START_TEST(test_patch_embed_gradients) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 151);
+    patch_case_t test;
+    patch_case_init(&test, &rng, 2, 8, 8, 4, 6);
+    gradcheck_param_t params[] = {
+        {"patch weight", test.weight, test.d_weight, test.dim * test.patch * test.patch},
+        {"patch bias", test.bias, test.d_bias, test.dim},
+        {"patch cls", test.cls, test.d_cls, test.dim},
+        {"patch pos", test.pos, test.d_pos, (1 + test.num_patches) * test.dim},
+    };
+    gradcheck_run(&rng, params, 4, patch_loss, patch_backward, &test,
+                  gradcheck_default_tolerance());
+    patch_case_deinit(&test);
+}
+END_TEST
+
+/* A non-square image (2 x 3 patches) against a naive per-pixel reference, so patch order
+ * (row-major) and pixel order inside a patch are both pinned down. */
+START_TEST(test_patch_embed_forward_matches_reference) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 152);
+    patch_case_t test;
+    patch_case_init(&test, &rng, 2, 8, 12, 4, 5);
+    ck_assert_int_eq(test.num_patches, 6);
+    patch_loss(&test);
+    int patch_cols = test.width / test.patch, tokens = 1 + test.num_patches;
+    for (int example = 0; example < test.batch; example++) {
+        const float *image = test.images + example * test.height * test.width;
+        const float *out = test.out + example * tokens * test.dim;
+        for (int feature = 0; feature < test.dim; feature++)
+            ck_assert_float_eq_tol(out[feature], test.cls[feature] + test.pos[feature], 1e-6f);
+        for (int patch_index = 0; patch_index < test.num_patches; patch_index++) {
+            int top = (patch_index / patch_cols) * test.patch,
+                left = (patch_index % patch_cols) * test.patch;
+            for (int feature = 0; feature < test.dim; feature++) {
+                double want =
+                    (double)test.bias[feature] + test.pos[(1 + patch_index) * test.dim + feature];
+                for (int y = 0; y < test.patch; y++)
+                    for (int x = 0; x < test.patch; x++)
+                        want += (double)image[(top + y) * test.width + left + x] *
+                                test.weight[feature * test.patch * test.patch + y * test.patch + x];
+                ck_assert_double_eq_tol(out[(1 + patch_index) * test.dim + feature], want, 1e-5);
+            }
+        }
+    }
+    patch_case_deinit(&test);
+}
+END_TEST
+
+/* ---- mean pool and add ---------------------------------------------------------------- */
+
+enum { pool_batch = 2, pool_tokens = 5, pool_dim = 3 };
+
+typedef struct {
+    float *in, *out, *d_out, *d_in;
+} pool_case_t;
+
+static double pool_loss(void *context) {
+    pool_case_t *test = context;
+    cm_layers_mean_pool_forward(test->out, test->in, pool_batch, pool_tokens, pool_dim);
+    return gradcheck_dot(test->d_out, test->out, pool_batch * pool_dim);
+}
+
+static void pool_backward(void *context) {
+    pool_case_t *test = context;
+    cm_layers_mean_pool_backward(test->d_in, test->d_out, pool_batch, pool_tokens, pool_dim);
+}
+
+START_TEST(test_mean_pool) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 161);
+    pool_case_t test;
+    test.in = random_floats(&rng, pool_batch * pool_tokens * pool_dim, -1.0f, 1.0f);
+    test.out = floats(pool_batch * pool_dim);
+    test.d_out = random_floats(&rng, pool_batch * pool_dim, -1.0f, 1.0f);
+    test.d_in = floats(pool_batch * pool_tokens * pool_dim);
+    pool_loss(&test);
+    for (int example = 0; example < pool_batch; example++)
+        for (int feature = 0; feature < pool_dim; feature++) {
+            double want = 0.0;
+            for (int token = 0; token < pool_tokens; token++)
+                want += test.in[(example * pool_tokens + token) * pool_dim + feature] /
+                        (double)pool_tokens;
+            ck_assert_double_eq_tol(test.out[example * pool_dim + feature], want, 1e-6);
+        }
+    gradcheck_param_t param = {"mean pool in", test.in, test.d_in,
+                               pool_batch * pool_tokens * pool_dim};
+    gradcheck_run(&rng, &param, 1, pool_loss, pool_backward, &test, gradcheck_default_tolerance());
+    free(test.in);
+    free(test.out);
+    free(test.d_out);
+    free(test.d_in);
+}
+END_TEST
+
+START_TEST(test_add_aliases) {
+    float a[3] = {1.0f, 2.0f, 3.0f}, b[3] = {0.5f, -2.0f, 4.0f}, out[3];
+    cm_layers_add_forward(out, a, b, 3);
+    for (int i = 0; i < 3; i++) ck_assert_float_eq(out[i], a[i] + b[i]);
+    cm_layers_add_forward(a, a, b, 3);
+    for (int i = 0; i < 3; i++) ck_assert_float_eq(a[i], out[i]);
+    cm_layers_add_forward(b, a, b, 3);
+    ck_assert_float_eq(b[0], 2.0f);
+    ck_assert_float_eq(b[1], -2.0f);
+    ck_assert_float_eq(b[2], 11.0f);
+}
+END_TEST
+
+/* ---- a tiny model --------------------------------------------------------------------- */
+
+/* An 8-16-4 ReLU MLP, built straight from the kernels, must memorise 16 random examples with
+ * random labels: the smallest end-to-end proof that forward, backward, loss and optimiser
+ * fit together. */
+START_TEST(test_tiny_mlp_overfits_one_batch) {
+    enum { examples = 16, inputs = 8, hidden = 16, classes = 4, max_steps = 400 };
+    enum { w1_at = 0, b1_at = w1_at + hidden * inputs, w2_at = b1_at + hidden };
+    enum { b2_at = w2_at + classes * hidden, param_count = b2_at + classes };
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 171);
+    float features[examples * inputs], hidden_pre[examples * hidden], hidden_out[examples * hidden];
+    float logits[examples * classes], probs[examples * classes];
+    float d_logits[examples * classes];
+    float d_hidden_out[examples * hidden], d_hidden_pre[examples * hidden];
+    float params[param_count], grads[param_count];
+    float moment1[param_count] = {0}, moment2[param_count] = {0};
+    int32_t labels[examples];
+    for (int i = 0; i < examples * inputs; i++) features[i] = cm_rng_normal(&rng);
+    for (int i = 0; i < examples; i++) labels[i] = (int32_t)cm_rng_below(&rng, classes);
+    gradcheck_fill(&rng, params + w1_at, hidden * inputs, -0.35f, 0.35f);  /* ~1/sqrt(8) */
+    gradcheck_fill(&rng, params + w2_at, classes * hidden, -0.25f, 0.25f); /* 1/sqrt(16) */
+    memset(params + b1_at, 0, sizeof(float) * hidden);
+    memset(params + b2_at, 0, sizeof(float) * classes);
+    cm_adamw_config_t config = cm_adamw_defaults();
+    config.learning_rate = 1e-2f;
+    double first_loss = 0.0, loss = 0.0;
+    int step = 1;
+    for (; step <= max_steps; step++) {
+        cm_layers_dense_forward(hidden_pre, features, params + w1_at, params + b1_at, examples,
+                                inputs, hidden);
+        cm_layers_relu_forward(hidden_out, hidden_pre, examples * hidden);
+        cm_layers_dense_forward(logits, hidden_out, params + w2_at, params + b2_at, examples,
+                                hidden, classes);
+        loss = cm_loss_cross_entropy_forward(probs, logits, labels, examples, classes, NULL) /
+               examples;
+        if (step == 1) first_loss = loss;
+        if (loss < 0.05) break;
+        memset(grads, 0, sizeof grads);
+        memset(d_logits, 0, sizeof d_logits);
+        memset(d_hidden_out, 0, sizeof d_hidden_out);
+        memset(d_hidden_pre, 0, sizeof d_hidden_pre);
+        cm_loss_cross_entropy_backward(d_logits, probs, labels, examples, classes, 1.0f / examples);
+        cm_layers_dense_backward(d_hidden_out, grads + w2_at, grads + b2_at, d_logits, hidden_out,
+                                 params + w2_at, examples, hidden, classes);
+        cm_layers_relu_backward(d_hidden_pre, d_hidden_out, hidden_pre, examples * hidden);
+        cm_layers_dense_backward(NULL, grads + w1_at, grads + b1_at, d_hidden_pre, features,
+                                 params + w1_at, examples, inputs, hidden);
+        cm_adamw_update(params + w1_at, grads + w1_at, moment1 + w1_at, moment2 + w1_at,
+                        hidden * inputs, &config, step, 1);
+        cm_adamw_update(params + b1_at, grads + b1_at, moment1 + b1_at, moment2 + b1_at, hidden,
+                        &config, step, 0);
+        cm_adamw_update(params + w2_at, grads + w2_at, moment1 + w2_at, moment2 + w2_at,
+                        classes * hidden, &config, step, 1);
+        cm_adamw_update(params + b2_at, grads + b2_at, moment1 + b2_at, moment2 + b2_at, classes,
+                        &config, step, 0);
+    }
+    ck_assert_msg(first_loss > 0.5, "the initial loss %g is suspiciously low", first_loss);
+    ck_assert_msg(loss < 0.05, "loss %g after %d steps (started at %g)", loss, max_steps,
+                  first_loss);
+}
+END_TEST
+
+Suite *check_layers_suite(void);
+Suite *check_layers_suite(void) {
+    Suite *suite = suite_create("layers");
+    TCase *gradients = tcase_create("gradients");
+    tcase_add_test(gradients, test_dense_gradients);
+    tcase_add_test(gradients, test_dense_backward_null_gradients);
+    tcase_add_test(gradients, test_relu_gradient);
+    tcase_add_test(gradients, test_relu_backward_at_kink);
+    tcase_add_test(gradients, test_gelu_gradient);
+    tcase_add_test(gradients, test_layernorm_gradients);
+    tcase_add_test(gradients, test_embedding_gradient);
+    tcase_add_test(gradients, test_attention_gradient);
+    tcase_add_test(gradients, test_patch_embed_gradients);
+    tcase_add_test(gradients, test_mean_pool);
+    suite_add_tcase(suite, gradients);
+    TCase *forward = tcase_create("forward");
+    tcase_add_test(forward, test_dense_forward_matches_reference);
+    tcase_add_test(forward, test_relu_forward_in_place);
+    tcase_add_test(forward, test_gelu_forward_values);
+    tcase_add_test(forward, test_layernorm_normalises_rows);
+    tcase_add_test(forward, test_attention_forward_matches_reference);
+    tcase_add_test(forward, test_attention_stable_for_large_scores);
+    tcase_add_test(forward, test_patch_embed_forward_matches_reference);
+    tcase_add_test(forward, test_add_aliases);
+    suite_add_tcase(suite, forward);
+    TCase *model = tcase_create("model");
+    tcase_add_test(model, test_tiny_mlp_overfits_one_batch);
+    suite_add_tcase(suite, model);
+    return suite;
+}
