@@ -76,7 +76,7 @@ START_TEST(test_fit_small_subset) {
         fprintf(stderr, "skipping: Fashion-MNIST is not installed (make deps)\n");
         return;
     }
-    char directory[256], command[1024], path[300];
+    char directory[256], command[2048], path[300];
     test_util_temp_dir(directory, sizeof directory);
     snprintf(path, sizeof path, "%s/teacher.safetensors", directory);
     snprintf(command, sizeof command,
