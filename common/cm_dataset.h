@@ -12,7 +12,7 @@
  * view: a teacher on "full" and a student on "pool7" agree on it.
  *
  * Fashion-MNIST is read from Debian's dataset-fashion-mnist
- * (/usr/share/datasets/fashion-mnist/*.gz, or the directory in the option or
+ * (the *.gz files in /usr/share/datasets/fashion-mnist, or the directory in the option or
  * the COMMITTEE_DATA_DIR environment variable).  Missing files, bad magic
  * numbers, short reads, count mismatches between images and labels, wrong
  * dimensions and labels out of range are CM_ERR_* with a sentence naming
