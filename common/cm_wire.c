@@ -1,0 +1,937 @@
+/*
+ * cm_wire: packs cm_wire_message_t into protobuf headers plus raw tensor
+ * frames and back.  The only file that includes the generated protobuf-c
+ * code (build/gen/committee.pb-c.h).
+ *
+ * Both directions go through one checker, check_message(), on the plain C
+ * struct: a message this side would refuse is never sent, and the rules live
+ * in one place.  Decoding first turns the protobuf header into the C struct
+ * (refusing what cannot be represented: unknown enum values, too many
+ * entries, dimensions beyond int64) and then runs the same checker with the
+ * receiver's limits and the received frames attached.  Decoded strings and
+ * arrays point into the unpacked header, which the message keeps until
+ * cm_wire_message_deinit(); nothing is copied.
+ *
+ * Packing builds the protobuf structs on the stack from the C struct
+ * (pointing at the caller's strings and arrays, never copying them), so
+ * cm_wire_pack_header() allocates nothing.  protobuf-c's structs are not
+ * const-correct; the casts that drop const below feed pack(), which only
+ * reads.
+ */
+#include "cm_wire.h"
+
+#include "committee.pb-c.h"
+
+#include <inttypes.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "tensor frames are little-endian and cm_wire does not swap bytes");
+
+/* ------------------------------------------------------------------------ */
+/* half and bfloat16                                                        */
+
+static uint32_t float_bits(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+static float bits_float(uint32_t bits) {
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* Rounds `kept` up when the dropped bits `rest` are above half of `unit`, or exactly half and
+ * `kept` is odd: round to nearest, ties to even. */
+static uint32_t round_nearest_even(uint32_t kept, uint32_t rest, uint32_t unit) {
+    uint32_t halfway = unit >> 1;
+    return kept + (rest > halfway || (rest == halfway && (kept & 1u)));
+}
+
+static uint16_t f32_to_f16(float value) {
+    uint32_t bits = float_bits(value);
+    uint32_t sign = (bits >> 16) & 0x8000u;
+    uint32_t magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) /* NaN: quiet, keeping the top of the payload */
+        return (uint16_t)(sign | 0x7e00u | ((magnitude >> 13) & 0x03ffu));
+    if (magnitude >= 0x477ff000u) /* 65520 and above round past 65504, the largest half */
+        return (uint16_t)(sign | 0x7c00u);
+    if (magnitude >= 0x38800000u) { /* normal half: rebias the exponent from 127 to 15 */
+        uint32_t kept = (magnitude - 0x38000000u) >> 13;
+        return (uint16_t)(sign | round_nearest_even(kept, magnitude & 0x1fffu, 0x2000u));
+    }
+    if (magnitude <= 0x33000000u) /* at most 2^-25, half the smallest subnormal: zero */
+        return (uint16_t)sign;
+    /* Subnormal half: value = count * 2^-24 with count = significand * 2^(exponent - 126). */
+    uint32_t exponent = magnitude >> 23; /* 102 .. 112 here */
+    uint32_t significand = (magnitude & 0x007fffffu) | 0x00800000u;
+    uint32_t shift = 126u - exponent; /* 14 .. 24 */
+    uint32_t kept = significand >> shift;
+    uint32_t rest = significand & ((1u << shift) - 1u);
+    return (uint16_t)(sign | round_nearest_even(kept, rest, 1u << shift));
+}
+
+static float f16_to_f32(uint16_t half) {
+    uint32_t sign = (uint32_t)(half & 0x8000u) << 16;
+    uint32_t exponent = (half >> 10) & 0x1fu;
+    uint32_t mantissa = half & 0x03ffu;
+    if (exponent == 0x1f) return bits_float(sign | 0x7f800000u | (mantissa << 13));
+    if (exponent != 0) return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+    float magnitude = (float)mantissa * 0x1p-24f; /* zero or subnormal, exact in float */
+    return bits_float(sign | float_bits(magnitude));
+}
+
+static uint16_t f32_to_bf16(float value) {
+    uint32_t bits = float_bits(value);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) /* NaN: truncation could turn it into inf */
+        return (uint16_t)((bits >> 16) | 0x0040u);
+    return (uint16_t)(round_nearest_even(bits >> 16, bits & 0xffffu, 0x10000u));
+}
+
+void cm_wire_f32_to_f16(uint16_t *out, const float *in, size_t count) {
+    for (size_t i = 0; i < count; i++) out[i] = f32_to_f16(in[i]);
+}
+
+void cm_wire_f16_to_f32(float *out, const uint16_t *in, size_t count) {
+    for (size_t i = 0; i < count; i++) out[i] = f16_to_f32(in[i]);
+}
+
+void cm_wire_f32_to_bf16(uint16_t *out, const float *in, size_t count) {
+    for (size_t i = 0; i < count; i++) out[i] = f32_to_bf16(in[i]);
+}
+
+void cm_wire_bf16_to_f32(float *out, const uint16_t *in, size_t count) {
+    for (size_t i = 0; i < count; i++) out[i] = bits_float((uint32_t)in[i] << 16);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lifecycle                                                                */
+
+void cm_wire_message_init(cm_wire_message_t *message, cm_wire_kind_t kind, uint64_t request_id) {
+    memset(message, 0, sizeof *message);
+    message->kind = kind;
+    message->version_major = CM_WIRE_VERSION_MAJOR;
+    message->version_minor = CM_WIRE_VERSION_MINOR;
+    message->request_id = request_id;
+}
+
+void cm_wire_message_error(cm_wire_message_t *message, uint64_t request_id, cm_status_t code,
+                           const char *sentence) {
+    cm_wire_message_init(message, CM_WIRE_ERROR, request_id);
+    message->error.code = code;
+    message->error.message = sentence ? sentence : cm_status_str(code);
+}
+
+void cm_wire_message_deinit(cm_wire_message_t *message) {
+    if (message->header)
+        committee__v1__envelope__free_unpacked((Committee__V1__Envelope *)message->header, NULL);
+    memset(message, 0, sizeof *message);
+}
+
+void cm_wire_encoded_deinit(cm_wire_encoded_t *encoded) {
+    free(encoded->header);
+    memset(encoded, 0, sizeof *encoded);
+}
+
+cm_wire_limits_t cm_wire_limits_default(void) {
+    return (cm_wire_limits_t){
+        .max_examples = 4096, .max_message_bytes = 64u << 20, .max_in_flight = 8};
+}
+
+/* ------------------------------------------------------------------------ */
+/* Checks on the plain struct, shared by sending and receiving              */
+
+static const char *const kind_names[CM_WIRE_KIND_COUNT] = {
+    [CM_WIRE_HELLO] = "Hello",
+    [CM_WIRE_BATCH_REQUEST] = "BatchRequest",
+    [CM_WIRE_BATCH_REPLY] = "BatchReply",
+    [CM_WIRE_HEARTBEAT] = "Heartbeat",
+    [CM_WIRE_ERROR] = "Error",
+    [CM_WIRE_BYE] = "Bye",
+};
+
+static const char *text(const char *value) { return value ? value : ""; }
+
+/* `field` of `owner` must be at most CM_WIRE_MAX_STRING bytes, and not empty if required. */
+static cm_status_t check_string(const char *owner, const char *field, const char *value,
+                                bool required) {
+    size_t length = strnlen(text(value), CM_WIRE_MAX_STRING + 1);
+    if (length > CM_WIRE_MAX_STRING)
+        return cm_fail(CM_ERR_TOO_LARGE, "%s field %s is longer than %d bytes", owner, field,
+                       CM_WIRE_MAX_STRING);
+    if (required && length == 0)
+        return cm_fail(CM_ERR_FORMAT, "%s field %s is empty", owner, field);
+    return CM_OK;
+}
+
+/* A SHA-256 in the one spelling peers compare byte for byte: 64 lowercase hex digits. */
+static cm_status_t check_sha256(const char *owner, const char *field, const char *value) {
+    const char *digits = text(value);
+    size_t length = strnlen(digits, 65);
+    bool hex = length == 64;
+    for (size_t i = 0; hex && i < length; i++)
+        hex = (digits[i] >= '0' && digits[i] <= '9') || (digits[i] >= 'a' && digits[i] <= 'f');
+    if (!hex)
+        return cm_fail(CM_ERR_FORMAT, "%s field %s is \"%.70s\", not 64 lowercase hex digits",
+                       owner, field, digits);
+    return CM_OK;
+}
+
+static void format_shape(char *out, size_t capacity, int ndim, const int64_t *shape) {
+    size_t used = (size_t)snprintf(out, capacity, "[");
+    for (int dim = 0; dim < ndim && used < capacity; dim++)
+        used += (size_t)snprintf(out + used, capacity - used, "%s%" PRId64, dim ? ", " : "",
+                                 shape[dim]);
+    if (used < capacity) snprintf(out + used, capacity - used, "]");
+}
+
+/*
+ * Checks that `what` `name` has 1..CM_TENSOR_MAX_DIMS dimensions of at least 1 and that
+ * its `element_bytes`-byte elements need at most max_bytes bytes, stored in *bytes.
+ */
+static cm_status_t check_shape(const char *what, const char *name, int ndim, const int64_t *shape,
+                               size_t element_bytes, uint64_t max_bytes, uint64_t *bytes) {
+    if (ndim < 1 || ndim > CM_TENSOR_MAX_DIMS)
+        return cm_fail(CM_ERR_FORMAT, "%s '%s' has %d dimensions; it needs 1 to %d", what, name,
+                       ndim, CM_TENSOR_MAX_DIMS);
+    uint64_t total = element_bytes;
+    bool overflow = false;
+    for (int dim = 0; dim < ndim; dim++) {
+        if (shape[dim] < 1)
+            return cm_fail(CM_ERR_FORMAT,
+                           "dimension %d of %s '%s' is %" PRId64 "; every dimension must be >= 1",
+                           dim, what, name, shape[dim]);
+        overflow = overflow || __builtin_mul_overflow(total, (uint64_t)shape[dim], &total);
+    }
+    char shape_text[256];
+    format_shape(shape_text, sizeof shape_text, ndim, shape);
+    if (overflow)
+        return cm_fail(CM_ERR_TOO_LARGE, "%s '%s' of shape %s has more bytes than 64 bits count",
+                       what, name, shape_text);
+    if (total > max_bytes)
+        return cm_fail(CM_ERR_TOO_LARGE,
+                       "%s '%s' of shape %s needs %" PRIu64 " bytes, more than the %" PRIu64
+                       "-byte message limit",
+                       what, name, shape_text, total, max_bytes);
+    *bytes = total;
+    return CM_OK;
+}
+
+static cm_status_t check_limits(const cm_wire_limits_t *limits) {
+    if (limits->max_examples < 1 || limits->max_message_bytes < 1 || limits->max_in_flight < 1)
+        return cm_fail(CM_ERR_FORMAT,
+                       "Hello limits must all be at least 1 (max_examples %" PRIu32
+                       ", max_message_bytes %" PRIu64 ", max_in_flight %" PRIu32 ")",
+                       limits->max_examples, limits->max_message_bytes, limits->max_in_flight);
+    return CM_OK;
+}
+
+/* Refuses a name that appears twice in names[0 .. count). */
+static cm_status_t check_unique(const char *owner, const char *const *names, int count) {
+    for (int i = 0; i < count; i++)
+        for (int j = 0; j < i; j++)
+            if (strcmp(text(names[i]), text(names[j])) == 0)
+                return cm_fail(CM_ERR_FORMAT, "%s names output '%s' twice", owner, text(names[i]));
+    return CM_OK;
+}
+
+static cm_status_t check_hello(const cm_wire_hello_t *hello, uint64_t max_bytes) {
+    cm_status_t status;
+    bool teacher = hello->peer == CM_WIRE_PEER_TEACHER;
+    if (!teacher && hello->peer != CM_WIRE_PEER_TRAINER)
+        return cm_fail(CM_ERR_FORMAT, "Hello field peer_kind is %d; expected teacher or trainer",
+                       (int)hello->peer);
+    if ((status = check_string("Hello", "peer_name", hello->peer_name, true)) ||
+        (status = check_string("Hello", "model_id", hello->model_id, teacher)) ||
+        (status = check_string("Hello", "view", hello->view, true)) ||
+        (status = check_string("Hello", "dataset_name", hello->dataset_name, true)) ||
+        (status = check_sha256("Hello", "dataset_fingerprint", hello->dataset_fingerprint)))
+        return status;
+    if ((teacher || text(hello->model_sha256)[0]) &&
+        (status = check_sha256("Hello", "model_sha256", hello->model_sha256)))
+        return status;
+    if (teacher
+            ? hello->role != CM_WIRE_ROLE_FOUNDATION && hello->role != CM_WIRE_ROLE_COMPLEMENTARY
+            : hello->role != CM_WIRE_ROLE_NONE)
+        return cm_fail(CM_ERR_FORMAT,
+                       "Hello field role is %d; a teacher is foundation or complementary, a "
+                       "trainer has none",
+                       (int)hello->role);
+    if (hello->classes < 1)
+        return cm_fail(CM_ERR_FORMAT, "Hello field classes is %d; it must be >= 1", hello->classes);
+    if (hello->output_count < (teacher ? 1 : 0) || hello->output_count > CM_WIRE_MAX_OUTPUTS)
+        return cm_fail(CM_ERR_FORMAT, "Hello lists %d outputs; a %s lists %d to %d",
+                       hello->output_count, teacher ? "teacher" : "trainer", teacher ? 1 : 0,
+                       CM_WIRE_MAX_OUTPUTS);
+    const char *names[CM_WIRE_MAX_OUTPUTS];
+    for (int i = 0; i < hello->output_count; i++) {
+        const cm_wire_output_t *output = &hello->outputs[i];
+        uint64_t bytes;
+        names[i] = output->name;
+        if ((status = check_string("Hello output", "name", output->name, true))) return status;
+        if (output->dtype != CM_DTYPE_F32 && output->dtype != CM_DTYPE_I32)
+            return cm_fail(CM_ERR_FORMAT, "Hello output '%s' has dtype %s; expected F32 or I32",
+                           output->name, cm_dtype_name(output->dtype));
+        if ((status = check_shape("Hello output", output->name, output->ndim, output->shape,
+                                  cm_dtype_size(output->dtype), max_bytes, &bytes)))
+            return status;
+    }
+    if ((status = check_unique("Hello", names, hello->output_count))) return status;
+    return check_limits(&hello->limits);
+}
+
+static cm_status_t check_example_ids(const char *owner, const int32_t *ids, int count,
+                                     const cm_wire_limits_t *limits) {
+    if (count < 1) return cm_fail(CM_ERR_FORMAT, "%s has no example ids", owner);
+    if (limits && (uint64_t)count > limits->max_examples)
+        return cm_fail(CM_ERR_TOO_LARGE,
+                       "%s has %d example ids; this peer accepts at most %" PRIu32, owner, count,
+                       limits->max_examples);
+    if (!ids)
+        return cm_fail(CM_ERR_INVALID_ARG, "%s has %d example ids but no array", owner, count);
+    for (int i = 0; i < count; i++)
+        if (ids[i] < 0)
+            return cm_fail(CM_ERR_OUT_OF_RANGE,
+                           "example id %" PRId32 " (position %d) of %s is negative", ids[i], i,
+                           owner);
+    return CM_OK;
+}
+
+static cm_status_t check_batch_request(const cm_wire_batch_request_t *request,
+                                       const cm_wire_limits_t *limits) {
+    cm_status_t status;
+    if ((unsigned)request->split >= CM_SPLIT_COUNT)
+        return cm_fail(CM_ERR_FORMAT, "BatchRequest field split is %d; expected train or test",
+                       (int)request->split);
+    if ((status = check_example_ids("BatchRequest", request->example_ids, request->example_count,
+                                    limits)))
+        return status;
+    if (request->output_count < 1 || request->output_count > CM_WIRE_MAX_OUTPUTS)
+        return cm_fail(CM_ERR_FORMAT, "BatchRequest names %d outputs; it must name 1 to %d",
+                       request->output_count, CM_WIRE_MAX_OUTPUTS);
+    for (int i = 0; i < request->output_count; i++)
+        if ((status = check_string("BatchRequest", "outputs", request->outputs[i], true)))
+            return status;
+    if ((status = check_unique("BatchRequest", request->outputs, request->output_count)))
+        return status;
+    if (request->encoding != CM_DTYPE_F32 && request->encoding != CM_DTYPE_F16 &&
+        request->encoding != CM_DTYPE_BF16)
+        return cm_fail(CM_ERR_FORMAT,
+                       "BatchRequest field encoding is %s; expected F32, F16 or BF16",
+                       cm_dtype_name(request->encoding));
+    if (request->top_k < 0)
+        return cm_fail(CM_ERR_FORMAT, "BatchRequest field top_k is %d; it must be >= 0",
+                       request->top_k);
+    return CM_OK;
+}
+
+/* The dtype a layout requires, or CM_DTYPE_COUNT when any dtype goes. */
+static cm_dtype_t layout_dtype(cm_wire_layout_t layout) {
+    if (layout == CM_WIRE_TOPK_INDICES) return CM_DTYPE_I32;
+    if (layout == CM_WIRE_TOPK_VALUES || layout == CM_WIRE_TAIL_MASS) return CM_DTYPE_F32;
+    return CM_DTYPE_COUNT;
+}
+
+static cm_status_t check_tensor(const cm_wire_tensor_t *tensor, int example_count,
+                                uint64_t max_bytes) {
+    cm_status_t status;
+    if ((status = check_string("BatchReply tensor", "name", tensor->name, true))) return status;
+    const char *name = tensor->name;
+    bool float_tensor = tensor->dtype == CM_DTYPE_F32;
+    if (!float_tensor && tensor->dtype != CM_DTYPE_I32)
+        return cm_fail(CM_ERR_FORMAT, "tensor '%s' has dtype %s; expected F32 or I32", name,
+                       cm_dtype_name(tensor->dtype));
+    bool encoding_fits = float_tensor ? tensor->encoding == CM_DTYPE_F32 ||
+                                            tensor->encoding == CM_DTYPE_F16 ||
+                                            tensor->encoding == CM_DTYPE_BF16
+                                      : tensor->encoding == CM_DTYPE_I32;
+    if (!encoding_fits)
+        return cm_fail(CM_ERR_FORMAT, "tensor '%s' of dtype %s cannot travel as %s", name,
+                       cm_dtype_name(tensor->dtype), cm_dtype_name(tensor->encoding));
+    if ((unsigned)tensor->layout >= CM_WIRE_LAYOUT_COUNT)
+        return cm_fail(CM_ERR_FORMAT, "tensor '%s' has unknown layout %d", name,
+                       (int)tensor->layout);
+    cm_dtype_t required = layout_dtype(tensor->layout);
+    if (required != CM_DTYPE_COUNT && tensor->dtype != required)
+        return cm_fail(CM_ERR_FORMAT, "tensor '%s' is a top-k part (layout %d) and must be %s",
+                       name, (int)tensor->layout, cm_dtype_name(required));
+    int required_ndim = tensor->layout == CM_WIRE_TAIL_MASS ? 1
+                        : tensor->layout == CM_WIRE_DENSE   ? 0
+                                                            : 2;
+    if (required_ndim && tensor->ndim != required_ndim)
+        return cm_fail(CM_ERR_SHAPE, "tensor '%s' has %d dimensions; its layout needs %d", name,
+                       tensor->ndim, required_ndim);
+    uint64_t bytes;
+    if ((status = check_shape("tensor", name, tensor->ndim, tensor->shape,
+                              cm_dtype_size(tensor->encoding), max_bytes, &bytes)))
+        return status;
+    if (tensor->shape[0] != example_count)
+        return cm_fail(CM_ERR_SHAPE,
+                       "tensor '%s' has %" PRId64 " rows but the reply answers %d examples", name,
+                       tensor->shape[0], example_count);
+    if (tensor->bytes != bytes)
+        return cm_fail(CM_ERR_FORMAT,
+                       "tensor '%s' frame is %zu bytes but its shape and encoding %s need %" PRIu64,
+                       name, tensor->bytes, cm_dtype_name(tensor->encoding), bytes);
+    if (!tensor->data)
+        return cm_fail(CM_ERR_INVALID_ARG, "tensor '%s' has %zu bytes but no data", name,
+                       tensor->bytes);
+    return CM_OK;
+}
+
+static cm_status_t check_batch_reply(const cm_wire_batch_reply_t *reply,
+                                     const cm_wire_limits_t *limits, uint64_t max_bytes) {
+    cm_status_t status;
+    if ((unsigned)reply->split >= CM_SPLIT_COUNT)
+        return cm_fail(CM_ERR_FORMAT, "BatchReply field split is %d; expected train or test",
+                       (int)reply->split);
+    if ((status =
+             check_example_ids("BatchReply", reply->example_ids, reply->example_count, limits)))
+        return status;
+    if (reply->tensor_count < 1 || reply->tensor_count > CM_WIRE_MAX_TENSORS)
+        return cm_fail(CM_ERR_FORMAT, "BatchReply describes %d tensors; it carries 1 to %d",
+                       reply->tensor_count, CM_WIRE_MAX_TENSORS);
+    for (int i = 0; i < reply->tensor_count; i++) {
+        const cm_wire_tensor_t *tensor = &reply->tensors[i];
+        if ((status = check_tensor(tensor, reply->example_count, max_bytes))) return status;
+        for (int j = 0; j < i; j++)
+            if (reply->tensors[j].layout == tensor->layout &&
+                strcmp(reply->tensors[j].name, tensor->name) == 0)
+                return cm_fail(CM_ERR_FORMAT, "BatchReply carries tensor '%s' (layout %d) twice",
+                               tensor->name, (int)tensor->layout);
+    }
+    return CM_OK;
+}
+
+/* Everything but the receiver's limits when limits is NULL (sending). */
+static cm_status_t check_message(const cm_wire_message_t *message, const cm_wire_limits_t *limits) {
+    uint64_t max_bytes = limits ? limits->max_message_bytes : UINT64_MAX;
+    bool is_request = message->kind == CM_WIRE_BATCH_REQUEST;
+    if ((is_request || message->kind == CM_WIRE_BATCH_REPLY) && message->request_id == 0)
+        return cm_fail(CM_ERR_FORMAT, "%s has request id 0; requests and replies need an id",
+                       kind_names[message->kind]);
+    switch (message->kind) {
+    case CM_WIRE_HELLO:
+        return check_hello(&message->hello, max_bytes);
+    case CM_WIRE_BATCH_REQUEST:
+        return check_batch_request(&message->batch_request, limits);
+    case CM_WIRE_BATCH_REPLY:
+        return check_batch_reply(&message->batch_reply, limits, max_bytes);
+    case CM_WIRE_HEARTBEAT:
+        return CM_OK;
+    case CM_WIRE_ERROR:
+        if (message->error.code <= CM_OK || message->error.code >= CM_STATUS_COUNT)
+            return cm_fail(CM_ERR_FORMAT, "Error field code is %d, not a failure status",
+                           (int)message->error.code);
+        return check_string("Error", "message", message->error.message, false);
+    case CM_WIRE_BYE:
+        return check_string("Bye", "reason", message->bye.reason, false);
+    case CM_WIRE_KIND_COUNT:
+        break;
+    }
+    return cm_fail(CM_ERR_INVALID_ARG, "message kind %d is not one of the wire's messages",
+                   (int)message->kind);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Enumerations between protobuf and C                                      */
+
+static Committee__V1__Split split_to_proto(cm_split_t split) {
+    return split == CM_SPLIT_TRAIN ? COMMITTEE__V1__SPLIT__SPLIT_TRAIN
+                                   : COMMITTEE__V1__SPLIT__SPLIT_TEST;
+}
+
+static cm_status_t split_from_proto(const char *owner, Committee__V1__Split value,
+                                    cm_split_t *split) {
+    if (value == COMMITTEE__V1__SPLIT__SPLIT_TRAIN)
+        *split = CM_SPLIT_TRAIN;
+    else if (value == COMMITTEE__V1__SPLIT__SPLIT_TEST)
+        *split = CM_SPLIT_TEST;
+    else
+        return cm_fail(CM_ERR_FORMAT, "%s field split has unknown value %d", owner, (int)value);
+    return CM_OK;
+}
+
+static Committee__V1__DType dtype_to_proto(cm_dtype_t dtype) {
+    return dtype == CM_DTYPE_I32 ? COMMITTEE__V1__DTYPE__DTYPE_I32
+                                 : COMMITTEE__V1__DTYPE__DTYPE_F32;
+}
+
+static cm_status_t dtype_from_proto(const char *owner, const char *name, Committee__V1__DType value,
+                                    cm_dtype_t *dtype) {
+    if (value == COMMITTEE__V1__DTYPE__DTYPE_F32)
+        *dtype = CM_DTYPE_F32;
+    else if (value == COMMITTEE__V1__DTYPE__DTYPE_I32)
+        *dtype = CM_DTYPE_I32;
+    else
+        return cm_fail(CM_ERR_FORMAT, "%s '%s' has unknown dtype %d", owner, name, (int)value);
+    return CM_OK;
+}
+
+static Committee__V1__Encoding encoding_to_proto(cm_dtype_t encoding) {
+    switch (encoding) {
+    case CM_DTYPE_F16:
+        return COMMITTEE__V1__ENCODING__ENCODING_F16;
+    case CM_DTYPE_BF16:
+        return COMMITTEE__V1__ENCODING__ENCODING_BF16;
+    case CM_DTYPE_I32:
+        return COMMITTEE__V1__ENCODING__ENCODING_I32;
+    default:
+        return COMMITTEE__V1__ENCODING__ENCODING_F32;
+    }
+}
+
+static cm_status_t encoding_from_proto(const char *owner, const char *name,
+                                       Committee__V1__Encoding value, cm_dtype_t *encoding) {
+    switch (value) {
+    case COMMITTEE__V1__ENCODING__ENCODING_F32:
+        *encoding = CM_DTYPE_F32;
+        return CM_OK;
+    case COMMITTEE__V1__ENCODING__ENCODING_F16:
+        *encoding = CM_DTYPE_F16;
+        return CM_OK;
+    case COMMITTEE__V1__ENCODING__ENCODING_BF16:
+        *encoding = CM_DTYPE_BF16;
+        return CM_OK;
+    case COMMITTEE__V1__ENCODING__ENCODING_I32:
+        *encoding = CM_DTYPE_I32;
+        return CM_OK;
+    default:
+        return cm_fail(CM_ERR_FORMAT, "%s '%s' has unknown encoding %d", owner, name, (int)value);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Packing                                                                  */
+
+/* Every protobuf struct a header may need, so that packing allocates nothing. */
+typedef struct {
+    Committee__V1__Envelope envelope;
+    Committee__V1__Hello hello;
+    Committee__V1__Limits limits;
+    Committee__V1__OutputSpec outputs[CM_WIRE_MAX_OUTPUTS];
+    Committee__V1__OutputSpec *output_list[CM_WIRE_MAX_OUTPUTS];
+    uint64_t output_shapes[CM_WIRE_MAX_OUTPUTS][CM_TENSOR_MAX_DIMS];
+    Committee__V1__BatchRequest batch_request;
+    char *output_names[CM_WIRE_MAX_OUTPUTS];
+    Committee__V1__BatchReply batch_reply;
+    Committee__V1__TensorDesc tensors[CM_WIRE_MAX_TENSORS];
+    Committee__V1__TensorDesc *tensor_list[CM_WIRE_MAX_TENSORS];
+    uint64_t tensor_shapes[CM_WIRE_MAX_TENSORS][CM_TENSOR_MAX_DIMS];
+    Committee__V1__Heartbeat heartbeat;
+    Committee__V1__Error error;
+    Committee__V1__Bye bye;
+} header_builder_t;
+
+static char *proto_string(const char *value) { return (char *)text(value); }
+
+static void copy_shape(uint64_t *out, const int64_t *shape, int ndim) {
+    for (int dim = 0; dim < ndim; dim++) out[dim] = (uint64_t)shape[dim];
+}
+
+static void build_hello(header_builder_t *builder, const cm_wire_hello_t *hello) {
+    Committee__V1__Hello *proto = &builder->hello;
+    committee__v1__hello__init(proto);
+    proto->peer_kind = (Committee__V1__PeerKind)hello->peer;
+    proto->peer_name = proto_string(hello->peer_name);
+    proto->role = (Committee__V1__Role)hello->role;
+    proto->model_id = proto_string(hello->model_id);
+    proto->model_sha256 = proto_string(hello->model_sha256);
+    proto->view = proto_string(hello->view);
+    proto->dataset_name = proto_string(hello->dataset_name);
+    proto->dataset_fingerprint = proto_string(hello->dataset_fingerprint);
+    proto->classes = (uint32_t)hello->classes;
+    for (int i = 0; i < hello->output_count; i++) {
+        const cm_wire_output_t *output = &hello->outputs[i];
+        Committee__V1__OutputSpec *spec = &builder->outputs[i];
+        committee__v1__output_spec__init(spec);
+        spec->name = proto_string(output->name);
+        spec->dtype = dtype_to_proto(output->dtype);
+        copy_shape(builder->output_shapes[i], output->shape, output->ndim);
+        spec->n_shape = (size_t)output->ndim;
+        spec->shape = builder->output_shapes[i];
+        builder->output_list[i] = spec;
+    }
+    proto->n_outputs = (size_t)hello->output_count;
+    proto->outputs = builder->output_list;
+    committee__v1__limits__init(&builder->limits);
+    builder->limits.max_examples_per_request = hello->limits.max_examples;
+    builder->limits.max_message_bytes = hello->limits.max_message_bytes;
+    builder->limits.max_in_flight_requests = hello->limits.max_in_flight;
+    proto->limits = &builder->limits;
+    builder->envelope.body_case = COMMITTEE__V1__ENVELOPE__BODY_HELLO;
+    builder->envelope.hello = proto;
+}
+
+static void build_batch_request(header_builder_t *builder, const cm_wire_batch_request_t *request) {
+    Committee__V1__BatchRequest *proto = &builder->batch_request;
+    committee__v1__batch_request__init(proto);
+    proto->split = split_to_proto(request->split);
+    proto->n_example_ids = (size_t)request->example_count;
+    proto->example_ids = (int32_t *)request->example_ids;
+    for (int i = 0; i < request->output_count; i++)
+        builder->output_names[i] = proto_string(request->outputs[i]);
+    proto->n_outputs = (size_t)request->output_count;
+    proto->outputs = builder->output_names;
+    proto->encoding = encoding_to_proto(request->encoding);
+    proto->top_k = (uint32_t)request->top_k;
+    builder->envelope.body_case = COMMITTEE__V1__ENVELOPE__BODY_BATCH_REQUEST;
+    builder->envelope.batch_request = proto;
+}
+
+static void build_batch_reply(header_builder_t *builder, const cm_wire_batch_reply_t *reply) {
+    Committee__V1__BatchReply *proto = &builder->batch_reply;
+    committee__v1__batch_reply__init(proto);
+    proto->split = split_to_proto(reply->split);
+    proto->n_example_ids = (size_t)reply->example_count;
+    proto->example_ids = (int32_t *)reply->example_ids;
+    for (int i = 0; i < reply->tensor_count; i++) {
+        const cm_wire_tensor_t *tensor = &reply->tensors[i];
+        Committee__V1__TensorDesc *desc = &builder->tensors[i];
+        committee__v1__tensor_desc__init(desc);
+        desc->name = proto_string(tensor->name);
+        desc->dtype = dtype_to_proto(tensor->dtype);
+        desc->encoding = encoding_to_proto(tensor->encoding);
+        desc->layout = (Committee__V1__Layout)tensor->layout;
+        copy_shape(builder->tensor_shapes[i], tensor->shape, tensor->ndim);
+        desc->n_shape = (size_t)tensor->ndim;
+        desc->shape = builder->tensor_shapes[i];
+        desc->byte_length = tensor->bytes;
+        builder->tensor_list[i] = desc;
+    }
+    proto->n_tensors = (size_t)reply->tensor_count;
+    proto->tensors = builder->tensor_list;
+    builder->envelope.body_case = COMMITTEE__V1__ENVELOPE__BODY_BATCH_REPLY;
+    builder->envelope.batch_reply = proto;
+}
+
+/* Checks *message and fills builder->envelope with protobuf structs that point into it. */
+static cm_status_t build_header(header_builder_t *builder, const cm_wire_message_t *message) {
+    cm_status_t status = check_message(message, NULL);
+    if (status) return status;
+    Committee__V1__Envelope *envelope = &builder->envelope;
+    committee__v1__envelope__init(envelope);
+    envelope->version_major = CM_WIRE_VERSION_MAJOR;
+    envelope->version_minor = CM_WIRE_VERSION_MINOR;
+    envelope->request_id = message->request_id;
+    switch (message->kind) {
+    case CM_WIRE_HELLO:
+        build_hello(builder, &message->hello);
+        break;
+    case CM_WIRE_BATCH_REQUEST:
+        build_batch_request(builder, &message->batch_request);
+        break;
+    case CM_WIRE_BATCH_REPLY:
+        build_batch_reply(builder, &message->batch_reply);
+        break;
+    case CM_WIRE_HEARTBEAT:
+        committee__v1__heartbeat__init(&builder->heartbeat);
+        builder->heartbeat.sent_unix_ns = message->heartbeat.sent_unix_ns;
+        envelope->body_case = COMMITTEE__V1__ENVELOPE__BODY_HEARTBEAT;
+        envelope->heartbeat = &builder->heartbeat;
+        break;
+    case CM_WIRE_ERROR:
+        committee__v1__error__init(&builder->error);
+        builder->error.code = proto_string(cm_status_name(message->error.code));
+        builder->error.message = proto_string(message->error.message);
+        envelope->body_case = COMMITTEE__V1__ENVELOPE__BODY_ERROR;
+        envelope->error = &builder->error;
+        break;
+    case CM_WIRE_BYE:
+        committee__v1__bye__init(&builder->bye);
+        builder->bye.reason = proto_string(message->bye.reason);
+        envelope->body_case = COMMITTEE__V1__ENVELOPE__BODY_BYE;
+        envelope->bye = &builder->bye;
+        break;
+    case CM_WIRE_KIND_COUNT:
+        break; /* refused by check_message */
+    }
+    return CM_OK;
+}
+
+cm_status_t cm_wire_header_size(const cm_wire_message_t *message, size_t *header_bytes) {
+    header_builder_t builder;
+    cm_status_t status = build_header(&builder, message);
+    if (status) return status;
+    *header_bytes = committee__v1__envelope__get_packed_size(&builder.envelope);
+    return CM_OK;
+}
+
+cm_status_t cm_wire_pack_header(const cm_wire_message_t *message, void *buffer, size_t capacity,
+                                size_t *header_bytes) {
+    header_builder_t builder;
+    cm_status_t status = build_header(&builder, message);
+    if (status) return status;
+    size_t needed = committee__v1__envelope__get_packed_size(&builder.envelope);
+    *header_bytes = needed;
+    if (needed > capacity)
+        return cm_fail(CM_ERR_TOO_LARGE, "%s header needs %zu bytes but the buffer holds %zu",
+                       kind_names[message->kind], needed, capacity);
+    committee__v1__envelope__pack(&builder.envelope, buffer);
+    return CM_OK;
+}
+
+cm_status_t cm_wire_encode(cm_wire_encoded_t *encoded, const cm_wire_message_t *message) {
+    memset(encoded, 0, sizeof *encoded);
+    header_builder_t builder;
+    cm_status_t status = build_header(&builder, message);
+    if (status) return status;
+    size_t header_bytes = committee__v1__envelope__get_packed_size(&builder.envelope);
+    encoded->header = malloc(header_bytes);
+    if (!encoded->header)
+        return cm_fail(CM_ERR_NOMEM, "cannot allocate a %zu-byte %s header", header_bytes,
+                       kind_names[message->kind]);
+    committee__v1__envelope__pack(&builder.envelope, encoded->header);
+    encoded->frames[0] = (cm_wire_frame_t){encoded->header, header_bytes};
+    encoded->frame_count = 1;
+    if (message->kind == CM_WIRE_BATCH_REPLY)
+        for (int i = 0; i < message->batch_reply.tensor_count; i++) {
+            const cm_wire_tensor_t *tensor = &message->batch_reply.tensors[i];
+            encoded->frames[encoded->frame_count++] =
+                (cm_wire_frame_t){tensor->data, tensor->bytes};
+        }
+    return CM_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Unpacking                                                                */
+
+/* A received count that must fit in an int. */
+static cm_status_t count_from_proto(const char *owner, const char *field, size_t count, size_t most,
+                                    int *out) {
+    if (count > most)
+        return cm_fail(CM_ERR_TOO_LARGE, "%s has %zu %s; at most %zu are allowed", owner, count,
+                       field, most);
+    *out = (int)count;
+    return CM_OK;
+}
+
+static cm_status_t shape_from_proto(const char *owner, const char *name, const uint64_t *dims,
+                                    size_t count, int *ndim, int64_t *shape) {
+    if (count > CM_TENSOR_MAX_DIMS)
+        return cm_fail(CM_ERR_FORMAT, "%s '%s' has %zu dimensions; at most %d are allowed", owner,
+                       name, count, CM_TENSOR_MAX_DIMS);
+    for (size_t dim = 0; dim < count; dim++) {
+        if (dims[dim] > (uint64_t)INT64_MAX)
+            return cm_fail(CM_ERR_TOO_LARGE,
+                           "dimension %zu of %s '%s' is %" PRIu64 ", beyond any message", dim,
+                           owner, name, dims[dim]);
+        shape[dim] = (int64_t)dims[dim];
+    }
+    *ndim = (int)count;
+    return CM_OK;
+}
+
+static cm_status_t int_from_proto(const char *owner, const char *field, uint32_t value, int *out) {
+    if (value > INT_MAX)
+        return cm_fail(CM_ERR_TOO_LARGE, "%s field %s is %" PRIu32 ", beyond any sane value", owner,
+                       field, value);
+    *out = (int)value;
+    return CM_OK;
+}
+
+static cm_status_t hello_from_proto(cm_wire_hello_t *hello, const Committee__V1__Hello *proto) {
+    cm_status_t status;
+    hello->peer = (cm_wire_peer_t)proto->peer_kind;
+    hello->peer_name = proto->peer_name;
+    hello->role = (cm_wire_role_t)proto->role;
+    hello->model_id = proto->model_id;
+    hello->model_sha256 = proto->model_sha256;
+    hello->view = proto->view;
+    hello->dataset_name = proto->dataset_name;
+    hello->dataset_fingerprint = proto->dataset_fingerprint;
+    if ((status = int_from_proto("Hello", "classes", proto->classes, &hello->classes)) ||
+        (status = count_from_proto("Hello", "outputs", proto->n_outputs, CM_WIRE_MAX_OUTPUTS,
+                                   &hello->output_count)))
+        return status;
+    for (int i = 0; i < hello->output_count; i++) {
+        const Committee__V1__OutputSpec *spec = proto->outputs[i];
+        cm_wire_output_t *output = &hello->outputs[i];
+        output->name = spec->name;
+        if ((status = check_string("Hello output", "name", spec->name, true)) ||
+            (status = dtype_from_proto("Hello output", spec->name, spec->dtype, &output->dtype)) ||
+            (status = shape_from_proto("Hello output", spec->name, spec->shape, spec->n_shape,
+                                       &output->ndim, output->shape)))
+            return status;
+    }
+    if (!proto->limits) return cm_fail(CM_ERR_FORMAT, "Hello has no limits");
+    hello->limits.max_examples = proto->limits->max_examples_per_request;
+    hello->limits.max_message_bytes = proto->limits->max_message_bytes;
+    hello->limits.max_in_flight = proto->limits->max_in_flight_requests;
+    return CM_OK;
+}
+
+static cm_status_t batch_request_from_proto(cm_wire_batch_request_t *request,
+                                            const Committee__V1__BatchRequest *proto) {
+    cm_status_t status;
+    if ((status = split_from_proto("BatchRequest", proto->split, &request->split)) ||
+        (status = count_from_proto("BatchRequest", "example ids", proto->n_example_ids, INT_MAX,
+                                   &request->example_count)) ||
+        (status = count_from_proto("BatchRequest", "outputs", proto->n_outputs, CM_WIRE_MAX_OUTPUTS,
+                                   &request->output_count)) ||
+        (status = encoding_from_proto("BatchRequest", "encoding", proto->encoding,
+                                      &request->encoding)) ||
+        (status = int_from_proto("BatchRequest", "top_k", proto->top_k, &request->top_k)))
+        return status;
+    request->example_ids = proto->example_ids;
+    for (int i = 0; i < request->output_count; i++) request->outputs[i] = proto->outputs[i];
+    return CM_OK;
+}
+
+/* Converts the reply and attaches frames[0 .. frame_count) to its tensors, one each. */
+static cm_status_t batch_reply_from_proto(cm_wire_batch_reply_t *reply,
+                                          const Committee__V1__BatchReply *proto,
+                                          const cm_wire_frame_t *frames, int frame_count) {
+    cm_status_t status;
+    if ((status = split_from_proto("BatchReply", proto->split, &reply->split)) ||
+        (status = count_from_proto("BatchReply", "example ids", proto->n_example_ids, INT_MAX,
+                                   &reply->example_count)) ||
+        (status = count_from_proto("BatchReply", "tensors", proto->n_tensors, CM_WIRE_MAX_TENSORS,
+                                   &reply->tensor_count)))
+        return status;
+    if (frame_count != reply->tensor_count)
+        return cm_fail(CM_ERR_FORMAT,
+                       "BatchReply describes %d tensors but %d tensor frames followed",
+                       reply->tensor_count, frame_count);
+    reply->example_ids = proto->example_ids;
+    for (int i = 0; i < reply->tensor_count; i++) {
+        const Committee__V1__TensorDesc *desc = proto->tensors[i];
+        cm_wire_tensor_t *tensor = &reply->tensors[i];
+        tensor->name = desc->name;
+        if ((status = check_string("BatchReply tensor", "name", desc->name, true)) ||
+            (status = dtype_from_proto("tensor", desc->name, desc->dtype, &tensor->dtype)) ||
+            (status =
+                 encoding_from_proto("tensor", desc->name, desc->encoding, &tensor->encoding)) ||
+            (status = shape_from_proto("tensor", desc->name, desc->shape, desc->n_shape,
+                                       &tensor->ndim, tensor->shape)))
+            return status;
+        tensor->layout = (cm_wire_layout_t)desc->layout;
+        tensor->data = frames[i].data;
+        tensor->bytes = frames[i].bytes;
+        if (desc->byte_length != frames[i].bytes)
+            return cm_fail(CM_ERR_FORMAT,
+                           "tensor '%s' promises %" PRIu64 " bytes but its frame has %zu",
+                           desc->name, desc->byte_length, frames[i].bytes);
+    }
+    return CM_OK;
+}
+
+static cm_status_t error_from_proto(cm_wire_error_t *error, const Committee__V1__Error *proto) {
+    cm_status_t status = check_string("Error", "code", proto->code, true);
+    if (status) return status;
+    error->code = cm_status_from_name(proto->code); /* a newer peer's code: CM_ERR_INTERNAL */
+    if (error->code == CM_OK)
+        return cm_fail(CM_ERR_FORMAT, "Error field code is \"OK\", which is not a failure");
+    error->message = proto->message;
+    return CM_OK;
+}
+
+/* Converts the body of `envelope` into message; `tensor_frames` are the frames after the header. */
+static cm_status_t body_from_proto(cm_wire_message_t *message,
+                                   const Committee__V1__Envelope *envelope,
+                                   const cm_wire_frame_t *tensor_frames, int tensor_frame_count) {
+    static const cm_wire_kind_t kinds[] = {
+        [COMMITTEE__V1__ENVELOPE__BODY_HELLO] = CM_WIRE_HELLO,
+        [COMMITTEE__V1__ENVELOPE__BODY_BATCH_REQUEST] = CM_WIRE_BATCH_REQUEST,
+        [COMMITTEE__V1__ENVELOPE__BODY_BATCH_REPLY] = CM_WIRE_BATCH_REPLY,
+        [COMMITTEE__V1__ENVELOPE__BODY_HEARTBEAT] = CM_WIRE_HEARTBEAT,
+        [COMMITTEE__V1__ENVELOPE__BODY_ERROR] = CM_WIRE_ERROR,
+        [COMMITTEE__V1__ENVELOPE__BODY_BYE] = CM_WIRE_BYE,
+    };
+    if (envelope->body_case < COMMITTEE__V1__ENVELOPE__BODY_HELLO ||
+        envelope->body_case > COMMITTEE__V1__ENVELOPE__BODY_BYE)
+        return cm_fail(CM_ERR_FORMAT, "header has no body: it is neither Hello, BatchRequest, "
+                                      "BatchReply, Heartbeat, Error nor Bye");
+    message->kind = kinds[envelope->body_case];
+    if (message->kind != CM_WIRE_BATCH_REPLY && tensor_frame_count != 0)
+        return cm_fail(CM_ERR_FORMAT, "a %s carries no tensor frames, but %d followed it",
+                       kind_names[message->kind], tensor_frame_count);
+    switch (message->kind) {
+    case CM_WIRE_HELLO:
+        return hello_from_proto(&message->hello, envelope->hello);
+    case CM_WIRE_BATCH_REQUEST:
+        return batch_request_from_proto(&message->batch_request, envelope->batch_request);
+    case CM_WIRE_BATCH_REPLY:
+        return batch_reply_from_proto(&message->batch_reply, envelope->batch_reply, tensor_frames,
+                                      tensor_frame_count);
+    case CM_WIRE_HEARTBEAT:
+        message->heartbeat.sent_unix_ns = envelope->heartbeat->sent_unix_ns;
+        return CM_OK;
+    case CM_WIRE_ERROR:
+        return error_from_proto(&message->error, envelope->error);
+    case CM_WIRE_BYE:
+        message->bye.reason = envelope->bye->reason;
+        return CM_OK;
+    case CM_WIRE_KIND_COUNT:
+        break;
+    }
+    return CM_ERR_INTERNAL;
+}
+
+cm_status_t cm_wire_decode(cm_wire_message_t *message, const cm_wire_frame_t *frames,
+                           int frame_count, const cm_wire_limits_t *limits) {
+    memset(message, 0, sizeof *message);
+    message->kind = CM_WIRE_KIND_COUNT;
+    if (frame_count < 1 || frames[0].bytes == 0)
+        return cm_fail(CM_ERR_FORMAT, "malformed header: the message has no header frame or an "
+                                      "empty one");
+    if (frame_count > CM_WIRE_MAX_FRAMES)
+        return cm_fail(CM_ERR_TOO_LARGE, "message has %d frames; at most %d are allowed",
+                       frame_count, CM_WIRE_MAX_FRAMES);
+    uint64_t total = 0; /* saturates rather than wrapping */
+    for (int i = 0; i < frame_count; i++)
+        if (__builtin_add_overflow(total, (uint64_t)frames[i].bytes, &total)) total = UINT64_MAX;
+    if (total > limits->max_message_bytes)
+        return cm_fail(CM_ERR_TOO_LARGE,
+                       "message of %" PRIu64 " bytes exceeds the limit of %" PRIu64 " bytes", total,
+                       limits->max_message_bytes);
+    Committee__V1__Envelope *envelope =
+        committee__v1__envelope__unpack(NULL, frames[0].bytes, frames[0].data);
+    if (!envelope)
+        return cm_fail(CM_ERR_FORMAT,
+                       "malformed header: frame 0 (%zu bytes) is not a committee.v1.Envelope",
+                       frames[0].bytes);
+    message->version_major = envelope->version_major;
+    message->version_minor = envelope->version_minor;
+    message->request_id = envelope->request_id;
+    cm_status_t status;
+    if (envelope->version_major != CM_WIRE_VERSION_MAJOR)
+        status = cm_fail(CM_ERR_VERSION,
+                         "peer speaks protocol version %" PRIu32 ".%" PRIu32
+                         " but this side speaks %d.%d",
+                         envelope->version_major, envelope->version_minor, CM_WIRE_VERSION_MAJOR,
+                         CM_WIRE_VERSION_MINOR);
+    else if (!(status = body_from_proto(message, envelope, frames + 1, frame_count - 1)))
+        status = check_message(message, limits);
+    if (status) {
+        committee__v1__envelope__free_unpacked(envelope, NULL);
+        cm_wire_message_t kept = *message;
+        memset(message, 0, sizeof *message);
+        message->kind = kept.kind;
+        message->version_major = kept.version_major;
+        message->version_minor = kept.version_minor;
+        message->request_id = kept.request_id;
+        return status;
+    }
+    message->header = envelope;
+    return CM_OK;
+}
+
+cm_status_t cm_wire_check_ids(const int32_t *ids, int count, int split_size) {
+    if (count < 0 || (count > 0 && !ids))
+        return cm_fail(CM_ERR_INVALID_ARG, "cm_wire_check_ids got %d ids and %s array", count,
+                       ids ? "an" : "no");
+    for (int i = 0; i < count; i++)
+        if (ids[i] < 0 || ids[i] >= split_size)
+            return cm_fail(CM_ERR_OUT_OF_RANGE,
+                           "example id %" PRId32 " (position %d) is outside the split's %d "
+                           "examples",
+                           ids[i], i, split_size);
+    return CM_OK;
+}
