@@ -97,7 +97,7 @@ format-check:
 	    $(wildcard tests/*.h) $(BENCH_SRC) && echo "format-check: clean"
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-werror
 
 $(GEN_DIR)/%.pb-c.c $(GEN_DIR)/%.pb-c.h: proto/%.proto
 	@mkdir -p $(GEN_DIR)
@@ -138,5 +138,7 @@ $(CHECK_BIN): $(TEST_OBJ) $(LIB)
 $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $(CFLAGS) $^ $(LDLIBS) -o $@
+
+.SECONDARY: $(PROTO_C) $(PROTO_H)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
