@@ -1,9 +1,12 @@
 /*
  * teacher-server: trains teacher checkpoints (`fit`) and, later, serves a
- * frozen teacher to student trainers over ZeroMQ (`serve`, `query`).
+ * frozen teacher to student trainers over ZeroMQ (`serve`) and asks one
+ * what it answers (`query`).
  * Exit codes: 0 success, 1 runtime failure, 2 usage error.
  */
 #include "teacher_fit.h"
+#include "teacher_query.h"
+#include "teacher_serve.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +18,8 @@ static void usage(FILE *out) {
                  "\n"
                  "commands:\n"
                  "  fit      train a teacher checkpoint on a dataset view\n"
+            "  serve    serve a frozen teacher to trainers over ZeroMQ\n"
+            "  query    ask a running teacher for its outputs on some examples\n"
                  "\n"
                  "Run 'teacher-server COMMAND --help' for the options of a command.\n"
                  "Every option can also be set from the environment as COMMITTEE_<OPTION>\n"
@@ -33,6 +38,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (strcmp(command, "fit") == 0) return teacher_fit_main(argc, argv, 2);
+    if (strcmp(command, "serve") == 0) return teacher_serve_main(argc, argv, 2);
+    if (strcmp(command, "query") == 0) return teacher_query_main(argc, argv, 2);
     fprintf(stderr, "teacher-server: unknown command '%s' (try --help)\n", command);
     return 2;
 }
