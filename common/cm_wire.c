@@ -249,8 +249,11 @@ static cm_status_t check_hello(const cm_wire_hello_t *hello, uint64_t max_bytes)
                        (int)hello->peer);
     if ((status = check_string("Hello", "peer_name", hello->peer_name, true)) ||
         (status = check_string("Hello", "model_id", hello->model_id, teacher)) ||
-        (status = check_string("Hello", "view", hello->view, true)) ||
-        (status = check_string("Hello", "dataset_name", hello->dataset_name, true)) ||
+        (status = check_string("Hello", "view", hello->view, teacher)) ||
+        (status = check_string("Hello", "dataset_name", hello->dataset_name, teacher)))
+        return status;
+    /* A trainer may not know the dataset yet (a debugging client); a teacher always does. */
+    if ((teacher || text(hello->dataset_fingerprint)[0]) &&
         (status = check_sha256("Hello", "dataset_fingerprint", hello->dataset_fingerprint)))
         return status;
     if ((teacher || text(hello->model_sha256)[0]) &&
@@ -263,8 +266,9 @@ static cm_status_t check_hello(const cm_wire_hello_t *hello, uint64_t max_bytes)
                        "Hello field role is %d; a teacher is foundation or complementary, a "
                        "trainer has none",
                        (int)hello->role);
-    if (hello->classes < 1)
-        return cm_fail(CM_ERR_FORMAT, "Hello field classes is %d; it must be >= 1", hello->classes);
+    if (hello->classes < (teacher ? 1 : 0))
+        return cm_fail(CM_ERR_FORMAT, "Hello field classes is %d; it must be >= %d", hello->classes,
+                       teacher ? 1 : 0);
     if (hello->output_count < (teacher ? 1 : 0) || hello->output_count > CM_WIRE_MAX_OUTPUTS)
         return cm_fail(CM_ERR_FORMAT, "Hello lists %d outputs; a %s lists %d to %d",
                        hello->output_count, teacher ? "teacher" : "trainer", teacher ? 1 : 0,

@@ -23,7 +23,8 @@ cm_status_t cm_zwire_send(void *socket, zmq_msg_t *routing, const cm_wire_messag
     if (routing) {
         zmq_msg_t copy;
         zmq_msg_init(&copy);
-        if (zmq_msg_copy(&copy, routing) != 0 || zmq_msg_send(&copy, socket, flags | ZMQ_SNDMORE) < 0) {
+        if (zmq_msg_copy(&copy, routing) != 0 ||
+            zmq_msg_send(&copy, socket, flags | ZMQ_SNDMORE) < 0) {
             status = zmq_failure("sending the routing frame");
             zmq_msg_close(&copy);
             goto fail;
@@ -54,7 +55,8 @@ cm_status_t cm_zwire_send(void *socket, zmq_msg_t *routing, const cm_wire_messag
             if (made == 0) handed_over = index + 1;
         } else {
             made = zmq_msg_init_size(&part, tensor->bytes);
-            if (made == 0 && tensor->bytes) memcpy(zmq_msg_data(&part), tensor->data, tensor->bytes);
+            if (made == 0 && tensor->bytes)
+                memcpy(zmq_msg_data(&part), tensor->data, tensor->bytes);
         }
         if (made != 0) {
             status = cm_fail(CM_ERR_NOMEM, "out of memory for tensor frame '%s'", tensor->name);
@@ -102,7 +104,8 @@ cm_status_t cm_zwire_recv(void *socket, cm_zwire_received_t *received, int flags
 }
 
 void cm_zwire_received_close(cm_zwire_received_t *received) {
-    for (int index = 0; index < received->part_count; index++) zmq_msg_close(&received->parts[index]);
+    for (int index = 0; index < received->part_count; index++)
+        zmq_msg_close(&received->parts[index]);
     received->part_count = 0;
 }
 

@@ -87,7 +87,8 @@ static cm_status_t exchange(void *socket, const cm_wire_message_t *message,
     for (;;) {
         status = cm_zwire_recv(socket, received, 0);
         if (status == CM_ERR_TIMEOUT)
-            return cm_fail(CM_ERR_TIMEOUT, "no answer from %s within the timeout; is the teacher running?",
+            return cm_fail(CM_ERR_TIMEOUT,
+                           "no answer from %s within the timeout; is the teacher running?",
                            endpoint);
         if (status != CM_OK) return status;
         if (received->truncated) {
@@ -118,7 +119,8 @@ static void print_hello(const cm_wire_hello_t *hello) {
            hello->role == CM_WIRE_ROLE_FOUNDATION ? "foundation" : "complementary");
     printf("model        %s\n", hello->model_id);
     printf("model sha256 %s\n", hello->model_sha256);
-    printf("dataset      %s, view %s, %d classes\n", hello->dataset_name, hello->view, hello->classes);
+    printf("dataset      %s, view %s, %d classes\n", hello->dataset_name, hello->view,
+           hello->classes);
     printf("fingerprint  %s\n", hello->dataset_fingerprint);
     printf("outputs     ");
     for (int index = 0; index < hello->output_count; index++) {
@@ -137,10 +139,15 @@ static void print_hello(const cm_wire_hello_t *hello) {
 static float *tensor_floats(const cm_wire_tensor_t *tensor, size_t elements) {
     float *values = malloc(sizeof(float) * (elements ? elements : 1));
     if (!values) return NULL;
-    if (tensor->encoding == CM_DTYPE_F32) memcpy(values, tensor->data, sizeof(float) * elements);
-    else if (tensor->encoding == CM_DTYPE_F16) cm_wire_f16_to_f32(values, tensor->data, elements);
-    else if (tensor->encoding == CM_DTYPE_BF16) cm_wire_bf16_to_f32(values, tensor->data, elements);
-    else for (size_t index = 0; index < elements; index++) values[index] = (float)((const int32_t *)tensor->data)[index];
+    if (tensor->encoding == CM_DTYPE_F32)
+        memcpy(values, tensor->data, sizeof(float) * elements);
+    else if (tensor->encoding == CM_DTYPE_F16)
+        cm_wire_f16_to_f32(values, tensor->data, elements);
+    else if (tensor->encoding == CM_DTYPE_BF16)
+        cm_wire_bf16_to_f32(values, tensor->data, elements);
+    else
+        for (size_t index = 0; index < elements; index++)
+            values[index] = (float)((const int32_t *)tensor->data)[index];
     return values;
 }
 
@@ -150,7 +157,8 @@ static void print_reply(const cm_wire_batch_reply_t *reply, int rows, const cm_d
     for (int index = 0; index < reply->tensor_count; index++) {
         const cm_wire_tensor_t *tensor = &reply->tensors[index];
         size_t elements = 1;
-        printf("%s (%s, %s) shape [", tensor->name, layouts[tensor->layout], cm_dtype_name(tensor->encoding));
+        printf("%s (%s, %s) shape [", tensor->name, layouts[tensor->layout],
+               cm_dtype_name(tensor->encoding));
         for (int dim = 0; dim < tensor->ndim; dim++) {
             printf(dim ? ",%lld" : "%lld", (long long)tensor->shape[dim]);
             elements *= (size_t)tensor->shape[dim];
@@ -170,7 +178,7 @@ static void print_reply(const cm_wire_batch_reply_t *reply, int rows, const cm_d
             for (int row = 0; row < reply->example_count; row++) {
                 const float *logits = values + (size_t)row * width;
                 size_t best = 0;
-                for (size_t class = 1; class < width; class++)
+                for (size_t class = 1; class < width; class ++)
                     if (logits[class] > logits[best]) best = class;
                 correct += (int)best == dataset->splits[split].labels[reply->example_ids[row]];
             }
@@ -218,7 +226,8 @@ static cm_status_t query(const query_options_t *options) {
     status = exchange(socket, &message, &hello_frames, &hello, options->connect);
     if (status != CM_OK) goto done;
     if (hello.kind != CM_WIRE_HELLO) {
-        status = cm_fail(CM_ERR_PROTOCOL, "%s answered Hello with another message", options->connect);
+        status =
+            cm_fail(CM_ERR_PROTOCOL, "%s answered Hello with another message", options->connect);
         cm_wire_message_deinit(&hello);
         cm_zwire_received_close(&hello_frames);
         goto done;
@@ -242,13 +251,14 @@ static cm_status_t query(const query_options_t *options) {
     char outputs[256];
     snprintf(outputs, sizeof outputs, "%s", options->outputs);
     char *save = NULL;
-    for (char *name = strtok_r(outputs, ",", &save); name && request->output_count < CM_WIRE_MAX_OUTPUTS;
-         name = strtok_r(NULL, ",", &save))
+    for (char *name = strtok_r(outputs, ",", &save);
+         name && request->output_count < CM_WIRE_MAX_OUTPUTS; name = strtok_r(NULL, ",", &save))
         request->outputs[request->output_count++] = name;
     status = exchange(socket, &message, &received, &reply, options->connect);
     if (status != CM_OK) goto done;
     if (reply.kind != CM_WIRE_BATCH_REPLY) {
-        status = cm_fail(CM_ERR_PROTOCOL, "%s answered the request with another message", options->connect);
+        status = cm_fail(CM_ERR_PROTOCOL, "%s answered the request with another message",
+                         options->connect);
         goto done;
     }
     print_reply(&reply.batch_reply, options->rows, dataset, split);
@@ -264,33 +274,46 @@ done:
 
 int teacher_query_main(int argc, char **argv, int first) {
     query_options_t options = {
-        .connect = "tcp://127.0.0.1:5555", .split = "test", .ids = "0-9", .outputs = "logits",
-        .encoding = "F32", .data_dir = NULL, .top_k = 0, .rows = 3, .timeout_ms = 5000,
+        .connect = "tcp://127.0.0.1:5555",
+        .split = "test",
+        .ids = "0-9",
+        .outputs = "logits",
+        .encoding = "F32",
+        .data_dir = NULL,
+        .top_k = 0,
+        .rows = 3,
+        .timeout_ms = 5000,
     };
     const cm_cli_option_t table[] = {
-        {"connect", CM_CLI_STRING, &options.connect, "ENDPOINT", "the teacher's ZeroMQ endpoint", 0},
+        {"connect", CM_CLI_STRING, &options.connect, "ENDPOINT", "the teacher's ZeroMQ endpoint",
+         0},
         {"split", CM_CLI_STRING, &options.split, "SPLIT", "train or test", 0},
         {"ids", CM_CLI_STRING, &options.ids, "RANGES", "example ids, e.g. 0-255,300", 0},
-        {"outputs", CM_CLI_STRING, &options.outputs, "LIST", "comma-separated: logits,hidden,tokens", 0},
+        {"outputs", CM_CLI_STRING, &options.outputs, "LIST",
+         "comma-separated: logits,hidden,tokens", 0},
         {"encoding", CM_CLI_STRING, &options.encoding, "ENC", "F32, F16 or BF16", 0},
         {"top-k", CM_CLI_INT, &options.top_k, "K", "ask for the k largest logits only (0: all)", 0},
         {"rows", CM_CLI_INT, &options.rows, "N", "rows of each tensor to print", 0},
-        {"timeout-ms", CM_CLI_INT, &options.timeout_ms, "MS", "how long to wait for each answer", 0},
-        {"data-dir", CM_CLI_STRING, &options.data_dir, "DIR", "local dataset files, for the accuracy line", 0},
+        {"timeout-ms", CM_CLI_INT, &options.timeout_ms, "MS", "how long to wait for each answer",
+         0},
+        {"data-dir", CM_CLI_STRING, &options.data_dir, "DIR",
+         "local dataset files, for the accuracy line", 0},
     };
     const int count = (int)(sizeof table / sizeof table[0]);
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     if (help) {
-        cm_cli_usage(stdout, "teacher-server query [--connect ENDPOINT] [--ids 0-255] [options]",
-                     "Asks a running teacher for its outputs on some examples and prints its Hello,\n"
-                     "the shapes and first rows of what it returns, and the accuracy on those ids\n"
-                     "(when the dataset is installed here).",
-                     table, count);
+        cm_cli_usage(
+            stdout, "teacher-server query [--connect ENDPOINT] [--ids 0-255] [options]",
+            "Asks a running teacher for its outputs on some examples and prints its Hello,\n"
+            "the shapes and first rows of what it returns, and the accuracy on those ids\n"
+            "(when the dataset is installed here).",
+            table, count);
         return 0;
     }
     if (status == CM_OK && (options.timeout_ms < 1 || options.rows < 0 || options.top_k < 0))
-        status = cm_fail(CM_ERR_INVALID_ARG, "--timeout-ms must be positive, --rows and --top-k not negative");
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--timeout-ms must be positive, --rows and --top-k not negative");
     if (status != CM_OK) {
         fprintf(stderr, "teacher-server query: %s\n", cm_last_error());
         return 2;

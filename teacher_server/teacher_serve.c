@@ -1,0 +1,1083 @@
+/*
+ * teacher_serve: a frozen teacher served over ZeroMQ.
+ *
+ * Threads.  The main thread runs one libuv loop that owns every socket and
+ * handle: the ROUTER socket (through cm_zloop), the HTTP server, a heartbeat
+ * timer, SIGINT/SIGTERM handlers and an async handle.  Forward passes run on
+ * one compute thread, which is the only user of the model: the loop thread
+ * validates a request, copies what the compute thread needs into a job and
+ * queues it; the compute thread runs the model in chunks, encodes the
+ * outputs into freshly allocated frames and hands the job back through the
+ * async handle; the loop thread sends the reply, passing the frames to
+ * ZeroMQ without a copy.  The queue is bounded: a request that finds it full
+ * is answered Error{BUSY} at once, so memory never grows with load.
+ *
+ * Failure model.  Every message is decoded and checked by cm_wire before it
+ * is trusted.  Anything wrong with it (a malformed header, another protocol
+ * major version, frame lengths that lie, ids out of range, unknown outputs)
+ * is answered with an Error naming the problem, counted by code in
+ * /metrics, and dropped; the server keeps serving.  Messages that cannot be
+ * answered (no routing id, no header) are counted and dropped.
+ *
+ * Stopping.  The first SIGINT/SIGTERM stops accepting work (new requests get
+ * Error{UNAVAILABLE}), lets the queued and running requests finish and be
+ * answered, says Bye to every known peer, closes every handle and exits 0.
+ * A second signal answers the queued requests Error{CANCELLED} instead.
+ */
+#include "teacher_serve.h"
+
+#include "cm_blas.h"
+#include "cm_cli.h"
+#include "cm_dataset.h"
+#include "cm_file.h"
+#include "cm_http.h"
+#include "cm_log.h"
+#include "cm_metrics.h"
+#include "cm_model.h"
+#include "cm_progress.h"
+#include "cm_safetensors.h"
+#include "cm_sha256.h"
+#include "cm_wire.h"
+#include "cm_zloop.h"
+#include "cm_zwire.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+#include <zmq.h>
+
+enum {
+    OUTPUT_LOGITS,
+    OUTPUT_HIDDEN,
+    OUTPUT_TOKENS,
+    OUTPUT_COUNT,
+    MAX_PEERS = 256,
+    COMPUTE_BATCH = 256, /* examples per forward pass on the compute thread */
+    MAX_ROUTING_ID = 255
+};
+
+static const char *const output_names[OUTPUT_COUNT] = {"logits", "hidden", "tokens"};
+
+typedef struct {
+    const char *model_path;
+    const char *data;
+    const char *data_dir;
+    const char *bind;
+    const char *http;
+    const char *name;
+    const char *role;
+    const char *log_level;
+    int threads;
+    int max_examples;
+    int queue;
+    int max_message_mb;
+    int max_train;
+    int max_test;
+    int heartbeat_ms;
+    int insecure_public;
+} serve_options_t;
+
+/* One request on its way through the compute thread. */
+typedef struct job {
+    struct job *next;
+    zmq_msg_t routing; /* the requester's routing id */
+    uint64_t request_id;
+    cm_split_t split;
+    int count;
+    int32_t *ids; /* [count], checked against the split */
+    int wanted[OUTPUT_COUNT];
+    cm_dtype_t encoding;
+    int top_k;
+    double received_at, started_at, finished_at; /* monotonic seconds */
+    cm_status_t status;                          /* of the computation */
+    char error[256];
+    int tensor_count;
+    cm_wire_tensor_t tensors[CM_WIRE_MAX_TENSORS]; /* data: malloc'd frames, ours until sent */
+} job_t;
+
+typedef struct {
+    uint8_t id[MAX_ROUTING_ID];
+    size_t id_length;
+    char name[64];
+    double last_seen, last_sent; /* monotonic seconds */
+} peer_t;
+
+typedef struct {
+    serve_options_t options;
+    uv_loop_t loop;
+    void *context, *socket;
+    cm_zloop_t *zloop;
+    cm_http_t *http;
+    cm_metrics_t *metrics;
+    uv_signal_t signal_int, signal_term;
+    uv_timer_t heartbeat_timer;
+    uv_async_t done_async;
+
+    /* Shared with the compute thread, under lock. */
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    job_t *pending_head, *pending_tail;
+    int pending_count;
+    job_t *done_head, *done_tail;
+    int in_progress;
+    int worker_exit;
+    pthread_t worker;
+    int worker_started;
+
+    /* Read-only after start-up (the model itself belongs to the compute thread). */
+    cm_model_t *model;
+    cm_dataset_t *dataset;
+    float *batch_inputs; /* compute thread: [COMPUTE_BATCH][features] */
+    char spec_text[CM_MODEL_SPEC_MAX];
+    char model_sha256[65];
+    char name[64];
+    cm_wire_role_t role;
+    int available[OUTPUT_COUNT];
+    int width[OUTPUT_COUNT]; /* floats per example */
+    int tokens;
+    cm_wire_limits_t limits;
+
+    /* Loop thread only. */
+    peer_t peers[MAX_PEERS];
+    int peer_count;
+    int ready, stopping, closing, signals_seen;
+
+    cm_metrics_counter_t *requests, *examples, *bytes_out, *replies_dropped;
+    cm_metrics_histogram_t *queue_seconds, *compute_seconds;
+    cm_metrics_gauge_t *queue_depth, *peers_gauge;
+} server_t;
+
+/* ---------------------------------------------------------------- helpers */
+
+static uint64_t wall_clock_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+}
+
+static void release_frame(void *data, void *hint) {
+    (void)hint;
+    free(data);
+}
+
+static void job_free(job_t *job) {
+    if (!job) return;
+    for (int index = 0; index < job->tensor_count; index++) free((void *)job->tensors[index].data);
+    zmq_msg_close(&job->routing);
+    free(job->ids);
+    free(job);
+}
+
+static void count_error(server_t *server, cm_status_t code) {
+    cm_metrics_label_t label = {"code", cm_status_name(code)};
+    cm_metrics_counter_t *counter = NULL;
+    if (cm_metrics_register_counter(server->metrics, "committee_teacher_errors_total",
+                                    "Requests or messages answered with an Error (or dropped), by "
+                                    "code.",
+                                    &label, &counter) == CM_OK)
+        cm_metrics_counter_add(counter, 1);
+}
+
+/* Sends `message` behind `routing`; tensor data is handed to ZeroMQ (freed by it). */
+static cm_status_t send_message(server_t *server, zmq_msg_t *routing,
+                                const cm_wire_message_t *message) {
+    cm_wire_encoded_t encoded;
+    cm_status_t status = cm_wire_encode(&encoded, message);
+    int tensor_count = message->kind == CM_WIRE_BATCH_REPLY ? message->batch_reply.tensor_count : 0;
+    if (status != CM_OK) {
+        for (int index = 0; index < tensor_count; index++)
+            free((void *)message->batch_reply.tensors[index].data);
+        cm_wire_encoded_deinit(&encoded);
+        return status;
+    }
+    cm_zloop_frame_t frames[CM_WIRE_MAX_FRAMES + 1];
+    int frame_count = 0;
+    frames[frame_count++] =
+        (cm_zloop_frame_t){zmq_msg_data(routing), zmq_msg_size(routing), NULL, NULL};
+    uint64_t bytes = 0;
+    for (int index = 0; index < encoded.frame_count; index++) {
+        int is_tensor = index > 0;
+        frames[frame_count++] =
+            (cm_zloop_frame_t){encoded.frames[index].data, encoded.frames[index].bytes,
+                               is_tensor ? release_frame : NULL, NULL};
+        bytes += encoded.frames[index].bytes;
+    }
+    status = cm_zloop_send(server->zloop, frames, frame_count);
+    cm_wire_encoded_deinit(&encoded);
+    if (status == CM_OK)
+        cm_metrics_counter_add(server->bytes_out, bytes);
+    else
+        cm_metrics_counter_add(server->replies_dropped, 1);
+    return status;
+}
+
+static void reply_error(server_t *server, zmq_msg_t *routing, uint64_t request_id, cm_status_t code,
+                        const char *sentence) {
+    count_error(server, code);
+    cm_log_debug("answering request %llu with %s: %s", (unsigned long long)request_id,
+                 cm_status_name(code), sentence);
+    cm_wire_message_t reply;
+    cm_wire_message_error(&reply, request_id, code, sentence);
+    send_message(server, routing, &reply);
+}
+
+/* ---------------------------------------------------------------- peers */
+
+static peer_t *find_peer(server_t *server, zmq_msg_t *routing) {
+    size_t length = zmq_msg_size(routing);
+    for (int index = 0; index < server->peer_count; index++)
+        if (server->peers[index].id_length == length &&
+            memcmp(server->peers[index].id, zmq_msg_data(routing), length) == 0)
+            return &server->peers[index];
+    return NULL;
+}
+
+static peer_t *touch_peer(server_t *server, zmq_msg_t *routing) {
+    peer_t *peer = find_peer(server, routing);
+    size_t length = zmq_msg_size(routing);
+    if (!peer && server->peer_count < MAX_PEERS && length <= MAX_ROUTING_ID) {
+        peer = &server->peers[server->peer_count++];
+        memset(peer, 0, sizeof *peer);
+        memcpy(peer->id, zmq_msg_data(routing), length);
+        peer->id_length = length;
+        snprintf(peer->name, sizeof peer->name, "unnamed");
+        peer->last_sent = cm_progress_now();
+        cm_metrics_gauge_set(server->peers_gauge, server->peer_count);
+    }
+    if (peer) peer->last_seen = cm_progress_now();
+    return peer;
+}
+
+static void forget_peer(server_t *server, peer_t *peer) {
+    *peer = server->peers[--server->peer_count];
+    cm_metrics_gauge_set(server->peers_gauge, server->peer_count);
+}
+
+/* Sends a body-less message (Heartbeat or Bye) to one peer. */
+static void send_to_peer(server_t *server, peer_t *peer, const cm_wire_message_t *message) {
+    zmq_msg_t routing;
+    zmq_msg_init_size(&routing, peer->id_length);
+    memcpy(zmq_msg_data(&routing), peer->id, peer->id_length);
+    send_message(server, &routing, message);
+    zmq_msg_close(&routing);
+    peer->last_sent = cm_progress_now();
+}
+
+/* ---------------------------------------------------------------- compute thread */
+
+/* Encodes float values [count] into a new frame of `encoding`; NULL when out of memory. */
+static void *encode_floats(const float *values, size_t count, cm_dtype_t encoding, size_t *bytes) {
+    *bytes = count * cm_dtype_size(encoding);
+    void *frame = malloc(*bytes ? *bytes : 1);
+    if (!frame) return NULL;
+    if (encoding == CM_DTYPE_F32)
+        memcpy(frame, values, *bytes);
+    else if (encoding == CM_DTYPE_F16)
+        cm_wire_f32_to_f16(frame, values, count);
+    else
+        cm_wire_f32_to_bf16(frame, values, count);
+    return frame;
+}
+
+static int add_tensor(job_t *job, const char *name, cm_dtype_t dtype, cm_dtype_t encoding,
+                      cm_wire_layout_t layout, void *data, size_t bytes, int ndim, int64_t dim1,
+                      int64_t dim2) {
+    if (!data) return 0;
+    cm_wire_tensor_t *tensor = &job->tensors[job->tensor_count++];
+    memset(tensor, 0, sizeof *tensor);
+    tensor->name = name;
+    tensor->dtype = dtype;
+    tensor->encoding = encoding;
+    tensor->layout = layout;
+    tensor->ndim = ndim;
+    tensor->shape[0] = job->count;
+    tensor->shape[1] = dim1;
+    tensor->shape[2] = dim2;
+    tensor->data = data;
+    tensor->bytes = bytes;
+    return 1;
+}
+
+/* Top-k logits: the k largest values, their classes, and the softmax mass of the rest. */
+static int add_top_k(job_t *job, const float *logits, int classes) {
+    size_t count = (size_t)job->count, k = (size_t)job->top_k;
+    float *values = malloc(sizeof(float) * count * k);
+    int32_t *indices = malloc(sizeof(int32_t) * count * k);
+    float *tail = malloc(sizeof(float) * count);
+    int ok = values && indices && tail;
+    for (size_t row = 0; ok && row < count; row++) {
+        const float *row_logits = logits + row * (size_t)classes;
+        float max_logit = row_logits[0];
+        for (int class = 1; class < classes; class ++)
+            if (row_logits[class] > max_logit) max_logit = row_logits[class];
+        double total = 0.0;
+        for (int class = 0; class < classes; class ++)
+            total += exp((double)(row_logits[class] - max_logit));
+        double kept = 0.0;
+        for (size_t slot = 0; slot < k; slot++) { /* selection: k is small */
+            int best = -1;
+            for (int class = 0; class < classes; class ++) {
+                int taken = 0;
+                for (size_t earlier = 0; earlier < slot; earlier++)
+                    taken |= indices[row * k + earlier] == class;
+                if (!taken && (best < 0 || row_logits[class] > row_logits[best])) best = class;
+            }
+            values[row * k + slot] = row_logits[best];
+            indices[row * k + slot] = best;
+            kept += exp((double)(row_logits[best] - max_logit));
+        }
+        tail[row] = (float)fmax(0.0, 1.0 - kept / total);
+    }
+    size_t value_bytes = 0, tail_bytes = 0;
+    void *value_frame = ok ? encode_floats(values, count * k, job->encoding, &value_bytes) : NULL;
+    void *tail_frame = ok ? encode_floats(tail, count, job->encoding, &tail_bytes) : NULL;
+    free(values);
+    free(tail);
+    if (!value_frame || !tail_frame) {
+        free(value_frame);
+        free(tail_frame);
+        free(indices);
+        return 0;
+    }
+    add_tensor(job, "logits", CM_DTYPE_F32, job->encoding, CM_WIRE_TOPK_VALUES, value_frame,
+               value_bytes, 2, (int64_t)k, 0);
+    add_tensor(job, "logits", CM_DTYPE_I32, CM_DTYPE_I32, CM_WIRE_TOPK_INDICES, indices,
+               sizeof(int32_t) * count * k, 2, (int64_t)k, 0);
+    add_tensor(job, "logits", CM_DTYPE_F32, job->encoding, CM_WIRE_TAIL_MASS, tail_frame,
+               tail_bytes, 1, 0, 0);
+    return 1;
+}
+
+/* Runs the model over the job's examples and fills its tensors. */
+static void compute_job(server_t *server, job_t *job) {
+    const cm_split_data_t *split = &server->dataset->splits[job->split];
+    int features = server->dataset->features;
+    float *staging[OUTPUT_COUNT] = {NULL, NULL, NULL};
+    int ok = 1;
+    for (int output = 0; output < OUTPUT_COUNT; output++)
+        if (job->wanted[output] || (output == OUTPUT_LOGITS && job->top_k)) {
+            staging[output] =
+                malloc(sizeof(float) * (size_t)job->count * (size_t)server->width[output]);
+            ok &= staging[output] != NULL;
+        }
+    for (int start = 0; ok && start < job->count; start += COMPUTE_BATCH) {
+        int batch = job->count - start < COMPUTE_BATCH ? job->count - start : COMPUTE_BATCH;
+        for (int row = 0; row < batch; row++)
+            memcpy(server->batch_inputs + (size_t)row * (size_t)features,
+                   split->inputs + (size_t)job->ids[start + row] * (size_t)features,
+                   sizeof(float) * (size_t)features);
+        const float *logits = cm_model_forward(server->model, server->batch_inputs, batch);
+        for (int output = 0; output < OUTPUT_COUNT; output++) {
+            if (!staging[output]) continue;
+            int width = server->width[output], unused = 0;
+            const float *source =
+                output == OUTPUT_LOGITS
+                    ? logits
+                    : cm_model_feature(server->model, output_names[output], &unused, NULL);
+            memcpy(staging[output] + (size_t)start * (size_t)width, source,
+                   sizeof(float) * (size_t)batch * (size_t)width);
+        }
+    }
+    for (int output = 0; ok && output < OUTPUT_COUNT; output++) {
+        if (!job->wanted[output]) continue;
+        if (output == OUTPUT_LOGITS && job->top_k) {
+            ok = add_top_k(job, staging[output], server->width[output]);
+            continue;
+        }
+        size_t bytes = 0;
+        void *frame =
+            encode_floats(staging[output], (size_t)job->count * (size_t)server->width[output],
+                          job->encoding, &bytes);
+        if (output == OUTPUT_TOKENS)
+            ok =
+                add_tensor(job, output_names[output], CM_DTYPE_F32, job->encoding, CM_WIRE_DENSE,
+                           frame, bytes, 3, server->tokens, server->width[output] / server->tokens);
+        else
+            ok = add_tensor(job, output_names[output], CM_DTYPE_F32, job->encoding, CM_WIRE_DENSE,
+                            frame, bytes, 2, server->width[output], 0);
+    }
+    for (int output = 0; output < OUTPUT_COUNT; output++) free(staging[output]);
+    if (!ok) {
+        job->status = CM_ERR_NOMEM;
+        snprintf(job->error, sizeof job->error, "teacher '%s' ran out of memory for %d examples",
+                 server->name, job->count);
+    }
+}
+
+static void *compute_thread(void *argument) {
+    server_t *server = argument;
+    pthread_mutex_lock(&server->lock);
+    for (;;) {
+        while (!server->pending_head && !server->worker_exit)
+            pthread_cond_wait(&server->wake, &server->lock);
+        if (server->worker_exit) break;
+        job_t *job = server->pending_head;
+        server->pending_head = job->next;
+        if (!server->pending_head) server->pending_tail = NULL;
+        server->pending_count--;
+        server->in_progress++;
+        pthread_mutex_unlock(&server->lock);
+
+        job->next = NULL;
+        job->started_at = cm_progress_now();
+        compute_job(server, job);
+        job->finished_at = cm_progress_now();
+
+        pthread_mutex_lock(&server->lock);
+        server->in_progress--;
+        if (server->done_tail)
+            server->done_tail->next = job;
+        else
+            server->done_head = job;
+        server->done_tail = job;
+        uv_async_send(&server->done_async);
+    }
+    pthread_mutex_unlock(&server->lock);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- loop thread */
+
+static void maybe_finish_stop(server_t *server);
+
+static void send_reply(server_t *server, job_t *job) {
+    if (job->status != CM_OK) {
+        reply_error(server, &job->routing, job->request_id, job->status, job->error);
+        return;
+    }
+    cm_wire_message_t reply;
+    cm_wire_message_init(&reply, CM_WIRE_BATCH_REPLY, job->request_id);
+    reply.batch_reply.split = job->split;
+    reply.batch_reply.example_count = job->count;
+    reply.batch_reply.example_ids = job->ids;
+    reply.batch_reply.tensor_count = job->tensor_count;
+    memcpy(reply.batch_reply.tensors, job->tensors,
+           sizeof(cm_wire_tensor_t) * (size_t)job->tensor_count);
+    job->tensor_count = 0; /* the frames now belong to send_message / ZeroMQ */
+    cm_status_t status = send_message(server, &job->routing, &reply);
+    if (status != CM_OK) {
+        cm_log_warn("could not send the reply to request %llu: %s",
+                    (unsigned long long)job->request_id, cm_last_error());
+        return;
+    }
+    cm_metrics_counter_add(server->examples, (uint64_t)job->count);
+    cm_metrics_histogram_observe(server->queue_seconds, job->started_at - job->received_at);
+    cm_metrics_histogram_observe(server->compute_seconds, job->finished_at - job->started_at);
+}
+
+static void on_jobs_done(uv_async_t *handle) {
+    server_t *server = handle->data;
+    pthread_mutex_lock(&server->lock);
+    job_t *job = server->done_head;
+    server->done_head = server->done_tail = NULL;
+    cm_metrics_gauge_set(server->queue_depth, server->pending_count);
+    pthread_mutex_unlock(&server->lock);
+    while (job) {
+        job_t *next = job->next;
+        send_reply(server, job);
+        job_free(job);
+        job = next;
+    }
+    maybe_finish_stop(server);
+}
+
+static int output_index(const char *name) {
+    for (int output = 0; output < OUTPUT_COUNT; output++)
+        if (strcmp(name, output_names[output]) == 0) return output;
+    return -1;
+}
+
+static void handle_batch_request(server_t *server, zmq_msg_t *routing,
+                                 const cm_wire_message_t *message) {
+    const cm_wire_batch_request_t *request = &message->batch_request;
+    cm_metrics_counter_add(server->requests, 1);
+    if (server->stopping) {
+        char sentence[160];
+        snprintf(sentence, sizeof sentence, "teacher '%s' is shutting down", server->name);
+        reply_error(server, routing, message->request_id, CM_ERR_UNAVAILABLE, sentence);
+        return;
+    }
+    const cm_split_data_t *split = &server->dataset->splits[request->split];
+    cm_status_t status =
+        cm_wire_check_ids(request->example_ids, request->example_count, split->count);
+    if (status != CM_OK) {
+        char sentence[512];
+        snprintf(sentence, sizeof sentence, "%s split '%s' of teacher '%s' has %d examples",
+                 cm_last_error(), cm_split_name(request->split), server->name, split->count);
+        reply_error(server, routing, message->request_id, status, sentence);
+        return;
+    }
+    if (request->top_k < 0 || request->top_k > server->width[OUTPUT_LOGITS]) {
+        char sentence[160];
+        snprintf(sentence, sizeof sentence, "top_k %d is not in 0..%d (the number of classes)",
+                 request->top_k, server->width[OUTPUT_LOGITS]);
+        reply_error(server, routing, message->request_id, CM_ERR_OUT_OF_RANGE, sentence);
+        return;
+    }
+    job_t *job = calloc(1, sizeof *job);
+    int32_t *ids = job ? malloc(sizeof(int32_t) * (size_t)request->example_count) : NULL;
+    if (!job || !ids) {
+        free(job);
+        free(ids);
+        reply_error(server, routing, message->request_id, CM_ERR_NOMEM, "teacher is out of memory");
+        return;
+    }
+    zmq_msg_init(&job->routing);
+    zmq_msg_copy(&job->routing, routing);
+    job->ids = ids;
+    memcpy(ids, request->example_ids, sizeof(int32_t) * (size_t)request->example_count);
+    job->request_id = message->request_id;
+    job->split = request->split;
+    job->count = request->example_count;
+    job->encoding = request->encoding;
+    job->top_k = request->top_k;
+    job->received_at = cm_progress_now();
+    for (int index = 0; index < request->output_count; index++) {
+        int output = output_index(request->outputs[index]);
+        if (output < 0 || !server->available[output]) {
+            char sentence[256];
+            snprintf(sentence, sizeof sentence, "teacher '%s' has no output '%s' (it offers %s)",
+                     server->name, request->outputs[index],
+                     server->available[OUTPUT_TOKENS] ? "logits, hidden, tokens"
+                                                      : "logits, hidden");
+            reply_error(server, routing, message->request_id, CM_ERR_NOT_FOUND, sentence);
+            job_free(job);
+            return;
+        }
+        job->wanted[output] = 1;
+    }
+    pthread_mutex_lock(&server->lock);
+    int accepted = server->pending_count < server->options.queue;
+    if (accepted) {
+        if (server->pending_tail)
+            server->pending_tail->next = job;
+        else
+            server->pending_head = job;
+        server->pending_tail = job;
+        server->pending_count++;
+        pthread_cond_signal(&server->wake);
+    }
+    int depth = server->pending_count;
+    pthread_mutex_unlock(&server->lock);
+    cm_metrics_gauge_set(server->queue_depth, depth);
+    if (!accepted) {
+        char sentence[160];
+        snprintf(sentence, sizeof sentence, "teacher '%s' has %d requests queued; try again later",
+                 server->name, depth);
+        reply_error(server, routing, message->request_id, CM_ERR_BUSY, sentence);
+        job_free(job);
+    }
+}
+
+static void fill_hello(server_t *server, cm_wire_message_t *hello_message) {
+    cm_wire_message_init(hello_message, CM_WIRE_HELLO, 0);
+    cm_wire_hello_t *hello = &hello_message->hello;
+    hello->peer = CM_WIRE_PEER_TEACHER;
+    hello->peer_name = server->name;
+    hello->role = server->role;
+    hello->model_id = server->spec_text;
+    hello->model_sha256 = server->model_sha256;
+    hello->view = server->dataset->view;
+    hello->dataset_name = server->dataset->name;
+    hello->dataset_fingerprint = server->dataset->fingerprint;
+    hello->classes = server->dataset->classes;
+    hello->limits = server->limits;
+    for (int output = 0; output < OUTPUT_COUNT; output++) {
+        if (!server->available[output]) continue;
+        cm_wire_output_t *spec = &hello->outputs[hello->output_count++];
+        spec->name = output_names[output];
+        spec->dtype = CM_DTYPE_F32;
+        if (output == OUTPUT_TOKENS) {
+            spec->ndim = 2;
+            spec->shape[0] = server->tokens;
+            spec->shape[1] = server->width[output] / server->tokens;
+        } else {
+            spec->ndim = 1;
+            spec->shape[0] = server->width[output];
+        }
+    }
+}
+
+static void on_message(cm_zloop_t *zloop, zmq_msg_t *frames, int frame_count, void *user) {
+    (void)zloop;
+    server_t *server = user;
+    if (server->closing) return;
+    if (frame_count < 2) { /* a routing id alone: nothing to decode, nobody to tell */
+        count_error(server, CM_ERR_FORMAT);
+        return;
+    }
+    zmq_msg_t *routing = &frames[0];
+    peer_t *peer = touch_peer(server, routing);
+    cm_wire_message_t message;
+    cm_status_t status = cm_zwire_decode(&message, frames + 1, frame_count - 1, &server->limits);
+    if (status != CM_OK) {
+        reply_error(server, routing, message.request_id, status, cm_last_error());
+        if (status == CM_ERR_VERSION && peer) forget_peer(server, peer);
+        cm_wire_message_deinit(&message);
+        return;
+    }
+    switch (message.kind) {
+    case CM_WIRE_HELLO: {
+        if (peer) snprintf(peer->name, sizeof peer->name, "%s", message.hello.peer_name);
+        cm_log_info("hello from %s '%s'",
+                    message.hello.peer == CM_WIRE_PEER_TRAINER ? "trainer" : "peer",
+                    message.hello.peer_name);
+        cm_wire_message_t hello;
+        fill_hello(server, &hello);
+        hello.request_id = message.request_id;
+        send_message(server, routing, &hello);
+        break;
+    }
+    case CM_WIRE_HEARTBEAT:
+        break;
+    case CM_WIRE_BYE:
+        if (peer) {
+            cm_log_info("'%s' said bye", peer->name);
+            forget_peer(server, peer);
+        }
+        break;
+    case CM_WIRE_BATCH_REQUEST:
+        handle_batch_request(server, routing, &message);
+        break;
+    default:
+        reply_error(server, routing, message.request_id, CM_ERR_PROTOCOL,
+                    "a teacher accepts Hello, BatchRequest, Heartbeat and Bye only");
+        break;
+    }
+    cm_wire_message_deinit(&message);
+}
+
+static void on_heartbeat_timer(uv_timer_t *timer) {
+    server_t *server = timer->data;
+    double now = cm_progress_now(), interval = server->options.heartbeat_ms / 1000.0;
+    cm_wire_message_t heartbeat;
+    cm_wire_message_init(&heartbeat, CM_WIRE_HEARTBEAT, 0);
+    for (int index = server->peer_count - 1; index >= 0; index--) {
+        peer_t *peer = &server->peers[index];
+        if (now - peer->last_seen > 10 * interval) {
+            cm_log_info("'%s' has been silent for %.0f s; forgetting it", peer->name,
+                        now - peer->last_seen);
+            forget_peer(server, peer);
+            continue;
+        }
+        if (now - peer->last_sent >= interval) {
+            heartbeat.heartbeat.sent_unix_ns = wall_clock_ns();
+            send_to_peer(server, peer, &heartbeat);
+        }
+    }
+}
+
+static void on_http(const cm_http_request_t *request, cm_http_response_t *response, void *user) {
+    server_t *server = user;
+    if (strcmp(request->path, "/healthz") == 0) {
+        response->status = 200;
+        response->body = "ok\n";
+    } else if (strcmp(request->path, "/readyz") == 0) {
+        int ready = server->ready && !server->stopping;
+        response->status = ready ? 200 : 503;
+        response->body = ready ? "ready\n" : "not ready\n";
+    } else if (strcmp(request->path, "/metrics") == 0) {
+        char *text = NULL;
+        size_t length = 0;
+        if (cm_metrics_render_alloc(server->metrics, &text, &length) != CM_OK) {
+            response->status = 500;
+            response->body = "cannot render metrics\n";
+            return;
+        }
+        response->status = 200;
+        response->content_type = CM_METRICS_CONTENT_TYPE;
+        response->body = text;
+        response->body_length = length;
+        response->body_release = free;
+    }
+}
+
+static void close_handle(uv_handle_t *handle) {
+    if (!uv_is_closing(handle)) uv_close(handle, NULL);
+}
+
+static void on_zloop_closed(cm_zloop_t *zloop, void *user) {
+    (void)zloop;
+    server_t *server = user;
+    zmq_close(server->socket);
+    server->socket = NULL;
+}
+
+/* Closes everything once no work is queued or running; the loop then ends. */
+static void maybe_finish_stop(server_t *server) {
+    if (!server->stopping || server->closing) return;
+    pthread_mutex_lock(&server->lock);
+    int busy = server->pending_count + server->in_progress + (server->done_head != NULL);
+    if (!busy) {
+        server->worker_exit = 1;
+        pthread_cond_signal(&server->wake);
+    }
+    pthread_mutex_unlock(&server->lock);
+    if (busy) return;
+    server->closing = 1;
+    cm_wire_message_t bye;
+    cm_wire_message_init(&bye, CM_WIRE_BYE, 0);
+    bye.bye.reason = "teacher is shutting down";
+    for (int index = 0; index < server->peer_count; index++)
+        send_to_peer(server, &server->peers[index], &bye);
+    cm_log_info("said bye to %d peer(s); closing", server->peer_count);
+    cm_zloop_close(server->zloop, on_zloop_closed);
+    if (server->http) cm_http_close(server->http, NULL);
+    close_handle((uv_handle_t *)&server->heartbeat_timer);
+    close_handle((uv_handle_t *)&server->signal_int);
+    close_handle((uv_handle_t *)&server->signal_term);
+    close_handle((uv_handle_t *)&server->done_async);
+}
+
+static void on_signal(uv_signal_t *handle, int signal_number) {
+    server_t *server = handle->data;
+    server->signals_seen++;
+    if (!server->stopping) {
+        cm_log_info("%s: finishing queued requests, then stopping", strsignal(signal_number));
+        server->stopping = 1;
+    } else if (server->signals_seen == 2) {
+        cm_log_info("%s again: cancelling queued requests", strsignal(signal_number));
+        pthread_mutex_lock(&server->lock);
+        job_t *job = server->pending_head;
+        server->pending_head = server->pending_tail = NULL;
+        server->pending_count = 0;
+        pthread_mutex_unlock(&server->lock);
+        while (job) {
+            job_t *next = job->next;
+            reply_error(server, &job->routing, job->request_id, CM_ERR_CANCELLED,
+                        "the teacher was stopped before this request ran");
+            job_free(job);
+            job = next;
+        }
+    }
+    maybe_finish_stop(server);
+}
+
+/* ---------------------------------------------------------------- start-up */
+
+static int is_loopback_endpoint(const char *endpoint) {
+    if (strncmp(endpoint, "ipc://", 6) == 0 || strncmp(endpoint, "inproc://", 9) == 0) return 1;
+    if (strncmp(endpoint, "tcp://", 6) != 0) return 0;
+    const char *host = endpoint + 6;
+    return strncmp(host, "127.", 4) == 0 || strncmp(host, "localhost:", 10) == 0 ||
+           strncmp(host, "[::1]:", 6) == 0;
+}
+
+static cm_status_t hash_file(const char *path, char hex[65]) {
+    void *data = NULL;
+    size_t size = 0;
+    cm_status_t status = cm_file_read_all(path, &data, &size);
+    if (status != CM_OK) return status;
+    cm_sha256_t hash;
+    uint8_t digest[32];
+    cm_sha256_init(&hash);
+    cm_sha256_update(&hash, data, size);
+    cm_sha256_final(&hash, digest);
+    cm_sha256_hex(digest, hex);
+    free(data);
+    return CM_OK;
+}
+
+static void default_name(const char *path, char *name, size_t size) {
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    snprintf(name, size, "%s", base);
+    char *dot = strstr(name, ".safetensors");
+    if (dot) *dot = '\0';
+}
+
+static cm_status_t register_metrics(server_t *server) {
+    cm_status_t status = cm_metrics_new(&server->metrics);
+    static const double second_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                           0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+    const int bound_count = (int)(sizeof second_bounds / sizeof second_bounds[0]);
+    if (status == CM_OK)
+        status = cm_metrics_register_counter(server->metrics, "committee_teacher_requests_total",
+                                             "BatchRequests received.", NULL, &server->requests);
+    if (status == CM_OK)
+        status = cm_metrics_register_counter(server->metrics, "committee_teacher_examples_total",
+                                             "Examples run through the model (forward passes).",
+                                             NULL, &server->examples);
+    if (status == CM_OK)
+        status = cm_metrics_register_counter(server->metrics, "committee_teacher_bytes_out_total",
+                                             "Bytes of replies handed to ZeroMQ.", NULL,
+                                             &server->bytes_out);
+    if (status == CM_OK)
+        status = cm_metrics_register_counter(
+            server->metrics, "committee_teacher_replies_dropped_total",
+            "Replies ZeroMQ could not take (peer gone or full).", NULL, &server->replies_dropped);
+    if (status == CM_OK)
+        status = cm_metrics_register_histogram(server->metrics, "committee_teacher_queue_seconds",
+                                               "Time requests waited for the compute thread.", NULL,
+                                               second_bounds, bound_count, &server->queue_seconds);
+    if (status == CM_OK)
+        status = cm_metrics_register_histogram(
+            server->metrics, "committee_teacher_compute_seconds",
+            "Time of the forward passes and encoding of a request.", NULL, second_bounds,
+            bound_count, &server->compute_seconds);
+    if (status == CM_OK)
+        status = cm_metrics_register_gauge(server->metrics, "committee_teacher_queue_depth",
+                                           "Requests waiting for the compute thread.", NULL,
+                                           &server->queue_depth);
+    if (status == CM_OK)
+        status = cm_metrics_register_gauge(server->metrics, "committee_teacher_peers",
+                                           "Peers (trainers) the teacher currently knows.", NULL,
+                                           &server->peers_gauge);
+    return status;
+}
+
+/* Loads the checkpoint and the dataset view it names, and works out the outputs. */
+static cm_status_t load_teacher(server_t *server) {
+    const serve_options_t *options = &server->options;
+    cm_safetensors_t *file = NULL;
+    cm_status_t status = cm_model_load(options->model_path, COMPUTE_BATCH, &server->model, &file);
+    if (status != CM_OK) return status;
+    const char *view = cm_safetensors_metadata(file, "view");
+    const char *dataset_name =
+        options->data ? options->data : cm_safetensors_metadata(file, "dataset");
+    const char *trained_fingerprint = cm_safetensors_metadata(file, "fingerprint");
+    if (!view || !dataset_name) {
+        status = cm_fail(CM_ERR_FORMAT, "%s does not say which view and dataset it was trained on",
+                         options->model_path);
+        cm_safetensors_free(&file);
+        return status;
+    }
+    cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
+    status = cm_dataset_load(&server->dataset, dataset_name, view, &data_options);
+    if (status == CM_OK &&
+        cm_model_spec_inputs(cm_model_spec(server->model)) != server->dataset->features)
+        status = cm_fail(CM_ERR_SHAPE, "%s expects %d input features but view '%s' gives %d",
+                         options->model_path, cm_model_spec_inputs(cm_model_spec(server->model)),
+                         view, server->dataset->features);
+    if (status == CM_OK && trained_fingerprint &&
+        strcmp(trained_fingerprint, server->dataset->fingerprint) != 0)
+        cm_log_warn("%s was trained on dataset %.12s..., serving dataset %.12s... (a different "
+                    "subset or files)",
+                    options->model_path, trained_fingerprint, server->dataset->fingerprint);
+    cm_safetensors_free(&file);
+    if (status != CM_OK) return status;
+    status = hash_file(options->model_path, server->model_sha256);
+    if (status != CM_OK) return status;
+
+    const cm_model_spec_t *spec = cm_model_spec(server->model);
+    cm_model_spec_format(spec, server->spec_text, sizeof server->spec_text);
+    if (!options->role)
+        server->role =
+            spec->kind == CM_MODEL_VIT ? CM_WIRE_ROLE_FOUNDATION : CM_WIRE_ROLE_COMPLEMENTARY;
+    server->available[OUTPUT_LOGITS] = 1;
+    server->width[OUTPUT_LOGITS] = spec->classes;
+    server->available[OUTPUT_HIDDEN] = 1;
+    cm_model_feature(server->model, "hidden", &server->width[OUTPUT_HIDDEN], NULL);
+    server->tokens = 1;
+    if (cm_model_feature(server->model, "tokens", &server->width[OUTPUT_TOKENS], &server->tokens))
+        server->available[OUTPUT_TOKENS] = 1;
+    server->batch_inputs =
+        malloc(sizeof(float) * COMPUTE_BATCH * (size_t)server->dataset->features);
+    if (!server->batch_inputs) return cm_fail(CM_ERR_NOMEM, "out of memory for the input batch");
+    /* Warm up: one forward pass, so the first request does not pay for page faults. */
+    memset(server->batch_inputs, 0, sizeof(float) * (size_t)server->dataset->features);
+    cm_model_forward(server->model, server->batch_inputs, 1);
+    return CM_OK;
+}
+
+static cm_status_t start_server(server_t *server) {
+    const serve_options_t *options = &server->options;
+    cm_status_t status = register_metrics(server);
+    if (status != CM_OK) return status;
+    status = load_teacher(server);
+    if (status != CM_OK) return status;
+    server->limits.max_examples = (uint32_t)options->max_examples;
+    server->limits.max_message_bytes = (uint64_t)options->max_message_mb << 20;
+    server->limits.max_in_flight = (uint32_t)options->queue;
+
+    if (uv_loop_init(&server->loop) != 0)
+        return cm_fail(CM_ERR_INTERNAL, "cannot start the event loop");
+    server->context = zmq_ctx_new();
+    server->socket = server->context ? zmq_socket(server->context, ZMQ_ROUTER) : NULL;
+    if (!server->socket)
+        return cm_fail(CM_ERR_IO, "cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
+    int linger_ms = 1000;
+    zmq_setsockopt(server->socket, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
+    /* ZeroMQ's own cap is twice ours: messages between the two get a proper TOO_LARGE answer. */
+    status = cm_zloop_configure_socket(server->socket, 1000, 1000,
+                                       (int64_t)server->limits.max_message_bytes * 2);
+    if (status != CM_OK) return status;
+    if (zmq_bind(server->socket, options->bind) != 0)
+        return cm_fail(CM_ERR_IO, "cannot bind %s: %s", options->bind, zmq_strerror(zmq_errno()));
+    status = cm_zloop_new(&server->loop, server->socket, on_message, server, &server->zloop);
+    if (status != CM_OK) return status;
+    if (strcmp(options->http, "off") != 0) {
+        status = cm_http_new(&server->loop, options->http, on_http, server, &server->http);
+        if (status != CM_OK) return status;
+    }
+    uv_timer_init(&server->loop, &server->heartbeat_timer);
+    server->heartbeat_timer.data = server;
+    uv_timer_start(&server->heartbeat_timer, on_heartbeat_timer, (uint64_t)options->heartbeat_ms,
+                   (uint64_t)options->heartbeat_ms);
+    uv_signal_init(&server->loop, &server->signal_int);
+    uv_signal_init(&server->loop, &server->signal_term);
+    server->signal_int.data = server->signal_term.data = server;
+    uv_signal_start(&server->signal_int, on_signal, SIGINT);
+    uv_signal_start(&server->signal_term, on_signal, SIGTERM);
+    uv_async_init(&server->loop, &server->done_async, on_jobs_done);
+    server->done_async.data = server;
+    if (pthread_create(&server->worker, NULL, compute_thread, server) != 0)
+        return cm_fail(CM_ERR_INTERNAL, "cannot start the compute thread");
+    server->worker_started = 1;
+    server->ready = 1;
+    return CM_OK;
+}
+
+static int serve(server_t *server) {
+    pthread_mutex_init(&server->lock, NULL);
+    pthread_cond_init(&server->wake, NULL);
+    cm_status_t status = start_server(server);
+    int exit_code = 0;
+    if (status != CM_OK) {
+        cm_log_error("cannot serve: %s", cm_last_error());
+        exit_code = 1;
+        server->stopping = 1;
+        /* Close whatever was opened; nothing is queued yet. */
+        if (server->zloop) {
+            maybe_finish_stop(server);
+        }
+    } else {
+        cm_log_info(
+            "serving '%s' (%s, %s) on %s, view %s of %s, dataset %.12s..., HTTP %s", server->name,
+            server->role == CM_WIRE_ROLE_FOUNDATION ? "foundation" : "complementary",
+            server->spec_text, server->options.bind, server->dataset->view, server->dataset->name,
+            server->dataset->fingerprint, server->http ? server->options.http : "off");
+    }
+    if (server->zloop) {
+        uv_run(&server->loop, UV_RUN_DEFAULT);
+        if (server->worker_started) pthread_join(server->worker, NULL);
+        cm_zloop_free(&server->zloop);
+        cm_http_free(&server->http);
+        if (uv_loop_close(&server->loop) != 0)
+            cm_log_warn("event loop closed with handles still open");
+    }
+    if (server->socket) zmq_close(server->socket);
+    if (server->context) zmq_ctx_term(server->context);
+    job_t *job = server->done_head;
+    while (job) {
+        job_t *next = job->next;
+        job_free(job);
+        job = next;
+    }
+    cm_model_free(&server->model);
+    cm_dataset_free(&server->dataset);
+    cm_metrics_free(&server->metrics);
+    free(server->batch_inputs);
+    pthread_mutex_destroy(&server->lock);
+    pthread_cond_destroy(&server->wake);
+    if (exit_code == 0) cm_log_info("stopped");
+    return exit_code;
+}
+
+int teacher_serve_main(int argc, char **argv, int first) {
+    serve_options_t options = {
+        .model_path = NULL,
+        .data = NULL,
+        .data_dir = NULL,
+        .bind = "tcp://127.0.0.1:5555",
+        .http = "127.0.0.1:9100",
+        .name = NULL,
+        .role = NULL,
+        .log_level = "info",
+        .threads = 1,
+        .max_examples = 4096,
+        .queue = 32,
+        .max_message_mb = 64,
+        .max_train = 0,
+        .max_test = 0,
+        .heartbeat_ms = 1000,
+        .insecure_public = 0,
+    };
+    const cm_cli_option_t table[] = {
+        {"model", CM_CLI_STRING, &options.model_path, "FILE", "teacher checkpoint (.safetensors)",
+         1},
+        {"data", CM_CLI_STRING, &options.data, "NAME", "dataset [default: the checkpoint's]", 0},
+        {"data-dir", CM_CLI_STRING, &options.data_dir, "DIR",
+         "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
+        {"bind", CM_CLI_STRING, &options.bind, "ENDPOINT", "ZeroMQ endpoint to serve on", 0},
+        {"http", CM_CLI_STRING, &options.http, "HOST:PORT",
+         "address of /healthz, /readyz and /metrics, or 'off'", 0},
+        {"name", CM_CLI_STRING, &options.name, "NAME", "teacher name [default: the file name]", 0},
+        {"role", CM_CLI_STRING, &options.role, "ROLE",
+         "foundation or complementary [default: foundation for a ViT, else complementary]", 0},
+        {"threads", CM_CLI_INT, &options.threads, "N", "OpenBLAS threads of the compute thread", 0},
+        {"max-examples", CM_CLI_INT, &options.max_examples, "N", "most example ids per request", 0},
+        {"queue", CM_CLI_INT, &options.queue, "N",
+         "requests queued before new ones are answered BUSY", 0},
+        {"max-message-mb", CM_CLI_INT, &options.max_message_mb, "MB", "largest message accepted",
+         0},
+        {"max-train", CM_CLI_INT, &options.max_train, "N",
+         "serve only the first N training examples (0: all)", 0},
+        {"max-test", CM_CLI_INT, &options.max_test, "N",
+         "serve only the first N test examples (0: all)", 0},
+        {"heartbeat-ms", CM_CLI_INT, &options.heartbeat_ms, "MS",
+         "heartbeat interval to idle peers", 0},
+        {"insecure-public", CM_CLI_FLAG, &options.insecure_public, NULL,
+         "allow binding a non-loopback address without encryption", 0},
+        {"log-level", CM_CLI_STRING, &options.log_level, "LEVEL", "debug, info, warn or error", 0},
+    };
+    const int count = (int)(sizeof table / sizeof table[0]);
+    const char *usage = "teacher-server serve --model FILE [options]";
+    const char *description =
+        "Serves a frozen teacher: answers BatchRequests over ZeroMQ with its logits and the\n"
+        "features it exposes (hidden, and tokens for a ViT), computed on its own view of the\n"
+        "dataset its checkpoint names. SIGINT/SIGTERM stop it gracefully (a second one cancels\n"
+        "queued work).";
+    int help = 0;
+    cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
+    if (help) {
+        cm_cli_usage(stdout, usage, description, table, count);
+        return 0;
+    }
+    int level = cm_log_level_parse(options.log_level);
+    if (status == CM_OK && level < 0)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--log-level must be debug, info, warn or error");
+    if (status == CM_OK && (options.threads < 1 || options.max_examples < 1 || options.queue < 1 ||
+                            options.max_message_mb < 1 || options.heartbeat_ms < 10))
+        status =
+            cm_fail(CM_ERR_INVALID_ARG, "--threads, --max-examples, --queue and --max-message-mb "
+                                        "must be at least 1, --heartbeat-ms at least 10");
+    if (status == CM_OK && options.role && strcmp(options.role, "foundation") &&
+        strcmp(options.role, "complementary"))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--role must be foundation or complementary");
+    if (status == CM_OK && !is_loopback_endpoint(options.bind) && !options.insecure_public)
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--bind %s is not a loopback address; without encryption that needs "
+                         "--insecure-public",
+                         options.bind);
+    if (status != CM_OK) {
+        fprintf(stderr, "teacher-server serve: %s\n", cm_last_error());
+        return 2;
+    }
+    cm_log_init("teacher-server", (cm_log_level_t)level);
+    if (!is_loopback_endpoint(options.bind))
+        cm_log_warn("serving %s without encryption: anyone who can reach it can query the teacher",
+                    options.bind);
+    cm_blas_set_threads(options.threads);
+    server_t *server = calloc(1, sizeof *server);
+    if (!server) {
+        fprintf(stderr, "teacher-server serve: out of memory\n");
+        return 1;
+    }
+    server->options = options;
+    if (options.name)
+        snprintf(server->name, sizeof server->name, "%s", options.name);
+    else
+        default_name(options.model_path, server->name, sizeof server->name);
+    /* Without --role, the model kind decides once it is loaded (load_teacher). */
+    server->role = options.role && strcmp(options.role, "foundation") == 0
+                       ? CM_WIRE_ROLE_FOUNDATION
+                       : CM_WIRE_ROLE_COMPLEMENTARY;
+    int exit_code = serve(server);
+    free(server);
+    return exit_code;
+}
