@@ -79,6 +79,7 @@ typedef struct {
     int max_test;
     int heartbeat_ms;
     int insecure_public;
+    int compute_delay_ms;
 } serve_options_t;
 
 /* One request on its way through the compute thread. */
@@ -424,6 +425,11 @@ static void *compute_thread(void *argument) {
 
         job->next = NULL;
         job->started_at = cm_progress_now();
+        if (server->options.compute_delay_ms > 0) { /* a deliberately slow teacher, for tests */
+            struct timespec pause = {server->options.compute_delay_ms / 1000,
+                                     (server->options.compute_delay_ms % 1000) * 1000000L};
+            nanosleep(&pause, NULL);
+        }
         compute_job(server, job);
         job->finished_at = cm_progress_now();
 
@@ -1023,6 +1029,8 @@ int teacher_serve_main(int argc, char **argv, int first) {
          "heartbeat interval to idle peers", 0},
         {"insecure-public", CM_CLI_FLAG, &options.insecure_public, NULL,
          "allow binding a non-loopback address without encryption", 0},
+        {"compute-delay-ms", CM_CLI_INT, &options.compute_delay_ms, "MS",
+         "sleep this long before each request (simulates a slow teacher in tests)", 0},
         {"log-level", CM_CLI_STRING, &options.log_level, "LEVEL", "debug, info, warn or error", 0},
     };
     const int count = (int)(sizeof table / sizeof table[0]);

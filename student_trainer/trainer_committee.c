@@ -1,0 +1,753 @@
+/*
+ * trainer_committee: see trainer_committee.h.
+ *
+ * Bookkeeping: tickets live in a growable array (slot reuse through a free
+ * list); a ticket is QUEUED until a request for it is sent, SENT while that
+ * request is in flight, then DONE or FAILED.  Each in-flight request
+ * remembers its request id, ticket, endpoint and deadline.  Replies are
+ * matched by request id; a reply to a request that was already given up
+ * (a late answer after a deadline) is dropped.
+ */
+#include "trainer_committee.h"
+
+#include "cm_log.h"
+#include "cm_progress.h"
+#include "cm_zwire.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+enum { TICKET_FREE, TICKET_QUEUED, TICKET_SENT, TICKET_DONE, TICKET_FAILED };
+enum { MAX_INFLIGHT = 256 };
+
+typedef struct {
+    int state;
+    int teacher;
+    int count;
+    int32_t *ids;
+    unsigned outputs;
+    int attempts;
+    double not_before; /* monotonic seconds: back-off */
+    int next_free;
+} ticket_t;
+
+typedef struct {
+    const char *address;
+    void *socket;
+    int up;               /* answered since it last missed a deadline */
+    int needs_hello;      /* greet again before trusting it */
+    int inflight;         /* requests in flight on this endpoint */
+    double last_sent;     /* monotonic seconds */
+} endpoint_t;
+
+typedef struct {
+    trainer_teacher_info_t info;
+    trainer_teacher_stats_t stats;
+    int endpoint_count;
+    endpoint_t endpoints[TRAINER_MAX_ENDPOINTS];
+    int next_endpoint; /* round robin */
+    int inflight;
+} teacher_t;
+
+typedef struct {
+    uint64_t request_id; /* 0: slot free */
+    int ticket;
+    int teacher;
+    int endpoint;
+    double deadline;
+} inflight_t;
+
+struct trainer_committee {
+    trainer_committee_config_t config;
+    trainer_cache_t *cache;
+    void *context;
+    int teacher_count;
+    teacher_t teachers[TRAINER_COMMITTEE_MAX];
+    ticket_t *tickets;
+    int ticket_capacity;
+    int free_ticket;
+    inflight_t inflight[MAX_INFLIGHT];
+    uint64_t next_request_id;
+    float *convert; /* scratch for f16/bf16 rows */
+    size_t convert_capacity;
+};
+
+static uint64_t wall_clock_ns(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
+}
+
+cm_status_t trainer_committee_parse_teacher(char *text, trainer_teacher_address_t *address) {
+    memset(address, 0, sizeof *address);
+    char *equals = strchr(text, '=');
+    if (!equals || equals == text || !equals[1])
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--teacher expects NAME=ENDPOINT (e.g. fm=tcp://10.0.0.2:5555), got '%s'",
+                       text);
+    *equals = '\0';
+    if (strlen(text) >= sizeof address->name)
+        return cm_fail(CM_ERR_INVALID_ARG, "teacher name '%s' is too long", text);
+    snprintf(address->name, sizeof address->name, "%s", text);
+    char *save = NULL;
+    for (char *endpoint = strtok_r(equals + 1, ",", &save); endpoint;
+         endpoint = strtok_r(NULL, ",", &save)) {
+        if (address->endpoint_count == TRAINER_MAX_ENDPOINTS)
+            return cm_fail(CM_ERR_INVALID_ARG, "teacher '%s' has more than %d endpoints",
+                           address->name, TRAINER_MAX_ENDPOINTS);
+        address->endpoints[address->endpoint_count++] = endpoint;
+    }
+    return CM_OK;
+}
+
+/* ---------------------------------------------------------------- sockets */
+
+static cm_status_t send_on(trainer_committee_t *committee, endpoint_t *endpoint,
+                           const cm_wire_message_t *message) {
+    cm_status_t status = cm_zwire_send(endpoint->socket, NULL, message, ZMQ_DONTWAIT, NULL);
+    if (status == CM_OK) endpoint->last_sent = cm_progress_now();
+    (void)committee;
+    return status;
+}
+
+static cm_status_t send_hello(trainer_committee_t *committee, endpoint_t *endpoint) {
+    cm_wire_message_t hello;
+    cm_wire_message_init(&hello, CM_WIRE_HELLO, 0);
+    hello.hello.peer = CM_WIRE_PEER_TRAINER;
+    hello.hello.peer_name = "student-trainer";
+    hello.hello.dataset_fingerprint = committee->config.fingerprint;
+    hello.hello.classes = committee->config.classes;
+    hello.hello.limits = cm_wire_limits_default();
+    hello.hello.limits.max_in_flight = (uint32_t)committee->config.window;
+    return send_on(committee, endpoint, &hello);
+}
+
+static cm_wire_limits_t receive_limits(void) {
+    cm_wire_limits_t limits = cm_wire_limits_default();
+    limits.max_message_bytes = 1ull << 30;
+    limits.max_examples = 1u << 20;
+    return limits;
+}
+
+/* Checks a teacher's Hello against the committee; fills `info` the first time. */
+static cm_status_t check_hello(trainer_committee_t *committee, teacher_t *teacher,
+                               endpoint_t *endpoint, const cm_wire_hello_t *hello, int first) {
+    const trainer_committee_config_t *config = &committee->config;
+    const char *name = teacher->info.name;
+    if (hello->peer != CM_WIRE_PEER_TEACHER)
+        return cm_fail(CM_ERR_PROTOCOL, "teacher '%s' at %s did not introduce itself as a teacher",
+                       name, endpoint->address);
+    if (strcmp(hello->dataset_fingerprint, config->fingerprint) != 0)
+        return cm_fail(CM_ERR_MISMATCH,
+                       "teacher '%s' at %s holds dataset %s but the student trains on %s",
+                       name, endpoint->address, hello->dataset_fingerprint, config->fingerprint);
+    if (hello->classes != config->classes)
+        return cm_fail(CM_ERR_MISMATCH, "teacher '%s' at %s has %d classes but the student has %d",
+                       name, endpoint->address, hello->classes, config->classes);
+    if (!first) {
+        if (strcmp(hello->model_sha256, teacher->info.model_sha256) != 0)
+            return cm_fail(CM_ERR_MISMATCH,
+                           "teacher '%s' at %s now serves model %.12s..., not %.12s... as before "
+                           "(replicas and restarts must serve the same checkpoint)",
+                           name, endpoint->address, hello->model_sha256, teacher->info.model_sha256);
+        return CM_OK;
+    }
+    trainer_teacher_info_t *info = &teacher->info;
+    info->role = hello->role;
+    snprintf(info->model_id, sizeof info->model_id, "%s", hello->model_id);
+    snprintf(info->model_sha256, sizeof info->model_sha256, "%s", hello->model_sha256);
+    snprintf(info->view, sizeof info->view, "%s", hello->view);
+    info->classes = hello->classes;
+    info->max_examples = (int)hello->limits.max_examples;
+    info->tokens = 1;
+    for (int index = 0; index < hello->output_count; index++) {
+        const cm_wire_output_t *output = &hello->outputs[index];
+        int64_t width = 1;
+        for (int dim = 0; dim < output->ndim; dim++) width *= output->shape[dim];
+        for (int kind = 0; kind < TRAINER_OUTPUT_COUNT; kind++)
+            if (strcmp(output->name, trainer_cache_output_name(kind)) == 0) {
+                info->width[kind] = (int)width;
+                if (kind == TRAINER_OUTPUT_TOKENS && output->ndim == 2) info->tokens = (int)output->shape[0];
+            }
+    }
+    if (info->width[TRAINER_OUTPUT_LOGITS] != config->classes)
+        return cm_fail(CM_ERR_MISMATCH, "teacher '%s' offers logits of width %d, expected %d",
+                       name, info->width[TRAINER_OUTPUT_LOGITS], config->classes);
+    return CM_OK;
+}
+
+/* Receives one message from `endpoint` within timeout_ms (a Hello, skipping heartbeats). */
+static cm_status_t await_hello(trainer_committee_t *committee, teacher_t *teacher,
+                               endpoint_t *endpoint, int first) {
+    double give_up = cm_progress_now() + committee->config.handshake_ms / 1000.0;
+    for (;;) {
+        double left = give_up - cm_progress_now();
+        zmq_pollitem_t item = {endpoint->socket, 0, ZMQ_POLLIN, 0};
+        if (left <= 0 || zmq_poll(&item, 1, (long)(left * 1000) + 1) <= 0)
+            return cm_fail(CM_ERR_UNAVAILABLE,
+                           "teacher '%s' at %s did not answer Hello within %d ms; is it running "
+                           "and reachable?",
+                           teacher->info.name, endpoint->address, committee->config.handshake_ms);
+        cm_zwire_received_t received;
+        cm_status_t status = cm_zwire_recv(endpoint->socket, &received, ZMQ_DONTWAIT);
+        if (status == CM_ERR_BUSY) continue;
+        if (status != CM_OK) return status;
+        cm_wire_limits_t limits = receive_limits();
+        cm_wire_message_t message;
+        status = received.truncated ? cm_fail(CM_ERR_FORMAT, "too many frames")
+                                    : cm_zwire_decode(&message, received.parts,
+                                                      received.part_count, &limits);
+        if (status != CM_OK) {
+            cm_zwire_received_close(&received);
+            return cm_fail(status, "teacher '%s' at %s sent a bad handshake: %s", teacher->info.name,
+                           endpoint->address, cm_last_error());
+        }
+        if (message.kind == CM_WIRE_ERROR) {
+            status = cm_fail(message.error.code, "teacher '%s' at %s refused the handshake: %s",
+                             teacher->info.name, endpoint->address, message.error.message);
+        } else if (message.kind == CM_WIRE_HELLO) {
+            status = check_hello(committee, teacher, endpoint, &message.hello, first);
+            if (status == CM_OK) {
+                cm_wire_message_deinit(&message);
+                cm_zwire_received_close(&received);
+                return CM_OK;
+            }
+        } else {
+            status = CM_ERR_BUSY; /* a heartbeat or a stale reply: keep waiting */
+        }
+        cm_wire_message_deinit(&message);
+        cm_zwire_received_close(&received);
+        if (status != CM_ERR_BUSY) return status;
+    }
+}
+
+static cm_status_t open_endpoint(trainer_committee_t *committee, endpoint_t *endpoint) {
+    endpoint->socket = zmq_socket(committee->context, ZMQ_DEALER);
+    if (!endpoint->socket)
+        return cm_fail(CM_ERR_IO, "cannot create a socket: %s", zmq_strerror(zmq_errno()));
+    int hwm = 1000, linger = 200, reconnect = 100, reconnect_max = 5000, immediate = 1;
+    int64_t max_message = 1ll << 30;
+    zmq_setsockopt(endpoint->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(endpoint->socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(endpoint->socket, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(endpoint->socket, ZMQ_RECONNECT_IVL, &reconnect, sizeof reconnect);
+    zmq_setsockopt(endpoint->socket, ZMQ_RECONNECT_IVL_MAX, &reconnect_max, sizeof reconnect_max);
+    zmq_setsockopt(endpoint->socket, ZMQ_MAXMSGSIZE, &max_message, sizeof max_message);
+    /* Queue only on live connections: a send to a dead teacher fails at once instead of
+     * piling up behind a connection that may never come back. */
+    zmq_setsockopt(endpoint->socket, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
+    if (zmq_connect(endpoint->socket, endpoint->address) != 0)
+        return cm_fail(CM_ERR_INVALID_ARG, "cannot connect to '%s': %s", endpoint->address,
+                       zmq_strerror(zmq_errno()));
+    return CM_OK;
+}
+
+/* Sends Hello to a fresh connection, retrying while ZeroMQ is still connecting. */
+static cm_status_t handshake(trainer_committee_t *committee, teacher_t *teacher, endpoint_t *endpoint) {
+    double give_up = cm_progress_now() + committee->config.handshake_ms / 1000.0;
+    cm_status_t status;
+    while ((status = send_hello(committee, endpoint)) == CM_ERR_BUSY && cm_progress_now() < give_up) {
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    if (status == CM_ERR_BUSY)
+        return cm_fail(CM_ERR_UNAVAILABLE, "cannot reach teacher '%s' at %s within %d ms; is it "
+                                           "running and reachable?",
+                       teacher->info.name, endpoint->address, committee->config.handshake_ms);
+    if (status != CM_OK) return status;
+    return await_hello(committee, teacher, endpoint, teacher->info.model_sha256[0] == '\0');
+}
+
+cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, int count,
+                                  const trainer_committee_config_t *config,
+                                  trainer_cache_t *cache, trainer_committee_t **out) {
+    *out = NULL;
+    if (count < 1 || count > TRAINER_COMMITTEE_MAX)
+        return cm_fail(CM_ERR_INVALID_ARG, "a committee has 1 to %d teachers, not %d",
+                       TRAINER_COMMITTEE_MAX, count);
+    trainer_committee_t *committee = calloc(1, sizeof *committee);
+    if (!committee) return cm_fail(CM_ERR_NOMEM, "out of memory for the committee");
+    committee->config = *config;
+    committee->cache = cache;
+    committee->free_ticket = -1;
+    committee->next_request_id = 1;
+    committee->teacher_count = count;
+    committee->context = zmq_ctx_new();
+    cm_status_t status = CM_OK;
+    if (!committee->context) {
+        status = cm_fail(CM_ERR_IO, "cannot create a ZeroMQ context");
+        goto fail;
+    }
+    for (int index = 0; index < count; index++) {
+        teacher_t *teacher = &committee->teachers[index];
+        snprintf(teacher->info.name, sizeof teacher->info.name, "%s", addresses[index].name);
+        for (int other = 0; other < index; other++)
+            if (strcmp(addresses[other].name, addresses[index].name) == 0) {
+                status = cm_fail(CM_ERR_INVALID_ARG, "teacher name '%s' is used twice",
+                                 addresses[index].name);
+                goto fail;
+            }
+        teacher->endpoint_count = addresses[index].endpoint_count;
+        for (int slot = 0; slot < teacher->endpoint_count; slot++) {
+            endpoint_t *endpoint = &teacher->endpoints[slot];
+            endpoint->address = addresses[index].endpoints[slot];
+            if ((status = open_endpoint(committee, endpoint)) != CM_OK) goto fail;
+        }
+    }
+    /* Handshakes: every endpoint, every teacher. */
+    for (int index = 0; index < count; index++) {
+        teacher_t *teacher = &committee->teachers[index];
+        for (int slot = 0; slot < teacher->endpoint_count; slot++) {
+            endpoint_t *endpoint = &teacher->endpoints[slot];
+            if ((status = handshake(committee, teacher, endpoint)) != CM_OK) goto fail;
+            endpoint->up = 1;
+        }
+        trainer_cache_set_teacher(cache, index, teacher->info.name, teacher->info.model_sha256);
+        cm_log_info("teacher '%s': %s, %s, view %s, model %.12s..., %d endpoint(s)",
+                    teacher->info.name,
+                    teacher->info.role == CM_WIRE_ROLE_FOUNDATION ? "foundation" : "complementary",
+                    teacher->info.model_id, teacher->info.view, teacher->info.model_sha256,
+                    teacher->endpoint_count);
+    }
+    *out = committee;
+    return CM_OK;
+fail:
+    trainer_committee_free(&committee);
+    return status;
+}
+
+void trainer_committee_free(trainer_committee_t **committee_pointer) {
+    trainer_committee_t *committee = *committee_pointer;
+    if (!committee) return;
+    cm_wire_message_t bye;
+    cm_wire_message_init(&bye, CM_WIRE_BYE, 0);
+    bye.bye.reason = "training finished";
+    for (int index = 0; index < committee->teacher_count; index++) {
+        teacher_t *teacher = &committee->teachers[index];
+        for (int slot = 0; slot < teacher->endpoint_count; slot++) {
+            endpoint_t *endpoint = &teacher->endpoints[slot];
+            if (!endpoint->socket) continue;
+            if (endpoint->up) send_on(committee, endpoint, &bye);
+            zmq_close(endpoint->socket);
+        }
+    }
+    if (committee->context) zmq_ctx_term(committee->context);
+    for (int index = 0; index < committee->ticket_capacity; index++) free(committee->tickets[index].ids);
+    free(committee->tickets);
+    free(committee->convert);
+    free(committee);
+    *committee_pointer = NULL;
+}
+
+int trainer_committee_count(const trainer_committee_t *committee) { return committee->teacher_count; }
+
+const trainer_teacher_info_t *trainer_committee_info(const trainer_committee_t *committee, int teacher) {
+    return &committee->teachers[teacher].info;
+}
+
+const trainer_teacher_stats_t *trainer_committee_stats(const trainer_committee_t *committee,
+                                                       int teacher) {
+    return &committee->teachers[teacher].stats;
+}
+
+/* ---------------------------------------------------------------- tickets */
+
+int trainer_committee_submit(trainer_committee_t *committee, int teacher, const int32_t *ids,
+                             int count, unsigned outputs) {
+    if (committee->free_ticket < 0) {
+        int capacity = committee->ticket_capacity ? 2 * committee->ticket_capacity : 64;
+        ticket_t *grown = realloc(committee->tickets, sizeof *grown * (size_t)capacity);
+        if (!grown) return -1;
+        for (int index = committee->ticket_capacity; index < capacity; index++) {
+            grown[index] = (ticket_t){.state = TICKET_FREE, .next_free = committee->free_ticket};
+            committee->free_ticket = index;
+        }
+        committee->tickets = grown;
+        committee->ticket_capacity = capacity;
+    }
+    int number = committee->free_ticket;
+    ticket_t *ticket = &committee->tickets[number];
+    int32_t *copy = realloc(ticket->ids, sizeof(int32_t) * (size_t)count);
+    if (!copy) return -1;
+    committee->free_ticket = ticket->next_free;
+    ticket->ids = copy;
+    memcpy(copy, ids, sizeof(int32_t) * (size_t)count);
+    ticket->state = TICKET_QUEUED;
+    ticket->teacher = teacher;
+    ticket->count = count;
+    ticket->outputs = outputs;
+    ticket->attempts = 0;
+    ticket->not_before = 0.0;
+    return number;
+}
+
+int trainer_committee_ticket(const trainer_committee_t *committee, int ticket) {
+    int state = committee->tickets[ticket].state;
+    return state == TICKET_DONE ? 1 : state == TICKET_FAILED ? -1 : 0;
+}
+
+void trainer_committee_release(trainer_committee_t *committee, int number) {
+    ticket_t *ticket = &committee->tickets[number];
+    ticket->state = TICKET_FREE;
+    ticket->next_free = committee->free_ticket;
+    committee->free_ticket = number;
+}
+
+/* ---------------------------------------------------------------- the pump */
+
+static int teacher_is_up(const teacher_t *teacher) {
+    for (int slot = 0; slot < teacher->endpoint_count; slot++)
+        if (teacher->endpoints[slot].up) return 1;
+    return 0;
+}
+
+static double backoff_seconds(int attempts) {
+    double delay = 0.1 * pow(2.0, attempts > 6 ? 6 : attempts);
+    return delay > 5.0 ? 5.0 : delay;
+}
+
+static inflight_t *find_inflight(trainer_committee_t *committee, uint64_t request_id) {
+    for (int index = 0; index < MAX_INFLIGHT; index++)
+        if (committee->inflight[index].request_id == request_id) return &committee->inflight[index];
+    return NULL;
+}
+
+static void mark_down(trainer_committee_t *committee, teacher_t *teacher, endpoint_t *endpoint,
+                      const char *why) {
+    if (endpoint->up) {
+        endpoint->up = 0;
+        endpoint->needs_hello = 1;
+        teacher->stats.down_events++;
+        const char *policy = committee->config.policy == TRAINER_POLICY_WAIT   ? "waiting for it"
+                             : committee->config.policy == TRAINER_POLICY_SKIP ? "training without it"
+                                                                               : "stopping";
+        cm_log_warn("teacher '%s' at %s is down (%s); %s", teacher->info.name, endpoint->address,
+                    why, policy);
+    }
+}
+
+/* A request was lost (deadline, Bye, refused send): apply the failure policy to its ticket. */
+static cm_status_t request_failed(trainer_committee_t *committee, int number) {
+    ticket_t *ticket = &committee->tickets[number];
+    teacher_t *teacher = &committee->teachers[ticket->teacher];
+    ticket->attempts++;
+    switch (committee->config.policy) {
+    case TRAINER_POLICY_FAIL:
+        ticket->state = TICKET_FAILED;
+        return cm_fail(CM_ERR_UNAVAILABLE,
+                       "teacher '%s' did not answer within %d ms and --on-teacher-failure is fail",
+                       teacher->info.name, committee->config.deadline_ms);
+    case TRAINER_POLICY_SKIP:
+        ticket->state = TICKET_FAILED;
+        teacher->stats.failed_tickets++;
+        return CM_OK;
+    case TRAINER_POLICY_WAIT:
+        ticket->state = TICKET_QUEUED;
+        ticket->not_before = cm_progress_now() + backoff_seconds(ticket->attempts);
+        return CM_OK;
+    }
+    return CM_OK;
+}
+
+static void drop_inflight(trainer_committee_t *committee, inflight_t *slot) {
+    teacher_t *teacher = &committee->teachers[slot->teacher];
+    teacher->inflight--;
+    teacher->endpoints[slot->endpoint].inflight--;
+    slot->request_id = 0;
+}
+
+static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *sent) {
+    ticket_t *ticket = &committee->tickets[number];
+    teacher_t *teacher = &committee->teachers[ticket->teacher];
+    *sent = 0;
+    /* Pick an endpoint: round robin over the live ones; when none is live, probe one. */
+    int chosen = -1;
+    for (int step = 0; step < teacher->endpoint_count; step++) {
+        int slot = (teacher->next_endpoint + step) % teacher->endpoint_count;
+        if (teacher->endpoints[slot].up) {
+            chosen = slot;
+            break;
+        }
+    }
+    if (chosen < 0) chosen = teacher->next_endpoint % teacher->endpoint_count;
+    teacher->next_endpoint = chosen + 1;
+    endpoint_t *endpoint = &teacher->endpoints[chosen];
+    inflight_t *slot = find_inflight(committee, 0);
+    if (!slot) return CM_OK;
+    if (endpoint->needs_hello) { /* greet a returning teacher; its Hello is checked on arrival */
+        if (send_hello(committee, endpoint) != CM_OK) return CM_OK;
+        endpoint->needs_hello = 0;
+    }
+    cm_wire_message_t message;
+    uint64_t request_id = committee->next_request_id++;
+    cm_wire_message_init(&message, CM_WIRE_BATCH_REQUEST, request_id);
+    cm_wire_batch_request_t *request = &message.batch_request;
+    request->split = CM_SPLIT_TRAIN;
+    request->example_count = ticket->count;
+    request->example_ids = ticket->ids;
+    request->encoding = committee->config.encoding;
+    for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
+        if (ticket->outputs & (1u << output))
+            request->outputs[request->output_count++] = trainer_cache_output_name(output);
+    cm_status_t status = send_on(committee, endpoint, &message);
+    if (status == CM_ERR_BUSY) { /* no live connection (ZMQ_IMMEDIATE) */
+        endpoint->needs_hello = endpoint->needs_hello || !endpoint->up;
+        return CM_OK;
+    }
+    if (status != CM_OK) return status;
+    slot->request_id = request_id;
+    slot->ticket = number;
+    slot->teacher = ticket->teacher;
+    slot->endpoint = chosen;
+    slot->deadline = cm_progress_now() + committee->config.deadline_ms / 1000.0;
+    ticket->state = TICKET_SENT;
+    teacher->inflight++;
+    endpoint->inflight++;
+    teacher->stats.requests++;
+    *sent = 1;
+    return CM_OK;
+}
+
+static cm_status_t send_queued(trainer_committee_t *committee) {
+    double now = cm_progress_now();
+    for (int number = 0; number < committee->ticket_capacity; number++) {
+        ticket_t *ticket = &committee->tickets[number];
+        if (ticket->state != TICKET_QUEUED || ticket->not_before > now) continue;
+        teacher_t *teacher = &committee->teachers[ticket->teacher];
+        int up = teacher_is_up(teacher);
+        if (!up && committee->config.policy == TRAINER_POLICY_SKIP && teacher->inflight >= 1) {
+            /* Down, and a probe is already out: do not wait for it. */
+            ticket->state = TICKET_FAILED;
+            teacher->stats.failed_tickets++;
+            continue;
+        }
+        int window = up ? committee->config.window : 1;
+        if (teacher->inflight >= window) continue;
+        int sent = 0;
+        cm_status_t status = send_ticket(committee, number, &sent);
+        if (status != CM_OK) return status;
+        if (!sent && !up && committee->config.policy == TRAINER_POLICY_SKIP) {
+            ticket->state = TICKET_FAILED;
+            teacher->stats.failed_tickets++;
+        } else if (!sent && ticket->not_before <= now) {
+            /* Not sendable now (no connection): give the transport a moment. */
+            ticket->not_before = now + 0.05;
+            if (committee->config.policy != TRAINER_POLICY_WAIT &&
+                (ticket->attempts++ * 0.05) * 1000 > committee->config.deadline_ms) {
+                cm_status_t failed = request_failed(committee, number);
+                if (failed != CM_OK) return failed;
+            }
+        }
+    }
+    return CM_OK;
+}
+
+static float *convert_rows(trainer_committee_t *committee, const cm_wire_tensor_t *tensor,
+                           size_t elements) {
+    if (tensor->encoding == CM_DTYPE_F32) return (float *)tensor->data;
+    if (committee->convert_capacity < elements) {
+        float *grown = realloc(committee->convert, sizeof(float) * elements);
+        if (!grown) return NULL;
+        committee->convert = grown;
+        committee->convert_capacity = elements;
+    }
+    if (tensor->encoding == CM_DTYPE_F16) cm_wire_f16_to_f32(committee->convert, tensor->data, elements);
+    else cm_wire_bf16_to_f32(committee->convert, tensor->data, elements);
+    return committee->convert;
+}
+
+/* Stores a BatchReply's rows in the cache after checking it answers the ticket. */
+static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot,
+                                const cm_wire_batch_reply_t *reply, size_t bytes) {
+    ticket_t *ticket = &committee->tickets[slot->ticket];
+    teacher_t *teacher = &committee->teachers[slot->teacher];
+    if (reply->example_count != ticket->count ||
+        memcmp(reply->example_ids, ticket->ids, sizeof(int32_t) * (size_t)ticket->count) != 0)
+        return cm_fail(CM_ERR_PROTOCOL, "teacher '%s' answered other examples than it was asked for",
+                       teacher->info.name);
+    unsigned received = 0;
+    for (int index = 0; index < reply->tensor_count; index++) {
+        const cm_wire_tensor_t *tensor = &reply->tensors[index];
+        for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
+            if (!(ticket->outputs & (1u << output)) || strcmp(tensor->name, trainer_cache_output_name(output)))
+                continue;
+            int width = trainer_cache_width(committee->cache, slot->teacher, output);
+            size_t elements = (size_t)ticket->count * (size_t)width;
+            size_t per_element = cm_dtype_size(tensor->encoding);
+            if (tensor->layout != CM_WIRE_DENSE || tensor->bytes != elements * per_element)
+                return cm_fail(CM_ERR_PROTOCOL, "teacher '%s' sent '%s' of %zu bytes, expected %zu",
+                               teacher->info.name, tensor->name, tensor->bytes, elements * per_element);
+            const float *values = convert_rows(committee, tensor, elements);
+            if (!values) return cm_fail(CM_ERR_NOMEM, "out of memory converting a reply");
+            for (int row = 0; row < ticket->count; row++) {
+                int id = ticket->ids[row];
+                memcpy(trainer_cache_row(committee->cache, slot->teacher, output, id),
+                       values + (size_t)row * (size_t)width, sizeof(float) * (size_t)width);
+                trainer_cache_set_has(committee->cache, slot->teacher, output, id, 1);
+            }
+            received |= 1u << output;
+        }
+    }
+    if (received != ticket->outputs)
+        return cm_fail(CM_ERR_PROTOCOL, "teacher '%s' left out outputs it was asked for",
+                       teacher->info.name);
+    ticket->state = TICKET_DONE;
+    teacher->stats.replies++;
+    teacher->stats.examples += ticket->count;
+    teacher->stats.bytes += bytes;
+    return CM_OK;
+}
+
+static cm_status_t handle_message(trainer_committee_t *committee, int teacher_index, int slot_index,
+                                  const cm_wire_message_t *message, size_t bytes) {
+    teacher_t *teacher = &committee->teachers[teacher_index];
+    endpoint_t *endpoint = &teacher->endpoints[slot_index];
+    if (message->kind == CM_WIRE_HELLO) {
+        cm_status_t status = check_hello(committee, teacher, endpoint, &message->hello, 0);
+        if (status != CM_OK) return status;
+    }
+    if (message->kind == CM_WIRE_BYE) {
+        mark_down(committee, teacher, endpoint, "it said bye");
+        for (int index = 0; index < MAX_INFLIGHT; index++) {
+            inflight_t *slot = &committee->inflight[index];
+            if (slot->request_id && slot->teacher == teacher_index && slot->endpoint == slot_index) {
+                int ticket = slot->ticket;
+                drop_inflight(committee, slot);
+                cm_status_t status = request_failed(committee, ticket);
+                if (status != CM_OK) return status;
+            }
+        }
+        return CM_OK;
+    }
+    if (!endpoint->up) {
+        endpoint->up = 1;
+        cm_log_info("teacher '%s' at %s is back", teacher->info.name, endpoint->address);
+    }
+    if (message->kind != CM_WIRE_BATCH_REPLY && message->kind != CM_WIRE_ERROR) return CM_OK;
+    inflight_t *slot = message->request_id ? find_inflight(committee, message->request_id) : NULL;
+    if (!slot) {
+        if (message->kind == CM_WIRE_ERROR)
+            cm_log_warn("teacher '%s' reported %s: %s", teacher->info.name,
+                        cm_status_name(message->error.code), message->error.message);
+        return CM_OK; /* a late answer to a request already given up */
+    }
+    int ticket = slot->ticket;
+    drop_inflight(committee, slot);
+    if (message->kind == CM_WIRE_BATCH_REPLY) return accept_reply(committee, slot, &message->batch_reply, bytes);
+    switch (message->error.code) {
+    case CM_ERR_BUSY:
+        teacher->stats.busy++;
+        committee->tickets[ticket].state = TICKET_QUEUED;
+        committee->tickets[ticket].not_before = cm_progress_now() + 0.02;
+        return CM_OK;
+    case CM_ERR_UNAVAILABLE:
+    case CM_ERR_CANCELLED:
+        mark_down(committee, teacher, endpoint, message->error.message);
+        return request_failed(committee, ticket);
+    default:
+        committee->tickets[ticket].state = TICKET_FAILED;
+        return cm_fail(message->error.code, "teacher '%s' refused a request: %s", teacher->info.name,
+                       message->error.message);
+    }
+}
+
+static cm_status_t receive_from(trainer_committee_t *committee, int teacher_index, int slot_index) {
+    endpoint_t *endpoint = &committee->teachers[teacher_index].endpoints[slot_index];
+    cm_wire_limits_t limits = receive_limits();
+    for (;;) {
+        cm_zwire_received_t received;
+        cm_status_t status = cm_zwire_recv(endpoint->socket, &received, ZMQ_DONTWAIT);
+        if (status == CM_ERR_BUSY) return CM_OK;
+        if (status != CM_OK) return status;
+        size_t bytes = 0;
+        for (int part = 0; part < received.part_count; part++) bytes += zmq_msg_size(&received.parts[part]);
+        cm_wire_message_t message;
+        status = received.truncated ? cm_fail(CM_ERR_FORMAT, "a message had too many frames")
+                                    : cm_zwire_decode(&message, received.parts, received.part_count, &limits);
+        if (status == CM_OK) {
+            status = handle_message(committee, teacher_index, slot_index, &message, bytes);
+            cm_wire_message_deinit(&message);
+        } else {
+            cm_log_warn("dropping a malformed message from teacher '%s': %s",
+                        committee->teachers[teacher_index].info.name, cm_last_error());
+            status = CM_OK;
+        }
+        cm_zwire_received_close(&received);
+        if (status != CM_OK) return status;
+    }
+}
+
+static cm_status_t check_deadlines(trainer_committee_t *committee) {
+    double now = cm_progress_now();
+    for (int index = 0; index < MAX_INFLIGHT; index++) {
+        inflight_t *slot = &committee->inflight[index];
+        if (!slot->request_id || slot->deadline > now) continue;
+        teacher_t *teacher = &committee->teachers[slot->teacher];
+        char why[96];
+        snprintf(why, sizeof why, "no answer within %d ms", committee->config.deadline_ms);
+        mark_down(committee, teacher, &teacher->endpoints[slot->endpoint], why);
+        teacher->stats.timeouts++;
+        int ticket = slot->ticket;
+        drop_inflight(committee, slot);
+        cm_status_t status = request_failed(committee, ticket);
+        if (status != CM_OK) return status;
+    }
+    return CM_OK;
+}
+
+static void send_heartbeats(trainer_committee_t *committee) {
+    double now = cm_progress_now(), interval = committee->config.heartbeat_ms / 1000.0;
+    cm_wire_message_t heartbeat;
+    cm_wire_message_init(&heartbeat, CM_WIRE_HEARTBEAT, 0);
+    for (int index = 0; index < committee->teacher_count; index++) {
+        teacher_t *teacher = &committee->teachers[index];
+        for (int slot = 0; slot < teacher->endpoint_count; slot++) {
+            endpoint_t *endpoint = &teacher->endpoints[slot];
+            if (endpoint->up && now - endpoint->last_sent >= interval) {
+                heartbeat.heartbeat.sent_unix_ns = wall_clock_ns();
+                send_on(committee, endpoint, &heartbeat);
+            }
+        }
+    }
+}
+
+cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_ms) {
+    cm_status_t status = send_queued(committee);
+    if (status != CM_OK) return status;
+    send_heartbeats(committee);
+    zmq_pollitem_t items[TRAINER_COMMITTEE_MAX * TRAINER_MAX_ENDPOINTS];
+    int owners[TRAINER_COMMITTEE_MAX * TRAINER_MAX_ENDPOINTS][2];
+    int count = 0;
+    for (int index = 0; index < committee->teacher_count; index++)
+        for (int slot = 0; slot < committee->teachers[index].endpoint_count; slot++) {
+            items[count] = (zmq_pollitem_t){committee->teachers[index].endpoints[slot].socket, 0, ZMQ_POLLIN, 0};
+            owners[count][0] = index;
+            owners[count][1] = slot;
+            count++;
+        }
+    /* Wake up in time for the nearest deadline or back-off. */
+    double now = cm_progress_now(), wake = now + timeout_ms / 1000.0;
+    for (int index = 0; index < MAX_INFLIGHT; index++)
+        if (committee->inflight[index].request_id && committee->inflight[index].deadline < wake)
+            wake = committee->inflight[index].deadline;
+    for (int number = 0; number < committee->ticket_capacity; number++)
+        if (committee->tickets[number].state == TICKET_QUEUED &&
+            committee->tickets[number].not_before < wake)
+            wake = committee->tickets[number].not_before > now ? committee->tickets[number].not_before : now;
+    long wait_ms = (long)ceil((wake - now) * 1000.0);
+    if (wait_ms < 0) wait_ms = 0;
+    if (zmq_poll(items, count, wait_ms) < 0 && zmq_errno() != EINTR)
+        return cm_fail(CM_ERR_IO, "polling the teachers failed: %s", zmq_strerror(zmq_errno()));
+    for (int index = 0; index < count; index++)
+        if (items[index].revents & ZMQ_POLLIN) {
+            status = receive_from(committee, owners[index][0], owners[index][1]);
+            if (status != CM_OK) return status;
+        }
+    status = check_deadlines(committee);
+    if (status != CM_OK) return status;
+    return send_queued(committee);
+}

@@ -1,0 +1,136 @@
+/*
+ * trainer_committee: the committee client of student-trainer.
+ *
+ * One DEALER socket per teacher endpoint (several endpoints under one name
+ * are replicas of one teacher and share its load).  At start the client
+ * says Hello to every endpoint and checks what comes back: the protocol
+ * version (cm_wire), the dataset fingerprint and the class count against
+ * the student's data, and that replicas of one teacher hold the same model.
+ *
+ * The training loop submits *tickets* ("teacher i: outputs O of these
+ * training examples") and pumps the client between optimizer steps.  The
+ * pump is an event-driven state machine over zmq_poll: it sends queued
+ * tickets while the teacher has credits (a window of requests in flight),
+ * receives replies straight into the trainer_cache, retries BUSY answers
+ * later without counting them as failures, and enforces a deadline per
+ * request.  A request past its deadline marks its endpoint down and then
+ * follows the failure policy:
+ *   wait  retry with exponential back-off (100 ms .. 5 s) until it answers;
+ *   skip  give the ticket up (the rows stay missing; the method masks them)
+ *         and, while the teacher is down, give new tickets up at once but
+ *         keep one probe request going so a returning teacher is noticed;
+ *   fail  stop: the pump returns CM_ERR_UNAVAILABLE with a sentence.
+ * An endpoint that went down is greeted with Hello again when it comes back,
+ * and must still hold the same model.  ZeroMQ itself reconnects TCP with
+ * back-off (ZMQ_RECONNECT_IVL .. _MAX).  Every outcome is counted per
+ * teacher (trainer_committee_stats).
+ *
+ * Single-threaded: all calls come from the training thread.
+ */
+#ifndef TRAINER_COMMITTEE_H
+#define TRAINER_COMMITTEE_H
+
+#include "cm_status.h"
+#include "cm_tensor.h"
+#include "cm_wire.h"
+#include "trainer_cache.h"
+
+#include <stdint.h>
+
+enum { TRAINER_MAX_ENDPOINTS = 4, TRAINER_COMMITTEE_MAX = 8 };
+
+typedef enum { TRAINER_POLICY_WAIT, TRAINER_POLICY_SKIP, TRAINER_POLICY_FAIL } trainer_policy_t;
+
+typedef struct {
+    char name[64];
+    int endpoint_count;
+    const char *endpoints[TRAINER_MAX_ENDPOINTS];
+} trainer_teacher_address_t;
+
+/*
+ * Parses "NAME=ENDPOINT[,ENDPOINT...]" (the --teacher option) into *address; endpoints point
+ * into `text`, which must outlive the address.  Several --teacher options with the same NAME
+ * are merged by the caller.  CM_ERR_INVALID_ARG with a sentence for a malformed value.
+ */
+cm_status_t trainer_committee_parse_teacher(char *text, trainer_teacher_address_t *address);
+
+typedef struct {
+    int window;       /* requests in flight per teacher, >= 1 */
+    int deadline_ms;  /* per request */
+    int handshake_ms; /* for the first Hello of every endpoint */
+    int heartbeat_ms; /* heartbeat to endpoints idle this long */
+    trainer_policy_t policy;
+    cm_dtype_t encoding;   /* F32 (exact), F16 or BF16 */
+    int max_examples;      /* ids per request (also capped by the teacher's limit) */
+    const char *fingerprint; /* the student's dataset fingerprint */
+    int classes;             /* the student's classes */
+    int train_examples;      /* size of the training split (ids are checked against it) */
+} trainer_committee_config_t;
+
+/* What a teacher said about itself. */
+typedef struct {
+    char name[64];
+    cm_wire_role_t role;
+    char model_id[160];
+    char model_sha256[65];
+    char view[32];
+    int classes;
+    int width[TRAINER_OUTPUT_COUNT]; /* floats per example per output (0: not offered) */
+    int tokens;                      /* rows of "tokens" (1 if none) */
+    int max_examples;                /* the teacher's limit */
+} trainer_teacher_info_t;
+
+/* Outcomes per teacher since the start. */
+typedef struct {
+    long requests;          /* BatchRequests sent */
+    long replies;           /* BatchReplies accepted */
+    long busy;              /* Error{BUSY} answers (retried) */
+    long timeouts;          /* requests past their deadline */
+    long failed_tickets;    /* tickets given up (policy skip) */
+    long examples;          /* example outputs received */
+    uint64_t bytes;         /* bytes received */
+    long down_events;       /* times the teacher went down */
+} trainer_teacher_stats_t;
+
+typedef struct trainer_committee trainer_committee_t;
+
+/*
+ * Connects to every endpoint, handshakes and checks the committee (see above).  Teacher
+ * outputs land in `cache` (borrowed), whose teachers are named here.  On failure nothing is
+ * left open and cm_last_error() names the teacher and the values that disagree.
+ */
+cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, int count,
+                                  const trainer_committee_config_t *config,
+                                  trainer_cache_t *cache, trainer_committee_t **out);
+
+/* Says Bye to every endpoint, closes the sockets, frees; NULL-safe. */
+void trainer_committee_free(trainer_committee_t **committee);
+
+int trainer_committee_count(const trainer_committee_t *committee);
+const trainer_teacher_info_t *trainer_committee_info(const trainer_committee_t *committee,
+                                                     int teacher);
+const trainer_teacher_stats_t *trainer_committee_stats(const trainer_committee_t *committee,
+                                                       int teacher);
+
+/*
+ * Asks `teacher` for the outputs in the bit set `outputs` (1 << TRAINER_OUTPUT_*) of the
+ * training examples ids[0..count) (copied).  Returns a ticket number, or -1 when out of
+ * memory.  The answer lands in the cache; see trainer_committee_ticket.
+ */
+int trainer_committee_submit(trainer_committee_t *committee, int teacher, const int32_t *ids,
+                             int count, unsigned outputs);
+
+/* 0 while pending, 1 when answered, -1 when given up (policy skip). */
+int trainer_committee_ticket(const trainer_committee_t *committee, int ticket);
+
+/* Forgets a finished ticket. */
+void trainer_committee_release(trainer_committee_t *committee, int ticket);
+
+/*
+ * Does the network work for at most timeout_ms (0: only what is ready now).  Returns
+ * CM_OK, or a failure that must stop training: CM_ERR_UNAVAILABLE (policy fail), or the
+ * teacher's own refusal of a request (e.g. OUT_OF_RANGE), or a changed teacher.
+ */
+cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_ms);
+
+#endif

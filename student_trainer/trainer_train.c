@@ -1,0 +1,926 @@
+/*
+ * trainer_train: the training loop of student-trainer.
+ *
+ * An epoch is a seeded permutation of the training ids (seed and epoch
+ * number alone decide it, so a resumed run sees the same batches) cut into
+ * batches.  Before the step on batch b the loop has already submitted the
+ * teacher requests for batches b .. b+window-1, so teachers compute and
+ * send while the student trains; it then pumps the committee until batch b
+ * is complete (or the failure policy gave a teacher up for some rows),
+ * gathers the batch, runs the method's loss, backward, and AdamW on the
+ * student and on the method's own parameters.
+ *
+ * Every example is trained exactly once per epoch; the loop counts it (a
+ * bitmap per epoch) and reports duplicates and misses in the metrics.
+ *
+ * State: the student checkpoint (--out, safetensors, loadable by
+ * teacher-server serve) and beside it the resumable state (--out + ".state":
+ * student weights, AdamW moments, method parameters, step, epoch and batch
+ * cursor, seed, and the committee manifest: teacher names, model hashes and
+ * the dataset fingerprint), both written atomically at the end of every
+ * epoch, every --checkpoint-every steps and on SIGINT/SIGTERM.  --resume
+ * continues exactly; resuming against another committee is refused unless
+ * --force-resume.
+ */
+#include "trainer_train.h"
+
+#include "cm_alloc.h"
+#include "cm_blas.h"
+#include "cm_cli.h"
+#include "cm_dataset.h"
+#include "cm_log.h"
+#include "cm_model.h"
+#include "cm_progress.h"
+#include "cm_rng.h"
+#include "cm_safetensors.h"
+#include "trainer_cache.h"
+#include "trainer_committee.h"
+#include "trainer_method.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { MAX_WINDOW = 16 };
+
+typedef struct {
+    const char *data;
+    const char *data_dir;
+    const char *view;
+    const char *model;
+    const char *out;
+    const char *metrics;
+    const char *method;
+    const char *kd_teacher;
+    const char *fitnet_teacher;
+    const char *failure_policy;
+    const char *cache;
+    const char *record;
+    const char *encoding;
+    const char *log_level;
+    cm_cli_list_t teachers;
+    int epochs;
+    int batch;
+    float lr;
+    float weight_decay;
+    long seed;
+    float temperature;
+    float kd_weight;
+    float fitnet_weight;
+    float label_fraction;
+    long label_seed;
+    int window;
+    int teacher_timeout_ms;
+    int threads;
+    int max_train;
+    int max_test;
+    int checkpoint_every;
+    long stop_after;
+    int resume;
+    int force_resume;
+} train_options_t;
+
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int signal_number) {
+    (void)signal_number;
+    interrupted = 1;
+}
+
+/* Everything one run holds. */
+typedef struct {
+    train_options_t options;
+    int replay;
+    cm_dataset_t *dataset;
+    cm_model_t *student;
+    trainer_method_t *method;
+    trainer_committee_t *committee;
+    trainer_cache_t *cache;
+    int teacher_count;
+    char teacher_names[TRAINER_MAX_TEACHERS][64];
+    char teacher_sha256[TRAINER_MAX_TEACHERS][65];
+    unsigned needs[TRAINER_MAX_TEACHERS]; /* output bit sets per teacher */
+    int32_t *labels;   /* [train] the labels the student may see (-1: hidden) */
+    int32_t *order;    /* [train] this epoch's permutation */
+    uint8_t *trained;  /* [train] trained this epoch */
+    float *moment1, *moment2;
+    float *batch_inputs, *d_logits, *d_hidden;
+    int32_t *batch_labels;
+    float *teacher_logits[TRAINER_MAX_TEACHERS], *teacher_hidden[TRAINER_MAX_TEACHERS];
+    uint8_t *teacher_present[TRAINER_MAX_TEACHERS];
+    int tickets[MAX_WINDOW][TRAINER_MAX_TEACHERS][8]; /* per lookahead slot and teacher */
+    int ticket_counts[MAX_WINDOW][TRAINER_MAX_TEACHERS];
+    int submitted_upto; /* batches of this epoch whose tickets are out */
+    long step;
+    int epoch;         /* 1-based epoch in progress */
+    int next_batch;    /* cursor inside the epoch */
+    FILE *metrics;
+    char state_path[1024];
+    /* per-epoch counters */
+    double loss_sum, ce_sum, kd_sum, fitnet_sum, wait_seconds;
+    long epoch_examples, epoch_duplicates, epoch_steps;
+    long skipped_batches[TRAINER_MAX_TEACHERS], missing_rows[TRAINER_MAX_TEACHERS];
+} run_t;
+
+/* ---------------------------------------------------------------- set-up */
+
+static cm_status_t find_teacher(const run_t *run, const char *name, const char *option, int *index) {
+    for (int teacher = 0; teacher < run->teacher_count; teacher++)
+        if (strcmp(run->teacher_names[teacher], name) == 0) {
+            *index = teacher;
+            return CM_OK;
+        }
+    return cm_fail(CM_ERR_INVALID_ARG, "%s names teacher '%s', which is not in the committee", option,
+                   name);
+}
+
+static cm_status_t build_labels(run_t *run) {
+    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
+    run->labels = malloc(sizeof(int32_t) * (size_t)train->count);
+    if (!run->labels) return cm_fail(CM_ERR_NOMEM, "out of memory for labels");
+    for (int id = 0; id < train->count; id++) run->labels[id] = train->labels[id];
+    float fraction = run->options.label_fraction;
+    if (fraction >= 1.0f) return CM_OK;
+    /* A fixed, seeded subset keeps its labels: the same for every method and training seed. */
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)train->count);
+    if (!ids) return cm_fail(CM_ERR_NOMEM, "out of memory for labels");
+    for (int id = 0; id < train->count; id++) ids[id] = id;
+    cm_rng_t rng;
+    cm_rng_seed(&rng, (uint64_t)run->options.label_seed ^ 0x1abe1ull);
+    cm_rng_shuffle(&rng, ids, (size_t)train->count);
+    int keep = (int)lround((double)fraction * train->count);
+    for (int index = keep; index < train->count; index++) run->labels[ids[index]] = -1;
+    free(ids);
+    cm_log_info("few-label regime: %d of %d training labels visible (--label-fraction %g)", keep,
+                train->count, (double)fraction);
+    return CM_OK;
+}
+
+static cm_status_t allocate_buffers(run_t *run) {
+    const cm_model_spec_t *spec = cm_model_spec(run->student);
+    int batch = run->options.batch, train = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    int hidden = 0;
+    cm_model_feature(run->student, "hidden", &hidden, NULL);
+    size_t params = cm_model_param_count(run->student);
+    run->moment1 = cm_alloc_floats(params);
+    run->moment2 = cm_alloc_floats(params);
+    run->batch_inputs = cm_alloc_floats((size_t)batch * (size_t)run->dataset->features);
+    run->d_logits = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
+    run->d_hidden = cm_alloc_floats((size_t)batch * (size_t)hidden);
+    run->batch_labels = malloc(sizeof(int32_t) * (size_t)batch);
+    run->order = malloc(sizeof(int32_t) * (size_t)train);
+    run->trained = calloc((size_t)train, 1);
+    int ok = run->moment1 && run->moment2 && run->batch_inputs && run->d_logits && run->d_hidden &&
+             run->batch_labels && run->order && run->trained;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        int teacher_hidden = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
+        run->teacher_logits[teacher] = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
+        run->teacher_hidden[teacher] = cm_alloc_floats((size_t)batch * (size_t)(teacher_hidden ? teacher_hidden : 1));
+        run->teacher_present[teacher] = calloc((size_t)batch, 1);
+        ok = ok && run->teacher_logits[teacher] && run->teacher_hidden[teacher] &&
+             run->teacher_present[teacher];
+    }
+    return ok ? CM_OK : cm_fail(CM_ERR_NOMEM, "out of memory for training buffers");
+}
+
+static void free_run(run_t *run) {
+    trainer_committee_free(&run->committee);
+    trainer_cache_free(&run->cache);
+    trainer_method_free(&run->method);
+    cm_model_free(&run->student);
+    cm_dataset_free(&run->dataset);
+    cm_free_aligned(run->moment1);
+    cm_free_aligned(run->moment2);
+    cm_free_aligned(run->batch_inputs);
+    cm_free_aligned(run->d_logits);
+    cm_free_aligned(run->d_hidden);
+    free(run->batch_labels);
+    free(run->labels);
+    free(run->order);
+    free(run->trained);
+    for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++) {
+        cm_free_aligned(run->teacher_logits[teacher]);
+        cm_free_aligned(run->teacher_hidden[teacher]);
+        free(run->teacher_present[teacher]);
+    }
+    if (run->metrics) fclose(run->metrics);
+}
+
+/* ---------------------------------------------------------------- state */
+
+static void manifest_text(const run_t *run, char *text, size_t size) {
+    size_t used = 0;
+    text[0] = '\0';
+    for (int teacher = 0; teacher < run->teacher_count && used < size; teacher++)
+        used += (size_t)snprintf(text + used, size - used, "%s%s=%s", teacher ? "," : "",
+                                 run->teacher_names[teacher], run->teacher_sha256[teacher]);
+}
+
+static cm_status_t save_state(run_t *run) {
+    char epoch_text[16], batch_text[16], step_text[32], seed_text[32], manifest[1024], spec_text[CM_MODEL_SPEC_MAX];
+    snprintf(epoch_text, sizeof epoch_text, "%d", run->epoch);
+    snprintf(batch_text, sizeof batch_text, "%d", run->next_batch);
+    snprintf(step_text, sizeof step_text, "%ld", run->step);
+    snprintf(seed_text, sizeof seed_text, "%ld", run->options.seed);
+    manifest_text(run, manifest, sizeof manifest);
+    cm_model_spec_format(cm_model_spec(run->student), spec_text, sizeof spec_text);
+    size_t params = cm_model_param_count(run->student), method_params = trainer_method_param_count(run->method);
+    cm_tensor_t tensors[6];
+    const char *names[6] = {"student.params", "student.m", "student.v", "method.params", "method.m", "method.v"};
+    float *blocks[6] = {cm_model_params(run->student), run->moment1, run->moment2,
+                        trainer_method_params(run->method), trainer_method_moment1(run->method),
+                        trainer_method_moment2(run->method)};
+    int count = 0;
+    for (int index = 0; index < 6; index++) {
+        size_t elements = index < 3 ? params : method_params;
+        if (!elements) continue;
+        memset(&tensors[count], 0, sizeof tensors[count]);
+        snprintf(tensors[count].name, sizeof tensors[count].name, "%s", names[index]);
+        tensors[count].dtype = CM_DTYPE_F32;
+        tensors[count].ndim = 1;
+        tensors[count].shape[0] = (int64_t)elements;
+        tensors[count].data = blocks[index];
+        count++;
+    }
+    const char *metadata[] = {"kind", "committee-trainer-state-1", "model", spec_text,
+                              "method", run->options.method, "epoch", epoch_text,
+                              "batch", batch_text, "step", step_text, "seed", seed_text,
+                              "fingerprint", run->dataset->fingerprint, "committee", manifest};
+    return cm_safetensors_write(run->state_path, tensors, count, metadata,
+                                (int)(sizeof metadata / sizeof metadata[0]) / 2);
+}
+
+static cm_status_t save_student(run_t *run, double test_accuracy) {
+    char accuracy_text[32], manifest[1024], epochs_text[16];
+    snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_accuracy);
+    snprintf(epochs_text, sizeof epochs_text, "%d", run->options.epochs);
+    manifest_text(run, manifest, sizeof manifest);
+    const char *metadata[] = {"view", run->dataset->view, "dataset", run->dataset->name,
+                              "fingerprint", run->dataset->fingerprint, "method", run->options.method,
+                              "committee", manifest, "epochs", epochs_text,
+                              "test_accuracy", accuracy_text, "format", "committee-checkpoint-1"};
+    return cm_model_save(run->student, run->options.out, metadata,
+                         (int)(sizeof metadata / sizeof metadata[0]) / 2);
+}
+
+static cm_status_t load_state(run_t *run) {
+    cm_safetensors_t *file = NULL;
+    cm_status_t status = cm_safetensors_read(&file, run->state_path);
+    if (status != CM_OK) return status;
+    const char *kind = cm_safetensors_metadata(file, "kind");
+    const char *model = cm_safetensors_metadata(file, "model");
+    const char *method = cm_safetensors_metadata(file, "method");
+    const char *fingerprint = cm_safetensors_metadata(file, "fingerprint");
+    const char *committee = cm_safetensors_metadata(file, "committee");
+    const char *epoch = cm_safetensors_metadata(file, "epoch");
+    const char *batch = cm_safetensors_metadata(file, "batch");
+    const char *step = cm_safetensors_metadata(file, "step");
+    const char *seed = cm_safetensors_metadata(file, "seed");
+    char spec_text[CM_MODEL_SPEC_MAX], manifest[1024];
+    cm_model_spec_format(cm_model_spec(run->student), spec_text, sizeof spec_text);
+    manifest_text(run, manifest, sizeof manifest);
+    if (!kind || strcmp(kind, "committee-trainer-state-1") || !model || !method || !fingerprint ||
+        !committee || !epoch || !batch || !step || !seed) {
+        status = cm_fail(CM_ERR_FORMAT, "%s is not a committee trainer state", run->state_path);
+    } else if (strcmp(model, spec_text) || strcmp(method, run->options.method) ||
+               atol(seed) != run->options.seed) {
+        status = cm_fail(CM_ERR_MISMATCH,
+                         "%s is a state of model %s, method %s, seed %s; this run is %s, %s, %ld",
+                         run->state_path, model, method, seed, spec_text, run->options.method,
+                         run->options.seed);
+    } else if (strcmp(fingerprint, run->dataset->fingerprint)) {
+        status = cm_fail(CM_ERR_MISMATCH, "%s was trained on dataset %s, this run uses %s",
+                         run->state_path, fingerprint, run->dataset->fingerprint);
+    } else if (strcmp(committee, manifest) && !run->options.force_resume) {
+        status = cm_fail(CM_ERR_MISMATCH,
+                         "%s was trained with committee [%s], not [%s]; pass --force-resume to "
+                         "continue anyway",
+                         run->state_path, committee, manifest);
+    }
+    const char *names[6] = {"student.params", "student.m", "student.v", "method.params", "method.m", "method.v"};
+    float *blocks[6] = {cm_model_params(run->student), run->moment1, run->moment2,
+                        trainer_method_params(run->method), trainer_method_moment1(run->method),
+                        trainer_method_moment2(run->method)};
+    size_t params = cm_model_param_count(run->student), method_params = trainer_method_param_count(run->method);
+    for (int index = 0; status == CM_OK && index < 6; index++) {
+        size_t elements = index < 3 ? params : method_params;
+        if (!elements) continue;
+        const cm_tensor_t *tensor = cm_safetensors_find(file, names[index]);
+        if (!tensor || tensor->dtype != CM_DTYPE_F32 || cm_tensor_elements(tensor) != (int64_t)elements)
+            status = cm_fail(CM_ERR_FORMAT, "%s: '%s' is missing or has the wrong size", run->state_path,
+                             names[index]);
+        else
+            memcpy(blocks[index], tensor->data, sizeof(float) * elements);
+    }
+    if (status == CM_OK) {
+        run->epoch = atoi(epoch);
+        run->next_batch = atoi(batch);
+        run->step = atol(step);
+        cm_log_info("resuming from %s: epoch %d, batch %d, step %ld", run->state_path, run->epoch,
+                    run->next_batch, run->step);
+    }
+    cm_safetensors_free(&file);
+    return status;
+}
+
+/* ---------------------------------------------------------------- teacher traffic */
+
+static void epoch_order(run_t *run) {
+    int train = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    for (int id = 0; id < train; id++) run->order[id] = id;
+    cm_rng_t rng;
+    cm_rng_seed(&rng, (uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch);
+    cm_rng_shuffle(&rng, run->order, (size_t)train);
+}
+
+static int batch_rows(const run_t *run, int batch_index) {
+    int train = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    int start = batch_index * run->options.batch;
+    return train - start < run->options.batch ? train - start : run->options.batch;
+}
+
+/* Submits requests for the rows of batch `batch_index` that the cache lacks. */
+static cm_status_t submit_batch(run_t *run, int batch_index) {
+    int slot = batch_index % run->options.window;
+    const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
+    int rows = batch_rows(run, batch_index);
+    int32_t missing[4096];
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        run->ticket_counts[slot][teacher] = 0;
+        if (!run->needs[teacher] || !run->committee) continue;
+        int count = 0;
+        for (int row = 0; row < rows; row++) {
+            int absent = 0;
+            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
+                if ((run->needs[teacher] & (1u << output)) &&
+                    !trainer_cache_has(run->cache, teacher, output, ids[row]))
+                    absent = 1;
+            if (absent) missing[count++] = ids[row];
+        }
+        int per_request = trainer_committee_info(run->committee, teacher)->max_examples;
+        if (per_request > 4096) per_request = 4096;
+        for (int start = 0; start < count; start += per_request) {
+            int chunk = count - start < per_request ? count - start : per_request;
+            int ticket = trainer_committee_submit(run->committee, teacher, missing + start, chunk,
+                                                  run->needs[teacher]);
+            if (ticket < 0) return cm_fail(CM_ERR_NOMEM, "out of memory submitting a request");
+            run->tickets[slot][teacher][run->ticket_counts[slot][teacher]++] = ticket;
+        }
+    }
+    return CM_OK;
+}
+
+/* Pumps the committee until every ticket of batch `batch_index` is answered or given up. */
+static cm_status_t await_batch(run_t *run, int batch_index) {
+    int slot = batch_index % run->options.window;
+    double started = cm_progress_now();
+    for (;;) {
+        int pending = 0;
+        for (int teacher = 0; teacher < run->teacher_count; teacher++)
+            for (int index = 0; index < run->ticket_counts[slot][teacher]; index++)
+                pending += trainer_committee_ticket(run->committee, run->tickets[slot][teacher][index]) == 0;
+        if (!pending) break;
+        cm_status_t status = trainer_committee_pump(run->committee, 100);
+        if (status != CM_OK) return status;
+    }
+    run->wait_seconds += cm_progress_now() - started;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        for (int index = 0; index < run->ticket_counts[slot][teacher]; index++)
+            trainer_committee_release(run->committee, run->tickets[slot][teacher][index]);
+        run->ticket_counts[slot][teacher] = 0;
+    }
+    return CM_OK;
+}
+
+/* ---------------------------------------------------------------- one step */
+
+static cm_status_t train_batch(run_t *run, int batch_index) {
+    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
+    const cm_model_spec_t *spec = cm_model_spec(run->student);
+    int features = run->dataset->features, classes = spec->classes, rows = batch_rows(run, batch_index);
+    const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
+    trainer_batch_t batch = {.rows = rows, .labels = run->batch_labels};
+    for (int row = 0; row < rows; row++) {
+        int id = ids[row];
+        memcpy(run->batch_inputs + (size_t)row * (size_t)features,
+               train->inputs + (size_t)id * (size_t)features, sizeof(float) * (size_t)features);
+        run->batch_labels[row] = run->labels[id];
+        if (run->trained[id]) run->epoch_duplicates++;
+        run->trained[id] = 1;
+    }
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        if (!run->needs[teacher]) continue;
+        int hidden_width = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
+        int wants_hidden = (run->needs[teacher] >> TRAINER_OUTPUT_HIDDEN) & 1;
+        int missing = 0;
+        for (int row = 0; row < rows; row++) {
+            int id = ids[row];
+            int present = trainer_cache_has(run->cache, teacher, TRAINER_OUTPUT_LOGITS, id) &&
+                          (!wants_hidden || trainer_cache_has(run->cache, teacher, TRAINER_OUTPUT_HIDDEN, id));
+            run->teacher_present[teacher][row] = (uint8_t)present;
+            missing += !present;
+            if (!present) continue;
+            memcpy(run->teacher_logits[teacher] + (size_t)row * (size_t)classes,
+                   trainer_cache_row(run->cache, teacher, TRAINER_OUTPUT_LOGITS, id), sizeof(float) * (size_t)classes);
+            if (wants_hidden)
+                memcpy(run->teacher_hidden[teacher] + (size_t)row * (size_t)hidden_width,
+                       trainer_cache_row(run->cache, teacher, TRAINER_OUTPUT_HIDDEN, id),
+                       sizeof(float) * (size_t)hidden_width);
+        }
+        if (missing && !run->committee)
+            return cm_fail(CM_ERR_NOT_FOUND,
+                           "the record lacks outputs of teacher '%s' for %d examples of this batch "
+                           "(e.g. example %d)",
+                           run->teacher_names[teacher], missing, ids[0]);
+        if (missing) {
+            run->skipped_batches[teacher]++;
+            run->missing_rows[teacher] += missing;
+        }
+        batch.teacher_logits[teacher] = run->teacher_logits[teacher];
+        batch.teacher_present[teacher] = run->teacher_present[teacher];
+        batch.teacher_hidden[teacher] = wants_hidden ? run->teacher_hidden[teacher] : NULL;
+    }
+    cm_model_zero_grads(run->student);
+    trainer_method_zero_grads(run->method);
+    const float *logits = cm_model_forward(run->student, run->batch_inputs, rows);
+    int hidden = 0;
+    const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
+    trainer_loss_t loss;
+    trainer_method_loss(run->method, &batch, logits, student_hidden, run->d_logits, run->d_hidden, &loss);
+    if (!isfinite(loss.total))
+        return cm_fail(CM_ERR_INTERNAL, "the loss is not finite at step %ld; lower --lr", run->step + 1);
+    cm_model_backward(run->student, run->d_logits, run->d_hidden, rows);
+    cm_adamw_config_t adamw = cm_adamw_defaults();
+    adamw.learning_rate = run->options.lr;
+    adamw.weight_decay = run->options.weight_decay;
+    run->step++;
+    cm_model_adamw_step(run->student, run->moment1, run->moment2, &adamw, run->step);
+    trainer_method_adamw_step(run->method, &adamw, run->step);
+    run->loss_sum += loss.total * rows;
+    run->ce_sum += loss.ce * rows;
+    run->kd_sum += loss.kd * rows;
+    run->fitnet_sum += loss.fitnet * rows;
+    run->epoch_examples += rows;
+    run->epoch_steps++;
+    if (strcmp(run->options.cache, "off") == 0 && run->committee) /* forget: ask again next epoch */
+        for (int teacher = 0; teacher < run->teacher_count; teacher++)
+            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
+                for (int row = 0; row < rows; row++)
+                    trainer_cache_set_has(run->cache, teacher, output, ids[row], 0);
+    return CM_OK;
+}
+
+/* ---------------------------------------------------------------- epochs */
+
+static void write_metrics(run_t *run, double seconds, double accuracy, double test_loss) {
+    if (!run->metrics) return;
+    double examples = run->epoch_examples ? (double)run->epoch_examples : 1.0;
+    int train = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    long trained = 0;
+    for (int id = 0; id < train; id++) trained += run->trained[id];
+    fprintf(run->metrics,
+            "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"kd\":%.6f,\"fitnet\":%.6f,"
+            "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
+            "\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,\"examples_per_second\":%.1f,"
+            "\"wait_seconds\":%.3f,\"teachers\":{",
+            run->epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
+            run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, trained,
+            run->epoch_duplicates, accuracy, test_loss, seconds,
+            seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds);
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        trainer_teacher_stats_t none = {0};
+        const trainer_teacher_stats_t *stats =
+            run->committee ? trainer_committee_stats(run->committee, teacher) : &none;
+        fprintf(run->metrics,
+                "%s\"%s\":{\"requests\":%ld,\"replies\":%ld,\"examples_received\":%ld,\"bytes\":%llu,"
+                "\"busy\":%ld,\"timeouts\":%ld,\"down_events\":%ld,\"failed_requests\":%ld,"
+                "\"skipped_batches\":%ld,\"missing_rows\":%ld}",
+                teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
+                stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
+                stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
+                run->missing_rows[teacher]);
+    }
+    fprintf(run->metrics, "}}\n");
+    fflush(run->metrics);
+}
+
+static cm_status_t save_all(run_t *run, double accuracy) {
+    cm_status_t status = save_student(run, accuracy);
+    if (status == CM_OK) status = save_state(run);
+    return status;
+}
+
+static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
+    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
+    const cm_split_data_t *test = &run->dataset->splits[CM_SPLIT_TEST];
+    int batches = (train->count + run->options.batch - 1) / run->options.batch;
+    double accuracy = 0.0, test_loss = 0.0;
+    cm_status_t status = CM_OK;
+    for (; run->epoch <= run->options.epochs; run->epoch++, run->next_batch = 0) {
+        epoch_order(run);
+        memset(run->trained, 0, (size_t)train->count);
+        run->loss_sum = run->ce_sum = run->kd_sum = run->fitnet_sum = run->wait_seconds = 0.0;
+        run->epoch_examples = run->epoch_duplicates = run->epoch_steps = 0;
+        memset(run->skipped_batches, 0, sizeof run->skipped_batches);
+        memset(run->missing_rows, 0, sizeof run->missing_rows);
+        /* A resumed epoch: the rows before the cursor were trained before the interruption. */
+        for (int index = 0; index < run->next_batch * run->options.batch && index < train->count; index++)
+            run->trained[run->order[index]] = 1;
+        run->submitted_upto = run->next_batch;
+        char label[64];
+        snprintf(label, sizeof label, "epoch %d/%d", run->epoch, run->options.epochs);
+        cm_progress_t progress;
+        cm_progress_start(&progress, label, train->count);
+        double started = cm_progress_now();
+        for (int batch_index = run->next_batch; batch_index < batches; batch_index++) {
+            while (run->submitted_upto < batches && run->submitted_upto < batch_index + run->options.window) {
+                if ((status = submit_batch(run, run->submitted_upto)) != CM_OK) return status;
+                run->submitted_upto++;
+            }
+            if (run->committee && (status = await_batch(run, batch_index)) != CM_OK) return status;
+            if ((status = train_batch(run, batch_index)) != CM_OK) return status;
+            run->next_batch = batch_index + 1;
+            char text[64];
+            snprintf(text, sizeof text, "loss %.4f", run->loss_sum / (double)run->epoch_examples);
+            cm_progress_update(&progress, (long)run->next_batch * run->options.batch, text);
+            int stop_now = interrupted || (run->options.stop_after > 0 && run->step >= run->options.stop_after);
+            if (stop_now || (run->options.checkpoint_every > 0 && run->step % run->options.checkpoint_every == 0)) {
+                if ((status = save_all(run, accuracy)) != CM_OK) return status;
+            }
+            if (stop_now) {
+                cm_progress_finish(&progress);
+                cm_log_info("stopped at epoch %d, batch %d (step %ld); state saved to %s; continue "
+                            "with --resume",
+                            run->epoch, run->next_batch, run->step, run->state_path);
+                *was_interrupted = 1;
+                return CM_OK;
+            }
+        }
+        cm_progress_finish(&progress);
+        double seconds = cm_progress_now() - started;
+        cm_model_evaluate(run->student, test->inputs, test->labels, test->count, &accuracy, &test_loss);
+        long distinct = 0;
+        for (int id = 0; id < train->count; id++) distinct += run->trained[id];
+        cm_log_info("epoch %d/%d  loss %.4f (ce %.4f kd %.4f fit %.4f)  test acc %.4f  %.0f examples/s  "
+                    "waited %.2f s  %ld/%d examples once%s",
+                    run->epoch, run->options.epochs, run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
+                    run->ce_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
+                    run->kd_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
+                    run->fitnet_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
+                    accuracy, seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds, distinct,
+                    train->count, run->epoch_duplicates ? " (DUPLICATES!)" : "");
+        for (int teacher = 0; teacher < run->teacher_count; teacher++)
+            if (run->skipped_batches[teacher])
+                cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
+                            run->teacher_names[teacher], run->skipped_batches[teacher],
+                            run->missing_rows[teacher]);
+        write_metrics(run, seconds, accuracy, test_loss);
+        run->next_batch = batches;
+        int finished_epoch = run->epoch;
+        run->epoch = finished_epoch + 1; /* the state says where to continue */
+        run->next_batch = 0;
+        status = save_all(run, accuracy);
+        run->epoch = finished_epoch;
+        if (status != CM_OK) return status;
+        if (strcmp(run->options.cache, "memory") && strcmp(run->options.cache, "off") && run->committee) {
+            status = trainer_cache_save(run->cache, run->options.cache, run->dataset->fingerprint);
+            if (status != CM_OK) return status;
+        }
+    }
+    printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out);
+    return CM_OK;
+}
+
+/* ---------------------------------------------------------------- the command */
+
+static cm_status_t set_up_teachers(run_t *run) {
+    train_options_t *options = &run->options;
+    int train_count = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    cm_status_t status;
+    if (run->replay) {
+        if (!options->record) return cm_fail(CM_ERR_INVALID_ARG, "replay needs --record FILE");
+        status = trainer_cache_load(options->record, run->dataset->fingerprint, &run->cache);
+        if (status != CM_OK) return status;
+        if (trainer_cache_examples(run->cache) != train_count)
+            return cm_fail(CM_ERR_MISMATCH, "%s covers %d training examples, the data has %d",
+                           options->record, trainer_cache_examples(run->cache), train_count);
+        run->teacher_count = trainer_cache_teachers(run->cache);
+        for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+            snprintf(run->teacher_names[teacher], sizeof run->teacher_names[teacher], "%s",
+                     trainer_cache_teacher_name(run->cache, teacher));
+            snprintf(run->teacher_sha256[teacher], sizeof run->teacher_sha256[teacher], "%s",
+                     trainer_cache_teacher_sha256(run->cache, teacher));
+        }
+        return CM_OK;
+    }
+    trainer_teacher_address_t addresses[TRAINER_COMMITTEE_MAX];
+    int count = 0;
+    for (int index = 0; index < options->teachers.count; index++) {
+        trainer_teacher_address_t address;
+        char *text = strdup(options->teachers.values[index]); /* lives as long as the process */
+        if (!text) return cm_fail(CM_ERR_NOMEM, "out of memory");
+        if ((status = trainer_committee_parse_teacher(text, &address)) != CM_OK) return status;
+        int merged = 0;
+        for (int other = 0; other < count && !merged; other++)
+            if (strcmp(addresses[other].name, address.name) == 0) { /* replicas of one teacher */
+                for (int endpoint = 0; endpoint < address.endpoint_count; endpoint++) {
+                    if (addresses[other].endpoint_count == TRAINER_MAX_ENDPOINTS)
+                        return cm_fail(CM_ERR_INVALID_ARG, "teacher '%s' has more than %d endpoints",
+                                       address.name, TRAINER_MAX_ENDPOINTS);
+                    addresses[other].endpoints[addresses[other].endpoint_count++] = address.endpoints[endpoint];
+                }
+                merged = 1;
+            }
+        if (merged) continue;
+        if (count == TRAINER_COMMITTEE_MAX)
+            return cm_fail(CM_ERR_INVALID_ARG, "at most %d teachers", TRAINER_COMMITTEE_MAX);
+        addresses[count++] = address;
+    }
+    run->teacher_count = count;
+    if (count == 0) return CM_OK;
+    status = trainer_cache_new(count, train_count, &run->cache);
+    if (status != CM_OK) return status;
+    cm_dtype_t encoding = cm_dtype_parse(options->encoding);
+    if (encoding != CM_DTYPE_F32 && encoding != CM_DTYPE_F16 && encoding != CM_DTYPE_BF16)
+        return cm_fail(CM_ERR_INVALID_ARG, "--encoding must be F32, F16 or BF16");
+    trainer_committee_config_t config = {
+        .window = options->window, .deadline_ms = options->teacher_timeout_ms,
+        .handshake_ms = options->teacher_timeout_ms, .heartbeat_ms = 1000,
+        .encoding = encoding, .max_examples = 4096, .fingerprint = run->dataset->fingerprint,
+        .classes = run->dataset->classes, .train_examples = train_count,
+    };
+    config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
+                    : strcmp(options->failure_policy, "skip") == 0 ? TRAINER_POLICY_SKIP
+                                                                   : TRAINER_POLICY_FAIL;
+    status = trainer_committee_new(addresses, count, &config, run->cache, &run->committee);
+    if (status != CM_OK) return status;
+    for (int teacher = 0; teacher < count; teacher++) {
+        const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
+        snprintf(run->teacher_names[teacher], sizeof run->teacher_names[teacher], "%s", info->name);
+        snprintf(run->teacher_sha256[teacher], sizeof run->teacher_sha256[teacher], "%s", info->model_sha256);
+    }
+    return CM_OK;
+}
+
+static cm_status_t set_up_method(run_t *run) {
+    train_options_t *options = &run->options;
+    trainer_method_config_t config = {0};
+    cm_status_t status = trainer_method_parse(options->method, &config.kind);
+    if (status != CM_OK) return status;
+    config.temperature = options->temperature;
+    config.kd_weight = options->kd_weight;
+    config.fitnet_weight = options->fitnet_weight;
+    config.teacher_count = run->teacher_count;
+    config.classes = run->dataset->classes;
+    config.max_batch = options->batch;
+    cm_model_feature(run->student, "hidden", &config.student_hidden, NULL);
+    if (config.kind != TRAINER_METHOD_CE && run->teacher_count == 0)
+        return cm_fail(CM_ERR_INVALID_ARG, "--method %s needs at least one --teacher", options->method);
+    if (config.kind == TRAINER_METHOD_KD || config.kind == TRAINER_METHOD_FITNET) {
+        if (!options->kd_teacher && run->teacher_count > 1)
+            return cm_fail(CM_ERR_INVALID_ARG, "--method %s with %d teachers needs --kd-teacher NAME",
+                           options->method, run->teacher_count);
+        if (options->kd_teacher && (status = find_teacher(run, options->kd_teacher, "--kd-teacher", &config.kd_teacher)))
+            return status;
+    }
+    if (config.kind == TRAINER_METHOD_FITNET) {
+        const char *name = options->fitnet_teacher ? options->fitnet_teacher : run->teacher_names[config.kd_teacher];
+        if ((status = find_teacher(run, name, "--fitnet-teacher", &config.fitnet_teacher))) return status;
+    }
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        int width = run->committee ? trainer_committee_info(run->committee, teacher)->width[TRAINER_OUTPUT_HIDDEN]
+                                   : trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
+        config.teacher_hidden[teacher] = width;
+    }
+    status = trainer_method_new(&config, (uint64_t)options->seed, &run->method);
+    if (status != CM_OK) return status;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        int logits = 0, hidden = 0;
+        trainer_method_needs(run->method, teacher, &logits, &hidden);
+        run->needs[teacher] = (logits ? 1u << TRAINER_OUTPUT_LOGITS : 0) | (hidden ? 1u << TRAINER_OUTPUT_HIDDEN : 0);
+        if (run->needs[teacher] && hidden) run->needs[teacher] |= 1u << TRAINER_OUTPUT_LOGITS;
+        if (!run->committee) {
+            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
+                if ((run->needs[teacher] & (1u << output)) && !trainer_cache_width(run->cache, teacher, output))
+                    return cm_fail(CM_ERR_NOT_FOUND, "the record has no '%s' of teacher '%s', which --method %s needs",
+                                   trainer_cache_output_name(output), run->teacher_names[teacher], options->method);
+            continue;
+        }
+        const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
+        for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
+            if (!(run->needs[teacher] & (1u << output))) continue;
+            if (!info->width[output])
+                return cm_fail(CM_ERR_NOT_FOUND, "teacher '%s' does not offer '%s', which --method %s needs",
+                               info->name, trainer_cache_output_name(output), options->method);
+            if ((status = trainer_cache_add_output(run->cache, teacher, output, info->width[output])) != CM_OK)
+                return status;
+        }
+    }
+    return CM_OK;
+}
+
+/* --cache FILE: reuse the outputs a previous run saved there, if it used this committee. */
+static cm_status_t load_cache_file(run_t *run) {
+    const char *path = run->options.cache;
+    if (!strcmp(path, "memory") || !strcmp(path, "off") || !run->committee || access(path, F_OK) != 0)
+        return CM_OK;
+    trainer_cache_t *stored = NULL;
+    cm_status_t status = trainer_cache_load(path, run->dataset->fingerprint, &stored);
+    if (status != CM_OK) return status;
+    int same = trainer_cache_teachers(stored) == run->teacher_count &&
+               trainer_cache_examples(stored) == trainer_cache_examples(run->cache);
+    for (int teacher = 0; same && teacher < run->teacher_count; teacher++)
+        same = !strcmp(trainer_cache_teacher_name(stored, teacher), run->teacher_names[teacher]) &&
+               !strcmp(trainer_cache_teacher_sha256(stored, teacher), run->teacher_sha256[teacher]);
+    if (same) {
+        trainer_cache_merge(run->cache, stored);
+        cm_log_info("reusing cached teacher outputs from %s", path);
+    }
+    trainer_cache_free(&stored);
+    if (!same)
+        return cm_fail(CM_ERR_MISMATCH, "cache %s was recorded with another committee or data; "
+                                        "remove it or pass another --cache", path);
+    return CM_OK;
+}
+
+static cm_status_t train(run_t *run, int *was_interrupted) {
+    train_options_t *options = &run->options;
+    cm_model_spec_t spec;
+    cm_status_t status = cm_model_spec_parse(options->model, &spec);
+    if (status != CM_OK) return status;
+    cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
+    if ((status = cm_dataset_load(&run->dataset, options->data, options->view, &data_options)) != CM_OK)
+        return status;
+    if (cm_model_spec_inputs(&spec) != run->dataset->features || spec.classes != run->dataset->classes)
+        return cm_fail(CM_ERR_SHAPE, "model '%s' takes %d inputs and %d classes; view '%s' gives %d and %d",
+                       options->model, cm_model_spec_inputs(&spec), spec.classes, run->dataset->view,
+                       run->dataset->features, run->dataset->classes);
+    if ((status = cm_model_new(&spec, options->batch, &run->student)) != CM_OK) return status;
+    cm_model_init(run->student, (uint64_t)options->seed);
+    if ((status = build_labels(run)) != CM_OK) return status;
+    if ((status = set_up_teachers(run)) != CM_OK) return status;
+    if (!run->cache && (status = trainer_cache_new(0, run->dataset->splits[CM_SPLIT_TRAIN].count, &run->cache)))
+        return status;
+    if ((status = set_up_method(run)) != CM_OK) return status;
+    if ((status = load_cache_file(run)) != CM_OK) return status;
+    if ((status = allocate_buffers(run)) != CM_OK) return status;
+    snprintf(run->state_path, sizeof run->state_path, "%s.state", options->out);
+    run->epoch = 1;
+    if (options->resume) {
+        if (access(run->state_path, F_OK) != 0)
+            return cm_fail(CM_ERR_NOT_FOUND, "--resume: there is no state at %s", run->state_path);
+        if ((status = load_state(run)) != CM_OK) return status;
+    }
+    if (options->metrics) {
+        run->metrics = fopen(options->metrics, options->resume ? "a" : "w");
+        if (!run->metrics) return cm_fail(CM_ERR_IO, "cannot write metrics to %s", options->metrics);
+    }
+    char spec_text[CM_MODEL_SPEC_MAX];
+    cm_model_spec_format(&spec, spec_text, sizeof spec_text);
+    cm_log_info("train %s on %s/%s with %s: %d train / %d test examples, %d teacher(s), batch %d, "
+                "%d epochs, lr %g, seed %ld",
+                spec_text, run->dataset->name, run->dataset->view, options->method,
+                run->dataset->splits[CM_SPLIT_TRAIN].count, run->dataset->splits[CM_SPLIT_TEST].count,
+                run->teacher_count, options->batch, options->epochs, (double)options->lr, options->seed);
+    status = run_epochs(run, was_interrupted);
+    if (status != CM_OK && run->step > 0) { /* keep what was learned */
+        cm_status_t saved = save_all(run, 0.0);
+        if (saved == CM_OK) cm_log_info("saved the state reached so far to %s", run->state_path);
+    }
+    if (status == CM_OK && options->record && run->committee) {
+        status = trainer_cache_save(run->cache, options->record, run->dataset->fingerprint);
+        if (status == CM_OK) cm_log_info("recorded teacher outputs to %s", options->record);
+    }
+    return status;
+}
+
+int trainer_train_main(int argc, char **argv, int first, int replay) {
+    run_t *run = calloc(1, sizeof *run);
+    if (!run) {
+        fprintf(stderr, "student-trainer: out of memory\n");
+        return 1;
+    }
+    run->replay = replay;
+    train_options_t *options = &run->options;
+    *options = (train_options_t){
+        .data = "fashion-mnist", .view = "pool7", .method = "ce", .failure_policy = "wait",
+        .cache = "memory", .encoding = "F32", .log_level = "info", .epochs = 10, .batch = 128,
+        .lr = 1e-3f, .weight_decay = 0.01f, .seed = 1, .temperature = 2.0f, .kd_weight = 0.5f,
+        .fitnet_weight = 1.0f, .label_fraction = 1.0f, .label_seed = 0, .window = 4,
+        .teacher_timeout_ms = 10000, .threads = 1,
+    };
+    const cm_cli_option_t table[] = {
+        {"data", CM_CLI_STRING, &options->data, "NAME", "dataset (fashion-mnist)", 0},
+        {"data-dir", CM_CLI_STRING, &options->data_dir, "DIR",
+         "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
+        {"view", CM_CLI_STRING, &options->view, "VIEW", "the student's view: full, pool14, pool7", 0},
+        {"model", CM_CLI_STRING, &options->model, "SPEC", "student model spec, e.g. mlp:49-64-64-10", 1},
+        {"teacher", CM_CLI_LIST, &options->teachers, "NAME=ENDPOINT",
+         "a teacher of the committee (repeatable; NAME=EP1,EP2 or a repeated NAME adds replicas)", 0},
+        {"method", CM_CLI_STRING, &options->method, "NAME", "ce, kd, avg-kd, ca-mkd or fitnet", 0},
+        {"kd-teacher", CM_CLI_STRING, &options->kd_teacher, "NAME",
+         "the teacher kd and fitnet distill from (needed with several teachers)", 0},
+        {"fitnet-teacher", CM_CLI_STRING, &options->fitnet_teacher, "NAME",
+         "the teacher whose hidden vector fitnet regresses onto [default: --kd-teacher]", 0},
+        {"temperature", CM_CLI_FLOAT, &options->temperature, "T", "distillation temperature", 0},
+        {"kd-weight", CM_CLI_FLOAT, &options->kd_weight, "W",
+         "weight w of the distillation term; CE gets 1-w", 0},
+        {"fitnet-weight", CM_CLI_FLOAT, &options->fitnet_weight, "X", "weight of fitnet's MSE term", 0},
+        {"epochs", CM_CLI_INT, &options->epochs, "N", "passes over the training split", 0},
+        {"batch", CM_CLI_INT, &options->batch, "B", "examples per optimizer step", 0},
+        {"lr", CM_CLI_FLOAT, &options->lr, "X", "AdamW learning rate", 0},
+        {"weight-decay", CM_CLI_FLOAT, &options->weight_decay, "X", "AdamW decoupled weight decay", 0},
+        {"seed", CM_CLI_LONG, &options->seed, "S", "seed of initialization and batch order", 0},
+        {"label-fraction", CM_CLI_FLOAT, &options->label_fraction, "F",
+         "fraction of training labels the student sees (few-label regime: 0.1)", 0},
+        {"label-seed", CM_CLI_LONG, &options->label_seed, "S",
+         "seed choosing which labels stay visible (the same for every method)", 0},
+        {"on-teacher-failure", CM_CLI_STRING, &options->failure_policy, "POLICY",
+         "when a teacher is down or late: wait, skip or fail", 0},
+        {"teacher-timeout-ms", CM_CLI_INT, &options->teacher_timeout_ms, "MS",
+         "deadline of the handshake and of each request", 0},
+        {"window", CM_CLI_INT, &options->window, "N", "batches requested ahead from each teacher", 0},
+        {"encoding", CM_CLI_STRING, &options->encoding, "ENC",
+         "teacher outputs on the wire: F32 (exact), F16 or BF16 (half the bytes)", 0},
+        {"cache", CM_CLI_STRING, &options->cache, "WHERE",
+         "teacher outputs: memory, off (ask every epoch) or a FILE kept across runs", 0},
+        {"record", CM_CLI_STRING, &options->record, "FILE",
+         replay ? "recorded teacher outputs to train from" : "save the teacher outputs for `replay`", replay},
+        {"out", CM_CLI_STRING, &options->out, "FILE", "student checkpoint (.safetensors)", 1},
+        {"metrics", CM_CLI_STRING, &options->metrics, "FILE", "JSON-lines metrics, one line per epoch", 0},
+        {"checkpoint-every", CM_CLI_INT, &options->checkpoint_every, "STEPS",
+         "also save the resumable state every STEPS steps (0: each epoch only)", 0},
+        {"stop-after", CM_CLI_LONG, &options->stop_after, "STEPS",
+         "stop as if interrupted after STEPS optimizer steps (0: never)", 0},
+        {"resume", CM_CLI_FLAG, &options->resume, NULL, "continue from --out's saved state", 0},
+        {"force-resume", CM_CLI_FLAG, &options->force_resume, NULL,
+         "resume even if the committee changed", 0},
+        {"threads", CM_CLI_INT, &options->threads, "N", "OpenBLAS threads", 0},
+        {"max-train", CM_CLI_INT, &options->max_train, "N", "use only the first N training examples", 0},
+        {"max-test", CM_CLI_INT, &options->max_test, "N", "use only the first N test examples", 0},
+        {"log-level", CM_CLI_STRING, &options->log_level, "LEVEL", "debug, info, warn or error", 0},
+    };
+    const int count = (int)(sizeof table / sizeof table[0]);
+    const char *usage = replay ? "student-trainer replay --record FILE --model SPEC --out FILE [options]"
+                               : "student-trainer train --model SPEC --teacher NAME=ENDPOINT ... --out FILE [options]";
+    const char *description =
+        replay ? "Trains a student from teacher outputs recorded by `train --record`, with no teacher\n"
+                 "running. Same options and methods as train."
+               : "Connects to a committee of teacher servers, checks that they agree with the student's\n"
+                 "data, and trains the student with --method, streaming teacher outputs ahead of the\n"
+                 "training step and caching them. Writes the student checkpoint, its resumable state\n"
+                 "(FILE.state) and JSON-lines metrics. SIGINT/SIGTERM save the state and stop (exit 130).";
+    int help = 0;
+    cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
+    const char *command = replay ? "replay" : "train";
+    if (help) {
+        cm_cli_usage(stdout, usage, description, table, count);
+        free(run);
+        return 0;
+    }
+    int level = cm_log_level_parse(options->log_level);
+    trainer_method_kind_t kind;
+    if (status == CM_OK && level < 0)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--log-level must be debug, info, warn or error");
+    if (status == CM_OK) status = trainer_method_parse(options->method, &kind);
+    if (status == CM_OK && (options->epochs < 1 || options->batch < 1 || options->threads < 1 ||
+                            options->window < 1 || options->window > MAX_WINDOW || options->batch > 4096))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--epochs, --batch (up to 4096), --threads and --window "
+                                             "(up to %d) must be at least 1", MAX_WINDOW);
+    if (status == CM_OK && (!(options->lr > 0) || options->weight_decay < 0 || !(options->temperature > 0) ||
+                            options->kd_weight < 0 || options->kd_weight > 1 || options->fitnet_weight < 0 ||
+                            !(options->label_fraction > 0) || options->label_fraction > 1))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--lr and --temperature must be positive, --kd-weight and "
+                                             "--label-fraction in (0, 1], weights not negative");
+    if (status == CM_OK && strcmp(options->failure_policy, "wait") && strcmp(options->failure_policy, "skip") &&
+        strcmp(options->failure_policy, "fail"))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--on-teacher-failure must be wait, skip or fail");
+    if (status == CM_OK && options->teacher_timeout_ms < 10)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--teacher-timeout-ms must be at least 10");
+    if (status == CM_OK && !replay && kind != TRAINER_METHOD_CE && options->teachers.count == 0)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--method %s needs at least one --teacher NAME=ENDPOINT",
+                         options->method);
+    if (status != CM_OK) {
+        fprintf(stderr, "student-trainer %s: %s\n", command, cm_last_error());
+        free(run);
+        return 2;
+    }
+    cm_log_init("student-trainer", (cm_log_level_t)level);
+    cm_blas_set_threads(options->threads);
+    struct sigaction action = {0};
+    action.sa_handler = on_interrupt;
+    sigaction(SIGINT, &action, NULL);
+    sigaction(SIGTERM, &action, NULL);
+    int was_interrupted = 0;
+    status = train(run, &was_interrupted);
+    free_run(run);
+    free(run);
+    if (status != CM_OK) {
+        cm_log_error("%s failed: %s", command, cm_last_error());
+        return 1;
+    }
+    return was_interrupted && interrupted ? 130 : 0;
+}
