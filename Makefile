@@ -47,6 +47,7 @@ obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 COMMON_OBJ  := $(call obj,$(COMMON_SRC)) $(patsubst $(GEN_DIR)/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
 TEACHER_OBJ := $(call obj,$(TEACHER_SRC))
 TRAINER_OBJ := $(call obj,$(TRAINER_SRC))
+TRAINER_LIB_OBJ := $(filter-out %/main.o,$(TRAINER_OBJ))
 TEST_OBJ    := $(call obj,$(TEST_SRC))
 BENCH_BIN   := $(patsubst bench/%.c,$(BUILD)/bin/%,$(BENCH_SRC))
 
@@ -117,7 +118,7 @@ $(BUILD)/obj/%.o: %.c | $(PROTO_H)
 
 $(BUILD)/obj/tests/%.o: tests/%.c $(SUITES_H) | $(PROTO_H)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CHECK_CFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(CPPFLAGS) -Istudent_trainer $(CHECK_CFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(LIB): $(COMMON_OBJ)
 	@mkdir -p $(dir $@)
@@ -131,7 +132,7 @@ $(TRAINER_BIN): $(TRAINER_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $(CFLAGS) $^ $(LDLIBS) -o $@
 
-$(CHECK_BIN): $(TEST_OBJ) $(LIB)
+$(CHECK_BIN): $(TEST_OBJ) $(TRAINER_LIB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $(CFLAGS) $^ $(CHECK_LIBS) $(LDLIBS) -o $@
 
