@@ -71,8 +71,9 @@ cm_status_t trainer_cache_add_output(trainer_cache_t *cache, int teacher, int ou
     cache_teacher_t *entry = &cache->teacher[teacher];
     if (entry->values[output]) {
         if (entry->width[output] != width)
-            return cm_fail(CM_ERR_SHAPE, "teacher '%s' output '%s' has width %d, the cache holds %d",
-                           entry->name, output_names[output], width, entry->width[output]);
+            return cm_fail(CM_ERR_SHAPE,
+                           "teacher '%s' output '%s' has width %d, the cache holds %d", entry->name,
+                           output_names[output], width, entry->width[output]);
         return CM_OK;
     }
     entry->values[output] = cm_alloc_floats((size_t)cache->examples * (size_t)width);
@@ -225,7 +226,8 @@ cm_status_t trainer_cache_load(const char *path, const char *fingerprint, traine
         snprintf(key, sizeof key, "teacher.%d.sha256", teacher);
         const char *sha256 = cm_safetensors_metadata(file, key);
         if (!name) {
-            status = cm_fail(CM_ERR_FORMAT, "%s: metadata lacks the name of teacher %d", path, teacher);
+            status =
+                cm_fail(CM_ERR_FORMAT, "%s: metadata lacks the name of teacher %d", path, teacher);
             goto fail;
         }
         trainer_cache_set_teacher(cache, teacher, name, sha256);
@@ -238,8 +240,8 @@ cm_status_t trainer_cache_load(const char *path, const char *fingerprint, traine
             if (!values && !has) continue;
             if (!values || !has || values->dtype != CM_DTYPE_F32 || values->ndim != 2 ||
                 has->dtype != CM_DTYPE_U8 || has->ndim != 1) {
-                status = cm_fail(CM_ERR_FORMAT, "%s: output '%s' of teacher '%s' is malformed", path,
-                                 output_names[output], name);
+                status = cm_fail(CM_ERR_FORMAT, "%s: output '%s' of teacher '%s' is malformed",
+                                 path, output_names[output], name);
                 goto fail;
             }
             status = trainer_cache_add_output(cache, teacher, output, (int)values->shape[1]);

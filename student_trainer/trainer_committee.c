@@ -38,10 +38,10 @@ typedef struct {
 typedef struct {
     const char *address;
     void *socket;
-    int up;               /* answered since it last missed a deadline */
-    int needs_hello;      /* greet again before trusting it */
-    int inflight;         /* requests in flight on this endpoint */
-    double last_sent;     /* monotonic seconds */
+    int up;           /* answered since it last missed a deadline */
+    int needs_hello;  /* greet again before trusting it */
+    int inflight;     /* requests in flight on this endpoint */
+    double last_sent; /* monotonic seconds */
 } endpoint_t;
 
 typedef struct {
@@ -143,8 +143,8 @@ static cm_status_t check_hello(trainer_committee_t *committee, teacher_t *teache
                        name, endpoint->address);
     if (strcmp(hello->dataset_fingerprint, config->fingerprint) != 0)
         return cm_fail(CM_ERR_MISMATCH,
-                       "teacher '%s' at %s holds dataset %s but the student trains on %s",
-                       name, endpoint->address, hello->dataset_fingerprint, config->fingerprint);
+                       "teacher '%s' at %s holds dataset %s but the student trains on %s", name,
+                       endpoint->address, hello->dataset_fingerprint, config->fingerprint);
     if (hello->classes != config->classes)
         return cm_fail(CM_ERR_MISMATCH, "teacher '%s' at %s has %d classes but the student has %d",
                        name, endpoint->address, hello->classes, config->classes);
@@ -153,7 +153,8 @@ static cm_status_t check_hello(trainer_committee_t *committee, teacher_t *teache
             return cm_fail(CM_ERR_MISMATCH,
                            "teacher '%s' at %s now serves model %.12s..., not %.12s... as before "
                            "(replicas and restarts must serve the same checkpoint)",
-                           name, endpoint->address, hello->model_sha256, teacher->info.model_sha256);
+                           name, endpoint->address, hello->model_sha256,
+                           teacher->info.model_sha256);
         return CM_OK;
     }
     trainer_teacher_info_t *info = &teacher->info;
@@ -171,12 +172,13 @@ static cm_status_t check_hello(trainer_committee_t *committee, teacher_t *teache
         for (int kind = 0; kind < TRAINER_OUTPUT_COUNT; kind++)
             if (strcmp(output->name, trainer_cache_output_name(kind)) == 0) {
                 info->width[kind] = (int)width;
-                if (kind == TRAINER_OUTPUT_TOKENS && output->ndim == 2) info->tokens = (int)output->shape[0];
+                if (kind == TRAINER_OUTPUT_TOKENS && output->ndim == 2)
+                    info->tokens = (int)output->shape[0];
             }
     }
     if (info->width[TRAINER_OUTPUT_LOGITS] != config->classes)
-        return cm_fail(CM_ERR_MISMATCH, "teacher '%s' offers logits of width %d, expected %d",
-                       name, info->width[TRAINER_OUTPUT_LOGITS], config->classes);
+        return cm_fail(CM_ERR_MISMATCH, "teacher '%s' offers logits of width %d, expected %d", name,
+                       info->width[TRAINER_OUTPUT_LOGITS], config->classes);
     return CM_OK;
 }
 
@@ -198,13 +200,13 @@ static cm_status_t await_hello(trainer_committee_t *committee, teacher_t *teache
         if (status != CM_OK) return status;
         cm_wire_limits_t limits = receive_limits();
         cm_wire_message_t message;
-        status = received.truncated ? cm_fail(CM_ERR_FORMAT, "too many frames")
-                                    : cm_zwire_decode(&message, received.parts,
-                                                      received.part_count, &limits);
+        status = received.truncated
+                     ? cm_fail(CM_ERR_FORMAT, "too many frames")
+                     : cm_zwire_decode(&message, received.parts, received.part_count, &limits);
         if (status != CM_OK) {
             cm_zwire_received_close(&received);
-            return cm_fail(status, "teacher '%s' at %s sent a bad handshake: %s", teacher->info.name,
-                           endpoint->address, cm_last_error());
+            return cm_fail(status, "teacher '%s' at %s sent a bad handshake: %s",
+                           teacher->info.name, endpoint->address, cm_last_error());
         }
         if (message.kind == CM_WIRE_ERROR) {
             status = cm_fail(message.error.code, "teacher '%s' at %s refused the handshake: %s",
@@ -247,24 +249,27 @@ static cm_status_t open_endpoint(trainer_committee_t *committee, endpoint_t *end
 }
 
 /* Sends Hello to a fresh connection, retrying while ZeroMQ is still connecting. */
-static cm_status_t handshake(trainer_committee_t *committee, teacher_t *teacher, endpoint_t *endpoint) {
+static cm_status_t handshake(trainer_committee_t *committee, teacher_t *teacher,
+                             endpoint_t *endpoint) {
     double give_up = cm_progress_now() + committee->config.handshake_ms / 1000.0;
     cm_status_t status;
-    while ((status = send_hello(committee, endpoint)) == CM_ERR_BUSY && cm_progress_now() < give_up) {
+    while ((status = send_hello(committee, endpoint)) == CM_ERR_BUSY &&
+           cm_progress_now() < give_up) {
         struct timespec pause = {0, 10 * 1000 * 1000};
         nanosleep(&pause, NULL);
     }
     if (status == CM_ERR_BUSY)
-        return cm_fail(CM_ERR_UNAVAILABLE, "cannot reach teacher '%s' at %s within %d ms; is it "
-                                           "running and reachable?",
+        return cm_fail(CM_ERR_UNAVAILABLE,
+                       "cannot reach teacher '%s' at %s within %d ms; is it "
+                       "running and reachable?",
                        teacher->info.name, endpoint->address, committee->config.handshake_ms);
     if (status != CM_OK) return status;
     return await_hello(committee, teacher, endpoint, teacher->info.model_sha256[0] == '\0');
 }
 
 cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, int count,
-                                  const trainer_committee_config_t *config,
-                                  trainer_cache_t *cache, trainer_committee_t **out) {
+                                  const trainer_committee_config_t *config, trainer_cache_t *cache,
+                                  trainer_committee_t **out) {
     *out = NULL;
     if (count < 1 || count > TRAINER_COMMITTEE_MAX)
         return cm_fail(CM_ERR_INVALID_ARG, "a committee has 1 to %d teachers, not %d",
@@ -336,16 +341,20 @@ void trainer_committee_free(trainer_committee_t **committee_pointer) {
         }
     }
     if (committee->context) zmq_ctx_term(committee->context);
-    for (int index = 0; index < committee->ticket_capacity; index++) free(committee->tickets[index].ids);
+    for (int index = 0; index < committee->ticket_capacity; index++)
+        free(committee->tickets[index].ids);
     free(committee->tickets);
     free(committee->convert);
     free(committee);
     *committee_pointer = NULL;
 }
 
-int trainer_committee_count(const trainer_committee_t *committee) { return committee->teacher_count; }
+int trainer_committee_count(const trainer_committee_t *committee) {
+    return committee->teacher_count;
+}
 
-const trainer_teacher_info_t *trainer_committee_info(const trainer_committee_t *committee, int teacher) {
+const trainer_teacher_info_t *trainer_committee_info(const trainer_committee_t *committee,
+                                                     int teacher) {
     return &committee->teachers[teacher].info;
 }
 
@@ -422,9 +431,10 @@ static void mark_down(trainer_committee_t *committee, teacher_t *teacher, endpoi
         endpoint->up = 0;
         endpoint->needs_hello = 1;
         teacher->stats.down_events++;
-        const char *policy = committee->config.policy == TRAINER_POLICY_WAIT   ? "waiting for it"
-                             : committee->config.policy == TRAINER_POLICY_SKIP ? "training without it"
-                                                                               : "stopping";
+        const char *policy = committee->config.policy == TRAINER_POLICY_WAIT ? "waiting for it"
+                             : committee->config.policy == TRAINER_POLICY_SKIP
+                                 ? "training without it"
+                                 : "stopping";
         cm_log_warn("teacher '%s' at %s is down (%s); %s", teacher->info.name, endpoint->address,
                     why, policy);
     }
@@ -494,8 +504,8 @@ static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *
         if (ticket->outputs & (1u << output))
             request->outputs[request->output_count++] = trainer_cache_output_name(output);
     cm_status_t status = send_on(committee, endpoint, &message);
-    if (status == CM_ERR_BUSY) { /* no live connection (ZMQ_IMMEDIATE) */
-        endpoint->needs_hello = endpoint->needs_hello || !endpoint->up;
+    if (status == CM_ERR_BUSY) { /* no live connection (ZMQ_IMMEDIATE): the teacher is gone */
+        mark_down(committee, teacher, endpoint, "not connected");
         return CM_OK;
     }
     if (status != CM_OK) return status;
@@ -555,8 +565,10 @@ static float *convert_rows(trainer_committee_t *committee, const cm_wire_tensor_
         committee->convert = grown;
         committee->convert_capacity = elements;
     }
-    if (tensor->encoding == CM_DTYPE_F16) cm_wire_f16_to_f32(committee->convert, tensor->data, elements);
-    else cm_wire_bf16_to_f32(committee->convert, tensor->data, elements);
+    if (tensor->encoding == CM_DTYPE_F16)
+        cm_wire_f16_to_f32(committee->convert, tensor->data, elements);
+    else
+        cm_wire_bf16_to_f32(committee->convert, tensor->data, elements);
     return committee->convert;
 }
 
@@ -567,20 +579,23 @@ static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot
     teacher_t *teacher = &committee->teachers[slot->teacher];
     if (reply->example_count != ticket->count ||
         memcmp(reply->example_ids, ticket->ids, sizeof(int32_t) * (size_t)ticket->count) != 0)
-        return cm_fail(CM_ERR_PROTOCOL, "teacher '%s' answered other examples than it was asked for",
+        return cm_fail(CM_ERR_PROTOCOL,
+                       "teacher '%s' answered other examples than it was asked for",
                        teacher->info.name);
     unsigned received = 0;
     for (int index = 0; index < reply->tensor_count; index++) {
         const cm_wire_tensor_t *tensor = &reply->tensors[index];
         for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
-            if (!(ticket->outputs & (1u << output)) || strcmp(tensor->name, trainer_cache_output_name(output)))
+            if (!(ticket->outputs & (1u << output)) ||
+                strcmp(tensor->name, trainer_cache_output_name(output)))
                 continue;
             int width = trainer_cache_width(committee->cache, slot->teacher, output);
             size_t elements = (size_t)ticket->count * (size_t)width;
             size_t per_element = cm_dtype_size(tensor->encoding);
             if (tensor->layout != CM_WIRE_DENSE || tensor->bytes != elements * per_element)
                 return cm_fail(CM_ERR_PROTOCOL, "teacher '%s' sent '%s' of %zu bytes, expected %zu",
-                               teacher->info.name, tensor->name, tensor->bytes, elements * per_element);
+                               teacher->info.name, tensor->name, tensor->bytes,
+                               elements * per_element);
             const float *values = convert_rows(committee, tensor, elements);
             if (!values) return cm_fail(CM_ERR_NOMEM, "out of memory converting a reply");
             for (int row = 0; row < ticket->count; row++) {
@@ -614,7 +629,8 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
         mark_down(committee, teacher, endpoint, "it said bye");
         for (int index = 0; index < MAX_INFLIGHT; index++) {
             inflight_t *slot = &committee->inflight[index];
-            if (slot->request_id && slot->teacher == teacher_index && slot->endpoint == slot_index) {
+            if (slot->request_id && slot->teacher == teacher_index &&
+                slot->endpoint == slot_index) {
                 int ticket = slot->ticket;
                 drop_inflight(committee, slot);
                 cm_status_t status = request_failed(committee, ticket);
@@ -637,7 +653,8 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
     }
     int ticket = slot->ticket;
     drop_inflight(committee, slot);
-    if (message->kind == CM_WIRE_BATCH_REPLY) return accept_reply(committee, slot, &message->batch_reply, bytes);
+    if (message->kind == CM_WIRE_BATCH_REPLY)
+        return accept_reply(committee, slot, &message->batch_reply, bytes);
     switch (message->error.code) {
     case CM_ERR_BUSY:
         teacher->stats.busy++;
@@ -650,8 +667,8 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
         return request_failed(committee, ticket);
     default:
         committee->tickets[ticket].state = TICKET_FAILED;
-        return cm_fail(message->error.code, "teacher '%s' refused a request: %s", teacher->info.name,
-                       message->error.message);
+        return cm_fail(message->error.code, "teacher '%s' refused a request: %s",
+                       teacher->info.name, message->error.message);
     }
 }
 
@@ -664,10 +681,12 @@ static cm_status_t receive_from(trainer_committee_t *committee, int teacher_inde
         if (status == CM_ERR_BUSY) return CM_OK;
         if (status != CM_OK) return status;
         size_t bytes = 0;
-        for (int part = 0; part < received.part_count; part++) bytes += zmq_msg_size(&received.parts[part]);
+        for (int part = 0; part < received.part_count; part++)
+            bytes += zmq_msg_size(&received.parts[part]);
         cm_wire_message_t message;
-        status = received.truncated ? cm_fail(CM_ERR_FORMAT, "a message had too many frames")
-                                    : cm_zwire_decode(&message, received.parts, received.part_count, &limits);
+        status = received.truncated
+                     ? cm_fail(CM_ERR_FORMAT, "a message had too many frames")
+                     : cm_zwire_decode(&message, received.parts, received.part_count, &limits);
         if (status == CM_OK) {
             status = handle_message(committee, teacher_index, slot_index, &message, bytes);
             cm_wire_message_deinit(&message);
@@ -724,7 +743,8 @@ cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_m
     int count = 0;
     for (int index = 0; index < committee->teacher_count; index++)
         for (int slot = 0; slot < committee->teachers[index].endpoint_count; slot++) {
-            items[count] = (zmq_pollitem_t){committee->teachers[index].endpoints[slot].socket, 0, ZMQ_POLLIN, 0};
+            items[count] = (zmq_pollitem_t){committee->teachers[index].endpoints[slot].socket, 0,
+                                            ZMQ_POLLIN, 0};
             owners[count][0] = index;
             owners[count][1] = slot;
             count++;
@@ -737,7 +757,9 @@ cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_m
     for (int number = 0; number < committee->ticket_capacity; number++)
         if (committee->tickets[number].state == TICKET_QUEUED &&
             committee->tickets[number].not_before < wake)
-            wake = committee->tickets[number].not_before > now ? committee->tickets[number].not_before : now;
+            wake = committee->tickets[number].not_before > now
+                       ? committee->tickets[number].not_before
+                       : now;
     long wait_ms = (long)ceil((wake - now) * 1000.0);
     if (wait_ms < 0) wait_ms = 0;
     if (zmq_poll(items, count, wait_ms) < 0 && zmq_errno() != EINTR)

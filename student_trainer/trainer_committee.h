@@ -60,8 +60,8 @@ typedef struct {
     int handshake_ms; /* for the first Hello of every endpoint */
     int heartbeat_ms; /* heartbeat to endpoints idle this long */
     trainer_policy_t policy;
-    cm_dtype_t encoding;   /* F32 (exact), F16 or BF16 */
-    int max_examples;      /* ids per request (also capped by the teacher's limit) */
+    cm_dtype_t encoding;     /* F32 (exact), F16 or BF16 */
+    int max_examples;        /* ids per request (also capped by the teacher's limit) */
     const char *fingerprint; /* the student's dataset fingerprint */
     int classes;             /* the student's classes */
     int train_examples;      /* size of the training split (ids are checked against it) */
@@ -82,14 +82,14 @@ typedef struct {
 
 /* Outcomes per teacher since the start. */
 typedef struct {
-    long requests;          /* BatchRequests sent */
-    long replies;           /* BatchReplies accepted */
-    long busy;              /* Error{BUSY} answers (retried) */
-    long timeouts;          /* requests past their deadline */
-    long failed_tickets;    /* tickets given up (policy skip) */
-    long examples;          /* example outputs received */
-    uint64_t bytes;         /* bytes received */
-    long down_events;       /* times the teacher went down */
+    long requests;       /* BatchRequests sent */
+    long replies;        /* BatchReplies accepted */
+    long busy;           /* Error{BUSY} answers (retried) */
+    long timeouts;       /* requests past their deadline */
+    long failed_tickets; /* tickets given up (policy skip) */
+    long examples;       /* example outputs received */
+    uint64_t bytes;      /* bytes received */
+    long down_events;    /* times the teacher went down */
 } trainer_teacher_stats_t;
 
 typedef struct trainer_committee trainer_committee_t;
@@ -100,8 +100,8 @@ typedef struct trainer_committee trainer_committee_t;
  * left open and cm_last_error() names the teacher and the values that disagree.
  */
 cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, int count,
-                                  const trainer_committee_config_t *config,
-                                  trainer_cache_t *cache, trainer_committee_t **out);
+                                  const trainer_committee_config_t *config, trainer_cache_t *cache,
+                                  trainer_committee_t **out);
 
 /* Says Bye to every endpoint, closes the sockets, frees; NULL-safe. */
 void trainer_committee_free(trainer_committee_t **committee);

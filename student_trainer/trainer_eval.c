@@ -27,7 +27,8 @@ static cm_status_t evaluate(const char *path, const char *data, const char *data
     const char *view = cm_safetensors_metadata(file, "view");
     const char *name = data ? data : cm_safetensors_metadata(file, "dataset");
     if (!view || !name) {
-        status = cm_fail(CM_ERR_FORMAT, "%s does not say which view and dataset it was trained on", path);
+        status = cm_fail(CM_ERR_FORMAT, "%s does not say which view and dataset it was trained on",
+                         path);
         goto done;
     }
     cm_dataset_options_t options = {data_dir, max_train, max_test};
@@ -39,7 +40,8 @@ static cm_status_t evaluate(const char *path, const char *data, const char *data
     }
     const cm_split_data_t *data_split = &dataset->splits[split];
     double accuracy = 0.0, loss = 0.0;
-    cm_model_evaluate(model, data_split->inputs, data_split->labels, data_split->count, &accuracy, &loss);
+    cm_model_evaluate(model, data_split->inputs, data_split->labels, data_split->count, &accuracy,
+                      &loss);
     printf("accuracy=%.4f loss=%.4f examples=%d split=%s view=%s model=%s\n", accuracy, loss,
            data_split->count, split_name, view, cm_safetensors_metadata(file, "model"));
 done:
@@ -64,10 +66,11 @@ int trainer_eval_main(int argc, char **argv, int first) {
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     if (help) {
-        cm_cli_usage(stdout, "student-trainer eval --model FILE [--split test] [options]",
-                     "Prints the accuracy and mean cross-entropy of a checkpoint on a split of the\n"
-                     "dataset view its metadata names.",
-                     table, count);
+        cm_cli_usage(
+            stdout, "student-trainer eval --model FILE [--split test] [options]",
+            "Prints the accuracy and mean cross-entropy of a checkpoint on a split of the\n"
+            "dataset view its metadata names.",
+            table, count);
         return 0;
     }
     if (status != CM_OK) {

@@ -47,14 +47,14 @@ cm_status_t trainer_method_parse(const char *text, trainer_method_kind_t *kind);
 
 typedef struct {
     trainer_method_kind_t kind;
-    float temperature;  /* T > 0 */
-    float kd_weight;    /* w in [0, 1] */
-    int kd_teacher;     /* teacher index for kd and fitnet's kd term */
-    int fitnet_teacher; /* teacher index whose "hidden" fitnet regresses onto */
+    float temperature;   /* T > 0 */
+    float kd_weight;     /* w in [0, 1] */
+    int kd_teacher;      /* teacher index for kd and fitnet's kd term */
+    int fitnet_teacher;  /* teacher index whose "hidden" fitnet regresses onto */
     float fitnet_weight; /* λ_fit >= 0 */
     int teacher_count;   /* 0 .. TRAINER_MAX_TEACHERS */
     int classes;
-    int student_hidden;  /* width of the student's hidden vector */
+    int student_hidden;                       /* width of the student's hidden vector */
     int teacher_hidden[TRAINER_MAX_TEACHERS]; /* width of each teacher's "hidden" (0: not used) */
     int max_batch;
 } trainer_method_config_t;
@@ -62,10 +62,10 @@ typedef struct {
 /* One batch as the method sees it.  Teacher rows that are not present hold garbage. */
 typedef struct {
     int rows;
-    const int32_t *labels; /* [rows]; negative = unlabelled */
-    const float *teacher_logits[TRAINER_MAX_TEACHERS];  /* [rows][classes] */
+    const int32_t *labels;                                /* [rows]; negative = unlabelled */
+    const float *teacher_logits[TRAINER_MAX_TEACHERS];    /* [rows][classes] */
     const uint8_t *teacher_present[TRAINER_MAX_TEACHERS]; /* [rows]: 1 = outputs present */
-    const float *teacher_hidden[TRAINER_MAX_TEACHERS];  /* [rows][teacher_hidden] or NULL */
+    const float *teacher_hidden[TRAINER_MAX_TEACHERS];    /* [rows][teacher_hidden] or NULL */
 } trainer_batch_t;
 
 /* Loss terms of one step (each already weighted as it enters the total). */
@@ -94,8 +94,8 @@ void trainer_method_needs(const trainer_method_t *method, int teacher, int *logi
  * block.  student_logits [rows][classes], student_hidden [rows][student_hidden].
  */
 void trainer_method_loss(trainer_method_t *method, const trainer_batch_t *batch,
-                         const float *student_logits, const float *student_hidden,
-                         float *d_logits, float *d_hidden, trainer_loss_t *loss);
+                         const float *student_logits, const float *student_hidden, float *d_logits,
+                         float *d_hidden, trainer_loss_t *loss);
 
 /* The method's own parameters: count (may be 0), values, gradients, moments. */
 size_t trainer_method_param_count(const trainer_method_t *method);
@@ -106,6 +106,7 @@ float *trainer_method_moment2(trainer_method_t *method);
 
 /* Zeroes the gradient block, and takes one AdamW step over the parameters. */
 void trainer_method_zero_grads(trainer_method_t *method);
-void trainer_method_adamw_step(trainer_method_t *method, const cm_adamw_config_t *config, long step);
+void trainer_method_adamw_step(trainer_method_t *method, const cm_adamw_config_t *config,
+                               long step);
 
 #endif

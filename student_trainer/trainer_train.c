@@ -103,9 +103,9 @@ typedef struct {
     char teacher_names[TRAINER_MAX_TEACHERS][64];
     char teacher_sha256[TRAINER_MAX_TEACHERS][65];
     unsigned needs[TRAINER_MAX_TEACHERS]; /* output bit sets per teacher */
-    int32_t *labels;   /* [train] the labels the student may see (-1: hidden) */
-    int32_t *order;    /* [train] this epoch's permutation */
-    uint8_t *trained;  /* [train] trained this epoch */
+    int32_t *labels;                      /* [train] the labels the student may see (-1: hidden) */
+    int32_t *order;                       /* [train] this epoch's permutation */
+    uint8_t *trained;                     /* [train] trained this epoch */
     float *moment1, *moment2;
     float *batch_inputs, *d_logits, *d_hidden;
     int32_t *batch_labels;
@@ -115,8 +115,8 @@ typedef struct {
     int ticket_counts[MAX_WINDOW][TRAINER_MAX_TEACHERS];
     int submitted_upto; /* batches of this epoch whose tickets are out */
     long step;
-    int epoch;         /* 1-based epoch in progress */
-    int next_batch;    /* cursor inside the epoch */
+    int epoch;      /* 1-based epoch in progress */
+    int next_batch; /* cursor inside the epoch */
     FILE *metrics;
     char state_path[1024];
     /* per-epoch counters */
@@ -127,14 +127,15 @@ typedef struct {
 
 /* ---------------------------------------------------------------- set-up */
 
-static cm_status_t find_teacher(const run_t *run, const char *name, const char *option, int *index) {
+static cm_status_t find_teacher(const run_t *run, const char *name, const char *option,
+                                int *index) {
     for (int teacher = 0; teacher < run->teacher_count; teacher++)
         if (strcmp(run->teacher_names[teacher], name) == 0) {
             *index = teacher;
             return CM_OK;
         }
-    return cm_fail(CM_ERR_INVALID_ARG, "%s names teacher '%s', which is not in the committee", option,
-                   name);
+    return cm_fail(CM_ERR_INVALID_ARG, "%s names teacher '%s', which is not in the committee",
+                   option, name);
 }
 
 static cm_status_t build_labels(run_t *run) {
@@ -178,7 +179,8 @@ static cm_status_t allocate_buffers(run_t *run) {
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         int teacher_hidden = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
         run->teacher_logits[teacher] = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
-        run->teacher_hidden[teacher] = cm_alloc_floats((size_t)batch * (size_t)(teacher_hidden ? teacher_hidden : 1));
+        run->teacher_hidden[teacher] =
+            cm_alloc_floats((size_t)batch * (size_t)(teacher_hidden ? teacher_hidden : 1));
         run->teacher_present[teacher] = calloc((size_t)batch, 1);
         ok = ok && run->teacher_logits[teacher] && run->teacher_hidden[teacher] &&
              run->teacher_present[teacher];
@@ -220,18 +222,24 @@ static void manifest_text(const run_t *run, char *text, size_t size) {
 }
 
 static cm_status_t save_state(run_t *run) {
-    char epoch_text[16], batch_text[16], step_text[32], seed_text[32], manifest[1024], spec_text[CM_MODEL_SPEC_MAX];
+    char epoch_text[16], batch_text[16], step_text[32], seed_text[32], manifest[1024],
+        spec_text[CM_MODEL_SPEC_MAX];
     snprintf(epoch_text, sizeof epoch_text, "%d", run->epoch);
     snprintf(batch_text, sizeof batch_text, "%d", run->next_batch);
     snprintf(step_text, sizeof step_text, "%ld", run->step);
     snprintf(seed_text, sizeof seed_text, "%ld", run->options.seed);
     manifest_text(run, manifest, sizeof manifest);
     cm_model_spec_format(cm_model_spec(run->student), spec_text, sizeof spec_text);
-    size_t params = cm_model_param_count(run->student), method_params = trainer_method_param_count(run->method);
+    size_t params = cm_model_param_count(run->student),
+           method_params = trainer_method_param_count(run->method);
     cm_tensor_t tensors[6];
-    const char *names[6] = {"student.params", "student.m", "student.v", "method.params", "method.m", "method.v"};
-    float *blocks[6] = {cm_model_params(run->student), run->moment1, run->moment2,
-                        trainer_method_params(run->method), trainer_method_moment1(run->method),
+    const char *names[6] = {"student.params", "student.m", "student.v",
+                            "method.params",  "method.m",  "method.v"};
+    float *blocks[6] = {cm_model_params(run->student),
+                        run->moment1,
+                        run->moment2,
+                        trainer_method_params(run->method),
+                        trainer_method_moment1(run->method),
                         trainer_method_moment2(run->method)};
     int count = 0;
     for (int index = 0; index < 6; index++) {
@@ -245,10 +253,15 @@ static cm_status_t save_state(run_t *run) {
         tensors[count].data = blocks[index];
         count++;
     }
-    const char *metadata[] = {"kind", "committee-trainer-state-1", "model", spec_text,
-                              "method", run->options.method, "epoch", epoch_text,
-                              "batch", batch_text, "step", step_text, "seed", seed_text,
-                              "fingerprint", run->dataset->fingerprint, "committee", manifest};
+    const char *metadata[] = {"kind",        "committee-trainer-state-1",
+                              "model",       spec_text,
+                              "method",      run->options.method,
+                              "epoch",       epoch_text,
+                              "batch",       batch_text,
+                              "step",        step_text,
+                              "seed",        seed_text,
+                              "fingerprint", run->dataset->fingerprint,
+                              "committee",   manifest};
     return cm_safetensors_write(run->state_path, tensors, count, metadata,
                                 (int)(sizeof metadata / sizeof metadata[0]) / 2);
 }
@@ -258,10 +271,14 @@ static cm_status_t save_student(run_t *run, double test_accuracy) {
     snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_accuracy);
     snprintf(epochs_text, sizeof epochs_text, "%d", run->options.epochs);
     manifest_text(run, manifest, sizeof manifest);
-    const char *metadata[] = {"view", run->dataset->view, "dataset", run->dataset->name,
-                              "fingerprint", run->dataset->fingerprint, "method", run->options.method,
-                              "committee", manifest, "epochs", epochs_text,
-                              "test_accuracy", accuracy_text, "format", "committee-checkpoint-1"};
+    const char *metadata[] = {"view",          run->dataset->view,
+                              "dataset",       run->dataset->name,
+                              "fingerprint",   run->dataset->fingerprint,
+                              "method",        run->options.method,
+                              "committee",     manifest,
+                              "epochs",        epochs_text,
+                              "test_accuracy", accuracy_text,
+                              "format",        "committee-checkpoint-1"};
     return cm_model_save(run->student, run->options.out, metadata,
                          (int)(sizeof metadata / sizeof metadata[0]) / 2);
 }
@@ -300,18 +317,24 @@ static cm_status_t load_state(run_t *run) {
                          "continue anyway",
                          run->state_path, committee, manifest);
     }
-    const char *names[6] = {"student.params", "student.m", "student.v", "method.params", "method.m", "method.v"};
-    float *blocks[6] = {cm_model_params(run->student), run->moment1, run->moment2,
-                        trainer_method_params(run->method), trainer_method_moment1(run->method),
+    const char *names[6] = {"student.params", "student.m", "student.v",
+                            "method.params",  "method.m",  "method.v"};
+    float *blocks[6] = {cm_model_params(run->student),
+                        run->moment1,
+                        run->moment2,
+                        trainer_method_params(run->method),
+                        trainer_method_moment1(run->method),
                         trainer_method_moment2(run->method)};
-    size_t params = cm_model_param_count(run->student), method_params = trainer_method_param_count(run->method);
+    size_t params = cm_model_param_count(run->student),
+           method_params = trainer_method_param_count(run->method);
     for (int index = 0; status == CM_OK && index < 6; index++) {
         size_t elements = index < 3 ? params : method_params;
         if (!elements) continue;
         const cm_tensor_t *tensor = cm_safetensors_find(file, names[index]);
-        if (!tensor || tensor->dtype != CM_DTYPE_F32 || cm_tensor_elements(tensor) != (int64_t)elements)
-            status = cm_fail(CM_ERR_FORMAT, "%s: '%s' is missing or has the wrong size", run->state_path,
-                             names[index]);
+        if (!tensor || tensor->dtype != CM_DTYPE_F32 ||
+            cm_tensor_elements(tensor) != (int64_t)elements)
+            status = cm_fail(CM_ERR_FORMAT, "%s: '%s' is missing or has the wrong size",
+                             run->state_path, names[index]);
         else
             memcpy(blocks[index], tensor->data, sizeof(float) * elements);
     }
@@ -381,7 +404,8 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
         int pending = 0;
         for (int teacher = 0; teacher < run->teacher_count; teacher++)
             for (int index = 0; index < run->ticket_counts[slot][teacher]; index++)
-                pending += trainer_committee_ticket(run->committee, run->tickets[slot][teacher][index]) == 0;
+                pending += trainer_committee_ticket(run->committee,
+                                                    run->tickets[slot][teacher][index]) == 0;
         if (!pending) break;
         cm_status_t status = trainer_committee_pump(run->committee, 100);
         if (status != CM_OK) return status;
@@ -400,7 +424,8 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
 static cm_status_t train_batch(run_t *run, int batch_index) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     const cm_model_spec_t *spec = cm_model_spec(run->student);
-    int features = run->dataset->features, classes = spec->classes, rows = batch_rows(run, batch_index);
+    int features = run->dataset->features, classes = spec->classes,
+        rows = batch_rows(run, batch_index);
     const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
     trainer_batch_t batch = {.rows = rows, .labels = run->batch_labels};
     for (int row = 0; row < rows; row++) {
@@ -419,12 +444,14 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
         for (int row = 0; row < rows; row++) {
             int id = ids[row];
             int present = trainer_cache_has(run->cache, teacher, TRAINER_OUTPUT_LOGITS, id) &&
-                          (!wants_hidden || trainer_cache_has(run->cache, teacher, TRAINER_OUTPUT_HIDDEN, id));
+                          (!wants_hidden ||
+                           trainer_cache_has(run->cache, teacher, TRAINER_OUTPUT_HIDDEN, id));
             run->teacher_present[teacher][row] = (uint8_t)present;
             missing += !present;
             if (!present) continue;
             memcpy(run->teacher_logits[teacher] + (size_t)row * (size_t)classes,
-                   trainer_cache_row(run->cache, teacher, TRAINER_OUTPUT_LOGITS, id), sizeof(float) * (size_t)classes);
+                   trainer_cache_row(run->cache, teacher, TRAINER_OUTPUT_LOGITS, id),
+                   sizeof(float) * (size_t)classes);
             if (wants_hidden)
                 memcpy(run->teacher_hidden[teacher] + (size_t)row * (size_t)hidden_width,
                        trainer_cache_row(run->cache, teacher, TRAINER_OUTPUT_HIDDEN, id),
@@ -449,9 +476,11 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
     int hidden = 0;
     const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
     trainer_loss_t loss;
-    trainer_method_loss(run->method, &batch, logits, student_hidden, run->d_logits, run->d_hidden, &loss);
+    trainer_method_loss(run->method, &batch, logits, student_hidden, run->d_logits, run->d_hidden,
+                        &loss);
     if (!isfinite(loss.total))
-        return cm_fail(CM_ERR_INTERNAL, "the loss is not finite at step %ld; lower --lr", run->step + 1);
+        return cm_fail(CM_ERR_INTERNAL, "the loss is not finite at step %ld; lower --lr",
+                       run->step + 1);
     cm_model_backward(run->student, run->d_logits, run->d_hidden, rows);
     cm_adamw_config_t adamw = cm_adamw_defaults();
     adamw.learning_rate = run->options.lr;
@@ -481,27 +510,29 @@ static void write_metrics(run_t *run, double seconds, double accuracy, double te
     int train = run->dataset->splits[CM_SPLIT_TRAIN].count;
     long trained = 0;
     for (int id = 0; id < train; id++) trained += run->trained[id];
-    fprintf(run->metrics,
-            "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"kd\":%.6f,\"fitnet\":%.6f,"
-            "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
-            "\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,\"examples_per_second\":%.1f,"
-            "\"wait_seconds\":%.3f,\"teachers\":{",
-            run->epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
-            run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, trained,
-            run->epoch_duplicates, accuracy, test_loss, seconds,
-            seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds);
+    fprintf(
+        run->metrics,
+        "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"kd\":%.6f,\"fitnet\":%.6f,"
+        "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
+        "\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,\"examples_per_second\":%.1f,"
+        "\"wait_seconds\":%.3f,\"teachers\":{",
+        run->epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
+        run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, trained,
+        run->epoch_duplicates, accuracy, test_loss, seconds,
+        seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         trainer_teacher_stats_t none = {0};
         const trainer_teacher_stats_t *stats =
             run->committee ? trainer_committee_stats(run->committee, teacher) : &none;
-        fprintf(run->metrics,
-                "%s\"%s\":{\"requests\":%ld,\"replies\":%ld,\"examples_received\":%ld,\"bytes\":%llu,"
-                "\"busy\":%ld,\"timeouts\":%ld,\"down_events\":%ld,\"failed_requests\":%ld,"
-                "\"skipped_batches\":%ld,\"missing_rows\":%ld}",
-                teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
-                stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
-                stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
-                run->missing_rows[teacher]);
+        fprintf(
+            run->metrics,
+            "%s\"%s\":{\"requests\":%ld,\"replies\":%ld,\"examples_received\":%ld,\"bytes\":%llu,"
+            "\"busy\":%ld,\"timeouts\":%ld,\"down_events\":%ld,\"failed_requests\":%ld,"
+            "\"skipped_batches\":%ld,\"missing_rows\":%ld}",
+            teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
+            stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
+            stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
+            run->missing_rows[teacher]);
     }
     fprintf(run->metrics, "}}\n");
     fflush(run->metrics);
@@ -527,7 +558,8 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         memset(run->skipped_batches, 0, sizeof run->skipped_batches);
         memset(run->missing_rows, 0, sizeof run->missing_rows);
         /* A resumed epoch: the rows before the cursor were trained before the interruption. */
-        for (int index = 0; index < run->next_batch * run->options.batch && index < train->count; index++)
+        for (int index = 0; index < run->next_batch * run->options.batch && index < train->count;
+             index++)
             run->trained[run->order[index]] = 1;
         run->submitted_upto = run->next_batch;
         char label[64];
@@ -536,7 +568,8 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         cm_progress_start(&progress, label, train->count);
         double started = cm_progress_now();
         for (int batch_index = run->next_batch; batch_index < batches; batch_index++) {
-            while (run->submitted_upto < batches && run->submitted_upto < batch_index + run->options.window) {
+            while (run->submitted_upto < batches &&
+                   run->submitted_upto < batch_index + run->options.window) {
                 if ((status = submit_batch(run, run->submitted_upto)) != CM_OK) return status;
                 run->submitted_upto++;
             }
@@ -546,12 +579,21 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
             char text[64];
             snprintf(text, sizeof text, "loss %.4f", run->loss_sum / (double)run->epoch_examples);
             cm_progress_update(&progress, (long)run->next_batch * run->options.batch, text);
-            int stop_now = interrupted || (run->options.stop_after > 0 && run->step >= run->options.stop_after);
-            if (stop_now || (run->options.checkpoint_every > 0 && run->step % run->options.checkpoint_every == 0)) {
+            int stop_now = interrupted ||
+                           (run->options.stop_after > 0 && run->step >= run->options.stop_after);
+            if (stop_now || (run->options.checkpoint_every > 0 &&
+                             run->step % run->options.checkpoint_every == 0)) {
                 if ((status = save_all(run, accuracy)) != CM_OK) return status;
             }
             if (stop_now) {
                 cm_progress_finish(&progress);
+                if (run->committee && strcmp(run->options.cache, "off")) {
+                    char cache_path[1100];
+                    snprintf(cache_path, sizeof cache_path, "%s.cache", run->state_path);
+                    if ((status =
+                             trainer_cache_save(run->cache, cache_path, run->dataset->fingerprint)))
+                        return status;
+                }
                 cm_log_info("stopped at epoch %d, batch %d (step %ld); state saved to %s; continue "
                             "with --resume",
                             run->epoch, run->next_batch, run->step, run->state_path);
@@ -561,17 +603,20 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         }
         cm_progress_finish(&progress);
         double seconds = cm_progress_now() - started;
-        cm_model_evaluate(run->student, test->inputs, test->labels, test->count, &accuracy, &test_loss);
+        cm_model_evaluate(run->student, test->inputs, test->labels, test->count, &accuracy,
+                          &test_loss);
         long distinct = 0;
         for (int id = 0; id < train->count; id++) distinct += run->trained[id];
-        cm_log_info("epoch %d/%d  loss %.4f (ce %.4f kd %.4f fit %.4f)  test acc %.4f  %.0f examples/s  "
-                    "waited %.2f s  %ld/%d examples once%s",
-                    run->epoch, run->options.epochs, run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-                    run->ce_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-                    run->kd_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-                    run->fitnet_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-                    accuracy, seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds, distinct,
-                    train->count, run->epoch_duplicates ? " (DUPLICATES!)" : "");
+        cm_log_info(
+            "epoch %d/%d  loss %.4f (ce %.4f kd %.4f fit %.4f)  test acc %.4f  %.0f examples/s  "
+            "waited %.2f s  %ld/%d examples once%s",
+            run->epoch, run->options.epochs,
+            run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
+            run->ce_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
+            run->kd_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
+            run->fitnet_sum / (double)(run->epoch_examples ? run->epoch_examples : 1), accuracy,
+            seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds, distinct,
+            train->count, run->epoch_duplicates ? " (DUPLICATES!)" : "");
         for (int teacher = 0; teacher < run->teacher_count; teacher++)
             if (run->skipped_batches[teacher])
                 cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
@@ -585,7 +630,8 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         status = save_all(run, accuracy);
         run->epoch = finished_epoch;
         if (status != CM_OK) return status;
-        if (strcmp(run->options.cache, "memory") && strcmp(run->options.cache, "off") && run->committee) {
+        if (strcmp(run->options.cache, "memory") && strcmp(run->options.cache, "off") &&
+            run->committee) {
             status = trainer_cache_save(run->cache, run->options.cache, run->dataset->fingerprint);
             if (status != CM_OK) return status;
         }
@@ -628,9 +674,11 @@ static cm_status_t set_up_teachers(run_t *run) {
             if (strcmp(addresses[other].name, address.name) == 0) { /* replicas of one teacher */
                 for (int endpoint = 0; endpoint < address.endpoint_count; endpoint++) {
                     if (addresses[other].endpoint_count == TRAINER_MAX_ENDPOINTS)
-                        return cm_fail(CM_ERR_INVALID_ARG, "teacher '%s' has more than %d endpoints",
-                                       address.name, TRAINER_MAX_ENDPOINTS);
-                    addresses[other].endpoints[addresses[other].endpoint_count++] = address.endpoints[endpoint];
+                        return cm_fail(CM_ERR_INVALID_ARG,
+                                       "teacher '%s' has more than %d endpoints", address.name,
+                                       TRAINER_MAX_ENDPOINTS);
+                    addresses[other].endpoints[addresses[other].endpoint_count++] =
+                        address.endpoints[endpoint];
                 }
                 merged = 1;
             }
@@ -647,10 +695,15 @@ static cm_status_t set_up_teachers(run_t *run) {
     if (encoding != CM_DTYPE_F32 && encoding != CM_DTYPE_F16 && encoding != CM_DTYPE_BF16)
         return cm_fail(CM_ERR_INVALID_ARG, "--encoding must be F32, F16 or BF16");
     trainer_committee_config_t config = {
-        .window = options->window, .deadline_ms = options->teacher_timeout_ms,
-        .handshake_ms = options->teacher_timeout_ms, .heartbeat_ms = 1000,
-        .encoding = encoding, .max_examples = 4096, .fingerprint = run->dataset->fingerprint,
-        .classes = run->dataset->classes, .train_examples = train_count,
+        .window = options->window,
+        .deadline_ms = options->teacher_timeout_ms,
+        .handshake_ms = options->teacher_timeout_ms,
+        .heartbeat_ms = 1000,
+        .encoding = encoding,
+        .max_examples = 4096,
+        .fingerprint = run->dataset->fingerprint,
+        .classes = run->dataset->classes,
+        .train_examples = train_count,
     };
     config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
                     : strcmp(options->failure_policy, "skip") == 0 ? TRAINER_POLICY_SKIP
@@ -660,7 +713,8 @@ static cm_status_t set_up_teachers(run_t *run) {
     for (int teacher = 0; teacher < count; teacher++) {
         const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
         snprintf(run->teacher_names[teacher], sizeof run->teacher_names[teacher], "%s", info->name);
-        snprintf(run->teacher_sha256[teacher], sizeof run->teacher_sha256[teacher], "%s", info->model_sha256);
+        snprintf(run->teacher_sha256[teacher], sizeof run->teacher_sha256[teacher], "%s",
+                 info->model_sha256);
     }
     return CM_OK;
 }
@@ -678,21 +732,28 @@ static cm_status_t set_up_method(run_t *run) {
     config.max_batch = options->batch;
     cm_model_feature(run->student, "hidden", &config.student_hidden, NULL);
     if (config.kind != TRAINER_METHOD_CE && run->teacher_count == 0)
-        return cm_fail(CM_ERR_INVALID_ARG, "--method %s needs at least one --teacher", options->method);
+        return cm_fail(CM_ERR_INVALID_ARG, "--method %s needs at least one --teacher",
+                       options->method);
     if (config.kind == TRAINER_METHOD_KD || config.kind == TRAINER_METHOD_FITNET) {
         if (!options->kd_teacher && run->teacher_count > 1)
-            return cm_fail(CM_ERR_INVALID_ARG, "--method %s with %d teachers needs --kd-teacher NAME",
-                           options->method, run->teacher_count);
-        if (options->kd_teacher && (status = find_teacher(run, options->kd_teacher, "--kd-teacher", &config.kd_teacher)))
+            return cm_fail(CM_ERR_INVALID_ARG,
+                           "--method %s with %d teachers needs --kd-teacher NAME", options->method,
+                           run->teacher_count);
+        if (options->kd_teacher &&
+            (status = find_teacher(run, options->kd_teacher, "--kd-teacher", &config.kd_teacher)))
             return status;
     }
     if (config.kind == TRAINER_METHOD_FITNET) {
-        const char *name = options->fitnet_teacher ? options->fitnet_teacher : run->teacher_names[config.kd_teacher];
-        if ((status = find_teacher(run, name, "--fitnet-teacher", &config.fitnet_teacher))) return status;
+        const char *name = options->fitnet_teacher ? options->fitnet_teacher
+                                                   : run->teacher_names[config.kd_teacher];
+        if ((status = find_teacher(run, name, "--fitnet-teacher", &config.fitnet_teacher)))
+            return status;
     }
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        int width = run->committee ? trainer_committee_info(run->committee, teacher)->width[TRAINER_OUTPUT_HIDDEN]
-                                   : trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
+        int width =
+            run->committee
+                ? trainer_committee_info(run->committee, teacher)->width[TRAINER_OUTPUT_HIDDEN]
+                : trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
         config.teacher_hidden[teacher] = width;
     }
     status = trainer_method_new(&config, (uint64_t)options->seed, &run->method);
@@ -700,32 +761,39 @@ static cm_status_t set_up_method(run_t *run) {
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         int logits = 0, hidden = 0;
         trainer_method_needs(run->method, teacher, &logits, &hidden);
-        run->needs[teacher] = (logits ? 1u << TRAINER_OUTPUT_LOGITS : 0) | (hidden ? 1u << TRAINER_OUTPUT_HIDDEN : 0);
+        run->needs[teacher] =
+            (logits ? 1u << TRAINER_OUTPUT_LOGITS : 0) | (hidden ? 1u << TRAINER_OUTPUT_HIDDEN : 0);
         if (run->needs[teacher] && hidden) run->needs[teacher] |= 1u << TRAINER_OUTPUT_LOGITS;
         if (!run->committee) {
             for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
-                if ((run->needs[teacher] & (1u << output)) && !trainer_cache_width(run->cache, teacher, output))
-                    return cm_fail(CM_ERR_NOT_FOUND, "the record has no '%s' of teacher '%s', which --method %s needs",
-                                   trainer_cache_output_name(output), run->teacher_names[teacher], options->method);
+                if ((run->needs[teacher] & (1u << output)) &&
+                    !trainer_cache_width(run->cache, teacher, output))
+                    return cm_fail(
+                        CM_ERR_NOT_FOUND,
+                        "the record has no '%s' of teacher '%s', which --method %s needs",
+                        trainer_cache_output_name(output), run->teacher_names[teacher],
+                        options->method);
             continue;
         }
         const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
         for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
             if (!(run->needs[teacher] & (1u << output))) continue;
             if (!info->width[output])
-                return cm_fail(CM_ERR_NOT_FOUND, "teacher '%s' does not offer '%s', which --method %s needs",
+                return cm_fail(CM_ERR_NOT_FOUND,
+                               "teacher '%s' does not offer '%s', which --method %s needs",
                                info->name, trainer_cache_output_name(output), options->method);
-            if ((status = trainer_cache_add_output(run->cache, teacher, output, info->width[output])) != CM_OK)
+            if ((status = trainer_cache_add_output(run->cache, teacher, output,
+                                                   info->width[output])) != CM_OK)
                 return status;
         }
     }
     return CM_OK;
 }
 
-/* --cache FILE: reuse the outputs a previous run saved there, if it used this committee. */
-static cm_status_t load_cache_file(run_t *run) {
-    const char *path = run->options.cache;
-    if (!strcmp(path, "memory") || !strcmp(path, "off") || !run->committee || access(path, F_OK) != 0)
+/* Reuses the teacher outputs a previous run saved at `path`, if it used this committee. */
+static cm_status_t load_cache_file(run_t *run, const char *path) {
+    if (!strcmp(path, "memory") || !strcmp(path, "off") || !run->committee ||
+        access(path, F_OK) != 0)
         return CM_OK;
     trainer_cache_t *stored = NULL;
     cm_status_t status = trainer_cache_load(path, run->dataset->fingerprint, &stored);
@@ -741,8 +809,10 @@ static cm_status_t load_cache_file(run_t *run) {
     }
     trainer_cache_free(&stored);
     if (!same)
-        return cm_fail(CM_ERR_MISMATCH, "cache %s was recorded with another committee or data; "
-                                        "remove it or pass another --cache", path);
+        return cm_fail(CM_ERR_MISMATCH,
+                       "cache %s was recorded with another committee or data; "
+                       "remove it or pass another --cache",
+                       path);
     return CM_OK;
 }
 
@@ -752,20 +822,24 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     cm_status_t status = cm_model_spec_parse(options->model, &spec);
     if (status != CM_OK) return status;
     cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
-    if ((status = cm_dataset_load(&run->dataset, options->data, options->view, &data_options)) != CM_OK)
+    if ((status = cm_dataset_load(&run->dataset, options->data, options->view, &data_options)) !=
+        CM_OK)
         return status;
-    if (cm_model_spec_inputs(&spec) != run->dataset->features || spec.classes != run->dataset->classes)
-        return cm_fail(CM_ERR_SHAPE, "model '%s' takes %d inputs and %d classes; view '%s' gives %d and %d",
-                       options->model, cm_model_spec_inputs(&spec), spec.classes, run->dataset->view,
-                       run->dataset->features, run->dataset->classes);
+    if (cm_model_spec_inputs(&spec) != run->dataset->features ||
+        spec.classes != run->dataset->classes)
+        return cm_fail(CM_ERR_SHAPE,
+                       "model '%s' takes %d inputs and %d classes; view '%s' gives %d and %d",
+                       options->model, cm_model_spec_inputs(&spec), spec.classes,
+                       run->dataset->view, run->dataset->features, run->dataset->classes);
     if ((status = cm_model_new(&spec, options->batch, &run->student)) != CM_OK) return status;
     cm_model_init(run->student, (uint64_t)options->seed);
     if ((status = build_labels(run)) != CM_OK) return status;
     if ((status = set_up_teachers(run)) != CM_OK) return status;
-    if (!run->cache && (status = trainer_cache_new(0, run->dataset->splits[CM_SPLIT_TRAIN].count, &run->cache)))
+    if (!run->cache &&
+        (status = trainer_cache_new(0, run->dataset->splits[CM_SPLIT_TRAIN].count, &run->cache)))
         return status;
     if ((status = set_up_method(run)) != CM_OK) return status;
-    if ((status = load_cache_file(run)) != CM_OK) return status;
+    if ((status = load_cache_file(run, options->cache)) != CM_OK) return status;
     if ((status = allocate_buffers(run)) != CM_OK) return status;
     snprintf(run->state_path, sizeof run->state_path, "%s.state", options->out);
     run->epoch = 1;
@@ -773,18 +847,25 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         if (access(run->state_path, F_OK) != 0)
             return cm_fail(CM_ERR_NOT_FOUND, "--resume: there is no state at %s", run->state_path);
         if ((status = load_state(run)) != CM_OK) return status;
+        /* The outputs fetched before the interruption: with them the run continues bit for bit
+         * (a teacher's float results may differ in the last bits between batch compositions). */
+        char cache_path[1100];
+        snprintf(cache_path, sizeof cache_path, "%s.cache", run->state_path);
+        if ((status = load_cache_file(run, cache_path)) != CM_OK) return status;
     }
     if (options->metrics) {
         run->metrics = fopen(options->metrics, options->resume ? "a" : "w");
-        if (!run->metrics) return cm_fail(CM_ERR_IO, "cannot write metrics to %s", options->metrics);
+        if (!run->metrics)
+            return cm_fail(CM_ERR_IO, "cannot write metrics to %s", options->metrics);
     }
     char spec_text[CM_MODEL_SPEC_MAX];
     cm_model_spec_format(&spec, spec_text, sizeof spec_text);
     cm_log_info("train %s on %s/%s with %s: %d train / %d test examples, %d teacher(s), batch %d, "
                 "%d epochs, lr %g, seed %ld",
                 spec_text, run->dataset->name, run->dataset->view, options->method,
-                run->dataset->splits[CM_SPLIT_TRAIN].count, run->dataset->splits[CM_SPLIT_TEST].count,
-                run->teacher_count, options->batch, options->epochs, (double)options->lr, options->seed);
+                run->dataset->splits[CM_SPLIT_TRAIN].count,
+                run->dataset->splits[CM_SPLIT_TEST].count, run->teacher_count, options->batch,
+                options->epochs, (double)options->lr, options->seed);
     status = run_epochs(run, was_interrupted);
     if (status != CM_OK && run->step > 0) { /* keep what was learned */
         cm_status_t saved = save_all(run, 0.0);
@@ -806,20 +887,38 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     run->replay = replay;
     train_options_t *options = &run->options;
     *options = (train_options_t){
-        .data = "fashion-mnist", .view = "pool7", .method = "ce", .failure_policy = "wait",
-        .cache = "memory", .encoding = "F32", .log_level = "info", .epochs = 10, .batch = 128,
-        .lr = 1e-3f, .weight_decay = 0.01f, .seed = 1, .temperature = 2.0f, .kd_weight = 0.5f,
-        .fitnet_weight = 1.0f, .label_fraction = 1.0f, .label_seed = 0, .window = 4,
-        .teacher_timeout_ms = 10000, .threads = 1,
+        .data = "fashion-mnist",
+        .view = "pool7",
+        .method = "ce",
+        .failure_policy = "wait",
+        .cache = "memory",
+        .encoding = "F32",
+        .log_level = "info",
+        .epochs = 10,
+        .batch = 128,
+        .lr = 1e-3f,
+        .weight_decay = 0.01f,
+        .seed = 1,
+        .temperature = 2.0f,
+        .kd_weight = 0.5f,
+        .fitnet_weight = 1.0f,
+        .label_fraction = 1.0f,
+        .label_seed = 0,
+        .window = 4,
+        .teacher_timeout_ms = 10000,
+        .threads = 1,
     };
     const cm_cli_option_t table[] = {
         {"data", CM_CLI_STRING, &options->data, "NAME", "dataset (fashion-mnist)", 0},
         {"data-dir", CM_CLI_STRING, &options->data_dir, "DIR",
          "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
-        {"view", CM_CLI_STRING, &options->view, "VIEW", "the student's view: full, pool14, pool7", 0},
-        {"model", CM_CLI_STRING, &options->model, "SPEC", "student model spec, e.g. mlp:49-64-64-10", 1},
+        {"view", CM_CLI_STRING, &options->view, "VIEW", "the student's view: full, pool14, pool7",
+         0},
+        {"model", CM_CLI_STRING, &options->model, "SPEC",
+         "student model spec, e.g. mlp:49-64-64-10", 1},
         {"teacher", CM_CLI_LIST, &options->teachers, "NAME=ENDPOINT",
-         "a teacher of the committee (repeatable; NAME=EP1,EP2 or a repeated NAME adds replicas)", 0},
+         "a teacher of the committee (repeatable; NAME=EP1,EP2 or a repeated NAME adds replicas)",
+         0},
         {"method", CM_CLI_STRING, &options->method, "NAME", "ce, kd, avg-kd, ca-mkd or fitnet", 0},
         {"kd-teacher", CM_CLI_STRING, &options->kd_teacher, "NAME",
          "the teacher kd and fitnet distill from (needed with several teachers)", 0},
@@ -828,11 +927,13 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"temperature", CM_CLI_FLOAT, &options->temperature, "T", "distillation temperature", 0},
         {"kd-weight", CM_CLI_FLOAT, &options->kd_weight, "W",
          "weight w of the distillation term; CE gets 1-w", 0},
-        {"fitnet-weight", CM_CLI_FLOAT, &options->fitnet_weight, "X", "weight of fitnet's MSE term", 0},
+        {"fitnet-weight", CM_CLI_FLOAT, &options->fitnet_weight, "X", "weight of fitnet's MSE term",
+         0},
         {"epochs", CM_CLI_INT, &options->epochs, "N", "passes over the training split", 0},
         {"batch", CM_CLI_INT, &options->batch, "B", "examples per optimizer step", 0},
         {"lr", CM_CLI_FLOAT, &options->lr, "X", "AdamW learning rate", 0},
-        {"weight-decay", CM_CLI_FLOAT, &options->weight_decay, "X", "AdamW decoupled weight decay", 0},
+        {"weight-decay", CM_CLI_FLOAT, &options->weight_decay, "X", "AdamW decoupled weight decay",
+         0},
         {"seed", CM_CLI_LONG, &options->seed, "S", "seed of initialization and batch order", 0},
         {"label-fraction", CM_CLI_FLOAT, &options->label_fraction, "F",
          "fraction of training labels the student sees (few-label regime: 0.1)", 0},
@@ -842,15 +943,19 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
          "when a teacher is down or late: wait, skip or fail", 0},
         {"teacher-timeout-ms", CM_CLI_INT, &options->teacher_timeout_ms, "MS",
          "deadline of the handshake and of each request", 0},
-        {"window", CM_CLI_INT, &options->window, "N", "batches requested ahead from each teacher", 0},
+        {"window", CM_CLI_INT, &options->window, "N", "batches requested ahead from each teacher",
+         0},
         {"encoding", CM_CLI_STRING, &options->encoding, "ENC",
          "teacher outputs on the wire: F32 (exact), F16 or BF16 (half the bytes)", 0},
         {"cache", CM_CLI_STRING, &options->cache, "WHERE",
          "teacher outputs: memory, off (ask every epoch) or a FILE kept across runs", 0},
         {"record", CM_CLI_STRING, &options->record, "FILE",
-         replay ? "recorded teacher outputs to train from" : "save the teacher outputs for `replay`", replay},
+         replay ? "recorded teacher outputs to train from"
+                : "save the teacher outputs for `replay`",
+         replay},
         {"out", CM_CLI_STRING, &options->out, "FILE", "student checkpoint (.safetensors)", 1},
-        {"metrics", CM_CLI_STRING, &options->metrics, "FILE", "JSON-lines metrics, one line per epoch", 0},
+        {"metrics", CM_CLI_STRING, &options->metrics, "FILE",
+         "JSON-lines metrics, one line per epoch", 0},
         {"checkpoint-every", CM_CLI_INT, &options->checkpoint_every, "STEPS",
          "also save the resumable state every STEPS steps (0: each epoch only)", 0},
         {"stop-after", CM_CLI_LONG, &options->stop_after, "STEPS",
@@ -859,20 +964,27 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"force-resume", CM_CLI_FLAG, &options->force_resume, NULL,
          "resume even if the committee changed", 0},
         {"threads", CM_CLI_INT, &options->threads, "N", "OpenBLAS threads", 0},
-        {"max-train", CM_CLI_INT, &options->max_train, "N", "use only the first N training examples", 0},
+        {"max-train", CM_CLI_INT, &options->max_train, "N",
+         "use only the first N training examples", 0},
         {"max-test", CM_CLI_INT, &options->max_test, "N", "use only the first N test examples", 0},
         {"log-level", CM_CLI_STRING, &options->log_level, "LEVEL", "debug, info, warn or error", 0},
     };
     const int count = (int)(sizeof table / sizeof table[0]);
-    const char *usage = replay ? "student-trainer replay --record FILE --model SPEC --out FILE [options]"
-                               : "student-trainer train --model SPEC --teacher NAME=ENDPOINT ... --out FILE [options]";
+    const char *usage =
+        replay
+            ? "student-trainer replay --record FILE --model SPEC --out FILE [options]"
+            : "student-trainer train --model SPEC --teacher NAME=ENDPOINT ... --out FILE [options]";
     const char *description =
-        replay ? "Trains a student from teacher outputs recorded by `train --record`, with no teacher\n"
-                 "running. Same options and methods as train."
-               : "Connects to a committee of teacher servers, checks that they agree with the student's\n"
-                 "data, and trains the student with --method, streaming teacher outputs ahead of the\n"
-                 "training step and caching them. Writes the student checkpoint, its resumable state\n"
-                 "(FILE.state) and JSON-lines metrics. SIGINT/SIGTERM save the state and stop (exit 130).";
+        replay
+            ? "Trains a student from teacher outputs recorded by `train --record`, with no "
+              "teacher\n"
+              "running. Same options and methods as train."
+            : "Connects to a committee of teacher servers, checks that they agree with the "
+              "student's\n"
+              "data, and trains the student with --method, streaming teacher outputs ahead of the\n"
+              "training step and caching them. Writes the student checkpoint, its resumable state\n"
+              "(FILE.state) and JSON-lines metrics. SIGINT/SIGTERM save the state and stop (exit "
+              "130).";
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     const char *command = replay ? "replay" : "train";
@@ -886,23 +998,28 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     if (status == CM_OK && level < 0)
         status = cm_fail(CM_ERR_INVALID_ARG, "--log-level must be debug, info, warn or error");
     if (status == CM_OK) status = trainer_method_parse(options->method, &kind);
-    if (status == CM_OK && (options->epochs < 1 || options->batch < 1 || options->threads < 1 ||
-                            options->window < 1 || options->window > MAX_WINDOW || options->batch > 4096))
-        status = cm_fail(CM_ERR_INVALID_ARG, "--epochs, --batch (up to 4096), --threads and --window "
-                                             "(up to %d) must be at least 1", MAX_WINDOW);
-    if (status == CM_OK && (!(options->lr > 0) || options->weight_decay < 0 || !(options->temperature > 0) ||
-                            options->kd_weight < 0 || options->kd_weight > 1 || options->fitnet_weight < 0 ||
-                            !(options->label_fraction > 0) || options->label_fraction > 1))
-        status = cm_fail(CM_ERR_INVALID_ARG, "--lr and --temperature must be positive, --kd-weight and "
-                                             "--label-fraction in (0, 1], weights not negative");
-    if (status == CM_OK && strcmp(options->failure_policy, "wait") && strcmp(options->failure_policy, "skip") &&
-        strcmp(options->failure_policy, "fail"))
+    if (status == CM_OK &&
+        (options->epochs < 1 || options->batch < 1 || options->threads < 1 || options->window < 1 ||
+         options->window > MAX_WINDOW || options->batch > 4096))
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--epochs, --batch (up to 4096), --threads and --window "
+                         "(up to %d) must be at least 1",
+                         MAX_WINDOW);
+    if (status == CM_OK &&
+        (!(options->lr > 0) || options->weight_decay < 0 || !(options->temperature > 0) ||
+         options->kd_weight < 0 || options->kd_weight > 1 || options->fitnet_weight < 0 ||
+         !(options->label_fraction > 0) || options->label_fraction > 1))
+        status =
+            cm_fail(CM_ERR_INVALID_ARG, "--lr and --temperature must be positive, --kd-weight and "
+                                        "--label-fraction in (0, 1], weights not negative");
+    if (status == CM_OK && strcmp(options->failure_policy, "wait") &&
+        strcmp(options->failure_policy, "skip") && strcmp(options->failure_policy, "fail"))
         status = cm_fail(CM_ERR_INVALID_ARG, "--on-teacher-failure must be wait, skip or fail");
     if (status == CM_OK && options->teacher_timeout_ms < 10)
         status = cm_fail(CM_ERR_INVALID_ARG, "--teacher-timeout-ms must be at least 10");
     if (status == CM_OK && !replay && kind != TRAINER_METHOD_CE && options->teachers.count == 0)
-        status = cm_fail(CM_ERR_INVALID_ARG, "--method %s needs at least one --teacher NAME=ENDPOINT",
-                         options->method);
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--method %s needs at least one --teacher NAME=ENDPOINT", options->method);
     if (status != CM_OK) {
         fprintf(stderr, "student-trainer %s: %s\n", command, cm_last_error());
         free(run);

@@ -62,13 +62,14 @@ static void start_teacher(teacher_process_t *teacher, const char *name, const ch
              test_util_bin("teacher-server"), checkpoint, name, teacher->endpoint, extra);
     teacher->pid = test_process_start(teacher->command, teacher->log);
     ck_assert_int_gt(teacher->pid, 0);
-    ck_assert_msg(test_process_await_text(teacher->log, "serving", 10000), "teacher %s did not start",
-                  name);
+    ck_assert_msg(test_process_await_text(teacher->log, "serving", 10000),
+                  "teacher %s did not start", name);
 }
 
 static void restart_teacher(teacher_process_t *teacher) {
     teacher->pid = test_process_start(teacher->command, teacher->log);
-    ck_assert_msg(test_process_await_text(teacher->log, "serving", 10000), "teacher did not restart");
+    ck_assert_msg(test_process_await_text(teacher->log, "serving", 10000),
+                  "teacher did not restart");
 }
 
 static void stop_teacher(teacher_process_t *teacher) {
@@ -97,15 +98,17 @@ static double metric(json_t *line, const char *key) {
 }
 
 static double teacher_metric(json_t *line, const char *teacher, const char *key) {
-    return json_number_value(json_object_get(json_object_get(json_object_get(line, "teachers"), teacher), key));
+    return json_number_value(
+        json_object_get(json_object_get(json_object_get(line, "teachers"), teacher), key));
 }
 
-#define REQUIRE_DATA()                                                                        \
-    do {                                                                                      \
-        if (!have_data) {                                                                     \
-            fprintf(stderr, "skipping %s: Fashion-MNIST is not installed (make deps)\n", __func__); \
-            return;                                                                           \
-        }                                                                                     \
+#define REQUIRE_DATA()                                                                             \
+    do {                                                                                           \
+        if (!have_data) {                                                                          \
+            fprintf(stderr, "skipping %s: Fashion-MNIST is not installed (make deps)\n",           \
+                    __func__);                                                                     \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
 START_TEST(test_two_teachers_learn) {
@@ -118,7 +121,8 @@ START_TEST(test_two_teachers_learn) {
     snprintf(out, sizeof out, "%s/learn.safetensors", directory);
     snprintf(command, sizeof command,
              "%s train --view pool7 --model mlp:49-32-10 --teacher fm=%s --teacher comp=%s "
-             "--method avg-kd --epochs 3 --batch 64 --lr 3e-3 --seed 3 " SUBSET " --out %s --metrics %s",
+             "--method avg-kd --epochs 3 --batch 64 --lr 3e-3 --seed 3 " SUBSET
+             " --out %s --metrics %s",
              test_util_bin("student-trainer"), fm.endpoint, comp.endpoint, out, metrics);
     int status = test_util_run(command, output, sizeof output);
     stop_teacher(&fm);
@@ -126,15 +130,19 @@ START_TEST(test_two_teachers_learn) {
     ck_assert_msg(status == 0, "train failed: %s", output);
     json_t *lines = read_metrics(metrics);
     ck_assert_int_eq((int)json_array_size(lines), 3);
-    double first = metric(json_array_get(lines, 0), "loss"), last = metric(json_array_get(lines, 2), "loss");
+    double first = metric(json_array_get(lines, 0), "loss"),
+           last = metric(json_array_get(lines, 2), "loss");
     double accuracy = metric(json_array_get(lines, 2), "test_accuracy");
     ck_assert_msg(last < 0.8 * first, "loss did not fall: %.4f -> %.4f", first, last);
     ck_assert_msg(accuracy > 0.55, "accuracy %.3f is not far above chance (0.1)", accuracy);
     /* Epochs after the first are served from the cache: no more teacher traffic. */
-    ck_assert_int_eq((int)teacher_metric(json_array_get(lines, 0), "fm", "examples_received"), 2000);
-    ck_assert_int_eq((int)teacher_metric(json_array_get(lines, 2), "fm", "examples_received"), 2000);
+    ck_assert_int_eq((int)teacher_metric(json_array_get(lines, 0), "fm", "examples_received"),
+                     2000);
+    ck_assert_int_eq((int)teacher_metric(json_array_get(lines, 2), "fm", "examples_received"),
+                     2000);
     json_decref(lines);
-    snprintf(command, sizeof command, "%s eval --model %s " SUBSET, test_util_bin("student-trainer"), out);
+    snprintf(command, sizeof command, "%s eval --model %s " SUBSET,
+             test_util_bin("student-trainer"), out);
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 0);
     ck_assert_ptr_nonnull(strstr(output, "accuracy="));
 }
@@ -155,7 +163,8 @@ START_TEST(test_exactly_once_with_restart) {
              "--teacher-timeout-ms 400 " SUBSET " --out %s --metrics %s",
              test_util_bin("student-trainer"), fm.endpoint, comp.endpoint, out, metrics);
     pid_t trainer = test_process_start(command, log);
-    ck_assert_msg(test_process_await_text(log, "epoch 1/3", 20000), "the trainer did not finish epoch 1");
+    ck_assert_msg(test_process_await_text(log, "epoch 1/3", 20000),
+                  "the trainer did not finish epoch 1");
     kill(comp.pid, SIGKILL);
     test_process_wait(comp.pid, 2000);
     test_process_sleep_ms(800);
@@ -196,7 +205,8 @@ START_TEST(test_skip_without_teacher) {
              "--teacher-timeout-ms 300 " SUBSET " --out %s --metrics %s",
              test_util_bin("student-trainer"), fm.endpoint, comp.endpoint, out, metrics);
     pid_t trainer = test_process_start(command, log);
-    test_process_sleep_ms(300);
+    ck_assert_msg(test_process_await_text(log, "train mlp:", 20000), "the trainer did not start");
+    test_process_sleep_ms(150); /* mid-way through epoch 1 */
     kill(comp.pid, SIGKILL);
     test_process_wait(comp.pid, 2000);
     int status = test_process_wait(trainer, 60000);
@@ -206,7 +216,8 @@ START_TEST(test_skip_without_teacher) {
     json_t *lines = read_metrics(metrics);
     json_t *last = json_array_get(lines, json_array_size(lines) - 1);
     ck_assert_int_eq((int)json_array_size(lines), 2);
-    ck_assert_msg(teacher_metric(last, "comp", "skipped_batches") > 0, "no batch went without comp");
+    ck_assert_msg(teacher_metric(last, "comp", "skipped_batches") > 0,
+                  "no batch went without comp");
     ck_assert_int_eq((int)metric(last, "distinct_examples"), 2000);
     ck_assert_msg(metric(last, "test_accuracy") > 0.3, "the student learned nothing without comp");
     ck_assert(test_process_await_text(log, "was missing from", 0));
@@ -225,10 +236,11 @@ START_TEST(test_refuses_other_dataset) {
     fm.pid = test_process_start(fm.command, fm.log);
     ck_assert(test_process_await_text(fm.log, "serving", 10000));
     char command[4096];
-    snprintf(command, sizeof command,
-             "%s train --view pool7 --model mlp:49-32-10 --teacher fm=%s --method kd --epochs 1 "
-             SUBSET " --out %s/other.safetensors",
-             test_util_bin("student-trainer"), fm.endpoint, directory);
+    snprintf(
+        command, sizeof command,
+        "%s train --view pool7 --model mlp:49-32-10 --teacher fm=%s --method kd --epochs 1 " SUBSET
+        " --out %s/other.safetensors",
+        test_util_bin("student-trainer"), fm.endpoint, directory);
     int status = test_util_run(command, output, sizeof output);
     stop_teacher(&fm);
     ck_assert_int_eq(status, 1);
@@ -274,7 +286,8 @@ START_TEST(test_resume_and_replay_are_exact) {
     char state[420];
     snprintf(state, sizeof state, "%s.state", resumed);
     ck_assert_int_eq(truncate(state, 100), 0);
-    snprintf(command, sizeof command, "%s train %s --teacher comp=ipc://%s/nobody.sock --out %s --resume",
+    snprintf(command, sizeof command,
+             "%s train %s --teacher comp=ipc://%s/nobody.sock --out %s --resume",
              test_util_bin("student-trainer"), common, directory, resumed);
     snprintf(command, sizeof command, "%s replay %s --record %s --out %s --resume",
              test_util_bin("student-trainer"), common, record, resumed);
@@ -298,7 +311,8 @@ START_TEST(test_usage_errors) {
     };
     for (size_t index = 0; index < sizeof cases / sizeof cases[0]; index++) {
         char command[600];
-        snprintf(command, sizeof command, "%s %s", test_util_bin("student-trainer"), cases[index][0]);
+        snprintf(command, sizeof command, "%s %s", test_util_bin("student-trainer"),
+                 cases[index][0]);
         ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
         ck_assert_msg(strstr(output, cases[index][1]), "'%s' printed: %s", cases[index][0], output);
     }

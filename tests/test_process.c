@@ -16,7 +16,8 @@
 
 void test_process_sleep_ms(int milliseconds) {
     struct timespec pause = {milliseconds / 1000, (milliseconds % 1000) * 1000000L};
-    while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {}
+    while (nanosleep(&pause, &pause) != 0 && errno == EINTR) {
+    }
 }
 
 pid_t test_process_start(const char *command, const char *log_path) {
