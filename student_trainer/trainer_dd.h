@@ -1,0 +1,126 @@
+/*
+ * trainer_dd: DiverseDistill's Distillation Module (DIVERSEDISTILL.md §2).
+ *
+ * Trainer-side parameters, used only while training and never saved in the
+ * student checkpoint:
+ *   E [n][d_e]                 teacher embeddings
+ *   router: LN_r(h) (gamma, beta [d_s]), W_r [d_e][d_s]
+ *       alpha = softmax_i( <W_r·LN_r(h), e_i> / sqrt(d_e) ) over the teachers present in a row
+ *   question augmenter (shared): LN_q(h) (gamma, beta [d_s]),
+ *       q_i = W_q2·GELU(W_q1·[LN_q(h); e_i] + b_q1) + b_q2    W_q1 [hid][d_s+d_e], W_q2 [d_k][hid]
+ *   per teacher i, with F_i [L_i][d_i] its streamed feature ("tokens" or "hidden", L_i = 1):
+ *       K_i = LN_i(F_i)·W_K^i^T + P_i,  V_i = LN_i(F_i)·W_V^i^T   (W_K, W_V [d_k][d_i], P_i [L_i][d_k])
+ *       a_i = W_O^i · MHA(q_i, K_i, V_i) + b_O^i   (heads split d_k; one query per example)
+ *       ã_i = W_a2^i·GELU(W_a1^i·a_i + b_a1^i) + b_a2^i    (W_a1 [hid][d_k], W_a2 [d_s][hid])
+ *   k = Σ_i alpha_i·ã_i over the teachers present in the row.
+ *
+ * Loss (a mean over the batch; λ's, T, τ, w from the config):
+ *   (1-w)·CE(s, y)                                         labelled rows
+ * + w·T²·Σ_i sg(alpha_i)·KL(softmax(z_i/T) ‖ softmax(s/T))  rows and teachers present
+ * + λ_ans·CE(head(act(k)), y)                              labelled rows; head = the student's
+ *                                                          own last layer, act = ReLU
+ * + λ_α·KL(r ‖ alpha)                                      router target r per --dd-router:
+ *      reliability:  r = softmax_i(-CE(z_i, y)/τ)            labelled rows
+ *      learnability: r = softmax_i(-KL(softmax(z_i/T) ‖ softmax(sg(s)/T))/τ)   every row
+ *      end-to-end:   no router term
+ * + λ_al·‖LN(h) − LN(sg(k))‖² / d_s                        optional alignment (off at 0)
+ * Absent (row, teacher) pairs are masked out of every sum and alpha is
+ * renormalized over the present ones; a row with no teacher present gets
+ * only the CE term.
+ *
+ * The module owns its parameters (one flat block: values, grads, AdamW
+ * moments) and its scratch, sized for max_batch rows at creation; a step
+ * never allocates.
+ */
+#ifndef TRAINER_DD_H
+#define TRAINER_DD_H
+
+#include "cm_adamw.h"
+#include "cm_status.h"
+#include "trainer_method.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    TRAINER_DD_ROUTER_RELIABILITY,
+    TRAINER_DD_ROUTER_LEARNABILITY,
+    TRAINER_DD_ROUTER_END_TO_END
+} trainer_dd_router_t;
+
+/* "reliability", "learnability", "end-to-end". */
+cm_status_t trainer_dd_router_parse(const char *text, trainer_dd_router_t *router);
+const char *trainer_dd_router_name(trainer_dd_router_t router);
+
+typedef struct {
+    int teacher_count;                          /* n, 1 .. TRAINER_MAX_TEACHERS */
+    int classes;                                /* C */
+    int student_hidden;                         /* d_s */
+    int teacher_tokens[TRAINER_MAX_TEACHERS];   /* L_i (1 for a "hidden" vector) */
+    int teacher_dim[TRAINER_MAX_TEACHERS];      /* d_i */
+    int embed_dim;                              /* d_e, e.g. 32 */
+    int key_dim;                                /* d_k, e.g. 64 */
+    int heads;                                  /* divides d_k, e.g. 4 */
+    int hidden;                                 /* augmenter width, e.g. 128 */
+    float temperature;                          /* T */
+    float kd_weight;                            /* w */
+    float answer_weight;                        /* λ_ans */
+    float router_weight;                        /* λ_α */
+    float router_tau;                           /* τ */
+    float align_weight;                         /* λ_al (0: off) */
+    trainer_dd_router_t router;
+    int max_batch;
+} trainer_dd_config_t;
+
+/* Defaults of DIVERSEDISTILL.md §2 (T=2, w=0.9, λ_ans=1, λ_α=1, τ=1, d_e=32, d_k=64,
+ * 4 heads, hidden 128, learnability router, alignment off); shapes left zero. */
+trainer_dd_config_t trainer_dd_defaults(void);
+
+/* One batch as the module sees it; absent (row, teacher) pairs hold garbage. */
+typedef struct {
+    int rows;
+    const int32_t *labels;                                /* [rows]; negative = unlabelled */
+    const float *teacher_logits[TRAINER_MAX_TEACHERS];    /* [rows][C] */
+    const float *teacher_feature[TRAINER_MAX_TEACHERS];   /* [rows][L_i][d_i] */
+    const uint8_t *teacher_present[TRAINER_MAX_TEACHERS]; /* [rows] */
+} trainer_dd_batch_t;
+
+typedef struct {
+    double total, ce, kd, answer, router, align; /* weighted terms */
+    double answer_accuracy; /* accuracy of head(act(k)) on labelled rows, for monitoring */
+    int labelled;
+} trainer_dd_loss_t;
+
+typedef struct trainer_dd trainer_dd_t;
+
+cm_status_t trainer_dd_new(const trainer_dd_config_t *config, uint64_t seed, trainer_dd_t **out);
+void trainer_dd_free(trainer_dd_t **dd);
+
+/*
+ * The router alone: alpha[rows][n] from the student's hidden [rows][d_s], renormalized over
+ * the teachers present in each row (present may be NULL: all present).  Needs no teacher
+ * output, so the trainer can decide which (example, teacher) pairs to ask for.
+ */
+void trainer_dd_route(trainer_dd_t *dd, const float *student_hidden, int rows,
+                      const uint8_t *const *present, float *alpha);
+
+/*
+ * Loss and gradients of one batch.  OVERWRITES d_logits [rows][C] and d_hidden [rows][d_s];
+ * ADDS into d_head_weight [C][d_s], d_head_bias [C] (the student's last layer, used by the
+ * answer term) and into the module's own gradient block.
+ */
+void trainer_dd_loss(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
+                     const float *student_logits, const float *student_hidden,
+                     const float *head_weight, const float *head_bias, float *d_logits,
+                     float *d_hidden, float *d_head_weight, float *d_head_bias,
+                     trainer_dd_loss_t *loss);
+
+size_t trainer_dd_param_count(const trainer_dd_t *dd);
+float *trainer_dd_params(trainer_dd_t *dd);
+float *trainer_dd_grads(trainer_dd_t *dd);
+float *trainer_dd_moment1(trainer_dd_t *dd);
+float *trainer_dd_moment2(trainer_dd_t *dd);
+void trainer_dd_zero_grads(trainer_dd_t *dd);
+void trainer_dd_adamw_step(trainer_dd_t *dd, const cm_adamw_config_t *config, long step);
+
+#endif
