@@ -29,12 +29,14 @@
 #include "cm_cli.h"
 #include "cm_dataset.h"
 #include "cm_log.h"
+#include "cm_metrics.h"
 #include "cm_model.h"
 #include "cm_progress.h"
 #include "cm_rng.h"
 #include "cm_safetensors.h"
 #include "trainer_cache.h"
 #include "trainer_committee.h"
+#include "trainer_http.h"
 #include "trainer_method.h"
 
 #include <math.h>
@@ -61,6 +63,7 @@ typedef struct {
     const char *record;
     const char *encoding;
     const char *log_level;
+    const char *http;
     cm_cli_list_t teachers;
     int epochs;
     int batch;
@@ -119,6 +122,16 @@ typedef struct {
     int next_batch; /* cursor inside the epoch */
     FILE *metrics;
     char state_path[1024];
+    /* Prometheus metrics served on --http */
+    cm_metrics_t *registry;
+    trainer_http_t *http;
+    cm_metrics_counter_t *steps_total, *examples_total;
+    cm_metrics_gauge_t *epoch_gauge, *loss_gauge, *accuracy_gauge, *wait_gauge;
+    cm_metrics_counter_t *teacher_bytes[TRAINER_MAX_TEACHERS], *teacher_examples[TRAINER_MAX_TEACHERS];
+    cm_metrics_counter_t *teacher_skipped[TRAINER_MAX_TEACHERS];
+    cm_metrics_gauge_t *teacher_down[TRAINER_MAX_TEACHERS];
+    trainer_teacher_stats_t reported[TRAINER_MAX_TEACHERS]; /* what the counters hold so far */
+    double waited_total;
     /* per-epoch counters */
     double loss_sum, ce_sum, kd_sum, fitnet_sum, wait_seconds;
     long epoch_examples, epoch_duplicates, epoch_steps;
@@ -189,6 +202,8 @@ static cm_status_t allocate_buffers(run_t *run) {
 }
 
 static void free_run(run_t *run) {
+    trainer_http_stop(&run->http);
+    cm_metrics_free(&run->registry);
     trainer_committee_free(&run->committee);
     trainer_cache_free(&run->cache);
     trainer_method_free(&run->method);
@@ -463,6 +478,7 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
                            "(e.g. example %d)",
                            run->teacher_names[teacher], missing, ids[0]);
         if (missing) {
+            cm_metrics_counter_add(run->teacher_skipped[teacher], 1);
             run->skipped_batches[teacher]++;
             run->missing_rows[teacher] += missing;
         }
@@ -494,6 +510,8 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
     run->fitnet_sum += loss.fitnet * rows;
     run->epoch_examples += rows;
     run->epoch_steps++;
+    cm_metrics_counter_add(run->steps_total, 1);
+    cm_metrics_counter_add(run->examples_total, (uint64_t)rows);
     if (strcmp(run->options.cache, "off") == 0 && run->committee) /* forget: ask again next epoch */
         for (int teacher = 0; teacher < run->teacher_count; teacher++)
             for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
@@ -538,6 +556,56 @@ static void write_metrics(run_t *run, double seconds, double accuracy, double te
     fflush(run->metrics);
 }
 
+/* Registers the Prometheus metrics and starts --http (a failure to listen is only a warning). */
+static cm_status_t start_metrics(run_t *run) {
+    cm_status_t status = cm_metrics_new(&run->registry);
+    if (status != CM_OK) return status;
+    cm_metrics_register_counter(run->registry, "committee_trainer_steps_total", "Optimizer steps taken.",
+                                NULL, &run->steps_total);
+    cm_metrics_register_counter(run->registry, "committee_trainer_examples_total",
+                                "Training examples processed.", NULL, &run->examples_total);
+    cm_metrics_register_gauge(run->registry, "committee_trainer_epoch", "Epoch in progress.", NULL,
+                              &run->epoch_gauge);
+    cm_metrics_register_gauge(run->registry, "committee_trainer_loss", "Mean loss of the last epoch.",
+                              NULL, &run->loss_gauge);
+    cm_metrics_register_gauge(run->registry, "committee_trainer_test_accuracy",
+                              "Test accuracy after the last epoch.", NULL, &run->accuracy_gauge);
+    cm_metrics_register_gauge(run->registry, "committee_trainer_wait_seconds",
+                              "Seconds the training loop waited for teachers.", NULL, &run->wait_gauge);
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        cm_metrics_label_t label = {"teacher", run->teacher_names[teacher]};
+        cm_metrics_register_counter(run->registry, "committee_trainer_teacher_bytes_total",
+                                    "Bytes received from a teacher.", &label, &run->teacher_bytes[teacher]);
+        cm_metrics_register_counter(run->registry, "committee_trainer_teacher_examples_total",
+                                    "Example outputs received from a teacher.", &label,
+                                    &run->teacher_examples[teacher]);
+        cm_metrics_register_counter(run->registry, "committee_trainer_skipped_batches_total",
+                                    "Batches trained without (some rows of) a teacher.", &label,
+                                    &run->teacher_skipped[teacher]);
+        cm_metrics_register_gauge(run->registry, "committee_trainer_teacher_down_events",
+                                  "Times a teacher was found down.", &label, &run->teacher_down[teacher]);
+    }
+    if (strcmp(run->options.http, "off") != 0 &&
+        trainer_http_start(run->options.http, run->registry, &run->http) != CM_OK)
+        cm_log_warn("no /metrics: %s", cm_last_error());
+    return CM_OK;
+}
+
+/* Brings the counters up to date with the committee's statistics. */
+static void update_metrics(run_t *run) {
+    cm_metrics_gauge_set(run->epoch_gauge, run->epoch);
+    cm_metrics_gauge_set(run->wait_gauge, run->waited_total + run->wait_seconds);
+    if (!run->committee) return;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        const trainer_teacher_stats_t *stats = trainer_committee_stats(run->committee, teacher);
+        trainer_teacher_stats_t *reported = &run->reported[teacher];
+        cm_metrics_counter_add(run->teacher_bytes[teacher], stats->bytes - reported->bytes);
+        cm_metrics_counter_add(run->teacher_examples[teacher], (uint64_t)(stats->examples - reported->examples));
+        cm_metrics_gauge_set(run->teacher_down[teacher], (double)stats->down_events);
+        *reported = *stats;
+    }
+}
+
 static cm_status_t save_all(run_t *run, double accuracy) {
     cm_status_t status = save_student(run, accuracy);
     if (status == CM_OK) status = save_state(run);
@@ -576,6 +644,7 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
             if (run->committee && (status = await_batch(run, batch_index)) != CM_OK) return status;
             if ((status = train_batch(run, batch_index)) != CM_OK) return status;
             run->next_batch = batch_index + 1;
+            update_metrics(run);
             char text[64];
             snprintf(text, sizeof text, "loss %.4f", run->loss_sum / (double)run->epoch_examples);
             cm_progress_update(&progress, (long)run->next_batch * run->options.batch, text);
@@ -623,6 +692,9 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
                             run->teacher_names[teacher], run->skipped_batches[teacher],
                             run->missing_rows[teacher]);
         write_metrics(run, seconds, accuracy, test_loss);
+        cm_metrics_gauge_set(run->loss_gauge, run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1));
+        cm_metrics_gauge_set(run->accuracy_gauge, accuracy);
+        run->waited_total += run->wait_seconds;
         run->next_batch = batches;
         int finished_epoch = run->epoch;
         run->epoch = finished_epoch + 1; /* the state says where to continue */
@@ -853,6 +925,7 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         snprintf(cache_path, sizeof cache_path, "%s.cache", run->state_path);
         if ((status = load_cache_file(run, cache_path)) != CM_OK) return status;
     }
+    if ((status = start_metrics(run)) != CM_OK) return status;
     if (options->metrics) {
         run->metrics = fopen(options->metrics, options->resume ? "a" : "w");
         if (!run->metrics)
@@ -894,6 +967,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .cache = "memory",
         .encoding = "F32",
         .log_level = "info",
+        .http = "127.0.0.1:9101",
         .epochs = 10,
         .batch = 128,
         .lr = 1e-3f,

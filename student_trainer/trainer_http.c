@@ -1,0 +1,92 @@
+/*
+ * trainer_http: see trainer_http.h.
+ */
+#include "trainer_http.h"
+
+#include "cm_http.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+struct trainer_http {
+    uv_loop_t loop;
+    uv_async_t stop;
+    cm_http_t *server;
+    cm_metrics_t *metrics;
+    pthread_t thread;
+};
+
+static void on_request(const cm_http_request_t *request, cm_http_response_t *response, void *user) {
+    trainer_http_t *http = user;
+    if (strcmp(request->path, "/healthz") == 0) {
+        response->status = 200;
+        response->body = "ok\n";
+    } else if (strcmp(request->path, "/metrics") == 0) {
+        char *text = NULL;
+        size_t length = 0;
+        if (cm_metrics_render_alloc(http->metrics, &text, &length) != CM_OK) {
+            response->status = 500;
+            response->body = "cannot render metrics\n";
+            return;
+        }
+        response->status = 200;
+        response->content_type = CM_METRICS_CONTENT_TYPE;
+        response->body = text;
+        response->body_length = length;
+        response->body_release = free;
+    }
+}
+
+static void on_stop(uv_async_t *handle) {
+    trainer_http_t *http = handle->data;
+    cm_http_close(http->server, NULL);
+    uv_close((uv_handle_t *)&http->stop, NULL);
+}
+
+static void *run_loop(void *argument) {
+    trainer_http_t *http = argument;
+    uv_run(&http->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+cm_status_t trainer_http_start(const char *address, cm_metrics_t *metrics, trainer_http_t **out) {
+    *out = NULL;
+    trainer_http_t *http = calloc(1, sizeof *http);
+    if (!http) return cm_fail(CM_ERR_NOMEM, "out of memory for the HTTP server");
+    http->metrics = metrics;
+    if (uv_loop_init(&http->loop) != 0) {
+        free(http);
+        return cm_fail(CM_ERR_INTERNAL, "cannot start an event loop for HTTP");
+    }
+    cm_status_t status = cm_http_new(&http->loop, address, on_request, http, &http->server);
+    if (status != CM_OK) {
+        uv_loop_close(&http->loop);
+        free(http);
+        return status;
+    }
+    uv_async_init(&http->loop, &http->stop, on_stop);
+    http->stop.data = http;
+    if (pthread_create(&http->thread, NULL, run_loop, http) != 0) {
+        on_stop(&http->stop);
+        uv_run(&http->loop, UV_RUN_DEFAULT);
+        cm_http_free(&http->server);
+        uv_loop_close(&http->loop);
+        free(http);
+        return cm_fail(CM_ERR_INTERNAL, "cannot start the HTTP thread");
+    }
+    *out = http;
+    return CM_OK;
+}
+
+void trainer_http_stop(trainer_http_t **http_pointer) {
+    trainer_http_t *http = *http_pointer;
+    if (!http) return;
+    uv_async_send(&http->stop);
+    pthread_join(http->thread, NULL);
+    cm_http_free(&http->server);
+    uv_loop_close(&http->loop);
+    free(http);
+    *http_pointer = NULL;
+}
