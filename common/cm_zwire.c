@@ -114,7 +114,7 @@ cm_status_t cm_zwire_decode(cm_wire_message_t *message, zmq_msg_t *parts, int co
     cm_wire_message_init(message, CM_WIRE_HEARTBEAT, 0);
     if (count < 1) return cm_fail(CM_ERR_FORMAT, "message has no header frame");
     if (count > CM_WIRE_MAX_FRAMES)
-        return cm_fail(CM_ERR_FORMAT, "message has %d frames; at most %d are allowed", count,
+        return cm_fail(CM_ERR_TOO_LARGE, "message has %d frames; at most %d are allowed", count,
                        CM_WIRE_MAX_FRAMES);
     cm_wire_frame_t frames[CM_WIRE_MAX_FRAMES];
     for (int index = 0; index < count; index++) {

@@ -952,11 +952,22 @@ static int serve(server_t *server) {
             maybe_finish_stop(server);
         }
     } else {
-        cm_log_info(
-            "serving '%s' (%s, %s) on %s, view %s of %s, dataset %.12s..., HTTP %s", server->name,
-            server->role == CM_WIRE_ROLE_FOUNDATION ? "foundation" : "complementary",
-            server->spec_text, server->options.bind, server->dataset->view, server->dataset->name,
-            server->dataset->fingerprint, server->http ? server->options.http : "off");
+        /* The addresses actually bound, so that whoever started us with port 0 or
+         * "tcp://127.0.0.1:*" learns the ports from this line. */
+        char endpoint[256], http_address[128] = "off";
+        size_t endpoint_size = sizeof endpoint;
+        if (zmq_getsockopt(server->socket, ZMQ_LAST_ENDPOINT, endpoint, &endpoint_size) != 0)
+            snprintf(endpoint, sizeof endpoint, "%s", server->options.bind);
+        const char *port_colon = server->http ? strrchr(server->options.http, ':') : NULL;
+        if (port_colon)
+            snprintf(http_address, sizeof http_address, "%.*s:%d",
+                     (int)(port_colon - server->options.http), server->options.http,
+                     cm_http_port(server->http));
+        cm_log_info("serving '%s' (%s, %s) on %s, view %s of %s, dataset %.12s..., HTTP %s",
+                    server->name,
+                    server->role == CM_WIRE_ROLE_FOUNDATION ? "foundation" : "complementary",
+                    server->spec_text, endpoint, server->dataset->view, server->dataset->name,
+                    server->dataset->fingerprint, http_address);
     }
     if (server->zloop) {
         uv_run(&server->loop, UV_RUN_DEFAULT);

@@ -3,9 +3,13 @@
  */
 #include "test_util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -54,4 +58,48 @@ void test_util_remove_tree(const char *path) {
 
 int test_util_have_fashion_mnist(void) {
     return access("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", R_OK) == 0;
+}
+
+int test_util_http_get(int port, const char *path, char *body, size_t size, int timeout_ms) {
+    if (body && size) body[0] = '\0';
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    struct timeval timeout = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+    struct sockaddr_in address = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    char request[512];
+    int request_length =
+        snprintf(request, sizeof request, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path);
+    if (connect(fd, (struct sockaddr *)&address, sizeof address) != 0 ||
+        send(fd, request, (size_t)request_length, MSG_NOSIGNAL) != request_length) {
+        close(fd);
+        return -1;
+    }
+    /* The server closes after one answer: read to the end (or the timeout). */
+    size_t capacity = 1 << 16, length = 0;
+    char *answer = malloc(capacity + 1);
+    for (;;) {
+        if (!answer) break;
+        if (length == capacity) {
+            char *grown = realloc(answer, 2 * capacity + 1);
+            if (!grown) break;
+            answer = grown;
+            capacity *= 2;
+        }
+        ssize_t got = recv(fd, answer + length, capacity - length, 0);
+        if (got <= 0) break;
+        length += (size_t)got;
+    }
+    close(fd);
+    if (!answer) return -1;
+    answer[length] = '\0';
+    int status = -1;
+    const char *header_end = strstr(answer, "\r\n\r\n");
+    if (header_end && sscanf(answer, "HTTP/1.1 %d", &status) == 1 && body && size)
+        snprintf(body, size, "%s", header_end + 4);
+    if (!header_end) status = -1;
+    free(answer);
+    return status;
 }

@@ -1,6 +1,7 @@
 /*
  * test_util: helpers for tests that drive the real binaries: where they
- * are, running a shell command with its output captured, temp dirs.
+ * are, running a shell command with its output captured, temp dirs, and a
+ * bounded HTTP GET for the services' health and metrics endpoints.
  */
 #ifndef TEST_UTIL_H
 #define TEST_UTIL_H
@@ -25,5 +26,13 @@ void test_util_remove_tree(const char *path);
 
 /* 1 when the real Fashion-MNIST files are installed. */
 int test_util_have_fashion_mnist(void);
+
+/*
+ * GET http://127.0.0.1:port/path over a plain socket, every step bounded by
+ * timeout_ms.  The body goes into body[size] (truncated, NUL-terminated;
+ * body may be NULL).  Returns the HTTP status, or -1 when there was no
+ * well-formed answer in time.
+ */
+int test_util_http_get(int port, const char *path, char *body, size_t size, int timeout_ms);
 
 #endif
