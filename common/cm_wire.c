@@ -94,20 +94,37 @@ static uint16_t f32_to_bf16(float value) {
     return (uint16_t)(round_nearest_even(bits >> 16, bits & 0xffffu, 0x10000u));
 }
 
-void cm_wire_f32_to_f16(uint16_t *out, const float *in, size_t count) {
-    for (size_t i = 0; i < count; i++) out[i] = f32_to_f16(in[i]);
+/* Received frames may sit at any address, so halves are read and written with memcpy. */
+static uint16_t load_half(const void *in, size_t index) {
+    uint16_t half;
+    memcpy(&half, (const unsigned char *)in + 2 * index, sizeof half);
+    return half;
 }
 
-void cm_wire_f16_to_f32(float *out, const uint16_t *in, size_t count) {
-    for (size_t i = 0; i < count; i++) out[i] = f16_to_f32(in[i]);
+static void store_half(void *out, size_t index, uint16_t half) {
+    memcpy((unsigned char *)out + 2 * index, &half, sizeof half);
 }
 
-void cm_wire_f32_to_bf16(uint16_t *out, const float *in, size_t count) {
-    for (size_t i = 0; i < count; i++) out[i] = f32_to_bf16(in[i]);
+static float load_float(const void *in, size_t index) {
+    float value;
+    memcpy(&value, (const unsigned char *)in + 4 * index, sizeof value);
+    return value;
 }
 
-void cm_wire_bf16_to_f32(float *out, const uint16_t *in, size_t count) {
-    for (size_t i = 0; i < count; i++) out[i] = bits_float((uint32_t)in[i] << 16);
+void cm_wire_f32_to_f16(void *out, const void *in, size_t count) {
+    for (size_t i = 0; i < count; i++) store_half(out, i, f32_to_f16(load_float(in, i)));
+}
+
+void cm_wire_f16_to_f32(float *out, const void *in, size_t count) {
+    for (size_t i = 0; i < count; i++) out[i] = f16_to_f32(load_half(in, i));
+}
+
+void cm_wire_f32_to_bf16(void *out, const void *in, size_t count) {
+    for (size_t i = 0; i < count; i++) store_half(out, i, f32_to_bf16(load_float(in, i)));
+}
+
+void cm_wire_bf16_to_f32(float *out, const void *in, size_t count) {
+    for (size_t i = 0; i < count; i++) out[i] = bits_float((uint32_t)load_half(in, i) << 16);
 }
 
 /* ------------------------------------------------------------------------ */

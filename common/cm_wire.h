@@ -21,7 +21,8 @@
  * storage and into the received frames; it stays valid until
  * cm_wire_message_deinit() and as long as the frames live.
  *
- * Tensor frames are little-endian; f16/bf16 helpers convert float arrays.
+ * Tensor frames are little-endian; f16/bf16 helpers convert float arrays
+ * and accept buffers at any alignment (received frames have none).
  */
 #ifndef CM_WIRE_H
 #define CM_WIRE_H
@@ -262,18 +263,18 @@ cm_status_t cm_wire_check_ids(const int32_t *ids, int count, int split_size);
  * overflow becomes +-inf, tiny values become subnormals or +-0, NaN stays a
  * (quiet) NaN.  out[count], in[count]; the arrays must not overlap.
  */
-void cm_wire_f32_to_f16(uint16_t *out, const float *in, size_t count);
+void cm_wire_f32_to_f16(void *out, const void *in, size_t count);
 
 /* binary16 -> float32, exactly (every half value is a float). out[count], in[count]. */
-void cm_wire_f16_to_f32(float *out, const uint16_t *in, size_t count);
+void cm_wire_f16_to_f32(float *out, const void *in, size_t count);
 
 /*
  * float32 -> bfloat16 (the top 16 bits), rounding to nearest even;
  * NaN stays a (quiet) NaN with its sign.  out[count], in[count].
  */
-void cm_wire_f32_to_bf16(uint16_t *out, const float *in, size_t count);
+void cm_wire_f32_to_bf16(void *out, const void *in, size_t count);
 
 /* bfloat16 -> float32, exactly. out[count], in[count]. */
-void cm_wire_bf16_to_f32(float *out, const uint16_t *in, size_t count);
+void cm_wire_bf16_to_f32(float *out, const void *in, size_t count);
 
 #endif

@@ -146,8 +146,11 @@ static float *tensor_floats(const cm_wire_tensor_t *tensor, size_t elements) {
     else if (tensor->encoding == CM_DTYPE_BF16)
         cm_wire_bf16_to_f32(values, tensor->data, elements);
     else
-        for (size_t index = 0; index < elements; index++)
-            values[index] = (float)((const int32_t *)tensor->data)[index];
+        for (size_t index = 0; index < elements; index++) { /* frames may be unaligned */
+            int32_t integer;
+            memcpy(&integer, (const char *)tensor->data + 4 * index, sizeof integer);
+            values[index] = (float)integer;
+        }
     return values;
 }
 
