@@ -85,8 +85,9 @@ valgrind: deps
 bench: deps
 	@$(MAKE) --no-print-directory bench-run
 
-bench-run: $(BENCH_BIN) $(TEACHER_BIN)
-	@for program in $(BENCH_BIN); do echo "== $$program"; $$program || exit 1; done
+bench-run: $(BENCH_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
+	@for program in $(BENCH_BIN) $(wildcard bench/*.sh); do echo "== $$program"; \
+	    COMMITTEE_BIN_DIR=$(BUILD)/bin $$program || exit 1; done
 
 format:
 	clang-format -i $(COMMON_SRC) $(wildcard common/*.h) $(TEACHER_SRC) $(wildcard teacher_server/*.h) \

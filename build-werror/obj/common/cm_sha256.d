@@ -1,0 +1,3 @@
+build-werror/obj/common/cm_sha256.o: common/cm_sha256.c \
+ common/cm_sha256.h
+common/cm_sha256.h:
