@@ -12,6 +12,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Copies of comma-separated environment lists, alive until exit (list values point into them). */
+static char *env_copies[64];
+static int env_copy_count;
+
+static void free_env_copies(void) {
+    for (int index = 0; index < env_copy_count; index++) free(env_copies[index]);
+    env_copy_count = 0;
+}
+
+static char *keep_env_copy(const char *text) {
+    if (env_copy_count == (int)(sizeof env_copies / sizeof env_copies[0])) return NULL;
+    char *copy = strdup(text);
+    if (!copy) return NULL;
+    if (env_copy_count == 0) atexit(free_env_copies);
+    env_copies[env_copy_count++] = copy;
+    return copy;
+}
+
 static void env_name(const char *option_name, char *out, size_t size) {
     size_t used = (size_t)snprintf(out, size, "COMMITTEE_");
     for (const char *c = option_name; *c && used + 1 < size; c++)
@@ -119,8 +137,8 @@ cm_status_t cm_cli_parse(const cm_cli_option_t *options, int count, int argc, ch
         const char *text = getenv(variable);
         if (text && *text) {
             if (options[option].kind == CM_CLI_LIST) {
-                /* Comma-separated; the environment string itself is split in place of a copy. */
-                char *copy = strdup(text);
+                /* Comma-separated: split a copy that lives until exit. */
+                char *copy = keep_env_copy(text);
                 if (!copy) return cm_fail(CM_ERR_NOMEM, "out of memory reading %s", variable);
                 char *save = NULL;
                 for (char *piece = strtok_r(copy, ",", &save); piece;
@@ -128,7 +146,6 @@ cm_status_t cm_cli_parse(const cm_cli_option_t *options, int count, int argc, ch
                     cm_status_t status = store_value(&options[option], piece, variable);
                     if (status != CM_OK) return status;
                 }
-                /* `copy` stays alive for the process: list values point into it. */
             } else {
                 cm_status_t status = store_value(&options[option], text, variable);
                 if (status != CM_OK) return status;

@@ -127,11 +127,14 @@ typedef struct {
     trainer_http_t *http;
     cm_metrics_counter_t *steps_total, *examples_total;
     cm_metrics_gauge_t *epoch_gauge, *loss_gauge, *accuracy_gauge, *wait_gauge;
-    cm_metrics_counter_t *teacher_bytes[TRAINER_MAX_TEACHERS], *teacher_examples[TRAINER_MAX_TEACHERS];
+    cm_metrics_counter_t *teacher_bytes[TRAINER_MAX_TEACHERS],
+        *teacher_examples[TRAINER_MAX_TEACHERS];
     cm_metrics_counter_t *teacher_skipped[TRAINER_MAX_TEACHERS];
     cm_metrics_gauge_t *teacher_down[TRAINER_MAX_TEACHERS];
     trainer_teacher_stats_t reported[TRAINER_MAX_TEACHERS]; /* what the counters hold so far */
     double waited_total;
+    char *teacher_texts[CM_CLI_LIST_MAX]; /* --teacher values, parsed in place; endpoints point here
+                                           */
     /* per-epoch counters */
     double loss_sum, ce_sum, kd_sum, fitnet_sum, wait_seconds;
     long epoch_examples, epoch_duplicates, epoch_steps;
@@ -205,6 +208,7 @@ static void free_run(run_t *run) {
     trainer_http_stop(&run->http);
     cm_metrics_free(&run->registry);
     trainer_committee_free(&run->committee);
+    for (int index = 0; index < CM_CLI_LIST_MAX; index++) free(run->teacher_texts[index]);
     trainer_cache_free(&run->cache);
     trainer_method_free(&run->method);
     cm_model_free(&run->student);
@@ -560,22 +564,24 @@ static void write_metrics(run_t *run, double seconds, double accuracy, double te
 static cm_status_t start_metrics(run_t *run) {
     cm_status_t status = cm_metrics_new(&run->registry);
     if (status != CM_OK) return status;
-    cm_metrics_register_counter(run->registry, "committee_trainer_steps_total", "Optimizer steps taken.",
-                                NULL, &run->steps_total);
+    cm_metrics_register_counter(run->registry, "committee_trainer_steps_total",
+                                "Optimizer steps taken.", NULL, &run->steps_total);
     cm_metrics_register_counter(run->registry, "committee_trainer_examples_total",
                                 "Training examples processed.", NULL, &run->examples_total);
     cm_metrics_register_gauge(run->registry, "committee_trainer_epoch", "Epoch in progress.", NULL,
                               &run->epoch_gauge);
-    cm_metrics_register_gauge(run->registry, "committee_trainer_loss", "Mean loss of the last epoch.",
-                              NULL, &run->loss_gauge);
+    cm_metrics_register_gauge(run->registry, "committee_trainer_loss",
+                              "Mean loss of the last epoch.", NULL, &run->loss_gauge);
     cm_metrics_register_gauge(run->registry, "committee_trainer_test_accuracy",
                               "Test accuracy after the last epoch.", NULL, &run->accuracy_gauge);
     cm_metrics_register_gauge(run->registry, "committee_trainer_wait_seconds",
-                              "Seconds the training loop waited for teachers.", NULL, &run->wait_gauge);
+                              "Seconds the training loop waited for teachers.", NULL,
+                              &run->wait_gauge);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         cm_metrics_label_t label = {"teacher", run->teacher_names[teacher]};
         cm_metrics_register_counter(run->registry, "committee_trainer_teacher_bytes_total",
-                                    "Bytes received from a teacher.", &label, &run->teacher_bytes[teacher]);
+                                    "Bytes received from a teacher.", &label,
+                                    &run->teacher_bytes[teacher]);
         cm_metrics_register_counter(run->registry, "committee_trainer_teacher_examples_total",
                                     "Example outputs received from a teacher.", &label,
                                     &run->teacher_examples[teacher]);
@@ -583,7 +589,8 @@ static cm_status_t start_metrics(run_t *run) {
                                     "Batches trained without (some rows of) a teacher.", &label,
                                     &run->teacher_skipped[teacher]);
         cm_metrics_register_gauge(run->registry, "committee_trainer_teacher_down_events",
-                                  "Times a teacher was found down.", &label, &run->teacher_down[teacher]);
+                                  "Times a teacher was found down.", &label,
+                                  &run->teacher_down[teacher]);
     }
     if (strcmp(run->options.http, "off") != 0 &&
         trainer_http_start(run->options.http, run->registry, &run->http) != CM_OK)
@@ -600,7 +607,8 @@ static void update_metrics(run_t *run) {
         const trainer_teacher_stats_t *stats = trainer_committee_stats(run->committee, teacher);
         trainer_teacher_stats_t *reported = &run->reported[teacher];
         cm_metrics_counter_add(run->teacher_bytes[teacher], stats->bytes - reported->bytes);
-        cm_metrics_counter_add(run->teacher_examples[teacher], (uint64_t)(stats->examples - reported->examples));
+        cm_metrics_counter_add(run->teacher_examples[teacher],
+                               (uint64_t)(stats->examples - reported->examples));
         cm_metrics_gauge_set(run->teacher_down[teacher], (double)stats->down_events);
         *reported = *stats;
     }
@@ -692,7 +700,9 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
                             run->teacher_names[teacher], run->skipped_batches[teacher],
                             run->missing_rows[teacher]);
         write_metrics(run, seconds, accuracy, test_loss);
-        cm_metrics_gauge_set(run->loss_gauge, run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1));
+        cm_metrics_gauge_set(run->loss_gauge,
+                             run->loss_sum /
+                                 (double)(run->epoch_examples ? run->epoch_examples : 1));
         cm_metrics_gauge_set(run->accuracy_gauge, accuracy);
         run->waited_total += run->wait_seconds;
         run->next_batch = batches;
@@ -738,7 +748,7 @@ static cm_status_t set_up_teachers(run_t *run) {
     int count = 0;
     for (int index = 0; index < options->teachers.count; index++) {
         trainer_teacher_address_t address;
-        char *text = strdup(options->teachers.values[index]); /* lives as long as the process */
+        char *text = run->teacher_texts[index] = strdup(options->teachers.values[index]);
         if (!text) return cm_fail(CM_ERR_NOMEM, "out of memory");
         if ((status = trainer_committee_parse_teacher(text, &address)) != CM_OK) return status;
         int merged = 0;
