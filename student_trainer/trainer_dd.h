@@ -9,12 +9,14 @@
  *   question augmenter (shared): LN_q(h) (gamma, beta [d_s]),
  *       q_i = W_q2·GELU(W_q1·[LN_q(h); e_i] + b_q1) + b_q2    W_q1 [hid][d_s+d_e], W_q2 [d_k][hid]
  *   per teacher i, with F_i [L_i][d_i] its streamed feature ("tokens" or "hidden", L_i = 1):
- *       K_i = LN_i(F_i)·W_K^i^T + P_i,  V_i = LN_i(F_i)·W_V^i^T   (W_K, W_V [d_k][d_i], P_i [L_i][d_k])
+ *       K_i = LN_i(F_i)·W_K^i^T + P_i,  V_i = LN_i(F_i)·W_V^i^T
+ *           (W_K, W_V [d_k][d_i], P_i [L_i][d_k])
  *       a_i = W_O^i · MHA(q_i, K_i, V_i) + b_O^i   (heads split d_k; one query per example)
  *       ã_i = W_a2^i·GELU(W_a1^i·a_i + b_a1^i) + b_a2^i    (W_a1 [hid][d_k], W_a2 [d_s][hid])
- *   k = Σ_i alpha_i·ã_i over the teachers present in the row.
+ *   k = Σ_i alpha_i·ã_i over the teachers present in the row; alpha enters k as sg(alpha)
+ *   unless the router is end-to-end, so with a target the router learns from λ_α only.
  *
- * Loss (a mean over the batch; λ's, T, τ, w from the config):
+ * Loss (each term a mean over the rows it exists for; λ's, T, τ, w from the config):
  *   (1-w)·CE(s, y)                                         labelled rows
  * + w·T²·Σ_i sg(alpha_i)·KL(softmax(z_i/T) ‖ softmax(s/T))  rows and teachers present
  * + λ_ans·CE(head(act(k)), y)                              labelled rows; head = the student's
@@ -53,21 +55,21 @@ cm_status_t trainer_dd_router_parse(const char *text, trainer_dd_router_t *route
 const char *trainer_dd_router_name(trainer_dd_router_t router);
 
 typedef struct {
-    int teacher_count;                          /* n, 1 .. TRAINER_MAX_TEACHERS */
-    int classes;                                /* C */
-    int student_hidden;                         /* d_s */
-    int teacher_tokens[TRAINER_MAX_TEACHERS];   /* L_i (1 for a "hidden" vector) */
-    int teacher_dim[TRAINER_MAX_TEACHERS];      /* d_i */
-    int embed_dim;                              /* d_e, e.g. 32 */
-    int key_dim;                                /* d_k, e.g. 64 */
-    int heads;                                  /* divides d_k, e.g. 4 */
-    int hidden;                                 /* augmenter width, e.g. 128 */
-    float temperature;                          /* T */
-    float kd_weight;                            /* w */
-    float answer_weight;                        /* λ_ans */
-    float router_weight;                        /* λ_α */
-    float router_tau;                           /* τ */
-    float align_weight;                         /* λ_al (0: off) */
+    int teacher_count;                        /* n, 1 .. TRAINER_MAX_TEACHERS */
+    int classes;                              /* C */
+    int student_hidden;                       /* d_s */
+    int teacher_tokens[TRAINER_MAX_TEACHERS]; /* L_i (1 for a "hidden" vector) */
+    int teacher_dim[TRAINER_MAX_TEACHERS];    /* d_i */
+    int embed_dim;                            /* d_e, e.g. 32 */
+    int key_dim;                              /* d_k, e.g. 64 */
+    int heads;                                /* divides d_k, e.g. 4 */
+    int hidden;                               /* augmenter width, e.g. 128 */
+    float temperature;                        /* T */
+    float kd_weight;                          /* w */
+    float answer_weight;                      /* λ_ans */
+    float router_weight;                      /* λ_α */
+    float router_tau;                         /* τ */
+    float align_weight;                       /* λ_al (0: off) */
     trainer_dd_router_t router;
     int max_batch;
 } trainer_dd_config_t;
@@ -109,10 +111,9 @@ void trainer_dd_route(trainer_dd_t *dd, const float *student_hidden, int rows,
  * ADDS into d_head_weight [C][d_s], d_head_bias [C] (the student's last layer, used by the
  * answer term) and into the module's own gradient block.
  */
-void trainer_dd_loss(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
-                     const float *student_logits, const float *student_hidden,
-                     const float *head_weight, const float *head_bias, float *d_logits,
-                     float *d_hidden, float *d_head_weight, float *d_head_bias,
+void trainer_dd_loss(trainer_dd_t *dd, const trainer_dd_batch_t *batch, const float *student_logits,
+                     const float *student_hidden, const float *head_weight, const float *head_bias,
+                     float *d_logits, float *d_hidden, float *d_head_weight, float *d_head_bias,
                      trainer_dd_loss_t *loss);
 
 size_t trainer_dd_param_count(const trainer_dd_t *dd);
