@@ -21,6 +21,7 @@ static const char *const output_names[TRAINER_OUTPUT_COUNT] = {"logits", "hidden
 typedef struct {
     char name[64];
     char sha256[65];
+    int tokens; /* rows of "tokens" */
     int width[TRAINER_OUTPUT_COUNT];
     float *values[TRAINER_OUTPUT_COUNT]; /* [examples][width] */
     uint8_t *has[TRAINER_OUTPUT_COUNT];  /* [examples] */
@@ -83,6 +84,14 @@ cm_status_t trainer_cache_add_output(trainer_cache_t *cache, int teacher, int ou
                        output_names[output], entry->name, cache->examples, width);
     entry->width[output] = width;
     return CM_OK;
+}
+
+void trainer_cache_set_tokens(trainer_cache_t *cache, int teacher, int tokens) {
+    cache->teacher[teacher].tokens = tokens;
+}
+
+int trainer_cache_tokens(const trainer_cache_t *cache, int teacher) {
+    return cache->teacher[teacher].tokens > 0 ? cache->teacher[teacher].tokens : 1;
 }
 
 int trainer_cache_width(const trainer_cache_t *cache, int teacher, int output) {
@@ -165,8 +174,8 @@ cm_status_t trainer_cache_save(const trainer_cache_t *cache, const char *path,
             has->shape[0] = cache->examples;
             has->data = entry->has[output];
         }
-    char keys[2 * MAX_CACHE_TEACHERS][32], teachers_text[16];
-    const char *metadata[2 * (3 + 2 * MAX_CACHE_TEACHERS)];
+    char keys[3 * MAX_CACHE_TEACHERS][32], teachers_text[16], tokens_text[MAX_CACHE_TEACHERS][16];
+    const char *metadata[2 * (3 + 3 * MAX_CACHE_TEACHERS)];
     int pairs = 0;
     metadata[2 * pairs] = "kind";
     metadata[2 * pairs++ + 1] = "committee-teacher-cache-1";
@@ -176,12 +185,17 @@ cm_status_t trainer_cache_save(const trainer_cache_t *cache, const char *path,
     metadata[2 * pairs] = "teachers";
     metadata[2 * pairs++ + 1] = teachers_text;
     for (int teacher = 0; teacher < cache->teachers; teacher++) {
-        snprintf(keys[2 * teacher], sizeof keys[0], "teacher.%d.name", teacher);
-        snprintf(keys[2 * teacher + 1], sizeof keys[0], "teacher.%d.sha256", teacher);
-        metadata[2 * pairs] = keys[2 * teacher];
+        snprintf(keys[3 * teacher], sizeof keys[0], "teacher.%d.name", teacher);
+        snprintf(keys[3 * teacher + 1], sizeof keys[0], "teacher.%d.sha256", teacher);
+        snprintf(keys[3 * teacher + 2], sizeof keys[0], "teacher.%d.tokens", teacher);
+        snprintf(tokens_text[teacher], sizeof tokens_text[0], "%d",
+                 trainer_cache_tokens(cache, teacher));
+        metadata[2 * pairs] = keys[3 * teacher];
         metadata[2 * pairs++ + 1] = cache->teacher[teacher].name;
-        metadata[2 * pairs] = keys[2 * teacher + 1];
+        metadata[2 * pairs] = keys[3 * teacher + 1];
         metadata[2 * pairs++ + 1] = cache->teacher[teacher].sha256;
+        metadata[2 * pairs] = keys[3 * teacher + 2];
+        metadata[2 * pairs++ + 1] = tokens_text[teacher];
     }
     return cm_safetensors_write(path, tensors, count, metadata, pairs);
 }
@@ -231,6 +245,9 @@ cm_status_t trainer_cache_load(const char *path, const char *fingerprint, traine
             goto fail;
         }
         trainer_cache_set_teacher(cache, teacher, name, sha256);
+        snprintf(key, sizeof key, "teacher.%d.tokens", teacher);
+        const char *tokens = cm_safetensors_metadata(file, key);
+        trainer_cache_set_tokens(cache, teacher, tokens ? atoi(tokens) : 1);
         for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
             char tensor_name[160];
             snprintf(tensor_name, sizeof tensor_name, "%s/%s", name, output_names[output]);

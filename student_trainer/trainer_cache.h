@@ -36,6 +36,10 @@ void trainer_cache_set_teacher(trainer_cache_t *cache, int teacher, const char *
 /* Makes room for `output` of `teacher`, `width` floats per example (idempotent). */
 cm_status_t trainer_cache_add_output(trainer_cache_t *cache, int teacher, int output, int width);
 
+/* Rows of a teacher's "tokens" output (its token count; 1 when it has none), kept in the file. */
+void trainer_cache_set_tokens(trainer_cache_t *cache, int teacher, int tokens);
+int trainer_cache_tokens(const trainer_cache_t *cache, int teacher);
+
 /* Width of an output (0: not cached). */
 int trainer_cache_width(const trainer_cache_t *cache, int teacher, int output);
 

@@ -36,6 +36,7 @@
 #include "cm_safetensors.h"
 #include "trainer_cache.h"
 #include "trainer_committee.h"
+#include "trainer_dd.h"
 #include "trainer_http.h"
 #include "trainer_method.h"
 
@@ -64,6 +65,8 @@ typedef struct {
     const char *encoding;
     const char *log_level;
     const char *http;
+    const char *dd_router;
+    const char *dd_feature;
     cm_cli_list_t teachers;
     int epochs;
     int batch;
@@ -84,6 +87,13 @@ typedef struct {
     long stop_after;
     int resume;
     int force_resume;
+    float dd_answer_weight;
+    float dd_router_weight;
+    float dd_tau;
+    float dd_align_weight;
+    float dd_filter;
+    float dd_explore;
+    int dd_filter_warmup;
 } train_options_t;
 
 static volatile sig_atomic_t interrupted;
@@ -99,7 +109,14 @@ typedef struct {
     int replay;
     cm_dataset_t *dataset;
     cm_model_t *student;
-    trainer_method_t *method;
+    trainer_method_t *method;                        /* the baselines */
+    trainer_dd_t *dd;                                /* --method diversedistill */
+    int dd_feature_output[TRAINER_MAX_TEACHERS];     /* TRAINER_OUTPUT_TOKENS or _HIDDEN */
+    float *route_inputs, *alpha;                     /* filtering scratch */
+    uint8_t *kept[MAX_WINDOW][TRAINER_MAX_TEACHERS]; /* filtering decision per row */
+    int filtering;                                   /* this epoch asks only the kept pairs */
+    long filter_needed[TRAINER_MAX_TEACHERS], filter_skipped[TRAINER_MAX_TEACHERS];
+    double answer_sum, router_sum, align_sum;
     trainer_committee_t *committee;
     trainer_cache_t *cache;
     int teacher_count;
@@ -113,6 +130,7 @@ typedef struct {
     float *batch_inputs, *d_logits, *d_hidden;
     int32_t *batch_labels;
     float *teacher_logits[TRAINER_MAX_TEACHERS], *teacher_hidden[TRAINER_MAX_TEACHERS];
+    float *teacher_feature[TRAINER_MAX_TEACHERS]; /* DiverseDistill: [batch][L_i * d_i] */
     uint8_t *teacher_present[TRAINER_MAX_TEACHERS];
     int tickets[MAX_WINDOW][TRAINER_MAX_TEACHERS][8]; /* per lookahead slot and teacher */
     int ticket_counts[MAX_WINDOW][TRAINER_MAX_TEACHERS];
@@ -190,14 +208,24 @@ static cm_status_t allocate_buffers(run_t *run) {
     run->batch_labels = malloc(sizeof(int32_t) * (size_t)batch);
     run->order = malloc(sizeof(int32_t) * (size_t)train);
     run->trained = calloc((size_t)train, 1);
-    int ok = run->moment1 && run->moment2 && run->batch_inputs && run->d_logits && run->d_hidden &&
-             run->batch_labels && run->order && run->trained;
+    run->alpha = calloc((size_t)batch * (size_t)(run->teacher_count ? run->teacher_count : 1),
+                        sizeof(float));
+    int ok = run->alpha && run->moment1 && run->moment2 && run->batch_inputs && run->d_logits &&
+             run->d_hidden && run->batch_labels && run->order && run->trained;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         int teacher_hidden = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
         run->teacher_logits[teacher] = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
         run->teacher_hidden[teacher] =
             cm_alloc_floats((size_t)batch * (size_t)(teacher_hidden ? teacher_hidden : 1));
         run->teacher_present[teacher] = calloc((size_t)batch, 1);
+        int feature_width = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_TOKENS);
+        run->teacher_feature[teacher] =
+            cm_alloc_floats((size_t)batch * (size_t)(feature_width ? feature_width : 1));
+        for (int slot = 0; slot < MAX_WINDOW; slot++) {
+            run->kept[slot][teacher] = calloc((size_t)batch, 1);
+            ok = ok && run->kept[slot][teacher];
+        }
+        ok = ok && run->teacher_feature[teacher];
         ok = ok && run->teacher_logits[teacher] && run->teacher_hidden[teacher] &&
              run->teacher_present[teacher];
     }
@@ -211,6 +239,9 @@ static void free_run(run_t *run) {
     for (int index = 0; index < CM_CLI_LIST_MAX; index++) free(run->teacher_texts[index]);
     trainer_cache_free(&run->cache);
     trainer_method_free(&run->method);
+    trainer_dd_free(&run->dd);
+    cm_free_aligned(run->route_inputs);
+    free(run->alpha);
     cm_model_free(&run->student);
     cm_dataset_free(&run->dataset);
     cm_free_aligned(run->moment1);
@@ -225,9 +256,28 @@ static void free_run(run_t *run) {
     for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++) {
         cm_free_aligned(run->teacher_logits[teacher]);
         cm_free_aligned(run->teacher_hidden[teacher]);
+        cm_free_aligned(run->teacher_feature[teacher]);
         free(run->teacher_present[teacher]);
+        for (int slot = 0; slot < MAX_WINDOW; slot++) free(run->kept[slot][teacher]);
     }
     if (run->metrics) fclose(run->metrics);
+}
+
+/* ---------------------------------------------------------------- method parameters */
+
+/* The trainer-side parameters (FitNet projection or the Distillation Module). */
+static size_t method_param_count(const run_t *run) {
+    return run->dd ? trainer_dd_param_count(run->dd) : trainer_method_param_count(run->method);
+}
+
+static float *method_block(run_t *run, int which) {
+    if (run->dd)
+        return which == 0   ? trainer_dd_params(run->dd)
+               : which == 1 ? trainer_dd_moment1(run->dd)
+                            : trainer_dd_moment2(run->dd);
+    return which == 0   ? trainer_method_params(run->method)
+           : which == 1 ? trainer_method_moment1(run->method)
+                        : trainer_method_moment2(run->method);
 }
 
 /* ---------------------------------------------------------------- state */
@@ -249,17 +299,12 @@ static cm_status_t save_state(run_t *run) {
     snprintf(seed_text, sizeof seed_text, "%ld", run->options.seed);
     manifest_text(run, manifest, sizeof manifest);
     cm_model_spec_format(cm_model_spec(run->student), spec_text, sizeof spec_text);
-    size_t params = cm_model_param_count(run->student),
-           method_params = trainer_method_param_count(run->method);
+    size_t params = cm_model_param_count(run->student), method_params = method_param_count(run);
     cm_tensor_t tensors[6];
     const char *names[6] = {"student.params", "student.m", "student.v",
                             "method.params",  "method.m",  "method.v"};
-    float *blocks[6] = {cm_model_params(run->student),
-                        run->moment1,
-                        run->moment2,
-                        trainer_method_params(run->method),
-                        trainer_method_moment1(run->method),
-                        trainer_method_moment2(run->method)};
+    float *blocks[6] = {cm_model_params(run->student), run->moment1,         run->moment2,
+                        method_block(run, 0),          method_block(run, 1), method_block(run, 2)};
     int count = 0;
     for (int index = 0; index < 6; index++) {
         size_t elements = index < 3 ? params : method_params;
@@ -338,14 +383,9 @@ static cm_status_t load_state(run_t *run) {
     }
     const char *names[6] = {"student.params", "student.m", "student.v",
                             "method.params",  "method.m",  "method.v"};
-    float *blocks[6] = {cm_model_params(run->student),
-                        run->moment1,
-                        run->moment2,
-                        trainer_method_params(run->method),
-                        trainer_method_moment1(run->method),
-                        trainer_method_moment2(run->method)};
-    size_t params = cm_model_param_count(run->student),
-           method_params = trainer_method_param_count(run->method);
+    float *blocks[6] = {cm_model_params(run->student), run->moment1,         run->moment2,
+                        method_block(run, 0),          method_block(run, 1), method_block(run, 2)};
+    size_t params = cm_model_param_count(run->student), method_params = method_param_count(run);
     for (int index = 0; status == CM_OK && index < 6; index++) {
         size_t elements = index < 3 ? params : method_params;
         if (!elements) continue;
@@ -384,11 +424,47 @@ static int batch_rows(const run_t *run, int batch_index) {
     return train - start < run->options.batch ? train - start : run->options.batch;
 }
 
+/*
+ * DiverseDistill filtering: runs the current student and router on the batch and decides,
+ * per (row, teacher), whether the teacher is asked: alpha >= theta, or the row's top teacher,
+ * or a seeded exploration draw.  Rows already in the cache are free and always used.
+ */
+static void filter_batch(run_t *run, int batch_index, int slot, int rows, const int32_t *ids) {
+    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
+    int features = run->dataset->features, teachers = run->teacher_count;
+    for (int row = 0; row < rows; row++)
+        memcpy(run->batch_inputs + (size_t)row * (size_t)features,
+               train->inputs + (size_t)ids[row] * (size_t)features,
+               sizeof(float) * (size_t)features);
+    cm_model_forward(run->student, run->batch_inputs, rows);
+    int hidden = 0;
+    const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
+    trainer_dd_route(run->dd, student_hidden, rows, NULL, run->alpha);
+    cm_rng_t rng;
+    cm_rng_seed(&rng, ((uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch) * 65537ull +
+                          (uint64_t)batch_index);
+    for (int row = 0; row < rows; row++) {
+        const float *alpha = run->alpha + (size_t)row * (size_t)teachers;
+        int top = 0;
+        for (int teacher = 1; teacher < teachers; teacher++)
+            if (alpha[teacher] > alpha[top]) top = teacher;
+        for (int teacher = 0; teacher < teachers; teacher++) {
+            float draw = cm_rng_uniform(&rng);
+            run->kept[slot][teacher][row] =
+                (uint8_t)(teacher == top || alpha[teacher] >= run->options.dd_filter ||
+                          draw < run->options.dd_explore);
+        }
+    }
+}
+
 /* Submits requests for the rows of batch `batch_index` that the cache lacks. */
 static cm_status_t submit_batch(run_t *run, int batch_index) {
     int slot = batch_index % run->options.window;
     const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
     int rows = batch_rows(run, batch_index);
+    for (int teacher = 0; teacher < run->teacher_count; teacher++)
+        memset(run->kept[slot][teacher], 1, (size_t)rows);
+    if (run->filtering) filter_batch(run, batch_index, slot, rows, ids);
     int32_t missing[4096];
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         run->ticket_counts[slot][teacher] = 0;
@@ -400,7 +476,15 @@ static cm_status_t submit_batch(run_t *run, int batch_index) {
                 if ((run->needs[teacher] & (1u << output)) &&
                     !trainer_cache_has(run->cache, teacher, output, ids[row]))
                     absent = 1;
-            if (absent) missing[count++] = ids[row];
+            if (!absent) continue;
+            if (run->filtering) {
+                run->filter_needed[teacher]++;
+                if (!run->kept[slot][teacher][row]) {
+                    run->filter_skipped[teacher]++;
+                    continue;
+                }
+            }
+            missing[count++] = ids[row];
         }
         int per_request = trainer_committee_info(run->committee, teacher)->max_examples;
         if (per_request > 4096) per_request = 4096;
@@ -442,9 +526,7 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
 
 static cm_status_t train_batch(run_t *run, int batch_index) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    const cm_model_spec_t *spec = cm_model_spec(run->student);
-    int features = run->dataset->features, classes = spec->classes,
-        rows = batch_rows(run, batch_index);
+    int features = run->dataset->features, rows = batch_rows(run, batch_index);
     const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
     trainer_batch_t batch = {.rows = rows, .labels = run->batch_labels};
     for (int row = 0; row < rows; row++) {
@@ -455,49 +537,75 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
         if (run->trained[id]) run->epoch_duplicates++;
         run->trained[id] = 1;
     }
+    trainer_dd_batch_t dd_batch = {.rows = rows, .labels = run->batch_labels};
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         if (!run->needs[teacher]) continue;
-        int hidden_width = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
-        int wants_hidden = (run->needs[teacher] >> TRAINER_OUTPUT_HIDDEN) & 1;
+        float *destination[TRAINER_OUTPUT_COUNT] = {run->teacher_logits[teacher],
+                                                    run->teacher_hidden[teacher],
+                                                    run->teacher_feature[teacher]};
         int missing = 0;
         for (int row = 0; row < rows; row++) {
-            int id = ids[row];
-            int present = trainer_cache_has(run->cache, teacher, TRAINER_OUTPUT_LOGITS, id) &&
-                          (!wants_hidden ||
-                           trainer_cache_has(run->cache, teacher, TRAINER_OUTPUT_HIDDEN, id));
+            int id = ids[row], present = 1;
+            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
+                if ((run->needs[teacher] >> output) & 1)
+                    present &= trainer_cache_has(run->cache, teacher, output, id);
             run->teacher_present[teacher][row] = (uint8_t)present;
             missing += !present;
             if (!present) continue;
-            memcpy(run->teacher_logits[teacher] + (size_t)row * (size_t)classes,
-                   trainer_cache_row(run->cache, teacher, TRAINER_OUTPUT_LOGITS, id),
-                   sizeof(float) * (size_t)classes);
-            if (wants_hidden)
-                memcpy(run->teacher_hidden[teacher] + (size_t)row * (size_t)hidden_width,
-                       trainer_cache_row(run->cache, teacher, TRAINER_OUTPUT_HIDDEN, id),
-                       sizeof(float) * (size_t)hidden_width);
+            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
+                if (!((run->needs[teacher] >> output) & 1)) continue;
+                int width = trainer_cache_width(run->cache, teacher, output);
+                memcpy(destination[output] + (size_t)row * (size_t)width,
+                       trainer_cache_row(run->cache, teacher, output, id),
+                       sizeof(float) * (size_t)width);
+            }
         }
-        if (missing && !run->committee)
+        if (missing && !run->committee && !run->filtering)
             return cm_fail(CM_ERR_NOT_FOUND,
                            "the record lacks outputs of teacher '%s' for %d examples of this batch "
                            "(e.g. example %d)",
                            run->teacher_names[teacher], missing, ids[0]);
-        if (missing) {
+        if (missing && !run->filtering) {
             cm_metrics_counter_add(run->teacher_skipped[teacher], 1);
             run->skipped_batches[teacher]++;
             run->missing_rows[teacher] += missing;
         }
+        int wants_hidden = (run->needs[teacher] >> TRAINER_OUTPUT_HIDDEN) & 1;
         batch.teacher_logits[teacher] = run->teacher_logits[teacher];
         batch.teacher_present[teacher] = run->teacher_present[teacher];
         batch.teacher_hidden[teacher] = wants_hidden ? run->teacher_hidden[teacher] : NULL;
+        dd_batch.teacher_logits[teacher] = run->teacher_logits[teacher];
+        dd_batch.teacher_present[teacher] = run->teacher_present[teacher];
+        dd_batch.teacher_feature[teacher] = destination[run->dd_feature_output[teacher]];
     }
     cm_model_zero_grads(run->student);
-    trainer_method_zero_grads(run->method);
     const float *logits = cm_model_forward(run->student, run->batch_inputs, rows);
     int hidden = 0;
     const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
-    trainer_loss_t loss;
-    trainer_method_loss(run->method, &batch, logits, student_hidden, run->d_logits, run->d_hidden,
-                        &loss);
+    trainer_loss_t loss = {0};
+    if (run->dd) {
+        /* The answer term runs through the student's own classifier: its last dense layer. */
+        int last = cm_model_tensor_count(run->student) - 2;
+        cm_tensor_t head_weight = cm_model_tensor(run->student, last);
+        cm_tensor_t head_bias = cm_model_tensor(run->student, last + 1);
+        float *params = cm_model_params(run->student), *grads = cm_model_grads(run->student);
+        trainer_dd_loss_t dd_loss;
+        trainer_dd_zero_grads(run->dd);
+        trainer_dd_loss(run->dd, &dd_batch, logits, student_hidden, head_weight.data,
+                        head_bias.data, run->d_logits, run->d_hidden,
+                        grads + ((float *)head_weight.data - params),
+                        grads + ((float *)head_bias.data - params), &dd_loss);
+        loss.total = dd_loss.total;
+        loss.ce = dd_loss.ce;
+        loss.kd = dd_loss.kd;
+        run->answer_sum += dd_loss.answer * rows;
+        run->router_sum += dd_loss.router * rows;
+        run->align_sum += dd_loss.align * rows;
+    } else {
+        trainer_method_zero_grads(run->method);
+        trainer_method_loss(run->method, &batch, logits, student_hidden, run->d_logits,
+                            run->d_hidden, &loss);
+    }
     if (!isfinite(loss.total))
         return cm_fail(CM_ERR_INTERNAL, "the loss is not finite at step %ld; lower --lr",
                        run->step + 1);
@@ -507,7 +615,10 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
     adamw.weight_decay = run->options.weight_decay;
     run->step++;
     cm_model_adamw_step(run->student, run->moment1, run->moment2, &adamw, run->step);
-    trainer_method_adamw_step(run->method, &adamw, run->step);
+    if (run->dd)
+        trainer_dd_adamw_step(run->dd, &adamw, run->step);
+    else
+        trainer_method_adamw_step(run->method, &adamw, run->step);
     run->loss_sum += loss.total * rows;
     run->ce_sum += loss.ce * rows;
     run->kd_sum += loss.kd * rows;
@@ -537,11 +648,12 @@ static void write_metrics(run_t *run, double seconds, double accuracy, double te
         "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"kd\":%.6f,\"fitnet\":%.6f,"
         "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
         "\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,\"examples_per_second\":%.1f,"
-        "\"wait_seconds\":%.3f,\"teachers\":{",
+        "\"wait_seconds\":%.3f,\"dd_answer\":%.6f,\"dd_router\":%.6f,\"teachers\":{",
         run->epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
         run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, trained,
         run->epoch_duplicates, accuracy, test_loss, seconds,
-        seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds);
+        seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds,
+        run->answer_sum / examples, run->router_sum / examples);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         trainer_teacher_stats_t none = {0};
         const trainer_teacher_stats_t *stats =
@@ -550,11 +662,12 @@ static void write_metrics(run_t *run, double seconds, double accuracy, double te
             run->metrics,
             "%s\"%s\":{\"requests\":%ld,\"replies\":%ld,\"examples_received\":%ld,\"bytes\":%llu,"
             "\"busy\":%ld,\"timeouts\":%ld,\"down_events\":%ld,\"failed_requests\":%ld,"
-            "\"skipped_batches\":%ld,\"missing_rows\":%ld}",
+            "\"skipped_batches\":%ld,\"missing_rows\":%ld,\"filter_needed\":%ld,\"filter_skipped\":"
+            "%ld}",
             teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
             stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
             stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
-            run->missing_rows[teacher]);
+            run->missing_rows[teacher], run->filter_needed[teacher], run->filter_skipped[teacher]);
     }
     fprintf(run->metrics, "}}\n");
     fflush(run->metrics);
@@ -630,6 +743,12 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         epoch_order(run);
         memset(run->trained, 0, (size_t)train->count);
         run->loss_sum = run->ce_sum = run->kd_sum = run->fitnet_sum = run->wait_seconds = 0.0;
+        run->answer_sum = run->router_sum = run->align_sum = 0.0;
+        memset(run->filter_needed, 0, sizeof run->filter_needed);
+        memset(run->filter_skipped, 0, sizeof run->filter_skipped);
+        /* Filtering decides per batch with the current student, so it asks one batch ahead only. */
+        run->filtering = run->dd && run->options.dd_filter > 0 && run->committee &&
+                         run->epoch > run->options.dd_filter_warmup;
         run->epoch_examples = run->epoch_duplicates = run->epoch_steps = 0;
         memset(run->skipped_batches, 0, sizeof run->skipped_batches);
         memset(run->missing_rows, 0, sizeof run->missing_rows);
@@ -645,7 +764,7 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         double started = cm_progress_now();
         for (int batch_index = run->next_batch; batch_index < batches; batch_index++) {
             while (run->submitted_upto < batches &&
-                   run->submitted_upto < batch_index + run->options.window) {
+                   run->submitted_upto < batch_index + (run->filtering ? 1 : run->options.window)) {
                 if ((status = submit_batch(run, run->submitted_upto)) != CM_OK) return status;
                 run->submitted_upto++;
             }
@@ -801,7 +920,7 @@ static cm_status_t set_up_teachers(run_t *run) {
     return CM_OK;
 }
 
-static cm_status_t set_up_method(run_t *run) {
+static cm_status_t set_up_baseline(run_t *run) {
     train_options_t *options = &run->options;
     trainer_method_config_t config = {0};
     cm_status_t status = trainer_method_parse(options->method, &config.kind);
@@ -846,6 +965,70 @@ static cm_status_t set_up_method(run_t *run) {
         run->needs[teacher] =
             (logits ? 1u << TRAINER_OUTPUT_LOGITS : 0) | (hidden ? 1u << TRAINER_OUTPUT_HIDDEN : 0);
         if (run->needs[teacher] && hidden) run->needs[teacher] |= 1u << TRAINER_OUTPUT_LOGITS;
+    }
+    return CM_OK;
+}
+
+/* Width (floats per example) and token count of a teacher output, from its Hello or the record. */
+static int teacher_width(const run_t *run, int teacher, int output, int *tokens) {
+    if (run->committee) {
+        const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
+        if (tokens) *tokens = output == TRAINER_OUTPUT_TOKENS ? info->tokens : 1;
+        return info->width[output];
+    }
+    if (tokens)
+        *tokens = output == TRAINER_OUTPUT_TOKENS ? trainer_cache_tokens(run->cache, teacher) : 1;
+    return trainer_cache_width(run->cache, teacher, output);
+}
+
+static cm_status_t set_up_diversedistill(run_t *run) {
+    train_options_t *options = &run->options;
+    if (run->teacher_count == 0)
+        return cm_fail(CM_ERR_INVALID_ARG, "--method diversedistill needs at least one --teacher");
+    if (cm_model_spec(run->student)->kind != CM_MODEL_MLP)
+        return cm_fail(CM_ERR_INVALID_ARG, "--method diversedistill needs an MLP student (its "
+                                           "answer term uses the student's last layer)");
+    trainer_dd_config_t config = trainer_dd_defaults();
+    cm_status_t status = trainer_dd_router_parse(options->dd_router, &config.router);
+    if (status != CM_OK) return status;
+    config.teacher_count = run->teacher_count;
+    config.classes = run->dataset->classes;
+    cm_model_feature(run->student, "hidden", &config.student_hidden, NULL);
+    config.temperature = options->temperature;
+    config.kd_weight = options->kd_weight;
+    config.answer_weight = options->dd_answer_weight;
+    config.router_weight = options->dd_router_weight;
+    config.router_tau = options->dd_tau;
+    config.align_weight = options->dd_align_weight;
+    config.max_batch = options->batch;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        int tokens = 1,
+            has_tokens = teacher_width(run, teacher, TRAINER_OUTPUT_TOKENS, &tokens) > 0;
+        int output = TRAINER_OUTPUT_HIDDEN;
+        if (!strcmp(options->dd_feature, "tokens") ||
+            (!strcmp(options->dd_feature, "auto") && has_tokens))
+            output = TRAINER_OUTPUT_TOKENS;
+        int width = teacher_width(run, teacher, output, &tokens);
+        if (width <= 0)
+            return cm_fail(CM_ERR_NOT_FOUND,
+                           "teacher '%s' offers no '%s' feature for DiverseDistill",
+                           run->teacher_names[teacher], trainer_cache_output_name(output));
+        run->dd_feature_output[teacher] = output;
+        config.teacher_tokens[teacher] = tokens;
+        config.teacher_dim[teacher] = width / tokens;
+        run->needs[teacher] = 1u << TRAINER_OUTPUT_LOGITS | 1u << output;
+        cm_log_info("DiverseDistill listens to teacher '%s' through its %s (%d x %d)",
+                    run->teacher_names[teacher], trainer_cache_output_name(output), tokens,
+                    width / tokens);
+    }
+    return trainer_dd_new(&config, (uint64_t)options->seed, &run->dd);
+}
+
+/* Makes room in the cache for every output the method needs, or says what is missing. */
+static cm_status_t prepare_outputs(run_t *run) {
+    train_options_t *options = &run->options;
+    cm_status_t status;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         if (!run->committee) {
             for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
                 if ((run->needs[teacher] & (1u << output)) &&
@@ -858,6 +1041,7 @@ static cm_status_t set_up_method(run_t *run) {
             continue;
         }
         const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
+        trainer_cache_set_tokens(run->cache, teacher, info->tokens);
         for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
             if (!(run->needs[teacher] & (1u << output))) continue;
             if (!info->width[output])
@@ -920,7 +1104,10 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if (!run->cache &&
         (status = trainer_cache_new(0, run->dataset->splits[CM_SPLIT_TRAIN].count, &run->cache)))
         return status;
-    if ((status = set_up_method(run)) != CM_OK) return status;
+    status = strcmp(options->method, "diversedistill") == 0 ? set_up_diversedistill(run)
+                                                            : set_up_baseline(run);
+    if (status != CM_OK) return status;
+    if ((status = prepare_outputs(run)) != CM_OK) return status;
     if ((status = load_cache_file(run, options->cache)) != CM_OK) return status;
     if ((status = allocate_buffers(run)) != CM_OK) return status;
     snprintf(run->state_path, sizeof run->state_path, "%s.state", options->out);
@@ -978,6 +1165,13 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .encoding = "F32",
         .log_level = "info",
         .http = "127.0.0.1:9101",
+        .dd_router = "learnability",
+        .dd_feature = "auto",
+        .dd_answer_weight = 1.0f,
+        .dd_router_weight = 1.0f,
+        .dd_tau = 1.0f,
+        .dd_explore = 0.05f,
+        .dd_filter_warmup = 1,
         .epochs = 10,
         .batch = 128,
         .lr = 1e-3f,
@@ -1003,7 +1197,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"teacher", CM_CLI_LIST, &options->teachers, "NAME=ENDPOINT",
          "a teacher of the committee (repeatable; NAME=EP1,EP2 or a repeated NAME adds replicas)",
          0},
-        {"method", CM_CLI_STRING, &options->method, "NAME", "ce, kd, avg-kd, ca-mkd or fitnet", 0},
+        {"method", CM_CLI_STRING, &options->method, "NAME",
+         "ce, kd, avg-kd, ca-mkd, fitnet or diversedistill", 0},
         {"kd-teacher", CM_CLI_STRING, &options->kd_teacher, "NAME",
          "the teacher kd and fitnet distill from (needed with several teachers)", 0},
         {"fitnet-teacher", CM_CLI_STRING, &options->fitnet_teacher, "NAME",
@@ -1040,10 +1235,31 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"out", CM_CLI_STRING, &options->out, "FILE", "student checkpoint (.safetensors)", 1},
         {"metrics", CM_CLI_STRING, &options->metrics, "FILE",
          "JSON-lines metrics, one line per epoch", 0},
+        {"http", CM_CLI_STRING, &options->http, "HOST:PORT",
+         "address of /healthz and Prometheus /metrics, or 'off'", 0},
         {"checkpoint-every", CM_CLI_INT, &options->checkpoint_every, "STEPS",
          "also save the resumable state every STEPS steps (0: each epoch only)", 0},
         {"stop-after", CM_CLI_LONG, &options->stop_after, "STEPS",
          "stop as if interrupted after STEPS optimizer steps (0: never)", 0},
+        {"dd-router", CM_CLI_STRING, &options->dd_router, "MODE",
+         "diversedistill router target: learnability, reliability or end-to-end", 0},
+        {"dd-feature", CM_CLI_STRING, &options->dd_feature, "WHICH",
+         "teacher feature diversedistill attends over: auto (tokens if offered), tokens, hidden",
+         0},
+        {"dd-answer-weight", CM_CLI_FLOAT, &options->dd_answer_weight, "X",
+         "weight of the committee answer's cross-entropy", 0},
+        {"dd-router-weight", CM_CLI_FLOAT, &options->dd_router_weight, "X",
+         "weight of the router's KL to its target", 0},
+        {"dd-tau", CM_CLI_FLOAT, &options->dd_tau, "X", "temperature of the router target", 0},
+        {"dd-align-weight", CM_CLI_FLOAT, &options->dd_align_weight, "X",
+         "weight of the alignment term (0: off)", 0},
+        {"dd-filter", CM_CLI_FLOAT, &options->dd_filter, "THETA",
+         "ask teacher i for example j only if alpha_ji >= THETA or i is j's top teacher (0: off)",
+         0},
+        {"dd-explore", CM_CLI_FLOAT, &options->dd_explore, "P",
+         "share of filtered-out pairs still asked for, so the router sees them", 0},
+        {"dd-filter-warmup", CM_CLI_INT, &options->dd_filter_warmup, "EPOCHS",
+         "epochs trained unfiltered before filtering starts", 0},
         {"resume", CM_CLI_FLAG, &options->resume, NULL, "continue from --out's saved state", 0},
         {"force-resume", CM_CLI_FLAG, &options->force_resume, NULL,
          "resume even if the committee changed", 0},
@@ -1081,7 +1297,9 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     trainer_method_kind_t kind;
     if (status == CM_OK && level < 0)
         status = cm_fail(CM_ERR_INVALID_ARG, "--log-level must be debug, info, warn or error");
-    if (status == CM_OK) status = trainer_method_parse(options->method, &kind);
+    int diversedistill = strcmp(options->method, "diversedistill") == 0;
+    if (status == CM_OK && !diversedistill) status = trainer_method_parse(options->method, &kind);
+    if (diversedistill) kind = TRAINER_METHOD_KD; /* needs teachers, like kd */
     if (status == CM_OK &&
         (options->epochs < 1 || options->batch < 1 || options->threads < 1 || options->window < 1 ||
          options->window > MAX_WINDOW || options->batch > 4096))

@@ -301,6 +301,106 @@ START_TEST(test_resume_and_replay_are_exact) {
 }
 END_TEST
 
+/* The HTTP port a teacher started with --http 127.0.0.1:0 logged. */
+static int teacher_http_port(const teacher_process_t *teacher) {
+    char text[8192] = "";
+    FILE *file = fopen(teacher->log, "r");
+    if (!file) return -1;
+    size_t got = fread(text, 1, sizeof text - 1, file);
+    text[got] = '\0';
+    fclose(file);
+    const char *found = strstr(text, "HTTP 127.0.0.1:");
+    return found ? atoi(found + strlen("HTTP 127.0.0.1:")) : -1;
+}
+
+/* committee_teacher_examples_total of a running teacher. */
+static long teacher_examples_computed(const teacher_process_t *teacher) {
+    char body[65536];
+    int port = teacher_http_port(teacher);
+    ck_assert_msg(port > 0, "no HTTP port in %s", teacher->log);
+    ck_assert_int_eq(test_util_http_get(port, "/metrics", body, sizeof body, 5000), 200);
+    const char *line = strstr(body, "\ncommittee_teacher_examples_total ");
+    ck_assert_ptr_nonnull(line);
+    return atol(line + strlen("\ncommittee_teacher_examples_total "));
+}
+
+START_TEST(test_diversedistill_filtering_saves_real_work) {
+    REQUIRE_DATA();
+    teacher_process_t fm, comp;
+    start_teacher(&fm, "fm-dd", fm_path, "--http 127.0.0.1:0");
+    start_teacher(&comp, "comp-dd", comp_path, "--http 127.0.0.1:0");
+    char command[4096], metrics[400], out[400];
+    snprintf(metrics, sizeof metrics, "%s/dd.jsonl", directory);
+    snprintf(out, sizeof out, "%s/dd.safetensors", directory);
+    snprintf(command, sizeof command,
+             "%s train --view pool7 --model mlp:49-32-10 --teacher fm=%s --teacher comp=%s "
+             "--method diversedistill --dd-filter 0.5 --epochs 3 --batch 64 --lr 3e-3 --cache off "
+             "--http off " SUBSET " --out %s --metrics %s",
+             test_util_bin("student-trainer"), fm.endpoint, comp.endpoint, out, metrics);
+    int status = test_util_run(command, output, sizeof output);
+    long fm_computed = teacher_examples_computed(&fm),
+         comp_computed = teacher_examples_computed(&comp);
+    stop_teacher(&fm);
+    stop_teacher(&comp);
+    ck_assert_msg(status == 0, "train failed: %s", output);
+    json_t *lines = read_metrics(metrics);
+    json_t *first = json_array_get(lines, 0), *last = json_array_get(lines, 2);
+    ck_assert_msg(metric(last, "test_accuracy") > 0.5, "accuracy %.3f",
+                  metric(last, "test_accuracy"));
+    /* Epoch 1 is the unfiltered warm-up; epochs 2 and 3 skip pairs. */
+    ck_assert_int_eq((int)teacher_metric(first, "fm", "filter_skipped"), 0);
+    long skipped = 0, needed = 0;
+    for (size_t epoch = 1; epoch < 3; epoch++)
+        for (int teacher = 0; teacher < 2; teacher++) {
+            const char *name = teacher ? "comp" : "fm";
+            skipped += (long)teacher_metric(json_array_get(lines, epoch), name, "filter_skipped");
+            needed += (long)teacher_metric(json_array_get(lines, epoch), name, "filter_needed");
+        }
+    ck_assert_int_eq(needed, 2 * 2 * 2000);
+    ck_assert_msg(skipped > needed / 5, "filtering skipped only %ld of %ld pairs", skipped, needed);
+    /* The savings are real: the teachers computed exactly what the trainer received. */
+    long fm_received = (long)teacher_metric(last, "fm", "examples_received");
+    long comp_received = (long)teacher_metric(last, "comp", "examples_received");
+    ck_assert_int_eq(fm_computed, fm_received);
+    ck_assert_int_eq(comp_computed, comp_received);
+    ck_assert_int_eq(fm_received + comp_received, 3 * 2 * 2000 - skipped);
+    json_decref(lines);
+}
+END_TEST
+
+START_TEST(test_diversedistill_survives_a_lost_teacher) {
+    REQUIRE_DATA();
+    teacher_process_t fm, comp;
+    start_teacher(&fm, "fm-ddskip", fm_path, "--compute-delay-ms 10");
+    start_teacher(&comp, "comp-ddskip", comp_path, "--compute-delay-ms 10");
+    char command[4096], metrics[400], out[400], log[400];
+    snprintf(metrics, sizeof metrics, "%s/ddskip.jsonl", directory);
+    snprintf(out, sizeof out, "%s/ddskip.safetensors", directory);
+    snprintf(log, sizeof log, "%s/ddskip.log", directory);
+    snprintf(command, sizeof command,
+             "%s train --view pool7 --model mlp:49-32-10 --teacher fm=%s --teacher comp=%s "
+             "--method diversedistill --epochs 2 --batch 50 --lr 3e-3 --cache off "
+             "--on-teacher-failure skip --teacher-timeout-ms 300 --http off " SUBSET
+             " --out %s --metrics %s",
+             test_util_bin("student-trainer"), fm.endpoint, comp.endpoint, out, metrics);
+    pid_t trainer = test_process_start(command, log);
+    ck_assert_msg(test_process_await_text(log, "train mlp:", 20000), "the trainer did not start");
+    test_process_sleep_ms(150);
+    kill(comp.pid, SIGKILL);
+    test_process_wait(comp.pid, 2000);
+    int status = test_process_wait(trainer, 60000);
+    stop_teacher(&fm);
+    if (status != 0) test_process_stop(trainer, SIGKILL, 1000);
+    ck_assert_msg(status == 0, "trainer exited %d; see %s", status, log);
+    json_t *lines = read_metrics(metrics);
+    json_t *last = json_array_get(lines, 1);
+    ck_assert_msg(teacher_metric(last, "comp", "skipped_batches") > 0, "comp was never missing");
+    ck_assert_msg(metric(last, "test_accuracy") > 0.4, "accuracy %.3f",
+                  metric(last, "test_accuracy"));
+    json_decref(lines);
+}
+END_TEST
+
 START_TEST(test_usage_errors) {
     const char *cases[][2] = {
         {"train --model mlp:49-32-10 --out x --method kd", "needs at least one --teacher"},
@@ -336,6 +436,8 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_skip_without_teacher);
     tcase_add_test(tcase, test_refuses_other_dataset);
     tcase_add_test(tcase, test_resume_and_replay_are_exact);
+    tcase_add_test(tcase, test_diversedistill_filtering_saves_real_work);
+    tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);
     suite_add_tcase(suite, tcase);
     return suite;
 }
