@@ -94,6 +94,7 @@ typedef struct {
     float dd_filter;
     float dd_explore;
     int dd_filter_warmup;
+    int holdout;
 } train_options_t;
 
 static volatile sig_atomic_t interrupted;
@@ -117,6 +118,7 @@ typedef struct {
     int filtering;                                   /* this epoch asks only the kept pairs */
     long filter_needed[TRAINER_MAX_TEACHERS], filter_skipped[TRAINER_MAX_TEACHERS];
     double answer_sum, router_sum, align_sum;
+    double valid_accuracy; /* on the --holdout examples, after the last epoch */
     trainer_committee_t *committee;
     trainer_cache_t *cache;
     int teacher_count;
@@ -410,8 +412,13 @@ static cm_status_t load_state(run_t *run) {
 
 /* ---------------------------------------------------------------- teacher traffic */
 
+/* Training ids are 0 .. trainable-1; the last --holdout ids are kept for validation. */
+static int trainable_count(const run_t *run) {
+    return run->dataset->splits[CM_SPLIT_TRAIN].count - run->options.holdout;
+}
+
 static void epoch_order(run_t *run) {
-    int train = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    int train = trainable_count(run);
     for (int id = 0; id < train; id++) run->order[id] = id;
     cm_rng_t rng;
     cm_rng_seed(&rng, (uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch);
@@ -419,7 +426,7 @@ static void epoch_order(run_t *run) {
 }
 
 static int batch_rows(const run_t *run, int batch_index) {
-    int train = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    int train = trainable_count(run);
     int start = batch_index * run->options.batch;
     return train - start < run->options.batch ? train - start : run->options.batch;
 }
@@ -640,20 +647,20 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
 static void write_metrics(run_t *run, double seconds, double accuracy, double test_loss) {
     if (!run->metrics) return;
     double examples = run->epoch_examples ? (double)run->epoch_examples : 1.0;
-    int train = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    int train = trainable_count(run);
     long trained = 0;
     for (int id = 0; id < train; id++) trained += run->trained[id];
-    fprintf(
-        run->metrics,
-        "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"kd\":%.6f,\"fitnet\":%.6f,"
-        "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
-        "\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,\"examples_per_second\":%.1f,"
-        "\"wait_seconds\":%.3f,\"dd_answer\":%.6f,\"dd_router\":%.6f,\"teachers\":{",
-        run->epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
-        run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, trained,
-        run->epoch_duplicates, accuracy, test_loss, seconds,
-        seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds,
-        run->answer_sum / examples, run->router_sum / examples);
+    fprintf(run->metrics,
+            "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"kd\":%.6f,\"fitnet\":%.6f,"
+            "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
+            "\"valid_accuracy\":%.6f,\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,"
+            "\"examples_per_second\":%.1f,"
+            "\"wait_seconds\":%.3f,\"dd_answer\":%.6f,\"dd_router\":%.6f,\"teachers\":{",
+            run->epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
+            run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, trained,
+            run->epoch_duplicates, run->valid_accuracy, accuracy, test_loss, seconds,
+            seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds,
+            run->answer_sum / examples, run->router_sum / examples);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         trainer_teacher_stats_t none = {0};
         const trainer_teacher_stats_t *stats =
@@ -736,7 +743,8 @@ static cm_status_t save_all(run_t *run, double accuracy) {
 static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     const cm_split_data_t *test = &run->dataset->splits[CM_SPLIT_TEST];
-    int batches = (train->count + run->options.batch - 1) / run->options.batch;
+    int trainable = trainable_count(run);
+    int batches = (trainable + run->options.batch - 1) / run->options.batch;
     double accuracy = 0.0, test_loss = 0.0;
     cm_status_t status = CM_OK;
     for (; run->epoch <= run->options.epochs; run->epoch++, run->next_batch = 0) {
@@ -753,14 +761,14 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         memset(run->skipped_batches, 0, sizeof run->skipped_batches);
         memset(run->missing_rows, 0, sizeof run->missing_rows);
         /* A resumed epoch: the rows before the cursor were trained before the interruption. */
-        for (int index = 0; index < run->next_batch * run->options.batch && index < train->count;
+        for (int index = 0; index < run->next_batch * run->options.batch && index < trainable;
              index++)
             run->trained[run->order[index]] = 1;
         run->submitted_upto = run->next_batch;
         char label[64];
         snprintf(label, sizeof label, "epoch %d/%d", run->epoch, run->options.epochs);
         cm_progress_t progress;
-        cm_progress_start(&progress, label, train->count);
+        cm_progress_start(&progress, label, trainable);
         double started = cm_progress_now();
         for (int batch_index = run->next_batch; batch_index < batches; batch_index++) {
             while (run->submitted_upto < batches &&
@@ -801,8 +809,13 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         double seconds = cm_progress_now() - started;
         cm_model_evaluate(run->student, test->inputs, test->labels, test->count, &accuracy,
                           &test_loss);
+        run->valid_accuracy = 0.0;
+        if (run->options.holdout > 0) /* the held-out tail of the training split */
+            cm_model_evaluate(
+                run->student, train->inputs + (size_t)trainable * (size_t)run->dataset->features,
+                train->labels + trainable, run->options.holdout, &run->valid_accuracy, NULL);
         long distinct = 0;
-        for (int id = 0; id < train->count; id++) distinct += run->trained[id];
+        for (int id = 0; id < trainable; id++) distinct += run->trained[id];
         cm_log_info(
             "epoch %d/%d  loss %.4f (ce %.4f kd %.4f fit %.4f)  test acc %.4f  %.0f examples/s  "
             "waited %.2f s  %ld/%d examples once%s",
@@ -812,7 +825,7 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
             run->kd_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
             run->fitnet_sum / (double)(run->epoch_examples ? run->epoch_examples : 1), accuracy,
             seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds, distinct,
-            train->count, run->epoch_duplicates ? " (DUPLICATES!)" : "");
+            trainable, run->epoch_duplicates ? " (DUPLICATES!)" : "");
         for (int teacher = 0; teacher < run->teacher_count; teacher++)
             if (run->skipped_batches[teacher])
                 cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
@@ -1097,6 +1110,10 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
                        "model '%s' takes %d inputs and %d classes; view '%s' gives %d and %d",
                        options->model, cm_model_spec_inputs(&spec), spec.classes,
                        run->dataset->view, run->dataset->features, run->dataset->classes);
+    if (options->holdout < 0 || options->holdout >= run->dataset->splits[CM_SPLIT_TRAIN].count)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--holdout %d must leave training examples (the split has %d)",
+                       options->holdout, run->dataset->splits[CM_SPLIT_TRAIN].count);
     if ((status = cm_model_new(&spec, options->batch, &run->student)) != CM_OK) return status;
     cm_model_init(run->student, (uint64_t)options->seed);
     if ((status = build_labels(run)) != CM_OK) return status;
@@ -1260,6 +1277,10 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
          "share of filtered-out pairs still asked for, so the router sees them", 0},
         {"dd-filter-warmup", CM_CLI_INT, &options->dd_filter_warmup, "EPOCHS",
          "epochs trained unfiltered before filtering starts", 0},
+        {"holdout", CM_CLI_INT, &options->holdout, "N",
+         "keep the last N training examples out of training and report valid_accuracy on them "
+         "(for choosing hyper-parameters without the test set)",
+         0},
         {"resume", CM_CLI_FLAG, &options->resume, NULL, "continue from --out's saved state", 0},
         {"force-resume", CM_CLI_FLAG, &options->force_resume, NULL,
          "resume even if the committee changed", 0},
