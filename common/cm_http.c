@@ -25,6 +25,8 @@
  */
 #include "cm_http.h"
 
+#include "cm_metrics.h"
+
 #include "cm_log.h"
 
 #include <assert.h>
@@ -538,4 +540,19 @@ void cm_http_free(cm_http_t **server) {
     assert((*server)->open_handles == 0);
     free(*server);
     *server = NULL;
+}
+
+void cm_http_respond_metrics(cm_http_response_t *response, struct cm_metrics *metrics) {
+    char *text = NULL;
+    size_t length = 0;
+    if (cm_metrics_render_alloc(metrics, &text, &length) != CM_OK) {
+        response->status = 500;
+        response->body = "cannot render metrics\n";
+        return;
+    }
+    response->status = 200;
+    response->content_type = CM_METRICS_CONTENT_TYPE;
+    response->body = text;
+    response->body_length = length;
+    response->body_release = free;
 }

@@ -57,6 +57,14 @@ typedef struct {
     void (*body_release)(void *body);
 } cm_http_response_t;
 
+struct cm_metrics;
+
+/*
+ * Fills `response` with the Prometheus text of `metrics` (200, released by the server), or a
+ * 500 when it cannot be rendered: the /metrics answer of every committee service.
+ */
+void cm_http_respond_metrics(cm_http_response_t *response, struct cm_metrics *metrics);
+
 typedef void (*cm_http_handler_fn)(const cm_http_request_t *request, cm_http_response_t *response,
                                    void *user);
 typedef void (*cm_http_closed_fn)(cm_http_t *server, void *user);

@@ -24,18 +24,7 @@ static void on_request(const cm_http_request_t *request, cm_http_response_t *res
         response->status = 200;
         response->body = "ok\n";
     } else if (strcmp(request->path, "/metrics") == 0) {
-        char *text = NULL;
-        size_t length = 0;
-        if (cm_metrics_render_alloc(http->metrics, &text, &length) != CM_OK) {
-            response->status = 500;
-            response->body = "cannot render metrics\n";
-            return;
-        }
-        response->status = 200;
-        response->content_type = CM_METRICS_CONTENT_TYPE;
-        response->body = text;
-        response->body_length = length;
-        response->body_release = free;
+        cm_http_respond_metrics(response, http->metrics);
     }
 }
 

@@ -687,18 +687,7 @@ static void on_http(const cm_http_request_t *request, cm_http_response_t *respon
         response->status = ready ? 200 : 503;
         response->body = ready ? "ready\n" : "not ready\n";
     } else if (strcmp(request->path, "/metrics") == 0) {
-        char *text = NULL;
-        size_t length = 0;
-        if (cm_metrics_render_alloc(server->metrics, &text, &length) != CM_OK) {
-            response->status = 500;
-            response->body = "cannot render metrics\n";
-            return;
-        }
-        response->status = 200;
-        response->content_type = CM_METRICS_CONTENT_TYPE;
-        response->body = text;
-        response->body_length = length;
-        response->body_release = free;
+        cm_http_respond_metrics(response, server->metrics);
     }
 }
 
