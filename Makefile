@@ -144,3 +144,18 @@ $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o $(LIB)
 .SECONDARY: $(PROTO_C) $(PROTO_H)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# Deployment: the demo, the compose end-to-end check, the network-namespace check.
+.PHONY: demo check-docker check-netns
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	deploy/demo.sh
+
+check-docker: deps
+	@$(MAKE) --no-print-directory all
+	deploy/check-docker.sh
+
+check-netns: deps
+	@$(MAKE) --no-print-directory all
+	deploy/netns-test.sh
