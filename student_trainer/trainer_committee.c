@@ -38,10 +38,12 @@ typedef struct {
 typedef struct {
     const char *address;
     void *socket;
-    int up;           /* answered since it last missed a deadline */
-    int needs_hello;  /* greet again before trusting it */
-    int inflight;     /* requests in flight on this endpoint */
-    double last_sent; /* monotonic seconds */
+    int up;            /* answered since it last missed a deadline */
+    int needs_hello;   /* greet again before trusting it */
+    int inflight;      /* requests in flight on this endpoint */
+    double last_sent;  /* monotonic seconds */
+    double last_probe; /* monotonic seconds of the last Hello sent while down */
+    int probes;        /* Hellos sent since it went down (back-off) */
 } endpoint_t;
 
 typedef struct {
@@ -158,6 +160,9 @@ static cm_status_t check_hello(trainer_committee_t *committee, teacher_t *teache
         return CM_OK;
     }
     trainer_teacher_info_t *info = &teacher->info;
+    if (strcmp(hello->peer_name, name) != 0)
+        cm_log_warn("teacher '%s' at %s calls itself '%s'", name, endpoint->address,
+                    hello->peer_name);
     info->role = hello->role;
     snprintf(info->model_id, sizeof info->model_id, "%s", hello->model_id);
     snprintf(info->model_sha256, sizeof info->model_sha256, "%s", hello->model_sha256);
@@ -312,6 +317,12 @@ cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, in
             endpoint->up = 1;
         }
         trainer_cache_set_teacher(cache, index, teacher->info.name, teacher->info.model_sha256);
+        for (int other = 0; other < index; other++)
+            if (!strcmp(committee->teachers[other].info.model_sha256, teacher->info.model_sha256))
+                cm_log_warn("teachers '%s' and '%s' serve the same model (%.12s...); is one "
+                            "endpoint given twice?",
+                            committee->teachers[other].info.name, teacher->info.name,
+                            teacher->info.model_sha256);
         cm_log_info("teacher '%s': %s, %s, view %s, model %.12s..., %d endpoint(s)",
                     teacher->info.name,
                     teacher->info.role == CM_WIRE_ROLE_FOUNDATION ? "foundation" : "complementary",
@@ -522,6 +533,22 @@ static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *
     return CM_OK;
 }
 
+/* Greets every endpoint that is down, with back-off, so a returning teacher answers Hello. */
+static void probe_down_endpoints(trainer_committee_t *committee) {
+    double now = cm_progress_now();
+    for (int index = 0; index < committee->teacher_count; index++) {
+        teacher_t *teacher = &committee->teachers[index];
+        for (int slot = 0; slot < teacher->endpoint_count; slot++) {
+            endpoint_t *endpoint = &teacher->endpoints[slot];
+            if (endpoint->up || now - endpoint->last_probe < backoff_seconds(endpoint->probes))
+                continue;
+            endpoint->last_probe = now;
+            endpoint->probes++;
+            if (send_hello(committee, endpoint) == CM_OK) endpoint->needs_hello = 0;
+        }
+    }
+}
+
 static cm_status_t send_queued(trainer_committee_t *committee) {
     double now = cm_progress_now();
     for (int number = 0; number < committee->ticket_capacity; number++) {
@@ -529,8 +556,9 @@ static cm_status_t send_queued(trainer_committee_t *committee) {
         if (ticket->state != TICKET_QUEUED || ticket->not_before > now) continue;
         teacher_t *teacher = &committee->teachers[ticket->teacher];
         int up = teacher_is_up(teacher);
-        if (!up && committee->config.policy == TRAINER_POLICY_SKIP && teacher->inflight >= 1) {
-            /* Down, and a probe is already out: do not wait for it. */
+        if (!up && committee->config.policy == TRAINER_POLICY_SKIP) {
+            /* Down: train without it at once; Hello probes (probe_down_endpoints) notice its
+             * return without holding any batch up. */
             ticket->state = TICKET_FAILED;
             teacher->stats.failed_tickets++;
             continue;
@@ -641,6 +669,7 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
     }
     if (!endpoint->up) {
         endpoint->up = 1;
+        endpoint->probes = 0;
         cm_log_info("teacher '%s' at %s is back", teacher->info.name, endpoint->address);
     }
     if (message->kind != CM_WIRE_BATCH_REPLY && message->kind != CM_WIRE_ERROR) return CM_OK;
@@ -735,6 +764,7 @@ static void send_heartbeats(trainer_committee_t *committee) {
 }
 
 cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_ms) {
+    if (committee->config.policy == TRAINER_POLICY_SKIP) probe_down_endpoints(committee);
     cm_status_t status = send_queued(committee);
     if (status != CM_OK) return status;
     send_heartbeats(committee);
