@@ -539,6 +539,11 @@ cm_status_t cm_dataset_load(cm_dataset_t **out, const char *name, const char *vi
     return CM_OK;
 }
 
+float cm_dataset_background(const cm_dataset_t *dataset) {
+    (void)dataset; /* one normalization for every view of the one dataset there is */
+    return (float)((0.0 - fashion_mnist_pixel_mean) / fashion_mnist_pixel_std);
+}
+
 void cm_dataset_free(cm_dataset_t **dataset) {
     if (!dataset || !*dataset) return;
     for (int split = 0; split < CM_SPLIT_COUNT; split++) {

@@ -58,6 +58,9 @@ typedef struct {
 cm_status_t cm_dataset_load(cm_dataset_t **out, const char *name, const char *view,
                             const cm_dataset_options_t *options);
 
+/* The normalized value of a blank (zero) pixel in this dataset's views. */
+float cm_dataset_background(const cm_dataset_t *dataset);
+
 /* Frees a dataset and sets *dataset to NULL; NULL-safe. */
 void cm_dataset_free(cm_dataset_t **dataset);
 

@@ -42,6 +42,7 @@ typedef struct {
     int threads;
     int max_train;
     int max_test;
+    int shift;
 } fit_options_t;
 
 static float learning_rate_at(const fit_options_t *options, long step, long total_steps) {
@@ -52,6 +53,21 @@ static float learning_rate_at(const fit_options_t *options, long step, long tota
         (double)(step - warmup) / (double)(total_steps - warmup > 0 ? total_steps - warmup : 1);
     double cosine = 0.5 * (1.0 + cos(3.14159265358979 * progress));
     return options->lr * (float)(0.1 + 0.9 * cosine);
+}
+
+/*
+ * Copies one training image into `out`, shifted by (dy, dx) pixels with the background value
+ * filling what moves in: a cheap augmentation that keeps a small transformer from memorizing
+ * pixel positions.  height x width floats.
+ */
+static void shifted_copy(float *out, const float *image, int height, int width, int dy, int dx,
+                         float background) {
+    for (int y = 0; y < height; y++)
+        for (int x = 0; x < width; x++) {
+            int source_y = y - dy, source_x = x - dx;
+            int inside = source_y >= 0 && source_y < height && source_x >= 0 && source_x < width;
+            out[y * width + x] = inside ? image[source_y * width + source_x] : background;
+        }
 }
 
 /* Checks that the model consumes exactly what the view produces. */
@@ -136,9 +152,17 @@ static cm_status_t fit(const fit_options_t *options) {
                 train->count - start < options->batch ? train->count - start : options->batch;
             for (int row = 0; row < batch; row++) {
                 int id = order[start + row];
-                memcpy(batch_inputs + (size_t)row * (size_t)features,
-                       train->inputs + (size_t)id * (size_t)features,
-                       sizeof(float) * (size_t)features);
+                const float *image = train->inputs + (size_t)id * (size_t)features;
+                float *target = batch_inputs + (size_t)row * (size_t)features;
+                if (options->shift > 0) {
+                    int span = 2 * options->shift + 1;
+                    int dy = (int)cm_rng_below(&rng, (uint32_t)span) - options->shift;
+                    int dx = (int)cm_rng_below(&rng, (uint32_t)span) - options->shift;
+                    shifted_copy(target, image, dataset->height, dataset->width, dy, dx,
+                                 cm_dataset_background(dataset));
+                } else {
+                    memcpy(target, image, sizeof(float) * (size_t)features);
+                }
                 batch_labels[row] = train->labels[id];
             }
             cm_model_zero_grads(model);
@@ -242,6 +266,8 @@ int teacher_fit_main(int argc, char **argv, int first) {
         {"schedule", CM_CLI_STRING, &options.schedule, "NAME",
          "learning rate schedule: cosine (warm-up, cosine to 10%) or constant", 0},
         {"seed", CM_CLI_LONG, &options.seed, "S", "seed for initialization and shuffling", 0},
+        {"shift", CM_CLI_INT, &options.shift, "PIXELS",
+         "augment: shift each training image by up to PIXELS in x and y (0: off)", 0},
         {"threads", CM_CLI_INT, &options.threads, "N", "OpenBLAS threads", 0},
         {"max-train", CM_CLI_INT, &options.max_train, "N",
          "use only the first N training examples (0: all)", 0},
@@ -271,6 +297,8 @@ int teacher_fit_main(int argc, char **argv, int first) {
         status = cm_fail(CM_ERR_INVALID_ARG, "--lr must be positive");
     if (status == CM_OK && options.weight_decay < 0.0f)
         status = cm_fail(CM_ERR_INVALID_ARG, "--weight-decay must not be negative");
+    if (status == CM_OK && (options.shift < 0 || options.shift > 8))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--shift must be 0..8 pixels");
     if (status == CM_OK && (options.max_train < 0 || options.max_test < 0))
         status = cm_fail(CM_ERR_INVALID_ARG, "--max-train and --max-test must not be negative");
     if (status == CM_OK && strcmp(options.schedule, "cosine") &&
