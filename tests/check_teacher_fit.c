@@ -36,6 +36,7 @@ START_TEST(test_bad_options_exit_2) {
         {"fit --model mlp:49-64-10 --out x --bogus 1", "unknown option '--bogus'"},
         {"fit --model mlp:49-64-10 --out x --lr", "--lr needs a value"},
         {"frobnicate", "unknown command 'frobnicate'"},
+        {"fit --model mlp:49-64-10 --out x --shift 9", "--shift must be 0..8 pixels"},
     };
     for (size_t index = 0; index < sizeof cases / sizeof cases[0]; index++) {
         char command[600];
