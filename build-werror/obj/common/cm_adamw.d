@@ -1,2 +1,0 @@
-build-werror/obj/common/cm_adamw.o: common/cm_adamw.c common/cm_adamw.h
-common/cm_adamw.h:
