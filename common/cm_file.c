@@ -24,7 +24,7 @@ enum { MAX_TRANSFER = 1 << 30 };
 
 /* The mode of a new file: rw-r--r--, since mkstemp's 0600 would hide a
  * checkpoint from other users, and reading the umask is not thread-safe. */
-enum { NEW_FILE_MODE = 0644 };
+enum { NEW_FILE_MODE = 0644, PRIVATE_FILE_MODE = 0600 };
 
 static cm_status_t write_all(int fd, const void *data, size_t size, const char *path) {
     const char *cursor = data;
@@ -76,7 +76,9 @@ static cm_status_t sync_directory(const char *path) {
     return status;
 }
 
-cm_status_t cm_file_write_atomic(const char *path, const cm_file_chunk_t *chunks, int count) {
+/* Writes atomically; `private_mode` forces mode 0600 (secrets), else the mode is kept or 0644. */
+static cm_status_t write_atomic(const char *path, const cm_file_chunk_t *chunks, int count,
+                                int private_mode) {
     if (!path || !*path) return cm_fail(CM_ERR_INVALID_ARG, "cm_file_write_atomic needs a path");
     if (count < 0 || (count > 0 && !chunks))
         return cm_fail(CM_ERR_INVALID_ARG, "cm_file_write_atomic(%s) got %d chunks", path, count);
@@ -97,9 +99,12 @@ cm_status_t cm_file_write_atomic(const char *path, const cm_file_chunk_t *chunks
         return status;
     }
 
-    /* Keep the mode of the file being replaced; a new file gets NEW_FILE_MODE. */
+    /* Keep the mode of the file being replaced; a new file gets NEW_FILE_MODE.  A secret
+     * stays at mkostemp's 0600 from the first byte on. */
     struct stat previous;
-    mode_t mode = stat(path, &previous) == 0 ? (previous.st_mode & 07777) : NEW_FILE_MODE;
+    mode_t mode = private_mode                 ? PRIVATE_FILE_MODE
+                  : stat(path, &previous) == 0 ? (previous.st_mode & 07777)
+                                               : NEW_FILE_MODE;
     if (fchmod(fd, mode) != 0) {
         status = cm_fail(CM_ERR_IO, "cannot set the mode of %s: %s", temp_path, strerror(errno));
         goto fail;
@@ -135,6 +140,15 @@ fail:
     unlink(temp_path);
     free(temp_path);
     return status;
+}
+
+cm_status_t cm_file_write_atomic(const char *path, const cm_file_chunk_t *chunks, int count) {
+    return write_atomic(path, chunks, count, 0);
+}
+
+cm_status_t cm_file_write_atomic_private(const char *path, const cm_file_chunk_t *chunks,
+                                         int count) {
+    return write_atomic(path, chunks, count, 1);
 }
 
 cm_status_t cm_file_read_all(const char *path, void **data, size_t *size) {

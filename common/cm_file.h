@@ -21,6 +21,14 @@ typedef struct {
  */
 cm_status_t cm_file_write_atomic(const char *path, const cm_file_chunk_t *chunks, int count);
 
+/*
+ * The same for secrets (keys): the file is created with mode 0600 and keeps
+ * it even when it replaces a file with a looser mode, so no other user can
+ * read the contents at any moment.
+ */
+cm_status_t cm_file_write_atomic_private(const char *path, const cm_file_chunk_t *chunks,
+                                         int count);
+
 /* Reads a whole file into a malloc'd buffer (*data, *size); caller frees. */
 cm_status_t cm_file_read_all(const char *path, void **data, size_t *size);
 

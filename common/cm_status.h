@@ -29,7 +29,8 @@
     X(CM_ERR_UNAVAILABLE, "UNAVAILABLE", "peer unavailable")                                       \
     X(CM_ERR_PROTOCOL, "PROTOCOL", "protocol violation")                                           \
     X(CM_ERR_INTERNAL, "INTERNAL", "internal error")                                               \
-    X(CM_ERR_CANCELLED, "CANCELLED", "cancelled")
+    X(CM_ERR_CANCELLED, "CANCELLED", "cancelled")                                                  \
+    X(CM_ERR_UNAUTHORIZED, "UNAUTHORIZED", "not authorized")
 
 typedef enum {
 #define CM_STATUS_ENUM(code, name, message) code,

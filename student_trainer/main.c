@@ -1,9 +1,11 @@
 /*
  * student-trainer: trains a small student from a committee of teacher
  * servers (`train`), from recorded teacher outputs (`replay`), and
- * evaluates checkpoints (`eval`).
+ * evaluates checkpoints (`eval`); `keygen` makes the CURVE key pair of a
+ * trainer.
  * Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted (state saved).
  */
+#include "cm_curve.h"
 #include "trainer_eval.h"
 #include "trainer_train.h"
 
@@ -19,6 +21,7 @@ static void usage(FILE *out) {
                  "  train    train a student from running teacher servers\n"
                  "  replay   train a student from recorded teacher outputs (no teachers needed)\n"
                  "  eval     accuracy and loss of a checkpoint on a split\n"
+                 "  keygen   make a CURVE key pair (train --curve-secret-key encrypts links)\n"
                  "\n"
                  "Run 'student-trainer COMMAND --help' for the options of a command.\n"
                  "Every option can also be set from the environment as COMMITTEE_<OPTION>\n"
@@ -38,6 +41,8 @@ int main(int argc, char **argv) {
     if (!strcmp(command, "train")) return trainer_train_main(argc, argv, 2, 0);
     if (!strcmp(command, "replay")) return trainer_train_main(argc, argv, 2, 1);
     if (!strcmp(command, "eval")) return trainer_eval_main(argc, argv, 2);
+    if (!strcmp(command, "keygen"))
+        return cm_curve_keygen_command("student-trainer", argc, argv, 2);
     fprintf(stderr, "student-trainer: unknown command '%s' (try --help)\n", command);
     return 2;
 }

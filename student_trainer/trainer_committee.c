@@ -7,6 +7,10 @@
  * remembers its request id, ticket, endpoint and deadline.  Replies are
  * matched by request id; a reply to a request that was already given up
  * (a late answer after a deadline) is dropped.
+ *
+ * Handshake failures: each DEALER has a socket monitor whose events land on
+ * a PAIR socket of the same (training) thread; it is read without waiting
+ * while the first Hello is being sent and at every pump.
  */
 #include "trainer_committee.h"
 
@@ -15,6 +19,7 @@
 #include "cm_zwire.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +49,8 @@ typedef struct {
     double last_sent;  /* monotonic seconds */
     double last_probe; /* monotonic seconds of the last Hello sent while down */
     int probes;        /* Hellos sent since it went down (back-off) */
+    void *monitor;     /* PAIR receiving the socket's connection and handshake events */
+    int connections;   /* transport connections made (monitor) */
 } endpoint_t;
 
 typedef struct {
@@ -232,11 +239,103 @@ static cm_status_t await_hello(trainer_committee_t *committee, teacher_t *teache
     }
 }
 
-static cm_status_t open_endpoint(trainer_committee_t *committee, endpoint_t *endpoint) {
+/* The monitor events that say how a connection's handshake went. */
+enum {
+    MONITORED_EVENTS = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                       ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
+};
+
+/* Starts a socket monitor on endpoint->socket, read through endpoint->monitor. */
+static cm_status_t monitor_endpoint(trainer_committee_t *committee, endpoint_t *endpoint) {
+    char address[64];
+    snprintf(address, sizeof address, "inproc://trainer-monitor-%p", (void *)endpoint);
+    int linger = 0;
+    if (zmq_socket_monitor(endpoint->socket, address, MONITORED_EVENTS) != 0 ||
+        !(endpoint->monitor = zmq_socket(committee->context, ZMQ_PAIR)) ||
+        zmq_setsockopt(endpoint->monitor, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_connect(endpoint->monitor, address) != 0)
+        return cm_fail(CM_ERR_IO, "cannot monitor the connection to %s: %s", endpoint->address,
+                       zmq_strerror(zmq_errno()));
+    return CM_OK;
+}
+
+/*
+ * Reads the monitor events queued for `endpoint` (without waiting) and turns a
+ * failed handshake into a sentence: CM_ERR_UNAUTHORIZED when the teacher refused
+ * our key, CM_ERR_PROTOCOL when one side wants CURVE and the other does not,
+ * CM_ERR_UNAVAILABLE when the teacher dropped the handshake; CM_OK otherwise.
+ */
+static cm_status_t check_handshake_events(trainer_committee_t *committee, const teacher_t *teacher,
+                                          endpoint_t *endpoint) {
+    const cm_curve_keypair_t *keys = committee->config.curve_keys;
+    const char *name = teacher->info.name, *address = endpoint->address;
+    for (;;) {
+        zmq_msg_t frame;
+        zmq_msg_init(&frame);
+        if (zmq_msg_recv(&frame, endpoint->monitor, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&frame);
+            return CM_OK;
+        }
+        uint16_t event = 0;
+        uint32_t value = 0;
+        if (zmq_msg_size(&frame) == 6) { /* event number, then value, native byte order */
+            memcpy(&event, zmq_msg_data(&frame), sizeof event);
+            memcpy(&value, (const char *)zmq_msg_data(&frame) + 2, sizeof value);
+        }
+        while (zmq_msg_more(&frame) && zmq_msg_recv(&frame, endpoint->monitor, 0) >= 0) {
+        } /* the second frame, the endpoint, is ours already */
+        zmq_msg_close(&frame);
+        switch (event) {
+        case ZMQ_EVENT_CONNECTED:
+            endpoint->connections++;
+            break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+            if (keys)
+                return cm_fail(CM_ERR_UNAUTHORIZED,
+                               "teacher '%s' at %s refused our key (authentication failed, status "
+                               "%u): its --allow-keys must hold our public key %s",
+                               name, address, value, keys->public_key);
+            return cm_fail(CM_ERR_UNAUTHORIZED,
+                           "teacher '%s' at %s refused us (authentication failed, status %u)", name,
+                           address, value);
+        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH && keys)
+                return cm_fail(CM_ERR_PROTOCOL,
+                               "teacher '%s' at %s does not use CURVE encryption but this trainer "
+                               "does (--curve-secret-key); start the teacher with "
+                               "--curve-secret-key and --allow-keys",
+                               name, address);
+            if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+                return cm_fail(CM_ERR_PROTOCOL,
+                               "teacher '%s' at %s requires CURVE encryption; give "
+                               "--curve-secret-key and --teacher-key %s=FILE (its public key)",
+                               name, address, name);
+            return cm_fail(CM_ERR_PROTOCOL,
+                           "the handshake with teacher '%s' at %s failed (protocol error 0x%x)%s",
+                           name, address, value, keys ? "; is --teacher-key its public key?" : "");
+        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            if (keys)
+                return cm_fail(CM_ERR_UNAVAILABLE,
+                               "teacher '%s' at %s dropped the CURVE handshake: is --teacher-key "
+                               "%s=FILE its public key (teacher-server logs it at start)?",
+                               name, address, name);
+            return cm_fail(CM_ERR_UNAVAILABLE,
+                           "teacher '%s' at %s dropped the handshake; does it require CURVE "
+                           "(--curve-secret-key and --teacher-key)?",
+                           name, address);
+        default:
+            break;
+        }
+    }
+}
+
+static cm_status_t open_endpoint(trainer_committee_t *committee, endpoint_t *endpoint,
+                                 const char *server_key) {
     endpoint->socket = zmq_socket(committee->context, ZMQ_DEALER);
     if (!endpoint->socket)
         return cm_fail(CM_ERR_IO, "cannot create a socket: %s", zmq_strerror(zmq_errno()));
     int hwm = 1000, linger = 200, reconnect = 100, reconnect_max = 5000, immediate = 1;
+    int handshake_ms = committee->config.handshake_ms;
     int64_t max_message = 1ll << 30;
     zmq_setsockopt(endpoint->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt(endpoint->socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
@@ -247,6 +346,12 @@ static cm_status_t open_endpoint(trainer_committee_t *committee, endpoint_t *end
     /* Queue only on live connections: a send to a dead teacher fails at once instead of
      * piling up behind a connection that may never come back. */
     zmq_setsockopt(endpoint->socket, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
+    /* A handshake the teacher never finishes is dropped and retried, not waited on forever. */
+    zmq_setsockopt(endpoint->socket, ZMQ_HANDSHAKE_IVL, &handshake_ms, sizeof handshake_ms);
+    cm_status_t status = monitor_endpoint(committee, endpoint);
+    if (status == CM_OK && committee->config.curve_keys)
+        status = cm_curve_make_client(endpoint->socket, committee->config.curve_keys, server_key);
+    if (status != CM_OK) return status;
     if (zmq_connect(endpoint->socket, endpoint->address) != 0)
         return cm_fail(CM_ERR_INVALID_ARG, "cannot connect to '%s': %s", endpoint->address,
                        zmq_strerror(zmq_errno()));
@@ -260,9 +365,19 @@ static cm_status_t handshake(trainer_committee_t *committee, teacher_t *teacher,
     cm_status_t status;
     while ((status = send_hello(committee, endpoint)) == CM_ERR_BUSY &&
            cm_progress_now() < give_up) {
+        cm_status_t refused = check_handshake_events(committee, teacher, endpoint);
+        if (refused != CM_OK) return refused;
         struct timespec pause = {0, 10 * 1000 * 1000};
         nanosleep(&pause, NULL);
     }
+    if (status == CM_ERR_BUSY && endpoint->connections > 0)
+        return cm_fail(CM_ERR_UNAVAILABLE,
+                       "teacher '%s' at %s accepted a connection but no handshake completed within "
+                       "%d ms; %s",
+                       teacher->info.name, endpoint->address, committee->config.handshake_ms,
+                       committee->config.curve_keys
+                           ? "is --teacher-key its public key?"
+                           : "does it require CURVE (--curve-secret-key and --teacher-key)?");
     if (status == CM_ERR_BUSY)
         return cm_fail(CM_ERR_UNAVAILABLE,
                        "cannot reach teacher '%s' at %s within %d ms; is it "
@@ -301,11 +416,19 @@ cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, in
                                  addresses[index].name);
                 goto fail;
             }
+        if (config->curve_keys && !addresses[index].server_key[0]) {
+            status = cm_fail(CM_ERR_INVALID_ARG,
+                             "teacher '%s' has no public key: with --curve-secret-key every "
+                             "teacher needs --teacher-key %s=FILE",
+                             addresses[index].name, addresses[index].name);
+            goto fail;
+        }
         teacher->endpoint_count = addresses[index].endpoint_count;
         for (int slot = 0; slot < teacher->endpoint_count; slot++) {
             endpoint_t *endpoint = &teacher->endpoints[slot];
             endpoint->address = addresses[index].endpoints[slot];
-            if ((status = open_endpoint(committee, endpoint)) != CM_OK) goto fail;
+            status = open_endpoint(committee, endpoint, addresses[index].server_key);
+            if (status != CM_OK) goto fail;
         }
     }
     /* Handshakes: every endpoint, every teacher. */
@@ -346,6 +469,7 @@ void trainer_committee_free(trainer_committee_t **committee_pointer) {
         teacher_t *teacher = &committee->teachers[index];
         for (int slot = 0; slot < teacher->endpoint_count; slot++) {
             endpoint_t *endpoint = &teacher->endpoints[slot];
+            if (endpoint->monitor) zmq_close(endpoint->monitor);
             if (!endpoint->socket) continue;
             if (endpoint->up) send_on(committee, endpoint, &bye);
             zmq_close(endpoint->socket);
@@ -763,10 +887,24 @@ static void send_heartbeats(trainer_committee_t *committee) {
     }
 }
 
+/* Logs handshakes that teachers refused since the last pump (a restarted teacher with another
+ * allowlist, say) and counts those endpoints down; the failure policy decides the rest. */
+static void check_reconnections(trainer_committee_t *committee) {
+    for (int index = 0; index < committee->teacher_count; index++) {
+        teacher_t *teacher = &committee->teachers[index];
+        for (int slot = 0; slot < teacher->endpoint_count; slot++)
+            if (check_handshake_events(committee, teacher, &teacher->endpoints[slot]) != CM_OK) {
+                cm_log_warn("%s", cm_last_error());
+                mark_down(committee, teacher, &teacher->endpoints[slot], "handshake failed");
+            }
+    }
+}
+
 cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_ms) {
     if (committee->config.policy == TRAINER_POLICY_SKIP) probe_down_endpoints(committee);
     cm_status_t status = send_queued(committee);
     if (status != CM_OK) return status;
+    check_reconnections(committee);
     send_heartbeats(committee);
     zmq_pollitem_t items[TRAINER_COMMITTEE_MAX * TRAINER_MAX_ENDPOINTS];
     int owners[TRAINER_COMMITTEE_MAX * TRAINER_MAX_ENDPOINTS][2];

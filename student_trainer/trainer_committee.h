@@ -25,11 +25,18 @@
  * back-off (ZMQ_RECONNECT_IVL .. _MAX).  Every outcome is counted per
  * teacher (trainer_committee_stats).
  *
+ * Encryption: with the trainer's CURVE keys in the config, every DEALER is a
+ * CURVE client that only talks to the public key given for its teacher.  A
+ * socket monitor on each DEALER turns handshakes the teacher refuses (our
+ * key is not in its allowlist, it wants CURVE and we do not, or the other
+ * way round) into a sentence at once, instead of a silent wait for Hello.
+ *
  * Single-threaded: all calls come from the training thread.
  */
 #ifndef TRAINER_COMMITTEE_H
 #define TRAINER_COMMITTEE_H
 
+#include "cm_curve.h"
 #include "cm_status.h"
 #include "cm_tensor.h"
 #include "cm_wire.h"
@@ -45,6 +52,7 @@ typedef struct {
     char name[64];
     int endpoint_count;
     const char *endpoints[TRAINER_MAX_ENDPOINTS];
+    char server_key[CM_CURVE_KEY_TEXT]; /* the teacher's CURVE public key (Z85); "": plaintext */
 } trainer_teacher_address_t;
 
 /*
@@ -65,6 +73,9 @@ typedef struct {
     const char *fingerprint; /* the student's dataset fingerprint */
     int classes;             /* the student's classes */
     int train_examples;      /* size of the training split (ids are checked against it) */
+    const cm_curve_keypair_t *curve_keys; /* the trainer's keys (borrowed for the committee's
+                                             life); NULL: plaintext, else every teacher needs its
+                                             server_key */
 } trainer_committee_config_t;
 
 /* What a teacher said about itself. */

@@ -27,6 +27,7 @@
 #include "cm_alloc.h"
 #include "cm_blas.h"
 #include "cm_cli.h"
+#include "cm_curve.h"
 #include "cm_dataset.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
@@ -68,6 +69,8 @@ typedef struct {
     const char *dd_router;
     const char *dd_feature;
     cm_cli_list_t teachers;
+    const char *curve_secret_key; /* NULL: plaintext */
+    cm_cli_list_t teacher_keys;   /* NAME=FILE */
     int epochs;
     int batch;
     float lr;
@@ -155,6 +158,7 @@ typedef struct {
     double waited_total;
     char *teacher_texts[CM_CLI_LIST_MAX]; /* --teacher values, parsed in place; endpoints point here
                                            */
+    cm_curve_keypair_t curve_keys;        /* with --curve-secret-key; the committee borrows them */
     /* per-epoch counters */
     double loss_sum, ce_sum, kd_sum, fitnet_sum, wait_seconds;
     long epoch_examples, epoch_duplicates, epoch_steps;
@@ -856,6 +860,31 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
 
 /* ---------------------------------------------------------------- the command */
 
+/* Loads the trainer's keys and gives every teacher address its --teacher-key NAME=FILE. */
+static cm_status_t load_curve_keys(run_t *run, trainer_teacher_address_t *addresses, int count) {
+    const train_options_t *options = &run->options;
+    cm_status_t status = cm_curve_load_keypair(options->curve_secret_key, &run->curve_keys);
+    for (int index = 0; status == CM_OK && index < options->teacher_keys.count; index++) {
+        const char *text = options->teacher_keys.values[index];
+        const char *equals = strchr(text, '=');
+        int teacher = -1;
+        for (int other = 0; equals && other < count; other++)
+            if (strlen(addresses[other].name) == (size_t)(equals - text) &&
+                strncmp(addresses[other].name, text, (size_t)(equals - text)) == 0)
+                teacher = other;
+        if (!equals || equals == text || !equals[1])
+            status =
+                cm_fail(CM_ERR_INVALID_ARG,
+                        "--teacher-key expects NAME=FILE (e.g. fm=keys/fm.pub), got '%s'", text);
+        else if (teacher < 0)
+            status = cm_fail(CM_ERR_INVALID_ARG,
+                             "--teacher-key %s names a teacher that no --teacher gives", text);
+        else
+            status = cm_curve_load_public(equals + 1, addresses[teacher].server_key);
+    }
+    return status;
+}
+
 static cm_status_t set_up_teachers(run_t *run) {
     train_options_t *options = &run->options;
     int train_count = run->dataset->splits[CM_SPLIT_TRAIN].count;
@@ -903,6 +932,8 @@ static cm_status_t set_up_teachers(run_t *run) {
     }
     run->teacher_count = count;
     if (count == 0) return CM_OK;
+    if (options->curve_secret_key && (status = load_curve_keys(run, addresses, count)) != CM_OK)
+        return status;
     status = trainer_cache_new(count, train_count, &run->cache);
     if (status != CM_OK) return status;
     cm_dtype_t encoding = cm_dtype_parse(options->encoding);
@@ -918,6 +949,7 @@ static cm_status_t set_up_teachers(run_t *run) {
         .fingerprint = run->dataset->fingerprint,
         .classes = run->dataset->classes,
         .train_examples = train_count,
+        .curve_keys = options->curve_secret_key ? &run->curve_keys : NULL,
     };
     config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
                     : strcmp(options->failure_policy, "skip") == 0 ? TRAINER_POLICY_SKIP
@@ -1214,6 +1246,14 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"teacher", CM_CLI_LIST, &options->teachers, "NAME=ENDPOINT",
          "a teacher of the committee (repeatable; NAME=EP1,EP2 or a repeated NAME adds replicas)",
          0},
+        {"curve-secret-key", CM_CLI_STRING, &options->curve_secret_key, "FILE",
+         "encrypt every teacher link with CURVE using this key pair (from `student-trainer "
+         "keygen`)",
+         0},
+        {"teacher-key", CM_CLI_LIST, &options->teacher_keys, "NAME=FILE",
+         "public key file (.pub) of teacher NAME, one per teacher with --curve-secret-key "
+         "(repeatable)",
+         0},
         {"method", CM_CLI_STRING, &options->method, "NAME",
          "ce, kd, avg-kd, ca-mkd, fitnet or diversedistill", 0},
         {"kd-teacher", CM_CLI_STRING, &options->kd_teacher, "NAME",
@@ -1305,7 +1345,13 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
               "data, and trains the student with --method, streaming teacher outputs ahead of the\n"
               "training step and caching them. Writes the student checkpoint, its resumable state\n"
               "(FILE.state) and JSON-lines metrics. SIGINT/SIGTERM save the state and stop (exit "
-              "130).";
+              "130).\n"
+              "\n"
+              "Encryption: teachers served with --curve-secret-key need --curve-secret-key FILE\n"
+              "(this trainer's key pair, from `student-trainer keygen --out BASENAME`; its .pub\n"
+              "goes into the teachers' --allow-keys) and --teacher-key NAME=FILE for every\n"
+              "teacher (the teacher's .pub). A teacher that refuses our key, or a CURVE/plaintext\n"
+              "mismatch, stops the run at once with a sentence saying so (exit 1).";
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     const char *command = replay ? "replay" : "train";
@@ -1340,6 +1386,9 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         status = cm_fail(CM_ERR_INVALID_ARG, "--on-teacher-failure must be wait, skip or fail");
     if (status == CM_OK && options->teacher_timeout_ms < 10)
         status = cm_fail(CM_ERR_INVALID_ARG, "--teacher-timeout-ms must be at least 10");
+    if (status == CM_OK && options->teacher_keys.count && !options->curve_secret_key)
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--teacher-key needs --curve-secret-key (this trainer's own keys)");
     if (status == CM_OK && !replay && kind != TRAINER_METHOD_CE && options->teachers.count == 0)
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--method %s needs at least one --teacher NAME=ENDPOINT", options->method);

@@ -1,9 +1,10 @@
 /*
  * teacher-server: trains teacher checkpoints (`fit`) and, later, serves a
  * frozen teacher to student trainers over ZeroMQ (`serve`) and asks one
- * what it answers (`query`).
+ * what it answers (`query`); `keygen` makes the CURVE key pair of a teacher.
  * Exit codes: 0 success, 1 runtime failure, 2 usage error.
  */
+#include "cm_curve.h"
 #include "teacher_fit.h"
 #include "teacher_query.h"
 #include "teacher_serve.h"
@@ -20,6 +21,7 @@ static void usage(FILE *out) {
                  "  fit      train a teacher checkpoint on a dataset view\n"
                  "  serve    serve a frozen teacher to trainers over ZeroMQ\n"
                  "  query    ask a running teacher for its outputs on some examples\n"
+                 "  keygen   make a CURVE key pair (serve --curve-secret-key encrypts links)\n"
                  "\n"
                  "Run 'teacher-server COMMAND --help' for the options of a command.\n"
                  "Every option can also be set from the environment as COMMITTEE_<OPTION>\n"
@@ -40,6 +42,8 @@ int main(int argc, char **argv) {
     if (strcmp(command, "fit") == 0) return teacher_fit_main(argc, argv, 2);
     if (strcmp(command, "serve") == 0) return teacher_serve_main(argc, argv, 2);
     if (strcmp(command, "query") == 0) return teacher_query_main(argc, argv, 2);
+    if (strcmp(command, "keygen") == 0)
+        return cm_curve_keygen_command("teacher-server", argc, argv, 2);
     fprintf(stderr, "teacher-server: unknown command '%s' (try --help)\n", command);
     return 2;
 }

@@ -23,11 +23,17 @@
  * Error{UNAVAILABLE}), lets the queued and running requests finish and be
  * answered, says Bye to every known peer, closes every handle and exits 0.
  * A second signal answers the queued requests Error{CANCELLED} instead.
+ *
+ * Encryption.  With --curve-secret-key and --allow-keys the ROUTER is a CURVE
+ * server and a ZAP handler (cm_curve, its own thread and socket) admits only
+ * trainers whose public keys are in the allowlist; refusals are logged and
+ * counted as errors_total{code="UNAUTHORIZED"}.
  */
 #include "teacher_serve.h"
 
 #include "cm_blas.h"
 #include "cm_cli.h"
+#include "cm_curve.h"
 #include "cm_dataset.h"
 #include "cm_file.h"
 #include "cm_http.h"
@@ -80,6 +86,8 @@ typedef struct {
     int heartbeat_ms;
     int insecure_public;
     int compute_delay_ms;
+    const char *curve_secret_key; /* NULL: plaintext */
+    const char *allow_keys;
 } serve_options_t;
 
 /* One request on its way through the compute thread. */
@@ -146,6 +154,11 @@ typedef struct {
     peer_t peers[MAX_PEERS];
     int peer_count;
     int ready, stopping, closing, signals_seen;
+
+    /* CURVE (all NULL or empty without --curve-secret-key). */
+    cm_curve_keypair_t curve_keys;
+    cm_curve_allowlist_t *allowlist; /* until the ZAP handler takes it */
+    cm_curve_zap_t *zap;
 
     cm_metrics_counter_t *requests, *examples, *bytes_out, *replies_dropped;
     cm_metrics_histogram_t *queue_seconds, *compute_seconds;
@@ -879,9 +892,42 @@ static cm_status_t load_teacher(server_t *server) {
     return CM_OK;
 }
 
+/* Reads the CURVE keys and the allowlist, before the slow model load so mistakes show at once. */
+static cm_status_t load_curve(server_t *server) {
+    const serve_options_t *options = &server->options;
+    if (!options->curve_secret_key) return CM_OK;
+    cm_status_t status = cm_curve_available();
+    if (status == CM_OK)
+        status = cm_curve_load_keypair(options->curve_secret_key, &server->curve_keys);
+    if (status == CM_OK) status = cm_curve_allowlist_load(options->allow_keys, &server->allowlist);
+    if (status == CM_OK)
+        cm_log_info("CURVE on: public key %s, %d trainer key(s) allowed from %s",
+                    server->curve_keys.public_key, cm_curve_allowlist_count(server->allowlist),
+                    options->allow_keys);
+    return status;
+}
+
+/* Runs on the ZAP handler's thread: cm_metrics is thread-safe. */
+static void on_key_refused(const char *key, const char *address, void *user) {
+    (void)key;
+    (void)address;
+    count_error(user, CM_ERR_UNAUTHORIZED);
+}
+
+/* Starts the ZAP handler and makes the ROUTER a CURVE server; before it binds. */
+static cm_status_t secure_socket(server_t *server) {
+    if (!server->options.curve_secret_key) return CM_OK;
+    cm_status_t status = cm_curve_zap_new(server->context, server->socket, &server->allowlist,
+                                          on_key_refused, server, &server->zap);
+    if (status != CM_OK) return status;
+    return cm_curve_make_server(server->socket, &server->curve_keys, "committee");
+}
+
 static cm_status_t start_server(server_t *server) {
     const serve_options_t *options = &server->options;
     cm_status_t status = register_metrics(server);
+    if (status != CM_OK) return status;
+    status = load_curve(server);
     if (status != CM_OK) return status;
     status = load_teacher(server);
     if (status != CM_OK) return status;
@@ -900,6 +946,7 @@ static cm_status_t start_server(server_t *server) {
     /* ZeroMQ's own cap is twice ours: messages between the two get a proper TOO_LARGE answer. */
     status = cm_zloop_configure_socket(server->socket, 1000, 1000,
                                        (int64_t)server->limits.max_message_bytes * 2);
+    if (status == CM_OK) status = secure_socket(server);
     if (status != CM_OK) return status;
     if (zmq_bind(server->socket, options->bind) != 0)
         return cm_fail(CM_ERR_IO, "cannot bind %s: %s", options->bind, zmq_strerror(zmq_errno()));
@@ -967,6 +1014,8 @@ static int serve(server_t *server) {
             cm_log_warn("event loop closed with handles still open");
     }
     if (server->socket) zmq_close(server->socket);
+    cm_curve_zap_free(&server->zap); /* after the socket it guards, before zmq_ctx_term */
+    cm_curve_allowlist_free(&server->allowlist);
     if (server->context) zmq_ctx_term(server->context);
     job_t *job = server->done_head;
     while (job) {
@@ -1027,6 +1076,12 @@ int teacher_serve_main(int argc, char **argv, int first) {
          "serve only the first N test examples (0: all)", 0},
         {"heartbeat-ms", CM_CLI_INT, &options.heartbeat_ms, "MS",
          "heartbeat interval to idle peers", 0},
+        {"curve-secret-key", CM_CLI_STRING, &options.curve_secret_key, "FILE",
+         "encrypt with CURVE using this key pair (from `teacher-server keygen`); needs "
+         "--allow-keys",
+         0},
+        {"allow-keys", CM_CLI_STRING, &options.allow_keys, "FILE|DIR",
+         "trainer public keys admitted: a file of keys (one per line) or a directory of *.pub", 0},
         {"insecure-public", CM_CLI_FLAG, &options.insecure_public, NULL,
          "allow binding a non-loopback address without encryption", 0},
         {"compute-delay-ms", CM_CLI_INT, &options.compute_delay_ms, "MS",
@@ -1039,7 +1094,13 @@ int teacher_serve_main(int argc, char **argv, int first) {
         "Serves a frozen teacher: answers BatchRequests over ZeroMQ with its logits and the\n"
         "features it exposes (hidden, and tokens for a ViT), computed on its own view of the\n"
         "dataset its checkpoint names. SIGINT/SIGTERM stop it gracefully (a second one cancels\n"
-        "queued work).";
+        "queued work).\n"
+        "\n"
+        "Encryption: with --curve-secret-key FILE --allow-keys FILE|DIR, every link is CURVE-\n"
+        "encrypted and only trainers whose public keys are allowed may connect; the others are\n"
+        "refused with a log line and counted as errors_total{code=\"UNAUTHORIZED\"}. Then any\n"
+        "address may be bound. Without keys the bind must be loopback (or ipc://) unless\n"
+        "--insecure-public. Make keys with `teacher-server keygen --out BASENAME`.";
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     if (help) {
@@ -1057,17 +1118,24 @@ int teacher_serve_main(int argc, char **argv, int first) {
     if (status == CM_OK && options.role && strcmp(options.role, "foundation") &&
         strcmp(options.role, "complementary"))
         status = cm_fail(CM_ERR_INVALID_ARG, "--role must be foundation or complementary");
-    if (status == CM_OK && !is_loopback_endpoint(options.bind) && !options.insecure_public)
+    if (status == CM_OK && !options.curve_secret_key != !options.allow_keys)
         status = cm_fail(CM_ERR_INVALID_ARG,
-                         "--bind %s is not a loopback address; without encryption that needs "
-                         "--insecure-public",
+                         options.curve_secret_key
+                             ? "--curve-secret-key needs --allow-keys (the trainer public keys to "
+                               "admit): authentication needs an allowlist"
+                             : "--allow-keys needs --curve-secret-key (the teacher's own keys)");
+    if (status == CM_OK && !is_loopback_endpoint(options.bind) && !options.insecure_public &&
+        !options.curve_secret_key)
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--bind %s is not a loopback address; that needs encryption "
+                         "(--curve-secret-key and --allow-keys) or --insecure-public",
                          options.bind);
     if (status != CM_OK) {
         fprintf(stderr, "teacher-server serve: %s\n", cm_last_error());
         return 2;
     }
     cm_log_init("teacher-server", (cm_log_level_t)level);
-    if (!is_loopback_endpoint(options.bind))
+    if (!is_loopback_endpoint(options.bind) && !options.curve_secret_key)
         cm_log_warn("serving %s without encryption: anyone who can reach it can query the teacher",
                     options.bind);
     cm_blas_set_threads(options.threads);

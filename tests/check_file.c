@@ -2,7 +2,8 @@
  * cm_file: atomic writes replace files whole or not at all (a failure at
  * mkstemp, in the middle of writing, or at rename leaves the old content and
  * no temp file behind), and cm_file_read_all returns exactly what is on
- * disk, including files whose size stat() does not know.
+ * disk, including files whose size stat() does not know.  Private writes
+ * (keys) are mode 0600 whatever file they replace.
  */
 #include "cm_file.h"
 #include "cm_rng.h"
@@ -97,6 +98,21 @@ START_TEST(test_replaces_existing_file_and_keeps_mode) {
     ck_assert_int_eq(chmod(path, 0600), 0);
     write_text(path, "new");
     assert_content(path, "new");
+    struct stat info;
+    ck_assert_int_eq(stat(path, &info), 0);
+    ck_assert_int_eq(info.st_mode & 0777, 0600);
+    ck_assert_int_eq(count_temp_files(temp_dir), 0);
+}
+END_TEST
+
+START_TEST(test_private_write_is_0600_even_over_a_public_file) {
+    char path[128];
+    path_in_temp(path, sizeof path, "secret.key");
+    write_text(path, "a public file first");
+    ck_assert_int_eq(chmod(path, 0644), 0);
+    cm_file_chunk_t chunk = {"secret", 6};
+    ck_assert_int_eq(cm_file_write_atomic_private(path, &chunk, 1), CM_OK);
+    assert_content(path, "secret");
     struct stat info;
     ck_assert_int_eq(stat(path, &info), 0);
     ck_assert_int_eq(info.st_mode & 0777, 0600);
@@ -250,6 +266,7 @@ Suite *check_file_suite(void) {
     tcase_add_test(write_case, test_chunks_written_in_order);
     tcase_add_test(write_case, test_zero_chunks_make_empty_file);
     tcase_add_test(write_case, test_replaces_existing_file_and_keeps_mode);
+    tcase_add_test(write_case, test_private_write_is_0600_even_over_a_public_file);
     tcase_add_test(write_case, test_relative_path_without_directory);
     tcase_add_test(write_case, test_missing_directory_fails_cleanly);
     tcase_add_test(write_case, test_parent_is_regular_file);
