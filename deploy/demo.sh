@@ -240,7 +240,7 @@ kd_acc=$(eval_accuracy "$dir/student-$DISTILL_METHOD.safetensors")
 dd_acc=$(eval_accuracy "$dir/student-dd.safetensors")
 total_seconds=$(since "$t_start")
 
-row() { printf '%-40s %-6s %-9s %-38s %s\n' "$@"; }
+row() { printf '%-50s %-6s %-9s %-38s %s\n' "$@"; }
 {
     echo
     echo "committee demo: test accuracy on Fashion-MNIST (10000 test images); the students saw $LABEL_FRACTION of the training labels"
