@@ -9,6 +9,8 @@
 #       with --cache off every epoch streams.
 #   - ratio streaming / cached examples per second, for a committee that keeps up (two MLP
 #     teachers) and for one whose foundation teacher is a ViT (compute-bound);
+#   - the same with cheap teachers and a bigger student (mlp:49-512-512-10), i.e. teachers
+#     that keep up with the training step: there the ratio shows what streaming itself costs;
 #   - CE alone (no teachers) for reference.
 # Teachers are fitted for one quick epoch on 2000 examples (speed does not depend on how
 # well they are trained) and served on the full data.
@@ -45,7 +47,7 @@ rate() { # metrics file, line number -> examples_per_second
 }
 train() { # label extra-args...
     local label=$1; shift
-    "$bin/student-trainer" train --view pool7 --model mlp:49-64-64-10 --batch 128 --epochs 2 \
+    "$bin/student-trainer" train --view pool7 --model "${STUDENT:-mlp:49-64-64-10}" --batch 128 --epochs 2 \
         --http off --out "$work/$label.safetensors" --metrics "$work/$label.jsonl" "$@" >/dev/null 2>"$work/$label.err" ||
         { cat "$work/$label.err" >&2; exit 1; }
 }
@@ -53,19 +55,28 @@ train() { # label extra-args...
 fit comp pool7 mlp:49-512-512-10
 fit fm_mlp full mlp:784-512-10
 fit fm_vit full vit:image=28x28,patch=7,dim=64,depth=2,heads=4,mlp=128
+fit fm_tiny full mlp:784-16-10
+fit comp_tiny pool7 mlp:49-16-10
 comp=$(serve comp)
 fm_mlp=$(serve fm_mlp)
 fm_vit=$(serve fm_vit)
+fm_tiny=$(serve fm_tiny)
+comp_tiny=$(serve comp_tiny)
 
 train ce --method ce
 train keep --method avg-kd --teacher fm="$fm_mlp" --teacher comp="$comp"
 train keep_off --method avg-kd --cache off --teacher fm="$fm_mlp" --teacher comp="$comp"
 train vit --method avg-kd --teacher fm="$fm_vit" --teacher comp="$comp"
+# Teachers that keep up: cheap teachers, a student whose step costs more than their forward pass.
+STUDENT=mlp:49-512-512-10 train keepup --method avg-kd --teacher fm="$fm_tiny" --teacher comp="$comp_tiny"
+STUDENT=mlp:49-512-512-10 train keepup_off --method avg-kd --cache off --teacher fm="$fm_tiny" --teacher comp="$comp_tiny"
 
 ce=$(rate "$work/ce.jsonl" 2)
 keep_stream=$(rate "$work/keep.jsonl" 1); keep_cached=$(rate "$work/keep.jsonl" 2)
 keep_off=$(rate "$work/keep_off.jsonl" 2)
 vit_stream=$(rate "$work/vit.jsonl" 1); vit_cached=$(rate "$work/vit.jsonl" 2)
+up_stream=$(rate "$work/keepup.jsonl" 1); up_cached=$(rate "$work/keepup.jsonl" 2)
+up_off=$(rate "$work/keepup_off.jsonl" 2)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 echo "| student-trainer, MLP 49-64-64-10 on pool7, avg-kd, batch 128, 60k examples | examples/s | vs cached |"
@@ -76,3 +87,6 @@ echo "| MLP committee, epoch 1 streamed from the teachers | $keep_stream | $(rat
 echo "| MLP committee, --cache off, epoch 2 streamed again | $keep_off | $(ratio "$keep_off" "$keep_cached") |"
 echo "| ViT foundation + MLP comp, epoch 2 replayed from cache | $vit_cached | 1.00 |"
 echo "| ViT foundation + MLP comp, epoch 1 streamed (teacher-bound) | $vit_stream | $(ratio "$vit_stream" "$vit_cached") |"
+echo "| teachers that keep up (784-16-10, 49-16-10), student 49-512-512-10, epoch 2 from cache | $up_cached | 1.00 |"
+echo "| teachers that keep up, epoch 1 streamed | $up_stream | $(ratio "$up_stream" "$up_cached") |"
+echo "| teachers that keep up, --cache off, epoch 2 streamed again | $up_off | $(ratio "$up_off" "$up_cached") |"
