@@ -252,19 +252,23 @@ done
 drain
 
 # ---------------------------------------------------------------- 5. ablation (QUALITY_ABLATION=0 skips)
-# One regime (A14 few labels), seeds 1 and 2, table settings (--holdout 0, test accuracy): the
-# router targets, the attended feature (ViT tokens vs hidden vector), alignment on/off.  These
+# One regime (A14 few labels), seeds 1-3, table settings (--holdout 0, test accuracy): the
+# router targets, the attended feature (ViT tokens vs hidden vector), alignment on/off, the
+# committee answer's CE off (lambda_ans = 0), and DiverseDistill with the complementary teacher alone.  These
 # runs choose nothing; they only show what each part does.
 if [[ ${QUALITY_ABLATION:-1} == 1 ]]; then
     say "ablation on A14 few labels"
     abl_common="--view pool14 --model mlp:196-64-64-10 --label-fraction 0.1 --holdout 0"
     base=$(method_args A14 dd-both | sed "s/--dd-router [a-z-]*//")
-    for s in 1 2; do
+    for s in 1 2 3; do
         for r in learnability reliability end-to-end; do
             run "abl-A14-few-router-$r-s$s" $abl_common --seed "$s" $base --dd-router "$r"
         done
         run "abl-A14-few-feature-hidden-s$s" $abl_common --seed "$s" $base --dd-router "$DD_ROUTER" --dd-feature hidden
         run "abl-A14-few-align0.5-s$s" $abl_common --seed "$s" $base --dd-router "$DD_ROUTER" --dd-align-weight 0.5
+        run "abl-A14-few-answer0-s$s" $abl_common --seed "$s" $base --dd-router "$DD_ROUTER" --dd-answer-weight 0
+        run "abl-A14-few-dd-comp-only-s$s" $abl_common --seed "$s" --teacher comp=ipc://$WORK/sock/comp14.ipc \
+            --method diversedistill --temperature "$DD_T" --kd-weight "$DD_W" --dd-router "$DD_ROUTER"
     done
     drain
 fi

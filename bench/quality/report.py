@@ -61,6 +61,9 @@ def load_run(name):
     skipped = sum(t["filter_skipped"] for l in lines for t in l["teachers"].values())
     received = sum(t["examples_received"] for t in last["teachers"].values())
     run["filter_needed"], run["filter_skipped"], run["examples_received"] = needed, skipped, received
+    run["per_teacher"] = {name: [sum(l["teachers"][name]["filter_skipped"] for l in lines),
+                                 sum(l["teachers"][name]["filter_needed"] for l in lines)]
+                          for name in last["teachers"]}
     teachers = len(last["teachers"])
     train = last["train_examples"]
     # what an unfiltered --cache off run asks: every example from every teacher every epoch
@@ -137,6 +140,9 @@ for tab, labels in TABLES:
         needed = sum(r["filter_needed"] for r in runs)
         if needed:
             row["skipped_filtered_epochs"] = sum(r["filter_skipped"] for r in runs) / needed
+            row["skipped_per_teacher"] = {
+                name: sum(r["per_teacher"][name][0] for r in runs) / max(1, sum(r["per_teacher"][name][1] for r in runs))
+                for name in runs[0]["per_teacher"]}
             row["saved_whole_run"] = 1 - sum(r["examples_received"] for r in runs) / sum(
                 r["outputs_if_unfiltered"] for r in runs)
         rows[method] = row
@@ -163,6 +169,11 @@ for tab, labels in TABLES:
                 if "skipped_filtered_epochs" in row else "—")
         md.append(f"| {label} | {who} | {100 * row['mean']:.2f} ± {100 * row['std']:.2f} | {gap} | "
                   f"{skip} | {row['wall_seconds']:.0f} | {row['seeds_done']}/{len(SEEDS)} |")
+    f = rows.get("dd-filter")
+    if f and "skipped_per_teacher" in f:
+        md.append("")
+        md.append("Filtered run, outputs skipped per teacher (filtered epochs): " + ", ".join(
+            f"{name} {100 * v:.1f}%" for name, v in f["skipped_per_teacher"].items()) + ".")
     md.append("")
     # the three claims, per table
     c = {}
@@ -240,19 +251,24 @@ md.append("")
 
 abl = sorted(f[:-6] for f in os.listdir(tune_dir) if f.startswith("abl-") and f.endswith(".jsonl"))
 if abl:
-    md.append("## Ablation\n")
-    md.append("One regime (see the run names), seeds as named; test accuracy (%), and valid accuracy "
-              "when a holdout was kept.\n")
-    md.append("| run | test acc (%) | valid acc (%) | skipped |")
-    md.append("|---|---|---|---|")
+    groups = {}
     for name in abl:
         r = load_run(name)
-        if not r:
-            continue
-        skip = f"{100 * r['filter_skipped'] / r['filter_needed']:.1f}%" if r["filter_needed"] else "—"
-        out["ablation"][name] = r
-        va = f"{100 * r['valid_accuracy']:.2f}" if r["valid_accuracy"] else "—"
-        md.append(f"| {name} | {100 * r['test_accuracy']:.2f} | {va} | {skip} |")
+        if r:
+            out["ablation"][name] = {k: r[k] for k in ("test_accuracy", "train_seconds")}
+            groups.setdefault(re.sub(r"-s[0-9]+$", "", name), []).append((name[name.rindex("-s") + 2:], r))
+    md.append("## Ablation\n")
+    md.append("A14 few labels, table settings (`--holdout 0`, chosen kd-weight/T, router "
+              f"`{chosen['dd_router']}` unless varied), fm+comp unless named; test accuracy (%) per "
+              "seed and mean. These runs choose nothing. The DiverseDistill (fm+comp) row of the "
+              "A14 few-label table, same seeds, is the reference (router-learnability, tokens, "
+              "alignment off, λ_ans = 1).\n")
+    md.append("| variant | per seed | mean |")
+    md.append("|---|---|---|")
+    for g, runs in groups.items():
+        per = ", ".join(f"s{seed}: {100 * r['test_accuracy']:.2f}" for seed, r in runs)
+        m = statistics.mean(r["test_accuracy"] for _, r in runs)
+        md.append(f"| {g[len('abl-A14-few-'):]} | {per} | {100 * m:.2f} |")
     md.append("")
 
 notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
@@ -260,7 +276,9 @@ if os.path.exists(notes):
     md.append(open(notes).read())
 if final_seconds is not None:
     out["wall_seconds_total"] = final_seconds
-    md.append(f"Whole script wall time: {final_seconds} s ({final_seconds / 60:.1f} min).\n")
+    md.append(f"Wall time of the last invocation of the script: {final_seconds} s "
+              f"({final_seconds / 60:.1f} min; runs already finished are skipped, see the notes "
+              "for the from-scratch time).\n")
 else:
     md.append("*(partial: the script was still running when this was written)*\n")
 
