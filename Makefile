@@ -57,7 +57,7 @@ TRAINER_BIN := $(BUILD)/bin/student-trainer
 CHECK_BIN   := $(BUILD)/bin/check_committee
 SUITES_H    := $(GEN_DIR)/check_suites.h
 
-.PHONY: all check check-run check-asan valgrind bench bench-run format format-check deps clean
+.PHONY: all check check-run check-asan valgrind bench bench-run bench-quality format format-check deps clean
 .DEFAULT_GOAL := all
 
 all: $(TEACHER_BIN) $(TRAINER_BIN)
@@ -88,6 +88,12 @@ bench: deps
 bench-run: $(BENCH_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
 	@for program in $(BENCH_BIN) $(wildcard bench/*.sh); do echo "== $$program"; \
 	    COMMITTEE_BIN_DIR=$(BUILD)/bin $$program || exit 1; done
+
+# The honest results table (bench/quality.sh, ~1 h on 2 cores): fits the committee unless its
+# checkpoints exist in runs/quality, tunes on a holdout, writes bench/results/quality.{md,json}.
+bench-quality: deps
+	@$(MAKE) --no-print-directory $(TEACHER_BIN) $(TRAINER_BIN)
+	BIN=$(CURDIR)/$(BUILD)/bin bench/quality.sh $(QUALITY_ARGS)
 
 format:
 	clang-format -i $(COMMON_SRC) $(wildcard common/*.h) $(TEACHER_SRC) $(wildcard teacher_server/*.h) \
