@@ -86,7 +86,7 @@ bench: deps
 	@$(MAKE) --no-print-directory bench-run
 
 bench-run: $(BENCH_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
-	@for program in $(BENCH_BIN) $(wildcard bench/*.sh); do echo "== $$program"; \
+	@for program in $(BENCH_BIN) $(wildcard bench/bench_*.sh); do echo "== $$program"; \
 	    COMMITTEE_BIN_DIR=$(BUILD)/bin $$program || exit 1; done
 
 # The honest results table (bench/quality.sh, ~1 h on 2 cores): fits the committee unless its

@@ -98,7 +98,7 @@ md.append("# DiverseDistill on Fashion-MNIST: the results table\n")
 md.append("Produced by `bench/quality.sh` (`make bench-quality`); machine-readable copy in "
           "`bench/results/quality.json`. Test accuracy in %, mean ± sample std over seeds "
           f"{', '.join(SEEDS)}; every method uses the same student, {EPOCHS} epochs, batch "
-          f"{chosen['batch']}, AdamW lr {chosen['lr']} with the trainer's cosine schedule, and the "
+          f"{chosen['batch']}, AdamW lr {chosen['lr']} constant (the trainer has no schedule), and the "
           f"same label seed ({chosen['label_seed']}) in the few-label regime (10% of the training "
           "labels visible; teachers answer for all 60k images). Table runs use `--holdout 0` "
           "(all 60k training images); the test set is read only for these tables.\n")
