@@ -30,7 +30,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/build/bin
 CUT_SECONDS=${NETNS_CUT_SECONDS:-4}
-EPOCHS=8
+EPOCHS=${NETNS_EPOCHS:-16}
 MAX_TRAIN=20000
 export OPENBLAS_NUM_THREADS=1
 

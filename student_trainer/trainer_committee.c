@@ -664,8 +664,8 @@ static void probe_down_endpoints(trainer_committee_t *committee) {
         teacher_t *teacher = &committee->teachers[index];
         for (int slot = 0; slot < teacher->endpoint_count; slot++) {
             endpoint_t *endpoint = &teacher->endpoints[slot];
-            if (endpoint->up || now - endpoint->last_probe < backoff_seconds(endpoint->probes))
-                continue;
+            double delay = backoff_seconds(endpoint->probes); /* Hellos are cheap: <= 2 s */
+            if (endpoint->up || now - endpoint->last_probe < (delay < 2.0 ? delay : 2.0)) continue;
             endpoint->last_probe = now;
             endpoint->probes++;
             if (send_hello(committee, endpoint) == CM_OK) endpoint->needs_hello = 0;

@@ -17,8 +17,8 @@
  * follows the failure policy:
  *   wait  retry with exponential back-off (100 ms .. 5 s) until it answers;
  *   skip  give the ticket up (the rows stay missing; the method masks them)
- *         and, while the teacher is down, give new tickets up at once but
- *         keep one probe request going so a returning teacher is noticed;
+ *         and, while the teacher is down, give new tickets up at once while
+ *         Hello probes (back-off 0.1 s .. 2 s) notice when it returns;
  *   fail  stop: the pump returns CM_ERR_UNAVAILABLE with a sentence.
  * An endpoint that went down is greeted with Hello again when it comes back,
  * and must still hold the same model.  ZeroMQ itself reconnects TCP with
