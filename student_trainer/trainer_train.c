@@ -1231,7 +1231,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .fitnet_weight = 1.0f,
         .label_fraction = 1.0f,
         .label_seed = 0,
-        .window = 4,
+        .window = 8,
         .teacher_timeout_ms = 10000,
         .threads = 1,
     };
