@@ -8,6 +8,7 @@
 #include "teacher_query.h"
 
 #include "cm_cli.h"
+#include "cm_curve.h"
 #include "cm_dataset.h"
 #include "cm_log.h"
 #include "cm_wire.h"
@@ -27,6 +28,8 @@ typedef struct {
     const char *outputs;
     const char *encoding;
     const char *data_dir;
+    const char *curve_secret_key;
+    const char *teacher_key;
     int top_k;
     int rows;
     int timeout_ms;
@@ -87,9 +90,11 @@ static cm_status_t exchange(void *socket, const cm_wire_message_t *message,
     for (;;) {
         status = cm_zwire_recv(socket, received, 0);
         if (status == CM_ERR_TIMEOUT)
-            return cm_fail(CM_ERR_TIMEOUT,
-                           "no answer from %s within the timeout; is the teacher running?",
-                           endpoint);
+            return cm_fail(
+                CM_ERR_TIMEOUT,
+                "no answer from %s within the timeout; is the teacher running (and does it "
+                "require CURVE: --curve-secret-key, --teacher-key)?",
+                endpoint);
         if (status != CM_OK) return status;
         if (received->truncated) {
             cm_zwire_received_close(received);
@@ -215,6 +220,17 @@ static cm_status_t query(const query_options_t *options) {
     cm_wire_message_init(&reply, CM_WIRE_HEARTBEAT, 0);
     cm_wire_message_init(&hello, CM_WIRE_HEARTBEAT, 0);
     cm_dataset_t *dataset = NULL;
+    if (options->curve_secret_key || options->teacher_key) {
+        cm_curve_keypair_t keys;
+        char server_key[CM_CURVE_KEY_TEXT];
+        if (!options->curve_secret_key || !options->teacher_key)
+            status = cm_fail(CM_ERR_INVALID_ARG,
+                             "CURVE needs both --curve-secret-key and --teacher-key");
+        if (status == CM_OK) status = cm_curve_load_keypair(options->curve_secret_key, &keys);
+        if (status == CM_OK) status = cm_curve_load_public(options->teacher_key, server_key);
+        if (status == CM_OK) status = cm_curve_make_client(socket, &keys, server_key);
+        if (status != CM_OK) goto done;
+    }
     if (zmq_connect(socket, options->connect) != 0) {
         status = cm_fail(CM_ERR_INVALID_ARG, "cannot connect to '%s': %s", options->connect,
                          zmq_strerror(zmq_errno()));
@@ -299,6 +315,10 @@ int teacher_query_main(int argc, char **argv, int first) {
         {"rows", CM_CLI_INT, &options.rows, "N", "rows of each tensor to print", 0},
         {"timeout-ms", CM_CLI_INT, &options.timeout_ms, "MS", "how long to wait for each answer",
          0},
+        {"curve-secret-key", CM_CLI_STRING, &options.curve_secret_key, "FILE",
+         "our key pair, to talk to a CURVE teacher (from `student-trainer keygen`)", 0},
+        {"teacher-key", CM_CLI_STRING, &options.teacher_key, "FILE",
+         "the teacher's public key file (.pub), with --curve-secret-key", 0},
         {"data-dir", CM_CLI_STRING, &options.data_dir, "DIR",
          "local dataset files, for the accuracy line", 0},
     };

@@ -460,6 +460,15 @@ START_TEST(test_allowed_trainer_learns_and_others_are_refused) {
     ck_assert_msg(strstr(log, "trainer 'trainer'") && strstr(log, "authenticated from 127.0.0.1"),
                   "%s", log);
 
+    /* The debugging client talks CURVE too. */
+    char command[3000];
+    snprintf(command, sizeof command,
+             "%s query --connect %s --ids 0-49 --curve-secret-key %s --teacher-key %s",
+             test_util_bin("teacher-server"), endpoint, trainer_key, teacher_pub);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0 &&
+                      strstr(output, "shape [50,10]"),
+                  "query with keys: %s", output);
+
     /* An unknown key: refused at once on both sides, long before the 8 s handshake deadline. */
     snprintf(keys, sizeof keys, "--curve-secret-key %s --teacher-key fm=%s", stranger_key,
              teacher_pub);
