@@ -31,13 +31,16 @@ fit() { # name view spec
     "$bin/teacher-server" fit --view "$2" --model "$3" --epochs 1 --max-train 2000 --max-test 500 \
         --out "$work/$1.safetensors" >/dev/null 2>&1
 }
-serve() { # name -> prints endpoint
+serve() { # name: starts a teacher in this shell (so cleanup can stop it)
     "$bin/teacher-server" serve --model "$work/$1.safetensors" --name "$1" --bind "tcp://127.0.0.1:*" \
         --http off >"$work/$1.log" 2>&1 &
     pids+=($!)
+}
+endpoint() { # name -> prints the endpoint the teacher bound
     for _ in $(seq 100); do
-        endpoint=$(grep -o 'on tcp://127.0.0.1:[0-9]*' "$work/$1.log" | head -1 | cut -c4- || true)
-        [ -n "$endpoint" ] && { echo "$endpoint"; return; }
+        local found
+        found=$(grep -o 'on tcp://127.0.0.1:[0-9]*' "$work/$1.log" | head -1 | cut -c4- || true)
+        [ -n "$found" ] && { echo "$found"; return; }
         sleep 0.1
     done
     echo "teacher $1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
@@ -57,11 +60,12 @@ fit fm_mlp full mlp:784-512-10
 fit fm_vit full vit:image=28x28,patch=7,dim=64,depth=2,heads=4,mlp=128
 fit fm_tiny full mlp:784-16-10
 fit comp_tiny pool7 mlp:49-16-10
-comp=$(serve comp)
-fm_mlp=$(serve fm_mlp)
-fm_vit=$(serve fm_vit)
-fm_tiny=$(serve fm_tiny)
-comp_tiny=$(serve comp_tiny)
+for name in comp fm_mlp fm_vit fm_tiny comp_tiny; do serve "$name"; done
+comp=$(endpoint comp)
+fm_mlp=$(endpoint fm_mlp)
+fm_vit=$(endpoint fm_vit)
+fm_tiny=$(endpoint fm_tiny)
+comp_tiny=$(endpoint comp_tiny)
 
 train ce --method ce
 train keep --method avg-kd --teacher fm="$fm_mlp" --teacher comp="$comp"
