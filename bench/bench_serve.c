@@ -223,27 +223,15 @@ static void *connect_dealer(void *context, const char *endpoint) {
     return socket;
 }
 
-/* Receives the next message that is not a Heartbeat; CM_OK with *message to release. */
+/* Receives the next answer (heartbeats skipped); CM_OK with *message to release. */
 static cm_status_t receive(void *socket, cm_zwire_received_t *received,
                            cm_wire_message_t *message) {
     cm_wire_limits_t limits = {1u << 20, 1ull << 32, 1u << 16};
-    for (;;) {
-        cm_status_t status = cm_zwire_recv(socket, received, 0);
-        if (status != CM_OK) return status;
-        status = cm_zwire_decode(message, received->parts, received->part_count, &limits);
-        if (status != CM_OK) {
-            cm_zwire_received_close(received);
-            return status;
-        }
-        if (message->kind != CM_WIRE_HEARTBEAT) return CM_OK;
-        cm_wire_message_deinit(message);
-        cm_zwire_received_close(received);
-    }
+    return cm_zwire_recv_message(socket, received, message, &limits, 0);
 }
 
 static void release(cm_zwire_received_t *received, cm_wire_message_t *message) {
-    cm_wire_message_deinit(message);
-    cm_zwire_received_close(received);
+    cm_zwire_release(received, message);
 }
 
 typedef struct {

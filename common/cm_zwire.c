@@ -103,6 +103,29 @@ cm_status_t cm_zwire_recv(void *socket, cm_zwire_received_t *received, int flags
     }
 }
 
+cm_status_t cm_zwire_recv_message(void *socket, cm_zwire_received_t *received,
+                                  cm_wire_message_t *message, const cm_wire_limits_t *limits,
+                                  int flags) {
+    for (;;) {
+        cm_status_t status = cm_zwire_recv(socket, received, flags);
+        if (status != CM_OK) return status;
+        status = received->truncated
+                     ? cm_fail(CM_ERR_FORMAT, "the peer sent a message with too many frames")
+                     : cm_zwire_decode(message, received->parts, received->part_count, limits);
+        if (status != CM_OK) {
+            cm_zwire_received_close(received);
+            return status;
+        }
+        if (message->kind != CM_WIRE_HEARTBEAT) return CM_OK;
+        cm_zwire_release(received, message);
+    }
+}
+
+void cm_zwire_release(cm_zwire_received_t *received, cm_wire_message_t *message) {
+    cm_wire_message_deinit(message);
+    cm_zwire_received_close(received);
+}
+
 void cm_zwire_received_close(cm_zwire_received_t *received) {
     for (int index = 0; index < received->part_count; index++)
         zmq_msg_close(&received->parts[index]);

@@ -56,6 +56,20 @@ typedef struct {
  */
 cm_status_t cm_zwire_recv(void *socket, cm_zwire_received_t *received, int flags);
 
+/*
+ * Receives the next message that is not a Heartbeat (heartbeats may arrive
+ * between any request and its answer) and decodes it into *message, which
+ * borrows from *received.  `flags` as for cm_zwire_recv; a message with more
+ * parts than CM_ZWIRE_MAX_PARTS is CM_ERR_FORMAT.  On CM_OK the caller
+ * releases both with cm_zwire_release(); on failure nothing is held.
+ */
+cm_status_t cm_zwire_recv_message(void *socket, cm_zwire_received_t *received,
+                                  cm_wire_message_t *message, const cm_wire_limits_t *limits,
+                                  int flags);
+
+/* Releases a message from cm_zwire_recv_message and the parts it borrows from. */
+void cm_zwire_release(cm_zwire_received_t *received, cm_wire_message_t *message);
+
 /* Closes every part of *received. */
 void cm_zwire_received_close(cm_zwire_received_t *received);
 

@@ -87,33 +87,17 @@ static cm_status_t exchange(void *socket, const cm_wire_message_t *message,
     cm_wire_limits_t limits = cm_wire_limits_default();
     limits.max_message_bytes = 1ull << 30;
     limits.max_examples = MAX_IDS;
-    for (;;) {
-        status = cm_zwire_recv(socket, received, 0);
-        if (status == CM_ERR_TIMEOUT)
-            return cm_fail(
-                CM_ERR_TIMEOUT,
-                "no answer from %s within the timeout; is the teacher running (and does it "
-                "require CURVE: --curve-secret-key, --teacher-key)?",
-                endpoint);
-        if (status != CM_OK) return status;
-        if (received->truncated) {
-            cm_zwire_received_close(received);
-            return cm_fail(CM_ERR_FORMAT, "%s sent a message with too many frames", endpoint);
-        }
-        status = cm_zwire_decode(reply, received->parts, received->part_count, &limits);
-        if (status != CM_OK) {
-            cm_zwire_received_close(received);
-            return status;
-        }
-        if (reply->kind != CM_WIRE_HEARTBEAT) break; /* heartbeats may arrive in between */
-        cm_wire_message_deinit(reply);
-        cm_zwire_received_close(received);
-    }
+    status = cm_zwire_recv_message(socket, received, reply, &limits, 0);
+    if (status == CM_ERR_TIMEOUT)
+        return cm_fail(CM_ERR_TIMEOUT,
+                       "no answer from %s within the timeout; is the teacher running (and does "
+                       "it require CURVE: --curve-secret-key, --teacher-key)?",
+                       endpoint);
+    if (status != CM_OK) return status;
     if (reply->kind == CM_WIRE_ERROR) {
         status = cm_fail(reply->error.code, "%s answered %s: %s", endpoint,
                          cm_status_name(reply->error.code), reply->error.message);
-        cm_wire_message_deinit(reply);
-        cm_zwire_received_close(received);
+        cm_zwire_release(received, reply);
         return status;
     }
     return CM_OK;
@@ -247,8 +231,7 @@ static cm_status_t query(const query_options_t *options) {
     if (hello.kind != CM_WIRE_HELLO) {
         status =
             cm_fail(CM_ERR_PROTOCOL, "%s answered Hello with another message", options->connect);
-        cm_wire_message_deinit(&hello);
-        cm_zwire_received_close(&hello_frames);
+        cm_zwire_release(&hello_frames, &hello);
         goto done;
     }
     print_hello(&hello.hello);
@@ -257,8 +240,7 @@ static cm_status_t query(const query_options_t *options) {
     if (cm_dataset_load(&dataset, hello.hello.dataset_name, "pool7", &data_options) == CM_OK &&
         strcmp(dataset->fingerprint, hello.hello.dataset_fingerprint) != 0)
         cm_dataset_free(&dataset); /* another subset: its labels would not line up */
-    cm_wire_message_deinit(&hello);
-    cm_zwire_received_close(&hello_frames);
+    cm_zwire_release(&hello_frames, &hello);
 
     cm_wire_message_init(&message, CM_WIRE_BATCH_REQUEST, 2);
     cm_wire_batch_request_t *request = &message.batch_request;
@@ -282,8 +264,7 @@ static cm_status_t query(const query_options_t *options) {
     }
     print_reply(&reply.batch_reply, options->rows, dataset, split);
 done:
-    cm_wire_message_deinit(&reply);
-    cm_zwire_received_close(&received);
+    cm_zwire_release(&received, &reply);
     cm_dataset_free(&dataset);
     free(ids);
     zmq_close(socket);

@@ -194,25 +194,11 @@ cm_status_t serve_fixture_receive(void *socket, int timeout_ms, cm_zwire_receive
         zmq_getsockopt(socket, ZMQ_RCVTIMEO, &saved_ms, &option_size);
         zmq_setsockopt(socket, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
     }
-    cm_status_t status;
-    for (;;) {
-        status = cm_zwire_recv(socket, received, 0);
-        if (status != CM_OK) break;
-        status = received->truncated
-                     ? cm_fail(CM_ERR_FORMAT, "the teacher sent a message with too many frames")
-                     : cm_zwire_decode(message, received->parts, received->part_count, &limits);
-        if (status != CM_OK) {
-            cm_zwire_received_close(received);
-            break;
-        }
-        if (message->kind != CM_WIRE_HEARTBEAT) break;
-        serve_fixture_release(received, message);
-    }
+    cm_status_t status = cm_zwire_recv_message(socket, received, message, &limits, 0);
     if (timeout_ms >= 0) zmq_setsockopt(socket, ZMQ_RCVTIMEO, &saved_ms, sizeof saved_ms);
     return status;
 }
 
 void serve_fixture_release(cm_zwire_received_t *received, cm_wire_message_t *message) {
-    cm_wire_message_deinit(message);
-    cm_zwire_received_close(received);
+    cm_zwire_release(received, message);
 }
