@@ -41,7 +41,8 @@ TEACHER_SRC := $(wildcard teacher_server/*.c)
 TRAINER_SRC := $(wildcard student_trainer/*.c)
 TEST_SRC    := $(wildcard tests/*.c)
 TEST_SUITES := $(patsubst tests/check_%.c,%,$(filter-out tests/check_main.c,$(wildcard tests/check_*.c)))
-BENCH_SRC   := $(wildcard bench/*.c)
+BENCH_SRC   := $(wildcard bench/bench_*.c)
+BENCH_LIB_SRC := $(filter-out $(BENCH_SRC),$(wildcard bench/*.c))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 COMMON_OBJ  := $(call obj,$(COMMON_SRC)) $(patsubst $(GEN_DIR)/%.c,$(BUILD)/obj/gen/%.o,$(PROTO_C))
@@ -97,12 +98,12 @@ bench-quality: deps
 
 format:
 	clang-format -i $(COMMON_SRC) $(wildcard common/*.h) $(TEACHER_SRC) $(wildcard teacher_server/*.h) \
-	    $(TRAINER_SRC) $(wildcard student_trainer/*.h) $(TEST_SRC) $(wildcard tests/*.h) $(BENCH_SRC)
+	    $(TRAINER_SRC) $(wildcard student_trainer/*.h) $(TEST_SRC) $(wildcard tests/*.h) $(wildcard bench/*.c bench/*.h)
 
 format-check:
 	@clang-format --dry-run --Werror $(COMMON_SRC) $(wildcard common/*.h) $(TEACHER_SRC) \
 	    $(wildcard teacher_server/*.h) $(TRAINER_SRC) $(wildcard student_trainer/*.h) $(TEST_SRC) \
-	    $(wildcard tests/*.h) $(BENCH_SRC) && echo "format-check: clean"
+	    $(wildcard tests/*.h) $(wildcard bench/*.c bench/*.h) && echo "format-check: clean"
 
 clean:
 	rm -rf build build-asan build-werror
@@ -143,7 +144,7 @@ $(CHECK_BIN): $(TEST_OBJ) $(TRAINER_LIB_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $(CFLAGS) $^ $(CHECK_LIBS) $(LDLIBS) -o $@
 
-$(BUILD)/bin/%: $(BUILD)/obj/bench/%.o $(LIB)
+$(BUILD)/bin/%: $(BUILD)/obj/bench/%.o $(call obj,$(BENCH_LIB_SRC)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $(CFLAGS) $^ $(LDLIBS) -o $@
 

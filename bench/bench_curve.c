@@ -29,16 +29,13 @@
 #include "cm_progress.h"
 #include "cm_wire.h"
 #include "cm_zwire.h"
+#include "serve_child.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -64,146 +61,7 @@ typedef struct {
     double payload_bytes_per_second; /* tensor frames only */
 } rate_t;
 
-/* ---------------------------------------------------------------- the server child */
-
-typedef struct {
-    pid_t pid; /* 0 when not running */
-    char log_path[128];
-    char endpoint[256];
-} server_t;
-
-static void print_log(const server_t *server) {
-    FILE *file = fopen(server->log_path, "r");
-    if (!file) return;
-    char line[1024];
-    while (fgets(line, sizeof line, file)) fputs(line, stderr);
-    fclose(file);
-}
-
-/* Copies the endpoint from the "serving ... on ENDPOINT, view ..." log line; 1 once it is there. */
-static int read_endpoint(server_t *server) {
-    char log[8192];
-    FILE *file = fopen(server->log_path, "r");
-    if (!file) return 0;
-    size_t got = fread(log, 1, sizeof log - 1, file);
-    fclose(file);
-    log[got] = '\0';
-    const char *line = strstr(log, " serving '");
-    const char *start = line ? strstr(line, ") on ") : NULL;
-    const char *end = start ? strstr(start, ", view ") : NULL;
-    if (!end || !strchr(end, '\n')) return 0;
-    start += strlen(") on ");
-    snprintf(server->endpoint, sizeof server->endpoint, "%.*s", (int)(end - start), start);
-    return 1;
-}
-
-/* SIGTERM, then SIGKILL after TIMEOUT_MS; returns the exit status or -1. */
-static int stop_server(server_t *server) {
-    if (server->pid <= 0) return -1;
-    kill(server->pid, SIGTERM);
-    double deadline = cm_progress_now() + TIMEOUT_MS / 1000.0;
-    int wait_status = 0, result = -1;
-    for (;;) {
-        pid_t done = waitpid(server->pid, &wait_status, WNOHANG);
-        if (done == server->pid) {
-            result = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
-            break;
-        }
-        if ((done < 0 && errno != EINTR) || cm_progress_now() > deadline) {
-            kill(server->pid, SIGKILL);
-            waitpid(server->pid, &wait_status, 0);
-            break;
-        }
-        usleep(5000);
-    }
-    server->pid = 0;
-    return result;
-}
-
-/* Starts `teacher-server serve` on an ephemeral loopback port, with CURVE when `curve`. */
-static int start_server(server_t *server, const char *checkpoint, int curve) {
-    const char *bin_dir = getenv("COMMITTEE_BIN_DIR");
-    char binary[512], max_train[16], max_test[16], secret_key[128], allowed[128];
-    snprintf(binary, sizeof binary, "%s/teacher-server",
-             bin_dir && *bin_dir ? bin_dir : "build/bin");
-    snprintf(max_train, sizeof max_train, "%d", SERVED_TRAIN);
-    snprintf(max_test, sizeof max_test, "%d", SERVED_TEST);
-    snprintf(secret_key, sizeof secret_key, "%s/teacher.key", directory);
-    snprintf(allowed, sizeof allowed, "%s/trainer.pub", directory);
-    snprintf(server->log_path, sizeof server->log_path, "%s/%s.log", directory,
-             curve ? "curve" : "plain");
-    /* Plaintext: the NULL in place of --curve-secret-key ends the arguments there. */
-    char *const argv[] = {binary,
-                          "serve",
-                          "--model",
-                          (char *)checkpoint,
-                          "--bind",
-                          "tcp://127.0.0.1:*",
-                          "--http",
-                          "off",
-                          "--threads",
-                          "1",
-                          "--max-train",
-                          max_train,
-                          "--max-test",
-                          max_test,
-                          curve ? "--curve-secret-key" : NULL,
-                          secret_key,
-                          "--allow-keys",
-                          allowed,
-                          NULL};
-    pid_t parent = getpid();
-    server->pid = fork();
-    if (server->pid < 0) {
-        server->pid = 0;
-        fprintf(stderr, "bench_curve: fork: %s\n", strerror(errno));
-        return -1;
-    }
-    if (server->pid == 0) { /* async-signal-safe calls only until execv */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        int log = open(server->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (log < 0) _exit(127);
-        dup2(log, 1);
-        dup2(log, 2);
-        execv(binary, argv);
-        _exit(127);
-    }
-    double deadline = cm_progress_now() + TIMEOUT_MS / 1000.0;
-    while (!read_endpoint(server)) {
-        int wait_status;
-        int exited = waitpid(server->pid, &wait_status, WNOHANG) == server->pid;
-        if (exited || cm_progress_now() > deadline) {
-            if (exited)
-                server->pid = 0;
-            else
-                stop_server(server);
-            fprintf(stderr, "bench_curve: %s did not start serving; its log:\n", binary);
-            print_log(server);
-            return -1;
-        }
-        usleep(5000);
-    }
-    return 0;
-}
-
 /* ---------------------------------------------------------------- the client */
-
-/* A DEALER connected to `endpoint`, a CURVE client of `server_key` when `keys` is not NULL. */
-static void *connect_dealer(void *context, const char *endpoint, const cm_curve_keypair_t *keys,
-                            const char *server_key) {
-    void *socket = zmq_socket(context, ZMQ_DEALER);
-    int timeout_ms = TIMEOUT_MS, linger_ms = 0;
-    zmq_setsockopt(socket, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
-    zmq_setsockopt(socket, ZMQ_SNDTIMEO, &timeout_ms, sizeof timeout_ms);
-    zmq_setsockopt(socket, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
-    if ((keys && cm_curve_make_client(socket, keys, server_key) != CM_OK) ||
-        zmq_connect(socket, endpoint) != 0) {
-        zmq_close(socket);
-        return NULL;
-    }
-    return socket;
-}
 
 /* Receives the next answer (heartbeats skipped); CM_OK with *message to release. */
 static cm_status_t receive(void *socket, cm_zwire_received_t *received,
@@ -271,7 +129,7 @@ static cm_status_t run_requests(void *socket, double seconds, uint64_t *next_req
 
 /* One served teacher and the client that measures it. */
 typedef struct {
-    server_t server;
+    serve_child_t server;
     void *socket;
     uint64_t next_request_id;
     rate_t best;
@@ -282,9 +140,16 @@ static cm_status_t start_served(served_t *served, void *context, const char *che
                                 const cm_curve_keypair_t *keys, const char *server_key) {
     memset(served, 0, sizeof *served);
     served->next_request_id = 1;
-    if (start_server(&served->server, checkpoint, keys != NULL) != 0)
+    char secret_key[128], allowed[128], log_path[160];
+    snprintf(secret_key, sizeof secret_key, "%s/teacher.key", directory);
+    snprintf(allowed, sizeof allowed, "%s/trainer.pub", directory);
+    snprintf(log_path, sizeof log_path, "%s/%s.log", directory, keys ? "curve" : "plain");
+    char *const curve[] = {"--curve-secret-key", secret_key, "--allow-keys", allowed, NULL};
+    if (serve_child_start(&served->server, checkpoint, SERVED_TRAIN, SERVED_TEST,
+                          keys ? curve : NULL, log_path, TIMEOUT_MS) != 0)
         return cm_fail(CM_ERR_UNAVAILABLE, "the server did not start");
-    served->socket = connect_dealer(context, served->server.endpoint, keys, server_key);
+    served->socket =
+        serve_child_dealer(context, served->server.endpoint, TIMEOUT_MS, keys, server_key);
     if (!served->socket) return cm_fail(CM_ERR_IO, "cannot connect to %s", served->server.endpoint);
     cm_wire_message_t hello;
     cm_wire_message_init(&hello, CM_WIRE_HELLO, 0);
@@ -317,11 +182,12 @@ static cm_status_t measure_served(served_t *served) {
 /* Closes the client and stops the server; -1 (with its log) when anything went wrong. */
 static int stop_served(served_t *served, cm_status_t status, const char *label) {
     if (served->socket) zmq_close(served->socket);
-    int exit_status = served->server.pid ? stop_server(&served->server) : -1;
+    int exit_status =
+        served->server.pid ? serve_child_stop(&served->server, SIGTERM, TIMEOUT_MS) : -1;
     if (status == CM_OK && exit_status == 0) return 0;
     fprintf(stderr, "bench_curve: serving %s failed (%s; exit status %d); its log:\n", label,
             status != CM_OK ? cm_last_error() : "replies fine", exit_status);
-    print_log(&served->server);
+    serve_child_print_log(&served->server);
     return -1;
 }
 
@@ -378,8 +244,9 @@ static double raw_zmq_rate(void *context, const cm_curve_keypair_t *server_keys,
         zmq_close(router);
         return 0.0;
     }
-    void *dealer = connect_dealer(context, endpoint, server_keys ? client_keys : NULL,
-                                  server_keys ? server_keys->public_key : NULL);
+    void *dealer =
+        serve_child_dealer(context, endpoint, TIMEOUT_MS, server_keys ? client_keys : NULL,
+                           server_keys ? server_keys->public_key : NULL);
     double rate = 0.0;
     for (int phase = 0; dealer && phase < 2; phase++) {
         double seconds = phase == 0 ? WARM_UP_SECONDS : MEASURE_SECONDS;

@@ -20,9 +20,8 @@
  * build/bin), stopped with SIGTERM and reaped; it gets SIGKILL if this
  * program dies first.  Each figure is measured for a fixed wall time, so the
  * whole run takes about half a minute.  The client process shares the two
- * cores with the server, as a trainer would.  Bench programs link only the
- * library, so the small spawn-and-wait code here is separate from the
- * tests' serve_fixture.
+ * cores with the server, as a trainer would.  The child and its client
+ * come from bench/serve_child, shared with bench_curve.
  */
 #include "cm_blas.h"
 #include "cm_dataset.h"
@@ -30,16 +29,13 @@
 #include "cm_progress.h"
 #include "cm_wire.h"
 #include "cm_zwire.h"
+#include "serve_child.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -58,119 +54,6 @@ static const double MEASURE_SECONDS = 3.0; /* per served or raw ZeroMQ figure */
 static const double FORWARD_SECONDS = 1.5; /* per in-process figure */
 
 static char directory[64];
-
-/* ---------------------------------------------------------------- the server child */
-
-typedef struct {
-    pid_t pid; /* 0 when not running */
-    char log_path[128];
-    char endpoint[256]; /* as the server reported it: the port it was given */
-} server_t;
-
-static void print_log(const server_t *server) {
-    FILE *file = fopen(server->log_path, "r");
-    if (!file) return;
-    char line[1024];
-    while (fgets(line, sizeof line, file)) fputs(line, stderr);
-    fclose(file);
-}
-
-/* Copies the endpoint from the "serving ... on ENDPOINT, view ..." log line; 1 once it is there. */
-static int read_endpoint(server_t *server) {
-    char log[8192];
-    FILE *file = fopen(server->log_path, "r");
-    if (!file) return 0;
-    size_t got = fread(log, 1, sizeof log - 1, file);
-    fclose(file);
-    log[got] = '\0';
-    const char *line = strstr(log, " serving '");
-    const char *start = line ? strstr(line, ") on ") : NULL;
-    const char *end = start ? strstr(start, ", view ") : NULL;
-    if (!end || !strchr(end, '\n')) return 0;
-    start += strlen(") on ");
-    snprintf(server->endpoint, sizeof server->endpoint, "%.*s", (int)(end - start), start);
-    return 1;
-}
-
-/*
- * Sends `signal_number` (0: none) and waits up to TIMEOUT_MS for the child, then
- * kills it.  Returns its exit status, 256 + the signal that ended it, or -1.
- */
-static int stop_server(server_t *server, int signal_number) {
-    if (server->pid <= 0) return -1;
-    if (signal_number) kill(server->pid, signal_number);
-    double deadline = cm_progress_now() + TIMEOUT_MS / 1000.0;
-    int wait_status = 0, result = -1;
-    for (;;) {
-        pid_t done = waitpid(server->pid, &wait_status, WNOHANG);
-        if (done == server->pid) {
-            result =
-                WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 256 + WTERMSIG(wait_status);
-            break;
-        }
-        if (done < 0 && errno != EINTR) break;
-        if (cm_progress_now() > deadline) {
-            kill(server->pid, SIGKILL);
-            waitpid(server->pid, &wait_status, 0);
-            break;
-        }
-        usleep(5000);
-    }
-    server->pid = 0;
-    return result;
-}
-
-/* Starts `teacher-server serve` on an ephemeral loopback TCP port; 0 once it is serving. */
-static int start_server(server_t *server, const char *checkpoint, const char *name) {
-    const char *bin_dir = getenv("COMMITTEE_BIN_DIR");
-    char binary[512], max_train[16], max_test[16];
-    snprintf(binary, sizeof binary, "%s/teacher-server",
-             bin_dir && *bin_dir ? bin_dir : "build/bin");
-    snprintf(max_train, sizeof max_train, "%d", SERVED_TRAIN);
-    snprintf(max_test, sizeof max_test, "%d", SERVED_TEST);
-    snprintf(server->log_path, sizeof server->log_path, "%s/%s.log", directory, name);
-    char *const argv[] = {binary,        "serve",
-                          "--model",     (char *)checkpoint,
-                          "--bind",      "tcp://127.0.0.1:*",
-                          "--http",      "off",
-                          "--threads",   "1",
-                          "--max-train", max_train,
-                          "--max-test",  max_test,
-                          NULL};
-    pid_t parent = getpid();
-    server->pid = fork();
-    if (server->pid < 0) {
-        server->pid = 0;
-        fprintf(stderr, "bench_serve: fork: %s\n", strerror(errno));
-        return -1;
-    }
-    if (server->pid == 0) { /* async-signal-safe calls only until execv */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent) _exit(127);
-        int log = open(server->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (log < 0) _exit(127);
-        dup2(log, 1);
-        dup2(log, 2);
-        execv(binary, argv);
-        _exit(127);
-    }
-    double deadline = cm_progress_now() + TIMEOUT_MS / 1000.0;
-    while (!read_endpoint(server)) {
-        int wait_status;
-        int exited = waitpid(server->pid, &wait_status, WNOHANG) == server->pid;
-        if (exited || cm_progress_now() > deadline) {
-            if (exited)
-                server->pid = 0;
-            else
-                stop_server(server, SIGKILL);
-            fprintf(stderr, "bench_serve: %s did not start serving; its log:\n", binary);
-            print_log(server);
-            return -1;
-        }
-        usleep(5000);
-    }
-    return 0;
-}
 
 /* ---------------------------------------------------------------- measurements */
 
@@ -208,19 +91,6 @@ static double forward_rate(const char *spec_text, const cm_dataset_t *dataset) {
     }
     cm_model_free(&model);
     return (double)batches * BATCH / elapsed;
-}
-
-static void *connect_dealer(void *context, const char *endpoint) {
-    void *socket = zmq_socket(context, ZMQ_DEALER);
-    int timeout_ms = TIMEOUT_MS, linger_ms = 0;
-    zmq_setsockopt(socket, ZMQ_RCVTIMEO, &timeout_ms, sizeof timeout_ms);
-    zmq_setsockopt(socket, ZMQ_SNDTIMEO, &timeout_ms, sizeof timeout_ms);
-    zmq_setsockopt(socket, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
-    if (zmq_connect(socket, endpoint) != 0) {
-        zmq_close(socket);
-        return NULL;
-    }
-    return socket;
 }
 
 /* Receives the next answer (heartbeats skipped); CM_OK with *message to release. */
@@ -304,9 +174,13 @@ static int measure_served(void *context, const char *spec_text, const cm_dataset
         fprintf(stderr, "bench_serve: %s\n", cm_last_error());
         return -1;
     }
-    server_t server = {0};
-    if (start_server(&server, checkpoint, name) != 0) return -1;
-    void *socket = connect_dealer(context, server.endpoint);
+    serve_child_t server = {0};
+    char log_path[160];
+    snprintf(log_path, sizeof log_path, "%s/%s.log", directory, name);
+    if (serve_child_start(&server, checkpoint, SERVED_TRAIN, SERVED_TEST, NULL, log_path,
+                          TIMEOUT_MS) != 0)
+        return -1;
+    void *socket = serve_child_dealer(context, server.endpoint, TIMEOUT_MS, NULL, NULL);
     cm_status_t status = socket ? CM_OK : cm_fail(CM_ERR_IO, "cannot connect");
     cm_wire_message_t hello;
     cm_wire_message_init(&hello, CM_WIRE_HELLO, 0);
@@ -327,11 +201,11 @@ static int measure_served(void *context, const char *spec_text, const cm_dataset
     if (status == CM_OK)
         status = run_requests(socket, output, MEASURE_SECONDS, &next_request_id, result);
     if (socket) zmq_close(socket);
-    int exit_status = stop_server(&server, SIGTERM);
+    int exit_status = serve_child_stop(&server, SIGTERM, TIMEOUT_MS);
     if (status != CM_OK || exit_status != 0) {
         fprintf(stderr, "bench_serve: serving %s failed (%s; exit status %d); its log:\n",
                 spec_text, status != CM_OK ? cm_last_error() : "replies fine", exit_status);
-        print_log(&server);
+        serve_child_print_log(&server);
         return -1;
     }
     return 0;
@@ -384,7 +258,7 @@ static double raw_zmq_rate(void *context) {
         zmq_close(router);
         return 0.0;
     }
-    void *dealer = connect_dealer(context, endpoint);
+    void *dealer = serve_child_dealer(context, endpoint, TIMEOUT_MS, NULL, NULL);
     double rate = 0.0;
     for (int phase = 0; dealer && phase < 2; phase++) {
         double seconds = phase == 0 ? WARM_UP_SECONDS : MEASURE_SECONDS;
