@@ -402,10 +402,15 @@ static void compute_job(server_t *server, job_t *job) {
             ok = add_top_k(job, staging[output], server->width[output]);
             continue;
         }
-        size_t bytes = 0;
-        void *frame =
-            encode_floats(staging[output], (size_t)job->count * (size_t)server->width[output],
-                          job->encoding, &bytes);
+        size_t bytes = 0, elements = (size_t)job->count * (size_t)server->width[output];
+        void *frame;
+        if (job->encoding == CM_DTYPE_F32) { /* the staging rows are the frame: no copy */
+            frame = staging[output];
+            bytes = sizeof(float) * elements;
+            staging[output] = NULL;
+        } else {
+            frame = encode_floats(staging[output], elements, job->encoding, &bytes);
+        }
         if (output == OUTPUT_TOKENS)
             ok =
                 add_tensor(job, output_names[output], CM_DTYPE_F32, job->encoding, CM_WIRE_DENSE,
