@@ -119,6 +119,8 @@ typedef struct {
     float *route_inputs, *alpha;                     /* filtering scratch */
     uint8_t *kept[MAX_WINDOW][TRAINER_MAX_TEACHERS]; /* filtering decision per row */
     int filtering;                                   /* this epoch asks only the kept pairs */
+    int forwarded_batch;           /* batch whose forward pass filtering already ran, or -1 */
+    const float *forwarded_logits; /* its logits (the model's, valid until the next forward) */
     long filter_needed[TRAINER_MAX_TEACHERS], filter_skipped[TRAINER_MAX_TEACHERS];
     double answer_sum, router_sum, align_sum;
     double valid_accuracy; /* on the --holdout examples, after the last epoch */
@@ -447,7 +449,10 @@ static void filter_batch(run_t *run, int batch_index, int slot, int rows, const 
         memcpy(run->batch_inputs + (size_t)row * (size_t)features,
                train->inputs + (size_t)ids[row] * (size_t)features,
                sizeof(float) * (size_t)features);
-    cm_model_forward(run->student, run->batch_inputs, rows);
+    /* Filtering asks one batch ahead, right after the previous step: no update comes between
+     * this forward pass and the training step on this batch, which reuses it. */
+    run->forwarded_logits = cm_model_forward(run->student, run->batch_inputs, rows);
+    run->forwarded_batch = batch_index;
     int hidden = 0;
     const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
     trainer_dd_route(run->dd, student_hidden, rows, NULL, run->alpha);
@@ -590,7 +595,10 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
         dd_batch.teacher_feature[teacher] = destination[run->dd_feature_output[teacher]];
     }
     cm_model_zero_grads(run->student);
-    const float *logits = cm_model_forward(run->student, run->batch_inputs, rows);
+    const float *logits = run->forwarded_batch == batch_index
+                              ? run->forwarded_logits
+                              : cm_model_forward(run->student, run->batch_inputs, rows);
+    run->forwarded_batch = -1;
     int hidden = 0;
     const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
     trainer_loss_t loss = {0};
@@ -648,12 +656,11 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
 
 /* ---------------------------------------------------------------- epochs */
 
-static void write_metrics(run_t *run, double seconds, double accuracy, double test_loss) {
+/* One JSON line for the finished epoch; `distinct` examples were trained in it. */
+static void write_metrics(run_t *run, long distinct, double seconds, double accuracy,
+                          double test_loss) {
     if (!run->metrics) return;
     double examples = run->epoch_examples ? (double)run->epoch_examples : 1.0;
-    int train = trainable_count(run);
-    long trained = 0;
-    for (int id = 0; id < train; id++) trained += run->trained[id];
     fprintf(run->metrics,
             "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"kd\":%.6f,\"fitnet\":%.6f,"
             "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
@@ -661,7 +668,7 @@ static void write_metrics(run_t *run, double seconds, double accuracy, double te
             "\"examples_per_second\":%.1f,"
             "\"wait_seconds\":%.3f,\"dd_answer\":%.6f,\"dd_router\":%.6f,\"teachers\":{",
             run->epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
-            run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, trained,
+            run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, distinct,
             run->epoch_duplicates, run->valid_accuracy, accuracy, test_loss, seconds,
             seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds,
             run->answer_sum / examples, run->router_sum / examples);
@@ -756,6 +763,7 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         memset(run->trained, 0, (size_t)train->count);
         run->loss_sum = run->ce_sum = run->kd_sum = run->fitnet_sum = run->wait_seconds = 0.0;
         run->answer_sum = run->router_sum = run->align_sum = 0.0;
+        run->forwarded_batch = -1;
         memset(run->filter_needed, 0, sizeof run->filter_needed);
         memset(run->filter_skipped, 0, sizeof run->filter_skipped);
         /* Filtering decides per batch with the current student, so it asks one batch ahead only. */
@@ -835,7 +843,7 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
                 cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
                             run->teacher_names[teacher], run->skipped_batches[teacher],
                             run->missing_rows[teacher]);
-        write_metrics(run, seconds, accuracy, test_loss);
+        write_metrics(run, distinct, seconds, accuracy, test_loss);
         cm_metrics_gauge_set(run->loss_gauge,
                              run->loss_sum /
                                  (double)(run->epoch_examples ? run->epoch_examples : 1));
