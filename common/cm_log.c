@@ -19,10 +19,13 @@ void cm_log_init(const char *program, cm_log_level_t level) {
     log_min_level = level;
 }
 
-int cm_log_level_parse(const char *text) {
-    for (int level = CM_LOG_DEBUG; level <= CM_LOG_ERROR; level++)
-        if (strcmp(text, level_names[level]) == 0) return level;
-    return -1;
+cm_status_t cm_log_level_parse(const char *text, cm_log_level_t *level) {
+    for (int candidate = CM_LOG_DEBUG; candidate <= CM_LOG_ERROR; candidate++)
+        if (strcmp(text, level_names[candidate]) == 0) {
+            *level = (cm_log_level_t)candidate;
+            return CM_OK;
+        }
+    return cm_fail(CM_ERR_INVALID_ARG, "--log-level must be debug, info, warn or error");
 }
 
 void cm_log(cm_log_level_t level, const char *format, ...) {

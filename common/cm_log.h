@@ -8,13 +8,16 @@
 #ifndef CM_LOG_H
 #define CM_LOG_H
 
+#include "cm_status.h"
+
 typedef enum { CM_LOG_DEBUG, CM_LOG_INFO, CM_LOG_WARN, CM_LOG_ERROR } cm_log_level_t;
 
 /* Sets the program name shown on every line and the minimum level. */
 void cm_log_init(const char *program, cm_log_level_t level);
 
-/* Parses "debug", "info", "warn" or "error"; returns -1 for anything else. */
-int cm_log_level_parse(const char *text);
+/* Parses the --log-level value "debug", "info", "warn" or "error" into *level;
+ * CM_ERR_INVALID_ARG with a sentence for anything else. */
+cm_status_t cm_log_level_parse(const char *text, cm_log_level_t *level);
 
 void cm_log(cm_log_level_t level, const char *format, ...) __attribute__((format(printf, 2, 3)));
 

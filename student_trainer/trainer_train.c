@@ -1368,10 +1368,9 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         free(run);
         return 0;
     }
-    int level = cm_log_level_parse(options->log_level);
+    cm_log_level_t level = CM_LOG_INFO;
     trainer_method_kind_t kind;
-    if (status == CM_OK && level < 0)
-        status = cm_fail(CM_ERR_INVALID_ARG, "--log-level must be debug, info, warn or error");
+    if (status == CM_OK) status = cm_log_level_parse(options->log_level, &level);
     int diversedistill = strcmp(options->method, "diversedistill") == 0;
     if (status == CM_OK && !diversedistill) status = trainer_method_parse(options->method, &kind);
     if (diversedistill) kind = TRAINER_METHOD_KD; /* needs teachers, like kd */
@@ -1405,7 +1404,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         free(run);
         return 2;
     }
-    cm_log_init("student-trainer", (cm_log_level_t)level);
+    cm_log_init("student-trainer", level);
     cm_blas_set_threads(options->threads);
     struct sigaction action = {0};
     action.sa_handler = on_interrupt;

@@ -288,9 +288,8 @@ int teacher_fit_main(int argc, char **argv, int first) {
         cm_cli_usage(stdout, usage, description, table, count);
         return 0;
     }
-    int level = cm_log_level_parse(options.log_level);
-    if (status == CM_OK && level < 0)
-        status = cm_fail(CM_ERR_INVALID_ARG, "--log-level must be debug, info, warn or error");
+    cm_log_level_t level = CM_LOG_INFO;
+    if (status == CM_OK) status = cm_log_level_parse(options.log_level, &level);
     if (status == CM_OK && (options.epochs < 1 || options.batch < 1 || options.threads < 1))
         status = cm_fail(CM_ERR_INVALID_ARG, "--epochs, --batch and --threads must be at least 1");
     if (status == CM_OK && !(options.lr > 0.0f))
@@ -308,7 +307,7 @@ int teacher_fit_main(int argc, char **argv, int first) {
         fprintf(stderr, "teacher-server fit: %s\n", cm_last_error());
         return 2;
     }
-    cm_log_init("teacher-server", (cm_log_level_t)level);
+    cm_log_init("teacher-server", level);
     cm_blas_set_threads(options.threads);
     status = fit(&options);
     if (status != CM_OK) {

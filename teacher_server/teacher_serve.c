@@ -1112,9 +1112,8 @@ int teacher_serve_main(int argc, char **argv, int first) {
         cm_cli_usage(stdout, usage, description, table, count);
         return 0;
     }
-    int level = cm_log_level_parse(options.log_level);
-    if (status == CM_OK && level < 0)
-        status = cm_fail(CM_ERR_INVALID_ARG, "--log-level must be debug, info, warn or error");
+    cm_log_level_t level = CM_LOG_INFO;
+    if (status == CM_OK) status = cm_log_level_parse(options.log_level, &level);
     if (status == CM_OK && (options.threads < 1 || options.max_examples < 1 || options.queue < 1 ||
                             options.max_message_mb < 1 || options.heartbeat_ms < 10))
         status =
@@ -1139,7 +1138,7 @@ int teacher_serve_main(int argc, char **argv, int first) {
         fprintf(stderr, "teacher-server serve: %s\n", cm_last_error());
         return 2;
     }
-    cm_log_init("teacher-server", (cm_log_level_t)level);
+    cm_log_init("teacher-server", level);
     if (!is_loopback_endpoint(options.bind) && !options.curve_secret_key)
         cm_log_warn("serving %s without encryption: anyone who can reach it can query the teacher",
                     options.bind);
