@@ -207,34 +207,24 @@ static cm_status_t await_hello(trainer_committee_t *committee, teacher_t *teache
                            "and reachable?",
                            teacher->info.name, endpoint->address, committee->config.handshake_ms);
         cm_zwire_received_t received;
-        cm_status_t status = cm_zwire_recv(endpoint->socket, &received, ZMQ_DONTWAIT);
-        if (status == CM_ERR_BUSY) continue;
-        if (status != CM_OK) return status;
-        cm_wire_limits_t limits = receive_limits();
         cm_wire_message_t message;
-        status = received.truncated
-                     ? cm_fail(CM_ERR_FORMAT, "too many frames")
-                     : cm_zwire_decode(&message, received.parts, received.part_count, &limits);
-        if (status != CM_OK) {
-            cm_zwire_received_close(&received);
+        cm_wire_limits_t limits = receive_limits();
+        cm_status_t status =
+            cm_zwire_recv_message(endpoint->socket, &received, &message, &limits, ZMQ_DONTWAIT);
+        if (status == CM_ERR_BUSY) continue; /* nothing, or only heartbeats, so far */
+        if (status == CM_ERR_IO) return status;
+        if (status != CM_OK) /* a message that does not decode */
             return cm_fail(status, "teacher '%s' at %s sent a bad handshake: %s",
                            teacher->info.name, endpoint->address, cm_last_error());
-        }
         if (message.kind == CM_WIRE_ERROR) {
             status = cm_fail(message.error.code, "teacher '%s' at %s refused the handshake: %s",
                              teacher->info.name, endpoint->address, message.error.message);
         } else if (message.kind == CM_WIRE_HELLO) {
             status = check_hello(committee, teacher, endpoint, &message.hello, first);
-            if (status == CM_OK) {
-                cm_wire_message_deinit(&message);
-                cm_zwire_received_close(&received);
-                return CM_OK;
-            }
         } else {
-            status = CM_ERR_BUSY; /* a heartbeat or a stale reply: keep waiting */
+            status = CM_ERR_BUSY; /* a stale reply: keep waiting */
         }
-        cm_wire_message_deinit(&message);
-        cm_zwire_received_close(&received);
+        cm_zwire_release(&received, &message);
         if (status != CM_ERR_BUSY) return status;
     }
 }
