@@ -34,8 +34,14 @@
  * E and P_i are tables, not projections: decaying them would pull every teacher's
  * embedding, and so alpha, towards uniform.  All scratch is one arena, carved at creation
  * for max_batch rows; trainer_dd_route and trainer_dd_loss share it, so one module serves
- * one thread.  With λ_ans = λ_al = 0 nothing reads k, so the module does not run at all
- * (and answer_accuracy stays 0).
+ * one thread.  With λ_ans = λ_al = 0 nothing reads k, so the module's answer path does not
+ * run at all (and answer_accuracy stays 0); the interactive probes need only the question.
+ *
+ * Interactive: a teacher that lends its head adds W_p^i (decayed, after its W_a2) and b_p^i
+ * (after its b_a2).  Its probe terms are computed right after the module forward and leave
+ * d_probe [count][d_h] behind; the module backward adds W_p^i^T·d_probe into the question's
+ * gradient before the question's own backward, so the probes reuse the answer's path into
+ * the student.
  */
 #include "trainer_dd.h"
 
@@ -65,6 +71,8 @@ typedef struct {
     float *output_bias;        /* b_O^i [d_k] */
     float *augment_in_bias;    /* b_a1^i [hid] */
     float *augment_out_bias;   /* b_a2^i [d_s] */
+    float *probe_weight;       /* W_p^i [d_h][d_k] (interactive, teacher with a head) */
+    float *probe_bias;         /* b_p^i [d_h] */
 } teacher_tensors_t;
 
 /* Every tensor of the module inside a section. */
@@ -87,7 +95,7 @@ typedef struct {
  * N(0, 0.02) (E and P_i: nearly uniform alpha and position-blind keys at the start). */
 typedef enum { INIT_ZERO, INIT_ONE, INIT_FAN_IN, INIT_SMALL } init_kind_t;
 
-enum { MAX_TENSORS = 10 + 10 * TRAINER_MAX_TEACHERS };
+enum { MAX_TENSORS = 10 + 12 * TRAINER_MAX_TEACHERS };
 
 /* Where tensors go while a section is laid out; base NULL only counts. */
 typedef struct {
@@ -117,6 +125,10 @@ typedef struct {
     float *augment_pre;  /* [max_batch][hid] W_a1·a_i + b_a1 */
     float *augment_act;  /* [max_batch][hid] GELU of it */
     float *augmented;    /* [max_batch][d_s] ã_i */
+    int head_inputs;     /* d_h^i when the teacher's probe runs, else 0 */
+    float *probe;        /* [max_batch][d_h] p_i */
+    float *probe_logits; /* [max_batch][C] g_i(p_i) */
+    float *d_probe;      /* [max_batch][d_h] dLoss/dp_i, left by the probe terms */
 } teacher_state_t;
 
 struct trainer_dd {
@@ -201,6 +213,7 @@ struct trainer_dd {
     float *d_question_pre; /* [max_batch][hid] */
     float *d_keys_values;  /* [max_batch][longest L_i][2 d_k] */
     float *d_attention;    /* [longest L_i] dLoss/d(attention weight) of one example and head */
+    float *d_probe_logits; /* [max_batch][C] */
 };
 
 /* ---------------------------------------------------------------- names and defaults */
@@ -296,8 +309,28 @@ static cm_status_t check_config(const trainer_dd_config_t *config) {
                        (double)config->kd_weight);
     if ((status = check_weight("the answer weight", config->answer_weight)) != CM_OK ||
         (status = check_weight("the router weight", config->router_weight)) != CM_OK ||
-        (status = check_weight("the alignment weight", config->align_weight)) != CM_OK)
+        (status = check_weight("the alignment weight", config->align_weight)) != CM_OK ||
+        (status = check_weight("the probe match weight", config->probe_match_weight)) != CM_OK ||
+        (status = check_weight("the probe answer weight", config->probe_answer_weight)) != CM_OK)
         return status;
+    if (config->interactive) {
+        int heads = 0;
+        for (int teacher = 0; teacher < config->teacher_count; teacher++) {
+            if (config->head_inputs[teacher] < 0)
+                return cm_fail(CM_ERR_INVALID_ARG,
+                               "DiverseDistill: teacher %d's head reads %d values", teacher,
+                               config->head_inputs[teacher]);
+            if (config->head_inputs[teacher] == 0) continue;
+            if (!config->head_weight[teacher] || !config->head_bias[teacher])
+                return cm_fail(CM_ERR_INVALID_ARG,
+                               "DiverseDistill: teacher %d has a head of %d inputs but no weights",
+                               teacher, config->head_inputs[teacher]);
+            heads++;
+        }
+        if (heads == 0)
+            return cm_fail(CM_ERR_INVALID_ARG,
+                           "--dd-interactive needs at least one teacher that lends its head");
+    }
     if (!trainer_dd_router_name(config->router))
         return cm_fail(CM_ERR_INVALID_ARG, "DiverseDistill: unknown router kind %d",
                        (int)config->router);
@@ -312,6 +345,8 @@ static cm_status_t check_config(const trainer_dd_config_t *config) {
             (config->teacher_dim[teacher] > 2 * config->key_dim ? config->teacher_dim[teacher]
                                                                 : 2 * config->key_dim);
         if (token_floats > widest) widest = token_floats;
+        if (config->interactive && config->head_inputs[teacher] > widest)
+            widest = config->head_inputs[teacher];
     }
     if ((long long)config->max_batch * widest > INT_MAX)
         return cm_fail(CM_ERR_TOO_LARGE,
@@ -333,6 +368,11 @@ static float *place(layout_t *layout, size_t size, init_kind_t init, int fan_in)
     return tensor;
 }
 
+/* Whether teacher's interactive probe runs. */
+static int has_probe(const trainer_dd_config_t *config, int teacher) {
+    return config->interactive && config->head_inputs[teacher] > 0;
+}
+
 /* Lays every tensor out from `base` (NULL: only count); *decayed gets the decayed prefix. */
 static void lay_out_tensors(const trainer_dd_config_t *config, float *base, tensors_t *tensors,
                             layout_t *layout, size_t *decayed) {
@@ -352,6 +392,10 @@ static void lay_out_tensors(const trainer_dd_config_t *config, float *base, tens
         own->output_weight = place(layout, key * key, INIT_FAN_IN, (int)key);
         own->augment_in_weight = place(layout, hidden * key, INIT_FAN_IN, (int)key);
         own->augment_out_weight = place(layout, width * hidden, INIT_FAN_IN, (int)hidden);
+        own->probe_weight = NULL;
+        if (has_probe(config, teacher))
+            own->probe_weight =
+                place(layout, (size_t)config->head_inputs[teacher] * key, INIT_FAN_IN, (int)key);
     }
     *decayed = layout->used;
     /* Tables, norms and biases, not decayed. */
@@ -372,6 +416,9 @@ static void lay_out_tensors(const trainer_dd_config_t *config, float *base, tens
         own->output_bias = place(layout, key, INIT_ZERO, 0);
         own->augment_in_bias = place(layout, hidden, INIT_ZERO, 0);
         own->augment_out_bias = place(layout, width, INIT_ZERO, 0);
+        own->probe_bias = NULL;
+        if (has_probe(config, teacher))
+            own->probe_bias = place(layout, (size_t)config->head_inputs[teacher], INIT_ZERO, 0);
     }
 }
 
@@ -436,6 +483,9 @@ static void carve_scratch(trainer_dd_t *dd, arena_t *arena) {
         state->augment_pre = take(arena, batch * hidden);
         state->augment_act = take(arena, batch * hidden);
         state->augmented = take(arena, batch * width);
+        state->probe = take(arena, batch * (size_t)state->head_inputs);
+        state->probe_logits = take(arena, batch * (state->head_inputs ? classes : 0));
+        state->d_probe = take(arena, batch * (size_t)state->head_inputs);
     }
     dd->router_norm = take(arena, batch * width);
     dd->router_mean = take(arena, batch);
@@ -495,6 +545,7 @@ static void carve_scratch(trainer_dd_t *dd, arena_t *arena) {
     dd->d_question_pre = take(arena, batch * hidden);
     dd->d_keys_values = take(arena, batch * longest * 2 * key);
     dd->d_attention = take(arena, longest);
+    dd->d_probe_logits = take(arena, batch * classes);
 }
 
 cm_status_t trainer_dd_new(const trainer_dd_config_t *config, uint64_t seed, trainer_dd_t **out) {
@@ -509,6 +560,8 @@ cm_status_t trainer_dd_new(const trainer_dd_config_t *config, uint64_t seed, tra
     for (int teacher = 0; teacher < config->teacher_count; teacher++) {
         dd->teacher[teacher].tokens = config->teacher_tokens[teacher];
         dd->teacher[teacher].dim = config->teacher_dim[teacher];
+        dd->teacher[teacher].head_inputs =
+            has_probe(config, teacher) ? config->head_inputs[teacher] : 0;
         if (config->teacher_dim[teacher] > dd->widest_teacher)
             dd->widest_teacher = config->teacher_dim[teacher];
         if (config->teacher_tokens[teacher] > dd->longest_teacher)
@@ -981,9 +1034,11 @@ static void keys_values_backward(trainer_dd_t *dd, int teacher) {
 /*
  * The whole module forward: question, keys/values, attention, answer and augmenter for every
  * teacher's present rows, then k [rows][d_s] = Σ_i alpha_i·ã_i (0 on rows without a teacher).
+ * Without `answers` only the questions and the probes run (k is not needed).  The probe of
+ * a teacher with a head: p_i = W_p·q_i + b_p and its frozen head's logits g_i(p_i).
  */
 static void module_forward(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
-                           const float *student_hidden) {
+                           const float *student_hidden, int answers) {
     const trainer_dd_config_t *config = &dd->config;
     int rows = batch->rows, width = config->student_hidden, hidden = config->hidden;
     int key = config->key_dim, teachers = config->teacher_count;
@@ -999,8 +1054,16 @@ static void module_forward(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
         teacher_state_t *state = &dd->teacher[teacher];
         const teacher_tensors_t *own = &dd->param.teacher[teacher];
         int count = state->present_count;
-        if (count == 0) continue;
+        if (count == 0 || (!answers && !state->head_inputs)) continue;
         question_forward(dd, teacher);
+        if (state->head_inputs) {
+            cm_layers_dense_forward(state->probe, state->question, own->probe_weight,
+                                    own->probe_bias, count, key, state->head_inputs);
+            cm_layers_dense_forward(state->probe_logits, state->probe, config->head_weight[teacher],
+                                    config->head_bias[teacher], count, state->head_inputs,
+                                    config->classes);
+        }
+        if (!answers) continue;
         keys_values_forward(dd, teacher, batch->teacher_feature[teacher]);
         cross_attention_forward(state->context, state->attention, state->question,
                                 state->keys_values, count, state->tokens, key, config->heads);
@@ -1022,11 +1085,12 @@ static void module_forward(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
 }
 
 /*
- * The module backward from d_knowledge [rows][d_s]: adds into every module tensor and
- * d_hidden; in end-to-end mode also turns dLoss/dalpha into d_score for the router.
+ * The module backward from d_knowledge [rows][d_s] (when `knowledge_flows`) and every
+ * probe's d_probe: adds into every module tensor and d_hidden; in end-to-end mode also turns
+ * dLoss/dalpha into d_score for the router.
  */
 static void module_backward(trainer_dd_t *dd, const float *student_hidden, int rows,
-                            float *d_hidden) {
+                            float *d_hidden, int knowledge_flows) {
     const trainer_dd_config_t *config = &dd->config;
     int width = config->student_hidden, hidden = config->hidden, key = config->key_dim;
     int teachers = config->teacher_count, embed = config->embed_dim;
@@ -1038,7 +1102,17 @@ static void module_backward(trainer_dd_t *dd, const float *student_hidden, int r
         const teacher_tensors_t *own = &dd->param.teacher[teacher];
         teacher_tensors_t *grad = &dd->grad.teacher[teacher];
         int count = state->present_count;
-        if (count == 0) continue;
+        size_t key_floats = (size_t)count * key;
+        if (count == 0 || (!knowledge_flows && !state->head_inputs)) continue;
+        memset(dd->d_question, 0, sizeof(float) * key_floats);
+        if (state->head_inputs) /* d_q += W_p^T·d_p; W_p, b_p get theirs */
+            cm_layers_dense_backward(dd->d_question, grad->probe_weight, grad->probe_bias,
+                                     state->d_probe, state->question, own->probe_weight, count, key,
+                                     state->head_inputs);
+        if (!knowledge_flows) {
+            question_backward(dd, teacher);
+            continue;
+        }
         /* k = Σ alpha_i·ã_i: d_ã_i = alpha_i·d_k, and d_alpha_i = <ã_i, d_k> if alpha is live. */
         for (int index = 0; index < count; index++) {
             int row = state->present_rows[index];
@@ -1051,7 +1125,7 @@ static void module_backward(trainer_dd_t *dd, const float *student_hidden, int r
                 dd->d_alpha[pair] =
                     dot(state->augmented + (size_t)index * width, d_knowledge, width);
         }
-        size_t hidden_floats = (size_t)count * hidden, key_floats = (size_t)count * key;
+        size_t hidden_floats = (size_t)count * hidden;
         memset(dd->d_augment_act, 0, sizeof(float) * hidden_floats);
         cm_layers_dense_backward(dd->d_augment_act, grad->augment_out_weight,
                                  grad->augment_out_bias, dd->d_augmented, state->augment_act,
@@ -1066,7 +1140,6 @@ static void module_backward(trainer_dd_t *dd, const float *student_hidden, int r
         memset(dd->d_context, 0, sizeof(float) * key_floats);
         cm_layers_dense_backward(dd->d_context, grad->output_weight, grad->output_bias,
                                  dd->d_answer, state->context, own->output_weight, count, key, key);
-        memset(dd->d_question, 0, sizeof(float) * key_floats);
         memset(dd->d_keys_values, 0, sizeof(float) * (size_t)count * state->tokens * 2 * key);
         cross_attention_backward(dd->d_question, dd->d_keys_values, dd->d_attention, dd->d_context,
                                  state->question, state->keys_values, state->attention, count,
@@ -1083,7 +1156,7 @@ static void module_backward(trainer_dd_t *dd, const float *student_hidden, int r
     cm_layers_layernorm_backward(d_hidden, dd->grad.question_gamma, dd->grad.question_beta,
                                  dd->d_question_norm, student_hidden, dd->param.question_gamma,
                                  dd->question_mean, dd->question_rstd, rows, width);
-    if (!end_to_end) return;
+    if (!end_to_end || !knowledge_flows) return;
     /* Softmax over the present teachers:
      * d_score_i = alpha_i·(d_alpha_i - Σ_j alpha_j·d_alpha_j). */
     for (int row = 0; row < rows; row++) {
@@ -1170,6 +1243,74 @@ static double align_term(trainer_dd_t *dd, const float *student_hidden, int rows
     return dd->config.align_weight * sum / ((double)width * rows_with_teacher);
 }
 
+/*
+ * The interactive terms of every teacher with a head, means over the rows with a teacher:
+ * λ_q·‖p_i − H_i‖²/(d_h·Var(H_i)) and λ_a·T²·KL(softmax(z_i/T) ‖ softmax(g_i(p_i)/T)).
+ * Var(H_i) is the variance of all the values of H_i over the batch's present rows (a
+ * constant).  Leaves each teacher's d_probe for the module backward; adds the terms into
+ * *loss.
+ */
+static void probe_terms(trainer_dd_t *dd, const trainer_dd_batch_t *batch, int rows_with_teacher,
+                        trainer_dd_loss_t *loss) {
+    const trainer_dd_config_t *config = &dd->config;
+    int classes = config->classes;
+    float temperature = config->temperature;
+    for (int teacher = 0; teacher < config->teacher_count; teacher++) {
+        teacher_state_t *state = &dd->teacher[teacher];
+        int count = state->present_count, inputs = state->head_inputs;
+        if (count == 0 || inputs == 0) continue;
+        const float *target = batch->teacher_head_input[teacher];
+        double sum = 0.0, sum_squares = 0.0;
+        for (int index = 0; index < count; index++) {
+            const float *values = target + (size_t)state->present_rows[index] * inputs;
+            for (int c = 0; c < inputs; c++) {
+                sum += values[c];
+                sum_squares += (double)values[c] * values[c];
+            }
+        }
+        double elements = (double)count * inputs, mean = sum / elements;
+        double variance = sum_squares / elements - mean * mean;
+        if (!(variance > 1e-6)) variance = 1e-6; /* a constant feature: no scale to match */
+
+        /* λ_q: d_p = 2 λ_q (p - H) / (d_h·Var·rows) */
+        double match_sum = 0.0;
+        float match_scale =
+            (float)(2.0 * config->probe_match_weight / (inputs * variance * rows_with_teacher));
+        for (int index = 0; index < count; index++) {
+            const float *values = target + (size_t)state->present_rows[index] * inputs;
+            const float *probe = state->probe + (size_t)index * inputs;
+            float *d_probe = state->d_probe + (size_t)index * inputs;
+            for (int c = 0; c < inputs; c++) {
+                float difference = probe[c] - values[c];
+                match_sum += (double)difference * difference;
+                d_probe[c] = match_scale * difference;
+            }
+        }
+        loss->probe_match +=
+            config->probe_match_weight * match_sum / (inputs * variance * rows_with_teacher);
+
+        /* λ_a, through the frozen head: d_p += d_g·G_i */
+        double answer_sum = 0.0;
+        float answer_scale = config->probe_answer_weight / (float)rows_with_teacher;
+        for (int index = 0; index < count; index++) {
+            size_t offset = (size_t)index * classes;
+            cm_loss_softmax(dd->teacher_soft,
+                            batch->teacher_logits[teacher] +
+                                (size_t)state->present_rows[index] * classes,
+                            temperature, 1, classes);
+            answer_sum +=
+                cm_loss_kl_forward(dd->student_soft, state->probe_logits + offset, dd->teacher_soft,
+                                   NULL, temperature, 1, classes); /* T²·KL */
+            memset(dd->d_probe_logits + offset, 0, sizeof(float) * (size_t)classes);
+            cm_loss_kl_backward(dd->d_probe_logits + offset, dd->student_soft, dd->teacher_soft,
+                                NULL, temperature, 1, classes, answer_scale);
+        }
+        cm_layers_dense_backward(state->d_probe, NULL, NULL, dd->d_probe_logits, state->probe,
+                                 config->head_weight[teacher], count, inputs, classes);
+        loss->probe_answer += config->probe_answer_weight * answer_sum / rows_with_teacher;
+    }
+}
+
 /* ---------------------------------------------------------------- the step */
 
 void trainer_dd_loss(trainer_dd_t *dd, const trainer_dd_batch_t *batch, const float *student_logits,
@@ -1185,7 +1326,8 @@ void trainer_dd_loss(trainer_dd_t *dd, const trainer_dd_batch_t *batch, const fl
     for (int row = 0; row < rows; row++) assert(batch->labels[row] < classes);
     for (int teacher = 0; teacher < teachers; teacher++)
         assert(batch->teacher_logits[teacher] && batch->teacher_feature[teacher] &&
-               batch->teacher_present[teacher]);
+               batch->teacher_present[teacher] &&
+               (!dd->teacher[teacher].head_inputs || batch->teacher_head_input[teacher]));
 
     memset(loss, 0, sizeof *loss);
     memset(d_logits, 0, sizeof(float) * (size_t)rows * classes);
@@ -1213,17 +1355,21 @@ void trainer_dd_loss(trainer_dd_t *dd, const trainer_dd_batch_t *batch, const fl
         loss->router = router_term(dd, batch);
         router_learns = 1;
     }
-    if (config->answer_weight > 0.0f || config->align_weight > 0.0f) {
-        module_forward(dd, batch, student_hidden);
-        if (answer_term(dd, batch, head_weight, head_bias, d_head_weight, d_head_bias, loss)) {
-            module_backward(dd, student_hidden, rows, d_hidden);
-            router_learns |= config->router == TRAINER_DD_ROUTER_END_TO_END;
-        }
+    int answers = config->answer_weight > 0.0f || config->align_weight > 0.0f;
+    if (answers || config->interactive) {
+        module_forward(dd, batch, student_hidden, answers);
+        int knowledge_flows = answers && answer_term(dd, batch, head_weight, head_bias,
+                                                     d_head_weight, d_head_bias, loss);
+        if (config->interactive) probe_terms(dd, batch, rows_with_teacher, loss);
+        if (knowledge_flows || config->interactive)
+            module_backward(dd, student_hidden, rows, d_hidden, knowledge_flows);
+        router_learns |= knowledge_flows && config->router == TRAINER_DD_ROUTER_END_TO_END;
         if (config->align_weight > 0.0f)
             loss->align = align_term(dd, student_hidden, rows, rows_with_teacher, d_hidden);
     }
     if (router_learns) route_backward(dd, student_hidden, rows, d_hidden);
-    loss->total = loss->ce + loss->kd + loss->answer + loss->router + loss->align;
+    loss->total = loss->ce + loss->kd + loss->answer + loss->router + loss->align +
+                  loss->probe_match + loss->probe_answer;
 }
 
 /* ---------------------------------------------------------------- own parameters */

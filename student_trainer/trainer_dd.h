@@ -26,6 +26,15 @@
  *      learnability: r = softmax_i(-KL(softmax(z_i/T) ‖ softmax(sg(s)/T))/τ)   every row
  *      end-to-end:   no router term
  * + λ_al·‖LN(h) − LN(sg(k))‖² / d_s                        optional alignment (off at 0)
+ * Interactive variant (config.interactive; DIVERSEDISTILL.md §2), for every teacher i that
+ * lends its frozen head g_i(x) = G_i·x + c_i (a dense layer over its feature H_i [d_h^i],
+ * e.g. "hidden"): the question projected into the teacher's feature space,
+ *       p_i = W_p^i·q_i + b_p^i                              (W_p [d_h][d_k])
+ * + λ_q·‖p_i − H_i‖² / (d_h·Var(H_i))                       rows and teachers present; Var
+ *                                                          over the batch's present H_i
+ * + λ_a·T²·KL(softmax(z_i/T) ‖ softmax(g_i(p_i)/T))        rows and teachers present
+ * Gradients flow through the frozen head and the question into the student; G_i, c_i, H_i
+ * and z_i never change.
  * Absent (row, teacher) pairs are masked out of every sum and alpha is
  * renormalized over the present ones; a row with no teacher present gets
  * only the CE term.
@@ -72,23 +81,35 @@ typedef struct {
     float align_weight;                       /* λ_al (0: off) */
     trainer_dd_router_t router;
     int max_batch;
+    /* Interactive variant (off unless `interactive`). */
+    int interactive;
+    float probe_match_weight;                       /* λ_q */
+    float probe_answer_weight;                      /* λ_a */
+    int head_inputs[TRAINER_MAX_TEACHERS];          /* d_h^i; 0: teacher i lends no head */
+    const float *head_weight[TRAINER_MAX_TEACHERS]; /* G_i [C][d_h^i], borrowed, frozen */
+    const float *head_bias[TRAINER_MAX_TEACHERS];   /* c_i [C], borrowed, frozen */
 } trainer_dd_config_t;
 
 /* Defaults of DIVERSEDISTILL.md §2 (T=2, w=0.9, λ_ans=1, λ_α=1, τ=1, d_e=32, d_k=64,
- * 4 heads, hidden 128, learnability router, alignment off); shapes left zero. */
+ * 4 heads, hidden 128, learnability router, alignment off; interactive off, λ_q = λ_a = 1);
+ * shapes left zero. */
 trainer_dd_config_t trainer_dd_defaults(void);
 
 /* One batch as the module sees it; absent (row, teacher) pairs hold garbage. */
 typedef struct {
     int rows;
-    const int32_t *labels;                                /* [rows]; negative = unlabelled */
-    const float *teacher_logits[TRAINER_MAX_TEACHERS];    /* [rows][C] */
-    const float *teacher_feature[TRAINER_MAX_TEACHERS];   /* [rows][L_i][d_i] */
-    const uint8_t *teacher_present[TRAINER_MAX_TEACHERS]; /* [rows] */
+    const int32_t *labels;                                 /* [rows]; negative = unlabelled */
+    const float *teacher_logits[TRAINER_MAX_TEACHERS];     /* [rows][C] */
+    const float *teacher_feature[TRAINER_MAX_TEACHERS];    /* [rows][L_i][d_i] */
+    const uint8_t *teacher_present[TRAINER_MAX_TEACHERS];  /* [rows] */
+    const float *teacher_head_input[TRAINER_MAX_TEACHERS]; /* [rows][d_h^i] H_i: read only for
+                                                              teachers with a head, when
+                                                              interactive */
 } trainer_dd_batch_t;
 
 typedef struct {
     double total, ce, kd, answer, router, align; /* weighted terms */
+    double probe_match, probe_answer;            /* weighted terms (interactive) */
     double answer_accuracy; /* accuracy of head(act(k)) on labelled rows, for monitoring */
     int labelled;
 } trainer_dd_loss_t;

@@ -51,10 +51,14 @@ enum {
     HEADS = 2,
     HIDDEN = 5,
     MAX_FEATURE = 15, /* the largest L_i * d_i */
+    MAX_HEAD = 6,     /* the widest head input d_h */
 };
 
 static const int fixture_tokens[TEACHERS] = {3, 1};
 static const int fixture_dims[TEACHERS] = {5, 6};
+/* Interactive: teacher 0's head reads a vector of its own (as a ViT's "hidden" beside its
+ * "tokens"), teacher 1's head reads the very feature it streams. */
+static const int fixture_head_inputs[TEACHERS] = {4, 6};
 static const int32_t fixture_labels[ROWS] = {2, -1, 0, -1, 1, 3};
 /* Row 4 has no teacher; rows 1 and 2 have one; rows 0, 3 and 5 both. */
 static const uint8_t fixture_present[TEACHERS][ROWS] = {
@@ -71,6 +75,9 @@ typedef struct {
     float student_hidden[ROWS * WIDTH];
     float head_weight[CLASSES * WIDTH];
     float head_bias[CLASSES];
+    float teacher_head_input[ROWS * MAX_HEAD]; /* teacher 0's H (teacher 1's is its feature) */
+    float teacher_head_weight[TEACHERS][CLASSES * MAX_HEAD]; /* frozen G_i */
+    float teacher_head_bias[TEACHERS][CLASSES];              /* frozen c_i */
     trainer_dd_batch_t batch; /* points into this fixture: never copy one */
 } fixture_t;
 
@@ -84,6 +91,9 @@ static void fixture_set_garbage(fixture_t *fixture, float garbage) {
                 fixture->teacher_logits[teacher][row * CLASSES + c] = garbage;
             for (int i = 0; i < floats; i++)
                 fixture->teacher_feature[teacher][row * floats + i] = garbage;
+            if (teacher == 0)
+                for (int i = 0; i < fixture_head_inputs[0]; i++)
+                    fixture->teacher_head_input[row * fixture_head_inputs[0] + i] = garbage;
         }
     }
 }
@@ -97,7 +107,11 @@ static void fixture_init(fixture_t *fixture, uint64_t seed) {
     for (int teacher = 0; teacher < TEACHERS; teacher++) {
         gradcheck_fill(&rng, fixture->teacher_logits[teacher], ROWS * CLASSES, -3.0f, 3.0f);
         gradcheck_fill(&rng, fixture->teacher_feature[teacher], ROWS * MAX_FEATURE, -2.0f, 2.0f);
+        gradcheck_fill(&rng, fixture->teacher_head_weight[teacher], CLASSES * MAX_HEAD, -1.0f,
+                       1.0f);
+        gradcheck_fill(&rng, fixture->teacher_head_bias[teacher], CLASSES, -0.5f, 0.5f);
     }
+    gradcheck_fill(&rng, fixture->teacher_head_input, ROWS * MAX_HEAD, 0.0f, 2.5f);
     fixture_set_garbage(fixture, NAN);
     gradcheck_fill(&rng, fixture->student_logits, ROWS * CLASSES, -2.0f, 2.0f);
     gradcheck_fill(&rng, fixture->student_hidden, ROWS * WIDTH, -1.5f, 1.5f);
@@ -110,6 +124,23 @@ static void fixture_init(fixture_t *fixture, uint64_t seed) {
         fixture->batch.teacher_logits[teacher] = fixture->teacher_logits[teacher];
         fixture->batch.teacher_feature[teacher] = fixture->teacher_feature[teacher];
         fixture->batch.teacher_present[teacher] = fixture->present[teacher];
+    }
+    fixture->batch.teacher_head_input[0] = fixture->teacher_head_input;
+    fixture->batch.teacher_head_input[1] = fixture->teacher_feature[1];
+}
+
+/* Turns the interactive variant on, with the fixture's heads for the teachers in
+ * `with_head` (bit i: teacher i lends its head). */
+static void make_interactive(trainer_dd_config_t *config, const fixture_t *fixture,
+                             unsigned with_head) {
+    config->interactive = 1;
+    config->probe_match_weight = 0.7f;
+    config->probe_answer_weight = 1.3f;
+    for (int teacher = 0; teacher < TEACHERS; teacher++) {
+        if (!(with_head & (1u << teacher))) continue;
+        config->head_inputs[teacher] = fixture_head_inputs[teacher];
+        config->head_weight[teacher] = fixture->teacher_head_weight[teacher];
+        config->head_bias[teacher] = fixture->teacher_head_bias[teacher];
     }
 }
 
@@ -189,6 +220,8 @@ static void assert_same_step(const step_result_t *a, const step_result_t *b) {
     ck_assert(a->loss.ce == b->loss.ce && a->loss.kd == b->loss.kd);
     ck_assert(a->loss.answer == b->loss.answer && a->loss.router == b->loss.router);
     ck_assert(a->loss.align == b->loss.align);
+    ck_assert(a->loss.probe_match == b->loss.probe_match);
+    ck_assert(a->loss.probe_answer == b->loss.probe_answer);
     ck_assert(a->loss.answer_accuracy == b->loss.answer_accuracy);
     ck_assert_int_eq(a->loss.labelled, b->loss.labelled);
     ck_assert(memcmp(a->d_logits, b->d_logits, sizeof a->d_logits) == 0);
@@ -224,10 +257,11 @@ typedef struct {
     struct {
         size_t key_value_weight, output_weight, augment_in_weight, augment_out_weight;
         size_t norm_gamma, norm_beta, positions, output_bias, augment_in_bias, augment_out_bias;
+        size_t probe_weight, probe_bias; /* interactive, teacher with a head */
     } teacher[TRAINER_MAX_TEACHERS];
     size_t decayed, count;
     int tensor_count;
-    named_tensor_t tensor[10 + 10 * TRAINER_MAX_TEACHERS];
+    named_tensor_t tensor[10 + 12 * TRAINER_MAX_TEACHERS];
 } layout_t;
 
 static size_t lay(layout_t *layout, size_t count, const char *name, int teacher) {
@@ -256,6 +290,9 @@ static layout_t layout_for(const trainer_dd_config_t *config) {
         layout.teacher[t].output_weight = lay(&layout, key * key, "W_O", t);
         layout.teacher[t].augment_in_weight = lay(&layout, hidden * key, "W_a1", t);
         layout.teacher[t].augment_out_weight = lay(&layout, width * hidden, "W_a2", t);
+        if (config->interactive && config->head_inputs[t] > 0)
+            layout.teacher[t].probe_weight =
+                lay(&layout, (size_t)config->head_inputs[t] * key, "W_p", t);
     }
     layout.decayed = layout.count;
     layout.embeddings = lay(&layout, (size_t)config->teacher_count * embed, "E", -1);
@@ -273,6 +310,8 @@ static layout_t layout_for(const trainer_dd_config_t *config) {
         layout.teacher[t].output_bias = lay(&layout, key, "b_O", t);
         layout.teacher[t].augment_in_bias = lay(&layout, hidden, "b_a1", t);
         layout.teacher[t].augment_out_bias = lay(&layout, width, "b_a2", t);
+        if (config->interactive && config->head_inputs[t] > 0)
+            layout.teacher[t].probe_bias = lay(&layout, (size_t)config->head_inputs[t], "b_p", t);
     }
     return layout;
 }
@@ -300,7 +339,7 @@ typedef struct {
 } frozen_t;
 
 typedef struct {
-    double total, ce, kd, answer, router, align;
+    double total, ce, kd, answer, router, align, probe_match, probe_answer;
 } reference_terms_t;
 
 static reference_t reference_for(const trainer_dd_config_t *config, const fixture_t *fixture) {
@@ -374,14 +413,11 @@ static double reference_kl(const double *teacher, const double *student, double 
     return kl;
 }
 
-/* ã_i [d_s] of one present pair, from the variable vector x. */
-static void reference_augmented(const reference_t *reference, const double *x, int row, int teacher,
-                                double *augmented) {
-    const trainer_dd_config_t *config = reference->config;
+/* q_i [d_k] of one pair, from the variable vector x. */
+static void reference_question(const reference_t *reference, const double *x, int row, int teacher,
+                               double *question) {
     const layout_t *layout = &reference->layout;
-    int tokens = config->teacher_tokens[teacher], dim = config->teacher_dim[teacher];
-    int head_dim = KEY / HEADS;
-    double question_in[WIDTH + EMBED], pre[HIDDEN], act[HIDDEN], question[KEY];
+    double question_in[WIDTH + EMBED], pre[HIDDEN], act[HIDDEN];
     reference_layernorm(question_in, x + reference->hidden_at + row * WIDTH, WIDTH,
                         x + layout->question_gamma, x + layout->question_beta);
     for (int e = 0; e < EMBED; e++)
@@ -391,6 +427,17 @@ static void reference_augmented(const reference_t *reference, const double *x, i
     for (int u = 0; u < HIDDEN; u++) act[u] = reference_gelu(pre[u]);
     reference_dense(question, x + layout->question_out_weight, x + layout->question_out_bias, act,
                     HIDDEN, KEY);
+}
+
+/* ã_i [d_s] of one present pair, from the variable vector x. */
+static void reference_augmented(const reference_t *reference, const double *x, int row, int teacher,
+                                double *augmented) {
+    const trainer_dd_config_t *config = reference->config;
+    const layout_t *layout = &reference->layout;
+    int tokens = config->teacher_tokens[teacher], dim = config->teacher_dim[teacher];
+    int head_dim = KEY / HEADS;
+    double question[KEY];
+    reference_question(reference, x, row, teacher, question);
 
     double keys[3][KEY], values[3][KEY]; /* tokens <= 3 in every reference config */
     ck_assert(tokens <= 3);
@@ -523,6 +570,40 @@ static reference_terms_t reference_loss(const reference_t *reference, const doub
             router_rows++;
         }
 
+        /* the interactive probes, through the frozen heads */
+        for (int t = 0; config->interactive && t < config->teacher_count; t++) {
+            int inputs = config->head_inputs[t];
+            if (!fixture->present[t][row] || inputs == 0) continue;
+            double question[KEY], probe[MAX_HEAD], probe_logits[CLASSES],
+                head_weight[CLASSES * MAX_HEAD];
+            double head_bias[CLASSES];
+            reference_question(reference, x, row, t, question);
+            reference_dense(probe, x + layout->teacher[t].probe_weight,
+                            x + layout->teacher[t].probe_bias, question, KEY, inputs);
+            for (int i = 0; i < CLASSES * inputs; i++) head_weight[i] = config->head_weight[t][i];
+            for (int c = 0; c < CLASSES; c++) head_bias[c] = config->head_bias[t][c];
+            reference_dense(probe_logits, head_weight, head_bias, probe, inputs, CLASSES);
+            terms.probe_answer += temperature * temperature *
+                                  reference_kl(teacher_logits[t], probe_logits, temperature);
+            /* Var(H_t) over every value of the present rows */
+            const float *target = fixture->batch.teacher_head_input[t];
+            double sum = 0.0, squares = 0.0, match = 0.0;
+            int values = 0;
+            for (int r = 0; r < ROWS; r++) {
+                if (!fixture->present[t][r]) continue;
+                for (int c = 0; c < inputs; c++, values++) {
+                    sum += target[r * inputs + c];
+                    squares += (double)target[r * inputs + c] * target[r * inputs + c];
+                }
+            }
+            double variance = squares / values - (sum / values) * (sum / values);
+            for (int c = 0; c < inputs; c++) {
+                double difference = probe[c] - target[row * inputs + c];
+                match += difference * difference;
+            }
+            terms.probe_match += match / (inputs * variance);
+        }
+
         /* k, the answer and the alignment */
         if (config->answer_weight == 0.0f && config->align_weight == 0.0f) continue;
         double knowledge[WIDTH] = {0};
@@ -556,16 +637,34 @@ static reference_terms_t reference_loss(const reference_t *reference, const doub
     terms.router = router_rows ? config->router_weight * terms.router / router_rows : 0.0;
     terms.answer = answer_rows ? config->answer_weight * terms.answer / answer_rows : 0.0;
     terms.align = with_teacher ? config->align_weight * terms.align / with_teacher : 0.0;
-    terms.total = terms.ce + terms.kd + terms.router + terms.answer + terms.align;
+    terms.probe_match =
+        with_teacher ? config->probe_match_weight * terms.probe_match / with_teacher : 0.0;
+    terms.probe_answer =
+        with_teacher ? config->probe_answer_weight * terms.probe_answer / with_teacher : 0.0;
+    terms.total = terms.ce + terms.kd + terms.router + terms.answer + terms.align +
+                  terms.probe_match + terms.probe_answer;
     if (record) *record = live;
     return terms;
 }
 
 /* ---- gradients against the reference ------------------------------------------------------ */
 
-/* Router mode and alignment of loop test `_i`: 3 routers x alignment off / on. */
-static trainer_dd_config_t looped_config(int loop) {
-    return fixture_config((trainer_dd_router_t)(loop / 2), loop % 2 ? 0.4f : 0.0f);
+/*
+ * The configuration of loop test `_i`: 0-5 the 3 routers x alignment off / on; then the
+ * interactive variant: 6 learnability, 7 end-to-end with alignment, 8 reliability without the
+ * answer term (only the probes use the module), all with both heads; 9 learnability with
+ * only teacher 0's head.
+ */
+enum { LOOPED_CONFIGS = 10 };
+static trainer_dd_config_t looped_config(int loop, const fixture_t *fixture) {
+    if (loop < 6) return fixture_config((trainer_dd_router_t)(loop / 2), loop % 2 ? 0.4f : 0.0f);
+    static const trainer_dd_router_t routers[] = {
+        TRAINER_DD_ROUTER_LEARNABILITY, TRAINER_DD_ROUTER_END_TO_END, TRAINER_DD_ROUTER_RELIABILITY,
+        TRAINER_DD_ROUTER_LEARNABILITY};
+    trainer_dd_config_t config = fixture_config(routers[loop - 6], loop == 7 ? 0.4f : 0.0f);
+    if (loop == 8) config.answer_weight = 0.0f;
+    make_interactive(&config, fixture, loop == 9 ? 1u : 3u);
+    return config;
 }
 
 static void assert_close(double expected, double actual, double tolerance, const char *what) {
@@ -577,7 +676,7 @@ static void assert_close(double expected, double actual, double tolerance, const
 START_TEST(test_loss_matches_reference) {
     fixture_t fixture;
     fixture_init(&fixture, 101);
-    trainer_dd_config_t config = looped_config(_i);
+    trainer_dd_config_t config = looped_config(_i, &fixture);
     trainer_dd_t *dd = new_dd(&config, 7);
     randomize_params(dd, 8);
     reference_t reference = reference_for(&config, &fixture);
@@ -591,8 +690,13 @@ START_TEST(test_loss_matches_reference) {
     assert_close(expected.router, step.loss.router, 1e-5, "router");
     assert_close(expected.answer, step.loss.answer, 1e-5, "answer");
     assert_close(expected.align, step.loss.align, 1e-5, "align");
+    assert_close(expected.probe_match, step.loss.probe_match, 1e-5, "probe match");
+    assert_close(expected.probe_answer, step.loss.probe_answer, 1e-5, "probe answer");
     assert_close(expected.total, step.loss.total, 1e-5, "total");
-    ck_assert(step.loss.kd > 0.0 && step.loss.answer > 0.0 && step.loss.ce > 0.0);
+    ck_assert(step.loss.kd > 0.0 && step.loss.ce > 0.0);
+    ck_assert(config.answer_weight > 0.0f ? step.loss.answer > 0.0 : step.loss.answer == 0.0);
+    ck_assert(config.interactive ? step.loss.probe_match > 0.0 && step.loss.probe_answer > 0.0
+                                 : step.loss.probe_match == 0.0 && step.loss.probe_answer == 0.0);
     ck_assert(config.router == TRAINER_DD_ROUTER_END_TO_END ? step.loss.router == 0.0
                                                             : step.loss.router > 0.0);
     ck_assert(config.align_weight > 0.0f ? step.loss.align > 0.0 : step.loss.align == 0.0);
@@ -611,7 +715,7 @@ END_TEST
 START_TEST(test_gradients_match_reference) {
     fixture_t fixture;
     fixture_init(&fixture, 102);
-    trainer_dd_config_t config = looped_config(_i);
+    trainer_dd_config_t config = looped_config(_i, &fixture);
     trainer_dd_t *dd = new_dd(&config, 9);
     randomize_params(dd, 10);
     reference_t reference = reference_for(&config, &fixture);
@@ -661,12 +765,15 @@ START_TEST(test_gradients_match_reference) {
                 if (i >= tensor->offset && i < tensor->offset + tensor->count)
                     name = tensor->name, element = i - tensor->offset;
             }
-        ck_abort_msg("%s router, align %g: d %s [%zu]: analytic %.7g, numeric %.7g",
-                     trainer_dd_router_name(config.router), (double)config.align_weight, name,
-                     element, (double)analytic[i], numeric);
+        ck_abort_msg("config %d (%s router, align %g, interactive %d): d %s [%zu]: analytic %.7g, "
+                     "numeric %.7g",
+                     _i, trainer_dd_router_name(config.router), (double)config.align_weight,
+                     config.interactive, name, element, (double)analytic[i], numeric);
     }
-    /* Most of the gradient is non-trivial, so the comparison above means something. */
-    ck_assert_msg(nonzero > (int)reference.count / 2, "only %d of %zu gradients are non-zero",
+    /* Most of the gradient is non-trivial, so the comparison above means something (without
+     * the answer term only the question and probe paths carry one). */
+    int share = config.answer_weight > 0.0f ? 2 : 4;
+    ck_assert_msg(nonzero > (int)reference.count / share, "only %d of %zu gradients are non-zero",
                   nonzero, reference.count);
     free(analytic);
     free(x);
@@ -691,7 +798,8 @@ static double raw_loss(void *opaque) {
 /*
  * Where nothing is stopped the module's own float loss is the function its gradient
  * differentiates: end-to-end with w = 0 and no alignment (CE and the answer, through
- * alpha, the question and every module tensor), and reliability with only the router term.
+ * alpha, the question and every module tensor), reliability with only the router term, and
+ * the first again with the interactive probes through both frozen heads.
  */
 START_TEST(test_gradients_match_own_loss) {
     fixture_t fixture;
@@ -702,6 +810,7 @@ START_TEST(test_gradients_match_own_loss) {
         config.router = TRAINER_DD_ROUTER_RELIABILITY;
         config.answer_weight = 0.0f;
     }
+    if (_i == 2) make_interactive(&config, &fixture, 3u);
     trainer_dd_t *dd = new_dd(&config, 11);
     randomize_params(dd, 12);
     layout_t layout = layout_for(&config);
@@ -814,11 +923,12 @@ START_TEST(test_one_teacher_has_alpha_one) {
 END_TEST
 
 /* NaN, 0, a huge value or -inf in absent pairs: bitwise identical results, module gradients
- * included, for every mode with alignment on. */
+ * included, for every mode with alignment on, without and with the interactive probes. */
 START_TEST(test_absent_pairs_change_nothing) {
     fixture_t fixture;
     fixture_init(&fixture, 106);
-    trainer_dd_config_t config = fixture_config((trainer_dd_router_t)_i, 0.4f);
+    trainer_dd_config_t config = fixture_config((trainer_dd_router_t)(_i % 3), 0.4f);
+    if (_i >= 3) make_interactive(&config, &fixture, 3u);
     trainer_dd_t *dd = new_dd(&config, 17);
     randomize_params(dd, 18);
     size_t count = trainer_dd_param_count(dd);
@@ -1014,7 +1124,7 @@ END_TEST
 START_TEST(test_overwrites_outputs_and_adds_gradients) {
     fixture_t fixture;
     fixture_init(&fixture, 110);
-    trainer_dd_config_t config = looped_config(_i);
+    trainer_dd_config_t config = looped_config(_i, &fixture);
     trainer_dd_t *dd = new_dd(&config, 28);
     randomize_params(dd, 29);
     size_t count = trainer_dd_param_count(dd);
@@ -1047,7 +1157,7 @@ START_TEST(test_overwrites_outputs_and_adds_gradients) {
                       (double)twice[i]);
         nonzero += once[i] != 0.0f;
     }
-    ck_assert(nonzero > (int)count / 2);
+    ck_assert(nonzero > (int)count / (config.answer_weight > 0.0f ? 2 : 4));
     free(once);
     trainer_dd_free(&dd);
 }
@@ -1154,6 +1264,11 @@ static const bad_config_t bad_configs[] = {
     {"align_weight", "align"},
     {"router", "router"},
     {"max_batch", "batch"},
+    {"probe_match_weight", "probe match"},
+    {"probe_answer_weight", "probe answer"},
+    {"no head", "lends its head"},
+    {"head without weights", "no weights"},
+    {"negative head", "head reads"},
 };
 
 START_TEST(test_config_validation) {
@@ -1175,6 +1290,19 @@ START_TEST(test_config_validation) {
     if (strcmp(bad->field, "align_weight") == 0) config.align_weight = INFINITY;
     if (strcmp(bad->field, "router") == 0) config.router = (trainer_dd_router_t)7;
     if (strcmp(bad->field, "max_batch") == 0) config.max_batch = 0;
+    if (strcmp(bad->field, "probe_match_weight") == 0) config.probe_match_weight = -0.5f;
+    if (strcmp(bad->field, "probe_answer_weight") == 0) config.probe_answer_weight = NAN;
+    static fixture_t fixture; /* the heads make_interactive points at */
+    fixture_init(&fixture, 1);
+    if (strcmp(bad->field, "no head") == 0) make_interactive(&config, &fixture, 0u);
+    if (strcmp(bad->field, "head without weights") == 0) {
+        make_interactive(&config, &fixture, 3u);
+        config.head_bias[1] = NULL;
+    }
+    if (strcmp(bad->field, "negative head") == 0) {
+        make_interactive(&config, &fixture, 1u);
+        config.head_inputs[1] = -2;
+    }
     trainer_dd_t *dd = (trainer_dd_t *)&config; /* must come back NULL */
     cm_status_t status = trainer_dd_new(&config, 1, &dd);
     ck_assert_msg(status == CM_ERR_INVALID_ARG, "%s: status %d", bad->field, (int)status);
@@ -1362,19 +1490,19 @@ Suite *check_trainer_dd_suite(void) {
     Suite *suite = suite_create("trainer_dd");
     TCase *gradients = tcase_create("gradients");
     tcase_set_timeout(gradients, 30);
-    tcase_add_loop_test(gradients, test_loss_matches_reference, 0, 6);
-    tcase_add_loop_test(gradients, test_gradients_match_reference, 0, 6);
-    tcase_add_loop_test(gradients, test_gradients_match_own_loss, 0, 2);
+    tcase_add_loop_test(gradients, test_loss_matches_reference, 0, LOOPED_CONFIGS);
+    tcase_add_loop_test(gradients, test_gradients_match_reference, 0, LOOPED_CONFIGS);
+    tcase_add_loop_test(gradients, test_gradients_match_own_loss, 0, 3);
     suite_add_tcase(suite, gradients);
 
     TCase *semantics = tcase_create("semantics");
     tcase_add_test(semantics, test_alpha_is_the_routers_distribution);
     tcase_add_loop_test(semantics, test_one_teacher_has_alpha_one, 0, 3);
-    tcase_add_loop_test(semantics, test_absent_pairs_change_nothing, 0, 3);
+    tcase_add_loop_test(semantics, test_absent_pairs_change_nothing, 0, 6);
     tcase_add_loop_test(semantics, test_only_kd_is_trainer_method_kd, 0, 2);
     tcase_add_test(semantics, test_end_to_end_has_no_router_term);
     tcase_add_test(semantics, test_stop_gradients_hold);
-    tcase_add_loop_test(semantics, test_overwrites_outputs_and_adds_gradients, 0, 6);
+    tcase_add_loop_test(semantics, test_overwrites_outputs_and_adds_gradients, 0, LOOPED_CONFIGS);
     tcase_add_loop_test(semantics, test_batch_without_teachers, 0, 3);
     tcase_add_loop_test(semantics, test_unlabelled_batch, 0, 3);
     suite_add_tcase(suite, semantics);
