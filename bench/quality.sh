@@ -6,18 +6,21 @@
 #      unless the checkpoints already exist in the work dir (--refit forces a refit);
 #   2. measures every teacher on test (student-trainer eval);
 #   3. serves the three teachers (ipc:// sockets in the work dir);
-#   4. tunes hyper-parameters on ONE regime (A14, 10% labels, seed 1) with --holdout 5000,
-#      picking by valid_accuracy only (never test);
+#   4. tunes hyper-parameters on ONE regime (A14, 10% labels) with --holdout 5000, picking by
+#      valid_accuracy only (never test): seed 1, and seeds 1-2 for the DiverseDistill variant;
 #   5. runs the 9 methods x 3 seeds x 4 tables with the chosen values (--holdout 0: the
 #      table runs train on all 60k training images; test is only read for the table);
-#   6. runs a small DiverseDistill ablation on A14 few labels (router, feature, alignment);
+#   6. runs a small DiverseDistill ablation on A14 few labels (router, feature, alignment,
+#      answer term, interactive on/off, complementary teacher alone);
 #   7. writes bench/results/quality.md and bench/results/quality.json (bench/quality/report.py).
 #
 # BUDGET (measured on the 2-core dev machine, shared with other work): teacher fits ~6-12 min
 # (ViT 15 epochs dominates), tuning 9 runs ~5 min, table 108 runs (2 in parallel) ~35-45 min;
 # whole script ~50-60 min from scratch.  Student: 10 epochs, batch 128, AdamW lr 1e-3, constant
 # (the trainer's only schedule) for every method.  Every finished run is skipped on a rerun
-# (its metrics file already holds the final epoch), so an interrupted run resumes cheaply.
+# (its metrics file already holds the final epoch and it ran with the same arguments, kept in
+# runs/NAME.args), so an interrupted run resumes cheaply and a changed choice reruns what it
+# changes.
 #
 # Usage: bench/quality.sh [--refit]        (make bench-quality)
 # Environment: QUALITY_WORK (default runs/quality), QUALITY_EPOCHS (10), QUALITY_SEEDS ("1 2 3"),
@@ -103,11 +106,18 @@ say "teacher servers up (fm, comp7, comp14)"
 done_run() { # metrics file holds the final epoch
     [[ -s $1 ]] && [[ $(tail -n 1 "$1" | jq -r .epoch 2>/dev/null) == "$EPOCHS" ]]
 }
+same_args() { # name args...: the finished run used these arguments (no record: trusted)
+    local file=$WORK/runs/$1.args; shift
+    [[ ! -f $file ]] || [[ $(cat "$file") == "$*" ]]
+}
 RUN_PIDS=() # trainer runs in flight (the teacher servers are background jobs too)
 run() { # name args... (trainer options beyond the common ones); runs in the background
     local name=$1; shift
     local dir=$WORK/runs
-    if done_run "$dir/$name.jsonl"; then return 0; fi
+    if done_run "$dir/$name.jsonl" && same_args "$name" "$@"; then
+        [[ -f $dir/$name.args ]] || echo "$*" >"$dir/$name.args"
+        return 0
+    fi
     while :; do
         local keep=()
         for pid in "${RUN_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && keep+=("$pid"); done
@@ -117,6 +127,7 @@ run() { # name args... (trainer options beyond the common ones); runs in the bac
     done
     (
         rm -f "$dir/$name.jsonl" "$dir/$name.safetensors" "$dir/$name.safetensors.state"*
+        echo "$*" >"$dir/$name.args"
         t0=$(date +%s.%N)
         "$S" train "$@" --epochs "$EPOCHS" --batch "$BATCH" --lr "$LR" --http off \
             --label-seed "$LABEL_SEED" --out "$dir/$name.safetensors" --metrics "$dir/$name.jsonl" \
@@ -147,12 +158,12 @@ student_of() { case $1 in A7) echo mlp:49-64-64-10 ;; A14) echo mlp:196-64-64-10
 comp_of() { case $1 in A7) echo comp7 ;; A14) echo comp14 ;; esac; }
 frac_of() { case $1 in full) echo 1 ;; few) echo 0.1 ;; esac; }
 
-# method args for table $1 (A7|A14), method $2; uses KD_W KD_T DD_ROUTER DD_THETA
+# method args for table $1 (A7|A14), method $2; uses KD_W KD_T DD_ROUTER DD_THETA DD_EXTRA
 method_args() {
     local tab=$1 method=$2 comp ep_comp
     comp=$(comp_of "$tab"); ep_comp=ipc://$WORK/sock/$comp.ipc
     local kdopts="--temperature $KD_T --kd-weight $KD_W"
-    local ddopts="--temperature $DD_T --kd-weight $DD_W --dd-router $DD_ROUTER"
+    local ddopts="--temperature $DD_T --kd-weight $DD_W --dd-router $DD_ROUTER${DD_EXTRA:+ $DD_EXTRA}"
     case $method in
     ce) echo "--method ce" ;;
     kd-fm) echo "--teacher fm=$EP_FM --method kd --kd-teacher fm $kdopts" ;;
@@ -205,16 +216,54 @@ for r in learnability reliability end-to-end; do
     v=$(last "tune-dd-$r" valid_accuracy)
     if (($(echo "$v > $bestv" | bc))); then bestv=$v; DD_ROUTER=$r; fi
 done
-DD_UNFILTERED_VALID=$bestv
 say "chosen DiverseDistill router: $DD_ROUTER (valid $bestv)"
+# Stage 2b: the DiverseDistill variant, on holdout seeds 1 and 2 (one seed is too noisy to
+# tell a few tenths apart): the weight of the committee answer's CE, λ_ans ∈ {1, 0.1, 0}, x
+# the interactive probes through the teachers' frozen heads off or on.  A variant is named
+# a<λ_ans>-i<off|on>; a1-ioff is the trainer's default (stage 2's runs on seed 1).  Best mean
+# valid wins.
+DD_ANSWERS="1 0.1 0"
+DD_VARIANTS=""
+for a in $DD_ANSWERS; do for i in off on; do DD_VARIANTS+=" a$a-i$i"; done; done
+variant_args() { # a<λ>-i<off|on> -> trainer options
+    local a=${1%%-i*} i=${1##*-i}
+    a=${a#a}
+    [[ $a == 1 ]] || printf -- '--dd-answer-weight %s ' "$a"
+    [[ $i == on ]] && printf -- '--dd-interactive'
+    echo
+}
+variant_run() { # variant seed -> tuning run name
+    if [[ $1 == a1-ioff && $2 == "$TUNE_SEED" ]]; then echo "tune-dd-$DD_ROUTER"; else echo "tune-ddv-$DD_ROUTER-$1-s$2"; fi
+}
+TUNE_VARIANT_SEEDS="1 2"
+for v in $DD_VARIANTS; do for s in $TUNE_VARIANT_SEEDS; do
+    DD_EXTRA=$(variant_args "$v") DD_THETA=0
+    [[ $(variant_run "$v" "$s") == tune-dd-* ]] && continue # stage 2's winner
+    run "$(variant_run "$v" "$s")" $(tune_common | sed "s/--seed $TUNE_SEED/--seed $s/") \
+        $(method_args $TUNE_TAB dd-both)
+done; done
+drain
+bestv=-1
+for v in $DD_VARIANTS; do
+    sum=0
+    for s in $TUNE_VARIANT_SEEDS; do
+        sum=$(echo "$sum + $(last "$(variant_run "$v" "$s")" valid_accuracy)" | bc -l)
+    done
+    mean=$(echo "$sum / $(echo $TUNE_VARIANT_SEEDS | wc -w)" | bc -l)
+    say "variant $v: mean valid $mean"
+    if (($(echo "$mean > $bestv" | bc -l))); then bestv=$mean; DD_VARIANT=$v; fi
+done
+DD_EXTRA=$(variant_args "$DD_VARIANT")
+DD_UNFILTERED_VALID=$(last "$(variant_run "$DD_VARIANT" "$TUNE_SEED")" valid_accuracy)
+say "chosen DiverseDistill variant: $DD_VARIANT (mean valid $bestv; extra options '${DD_EXTRA}')"
 for th in 0.3 0.5; do
     DD_THETA=$th
-    run "tune-ddf-$DD_ROUTER-th$th" $(tune_common) $(method_args $TUNE_TAB dd-filter)
+    run "tune-ddf-$DD_ROUTER-$DD_VARIANT-th$th" $(tune_common) $(method_args $TUNE_TAB dd-filter)
 done
 drain
 DD_THETA=""; bestv=-1; besttheta=""
 for th in 0.5 0.3; do # largest first
-    v=$(last "tune-ddf-$DD_ROUTER-th$th" valid_accuracy)
+    v=$(last "tune-ddf-$DD_ROUTER-$DD_VARIANT-th$th" valid_accuracy)
     if [[ -z $DD_THETA ]] && (($(echo "$v >= $DD_UNFILTERED_VALID - 0.003" | bc))); then DD_THETA=$th; fi
     if (($(echo "$v > $bestv" | bc))); then bestv=$v; besttheta=$th; fi
 done
@@ -222,7 +271,8 @@ done
 say "chosen filter theta: $DD_THETA"
 cat >"$WORK/chosen.json" <<EOF
 {"kd_weight": $KD_W, "temperature": $KD_T, "dd_kd_weight": $DD_W, "dd_temperature": $DD_T,
- "dd_router": "$DD_ROUTER", "dd_filter": $DD_THETA, "epochs": $EPOCHS, "batch": $BATCH, "lr": $LR,
+ "dd_router": "$DD_ROUTER", "dd_variant": "$DD_VARIANT", "dd_extra": "$DD_EXTRA",
+ "tune_variant_seeds": "$TUNE_VARIANT_SEEDS", "dd_filter": $DD_THETA, "epochs": $EPOCHS, "batch": $BATCH, "lr": $LR,
  "label_seed": $LABEL_SEED, "tune_table": "$TUNE_TAB", "tune_labels": "few", "tune_seed": $TUNE_SEED,
  "tune_holdout": $TUNE_HOLDOUT, "seeds": "$SEEDS"}
 EOF
@@ -247,23 +297,35 @@ done
 drain
 
 # ---------------------------------------------------------------- 5. ablation (QUALITY_ABLATION=0 skips)
-# One regime (A14 few labels), seeds 1-3, table settings (--holdout 0, test accuracy): the
-# router targets, the attended feature (ViT tokens vs hidden vector), alignment on/off, the
-# committee answer's CE off (lambda_ans = 0), and DiverseDistill with the complementary teacher alone.  These
+# One regime (A14 few labels), seeds 1-3, table settings (--holdout 0, test accuracy), each
+# row the chosen DiverseDistill with one thing changed: the router targets, the attended
+# feature (ViT tokens vs hidden vector), alignment on, the committee answer's CE weight at its
+# other grid values, the interactive probes flipped, and the complementary teacher alone.  These
 # runs choose nothing; they only show what each part does.
 if [[ ${QUALITY_ABLATION:-1} == 1 ]]; then
     say "ablation on A14 few labels"
     abl_common="--view pool14 --model mlp:196-64-64-10 --label-fraction 0.1 --holdout 0"
-    base=$(method_args A14 dd-both | sed "s/--dd-router [a-z-]*//")
+    chosen_dd() { # DiverseDistill (fm+comp) with router $1 and variant $2
+        DD_ROUTER=$1 DD_EXTRA=$(variant_args "$2") method_args A14 dd-both
+    }
+    CHOSEN_A=${DD_VARIANT%%-i*}
+    CHOSEN_I=${DD_VARIANT##*-i}
+    [[ $CHOSEN_I == on ]] && FLIP_I=off || FLIP_I=on
     for s in 1 2 3; do
         for r in learnability reliability end-to-end; do
-            run "abl-A14-few-router-$r-s$s" $abl_common --seed "$s" $base --dd-router "$r"
+            [[ $r == "$DD_ROUTER" ]] && continue # the table's own row
+            run "abl-A14-few-router-$r-s$s" $abl_common --seed "$s" $(chosen_dd "$r" "$DD_VARIANT")
         done
-        run "abl-A14-few-feature-hidden-s$s" $abl_common --seed "$s" $base --dd-router "$DD_ROUTER" --dd-feature hidden
-        run "abl-A14-few-align0.5-s$s" $abl_common --seed "$s" $base --dd-router "$DD_ROUTER" --dd-align-weight 0.5
-        run "abl-A14-few-answer0-s$s" $abl_common --seed "$s" $base --dd-router "$DD_ROUTER" --dd-answer-weight 0
+        run "abl-A14-few-feature-hidden-s$s" $abl_common --seed "$s" $(chosen_dd "$DD_ROUTER" "$DD_VARIANT") --dd-feature hidden
+        run "abl-A14-few-align0.5-s$s" $abl_common --seed "$s" $(chosen_dd "$DD_ROUTER" "$DD_VARIANT") --dd-align-weight 0.5
+        for a in $DD_ANSWERS; do # λ_ans at the other values
+            [[ a$a == "$CHOSEN_A" ]] && continue
+            run "abl-A14-few-answer$a-s$s" $abl_common --seed "$s" $(chosen_dd "$DD_ROUTER" "a$a-i$CHOSEN_I")
+        done
+        run "abl-A14-few-interactive-$FLIP_I-s$s" $abl_common --seed "$s" \
+            $(chosen_dd "$DD_ROUTER" "$CHOSEN_A-i$FLIP_I")
         run "abl-A14-few-dd-comp-only-s$s" $abl_common --seed "$s" --teacher comp=ipc://$WORK/sock/comp14.ipc \
-            --method diversedistill --temperature "$DD_T" --kd-weight "$DD_W" --dd-router "$DD_ROUTER"
+            --method diversedistill --temperature "$DD_T" --kd-weight "$DD_W" --dd-router "$DD_ROUTER" $DD_EXTRA
     done
     drain
 fi

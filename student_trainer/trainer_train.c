@@ -94,6 +94,9 @@ typedef struct {
     float dd_router_weight;
     float dd_tau;
     float dd_align_weight;
+    int dd_interactive;
+    float dd_probe_match_weight;
+    float dd_probe_answer_weight;
     float dd_filter;
     float dd_explore;
     int dd_filter_warmup;
@@ -116,13 +119,14 @@ typedef struct {
     trainer_method_t *method;                        /* the baselines */
     trainer_dd_t *dd;                                /* --method diversedistill */
     int dd_feature_output[TRAINER_MAX_TEACHERS];     /* TRAINER_OUTPUT_TOKENS or _HIDDEN */
+    trainer_head_t dd_heads[TRAINER_MAX_TEACHERS];   /* --dd-interactive: the lent heads */
     float *route_inputs, *alpha;                     /* filtering scratch */
     uint8_t *kept[MAX_WINDOW][TRAINER_MAX_TEACHERS]; /* filtering decision per row */
     int filtering;                                   /* this epoch asks only the kept pairs */
     int forwarded_batch;           /* batch whose forward pass filtering already ran, or -1 */
     const float *forwarded_logits; /* its logits (the model's, valid until the next forward) */
     long filter_needed[TRAINER_MAX_TEACHERS], filter_skipped[TRAINER_MAX_TEACHERS];
-    double answer_sum, router_sum, align_sum;
+    double answer_sum, router_sum, align_sum, probe_match_sum, probe_answer_sum;
     double valid_accuracy; /* on the --holdout examples, after the last epoch */
     trainer_committee_t *committee;
     trainer_cache_t *cache;
@@ -244,6 +248,8 @@ static void free_run(run_t *run) {
     trainer_http_stop(&run->http);
     cm_metrics_free(&run->registry);
     trainer_committee_free(&run->committee);
+    for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++)
+        trainer_head_free(&run->dd_heads[teacher]);
     for (int index = 0; index < CM_CLI_LIST_MAX; index++) free(run->teacher_texts[index]);
     trainer_cache_free(&run->cache);
     trainer_method_free(&run->method);
@@ -593,6 +599,7 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
         dd_batch.teacher_logits[teacher] = run->teacher_logits[teacher];
         dd_batch.teacher_present[teacher] = run->teacher_present[teacher];
         dd_batch.teacher_feature[teacher] = destination[run->dd_feature_output[teacher]];
+        dd_batch.teacher_head_input[teacher] = run->teacher_hidden[teacher];
     }
     cm_model_zero_grads(run->student);
     const float *logits = run->forwarded_batch == batch_index
@@ -620,6 +627,8 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
         run->answer_sum += dd_loss.answer * rows;
         run->router_sum += dd_loss.router * rows;
         run->align_sum += dd_loss.align * rows;
+        run->probe_match_sum += dd_loss.probe_match * rows;
+        run->probe_answer_sum += dd_loss.probe_answer * rows;
     } else {
         trainer_method_zero_grads(run->method);
         trainer_method_loss(run->method, &batch, logits, student_hidden, run->d_logits,
@@ -666,12 +675,14 @@ static void write_metrics(run_t *run, long distinct, double seconds, double accu
             "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
             "\"valid_accuracy\":%.6f,\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,"
             "\"examples_per_second\":%.1f,"
-            "\"wait_seconds\":%.3f,\"dd_answer\":%.6f,\"dd_router\":%.6f,\"teachers\":{",
+            "\"wait_seconds\":%.3f,\"dd_answer\":%.6f,\"dd_router\":%.6f,\"dd_probe_match\":%.6f,"
+            "\"dd_probe_answer\":%.6f,\"teachers\":{",
             run->epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
             run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, distinct,
             run->epoch_duplicates, run->valid_accuracy, accuracy, test_loss, seconds,
             seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds,
-            run->answer_sum / examples, run->router_sum / examples);
+            run->answer_sum / examples, run->router_sum / examples,
+            run->probe_match_sum / examples, run->probe_answer_sum / examples);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         trainer_teacher_stats_t none = {0};
         const trainer_teacher_stats_t *stats =
@@ -763,6 +774,7 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         memset(run->trained, 0, (size_t)train->count);
         run->loss_sum = run->ce_sum = run->kd_sum = run->fitnet_sum = run->wait_seconds = 0.0;
         run->answer_sum = run->router_sum = run->align_sum = 0.0;
+        run->probe_match_sum = run->probe_answer_sum = 0.0;
         run->forwarded_batch = -1;
         memset(run->filter_needed, 0, sizeof run->filter_needed);
         memset(run->filter_skipped, 0, sizeof run->filter_skipped);
@@ -1034,6 +1046,33 @@ static int teacher_width(const run_t *run, int teacher, int output, int *tokens)
     return trainer_cache_width(run->cache, teacher, output);
 }
 
+/*
+ * --dd-interactive: fetches every teacher's frozen head (the dense layer over its "hidden"
+ * vector) and hands it to the module; the probes' targets are the teachers' hidden vectors,
+ * so they are requested too.
+ */
+static cm_status_t borrow_heads(run_t *run, trainer_dd_config_t *config) {
+    if (!run->committee)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--dd-interactive needs the live teachers (their heads are not in a "
+                       "record); train against the committee instead of replaying");
+    config->interactive = 1;
+    config->probe_match_weight = run->options.dd_probe_match_weight;
+    config->probe_answer_weight = run->options.dd_probe_answer_weight;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        trainer_head_t *head = &run->dd_heads[teacher];
+        cm_status_t status = trainer_committee_fetch_head(run->committee, teacher, "hidden", head);
+        if (status != CM_OK) return status;
+        config->head_inputs[teacher] = head->inputs;
+        config->head_weight[teacher] = head->weight;
+        config->head_bias[teacher] = head->bias;
+        run->needs[teacher] |= 1u << TRAINER_OUTPUT_HIDDEN;
+        cm_log_info("teacher '%s' lends its head (%d x %d) for the interactive probes",
+                    run->teacher_names[teacher], head->classes, head->inputs);
+    }
+    return CM_OK;
+}
+
 static cm_status_t set_up_diversedistill(run_t *run) {
     train_options_t *options = &run->options;
     if (run->teacher_count == 0)
@@ -1074,6 +1113,7 @@ static cm_status_t set_up_diversedistill(run_t *run) {
                     run->teacher_names[teacher], trainer_cache_output_name(output), tokens,
                     width / tokens);
     }
+    if (options->dd_interactive && (status = borrow_heads(run, &config)) != CM_OK) return status;
     return trainer_dd_new(&config, (uint64_t)options->seed, &run->dd);
 }
 
@@ -1227,6 +1267,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .dd_answer_weight = 1.0f,
         .dd_router_weight = 1.0f,
         .dd_tau = 1.0f,
+        .dd_probe_match_weight = 1.0f,
+        .dd_probe_answer_weight = 1.0f,
         .dd_explore = 0.05f,
         .dd_filter_warmup = 1,
         .epochs = 10,
@@ -1318,6 +1360,14 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"dd-tau", CM_CLI_FLOAT, &options->dd_tau, "X", "temperature of the router target", 0},
         {"dd-align-weight", CM_CLI_FLOAT, &options->dd_align_weight, "X",
          "weight of the alignment term (0: off)", 0},
+        {"dd-interactive", CM_CLI_FLAG, &options->dd_interactive, NULL,
+         "every teacher lends its frozen head: the question is also projected into the "
+         "teacher's hidden space and answered by that head",
+         0},
+        {"dd-probe-match-weight", CM_CLI_FLOAT, &options->dd_probe_match_weight, "X",
+         "interactive: weight of ||p_i - hidden_i||^2 / Var(hidden_i)", 0},
+        {"dd-probe-answer-weight", CM_CLI_FLOAT, &options->dd_probe_answer_weight, "X",
+         "interactive: weight of T^2 KL(teacher || teacher head on the probe)", 0},
         {"dd-filter", CM_CLI_FLOAT, &options->dd_filter, "THETA",
          "ask teacher i for example j only if alpha_ji >= THETA or i is j's top teacher (0: off)",
          0},

@@ -401,6 +401,69 @@ START_TEST(test_diversedistill_survives_a_lost_teacher) {
 }
 END_TEST
 
+/*
+ * --dd-interactive through the real binaries: each teacher lends its frozen head (the trainer
+ * says so), the probes learn to make that head answer like the teacher (the probe KL falls),
+ * the student learns, and an interrupted run resumes to the same bytes (the probe weights
+ * travel in the resumable state, the heads are fetched again).  A teacher started with
+ * --lend-head off is refused with a sentence naming it.
+ */
+START_TEST(test_diversedistill_interactive) {
+    REQUIRE_DATA();
+    teacher_process_t fm, comp;
+    start_teacher(&fm, "fm-interactive", fm_path, "");
+    start_teacher(&comp, "comp-interactive", comp_path, "");
+    char command[4096], metrics[400], straight[400], resumed[400], common[1200];
+    snprintf(metrics, sizeof metrics, "%s/interactive.jsonl", directory);
+    snprintf(straight, sizeof straight, "%s/interactive.safetensors", directory);
+    snprintf(resumed, sizeof resumed, "%s/interactive-resumed.safetensors", directory);
+    snprintf(common, sizeof common,
+             "--view pool7 --model mlp:49-32-10 --teacher fm=%s --teacher comp=%s "
+             "--method diversedistill --dd-interactive --epochs 3 --batch 64 --lr 3e-3 --seed 4 "
+             "--http off " SUBSET,
+             fm.endpoint, comp.endpoint);
+    snprintf(command, sizeof command, "%s train %s --out %s --metrics %s",
+             test_util_bin("student-trainer"), common, straight, metrics);
+    int status = test_util_run(command, output, sizeof output);
+    ck_assert_msg(status == 0, "train failed: %s", output);
+    ck_assert_msg(strstr(output, "teacher 'fm' lends its head (10 x 64)") &&
+                      strstr(output, "teacher 'comp' lends its head (10 x 128)"),
+                  "the heads were not announced: %s", output);
+    json_t *lines = read_metrics(metrics);
+    json_t *first = json_array_get(lines, 0), *last = json_array_get(lines, 2);
+    ck_assert_msg(metric(last, "dd_probe_answer") < 0.7 * metric(first, "dd_probe_answer"),
+                  "the probes did not learn: probe KL %.4f -> %.4f",
+                  metric(first, "dd_probe_answer"), metric(last, "dd_probe_answer"));
+    ck_assert_msg(metric(last, "dd_probe_match") > 0.0, "no probe match term");
+    ck_assert_msg(metric(last, "test_accuracy") > 0.5, "accuracy %.3f",
+                  metric(last, "test_accuracy"));
+    json_decref(lines);
+
+    snprintf(command, sizeof command, "%s train %s --out %s --stop-after 50",
+             test_util_bin("student-trainer"), common, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "stop-after: %s", output);
+    snprintf(command, sizeof command, "%s train %s --out %s --resume",
+             test_util_bin("student-trainer"), common, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "resume: %s", output);
+    snprintf(command, sizeof command, "cmp %s %s", straight, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0,
+                  "interrupted + resumed interactive run differs from the straight run: %s",
+                  output);
+
+    /* A teacher that keeps its head to itself. */
+    stop_teacher(&comp);
+    start_teacher(&comp, "comp-interactive", comp_path, "--lend-head off");
+    snprintf(command, sizeof command, "%s train %s --out %s", test_util_bin("student-trainer"),
+             common, straight);
+    status = test_util_run(command, output, sizeof output);
+    stop_teacher(&fm);
+    stop_teacher(&comp);
+    ck_assert_int_eq(status, 1);
+    ck_assert_msg(strstr(output, "'comp'") && strstr(output, "--lend-head"),
+                  "the refusal does not name the teacher and the remedy: %s", output);
+}
+END_TEST
+
 START_TEST(test_usage_errors) {
     const char *cases[][2] = {
         {"train --model mlp:49-32-10 --out x --method kd", "needs at least one --teacher"},
@@ -438,6 +501,7 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_resume_and_replay_are_exact);
     tcase_add_test(tcase, test_diversedistill_filtering_saves_real_work);
     tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);
+    tcase_add_test(tcase, test_diversedistill_interactive);
     suite_add_tcase(suite, tcase);
     return suite;
 }

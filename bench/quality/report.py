@@ -226,14 +226,19 @@ md.append(f"Chosen on ONE regime — {chosen['tune_table']} few labels, seed {ch
           "Stage 1: kd-weight ∈ {0.5, 0.9} × temperature ∈ {2, 4} on kd(comp); the winner is used "
           "by every distillation method (kd, avg-kd, ca-mkd, fitnet, DiverseDistill). Stage 2: "
           "the DiverseDistill router target ∈ {learnability, reliability, end-to-end} (fm+comp). "
+          "Stage 2b: the DiverseDistill variant — committee-answer CE on (λ_ans = 1) or off "
+          "(`--dd-answer-weight 0`) × interactive probes through the teachers' frozen heads off "
+          "or on (`--dd-interactive`, λ_q = λ_a = 1) — by the mean valid accuracy over holdout "
+          f"seeds {chosen.get('tune_variant_seeds', '1')}. "
           "Stage 3: filter θ ∈ {0.3, 0.5} with `--cache off`: the largest θ whose valid accuracy "
-          "is within 0.3 points of the unfiltered stage-2 winner (else the best). Other "
+          "is within 0.3 points of the unfiltered winner (else the best). Other "
           "DiverseDistill settings are the trainer's defaults (feature auto = ViT tokens, "
-          "λ_ans = 1, λ_α = 1, τ = 1, alignment off, exploration 0.05, warm-up 1 epoch); fitnet "
+          "λ_α = 1, τ = 1, alignment off, exploration 0.05, warm-up 1 epoch); fitnet "
           "weight 1.\n")
 md.append(f"**Chosen:** kd-weight {chosen['kd_weight']}, temperature {chosen['temperature']}, "
-          f"router `{chosen['dd_router']}`, θ = {chosen['dd_filter']}; {EPOCHS} epochs, batch "
-          f"{chosen['batch']}, lr {chosen['lr']}.\n")
+          f"router `{chosen['dd_router']}`, variant `{chosen.get('dd_variant', 'base')}` "
+          f"(`{chosen.get('dd_extra', '') or 'no extra options'}`), θ = {chosen['dd_filter']}; "
+          f"{EPOCHS} epochs, batch {chosen['batch']}, lr {chosen['lr']}.\n")
 md.append("| tuning run | valid acc (%) |")
 md.append("|---|---|")
 tune_dir = os.path.join(work, "runs")
@@ -258,11 +263,12 @@ if abl:
             out["ablation"][name] = {k: r[k] for k in ("test_accuracy", "train_seconds")}
             groups.setdefault(re.sub(r"-s[0-9]+$", "", name), []).append((name[name.rindex("-s") + 2:], r))
     md.append("## Ablation\n")
-    md.append("A14 few labels, table settings (`--holdout 0`, chosen kd-weight/T, router "
-              f"`{chosen['dd_router']}` unless varied), fm+comp unless named; test accuracy (%) per "
-              "seed and mean. These runs choose nothing. The DiverseDistill (fm+comp) row of the "
-              "A14 few-label table, same seeds, is the reference (router-learnability, tokens, "
-              "alignment off, λ_ans = 1).\n")
+    md.append("A14 few labels, table settings (`--holdout 0`), each row the chosen "
+              f"DiverseDistill (router `{chosen['dd_router']}`, variant "
+              f"`{chosen.get('dd_variant', 'base')}`, ViT tokens, alignment off, fm+comp) with one "
+              "thing changed; test accuracy (%) per seed and mean. These runs choose nothing. "
+              "The DiverseDistill (fm+comp) row of the A14 few-label table, same seeds, is the "
+              "reference.\n")
     md.append("| variant | per seed | mean |")
     md.append("|---|---|---|")
     for g, runs in groups.items():
