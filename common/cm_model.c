@@ -500,6 +500,22 @@ const char *cm_model_feature_names(const cm_model_t *model) {
     return model->spec.kind == CM_MODEL_MLP ? "hidden" : "hidden,tokens";
 }
 
+/* The tensor whose parameter pointer lives in `slot`. */
+static cm_tensor_t tensor_of_slot(const cm_model_t *model, float *const *slot) {
+    for (int index = 0; index < model->tensor_count; index++)
+        if (model->tensors[index].slot == slot) return cm_model_tensor(model, index);
+    assert(!"every parameter slot is registered");
+    return (cm_tensor_t){.dtype = CM_DTYPE_F32};
+}
+
+void cm_model_head(const cm_model_t *model, cm_tensor_t *weight, cm_tensor_t *bias) {
+    const cm_model_spec_t *spec = &model->spec;
+    int last = spec->layers - 1;
+    int mlp = spec->kind == CM_MODEL_MLP;
+    *weight = tensor_of_slot(model, mlp ? &model->dense_weight[last] : &model->head_weight);
+    *bias = tensor_of_slot(model, mlp ? &model->dense_bias[last] : &model->head_bias);
+}
+
 /* ---------------------------------------------------------------- backward */
 
 #define GRAD(model, param) ((model)->grads + ((param) - (model)->params))

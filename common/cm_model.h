@@ -103,6 +103,14 @@ const float *cm_model_feature(const cm_model_t *model, const char *name, int *pe
 const char *cm_model_feature_names(const cm_model_t *model);
 
 /*
+ * The dense head that maps the "hidden" feature to the logits, logits = weight . hidden + bias
+ * (an MLP's last layer "fc<layers-1>", a ViT's "head"): *weight [classes][hidden] (stored
+ * [out][in]) and *bias [classes], views into the parameters like cm_model_tensor's, valid for
+ * the model's life.
+ */
+void cm_model_head(const cm_model_t *model, cm_tensor_t *weight, cm_tensor_t *bias);
+
+/*
  * Backward pass of the last forward: ADDS the parameter gradients for d_logits
  * [batch][classes] (and, if d_hidden is not NULL, an extra gradient [batch][hidden]
  * flowing into the "hidden" feature) into cm_model_grads.  The caller zeroes the grads.

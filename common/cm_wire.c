@@ -171,7 +171,13 @@ static const char *const kind_names[CM_WIRE_KIND_COUNT] = {
     [CM_WIRE_HEARTBEAT] = "Heartbeat",
     [CM_WIRE_ERROR] = "Error",
     [CM_WIRE_BYE] = "Bye",
+    [CM_WIRE_HEAD_REQUEST] = "HeadRequest",
+    [CM_WIRE_HEAD_REPLY] = "HeadReply",
 };
+
+/* The tensors of a dense HeadReply, in their order on the wire. */
+enum { HEAD_WEIGHT, HEAD_BIAS, HEAD_TENSORS };
+static const char *const head_tensor_names[HEAD_TENSORS] = {"weight", "bias"};
 
 static const char *text(const char *value) { return value ? value : ""; }
 
@@ -249,13 +255,34 @@ static cm_status_t check_limits(const cm_wire_limits_t *limits) {
     return CM_OK;
 }
 
-/* Refuses a name that appears twice in names[0 .. count). */
-static cm_status_t check_unique(const char *owner, const char *const *names, int count) {
+/* Refuses a name that appears twice in names[0 .. count); `what` is "output" or "head". */
+static cm_status_t check_unique(const char *owner, const char *what, const char *const *names,
+                                int count) {
     for (int i = 0; i < count; i++)
         for (int j = 0; j < i; j++)
             if (strcmp(text(names[i]), text(names[j])) == 0)
-                return cm_fail(CM_ERR_FORMAT, "%s names output '%s' twice", owner, text(names[i]));
+                return cm_fail(CM_ERR_FORMAT, "%s names %s '%s' twice", owner, what,
+                               text(names[i]));
     return CM_OK;
+}
+
+/* The features a Hello lends heads for: distinct names of its own outputs. */
+static cm_status_t check_heads(const cm_wire_hello_t *hello, const char *const *output_names) {
+    cm_status_t status;
+    if (hello->head_count < 0 || hello->head_count > CM_WIRE_MAX_OUTPUTS)
+        return cm_fail(CM_ERR_FORMAT, "Hello lists %d heads; at most %d are allowed",
+                       hello->head_count, CM_WIRE_MAX_OUTPUTS);
+    for (int i = 0; i < hello->head_count; i++) {
+        if ((status = check_string("Hello", "heads", hello->heads[i], true))) return status;
+        bool is_output = false;
+        for (int output = 0; output < hello->output_count && !is_output; output++)
+            is_output = strcmp(hello->heads[i], text(output_names[output])) == 0;
+        if (!is_output)
+            return cm_fail(CM_ERR_FORMAT,
+                           "Hello lends a head for '%s', which is not one of the outputs it lists",
+                           hello->heads[i]);
+    }
+    return check_unique("Hello", "head", hello->heads, hello->head_count);
 }
 
 static cm_status_t check_hello(const cm_wire_hello_t *hello, uint64_t max_bytes) {
@@ -303,7 +330,9 @@ static cm_status_t check_hello(const cm_wire_hello_t *hello, uint64_t max_bytes)
                                   cm_dtype_size(output->dtype), max_bytes, &bytes)))
             return status;
     }
-    if ((status = check_unique("Hello", names, hello->output_count))) return status;
+    if ((status = check_unique("Hello", "output", names, hello->output_count)) ||
+        (status = check_heads(hello, names)))
+        return status;
     return check_limits(&hello->limits);
 }
 
@@ -339,7 +368,7 @@ static cm_status_t check_batch_request(const cm_wire_batch_request_t *request,
     for (int i = 0; i < request->output_count; i++)
         if ((status = check_string("BatchRequest", "outputs", request->outputs[i], true)))
             return status;
-    if ((status = check_unique("BatchRequest", request->outputs, request->output_count)))
+    if ((status = check_unique("BatchRequest", "output", request->outputs, request->output_count)))
         return status;
     if (request->encoding != CM_DTYPE_F32 && request->encoding != CM_DTYPE_F16 &&
         request->encoding != CM_DTYPE_BF16)
@@ -430,11 +459,47 @@ static cm_status_t check_batch_reply(const cm_wire_batch_reply_t *reply,
     return CM_OK;
 }
 
+/* The shape of each tensor of a dense head of `classes` x `inputs` (bias: one dimension). */
+static void head_shapes(int classes, int inputs, int64_t shapes[HEAD_TENSORS][2]) {
+    shapes[HEAD_WEIGHT][0] = classes;
+    shapes[HEAD_WEIGHT][1] = inputs;
+    shapes[HEAD_BIAS][0] = classes;
+}
+
+static cm_status_t check_head_reply(const cm_wire_head_reply_t *reply, uint64_t max_bytes) {
+    cm_status_t status = check_string("HeadReply", "feature", reply->feature, true);
+    if (status) return status;
+    if (reply->classes < 1 || reply->inputs < 1)
+        return cm_fail(CM_ERR_FORMAT,
+                       "HeadReply for '%s' has %d classes and %d inputs; both must be >= 1",
+                       reply->feature, reply->classes, reply->inputs);
+    int64_t shapes[HEAD_TENSORS][2];
+    head_shapes(reply->classes, reply->inputs, shapes);
+    uint64_t weight_bytes, bias_bytes;
+    if ((status = check_shape("HeadReply tensor", "weight", 2, shapes[HEAD_WEIGHT], sizeof(float),
+                              max_bytes, &weight_bytes)) ||
+        (status = check_shape("HeadReply tensor", "bias", 1, shapes[HEAD_BIAS], sizeof(float),
+                              max_bytes, &bias_bytes)))
+        return status;
+    uint64_t total;
+    if (__builtin_add_overflow(weight_bytes, bias_bytes, &total) || total > max_bytes)
+        return cm_fail(CM_ERR_TOO_LARGE,
+                       "HeadReply for '%s' of %d classes and %d inputs is larger than the %" PRIu64
+                       "-byte message limit",
+                       reply->feature, reply->classes, reply->inputs, max_bytes);
+    if (!reply->weight || !reply->bias)
+        return cm_fail(CM_ERR_INVALID_ARG, "HeadReply for '%s' has no %s data", reply->feature,
+                       reply->weight ? "bias" : "weight");
+    return CM_OK;
+}
+
 /* Everything but the receiver's limits when limits is NULL (sending). */
 static cm_status_t check_message(const cm_wire_message_t *message, const cm_wire_limits_t *limits) {
     uint64_t max_bytes = limits ? limits->max_message_bytes : UINT64_MAX;
-    bool is_request = message->kind == CM_WIRE_BATCH_REQUEST;
-    if ((is_request || message->kind == CM_WIRE_BATCH_REPLY) && message->request_id == 0)
+    bool is_request =
+        message->kind == CM_WIRE_BATCH_REQUEST || message->kind == CM_WIRE_HEAD_REQUEST;
+    bool is_reply = message->kind == CM_WIRE_BATCH_REPLY || message->kind == CM_WIRE_HEAD_REPLY;
+    if ((is_request || is_reply) && message->request_id == 0)
         return cm_fail(CM_ERR_FORMAT, "%s has request id 0; requests and replies need an id",
                        kind_names[message->kind]);
     switch (message->kind) {
@@ -453,6 +518,10 @@ static cm_status_t check_message(const cm_wire_message_t *message, const cm_wire
         return check_string("Error", "message", message->error.message, false);
     case CM_WIRE_BYE:
         return check_string("Bye", "reason", message->bye.reason, false);
+    case CM_WIRE_HEAD_REQUEST:
+        return check_string("HeadRequest", "feature", message->head_request.feature, true);
+    case CM_WIRE_HEAD_REPLY:
+        return check_head_reply(&message->head_reply, max_bytes);
     case CM_WIRE_KIND_COUNT:
         break;
     }
@@ -548,6 +617,9 @@ typedef struct {
     Committee__V1__Heartbeat heartbeat;
     Committee__V1__Error error;
     Committee__V1__Bye bye;
+    char *head_names[CM_WIRE_MAX_OUTPUTS];
+    Committee__V1__HeadRequest head_request;
+    Committee__V1__HeadReply head_reply; /* its descriptors are tensors[0 .. HEAD_TENSORS) */
 } header_builder_t;
 
 static char *proto_string(const char *value) { return (char *)text(value); }
@@ -586,6 +658,10 @@ static void build_hello(header_builder_t *builder, const cm_wire_hello_t *hello)
     builder->limits.max_message_bytes = hello->limits.max_message_bytes;
     builder->limits.max_in_flight_requests = hello->limits.max_in_flight;
     proto->limits = &builder->limits;
+    for (int i = 0; i < hello->head_count; i++)
+        builder->head_names[i] = proto_string(hello->heads[i]);
+    proto->n_heads = (size_t)hello->head_count;
+    proto->heads = builder->head_names;
     builder->envelope.body_case = COMMITTEE__V1__ENVELOPE__BODY_HELLO;
     builder->envelope.hello = proto;
 }
@@ -632,6 +708,40 @@ static void build_batch_reply(header_builder_t *builder, const cm_wire_batch_rep
     builder->envelope.batch_reply = proto;
 }
 
+/* Fills one TensorDesc of `builder` for a dense F32 tensor of `ndim` dimensions. */
+static void build_dense_f32(header_builder_t *builder, int index, const char *name, int ndim,
+                            const int64_t *shape, uint64_t bytes) {
+    Committee__V1__TensorDesc *desc = &builder->tensors[index];
+    committee__v1__tensor_desc__init(desc);
+    desc->name = proto_string(name);
+    desc->dtype = COMMITTEE__V1__DTYPE__DTYPE_F32;
+    desc->encoding = COMMITTEE__V1__ENCODING__ENCODING_F32;
+    desc->layout = COMMITTEE__V1__LAYOUT__LAYOUT_DENSE;
+    copy_shape(builder->tensor_shapes[index], shape, ndim);
+    desc->n_shape = (size_t)ndim;
+    desc->shape = builder->tensor_shapes[index];
+    desc->byte_length = bytes;
+    builder->tensor_list[index] = desc;
+}
+
+static void build_head_reply(header_builder_t *builder, const cm_wire_head_reply_t *reply) {
+    Committee__V1__HeadReply *proto = &builder->head_reply;
+    committee__v1__head_reply__init(proto);
+    proto->feature = proto_string(reply->feature);
+    proto->kind = COMMITTEE__V1__HEAD_KIND__HEAD_KIND_DENSE;
+    int64_t shapes[HEAD_TENSORS][2];
+    head_shapes(reply->classes, reply->inputs, shapes);
+    uint64_t classes = (uint64_t)reply->classes, inputs = (uint64_t)reply->inputs;
+    build_dense_f32(builder, HEAD_WEIGHT, head_tensor_names[HEAD_WEIGHT], 2, shapes[HEAD_WEIGHT],
+                    sizeof(float) * classes * inputs);
+    build_dense_f32(builder, HEAD_BIAS, head_tensor_names[HEAD_BIAS], 1, shapes[HEAD_BIAS],
+                    sizeof(float) * classes);
+    proto->n_tensors = HEAD_TENSORS;
+    proto->tensors = builder->tensor_list;
+    builder->envelope.body_case = COMMITTEE__V1__ENVELOPE__BODY_HEAD_REPLY;
+    builder->envelope.head_reply = proto;
+}
+
 /* Checks *message and fills builder->envelope with protobuf structs that point into it. */
 static cm_status_t build_header(header_builder_t *builder, const cm_wire_message_t *message) {
     cm_status_t status = check_message(message, NULL);
@@ -669,6 +779,15 @@ static cm_status_t build_header(header_builder_t *builder, const cm_wire_message
         builder->bye.reason = proto_string(message->bye.reason);
         envelope->body_case = COMMITTEE__V1__ENVELOPE__BODY_BYE;
         envelope->bye = &builder->bye;
+        break;
+    case CM_WIRE_HEAD_REQUEST:
+        committee__v1__head_request__init(&builder->head_request);
+        builder->head_request.feature = proto_string(message->head_request.feature);
+        envelope->body_case = COMMITTEE__V1__ENVELOPE__BODY_HEAD_REQUEST;
+        envelope->head_request = &builder->head_request;
+        break;
+    case CM_WIRE_HEAD_REPLY:
+        build_head_reply(builder, &message->head_reply);
         break;
     case CM_WIRE_KIND_COUNT:
         break; /* refused by check_message */
@@ -710,14 +829,25 @@ cm_status_t cm_wire_encode(cm_wire_encoded_t *encoded, const cm_wire_message_t *
                        kind_names[message->kind]);
     committee__v1__envelope__pack(&builder.envelope, encoded->header);
     encoded->frames[0] = (cm_wire_frame_t){encoded->header, header_bytes};
-    encoded->frame_count = 1;
-    if (message->kind == CM_WIRE_BATCH_REPLY)
-        for (int i = 0; i < message->batch_reply.tensor_count; i++) {
-            const cm_wire_tensor_t *tensor = &message->batch_reply.tensors[i];
-            encoded->frames[encoded->frame_count++] =
-                (cm_wire_frame_t){tensor->data, tensor->bytes};
-        }
+    encoded->frame_count = 1 + cm_wire_tensor_frames(message, encoded->frames + 1);
     return CM_OK;
+}
+
+int cm_wire_tensor_frames(const cm_wire_message_t *message, cm_wire_frame_t *frames) {
+    if (message->kind == CM_WIRE_BATCH_REPLY) {
+        const cm_wire_batch_reply_t *reply = &message->batch_reply;
+        for (int i = 0; i < reply->tensor_count; i++)
+            frames[i] = (cm_wire_frame_t){reply->tensors[i].data, reply->tensors[i].bytes};
+        return reply->tensor_count;
+    }
+    if (message->kind == CM_WIRE_HEAD_REPLY) {
+        const cm_wire_head_reply_t *reply = &message->head_reply;
+        size_t classes = (size_t)reply->classes, inputs = (size_t)reply->inputs;
+        frames[HEAD_WEIGHT] = (cm_wire_frame_t){reply->weight, sizeof(float) * classes * inputs};
+        frames[HEAD_BIAS] = (cm_wire_frame_t){reply->bias, sizeof(float) * classes};
+        return HEAD_TENSORS;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -781,6 +911,10 @@ static cm_status_t hello_from_proto(cm_wire_hello_t *hello, const Committee__V1_
                                        &output->ndim, output->shape)))
             return status;
     }
+    if ((status = count_from_proto("Hello", "heads", proto->n_heads, CM_WIRE_MAX_OUTPUTS,
+                                   &hello->head_count)))
+        return status;
+    for (int i = 0; i < hello->head_count; i++) hello->heads[i] = proto->heads[i];
     if (!proto->limits) return cm_fail(CM_ERR_FORMAT, "Hello has no limits");
     hello->limits.max_examples = proto->limits->max_examples_per_request;
     hello->limits.max_message_bytes = proto->limits->max_message_bytes;
@@ -843,6 +977,85 @@ static cm_status_t batch_reply_from_proto(cm_wire_batch_reply_t *reply,
     return CM_OK;
 }
 
+/*
+ * Converts a HeadReply and attaches its two frames: a dense head, tensors "weight" [classes,
+ * inputs] and "bias" [classes], dense F32, each frame exactly as long as its shape says and no
+ * tensor beyond max_bytes.
+ */
+static cm_status_t head_reply_from_proto(cm_wire_head_reply_t *reply,
+                                         const Committee__V1__HeadReply *proto,
+                                         const cm_wire_frame_t *frames, int frame_count,
+                                         uint64_t max_bytes) {
+    cm_status_t status = check_string("HeadReply", "feature", proto->feature, true);
+    if (status) return status;
+    const char *feature = proto->feature;
+    if (proto->kind != COMMITTEE__V1__HEAD_KIND__HEAD_KIND_DENSE)
+        return cm_fail(CM_ERR_FORMAT,
+                       "HeadReply for '%s' has unsupported head kind %d; this side knows only "
+                       "dense heads (kind %d)",
+                       feature, (int)proto->kind, (int)COMMITTEE__V1__HEAD_KIND__HEAD_KIND_DENSE);
+    if (proto->n_tensors != HEAD_TENSORS)
+        return cm_fail(CM_ERR_FORMAT,
+                       "HeadReply for '%s' describes %zu tensors; a dense head has exactly two, "
+                       "\"weight\" and \"bias\"",
+                       feature, proto->n_tensors);
+    if (frame_count != HEAD_TENSORS)
+        return cm_fail(CM_ERR_FORMAT,
+                       "HeadReply describes %d tensors but %d tensor frames followed", HEAD_TENSORS,
+                       frame_count);
+    int64_t shapes[HEAD_TENSORS][CM_TENSOR_MAX_DIMS];
+    for (int i = 0; i < HEAD_TENSORS; i++) {
+        const Committee__V1__TensorDesc *desc = proto->tensors[i];
+        const char *name = head_tensor_names[i];
+        int ndim = 0, wanted_ndim = i == HEAD_WEIGHT ? 2 : 1;
+        cm_dtype_t dtype = CM_DTYPE_COUNT, encoding = CM_DTYPE_COUNT;
+        uint64_t bytes;
+        if (strcmp(text(desc->name), name) != 0)
+            return cm_fail(CM_ERR_FORMAT,
+                           "tensor %d of the HeadReply for '%s' is named '%.64s'; a dense head "
+                           "sends \"weight\" then \"bias\"",
+                           i, feature, text(desc->name));
+        if ((status = dtype_from_proto("HeadReply tensor", name, desc->dtype, &dtype)) ||
+            (status = encoding_from_proto("HeadReply tensor", name, desc->encoding, &encoding)) ||
+            (status = shape_from_proto("HeadReply tensor", name, desc->shape, desc->n_shape, &ndim,
+                                       shapes[i])))
+            return status;
+        if (dtype != CM_DTYPE_F32 || encoding != CM_DTYPE_F32 ||
+            desc->layout != COMMITTEE__V1__LAYOUT__LAYOUT_DENSE)
+            return cm_fail(CM_ERR_FORMAT,
+                           "HeadReply tensor '%s' is %s encoded as %s in layout %d; a head "
+                           "travels as dense F32",
+                           name, cm_dtype_name(dtype), cm_dtype_name(encoding), (int)desc->layout);
+        if (ndim != wanted_ndim)
+            return cm_fail(CM_ERR_SHAPE, "HeadReply tensor '%s' has %d dimensions; it needs %d",
+                           name, ndim, wanted_ndim);
+        if ((status = check_shape("HeadReply tensor", name, ndim, shapes[i], sizeof(float),
+                                  max_bytes, &bytes)))
+            return status;
+        if (desc->byte_length != frames[i].bytes || frames[i].bytes != bytes)
+            return cm_fail(CM_ERR_FORMAT,
+                           "HeadReply tensor '%s' promises %" PRIu64
+                           " bytes and its frame has %zu, but its shape needs %" PRIu64,
+                           name, desc->byte_length, frames[i].bytes, bytes);
+    }
+    if (shapes[HEAD_BIAS][0] != shapes[HEAD_WEIGHT][0])
+        return cm_fail(CM_ERR_SHAPE,
+                       "HeadReply for '%s' has a weight for %" PRId64
+                       " classes but a bias for %" PRId64,
+                       feature, shapes[HEAD_WEIGHT][0], shapes[HEAD_BIAS][0]);
+    if (shapes[HEAD_WEIGHT][0] > INT_MAX || shapes[HEAD_WEIGHT][1] > INT_MAX)
+        return cm_fail(CM_ERR_TOO_LARGE,
+                       "HeadReply for '%s' has a weight of %" PRId64 " x %" PRId64
+                       "; each dimension must fit in an int",
+                       feature, shapes[HEAD_WEIGHT][0], shapes[HEAD_WEIGHT][1]);
+    reply->feature = feature;
+    reply->classes = (int)shapes[HEAD_WEIGHT][0];
+    reply->inputs = (int)shapes[HEAD_WEIGHT][1];
+    reply->weight = frames[HEAD_WEIGHT].data;
+    reply->bias = frames[HEAD_BIAS].data;
+    return CM_OK;
+}
+
 static cm_status_t error_from_proto(cm_wire_error_t *error, const Committee__V1__Error *proto) {
     cm_status_t status = check_string("Error", "code", proto->code, true);
     if (status) return status;
@@ -853,10 +1066,14 @@ static cm_status_t error_from_proto(cm_wire_error_t *error, const Committee__V1_
     return CM_OK;
 }
 
-/* Converts the body of `envelope` into message; `tensor_frames` are the frames after the header. */
+/*
+ * Converts the body of `envelope` into message; `tensor_frames` are the frames after the header
+ * and max_bytes the receiver's message limit.
+ */
 static cm_status_t body_from_proto(cm_wire_message_t *message,
                                    const Committee__V1__Envelope *envelope,
-                                   const cm_wire_frame_t *tensor_frames, int tensor_frame_count) {
+                                   const cm_wire_frame_t *tensor_frames, int tensor_frame_count,
+                                   uint64_t max_bytes) {
     static const cm_wire_kind_t kinds[] = {
         [COMMITTEE__V1__ENVELOPE__BODY_HELLO] = CM_WIRE_HELLO,
         [COMMITTEE__V1__ENVELOPE__BODY_BATCH_REQUEST] = CM_WIRE_BATCH_REQUEST,
@@ -864,13 +1081,18 @@ static cm_status_t body_from_proto(cm_wire_message_t *message,
         [COMMITTEE__V1__ENVELOPE__BODY_HEARTBEAT] = CM_WIRE_HEARTBEAT,
         [COMMITTEE__V1__ENVELOPE__BODY_ERROR] = CM_WIRE_ERROR,
         [COMMITTEE__V1__ENVELOPE__BODY_BYE] = CM_WIRE_BYE,
+        [COMMITTEE__V1__ENVELOPE__BODY_HEAD_REQUEST] = CM_WIRE_HEAD_REQUEST,
+        [COMMITTEE__V1__ENVELOPE__BODY_HEAD_REPLY] = CM_WIRE_HEAD_REPLY,
     };
     if (envelope->body_case < COMMITTEE__V1__ENVELOPE__BODY_HELLO ||
-        envelope->body_case > COMMITTEE__V1__ENVELOPE__BODY_BYE)
+        envelope->body_case > COMMITTEE__V1__ENVELOPE__BODY_HEAD_REPLY)
         return cm_fail(CM_ERR_FORMAT, "header has no body: it is neither Hello, BatchRequest, "
-                                      "BatchReply, Heartbeat, Error nor Bye");
+                                      "BatchReply, Heartbeat, Error, Bye, HeadRequest nor "
+                                      "HeadReply");
     message->kind = kinds[envelope->body_case];
-    if (message->kind != CM_WIRE_BATCH_REPLY && tensor_frame_count != 0)
+    bool carries_frames =
+        message->kind == CM_WIRE_BATCH_REPLY || message->kind == CM_WIRE_HEAD_REPLY;
+    if (!carries_frames && tensor_frame_count != 0)
         return cm_fail(CM_ERR_FORMAT, "a %s carries no tensor frames, but %d followed it",
                        kind_names[message->kind], tensor_frame_count);
     switch (message->kind) {
@@ -889,6 +1111,12 @@ static cm_status_t body_from_proto(cm_wire_message_t *message,
     case CM_WIRE_BYE:
         message->bye.reason = envelope->bye->reason;
         return CM_OK;
+    case CM_WIRE_HEAD_REQUEST:
+        message->head_request.feature = envelope->head_request->feature;
+        return CM_OK;
+    case CM_WIRE_HEAD_REPLY:
+        return head_reply_from_proto(&message->head_reply, envelope->head_reply, tensor_frames,
+                                     tensor_frame_count, max_bytes);
     case CM_WIRE_KIND_COUNT:
         break;
     }
@@ -928,7 +1156,8 @@ cm_status_t cm_wire_decode(cm_wire_message_t *message, const cm_wire_frame_t *fr
                          " but this side speaks %d.%d",
                          envelope->version_major, envelope->version_minor, CM_WIRE_VERSION_MAJOR,
                          CM_WIRE_VERSION_MINOR);
-    else if (!(status = body_from_proto(message, envelope, frames + 1, frame_count - 1)))
+    else if (!(status = body_from_proto(message, envelope, frames + 1, frame_count - 1,
+                                        limits->max_message_bytes)))
         status = check_message(message, limits);
     if (status) {
         committee__v1__envelope__free_unpacked(envelope, NULL);

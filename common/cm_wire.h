@@ -2,7 +2,8 @@
  * cm_wire: the committee wire protocol as plain C structs.
  *
  * A message is a list of frames: frame 0 is a protobuf header (an Envelope
- * of proto/committee.proto), then one raw frame per tensor of a BatchReply.
+ * of proto/committee.proto), then one raw frame per tensor of a BatchReply
+ * (or the weight and bias frames of a HeadReply).
  * This module packs a cm_wire_message_t into such frames and turns received
  * frames back into one, checking everything a peer could get wrong: the
  * header parses, the major version matches, a body is present, counts,
@@ -36,7 +37,7 @@
 
 enum {
     CM_WIRE_VERSION_MAJOR = 1, /* peers must agree on it exactly */
-    CM_WIRE_VERSION_MINOR = 0, /* compatible additions; may differ between peers */
+    CM_WIRE_VERSION_MINOR = 1, /* compatible additions; may differ between peers (1: heads) */
     CM_WIRE_MAX_TENSORS = 16,  /* tensor frames in one BatchReply */
     CM_WIRE_MAX_OUTPUTS = 16,  /* outputs a Hello lists or a BatchRequest names */
     CM_WIRE_MAX_STRING = 1024, /* bytes of any string field, without the NUL */
@@ -50,6 +51,8 @@ typedef enum {
     CM_WIRE_HEARTBEAT,
     CM_WIRE_ERROR,
     CM_WIRE_BYE,
+    CM_WIRE_HEAD_REQUEST, /* since minor version 1 */
+    CM_WIRE_HEAD_REPLY,
     CM_WIRE_KIND_COUNT
 } cm_wire_kind_t;
 
@@ -105,6 +108,10 @@ typedef struct {
     int output_count;                /* teachers: >= 1 */
     cm_wire_output_t outputs[CM_WIRE_MAX_OUTPUTS];
     cm_wire_limits_t limits; /* every field >= 1 */
+    /* Features whose head the teacher lends (HeadRequest), each the name of one of its
+     * outputs, no duplicates; 0 when it lends none, from trainers and from minor-0 peers. */
+    int head_count;
+    const char *heads[CM_WIRE_MAX_OUTPUTS];
 } cm_wire_hello_t;
 
 /* Trainer to teacher: the outputs wanted for some examples of a split. */
@@ -153,11 +160,31 @@ typedef struct {
     const char *reason; /* may be "" */
 } cm_wire_bye_t;
 
+/* Trainer to teacher: the head that maps `feature` (e.g. "hidden") to the logits. */
+typedef struct {
+    const char *feature; /* required */
+} cm_wire_head_request_t;
+
 /*
- * One message.  request_id is chosen by the requester, non-zero and unique
- * on its connection; a BatchReply or an Error repeats the id it answers; 0
- * means "answers nothing".  The version fields are what the sender spoke
- * (decoding); encoding always sends CM_WIRE_VERSION_*.
+ * Teacher to trainer: a dense head, logits[classes] = weight[classes][inputs] . feature + bias.
+ * On the wire: two F32 tensor frames after the header, "weight" [classes, inputs] and "bias"
+ * [classes], little-endian.  Both arrays are borrowed; a decoded one points into a received
+ * frame, which has no alignment (copy it out with memcpy before reading floats).
+ */
+typedef struct {
+    const char *feature; /* the feature it reads, as requested */
+    int classes;         /* >= 1 */
+    int inputs;          /* >= 1: the width of the feature */
+    const void *weight;  /* [classes][inputs] F32 */
+    const void *bias;    /* [classes] F32 */
+} cm_wire_head_reply_t;
+
+/*
+ * One message.  request_id is chosen by the requester (BatchRequest,
+ * HeadRequest), non-zero and unique on its connection; a BatchReply, a
+ * HeadReply or an Error repeats the id it answers; 0 means "answers
+ * nothing".  The version fields are what the sender spoke (decoding);
+ * encoding always sends CM_WIRE_VERSION_*.
  */
 typedef struct {
     cm_wire_kind_t kind;
@@ -171,6 +198,8 @@ typedef struct {
         cm_wire_heartbeat_t heartbeat;
         cm_wire_error_t error;
         cm_wire_bye_t bye;
+        cm_wire_head_request_t head_request;
+        cm_wire_head_reply_t head_reply;
     };
     void *header; /* private: decoded header storage, freed by cm_wire_message_deinit */
 } cm_wire_message_t;
@@ -229,6 +258,14 @@ cm_status_t cm_wire_pack_header(const cm_wire_message_t *message, void *buffer, 
  */
 cm_status_t cm_wire_encode(cm_wire_encoded_t *encoded, const cm_wire_message_t *message);
 
+/*
+ * The raw frames that follow the header of `message`, borrowed from it: a BatchReply's tensor
+ * data, a HeadReply's weight and bias; none for the other kinds.  Fills
+ * frames[0 .. CM_WIRE_MAX_TENSORS) and returns how many.  No checks: the message is one this
+ * side built or decoded.
+ */
+int cm_wire_tensor_frames(const cm_wire_message_t *message, cm_wire_frame_t *frames);
+
 /* Frees the header of *encoded and clears it; safe to call twice. */
 void cm_wire_encoded_deinit(cm_wire_encoded_t *encoded);
 
@@ -242,7 +279,11 @@ void cm_wire_encoded_deinit(cm_wire_encoded_t *encoded);
  * CM_ERR_TOO_LARGE for sizes); example ids are non-negative
  * (CM_ERR_OUT_OF_RANGE) and at most limits->max_examples of them
  * (CM_ERR_TOO_LARGE); a BatchReply has one frame per descriptor, each
- * exactly as long as its shape and encoding say (CM_ERR_FORMAT).  Whether
+ * exactly as long as its shape and encoding say (CM_ERR_FORMAT); a
+ * HeadReply is of kind dense (CM_ERR_FORMAT "unsupported head kind") with
+ * exactly the tensors "weight" [classes, inputs] and "bias" [classes], F32,
+ * dense, their frames exactly that long (CM_ERR_FORMAT, CM_ERR_SHAPE when
+ * the two disagree on classes, CM_ERR_TOO_LARGE beyond the limits).  Whether
  * the ids exist in the dataset is cm_wire_check_ids()'s job.  On success
  * the message borrows from the frames and must be released with
  * cm_wire_message_deinit().  On failure it holds nothing, but its

@@ -14,7 +14,8 @@ static cm_status_t zmq_failure(const char *what) {
 
 cm_status_t cm_zwire_send(void *socket, zmq_msg_t *routing, const cm_wire_message_t *message,
                           int flags, cm_zwire_release_fn *release) {
-    int tensor_count = message->kind == CM_WIRE_BATCH_REPLY ? message->batch_reply.tensor_count : 0;
+    cm_wire_frame_t tensors[CM_WIRE_MAX_TENSORS];
+    int tensor_count = cm_wire_tensor_frames(message, tensors);
     int handed_over = 0; /* tensor frames whose ownership passed to ZeroMQ */
     size_t header_bytes = 0;
     cm_status_t status = cm_wire_header_size(message, &header_bytes);
@@ -47,7 +48,7 @@ cm_status_t cm_zwire_send(void *socket, zmq_msg_t *routing, const cm_wire_messag
         goto fail;
     }
     for (int index = 0; index < tensor_count; index++) {
-        const cm_wire_tensor_t *tensor = &message->batch_reply.tensors[index];
+        const cm_wire_frame_t *tensor = &tensors[index];
         int more = index + 1 < tensor_count ? ZMQ_SNDMORE : 0;
         int made;
         if (release) {
@@ -59,7 +60,8 @@ cm_status_t cm_zwire_send(void *socket, zmq_msg_t *routing, const cm_wire_messag
                 memcpy(zmq_msg_data(&part), tensor->data, tensor->bytes);
         }
         if (made != 0) {
-            status = cm_fail(CM_ERR_NOMEM, "out of memory for tensor frame '%s'", tensor->name);
+            status = cm_fail(CM_ERR_NOMEM, "out of memory for tensor frame %d of %d (%zu bytes)",
+                             index + 1, tensor_count, tensor->bytes);
             goto fail;
         }
         if (zmq_msg_send(&part, socket, flags | more) < 0) {
@@ -72,7 +74,7 @@ cm_status_t cm_zwire_send(void *socket, zmq_msg_t *routing, const cm_wire_messag
 fail:
     if (release)
         for (int index = handed_over; index < tensor_count; index++)
-            release((void *)message->batch_reply.tensors[index].data, NULL);
+            release((void *)tensors[index].data, NULL);
     return status;
 }
 

@@ -11,6 +11,11 @@
  * Handshake failures: each DEALER has a socket monitor whose events land on
  * a PAIR socket of the same (training) thread; it is read without waiting
  * while the first Hello is being sent and at every pump.
+ *
+ * Heads: fetching one is a blocking exchange like the handshake: one
+ * HeadRequest to an endpoint, then every message from it goes through
+ * handle_message (as in the pump) until the answer with that request id
+ * arrives or handshake_ms pass; then the next endpoint is tried.
  */
 #include "trainer_committee.h"
 
@@ -51,6 +56,7 @@ typedef struct {
     int probes;        /* Hellos sent since it went down (back-off) */
     void *monitor;     /* PAIR receiving the socket's connection and handshake events */
     int connections;   /* transport connections made (monitor) */
+    unsigned heads;    /* features it lends a head for (1u << TRAINER_OUTPUT_*), last Hello */
 } endpoint_t;
 
 typedef struct {
@@ -135,6 +141,35 @@ static cm_status_t send_hello(trainer_committee_t *committee, endpoint_t *endpoi
     return send_on(committee, endpoint, &hello);
 }
 
+/* TRAINER_OUTPUT_* of an output name, or -1. */
+static int output_of(const char *name) {
+    for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
+        if (strcmp(name, trainer_cache_output_name(output)) == 0) return output;
+    return -1;
+}
+
+/* The features a Hello lends heads for, as a bit set; names this trainer does not know count
+ * as none. */
+static unsigned lent_heads(const cm_wire_hello_t *hello) {
+    unsigned heads = 0;
+    for (int index = 0; index < hello->head_count; index++) {
+        int output = output_of(hello->heads[index]);
+        if (output >= 0) heads |= 1u << output;
+    }
+    return heads;
+}
+
+/* "hidden", "hidden, tokens" or "none" into text[size]. */
+static void format_heads(unsigned heads, char *text, size_t size) {
+    size_t used = 0;
+    text[0] = '\0';
+    for (int output = 0; output < TRAINER_OUTPUT_COUNT && used < size; output++)
+        if (heads & (1u << output))
+            used += (size_t)snprintf(text + used, size - used, "%s%s", used ? ", " : "",
+                                     trainer_cache_output_name(output));
+    if (!heads) snprintf(text, size, "none");
+}
+
 static cm_wire_limits_t receive_limits(void) {
     cm_wire_limits_t limits = cm_wire_limits_default();
     limits.max_message_bytes = 1ull << 30;
@@ -147,6 +182,7 @@ static cm_status_t check_hello(trainer_committee_t *committee, teacher_t *teache
                                endpoint_t *endpoint, const cm_wire_hello_t *hello, int first) {
     const trainer_committee_config_t *config = &committee->config;
     const char *name = teacher->info.name;
+    endpoint->heads = lent_heads(hello); /* what it lends now; replicas are compared at start */
     if (hello->peer != CM_WIRE_PEER_TEACHER)
         return cm_fail(CM_ERR_PROTOCOL, "teacher '%s' at %s did not introduce itself as a teacher",
                        name, endpoint->address);
@@ -177,16 +213,16 @@ static cm_status_t check_hello(trainer_committee_t *committee, teacher_t *teache
     info->classes = hello->classes;
     info->max_examples = (int)hello->limits.max_examples;
     info->tokens = 1;
+    info->heads = endpoint->heads;
     for (int index = 0; index < hello->output_count; index++) {
         const cm_wire_output_t *output = &hello->outputs[index];
         int64_t width = 1;
         for (int dim = 0; dim < output->ndim; dim++) width *= output->shape[dim];
-        for (int kind = 0; kind < TRAINER_OUTPUT_COUNT; kind++)
-            if (strcmp(output->name, trainer_cache_output_name(kind)) == 0) {
-                info->width[kind] = (int)width;
-                if (kind == TRAINER_OUTPUT_TOKENS && output->ndim == 2)
-                    info->tokens = (int)output->shape[0];
-            }
+        int kind = output_of(output->name);
+        if (kind < 0) continue;
+        info->width[kind] = (int)width;
+        if (kind == TRAINER_OUTPUT_TOKENS && output->ndim == 2)
+            info->tokens = (int)output->shape[0];
     }
     if (info->width[TRAINER_OUTPUT_LOGITS] != config->classes)
         return cm_fail(CM_ERR_MISMATCH, "teacher '%s' offers logits of width %d, expected %d", name,
@@ -428,6 +464,17 @@ cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, in
             endpoint_t *endpoint = &teacher->endpoints[slot];
             if ((status = handshake(committee, teacher, endpoint)) != CM_OK) goto fail;
             endpoint->up = 1;
+            if (endpoint->heads != teacher->info.heads) {
+                char lent[64], lent_first[64];
+                format_heads(endpoint->heads, lent, sizeof lent);
+                format_heads(teacher->info.heads, lent_first, sizeof lent_first);
+                status = cm_fail(CM_ERR_MISMATCH,
+                                 "teacher '%s' lends heads for %s at %s but for %s at %s; "
+                                 "replicas must be started with the same --lend-head",
+                                 teacher->info.name, lent, endpoint->address, lent_first,
+                                 teacher->endpoints[0].address);
+                goto fail;
+            }
         }
         trainer_cache_set_teacher(cache, index, teacher->info.name, teacher->info.model_sha256);
         for (int other = 0; other < index; other++)
@@ -930,4 +977,173 @@ cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_m
     status = check_deadlines(committee);
     if (status != CM_OK) return status;
     return send_queued(committee);
+}
+
+/* ---------------------------------------------------------------- heads */
+
+void trainer_head_free(trainer_head_t *head) {
+    if (!head) return;
+    free(head->weight);
+    free(head->bias);
+    memset(head, 0, sizeof *head);
+}
+
+/* The sentence for a teacher that lends no head for `feature`; `says` is its own, or NULL. */
+static cm_status_t head_not_lent(const teacher_t *teacher, const endpoint_t *endpoint,
+                                 const char *feature, const char *says) {
+    return cm_fail(CM_ERR_NOT_FOUND,
+                   "teacher '%s' at %s does not lend its head for '%s'%s%s%s; start it with "
+                   "--lend-head on, or train without --dd-interactive",
+                   teacher->info.name, endpoint->address, feature, says ? " (it says: " : "",
+                   says ? says : "", says ? ")" : "");
+}
+
+/* Checks a HeadReply against the committee and copies it into *head. */
+static cm_status_t accept_head(trainer_committee_t *committee, const teacher_t *teacher,
+                               const endpoint_t *endpoint, int output,
+                               const cm_wire_head_reply_t *reply, trainer_head_t *head) {
+    const char *name = teacher->info.name, *feature = trainer_cache_output_name(output);
+    if (strcmp(reply->feature, feature) != 0)
+        return cm_fail(CM_ERR_PROTOCOL,
+                       "teacher '%s' at %s answered a request for its '%s' head with the head of "
+                       "'%.64s'",
+                       name, endpoint->address, feature, reply->feature);
+    if (reply->classes != committee->config.classes)
+        return cm_fail(CM_ERR_MISMATCH,
+                       "teacher '%s' at %s lends a head with %d classes but the student has %d",
+                       name, endpoint->address, reply->classes, committee->config.classes);
+    if (reply->inputs != teacher->info.width[output])
+        return cm_fail(CM_ERR_MISMATCH,
+                       "teacher '%s' at %s lends a head that reads %d inputs but its '%s' output "
+                       "has %d",
+                       name, endpoint->address, reply->inputs, feature,
+                       teacher->info.width[output]);
+    size_t weight_bytes = sizeof(float) * (size_t)reply->classes * (size_t)reply->inputs;
+    size_t bias_bytes = sizeof(float) * (size_t)reply->classes;
+    head->weight = malloc(weight_bytes);
+    head->bias = malloc(bias_bytes);
+    if (!head->weight || !head->bias) {
+        trainer_head_free(head);
+        return cm_fail(CM_ERR_NOMEM, "out of memory for the head of teacher '%s'", name);
+    }
+    memcpy(head->weight, reply->weight, weight_bytes); /* the frames have no alignment */
+    memcpy(head->bias, reply->bias, bias_bytes);
+    head->classes = reply->classes;
+    head->inputs = reply->inputs;
+    return CM_OK;
+}
+
+/*
+ * Asks one endpoint for the head of `output` and waits up to handshake_ms for the answer,
+ * passing everything else it sends to handle_message.  CM_ERR_UNAVAILABLE when this endpoint
+ * cannot answer (not connected, silent, said bye, shutting down): the caller tries another.
+ */
+static cm_status_t request_head(trainer_committee_t *committee, int teacher_index, int slot,
+                                int output, trainer_head_t *head) {
+    teacher_t *teacher = &committee->teachers[teacher_index];
+    endpoint_t *endpoint = &teacher->endpoints[slot];
+    const char *name = teacher->info.name, *feature = trainer_cache_output_name(output);
+    uint64_t request_id = committee->next_request_id++;
+    cm_wire_message_t request;
+    cm_wire_message_init(&request, CM_WIRE_HEAD_REQUEST, request_id);
+    request.head_request.feature = feature;
+    cm_status_t status = send_on(committee, endpoint, &request);
+    if (status == CM_ERR_BUSY) { /* no live connection (ZMQ_IMMEDIATE) */
+        mark_down(committee, teacher, endpoint, "not connected");
+        return cm_fail(CM_ERR_UNAVAILABLE, "teacher '%s' at %s is not connected", name,
+                       endpoint->address);
+    }
+    if (status != CM_OK) return status;
+    double give_up = cm_progress_now() + committee->config.handshake_ms / 1000.0;
+    cm_wire_limits_t limits = receive_limits();
+    for (;;) {
+        double left = give_up - cm_progress_now();
+        if (left <= 0) {
+            mark_down(committee, teacher, endpoint, "no answer to a HeadRequest");
+            return cm_fail(CM_ERR_UNAVAILABLE,
+                           "teacher '%s' at %s did not answer the HeadRequest for '%s' within %d "
+                           "ms",
+                           name, endpoint->address, feature, committee->config.handshake_ms);
+        }
+        zmq_pollitem_t item = {endpoint->socket, 0, ZMQ_POLLIN, 0};
+        int ready = zmq_poll(&item, 1, (long)(left * 1000) + 1);
+        if (ready < 0 && zmq_errno() != EINTR)
+            return cm_fail(CM_ERR_IO, "waiting for teacher '%s' at %s failed: %s", name,
+                           endpoint->address, zmq_strerror(zmq_errno()));
+        if (ready <= 0) continue;
+        cm_zwire_received_t received;
+        cm_wire_message_t message;
+        status =
+            cm_zwire_recv_message(endpoint->socket, &received, &message, &limits, ZMQ_DONTWAIT);
+        if (status == CM_ERR_BUSY) continue; /* nothing, or only heartbeats, so far */
+        if (status == CM_ERR_IO) return status;
+        if (status != CM_OK) /* most likely the head itself, refused by cm_wire */
+            return cm_fail(status,
+                           "teacher '%s' at %s sent a message this trainer cannot read "
+                           "while it waited for the head: %s",
+                           name, endpoint->address, cm_last_error());
+        int answer = message.request_id == request_id;
+        size_t bytes = 0;
+        for (int part = 0; part < received.part_count; part++)
+            bytes += zmq_msg_size(&received.parts[part]);
+        if (answer && message.kind == CM_WIRE_HEAD_REPLY) {
+            status = accept_head(committee, teacher, endpoint, output, &message.head_reply, head);
+        } else if (answer && message.kind == CM_WIRE_ERROR) {
+            cm_status_t code = message.error.code;
+            int going = code == CM_ERR_UNAVAILABLE || code == CM_ERR_CANCELLED;
+            if (going) mark_down(committee, teacher, endpoint, message.error.message);
+            if (code == CM_ERR_NOT_FOUND)
+                status = head_not_lent(teacher, endpoint, feature, message.error.message);
+            else
+                status = cm_fail(going ? CM_ERR_UNAVAILABLE : code,
+                                 "teacher '%s' at %s refused the HeadRequest for '%s': %s", name,
+                                 endpoint->address, feature, message.error.message);
+        } else if (answer) {
+            status = cm_fail(CM_ERR_PROTOCOL,
+                             "teacher '%s' at %s answered the HeadRequest for '%s' with a "
+                             "message of kind %d",
+                             name, endpoint->address, feature, (int)message.kind);
+        } else { /* the rest, as the pump would: tickets' replies, Hellos, Byes, late answers */
+            status = handle_message(committee, teacher_index, slot, &message, bytes);
+            if (status == CM_OK && !endpoint->up)
+                status = cm_fail(CM_ERR_UNAVAILABLE,
+                                 "teacher '%s' at %s said bye before it sent its head", name,
+                                 endpoint->address);
+            else if (status == CM_OK)
+                status = CM_ERR_BUSY; /* keep waiting */
+        }
+        cm_zwire_release(&received, &message);
+        if (status != CM_ERR_BUSY) return status;
+    }
+}
+
+cm_status_t trainer_committee_fetch_head(trainer_committee_t *committee, int teacher_index,
+                                         const char *feature, trainer_head_t *head) {
+    memset(head, 0, sizeof *head);
+    if (teacher_index < 0 || teacher_index >= committee->teacher_count)
+        return cm_fail(CM_ERR_INVALID_ARG, "there is no teacher %d in a committee of %d",
+                       teacher_index, committee->teacher_count);
+    teacher_t *teacher = &committee->teachers[teacher_index];
+    int output = output_of(feature);
+    if (output < 0)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "a head reads one of a teacher's outputs (logits, hidden, tokens), not "
+                       "'%s'",
+                       feature);
+    /* Its Hello says what it lends; a teacher that lends nothing (or speaks protocol 1.0,
+     * which has no HeadRequest) is not asked. */
+    if (!(teacher->info.heads & (1u << output)))
+        return head_not_lent(teacher, &teacher->endpoints[0], feature, NULL);
+    cm_status_t status = CM_ERR_UNAVAILABLE;
+    char tried[512] = "";
+    for (int slot = 0; slot < teacher->endpoint_count; slot++) {
+        status = request_head(committee, teacher_index, slot, output, head);
+        if (status != CM_ERR_UNAVAILABLE) return status;
+        snprintf(tried, sizeof tried, "%s", cm_last_error()); /* the last endpoint's reason */
+    }
+    if (teacher->endpoint_count == 1) return cm_fail(CM_ERR_UNAVAILABLE, "%s", tried);
+    return cm_fail(CM_ERR_UNAVAILABLE,
+                   "none of the %d endpoints of teacher '%s' sent its head for '%s' (the last: "
+                   "%s)",
+                   teacher->endpoint_count, teacher->info.name, feature, tried);
 }

@@ -25,6 +25,11 @@
  * back-off (ZMQ_RECONNECT_IVL .. _MAX).  Every outcome is counted per
  * teacher (trainer_committee_stats).
  *
+ * Heads: a teacher's Hello lists the features whose frozen head it lends
+ * (teacher-server serve --lend-head on); replicas must agree.  The
+ * interactive DiverseDistill fetches a head once, at start, with
+ * trainer_committee_fetch_head, and trains through it.
+ *
  * Encryption: with the trainer's CURVE keys in the config, every DEALER is a
  * CURVE client that only talks to the public key given for its teacher.  A
  * socket monitor on each DEALER turns handshakes the teacher refuses (our
@@ -89,6 +94,7 @@ typedef struct {
     int width[TRAINER_OUTPUT_COUNT]; /* floats per example per output (0: not offered) */
     int tokens;                      /* rows of "tokens" (1 if none) */
     int max_examples;                /* the teacher's limit */
+    unsigned heads; /* bit set (1u << TRAINER_OUTPUT_*) of the features it lends a head for */
 } trainer_teacher_info_t;
 
 /* Outcomes per teacher since the start. */
@@ -122,6 +128,31 @@ const trainer_teacher_info_t *trainer_committee_info(const trainer_committee_t *
                                                      int teacher);
 const trainer_teacher_stats_t *trainer_committee_stats(const trainer_committee_t *committee,
                                                        int teacher);
+
+/* A teacher's frozen dense head: logits[classes] = weight[classes][inputs] · feature + bias. */
+typedef struct {
+    int classes, inputs;
+    float *weight; /* [classes][inputs], owned */
+    float *bias;   /* [classes], owned */
+} trainer_head_t;
+
+/*
+ * Fetches the head `teacher` lends for `feature` ("hidden") with a HeadRequest to its
+ * endpoints (first one that answers; handshake_ms deadline).  Call it after
+ * trainer_committee_new and before the first ticket (replies to tickets that arrive while it
+ * waits are handled as the pump would, and so are heartbeats, Hellos and Byes).  Checks classes
+ * == the committee's classes and inputs == the width of that feature in the teacher's Hello.
+ * CM_ERR_NOT_FOUND with a sentence naming the teacher when it lends none ("teacher 'fm' at EP
+ * does not lend its head for 'hidden'; start it with --lend-head on, or train without
+ * --dd-interactive"), CM_ERR_UNAVAILABLE / timeout sentence when nobody answers,
+ * CM_ERR_MISMATCH when the shapes disagree.  On success *head holds the copies (release with
+ * trainer_head_free); on failure it is empty.
+ */
+cm_status_t trainer_committee_fetch_head(trainer_committee_t *committee, int teacher,
+                                         const char *feature, trainer_head_t *head);
+
+/* Frees the arrays of *head and clears it; NULL-safe, idempotent. */
+void trainer_head_free(trainer_head_t *head);
 
 /*
  * Asks `teacher` for the outputs in the bit set `outputs` (1 << TRAINER_OUTPUT_*) of the

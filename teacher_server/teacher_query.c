@@ -2,8 +2,10 @@
  * teacher_query: a blocking DEALER client.  It says Hello, prints the
  * teacher's Hello, sends one BatchRequest for --ids, prints the shape and
  * first rows of every tensor in the reply and, when the dataset is
- * available locally, the accuracy of the logits on those ids.  Every wait
- * is bounded by --timeout-ms, so a dead teacher is a clear error, not a hang.
+ * available locally, the accuracy of the logits on those ids.  With --head
+ * FEATURE it asks for the head the teacher lends instead (HeadRequest) and
+ * prints its shape, first rows and norms.  Every wait is bounded by
+ * --timeout-ms, so a dead teacher is a clear error, not a hang.
  */
 #include "teacher_query.h"
 
@@ -14,6 +16,7 @@
 #include "cm_wire.h"
 #include "cm_zwire.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +33,7 @@ typedef struct {
     const char *data_dir;
     const char *curve_secret_key;
     const char *teacher_key;
+    const char *head; /* NULL: ask for outputs */
     int top_k;
     int rows;
     int timeout_ms;
@@ -122,6 +126,44 @@ static void print_hello(const cm_wire_hello_t *hello) {
     printf("\nlimits       %u examples/request, %llu bytes/message, %u requests in flight\n",
            hello->limits.max_examples, (unsigned long long)hello->limits.max_message_bytes,
            hello->limits.max_in_flight);
+    printf("heads       ");
+    for (int index = 0; index < hello->head_count; index++) printf(" %s", hello->heads[index]);
+    printf(hello->head_count ? "\n" : " none lent\n");
+}
+
+/* Prints at most 10 of the `count` floats from index `first` of an unaligned frame. */
+static void print_floats(const void *frame, size_t first, size_t count) {
+    for (size_t index = 0; index < count && index < 10; index++) {
+        float value;
+        memcpy(&value, (const char *)frame + sizeof(float) * (first + index), sizeof value);
+        printf(" %8.4f", (double)value);
+    }
+    printf(count > 10 ? " ...\n" : "\n");
+}
+
+/* L2 norm of `count` floats of an unaligned frame. */
+static double frame_norm(const void *frame, size_t count) {
+    double sum = 0.0;
+    for (size_t index = 0; index < count; index++) {
+        float value;
+        memcpy(&value, (const char *)frame + sizeof(float) * index, sizeof value);
+        sum += (double)value * (double)value;
+    }
+    return sqrt(sum);
+}
+
+static void print_head(const cm_wire_head_reply_t *head, int rows) {
+    size_t classes = (size_t)head->classes, inputs = (size_t)head->inputs;
+    printf("head '%s' (dense, F32): weight shape [%d,%d], bias shape [%d]\n", head->feature,
+           head->classes, head->inputs, head->classes);
+    for (int row = 0; row < rows && row < head->classes; row++) {
+        printf("  weight[%d]", row);
+        print_floats(head->weight, (size_t)row * inputs, inputs);
+    }
+    printf("  bias     ");
+    print_floats(head->bias, 0, classes);
+    printf("weight L2 norm %.6g, bias L2 norm %.6g\n", frame_norm(head->weight, classes * inputs),
+           frame_norm(head->bias, classes));
 }
 
 /* Decodes a float tensor frame into a new array of floats. */
@@ -242,6 +284,20 @@ static cm_status_t query(const query_options_t *options) {
         cm_dataset_free(&dataset); /* another subset: its labels would not line up */
     cm_zwire_release(&hello_frames, &hello);
 
+    if (options->head) {
+        cm_wire_message_init(&message, CM_WIRE_HEAD_REQUEST, 2);
+        message.head_request.feature = options->head;
+        status = exchange(socket, &message, &received, &reply, options->connect);
+        if (status != CM_OK) goto done;
+        if (reply.kind != CM_WIRE_HEAD_REPLY) {
+            status = cm_fail(CM_ERR_PROTOCOL, "%s answered the HeadRequest with another message",
+                             options->connect);
+            goto done;
+        }
+        print_head(&reply.head_reply, options->rows);
+        goto done;
+    }
+
     cm_wire_message_init(&message, CM_WIRE_BATCH_REQUEST, 2);
     cm_wire_batch_request_t *request = &message.batch_request;
     request->split = split;
@@ -293,6 +349,8 @@ int teacher_query_main(int argc, char **argv, int first) {
          "comma-separated: logits,hidden,tokens", 0},
         {"encoding", CM_CLI_STRING, &options.encoding, "ENC", "F32, F16 or BF16", 0},
         {"top-k", CM_CLI_INT, &options.top_k, "K", "ask for the k largest logits only (0: all)", 0},
+        {"head", CM_CLI_STRING, &options.head, "FEATURE",
+         "ask for the head the teacher lends for FEATURE (e.g. hidden) instead of outputs", 0},
         {"rows", CM_CLI_INT, &options.rows, "N", "rows of each tensor to print", 0},
         {"timeout-ms", CM_CLI_INT, &options.timeout_ms, "MS", "how long to wait for each answer",
          0},
@@ -311,7 +369,8 @@ int teacher_query_main(int argc, char **argv, int first) {
             stdout, "teacher-server query [--connect ENDPOINT] [--ids 0-255] [options]",
             "Asks a running teacher for its outputs on some examples and prints its Hello,\n"
             "the shapes and first rows of what it returns, and the accuracy on those ids\n"
-            "(when the dataset is installed here).",
+            "(when the dataset is installed here). With --head hidden it asks for the frozen\n"
+            "head the teacher lends instead and prints its shape, first rows and L2 norms.",
             table, count);
         return 0;
     }

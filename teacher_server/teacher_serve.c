@@ -24,6 +24,13 @@
  * answered, says Bye to every known peer, closes every handle and exits 0.
  * A second signal answers the queued requests Error{CANCELLED} instead.
  *
+ * Heads.  With --lend-head on (the default) the teacher lends its frozen
+ * head, the dense layer that maps "hidden" to the logits, to trainers that
+ * send a HeadRequest (DiverseDistill's interactive variant trains through
+ * it); its Hello lists heads ["hidden"].  The head is copied out of the
+ * model at start, so the loop thread answers from that copy at once without
+ * touching the compute thread's model.
+ *
  * Encryption.  With --curve-secret-key and --allow-keys the ROUTER is a CURVE
  * server and a ZAP handler (cm_curve, its own thread and socket) admits only
  * trainers whose public keys are in the allowlist; refusals are logged and
@@ -88,6 +95,7 @@ typedef struct {
     int compute_delay_ms;
     const char *curve_secret_key; /* NULL: plaintext */
     const char *allow_keys;
+    const char *lend_head; /* "on" or "off" */
 } serve_options_t;
 
 /* One request on its way through the compute thread. */
@@ -149,6 +157,10 @@ typedef struct {
     int width[OUTPUT_COUNT]; /* floats per example */
     int tokens;
     cm_wire_limits_t limits;
+    int lends_head;                 /* --lend-head on */
+    float *head_weight, *head_bias; /* the head's copy: [classes][hidden], [classes]; NULL
+                                       when not lending */
+    int head_classes, head_inputs;
 
     /* Loop thread only. */
     peer_t peers[MAX_PEERS];
@@ -160,7 +172,7 @@ typedef struct {
     cm_curve_allowlist_t *allowlist; /* until the ZAP handler takes it */
     cm_curve_zap_t *zap;
 
-    cm_metrics_counter_t *requests, *examples, *bytes_out, *replies_dropped;
+    cm_metrics_counter_t *requests, *head_requests, *examples, *bytes_out, *replies_dropped;
     cm_metrics_histogram_t *queue_seconds, *compute_seconds;
     cm_metrics_gauge_t *queue_depth, *peers_gauge;
 } server_t;
@@ -196,15 +208,19 @@ static void count_error(server_t *server, cm_status_t code) {
         cm_metrics_counter_add(counter, 1);
 }
 
-/* Sends `message` behind `routing`; tensor data is handed to ZeroMQ (freed by it). */
+/*
+ * Sends `message` behind `routing`.  With `release` its tensor frames are handed to ZeroMQ,
+ * which frees them with it (also when anything fails); without, they are copied.
+ */
 static cm_status_t send_message(server_t *server, zmq_msg_t *routing,
-                                const cm_wire_message_t *message) {
+                                const cm_wire_message_t *message, zmq_free_fn *release) {
     cm_wire_encoded_t encoded;
     cm_status_t status = cm_wire_encode(&encoded, message);
-    int tensor_count = message->kind == CM_WIRE_BATCH_REPLY ? message->batch_reply.tensor_count : 0;
     if (status != CM_OK) {
+        cm_wire_frame_t tensors[CM_WIRE_MAX_TENSORS];
+        int tensor_count = release ? cm_wire_tensor_frames(message, tensors) : 0;
         for (int index = 0; index < tensor_count; index++)
-            free((void *)message->batch_reply.tensors[index].data);
+            release((void *)tensors[index].data, NULL);
         cm_wire_encoded_deinit(&encoded);
         return status;
     }
@@ -217,7 +233,7 @@ static cm_status_t send_message(server_t *server, zmq_msg_t *routing,
         int is_tensor = index > 0;
         frames[frame_count++] =
             (cm_zloop_frame_t){encoded.frames[index].data, encoded.frames[index].bytes,
-                               is_tensor ? release_frame : NULL, NULL};
+                               is_tensor ? release : NULL, NULL};
         bytes += encoded.frames[index].bytes;
     }
     status = cm_zloop_send(server->zloop, frames, frame_count);
@@ -236,7 +252,7 @@ static void reply_error(server_t *server, zmq_msg_t *routing, uint64_t request_i
                  cm_status_name(code), sentence);
     cm_wire_message_t reply;
     cm_wire_message_error(&reply, request_id, code, sentence);
-    send_message(server, routing, &reply);
+    send_message(server, routing, &reply, NULL);
 }
 
 /* ---------------------------------------------------------------- peers */
@@ -276,7 +292,7 @@ static void send_to_peer(server_t *server, peer_t *peer, const cm_wire_message_t
     zmq_msg_t routing;
     zmq_msg_init_size(&routing, peer->id_length);
     memcpy(zmq_msg_data(&routing), peer->id, peer->id_length);
-    send_message(server, &routing, message);
+    send_message(server, &routing, message, NULL);
     zmq_msg_close(&routing);
     peer->last_sent = cm_progress_now();
 }
@@ -482,7 +498,7 @@ static void send_reply(server_t *server, job_t *job) {
     memcpy(reply.batch_reply.tensors, job->tensors,
            sizeof(cm_wire_tensor_t) * (size_t)job->tensor_count);
     job->tensor_count = 0; /* the frames now belong to send_message / ZeroMQ */
-    cm_status_t status = send_message(server, &job->routing, &reply);
+    cm_status_t status = send_message(server, &job->routing, &reply, release_frame);
     if (status != CM_OK) {
         cm_log_warn("could not send the reply to request %llu: %s",
                     (unsigned long long)job->request_id, cm_last_error());
@@ -597,6 +613,45 @@ static void handle_batch_request(server_t *server, zmq_msg_t *routing,
     }
 }
 
+/*
+ * Answers a HeadRequest on the loop thread, from the copy of the head made at start (a few KB,
+ * asked for once per trainer: copied into the frames, no zero-copy bookkeeping).
+ */
+static void handle_head_request(server_t *server, zmq_msg_t *routing,
+                                const cm_wire_message_t *message) {
+    const char *feature = message->head_request.feature;
+    const char *lent = output_names[OUTPUT_HIDDEN]; /* the one feature a head reads today */
+    char sentence[256];
+    cm_metrics_counter_add(server->head_requests, 1);
+    if (server->stopping) {
+        snprintf(sentence, sizeof sentence, "teacher '%s' is shutting down", server->name);
+        reply_error(server, routing, message->request_id, CM_ERR_UNAVAILABLE, sentence);
+        return;
+    }
+    if (!server->lends_head || strcmp(feature, lent) != 0) {
+        if (!server->lends_head)
+            snprintf(sentence, sizeof sentence,
+                     "teacher '%s' does not lend its head (started with --lend-head off)",
+                     server->name);
+        else
+            snprintf(sentence, sizeof sentence,
+                     "teacher '%s' lends no head for feature '%.64s' (it lends: %s)", server->name,
+                     feature, lent);
+        reply_error(server, routing, message->request_id, CM_ERR_NOT_FOUND, sentence);
+        return;
+    }
+    cm_wire_message_t reply;
+    cm_wire_message_init(&reply, CM_WIRE_HEAD_REPLY, message->request_id);
+    reply.head_reply = (cm_wire_head_reply_t){.feature = lent,
+                                              .classes = server->head_classes,
+                                              .inputs = server->head_inputs,
+                                              .weight = server->head_weight,
+                                              .bias = server->head_bias};
+    if (send_message(server, routing, &reply, NULL) != CM_OK)
+        cm_log_warn("could not send the head to request %llu: %s",
+                    (unsigned long long)message->request_id, cm_last_error());
+}
+
 static void fill_hello(server_t *server, cm_wire_message_t *hello_message) {
     cm_wire_message_init(hello_message, CM_WIRE_HELLO, 0);
     cm_wire_hello_t *hello = &hello_message->hello;
@@ -624,6 +679,7 @@ static void fill_hello(server_t *server, cm_wire_message_t *hello_message) {
             spec->shape[0] = server->width[output];
         }
     }
+    if (server->lends_head) hello->heads[hello->head_count++] = output_names[OUTPUT_HIDDEN];
 }
 
 static void on_message(cm_zloop_t *zloop, zmq_msg_t *frames, int frame_count, void *user) {
@@ -653,7 +709,7 @@ static void on_message(cm_zloop_t *zloop, zmq_msg_t *frames, int frame_count, vo
         cm_wire_message_t hello;
         fill_hello(server, &hello);
         hello.request_id = message.request_id;
-        send_message(server, routing, &hello);
+        send_message(server, routing, &hello, NULL);
         break;
     }
     case CM_WIRE_HEARTBEAT:
@@ -667,9 +723,12 @@ static void on_message(cm_zloop_t *zloop, zmq_msg_t *frames, int frame_count, vo
     case CM_WIRE_BATCH_REQUEST:
         handle_batch_request(server, routing, &message);
         break;
+    case CM_WIRE_HEAD_REQUEST:
+        handle_head_request(server, routing, &message);
+        break;
     default:
         reply_error(server, routing, message.request_id, CM_ERR_PROTOCOL,
-                    "a teacher accepts Hello, BatchRequest, Heartbeat and Bye only");
+                    "a teacher accepts Hello, BatchRequest, HeadRequest, Heartbeat and Bye only");
         break;
     }
     cm_wire_message_deinit(&message);
@@ -812,6 +871,11 @@ static cm_status_t register_metrics(server_t *server) {
         status = cm_metrics_register_counter(server->metrics, "committee_teacher_requests_total",
                                              "BatchRequests received.", NULL, &server->requests);
     if (status == CM_OK)
+        status = cm_metrics_register_counter(
+            server->metrics, "committee_teacher_head_requests_total",
+            "HeadRequests received (answered with the head or refused).", NULL,
+            &server->head_requests);
+    if (status == CM_OK)
         status = cm_metrics_register_counter(server->metrics, "committee_teacher_examples_total",
                                              "Examples run through the model (forward passes).",
                                              NULL, &server->examples);
@@ -888,6 +952,24 @@ static cm_status_t load_teacher(server_t *server) {
     server->tokens = 1;
     if (cm_model_feature(server->model, "tokens", &server->width[OUTPUT_TOKENS], &server->tokens))
         server->available[OUTPUT_TOKENS] = 1;
+    if (server->lends_head) {
+        cm_tensor_t weight, bias;
+        cm_model_head(server->model, &weight, &bias);
+        server->head_classes = (int)weight.shape[0];
+        server->head_inputs = (int)weight.shape[1];
+        size_t weight_bytes =
+            sizeof(float) * (size_t)server->head_classes * (size_t)server->head_inputs;
+        size_t bias_bytes = sizeof(float) * (size_t)server->head_classes;
+        server->head_weight = malloc(weight_bytes);
+        server->head_bias = malloc(bias_bytes);
+        if (!server->head_weight || !server->head_bias)
+            return cm_fail(CM_ERR_NOMEM, "out of memory for a copy of the head");
+        memcpy(server->head_weight, weight.data, weight_bytes);
+        memcpy(server->head_bias, bias.data, bias_bytes);
+        cm_log_info("lending the head that reads '%s' (%s, %d x %d) to trainers that ask",
+                    output_names[OUTPUT_HIDDEN], weight.name, server->head_classes,
+                    server->head_inputs);
+    }
     server->batch_inputs =
         malloc(sizeof(float) * COMPUTE_BATCH * (size_t)server->dataset->features);
     if (!server->batch_inputs) return cm_fail(CM_ERR_NOMEM, "out of memory for the input batch");
@@ -1032,6 +1114,8 @@ static int serve(server_t *server) {
     cm_dataset_free(&server->dataset);
     cm_metrics_free(&server->metrics);
     free(server->batch_inputs);
+    free(server->head_weight);
+    free(server->head_bias);
     pthread_mutex_destroy(&server->lock);
     pthread_cond_destroy(&server->wake);
     if (exit_code == 0) cm_log_info("stopped");
@@ -1056,6 +1140,7 @@ int teacher_serve_main(int argc, char **argv, int first) {
         .max_test = 0,
         .heartbeat_ms = 1000,
         .insecure_public = 0,
+        .lend_head = "on",
     };
     const cm_cli_option_t table[] = {
         {"model", CM_CLI_STRING, &options.model_path, "FILE", "teacher checkpoint (.safetensors)",
@@ -1089,6 +1174,10 @@ int teacher_serve_main(int argc, char **argv, int first) {
          "trainer public keys admitted: a file of keys (one per line) or a directory of *.pub", 0},
         {"insecure-public", CM_CLI_FLAG, &options.insecure_public, NULL,
          "allow binding a non-loopback address without encryption", 0},
+        {"lend-head", CM_CLI_STRING, &options.lend_head, "on|off",
+         "lend the frozen head (the dense layer from 'hidden' to the logits) to trainers that "
+         "ask for it",
+         0},
         {"compute-delay-ms", CM_CLI_INT, &options.compute_delay_ms, "MS",
          "sleep this long before each request (simulates a slow teacher in tests)", 0},
         {"log-level", CM_CLI_STRING, &options.log_level, "LEVEL", "debug, info, warn or error", 0},
@@ -1100,6 +1189,11 @@ int teacher_serve_main(int argc, char **argv, int first) {
         "features it exposes (hidden, and tokens for a ViT), computed on its own view of the\n"
         "dataset its checkpoint names. SIGINT/SIGTERM stop it gracefully (a second one cancels\n"
         "queued work).\n"
+        "\n"
+        "Heads: with --lend-head on (the default) the teacher also lends its frozen head, the\n"
+        "dense layer that maps 'hidden' to the logits, to a trainer that sends a HeadRequest\n"
+        "(DiverseDistill --dd-interactive trains through it), and its Hello lists the head;\n"
+        "with off such requests are answered NOT_FOUND, and no trainer sees those weights.\n"
         "\n"
         "Encryption: with --curve-secret-key FILE --allow-keys FILE|DIR, every link is CURVE-\n"
         "encrypted and only trainers whose public keys are allowed may connect; the others are\n"
@@ -1119,6 +1213,9 @@ int teacher_serve_main(int argc, char **argv, int first) {
         status =
             cm_fail(CM_ERR_INVALID_ARG, "--threads, --max-examples, --queue and --max-message-mb "
                                         "must be at least 1, --heartbeat-ms at least 10");
+    if (status == CM_OK && strcmp(options.lend_head, "on") && strcmp(options.lend_head, "off"))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--lend-head must be on or off, not '%s'",
+                         options.lend_head);
     if (status == CM_OK && options.role && strcmp(options.role, "foundation") &&
         strcmp(options.role, "complementary"))
         status = cm_fail(CM_ERR_INVALID_ARG, "--role must be foundation or complementary");
@@ -1149,6 +1246,7 @@ int teacher_serve_main(int argc, char **argv, int first) {
         return 1;
     }
     server->options = options;
+    server->lends_head = strcmp(options.lend_head, "on") == 0;
     if (options.name)
         snprintf(server->name, sizeof server->name, "%s", options.name);
     else

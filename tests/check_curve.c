@@ -10,7 +10,8 @@
  * gets a message through.
  *
  * Through the real binaries: `keygen` of both programs; a teacher served
- * with CURVE on a non-loopback bind teaches an allowed trainer; an unknown
+ * with CURVE on a non-loopback bind teaches an allowed trainer and answers
+ * `teacher-server query` (outputs and --head) with keys; an unknown
  * trainer key, a plaintext trainer and a trainer with the wrong teacher key
  * each fail at once with a sentence (exit 1) while the teacher logs and
  * counts the refusal; bad key files and missing options are clear errors.
@@ -468,6 +469,12 @@ START_TEST(test_allowed_trainer_learns_and_others_are_refused) {
     ck_assert_msg(test_util_run(command, output, sizeof output) == 0 &&
                       strstr(output, "shape [50,10]"),
                   "query with keys: %s", output);
+    snprintf(command, sizeof command,
+             "%s query --connect %s --head hidden --curve-secret-key %s --teacher-key %s",
+             test_util_bin("teacher-server"), endpoint, trainer_key, teacher_pub);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0 &&
+                      strstr(output, "head 'hidden' (dense, F32): weight shape [10,16]"),
+                  "query --head with keys: %s", output);
 
     /* An unknown key: refused at once on both sides, long before the 8 s handshake deadline. */
     snprintf(keys, sizeof keys, "--curve-secret-key %s --teacher-key fm=%s", stranger_key,

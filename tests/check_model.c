@@ -1,8 +1,8 @@
 /*
  * cm_model: spec parsing, whole-model gradients against finite differences
  * (MLP and ViT, through every layer and the extra "hidden" gradient), a tiny
- * model overfitting one batch, features, and checkpoint round trips and
- * rejections.
+ * model overfitting one batch, features, the head (logits are the head
+ * applied to "hidden"), and checkpoint round trips and rejections.
  */
 #include "cm_alloc.h"
 #include "cm_loss.h"
@@ -210,6 +210,54 @@ START_TEST(test_features) {
 }
 END_TEST
 
+/* The head is the layer that reads "hidden": applying it in double precision gives the logits. */
+static void check_head(const char *spec_text, const char *weight_name, const char *bias_name) {
+    enum { BATCH = 3 };
+    cm_model_spec_t spec;
+    ck_assert_int_eq(cm_model_spec_parse(spec_text, &spec), CM_OK);
+    cm_model_t *model = NULL;
+    ck_assert_int_eq(cm_model_new(&spec, BATCH, &model), CM_OK);
+    cm_model_init(model, 4);
+    int inputs = cm_model_spec_inputs(&spec), hidden_width = 0;
+    float *batch = malloc(sizeof(float) * BATCH * (size_t)inputs);
+    ck_assert_ptr_nonnull(batch);
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 8);
+    for (int index = 0; index < BATCH * inputs; index++) batch[index] = cm_rng_normal(&rng);
+    const float *logits = cm_model_forward(model, batch, BATCH);
+    const float *hidden = cm_model_feature(model, "hidden", &hidden_width, NULL);
+    cm_tensor_t weight, bias;
+    cm_model_head(model, &weight, &bias);
+    ck_assert_str_eq(weight.name, weight_name);
+    ck_assert_str_eq(bias.name, bias_name);
+    ck_assert_int_eq(weight.ndim, 2);
+    ck_assert_int_eq(weight.shape[0], spec.classes);
+    ck_assert_int_eq(weight.shape[1], hidden_width);
+    ck_assert_int_eq(bias.ndim, 1);
+    ck_assert_int_eq(bias.shape[0], spec.classes);
+    const float *w = weight.data, *b = bias.data;
+    for (int row = 0; row < BATCH; row++)
+        for (int class = 0; class < spec.classes; class ++) {
+            double sum = b[class];
+            for (int input = 0; input < hidden_width; input++)
+                sum += (double)w[class * hidden_width + input] *
+                       (double)hidden[row * hidden_width + input];
+            ck_assert_msg(fabs(sum - logits[row * spec.classes + class]) <= 1e-5 * (1 + fabs(sum)),
+                          "%s row %d class %d: head(hidden) %.9g, logit %.9g", spec_text, row,
+                          class, sum, (double)logits[row * spec.classes + class]);
+        }
+    free(batch);
+    cm_model_free(&model);
+}
+
+START_TEST(test_head_reads_hidden) {
+    check_head("mlp:6-9-7-5", "fc2.weight", "fc2.bias");
+    check_head("mlp:6-4-5", "fc1.weight", "fc1.bias");
+    check_head("vit:image=8x8,patch=4,dim=16,depth=1,heads=2,mlp=32,classes=4", "head.weight",
+               "head.bias");
+}
+END_TEST
+
 static char temp_dir[64];
 
 static void make_temp_dir(void) {
@@ -286,6 +334,7 @@ Suite *check_model_suite(void) {
     tcase_add_test(tcase, test_mlp_overfits_one_batch);
     tcase_add_test(tcase, test_vit_overfits_one_batch);
     tcase_add_test(tcase, test_features);
+    tcase_add_test(tcase, test_head_reads_hidden);
     tcase_add_test(tcase, test_checkpoint_round_trip);
     suite_add_tcase(suite, tcase);
     return suite;

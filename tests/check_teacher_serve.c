@@ -2,17 +2,16 @@
  * teacher-server serve, end to end through the real binary.
  *
  * Once per test case the runner writes a randomly initialised tiny ViT
- * (TEACHER_SPEC) into a fresh temp directory as a checkpoint of the first
- * 512 training and 256 test examples of the real Fashion-MNIST, view
- * "full"; the tests that need it skip with a message when the dataset is
- * not installed.  Each test starts its own `teacher-server serve` on an
- * ipc:// path in that directory and an ephemeral HTTP port (serve_fixture),
- * talks to it over DEALER sockets whose every receive is bounded, and
- * stops it with SIGTERM in the checked teardown, which also asserts that it
- * exited 0: under `make check-asan` the server is the ASan binary, so a
- * leak at exit fails the test that left it.  A failed assertion in fork
- * mode skips the teardown, and the parent-death signal set by serve_fixture
- * kills the server instead.
+ * (TEACHER_SPEC), and a small MLP (MLP_SPEC) for the head tests, into a
+ * fresh temp directory as checkpoints of the first 512 training and 256
+ * test examples of the real Fashion-MNIST, view "full"; the tests that
+ * need it skip with a message when the dataset is not installed.  Each test starts its own
+ * `teacher-server serve` on an ipc:// path in that directory and an ephemeral HTTP port
+ * (serve_fixture), talks to it over DEALER sockets whose every receive is bounded, and stops it
+ * with SIGTERM in the checked teardown, which also asserts that it exited 0: under `make
+ * check-asan` the server is the ASan binary, so a leak at exit fails the test that left it.  A
+ * failed assertion in fork mode skips the teardown, and the parent-death signal set by
+ * serve_fixture kills the server instead.
  *
  * Covers: the Hello's fields against the checkpoint and dataset; logits,
  * hidden and tokens equal to an in-process forward pass of the same ids in
@@ -23,7 +22,10 @@
  * /metrics, with the server answering a correct request after each; BUSY
  * under a burst with every request answered exactly once; a graceful stop
  * that finishes in-flight work, says Bye and exits 0; start-up errors with
- * their exit codes; /healthz and /readyz.
+ * their exit codes; /healthz and /readyz.  Heads: the Hello lists "hidden",
+ * a HeadRequest gets the checkpoint's head bit for bit (ViT and MLP), other
+ * features and --lend-head off are answered NOT_FOUND and counted, and
+ * `teacher-server query --head` prints the head or says why not.
  */
 #include "cm_blas.h"
 #include "cm_dataset.h"
@@ -45,6 +47,7 @@
 #include <string.h>
 
 #define TEACHER_SPEC "vit:image=28x28,patch=7,dim=16,depth=1,heads=2,mlp=32"
+#define MLP_SPEC     "mlp:784-32-16-10" /* two hidden layers: its head is fc2, not fc1 */
 
 enum {
     MAX_TRAIN = 512, /* examples the teacher serves, per split */
@@ -70,6 +73,7 @@ static cm_dataset_t *dataset; /* NULL when Fashion-MNIST is not installed */
 static char directory[256];
 static char checkpoint[300];
 static char checkpoint_sha256[65];
+static char mlp_checkpoint[300];
 
 /* Per test (checked fixture). */
 static serve_fixture_t server;
@@ -88,11 +92,14 @@ static void setup_teacher(void) {
     test_util_temp_dir(directory, sizeof directory);
     ck_assert_msg(directory[0], "cannot create a temp directory");
     snprintf(checkpoint, sizeof checkpoint, "%s/teacher.safetensors", directory);
+    snprintf(mlp_checkpoint, sizeof mlp_checkpoint, "%s/mlp.safetensors", directory);
     if (!test_util_have_fashion_mnist()) return;
     cm_dataset_options_t options = {NULL, MAX_TRAIN, MAX_TEST};
     ck_assert_msg(cm_dataset_load(&dataset, "fashion-mnist", "full", &options) == CM_OK, "%s",
                   cm_last_error());
     ck_assert_msg(serve_fixture_write_checkpoint(checkpoint, TEACHER_SPEC, dataset, 11) == CM_OK,
+                  "%s", cm_last_error());
+    ck_assert_msg(serve_fixture_write_checkpoint(mlp_checkpoint, MLP_SPEC, dataset, 12) == CM_OK,
                   "%s", cm_last_error());
     void *bytes = NULL;
     size_t size = 0;
@@ -140,18 +147,32 @@ static int skip_without_dataset(const char *test) {
     return 1;
 }
 
-/* Starts the teacher with the subset options plus `options` and connects `client` to it. */
-static void start_teacher(const char *const *options) {
+/* Starts a teacher from `path` with the subset options plus `options`; connects `client`. */
+static void start_teacher_from(const char *path, const char *const *options) {
     const char *arguments[SERVE_FIXTURE_MAX_ARGS + 1];
     int count = 0;
     for (int index = 0; subset_options[index]; index++) arguments[count++] = subset_options[index];
     for (int index = 0; options && options[index]; index++) arguments[count++] = options[index];
     arguments[count] = NULL;
     char why[4096];
-    int started = serve_fixture_start(&server, directory, checkpoint, arguments, why, sizeof why);
+    int started = serve_fixture_start(&server, directory, path, arguments, why, sizeof why);
     ck_assert_msg(started == 0, "%s", why);
     client = serve_fixture_connect(context, server.endpoint);
     ck_assert_msg(client, "cannot connect to %s", server.endpoint);
+}
+
+/* The standard teacher: the ViT checkpoint. */
+static void start_teacher(const char *const *options) { start_teacher_from(checkpoint, options); }
+
+/* Stops the running teacher with SIGTERM, checking that it exits 0. */
+static void stop_teacher(void) {
+    zmq_close(client);
+    client = NULL;
+    int exit_status = serve_fixture_stop(&server, SIGTERM, SERVE_FIXTURE_TIMEOUT_MS);
+    char log[4096];
+    serve_fixture_log(&server, log, sizeof log);
+    ck_assert_msg(exit_status == 0, "the server exited with status %d after SIGTERM: %s",
+                  exit_status, log);
 }
 
 /* ---------------------------------------------------------------- helpers */
@@ -405,6 +426,8 @@ START_TEST(test_hello_describes_the_teacher) {
     ck_assert_uint_eq(teacher->limits.max_examples, MAX_EXAMPLES);
     ck_assert_uint_eq(teacher->limits.max_message_bytes, 1u << 20);
     ck_assert_uint_eq(teacher->limits.max_in_flight, 8);
+    ck_assert_int_eq(teacher->head_count, 1); /* --lend-head on by default */
+    ck_assert_str_eq(teacher->heads[0], "hidden");
     serve_fixture_release(&received, &answer);
 
     char body[256];
@@ -891,6 +914,207 @@ START_TEST(test_bad_input_is_answered_counted_and_survived) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- 4b. heads */
+
+/* Sends a HeadRequest for `feature` with `request_id`. */
+static void send_head_request(uint64_t request_id, const char *feature) {
+    cm_wire_message_t request;
+    cm_wire_message_init(&request, CM_WIRE_HEAD_REQUEST, request_id);
+    request.head_request.feature = feature;
+    ck_assert_int_eq(cm_zwire_send(client, NULL, &request, 0, NULL), CM_OK);
+}
+
+/* The parameter tensor called `name` of the checkpoint at `path`, copied into a new array. */
+static float *checkpoint_tensor(const char *path, const char *name, int64_t shape[2]) {
+    cm_model_t *model = NULL;
+    ck_assert_msg(cm_model_load(path, 1, &model, NULL) == CM_OK, "%s", cm_last_error());
+    for (int index = 0; index < cm_model_tensor_count(model); index++) {
+        cm_tensor_t tensor = cm_model_tensor(model, index);
+        if (strcmp(tensor.name, name) != 0) continue;
+        shape[0] = tensor.shape[0];
+        shape[1] = tensor.ndim == 2 ? tensor.shape[1] : 0;
+        size_t bytes = sizeof(float) * (size_t)cm_tensor_elements(&tensor);
+        float *copy = malloc(bytes);
+        ck_assert_ptr_nonnull(copy);
+        memcpy(copy, tensor.data, bytes);
+        cm_model_free(&model);
+        return copy;
+    }
+    ck_abort_msg("%s has no tensor '%s'", path, name);
+    return NULL;
+}
+
+/*
+ * Asks the running teacher for its "hidden" head and checks it against the tensors `weight_name`
+ * and `bias_name` of the checkpoint at `path`, bit for bit.
+ */
+static void expect_head(uint64_t request_id, const char *path, const char *weight_name,
+                        const char *bias_name) {
+    send_head_request(request_id, "hidden");
+    cm_zwire_received_t received;
+    cm_wire_message_t answer;
+    receive(client, &received, &answer);
+    ck_assert_msg(answer.kind == CM_WIRE_HEAD_REPLY, "a HeadRequest got kind %d (%s)", answer.kind,
+                  answer.kind == CM_WIRE_ERROR ? answer.error.message : "not an Error");
+    ck_assert_uint_eq(answer.request_id, request_id);
+    const cm_wire_head_reply_t *head = &answer.head_reply;
+    ck_assert_str_eq(head->feature, "hidden");
+    int64_t weight_shape[2], bias_shape[2];
+    float *weight = checkpoint_tensor(path, weight_name, weight_shape);
+    float *bias = checkpoint_tensor(path, bias_name, bias_shape);
+    ck_assert_int_eq(head->classes, CLASSES);
+    ck_assert_int_eq(head->inputs, HIDDEN);
+    ck_assert_int_eq(weight_shape[0], CLASSES);
+    ck_assert_int_eq(weight_shape[1], HIDDEN);
+    ck_assert_int_eq(bias_shape[0], CLASSES);
+    ck_assert_msg(memcmp(head->weight, weight, sizeof(float) * CLASSES * HIDDEN) == 0,
+                  "the lent weight differs from %s in %s", weight_name, path);
+    ck_assert_msg(memcmp(head->bias, bias, sizeof(float) * CLASSES) == 0,
+                  "the lent bias differs from %s in %s", bias_name, path);
+    free(weight);
+    free(bias);
+    serve_fixture_release(&received, &answer);
+}
+
+/* The metrics of the running teacher into metrics[METRICS_BYTES]. */
+static void get_metrics(char *metrics) {
+    ck_assert_int_eq(test_util_http_get(server.http_port, "/metrics", metrics, METRICS_BYTES,
+                                        SERVE_FIXTURE_TIMEOUT_MS),
+                     200);
+}
+
+START_TEST(test_head_is_lent_bit_for_bit) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher(standard_options);
+    expect_head(70, checkpoint, "head.weight", "head.bias");
+
+    /* Features it lends no head for: answered NOT_FOUND with a sentence, and it keeps serving. */
+    const char *const others[] = {"tokens", "logits", "attention"};
+    for (int index = 0; index < 3; index++) {
+        send_head_request(71 + (uint64_t)index, others[index]);
+        expect_error(client, 71 + (uint64_t)index, CM_ERR_NOT_FOUND, others[index]);
+        expect_alive(client, others[index]);
+    }
+    send_head_request(74, "tokens");
+    cm_zwire_received_t received;
+    cm_wire_message_t answer;
+    receive(client, &received, &answer);
+    ck_assert_int_eq(answer.kind, CM_WIRE_ERROR);
+    ck_assert_str_eq(answer.error.message,
+                     "teacher 'teacher' lends no head for feature 'tokens' (it lends: hidden)");
+    serve_fixture_release(&received, &answer);
+
+    /* A HeadReply is the teacher's to send, not to receive. */
+    float weight[2] = {1.0f, 2.0f}, bias[1] = {0.5f};
+    cm_wire_message_t reply;
+    cm_wire_message_init(&reply, CM_WIRE_HEAD_REPLY, 75);
+    reply.head_reply = (cm_wire_head_reply_t){
+        .feature = "hidden", .classes = 1, .inputs = 2, .weight = weight, .bias = bias};
+    send_encoded(client, &reply);
+    expect_error(client, 75, CM_ERR_PROTOCOL, "a HeadReply sent to the teacher");
+    expect_head(76, checkpoint, "head.weight", "head.bias"); /* asked again: the same head */
+
+    char *metrics = malloc(METRICS_BYTES);
+    ck_assert_ptr_nonnull(metrics);
+    get_metrics(metrics);
+    ck_assert_msg(metric_value(metrics, "committee_teacher_head_requests_total") == 6.0, "%s",
+                  metrics);
+    ck_assert_msg(metric_value(metrics, "committee_teacher_errors_total{code=\"NOT_FOUND\"}") ==
+                      4.0,
+                  "%s", metrics);
+    ck_assert_msg(metric_value(metrics, "committee_teacher_errors_total{code=\"PROTOCOL\"}") == 1.0,
+                  "%s", metrics);
+    ck_assert_msg(metric_value(metrics, "committee_teacher_requests_total") == 3.0,
+                  "BatchRequests are counted apart from HeadRequests: %s", metrics);
+    free(metrics);
+
+    /* An MLP lends its last dense layer, fc2 of mlp:784-32-16-10. */
+    stop_teacher();
+    start_teacher_from(mlp_checkpoint, standard_options);
+    expect_head(77, mlp_checkpoint, "fc2.weight", "fc2.bias");
+}
+END_TEST
+
+START_TEST(test_lend_head_off_refuses_and_keeps_serving) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher((const char *[]){"--lend-head", "off", NULL});
+    cm_wire_message_t hello;
+    cm_wire_message_init(&hello, CM_WIRE_HELLO, 1);
+    hello.hello.peer = CM_WIRE_PEER_TRAINER;
+    hello.hello.peer_name = "check_teacher_serve";
+    hello.hello.limits = cm_wire_limits_default();
+    ck_assert_int_eq(cm_zwire_send(client, NULL, &hello, 0, NULL), CM_OK);
+    cm_zwire_received_t received;
+    cm_wire_message_t answer;
+    receive(client, &received, &answer);
+    ck_assert_int_eq(answer.kind, CM_WIRE_HELLO);
+    ck_assert_int_eq(answer.hello.head_count, 0);
+    ck_assert_int_eq(answer.hello.output_count, 3); /* the outputs are still all there */
+    serve_fixture_release(&received, &answer);
+
+    send_head_request(2, "hidden");
+    receive(client, &received, &answer);
+    ck_assert_int_eq(answer.kind, CM_WIRE_ERROR);
+    ck_assert_int_eq(answer.error.code, CM_ERR_NOT_FOUND);
+    ck_assert_uint_eq(answer.request_id, 2);
+    ck_assert_str_eq(answer.error.message,
+                     "teacher 'teacher' does not lend its head (started with --lend-head off)");
+    serve_fixture_release(&received, &answer);
+    expect_alive(client, "a refused HeadRequest");
+
+    char *metrics = malloc(METRICS_BYTES);
+    ck_assert_ptr_nonnull(metrics);
+    get_metrics(metrics);
+    ck_assert_msg(metric_value(metrics, "committee_teacher_head_requests_total") == 1.0, "%s",
+                  metrics);
+    ck_assert_msg(metric_value(metrics, "committee_teacher_errors_total{code=\"NOT_FOUND\"}") ==
+                      1.0,
+                  "%s", metrics);
+    free(metrics);
+}
+END_TEST
+
+START_TEST(test_query_prints_the_head) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher(standard_options);
+    char command[1024], output[8192];
+    snprintf(command, sizeof command, "%s query --connect %s --head hidden --rows 2",
+             test_util_bin("teacher-server"), server.endpoint);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "%s", output);
+    ck_assert_msg(strstr(output, "heads        hidden\n"), "%s", output);
+    ck_assert_msg(
+        strstr(output, "head 'hidden' (dense, F32): weight shape [10,16], bias shape [10]"), "%s",
+        output);
+    ck_assert_msg(strstr(output, "  weight[1]") && !strstr(output, "  weight[2]"), "%s", output);
+    /* The norm it prints is the checkpoint's. */
+    int64_t shape[2];
+    float *weight = checkpoint_tensor(checkpoint, "head.weight", shape);
+    double sum = 0.0;
+    for (int index = 0; index < CLASSES * HIDDEN; index++)
+        sum += (double)weight[index] * (double)weight[index];
+    free(weight);
+    char norm[64];
+    snprintf(norm, sizeof norm, "weight L2 norm %.6g,", sqrt(sum));
+    ck_assert_msg(strstr(output, norm), "no '%s' in %s", norm, output);
+
+    snprintf(command, sizeof command, "%s query --connect %s --head tokens",
+             test_util_bin("teacher-server"), server.endpoint);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "answered NOT_FOUND: teacher 'teacher' lends no head for feature "
+                                 "'tokens' (it lends: hidden)"),
+                  "%s", output);
+
+    stop_teacher();
+    start_teacher((const char *[]){"--lend-head", "off", NULL});
+    snprintf(command, sizeof command, "%s query --connect %s --head hidden",
+             test_util_bin("teacher-server"), server.endpoint);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "heads        none lent\n") &&
+                      strstr(output, "does not lend its head (started with --lend-head off)"),
+                  "%s", output);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- 5. BUSY */
 
 START_TEST(test_busy_when_the_queue_is_full) {
@@ -1027,6 +1251,19 @@ START_TEST(test_bad_options_and_missing_checkpoint) {
     char missing[300];
     snprintf(missing, sizeof missing, "%s/missing.safetensors", directory);
     ck_assert_msg(strstr(output, missing), "the error does not name %s: %s", missing, output);
+
+    /* --lend-head takes on or off, also from COMMITTEE_LEND_HEAD. */
+    snprintf(command, sizeof command,
+             "%s serve --model %s --bind ipc://%s/none.sock --http off --lend-head yes", binary,
+             checkpoint, directory);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "--lend-head must be on or off, not 'yes'") && is_one_line(output),
+                  "%s", output);
+    snprintf(command, sizeof command,
+             "COMMITTEE_LEND_HEAD=maybe %s serve --model %s --bind ipc://%s/none.sock --http off",
+             binary, checkpoint, directory);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "not 'maybe'"), "%s", output);
 }
 END_TEST
 
@@ -1041,6 +1278,9 @@ Suite *check_teacher_serve_suite(void) {
     tcase_add_test(tcase, test_outputs_match_in_process_forward);
     tcase_add_test(tcase, test_two_clients_get_their_own_replies);
     tcase_add_test(tcase, test_bad_input_is_answered_counted_and_survived);
+    tcase_add_test(tcase, test_head_is_lent_bit_for_bit);
+    tcase_add_test(tcase, test_lend_head_off_refuses_and_keeps_serving);
+    tcase_add_test(tcase, test_query_prints_the_head);
     tcase_add_test(tcase, test_busy_when_the_queue_is_full);
     tcase_add_test(tcase, test_sigterm_finishes_work_says_bye_and_exits_0);
     tcase_add_test(tcase, test_bad_options_and_missing_checkpoint);

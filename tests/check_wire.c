@@ -8,7 +8,8 @@
  *
  * Hostile headers are written by hand with a tiny protobuf writer below, so
  * these tests also pin the field numbers of proto/committee.proto: a
- * renumbered field fails them, as it would fail an older peer.
+ * renumbered field fails them, as it would fail an older peer.  The same
+ * writer plays a minor-version-0 peer, whose Hello has no heads.
  */
 #include "cm_rng.h"
 #include "cm_wire.h"
@@ -163,11 +164,33 @@ static void put_packed(proto_writer_t *writer, int field, const uint64_t *values
 /* Field numbers of committee.proto, written out again on purpose. */
 enum {
     ENVELOPE_VERSION_MAJOR = 1,
+    ENVELOPE_VERSION_MINOR = 2,
     ENVELOPE_REQUEST_ID = 3,
+    ENVELOPE_HELLO = 10,
     ENVELOPE_BATCH_REQUEST = 11,
     ENVELOPE_BATCH_REPLY = 12,
     ENVELOPE_HEARTBEAT = 13,
     ENVELOPE_ERROR = 14,
+    ENVELOPE_HEAD_REQUEST = 16,
+    ENVELOPE_HEAD_REPLY = 17,
+    HELLO_PEER_KIND = 1,
+    HELLO_PEER_NAME = 2,
+    HELLO_ROLE = 3,
+    HELLO_MODEL_ID = 4,
+    HELLO_MODEL_SHA256 = 5,
+    HELLO_VIEW = 6,
+    HELLO_DATASET_NAME = 7,
+    HELLO_DATASET_FINGERPRINT = 8,
+    HELLO_CLASSES = 9,
+    HELLO_OUTPUTS = 10,
+    HELLO_LIMITS = 11,
+    HELLO_HEADS = 12,
+    OUTPUT_NAME = 1,
+    OUTPUT_DTYPE = 2,
+    OUTPUT_SHAPE = 3,
+    LIMITS_MAX_EXAMPLES = 1,
+    LIMITS_MAX_MESSAGE_BYTES = 2,
+    LIMITS_MAX_IN_FLIGHT = 3,
     REQUEST_SPLIT = 1,
     REQUEST_IDS = 2,
     REQUEST_OUTPUTS = 3,
@@ -178,8 +201,13 @@ enum {
     TENSOR_NAME = 1,
     TENSOR_DTYPE = 2,
     TENSOR_ENCODING = 3,
+    TENSOR_LAYOUT = 4,
     TENSOR_SHAPE = 5,
     TENSOR_BYTE_LENGTH = 6,
+    HEAD_REQUEST_FEATURE = 1,
+    HEAD_REPLY_FEATURE = 1,
+    HEAD_REPLY_KIND = 2,
+    HEAD_REPLY_TENSORS = 3,
 };
 
 /* Wraps `body` as field `body_field` of an Envelope with `version_major` and request id 9. */
@@ -205,6 +233,70 @@ static void craft_reply(proto_writer_t *header, uint64_t encoding, const uint64_
     put_packed(&reply, REPLY_IDS, ids, 2);
     put_message(&reply, REPLY_TENSORS, &tensor);
     put_envelope(header, CM_WIRE_VERSION_MAJOR, ENVELOPE_BATCH_REPLY, &reply);
+}
+
+/* One TensorDesc of a hand-made HeadReply (ndim 0: no shape field at all). */
+typedef struct {
+    const char *name;
+    uint64_t dtype, encoding, layout; /* DType, Encoding and Layout numbers */
+    int ndim;
+    uint64_t shape[3];
+    uint64_t byte_length;
+} head_tensor_t;
+
+enum { HEAD_CLASSES = 3, HEAD_INPUTS = 5 };
+
+/* The tensors of a valid 3 x 5 dense head; tests break one thing at a time. */
+static void valid_head_tensors(head_tensor_t tensors[2]) {
+    tensors[0] = (head_tensor_t){"weight", 1, 1, 0, 2, {HEAD_CLASSES, HEAD_INPUTS}, 60};
+    tensors[1] = (head_tensor_t){"bias", 1, 1, 0, 1, {HEAD_CLASSES}, 12};
+}
+
+/* A HeadReply header for feature "hidden" of head kind `kind` describing tensors[0 .. count). */
+static void craft_head_reply(proto_writer_t *header, uint64_t kind, const head_tensor_t *tensors,
+                             int count) {
+    proto_writer_t reply = {.length = 0};
+    put_string(&reply, HEAD_REPLY_FEATURE, "hidden");
+    put_uint(&reply, HEAD_REPLY_KIND, kind);
+    for (int i = 0; i < count; i++) {
+        proto_writer_t tensor = {.length = 0};
+        put_string(&tensor, TENSOR_NAME, tensors[i].name);
+        put_uint(&tensor, TENSOR_DTYPE, tensors[i].dtype);
+        put_uint(&tensor, TENSOR_ENCODING, tensors[i].encoding);
+        put_uint(&tensor, TENSOR_LAYOUT, tensors[i].layout);
+        if (tensors[i].ndim) put_packed(&tensor, TENSOR_SHAPE, tensors[i].shape, tensors[i].ndim);
+        put_uint(&tensor, TENSOR_BYTE_LENGTH, tensors[i].byte_length);
+        put_message(&reply, HEAD_REPLY_TENSORS, &tensor);
+    }
+    put_envelope(header, CM_WIRE_VERSION_MAJOR, ENVELOPE_HEAD_REPLY, &reply);
+}
+
+/* A teacher's Hello as a minor-version-0 peer writes it: every field up to limits, no heads. */
+static void craft_minor_0_hello(proto_writer_t *header, const char *head) {
+    proto_writer_t hello = {.length = 0}, output = {.length = 0}, limits = {.length = 0};
+    uint64_t width = 10;
+    put_uint(&hello, HELLO_PEER_KIND, 1);
+    put_string(&hello, HELLO_PEER_NAME, "fm");
+    put_uint(&hello, HELLO_ROLE, 1);
+    put_string(&hello, HELLO_MODEL_ID, "mlp:784-64-10");
+    put_string(&hello, HELLO_MODEL_SHA256, model_hash);
+    put_string(&hello, HELLO_VIEW, "full");
+    put_string(&hello, HELLO_DATASET_NAME, "fashion-mnist");
+    put_string(&hello, HELLO_DATASET_FINGERPRINT, fingerprint);
+    put_uint(&hello, HELLO_CLASSES, 10);
+    put_string(&output, OUTPUT_NAME, "logits");
+    put_uint(&output, OUTPUT_DTYPE, 1);
+    put_packed(&output, OUTPUT_SHAPE, &width, 1);
+    put_message(&hello, HELLO_OUTPUTS, &output);
+    put_uint(&limits, LIMITS_MAX_EXAMPLES, 256);
+    put_uint(&limits, LIMITS_MAX_MESSAGE_BYTES, 1u << 20);
+    put_uint(&limits, LIMITS_MAX_IN_FLIGHT, 4);
+    put_message(&hello, HELLO_LIMITS, &limits);
+    if (head) put_string(&hello, HELLO_HEADS, head); /* what a minor-1 peer adds */
+    header->length = 0;
+    put_uint(header, ENVELOPE_VERSION_MAJOR, CM_WIRE_VERSION_MAJOR);
+    put_uint(header, ENVELOPE_VERSION_MINOR, head ? 1 : 0);
+    put_message(header, ENVELOPE_HELLO, &hello);
 }
 
 /* Decodes a header plus tensor frames with default limits, expecting failure with `want`. */
@@ -515,6 +607,196 @@ START_TEST(test_encode_refuses_bad_messages) {
 }
 END_TEST
 
+START_TEST(test_hello_heads_round_trip) {
+    cm_wire_message_t message, decoded;
+    cm_wire_encoded_t encoded;
+    teacher_hello(&message);
+    message.hello.head_count = 1;
+    message.hello.heads[0] = "hidden";
+    round_trip(&message, &encoded, &decoded);
+    ck_assert_int_eq(decoded.hello.head_count, 1);
+    ck_assert_str_eq(decoded.hello.heads[0], "hidden");
+    ck_assert_int_eq(decoded.hello.output_count, 2);
+    cm_wire_message_deinit(&decoded);
+    cm_wire_encoded_deinit(&encoded);
+
+    teacher_hello(&message); /* lending nothing */
+    round_trip(&message, &encoded, &decoded);
+    ck_assert_int_eq(decoded.hello.head_count, 0);
+    cm_wire_message_deinit(&decoded);
+    cm_wire_encoded_deinit(&encoded);
+
+    /* A head must read one of the outputs the Hello lists, once. */
+    teacher_hello(&message);
+    message.hello.head_count = 1;
+    message.hello.heads[0] = "tokens";
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_FORMAT);
+    assert_error_mentions("head for 'tokens', which is not one of the outputs");
+    message.hello.head_count = 2;
+    message.hello.heads[0] = message.hello.heads[1] = "hidden";
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_FORMAT);
+    assert_error_mentions("names head 'hidden' twice");
+    message.hello.head_count = 1;
+    message.hello.heads[0] = "";
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_FORMAT);
+    assert_error_mentions("Hello field heads is empty");
+    message.hello.head_count = CM_WIRE_MAX_OUTPUTS + 1;
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_FORMAT);
+    assert_error_mentions("17 heads");
+}
+END_TEST
+
+START_TEST(test_minor_version_0_hello_has_no_heads) {
+    proto_writer_t header;
+    craft_minor_0_hello(&header, NULL);
+    cm_wire_frame_t frame = {header.bytes, header.length};
+    cm_wire_limits_t limits = cm_wire_limits_default();
+    cm_wire_message_t message;
+    ck_assert_msg(cm_wire_decode(&message, &frame, 1, &limits) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(message.kind, CM_WIRE_HELLO);
+    ck_assert_uint_eq(message.version_minor, 0);
+    ck_assert_str_eq(message.hello.peer_name, "fm");
+    ck_assert_int_eq(message.hello.output_count, 1);
+    ck_assert_int_eq(message.hello.head_count, 0);
+    cm_wire_message_deinit(&message);
+
+    /* Field 12 is heads, and what it names is checked against the outputs. */
+    craft_minor_0_hello(&header, "logits");
+    frame = (cm_wire_frame_t){header.bytes, header.length};
+    ck_assert_msg(cm_wire_decode(&message, &frame, 1, &limits) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(message.hello.head_count, 1);
+    ck_assert_str_eq(message.hello.heads[0], "logits");
+    cm_wire_message_deinit(&message);
+    craft_minor_0_hello(&header, "hidden");
+    expect_refused(&header, NULL, 0, CM_ERR_FORMAT, "head for 'hidden', which is not one");
+}
+END_TEST
+
+START_TEST(test_head_request_round_trip) {
+    cm_wire_message_t message, decoded;
+    cm_wire_encoded_t encoded;
+    cm_wire_message_init(&message, CM_WIRE_HEAD_REQUEST, 31);
+    message.head_request.feature = "hidden";
+    round_trip(&message, &encoded, &decoded);
+    ck_assert_int_eq(encoded.frame_count, 1);
+    ck_assert_str_eq(decoded.head_request.feature, "hidden");
+    cm_wire_message_deinit(&decoded);
+    cm_wire_encoded_deinit(&encoded);
+
+    /* By hand: field 16 of the Envelope, the feature in field 1. */
+    proto_writer_t request = {.length = 0}, header;
+    put_string(&request, HEAD_REQUEST_FEATURE, "tokens");
+    put_envelope(&header, CM_WIRE_VERSION_MAJOR, ENVELOPE_HEAD_REQUEST, &request);
+    cm_wire_frame_t frame = {header.bytes, header.length};
+    cm_wire_limits_t limits = cm_wire_limits_default();
+    ck_assert_int_eq(cm_wire_decode(&decoded, &frame, 1, &limits), CM_OK);
+    ck_assert_int_eq(decoded.kind, CM_WIRE_HEAD_REQUEST);
+    ck_assert_uint_eq(decoded.request_id, 9);
+    ck_assert_str_eq(decoded.head_request.feature, "tokens");
+    cm_wire_message_deinit(&decoded);
+
+    request.length = 0; /* no feature */
+    put_envelope(&header, CM_WIRE_VERSION_MAJOR, ENVELOPE_HEAD_REQUEST, &request);
+    expect_refused(&header, NULL, 0, CM_ERR_FORMAT, "HeadRequest field feature is empty");
+    uint8_t extra[4] = {0};
+    put_string(&request, HEAD_REQUEST_FEATURE, "hidden");
+    put_envelope(&header, CM_WIRE_VERSION_MAJOR, ENVELOPE_HEAD_REQUEST, &request);
+    expect_refused(&header, &(cm_wire_frame_t){extra, 4}, 1, CM_ERR_FORMAT,
+                   "a HeadRequest carries no tensor frames, but 1 followed");
+
+    message.request_id = 0;
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_FORMAT);
+    assert_error_mentions("HeadRequest has request id 0");
+}
+END_TEST
+
+/* Floats whose bits must survive: signed zero, a subnormal, infinities, a NaN with a payload. */
+static void head_values(float weight[HEAD_CLASSES * HEAD_INPUTS], float bias[HEAD_CLASSES]) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 21);
+    for (int i = 0; i < HEAD_CLASSES * HEAD_INPUTS; i++) weight[i] = cm_rng_normal(&rng);
+    const uint32_t special[] = {0x80000000u, 0x00000001u, 0x7f800000u, 0xff800000u, 0x7fc01234u};
+    for (int i = 0; i < 5; i++) memcpy(&weight[3 * i], &special[i], sizeof(float));
+    for (int i = 0; i < HEAD_CLASSES; i++) bias[i] = cm_rng_normal(&rng) * 1e-3f;
+}
+
+static void head_reply(cm_wire_message_t *message, const float *weight, const float *bias) {
+    cm_wire_message_init(message, CM_WIRE_HEAD_REPLY, 31);
+    message->head_reply = (cm_wire_head_reply_t){.feature = "hidden",
+                                                 .classes = HEAD_CLASSES,
+                                                 .inputs = HEAD_INPUTS,
+                                                 .weight = weight,
+                                                 .bias = bias};
+}
+
+START_TEST(test_head_reply_round_trip) {
+    float weight[HEAD_CLASSES * HEAD_INPUTS], bias[HEAD_CLASSES];
+    head_values(weight, bias);
+    cm_wire_message_t message, decoded;
+    cm_wire_encoded_t encoded;
+    head_reply(&message, weight, bias);
+    round_trip(&message, &encoded, &decoded);
+    ck_assert_int_eq(encoded.frame_count, 3);
+    ck_assert_ptr_eq(encoded.frames[1].data, weight); /* borrowed, not copied */
+    ck_assert_uint_eq(encoded.frames[1].bytes, sizeof weight);
+    ck_assert_ptr_eq(encoded.frames[2].data, bias);
+    ck_assert_uint_eq(encoded.frames[2].bytes, sizeof bias);
+    const cm_wire_head_reply_t *reply = &decoded.head_reply;
+    ck_assert_str_eq(reply->feature, "hidden");
+    ck_assert_int_eq(reply->classes, HEAD_CLASSES);
+    ck_assert_int_eq(reply->inputs, HEAD_INPUTS);
+    ck_assert_ptr_eq(reply->weight, encoded.frames[1].data); /* points into the frame */
+    ck_assert_ptr_eq(reply->bias, encoded.frames[2].data);
+    ck_assert_mem_eq(reply->weight, weight, sizeof weight); /* bit for bit, NaN payload too */
+    ck_assert_mem_eq(reply->bias, bias, sizeof bias);
+    cm_wire_frame_t frames[CM_WIRE_MAX_TENSORS];
+    ck_assert_int_eq(cm_wire_tensor_frames(&decoded, frames), 2);
+    ck_assert_uint_eq(frames[0].bytes, sizeof weight);
+    ck_assert_uint_eq(frames[1].bytes, sizeof bias);
+    cm_wire_message_deinit(&decoded);
+
+    /* The header a peer must be able to read: the hand-made twin of this reply decodes alike. */
+    head_tensor_t tensors[2];
+    valid_head_tensors(tensors);
+    proto_writer_t header;
+    craft_head_reply(&header, 1, tensors, 2);
+    cm_wire_frame_t crafted[3] = {{header.bytes, header.length}, {weight, 60}, {bias, 12}};
+    cm_wire_limits_t limits = cm_wire_limits_default();
+    ck_assert_msg(cm_wire_decode(&decoded, crafted, 3, &limits) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(decoded.kind, CM_WIRE_HEAD_REPLY);
+    ck_assert_int_eq(decoded.head_reply.classes, HEAD_CLASSES);
+    ck_assert_int_eq(decoded.head_reply.inputs, HEAD_INPUTS);
+    cm_wire_message_deinit(&decoded);
+
+    /* A message just within the receiver's limit passes, one byte less does not. */
+    size_t total = encoded.frames[0].bytes + sizeof weight + sizeof bias;
+    limits.max_message_bytes = total;
+    ck_assert_int_eq(cm_wire_decode(&decoded, encoded.frames, 3, &limits), CM_OK);
+    cm_wire_message_deinit(&decoded);
+    limits.max_message_bytes = total - 1;
+    ck_assert_int_eq(cm_wire_decode(&decoded, encoded.frames, 3, &limits), CM_ERR_TOO_LARGE);
+    assert_error_mentions("exceeds the limit");
+    cm_wire_encoded_deinit(&encoded);
+
+    /* The sender refuses what the receiver would. */
+    head_reply(&message, weight, bias);
+    message.head_reply.classes = 0;
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_FORMAT);
+    assert_error_mentions("0 classes and 5 inputs");
+    head_reply(&message, weight, NULL);
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_INVALID_ARG);
+    assert_error_mentions("no bias data");
+    head_reply(&message, weight, bias);
+    message.head_reply.feature = NULL;
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_FORMAT);
+    assert_error_mentions("HeadReply field feature is empty");
+    head_reply(&message, weight, bias);
+    message.request_id = 0;
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_FORMAT);
+    assert_error_mentions("HeadReply has request id 0");
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Half and bfloat16                                                        */
 
@@ -741,6 +1023,39 @@ static int decode_anything(const uint8_t *bytes, size_t length, const cm_wire_fr
     return status == CM_OK;
 }
 
+/* Flips, overwrites and truncates the header of `message` at random; returns how many of the
+ * mutants still decoded (each checked by decode_anything). */
+static int mutate_and_decode(cm_rng_t *rng, const cm_wire_message_t *message) {
+    cm_wire_encoded_t encoded;
+    ck_assert_int_eq(cm_wire_encode(&encoded, message), CM_OK);
+    uint8_t bytes[256];
+    size_t header_length = encoded.frames[0].bytes;
+    ck_assert_uint_le(header_length, sizeof bytes);
+    int accepted = 0;
+    for (int round = 0; round < 5000; round++) {
+        memcpy(bytes, encoded.frames[0].data, header_length);
+        size_t length = header_length;
+        int edits = 1 + (int)cm_rng_below(rng, 3);
+        for (int edit = 0; edit < edits; edit++) {
+            size_t at = cm_rng_below(rng, (uint32_t)header_length);
+            switch (cm_rng_below(rng, 3)) {
+            case 0:
+                bytes[at] ^= (uint8_t)(1u << cm_rng_below(rng, 8));
+                break;
+            case 1:
+                bytes[at] = (uint8_t)cm_rng_u32(rng);
+                break;
+            default:
+                length = 1 + at;
+                break;
+            }
+        }
+        accepted += decode_anything(bytes, length, encoded.frames + 1, encoded.frame_count - 1);
+    }
+    cm_wire_encoded_deinit(&encoded);
+    return accepted;
+}
+
 START_TEST(test_random_headers_never_crash) {
     cm_rng_t rng;
     cm_rng_seed(&rng, 99);
@@ -751,38 +1066,16 @@ START_TEST(test_random_headers_never_crash) {
         decode_anything(bytes, length, NULL, 0);
     }
 
-    /* Mutations of a valid reply reach deeper than noise: flip, overwrite, truncate. */
+    /* Mutations of valid replies reach deeper than noise: flip, overwrite, truncate.  Some edits
+     * only touch ids or names; the valid path must still be reachable. */
     reply_data_t data;
     cm_wire_message_t message;
-    cm_wire_encoded_t encoded;
     batch_reply(&message, &data);
-    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_OK);
-    size_t header_length = encoded.frames[0].bytes;
-    ck_assert_uint_le(header_length, sizeof bytes);
-    int accepted = 0;
-    for (int round = 0; round < 5000; round++) {
-        memcpy(bytes, encoded.frames[0].data, header_length);
-        size_t length = header_length;
-        int edits = 1 + (int)cm_rng_below(&rng, 3);
-        for (int edit = 0; edit < edits; edit++) {
-            size_t at = cm_rng_below(&rng, (uint32_t)header_length);
-            switch (cm_rng_below(&rng, 3)) {
-            case 0:
-                bytes[at] ^= (uint8_t)(1u << cm_rng_below(&rng, 8));
-                break;
-            case 1:
-                bytes[at] = (uint8_t)cm_rng_u32(&rng);
-                break;
-            default:
-                length = 1 + at;
-                break;
-            }
-        }
-        accepted += decode_anything(bytes, length, encoded.frames + 1, encoded.frame_count - 1);
-    }
-    /* Some edits only touch ids or names; the valid path must still be reachable. */
-    ck_assert_int_gt(accepted, 0);
-    cm_wire_encoded_deinit(&encoded);
+    ck_assert_int_gt(mutate_and_decode(&rng, &message), 0);
+    float weight[HEAD_CLASSES * HEAD_INPUTS], bias[HEAD_CLASSES];
+    head_values(weight, bias);
+    head_reply(&message, weight, bias);
+    ck_assert_int_gt(mutate_and_decode(&rng, &message), 0);
 }
 END_TEST
 
@@ -1039,6 +1332,130 @@ START_TEST(test_refuses_unknown_encoding) {
 }
 END_TEST
 
+/* Decodes a hand-made HeadReply of `tensors` followed by `frame_count` frames of the given sizes
+ * (zeros), expecting failure with `want` and a sentence mentioning `mention`. */
+static void expect_head_refused(uint64_t kind, const head_tensor_t *tensors, int tensor_count,
+                                const size_t *frame_bytes, int frame_count, cm_status_t want,
+                                const char *mention) {
+    static uint8_t zeros[256];
+    proto_writer_t header;
+    craft_head_reply(&header, kind, tensors, tensor_count);
+    cm_wire_frame_t frames[CM_WIRE_MAX_TENSORS];
+    for (int i = 0; i < frame_count; i++) {
+        ck_assert_uint_le(frame_bytes[i], sizeof zeros);
+        frames[i] = (cm_wire_frame_t){zeros, frame_bytes[i]};
+    }
+    expect_refused(&header, frames, frame_count, want, mention);
+}
+
+START_TEST(test_refuses_bad_head_replies) {
+    head_tensor_t valid[2], tensors[3];
+    valid_head_tensors(valid);
+    const size_t sizes[3] = {60, 12, 12};
+    cm_wire_limits_t limits = cm_wire_limits_default();
+    cm_wire_message_t message;
+
+    /* The baseline decodes: every refusal below is about the one thing it breaks. */
+    proto_writer_t header;
+    craft_head_reply(&header, 1, valid, 2);
+    uint8_t zeros[60] = {0};
+    cm_wire_frame_t frames[3] = {{header.bytes, header.length}, {zeros, 60}, {zeros, 12}};
+    ck_assert_msg(cm_wire_decode(&message, frames, 3, &limits) == CM_OK, "%s", cm_last_error());
+    cm_wire_message_deinit(&message);
+
+    /* Head kinds this side does not know. */
+    expect_head_refused(0, valid, 2, sizes, 2, CM_ERR_FORMAT, "unsupported head kind 0");
+    expect_head_refused(2, valid, 2, sizes, 2, CM_ERR_FORMAT, "unsupported head kind 2");
+
+    /* One tensor, three tensors, and frames that do not match the descriptors. */
+    expect_head_refused(1, valid, 1, sizes, 1, CM_ERR_FORMAT, "describes 1 tensors");
+    memcpy(tensors, valid, sizeof valid);
+    tensors[2] = valid[1];
+    expect_head_refused(1, tensors, 3, sizes, 3, CM_ERR_FORMAT, "describes 3 tensors");
+    expect_head_refused(1, valid, 2, sizes, 1, CM_ERR_FORMAT,
+                        "HeadReply describes 2 tensors but 1 tensor frames followed");
+    expect_head_refused(1, valid, 2, sizes, 3, CM_ERR_FORMAT, "but 3 tensor frames followed");
+
+    /* Names: weight then bias, nothing else. */
+    tensors[0] = valid[1];
+    tensors[1] = valid[0];
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_FORMAT,
+                        "tensor 0 of the HeadReply for 'hidden' is named 'bias'");
+    memcpy(tensors, valid, sizeof valid);
+    tensors[1].name = "offset";
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_FORMAT, "is named 'offset'");
+
+    /* Shapes: the bias must have one entry per class; the weight two dimensions. */
+    memcpy(tensors, valid, sizeof valid);
+    tensors[1].shape[0] = 4;
+    tensors[1].byte_length = 16;
+    expect_head_refused(1, tensors, 2, (const size_t[]){60, 16}, 2, CM_ERR_SHAPE,
+                        "weight for 3 classes but a bias for 4");
+    memcpy(tensors, valid, sizeof valid);
+    tensors[0] = (head_tensor_t){"weight", 1, 1, 0, 1, {15}, 60};
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_SHAPE,
+                        "tensor 'weight' has 1 dimensions; it needs 2");
+    memcpy(tensors, valid, sizeof valid);
+    tensors[1].ndim = 0;
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_SHAPE,
+                        "tensor 'bias' has 0 dimensions; it needs 1");
+    memcpy(tensors, valid, sizeof valid);
+    tensors[0].shape[0] = 0;
+    tensors[0].byte_length = 0;
+    expect_head_refused(1, tensors, 2, (const size_t[]){0, 12}, 2, CM_ERR_FORMAT,
+                        "dimension 0 of HeadReply tensor 'weight' is 0");
+
+    /* Frames one byte short or long of what the descriptor promises, or both agreeing with each
+     * other but not with the shape. */
+    expect_head_refused(1, valid, 2, (const size_t[]){59, 12}, 2, CM_ERR_FORMAT,
+                        "'weight' promises 60 bytes and its frame has 59");
+    expect_head_refused(1, valid, 2, (const size_t[]){60, 13}, 2, CM_ERR_FORMAT,
+                        "'bias' promises 12 bytes and its frame has 13");
+    memcpy(tensors, valid, sizeof valid);
+    tensors[0].byte_length = 56;
+    expect_head_refused(1, tensors, 2, (const size_t[]){56, 12}, 2, CM_ERR_FORMAT,
+                        "its shape needs 60");
+
+    /* Only dense F32 travels: not I32 values, not F16 encoding, not a top-k layout. */
+    memcpy(tensors, valid, sizeof valid);
+    tensors[0].dtype = 2;
+    tensors[0].encoding = 4;
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_FORMAT,
+                        "tensor 'weight' is I32 encoded as I32");
+    memcpy(tensors, valid, sizeof valid);
+    tensors[1].encoding = 2;
+    tensors[1].byte_length = 6;
+    expect_head_refused(1, tensors, 2, (const size_t[]){60, 6}, 2, CM_ERR_FORMAT,
+                        "tensor 'bias' is F32 encoded as F16");
+    memcpy(tensors, valid, sizeof valid);
+    tensors[0].layout = 1;
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_FORMAT, "in layout 1");
+    memcpy(tensors, valid, sizeof valid);
+    tensors[0].dtype = 0;
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_FORMAT, "'weight' has unknown dtype 0");
+
+    /* Too large: past the message limit, past 64 bits, past an int. */
+    memcpy(tensors, valid, sizeof valid);
+    tensors[0].shape[1] = 1ull << 30; /* 12 GiB of weights behind a 60-byte frame */
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_TOO_LARGE, "-byte message limit");
+    tensors[0].shape[0] = tensors[0].shape[1] = 1ull << 40;
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_TOO_LARGE, "more bytes than 64 bits");
+    tensors[0].shape[1] = UINT64_MAX;
+    expect_head_refused(1, tensors, 2, sizes, 2, CM_ERR_TOO_LARGE, "beyond any message");
+    /* 2^31 inputs: an 8 GiB frame that a receiver with no limit would take (never read here),
+     * but no int counts its columns. */
+    craft_head_reply(&header, 1,
+                     (head_tensor_t[]){{"weight", 1, 1, 0, 2, {1, 1ull << 31}, 8ull << 30},
+                                       {"bias", 1, 1, 0, 1, {1}, 4}},
+                     2);
+    cm_wire_frame_t huge[3] = {{header.bytes, header.length}, {zeros, 8ull << 30}, {zeros, 4}};
+    limits.max_message_bytes = UINT64_MAX;
+    ck_assert_int_eq(cm_wire_decode(&message, huge, 3, &limits), CM_ERR_TOO_LARGE);
+    assert_error_mentions("weight of 1 x 2147483648; each dimension must fit in an int");
+    ck_assert_ptr_null(message.header);
+}
+END_TEST
+
 Suite *check_wire_suite(void);
 Suite *check_wire_suite(void) {
     Suite *suite = suite_create("wire");
@@ -1050,6 +1467,10 @@ Suite *check_wire_suite(void) {
     tcase_add_test(round_trips, test_error_code_names_on_the_wire);
     tcase_add_test(round_trips, test_pack_header_into_caller_buffer);
     tcase_add_test(round_trips, test_encode_refuses_bad_messages);
+    tcase_add_test(round_trips, test_hello_heads_round_trip);
+    tcase_add_test(round_trips, test_minor_version_0_hello_has_no_heads);
+    tcase_add_test(round_trips, test_head_request_round_trip);
+    tcase_add_test(round_trips, test_head_reply_round_trip);
     suite_add_tcase(suite, round_trips);
 
     TCase *conversions = tcase_create("f16_bf16");
@@ -1072,6 +1493,7 @@ Suite *check_wire_suite(void) {
     tcase_add_test(refusals, test_refuses_ids_out_of_range);
     tcase_add_test(refusals, test_refuses_absurd_shapes);
     tcase_add_test(refusals, test_refuses_unknown_encoding);
+    tcase_add_test(refusals, test_refuses_bad_head_replies);
     suite_add_tcase(suite, refusals);
     return suite;
 }

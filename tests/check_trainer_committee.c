@@ -1,0 +1,351 @@
+/*
+ * trainer_committee against real `teacher-server serve` processes: the heads
+ * teachers lend.
+ *
+ * Once per test case the runner writes two randomly initialised teachers
+ * of the first 512 training and 256 test examples of the real Fashion-MNIST
+ * (view "full"): a tiny ViT (head "head", 16 inputs) and an MLP (head
+ * "fc1", 24 inputs).  Each test starts its servers (serve_fixture: ipc://
+ * paths in a temp directory, bounded waits), builds a committee with
+ * trainer_committee_new in this process, and in the checked teardown frees
+ * the committee (which says Bye) and stops the servers with SIGTERM,
+ * asserting that they exit 0.  The tests skip with a message when the
+ * dataset is not installed.
+ *
+ * Covers: info->heads from the Hello (the HIDDEN bit only when lending);
+ * trainer_committee_fetch_head returns the checkpoint's head bit for bit
+ * for both families, with heartbeats and a ticket's reply queued in front
+ * of the answer (the ticket is answered on the way), and tickets still work
+ * afterwards; a head the teacher does not lend
+ * (another feature, --lend-head off) is CM_ERR_NOT_FOUND with a sentence
+ * naming the teacher; replicas that disagree on lending are refused at
+ * start; a silent teacher is CM_ERR_UNAVAILABLE after handshake_ms and its
+ * late answer does not confuse the next fetch; a stopped teacher is
+ * CM_ERR_UNAVAILABLE at once; bad arguments are CM_ERR_INVALID_ARG.
+ */
+#include "cm_dataset.h"
+#include "cm_model.h"
+#include "cm_progress.h"
+#include "serve_fixture.h"
+#include "test_util.h"
+#include "trainer_cache.h"
+#include "trainer_committee.h"
+
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define VIT_SPEC "vit:image=28x28,patch=7,dim=16,depth=1,heads=2,mlp=32"
+#define MLP_SPEC "mlp:784-24-10"
+
+enum {
+    MAX_TRAIN = 512,
+    MAX_TEST = 256,
+    CLASSES = 10,
+    VIT_HIDDEN = 16,
+    MLP_HIDDEN = 24,
+    MAX_SERVERS = 2,
+    HANDSHAKE_MS = 1500, /* also how long a silent teacher is waited for */
+    WAIT_MS = 10000
+};
+
+/* Set up once per test case, in the runner process (unchecked fixture). */
+static cm_dataset_t *dataset; /* NULL when Fashion-MNIST is not installed */
+static char directory[256];
+static char vit_checkpoint[300], mlp_checkpoint[300];
+
+/* Per test (checked fixture). */
+static serve_fixture_t servers[MAX_SERVERS];
+static trainer_cache_t *cache;
+static trainer_committee_t *committee;
+
+static const char *const subset[] = {"--max-train", "512", "--max-test", "256", NULL};
+
+/* ---------------------------------------------------------------- fixtures */
+
+static void setup_teachers(void) {
+    test_util_temp_dir(directory, sizeof directory);
+    ck_assert_msg(directory[0], "cannot create a temp directory");
+    snprintf(vit_checkpoint, sizeof vit_checkpoint, "%s/vit.safetensors", directory);
+    snprintf(mlp_checkpoint, sizeof mlp_checkpoint, "%s/mlp.safetensors", directory);
+    if (!test_util_have_fashion_mnist()) return;
+    cm_dataset_options_t options = {NULL, MAX_TRAIN, MAX_TEST};
+    ck_assert_msg(cm_dataset_load(&dataset, "fashion-mnist", "full", &options) == CM_OK, "%s",
+                  cm_last_error());
+    ck_assert_msg(serve_fixture_write_checkpoint(vit_checkpoint, VIT_SPEC, dataset, 31) == CM_OK,
+                  "%s", cm_last_error());
+    ck_assert_msg(serve_fixture_write_checkpoint(mlp_checkpoint, MLP_SPEC, dataset, 32) == CM_OK,
+                  "%s", cm_last_error());
+}
+
+static void teardown_teachers(void) {
+    cm_dataset_free(&dataset);
+    if (directory[0]) test_util_remove_tree(directory);
+}
+
+static void setup_test(void) {
+    memset(servers, 0, sizeof servers);
+    cache = NULL;
+    committee = NULL;
+}
+
+static void teardown_test(void) {
+    trainer_committee_free(&committee);
+    trainer_cache_free(&cache);
+    for (int index = 0; index < MAX_SERVERS; index++) {
+        if (servers[index].pid <= 0) continue;
+        kill(servers[index].pid, SIGCONT); /* in case a test left it stopped */
+        int exit_status = serve_fixture_stop(&servers[index], SIGTERM, WAIT_MS);
+        char log[4096];
+        serve_fixture_log(&servers[index], log, sizeof log);
+        ck_assert_msg(exit_status == 0, "server %d exited with status %d after SIGTERM: %s", index,
+                      exit_status, log);
+    }
+}
+
+static int skip_without_dataset(const char *test) {
+    if (dataset) return 0;
+    fprintf(stderr, "skipping %s: Fashion-MNIST is not installed (make deps)\n", test);
+    return 1;
+}
+
+/* Starts servers[index] from `checkpoint` as teacher `name` with the subset plus `options`
+ * (NULL-terminated). */
+static void start_server(int index, const char *name, const char *checkpoint,
+                         const char *const *options) {
+    const char *arguments[SERVE_FIXTURE_MAX_ARGS + 1] = {"--name", name};
+    int count = 2;
+    for (int option = 0; subset[option]; option++) arguments[count++] = subset[option];
+    for (int option = 0; options && options[option]; option++) arguments[count++] = options[option];
+    arguments[count] = NULL;
+    char why[4096];
+    ck_assert_msg(serve_fixture_start(&servers[index], directory, checkpoint, arguments, why,
+                                      sizeof why) == 0,
+                  "%s", why);
+}
+
+static trainer_committee_config_t committee_config(void) {
+    return (trainer_committee_config_t){.window = 2,
+                                        .deadline_ms = WAIT_MS,
+                                        .handshake_ms = HANDSHAKE_MS,
+                                        .heartbeat_ms = 1000,
+                                        .policy = TRAINER_POLICY_WAIT,
+                                        .encoding = CM_DTYPE_F32,
+                                        .max_examples = 256,
+                                        .fingerprint = dataset->fingerprint,
+                                        .classes = CLASSES,
+                                        .train_examples = MAX_TRAIN,
+                                        .curve_keys = NULL};
+}
+
+/* Builds `committee` (and `cache`) from `count` addresses; returns trainer_committee_new's
+ * status. */
+static cm_status_t new_committee(const trainer_teacher_address_t *addresses, int count) {
+    ck_assert_int_eq(trainer_cache_new(count, MAX_TRAIN, &cache), CM_OK);
+    trainer_committee_config_t config = committee_config();
+    return trainer_committee_new(addresses, count, &config, cache, &committee);
+}
+
+/* A teacher `name` at the endpoints of servers[first .. first + count). */
+static trainer_teacher_address_t address_of(const char *name, int first, int count) {
+    trainer_teacher_address_t address;
+    memset(&address, 0, sizeof address);
+    snprintf(address.name, sizeof address.name, "%s", name);
+    address.endpoint_count = count;
+    for (int slot = 0; slot < count; slot++)
+        address.endpoints[slot] = servers[first + slot].endpoint;
+    return address;
+}
+
+/* The parameter tensor called `name` of the checkpoint at `path`, copied into a new array of
+ * *elements floats. */
+static float *checkpoint_tensor(const char *path, const char *name, int64_t *elements) {
+    cm_model_t *model = NULL;
+    ck_assert_msg(cm_model_load(path, 1, &model, NULL) == CM_OK, "%s", cm_last_error());
+    for (int index = 0; index < cm_model_tensor_count(model); index++) {
+        cm_tensor_t tensor = cm_model_tensor(model, index);
+        if (strcmp(tensor.name, name) != 0) continue;
+        *elements = cm_tensor_elements(&tensor);
+        float *copy = malloc(sizeof(float) * (size_t)*elements);
+        ck_assert_ptr_nonnull(copy);
+        memcpy(copy, tensor.data, sizeof(float) * (size_t)*elements);
+        cm_model_free(&model);
+        return copy;
+    }
+    ck_abort_msg("%s has no tensor '%s'", path, name);
+    return NULL;
+}
+
+/* Fetches the "hidden" head of `teacher` and compares it bit for bit with the checkpoint's
+ * tensors `prefix`.weight and `prefix`.bias. */
+static void expect_head(int teacher, const char *path, const char *prefix, int inputs) {
+    trainer_head_t head;
+    cm_status_t status = trainer_committee_fetch_head(committee, teacher, "hidden", &head);
+    ck_assert_msg(status == CM_OK, "%s: %s", cm_status_name(status), cm_last_error());
+    ck_assert_int_eq(head.classes, CLASSES);
+    ck_assert_int_eq(head.inputs, inputs);
+    char name[64];
+    int64_t weight_elements = 0, bias_elements = 0;
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    float *weight = checkpoint_tensor(path, name, &weight_elements);
+    snprintf(name, sizeof name, "%s.bias", prefix);
+    float *bias = checkpoint_tensor(path, name, &bias_elements);
+    ck_assert_int_eq(weight_elements, (int64_t)CLASSES * inputs);
+    ck_assert_int_eq(bias_elements, CLASSES);
+    ck_assert_msg(memcmp(head.weight, weight, sizeof(float) * (size_t)weight_elements) == 0,
+                  "the fetched weight differs from %s.weight of %s", prefix, path);
+    ck_assert_msg(memcmp(head.bias, bias, sizeof(float) * CLASSES) == 0,
+                  "the fetched bias differs from %s.bias of %s", prefix, path);
+    free(weight);
+    free(bias);
+    trainer_head_free(&head);
+    ck_assert_ptr_null(head.weight);
+    trainer_head_free(&head); /* idempotent */
+}
+
+/* A failed fetch: `code`, an empty head, and a sentence with `mention`. */
+static void expect_no_head(int teacher, const char *feature, cm_status_t code,
+                           const char *mention) {
+    trainer_head_t head;
+    cm_status_t status = trainer_committee_fetch_head(committee, teacher, feature, &head);
+    ck_assert_msg(status == code, "fetching '%s' gave %s (%s), expected %s", feature,
+                  cm_status_name(status), cm_last_error(), cm_status_name(code));
+    ck_assert_ptr_null(head.weight);
+    ck_assert_ptr_null(head.bias);
+    ck_assert_msg(strstr(cm_last_error(), mention), "\"%s\" does not mention \"%s\"",
+                  cm_last_error(), mention);
+}
+
+/* ---------------------------------------------------------------- tests */
+
+START_TEST(test_fetch_head_matches_checkpoints) {
+    if (skip_without_dataset(__func__)) return;
+    start_server(0, "fm", vit_checkpoint,
+                 (const char *[]){"--heartbeat-ms", "10", "--compute-delay-ms", "100", NULL});
+    start_server(1, "comp", mlp_checkpoint, NULL);
+    trainer_teacher_address_t addresses[2] = {address_of("fm", 0, 1), address_of("comp", 1, 1)};
+    ck_assert_msg(new_committee(addresses, 2) == CM_OK, "%s", cm_last_error());
+    const unsigned hidden = 1u << TRAINER_OUTPUT_HIDDEN;
+    ck_assert_uint_eq(trainer_committee_info(committee, 0)->heads, hidden);
+    ck_assert_uint_eq(trainer_committee_info(committee, 1)->heads, hidden);
+
+    /* A ticket in flight, whose reply and a stream of heartbeats queue up in front of the head:
+     * fetching handles them as the pump would, so the ticket is answered without a pump. */
+    ck_assert_int_eq(trainer_cache_add_output(cache, 0, TRAINER_OUTPUT_LOGITS, CLASSES), CM_OK);
+    const int32_t ids[] = {0, 1, 2, 3};
+    int ticket = trainer_committee_submit(committee, 0, ids, 4, 1u << TRAINER_OUTPUT_LOGITS);
+    ck_assert_int_ge(ticket, 0);
+    ck_assert_msg(trainer_committee_pump(committee, 0) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(trainer_committee_ticket(committee, ticket), 0); /* sent, not answered */
+    usleep(400 * 1000);
+    expect_head(0, vit_checkpoint, "head", VIT_HIDDEN);
+    ck_assert_int_eq(trainer_committee_ticket(committee, ticket), 1);
+    ck_assert(trainer_cache_has(cache, 0, TRAINER_OUTPUT_LOGITS, 3));
+    trainer_committee_release(committee, ticket);
+    expect_head(1, mlp_checkpoint, "fc1", MLP_HIDDEN);
+    expect_head(0, vit_checkpoint, "head", VIT_HIDDEN); /* again: the same head */
+
+    /* A feature it lends no head for, and arguments that make no sense. */
+    expect_no_head(0, "tokens", CM_ERR_NOT_FOUND, "teacher 'fm' at ");
+    expect_no_head(0, "tokens", CM_ERR_NOT_FOUND, "does not lend its head for 'tokens'");
+    expect_no_head(1, "attention", CM_ERR_INVALID_ARG, "not 'attention'");
+    expect_no_head(2, "hidden", CM_ERR_INVALID_ARG, "no teacher 2 in a committee of 2");
+    trainer_head_free(NULL);
+
+    /* The committee still teaches after all that. */
+    ticket = trainer_committee_submit(committee, 0, ids + 1, 3, 1u << TRAINER_OUTPUT_LOGITS);
+    ck_assert_int_ge(ticket, 0);
+    trainer_cache_set_has(cache, 0, TRAINER_OUTPUT_LOGITS, 3, 0);
+    double give_up = cm_progress_now() + WAIT_MS / 1000.0;
+    while (trainer_committee_ticket(committee, ticket) == 0 && cm_progress_now() < give_up)
+        ck_assert_msg(trainer_committee_pump(committee, 50) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(trainer_committee_ticket(committee, ticket), 1);
+    ck_assert(trainer_cache_has(cache, 0, TRAINER_OUTPUT_LOGITS, 3));
+    trainer_committee_release(committee, ticket);
+}
+END_TEST
+
+START_TEST(test_lend_head_off_is_not_found) {
+    if (skip_without_dataset(__func__)) return;
+    start_server(0, "fm", vit_checkpoint, (const char *[]){"--lend-head", "off", NULL});
+    trainer_teacher_address_t address = address_of("fm", 0, 1);
+    ck_assert_msg(new_committee(&address, 1) == CM_OK, "%s", cm_last_error());
+    ck_assert_uint_eq(trainer_committee_info(committee, 0)->heads, 0);
+    char sentence[600];
+    snprintf(sentence, sizeof sentence,
+             "teacher 'fm' at %s does not lend its head for 'hidden'; start it with --lend-head "
+             "on, or train without --dd-interactive",
+             servers[0].endpoint);
+    expect_no_head(0, "hidden", CM_ERR_NOT_FOUND, sentence);
+}
+END_TEST
+
+START_TEST(test_replicas_must_agree_on_lending) {
+    if (skip_without_dataset(__func__)) return;
+    start_server(0, "fm", vit_checkpoint, NULL);
+    start_server(1, "fm", vit_checkpoint, (const char *[]){"--lend-head", "off", NULL});
+    trainer_teacher_address_t address = address_of("fm", 0, 2);
+    cm_status_t status = new_committee(&address, 1);
+    ck_assert_msg(status == CM_ERR_MISMATCH, "%s: %s", cm_status_name(status), cm_last_error());
+    ck_assert_ptr_null(committee);
+    char sentence[800];
+    snprintf(sentence, sizeof sentence,
+             "teacher 'fm' lends heads for none at %s but for hidden at %s; replicas must be "
+             "started with the same --lend-head",
+             servers[1].endpoint, servers[0].endpoint);
+    ck_assert_str_eq(cm_last_error(), sentence);
+}
+END_TEST
+
+START_TEST(test_silent_teacher_times_out_and_answers_later) {
+    if (skip_without_dataset(__func__)) return;
+    start_server(0, "fm", vit_checkpoint, NULL);
+    trainer_teacher_address_t address = address_of("fm", 0, 1);
+    ck_assert_msg(new_committee(&address, 1) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(kill(servers[0].pid, SIGSTOP), 0);
+    double started = cm_progress_now();
+    expect_no_head(0, "hidden", CM_ERR_UNAVAILABLE,
+                   "teacher 'fm' at ipc://"); /* the endpoint, then why: */
+    ck_assert_msg(strstr(cm_last_error(), "did not answer the HeadRequest for 'hidden' within 1500 "
+                                          "ms"),
+                  "%s", cm_last_error());
+    double waited = cm_progress_now() - started;
+    ck_assert_msg(waited >= 1.4 && waited < 5.0, "gave up after %.2f s", waited);
+
+    /* Awake again, it answers the old request first; the next fetch is not fooled by it. */
+    ck_assert_int_eq(kill(servers[0].pid, SIGCONT), 0);
+    expect_head(0, vit_checkpoint, "head", VIT_HIDDEN);
+}
+END_TEST
+
+START_TEST(test_stopped_teacher_is_unavailable) {
+    if (skip_without_dataset(__func__)) return;
+    start_server(0, "fm", vit_checkpoint, NULL);
+    trainer_teacher_address_t address = address_of("fm", 0, 1);
+    ck_assert_msg(new_committee(&address, 1) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(serve_fixture_stop(&servers[0], SIGTERM, WAIT_MS), 0); /* it says Bye */
+    double started = cm_progress_now();
+    expect_no_head(0, "hidden", CM_ERR_UNAVAILABLE, "teacher 'fm' at ipc://");
+    ck_assert_msg(cm_progress_now() - started <= HANDSHAKE_MS / 1000.0 + 1.0, "%s",
+                  cm_last_error());
+}
+END_TEST
+
+Suite *check_trainer_committee_suite(void);
+Suite *check_trainer_committee_suite(void) {
+    Suite *suite = suite_create("trainer_committee");
+    TCase *tcase = tcase_create("heads");
+    tcase_set_timeout(tcase, 60);
+    tcase_add_unchecked_fixture(tcase, setup_teachers, teardown_teachers);
+    tcase_add_checked_fixture(tcase, setup_test, teardown_test);
+    tcase_add_test(tcase, test_fetch_head_matches_checkpoints);
+    tcase_add_test(tcase, test_lend_head_off_is_not_found);
+    tcase_add_test(tcase, test_replicas_must_agree_on_lending);
+    tcase_add_test(tcase, test_silent_teacher_times_out_and_answers_later);
+    tcase_add_test(tcase, test_stopped_teacher_is_unavailable);
+    suite_add_tcase(suite, tcase);
+    return suite;
+}
