@@ -1135,15 +1135,15 @@ cm_status_t trainer_committee_fetch_head(trainer_committee_t *committee, int tea
     if (!(teacher->info.heads & (1u << output)))
         return head_not_lent(teacher, &teacher->endpoints[0], feature, NULL);
     cm_status_t status = CM_ERR_UNAVAILABLE;
-    char tried[512] = "";
     for (int slot = 0; slot < teacher->endpoint_count; slot++) {
         status = request_head(committee, teacher_index, slot, output, head);
         if (status != CM_ERR_UNAVAILABLE) return status;
-        snprintf(tried, sizeof tried, "%s", cm_last_error()); /* the last endpoint's reason */
     }
-    if (teacher->endpoint_count == 1) return cm_fail(CM_ERR_UNAVAILABLE, "%s", tried);
+    if (teacher->endpoint_count == 1) return status; /* its sentence says why */
+    char last[512];
+    snprintf(last, sizeof last, "%s", cm_last_error());
     return cm_fail(CM_ERR_UNAVAILABLE,
                    "none of the %d endpoints of teacher '%s' sent its head for '%s' (the last: "
                    "%s)",
-                   teacher->endpoint_count, teacher->info.name, feature, tried);
+                   teacher->endpoint_count, teacher->info.name, feature, last);
 }

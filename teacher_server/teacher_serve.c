@@ -622,22 +622,24 @@ static void handle_head_request(server_t *server, zmq_msg_t *routing,
     const char *feature = message->head_request.feature;
     const char *lent = output_names[OUTPUT_HIDDEN]; /* the one feature a head reads today */
     char sentence[256];
+    cm_status_t refusal = CM_OK;
     cm_metrics_counter_add(server->head_requests, 1);
     if (server->stopping) {
+        refusal = CM_ERR_UNAVAILABLE;
         snprintf(sentence, sizeof sentence, "teacher '%s' is shutting down", server->name);
-        reply_error(server, routing, message->request_id, CM_ERR_UNAVAILABLE, sentence);
-        return;
+    } else if (!server->lends_head) {
+        refusal = CM_ERR_NOT_FOUND;
+        snprintf(sentence, sizeof sentence,
+                 "teacher '%s' does not lend its head (started with --lend-head off)",
+                 server->name);
+    } else if (strcmp(feature, lent) != 0) {
+        refusal = CM_ERR_NOT_FOUND;
+        snprintf(sentence, sizeof sentence,
+                 "teacher '%s' lends no head for feature '%.64s' (it lends: %s)", server->name,
+                 feature, lent);
     }
-    if (!server->lends_head || strcmp(feature, lent) != 0) {
-        if (!server->lends_head)
-            snprintf(sentence, sizeof sentence,
-                     "teacher '%s' does not lend its head (started with --lend-head off)",
-                     server->name);
-        else
-            snprintf(sentence, sizeof sentence,
-                     "teacher '%s' lends no head for feature '%.64s' (it lends: %s)", server->name,
-                     feature, lent);
-        reply_error(server, routing, message->request_id, CM_ERR_NOT_FOUND, sentence);
+    if (refusal != CM_OK) {
+        reply_error(server, routing, message->request_id, refusal, sentence);
         return;
     }
     cm_wire_message_t reply;
