@@ -226,11 +226,11 @@ DD_ANSWERS="1 0.1 0"
 DD_VARIANTS=""
 for a in $DD_ANSWERS; do for i in off on; do DD_VARIANTS+=" a$a-i$i"; done; done
 variant_args() { # a<λ>-i<off|on> -> trainer options
-    local a=${1%%-i*} i=${1##*-i}
+    local a=${1%%-i*} i=${1##*-i} options=()
     a=${a#a}
-    [[ $a == 1 ]] || printf -- '--dd-answer-weight %s ' "$a"
-    [[ $i == on ]] && printf -- '--dd-interactive'
-    echo
+    [[ $a == 1 ]] || options+=(--dd-answer-weight "$a")
+    [[ $i == on ]] && options+=(--dd-interactive)
+    echo "${options[*]}"
 }
 variant_run() { # variant seed -> tuning run name
     if [[ $1 == a1-ioff && $2 == "$TUNE_SEED" ]]; then echo "tune-dd-$DD_ROUTER"; else echo "tune-ddv-$DD_ROUTER-$1-s$2"; fi
@@ -250,12 +250,12 @@ for v in $DD_VARIANTS; do
         sum=$(echo "$sum + $(last "$(variant_run "$v" "$s")" valid_accuracy)" | bc -l)
     done
     mean=$(echo "$sum / $(echo $TUNE_VARIANT_SEEDS | wc -w)" | bc -l)
-    say "variant $v: mean valid $mean"
+    say "variant $v: mean valid $(printf %.4f "$mean")"
     if (($(echo "$mean > $bestv" | bc -l))); then bestv=$mean; DD_VARIANT=$v; fi
 done
 DD_EXTRA=$(variant_args "$DD_VARIANT")
 DD_UNFILTERED_VALID=$(last "$(variant_run "$DD_VARIANT" "$TUNE_SEED")" valid_accuracy)
-say "chosen DiverseDistill variant: $DD_VARIANT (mean valid $bestv; extra options '${DD_EXTRA}')"
+say "chosen DiverseDistill variant: $DD_VARIANT (mean valid $(printf %.4f "$bestv"); options '${DD_EXTRA}')"
 for th in 0.3 0.5; do
     DD_THETA=$th
     run "tune-ddf-$DD_ROUTER-$DD_VARIANT-th$th" $(tune_common) $(method_args $TUNE_TAB dd-filter)

@@ -681,8 +681,8 @@ static void write_metrics(run_t *run, long distinct, double seconds, double accu
             run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, distinct,
             run->epoch_duplicates, run->valid_accuracy, accuracy, test_loss, seconds,
             seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds,
-            run->answer_sum / examples, run->router_sum / examples,
-            run->probe_match_sum / examples, run->probe_answer_sum / examples);
+            run->answer_sum / examples, run->router_sum / examples, run->probe_match_sum / examples,
+            run->probe_answer_sum / examples);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         trainer_teacher_stats_t none = {0};
         const trainer_teacher_stats_t *stats =
