@@ -269,12 +269,14 @@ if abl:
               "thing changed; test accuracy (%) per seed and mean. These runs choose nothing. "
               "The DiverseDistill (fm+comp) row of the A14 few-label table, same seeds, is the "
               "reference.\n")
-    md.append("| variant | per seed | mean |")
+    md.append("| variant | per seed | mean ± std |")
     md.append("|---|---|---|")
     for g, runs in groups.items():
         per = ", ".join(f"s{seed}: {100 * r['test_accuracy']:.2f}" for seed, r in runs)
-        m = statistics.mean(r["test_accuracy"] for _, r in runs)
-        md.append(f"| {g[len('abl-A14-few-'):]} | {per} | {100 * m:.2f} |")
+        accuracies = [r["test_accuracy"] for _, r in runs]
+        m = statistics.mean(accuracies)
+        sd = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        md.append(f"| {g[len('abl-A14-few-'):]} | {per} | {100 * m:.2f} ± {100 * sd:.2f} |")
     md.append("")
 
 notes = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notes.md")
