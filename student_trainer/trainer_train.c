@@ -1052,10 +1052,6 @@ static int teacher_width(const run_t *run, int teacher, int output, int *tokens)
  * so they are requested too.
  */
 static cm_status_t borrow_heads(run_t *run, trainer_dd_config_t *config) {
-    if (!run->committee)
-        return cm_fail(CM_ERR_INVALID_ARG,
-                       "--dd-interactive needs the live teachers (their heads are not in a "
-                       "record); train against the committee instead of replaying");
     config->interactive = 1;
     config->probe_match_weight = run->options.dd_probe_match_weight;
     config->probe_answer_weight = run->options.dd_probe_answer_weight;
@@ -1077,6 +1073,10 @@ static cm_status_t set_up_diversedistill(run_t *run) {
     train_options_t *options = &run->options;
     if (run->teacher_count == 0)
         return cm_fail(CM_ERR_INVALID_ARG, "--method diversedistill needs at least one --teacher");
+    if (options->dd_interactive && !run->committee)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--dd-interactive needs the live teachers (their heads are not in a "
+                       "record); train against the committee instead of replaying");
     if (cm_model_spec(run->student)->kind != CM_MODEL_MLP)
         return cm_fail(CM_ERR_INVALID_ARG, "--method diversedistill needs an MLP student (its "
                                            "answer term uses the student's last layer)");

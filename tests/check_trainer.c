@@ -281,6 +281,13 @@ START_TEST(test_resume_and_replay_are_exact) {
     ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "replay: %s", output);
     snprintf(command, sizeof command, "cmp %s %s", straight, replayed);
     ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "replay differs: %s", output);
+    /* A record holds outputs, not the heads the interactive variant trains through. */
+    snprintf(command, sizeof command,
+             "%s replay %s --record %s --out %s --method diversedistill --dd-interactive",
+             test_util_bin("student-trainer"), common, record, replayed);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "--dd-interactive needs the live teachers"),
+                  "replay with --dd-interactive: %s", output);
 
     /* Corrupt files give one clear sentence naming them. */
     char state[420];
