@@ -164,7 +164,7 @@ struct trainer_dd {
     /* Logit terms. */
     float *label_probs;  /* [max_batch][C] softmax(s), saved by the CE forward */
     float *student_soft; /* [C] softmax(s/T) of the current row */
-    float *teacher_soft; /* [C] softmax(z_i/T) of the current pair */
+    float *teacher_soft; /* [max_batch][n][C] softmax(z_i/T), present pairs (kd_term) */
     float *pair_kl;      /* [max_batch][n] KL(softmax(z_i/T) ‖ softmax(s/T)), present pairs */
 
     /* Question augmenter, shared part. */
@@ -500,7 +500,7 @@ static void carve_scratch(trainer_dd_t *dd, arena_t *arena) {
 
     dd->label_probs = take(arena, batch * classes);
     dd->student_soft = take(arena, classes);
-    dd->teacher_soft = take(arena, classes);
+    dd->teacher_soft = take(arena, batch * teachers * classes);
     dd->pair_kl = take(arena, batch * teachers);
 
     dd->question_norm = take(arena, batch * width);
@@ -848,14 +848,15 @@ static double kd_term(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
             int row = state->present_rows[index];
             size_t offset = (size_t)row * classes;
             size_t pair = (size_t)row * teachers + teacher;
-            cm_loss_softmax(dd->teacher_soft, batch->teacher_logits[teacher] + offset, temperature,
-                            1, classes);
+            float *teacher_soft = dd->teacher_soft + pair * classes;
+            cm_loss_softmax(teacher_soft, batch->teacher_logits[teacher] + offset, temperature, 1,
+                            classes);
             double scaled_kl =
-                cm_loss_kl_forward(dd->student_soft, student_logits + offset, dd->teacher_soft,
-                                   NULL, temperature, 1, classes); /* T²·KL */
+                cm_loss_kl_forward(dd->student_soft, student_logits + offset, teacher_soft, NULL,
+                                   temperature, 1, classes); /* T²·KL */
             dd->pair_kl[pair] = (float)(scaled_kl / ((double)temperature * temperature));
             weighted_sum += dd->alpha[pair] * scaled_kl;
-            cm_loss_kl_backward(d_logits + offset, dd->student_soft, dd->teacher_soft, NULL,
+            cm_loss_kl_backward(d_logits + offset, dd->student_soft, teacher_soft, NULL,
                                 temperature, 1, classes, scale * dd->alpha[pair]);
         }
     }
@@ -1247,8 +1248,8 @@ static double align_term(trainer_dd_t *dd, const float *student_hidden, int rows
  * The interactive terms of every teacher with a head, means over the rows with a teacher:
  * λ_q·‖p_i − H_i‖²/(d_h·Var(H_i)) and λ_a·T²·KL(softmax(z_i/T) ‖ softmax(g_i(p_i)/T)).
  * Var(H_i) is the variance of all the values of H_i over the batch's present rows (a
- * constant).  Leaves each teacher's d_probe for the module backward; adds the terms into
- * *loss.
+ * constant).  Reads the pairs' softmax(z_i/T) that kd_term left.  Leaves each teacher's
+ * d_probe for the module backward; adds the terms into *loss.
  */
 static void probe_terms(trainer_dd_t *dd, const trainer_dd_batch_t *batch, int rows_with_teacher,
                         trainer_dd_loss_t *loss) {
@@ -1294,16 +1295,14 @@ static void probe_terms(trainer_dd_t *dd, const trainer_dd_batch_t *batch, int r
         float answer_scale = config->probe_answer_weight / (float)rows_with_teacher;
         for (int index = 0; index < count; index++) {
             size_t offset = (size_t)index * classes;
-            cm_loss_softmax(dd->teacher_soft,
-                            batch->teacher_logits[teacher] +
-                                (size_t)state->present_rows[index] * classes,
-                            temperature, 1, classes);
+            size_t pair = (size_t)state->present_rows[index] * config->teacher_count + teacher;
+            const float *teacher_soft = dd->teacher_soft + pair * classes; /* from kd_term */
             answer_sum +=
-                cm_loss_kl_forward(dd->student_soft, state->probe_logits + offset, dd->teacher_soft,
+                cm_loss_kl_forward(dd->student_soft, state->probe_logits + offset, teacher_soft,
                                    NULL, temperature, 1, classes); /* T²·KL */
             memset(dd->d_probe_logits + offset, 0, sizeof(float) * (size_t)classes);
-            cm_loss_kl_backward(dd->d_probe_logits + offset, dd->student_soft, dd->teacher_soft,
-                                NULL, temperature, 1, classes, answer_scale);
+            cm_loss_kl_backward(dd->d_probe_logits + offset, dd->student_soft, teacher_soft, NULL,
+                                temperature, 1, classes, answer_scale);
         }
         cm_layers_dense_backward(state->d_probe, NULL, NULL, dd->d_probe_logits, state->probe,
                                  config->head_weight[teacher], count, inputs, classes);
