@@ -106,18 +106,15 @@ say "teacher servers up (fm, comp7, comp14)"
 done_run() { # metrics file holds the final epoch
     [[ -s $1 ]] && [[ $(tail -n 1 "$1" | jq -r .epoch 2>/dev/null) == "$EPOCHS" ]]
 }
-same_args() { # name args...: the finished run used these arguments (no record: trusted)
+same_args() { # name args...: the finished run used these arguments
     local file=$WORK/runs/$1.args; shift
-    [[ ! -f $file ]] || [[ $(cat "$file") == "$*" ]]
+    [[ -f $file ]] && [[ $(cat "$file") == "$*" ]]
 }
 RUN_PIDS=() # trainer runs in flight (the teacher servers are background jobs too)
 run() { # name args... (trainer options beyond the common ones); runs in the background
     local name=$1; shift
     local dir=$WORK/runs
-    if done_run "$dir/$name.jsonl" && same_args "$name" "$@"; then
-        [[ -f $dir/$name.args ]] || echo "$*" >"$dir/$name.args"
-        return 0
-    fi
+    if done_run "$dir/$name.jsonl" && same_args "$name" "$@"; then return 0; fi
     while :; do
         local keep=()
         for pid in "${RUN_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && keep+=("$pid"); done
