@@ -939,6 +939,17 @@ static cm_status_t batch_request_from_proto(cm_wire_batch_request_t *request,
     return CM_OK;
 }
 
+/* A TensorDesc's dtype, encoding and shape; `what` and `name` name it in a failure. */
+static cm_status_t desc_from_proto(const char *what, const char *name,
+                                   const Committee__V1__TensorDesc *desc, cm_dtype_t *dtype,
+                                   cm_dtype_t *encoding, int *ndim, int64_t *shape) {
+    cm_status_t status;
+    if ((status = dtype_from_proto(what, name, desc->dtype, dtype)) ||
+        (status = encoding_from_proto(what, name, desc->encoding, encoding)))
+        return status;
+    return shape_from_proto(what, name, desc->shape, desc->n_shape, ndim, shape);
+}
+
 /* Converts the reply and attaches frames[0 .. frame_count) to its tensors, one each. */
 static cm_status_t batch_reply_from_proto(cm_wire_batch_reply_t *reply,
                                           const Committee__V1__BatchReply *proto,
@@ -960,11 +971,8 @@ static cm_status_t batch_reply_from_proto(cm_wire_batch_reply_t *reply,
         cm_wire_tensor_t *tensor = &reply->tensors[i];
         tensor->name = desc->name;
         if ((status = check_string("BatchReply tensor", "name", desc->name, true)) ||
-            (status = dtype_from_proto("tensor", desc->name, desc->dtype, &tensor->dtype)) ||
-            (status =
-                 encoding_from_proto("tensor", desc->name, desc->encoding, &tensor->encoding)) ||
-            (status = shape_from_proto("tensor", desc->name, desc->shape, desc->n_shape,
-                                       &tensor->ndim, tensor->shape)))
+            (status = desc_from_proto("tensor", desc->name, desc, &tensor->dtype, &tensor->encoding,
+                                      &tensor->ndim, tensor->shape)))
             return status;
         tensor->layout = (cm_wire_layout_t)desc->layout;
         tensor->data = frames[i].data;
@@ -1015,10 +1023,8 @@ static cm_status_t head_reply_from_proto(cm_wire_head_reply_t *reply,
                            "tensor %d of the HeadReply for '%s' is named '%.64s'; a dense head "
                            "sends \"weight\" then \"bias\"",
                            i, feature, text(desc->name));
-        if ((status = dtype_from_proto("HeadReply tensor", name, desc->dtype, &dtype)) ||
-            (status = encoding_from_proto("HeadReply tensor", name, desc->encoding, &encoding)) ||
-            (status = shape_from_proto("HeadReply tensor", name, desc->shape, desc->n_shape, &ndim,
-                                       shapes[i])))
+        if ((status = desc_from_proto("HeadReply tensor", name, desc, &dtype, &encoding, &ndim,
+                                      shapes[i])))
             return status;
         if (dtype != CM_DTYPE_F32 || encoding != CM_DTYPE_F32 ||
             desc->layout != COMMITTEE__V1__LAYOUT__LAYOUT_DENSE)
