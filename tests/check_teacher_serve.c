@@ -221,6 +221,18 @@ static void receive(void *socket, cm_zwire_received_t *received, cm_wire_message
                   cm_last_error());
 }
 
+/* Says the trainer's Hello with `request_id`; the teacher's Hello comes back in *answer. */
+static void greet(uint64_t request_id, cm_zwire_received_t *received, cm_wire_message_t *answer) {
+    cm_wire_message_t hello;
+    cm_wire_message_init(&hello, CM_WIRE_HELLO, request_id);
+    hello.hello.peer = CM_WIRE_PEER_TRAINER;
+    hello.hello.peer_name = "check_teacher_serve";
+    hello.hello.limits = cm_wire_limits_default();
+    ck_assert_int_eq(cm_zwire_send(client, NULL, &hello, 0, NULL), CM_OK);
+    receive(client, received, answer);
+    ck_assert_int_eq(answer->kind, CM_WIRE_HELLO);
+}
+
 /* The next answer must be an Error with `code` answering `request_id`. */
 static void expect_error(void *socket, uint64_t request_id, cm_status_t code, const char *what) {
     cm_zwire_received_t received;
@@ -382,16 +394,9 @@ static double metric_value(const char *metrics, const char *series) {
 START_TEST(test_hello_describes_the_teacher) {
     if (skip_without_dataset(__func__)) return;
     start_teacher(standard_options);
-    cm_wire_message_t hello;
-    cm_wire_message_init(&hello, CM_WIRE_HELLO, 7);
-    hello.hello.peer = CM_WIRE_PEER_TRAINER;
-    hello.hello.peer_name = "check_teacher_serve";
-    hello.hello.limits = cm_wire_limits_default();
-    ck_assert_int_eq(cm_zwire_send(client, NULL, &hello, 0, NULL), CM_OK);
     cm_zwire_received_t received;
     cm_wire_message_t answer;
-    receive(client, &received, &answer);
-    ck_assert_int_eq(answer.kind, CM_WIRE_HELLO);
+    greet(7, &received, &answer);
     ck_assert_uint_eq(answer.request_id, 7);
     ck_assert_uint_eq(answer.version_major, CM_WIRE_VERSION_MAJOR);
     const cm_wire_hello_t *teacher = &answer.hello;
@@ -1038,16 +1043,9 @@ END_TEST
 START_TEST(test_lend_head_off_refuses_and_keeps_serving) {
     if (skip_without_dataset(__func__)) return;
     start_teacher((const char *[]){"--lend-head", "off", NULL});
-    cm_wire_message_t hello;
-    cm_wire_message_init(&hello, CM_WIRE_HELLO, 1);
-    hello.hello.peer = CM_WIRE_PEER_TRAINER;
-    hello.hello.peer_name = "check_teacher_serve";
-    hello.hello.limits = cm_wire_limits_default();
-    ck_assert_int_eq(cm_zwire_send(client, NULL, &hello, 0, NULL), CM_OK);
     cm_zwire_received_t received;
     cm_wire_message_t answer;
-    receive(client, &received, &answer);
-    ck_assert_int_eq(answer.kind, CM_WIRE_HELLO);
+    greet(1, &received, &answer);
     ck_assert_int_eq(answer.hello.head_count, 0);
     ck_assert_int_eq(answer.hello.output_count, 3); /* the outputs are still all there */
     serve_fixture_release(&received, &answer);
@@ -1169,16 +1167,9 @@ END_TEST
 START_TEST(test_sigterm_finishes_work_says_bye_and_exits_0) {
     if (skip_without_dataset(__func__)) return;
     start_teacher(NULL); /* default limits: 4096 examples per request */
-    cm_wire_message_t hello;
-    cm_wire_message_init(&hello, CM_WIRE_HELLO, 1);
-    hello.hello.peer = CM_WIRE_PEER_TRAINER;
-    hello.hello.peer_name = "check_teacher_serve";
-    hello.hello.limits = cm_wire_limits_default();
-    ck_assert_int_eq(cm_zwire_send(client, NULL, &hello, 0, NULL), CM_OK);
     cm_zwire_received_t received;
     cm_wire_message_t answer;
-    receive(client, &received, &answer);
-    ck_assert_int_eq(answer.kind, CM_WIRE_HELLO);
+    greet(1, &received, &answer);
     serve_fixture_release(&received, &answer);
 
     /* A long request, then a bad one: its Error proves the long one was taken. */
