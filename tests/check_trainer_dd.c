@@ -976,7 +976,7 @@ START_TEST(test_only_kd_is_trainer_method_kd) {
                                          .temperature = config.temperature,
                                          .kd_weight = config.kd_weight,
                                          .teacher_count = 1,
-                                         .classes = CLASSES,
+                                         .outputs = CLASSES,
                                          .max_batch = MAX_BATCH};
     trainer_method_t *kd = NULL;
     ck_assert(trainer_method_new(&kd_config, 1, &kd) == CM_OK);
@@ -985,14 +985,17 @@ START_TEST(test_only_kd_is_trainer_method_kd) {
     kd_batch.teacher_present[0] = fixture.present[0];
     trainer_loss_t kd_loss;
     float kd_d_logits[ROWS * CLASSES];
-    trainer_method_loss(kd, &kd_batch, fixture.student_logits, NULL, kd_d_logits, NULL, &kd_loss);
+    trainer_student_t kd_student = {.outputs = fixture.student_logits, .d_outputs = kd_d_logits};
+    trainer_method_loss(kd, &kd_batch, &kd_student, &kd_loss);
 
     step_result_t step;
     trainer_dd_zero_grads(dd);
     run_step(dd, &fixture, &step);
     ck_assert_double_eq_tol(step.loss.total, kd_loss.total, 1e-6 * kd_loss.total);
-    ck_assert_double_eq_tol(step.loss.ce, kd_loss.ce, 1e-6);
-    ck_assert_double_eq_tol(step.loss.kd, kd_loss.kd, 1e-6 * kd_loss.kd);
+    double kd_ce = trainer_method_term(kd, &kd_loss, "ce");
+    double kd_kd = trainer_method_term(kd, &kd_loss, "kd");
+    ck_assert_double_eq_tol(step.loss.ce, kd_ce, 1e-6);
+    ck_assert_double_eq_tol(step.loss.kd, kd_kd, 1e-6 * kd_kd);
     for (int i = 0; i < ROWS * CLASSES; i++)
         ck_assert_float_eq_tol(step.d_logits[i], kd_d_logits[i], 1e-6f);
     assert_all_zero(step.d_hidden, ROWS * WIDTH, "d_hidden");

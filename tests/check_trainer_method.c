@@ -28,6 +28,8 @@
 #include <string.h>
 
 enum {
+    BASELINES = TRAINER_METHOD_DIVERSEDISTILL, /* kinds 0 .. BASELINES-1 are built from this
+                                                  file's config alone */
     ROWS = 6,
     MAX_BATCH = 8,
     CLASSES = 5,
@@ -105,7 +107,7 @@ static trainer_method_config_t fixture_config(trainer_method_kind_t kind) {
         .fitnet_teacher = FITNET_TEACHER,
         .fitnet_weight = 0.5f,
         .teacher_count = TEACHERS,
-        .classes = CLASSES,
+        .outputs = CLASSES,
         .student_hidden = STUDENT_HIDDEN,
         .max_batch = MAX_BATCH,
     };
@@ -121,16 +123,35 @@ static trainer_method_t *new_method(const trainer_method_config_t *config) {
     return method;
 }
 
+/* The loss of one step by term name (0 for a term the method does not have). */
+typedef struct {
+    double total, ce, kd, fitnet;
+    int labelled;
+} step_loss_t;
+
+static step_loss_t named_terms(const trainer_method_t *method, const trainer_loss_t *loss) {
+    return (step_loss_t){.total = loss->total,
+                         .ce = trainer_method_term(method, loss, "ce"),
+                         .kd = trainer_method_term(method, loss, "kd"),
+                         .fitnet = trainer_method_term(method, loss, "fitnet"),
+                         .labelled = loss->labelled};
+}
+
 /* The outputs of one call of trainer_method_loss. */
 typedef struct {
-    trainer_loss_t loss;
+    step_loss_t loss;
     float d_logits[ROWS * CLASSES];
     float d_hidden[ROWS * STUDENT_HIDDEN];
 } step_result_t;
 
 static void run_step(trainer_method_t *method, const fixture_t *fixture, step_result_t *result) {
-    trainer_method_loss(method, &fixture->batch, fixture->student_logits, fixture->student_hidden,
-                        result->d_logits, result->d_hidden, &result->loss);
+    trainer_student_t student = {.outputs = fixture->student_logits,
+                                 .hidden = fixture->student_hidden,
+                                 .d_outputs = result->d_logits,
+                                 .d_hidden = result->d_hidden};
+    trainer_loss_t loss;
+    trainer_method_loss(method, &fixture->batch, &student, &loss);
+    result->loss = named_terms(method, &loss);
 }
 
 static void assert_all_finite(const float *values, int count, const char *what) {
@@ -461,7 +482,7 @@ START_TEST(test_absent_rows_change_nothing) {
     trainer_method_t *method = new_method(&config);
     static const float garbage[] = {0.0f, 1e30f, -INFINITY};
     step_result_t with_nan, with_garbage;
-    trainer_method_zero_grads(method);
+    trainer_method_zero_grad(method);
     run_step(method, &fixture, &with_nan);
     ck_assert(isfinite(with_nan.loss.total));
     assert_all_finite(with_nan.d_logits, ROWS * CLASSES, "d_logits");
@@ -475,7 +496,7 @@ START_TEST(test_absent_rows_change_nothing) {
     }
     for (size_t g = 0; g < sizeof garbage / sizeof garbage[0]; g++) {
         fixture_set_garbage(&fixture, garbage[g]);
-        trainer_method_zero_grads(method);
+        trainer_method_zero_grad(method);
         run_step(method, &fixture, &with_garbage);
         assert_same_step(&with_nan, &with_garbage);
         if (param_count)
@@ -521,7 +542,7 @@ START_TEST(test_overwrites_inputs_and_adds_parameters) {
     memset(&clean, 0, sizeof clean);
     for (int i = 0; i < ROWS * CLASSES; i++) dirty.d_logits[i] = NAN;
     for (int i = 0; i < ROWS * STUDENT_HIDDEN; i++) dirty.d_hidden[i] = 7.0f;
-    trainer_method_zero_grads(method);
+    trainer_method_zero_grad(method);
     run_step(method, &fixture, &clean);
     size_t param_count = trainer_method_param_count(method);
     float *once = calloc(param_count + 1, sizeof(float));
@@ -533,7 +554,7 @@ START_TEST(test_overwrites_inputs_and_adds_parameters) {
         assert_all_zero(clean.d_hidden, ROWS * STUDENT_HIDDEN, "d_hidden of a method without it");
     for (size_t i = 0; i < param_count; i++)
         ck_assert_float_eq_tol(trainer_method_grads(method)[i], 2.0f * once[i], 1e-6f);
-    trainer_method_zero_grads(method);
+    trainer_method_zero_grad(method);
     if (param_count) assert_all_zero(trainer_method_grads(method), (int)param_count, "grads");
     free(once);
     trainer_method_free(&method);
@@ -571,7 +592,8 @@ START_TEST(test_names_round_trip) {
     trainer_method_kind_t parsed;
     ck_assert_int_eq(trainer_method_parse("hinton", &parsed), CM_ERR_INVALID_ARG);
     ck_assert_str_eq(cm_last_error(),
-                     "unknown --method 'hinton': expected one of ce, kd, avg-kd, ca-mkd, fitnet");
+                     "unknown --method 'hinton': expected one of ce, kd, avg-kd, ca-mkd, fitnet, "
+                     "diversedistill");
 }
 END_TEST
 
@@ -609,7 +631,9 @@ static const bad_config_t bad_configs[] = {
     {TRAINER_METHOD_AVG_KD, "kd_weight", -0.25f, "--kd-weight must be in [0, 1], got -0.25"},
     {TRAINER_METHOD_KD, "classes", 0, "the method needs at least one class, got 0"},
     {TRAINER_METHOD_KD, "max_batch", 0, "batch size must be at least 1, got 0"},
-    {TRAINER_METHOD_COUNT, "kind", 0, "unknown method kind 5: expected 0..4"},
+    {TRAINER_METHOD_COUNT, "kind", 0, "unknown method kind 6: expected 0..5"},
+    {TRAINER_METHOD_DIVERSEDISTILL, "dd", 0,
+     "--method diversedistill needs the Distillation Module's settings"},
 };
 
 START_TEST(test_config_validation) {
@@ -625,8 +649,9 @@ START_TEST(test_config_validation) {
     if (strcmp(bad->field, "teacher_count") == 0) config.teacher_count = value;
     if (strcmp(bad->field, "temperature") == 0) config.temperature = bad->value;
     if (strcmp(bad->field, "kd_weight") == 0) config.kd_weight = bad->value;
-    if (strcmp(bad->field, "classes") == 0) config.classes = value;
+    if (strcmp(bad->field, "classes") == 0) config.outputs = value;
     if (strcmp(bad->field, "max_batch") == 0) config.max_batch = value;
+    if (strcmp(bad->field, "dd") == 0) config.dd = NULL;
     trainer_method_t *method = (trainer_method_t *)&config; /* any non-NULL: _new resets it */
     ck_assert_int_eq(trainer_method_new(&config, 1, &method), CM_ERR_INVALID_ARG);
     ck_assert_ptr_null(method);
@@ -659,20 +684,24 @@ START_TEST(test_config_accepts_edges) {
 END_TEST
 
 START_TEST(test_needs) {
-    /* {logits, hidden} per method and teacher, with kd_teacher 1 and fitnet_teacher 0. */
-    static const int expected[TRAINER_METHOD_COUNT][TEACHERS][2] = {
+    /* {logits, hidden} per method and teacher, with kd_teacher 1 and fitnet_teacher 0; the
+     * fitnet teacher's logits come with its hidden vector (so a record holds them). */
+    static const int expected[BASELINES][TEACHERS][2] = {
         [TRAINER_METHOD_CE] = {{0, 0}, {0, 0}, {0, 0}},
         [TRAINER_METHOD_KD] = {{0, 0}, {1, 0}, {0, 0}},
         [TRAINER_METHOD_AVG_KD] = {{1, 0}, {1, 0}, {1, 0}},
         [TRAINER_METHOD_CA_MKD] = {{1, 0}, {1, 0}, {1, 0}},
-        [TRAINER_METHOD_FITNET] = {{0, 1}, {1, 0}, {0, 0}},
+        [TRAINER_METHOD_FITNET] = {{1, 1}, {1, 0}, {0, 0}},
     };
-    for (int kind = 0; kind < TRAINER_METHOD_COUNT; kind++) {
+    for (int kind = 0; kind < BASELINES; kind++) {
         trainer_method_config_t config = fixture_config((trainer_method_kind_t)kind);
         trainer_method_t *method = new_method(&config);
+        ck_assert(!trainer_method_chooses(method));
         for (int teacher = 0; teacher < TEACHERS; teacher++) {
-            int logits = -1, hidden = -1;
-            trainer_method_needs(method, teacher, &logits, &hidden);
+            unsigned needs = trainer_method_needs(method, teacher);
+            ck_assert_uint_eq(needs & (1u << TRAINER_OUTPUT_TOKENS), 0);
+            int logits = (needs >> TRAINER_OUTPUT_LOGITS) & 1;
+            int hidden = (needs >> TRAINER_OUTPUT_HIDDEN) & 1;
             ck_assert_msg(
                 logits == expected[kind][teacher][0] && hidden == expected[kind][teacher][1],
                 "%s, teacher %d: needs logits %d hidden %d",
@@ -714,9 +743,9 @@ START_TEST(test_parameter_block) {
     ck_assert_uint_eq(trainer_method_param_count(method), 0);
     ck_assert_ptr_null(trainer_method_params(method));
     ck_assert_ptr_null(trainer_method_grads(method));
-    trainer_method_zero_grads(method);
+    trainer_method_zero_grad(method);
     cm_adamw_config_t adamw = cm_adamw_defaults();
-    trainer_method_adamw_step(method, &adamw, 1); /* nothing to update */
+    trainer_method_update(method, &adamw, 1); /* nothing to update */
     trainer_method_free(&method);
 }
 END_TEST
@@ -733,8 +762,8 @@ START_TEST(test_adamw_decays_projection_not_bias) {
     cm_adamw_config_t adamw = cm_adamw_defaults();
     adamw.learning_rate = 0.1f;
     adamw.weight_decay = 0.5f;
-    trainer_method_zero_grads(method);
-    trainer_method_adamw_step(method, &adamw, 1);
+    trainer_method_zero_grad(method);
+    trainer_method_update(method, &adamw, 1);
     for (size_t i = 0; i < weight_count; i++)
         ck_assert_float_eq_tol(params[i], before[i] * (1.0f - 0.05f), 1e-7f);
     for (size_t i = weight_count; i < count; i++) ck_assert_float_eq(params[i], 0.5f);
@@ -765,10 +794,10 @@ START_TEST(test_fitnet_projection_learns_a_linear_map) {
     step_result_t step;
     double first = 0.0;
     for (long iteration = 1; iteration <= 400; iteration++) {
-        trainer_method_zero_grads(method);
+        trainer_method_zero_grad(method);
         run_step(method, &fixture, &step);
         if (iteration == 1) first = step.loss.fitnet;
-        trainer_method_adamw_step(method, &adamw, iteration);
+        trainer_method_update(method, &adamw, iteration);
     }
     run_step(method, &fixture, &step);
     ck_assert_msg(step.loss.fitnet < 1e-3 * first, "fitnet loss %g -> %g", first, step.loss.fitnet);
@@ -812,18 +841,19 @@ START_TEST(test_student_learns_teacher_by_kd) {
                                       .temperature = 2.0f,
                                       .kd_weight = 1.0f,
                                       .teacher_count = 1,
-                                      .classes = OUT,
+                                      .outputs = OUT,
                                       .max_batch = EXAMPLES};
     trainer_method_t *method = new_method(&config);
     cm_adamw_config_t adamw = cm_adamw_defaults();
     adamw.learning_rate = 1e-2f;
     trainer_loss_t loss;
+    trainer_student_t student = {.outputs = logits, .d_outputs = d_logits};
     double first = 0.0;
     for (long step = 1; step <= STEPS + 1; step++) {
         cm_layers_dense_forward(pre, inputs, params + W1, params + B1, EXAMPLES, INPUTS, HIDDEN);
         cm_layers_relu_forward(act, pre, EXAMPLES * HIDDEN);
         cm_layers_dense_forward(logits, act, params + W2, params + B2, EXAMPLES, HIDDEN, OUT);
-        trainer_method_loss(method, &batch, logits, NULL, d_logits, NULL, &loss);
+        trainer_method_loss(method, &batch, &student, &loss);
         if (step == 1) first = loss.total;
         if (step == STEPS + 1) break;
         memset(grads, 0, sizeof grads);
@@ -853,8 +883,7 @@ Suite *check_trainer_method_suite(void);
 Suite *check_trainer_method_suite(void) {
     Suite *suite = suite_create("trainer_method");
     TCase *gradients = tcase_create("gradients");
-    tcase_add_loop_test(gradients, test_gradients_match_finite_differences, 0,
-                        TRAINER_METHOD_COUNT);
+    tcase_add_loop_test(gradients, test_gradients_match_finite_differences, 0, BASELINES);
     suite_add_tcase(suite, gradients);
 
     TCase *semantics = tcase_create("semantics");
@@ -863,10 +892,9 @@ Suite *check_trainer_method_suite(void) {
     tcase_add_test(semantics, test_kd_against_itself_is_zero);
     tcase_add_test(semantics, test_avg_kd_of_one_teacher_is_kd);
     tcase_add_test(semantics, test_ca_mkd_follows_the_teacher_that_is_right);
-    tcase_add_loop_test(semantics, test_absent_rows_change_nothing, 0, TRAINER_METHOD_COUNT);
-    tcase_add_loop_test(semantics, test_unlabelled_batch_has_no_ce, 0, TRAINER_METHOD_COUNT);
-    tcase_add_loop_test(semantics, test_overwrites_inputs_and_adds_parameters, 0,
-                        TRAINER_METHOD_COUNT);
+    tcase_add_loop_test(semantics, test_absent_rows_change_nothing, 0, BASELINES);
+    tcase_add_loop_test(semantics, test_unlabelled_batch_has_no_ce, 0, BASELINES);
+    tcase_add_loop_test(semantics, test_overwrites_inputs_and_adds_parameters, 0, BASELINES);
     tcase_add_test(semantics, test_empty_batch);
     suite_add_tcase(suite, semantics);
 
