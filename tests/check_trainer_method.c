@@ -50,6 +50,8 @@ typedef struct {
     float teacher_hidden[TEACHERS][ROWS * WIDEST_TEACHER_HIDDEN];
     float student_logits[ROWS * CLASSES];
     float student_hidden[ROWS * STUDENT_HIDDEN];
+    float targets[ROWS * CLASSES]; /* regression: CLASSES targets per row */
+    uint8_t labelled[ROWS];        /* regression: the rows whose label is not -1 */
     trainer_batch_t batch;
 } fixture_t;
 
@@ -98,6 +100,21 @@ static void fixture_init(fixture_t *fixture, uint64_t seed) {
     }
 }
 
+/*
+ * The same batch as a regression problem: the teachers' "logits" are their CLASSES
+ * predictions, the rows labelled before now have float targets, and the int labels are gone
+ * (NULL, so a method that read them would crash).
+ */
+static void fixture_make_regression(fixture_t *fixture, uint64_t seed) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, seed);
+    gradcheck_fill(&rng, fixture->targets, ROWS * CLASSES, -2.5f, 2.5f);
+    for (int row = 0; row < ROWS; row++) fixture->labelled[row] = fixture->labels[row] >= 0;
+    fixture->batch.labels = NULL;
+    fixture->batch.targets = fixture->targets;
+    fixture->batch.labelled = fixture->labelled;
+}
+
 static trainer_method_config_t fixture_config(trainer_method_kind_t kind) {
     trainer_method_config_t config = {
         .kind = kind,
@@ -125,13 +142,14 @@ static trainer_method_t *new_method(const trainer_method_config_t *config) {
 
 /* The loss of one step by term name (0 for a term the method does not have). */
 typedef struct {
-    double total, ce, kd, fitnet;
+    double total, ce, kd, fitnet; /* ce: the task term, "ce" or (regression) "mse" */
     int labelled;
 } step_loss_t;
 
 static step_loss_t named_terms(const trainer_method_t *method, const trainer_loss_t *loss) {
     return (step_loss_t){.total = loss->total,
-                         .ce = trainer_method_term(method, loss, "ce"),
+                         .ce = trainer_method_term(method, loss, "ce") +
+                               trainer_method_term(method, loss, "mse"),
                          .kd = trainer_method_term(method, loss, "kd"),
                          .fitnet = trainer_method_term(method, loss, "fitnet"),
                          .labelled = loss->labelled};
@@ -185,6 +203,9 @@ static double reference_log_softmax(const float *logits, double temperature, int
     return (logits[c] - max_value) / temperature - log(sum);
 }
 
+static double reference_fitnet(const trainer_method_config_t *config, const fixture_t *fixture,
+                               const float *projection);
+
 /* The whole loss from the definitions, in double; projection is P then b (fitnet only). */
 static double reference_loss(const trainer_method_config_t *config, const fixture_t *fixture,
                              const float *projection) {
@@ -227,8 +248,13 @@ static double reference_loss(const trainer_method_config_t *config, const fixtur
     double total = labelled > 0 ? (1.0 - kd_weight) * ce / labelled : 0.0;
     if (rows_with_target > 0)
         total += kd_weight * temperature * temperature * kl / rows_with_target;
-    if (config->kind != TRAINER_METHOD_FITNET) return total;
+    return total + reference_fitnet(config, fixture, projection);
+}
 
+/* λ_fit·MSE(P·h_s + b, h_t) from the definitions (0 unless fitnet). */
+static double reference_fitnet(const trainer_method_config_t *config, const fixture_t *fixture,
+                               const float *projection) {
+    if (config->kind != TRAINER_METHOD_FITNET) return 0.0;
     int width = config->teacher_hidden[config->fitnet_teacher];
     const float *bias = projection + width * STUDENT_HIDDEN;
     double squared_error = 0.0;
@@ -246,7 +272,55 @@ static double reference_loss(const trainer_method_config_t *config, const fixtur
             squared_error += error * error;
         }
     }
-    return total + config->fitnet_weight * squared_error / ((double)present_rows * width);
+    return config->fitnet_weight * squared_error / ((double)present_rows * width);
+}
+
+/*
+ * The regression loss from trainer_method.h, in double: (1-w)·MSE(s, y) over the labelled
+ * rows, w·MSE(s, Σ_i a_i z_i) over the rows with a teacher (a_i uniform over the present
+ * mixed teachers, softmax_i(-mean_k (z_i - y)²) for ca-mkd on labelled rows), the fitnet term.
+ */
+static double reference_regression_loss(const trainer_method_config_t *config,
+                                        const fixture_t *fixture, const float *projection) {
+    double kd_weight = config->kind == TRAINER_METHOD_CE ? 0.0 : config->kd_weight;
+    double task = 0.0, kd = 0.0;
+    int labelled = 0, rows_with_target = 0;
+    for (int row = 0; row < ROWS; row++) {
+        const float *student = fixture->student_logits + row * CLASSES;
+        const float *target = fixture->targets + row * CLASSES;
+        if (fixture->labelled[row]) {
+            for (int k = 0; k < CLASSES; k++) task += pow((double)student[k] - target[k], 2);
+            labelled++;
+        }
+        if (config->kind == TRAINER_METHOD_CE) continue;
+        int single = config->kind == TRAINER_METHOD_KD || config->kind == TRAINER_METHOD_FITNET;
+        double mixture[TEACHERS] = {0}, mixture_sum = 0.0;
+        for (int teacher = 0; teacher < TEACHERS; teacher++) {
+            if (single && teacher != config->kd_teacher) continue;
+            if (!fixture->present[teacher][row]) continue;
+            double squared_error = 0.0;
+            for (int k = 0; k < CLASSES; k++)
+                squared_error +=
+                    pow((double)fixture->teacher_logits[teacher][row * CLASSES + k] - target[k], 2);
+            mixture[teacher] = config->kind == TRAINER_METHOD_CA_MKD && fixture->labelled[row]
+                                   ? exp(-squared_error / CLASSES)
+                                   : 1.0;
+            mixture_sum += mixture[teacher];
+        }
+        if (mixture_sum == 0.0) continue;
+        rows_with_target++;
+        for (int k = 0; k < CLASSES; k++) {
+            double mixed = 0.0;
+            for (int teacher = 0; teacher < TEACHERS; teacher++)
+                if (mixture[teacher] > 0.0)
+                    mixed += mixture[teacher] / mixture_sum *
+                             fixture->teacher_logits[teacher][row * CLASSES + k];
+            kd += pow((double)student[k] - mixed, 2);
+        }
+    }
+    double total = labelled > 0 ? (1.0 - kd_weight) * task / (labelled * CLASSES) : 0.0;
+    if (rows_with_target > 0) total += kd_weight * kd / (rows_with_target * CLASSES);
+    return total + reference_fitnet(config, fixture, projection);
 }
 
 /* ---- gradients against finite differences ------------------------------------------------ */
@@ -290,11 +364,12 @@ static void method_gradcheck_backward(void *context) {
  * so an absolute tolerance of 2e-4 (tighter than the kernels' 1e-3) plus 1e-2 relative
  * leaves no room for a missing T, 1-w, λ or 1/rows.
  */
-START_TEST(test_gradients_match_finite_differences) {
-    trainer_method_kind_t kind = (trainer_method_kind_t)_i;
+static void check_gradients(trainer_method_kind_t kind, trainer_task_t task, uint64_t seed) {
     fixture_t fixture;
-    fixture_init(&fixture, 1000 + (uint64_t)_i);
+    fixture_init(&fixture, 1000 + seed);
     trainer_method_config_t config = fixture_config(kind);
+    config.task = task;
+    if (task == TRAINER_TASK_REGRESSION) fixture_make_regression(&fixture, 3000 + seed);
     trainer_method_t *method = new_method(&config);
 
     method_gradcheck_t check = {.method = method, .fixture = &fixture};
@@ -325,16 +400,19 @@ START_TEST(test_gradients_match_finite_differences) {
 
     /* The forward value first, against the definitions. */
     double loss = method_gradcheck_loss(&check);
-    double want = reference_loss(&config, &fixture, trainer_method_params(method));
-    ck_assert_msg(fabs(loss - want) <= 1e-5 * (1.0 + fabs(want)), "%s: loss %.9g, reference %.9g",
-                  trainer_method_name(kind), loss, want);
+    double want = task == TRAINER_TASK_REGRESSION
+                      ? reference_regression_loss(&config, &fixture, trainer_method_params(method))
+                      : reference_loss(&config, &fixture, trainer_method_params(method));
+    ck_assert_msg(fabs(loss - want) <= 1e-5 * (1.0 + fabs(want)),
+                  "%s (task %d): loss %.9g, reference %.9g", trainer_method_name(kind), (int)task,
+                  loss, want);
     ck_assert_double_eq_tol(
         check.scratch.loss.total,
         check.scratch.loss.ce + check.scratch.loss.kd + check.scratch.loss.fitnet, 1e-12);
     ck_assert_int_eq(check.scratch.loss.labelled, 4);
 
     cm_rng_t rng;
-    cm_rng_seed(&rng, 2000 + (uint64_t)_i);
+    cm_rng_seed(&rng, 2000 + seed);
     gradcheck_tolerance_t tolerance = {.step = 1e-2, .relative = 1e-2, .absolute = 2e-4};
     gradcheck_run(&rng, params, param_total, method_gradcheck_loss, method_gradcheck_backward,
                   &check, tolerance);
@@ -342,6 +420,16 @@ START_TEST(test_gradients_match_finite_differences) {
     free(check.saved_grads);
     trainer_method_free(&method);
     ck_assert_ptr_null(method);
+}
+
+START_TEST(test_gradients_match_finite_differences) {
+    check_gradients((trainer_method_kind_t)_i, TRAINER_TASK_CLASSIFICATION, (uint64_t)_i);
+}
+END_TEST
+
+/* The same for regression: MSE task term, MSE to the mixed predictions, the fitnet term. */
+START_TEST(test_regression_gradients_match_finite_differences) {
+    check_gradients((trainer_method_kind_t)_i, TRAINER_TASK_REGRESSION, 100 + (uint64_t)_i);
 }
 END_TEST
 
@@ -571,6 +659,166 @@ START_TEST(test_empty_batch) {
     run_step(method, &fixture, &step);
     ck_assert(step.loss.total == 0.0);
     ck_assert_int_eq(step.loss.labelled, 0);
+    trainer_method_free(&method);
+}
+END_TEST
+
+/* ---- regression --------------------------------------------------------------------------- */
+
+static trainer_method_config_t regression_config(trainer_method_kind_t kind) {
+    trainer_method_config_t config = fixture_config(kind);
+    config.task = TRAINER_TASK_REGRESSION;
+    return config;
+}
+
+/* Terms are named by the task: the task term is "mse" for regression, "ce" otherwise. */
+START_TEST(test_term_names) {
+    static const char *const expected[BASELINES][3] = {
+        [TRAINER_METHOD_CE] = {"ce", NULL, NULL},
+        [TRAINER_METHOD_KD] = {"ce", "kd", NULL},
+        [TRAINER_METHOD_AVG_KD] = {"ce", "kd", NULL},
+        [TRAINER_METHOD_CA_MKD] = {"ce", "kd", NULL},
+        [TRAINER_METHOD_FITNET] = {"ce", "kd", "fitnet"},
+    };
+    for (int kind = 0; kind < BASELINES; kind++)
+        for (int task = 0; task < 2; task++) {
+            trainer_method_config_t config = fixture_config((trainer_method_kind_t)kind);
+            config.task = (trainer_task_t)task;
+            trainer_method_t *method = new_method(&config);
+            int count = 0;
+            while (count < 3 && expected[kind][count]) count++;
+            ck_assert_int_eq(trainer_method_term_count(method), count);
+            for (int term = 0; term < count; term++) {
+                const char *want =
+                    term == 0 && task == TRAINER_TASK_REGRESSION ? "mse" : expected[kind][term];
+                ck_assert_str_eq(trainer_method_term_name(method, term), want);
+            }
+            ck_assert_ptr_null(trainer_method_term_name(method, count));
+            ck_assert_ptr_null(trainer_method_term_name(method, -1));
+            trainer_method_free(&method);
+        }
+}
+END_TEST
+
+/* kd with the teacher's predictions as the student's outputs: the kd term and its gradient
+ * are exactly zero, whatever the temperature (it does not apply to regression). */
+START_TEST(test_regression_kd_against_itself_is_zero) {
+    fixture_t fixture;
+    fixture_init(&fixture, 41);
+    fixture_make_regression(&fixture, 42);
+    memset(fixture.present[KD_TEACHER], 1, ROWS);
+    for (int i = 0; i < ROWS * CLASSES; i++) {
+        if (!isfinite(fixture.teacher_logits[KD_TEACHER][i]))
+            fixture.teacher_logits[KD_TEACHER][i] = (float)(i % 7) - 3.0f;
+        fixture.student_logits[i] = fixture.teacher_logits[KD_TEACHER][i];
+    }
+    trainer_method_config_t config = regression_config(TRAINER_METHOD_KD);
+    config.kd_weight = 1.0f;
+    for (int t = 0; t < 2; t++) {
+        config.temperature = t ? 7.0f : 1.0f;
+        trainer_method_t *method = new_method(&config);
+        step_result_t step;
+        run_step(method, &fixture, &step);
+        ck_assert(step.loss.kd == 0.0 && step.loss.ce == 0.0 && step.loss.total == 0.0);
+        assert_all_zero(step.d_logits, ROWS * CLASSES, "kd-to-itself d_outputs");
+        trainer_method_free(&method);
+    }
+}
+END_TEST
+
+/*
+ * Shifting everything (student outputs, targets, every teacher's prediction) by the same
+ * constant leaves every squared error, so every ca-mkd weight, unchanged; the target
+ * Σ_i a_i (z_i + δ) moves by δ·Σ_i a_i, so the loss and gradients stay the same exactly when
+ * the weights of every row sum to 1.  avg-kd the same.
+ */
+START_TEST(test_regression_mixture_weights_sum_to_one) {
+    trainer_method_kind_t kind = _i ? TRAINER_METHOD_CA_MKD : TRAINER_METHOD_AVG_KD;
+    fixture_t fixture;
+    fixture_init(&fixture, 43);
+    fixture_make_regression(&fixture, 44);
+    trainer_method_config_t config = regression_config(kind);
+    trainer_method_t *method = new_method(&config);
+    step_result_t before, after;
+    run_step(method, &fixture, &before);
+    ck_assert(before.loss.kd > 0.0);
+    const float shift = 3.0f;
+    for (int i = 0; i < ROWS * CLASSES; i++) {
+        fixture.student_logits[i] += shift;
+        fixture.targets[i] += shift;
+        for (int teacher = 0; teacher < TEACHERS; teacher++)
+            fixture.teacher_logits[teacher][i] += shift; /* NaN stays NaN */
+    }
+    run_step(method, &fixture, &after);
+    ck_assert_double_eq_tol(after.loss.kd, before.loss.kd, 1e-5 * before.loss.kd);
+    ck_assert_double_eq_tol(after.loss.total, before.loss.total, 1e-5 * before.loss.total);
+    for (int i = 0; i < ROWS * CLASSES; i++)
+        ck_assert_float_eq_tol(after.d_logits[i], before.d_logits[i], 1e-5f);
+    trainer_method_free(&method);
+}
+END_TEST
+
+/* Teacher 0 predicts every label exactly, teacher 1 misses by 5 on every target: ca-mkd's
+ * weights are (1, e^-25), so it is kd from teacher 0; without labels it is avg-kd. */
+START_TEST(test_regression_ca_mkd_follows_the_teacher_that_is_right) {
+    fixture_t fixture;
+    fixture_init(&fixture, 45);
+    fixture_make_regression(&fixture, 46);
+    for (int row = 0; row < ROWS; row++) {
+        fixture.labelled[row] = 1;
+        fixture.present[0][row] = fixture.present[1][row] = 1;
+        for (int k = 0; k < CLASSES; k++) {
+            fixture.teacher_logits[0][row * CLASSES + k] = fixture.targets[row * CLASSES + k];
+            fixture.teacher_logits[1][row * CLASSES + k] =
+                fixture.targets[row * CLASSES + k] + 5.0f;
+        }
+    }
+    trainer_method_config_t config = regression_config(TRAINER_METHOD_CA_MKD);
+    config.teacher_count = 2;
+    config.kd_teacher = 0;
+    trainer_method_t *ca = new_method(&config);
+    config.kind = TRAINER_METHOD_KD;
+    trainer_method_t *kd_right = new_method(&config);
+    config.kind = TRAINER_METHOD_AVG_KD;
+    trainer_method_t *avg = new_method(&config);
+    step_result_t ca_step, right_step, avg_step;
+    run_step(ca, &fixture, &ca_step);
+    run_step(kd_right, &fixture, &right_step);
+    run_step(avg, &fixture, &avg_step);
+    ck_assert_double_eq_tol(ca_step.loss.kd, right_step.loss.kd, 1e-5 * right_step.loss.kd);
+    for (int i = 0; i < ROWS * CLASSES; i++)
+        ck_assert_float_eq_tol(ca_step.d_logits[i], right_step.d_logits[i], 1e-6f);
+    ck_assert(fabs(ca_step.loss.kd - avg_step.loss.kd) > 0.1);
+    memset(fixture.labelled, 0, sizeof fixture.labelled);
+    run_step(ca, &fixture, &ca_step);
+    run_step(avg, &fixture, &avg_step);
+    assert_same_step(&ca_step, &avg_step);
+    ck_assert(ca_step.loss.ce == 0.0 && ca_step.loss.labelled == 0);
+    trainer_method_free(&ca);
+    trainer_method_free(&kd_right);
+    trainer_method_free(&avg);
+}
+END_TEST
+
+/* Loop over every method: NaN or a huge value in absent teacher rows and in the targets of
+ * unlabelled rows changes nothing. */
+START_TEST(test_regression_absent_rows_change_nothing) {
+    fixture_t fixture;
+    fixture_init(&fixture, 47);
+    fixture_make_regression(&fixture, 48);
+    trainer_method_config_t config = regression_config((trainer_method_kind_t)_i);
+    trainer_method_t *method = new_method(&config);
+    step_result_t clean, dirty;
+    run_step(method, &fixture, &clean);
+    ck_assert(isfinite(clean.loss.total));
+    assert_all_finite(clean.d_logits, ROWS * CLASSES, "d_outputs");
+    assert_all_finite(clean.d_hidden, ROWS * STUDENT_HIDDEN, "d_hidden");
+    for (int row = 0; row < ROWS; row++)
+        if (!fixture.labelled[row])
+            for (int k = 0; k < CLASSES; k++) fixture.targets[row * CLASSES + k] = NAN;
+    fixture_set_garbage(&fixture, 1e30f);
+    run_step(method, &fixture, &dirty);
+    assert_same_step(&clean, &dirty);
     trainer_method_free(&method);
 }
 END_TEST
@@ -884,6 +1132,8 @@ Suite *check_trainer_method_suite(void) {
     Suite *suite = suite_create("trainer_method");
     TCase *gradients = tcase_create("gradients");
     tcase_add_loop_test(gradients, test_gradients_match_finite_differences, 0, BASELINES);
+    tcase_add_loop_test(gradients, test_regression_gradients_match_finite_differences, 0,
+                        BASELINES);
     suite_add_tcase(suite, gradients);
 
     TCase *semantics = tcase_create("semantics");
@@ -897,6 +1147,14 @@ Suite *check_trainer_method_suite(void) {
     tcase_add_loop_test(semantics, test_overwrites_inputs_and_adds_parameters, 0, BASELINES);
     tcase_add_test(semantics, test_empty_batch);
     suite_add_tcase(suite, semantics);
+
+    TCase *regression = tcase_create("regression");
+    tcase_add_test(regression, test_term_names);
+    tcase_add_test(regression, test_regression_kd_against_itself_is_zero);
+    tcase_add_loop_test(regression, test_regression_mixture_weights_sum_to_one, 0, 2);
+    tcase_add_test(regression, test_regression_ca_mkd_follows_the_teacher_that_is_right);
+    tcase_add_loop_test(regression, test_regression_absent_rows_change_nothing, 0, BASELINES);
+    suite_add_tcase(suite, regression);
 
     TCase *configuration = tcase_create("configuration");
     tcase_add_test(configuration, test_names_round_trip);
