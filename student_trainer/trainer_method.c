@@ -154,7 +154,8 @@ void trainer_method_update(trainer_method_t *method, const cm_adamw_config_t *co
 
 /* ---------------------------------------------------------------- shared pieces */
 
-int trainer_method_row_labelled(const trainer_batch_t *batch, trainer_task_t task, int row) {
+/* Whether `row` has a label: labels[row] >= 0 (classification) or labelled[row] (regression). */
+static int row_labelled(const trainer_batch_t *batch, trainer_task_t task, int row) {
     return task == TRAINER_TASK_REGRESSION ? batch->labelled[row] != 0 : batch->labels[row] >= 0;
 }
 
@@ -442,8 +443,7 @@ static int row_mixture(const baseline_t *method, const trainer_batch_t *batch, i
         if (batch->teacher_present[teacher][row]) present++;
     if (present == 0) return 0;
 
-    if (config->kind == TRAINER_METHOD_CA_MKD &&
-        trainer_method_row_labelled(batch, config->task, row)) {
+    if (config->kind == TRAINER_METHOD_CA_MKD && row_labelled(batch, config->task, row)) {
         double log_confidence[TRAINER_MAX_TEACHERS], best = -HUGE_VAL, sum = 0.0;
         for (int teacher = first; teacher < end; teacher++) {
             if (!batch->teacher_present[teacher][row]) continue;

@@ -180,9 +180,6 @@ void trainer_method_update(trainer_method_t *method, const cm_adamw_config_t *co
 
 /* Pieces the methods share (trainer_dd.c uses them too). */
 
-/* Whether `row` has a label: labels[row] >= 0 (classification) or labelled[row] (regression). */
-int trainer_method_row_labelled(const trainer_batch_t *batch, trainer_task_t task, int row);
-
 /*
  * weight·MSE(predictions, targets) over the rows where rows_in[row] is 1, a mean over their
  * rows·outputs elements: ADDS its gradient weight/(used·outputs)·2(p - t) into
