@@ -185,7 +185,7 @@ static cm_status_t split_keys(const char *whole, slice_t body, spec_key_t *keys,
     }
 }
 
-/* Parses keys[index] as a number into *out when it was given (else *out keeps its default). */
+/* Parses a key's value as a number into *out when it was given (else *out keeps its default). */
 static cm_status_t key_number(const char *whole, const spec_key_t *key, int min, int max,
                               int *out) {
     return key->seen ? parse_number(whole, key->name, key->value, min, max, out) : CM_OK;
@@ -245,7 +245,7 @@ static cm_status_t parse_vit(const char *whole, slice_t body, cm_model_spec_t *s
         status = split_keys(whole, body, keys, 7, "image, patch, dim, depth, heads, mlp, classes");
     if (status == CM_OK) status = parse_transformer_keys(whole, keys, spec);
     if (status == CM_OK && keys[4].seen) {
-        int sides[2], count = 0;
+        int sides[2] = {0, 0}, count = 0;
         status = parse_list(whole, "image side", keys[4].value, 'x', 1, MAX_IMAGE_SIDE, 2, sides,
                             &count);
         if (status == CM_OK && count != 2)
