@@ -124,7 +124,8 @@ cm_status_t cm_model_new(const cm_model_spec_t *spec, int max_batch, cm_model_t 
 /* Frees the model and sets *model to NULL; NULL-safe. */
 void cm_model_free(cm_model_t **model);
 
-/* Random initialization from `seed` (He-normal for ReLU MLPs, N(0, 0.02) for the ViT). */
+/* Random initialization from `seed`: He-normal dense stacks (MLP, emb), N(0, 1) emb tables
+ * (as torch.nn.Embedding), N(0, 0.02) for the ViT and tok (embeddings, positions, blocks). */
 void cm_model_init(cm_model_t *model, uint64_t seed);
 
 const cm_model_spec_t *cm_model_spec(const cm_model_t *model);
