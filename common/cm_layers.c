@@ -134,31 +134,38 @@ void cm_layers_layernorm_backward(float *d_in, float *d_gamma, float *d_beta, co
     }
 }
 
-void cm_layers_embedding_forward(float *out, const int32_t *ids, const float *table, int count,
-                                 int dim) {
+void cm_layers_embedding_forward(float *out, int out_stride, const int32_t *ids, int id_stride,
+                                 const float *table, int count, int dim) {
     for (int i = 0; i < count; i++)
-        memcpy(out + (size_t)i * dim, table + (size_t)ids[i] * dim, sizeof(float) * (size_t)dim);
+        memcpy(out + (size_t)i * out_stride, table + (size_t)ids[(size_t)i * id_stride] * dim,
+               sizeof(float) * (size_t)dim);
 }
 
-void cm_layers_embedding_backward(float *d_table, const float *d_out, const int32_t *ids, int count,
-                                  int dim) {
+void cm_layers_embedding_backward(float *d_table, const float *d_out, int out_stride,
+                                  const int32_t *ids, int id_stride, int count, int dim) {
     for (int i = 0; i < count; i++) {
-        float *d_row = d_table + (size_t)ids[i] * dim;
-        const float *d_out_row = d_out + (size_t)i * dim;
+        float *d_row = d_table + (size_t)ids[(size_t)i * id_stride] * dim;
+        const float *d_out_row = d_out + (size_t)i * out_stride;
         for (int j = 0; j < dim; j++) d_row[j] += d_out_row[j];
     }
 }
 
-/* Stable in-place softmax of each row of scores[rows][cols]. */
-static void softmax_rows(float *scores, int rows, int cols) {
+/* Stable in-place softmax of each row of scores[rows][cols] over the columns whose valid byte
+ * is nonzero (valid NULL: all).  Masked columns, the -inf scores, become exactly 0; a row with
+ * no valid column becomes all zeros instead of 0/0. */
+static void softmax_rows(float *scores, const unsigned char *valid, int rows, int cols) {
     for (int row = 0; row < rows; row++) {
         float *values = scores + (size_t)row * cols;
-        float max_value = values[0];
-        for (int col = 1; col < cols; col++)
-            if (values[col] > max_value) max_value = values[col];
+        float max_value = -INFINITY;
+        for (int col = 0; col < cols; col++)
+            if ((!valid || valid[col]) && values[col] > max_value) max_value = values[col];
+        if (max_value == -INFINITY) {
+            memset(values, 0, sizeof(float) * (size_t)cols);
+            continue;
+        }
         float sum = 0.0f;
         for (int col = 0; col < cols; col++) {
-            values[col] = expf(values[col] - max_value);
+            values[col] = !valid || valid[col] ? expf(values[col] - max_value) : 0.0f;
             sum += values[col];
         }
         float inverse = 1.0f / sum;
@@ -166,22 +173,24 @@ static void softmax_rows(float *scores, int rows, int cols) {
     }
 }
 
-void cm_layers_attention_forward(float *out, float *att, const float *qkv, int batch, int tokens,
-                                 int dim, int heads) {
+void cm_layers_attention_forward(float *out, float *att, const float *qkv,
+                                 const unsigned char *valid, int batch, int tokens, int dim,
+                                 int heads) {
     int head_dim = dim / heads, qkv_stride = 3 * dim;
     float scale = 1.0f / sqrtf((float)head_dim);
     for (int example = 0; example < batch; example++) {
         const float *qkv_batch = qkv + (size_t)example * tokens * qkv_stride;
+        const unsigned char *valid_keys = valid ? valid + (size_t)example * tokens : NULL;
         float *out_batch = out + (size_t)example * tokens * dim;
         for (int head = 0; head < heads; head++) {
             const float *query = qkv_batch + head * head_dim;
             const float *key = query + dim;
             const float *value = query + 2 * dim;
             float *probs = att + ((size_t)example * heads + head) * tokens * tokens;
-            /* probs[tokens][tokens] = softmax(scale * Q_h K_h^T) */
+            /* probs[tokens][tokens] = softmax(scale * Q_h K_h^T), masked keys -> 0 */
             cm_blas_sgemm(false, true, tokens, tokens, head_dim, scale, query, qkv_stride, key,
                           qkv_stride, 0.0f, probs, tokens);
-            softmax_rows(probs, tokens, tokens);
+            softmax_rows(probs, valid_keys, tokens, tokens);
             /* out_h[tokens][head_dim] = probs · V_h */
             cm_blas_sgemm(false, false, tokens, head_dim, tokens, 1.0f, probs, tokens, value,
                           qkv_stride, 0.0f, out_batch + head * head_dim, dim);
@@ -286,26 +295,44 @@ void cm_layers_patch_embed_backward(float *d_weight, float *d_bias, float *d_cls
     }
 }
 
-void cm_layers_mean_pool_forward(float *out, const float *in, int batch, int tokens, int dim) {
-    float inverse = 1.0f / (float)tokens;
+/* Number of valid tokens of one example (all of them without a mask). */
+static int valid_tokens(const unsigned char *valid, int tokens) {
+    if (!valid) return tokens;
+    int count = 0;
+    for (int token = 0; token < tokens; token++) count += valid[token] != 0;
+    return count;
+}
+
+void cm_layers_mean_pool_forward(float *out, const float *in, const unsigned char *valid, int batch,
+                                 int tokens, int dim) {
     for (int example = 0; example < batch; example++) {
         float *out_row = out + (size_t)example * dim;
         const float *in_batch = in + (size_t)example * tokens * dim;
-        memcpy(out_row, in_batch, sizeof(float) * (size_t)dim);
-        for (int token = 1; token < tokens; token++) {
+        const unsigned char *valid_row = valid ? valid + (size_t)example * tokens : NULL;
+        memset(out_row, 0, sizeof(float) * (size_t)dim);
+        int count = valid_tokens(valid_row, tokens);
+        if (count == 0) continue;
+        for (int token = 0; token < tokens; token++) {
+            if (valid_row && !valid_row[token]) continue;
             const float *in_row = in_batch + (size_t)token * dim;
             for (int i = 0; i < dim; i++) out_row[i] += in_row[i];
         }
+        float inverse = 1.0f / (float)count;
         for (int i = 0; i < dim; i++) out_row[i] *= inverse;
     }
 }
 
-void cm_layers_mean_pool_backward(float *d_in, const float *d_out, int batch, int tokens, int dim) {
-    float inverse = 1.0f / (float)tokens;
+void cm_layers_mean_pool_backward(float *d_in, const float *d_out, const unsigned char *valid,
+                                  int batch, int tokens, int dim) {
     for (int example = 0; example < batch; example++) {
         const float *d_out_row = d_out + (size_t)example * dim;
         float *d_in_batch = d_in + (size_t)example * tokens * dim;
+        const unsigned char *valid_row = valid ? valid + (size_t)example * tokens : NULL;
+        int count = valid_tokens(valid_row, tokens);
+        if (count == 0) continue;
+        float inverse = 1.0f / (float)count;
         for (int token = 0; token < tokens; token++) {
+            if (valid_row && !valid_row[token]) continue;
             float *d_in_row = d_in_batch + (size_t)token * dim;
             for (int i = 0; i < dim; i++) d_in_row[i] += d_out_row[i] * inverse;
         }

@@ -48,20 +48,29 @@ void cm_layers_layernorm_backward(float *d_in, float *d_gamma, float *d_beta, co
                                   const float *in, const float *gamma, const float *mean,
                                   const float *rstd, int rows, int dim);
 
-/* out[count][dim] = table[ids[i]][dim]; ids are in [0, vocab) (checked by the caller). */
-void cm_layers_embedding_forward(float *out, const int32_t *ids, const float *table, int count,
-                                 int dim);
-/* d_table[vocab][dim] += scattered d_out[count][dim]. */
-void cm_layers_embedding_backward(float *d_table, const float *d_out, const int32_t *ids, int count,
-                                  int dim);
+/* Embedding lookup, strided so one column of a [rows][columns] id matrix can fill its slice of
+ * a concatenated [rows][columns*dim] output: for i < count, the dim floats at
+ * out + i*out_stride = table[ids[i*id_stride]][dim]; ids are in [0, vocab) (checked by the
+ * caller, once, at the model's boundary).  Plain lookup: out_stride = dim, id_stride = 1. */
+void cm_layers_embedding_forward(float *out, int out_stride, const int32_t *ids, int id_stride,
+                                 const float *table, int count, int dim);
+/* d_table[vocab][dim]: row ids[i*id_stride] += the dim floats at d_out + i*out_stride. */
+void cm_layers_embedding_backward(float *d_table, const float *d_out, int out_stride,
+                                  const int32_t *ids, int id_stride, int count, int dim);
 
 /* Non-causal multi-head self-attention core (the projections are dense layers around it).
  * qkv[batch][tokens][3*dim] holds Q, K, V side by side, each split into `heads` heads of
  * dim/heads.  out[batch][tokens][dim] = concat_h softmax(Q_h K_h^T / sqrt(dim/heads)) V_h;
- * att[batch][heads][tokens][tokens] saves the attention probabilities. */
-void cm_layers_attention_forward(float *out, float *att, const float *qkv, int batch, int tokens,
-                                 int dim, int heads);
-/* d_qkv[batch][tokens][3*dim] += gradient; scratch holds tokens*tokens floats. */
+ * att[batch][heads][tokens][tokens] saves the attention probabilities.
+ * valid[batch][tokens] (NULL: every token) is the padding mask: a key whose valid byte is 0
+ * gets score -inf, so probability exactly 0; a query that sees no valid key gets an all-zero
+ * attention row and output (never NaN).  Queries are never masked. */
+void cm_layers_attention_forward(float *out, float *att, const float *qkv,
+                                 const unsigned char *valid, int batch, int tokens, int dim,
+                                 int heads);
+/* d_qkv[batch][tokens][3*dim] += gradient; scratch holds tokens*tokens floats.  The same call
+ * serves masked attention: masked probabilities are exactly 0 in att, so they pass no gradient
+ * (and an all-zero row passes none at all, the derivative of its constant output). */
 void cm_layers_attention_backward(float *d_qkv, float *scratch, const float *d_out,
                                   const float *qkv, const float *att, int batch, int tokens,
                                   int dim, int heads);
@@ -80,10 +89,15 @@ void cm_layers_patch_embed_backward(float *d_weight, float *d_bias, float *d_cls
                                     const float *d_out, const float *patches, int batch,
                                     int num_patches, int patch, int dim);
 
-/* out[batch][dim] = mean over tokens of in[batch][tokens][dim]. */
-void cm_layers_mean_pool_forward(float *out, const float *in, int batch, int tokens, int dim);
-/* d_in[batch][tokens][dim] += d_out[batch][dim] / tokens. */
-void cm_layers_mean_pool_backward(float *d_in, const float *d_out, int batch, int tokens, int dim);
+/* out[batch][dim] = mean over the valid tokens of in[batch][tokens][dim]; valid[batch][tokens]
+ * (NULL: every token) marks them with a nonzero byte.  An example without a valid token pools
+ * to zeros. */
+void cm_layers_mean_pool_forward(float *out, const float *in, const unsigned char *valid, int batch,
+                                 int tokens, int dim);
+/* d_in[batch][tokens][dim] += d_out[batch][dim] / (valid tokens of the example), valid tokens
+ * only. */
+void cm_layers_mean_pool_backward(float *d_in, const float *d_out, const unsigned char *valid,
+                                  int batch, int tokens, int dim);
 
 /* out[count] = a[count] + b[count] (residual connections); out may alias a or b. */
 void cm_layers_add_forward(float *out, const float *a, const float *b, int count);

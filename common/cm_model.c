@@ -1,11 +1,19 @@
 /*
- * cm_model: MLP and small ViT on top of cm_layers.  See cm_model.h.
+ * cm_model: MLP, small ViT, embedding and token models on top of cm_layers.  See cm_model.h.
  *
  * Building a model is two-phase: every parameter tensor is first registered
  * (name, shape, weight decay or not, and the address of the pointer that will
  * point at it), then one block is allocated for all parameters and one for
  * all gradients, and the registered pointers are filled in.  Activations are
  * allocated per buffer for max_batch examples and owned by the model.
+ *
+ * The families share their parts rather than copy them: the emb model is an
+ * embedding front end feeding the MLP's dense stack (same forward, same
+ * backward, which then also yields the gradient of its input), and the ViT
+ * and tok models are two front ends (patch embedding; token embedding plus
+ * positions) feeding one transformer trunk (blocks, final LN, optionally
+ * masked mean pooling, head) whose backward leaves the gradient of the trunk's
+ * input in d_res for the front end.
  */
 #include "cm_model.h"
 
@@ -17,6 +25,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,143 +65,338 @@ struct cm_model {
     const float *last_input;     /* borrowed from the last forward */
     int last_batch;
 
-    /* MLP */
+    /* MLP and emb: the dense stack */
     float *dense_weight[CM_MODEL_MAX_LAYERS], *dense_bias[CM_MODEL_MAX_LAYERS];
     float *pre[CM_MODEL_MAX_LAYERS], *act[CM_MODEL_MAX_LAYERS];
     float *scratch_a, *scratch_b;
 
-    /* ViT */
+    /* emb and tok: the ids of the last forward, [max_batch][inputs] */
+    int32_t *ids;
+    /* emb */
+    float *embedding_table[CM_MODEL_MAX_COLUMNS]; /* [cardinality][dim] per column */
+    float *concat, *d_concat;                     /* [batch][columns*dim] */
+
+    /* ViT and tok: the transformer trunk (tokens rows per example) */
     int tokens, num_patches;
     float *patch_weight, *patch_bias, *cls, *pos, *lnf_gamma, *lnf_beta, *head_weight, *head_bias;
     vit_block_t blocks[MAX_VIT_DEPTH];
     float *patches, *x0, *lnf_out, *lnf_mean, *lnf_rstd, *pooled, *logits;
     float *d_pooled, *d_ln, *d_res, *d_attn, *d_qkv, *d_fc_act, *d_fc_pre, *att_scratch;
+    /* tok */
+    float *token_table;   /* [vocab][dim] */
+    unsigned char *valid; /* [batch][len]: 1 for a real token, 0 for pad */
 };
 
 /* ---------------------------------------------------------------- spec */
 
-static cm_status_t parse_positive(const char *text, const char *what, int max, int *out) {
-    char *end = NULL;
-    long value = strtol(text, &end, 10);
-    if (end == text || value < 1 || value > max)
-        return cm_fail(CM_ERR_INVALID_ARG, "model spec: %s must be an integer in 1..%d, got '%s'",
-                       what, max, text);
+/*
+ * The parser walks (pointer, length) slices of the spec text, so nothing is skipped silently
+ * (strtok would merge "784--10" into "784-10") and nothing is left over (strtol would read
+ * "1O" as 1).  `whole` is the complete spec text, quoted in every error sentence.
+ */
+typedef struct {
+    const char *text;
+    size_t length;
+} slice_t;
+
+static cm_status_t parse_number(const char *whole, const char *what, slice_t field, int min,
+                                int max, int *out) {
+    if (field.length == 0)
+        return cm_fail(CM_ERR_INVALID_ARG, "model spec '%s' has an empty %s", whole, what);
+    long value = 0;
+    int digits_only = 1;
+    for (size_t index = 0; index < field.length; index++) {
+        char digit = field.text[index];
+        if (digit < '0' || digit > '9') {
+            digits_only = 0;
+            break;
+        }
+        if (value <= max) value = value * 10 + (digit - '0'); /* stops growing past max */
+    }
+    if (!digits_only || value < min || value > max)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "model spec '%s': %s must be a whole number from %d to %d, not '%.*s'",
+                       whole, what, min, max, (int)field.length, field.text);
     *out = (int)value;
     return CM_OK;
 }
 
-static cm_status_t parse_mlp(const char *text, cm_model_spec_t *spec) {
-    char copy[CM_MODEL_SPEC_MAX];
-    snprintf(copy, sizeof copy, "%s", text);
-    int count = 0;
-    char *save = NULL;
-    for (char *piece = strtok_r(copy, "-", &save); piece; piece = strtok_r(NULL, "-", &save)) {
-        if (count > CM_MODEL_MAX_LAYERS)
-            return cm_fail(CM_ERR_INVALID_ARG, "model spec 'mlp:%s': at most %d layers", text,
-                           CM_MODEL_MAX_LAYERS);
-        cm_status_t status = parse_positive(piece, "an MLP width", 1 << 16, &spec->widths[count]);
+/* Parses a `separator`-separated list of 1..max_count numbers into values, *count. */
+static cm_status_t parse_list(const char *whole, const char *what, slice_t field, char separator,
+                              int min, int max, int max_count, int *values, int *count) {
+    *count = 0;
+    const char *end = field.text + field.length;
+    for (const char *start = field.text;; start++) {
+        const char *stop = memchr(start, separator, (size_t)(end - start));
+        if (!stop) stop = end;
+        if (*count == max_count)
+            return cm_fail(CM_ERR_INVALID_ARG, "model spec '%s' lists more than %d %ss", whole,
+                           max_count, what);
+        slice_t piece = {start, (size_t)(stop - start)};
+        cm_status_t status = parse_number(whole, what, piece, min, max, &values[*count]);
         if (status != CM_OK) return status;
-        count++;
+        (*count)++;
+        if (stop == end) return CM_OK;
+        start = stop;
     }
+}
+
+/* One key of a "key=value,..." family: its name and, once seen, its value. */
+typedef struct {
+    const char *name;
+    int seen;
+    slice_t value;
+} spec_key_t;
+
+/* Splits body into key=value fields over keys[count]; `known` lists them for the sentence. */
+static cm_status_t split_keys(const char *whole, slice_t body, spec_key_t *keys, int count,
+                              const char *known) {
+    const char *end = body.text + body.length;
+    for (const char *start = body.text;; start++) {
+        const char *stop = memchr(start, ',', (size_t)(end - start));
+        if (!stop) stop = end;
+        size_t length = (size_t)(stop - start);
+        if (length == 0)
+            return cm_fail(CM_ERR_INVALID_ARG,
+                           "model spec '%s' has an empty field (a ',' too many or a ':' with "
+                           "nothing after it)",
+                           whole);
+        const char *equals = memchr(start, '=', length);
+        if (!equals)
+            return cm_fail(CM_ERR_INVALID_ARG, "model spec '%s': '%.*s' is not key=value", whole,
+                           (int)length, start);
+        size_t key_length = (size_t)(equals - start);
+        spec_key_t *key = NULL;
+        for (int index = 0; index < count; index++)
+            if (strlen(keys[index].name) == key_length &&
+                memcmp(keys[index].name, start, key_length) == 0)
+                key = &keys[index];
+        if (!key)
+            return cm_fail(CM_ERR_INVALID_ARG,
+                           "model spec '%s' has the unknown key '%.*s' (known: %s)", whole,
+                           (int)key_length, start, known);
+        if (key->seen)
+            return cm_fail(CM_ERR_INVALID_ARG, "model spec '%s' gives '%s' twice", whole,
+                           key->name);
+        key->seen = 1;
+        key->value = (slice_t){equals + 1, (size_t)(stop - equals - 1)};
+        if (stop == end) return CM_OK;
+        start = stop;
+    }
+}
+
+/* Parses a key's value as a number into *out when it was given (else *out keeps its default). */
+static cm_status_t key_number(const char *whole, const spec_key_t *key, int min, int max,
+                              int *out) {
+    return key->seen ? parse_number(whole, key->name, key->value, min, max, out) : CM_OK;
+}
+
+static cm_status_t require_key(const char *whole, const spec_key_t *key, const char *meaning) {
+    if (key->seen) return CM_OK;
+    return cm_fail(CM_ERR_INVALID_ARG, "model spec '%s' needs %s=... (%s)", whole, key->name,
+                   meaning);
+}
+
+enum { MAX_WIDTH = 1 << 16, MAX_DIM = 1 << 14, MAX_IMAGE_SIDE = 4096, MAX_SEQUENCE = 4096 };
+
+static cm_status_t parse_mlp(const char *whole, slice_t body, cm_model_spec_t *spec) {
+    int count = 0;
+    cm_status_t status = parse_list(whole, "MLP width", body, '-', 1, MAX_WIDTH,
+                                    CM_MODEL_MAX_LAYERS + 1, spec->widths, &count);
+    if (status != CM_OK) return status;
     if (count < 3)
         return cm_fail(CM_ERR_INVALID_ARG,
-                       "model spec 'mlp:%s': give inputs, at least one hidden width and the "
-                       "classes, e.g. mlp:784-256-10",
-                       text);
+                       "model spec '%s' needs the inputs, at least one hidden width and the "
+                       "outputs, e.g. mlp:784-256-10",
+                       whole);
     spec->kind = CM_MODEL_MLP;
     spec->layers = count - 1;
     spec->classes = spec->widths[count - 1];
     return CM_OK;
 }
 
-static cm_status_t parse_vit(const char *text, cm_model_spec_t *spec) {
+/* The transformer keys shared by vit and tok: dim, depth, heads, mlp (keys[0..3]). */
+static cm_status_t parse_transformer_keys(const char *whole, const spec_key_t *keys,
+                                          cm_model_spec_t *spec) {
+    cm_status_t status = key_number(whole, &keys[0], 1, MAX_DIM, &spec->dim);
+    if (status == CM_OK) status = key_number(whole, &keys[1], 1, MAX_VIT_DEPTH, &spec->depth);
+    if (status == CM_OK) status = key_number(whole, &keys[2], 1, 256, &spec->heads);
+    if (status == CM_OK) status = key_number(whole, &keys[3], 1, MAX_WIDTH, &spec->mlp_dim);
+    if (status != CM_OK) return status;
+    if (!keys[3].seen) spec->mlp_dim = 2 * spec->dim;
+    if (spec->dim % spec->heads)
+        return cm_fail(CM_ERR_INVALID_ARG, "model spec '%s': heads %d does not divide dim %d",
+                       whole, spec->heads, spec->dim);
+    return CM_OK;
+}
+
+static cm_status_t parse_vit(const char *whole, slice_t body, cm_model_spec_t *spec) {
     spec->kind = CM_MODEL_VIT;
     spec->image_height = spec->image_width = 28;
     spec->patch = 7;
     spec->dim = 64;
     spec->depth = 2;
     spec->heads = 4;
-    spec->mlp_dim = 0;
     spec->classes = 10;
-    char copy[CM_MODEL_SPEC_MAX];
-    snprintf(copy, sizeof copy, "%s", text);
-    char *save = NULL;
-    for (char *piece = strtok_r(copy, ",", &save); piece; piece = strtok_r(NULL, ",", &save)) {
-        char *equals = strchr(piece, '=');
-        if (!equals)
-            return cm_fail(CM_ERR_INVALID_ARG, "model spec 'vit:%s': expected key=value, got '%s'",
-                           text, piece);
-        *equals = '\0';
-        const char *key = piece, *value = equals + 1;
-        cm_status_t status = CM_OK;
-        if (strcmp(key, "image") == 0) {
-            char *cross = strchr(value, 'x');
-            if (!cross)
-                return cm_fail(CM_ERR_INVALID_ARG, "model spec: image must be HxW, got '%s'",
-                               value);
-            *cross = '\0';
-            status = parse_positive(value, "image height", 4096, &spec->image_height);
-            if (status == CM_OK)
-                status = parse_positive(cross + 1, "image width", 4096, &spec->image_width);
-        } else if (strcmp(key, "patch") == 0) {
-            status = parse_positive(value, "patch", 4096, &spec->patch);
-        } else if (strcmp(key, "dim") == 0) {
-            status = parse_positive(value, "dim", 1 << 14, &spec->dim);
-        } else if (strcmp(key, "depth") == 0) {
-            status = parse_positive(value, "depth", MAX_VIT_DEPTH, &spec->depth);
-        } else if (strcmp(key, "heads") == 0) {
-            status = parse_positive(value, "heads", 256, &spec->heads);
-        } else if (strcmp(key, "mlp") == 0) {
-            status = parse_positive(value, "mlp", 1 << 16, &spec->mlp_dim);
-        } else if (strcmp(key, "classes") == 0) {
-            status = parse_positive(value, "classes", 1 << 16, &spec->classes);
-        } else {
-            return cm_fail(CM_ERR_INVALID_ARG,
-                           "model spec: unknown ViT key '%s' (known: image, patch, dim, depth, "
-                           "heads, mlp, classes)",
-                           key);
-        }
-        if (status != CM_OK) return status;
+    spec_key_t keys[] = {{.name = "dim"},   {.name = "depth"}, {.name = "heads"},  {.name = "mlp"},
+                         {.name = "image"}, {.name = "patch"}, {.name = "classes"}};
+    cm_status_t status = CM_OK;
+    if (body.text)
+        status = split_keys(whole, body, keys, 7, "image, patch, dim, depth, heads, mlp, classes");
+    if (status == CM_OK) status = parse_transformer_keys(whole, keys, spec);
+    if (status == CM_OK && keys[4].seen) {
+        int sides[2] = {0, 0}, count = 0;
+        status = parse_list(whole, "image side", keys[4].value, 'x', 1, MAX_IMAGE_SIDE, 2, sides,
+                            &count);
+        if (status == CM_OK && count != 2)
+            status = cm_fail(CM_ERR_INVALID_ARG, "model spec '%s': image must be HxW, not '%.*s'",
+                             whole, (int)keys[4].value.length, keys[4].value.text);
+        spec->image_height = sides[0];
+        spec->image_width = sides[1];
     }
-    if (spec->mlp_dim == 0) spec->mlp_dim = 2 * spec->dim;
+    if (status == CM_OK) status = key_number(whole, &keys[5], 1, MAX_IMAGE_SIDE, &spec->patch);
+    if (status == CM_OK) status = key_number(whole, &keys[6], 1, MAX_WIDTH, &spec->classes);
+    if (status != CM_OK) return status;
     if (spec->image_height % spec->patch || spec->image_width % spec->patch)
-        return cm_fail(CM_ERR_INVALID_ARG, "model spec: patch %d does not divide the %dx%d image",
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "model spec '%s': patch %d does not divide the %dx%d image", whole,
                        spec->patch, spec->image_height, spec->image_width);
-    if (spec->dim % spec->heads)
-        return cm_fail(CM_ERR_INVALID_ARG, "model spec: heads %d does not divide dim %d",
-                       spec->heads, spec->dim);
+    return CM_OK;
+}
+
+static cm_status_t parse_emb(const char *whole, slice_t body, cm_model_spec_t *spec) {
+    spec->kind = CM_MODEL_EMB;
+    spec->dim = 32;
+    spec_key_t keys[] = {{.name = "cards"}, {.name = "dim"}, {.name = "mlp"}, {.name = "out"}};
+    cm_status_t status = split_keys(whole, body, keys, 4, "cards, dim, mlp, out");
+    if (status == CM_OK)
+        status = require_key(whole, &keys[0], "each column's cardinality, e.g. cards=671x9066");
+    if (status == CM_OK)
+        status = require_key(whole, &keys[3], "the output width: classes or regression targets");
+    if (status == CM_OK)
+        status = parse_list(whole, "cardinality", keys[0].value, 'x', 1, CM_MODEL_MAX_ID,
+                            CM_MODEL_MAX_COLUMNS, spec->cardinality, &spec->columns);
+    if (status == CM_OK) status = key_number(whole, &keys[1], 1, MAX_DIM, &spec->dim);
+    int hidden = 1;
+    spec->widths[1] = 128;
+    if (status == CM_OK && keys[2].seen)
+        status = parse_list(whole, "MLP width", keys[2].value, '-', 1, MAX_WIDTH,
+                            CM_MODEL_MAX_LAYERS - 1, spec->widths + 1, &hidden);
+    if (status == CM_OK) status = key_number(whole, &keys[3], 1, MAX_WIDTH, &spec->classes);
+    if (status != CM_OK) return status;
+    spec->widths[0] = spec->columns * spec->dim;
+    spec->widths[hidden + 1] = spec->classes;
+    spec->layers = hidden + 1;
+    return CM_OK;
+}
+
+static cm_status_t parse_tok(const char *whole, slice_t body, cm_model_spec_t *spec) {
+    spec->kind = CM_MODEL_TOK;
+    spec->dim = 64;
+    spec->depth = 2;
+    spec->heads = 4;
+    spec_key_t keys[] = {{.name = "dim"}, {.name = "depth"}, {.name = "heads"}, {.name = "mlp"},
+                         {.name = "len"}, {.name = "vocab"}, {.name = "pad"},   {.name = "out"}};
+    cm_status_t status =
+        split_keys(whole, body, keys, 8, "len, vocab, dim, depth, heads, mlp, pad, out");
+    if (status == CM_OK) status = require_key(whole, &keys[4], "tokens per example");
+    if (status == CM_OK) status = require_key(whole, &keys[5], "the number of token ids");
+    if (status == CM_OK)
+        status = require_key(whole, &keys[7], "the output width: classes or regression targets");
+    if (status == CM_OK) status = parse_transformer_keys(whole, keys, spec);
+    if (status == CM_OK)
+        status = key_number(whole, &keys[4], 1, MAX_SEQUENCE, &spec->sequence_length);
+    if (status == CM_OK) status = key_number(whole, &keys[5], 1, CM_MODEL_MAX_ID, &spec->vocab);
+    if (status == CM_OK) status = key_number(whole, &keys[6], 0, CM_MODEL_MAX_ID - 1, &spec->pad);
+    if (status == CM_OK) status = key_number(whole, &keys[7], 1, MAX_WIDTH, &spec->classes);
+    if (status != CM_OK) return status;
+    if (spec->pad >= spec->vocab)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "model spec '%s': pad %d is not a token id below vocab %d", whole, spec->pad,
+                       spec->vocab);
     return CM_OK;
 }
 
 cm_status_t cm_model_spec_parse(const char *text, cm_model_spec_t *spec) {
     memset(spec, 0, sizeof *spec);
-    if (strlen(text) >= CM_MODEL_SPEC_MAX)
-        return cm_fail(CM_ERR_INVALID_ARG, "model spec is longer than %d characters",
-                       CM_MODEL_SPEC_MAX - 1);
-    if (strncmp(text, "mlp:", 4) == 0) return parse_mlp(text + 4, spec);
-    if (strncmp(text, "vit:", 4) == 0) return parse_vit(text + 4, spec);
-    if (strcmp(text, "vit") == 0) return parse_vit("", spec);
+    size_t length = strlen(text);
+    if (length >= CM_MODEL_SPEC_MAX)
+        return cm_fail(CM_ERR_INVALID_ARG, "model spec '%.40s...' is longer than %d characters",
+                       text, CM_MODEL_SPEC_MAX - 1);
+    const char *colon = strchr(text, ':');
+    size_t family_length = colon ? (size_t)(colon - text) : length;
+    slice_t body = {colon ? colon + 1 : NULL, colon ? length - family_length - 1 : 0};
+    if (family_length == 3 && memcmp(text, "vit", 3) == 0) return parse_vit(text, body, spec);
+    if (colon && family_length == 3) {
+        if (memcmp(text, "mlp", 3) == 0) return parse_mlp(text, body, spec);
+        if (memcmp(text, "emb", 3) == 0) return parse_emb(text, body, spec);
+        if (memcmp(text, "tok", 3) == 0) return parse_tok(text, body, spec);
+    }
     return cm_fail(CM_ERR_INVALID_ARG,
-                   "model spec '%s' is neither 'mlp:IN-HIDDEN-...-CLASSES' nor "
-                   "'vit:image=HxW,patch=P,dim=D,depth=L,heads=H,mlp=M,classes=C'",
+                   "model spec '%s' is none of 'mlp:IN-HIDDEN-...-OUT', "
+                   "'vit:image=HxW,patch=P,dim=D,depth=L,heads=H,mlp=M,classes=C', "
+                   "'emb:cards=AxB...,dim=D,mlp=H1-H2...,out=O' or "
+                   "'tok:len=L,vocab=V,dim=D,depth=L,heads=H,mlp=M,pad=P,out=O'",
                    text);
 }
 
+/* Appends printf output to text[size] at *used, never past the end. */
+static void append(char *text, size_t size, size_t *used, const char *format, ...)
+    __attribute__((format(printf, 4, 5)));
+static void append(char *text, size_t size, size_t *used, const char *format, ...) {
+    if (*used >= size) return;
+    va_list arguments;
+    va_start(arguments, format);
+    int written = vsnprintf(text + *used, size - *used, format, arguments);
+    va_end(arguments);
+    if (written > 0) *used += (size_t)written;
+}
+
 void cm_model_spec_format(const cm_model_spec_t *spec, char *text, size_t size) {
-    if (spec->kind == CM_MODEL_MLP) {
-        size_t used = (size_t)snprintf(text, size, "mlp:");
-        for (int layer = 0; layer <= spec->layers && used < size; layer++)
-            used += (size_t)snprintf(text + used, size - used, layer ? "-%d" : "%d",
-                                     spec->widths[layer]);
+    size_t used = 0;
+    if (size) text[0] = '\0';
+    switch (spec->kind) {
+    case CM_MODEL_MLP:
+        append(text, size, &used, "mlp:");
+        for (int layer = 0; layer <= spec->layers; layer++)
+            append(text, size, &used, layer ? "-%d" : "%d", spec->widths[layer]);
+        return;
+    case CM_MODEL_VIT:
+        append(text, size, &used,
+               "vit:image=%dx%d,patch=%d,dim=%d,depth=%d,heads=%d,mlp=%d,classes=%d",
+               spec->image_height, spec->image_width, spec->patch, spec->dim, spec->depth,
+               spec->heads, spec->mlp_dim, spec->classes);
+        return;
+    case CM_MODEL_EMB:
+        append(text, size, &used, "emb:cards=");
+        for (int column = 0; column < spec->columns; column++)
+            append(text, size, &used, column ? "x%d" : "%d", spec->cardinality[column]);
+        append(text, size, &used, ",dim=%d,mlp=", spec->dim);
+        for (int layer = 1; layer < spec->layers; layer++)
+            append(text, size, &used, layer > 1 ? "-%d" : "%d", spec->widths[layer]);
+        append(text, size, &used, ",out=%d", spec->classes);
+        return;
+    case CM_MODEL_TOK:
+        append(text, size, &used,
+               "tok:len=%d,vocab=%d,dim=%d,depth=%d,heads=%d,mlp=%d,pad=%d,out=%d",
+               spec->sequence_length, spec->vocab, spec->dim, spec->depth, spec->heads,
+               spec->mlp_dim, spec->pad, spec->classes);
         return;
     }
-    snprintf(text, size, "vit:image=%dx%d,patch=%d,dim=%d,depth=%d,heads=%d,mlp=%d,classes=%d",
-             spec->image_height, spec->image_width, spec->patch, spec->dim, spec->depth,
-             spec->heads, spec->mlp_dim, spec->classes);
 }
 
 int cm_model_spec_inputs(const cm_model_spec_t *spec) {
-    return spec->kind == CM_MODEL_MLP ? spec->widths[0] : spec->image_height * spec->image_width;
+    switch (spec->kind) {
+    case CM_MODEL_MLP:
+        return spec->widths[0];
+    case CM_MODEL_VIT:
+        return spec->image_height * spec->image_width;
+    case CM_MODEL_EMB:
+        return spec->columns;
+    case CM_MODEL_TOK:
+        return spec->sequence_length;
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- building */
@@ -240,6 +444,7 @@ static float *new_buffer(cm_model_t *model, size_t count) {
     return buffer;
 }
 
+/* The dense stack of the MLP and the emb model: fc0 .. fc<layers-1> over spec->widths. */
 static void register_mlp(cm_model_t *model) {
     const cm_model_spec_t *spec = &model->spec;
     for (int layer = 0; layer < spec->layers; layer++) {
@@ -272,14 +477,32 @@ static int alloc_mlp_activations(cm_model_t *model) {
     return model->scratch_a && model->scratch_b;
 }
 
-static void register_vit(cm_model_t *model) {
+/* emb: one table per column ("emb.<column>.weight"), then the dense stack. */
+static void register_emb(cm_model_t *model) {
     const cm_model_spec_t *spec = &model->spec;
-    int dim = spec->dim, patch_area = spec->patch * spec->patch;
+    for (int column = 0; column < spec->columns; column++) {
+        char name[CM_TENSOR_MAX_NAME];
+        snprintf(name, sizeof name, "emb.%d.weight", column);
+        /* N(0, 1) like torch.nn.Embedding: the He-initialized fc0 expects unit-scale inputs. */
+        add_param(model, &model->embedding_table[column], name, spec->cardinality[column],
+                  spec->dim, 1, 1.0f, 0);
+    }
+    register_mlp(model);
+}
+
+static int alloc_emb_activations(cm_model_t *model) {
+    size_t batch = (size_t)model->max_batch, width = (size_t)model->spec.widths[0];
+    model->ids = cm_alloc_aligned(batch * (size_t)model->spec.columns, sizeof *model->ids);
+    model->concat = new_buffer(model, batch * width);
+    model->d_concat = new_buffer(model, batch * width);
+    return model->ids && model->concat && model->d_concat && alloc_mlp_activations(model);
+}
+
+/* The trunk shared by the ViT and tok: blocks, final LN "norm", "head". */
+static void register_transformer(cm_model_t *model) {
+    const cm_model_spec_t *spec = &model->spec;
+    int dim = spec->dim;
     float std = 0.02f, residual_std = 0.02f / sqrtf(2.0f * (float)spec->depth);
-    add_dense(model, &model->patch_weight, &model->patch_bias, "patch_embed", patch_area, dim,
-              sqrtf(1.0f / (float)patch_area));
-    add_param(model, &model->cls, "cls_token", dim, 0, 0, std, 0);
-    add_param(model, &model->pos, "pos_embed", model->tokens, dim, 0, std, 0);
     for (int depth = 0; depth < spec->depth; depth++) {
         vit_block_t *block = &model->blocks[depth];
         char prefix[64];
@@ -301,14 +524,30 @@ static void register_vit(cm_model_t *model) {
     add_dense(model, &model->head_weight, &model->head_bias, "head", dim, spec->classes, std);
 }
 
-static int alloc_vit_activations(cm_model_t *model) {
+static void register_vit(cm_model_t *model) {
+    const cm_model_spec_t *spec = &model->spec;
+    int dim = spec->dim, patch_area = spec->patch * spec->patch;
+    float std = 0.02f;
+    add_dense(model, &model->patch_weight, &model->patch_bias, "patch_embed", patch_area, dim,
+              sqrtf(1.0f / (float)patch_area));
+    add_param(model, &model->cls, "cls_token", dim, 0, 0, std, 0);
+    add_param(model, &model->pos, "pos_embed", model->tokens, dim, 0, std, 0);
+    register_transformer(model);
+}
+
+static void register_tok(cm_model_t *model) {
+    const cm_model_spec_t *spec = &model->spec;
+    add_param(model, &model->token_table, "tok_embed.weight", spec->vocab, spec->dim, 1, 0.02f, 0);
+    add_param(model, &model->pos, "pos_embed", model->tokens, spec->dim, 0, 0.02f, 0);
+    register_transformer(model);
+}
+
+static int alloc_transformer_activations(cm_model_t *model) {
     const cm_model_spec_t *spec = &model->spec;
     size_t rows = (size_t)model->max_batch * (size_t)model->tokens;
     size_t dim = (size_t)spec->dim, mlp_dim = (size_t)spec->mlp_dim;
     size_t att = (size_t)model->max_batch * (size_t)spec->heads * (size_t)model->tokens *
                  (size_t)model->tokens;
-    model->patches = new_buffer(model, (size_t)model->max_batch * (size_t)model->num_patches *
-                                           (size_t)(spec->patch * spec->patch));
     model->x0 = new_buffer(model, rows * dim);
     for (int depth = 0; depth < spec->depth; depth++) {
         vit_block_t *block = &model->blocks[depth];
@@ -338,8 +577,21 @@ static int alloc_vit_activations(cm_model_t *model) {
     model->att_scratch = new_buffer(model, (size_t)model->tokens * (size_t)model->tokens);
     return model->att_scratch != NULL && model->d_fc_pre && model->d_fc_act && model->d_qkv &&
            model->d_attn && model->d_res && model->d_ln && model->d_pooled && model->logits &&
-           model->pooled && model->lnf_rstd && model->lnf_mean && model->lnf_out && model->x0 &&
-           model->patches;
+           model->pooled && model->lnf_rstd && model->lnf_mean && model->lnf_out && model->x0;
+}
+
+static int alloc_vit_activations(cm_model_t *model) {
+    const cm_model_spec_t *spec = &model->spec;
+    model->patches = new_buffer(model, (size_t)model->max_batch * (size_t)model->num_patches *
+                                           (size_t)(spec->patch * spec->patch));
+    return model->patches && alloc_transformer_activations(model);
+}
+
+static int alloc_tok_activations(cm_model_t *model) {
+    size_t rows = (size_t)model->max_batch * (size_t)model->tokens;
+    model->ids = cm_alloc_aligned(rows, sizeof *model->ids);
+    model->valid = cm_alloc_aligned(rows, sizeof *model->valid);
+    return model->ids && model->valid && alloc_transformer_activations(model);
 }
 
 cm_status_t cm_model_new(const cm_model_spec_t *spec, int max_batch, cm_model_t **out) {
@@ -349,21 +601,43 @@ cm_status_t cm_model_new(const cm_model_spec_t *spec, int max_batch, cm_model_t 
     if (!model) return cm_fail(CM_ERR_NOMEM, "out of memory building a model");
     model->spec = *spec;
     model->max_batch = max_batch;
-    int activations_ok;
-    if (spec->kind == CM_MODEL_MLP) {
+    int activations_ok = 0;
+    switch (spec->kind) {
+    case CM_MODEL_MLP:
         register_mlp(model);
-    } else {
+        break;
+    case CM_MODEL_EMB:
+        register_emb(model);
+        break;
+    case CM_MODEL_VIT:
         model->num_patches = (spec->image_height / spec->patch) * (spec->image_width / spec->patch);
         model->tokens = 1 + model->num_patches;
         register_vit(model);
+        break;
+    case CM_MODEL_TOK:
+        model->tokens = spec->sequence_length;
+        register_tok(model);
+        break;
     }
     model->params = cm_alloc_floats(model->param_count);
     model->grads = cm_alloc_floats(model->param_count);
     if (!model->params || !model->grads) goto fail;
     for (int index = 0; index < model->tensor_count; index++)
         *model->tensors[index].slot = model->params + model->tensors[index].offset;
-    activations_ok =
-        spec->kind == CM_MODEL_MLP ? alloc_mlp_activations(model) : alloc_vit_activations(model);
+    switch (spec->kind) {
+    case CM_MODEL_MLP:
+        activations_ok = alloc_mlp_activations(model);
+        break;
+    case CM_MODEL_EMB:
+        activations_ok = alloc_emb_activations(model);
+        break;
+    case CM_MODEL_VIT:
+        activations_ok = alloc_vit_activations(model);
+        break;
+    case CM_MODEL_TOK:
+        activations_ok = alloc_tok_activations(model);
+        break;
+    }
     if (!activations_ok) goto fail;
     *out = model;
     return CM_OK;
@@ -379,6 +653,8 @@ void cm_model_free(cm_model_t **model_pointer) {
         cm_free_aligned(model->buffers[index]);
     cm_free_aligned(model->params);
     cm_free_aligned(model->grads);
+    cm_free_aligned(model->ids);
+    cm_free_aligned(model->valid);
     free(model);
     *model_pointer = NULL;
 }
@@ -413,9 +689,52 @@ cm_tensor_t cm_model_tensor(const cm_model_t *model, int index) {
 
 /* ---------------------------------------------------------------- forward */
 
-static const float *mlp_forward(cm_model_t *model, const float *inputs, int batch) {
+/* ---------------------------------------------------------------- forward */
+
+/*
+ * The id inputs of emb and tok: inputs[batch][columns] must hold whole numbers below each
+ * column's limit (a cardinality, or the vocabulary).  Writes them to ids (NULL: check only).
+ * The comparison is written so that NaN fails it and no float outside int32 is ever cast.
+ */
+static cm_status_t gather_ids(const cm_model_t *model, const float *inputs, int batch,
+                              int32_t *ids) {
     const cm_model_spec_t *spec = &model->spec;
-    const float *layer_input = inputs;
+    int columns = cm_model_spec_inputs(spec), token_model = spec->kind == CM_MODEL_TOK;
+    for (int row = 0; row < batch; row++)
+        for (int column = 0; column < columns; column++) {
+            size_t index = (size_t)row * (size_t)columns + (size_t)column;
+            float value = inputs[index];
+            int limit = token_model ? spec->vocab : spec->cardinality[column];
+            int whole = value >= 0.0f && value < (float)limit && (float)(int32_t)value == value;
+            if (!whole)
+                return cm_fail(CM_ERR_OUT_OF_RANGE,
+                               "input row %d, %s %d holds %g, which is not a %s id in 0..%d", row,
+                               token_model ? "position" : "column", column, (double)value,
+                               token_model ? "token" : "category", limit - 1);
+            if (ids) ids[index] = (int32_t)value;
+        }
+    return CM_OK;
+}
+
+cm_status_t cm_model_check_inputs(const cm_model_t *model, const float *inputs, int batch) {
+    if (model->spec.kind != CM_MODEL_EMB && model->spec.kind != CM_MODEL_TOK) return CM_OK;
+    return gather_ids(model, inputs, batch, NULL);
+}
+
+/* Fills model->ids for the forward pass; a bad id is a programmer bug (see cm_model.h). */
+static void load_ids(cm_model_t *model, const float *inputs, int batch) {
+    if (gather_ids(model, inputs, batch, model->ids) == CM_OK) return;
+    fprintf(stderr,
+            "cm_model_forward: %s; ids must be validated by the data layer before they reach a "
+            "model\n",
+            cm_last_error());
+    abort();
+}
+
+/* The dense stack over input[batch][widths[0]]; returns pre[layers-1], the outputs. */
+static const float *mlp_forward(cm_model_t *model, const float *input, int batch) {
+    const cm_model_spec_t *spec = &model->spec;
+    const float *layer_input = input;
     for (int layer = 0; layer < spec->layers; layer++) {
         int in_dim = spec->widths[layer], out_dim = spec->widths[layer + 1];
         cm_layers_dense_forward(model->pre[layer], layer_input, model->dense_weight[layer],
@@ -428,12 +747,23 @@ static const float *mlp_forward(cm_model_t *model, const float *inputs, int batc
     return model->pre[spec->layers - 1];
 }
 
-static const float *vit_forward(cm_model_t *model, const float *inputs, int batch) {
+static const float *emb_forward(cm_model_t *model, const float *inputs, int batch) {
+    const cm_model_spec_t *spec = &model->spec;
+    int columns = spec->columns, dim = spec->dim, width = spec->widths[0];
+    load_ids(model, inputs, batch);
+    /* concat[batch][columns*dim]: column c's rows fill the slice [c*dim, (c+1)*dim). */
+    for (int column = 0; column < columns; column++)
+        cm_layers_embedding_forward(model->concat + (size_t)column * dim, width,
+                                    model->ids + column, columns, model->embedding_table[column],
+                                    batch, dim);
+    return mlp_forward(model, model->concat, batch);
+}
+
+/* The trunk over x0[batch][tokens][dim]; valid[batch][tokens] masks keys and pooling (NULL:
+ * none).  Returns the logits. */
+static const float *transformer_forward(cm_model_t *model, int batch, const unsigned char *valid) {
     const cm_model_spec_t *spec = &model->spec;
     int dim = spec->dim, rows = batch * model->tokens;
-    cm_layers_patch_embed_forward(model->x0, model->patches, inputs, model->patch_weight,
-                                  model->patch_bias, model->cls, model->pos, batch,
-                                  spec->image_height, spec->image_width, spec->patch, dim);
     const float *residual = model->x0;
     for (int depth = 0; depth < spec->depth; depth++) {
         vit_block_t *block = &model->blocks[depth];
@@ -441,8 +771,8 @@ static const float *vit_forward(cm_model_t *model, const float *inputs, int batc
                                     block->ln1_gamma, block->ln1_beta, rows, dim);
         cm_layers_dense_forward(block->qkv, block->ln1_out, block->qkv_weight, block->qkv_bias,
                                 rows, dim, 3 * dim);
-        cm_layers_attention_forward(block->attn_out, block->att, block->qkv, batch, model->tokens,
-                                    dim, spec->heads);
+        cm_layers_attention_forward(block->attn_out, block->att, block->qkv, valid, batch,
+                                    model->tokens, dim, spec->heads);
         cm_layers_dense_forward(block->x_mid, block->attn_out, block->proj_weight, block->proj_bias,
                                 rows, dim, dim);
         cm_layers_add_forward(block->x_mid, block->x_mid, residual, rows * dim);
@@ -458,21 +788,56 @@ static const float *vit_forward(cm_model_t *model, const float *inputs, int batc
     }
     cm_layers_layernorm_forward(model->lnf_out, model->lnf_mean, model->lnf_rstd, residual,
                                 model->lnf_gamma, model->lnf_beta, rows, dim);
-    cm_layers_mean_pool_forward(model->pooled, model->lnf_out, batch, model->tokens, dim);
+    cm_layers_mean_pool_forward(model->pooled, model->lnf_out, valid, batch, model->tokens, dim);
     cm_layers_dense_forward(model->logits, model->pooled, model->head_weight, model->head_bias,
                             batch, dim, spec->classes);
     return model->logits;
+}
+
+static const float *vit_forward(cm_model_t *model, const float *inputs, int batch) {
+    const cm_model_spec_t *spec = &model->spec;
+    cm_layers_patch_embed_forward(model->x0, model->patches, inputs, model->patch_weight,
+                                  model->patch_bias, model->cls, model->pos, batch,
+                                  spec->image_height, spec->image_width, spec->patch, spec->dim);
+    return transformer_forward(model, batch, NULL);
+}
+
+static const float *tok_forward(cm_model_t *model, const float *inputs, int batch) {
+    const cm_model_spec_t *spec = &model->spec;
+    int dim = spec->dim, tokens = model->tokens, rows = batch * tokens;
+    load_ids(model, inputs, batch);
+    for (int row = 0; row < rows; row++) model->valid[row] = model->ids[row] != spec->pad;
+    /* x0[batch][tokens][dim] = token_table[ids] + pos */
+    cm_layers_embedding_forward(model->x0, dim, model->ids, 1, model->token_table, rows, dim);
+    for (int example = 0; example < batch; example++) {
+        float *x0_example = model->x0 + (size_t)example * (size_t)tokens * (size_t)dim;
+        cm_layers_add_forward(x0_example, x0_example, model->pos, tokens * dim);
+    }
+    return transformer_forward(model, batch, model->valid);
 }
 
 const float *cm_model_forward(cm_model_t *model, const float *inputs, int batch) {
     assert(batch >= 1 && batch <= model->max_batch);
     model->last_input = inputs;
     model->last_batch = batch;
-    return model->spec.kind == CM_MODEL_MLP ? mlp_forward(model, inputs, batch)
-                                            : vit_forward(model, inputs, batch);
+    switch (model->spec.kind) {
+    case CM_MODEL_MLP:
+        return mlp_forward(model, inputs, batch);
+    case CM_MODEL_EMB:
+        return emb_forward(model, inputs, batch);
+    case CM_MODEL_VIT:
+        return vit_forward(model, inputs, batch);
+    case CM_MODEL_TOK:
+        return tok_forward(model, inputs, batch);
+    }
+    return NULL;
 }
 
-static const float *vit_last_tokens(const cm_model_t *model) {
+static int has_dense_stack(const cm_model_t *model) {
+    return model->spec.kind == CM_MODEL_MLP || model->spec.kind == CM_MODEL_EMB;
+}
+
+static const float *trunk_last_tokens(const cm_model_t *model) {
     return model->spec.depth > 0 ? model->blocks[model->spec.depth - 1].x_out : model->x0;
 }
 
@@ -481,23 +846,23 @@ const float *cm_model_feature(const cm_model_t *model, const char *name, int *pe
     const cm_model_spec_t *spec = &model->spec;
     if (tokens_out) *tokens_out = 1;
     if (strcmp(name, "hidden") == 0) {
-        if (spec->kind == CM_MODEL_MLP) {
+        if (has_dense_stack(model)) {
             *per_example = spec->widths[spec->layers - 1];
             return model->act[spec->layers - 2];
         }
         *per_example = spec->dim;
         return model->pooled;
     }
-    if (strcmp(name, "tokens") == 0 && spec->kind == CM_MODEL_VIT) {
+    if (strcmp(name, "tokens") == 0 && !has_dense_stack(model)) {
         *per_example = model->tokens * spec->dim;
         if (tokens_out) *tokens_out = model->tokens;
-        return vit_last_tokens(model);
+        return trunk_last_tokens(model);
     }
     return NULL;
 }
 
 const char *cm_model_feature_names(const cm_model_t *model) {
-    return model->spec.kind == CM_MODEL_MLP ? "hidden" : "hidden,tokens";
+    return has_dense_stack(model) ? "hidden" : "hidden,tokens";
 }
 
 /* The tensor whose parameter pointer lives in `slot`. */
@@ -511,9 +876,9 @@ static cm_tensor_t tensor_of_slot(const cm_model_t *model, float *const *slot) {
 void cm_model_head(const cm_model_t *model, cm_tensor_t *weight, cm_tensor_t *bias) {
     const cm_model_spec_t *spec = &model->spec;
     int last = spec->layers - 1;
-    int mlp = spec->kind == CM_MODEL_MLP;
-    *weight = tensor_of_slot(model, mlp ? &model->dense_weight[last] : &model->head_weight);
-    *bias = tensor_of_slot(model, mlp ? &model->dense_bias[last] : &model->head_bias);
+    int dense = has_dense_stack(model);
+    *weight = tensor_of_slot(model, dense ? &model->dense_weight[last] : &model->head_weight);
+    *bias = tensor_of_slot(model, dense ? &model->dense_bias[last] : &model->head_bias);
 }
 
 /* ---------------------------------------------------------------- backward */
@@ -524,8 +889,10 @@ static void add_into(float *target, const float *source, int count) {
     for (int index = 0; index < count; index++) target[index] += source[index];
 }
 
-static void mlp_backward(cm_model_t *model, const float *d_logits, const float *d_hidden,
-                         int batch) {
+/* Backward of the dense stack over input[batch][widths[0]]; d_input (NULL: not needed) gets
+ * the gradient of that input added. */
+static void mlp_backward(cm_model_t *model, const float *input, float *d_input_of_stack,
+                         const float *d_logits, const float *d_hidden, int batch) {
     const cm_model_spec_t *spec = &model->spec;
     int last = spec->layers - 1;
     /* scratch_a holds the gradient of the current layer's output activation. */
@@ -540,8 +907,8 @@ static void mlp_backward(cm_model_t *model, const float *d_logits, const float *
         int in_dim = spec->widths[layer], out_dim = spec->widths[layer + 1];
         memset(d_pre, 0, sizeof(float) * (size_t)batch * (size_t)out_dim);
         cm_layers_relu_backward(d_pre, d_act, model->pre[layer], batch * out_dim);
-        const float *layer_input = layer == 0 ? model->last_input : model->act[layer - 1];
-        float *d_input = NULL;
+        const float *layer_input = layer == 0 ? input : model->act[layer - 1];
+        float *d_input = d_input_of_stack;
         if (layer > 0) {
             d_input = d_act; /* d_act was consumed by the ReLU backward above */
             memset(d_input, 0, sizeof(float) * (size_t)batch * (size_t)in_dim);
@@ -552,8 +919,21 @@ static void mlp_backward(cm_model_t *model, const float *d_logits, const float *
     }
 }
 
-static void vit_backward(cm_model_t *model, const float *d_logits, const float *d_hidden,
+static void emb_backward(cm_model_t *model, const float *d_logits, const float *d_hidden,
                          int batch) {
+    const cm_model_spec_t *spec = &model->spec;
+    int columns = spec->columns, dim = spec->dim, width = spec->widths[0];
+    memset(model->d_concat, 0, sizeof(float) * (size_t)batch * (size_t)width);
+    mlp_backward(model, model->concat, model->d_concat, d_logits, d_hidden, batch);
+    for (int column = 0; column < columns; column++)
+        cm_layers_embedding_backward(GRAD(model, model->embedding_table[column]),
+                                     model->d_concat + (size_t)column * dim, width,
+                                     model->ids + column, columns, batch, dim);
+}
+
+/* Backward of the trunk; leaves the gradient of x0[batch][tokens][dim] in d_res. */
+static void transformer_backward(cm_model_t *model, const float *d_logits, const float *d_hidden,
+                                 int batch, const unsigned char *valid) {
     const cm_model_spec_t *spec = &model->spec;
     int dim = spec->dim, mlp_dim = spec->mlp_dim, tokens = model->tokens;
     int rows = batch * tokens;
@@ -565,12 +945,12 @@ static void vit_backward(cm_model_t *model, const float *d_logits, const float *
                              model->head_weight, batch, dim, spec->classes);
     if (d_hidden) add_into(model->d_pooled, d_hidden, batch * dim);
     memset(model->d_ln, 0, row_bytes * (size_t)dim);
-    cm_layers_mean_pool_backward(model->d_ln, model->d_pooled, batch, tokens, dim);
+    cm_layers_mean_pool_backward(model->d_ln, model->d_pooled, valid, batch, tokens, dim);
     /* d_res: gradient of the residual stream, walked back through the blocks in place. */
     memset(model->d_res, 0, row_bytes * (size_t)dim);
-    cm_layers_layernorm_backward(model->d_res, GRAD(model, model->lnf_gamma),
-                                 GRAD(model, model->lnf_beta), model->d_ln, vit_last_tokens(model),
-                                 model->lnf_gamma, model->lnf_mean, model->lnf_rstd, rows, dim);
+    cm_layers_layernorm_backward(
+        model->d_res, GRAD(model, model->lnf_gamma), GRAD(model, model->lnf_beta), model->d_ln,
+        trunk_last_tokens(model), model->lnf_gamma, model->lnf_mean, model->lnf_rstd, rows, dim);
     for (int depth = spec->depth - 1; depth >= 0; depth--) {
         vit_block_t *block = &model->blocks[depth];
         const float *block_input = depth == 0 ? model->x0 : model->blocks[depth - 1].x_out;
@@ -588,7 +968,8 @@ static void vit_backward(cm_model_t *model, const float *d_logits, const float *
         cm_layers_layernorm_backward(model->d_res, GRAD(model, block->ln2_gamma),
                                      GRAD(model, block->ln2_beta), model->d_ln, block->x_mid,
                                      block->ln2_gamma, block->ln2_mean, block->ln2_rstd, rows, dim);
-        /* Attention branch: x_mid = x_in + proj(attention(qkv(ln1(x_in)))) */
+        /* Attention branch: x_mid = x_in + proj(attention(qkv(ln1(x_in)))); the masked
+         * probabilities saved in att are 0, so the same backward serves the masked trunk. */
         memset(model->d_attn, 0, row_bytes * (size_t)dim);
         cm_layers_dense_backward(model->d_attn, GRAD(model, block->proj_weight),
                                  GRAD(model, block->proj_bias), model->d_res, block->attn_out,
@@ -604,17 +985,45 @@ static void vit_backward(cm_model_t *model, const float *d_logits, const float *
                                      GRAD(model, block->ln1_beta), model->d_ln, block_input,
                                      block->ln1_gamma, block->ln1_mean, block->ln1_rstd, rows, dim);
     }
+}
+
+static void vit_backward(cm_model_t *model, const float *d_logits, const float *d_hidden,
+                         int batch) {
+    const cm_model_spec_t *spec = &model->spec;
+    transformer_backward(model, d_logits, d_hidden, batch, NULL);
     cm_layers_patch_embed_backward(GRAD(model, model->patch_weight), GRAD(model, model->patch_bias),
                                    GRAD(model, model->cls), GRAD(model, model->pos), model->d_res,
-                                   model->patches, batch, model->num_patches, spec->patch, dim);
+                                   model->patches, batch, model->num_patches, spec->patch,
+                                   spec->dim);
+}
+
+static void tok_backward(cm_model_t *model, const float *d_logits, const float *d_hidden,
+                         int batch) {
+    int dim = model->spec.dim, tokens = model->tokens;
+    transformer_backward(model, d_logits, d_hidden, batch, model->valid);
+    cm_layers_embedding_backward(GRAD(model, model->token_table), model->d_res, dim, model->ids, 1,
+                                 batch * tokens, dim);
+    for (int example = 0; example < batch; example++)
+        add_into(GRAD(model, model->pos),
+                 model->d_res + (size_t)example * (size_t)tokens * (size_t)dim, tokens * dim);
 }
 
 void cm_model_backward(cm_model_t *model, const float *d_logits, const float *d_hidden, int batch) {
     assert(batch == model->last_batch);
-    if (model->spec.kind == CM_MODEL_MLP)
-        mlp_backward(model, d_logits, d_hidden, batch);
-    else
+    switch (model->spec.kind) {
+    case CM_MODEL_MLP:
+        mlp_backward(model, model->last_input, NULL, d_logits, d_hidden, batch);
+        break;
+    case CM_MODEL_EMB:
+        emb_backward(model, d_logits, d_hidden, batch);
+        break;
+    case CM_MODEL_VIT:
         vit_backward(model, d_logits, d_hidden, batch);
+        break;
+    case CM_MODEL_TOK:
+        tok_backward(model, d_logits, d_hidden, batch);
+        break;
+    }
 }
 
 void cm_model_zero_grads(cm_model_t *model) {
@@ -742,4 +1151,24 @@ void cm_model_evaluate(cm_model_t *model, const float *inputs, const int32_t *la
     }
     if (accuracy) *accuracy = count ? (double)correct / count : 0.0;
     if (mean_loss) *mean_loss = count ? loss_sum / count : 0.0;
+}
+
+void cm_model_evaluate_regression(cm_model_t *model, const float *inputs, const float *targets,
+                                  int count, double *rmse, double *mae) {
+    int features = cm_model_spec_inputs(&model->spec), outputs = model->spec.classes;
+    double squared_sum = 0.0, absolute_sum = 0.0;
+    for (int start = 0; start < count; start += model->max_batch) {
+        int batch = count - start < model->max_batch ? count - start : model->max_batch;
+        const float *predictions =
+            cm_model_forward(model, inputs + (size_t)start * (size_t)features, batch);
+        const float *batch_targets = targets + (size_t)start * (size_t)outputs;
+        for (size_t index = 0; index < (size_t)batch * (size_t)outputs; index++) {
+            double error = (double)predictions[index] - (double)batch_targets[index];
+            squared_sum += error * error;
+            absolute_sum += fabs(error);
+        }
+    }
+    double values = (double)count * (double)outputs;
+    if (rmse) *rmse = count ? sqrt(squared_sum / values) : 0.0;
+    if (mae) *mae = count ? absolute_sum / values : 0.0;
 }

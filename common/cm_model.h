@@ -1,24 +1,57 @@
 /*
  * cm_model: the model families of committee, built from cm_layers kernels.
  *
+ * A model is described by a spec string "FAMILY:..." that is stored in its
+ * checkpoint.  Parsing is strict: every number is a whole decimal number in
+ * its range, nothing is left over, no field is empty or given twice, and an
+ * unknown key is named; cm_model_spec_format gives the canonical string
+ * (every key, fixed order), and parse(format(spec)) == spec.
+ *
  *  - MLP, spec "mlp:784-256-256-10": dense layers with ReLU between them;
- *    the first width is the number of input features, the last the classes.
+ *    the first width is the number of input features (any dense view,
+ *    flattened), the last the output width (classes, or regression targets).
  *  - Small vision transformer, spec
  *    "vit:image=28x28,patch=7,dim=64,depth=2,heads=4,mlp=128,classes=10":
  *    patch embedding with a class token and learned positions, `depth`
  *    pre-norm blocks (LN, multi-head self-attention, residual; LN, GELU MLP,
- *    residual), a final LN, mean pooling over tokens, a dense head.
+ *    residual), a final LN, mean pooling over tokens, a dense head.  Every
+ *    key has a default (those shown, mlp = 2*dim); "vit" alone is valid.
+ *  - Embedding model over categorical columns (a recommender-style student or
+ *    complementary teacher), spec "emb:cards=671x9066,dim=32,mlp=128-64,out=1":
+ *    one embedding table of `dim` per column (cards lists each column's
+ *    cardinality, 'x'-separated, 1..64 columns), the looked-up rows
+ *    concatenated (columns*dim), then an MLP with ReLU through the '-'-separated
+ *    hidden widths to `out` outputs.  cards and out are required; dim
+ *    defaults to 32, mlp to 128.
+ *  - Token model (a text foundation teacher), spec
+ *    "tok:len=64,vocab=20000,dim=64,depth=2,heads=4,mlp=128,pad=0,out=1":
+ *    token embedding plus learned positions, the ViT's pre-norm blocks with a
+ *    padding mask (keys holding the `pad` id get no attention), a final LN,
+ *    mean pooling over the non-pad tokens, a dense head to `out` outputs.
+ *    len, vocab and out are required; dim 64, depth 2, heads 4, mlp 2*dim
+ *    and pad 0 are the defaults.  A sequence of pads only pools to zeros.
  *
- * Every model exposes, besides its logits, named intermediate features a
+ * Inputs are always floats [batch][cm_model_spec_inputs]: features for mlp
+ * and vit, category ids (one per column) for emb, token ids (len of them) for
+ * tok.  Ids are whole numbers below 2^24 so floats hold them exactly; the
+ * data layer validates them, cm_model_check_inputs says why a batch is bad,
+ * and cm_model_forward aborts on an id outside its table (a programmer bug:
+ * nothing is ever read or written out of bounds).
+ *
+ * Every model exposes, besides its outputs, named intermediate features a
  * teacher serves: "hidden" (the penultimate vector: the last ReLU output of
- * an MLP, the pooled vector of a ViT) and, for the ViT, "tokens" (the last
- * block's token matrix, tokens x dim).
+ * an MLP or emb model, the pooled vector of a ViT or tok model) and, for the
+ * ViT and tok models, "tokens" (the last block's token matrix, tokens x dim).
+ * `classes` is the output width whatever the task: for regression the caller
+ * applies MSE to the outputs, and cm_model_evaluate_regression reports RMSE
+ * and MAE.
  *
  * Parameters, gradients (and the optimizer moments the caller keeps) share
  * one flat layout in one allocation each; named tensors are views into it,
- * named like PyTorch state dicts ("fc0.weight", "blocks.1.attn.qkv.weight")
- * with dense weights stored [out][in].  Activations are allocated once for
- * `max_batch` examples, so forward/backward never allocate.
+ * named like PyTorch state dicts ("fc0.weight", "blocks.1.attn.qkv.weight",
+ * "emb.0.weight", "tok_embed.weight") with dense weights stored [out][in].
+ * Activations (and the id and mask buffers of emb and tok) are allocated
+ * once for `max_batch` examples, so forward/backward never allocate.
  *
  * Checkpoints are safetensors files: the tensors plus __metadata__ with
  * "model" (the spec), "view", "dataset", "fingerprint" and whatever the
@@ -34,32 +67,53 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { CM_MODEL_MAX_LAYERS = 16, CM_MODEL_SPEC_MAX = 160 };
+/* CM_MODEL_MAX_ID: ids (categories, tokens) are below 2^24, where floats are exact. */
+enum {
+    CM_MODEL_MAX_LAYERS = 16,
+    CM_MODEL_MAX_COLUMNS = 64,
+    CM_MODEL_MAX_ID = 1 << 24,
+    CM_MODEL_SPEC_MAX = 1024
+};
 
-typedef enum { CM_MODEL_MLP, CM_MODEL_VIT } cm_model_kind_t;
+typedef enum { CM_MODEL_MLP, CM_MODEL_VIT, CM_MODEL_EMB, CM_MODEL_TOK } cm_model_kind_t;
 
 typedef struct {
     cm_model_kind_t kind;
-    int classes; /* output width */
-    /* MLP: widths[0] inputs ... widths[layers] == classes */
+    int classes; /* output width (classes, or regression targets) */
+    /* MLP and emb: widths[0] inputs of the dense stack (emb: columns*dim) ... widths[layers]
+     * == classes */
     int layers;
     int widths[CM_MODEL_MAX_LAYERS + 1];
     /* ViT */
     int image_height, image_width; /* pixels */
     int patch;                     /* square patch side, divides both image sides */
-    int dim;                       /* token width */
-    int depth;                     /* transformer blocks */
-    int heads;                     /* attention heads, divides dim */
-    int mlp_dim;                   /* hidden width of each block's MLP */
+    /* ViT, tok (dim also emb) */
+    int dim;     /* token width (emb: width of every embedding row) */
+    int depth;   /* transformer blocks */
+    int heads;   /* attention heads, divides dim */
+    int mlp_dim; /* hidden width of each block's MLP */
+    /* emb */
+    int columns;                           /* categorical input columns */
+    int cardinality[CM_MODEL_MAX_COLUMNS]; /* categories of each column, ids 0..card-1 */
+    /* tok */
+    int sequence_length; /* tokens per example */
+    int vocab;           /* token ids 0..vocab-1 */
+    int pad;             /* the padding id, below vocab */
 } cm_model_spec_t;
 
-/* Parses a spec string (see above); CM_ERR_INVALID_ARG with a sentence on any problem. */
+/*
+ * Parses a spec string (see above) into *spec (zeroed first, so two parses of one text compare
+ * equal with memcmp).  CM_ERR_INVALID_ARG with one sentence naming the spec and the bad part on
+ * any problem: an unknown family or key, a number that is not a whole number in its range
+ * (trailing letters, signs, overflow), an empty field, a key given twice, a missing required
+ * key, sizes that do not fit together.
+ */
 cm_status_t cm_model_spec_parse(const char *text, cm_model_spec_t *spec);
 
 /* Canonical spec string of `spec` into text[size]. */
 void cm_model_spec_format(const cm_model_spec_t *spec, char *text, size_t size);
 
-/* Number of input features per example the model expects. */
+/* Number of input floats per example the model expects (features, columns or tokens). */
 int cm_model_spec_inputs(const cm_model_spec_t *spec);
 
 typedef struct cm_model cm_model_t;
@@ -70,7 +124,8 @@ cm_status_t cm_model_new(const cm_model_spec_t *spec, int max_batch, cm_model_t 
 /* Frees the model and sets *model to NULL; NULL-safe. */
 void cm_model_free(cm_model_t **model);
 
-/* Random initialization from `seed` (He-normal for ReLU MLPs, N(0, 0.02) for the ViT). */
+/* Random initialization from `seed`: He-normal dense stacks (MLP, emb), N(0, 1) emb tables
+ * (as torch.nn.Embedding), N(0, 0.02) for the ViT and tok (embeddings, positions, blocks). */
 void cm_model_init(cm_model_t *model, uint64_t seed);
 
 const cm_model_spec_t *cm_model_spec(const cm_model_t *model);
@@ -86,13 +141,22 @@ int cm_model_tensor_count(const cm_model_t *model);
 cm_tensor_t cm_model_tensor(const cm_model_t *model, int index);
 
 /*
+ * Checks that inputs[batch][inputs] fit the model: for emb and tok every value is a whole number
+ * below its column's cardinality or the vocabulary (dense models accept anything).
+ * CM_ERR_OUT_OF_RANGE with a sentence naming the row, the column or position and the value.
+ */
+cm_status_t cm_model_check_inputs(const cm_model_t *model, const float *inputs, int batch);
+
+/*
  * Forward pass over inputs[batch][inputs] (batch <= max_batch).  Returns the logits
- * [batch][classes], borrowed and valid until the next forward.
+ * [batch][classes], borrowed and valid until the next forward.  The inputs are borrowed until
+ * the matching backward.  An emb or tok input that cm_model_check_inputs refuses is a
+ * programmer bug (the data layer validates ids): the process aborts with that sentence.
  */
 const float *cm_model_forward(cm_model_t *model, const float *inputs, int batch);
 
 /*
- * A named feature of the last forward pass ("hidden" or, for the ViT, "tokens"), as
+ * A named feature of the last forward pass ("hidden" or, for the ViT and tok, "tokens"), as
  * [batch][*per_example] floats, borrowed until the next forward; NULL if the model has
  * no such output.  For "tokens", *tokens_out (may be NULL) receives the token count.
  */
@@ -104,7 +168,8 @@ const char *cm_model_feature_names(const cm_model_t *model);
 
 /*
  * The dense head that maps the "hidden" feature to the logits, logits = weight . hidden + bias
- * (an MLP's last layer "fc<layers-1>", a ViT's "head"): *weight [classes][hidden] (stored
+ * (an MLP's or emb's last layer "fc<layers-1>", a ViT's or tok's "head"): *weight
+ * [classes][hidden] (stored
  * [out][in]) and *bias [classes], views into the parameters like cm_model_tensor's, valid for
  * the model's life.
  */
@@ -152,5 +217,13 @@ cm_status_t cm_model_load(const char *path, int max_batch, cm_model_t **out,
  */
 void cm_model_evaluate(cm_model_t *model, const float *inputs, const int32_t *labels, int count,
                        double *accuracy, double *mean_loss);
+
+/*
+ * Regression quality of the model on inputs[count][inputs] against targets[count][classes],
+ * in batches of the model's max_batch: the root mean squared error and the mean absolute error
+ * over every output of every example (both 0 when count is 0).  Either output may be NULL.
+ */
+void cm_model_evaluate_regression(cm_model_t *model, const float *inputs, const float *targets,
+                                  int count, double *rmse, double *mae);
 
 #endif

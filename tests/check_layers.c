@@ -2,8 +2,9 @@
  * cm_layers: every backward kernel against central finite differences (via
  * check_gradcheck.h, which also checks that backward adds), every forward
  * kernel against a plain double-precision reference or a known value, the
- * invariants (attention rows sum to 1, layer-norm rows have mean 0 and
- * variance 1), and a tiny MLP built from the kernels that overfits one batch
+ * invariants (attention rows sum to 1, masked keys get exactly 0 and an
+ * all-masked example no NaN, masked pooling ignores padding, layer-norm rows
+ * have mean 0 and variance 1), and a tiny MLP built from the kernels that overfits one batch
  * with AdamW.  Sizes are small and awkward (primes, non-multiples of 8) so
  * index mistakes cannot hide; all data comes from seeded cm_rng streams.
  */
@@ -343,15 +344,15 @@ typedef struct {
 
 static double embedding_loss(void *context) {
     embedding_case_t *test = context;
-    cm_layers_embedding_forward(test->out, embedding_ids, test->table, embedding_count,
-                                embedding_dim);
+    cm_layers_embedding_forward(test->out, embedding_dim, embedding_ids, 1, test->table,
+                                embedding_count, embedding_dim);
     return gradcheck_dot(test->d_out, test->out, embedding_count * embedding_dim);
 }
 
 static void embedding_backward(void *context) {
     embedding_case_t *test = context;
-    cm_layers_embedding_backward(test->d_table, test->d_out, embedding_ids, embedding_count,
-                                 embedding_dim);
+    cm_layers_embedding_backward(test->d_table, test->d_out, embedding_dim, embedding_ids, 1,
+                                 embedding_count, embedding_dim);
 }
 
 /* Repeated ids must accumulate; the unused row 4 must get nothing. */
@@ -379,11 +380,76 @@ START_TEST(test_embedding_gradient) {
 }
 END_TEST
 
+/*
+ * The strided form the emb model uses: ids[rows][columns] (three columns, each with its own
+ * table), column c's rows landing in the slice [c*dim, (c+1)*dim) of out[rows][columns*dim].
+ */
+enum { strided_rows = 5, strided_columns = 3, strided_dim = 3 };
+static const int strided_vocab[strided_columns] = {4, 2, 7};
+static const int32_t strided_ids[strided_rows * strided_columns] = {3, 0, 6, 1, 1, 0, 3, 1,
+                                                                    6, 0, 0, 2, 3, 1, 5};
+
+typedef struct {
+    float *tables[strided_columns], *d_tables[strided_columns], *out, *d_out;
+} strided_case_t;
+
+static double strided_loss(void *context) {
+    strided_case_t *test = context;
+    for (int column = 0; column < strided_columns; column++)
+        cm_layers_embedding_forward(test->out + column * strided_dim, strided_columns * strided_dim,
+                                    strided_ids + column, strided_columns, test->tables[column],
+                                    strided_rows, strided_dim);
+    return gradcheck_dot(test->d_out, test->out, strided_rows * strided_columns * strided_dim);
+}
+
+static void strided_backward(void *context) {
+    strided_case_t *test = context;
+    for (int column = 0; column < strided_columns; column++)
+        cm_layers_embedding_backward(test->d_tables[column], test->d_out + column * strided_dim,
+                                     strided_columns * strided_dim, strided_ids + column,
+                                     strided_columns, strided_rows, strided_dim);
+}
+
+START_TEST(test_embedding_strided_gradient) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 132);
+    strided_case_t test;
+    gradcheck_param_t params[strided_columns];
+    const char *names[] = {"table 0", "table 1", "table 2"};
+    for (int column = 0; column < strided_columns; column++) {
+        int count = strided_vocab[column] * strided_dim;
+        test.tables[column] = random_floats(&rng, count, -1.0f, 1.0f);
+        test.d_tables[column] = floats(count);
+        params[column] =
+            (gradcheck_param_t){names[column], test.tables[column], test.d_tables[column], count};
+    }
+    test.out = floats(strided_rows * strided_columns * strided_dim);
+    test.d_out = random_floats(&rng, strided_rows * strided_columns * strided_dim, -1.0f, 1.0f);
+    strided_loss(&test);
+    for (int row = 0; row < strided_rows; row++)
+        for (int column = 0; column < strided_columns; column++)
+            for (int j = 0; j < strided_dim; j++)
+                ck_assert_float_eq(
+                    test.out[(row * strided_columns + column) * strided_dim + j],
+                    test.tables[column]
+                               [strided_ids[row * strided_columns + column] * strided_dim + j]);
+    gradcheck_run(&rng, params, strided_columns, strided_loss, strided_backward, &test,
+                  gradcheck_default_tolerance());
+    for (int column = 0; column < strided_columns; column++) {
+        free(test.tables[column]);
+        free(test.d_tables[column]);
+    }
+    free(test.out);
+    free(test.d_out);
+}
+END_TEST
+
 /* ---- attention ------------------------------------------------------------------------ */
 
 typedef struct {
     int batch, tokens, dim, heads;
     float *qkv, *out, *att, *d_out, *d_qkv, *scratch;
+    const unsigned char *valid; /* [batch][tokens] key mask, NULL: none */
 } attention_case_t;
 
 static void attention_case_init(attention_case_t *test, cm_rng_t *rng, int batch, int tokens,
@@ -408,8 +474,8 @@ static void attention_case_deinit(attention_case_t *test) {
 
 static double attention_loss(void *context) {
     attention_case_t *test = context;
-    cm_layers_attention_forward(test->out, test->att, test->qkv, test->batch, test->tokens,
-                                test->dim, test->heads);
+    cm_layers_attention_forward(test->out, test->att, test->qkv, test->valid, test->batch,
+                                test->tokens, test->dim, test->heads);
     return gradcheck_dot(test->d_out, test->out, test->batch * test->tokens * test->dim);
 }
 
@@ -497,6 +563,82 @@ START_TEST(test_attention_stable_for_large_scores) {
         ck_assert_double_eq_tol(sum, 1.0, 1e-6);
     }
     for (int i = 0; i < 6 * 8; i++) ck_assert(isfinite(test.out[i]));
+    attention_case_deinit(&test);
+}
+END_TEST
+
+/*
+ * Padding mask: example 0 has keys 1 and 4 masked, example 1 only key 2 valid, example 2 no
+ * valid key at all.  The gradient check covers every case (masked attention has the same
+ * backward, fed by the zero probabilities); masked keys get probability exactly 0, the other
+ * rows still sum to 1, an all-masked example yields zeros (not NaN), and masked values and
+ * keys cannot change the output.
+ */
+enum { masked_batch = 3, masked_tokens = 5, masked_dim = 8 };
+static const unsigned char masked_valid[masked_batch * masked_tokens] = {1, 0, 1, 1, 0, 0, 0, 1,
+                                                                         0, 0, 0, 0, 0, 0, 0};
+
+START_TEST(test_attention_masked_gradient) {
+    static const int head_counts[] = {2, 1};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 144);
+    for (size_t choice = 0; choice < sizeof head_counts / sizeof head_counts[0]; choice++) {
+        attention_case_t test;
+        attention_case_init(&test, &rng, masked_batch, masked_tokens, masked_dim,
+                            head_counts[choice]);
+        test.valid = masked_valid;
+        gradcheck_param_t param = {"masked attention qkv", test.qkv, test.d_qkv,
+                                   masked_batch * masked_tokens * 3 * masked_dim};
+        gradcheck_run(&rng, &param, 1, attention_loss, attention_backward, &test,
+                      gradcheck_default_tolerance());
+        attention_case_deinit(&test);
+    }
+}
+END_TEST
+
+START_TEST(test_attention_masked_keys_get_no_weight) {
+    enum { heads = 2, rows = masked_batch * masked_tokens };
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 145);
+    attention_case_t test;
+    attention_case_init(&test, &rng, masked_batch, masked_tokens, masked_dim, heads);
+    test.valid = masked_valid;
+    attention_loss(&test);
+    for (int example = 0; example < masked_batch; example++)
+        for (int row = 0; row < heads * masked_tokens; row++) {
+            const float *att_row =
+                test.att + ((size_t)example * heads * masked_tokens + row) * masked_tokens;
+            double sum = 0.0;
+            int any_valid = 0;
+            for (int key = 0; key < masked_tokens; key++) {
+                int valid = masked_valid[example * masked_tokens + key];
+                any_valid |= valid;
+                if (!valid) ck_assert_msg(att_row[key] == 0.0f, "masked key got %g", att_row[key]);
+                sum += att_row[key];
+            }
+            ck_assert_double_eq_tol(sum, any_valid ? 1.0 : 0.0, 1e-6);
+        }
+    for (int index = 0; index < rows * masked_dim; index++) ck_assert(isfinite(test.out[index]));
+    for (int index = 2 * masked_tokens * masked_dim; index < rows * masked_dim; index++)
+        ck_assert_float_eq(test.out[index], 0.0f);
+    /* Whatever the masked keys and values hold, the output stays the same, bit for bit. */
+    float *before = floats(rows * masked_dim);
+    memcpy(before, test.out, sizeof(float) * rows * masked_dim);
+    for (int token = 0; token < rows; token++)
+        if (!masked_valid[token])
+            for (int i = masked_dim; i < 3 * masked_dim; i++)
+                test.qkv[token * 3 * masked_dim + i] = 1e3f * cm_rng_normal(&rng);
+    attention_loss(&test);
+    ck_assert_int_eq(memcmp(before, test.out, sizeof(float) * rows * masked_dim), 0);
+    /* Without a mask the all-masked example attends normally again. */
+    test.valid = NULL;
+    attention_loss(&test);
+    for (int row = 2 * heads * masked_tokens; row < masked_batch * heads * masked_tokens; row++) {
+        double sum = 0.0;
+        for (int key = 0; key < masked_tokens; key++) sum += test.att[row * masked_tokens + key];
+        ck_assert_double_eq_tol(sum, 1.0, 1e-6);
+    }
+    free(before);
     attention_case_deinit(&test);
 }
 END_TEST
@@ -610,23 +752,26 @@ enum { pool_batch = 2, pool_tokens = 5, pool_dim = 3 };
 
 typedef struct {
     float *in, *out, *d_out, *d_in;
+    const unsigned char *valid; /* [pool_batch][pool_tokens], NULL: every token */
 } pool_case_t;
 
 static double pool_loss(void *context) {
     pool_case_t *test = context;
-    cm_layers_mean_pool_forward(test->out, test->in, pool_batch, pool_tokens, pool_dim);
+    cm_layers_mean_pool_forward(test->out, test->in, test->valid, pool_batch, pool_tokens,
+                                pool_dim);
     return gradcheck_dot(test->d_out, test->out, pool_batch * pool_dim);
 }
 
 static void pool_backward(void *context) {
     pool_case_t *test = context;
-    cm_layers_mean_pool_backward(test->d_in, test->d_out, pool_batch, pool_tokens, pool_dim);
+    cm_layers_mean_pool_backward(test->d_in, test->d_out, test->valid, pool_batch, pool_tokens,
+                                 pool_dim);
 }
 
 START_TEST(test_mean_pool) {
     cm_rng_t rng;
     cm_rng_seed(&rng, 161);
-    pool_case_t test;
+    pool_case_t test = {.valid = NULL};
     test.in = random_floats(&rng, pool_batch * pool_tokens * pool_dim, -1.0f, 1.0f);
     test.out = floats(pool_batch * pool_dim);
     test.d_out = random_floats(&rng, pool_batch * pool_dim, -1.0f, 1.0f);
@@ -643,6 +788,40 @@ START_TEST(test_mean_pool) {
     gradcheck_param_t param = {"mean pool in", test.in, test.d_in,
                                pool_batch * pool_tokens * pool_dim};
     gradcheck_run(&rng, &param, 1, pool_loss, pool_backward, &test, gradcheck_default_tolerance());
+    free(test.in);
+    free(test.out);
+    free(test.d_out);
+    free(test.d_in);
+}
+END_TEST
+
+/* Masked mean pooling: example 0 averages tokens 0, 2 and 3, example 1 has none (zeros, and
+ * no gradient); masked tokens never get gradient. */
+START_TEST(test_mean_pool_masked) {
+    static const unsigned char valid[pool_batch * pool_tokens] = {1, 0, 1, 1, 0, 0, 0, 0, 0, 0};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 162);
+    pool_case_t test = {.valid = valid};
+    test.in = random_floats(&rng, pool_batch * pool_tokens * pool_dim, -1.0f, 1.0f);
+    test.out = floats(pool_batch * pool_dim);
+    test.d_out = random_floats(&rng, pool_batch * pool_dim, -1.0f, 1.0f);
+    test.d_in = floats(pool_batch * pool_tokens * pool_dim);
+    pool_loss(&test);
+    for (int feature = 0; feature < pool_dim; feature++) {
+        double want = 0.0;
+        for (int token = 0; token < pool_tokens; token++)
+            if (valid[token]) want += test.in[token * pool_dim + feature] / 3.0;
+        ck_assert_double_eq_tol(test.out[feature], want, 1e-6);
+        ck_assert_float_eq(test.out[pool_dim + feature], 0.0f);
+    }
+    gradcheck_param_t param = {"masked mean pool in", test.in, test.d_in,
+                               pool_batch * pool_tokens * pool_dim};
+    gradcheck_run(&rng, &param, 1, pool_loss, pool_backward, &test, gradcheck_default_tolerance());
+    memset(test.d_in, 0, sizeof(float) * pool_batch * pool_tokens * pool_dim);
+    pool_backward(&test);
+    for (int token = 0; token < pool_batch * pool_tokens; token++)
+        for (int feature = 0; feature < pool_dim; feature++)
+            if (!valid[token]) ck_assert_float_eq(test.d_in[token * pool_dim + feature], 0.0f);
     free(test.in);
     free(test.out);
     free(test.d_out);
@@ -737,9 +916,12 @@ Suite *check_layers_suite(void) {
     tcase_add_test(gradients, test_gelu_gradient);
     tcase_add_test(gradients, test_layernorm_gradients);
     tcase_add_test(gradients, test_embedding_gradient);
+    tcase_add_test(gradients, test_embedding_strided_gradient);
     tcase_add_test(gradients, test_attention_gradient);
+    tcase_add_test(gradients, test_attention_masked_gradient);
     tcase_add_test(gradients, test_patch_embed_gradients);
     tcase_add_test(gradients, test_mean_pool);
+    tcase_add_test(gradients, test_mean_pool_masked);
     suite_add_tcase(suite, gradients);
     TCase *forward = tcase_create("forward");
     tcase_add_test(forward, test_dense_forward_matches_reference);
@@ -748,6 +930,7 @@ Suite *check_layers_suite(void) {
     tcase_add_test(forward, test_layernorm_normalises_rows);
     tcase_add_test(forward, test_attention_forward_matches_reference);
     tcase_add_test(forward, test_attention_stable_for_large_scores);
+    tcase_add_test(forward, test_attention_masked_keys_get_no_weight);
     tcase_add_test(forward, test_patch_embed_forward_matches_reference);
     tcase_add_test(forward, test_add_aliases);
     suite_add_tcase(suite, forward);
