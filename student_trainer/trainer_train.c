@@ -991,9 +991,15 @@ static cm_status_t diversedistill_settings(run_t *run, trainer_dd_config_t *conf
         return cm_fail(CM_ERR_INVALID_ARG,
                        "--dd-interactive needs the live teachers (their heads are not in a "
                        "record); train against the committee instead of replaying");
-    if (cm_model_spec(run->student)->kind != CM_MODEL_MLP)
-        return cm_fail(CM_ERR_INVALID_ARG, "--method diversedistill needs an MLP student (its "
-                                           "answer term uses the student's last layer)");
+    /* The answer runs head(ReLU(k)) through the student's own head (cm_model_head), which
+     * reads a ReLU vector only in the dense-stack families. */
+    cm_model_kind_t family = cm_model_spec(run->student)->kind;
+    if (family != CM_MODEL_MLP && family != CM_MODEL_EMB)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--method diversedistill needs an mlp or emb student, whose head reads a "
+                       "ReLU hidden vector (the committee's answer goes through that head); "
+                       "model '%s' is not one",
+                       options->model);
     *config = trainer_dd_defaults();
     cm_status_t status = trainer_dd_router_parse(options->dd_router, &config->router);
     if (status != CM_OK) return status;
