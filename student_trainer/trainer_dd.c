@@ -15,6 +15,9 @@
  * learnability router term over the rows with at least one teacher, the reliability
  * router term over the labelled ones among them.
  *
+ * Regression swaps each CE and KL for a row's squared error (trainer_dd.h) in the same
+ * places; teacher_soft is then not filled, and pair_kl holds SE(s, z_i) for learnability.
+ *
  * Teacher activations are COMPACT: teacher i's buffers hold only its present rows, in
  * batch order (present_rows maps back), so an absent row's garbage (often NaN) is never
  * read, not even as NaN·0 inside a BLAS call, and filtered-out pairs cost nothing.

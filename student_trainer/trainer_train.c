@@ -538,6 +538,12 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
 
 /* ---------------------------------------------------------------- one step */
 
+/*
+ * One step: next batch (inputs, labels, the teachers' outputs the method asked for, from the
+ * cache), forward, zero_grad, the method's loss and its backward into d_logits / d_hidden,
+ * the student's backward, AdamW on the student and the method's own update.  Whatever
+ * --method is, it is only trainer_method_* calls here.
+ */
 static cm_status_t train_batch(run_t *run, int batch_index) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     int features = run->dataset->features, rows = batch_rows(run, batch_index);
