@@ -1679,13 +1679,18 @@ END_TEST
  * about 0.98 (reliability) and 0.92 (learnability, KL 0 against 1.23 at T = 2, tau = 0.5) on
  * the right teacher; with a hesitant student and tau = 1 the learnability target itself stays
  * near 0.65, and the router can only follow it.  Only the module trains.  Afterwards, on
- * fresh examples, alpha must put most of its weight on the right teacher.
+ * fresh examples, alpha must put most of its weight on the right teacher.  The same as a
+ * regression problem: both targets are then softmax(-SE/τ), about 0.99 on the right teacher.
  */
 START_TEST(test_router_learns_which_teacher_is_right) {
     enum { EXAMPLES = 128, LEARN_WIDTH = 8, LEARN_CLASSES = 4, STEPS = 300 };
     trainer_dd_router_t router =
-        _i == 0 ? TRAINER_DD_ROUTER_RELIABILITY : TRAINER_DD_ROUTER_LEARNABILITY;
+        _i % 2 == 0 ? TRAINER_DD_ROUTER_RELIABILITY : TRAINER_DD_ROUTER_LEARNABILITY;
+    /* Loops 2 and 3: regression, 4 targets; the right teacher predicts them, the wrong one
+     * misses each by 1.5, the student predicts them (squared errors 0 and 2.25). */
+    int regression = _i >= 2;
     trainer_dd_config_t config = trainer_dd_defaults();
+    config.task = regression ? TRAINER_TASK_REGRESSION : TRAINER_TASK_CLASSIFICATION;
     config.teacher_count = 2;
     config.classes = LEARN_CLASSES;
     config.student_hidden = LEARN_WIDTH;
@@ -1702,6 +1707,7 @@ START_TEST(test_router_learns_which_teacher_is_right) {
 
     static int32_t labels[EXAMPLES];
     static uint8_t present[EXAMPLES];
+    static float targets[EXAMPLES * LEARN_CLASSES];
     static float teacher_logits[2][EXAMPLES * LEARN_CLASSES], features[2][EXAMPLES * 6];
     static float student_logits[EXAMPLES * LEARN_CLASSES], hidden[EXAMPLES * LEARN_WIDTH];
     static float head_weight[LEARN_CLASSES * LEARN_WIDTH], head_bias[LEARN_CLASSES];
@@ -1713,6 +1719,9 @@ START_TEST(test_router_learns_which_teacher_is_right) {
     gradcheck_fill(&rng, head_weight, LEARN_CLASSES * LEARN_WIDTH, -0.5f, 0.5f);
     memset(present, 1, sizeof present);
     trainer_dd_batch_t batch = {.rows = EXAMPLES, .labels = labels};
+    if (regression)
+        batch = (trainer_dd_batch_t){
+            .rows = EXAMPLES, .targets = targets, .labelled = present /* all labelled */};
     for (int t = 0; t < 2; t++) {
         batch.teacher_logits[t] = teacher_logits[t];
         batch.teacher_feature[t] = features[t];
@@ -1734,14 +1743,22 @@ START_TEST(test_router_learns_which_teacher_is_right) {
             float *hidden_row = hidden + row * LEARN_WIDTH;
             hidden_row[0] = 2.0f * x;
             for (int u = 1; u < LEARN_WIDTH; u++) hidden_row[u] = cm_rng_normal(&rng);
+            for (int c = 0; c < LEARN_CLASSES; c++)
+                targets[row * LEARN_CLASSES + c] = c == label ? 1.0f : -0.5f;
             for (int t = 0; t < 2; t++) {
                 int right = (t == 0) == (x > 0.0f);
                 int32_t peak = right ? label : (label + 1 + t) % LEARN_CLASSES;
                 for (int c = 0; c < LEARN_CLASSES; c++)
-                    teacher_logits[t][row * LEARN_CLASSES + c] = c == peak ? 4.0f : 0.0f;
+                    teacher_logits[t][row * LEARN_CLASSES + c] =
+                        regression  ? targets[row * LEARN_CLASSES + c] + (right ? 0.0f : 1.5f)
+                        : c == peak ? 4.0f
+                                    : 0.0f;
             }
             for (int c = 0; c < LEARN_CLASSES; c++)
-                student_logits[row * LEARN_CLASSES + c] = c == label ? 4.0f : 0.0f;
+                student_logits[row * LEARN_CLASSES + c] = regression
+                                                              ? targets[row * LEARN_CLASSES + c]
+                                                          : c == label ? 4.0f
+                                                                       : 0.0f;
             gradcheck_fill(&rng, features[0] + row * 4, 4, -1.0f, 1.0f);
             gradcheck_fill(&rng, features[1] + row * 6, 6, -1.0f, 1.0f);
         }
@@ -1760,8 +1777,8 @@ START_TEST(test_router_learns_which_teacher_is_right) {
         ck_assert(isfinite(loss.total));
         trainer_dd_adamw_step(dd, &adamw, step);
     }
-    ck_assert_msg(right_weight > 0.7, "%s router: mean alpha of the right teacher %.3f",
-                  trainer_dd_router_name(router), right_weight);
+    ck_assert_msg(right_weight > 0.7, "%s router (task %d): mean alpha of the right teacher %.3f",
+                  trainer_dd_router_name(router), (int)config.task, right_weight);
     trainer_dd_free(&dd);
 }
 END_TEST
@@ -1803,7 +1820,7 @@ Suite *check_trainer_dd_suite(void) {
 
     TCase *learning = tcase_create("learning");
     tcase_set_timeout(learning, 30);
-    tcase_add_loop_test(learning, test_router_learns_which_teacher_is_right, 0, 2);
+    tcase_add_loop_test(learning, test_router_learns_which_teacher_is_right, 0, 4);
     suite_add_tcase(suite, learning);
     return suite;
 }
