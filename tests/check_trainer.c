@@ -266,7 +266,8 @@ START_TEST(test_resume_and_replay_are_exact) {
     ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "train: %s", output);
     snprintf(command, sizeof command, "%s train %s --teacher comp=%s --out %s --stop-after 40",
              test_util_bin("student-trainer"), common, comp.endpoint, resumed);
-    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "stop-after: %s", output);
+    /* --stop-after is an interruption: state saved, exit 130 (as the README says). */
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 130, "stop-after: %s", output);
     ck_assert_ptr_nonnull(strstr(output, "continue with --resume"));
     snprintf(command, sizeof command, "%s train %s --teacher comp=%s --out %s --resume",
              test_util_bin("student-trainer"), common, comp.endpoint, resumed);
@@ -448,7 +449,7 @@ START_TEST(test_diversedistill_interactive) {
 
     snprintf(command, sizeof command, "%s train %s --out %s --stop-after 50",
              test_util_bin("student-trainer"), common, resumed);
-    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "stop-after: %s", output);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 130, "stop-after: %s", output);
     snprintf(command, sizeof command, "%s train %s --out %s --resume",
              test_util_bin("student-trainer"), common, resumed);
     ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "resume: %s", output);
