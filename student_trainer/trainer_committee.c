@@ -494,6 +494,8 @@ cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, in
         teacher_t *teacher = &committee->teachers[index];
         for (int slot = 0; slot < teacher->endpoint_count; slot++) {
             endpoint_t *endpoint = &teacher->endpoints[slot];
+            cm_log_info("greeting teacher '%s' at %s (up to %d ms)", teacher->info.name,
+                        endpoint->address, config->handshake_ms);
             if ((status = handshake(committee, teacher, endpoint)) != CM_OK) goto fail;
             endpoint->up = 1;
             if (endpoint->heads != teacher->info.heads) {
@@ -917,8 +919,8 @@ static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot
  * TRAINER_BAD_REPLIES_IN_A_ROW-th in a row marks the endpoint down and hands those requests to
  * the failure policy instead.
  */
-static cm_status_t protocol_error(trainer_committee_t *committee, int teacher_index,
-                                  int slot_index, inflight_t *slot, const char *what) {
+static cm_status_t protocol_error(trainer_committee_t *committee, int teacher_index, int slot_index,
+                                  inflight_t *slot, const char *what) {
     teacher_t *teacher = &committee->teachers[teacher_index];
     endpoint_t *endpoint = &teacher->endpoints[slot_index];
     teacher->stats.protocol_errors++;
@@ -962,8 +964,8 @@ static cm_status_t nonfinite_reply(trainer_committee_t *committee, int teacher_i
     char why[768];
     snprintf(why, sizeof why, "at %s %.600s", endpoint->address, what);
     if (worth_logging(count))
-        cm_log_warn("teacher '%s' %s (%ld such replies so far); %s", teacher->info.name, why,
-                    count, policy_action(committee));
+        cm_log_warn("teacher '%s' %s (%ld such replies so far); %s", teacher->info.name, why, count,
+                    policy_action(committee));
     int number = slot->ticket;
     drop_inflight(committee, slot);
     committee->tickets[number].avoid_endpoint = slot_index;

@@ -100,9 +100,9 @@ typedef struct {
     const char *fingerprint; /* the student's dataset fingerprint */
     int classes;             /* the student's classes */
     int train_examples;      /* size of the training split (ids are checked against it) */
-    const cm_curve_keypair_t *curve_keys; /* the trainer's keys (borrowed for the committee's
-                                             life); NULL: plaintext, else every teacher needs its
-                                             server_key */
+    const cm_curve_keypair_t *curve_keys;     /* the trainer's keys (borrowed for the committee's
+                                                 life); NULL: plaintext, else every teacher needs its
+                                                 server_key */
     const volatile sig_atomic_t *interrupted; /* set by the caller's signal handler: every wait
                                                  ends with CM_ERR_CANCELLED (borrowed; NULL:
                                                  never) */
@@ -124,17 +124,17 @@ typedef struct {
 
 /* Outcomes per teacher since the start. */
 typedef struct {
-    long requests;       /* BatchRequests sent */
-    long replies;        /* BatchReplies accepted */
-    long busy;           /* Error{BUSY} answers (retried) */
-    long busy_timeouts;  /* requests answered BUSY for the whole deadline (then failed) */
-    long timeouts;       /* requests past their deadline */
+    long requests;          /* BatchRequests sent */
+    long replies;           /* BatchReplies accepted */
+    long busy;              /* Error{BUSY} answers (retried) */
+    long busy_timeouts;     /* requests answered BUSY for the whole deadline (then failed) */
+    long timeouts;          /* requests past their deadline */
     long protocol_errors;   /* replies this trainer could not use (asked again) */
     long nonfinite_replies; /* replies holding NaN or Inf (failed requests, never cached) */
-    long failed_tickets; /* tickets given up (policy skip) */
-    long examples;       /* example outputs received */
-    uint64_t bytes;      /* bytes received */
-    long down_events;    /* times the teacher went down */
+    long failed_tickets;    /* tickets given up (policy skip) */
+    long examples;          /* example outputs received */
+    uint64_t bytes;         /* bytes received */
+    long down_events;       /* times the teacher went down */
 } trainer_teacher_stats_t;
 
 typedef struct trainer_committee trainer_committee_t;
@@ -173,9 +173,9 @@ typedef struct {
  * == the committee's classes and inputs == the width of that feature in the teacher's Hello.
  * CM_ERR_NOT_FOUND with a sentence naming the teacher when it lends none ("teacher 'fm' at EP
  * does not lend its head for 'hidden'; start it with --lend-head on, or train without
- * --dd-interactive"), CM_ERR_UNAVAILABLE / timeout sentence when nobody answers, CM_ERR_CANCELLED when interrupted,
- * CM_ERR_MISMATCH when the shapes disagree.  On success *head holds the copies (release with
- * trainer_head_free); on failure it is empty.
+ * --dd-interactive"), CM_ERR_UNAVAILABLE / timeout sentence when nobody answers, CM_ERR_CANCELLED
+ * when interrupted, CM_ERR_MISMATCH when the shapes disagree.  On success *head holds the copies
+ * (release with trainer_head_free); on failure it is empty.
  */
 cm_status_t trainer_committee_fetch_head(trainer_committee_t *committee, int teacher,
                                          const char *feature, trainer_head_t *head);

@@ -174,8 +174,8 @@ typedef struct {
         *teacher_examples[TRAINER_MAX_TEACHERS];
     cm_metrics_counter_t *teacher_skipped[TRAINER_MAX_TEACHERS];
     cm_metrics_counter_t *teacher_busy_timeouts[TRAINER_MAX_TEACHERS],
-        *teacher_protocol_errors[TRAINER_MAX_TEACHERS],
-        *teacher_nonfinite[TRAINER_MAX_TEACHERS], *teacher_timeouts[TRAINER_MAX_TEACHERS];
+        *teacher_protocol_errors[TRAINER_MAX_TEACHERS], *teacher_nonfinite[TRAINER_MAX_TEACHERS],
+        *teacher_timeouts[TRAINER_MAX_TEACHERS];
     cm_metrics_gauge_t *teacher_down[TRAINER_MAX_TEACHERS];
     trainer_teacher_stats_t reported[TRAINER_MAX_TEACHERS]; /* what the counters hold so far */
     double waited_total;
@@ -763,14 +763,13 @@ static cm_status_t start_metrics(run_t *run) {
         cm_metrics_register_counter(run->registry, "committee_trainer_teacher_timeouts_total",
                                     "Requests a teacher did not answer within the deadline.",
                                     &label, &run->teacher_timeouts[teacher]);
-        cm_metrics_register_counter(run->registry,
-                                    "committee_trainer_teacher_busy_timeouts_total",
+        cm_metrics_register_counter(run->registry, "committee_trainer_teacher_busy_timeouts_total",
                                     "Requests a teacher answered BUSY for a whole deadline.",
                                     &label, &run->teacher_busy_timeouts[teacher]);
-        cm_metrics_register_counter(run->registry,
-                                    "committee_trainer_teacher_protocol_errors_total",
-                                    "Replies of a teacher this trainer could not use (asked again).",
-                                    &label, &run->teacher_protocol_errors[teacher]);
+        cm_metrics_register_counter(
+            run->registry, "committee_trainer_teacher_protocol_errors_total",
+            "Replies of a teacher this trainer could not use (asked again).", &label,
+            &run->teacher_protocol_errors[teacher]);
         cm_metrics_register_counter(run->registry,
                                     "committee_trainer_teacher_nonfinite_replies_total",
                                     "Replies of a teacher holding NaN or Inf (not used).", &label,
@@ -1423,8 +1422,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"checkpoint-every", CM_CLI_INT, &options->checkpoint_every, "STEPS",
          "also save the resumable state every STEPS steps (0: each epoch only)", 0},
         {"stop-after", CM_CLI_LONG, &options->stop_after, "STEPS",
-         "stop as if interrupted after STEPS optimizer steps: state saved, exit 130 (0: never)",
-         0},
+         "stop as if interrupted after STEPS optimizer steps: state saved, exit 130 (0: never)", 0},
         {"dd-router", CM_CLI_STRING, &options->dd_router, "MODE",
          "diversedistill router target: learnability, reliability or end-to-end", 0},
         {"dd-feature", CM_CLI_STRING, &options->dd_feature, "WHICH",
