@@ -14,7 +14,13 @@
  *
  * Retries: a ticket remembers the endpoint that last failed it and goes to
  * another live replica first; a BUSY streak has its own deadline (first
- * BUSY + deadline_ms) and back-off, reset whenever the ticket fails.
+ * BUSY + deadline_ms) and back-off, reset whenever the ticket fails.  A
+ * teacher that answers BUSY is alive, so it is not marked down: the first
+ * streak that lasts a whole deadline starts a "busy episode" of the
+ * endpoint (logged once, ended by its next reply); during one, under skip,
+ * a BUSY from the only live endpoint gives the ticket up at once, so
+ * training goes on at full speed without it, as with a teacher that is
+ * down, while every ticket still probes whether it answers again.
  *
  * Waits: no zmq_poll or sleep lasts longer than WAIT_SLICE_MS, and every
  * loop that waits looks at config.interrupted between slices.
@@ -68,6 +74,7 @@ typedef struct {
     int connections;   /* transport connections made (monitor) */
     unsigned heads;    /* features it lends a head for (1u << TRAINER_OUTPUT_*), last Hello */
     int bad_replies;   /* protocol errors in a row (reset by a good reply or going down) */
+    int busy_episode;  /* answered BUSY for a whole deadline, and no reply since (logged once) */
 } endpoint_t;
 
 typedef struct {
@@ -617,6 +624,13 @@ void trainer_committee_release(trainer_committee_t *committee, int number) {
 
 /* ---------------------------------------------------------------- the pump */
 
+/* 1 when `teacher` has a live endpoint other than `slot`. */
+static int other_live_endpoint(const teacher_t *teacher, int slot) {
+    for (int other = 0; other < teacher->endpoint_count; other++)
+        if (other != slot && teacher->endpoints[other].up) return 1;
+    return 0;
+}
+
 static int teacher_is_up(const teacher_t *teacher) {
     for (int slot = 0; slot < teacher->endpoint_count; slot++)
         if (teacher->endpoints[slot].up) return 1;
@@ -1031,6 +1045,10 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
             return status;
         }
         endpoint->bad_replies = 0;
+        if (endpoint->busy_episode)
+            cm_log_info("teacher '%s' at %s answers again after being busy", teacher->info.name,
+                        endpoint->address);
+        endpoint->busy_episode = 0;
         return CM_OK;
     }
     drop_inflight(committee, slot);
@@ -1041,15 +1059,24 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
          * lasted a whole deadline; then it is a failed request like a silent one. */
         teacher->stats.busy++;
         double now = cm_progress_now();
+        asked->avoid_endpoint = slot_index;
+        if (endpoint->busy_episode && committee->config.policy == TRAINER_POLICY_SKIP &&
+            !other_live_endpoint(teacher, slot_index)) {
+            asked->state = TICKET_FAILED; /* still busy: train on without it */
+            teacher->stats.failed_tickets++;
+            return CM_OK;
+        }
         if (asked->busy_deadline == 0.0)
             asked->busy_deadline = now + committee->config.deadline_ms / 1000.0;
-        asked->avoid_endpoint = slot_index;
         if (now >= asked->busy_deadline) {
-            char why[128];
-            snprintf(why, sizeof why, "answered BUSY to every retry for %d ms",
-                     committee->config.deadline_ms);
+            char why[160];
+            snprintf(why, sizeof why, "at %s answered BUSY to every retry for %d ms",
+                     endpoint->address, committee->config.deadline_ms);
             teacher->stats.busy_timeouts++;
-            mark_down(committee, teacher, endpoint, why);
+            if (!endpoint->busy_episode)
+                cm_log_warn("teacher '%s' %s; %s", teacher->info.name, why,
+                            policy_action(committee));
+            endpoint->busy_episode = 1;
             return request_failed(committee, ticket, why);
         }
         asked->state = TICKET_QUEUED;

@@ -16,9 +16,11 @@
  * teacher answered BUSY to every retry of it for deadline_ms (retries back
  * off 10 ms .. 1 s, preferring another replica), when it said Bye, or when
  * its reply holds a NaN or an infinity (checked on receipt, every float of
- * every output, before anything reaches the cache).  A deadline or BUSY
- * past the deadline marks the endpoint down.  A failed request follows the
- * failure policy:
+ * every output, before anything reaches the cache).  A deadline marks the
+ * endpoint down; BUSY past the deadline is logged once per episode (the
+ * teacher is alive) and, under skip, later BUSY answers give tickets up at
+ * once until it replies again.  A failed request follows the failure
+ * policy:
  *   wait  retry with exponential back-off (100 ms .. 5 s) until it answers;
  *   skip  give the ticket up (the rows stay missing; the method masks them)
  *         and, while the teacher is down, give new tickets up at once while

@@ -529,6 +529,7 @@ static int await_count(int (*count)(fake_teacher_t *), fake_teacher_t *teacher, 
 static int run_trainer(const char *arguments, const char *log) {
     char command[4096];
     snprintf(command, sizeof command, "%s train %s", test_util_bin("student-trainer"), arguments);
+    unlink(log); /* an old log could satisfy the waits below */
     pid_t trainer = test_process_start(command, log);
     ck_assert_int_gt(trainer, 0);
     int status = test_process_wait(trainer, 60000);
@@ -538,6 +539,19 @@ static int run_trainer(const char *arguments, const char *log) {
 }
 
 #define FAKE_RUN "--view pool7 --model mlp:49-32-10 --method kd --epochs 1 --batch 100 --http off "
+
+/* Sends SIGTERM once `ready` holds and expects exit 130 well before the 600 s deadline. */
+static void interrupt_trainer(pid_t trainer, const char *log, int ready) {
+    ck_assert_msg(ready, "the trainer never got to the wait; see %s", log);
+    test_process_sleep_ms(300); /* well inside the wait */
+    kill(trainer, SIGTERM);
+    int status = test_process_wait(trainer, 30000);
+    if (status < 0) test_process_stop(trainer, SIGKILL, 2000);
+    ck_assert_msg(status == 130,
+                  "SIGTERM while waiting: exit %d (-1: still waiting after 30 s); "
+                  "see %s",
+                  status, log);
+}
 
 START_TEST(test_busy_teacher_has_a_deadline) {
     REQUIRE_DATA();
@@ -566,28 +580,29 @@ START_TEST(test_busy_teacher_has_a_deadline) {
                       " --out %s/busy-fail.safetensors",
              endpoint, directory);
     status = run_trainer(arguments, log);
-    fake_teacher_stop(&teacher);
     ck_assert_msg(status == 1, "fail: the trainer exited %d; see %s", status, log);
-    ck_assert_msg(test_process_await_text(log,
-                                          "teacher 'fm' answered BUSY to every retry for 300 ms "
-                                          "and --on-teacher-failure is fail",
-                                          0),
+    char sentence[600];
+    snprintf(sentence, sizeof sentence,
+             "teacher 'fm' at %s answered BUSY to every retry for 300 ms and "
+             "--on-teacher-failure is fail",
+             endpoint);
+    ck_assert_msg(test_process_await_text(log, sentence, 0),
                   "no sentence naming the BUSY teacher; see %s", log);
+    /* wait: it keeps asking (that is the policy), and a signal still ends the run. */
+    char command[4096];
+    snprintf(command, sizeof command,
+             "%s train " FAKE_RUN "--teacher fm=%s --on-teacher-failure wait "
+             "--teacher-timeout-ms 300 " SUBSET " --out %s/busy-wait.safetensors",
+             test_util_bin("student-trainer"), endpoint, directory);
+    unlink(log); /* an old log could satisfy the waits below */
+    pid_t trainer = test_process_start(command, log);
+    interrupt_trainer(trainer, log,
+                      test_process_await_text(log, "answered BUSY to every retry", 30000));
+    fake_teacher_stop(&teacher);
+    ck_assert(test_process_await_text(log, "; asking again", 0));
+    ck_assert(test_process_await_text(log, "state saved to", 0));
 }
 END_TEST
-
-/* Sends SIGTERM once `ready` holds and expects exit 130 well before the 600 s deadline. */
-static void interrupt_trainer(pid_t trainer, const char *log, int ready) {
-    ck_assert_msg(ready, "the trainer never got to the wait; see %s", log);
-    test_process_sleep_ms(300); /* well inside the wait */
-    kill(trainer, SIGTERM);
-    int status = test_process_wait(trainer, 30000);
-    if (status < 0) test_process_stop(trainer, SIGKILL, 2000);
-    ck_assert_msg(status == 130,
-                  "SIGTERM while waiting: exit %d (-1: still waiting after 30 s); "
-                  "see %s",
-                  status, log);
-}
 
 START_TEST(test_signal_ends_every_wait) {
     REQUIRE_DATA();
@@ -603,6 +618,7 @@ START_TEST(test_signal_ends_every_wait) {
     snprintf(command, sizeof command,
              "%s train " FAKE_RUN "--teacher fm=%s --teacher-timeout-ms 600000 " SUBSET " --out %s",
              trainer_binary, endpoint, out);
+    unlink(log); /* an old log could satisfy the waits below */
     pid_t trainer = test_process_start(command, log);
     interrupt_trainer(trainer, log, await_count(fake_teacher_hellos, teacher, 1, 30000));
     ck_assert(test_process_await_text(log, "interrupted by a signal before training started", 0));
@@ -614,6 +630,7 @@ START_TEST(test_signal_ends_every_wait) {
              "%s train " FAKE_RUN "--teacher fm=ipc://%s/nobody-at-all.sock "
              "--teacher-timeout-ms 600000 " SUBSET " --out %s",
              trainer_binary, directory, out);
+    unlink(log); /* an old log could satisfy the waits below */
     trainer = test_process_start(command, log);
     interrupt_trainer(trainer, log, test_process_await_text(log, "greeting teacher 'fm'", 30000));
 
@@ -626,6 +643,7 @@ START_TEST(test_signal_ends_every_wait) {
                       "--window 2 --seed 7 " SUBSET " --out %s --metrics %s",
              endpoint, out, metrics);
     snprintf(command, sizeof command, "%s train %s", trainer_binary, common);
+    unlink(log); /* an old log could satisfy the waits below */
     trainer = test_process_start(command, log);
     interrupt_trainer(trainer, log, await_count(fake_teacher_requests, teacher, 6, 30000));
     fake_teacher_stop(&teacher);
