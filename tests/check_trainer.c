@@ -640,9 +640,10 @@ START_TEST(test_signal_ends_every_wait) {
     char common[2048];
     snprintf(common, sizeof common,
              FAKE_RUN "--teacher fm=%s --on-teacher-failure wait --teacher-timeout-ms 600000 "
-                      "--window 2 --seed 7 " SUBSET " --out %s --metrics %s",
-             endpoint, out, metrics);
-    snprintf(command, sizeof command, "%s train %s", trainer_binary, common);
+                      "--window 2 --seed 7 " SUBSET,
+             endpoint);
+    snprintf(command, sizeof command, "%s train %s --out %s --metrics %s", trainer_binary, common,
+             out, metrics);
     unlink(log); /* an old log could satisfy the waits below */
     trainer = test_process_start(command, log);
     interrupt_trainer(trainer, log, await_count(fake_teacher_requests, teacher, 6, 30000));
@@ -651,10 +652,20 @@ START_TEST(test_signal_ends_every_wait) {
     ck_assert_msg(test_process_await_text(log, "by a signal; state saved to", 0),
                   "the trainer did not say it saved its state; see %s", log);
     teacher = start_fake("silent", FAKE_TEACHER_NORMAL, 0, endpoint); /* the same model */
-    snprintf(command, sizeof command, "%s train %s --resume", trainer_binary, common);
+    snprintf(command, sizeof command, "%s train %s --out %s --metrics %s --resume", trainer_binary,
+             common, out, metrics);
     int status = test_util_run(command, output, sizeof output);
-    fake_teacher_stop(&teacher);
     ck_assert_msg(status == 0, "resume after SIGTERM: %s", output);
+    /* ... to the same bytes as a run that was never interrupted. */
+    snprintf(command, sizeof command, "%s train %s --out %s/straight-signal.safetensors",
+             trainer_binary, common, directory);
+    status = test_util_run(command, output, sizeof output);
+    fake_teacher_stop(&teacher);
+    ck_assert_msg(status == 0, "straight run: %s", output);
+    snprintf(command, sizeof command, "cmp %s %s/straight-signal.safetensors", out, directory);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0,
+                  "the run interrupted while waiting and resumed differs from a straight run: %s",
+                  output);
     json_t *lines = read_metrics(metrics);
     ck_assert_int_eq((int)json_array_size(lines), 1);
     json_t *line = json_array_get(lines, 0);
