@@ -25,12 +25,15 @@
 #include "test_process.h"
 #include "test_util.h"
 
+#include <arpa/inet.h>
 #include <check.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define SUBSET "--max-train 2000 --max-test 500"
@@ -540,6 +543,19 @@ static int run_trainer(const char *arguments, const char *log) {
 
 #define FAKE_RUN "--view pool7 --model mlp:49-32-10 --method kd --epochs 1 --batch 100 --http off "
 
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+static int free_port(void) {
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in address = {
+        .sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t size = sizeof address;
+    ck_assert_int_ge(listener, 0);
+    ck_assert_int_eq(bind(listener, (struct sockaddr *)&address, sizeof address), 0);
+    ck_assert_int_eq(getsockname(listener, (struct sockaddr *)&address, &size), 0);
+    close(listener);
+    return ntohs(address.sin_port);
+}
+
 /* Sends SIGTERM once `ready` holds and expects exit 130 well before the 600 s deadline. */
 static void interrupt_trainer(pid_t trainer, const char *log, int ready) {
     ck_assert_msg(ready, "the trainer never got to the wait; see %s", log);
@@ -588,16 +604,29 @@ START_TEST(test_busy_teacher_has_a_deadline) {
              endpoint);
     ck_assert_msg(test_process_await_text(log, sentence, 0),
                   "no sentence naming the BUSY teacher; see %s", log);
-    /* wait: it keeps asking (that is the policy), and a signal still ends the run. */
+    /* wait: it keeps asking (that is the policy), /metrics counts it while it waits, and a
+     * signal still ends the run. */
     char command[4096];
+    int port = free_port();
     snprintf(command, sizeof command,
              "%s train " FAKE_RUN "--teacher fm=%s --on-teacher-failure wait "
-             "--teacher-timeout-ms 300 " SUBSET " --out %s/busy-wait.safetensors",
-             test_util_bin("student-trainer"), endpoint, directory);
+             "--teacher-timeout-ms 300 --http 127.0.0.1:%d " SUBSET
+             " --out %s/busy-wait.safetensors",
+             test_util_bin("student-trainer"), endpoint, port, directory);
     unlink(log); /* an old log could satisfy the waits below */
     pid_t trainer = test_process_start(command, log);
-    interrupt_trainer(trainer, log,
-                      test_process_await_text(log, "answered BUSY to every retry", 30000));
+    int waiting = test_process_await_text(log, "answered BUSY to every retry", 30000);
+    char body[65536] = "";
+    int counted = 0;
+    for (int attempt = 0; attempt < 100 && !counted; attempt++) { /* up to ~10 s */
+        if (test_util_http_get(port, "/metrics", body, sizeof body, 2000) == 200)
+            counted =
+                strstr(body, "committee_trainer_teacher_busy_timeouts_total{teacher=\"fm\"} ") &&
+                !strstr(body, "committee_trainer_teacher_busy_timeouts_total{teacher=\"fm\"} 0\n");
+        if (!counted) test_process_sleep_ms(100);
+    }
+    interrupt_trainer(trainer, log, waiting);
+    ck_assert_msg(counted, "/metrics does not count the BUSY timeouts: %s", body);
     fake_teacher_stop(&teacher);
     ck_assert(test_process_await_text(log, "; asking again", 0));
     ck_assert(test_process_await_text(log, "state saved to", 0));
