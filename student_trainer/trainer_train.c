@@ -1403,7 +1403,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"on-teacher-failure", CM_CLI_STRING, &options->failure_policy, "POLICY",
          "when a teacher is down or late: wait, skip or fail", 0},
         {"teacher-timeout-ms", CM_CLI_INT, &options->teacher_timeout_ms, "MS",
-         "deadline of the handshake and of each request", 0},
+         "deadline of the handshake and of each request (BUSY retries included)", 0},
         {"window", CM_CLI_INT, &options->window, "N", "batches requested ahead from each teacher",
          0},
         {"encoding", CM_CLI_STRING, &options->encoding, "ENC",
