@@ -21,6 +21,19 @@
  * epoch, every --checkpoint-every steps and on SIGINT/SIGTERM.  --resume
  * continues exactly; resuming against another committee is refused unless
  * --force-resume.
+ *
+ * Interruptions: SIGINT/SIGTERM set a flag that the step loop reads after
+ * every batch and the committee client reads in every wait (at least every
+ * 100 ms), so a signal is honoured within a second even while a teacher is
+ * down or the handshake waits: the state reached so far (the cursor stays at
+ * the batch that was being waited for) is saved and the run exits 130.
+ * --stop-after is an interruption too (exit 130).  A signal before training
+ * starts (during the handshake) saves nothing and exits 130.
+ *
+ * Writes the user asked for are checked: a metrics line that cannot be
+ * written (flushed or closed), a record, a cache or the summary on standard
+ * output fails the run with one sentence naming the file (exit 1), after
+ * the state is saved.
  */
 #include "trainer_train.h"
 
@@ -41,6 +54,7 @@
 #include "trainer_http.h"
 #include "trainer_method.h"
 
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -155,6 +169,9 @@ typedef struct {
     cm_metrics_counter_t *teacher_bytes[TRAINER_MAX_TEACHERS],
         *teacher_examples[TRAINER_MAX_TEACHERS];
     cm_metrics_counter_t *teacher_skipped[TRAINER_MAX_TEACHERS];
+    cm_metrics_counter_t *teacher_busy_timeouts[TRAINER_MAX_TEACHERS],
+        *teacher_protocol_errors[TRAINER_MAX_TEACHERS], *teacher_nonfinite[TRAINER_MAX_TEACHERS],
+        *teacher_timeouts[TRAINER_MAX_TEACHERS];
     cm_metrics_gauge_t *teacher_down[TRAINER_MAX_TEACHERS];
     trainer_teacher_stats_t reported[TRAINER_MAX_TEACHERS]; /* what the counters hold so far */
     double waited_total;
@@ -265,7 +282,7 @@ static void free_run(run_t *run) {
         free(run->teacher_present[teacher]);
         for (int slot = 0; slot < MAX_WINDOW; slot++) free(run->kept[slot][teacher]);
     }
-    if (run->metrics) fclose(run->metrics);
+    if (run->metrics) fclose(run->metrics); /* after a failure; train() closes it checked */
 }
 
 /* ---------------------------------------------------------------- state */
@@ -513,7 +530,10 @@ static cm_status_t submit_batch(run_t *run, int batch_index) {
     return CM_OK;
 }
 
-/* Pumps the committee until every ticket of batch `batch_index` is answered or given up. */
+static void update_metrics(run_t *run);
+
+/* Pumps the committee until every ticket of batch `batch_index` is answered or given up
+ * (CM_ERR_CANCELLED when a signal interrupts the wait). */
 static cm_status_t await_batch(run_t *run, int batch_index) {
     int slot = batch_index % run->options.window;
     double started = cm_progress_now();
@@ -525,6 +545,7 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
                                                     run->tickets[slot][teacher][index]) == 0;
         if (!pending) break;
         cm_status_t status = trainer_committee_pump(run->committee, 100);
+        update_metrics(run); /* /metrics shows BUSY, timeouts and bad replies while it waits */
         if (status != CM_OK) return status;
     }
     run->wait_seconds += cm_progress_now() - started;
@@ -632,12 +653,13 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
 
 /* ---------------------------------------------------------------- epochs */
 
-/* One JSON line for the finished epoch; `distinct` examples were trained in it. */
-static void write_metrics(run_t *run, long distinct, double seconds, double accuracy,
-                          double test_loss) {
-    if (!run->metrics) return;
+/* One JSON line for the finished `epoch`; `distinct` examples were trained in it.  CM_ERR_IO
+ * naming --metrics when the line could not be written and flushed. */
+static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double seconds,
+                                 double accuracy, double test_loss) {
+    if (!run->metrics) return CM_OK;
     double examples = run->epoch_examples ? (double)run->epoch_examples : 1.0;
-    fprintf(run->metrics, "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,", run->epoch, run->step,
+    fprintf(run->metrics, "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,", epoch, run->step,
             run->loss_sum / examples);
     for (int term = 0; term < trainer_method_term_count(run->method); term++)
         fprintf(run->metrics, "\"%s\":%.6f,", trainer_method_term_name(run->method, term),
@@ -659,14 +681,19 @@ static void write_metrics(run_t *run, long distinct, double seconds, double accu
             "%s\"%s\":{\"requests\":%ld,\"replies\":%ld,\"examples_received\":%ld,\"bytes\":%llu,"
             "\"busy\":%ld,\"timeouts\":%ld,\"down_events\":%ld,\"failed_requests\":%ld,"
             "\"skipped_batches\":%ld,\"missing_rows\":%ld,\"filter_needed\":%ld,\"filter_skipped\":"
-            "%ld}",
+            "%ld,\"busy_timeouts\":%ld,\"protocol_errors\":%ld,\"nonfinite_replies\":%ld}",
             teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
             stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
             stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
-            run->missing_rows[teacher], run->filter_needed[teacher], run->filter_skipped[teacher]);
+            run->missing_rows[teacher], run->filter_needed[teacher], run->filter_skipped[teacher],
+            stats->busy_timeouts, stats->protocol_errors, stats->nonfinite_replies);
     }
     fprintf(run->metrics, "}}\n");
-    fflush(run->metrics);
+    /* A full disk shows at the flush (or already in the stream's error flag). */
+    if (fflush(run->metrics) != 0 || ferror(run->metrics))
+        return cm_fail(CM_ERR_IO, "cannot write metrics to %s: %s", run->options.metrics,
+                       strerror(errno ? errno : EIO));
+    return CM_OK;
 }
 
 /* Registers the Prometheus metrics and starts --http (a failure to listen is only a warning). */
@@ -700,6 +727,20 @@ static cm_status_t start_metrics(run_t *run) {
         cm_metrics_register_gauge(run->registry, "committee_trainer_teacher_down_events",
                                   "Times a teacher was found down.", &label,
                                   &run->teacher_down[teacher]);
+        cm_metrics_register_counter(run->registry, "committee_trainer_teacher_timeouts_total",
+                                    "Requests a teacher did not answer within the deadline.",
+                                    &label, &run->teacher_timeouts[teacher]);
+        cm_metrics_register_counter(run->registry, "committee_trainer_teacher_busy_timeouts_total",
+                                    "Requests a teacher answered BUSY for a whole deadline.",
+                                    &label, &run->teacher_busy_timeouts[teacher]);
+        cm_metrics_register_counter(
+            run->registry, "committee_trainer_teacher_protocol_errors_total",
+            "Replies of a teacher this trainer could not use (asked again).", &label,
+            &run->teacher_protocol_errors[teacher]);
+        cm_metrics_register_counter(run->registry,
+                                    "committee_trainer_teacher_nonfinite_replies_total",
+                                    "Replies of a teacher holding NaN or Inf (not used).", &label,
+                                    &run->teacher_nonfinite[teacher]);
     }
     if (strcmp(run->options.http, "off") != 0 &&
         trainer_http_start(run->options.http, run->registry, &run->http) != CM_OK)
@@ -719,6 +760,14 @@ static void update_metrics(run_t *run) {
         cm_metrics_counter_add(run->teacher_examples[teacher],
                                (uint64_t)(stats->examples - reported->examples));
         cm_metrics_gauge_set(run->teacher_down[teacher], (double)stats->down_events);
+        cm_metrics_counter_add(run->teacher_timeouts[teacher],
+                               (uint64_t)(stats->timeouts - reported->timeouts));
+        cm_metrics_counter_add(run->teacher_busy_timeouts[teacher],
+                               (uint64_t)(stats->busy_timeouts - reported->busy_timeouts));
+        cm_metrics_counter_add(run->teacher_protocol_errors[teacher],
+                               (uint64_t)(stats->protocol_errors - reported->protocol_errors));
+        cm_metrics_counter_add(run->teacher_nonfinite[teacher],
+                               (uint64_t)(stats->nonfinite_replies - reported->nonfinite_replies));
         *reported = *stats;
     }
 }
@@ -727,6 +776,28 @@ static cm_status_t save_all(run_t *run, double accuracy) {
     cm_status_t status = save_student(run, accuracy);
     if (status == CM_OK) status = save_state(run);
     return status;
+}
+
+/*
+ * Stops the run where it is (a signal or --stop-after): saves the student and the state at the
+ * cursor (the batches before run->next_batch are trained), and the teacher outputs fetched so
+ * far beside the state, so --resume continues bit for bit.  Sets *was_interrupted.
+ */
+static cm_status_t stop_here(run_t *run, double accuracy, int *was_interrupted) {
+    cm_status_t status = save_all(run, accuracy);
+    if (status != CM_OK) return status;
+    if (run->committee && strcmp(run->options.cache, "off")) {
+        char cache_path[1100];
+        snprintf(cache_path, sizeof cache_path, "%s.cache", run->state_path);
+        if ((status = trainer_cache_save(run->cache, cache_path, run->dataset->fingerprint)))
+            return status;
+    }
+    cm_log_info("stopped at epoch %d, batch %d (step %ld)%s; state saved to %s; continue with "
+                "--resume",
+                run->epoch, run->next_batch, run->step, interrupted ? " by a signal" : "",
+                run->state_path);
+    *was_interrupted = 1;
+    return CM_OK;
 }
 
 static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
@@ -766,7 +837,11 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
                 if ((status = submit_batch(run, run->submitted_upto)) != CM_OK) return status;
                 run->submitted_upto++;
             }
-            if (run->committee && (status = await_batch(run, batch_index)) != CM_OK) return status;
+            if (run->committee && (status = await_batch(run, batch_index)) != CM_OK) {
+                if (status != CM_ERR_CANCELLED || !interrupted) return status;
+                cm_progress_finish(&progress); /* a signal while it waited for teachers */
+                return stop_here(run, accuracy, was_interrupted);
+            }
             if ((status = train_batch(run, batch_index)) != CM_OK) return status;
             run->next_batch = batch_index + 1;
             update_metrics(run);
@@ -775,24 +850,13 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
             cm_progress_update(&progress, (long)run->next_batch * run->options.batch, text);
             int stop_now = interrupted ||
                            (run->options.stop_after > 0 && run->step >= run->options.stop_after);
-            if (stop_now || (run->options.checkpoint_every > 0 &&
-                             run->step % run->options.checkpoint_every == 0)) {
+            if (!stop_now && run->options.checkpoint_every > 0 &&
+                run->step % run->options.checkpoint_every == 0) {
                 if ((status = save_all(run, accuracy)) != CM_OK) return status;
             }
             if (stop_now) {
                 cm_progress_finish(&progress);
-                if (run->committee && strcmp(run->options.cache, "off")) {
-                    char cache_path[1100];
-                    snprintf(cache_path, sizeof cache_path, "%s.cache", run->state_path);
-                    if ((status =
-                             trainer_cache_save(run->cache, cache_path, run->dataset->fingerprint)))
-                        return status;
-                }
-                cm_log_info("stopped at epoch %d, batch %d (step %ld); state saved to %s; continue "
-                            "with --resume",
-                            run->epoch, run->next_batch, run->step, run->state_path);
-                *was_interrupted = 1;
-                return CM_OK;
+                return stop_here(run, accuracy, was_interrupted);
             }
         }
         cm_progress_finish(&progress);
@@ -826,26 +890,29 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
                 cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
                             run->teacher_names[teacher], run->skipped_batches[teacher],
                             run->missing_rows[teacher]);
-        write_metrics(run, distinct, seconds, accuracy, test_loss);
         cm_metrics_gauge_set(run->loss_gauge,
                              run->loss_sum /
                                  (double)(run->epoch_examples ? run->epoch_examples : 1));
         cm_metrics_gauge_set(run->accuracy_gauge, accuracy);
         run->waited_total += run->wait_seconds;
-        run->next_batch = batches;
+        /* From here on the state says "continue with the next epoch", also when a write below
+         * fails and train() saves the state once more. */
         int finished_epoch = run->epoch;
-        run->epoch = finished_epoch + 1; /* the state says where to continue */
+        run->epoch = finished_epoch + 1;
         run->next_batch = 0;
         status = save_all(run, accuracy);
-        run->epoch = finished_epoch;
-        if (status != CM_OK) return status;
-        if (strcmp(run->options.cache, "memory") && strcmp(run->options.cache, "off") &&
-            run->committee) {
+        if (status == CM_OK)
+            status = write_metrics(run, finished_epoch, distinct, seconds, accuracy, test_loss);
+        if (status == CM_OK && strcmp(run->options.cache, "memory") &&
+            strcmp(run->options.cache, "off") && run->committee)
             status = trainer_cache_save(run->cache, run->options.cache, run->dataset->fingerprint);
-            if (status != CM_OK) return status;
-        }
+        if (status != CM_OK) return status;
+        run->epoch = finished_epoch;
     }
-    printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out);
+    if (printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out) < 0 ||
+        fflush(stdout) != 0)
+        return cm_fail(CM_ERR_IO, "cannot write the summary to standard output: %s",
+                       strerror(errno ? errno : EIO));
     return CM_OK;
 }
 
@@ -941,6 +1008,7 @@ static cm_status_t set_up_teachers(run_t *run) {
         .classes = run->dataset->classes,
         .train_examples = train_count,
         .curve_keys = options->curve_secret_key ? &run->curve_keys : NULL,
+        .interrupted = &interrupted,
     };
     config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
                     : strcmp(options->failure_policy, "skip") == 0 ? TRAINER_POLICY_SKIP
@@ -1207,6 +1275,13 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         status = trainer_cache_save(run->cache, options->record, run->dataset->fingerprint);
         if (status == CM_OK) cm_log_info("recorded teacher outputs to %s", options->record);
     }
+    if (run->metrics) { /* the last buffered bytes land now: a failure here loses them */
+        int closed = fclose(run->metrics);
+        run->metrics = NULL;
+        if (closed != 0 && status == CM_OK)
+            status = cm_fail(CM_ERR_IO, "cannot write metrics to %s: %s", options->metrics,
+                             strerror(errno));
+    }
     return status;
 }
 
@@ -1294,7 +1369,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"on-teacher-failure", CM_CLI_STRING, &options->failure_policy, "POLICY",
          "when a teacher is down or late: wait, skip or fail", 0},
         {"teacher-timeout-ms", CM_CLI_INT, &options->teacher_timeout_ms, "MS",
-         "deadline of the handshake and of each request", 0},
+         "deadline of the handshake and of each request (BUSY retries included)", 0},
         {"window", CM_CLI_INT, &options->window, "N", "batches requested ahead from each teacher",
          0},
         {"encoding", CM_CLI_STRING, &options->encoding, "ENC",
@@ -1313,7 +1388,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"checkpoint-every", CM_CLI_INT, &options->checkpoint_every, "STEPS",
          "also save the resumable state every STEPS steps (0: each epoch only)", 0},
         {"stop-after", CM_CLI_LONG, &options->stop_after, "STEPS",
-         "stop as if interrupted after STEPS optimizer steps (0: never)", 0},
+         "stop as if interrupted after STEPS optimizer steps: state saved, exit 130 (0: never)", 0},
         {"dd-router", CM_CLI_STRING, &options->dd_router, "MODE",
          "diversedistill router target: learnability, reliability or end-to-end", 0},
         {"dd-feature", CM_CLI_STRING, &options->dd_feature, "WHICH",
@@ -1428,9 +1503,13 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     status = train(run, &was_interrupted);
     free_run(run);
     free(run);
+    if (status == CM_ERR_CANCELLED && interrupted) { /* a signal while it set up the committee */
+        cm_log_info("%s interrupted by a signal before training started; nothing to save", command);
+        return 130;
+    }
     if (status != CM_OK) {
         cm_log_error("%s failed: %s", command, cm_last_error());
         return 1;
     }
-    return was_interrupted && interrupted ? 130 : 0;
+    return was_interrupted ? 130 : 0; /* a signal or --stop-after: the state is saved */
 }
