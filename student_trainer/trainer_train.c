@@ -29,6 +29,7 @@
 #include "cm_cli.h"
 #include "cm_curve.h"
 #include "cm_dataset.h"
+#include "cm_score.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_model.h"
@@ -352,6 +353,9 @@ static cm_status_t save_student(run_t *run, double test_accuracy) {
     const char *metadata[] = {"view",          run->dataset->view,
                               "dataset",       run->dataset->name,
                               "fingerprint",   run->dataset->fingerprint,
+                              "task",          run->dataset->task_json,
+                              "preprocessing", run->dataset->view_json,
+                              "manifest_sha256", run->dataset->manifest_sha256,
                               "method",        run->options.method,
                               "committee",     manifest,
                               "epochs",        epochs_text,
@@ -449,12 +453,8 @@ static int batch_rows(const run_t *run, int batch_index) {
  * or a seeded exploration draw.  Rows already in the cache are free and always used.
  */
 static void filter_batch(run_t *run, int batch_index, int slot, int rows, const int32_t *ids) {
-    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    int features = run->dataset->features, teachers = run->teacher_count;
-    for (int row = 0; row < rows; row++)
-        memcpy(run->batch_inputs + (size_t)row * (size_t)features,
-               train->inputs + (size_t)ids[row] * (size_t)features,
-               sizeof(float) * (size_t)features);
+    int teachers = run->teacher_count;
+    cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     /* Filtering asks one batch ahead, right after the previous step: no update comes between
      * this forward pass and the training step on this batch, which reuses it. */
     run->forwarded_logits = cm_model_forward(run->student, run->batch_inputs, rows);
@@ -547,14 +547,12 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
 /* ---------------------------------------------------------------- one step */
 
 static cm_status_t train_batch(run_t *run, int batch_index) {
-    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    int features = run->dataset->features, rows = batch_rows(run, batch_index);
+    int rows = batch_rows(run, batch_index);
     const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
     trainer_batch_t batch = {.rows = rows, .labels = run->batch_labels};
+    cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     for (int row = 0; row < rows; row++) {
         int id = ids[row];
-        memcpy(run->batch_inputs + (size_t)row * (size_t)features,
-               train->inputs + (size_t)id * (size_t)features, sizeof(float) * (size_t)features);
         run->batch_labels[row] = run->labels[id];
         if (run->trained[id]) run->epoch_duplicates++;
         run->trained[id] = 1;
@@ -764,7 +762,6 @@ static cm_status_t save_all(run_t *run, double accuracy) {
 
 static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    const cm_split_data_t *test = &run->dataset->splits[CM_SPLIT_TEST];
     int trainable = trainable_count(run);
     int batches = (trainable + run->options.batch - 1) / run->options.batch;
     double accuracy = 0.0, test_loss = 0.0;
@@ -831,13 +828,16 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         }
         cm_progress_finish(&progress);
         double seconds = cm_progress_now() - started;
-        cm_model_evaluate(run->student, test->inputs, test->labels, test->count, &accuracy,
-                          &test_loss);
-        run->valid_accuracy = 0.0;
-        if (run->options.holdout > 0) /* the held-out tail of the training split */
-            cm_model_evaluate(
-                run->student, train->inputs + (size_t)trainable * (size_t)run->dataset->features,
-                train->labels + trainable, run->options.holdout, &run->valid_accuracy, NULL);
+        cm_score_t test_score, valid_score = {0};
+        if ((status = cm_score_split(run->student, run->dataset, CM_SPLIT_TEST, &test_score)))
+            return status;
+        accuracy = test_score.accuracy;
+        test_loss = test_score.loss;
+        if (run->options.holdout > 0 && /* the held-out tail of the training split */
+            (status = cm_score_rows(run->student, run->dataset, CM_SPLIT_TRAIN, trainable,
+                                    run->options.holdout, &valid_score)))
+            return status;
+        run->valid_accuracy = valid_score.accuracy;
         long distinct = 0;
         for (int id = 0; id < trainable; id++) distinct += run->trained[id];
         cm_log_info(
@@ -969,6 +969,7 @@ static cm_status_t set_up_teachers(run_t *run) {
         .fingerprint = run->dataset->fingerprint,
         .classes = run->dataset->classes,
         .train_examples = train_count,
+        .example_ids = run->dataset->splits[CM_SPLIT_TRAIN].ids,
         .curve_keys = options->curve_secret_key ? &run->curve_keys : NULL,
     };
     config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
@@ -1180,10 +1181,20 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     cm_model_spec_t spec;
     cm_status_t status = cm_model_spec_parse(options->model, &spec);
     if (status != CM_OK) return status;
-    cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
+    cm_dataset_options_t data_options = {
+        .directory = options->data_dir,
+        .max_train = options->max_train,
+        .max_test = options->max_test,
+    };
     if ((status = cm_dataset_load(&run->dataset, options->data, options->view, &data_options)) !=
         CM_OK)
         return status;
+    if (run->dataset->task == CM_TASK_REGRESSION)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "dataset %s is a regression task; regression needs the trainer's method "
+                       "interface (MSE losses), which this build of student-trainer train lacks: "
+                       "use teacher-server fit for regression models for now",
+                       run->dataset->name);
     if (cm_model_spec_inputs(&spec) != run->dataset->features ||
         spec.classes != run->dataset->classes)
         return cm_fail(CM_ERR_SHAPE,

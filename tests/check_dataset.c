@@ -185,20 +185,32 @@ static double expected_feature(const uint8_t *image, int pool, int row, int col)
     return (sum / (pool * pool) - pixel_mean) / pixel_std;
 }
 
-static void check_split_values(const cm_split_data_t *split, const uint8_t *pixels, int count,
-                               int pool) {
+/* The features of every row of a split, gathered (caller frees). */
+static float *gather_all(const cm_dataset_t *dataset, cm_split_t split) {
+    int count = dataset->splits[split].count;
+    float *features = malloc(sizeof(float) * (size_t)count * (size_t)dataset->features + 1);
+    ck_assert_ptr_nonnull(features);
+    cm_dataset_gather_range(dataset, split, 0, count, features);
+    return features;
+}
+
+static void check_split_values(const cm_dataset_t *dataset, cm_split_t which,
+                               const uint8_t *pixels, int count, int pool) {
+    const cm_split_data_t *split = &dataset->splits[which];
     int side = SIDE / pool, features = side * side;
     ck_assert_int_eq(split->count, count);
+    float *inputs = gather_all(dataset, which);
     for (int id = 0; id < count; id++) {
         ck_assert_int_eq(split->labels[id], expected_label(id));
         for (int row = 0; row < side; row++)
             for (int col = 0; col < side; col++) {
                 double want = expected_feature(pixels + (size_t)id * PIXELS, pool, row, col);
-                float got = split->inputs[(size_t)id * features + row * side + col];
+                float got = inputs[(size_t)id * features + row * side + col];
                 ck_assert_msg(fabs(got - want) < 1e-5, "pool %d id %d (%d,%d): %g, want %g", pool,
                               id, row, col, got, want);
             }
     }
+    free(inputs);
 }
 
 START_TEST(test_all_views_shapes_values_labels) {
@@ -218,10 +230,13 @@ START_TEST(test_all_views_shapes_values_labels) {
         ck_assert_int_eq(dataset->height, side);
         ck_assert_int_eq(dataset->width, side);
         ck_assert_int_eq(dataset->features, side * side);
-        check_split_values(&dataset->splits[CM_SPLIT_TRAIN], fixture.train_pixels, TRAIN_COUNT,
+        ck_assert_int_eq(dataset->task, CM_TASK_CLASSIFICATION);
+        ck_assert_int_eq(dataset->view_kind, CM_VIEW_DENSE);
+        ck_assert_int_eq(dataset->view_dtype, CM_NPY_U8);
+        ck_assert_ptr_null(dataset->splits[CM_SPLIT_TRAIN].ids);
+        check_split_values(dataset, CM_SPLIT_TRAIN, fixture.train_pixels, TRAIN_COUNT,
                            views[v].pool);
-        check_split_values(&dataset->splits[CM_SPLIT_TEST], fixture.test_pixels, TEST_COUNT,
-                           views[v].pool);
+        check_split_values(dataset, CM_SPLIT_TEST, fixture.test_pixels, TEST_COUNT, views[v].pool);
         cm_dataset_free(&dataset);
         ck_assert_ptr_null(dataset);
     }
@@ -240,7 +255,8 @@ START_TEST(test_pool7_hand_computed) {
     fixture_setup(&fixture);
     cm_dataset_t *dataset = NULL;
     ck_assert_int_eq(load_from(&fixture, "pool7", 0, 0, &dataset), CM_OK);
-    const float *ramp = dataset->splits[CM_SPLIT_TRAIN].inputs;
+    float *inputs = gather_all(dataset, CM_SPLIT_TRAIN);
+    const float *ramp = inputs;
     const float *white = ramp + 49, *black = ramp + 2 * 49;
     ck_assert_float_eq_tol(ramp[0], -0.326946f, 1e-5f);
     /* Block (0,1): 28r + c for c in 4..7: sum 672 + 4*22 = 760, average 47.5. */
@@ -249,6 +265,8 @@ START_TEST(test_pool7_hand_computed) {
         ck_assert_float_eq_tol(white[feature], 2.022663f, 1e-5f);
         ck_assert_float_eq_tol(black[feature], -0.810198f, 1e-5f);
     }
+    ck_assert_float_eq_tol(cm_dataset_background(dataset), -0.810198f, 1e-5f);
+    free(inputs);
     cm_dataset_free(&dataset);
     fixture_teardown(&fixture);
 }
@@ -262,11 +280,20 @@ START_TEST(test_subset_is_prefix) {
     ck_assert_int_eq(load_from(&fixture, "pool14", 7, 3, &subset), CM_OK);
     ck_assert_int_eq(subset->splits[CM_SPLIT_TRAIN].count, 7);
     ck_assert_int_eq(subset->splits[CM_SPLIT_TEST].count, 3);
-    for (int split = 0; split < CM_SPLIT_COUNT; split++) {
+    ck_assert_str_eq(subset->fingerprint, whole->fingerprint);
+    for (int split = 0; split < 2; split++) {
         const cm_split_data_t *part = &subset->splits[split], *all = &whole->splits[split];
-        ck_assert_mem_eq(part->inputs, all->inputs, sizeof(float) * (size_t)(part->count * 196));
+        float *part_inputs = gather_all(subset, (cm_split_t)split);
+        float *all_inputs = gather_all(whole, (cm_split_t)split);
+        ck_assert_mem_eq(part_inputs, all_inputs, sizeof(float) * (size_t)(part->count * 196));
         ck_assert_mem_eq(part->labels, all->labels, sizeof(int32_t) * (size_t)part->count);
+        free(part_inputs);
+        free(all_inputs);
     }
+    /* The rows beyond the subset are not served: their ids are unknown. */
+    ck_assert_int_eq(cm_dataset_row(subset, CM_SPLIT_TRAIN, 6), 6);
+    ck_assert_int_eq(cm_dataset_row(subset, CM_SPLIT_TRAIN, 7), -1);
+    ck_assert_int_eq(cm_dataset_row(whole, CM_SPLIT_TRAIN, 7), 7);
     cm_dataset_free(&whole);
     cm_dataset_free(&subset);
     cm_dataset_free(&subset); /* NULL-safe, twice */
@@ -307,31 +334,100 @@ static void fingerprint_of(fixture_t *fixture, const char *view, int max_train, 
     cm_dataset_free(&dataset);
 }
 
+/* The canonical manifest of the built-in, written out by hand (cm_manifest.h's rule). */
+static const char fashion_canonical[] =
+    "{\"format\":\"committee-dataset/1\",\"name\":\"fashion-mnist\",\"splits\":[\"train\",\"test\"],"
+    "\"task\":{\"class_names\":[\"T-shirt/top\",\"Trouser\",\"Pullover\",\"Dress\",\"Coat\","
+    "\"Sandal\",\"Shirt\",\"Sneaker\",\"Bag\",\"Ankle boot\"],\"classes\":10,\"type\":"
+    "\"classification\"},\"views\":{\"full\":{\"kind\":\"dense\",\"normalize\":{\"divide\":255,"
+    "\"mean\":[0.28599999999999998],\"std\":[0.35299999999999998]}},\"pool14\":{\"from\":\"full\","
+    "\"transform\":\"avgpool:2\"},\"pool7\":{\"from\":\"full\",\"transform\":\"avgpool:4\"}}}";
+
+/* The SHA-256 of bytes, in hex. */
+static void hex_sha256(const void *bytes, size_t size, char hex[65]) {
+    cm_sha256_t hash;
+    uint8_t digest[32];
+    cm_sha256_init(&hash);
+    cm_sha256_update(&hash, bytes, size);
+    cm_sha256_final(&hash, digest);
+    cm_sha256_hex(digest, hex);
+}
+
+/* The bytes of a version 1.0 .npy file, built here from NumPy's rule (caller frees). */
+static uint8_t *npy_bytes(const char *descr, const char *shape, const void *data, size_t bytes,
+                          size_t *size) {
+    char dict[256];
+    int length = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': %s, }",
+                          descr, shape);
+    size_t header = ((size_t)length + 11 + 63) / 64 * 64;
+    uint8_t *out = malloc(header + bytes);
+    ck_assert_ptr_nonnull(out);
+    memcpy(out, "\x93NUMPY\x01\x00", 8);
+    out[8] = (uint8_t)((header - 10) & 0xff);
+    out[9] = (uint8_t)((header - 10) >> 8);
+    memcpy(out + 10, dict, (size_t)length);
+    memset(out + 10 + length, ' ', header - 10 - (size_t)length - 1);
+    out[header - 1] = '\n';
+    memcpy(out + header, data, bytes);
+    *size = header + bytes;
+    return out;
+}
+
+/* One line of the fingerprint text for a file's bytes. */
+static void fingerprint_line(cm_sha256_t *hash, const char *relative, const uint8_t *bytes,
+                             size_t size) {
+    char hex[65], line[256];
+    hex_sha256(bytes, size, hex);
+    int length = snprintf(line, sizeof line, "%s %zu %s\n", relative, size, hex);
+    cm_sha256_update(hash, line, (size_t)length);
+}
+
 START_TEST(test_fingerprint_definition) {
     fixture_t fixture;
     fixture_setup(&fixture);
-    /* SHA-256 over the four raw files in a fixed order, then the split definition. */
+    /* The rule of cm_dataset.h, computed independently: the preamble, the canonical manifest,
+     * then per split labels.npy and full.npy as the export writes them. */
     cm_sha256_t hash;
     cm_sha256_init(&hash);
-    for (size_t i = 0; i < sizeof source_files / sizeof source_files[0]; i++) {
-        char path[512];
-        join_path(path, sizeof path, fixture.directory, source_files[i]);
-        FILE *file = fopen(path, "rb");
-        ck_assert_ptr_nonnull(file);
-        uint8_t buffer[4096];
-        size_t got;
-        while ((got = fread(buffer, 1, sizeof buffer, file)) > 0)
-            cm_sha256_update(&hash, buffer, got);
-        fclose(file);
+    static const char preamble[] = "committee-dataset-fingerprint/1\n";
+    cm_sha256_update(&hash, preamble, strlen(preamble));
+    cm_sha256_update(&hash, fashion_canonical, strlen(fashion_canonical));
+    cm_sha256_update(&hash, "\n", 1);
+    const struct {
+        const char *split;
+        int count;
+        const uint8_t *pixels;
+    } splits[] = {{"train", TRAIN_COUNT, fixture.train_pixels},
+                  {"test", TEST_COUNT, fixture.test_pixels}};
+    for (int split = 0; split < 2; split++) {
+        int64_t labels[TRAIN_COUNT];
+        for (int id = 0; id < splits[split].count; id++) labels[id] = expected_label(id);
+        char shape[64], relative[64];
+        size_t size;
+        snprintf(shape, sizeof shape, "(%d,)", splits[split].count);
+        uint8_t *bytes = npy_bytes("<i8", shape, labels, sizeof(int64_t) * (size_t)splits[split].count, &size);
+        snprintf(relative, sizeof relative, "%s/labels.npy", splits[split].split);
+        fingerprint_line(&hash, relative, bytes, size);
+        free(bytes);
+        snprintf(shape, sizeof shape, "(%d, 28, 28)", splits[split].count);
+        bytes = npy_bytes("|u1", shape, splits[split].pixels, (size_t)splits[split].count * PIXELS, &size);
+        snprintf(relative, sizeof relative, "%s/full.npy", splits[split].split);
+        fingerprint_line(&hash, relative, bytes, size);
+        free(bytes);
     }
-    static const char definition[] = "fashion-mnist;train=20;test=10";
-    cm_sha256_update(&hash, definition, strlen(definition));
     uint8_t digest[32];
     char want[65], got[65];
     cm_sha256_final(&hash, digest);
     cm_sha256_hex(digest, want);
     fingerprint_of(&fixture, "full", 0, 0, got);
     ck_assert_str_eq(got, want);
+    cm_dataset_t *dataset = NULL;
+    ck_assert_int_eq(load_from(&fixture, "pool7", 0, 0, &dataset), CM_OK);
+    ck_assert_str_eq(dataset->manifest->canonical, fashion_canonical);
+    char manifest_hash[65];
+    hex_sha256(fashion_canonical, strlen(fashion_canonical), manifest_hash);
+    ck_assert_str_eq(dataset->manifest_sha256, manifest_hash);
+    cm_dataset_free(&dataset);
     fixture_teardown(&fixture);
 }
 END_TEST
@@ -351,12 +447,12 @@ START_TEST(test_fingerprint_across_views_and_changes) {
     fingerprint_of(&fixture, "pool7", TRAIN_COUNT, TEST_COUNT, explicit_all);
     ck_assert_str_eq(full, explicit_all);
 
+    /* Subsets are the trainer's choice: the dataset is the same. */
     fingerprint_of(&fixture, "pool7", 10, 0, subset);
-    ck_assert_str_ne(full, subset);
+    ck_assert_str_eq(full, subset);
     char test_subset[65];
     fingerprint_of(&fixture, "pool7", 0, 5, test_subset);
-    ck_assert_str_ne(full, test_subset);
-    ck_assert_str_ne(subset, test_subset);
+    ck_assert_str_eq(full, test_subset);
 
     /* One pixel of one test image changed. */
     fixture.test_pixels[3 * PIXELS + 100] ^= 1;
@@ -552,7 +648,7 @@ START_TEST(test_unknown_names_and_bad_options) {
     assert_load_fails(&fixture, "pool5", 0, CM_ERR_INVALID_ARG, "pool5", "full,pool14,pool7");
 
     cm_dataset_t *dataset = NULL;
-    ck_assert_int_eq(cm_dataset_load(&dataset, "mnist", "full", NULL), CM_ERR_INVALID_ARG);
+    ck_assert_int_eq(cm_dataset_load(&dataset, "mnist", "full", NULL), CM_ERR_NOT_FOUND);
     ck_assert_ptr_null(dataset);
     ck_assert_ptr_nonnull(strstr(cm_last_error(), "\"mnist\""));
     ck_assert_ptr_nonnull(strstr(cm_last_error(), "fashion-mnist"));
@@ -576,10 +672,14 @@ START_TEST(test_split_names_and_views) {
     ck_assert_int_eq(split, CM_SPLIT_TEST);
     ck_assert_str_eq(cm_split_name(CM_SPLIT_TRAIN), "train");
     ck_assert_str_eq(cm_split_name(CM_SPLIT_TEST), "test");
-    ck_assert_int_eq(cm_split_parse("valid", &split), CM_ERR_INVALID_ARG);
-    ck_assert_ptr_nonnull(strstr(cm_last_error(), "\"valid\""));
-    ck_assert_ptr_nonnull(strstr(cm_last_error(), "train, test"));
-    ck_assert_int_eq(split, CM_SPLIT_TEST);
+    ck_assert_int_eq(cm_split_parse("valid", &split), CM_OK);
+    ck_assert_int_eq(split, CM_SPLIT_VALID);
+    ck_assert_int_eq(cm_split_parse("transfer", &split), CM_OK);
+    ck_assert_int_eq(split, CM_SPLIT_TRANSFER);
+    ck_assert_int_eq(cm_split_parse("dev", &split), CM_ERR_INVALID_ARG);
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "\"dev\""));
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "train, test, valid, transfer"));
+    ck_assert_int_eq(split, CM_SPLIT_TRANSFER);
 
     ck_assert_str_eq(cm_dataset_views("fashion-mnist"), "full,pool14,pool7");
     ck_assert_ptr_null(cm_dataset_views("movielens-nope"));
@@ -601,7 +701,7 @@ START_TEST(test_real_fashion_mnist_pool7) {
     ck_assert_int_eq(dataset->features, 49);
     ck_assert_int_eq(dataset->splits[CM_SPLIT_TRAIN].count, 60000);
     ck_assert_int_eq(dataset->splits[CM_SPLIT_TEST].count, 10000);
-    for (int split = 0; split < CM_SPLIT_COUNT; split++) {
+    for (int split = 0; split < 2; split++) {
         const cm_split_data_t *data = &dataset->splits[split];
         int per_class[10] = {0};
         for (int id = 0; id < data->count; id++) {
@@ -615,8 +715,10 @@ START_TEST(test_real_fashion_mnist_pool7) {
     }
     /* Pooling keeps the mean, and the constants are the training set's pixel statistics. */
     const cm_split_data_t *train = &dataset->splits[CM_SPLIT_TRAIN];
+    float *inputs = gather_all(dataset, CM_SPLIT_TRAIN);
     double sum = 0;
-    for (size_t i = 0; i < (size_t)train->count * 49; i++) sum += train->inputs[i];
+    for (size_t i = 0; i < (size_t)train->count * 49; i++) sum += inputs[i];
+    free(inputs);
     double mean = sum / ((double)train->count * 49);
     ck_assert_msg(fabs(mean) < 0.01, "normalized training mean %g is not near 0", mean);
     cm_dataset_free(&dataset);
