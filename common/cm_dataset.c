@@ -317,10 +317,12 @@ static cm_status_t fashion_load_split(const char *directory, int which, cm_npy_t
     cm_status_t status =
         fashion_path(images_path, sizeof images_path, directory, fashion_image_files[which]);
     if (status == CM_OK)
-        status = fashion_path(labels_path, sizeof labels_path, directory, fashion_label_files[which]);
+        status =
+            fashion_path(labels_path, sizeof labels_path, directory, fashion_label_files[which]);
     if (status == CM_OK) status = read_whole_file(images_path, &images_raw, &images_size);
     if (status == CM_OK) status = read_whole_file(labels_path, &labels_raw, &labels_size);
-    if (status == CM_OK) status = gzip_reader_open(&label_reader, labels_path, labels_raw, labels_size);
+    if (status == CM_OK)
+        status = gzip_reader_open(&label_reader, labels_path, labels_raw, labels_size);
     if (status == CM_OK)
         status = read_idx_header(&label_reader, labels_header, sizeof labels_header,
                                  IDX_LABELS_MAGIC, "labels", labels_size, 1);
@@ -385,7 +387,7 @@ typedef enum { FILE_LABELS, FILE_IDS, FILE_VIEW } file_role_t;
 typedef struct {
     cm_split_t split;
     file_role_t role;
-    const cm_manifest_view_t *view; /* FILE_VIEW */
+    const cm_manifest_view_t *view;           /* FILE_VIEW */
     char relative[CM_MANIFEST_NAME_MAX + 16]; /* "train/full.npy" */
     char path[PATH_MAX];                      /* on disk; "" for an array in memory */
     cm_npy_t *npy;
@@ -520,9 +522,10 @@ static void cache_write(const data_file_t *file, const char *checks) {
     size_t length = strlen(file->path) + strlen(checks) + 256;
     char *text = malloc(length);
     if (!text) return;
-    int used = snprintf(text, length, CACHE_MAGIC "\nsize %llu\nmtime_ns %lld\nsha256 %s\npath %s\n%s",
-                        (unsigned long long)file->size, (long long)file->mtime_ns, file->sha256,
-                        file->path, checks);
+    int used =
+        snprintf(text, length, CACHE_MAGIC "\nsize %llu\nmtime_ns %lld\nsha256 %s\npath %s\n%s",
+                 (unsigned long long)file->size, (long long)file->mtime_ns, file->sha256,
+                 file->path, checks);
     cm_file_chunk_t chunk = {text, (size_t)used};
     if (cm_file_write_atomic(entry_path, &chunk, 1) != CM_OK) cm_clear_error();
     free(text);
@@ -787,8 +790,7 @@ static cm_status_t check_header(const cm_manifest_t *manifest, const data_file_t
         if (header->rank > 2 || k != manifest->targets)
             return cm_fail(CM_ERR_SHAPE,
                            "%s: shape does not match the task's %d target%s ([N] or [N,%d])", name,
-                           manifest->targets, manifest->targets == 1 ? "" : "s",
-                           manifest->targets);
+                           manifest->targets, manifest->targets == 1 ? "" : "s", manifest->targets);
     } else if (file->role == FILE_IDS) {
         if (header->dtype != CM_NPY_I32 && header->dtype != CM_NPY_I64)
             return cm_fail(CM_ERR_FORMAT, "%s: dtype %s; ids are int32 or int64", name, dtype);
@@ -802,10 +804,12 @@ static cm_status_t check_header(const cm_manifest_t *manifest, const data_file_t
                 return cm_fail(CM_ERR_FORMAT,
                                "%s: dtype %s; a dense view is float32, float16 or uint8", name,
                                dtype);
-            uint64_t features = header->elements / (header->shape[0] ? (uint64_t)header->shape[0] : 1);
+            uint64_t features =
+                header->elements / (header->shape[0] ? (uint64_t)header->shape[0] : 1);
             if (header->shape[0] == 0) {
                 features = 1;
-                for (int axis = 1; axis < header->rank; axis++) features *= (uint64_t)header->shape[axis];
+                for (int axis = 1; axis < header->rank; axis++)
+                    features *= (uint64_t)header->shape[axis];
             }
             if (features == 0 || features > (1u << 26))
                 return cm_fail(CM_ERR_SHAPE, "%s: %llu features per example is not usable", name,
@@ -874,8 +878,7 @@ static cm_status_t open_folder(const char *root, const cm_manifest_t *manifest,
         status = open_folder_file(table, root, (cm_split_t)split, FILE_LABELS, NULL, "labels.npy",
                                   split == CM_SPLIT_TRANSFER);
         if (status == CM_OK)
-            status =
-                open_folder_file(table, root, (cm_split_t)split, FILE_IDS, NULL, "ids.npy", 1);
+            status = open_folder_file(table, root, (cm_split_t)split, FILE_IDS, NULL, "ids.npy", 1);
         for (int index = 0; index < manifest->view_count && status == CM_OK; index++) {
             const cm_manifest_view_t *view = &manifest->views[index];
             if (view->from[0]) continue;
@@ -935,7 +938,8 @@ static cm_status_t open_fashion(const cm_dataset_options_t *options, cm_manifest
         status = fashion_load_split(directory, split, &pixels->npy, &labels->npy);
         for (int index = 0; index < 2 && status == CM_OK; index++) {
             data_file_t *file = index ? pixels : labels;
-            file->size = cm_npy_header(file->npy)->data_offset + cm_npy_header(file->npy)->data_bytes;
+            file->size =
+                cm_npy_header(file->npy)->data_offset + cm_npy_header(file->npy)->data_bytes;
         }
     }
     return status;
@@ -950,7 +954,8 @@ static cm_status_t read_labels(cm_dataset_t *dataset, cm_split_data_t *split,
     int rows = split->stored;
     if (dataset->task == CM_TASK_CLASSIFICATION) {
         split->labels_owned = malloc(sizeof(int32_t) * (size_t)(rows ? rows : 1));
-        if (!split->labels_owned) return cm_fail(CM_ERR_NOMEM, "%s: out of memory", file_name(file));
+        if (!split->labels_owned)
+            return cm_fail(CM_ERR_NOMEM, "%s: out of memory", file_name(file));
         for (int row = 0; row < rows; row++) {
             int64_t label = element_integer(header->dtype, data, (uint64_t)row);
             if (label < 0 || label >= dataset->classes)
@@ -1046,8 +1051,8 @@ int cm_dataset_row(const cm_dataset_t *dataset, cm_split_t split, int32_t id) {
         if (offset >= 0 && offset < data->id_span) row = data->row_of_id[offset];
     } else if (data->sorted_ids) {
         int32_t key[2] = {id, 0};
-        const int32_t *found =
-            bsearch(key, data->sorted_ids, (size_t)data->stored, 2 * sizeof(int32_t), compare_pairs);
+        const int32_t *found = bsearch(key, data->sorted_ids, (size_t)data->stored,
+                                       2 * sizeof(int32_t), compare_pairs);
         if (found) row = found[1];
     }
     return row >= 0 && row < data->count ? row : -1;
@@ -1078,7 +1083,8 @@ static cm_status_t plan_view(cm_dataset_t *dataset, const char *view_name) {
         return cm_fail(CM_ERR_INVALID_ARG, "view \"%s\" is unknown for dataset %s; valid views: %s",
                        view_name, dataset->name, names);
     }
-    const cm_manifest_view_t *stored = view->from[0] ? cm_manifest_view(manifest, view->from) : view;
+    const cm_manifest_view_t *stored =
+        view->from[0] ? cm_manifest_view(manifest, view->from) : view;
     dataset->view_spec = view;
     dataset->stored_spec = stored;
     snprintf(dataset->view, sizeof dataset->view, "%s", view->name);
@@ -1093,8 +1099,7 @@ static cm_status_t plan_view(cm_dataset_t *dataset, const char *view_name) {
     assert(header != NULL);
     dataset->view_dtype = header->dtype;
     dataset->rank = header->rank - 1;
-    for (int axis = 1; axis < header->rank; axis++)
-        dataset->shape[axis - 1] = header->shape[axis];
+    for (int axis = 1; axis < header->rank; axis++) dataset->shape[axis - 1] = header->shape[axis];
     int pool = view->from[0] ? view->pool : 1;
     dataset->pool = pool;
     if (pool > 1) {
@@ -1103,7 +1108,8 @@ static cm_status_t plan_view(cm_dataset_t *dataset, const char *view_name) {
                            "view \"%s\" pools the last two axes of \"%s\", whose examples have "
                            "%d",
                            view->name, stored->name, dataset->rank);
-        int64_t *height = &dataset->shape[dataset->rank - 2], *width = &dataset->shape[dataset->rank - 1];
+        int64_t *height = &dataset->shape[dataset->rank - 2],
+                *width = &dataset->shape[dataset->rank - 1];
         if (*height % pool || *width % pool)
             return cm_fail(CM_ERR_SHAPE, "view \"%s\": avgpool:%d does not divide %lldx%lld",
                            view->name, pool, (long long)*height, (long long)*width);
@@ -1132,8 +1138,7 @@ static cm_status_t plan_view(cm_dataset_t *dataset, const char *view_name) {
         double mean = stored->normalize_count ? stored->mean[0] : 0.0;
         double std = stored->normalize_count ? stored->std[0] : 1.0;
         for (int sum = 0; sum <= 255 * block; sum++)
-            dataset->lookup[sum] =
-                (float)(((double)sum / (stored->divide * block) - mean) / std);
+            dataset->lookup[sum] = (float)(((double)sum / (stored->divide * block) - mean) / std);
     }
     return CM_OK;
 }
@@ -1390,12 +1395,12 @@ void cm_dataset_describe(const cm_dataset_t *dataset, FILE *out) {
         if (!manifest->has_split[split]) continue;
         const cm_split_data_t *data = &dataset->splits[split];
         fprintf(out, "split        %-8s %d examples%s%s\n", split_names[split], data->stored,
-                data->ids ? ", ids.npy" : "",
-                data->labels || data->targets ? "" : ", no labels");
+                data->ids ? ", ids.npy" : "", data->labels || data->targets ? "" : ", no labels");
     }
     for (int index = 0; index < manifest->view_count; index++) {
         const cm_manifest_view_t *view = &manifest->views[index];
-        const cm_manifest_view_t *stored = view->from[0] ? cm_manifest_view(manifest, view->from) : view;
+        const cm_manifest_view_t *stored =
+            view->from[0] ? cm_manifest_view(manifest, view->from) : view;
         const cm_npy_header_t *header = NULL;
         for (int file = 0; file < dataset->file_count && !header; file++)
             if (files[file].role == FILE_VIEW && files[file].view == stored)
@@ -1406,8 +1411,8 @@ void cm_dataset_describe(const cm_dataset_t *dataset, FILE *out) {
         for (int axis = 1; axis < header->rank; axis++) {
             int64_t dim = header->shape[axis];
             if (view->from[0] && axis >= header->rank - 2) dim /= view->pool;
-            used += snprintf(shape + used, sizeof shape - (size_t)used, "%s%lld", axis > 1 ? "x" : "",
-                             (long long)dim);
+            used += snprintf(shape + used, sizeof shape - (size_t)used, "%s%lld",
+                             axis > 1 ? "x" : "", (long long)dim);
         }
         if (header->rank == 1) snprintf(shape, sizeof shape, "1");
         char detail[160] = "";

@@ -80,11 +80,11 @@ const char *cm_split_name(cm_split_t split);
 cm_status_t cm_split_parse(const char *text, cm_split_t *split);
 
 typedef struct {
-    int count;              /* rows used (the first `count` of the files: --max-*) */
-    int stored;             /* rows in the files */
-    const int32_t *labels;  /* classification: [count], each in [0, classes); else NULL */
-    const float *targets;   /* regression: [count][targets]; else NULL */
-    const int32_t *ids;     /* [count] the rows' ids, or NULL: id = row */
+    int count;             /* rows used (the first `count` of the files: --max-*) */
+    int stored;            /* rows in the files */
+    const int32_t *labels; /* classification: [count], each in [0, classes); else NULL */
+    const float *targets;  /* regression: [count][targets]; else NULL */
+    const int32_t *ids;    /* [count] the rows' ids, or NULL: id = row */
     /* Internal: owned storage, the mapped view array, the id -> row map. */
     int32_t *labels_owned, *ids_owned, *row_of_id, id_base;
     int64_t id_span;      /* entries of row_of_id (dense map) */
@@ -94,12 +94,12 @@ typedef struct {
 } cm_split_data_t;
 
 typedef struct {
-    char name[64];          /* the manifest's name ("fashion-mnist") */
-    char source[PATH_MAX];  /* what to give --data again: a built-in name or the folder's path */
-    char view[64];          /* the view loaded; "" when none */
+    char name[64];         /* the manifest's name ("fashion-mnist") */
+    char source[PATH_MAX]; /* what to give --data again: a built-in name or the folder's path */
+    char view[64];         /* the view loaded; "" when none */
     cm_task_t task;
-    int classes;            /* output width: the classes, or the targets of a regression */
-    int targets;            /* regression: floats per example; 0 for classification */
+    int classes; /* output width: the classes, or the targets of a regression */
+    int targets; /* regression: floats per example; 0 for classification */
     cm_view_kind_t view_kind;
     cm_npy_dtype_t view_dtype;      /* of the stored array */
     int rank;                       /* of one example of the view */

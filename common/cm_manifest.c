@@ -225,8 +225,8 @@ static cm_status_t parse_task(cm_manifest_t *manifest, const json_t *task, const
         manifest->targets = (int)value;
         manifest->classes = manifest->targets;
     } else {
-        return cm_fail(CM_ERR_FORMAT,
-                       "%s: task.type must be \"classification\" or \"regression\"", source);
+        return cm_fail(CM_ERR_FORMAT, "%s: task.type must be \"classification\" or \"regression\"",
+                       source);
     }
     return CM_OK;
 }
@@ -241,8 +241,7 @@ static cm_status_t parse_reals(const json_t *array, const char *source, const ch
     for (int index = 0; index < *count; index++) {
         const json_t *value = json_array_get(array, (size_t)index);
         if (!json_is_number(value) || !isfinite(json_number_value(value)))
-            return cm_fail(CM_ERR_FORMAT, "%s: %s[%d] is not a finite number", source, what,
-                           index);
+            return cm_fail(CM_ERR_FORMAT, "%s: %s[%d] is not a finite number", source, what, index);
         (*out)[index] = json_number_value(value);
     }
     return CM_OK;
@@ -314,8 +313,8 @@ static cm_status_t parse_view(cm_manifest_view_t *view, const json_t *object, co
                 return status;
             if (mean_count != std_count)
                 return cm_fail(CM_ERR_FORMAT,
-                               "%s: %s: normalize.mean has %d entries but normalize.std %d",
-                               source, where, mean_count, std_count);
+                               "%s: %s: normalize.mean has %d entries but normalize.std %d", source,
+                               where, mean_count, std_count);
             for (int index = 0; index < std_count; index++)
                 if (!(view->std[index] > 0))
                     return cm_fail(CM_ERR_FORMAT, "%s: %s: normalize.std[%d] must be positive",
@@ -359,8 +358,9 @@ static cm_status_t parse_view(cm_manifest_view_t *view, const json_t *object, co
         const json_t *pad = json_object_get(object, "pad");
         if (!json_is_integer(pad) || json_integer_value(pad) < 0 ||
             json_integer_value(pad) >= view->vocab)
-            return cm_fail(CM_ERR_FORMAT, "%s: tokens %s needs \"pad\", an integer below vocab %lld",
-                           source, where, (long long)view->vocab);
+            return cm_fail(CM_ERR_FORMAT,
+                           "%s: tokens %s needs \"pad\", an integer below vocab %lld", source,
+                           where, (long long)view->vocab);
         view->pad = json_integer_value(pad);
     } else {
         return cm_fail(CM_ERR_FORMAT,
@@ -440,8 +440,9 @@ static cm_status_t parse_root(cm_manifest_t *manifest, const json_t *root, const
         if (!view->from[0]) continue;
         const cm_manifest_view_t *source_view = cm_manifest_view(manifest, view->from);
         if (!source_view)
-            return cm_fail(CM_ERR_FORMAT, "%s: view \"%s\" is derived from \"%s\", which is not a view",
-                           source, view->name, view->from);
+            return cm_fail(CM_ERR_FORMAT,
+                           "%s: view \"%s\" is derived from \"%s\", which is not a view", source,
+                           view->name, view->from);
         if (source_view->from[0] || source_view->kind != CM_VIEW_DENSE)
             return cm_fail(CM_ERR_FORMAT,
                            "%s: view \"%s\" is derived from \"%s\"; a transform reads a stored "
@@ -519,7 +520,8 @@ static json_t *reals_json(const double *values, int count) {
 }
 
 char *cm_manifest_view_json(const cm_manifest_t *manifest, const cm_manifest_view_t *view) {
-    const cm_manifest_view_t *stored = view->from[0] ? cm_manifest_view(manifest, view->from) : view;
+    const cm_manifest_view_t *stored =
+        view->from[0] ? cm_manifest_view(manifest, view->from) : view;
     json_t *object = json_object();
     json_object_set_new(object, "view", json_string(view->name));
     json_object_set_new(object, "kind", json_string(cm_view_kind_name(view->kind)));
@@ -533,7 +535,8 @@ char *cm_manifest_view_json(const cm_manifest_t *manifest, const cm_manifest_vie
         json_t *normalize = json_object();
         json_object_set_new(normalize, "divide", json_real(stored->divide));
         if (stored->normalize_count) {
-            json_object_set_new(normalize, "mean", reals_json(stored->mean, stored->normalize_count));
+            json_object_set_new(normalize, "mean",
+                                reals_json(stored->mean, stored->normalize_count));
             json_object_set_new(normalize, "std", reals_json(stored->std, stored->normalize_count));
         }
         json_object_set_new(object, "normalize", normalize);

@@ -171,7 +171,9 @@ static cm_status_t parse_dict(dict_reader_t *reader, cm_npy_header_t *header) {
     if (reader->at != reader->length) return bad_header(reader, "trailing characters");
     if (!seen_descr || !seen_order || !seen_shape)
         return cm_fail(CM_ERR_FORMAT, "%s: bad .npy header: it lacks %s", reader->name,
-                       !seen_descr ? "'descr'" : !seen_order ? "'fortran_order'" : "'shape'");
+                       !seen_descr   ? "'descr'"
+                       : !seen_order ? "'fortran_order'"
+                                     : "'shape'");
     if (descr[0] == '>' && descr[1] && strcmp(descr + 1, "u1") && strcmp(descr + 1, "i1") &&
         strcmp(descr + 1, "b1"))
         return cm_fail(CM_ERR_FORMAT,
@@ -190,8 +192,9 @@ static cm_status_t parse_dict(dict_reader_t *reader, cm_npy_header_t *header) {
             header->dtype = (cm_npy_dtype_t)dtype;
             return CM_OK;
         }
-    return cm_fail(CM_ERR_FORMAT, "%s: dtype '%s' is not supported (use float32, float16, uint8, "
-                                  "int32 or int64)",
+    return cm_fail(CM_ERR_FORMAT,
+                   "%s: dtype '%s' is not supported (use float32, float16, uint8, "
+                   "int32 or int64)",
                    reader->name, descr);
 }
 
@@ -206,8 +209,9 @@ cm_status_t cm_npy_parse_header(const uint8_t *bytes, size_t size, const char *n
     header->major = bytes[6];
     header->minor = bytes[7];
     if (header->major < 1 || header->major > 3 || header->minor != 0)
-        return cm_fail(CM_ERR_VERSION, "%s: .npy format version %d.%d is unknown (1.0, 2.0, 3.0 are "
-                                       "read)",
+        return cm_fail(CM_ERR_VERSION,
+                       "%s: .npy format version %d.%d is unknown (1.0, 2.0, 3.0 are "
+                       "read)",
                        name, header->major, header->minor);
     size_t prefix = header->major == 1 ? 10 : 12;
     if (size < prefix)
@@ -240,8 +244,7 @@ cm_status_t cm_npy_parse_header(const uint8_t *bytes, size_t size, const char *n
     return CM_OK;
 }
 
-cm_status_t cm_npy_check_size(const cm_npy_header_t *header, uint64_t file_size,
-                              const char *name) {
+cm_status_t cm_npy_check_size(const cm_npy_header_t *header, uint64_t file_size, const char *name) {
     uint64_t want = (uint64_t)header->data_offset + header->data_bytes;
     if (file_size < want)
         return cm_fail(CM_ERR_FORMAT,
@@ -257,8 +260,8 @@ cm_status_t cm_npy_check_size(const cm_npy_header_t *header, uint64_t file_size,
     return CM_OK;
 }
 
-cm_status_t cm_npy_format_header(cm_npy_dtype_t dtype, int rank, const int64_t *shape,
-                                 uint8_t *out, size_t size, size_t *length) {
+cm_status_t cm_npy_format_header(cm_npy_dtype_t dtype, int rank, const int64_t *shape, uint8_t *out,
+                                 size_t size, size_t *length) {
     assert((unsigned)dtype < CM_NPY_DTYPE_COUNT && rank >= 0 && rank <= CM_NPY_MAX_RANK);
     char dict[512];
     int used = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (",
@@ -289,10 +292,10 @@ cm_status_t cm_npy_format_header(cm_npy_dtype_t dtype, int rank, const int64_t *
 struct cm_npy {
     char *path;
     cm_npy_header_t header;
-    void *map;          /* mmap of the whole file, or NULL */
-    size_t map_size;    /* bytes mapped */
-    void *owned;        /* cm_npy_wrap's buffer, or NULL */
-    uint8_t *prefix;    /* cm_npy_wrap's formatted header */
+    void *map;       /* mmap of the whole file, or NULL */
+    size_t map_size; /* bytes mapped */
+    void *owned;     /* cm_npy_wrap's buffer, or NULL */
+    uint8_t *prefix; /* cm_npy_wrap's formatted header */
     const uint8_t *data;
 };
 
@@ -369,10 +372,9 @@ cm_status_t cm_npy_wrap(const char *name, cm_npy_dtype_t dtype, int rank, const 
     npy->header.elements = elements;
     npy->header.data_bytes = elements * dtypes[dtype].size;
     npy->prefix = malloc(512);
-    cm_status_t status =
-        npy->prefix ? cm_npy_format_header(dtype, rank, shape, npy->prefix, 512,
-                                           &npy->header.data_offset)
-                    : cm_fail(CM_ERR_NOMEM, "%s: out of memory", name);
+    cm_status_t status = npy->prefix ? cm_npy_format_header(dtype, rank, shape, npy->prefix, 512,
+                                                            &npy->header.data_offset)
+                                     : cm_fail(CM_ERR_NOMEM, "%s: out of memory", name);
     if (status != CM_OK) {
         cm_npy_free(&npy);
         return status;
@@ -409,8 +411,8 @@ cm_status_t cm_npy_write(const char *path, cm_npy_dtype_t dtype, int rank, const
                          const void *data) {
     uint8_t prefix[512];
     size_t prefix_length = 0;
-    cm_status_t status = cm_npy_format_header(dtype, rank, shape, prefix, sizeof prefix,
-                                              &prefix_length);
+    cm_status_t status =
+        cm_npy_format_header(dtype, rank, shape, prefix, sizeof prefix, &prefix_length);
     if (status != CM_OK) return status;
     size_t bytes = dtypes[dtype].size;
     for (int axis = 0; axis < rank; axis++) bytes *= (size_t)shape[axis];

@@ -54,13 +54,13 @@ const char *cm_npy_dtype_descr(cm_npy_dtype_t dtype);
 size_t cm_npy_dtype_size(cm_npy_dtype_t dtype);
 
 typedef struct {
-    int major, minor;        /* format version */
-    cm_npy_dtype_t dtype;    /* little-endian (or one byte) */
-    int rank;                /* 0 .. CM_NPY_MAX_RANK */
+    int major, minor;     /* format version */
+    cm_npy_dtype_t dtype; /* little-endian (or one byte) */
+    int rank;             /* 0 .. CM_NPY_MAX_RANK */
     int64_t shape[CM_NPY_MAX_RANK];
-    uint64_t elements;       /* product of shape (1 for rank 0) */
-    size_t data_offset;      /* bytes before the array: magic, version, length, header */
-    uint64_t data_bytes;     /* elements * item size */
+    uint64_t elements;   /* product of shape (1 for rank 0) */
+    size_t data_offset;  /* bytes before the array: magic, version, length, header */
+    uint64_t data_bytes; /* elements * item size */
 } cm_npy_header_t;
 
 /*
@@ -81,8 +81,8 @@ cm_status_t cm_npy_check_size(const cm_npy_header_t *header, uint64_t file_size,
  * including the newline) into out[size]; *length receives its length.
  * CM_ERR_TOO_LARGE if it does not fit.
  */
-cm_status_t cm_npy_format_header(cm_npy_dtype_t dtype, int rank, const int64_t *shape,
-                                 uint8_t *out, size_t size, size_t *length);
+cm_status_t cm_npy_format_header(cm_npy_dtype_t dtype, int rank, const int64_t *shape, uint8_t *out,
+                                 size_t size, size_t *length);
 
 typedef struct cm_npy cm_npy_t;
 

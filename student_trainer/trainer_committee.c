@@ -558,8 +558,8 @@ int trainer_committee_submit(trainer_committee_t *committee, int teacher, const 
     ticket->ids = copy;
     memcpy(copy, ids, sizeof(int32_t) * (size_t)count);
     for (int row = 0; row < count; row++)
-        copy[count + row] = committee->config.example_ids ? committee->config.example_ids[ids[row]]
-                                                          : ids[row];
+        copy[count + row] =
+            committee->config.example_ids ? committee->config.example_ids[ids[row]] : ids[row];
     ticket->state = TICKET_QUEUED;
     ticket->teacher = teacher;
     ticket->count = count;

@@ -73,11 +73,11 @@ typedef struct {
     int handshake_ms; /* for the first Hello of every endpoint */
     int heartbeat_ms; /* heartbeat to endpoints idle this long */
     trainer_policy_t policy;
-    cm_dtype_t encoding;     /* F32 (exact), F16 or BF16 */
-    int max_examples;        /* ids per request (also capped by the teacher's limit) */
-    const char *fingerprint; /* the student's dataset fingerprint */
-    int classes;             /* the student's classes */
-    int train_examples;      /* size of the training split (ids are checked against it) */
+    cm_dtype_t encoding;        /* F32 (exact), F16 or BF16 */
+    int max_examples;           /* ids per request (also capped by the teacher's limit) */
+    const char *fingerprint;    /* the student's dataset fingerprint */
+    int classes;                /* the student's classes */
+    int train_examples;         /* size of the training split (ids are checked against it) */
     const int32_t *example_ids; /* [train_examples] the dataset id of each training row, sent
                                    on the wire instead of the row (borrowed); NULL: id = row */
     const cm_curve_keypair_t *curve_keys; /* the trainer's keys (borrowed for the committee's

@@ -37,8 +37,8 @@ static cm_status_t evaluate(const char *path, const char *data, const char *data
     if ((status = cm_dataset_load(&dataset, name, view, &options)) != CM_OK) goto done;
     const char *trained_on = cm_safetensors_metadata(file, "fingerprint");
     if (trained_on && strcmp(trained_on, dataset->fingerprint) != 0)
-        cm_log_warn("%s was trained on dataset %.12s..., evaluating on %.12s... (other data)",
-                    path, trained_on, dataset->fingerprint);
+        cm_log_warn("%s was trained on dataset %.12s..., evaluating on %.12s... (other data)", path,
+                    trained_on, dataset->fingerprint);
     if (cm_model_spec(model)->classes != dataset->classes) {
         status = cm_fail(CM_ERR_SHAPE, "%s has %d outputs but dataset %s has %d %s", path,
                          cm_model_spec(model)->classes, dataset->name, dataset->classes,
@@ -53,8 +53,8 @@ static cm_status_t evaluate(const char *path, const char *data, const char *data
     cm_score_t score;
     if ((status = cm_score_split(model, dataset, split, &score)) != CM_OK) goto done;
     if (dataset->task == CM_TASK_REGRESSION)
-        printf("rmse=%.4f mae=%.4f examples=%d split=%s view=%s model=%s\n", score.rmse,
-               score.mae, score.examples, split_name, view, cm_safetensors_metadata(file, "model"));
+        printf("rmse=%.4f mae=%.4f examples=%d split=%s view=%s model=%s\n", score.rmse, score.mae,
+               score.examples, split_name, view, cm_safetensors_metadata(file, "model"));
     else
         printf("accuracy=%.4f loss=%.4f examples=%d split=%s view=%s model=%s\n", score.accuracy,
                score.loss, score.examples, split_name, view,

@@ -350,17 +350,28 @@ static cm_status_t save_student(run_t *run, double test_accuracy) {
     snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_accuracy);
     snprintf(epochs_text, sizeof epochs_text, "%d", run->options.epochs);
     manifest_text(run, manifest, sizeof manifest);
-    const char *metadata[] = {"view",          run->dataset->view,
-                              "dataset",       run->dataset->name,
-                              "fingerprint",   run->dataset->fingerprint,
-                              "task",          run->dataset->task_json,
-                              "preprocessing", run->dataset->view_json,
-                              "manifest_sha256", run->dataset->manifest_sha256,
-                              "method",        run->options.method,
-                              "committee",     manifest,
-                              "epochs",        epochs_text,
-                              "test_accuracy", accuracy_text,
-                              "format",        "committee-checkpoint-1"};
+    const char *metadata[] = {"view",
+                              run->dataset->view,
+                              "dataset",
+                              run->dataset->name,
+                              "fingerprint",
+                              run->dataset->fingerprint,
+                              "task",
+                              run->dataset->task_json,
+                              "preprocessing",
+                              run->dataset->view_json,
+                              "manifest_sha256",
+                              run->dataset->manifest_sha256,
+                              "method",
+                              run->options.method,
+                              "committee",
+                              manifest,
+                              "epochs",
+                              epochs_text,
+                              "test_accuracy",
+                              accuracy_text,
+                              "format",
+                              "committee-checkpoint-1"};
     return cm_model_save(run->student, run->options.out, metadata,
                          (int)(sizeof metadata / sizeof metadata[0]) / 2);
 }

@@ -63,7 +63,7 @@ int teacher_data_main(int argc, char **argv, int first) {
         fprintf(stderr, "teacher-server data %s: %s\n", command,
                 status != CM_OK ? cm_last_error()
                 : is_check      ? "give one folder: teacher-server data check DIR"
-                                : "give a dataset and a folder: teacher-server data export NAME DIR");
+                           : "give a dataset and a folder: teacher-server data export NAME DIR");
         return 2;
     }
     cm_dataset_options_t options = {.directory = data_dir, .validate_all = is_check};

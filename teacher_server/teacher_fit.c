@@ -5,9 +5,9 @@
  * and the trainer can check what they are given.
  *
  * Training is plain minibatch AdamW on cross-entropy (classification) or
- * mean squared error (regression) with a seeded shuffle per epoch; the learning rate warms up linearly and then follows a cosine
- * down to 10% (or stays constant with --schedule constant).  Everything is
- * determined by --seed: the same command gives the same checkpoint.
+ * mean squared error (regression) with a seeded shuffle per epoch; the learning rate warms up
+ * linearly and then follows a cosine down to 10% (or stays constant with --schedule constant).
+ * Everything is determined by --seed: the same command gives the same checkpoint.
  */
 #include "teacher_fit.h"
 
@@ -188,8 +188,7 @@ static cm_status_t fit(const fit_options_t *options) {
                 int values = batch * classes;
                 loss_sum += cm_loss_mse_forward(logits, batch_targets, values) / classes;
                 labelled_total += batch;
-                cm_loss_mse_backward(d_logits, logits, batch_targets, values,
-                                     1.0f / (float)values);
+                cm_loss_mse_backward(d_logits, logits, batch_targets, values, 1.0f / (float)values);
             } else {
                 for (int row = 0; row < batch; row++)
                     batch_labels[row] = train->labels[batch_rows[row]];
