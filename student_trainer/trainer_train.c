@@ -1308,11 +1308,12 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .threads = 1,
     };
     const cm_cli_option_t table[] = {
-        {"data", CM_CLI_STRING, &options->data, "NAME", "dataset (fashion-mnist)", 0},
+        {"data", CM_CLI_STRING, &options->data, "DATA",
+         "dataset: a dataset folder (dataset.json + .npy files) or fashion-mnist", 0},
         {"data-dir", CM_CLI_STRING, &options->data_dir, "DIR",
          "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
-        {"view", CM_CLI_STRING, &options->view, "VIEW", "the student's view: full, pool14, pool7",
-         0},
+        {"view", CM_CLI_STRING, &options->view, "VIEW",
+         "the student's view (fashion-mnist: full, pool14, pool7)", 0},
         {"model", CM_CLI_STRING, &options->model, "SPEC",
          "student model spec, e.g. mlp:49-64-64-10", 1},
         {"teacher", CM_CLI_LIST, &options->teachers, "NAME=ENDPOINT",
