@@ -899,7 +899,7 @@ static cm_status_t read_manifest(const char *root, cm_manifest_t **manifest) {
     if (stat(root, &info) != 0 || !S_ISDIR(info.st_mode))
         return cm_fail(CM_ERR_NOT_FOUND,
                        "dataset \"%s\" is neither a built-in dataset (fashion-mnist) nor a "
-                       "folder",
+                       "folder; give a dataset folder with --data",
                        root);
     void *text = NULL;
     size_t size = 0;

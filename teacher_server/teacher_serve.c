@@ -945,8 +945,8 @@ static cm_status_t load_teacher(server_t *server) {
                          view, server->dataset->features);
     if (status == CM_OK && trained_fingerprint &&
         strcmp(trained_fingerprint, server->dataset->fingerprint) != 0)
-        cm_log_warn("%s was trained on dataset %.12s..., serving dataset %.12s... (a different "
-                    "subset or files)",
+        cm_log_warn("%s was trained on dataset %.12s..., serving dataset %.12s... (other "
+                    "data)",
                     options->model_path, trained_fingerprint, server->dataset->fingerprint);
     cm_safetensors_free(&file);
     if (status != CM_OK) return status;

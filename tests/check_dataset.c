@@ -750,7 +750,10 @@ static void folder_setup(folder_t *folder, const test_folder_options_t *options)
     test_folder_write(folder->data, options);
 }
 
-static void folder_teardown(folder_t *folder) { test_util_remove_tree(folder->root); }
+static void folder_teardown(folder_t *folder) {
+    test_util_remove_tree(folder->root);
+    unsetenv("COMMITTEE_CACHE_DIR"); /* CK_FORK=no runs the next test in this process */
+}
 
 static const test_folder_options_t small_classification = {
     .train_rows = 40, .test_rows = 12, .seed = 5};
@@ -959,7 +962,7 @@ START_TEST(test_fashion_export_equals_builtin) {
     }
     cm_dataset_free(&builtin);
     cm_dataset_free(&exported);
-    test_util_remove_tree(folder.root);
+    folder_teardown(&folder);
     fixture_teardown(&fixture);
 }
 END_TEST

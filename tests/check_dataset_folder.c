@@ -30,6 +30,7 @@ static void setup(void) {
 
 static void teardown(void) {
     if (directory[0]) test_util_remove_tree(directory);
+    unsetenv("COMMITTEE_CACHE_DIR");
 }
 
 static int run(const char *command) {
