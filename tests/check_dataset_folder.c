@@ -152,6 +152,10 @@ START_TEST(test_regression_folder_end_to_end) {
     ck_assert_msg(value_after("rmse=") >= 0 && value_after("rmse=") < 0.15 &&
                       strstr(output, "mae=") && !strstr(output, "accuracy"),
                   "%s", output);
+    snprintf(command, sizeof command, "%s eval --model %s --data %s --split valid",
+             test_util_bin("student-trainer"), model, folder);
+    ck_assert_int_eq(run(command), 1);
+    ck_assert_msg(strstr(output, "has no split 'valid'") != NULL, "%s", output);
     snprintf(command, sizeof command,
              "%s train --data %s --view pool --model mlp:16-8-2 --epochs 1 --out %s/s.safetensors",
              test_util_bin("student-trainer"), folder, directory);
