@@ -36,8 +36,8 @@ static cm_status_t evaluate(const char *path, const char *data, const char *data
         .directory = data_dir, .max_train = max_train, .max_test = max_test};
     if ((status = cm_dataset_load(&dataset, name, view, &options)) != CM_OK) goto done;
     if (!dataset->manifest->has_split[split]) {
-        status = cm_fail(CM_ERR_INVALID_ARG, "dataset %s has no split '%s'", dataset->name,
-                         split_name);
+        status =
+            cm_fail(CM_ERR_INVALID_ARG, "dataset %s has no split '%s'", dataset->name, split_name);
         goto done;
     }
     const char *trained_on = cm_safetensors_metadata(file, "fingerprint");
