@@ -7,6 +7,7 @@
 #   make bench         benchmark programs (bench/), prints their tables
 #   make format        clang-format every source; make format-check fails on drift
 #   make deps          install the Debian packages listed in deploy/packages.txt
+#   make fuzz          libFuzzer harnesses of tests/fuzz (build-fuzz/); make fuzz-run runs them
 #
 # Variables: BUILD (output dir), SANITIZE=1, WERROR=1, CC.
 
