@@ -356,7 +356,7 @@ static cm_status_t check_example_ids(const char *owner, const int32_t *ids, int 
 static cm_status_t check_batch_request(const cm_wire_batch_request_t *request,
                                        const cm_wire_limits_t *limits) {
     cm_status_t status;
-    if ((unsigned)request->split >= CM_SPLIT_COUNT)
+    if ((unsigned)request->split > CM_SPLIT_TEST) /* the wire carries train and test */
         return cm_fail(CM_ERR_FORMAT, "BatchRequest field split is %d; expected train or test",
                        (int)request->split);
     if ((status = check_example_ids("BatchRequest", request->example_ids, request->example_count,
@@ -438,7 +438,7 @@ static cm_status_t check_tensor(const cm_wire_tensor_t *tensor, int example_coun
 static cm_status_t check_batch_reply(const cm_wire_batch_reply_t *reply,
                                      const cm_wire_limits_t *limits, uint64_t max_bytes) {
     cm_status_t status;
-    if ((unsigned)reply->split >= CM_SPLIT_COUNT)
+    if ((unsigned)reply->split > CM_SPLIT_TEST)
         return cm_fail(CM_ERR_FORMAT, "BatchReply field split is %d; expected train or test",
                        (int)reply->split);
     if ((status =

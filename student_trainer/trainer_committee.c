@@ -51,7 +51,7 @@ typedef struct {
     int state;
     int teacher;
     int count;
-    int32_t *ids;
+    int32_t *ids; /* [2 * count]: the rows (for the cache), then their dataset ids (the wire's) */
     unsigned outputs;
     int attempts;
     double not_before;    /* monotonic seconds: back-off */
@@ -593,11 +593,14 @@ int trainer_committee_submit(trainer_committee_t *committee, int teacher, const 
     }
     int number = committee->free_ticket;
     ticket_t *ticket = &committee->tickets[number];
-    int32_t *copy = realloc(ticket->ids, sizeof(int32_t) * (size_t)count);
+    int32_t *copy = realloc(ticket->ids, sizeof(int32_t) * (2 * (size_t)count + 1));
     if (!copy) return -1;
     committee->free_ticket = ticket->next_free;
     ticket->ids = copy;
     memcpy(copy, ids, sizeof(int32_t) * (size_t)count);
+    for (int row = 0; row < count; row++)
+        copy[count + row] =
+            committee->config.example_ids ? committee->config.example_ids[ids[row]] : ids[row];
     ticket->state = TICKET_QUEUED;
     ticket->teacher = teacher;
     ticket->count = count;
@@ -749,7 +752,7 @@ static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *
     cm_wire_batch_request_t *request = &message.batch_request;
     request->split = CM_SPLIT_TRAIN;
     request->example_count = ticket->count;
-    request->example_ids = ticket->ids;
+    request->example_ids = ticket->ids + ticket->count;
     request->encoding = committee->config.encoding;
     for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
         if (ticket->outputs & (1u << output))
@@ -877,7 +880,8 @@ static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot
     ticket_t *ticket = &committee->tickets[slot->ticket];
     teacher_t *teacher = &committee->teachers[slot->teacher];
     if (reply->example_count != ticket->count ||
-        memcmp(reply->example_ids, ticket->ids, sizeof(int32_t) * (size_t)ticket->count) != 0)
+        memcmp(reply->example_ids, ticket->ids + ticket->count,
+               sizeof(int32_t) * (size_t)ticket->count) != 0)
         return cm_fail(CM_ERR_PROTOCOL, "answered other examples than it was asked for");
     const cm_wire_tensor_t *found[TRAINER_OUTPUT_COUNT] = {NULL};
     for (int index = 0; index < reply->tensor_count; index++) {
@@ -898,7 +902,7 @@ static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot
         if (bad >= 0)
             return cm_fail(CM_ERR_OUT_OF_RANGE,
                            "sent a non-finite value (NaN or Inf) in its '%s' of example %d",
-                           tensor->name, ticket->ids[bad / width]);
+                           tensor->name, ticket->ids[ticket->count + bad / width]);
         found[output] = tensor;
     }
     for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)

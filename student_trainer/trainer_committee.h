@@ -97,11 +97,13 @@ typedef struct {
     int handshake_ms; /* for the first Hello of every endpoint */
     int heartbeat_ms; /* heartbeat to endpoints idle this long */
     trainer_policy_t policy;
-    cm_dtype_t encoding;     /* F32 (exact), F16 or BF16 */
-    int max_examples;        /* ids per request (also capped by the teacher's limit) */
-    const char *fingerprint; /* the student's dataset fingerprint */
-    int classes;             /* the student's classes */
-    int train_examples;      /* size of the training split (ids are checked against it) */
+    cm_dtype_t encoding;        /* F32 (exact), F16 or BF16 */
+    int max_examples;           /* ids per request (also capped by the teacher's limit) */
+    const char *fingerprint;    /* the student's dataset fingerprint */
+    int classes;                /* the student's classes */
+    int train_examples;         /* size of the training split (ids are checked against it) */
+    const int32_t *example_ids; /* [train_examples] the dataset id of each training row, sent
+                                   on the wire instead of the row (borrowed); NULL: id = row */
     const cm_curve_keypair_t *curve_keys;     /* the trainer's keys (borrowed for the committee's
                                                  life); NULL: plaintext, else every teacher needs its
                                                  server_key */
@@ -187,7 +189,8 @@ void trainer_head_free(trainer_head_t *head);
 
 /*
  * Asks `teacher` for the outputs in the bit set `outputs` (1 << TRAINER_OUTPUT_*) of the
- * training examples ids[0..count) (copied).  Returns a ticket number, or -1 when out of
+ * training rows ids[0..count) (copied; the request carries their dataset ids, see
+ * config.example_ids).  Returns a ticket number, or -1 when out of
  * memory.  The answer lands in the cache; see trainer_committee_ticket.
  */
 int trainer_committee_submit(trainer_committee_t *committee, int teacher, const int32_t *ids,

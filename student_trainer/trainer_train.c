@@ -42,6 +42,7 @@
 #include "cm_cli.h"
 #include "cm_curve.h"
 #include "cm_dataset.h"
+#include "cm_score.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_model.h"
@@ -345,14 +346,28 @@ static cm_status_t save_student(run_t *run, double test_accuracy) {
     snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_accuracy);
     snprintf(epochs_text, sizeof epochs_text, "%d", run->options.epochs);
     manifest_text(run, manifest, sizeof manifest);
-    const char *metadata[] = {"view",          run->dataset->view,
-                              "dataset",       run->dataset->name,
-                              "fingerprint",   run->dataset->fingerprint,
-                              "method",        run->options.method,
-                              "committee",     manifest,
-                              "epochs",        epochs_text,
-                              "test_accuracy", accuracy_text,
-                              "format",        "committee-checkpoint-1"};
+    const char *metadata[] = {"view",
+                              run->dataset->view,
+                              "dataset",
+                              run->dataset->name,
+                              "fingerprint",
+                              run->dataset->fingerprint,
+                              "task",
+                              run->dataset->task_json,
+                              "preprocessing",
+                              run->dataset->view_json,
+                              "manifest_sha256",
+                              run->dataset->manifest_sha256,
+                              "method",
+                              run->options.method,
+                              "committee",
+                              manifest,
+                              "epochs",
+                              epochs_text,
+                              "test_accuracy",
+                              accuracy_text,
+                              "format",
+                              "committee-checkpoint-1"};
     return cm_model_save(run->student, run->options.out, metadata,
                          (int)(sizeof metadata / sizeof metadata[0]) / 2);
 }
@@ -472,12 +487,7 @@ static trainer_student_t student_view(run_t *run, const float *outputs) {
  * always used.
  */
 static void filter_batch(run_t *run, int batch_index, int slot, int rows, const int32_t *ids) {
-    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    int features = run->dataset->features;
-    for (int row = 0; row < rows; row++)
-        memcpy(run->batch_inputs + (size_t)row * (size_t)features,
-               train->inputs + (size_t)ids[row] * (size_t)features,
-               sizeof(float) * (size_t)features);
+    cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     /* Filtering asks one batch ahead, right after the previous step: no update comes between
      * this forward pass and the training step on this batch, which reuses it. */
     run->forwarded_logits = cm_model_forward(run->student, run->batch_inputs, rows);
@@ -566,14 +576,12 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
  * --method is, it is only trainer_method_* calls here.
  */
 static cm_status_t train_batch(run_t *run, int batch_index) {
-    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    int features = run->dataset->features, rows = batch_rows(run, batch_index);
+    int rows = batch_rows(run, batch_index);
     const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
     trainer_batch_t batch = {.rows = rows, .labels = run->batch_labels};
+    cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     for (int row = 0; row < rows; row++) {
         int id = ids[row];
-        memcpy(run->batch_inputs + (size_t)row * (size_t)features,
-               train->inputs + (size_t)id * (size_t)features, sizeof(float) * (size_t)features);
         run->batch_labels[row] = run->labels[id];
         if (run->trained[id]) run->epoch_duplicates++;
         run->trained[id] = 1;
@@ -802,7 +810,6 @@ static cm_status_t stop_here(run_t *run, double accuracy, int *was_interrupted) 
 
 static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    const cm_split_data_t *test = &run->dataset->splits[CM_SPLIT_TEST];
     int trainable = trainable_count(run);
     int batches = (trainable + run->options.batch - 1) / run->options.batch;
     double accuracy = 0.0, test_loss = 0.0;
@@ -861,13 +868,16 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         }
         cm_progress_finish(&progress);
         double seconds = cm_progress_now() - started;
-        cm_model_evaluate(run->student, test->inputs, test->labels, test->count, &accuracy,
-                          &test_loss);
-        run->valid_accuracy = 0.0;
-        if (run->options.holdout > 0) /* the held-out tail of the training split */
-            cm_model_evaluate(
-                run->student, train->inputs + (size_t)trainable * (size_t)run->dataset->features,
-                train->labels + trainable, run->options.holdout, &run->valid_accuracy, NULL);
+        cm_score_t test_score, valid_score = {0};
+        if ((status = cm_score_split(run->student, run->dataset, CM_SPLIT_TEST, &test_score)))
+            return status;
+        accuracy = test_score.accuracy;
+        test_loss = test_score.loss;
+        if (run->options.holdout > 0 && /* the held-out tail of the training split */
+            (status = cm_score_rows(run->student, run->dataset, CM_SPLIT_TRAIN, trainable,
+                                    run->options.holdout, &valid_score)))
+            return status;
+        run->valid_accuracy = valid_score.accuracy;
         long distinct = 0;
         for (int id = 0; id < trainable; id++) distinct += run->trained[id];
         char terms[256];
@@ -1007,6 +1017,7 @@ static cm_status_t set_up_teachers(run_t *run) {
         .fingerprint = run->dataset->fingerprint,
         .classes = run->dataset->classes,
         .train_examples = train_count,
+        .example_ids = run->dataset->splits[CM_SPLIT_TRAIN].ids,
         .curve_keys = options->curve_secret_key ? &run->curve_keys : NULL,
         .interrupted = &interrupted,
     };
@@ -1215,10 +1226,20 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     cm_model_spec_t spec;
     cm_status_t status = cm_model_spec_parse(options->model, &spec);
     if (status != CM_OK) return status;
-    cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
+    cm_dataset_options_t data_options = {
+        .directory = options->data_dir,
+        .max_train = options->max_train,
+        .max_test = options->max_test,
+    };
     if ((status = cm_dataset_load(&run->dataset, options->data, options->view, &data_options)) !=
         CM_OK)
         return status;
+    if (run->dataset->task == CM_TASK_REGRESSION)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "dataset %s is a regression task; regression needs the trainer's method "
+                       "interface (MSE losses), which this build of student-trainer train lacks: "
+                       "use teacher-server fit for regression models for now",
+                       run->dataset->name);
     if (cm_model_spec_inputs(&spec) != run->dataset->features ||
         spec.classes != run->dataset->classes)
         return cm_fail(CM_ERR_SHAPE,
@@ -1326,11 +1347,12 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .threads = 1,
     };
     const cm_cli_option_t table[] = {
-        {"data", CM_CLI_STRING, &options->data, "NAME", "dataset (fashion-mnist)", 0},
+        {"data", CM_CLI_STRING, &options->data, "DATA",
+         "dataset: a dataset folder (dataset.json + .npy files) or fashion-mnist", 0},
         {"data-dir", CM_CLI_STRING, &options->data_dir, "DIR",
          "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
-        {"view", CM_CLI_STRING, &options->view, "VIEW", "the student's view: full, pool14, pool7",
-         0},
+        {"view", CM_CLI_STRING, &options->view, "VIEW",
+         "the student's view (fashion-mnist: full, pool14, pool7)", 0},
         {"model", CM_CLI_STRING, &options->model, "SPEC",
          "student model spec, e.g. mlp:49-64-64-10", 1},
         {"teacher", CM_CLI_LIST, &options->teachers, "NAME=ENDPOINT",

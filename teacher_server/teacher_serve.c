@@ -105,7 +105,8 @@ typedef struct job {
     uint64_t request_id;
     cm_split_t split;
     int count;
-    int32_t *ids; /* [count], checked against the split */
+    int32_t *ids;  /* [count], as the request gave them */
+    int32_t *rows; /* [count], the ids' rows in the served split (same allocation as ids) */
     int wanted[OUTPUT_COUNT];
     cm_dtype_t encoding;
     int top_k;
@@ -384,8 +385,6 @@ static int add_top_k(job_t *job, const float *logits, int classes) {
 
 /* Runs the model over the job's examples and fills its tensors. */
 static void compute_job(server_t *server, job_t *job) {
-    const cm_split_data_t *split = &server->dataset->splits[job->split];
-    int features = server->dataset->features;
     float *staging[OUTPUT_COUNT] = {NULL, NULL, NULL};
     int ok = 1;
     for (int output = 0; output < OUTPUT_COUNT; output++)
@@ -396,10 +395,8 @@ static void compute_job(server_t *server, job_t *job) {
         }
     for (int start = 0; ok && start < job->count; start += COMPUTE_BATCH) {
         int batch = job->count - start < COMPUTE_BATCH ? job->count - start : COMPUTE_BATCH;
-        for (int row = 0; row < batch; row++)
-            memcpy(server->batch_inputs + (size_t)row * (size_t)features,
-                   split->inputs + (size_t)job->ids[start + row] * (size_t)features,
-                   sizeof(float) * (size_t)features);
+        cm_dataset_gather(server->dataset, job->split, job->rows + start, batch,
+                          server->batch_inputs);
         const float *logits = cm_model_forward(server->model, server->batch_inputs, batch);
         for (int output = 0; output < OUTPUT_COUNT; output++) {
             if (!staging[output]) continue;
@@ -541,13 +538,23 @@ static void handle_batch_request(server_t *server, zmq_msg_t *routing,
         reply_error(server, routing, message->request_id, CM_ERR_UNAVAILABLE, sentence);
         return;
     }
-    const cm_split_data_t *split = &server->dataset->splits[request->split];
-    cm_status_t status =
-        cm_wire_check_ids(request->example_ids, request->example_count, split->count);
+    job_t *job = calloc(1, sizeof *job);
+    int32_t *ids = job ? malloc(sizeof(int32_t) * (2 * (size_t)request->example_count + 1)) : NULL;
+    if (!job || !ids) {
+        free(job);
+        free(ids);
+        reply_error(server, routing, message->request_id, CM_ERR_NOMEM, "teacher is out of memory");
+        return;
+    }
+    /* The ids are the dataset's (ids.npy, or the row numbers without it): the teacher finds
+     * their rows, so a trainer on a subset asks for the same examples a full one would. */
+    cm_status_t status = cm_dataset_rows(server->dataset, request->split, request->example_ids,
+                                         request->example_count, ids + request->example_count);
     if (status != CM_OK) {
+        free(job);
+        free(ids);
         char sentence[512];
-        snprintf(sentence, sizeof sentence, "%s split '%s' of teacher '%s' has %d examples",
-                 cm_last_error(), cm_split_name(request->split), server->name, split->count);
+        snprintf(sentence, sizeof sentence, "%s (teacher '%s')", cm_last_error(), server->name);
         reply_error(server, routing, message->request_id, status, sentence);
         return;
     }
@@ -555,20 +562,15 @@ static void handle_batch_request(server_t *server, zmq_msg_t *routing,
         char sentence[160];
         snprintf(sentence, sizeof sentence, "top_k %d is not in 0..%d (the number of classes)",
                  request->top_k, server->width[OUTPUT_LOGITS]);
-        reply_error(server, routing, message->request_id, CM_ERR_OUT_OF_RANGE, sentence);
-        return;
-    }
-    job_t *job = calloc(1, sizeof *job);
-    int32_t *ids = job ? malloc(sizeof(int32_t) * (size_t)request->example_count) : NULL;
-    if (!job || !ids) {
         free(job);
         free(ids);
-        reply_error(server, routing, message->request_id, CM_ERR_NOMEM, "teacher is out of memory");
+        reply_error(server, routing, message->request_id, CM_ERR_OUT_OF_RANGE, sentence);
         return;
     }
     zmq_msg_init(&job->routing);
     zmq_msg_copy(&job->routing, routing);
     job->ids = ids;
+    job->rows = ids + request->example_count;
     memcpy(ids, request->example_ids, sizeof(int32_t) * (size_t)request->example_count);
     job->request_id = message->request_id;
     job->split = request->split;
@@ -925,8 +927,17 @@ static cm_status_t load_teacher(server_t *server) {
         cm_safetensors_free(&file);
         return status;
     }
-    cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
+    cm_dataset_options_t data_options = {
+        .directory = options->data_dir,
+        .max_train = options->max_train,
+        .max_test = options->max_test,
+    };
     status = cm_dataset_load(&server->dataset, dataset_name, view, &data_options);
+    if (status == CM_OK && cm_model_spec(server->model)->classes != server->dataset->classes)
+        status = cm_fail(CM_ERR_SHAPE, "%s has %d outputs but dataset %s has %d %s",
+                         options->model_path, cm_model_spec(server->model)->classes,
+                         server->dataset->name, server->dataset->classes,
+                         server->dataset->task == CM_TASK_REGRESSION ? "targets" : "classes");
     if (status == CM_OK &&
         cm_model_spec_inputs(cm_model_spec(server->model)) != server->dataset->features)
         status = cm_fail(CM_ERR_SHAPE, "%s expects %d input features but view '%s' gives %d",
@@ -934,8 +945,8 @@ static cm_status_t load_teacher(server_t *server) {
                          view, server->dataset->features);
     if (status == CM_OK && trained_fingerprint &&
         strcmp(trained_fingerprint, server->dataset->fingerprint) != 0)
-        cm_log_warn("%s was trained on dataset %.12s..., serving dataset %.12s... (a different "
-                    "subset or files)",
+        cm_log_warn("%s was trained on dataset %.12s..., serving dataset %.12s... (other "
+                    "data)",
                     options->model_path, trained_fingerprint, server->dataset->fingerprint);
     cm_safetensors_free(&file);
     if (status != CM_OK) return status;
@@ -1147,7 +1158,8 @@ int teacher_serve_main(int argc, char **argv, int first) {
     const cm_cli_option_t table[] = {
         {"model", CM_CLI_STRING, &options.model_path, "FILE", "teacher checkpoint (.safetensors)",
          1},
-        {"data", CM_CLI_STRING, &options.data, "NAME", "dataset [default: the checkpoint's]", 0},
+        {"data", CM_CLI_STRING, &options.data, "DATA",
+         "dataset folder or built-in name [default: the checkpoint's]", 0},
         {"data-dir", CM_CLI_STRING, &options.data_dir, "DIR",
          "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
         {"bind", CM_CLI_STRING, &options.bind, "ENDPOINT", "ZeroMQ endpoint to serve on", 0},

@@ -25,6 +25,8 @@
 #include "test_process.h"
 #include "test_util.h"
 
+#include "cm_npy.h"
+
 #include <arpa/inet.h>
 #include <check.h>
 #include <jansson.h>
@@ -34,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SUBSET "--max-train 2000 --max-test 500"
@@ -258,14 +261,47 @@ START_TEST(test_skip_without_teacher) {
 }
 END_TEST
 
+/* A dataset folder that is not Fashion-MNIST but has its shape: 10 classes, u8 [N,28,28]. */
+static void write_other_folder(const char *folder) {
+    char path[600];
+    mkdir(folder, 0755);
+    snprintf(path, sizeof path, "%s/dataset.json", folder);
+    FILE *file = fopen(path, "w");
+    ck_assert_ptr_nonnull(file);
+    fputs("{\"format\": \"committee-dataset/1\", \"name\": \"other\", \"task\": {\"type\": "
+          "\"classification\", \"classes\": 10}, \"splits\": [\"train\", \"test\"], "
+          "\"views\": {\"full\": {\"kind\": \"dense\"}}}",
+          file);
+    fclose(file);
+    static uint8_t pixels[2000 * 784];
+    static int64_t labels[2000];
+    for (int i = 0; i < 2000; i++) labels[i] = i % 10;
+    for (int i = 0; i < 2000 * 784; i++) pixels[i] = (uint8_t)(i * 31);
+    const char *splits[2] = {"train", "test"};
+    for (int split = 0; split < 2; split++) {
+        snprintf(path, sizeof path, "%s/%s", folder, splits[split]);
+        mkdir(path, 0755);
+        int64_t shape[3] = {split ? 500 : 2000, 28, 28};
+        snprintf(path, sizeof path, "%s/%s/full.npy", folder, splits[split]);
+        ck_assert_int_eq(cm_npy_write(path, CM_NPY_U8, 3, shape, pixels), CM_OK);
+        snprintf(path, sizeof path, "%s/%s/labels.npy", folder, splits[split]);
+        ck_assert_int_eq(cm_npy_write(path, CM_NPY_I64, 1, shape, labels), CM_OK);
+    }
+}
+
 START_TEST(test_refuses_other_dataset) {
     REQUIRE_DATA();
+    /* Subsets no longer make another dataset (the fingerprint is the whole dataset's): the
+     * teacher serves a different folder. */
+    char other[400];
+    snprintf(other, sizeof other, "%s/other-data", directory);
+    write_other_folder(other);
     teacher_process_t fm;
     snprintf(fm.endpoint, sizeof fm.endpoint, "ipc://%s/fm-other.sock", directory);
     snprintf(fm.log, sizeof fm.log, "%s/fm-other.log", directory);
     snprintf(fm.command, sizeof fm.command,
-             "%s serve --model %s --name fm --bind %s --http off --max-train 1000 --max-test 500",
-             test_util_bin("teacher-server"), fm_path, fm.endpoint);
+             "%s serve --model %s --name fm --bind %s --http off --data %s",
+             test_util_bin("teacher-server"), fm_path, fm.endpoint, other);
     fm.pid = test_process_start(fm.command, fm.log);
     ck_assert(test_process_await_text(fm.log, "serving", 10000));
     char command[4096];

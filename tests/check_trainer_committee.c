@@ -80,7 +80,7 @@ static void setup_teachers(void) {
     snprintf(vit_checkpoint, sizeof vit_checkpoint, "%s/vit.safetensors", directory);
     snprintf(mlp_checkpoint, sizeof mlp_checkpoint, "%s/mlp.safetensors", directory);
     if (!test_util_have_fashion_mnist()) return;
-    cm_dataset_options_t options = {NULL, MAX_TRAIN, MAX_TEST};
+    cm_dataset_options_t options = {.max_train = MAX_TRAIN, .max_test = MAX_TEST};
     ck_assert_msg(cm_dataset_load(&dataset, "fashion-mnist", "full", &options) == CM_OK, "%s",
                   cm_last_error());
     ck_assert_msg(serve_fixture_write_checkpoint(vit_checkpoint, VIT_SPEC, dataset, 31) == CM_OK,
