@@ -145,12 +145,15 @@ typedef struct {
     char teacher_names[TRAINER_MAX_TEACHERS][64];
     char teacher_sha256[TRAINER_MAX_TEACHERS][65];
     unsigned needs[TRAINER_MAX_TEACHERS]; /* output bit sets per teacher */
-    int32_t *labels;                      /* [train] the labels the student may see (-1: hidden) */
-    int32_t *order;                       /* [train] this epoch's permutation */
-    uint8_t *trained;                     /* [train] trained this epoch */
+    int32_t *labels;  /* [train] the labels the student may see (-1: hidden); for regression 0
+                         marks a visible row, whose targets are the split's */
+    int32_t *order;   /* [train] this epoch's permutation */
+    uint8_t *trained; /* [train] trained this epoch */
     float *moment1, *moment2;
     float *batch_inputs, *d_logits, *d_hidden;
     int32_t *batch_labels;
+    float *batch_targets;    /* regression: [batch][targets] */
+    uint8_t *batch_labelled; /* regression: [batch] 1 = the row's targets are visible */
     float *teacher_logits[TRAINER_MAX_TEACHERS], *teacher_hidden[TRAINER_MAX_TEACHERS];
     float *teacher_feature[TRAINER_MAX_TEACHERS]; /* DiverseDistill: [batch][L_i * d_i] */
     uint8_t *teacher_present[TRAINER_MAX_TEACHERS];
@@ -202,7 +205,8 @@ static cm_status_t build_labels(run_t *run) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     run->labels = malloc(sizeof(int32_t) * (size_t)train->count);
     if (!run->labels) return cm_fail(CM_ERR_NOMEM, "out of memory for labels");
-    for (int id = 0; id < train->count; id++) run->labels[id] = train->labels[id];
+    for (int id = 0; id < train->count; id++)
+        run->labels[id] = train->labels ? train->labels[id] : 0;
     float fraction = run->options.label_fraction;
     if (fraction >= 1.0f) return CM_OK;
     /* A fixed, seeded subset keeps its labels: the same for every method and training seed. */
@@ -232,10 +236,13 @@ static cm_status_t allocate_buffers(run_t *run) {
     run->d_logits = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
     run->d_hidden = cm_alloc_floats((size_t)batch * (size_t)hidden);
     run->batch_labels = malloc(sizeof(int32_t) * (size_t)batch);
+    run->batch_targets = cm_alloc_floats((size_t)batch * (size_t)(run->dataset->targets + 1));
+    run->batch_labelled = malloc((size_t)batch);
     run->order = malloc(sizeof(int32_t) * (size_t)train);
     run->trained = calloc((size_t)train, 1);
     int ok = run->moment1 && run->moment2 && run->batch_inputs && run->d_logits && run->d_hidden &&
-             run->batch_labels && run->order && run->trained;
+             run->batch_labels && run->batch_targets && run->batch_labelled && run->order &&
+             run->trained;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         int teacher_hidden = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
         run->teacher_logits[teacher] = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
@@ -273,6 +280,8 @@ static void free_run(run_t *run) {
     cm_free_aligned(run->d_logits);
     cm_free_aligned(run->d_hidden);
     free(run->batch_labels);
+    cm_free_aligned(run->batch_targets);
+    free(run->batch_labelled);
     free(run->labels);
     free(run->order);
     free(run->trained);
@@ -585,6 +594,17 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
         run->batch_labels[row] = run->labels[id];
         if (run->trained[id]) run->epoch_duplicates++;
         run->trained[id] = 1;
+    }
+    if (run->dataset->task == CM_TASK_REGRESSION) { /* the rows' targets, and which are visible */
+        size_t targets = (size_t)run->dataset->targets;
+        for (int row = 0; row < rows; row++) {
+            run->batch_labelled[row] = run->labels[ids[row]] >= 0;
+            memcpy(run->batch_targets + (size_t)row * targets,
+                   run->dataset->splits[CM_SPLIT_TRAIN].targets + (size_t)ids[row] * targets,
+                   sizeof(float) * targets);
+        }
+        batch = (trainer_batch_t){
+            .rows = rows, .targets = run->batch_targets, .labelled = run->batch_labelled};
     }
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         if (!run->needs[teacher]) continue;
@@ -1123,8 +1143,9 @@ static cm_status_t set_up_method(run_t *run) {
     trainer_method_config_t config = {0};
     cm_status_t status = trainer_method_parse(options->method, &config.kind);
     if (status != CM_OK) return status;
-    config.task = TRAINER_TASK_CLASSIFICATION;
-    config.outputs = run->dataset->classes;
+    config.task = run->dataset->task == CM_TASK_REGRESSION ? TRAINER_TASK_REGRESSION
+                                                           : TRAINER_TASK_CLASSIFICATION;
+    config.outputs = run->dataset->classes; /* the classes, or the regression targets */
     config.temperature = options->temperature;
     config.kd_weight = options->kd_weight;
     config.fitnet_weight = options->fitnet_weight;
@@ -1234,12 +1255,6 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if ((status = cm_dataset_load(&run->dataset, options->data, options->view, &data_options)) !=
         CM_OK)
         return status;
-    if (run->dataset->task == CM_TASK_REGRESSION)
-        return cm_fail(CM_ERR_INVALID_ARG,
-                       "dataset %s is a regression task; regression needs the trainer's method "
-                       "interface (MSE losses), which this build of student-trainer train lacks: "
-                       "use teacher-server fit for regression models for now",
-                       run->dataset->name);
     if (cm_model_spec_inputs(&spec) != run->dataset->features ||
         spec.classes != run->dataset->classes)
         return cm_fail(CM_ERR_SHAPE,

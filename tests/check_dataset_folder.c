@@ -4,7 +4,8 @@
  * folder (with ids.npy) fitted, served and distilled into a student with
  * kd on a subset (--max-train) while the teacher serves the whole dataset,
  * then evaluated; a synthetic regression folder fitted and evaluated (RMSE,
- * MAE) and refused by `train` with a clear sentence; and, when
+ * MAE), served and distilled with kd and diversedistill (MSE losses), the students
+ * evaluated; and, when
  * Fashion-MNIST is installed, a teacher and a student fitted from the
  * exported folder byte-identical to ones fitted from the built-in name.
  */
@@ -156,11 +157,44 @@ START_TEST(test_regression_folder_end_to_end) {
              test_util_bin("student-trainer"), model, folder);
     ck_assert_int_eq(run(command), 1);
     ck_assert_msg(strstr(output, "has no split 'valid'") != NULL, "%s", output);
+
+    /* Distilled: the teacher serves, the student learns with kd and with diversedistill (whose
+     * losses are MSE, its router targets squared errors: trainer_dd.h), then eval scores it. */
+    char endpoint[500], log[500], student[500], metrics[500];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/reg.sock", directory);
+    snprintf(log, sizeof log, "%s/reg-teacher.log", directory);
     snprintf(command, sizeof command,
-             "%s train --data %s --view pool --model mlp:16-8-2 --epochs 1 --out %s/s.safetensors",
-             test_util_bin("student-trainer"), folder, directory);
-    ck_assert_int_eq(run(command), 1);
-    ck_assert_msg(strstr(output, "regression needs") != NULL, "%s", output);
+             "%s serve --model %s --name reg --bind %s --http off --data %s",
+             test_util_bin("teacher-server"), model, endpoint, folder);
+    pid_t server = test_process_start(command, log);
+    ck_assert_int_gt(server, 0);
+    ck_assert_msg(test_process_await_text(log, "serving", 20000), "the teacher did not start");
+    static const char *const methods[] = {"kd", "diversedistill"};
+    static const char *const terms[][2] = {{"\"mse\":", "\"kd\":"}, {"\"kd\":", "\"dd_answer\":"}};
+    for (int m = 0; m < 2; m++) {
+        snprintf(student, sizeof student, "%s/%s.safetensors", directory, methods[m]);
+        snprintf(metrics, sizeof metrics, "%s/%s.jsonl", directory, methods[m]);
+        snprintf(command, sizeof command,
+                 "%s train --data %s --view pool --model mlp:16-16-2 --teacher reg=%s "
+                 "--method %s --epochs 8 --lr 3e-3 --batch 32 --http off --metrics %s --out %s",
+                 test_util_bin("student-trainer"), folder, endpoint, methods[m], metrics, student);
+        int status = run(command);
+        if (status != 0) test_process_stop(server, SIGTERM, 5000);
+        ck_assert_msg(status == 0, "--method %s on regression:\n%s", methods[m], output);
+        snprintf(command, sizeof command, "tail -n 1 %s", metrics);
+        run(command);
+        for (int t = 0; t < 2; t++)
+            ck_assert_msg(value_after(terms[m][t]) > 0.0, "--method %s: no %s term in %s",
+                          methods[m], terms[m][t], output);
+        ck_assert_msg(strstr(output, "\"ce\":") == NULL, "a CE term on regression: %s", output);
+        snprintf(command, sizeof command, "%s eval --model %s --data %s",
+                 test_util_bin("student-trainer"), student, folder);
+        ck_assert_msg(run(command) == 0, "%s", output);
+        double student_rmse = value_after("rmse=");
+        ck_assert_msg(student_rmse >= 0 && student_rmse < 0.2 && strstr(output, "mae="),
+                      "--method %s: the student learned little:\n%s", methods[m], output);
+    }
+    test_process_stop(server, SIGTERM, 5000);
 }
 END_TEST
 
