@@ -939,8 +939,11 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         if (status != CM_OK) return status;
         run->epoch = finished_epoch;
     }
-    if (printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out) < 0 ||
-        fflush(stdout) != 0)
+    /* For regression test_loss is the MSE per target. */
+    int written = run->dataset->task == CM_TASK_REGRESSION
+                      ? printf("test_rmse=%.4f checkpoint=%s\n", sqrt(test_loss), run->options.out)
+                      : printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out);
+    if (written < 0 || fflush(stdout) != 0)
         return cm_fail(CM_ERR_IO, "cannot write the summary to standard output: %s",
                        strerror(errno ? errno : EIO));
     return CM_OK;

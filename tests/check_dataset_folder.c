@@ -5,7 +5,7 @@
  * kd on a subset (--max-train) while the teacher serves the whole dataset,
  * then evaluated; a synthetic regression folder fitted and evaluated (RMSE,
  * MAE), served and distilled with kd and diversedistill (MSE losses), the students
- * evaluated; and, when
+ * evaluated, an interrupted diversedistill run resumed bit for bit; and, when
  * Fashion-MNIST is installed, a teacher and a student fitted from the
  * exported folder byte-identical to ones fitted from the built-in name.
  */
@@ -181,6 +181,8 @@ START_TEST(test_regression_folder_end_to_end) {
         int status = run(command);
         if (status != 0) test_process_stop(server, SIGTERM, 5000);
         ck_assert_msg(status == 0, "--method %s on regression:\n%s", methods[m], output);
+        double train_rmse = value_after("test_rmse=");
+        ck_assert_msg(train_rmse >= 0 && train_rmse < 0.2, "--method %s: %s", methods[m], output);
         snprintf(command, sizeof command, "tail -n 1 %s", metrics);
         run(command);
         for (int t = 0; t < 2; t++)
@@ -194,7 +196,23 @@ START_TEST(test_regression_folder_end_to_end) {
         ck_assert_msg(student_rmse >= 0 && student_rmse < 0.2 && strstr(output, "mae="),
                       "--method %s: the student learned little:\n%s", methods[m], output);
     }
+
+    /* Interrupted and resumed, diversedistill on regression continues bit for bit. */
+    char resumed[500];
+    snprintf(resumed, sizeof resumed, "%s/resumed.safetensors", directory);
+    const char *again[2] = {"--stop-after 30", "--resume"};
+    for (int part = 0; part < 2; part++) {
+        snprintf(command, sizeof command,
+                 "%s train --data %s --view pool --model mlp:16-16-2 --teacher reg=%s "
+                 "--method diversedistill --epochs 8 --lr 3e-3 --batch 32 --http off %s --out %s",
+                 test_util_bin("student-trainer"), folder, endpoint, again[part], resumed);
+        int status = run(command);
+        if (status != 0) test_process_stop(server, SIGTERM, 5000);
+        ck_assert_msg(status == 0, "%s:\n%s", again[part], output);
+    }
     test_process_stop(server, SIGTERM, 5000);
+    snprintf(command, sizeof command, "cmp %s/diversedistill.safetensors %s", directory, resumed);
+    ck_assert_msg(run(command) == 0, "the resumed student differs: %s", output);
 }
 END_TEST
 
