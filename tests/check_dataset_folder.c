@@ -158,8 +158,9 @@ START_TEST(test_regression_folder_end_to_end) {
     ck_assert_int_eq(run(command), 1);
     ck_assert_msg(strstr(output, "has no split 'valid'") != NULL, "%s", output);
 
-    /* Distilled: the teacher serves, the student learns with kd and with diversedistill (whose
-     * losses are MSE, its router targets squared errors: trainer_dd.h), then eval scores it. */
+    /* Distilled: the teacher serves, the student learns with kd, ca-mkd, fitnet and
+     * diversedistill (every loss an MSE, the router's targets squared errors: trainer_dd.h),
+     * then eval scores it. */
     char endpoint[500], log[500], student[500], metrics[500];
     snprintf(endpoint, sizeof endpoint, "ipc://%s/reg.sock", directory);
     snprintf(log, sizeof log, "%s/reg-teacher.log", directory);
@@ -169,9 +170,12 @@ START_TEST(test_regression_folder_end_to_end) {
     pid_t server = test_process_start(command, log);
     ck_assert_int_gt(server, 0);
     ck_assert_msg(test_process_await_text(log, "serving", 20000), "the teacher did not start");
-    static const char *const methods[] = {"kd", "diversedistill"};
-    static const char *const terms[][2] = {{"\"mse\":", "\"kd\":"}, {"\"kd\":", "\"dd_answer\":"}};
-    for (int m = 0; m < 2; m++) {
+    static const char *const methods[] = {"kd", "ca-mkd", "fitnet", "diversedistill"};
+    static const char *const terms[][2] = {{"\"mse\":", "\"kd\":"},
+                                           {"\"mse\":", "\"kd\":"},
+                                           {"\"kd\":", "\"fitnet\":"},
+                                           {"\"kd\":", "\"dd_answer\":"}};
+    for (int m = 0; m < 4; m++) {
         snprintf(student, sizeof student, "%s/%s.safetensors", directory, methods[m]);
         snprintf(metrics, sizeof metrics, "%s/%s.jsonl", directory, methods[m]);
         snprintf(command, sizeof command,
