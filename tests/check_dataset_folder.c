@@ -201,6 +201,28 @@ START_TEST(test_regression_folder_end_to_end) {
                       "--method %s: the student learned little:\n%s", methods[m], output);
     }
 
+    /* A recommender-style student on the categorical view distils by diversedistill too; a
+     * token-model student cannot (its head does not read a ReLU vector). */
+    snprintf(command, sizeof command,
+             "%s train --data %s --view cat --model emb:cards=5x7,dim=4,mlp=8,out=2 "
+             "--teacher reg=%s --method diversedistill --epochs 2 --batch 32 --http off "
+             "--out %s/emb.safetensors",
+             test_util_bin("student-trainer"), folder, endpoint, directory);
+    int status = run(command);
+    if (status != 0) test_process_stop(server, SIGTERM, 5000);
+    ck_assert_msg(status == 0 && value_after("test_rmse=") >= 0, "emb student:\n%s", output);
+    snprintf(
+        command, sizeof command,
+        "%s train --data %s --view text --model tok:len=6,vocab=50,dim=8,depth=1,heads=2,out=2 "
+        "--teacher reg=%s --method diversedistill --epochs 1 --http off "
+        "--out %s/tok.safetensors",
+        test_util_bin("student-trainer"), folder, endpoint, directory);
+    status = run(command);
+    if (status != 1) test_process_stop(server, SIGTERM, 5000);
+    ck_assert_msg(status == 1 && strstr(output, "needs an mlp or emb student") &&
+                      strstr(output, "tok:len=6"),
+                  "tok student: %d\n%s", status, output);
+
     /* Interrupted and resumed, diversedistill on regression continues bit for bit. */
     char resumed[500];
     snprintf(resumed, sizeof resumed, "%s/resumed.safetensors", directory);
@@ -210,7 +232,7 @@ START_TEST(test_regression_folder_end_to_end) {
                  "%s train --data %s --view pool --model mlp:16-16-2 --teacher reg=%s "
                  "--method diversedistill --epochs 8 --lr 3e-3 --batch 32 --http off %s --out %s",
                  test_util_bin("student-trainer"), folder, endpoint, again[part], resumed);
-        int status = run(command);
+        status = run(command);
         if (status != 0) test_process_stop(server, SIGTERM, 5000);
         ck_assert_msg(status == 0, "%s:\n%s", again[part], output);
     }
