@@ -54,7 +54,7 @@ static void prepare_directory(void) {
     if (!have_data) return;
     test_util_temp_dir(directory, sizeof directory);
     cm_dataset_t *dataset = NULL;
-    cm_dataset_options_t options = {NULL, 2000, 500};
+    cm_dataset_options_t options = {.max_train = 2000, .max_test = 500};
     if (cm_dataset_load(&dataset, "fashion-mnist", "pool7", &options) == CM_OK)
         snprintf(fingerprint, sizeof fingerprint, "%s", dataset->fingerprint);
     else
