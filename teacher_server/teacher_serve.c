@@ -42,6 +42,7 @@
 #include "cm_cli.h"
 #include "cm_curve.h"
 #include "cm_dataset.h"
+#include "cm_endpoint.h"
 #include "cm_file.h"
 #include "cm_http.h"
 #include "cm_log.h"
@@ -54,6 +55,7 @@
 #include "cm_zloop.h"
 #include "cm_zwire.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -75,6 +77,8 @@ enum {
 
 static const char *const output_names[OUTPUT_COUNT] = {"logits", "hidden", "tokens"};
 
+static const char default_bind[] = "tcp://127.0.0.1:5555", default_http[] = "127.0.0.1:9100";
+
 typedef struct {
     const char *model_path;
     const char *data;
@@ -92,6 +96,8 @@ typedef struct {
     int max_test;
     int heartbeat_ms;
     int insecure_public;
+    int http_public;
+    int bind_is_default, http_is_default; /* the default address, given or not */
     int compute_delay_ms;
     const char *curve_secret_key; /* NULL: plaintext */
     const char *allow_keys;
@@ -163,6 +169,8 @@ typedef struct {
     int head_classes, head_inputs;
 
     /* Loop thread only. */
+    int loop_ready;    /* uv_loop_init succeeded: the loop must be run down and closed */
+    int handles_ready; /* the timer, signal and async handles are initialised */
     peer_t peers[MAX_PEERS];
     int peer_count;
     int ready, stopping, closing, signals_seen;
@@ -801,6 +809,7 @@ static void maybe_finish_stop(server_t *server) {
     cm_log_info("said bye to %d peer(s); closing", server->peer_count);
     cm_zloop_close(server->zloop, on_zloop_closed);
     if (server->http) cm_http_close(server->http, NULL);
+    if (!server->handles_ready) return; /* start-up failed before they were made */
     close_handle((uv_handle_t *)&server->heartbeat_timer);
     close_handle((uv_handle_t *)&server->signal_int);
     close_handle((uv_handle_t *)&server->signal_term);
@@ -832,14 +841,6 @@ static void on_signal(uv_signal_t *handle, int signal_number) {
 }
 
 /* ---------------------------------------------------------------- start-up */
-
-static int is_loopback_endpoint(const char *endpoint) {
-    if (strncmp(endpoint, "ipc://", 6) == 0 || strncmp(endpoint, "inproc://", 9) == 0) return 1;
-    if (strncmp(endpoint, "tcp://", 6) != 0) return 0;
-    const char *host = endpoint + 6;
-    return strncmp(host, "127.", 4) == 0 || strncmp(host, "localhost:", 10) == 0 ||
-           strncmp(host, "[::1]:", 6) == 0;
-}
 
 static cm_status_t hash_file(const char *path, char hex[65]) {
     void *data = NULL;
@@ -1026,6 +1027,7 @@ static cm_status_t start_server(server_t *server) {
 
     if (uv_loop_init(&server->loop) != 0)
         return cm_fail(CM_ERR_INTERNAL, "cannot start the event loop");
+    server->loop_ready = 1;
     server->context = zmq_ctx_new();
     server->socket = server->context ? zmq_socket(server->context, ZMQ_ROUTER) : NULL;
     if (!server->socket)
@@ -1037,12 +1039,30 @@ static cm_status_t start_server(server_t *server) {
                                        (int64_t)server->limits.max_message_bytes * 2);
     if (status == CM_OK) status = secure_socket(server);
     if (status != CM_OK) return status;
-    if (zmq_bind(server->socket, options->bind) != 0)
-        return cm_fail(CM_ERR_IO, "cannot bind %s: %s", options->bind, zmq_strerror(zmq_errno()));
+    if (zmq_bind(server->socket, options->bind) != 0) {
+        int error = zmq_errno();
+        return cm_fail(CM_ERR_IO, "cannot bind %s: %s%s", options->bind, zmq_strerror(error),
+                       error != EADDRINUSE ? ""
+                       : options->bind_is_default
+                           ? " (the default --bind, probably another teacher-server's: give "
+                             "each teacher its own, e.g. --bind tcp://127.0.0.1:5556, or "
+                             "tcp://127.0.0.1:* for any free port)"
+                           : " (another process listens there: choose another --bind)");
+    }
     status = cm_zloop_new(&server->loop, server->socket, on_message, server, &server->zloop);
     if (status != CM_OK) return status;
     if (strcmp(options->http, "off") != 0) {
         status = cm_http_new(&server->loop, options->http, on_http, server, &server->http);
+        char reason[512];
+        snprintf(reason, sizeof reason, "%s", cm_last_error()); /* cm_fail overwrites it */
+        if (status == CM_ERR_IO)
+            status = cm_fail(status, "%s%s", reason,
+                             options->http_is_default
+                                 ? " (the default --http address, probably another "
+                                   "teacher-server's: give each teacher its own with --http "
+                                   "127.0.0.1:0 or another port, or --http off)"
+                                 : " (choose another --http HOST:PORT, 127.0.0.1:0 for any free "
+                                   "port, or --http off)");
         if (status != CM_OK) return status;
     }
     uv_timer_init(&server->loop, &server->heartbeat_timer);
@@ -1056,6 +1076,7 @@ static cm_status_t start_server(server_t *server) {
     uv_signal_start(&server->signal_term, on_signal, SIGTERM);
     uv_async_init(&server->loop, &server->done_async, on_jobs_done);
     server->done_async.data = server;
+    server->handles_ready = 1;
     if (pthread_create(&server->worker, NULL, compute_thread, server) != 0)
         return cm_fail(CM_ERR_INTERNAL, "cannot start the compute thread");
     server->worker_started = 1;
@@ -1072,10 +1093,9 @@ static int serve(server_t *server) {
         cm_log_error("cannot serve: %s", cm_last_error());
         exit_code = 1;
         server->stopping = 1;
-        /* Close whatever was opened; nothing is queued yet. */
-        if (server->zloop) {
-            maybe_finish_stop(server);
-        }
+        /* Close whatever was opened (maybe_finish_stop knows which handles exist); nothing is
+         * queued yet. */
+        if (server->zloop) maybe_finish_stop(server);
     } else {
         /* The addresses actually bound, so that whoever started us with port 0 or
          * "tcp://127.0.0.1:*" learns the ports from this line. */
@@ -1094,7 +1114,7 @@ static int serve(server_t *server) {
                     server->spec_text, endpoint, server->dataset->view, server->dataset->name,
                     server->dataset->fingerprint, http_address);
     }
-    if (server->zloop) {
+    if (server->loop_ready) { /* also after a failed start: handles being closed finish here */
         uv_run(&server->loop, UV_RUN_DEFAULT);
         if (server->worker_started) pthread_join(server->worker, NULL);
         cm_zloop_free(&server->zloop);
@@ -1129,8 +1149,8 @@ int teacher_serve_main(int argc, char **argv, int first) {
         .model_path = NULL,
         .data = NULL,
         .data_dir = NULL,
-        .bind = "tcp://127.0.0.1:5555",
-        .http = "127.0.0.1:9100",
+        .bind = default_bind,
+        .http = default_http,
         .name = NULL,
         .role = NULL,
         .log_level = "info",
@@ -1175,7 +1195,9 @@ int teacher_serve_main(int argc, char **argv, int first) {
         {"allow-keys", CM_CLI_STRING, &options.allow_keys, "FILE|DIR",
          "trainer public keys admitted: a file of keys (one per line) or a directory of *.pub", 0},
         {"insecure-public", CM_CLI_FLAG, &options.insecure_public, NULL,
-         "allow binding a non-loopback address without encryption", 0},
+         "allow a non-loopback --bind without encryption (and a non-loopback --http)", 0},
+        {"http-public", CM_CLI_FLAG, &options.http_public, NULL,
+         "allow a non-loopback --http (its endpoints are never encrypted)", 0},
         {"lend-head", CM_CLI_STRING, &options.lend_head, "on|off",
          "lend the frozen head (the dense layer from 'hidden' to the logits) to trainers that "
          "ask for it",
@@ -1201,7 +1223,12 @@ int teacher_serve_main(int argc, char **argv, int first) {
         "encrypted and only trainers whose public keys are allowed may connect; the others are\n"
         "refused with a log line and counted as errors_total{code=\"UNAUTHORIZED\"}. Then any\n"
         "address may be bound. Without keys the bind must be loopback (or ipc://) unless\n"
-        "--insecure-public. Make keys with `teacher-server keygen --out BASENAME`.";
+        "--insecure-public. Make keys with `teacher-server keygen --out BASENAME`.\n"
+        "\n"
+        "Endpoints: --bind is tcp://HOST:PORT (HOST an IP address, '*', localhost, which means\n"
+        "127.0.0.1, or an interface; PORT 1-65535, or '*' or 0 for any free port), ipc://PATH\n"
+        "or inproc://NAME. HTTP is never encrypted: a --http that is not loopback needs\n"
+        "--http-public (or --insecure-public), and is logged as a warning.";
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     if (help) {
@@ -1227,7 +1254,23 @@ int teacher_serve_main(int argc, char **argv, int first) {
                              ? "--curve-secret-key needs --allow-keys (the trainer public keys to "
                                "admit): authentication needs an allowlist"
                              : "--allow-keys needs --curve-secret-key (the teacher's own keys)");
-    if (status == CM_OK && !is_loopback_endpoint(options.bind) && !options.insecure_public &&
+    options.bind_is_default = strcmp(options.bind, default_bind) == 0;
+    options.http_is_default = strcmp(options.http, default_http) == 0;
+    char bind_endpoint[CM_ENDPOINT_MAX];
+    if (status == CM_OK)
+        status = cm_endpoint_check(options.bind, CM_ENDPOINT_BIND, "--bind", bind_endpoint,
+                                   sizeof bind_endpoint);
+    if (status == CM_OK) options.bind = bind_endpoint; /* localhost is 127.0.0.1 from here on */
+    int http_on = strcmp(options.http, "off") != 0;
+    if (status == CM_OK && http_on && strchr(options.http, ':') &&
+        !cm_endpoint_http_is_loopback(options.http) && !options.insecure_public &&
+        !options.http_public)
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--http %s is not a loopback address; /healthz, /readyz and /metrics "
+                         "are never encrypted, so that needs --http-public (or "
+                         "--insecure-public)",
+                         options.http);
+    if (status == CM_OK && !cm_endpoint_is_loopback(options.bind) && !options.insecure_public &&
         !options.curve_secret_key)
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--bind %s is not a loopback address; that needs encryption "
@@ -1238,9 +1281,13 @@ int teacher_serve_main(int argc, char **argv, int first) {
         return 2;
     }
     cm_log_init("teacher-server", level);
-    if (!is_loopback_endpoint(options.bind) && !options.curve_secret_key)
+    if (!cm_endpoint_is_loopback(options.bind) && !options.curve_secret_key)
         cm_log_warn("serving %s without encryption: anyone who can reach it can query the teacher",
                     options.bind);
+    if (http_on && strchr(options.http, ':') && !cm_endpoint_http_is_loopback(options.http))
+        cm_log_warn("serving HTTP on %s: anyone who can reach it can read /metrics (the teacher's "
+                    "name, model and counters)",
+                    options.http);
     cm_blas_set_threads(options.threads);
     server_t *server = calloc(1, sizeof *server);
     if (!server) {

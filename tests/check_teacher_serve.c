@@ -1235,6 +1235,39 @@ START_TEST(test_bad_options_and_missing_checkpoint) {
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
     ck_assert_msg(strstr(output, "--insecure-public") && is_one_line(output), "%s", output);
 
+    /* Endpoints are checked before ZeroMQ sees them: one sentence, exit 2. */
+    static const struct {
+        const char *bind, *sentence;
+    } bad_binds[] = {
+        {"tcp://127.0.0.1:99999", "port 99999 is not in 1..65535"},
+        {"tcp://127.0.0.1", "has no port"},
+        {"udp://127.0.0.1:5555", "must start with tcp://, ipc:// or inproc://"},
+        {"tcp://no-such-interface:5555", "neither an IP address, '*' nor a network interface"},
+        {"tcp://127.0.0.1:55x", "the port '55x' is not a number"},
+        {"ipc://", "has no path"},
+    };
+    for (size_t index = 0; index < sizeof bad_binds / sizeof bad_binds[0]; index++) {
+        snprintf(command, sizeof command, "%s serve --model %s --bind %s --http off", binary,
+                 checkpoint, bad_binds[index].bind);
+        ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+        ck_assert_msg(strstr(output, bad_binds[index].sentence) &&
+                          strstr(output, bad_binds[index].bind) && is_one_line(output),
+                      "--bind %s: %s", bad_binds[index].bind, output);
+    }
+
+    /* A public --http is refused like a public --bind, and allowed by --http-public (or
+     * --insecure-public) with a warning. */
+    snprintf(command, sizeof command, "%s serve --model %s --bind ipc://%s/none.sock --http %s",
+             binary, checkpoint, directory, "0.0.0.0:0");
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "--http 0.0.0.0:0 is not a loopback address") &&
+                      strstr(output, "--http-public") && is_one_line(output),
+                  "%s", output);
+    snprintf(command, sizeof command, "%s serve --model %s --bind ipc://%s/none.sock --http *:0",
+             binary, checkpoint, directory);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "--http-public"), "%s", output);
+
     snprintf(command, sizeof command,
              "%s serve --model %s/missing.safetensors --bind ipc://%s/none.sock --http 127.0.0.1:0",
              binary, directory, directory);
@@ -1258,6 +1291,75 @@ START_TEST(test_bad_options_and_missing_checkpoint) {
 }
 END_TEST
 
+static const char default_http_hint[] = "give each teacher its own with --http 127.0.0.1:0";
+
+/*
+ * Two teachers on one host without --http: both want the default port, and the one that
+ * does not get it exits 1 with a sentence that names the option, cleanly (before the fix it
+ * aborted in uv_close: exit 134).  Whoever else uses this host may hold the default port
+ * already; then the first teacher is the refused one and its sentence is checked instead.
+ */
+START_TEST(test_http_port_taken_exits_1_and_names_the_option) {
+    if (skip_without_dataset(__func__)) return;
+    char output[4096], why[4096], command[2048];
+    if (serve_fixture_start(&server, directory, checkpoint,
+                            (const char *[]){"--http", "127.0.0.1:9100", "--max-train", "512",
+                                             "--max-test", "256", NULL},
+                            why, sizeof why) == 0) {
+        snprintf(command, sizeof command,
+                 "%s serve --model %s --max-train 512 --max-test 256 --bind ipc://%s/second.sock",
+                 test_util_bin("teacher-server"), checkpoint, directory);
+        int status = test_util_run(command, output, sizeof output);
+        ck_assert_msg(status == 1 && strstr(output, "Address already in use") &&
+                          strstr(output, default_http_hint) && !strstr(output, "Assertion"),
+                      "the second teacher: exit %d: %s", status, output);
+        ck_assert_int_eq(serve_fixture_stop(&server, SIGTERM, SERVE_FIXTURE_TIMEOUT_MS), 0);
+    } else {
+        ck_assert_msg(strstr(why, default_http_hint) && !strstr(why, "Assertion"),
+                      "a teacher on a taken default port: %s", why);
+    }
+
+    /* An explicit --http that is taken: exit 1 too, and the sentence says what to do. */
+    start_teacher(NULL);
+    snprintf(command, sizeof command,
+             "%s serve --model %s --max-train 512 --max-test 256 --bind ipc://%s/third.sock --http "
+             "127.0.0.1:%d",
+             test_util_bin("teacher-server"), checkpoint, directory, server.http_port);
+    int status = test_util_run(command, output, sizeof output);
+    ck_assert_msg(status == 1 && strstr(output, "choose another --http HOST:PORT") &&
+                      !strstr(output, "Assertion"),
+                  "exit %d: %s", status, output);
+}
+END_TEST
+
+/* `localhost` in --bind means 127.0.0.1 (ZeroMQ's bind alone says "No such device"). */
+START_TEST(test_bind_localhost_serves_on_127_0_0_1) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher((const char *[]){"--bind", "tcp://localhost:*", NULL});
+    ck_assert_msg(strncmp(server.endpoint, "tcp://127.0.0.1:", 16) == 0, "serving on %s",
+                  server.endpoint);
+    cm_zwire_received_t received;
+    cm_wire_message_t answer;
+    greet(1, &received, &answer);
+    serve_fixture_release(&received, &answer);
+}
+END_TEST
+
+/* A public --http with --http-public serves, with a warning in the log. */
+START_TEST(test_http_public_is_allowed_with_a_warning) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher((const char *[]){"--http", "0.0.0.0:0", "--http-public", NULL});
+    char log[8192];
+    serve_fixture_log(&server, log, sizeof log);
+    ck_assert_msg(strstr(log, "warn: serving HTTP on 0.0.0.0:0: anyone who can reach it"), "%s",
+                  log);
+    char body[256];
+    ck_assert_int_eq(test_util_http_get(server.http_port, "/healthz", body, sizeof body,
+                                        SERVE_FIXTURE_TIMEOUT_MS),
+                     200);
+}
+END_TEST
+
 Suite *check_teacher_serve_suite(void);
 Suite *check_teacher_serve_suite(void) {
     Suite *suite = suite_create("teacher_serve");
@@ -1275,6 +1377,9 @@ Suite *check_teacher_serve_suite(void) {
     tcase_add_test(tcase, test_busy_when_the_queue_is_full);
     tcase_add_test(tcase, test_sigterm_finishes_work_says_bye_and_exits_0);
     tcase_add_test(tcase, test_bad_options_and_missing_checkpoint);
+    tcase_add_test(tcase, test_http_port_taken_exits_1_and_names_the_option);
+    tcase_add_test(tcase, test_bind_localhost_serves_on_127_0_0_1);
+    tcase_add_test(tcase, test_http_public_is_allowed_with_a_warning);
     suite_add_tcase(suite, tcase);
     return suite;
 }
