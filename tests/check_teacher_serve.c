@@ -1332,6 +1332,36 @@ START_TEST(test_http_port_taken_exits_1_and_names_the_option) {
 }
 END_TEST
 
+/*
+ * Every string the teacher sends is UTF-8, also when its Error quotes bytes from the request
+ * that are not (strict protobuf parsers reject the whole reply otherwise), and when its
+ * sentence cuts a quoted name inside a character.
+ */
+START_TEST(test_error_messages_are_valid_utf8) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher(NULL);
+    char long_name[1001]; /* 500 two-byte characters: the sentence cuts one in half */
+    for (int index = 0; index < 500; index++) memcpy(long_name + 2 * index, "\xc3\xa9", 2);
+    long_name[1000] = '\0';
+    const char *const names[] = {"\xff\xfelogits\xc3", long_name, "hidden\xed\xa0\x80"};
+    for (int index = 0; index < 3; index++) {
+        send_request(client, (uint64_t)index + 1, CM_SPLIT_TEST, (const int32_t[]){0}, 1,
+                     (const char *[]){names[index], NULL}, CM_DTYPE_F32, 0);
+        cm_zwire_received_t received;
+        cm_wire_message_t answer;
+        receive(client, &received, &answer);
+        ck_assert_int_eq(answer.kind, CM_WIRE_ERROR);
+        ck_assert_int_eq(answer.error.code, CM_ERR_NOT_FOUND);
+        ck_assert_msg(cm_wire_utf8_valid(answer.error.message, strlen(answer.error.message)),
+                      "request %d: the Error's message is not UTF-8: %s", index + 1,
+                      answer.error.message);
+        ck_assert_msg(strstr(answer.error.message, "has no output"), "%s", answer.error.message);
+        serve_fixture_release(&received, &answer);
+    }
+    expect_alive(client, "names that are not UTF-8");
+}
+END_TEST
+
 /* `localhost` in --bind means 127.0.0.1 (ZeroMQ's bind alone says "No such device"). */
 START_TEST(test_bind_localhost_serves_on_127_0_0_1) {
     if (skip_without_dataset(__func__)) return;
@@ -1379,6 +1409,7 @@ Suite *check_teacher_serve_suite(void) {
     tcase_add_test(tcase, test_bad_options_and_missing_checkpoint);
     tcase_add_test(tcase, test_http_port_taken_exits_1_and_names_the_option);
     tcase_add_test(tcase, test_bind_localhost_serves_on_127_0_0_1);
+    tcase_add_test(tcase, test_error_messages_are_valid_utf8);
     tcase_add_test(tcase, test_http_public_is_allowed_with_a_warning);
     suite_add_tcase(suite, tcase);
     return suite;
