@@ -36,6 +36,7 @@
 #include "cm_wire.h"
 #include "cm_zwire.h"
 #include "serve_fixture.h"
+#include "test_process.h"
 #include "test_util.h"
 
 #include <check.h>
@@ -1162,6 +1163,136 @@ START_TEST(test_busy_when_the_queue_is_full) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- 5b. peers that never read */
+
+/* The server's resident memory in bytes (VmRSS), or -1. */
+static long long resident_bytes(pid_t pid) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *file = fopen(path, "r");
+    long long kilobytes = -1;
+    while (file && fgets(line, sizeof line, file))
+        if (strncmp(line, "VmRSS:", 6) == 0) kilobytes = atoll(line + 6);
+    if (file) fclose(file);
+    return kilobytes < 0 ? -1 : kilobytes * 1024;
+}
+
+/* /metrics now into metrics[METRICS_BYTES]. */
+static void read_metrics(char *metrics) {
+    ck_assert_int_eq(test_util_http_get(server.http_port, "/metrics", metrics, METRICS_BYTES,
+                                        SERVE_FIXTURE_TIMEOUT_MS),
+                     200);
+}
+
+/*
+ * A DEALER that takes at most one message off the wire and never reads it: whatever the
+ * teacher sends it beyond that stays in the teacher's ZeroMQ pipe (an ipc:// link, so the
+ * kernel buffers only a little).
+ */
+static void *silent_peer(void) {
+    void *socket = zmq_socket(context, ZMQ_DEALER);
+    ck_assert_ptr_nonnull(socket);
+    int one = 1, small = 4096, linger_ms = 0;
+    zmq_setsockopt(socket, ZMQ_RCVHWM, &one, sizeof one);
+    zmq_setsockopt(socket, ZMQ_RCVBUF, &small, sizeof small);
+    zmq_setsockopt(socket, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
+    ck_assert_int_eq(zmq_connect(socket, server.endpoint), 0);
+    return socket;
+}
+
+/*
+ * Sends `requests` requests of `count` ids one at a time from `peer`, waiting after each until
+ * the teacher has answered it (with a reply handed to ZeroMQ, counted in examples_total, or
+ * BUSY), so nothing is refused for a full compute queue.  Returns the BUSY answers.
+ */
+static int send_unread_requests(void *peer, int requests, int count) {
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)count);
+    ck_assert_ptr_nonnull(ids);
+    for (int index = 0; index < count; index++) ids[index] = index % MAX_TRAIN;
+    char metrics[METRICS_BYTES];
+    read_metrics(metrics);
+    double examples_before = metric_value(metrics, "committee_teacher_examples_total");
+    double busy_before = metric_value(metrics, "committee_teacher_errors_total{code=\"BUSY\"}");
+    if (busy_before < 0) busy_before = 0;
+    double busy = 0;
+    for (int request = 1; request <= requests; request++) {
+        send_request(peer, (uint64_t)request, CM_SPLIT_TRAIN, ids, count,
+                     (const char *[]){"logits", "hidden", "tokens", NULL}, CM_DTYPE_F32, 0);
+        double handled = 0;
+        for (int polls = 0; handled < request; polls++) { /* a hang guard, not a clock */
+            ck_assert_msg(polls < 1000, "request %d was never answered", request);
+            if (polls) test_process_sleep_ms(20);
+            read_metrics(metrics);
+            double examples = metric_value(metrics, "committee_teacher_examples_total");
+            busy = metric_value(metrics, "committee_teacher_errors_total{code=\"BUSY\"}");
+            busy = busy < 0 ? -busy_before : busy - busy_before;
+            handled = (examples - examples_before) / count + busy;
+        }
+    }
+    free(ids);
+    return (int)busy;
+}
+
+/*
+ * A peer that sends requests and never reads the replies: beyond --max-in-flight requests or
+ * --max-peer-queued-mb of unread replies it is answered BUSY, so the teacher's memory stays
+ * bounded (before: every reply piled up in ZeroMQ, +1 GB for 256 unread replies).
+ */
+START_TEST(test_a_peer_that_never_reads_is_answered_busy) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher((const char *[]){"--max-in-flight", "4", "--max-peer-queued-mb", "12",
+                                   "--max-message-mb", "16", NULL});
+    enum { BIG_IDS = 4096, SMALL_IDS = 64, REQUESTS = 40 };
+    const long long per_example = sizeof(float) * (CLASSES + HIDDEN + TOKENS * HIDDEN);
+    const long long big_reply = BIG_IDS * per_example, small_reply = SMALL_IDS * per_example;
+    long long resident_before = resident_bytes(server.pid);
+    ck_assert_int_gt(resident_before, 0);
+
+    /* Big replies (4.9 MB): the bytes per peer run out first. */
+    void *big = silent_peer();
+    int busy = send_unread_requests(big, REQUESTS, BIG_IDS);
+    char metrics[METRICS_BYTES];
+    read_metrics(metrics);
+    double peak_bytes = metric_value(metrics, "committee_teacher_reserved_reply_bytes_peak");
+    ck_assert_msg(peak_bytes > 0 && peak_bytes <= (12 << 20) + big_reply,
+                  "%.0f bytes reserved at the peak for one peer limited to 12 MB", peak_bytes);
+    ck_assert_msg(busy >= REQUESTS - 8, "only %d of %d unread big requests answered BUSY", busy,
+                  REQUESTS);
+    ck_assert_int_eq(
+        (int)metric_value(metrics, "committee_teacher_busy_total{reason=\"peer_bytes\"}"), busy);
+    long long resident_after = resident_bytes(server.pid);
+    ck_assert_msg(resident_after - resident_before < 8 * big_reply,
+                  "the teacher grew by %lld bytes for %d unread replies of %lld bytes",
+                  resident_after - resident_before, REQUESTS, big_reply);
+
+    /* Small replies from another peer: its in-flight requests run out first. */
+    void *small = silent_peer();
+    busy = send_unread_requests(small, REQUESTS, SMALL_IDS);
+    read_metrics(metrics);
+    double reserved = metric_value(metrics, "committee_teacher_reserved_requests");
+    ck_assert_msg(reserved >= 1 && reserved <= 8, "%.0f requests reserved by two peers of 4",
+                  reserved);
+    ck_assert_msg(metric_value(metrics, "committee_teacher_reserved_requests_peak") <= 8,
+                  "more than 4 requests per peer reserved at once");
+    ck_assert_msg(busy >= REQUESTS - 16, "only %d of %d unread small requests answered BUSY", busy,
+                  REQUESTS);
+    ck_assert_int_eq(
+        (int)metric_value(metrics, "committee_teacher_busy_total{reason=\"peer_in_flight\"}"),
+        busy);
+    (void)small_reply;
+
+    /* A peer that reads is still served, and the Hello advertises the per-peer limit. */
+    cm_zwire_received_t received;
+    cm_wire_message_t answer;
+    greet(1, &received, &answer);
+    ck_assert_uint_eq(answer.hello.limits.max_in_flight, 4);
+    serve_fixture_release(&received, &answer);
+    expect_alive(client, "two peers that never read");
+    zmq_close(big);
+    zmq_close(small);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- 6. graceful stop */
 
 START_TEST(test_sigterm_finishes_work_says_bye_and_exits_0) {
@@ -1405,6 +1536,7 @@ Suite *check_teacher_serve_suite(void) {
     tcase_add_test(tcase, test_lend_head_off_refuses_and_keeps_serving);
     tcase_add_test(tcase, test_query_prints_the_head);
     tcase_add_test(tcase, test_busy_when_the_queue_is_full);
+    tcase_add_test(tcase, test_a_peer_that_never_reads_is_answered_busy);
     tcase_add_test(tcase, test_sigterm_finishes_work_says_bye_and_exits_0);
     tcase_add_test(tcase, test_bad_options_and_missing_checkpoint);
     tcase_add_test(tcase, test_http_port_taken_exits_1_and_names_the_option);
