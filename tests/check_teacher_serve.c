@@ -39,6 +39,7 @@
 #include "test_process.h"
 #include "test_util.h"
 
+#include <arpa/inet.h>
 #include <check.h>
 #include <math.h>
 #include <pthread.h>
@@ -46,6 +47,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define TEACHER_SPEC "vit:image=28x28,patch=7,dim=16,depth=1,heads=2,mlp=32"
 #define MLP_SPEC     "mlp:784-32-16-10" /* two hidden layers: its head is fc2, not fc1 */
@@ -1493,6 +1496,32 @@ START_TEST(test_error_messages_are_valid_utf8) {
 }
 END_TEST
 
+/* 200 slow HTTP clients (half a header each, then nothing): the probes still answer. */
+START_TEST(test_probes_answer_under_200_slow_clients) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher(NULL);
+    enum { SLOW_CLIENTS = 200 };
+    int clients[SLOW_CLIENTS];
+    struct sockaddr_in address = {.sin_family = AF_INET,
+                                  .sin_port = htons((uint16_t)server.http_port)};
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+    for (int index = 0; index < SLOW_CLIENTS; index++) {
+        clients[index] = socket(AF_INET, SOCK_STREAM, 0);
+        ck_assert_int_ge(clients[index], 0);
+        ck_assert_int_eq(connect(clients[index], (struct sockaddr *)&address, sizeof address), 0);
+        const char *partial = "GET /metrics HTTP/1.1\r\nHost:";
+        ck_assert_int_gt(send(clients[index], partial, strlen(partial), MSG_NOSIGNAL), 0);
+    }
+    static const char *const probes[] = {"/healthz", "/readyz", "/metrics"};
+    char body[METRICS_BYTES];
+    for (int index = 0; index < 3; index++)
+        ck_assert_msg(test_util_http_get(server.http_port, probes[index], body, sizeof body,
+                                         SERVE_FIXTURE_TIMEOUT_MS) == 200,
+                      "%s did not answer behind %d slow clients", probes[index], SLOW_CLIENTS);
+    for (int index = 0; index < SLOW_CLIENTS; index++) close(clients[index]);
+}
+END_TEST
+
 /* `localhost` in --bind means 127.0.0.1 (ZeroMQ's bind alone says "No such device"). */
 START_TEST(test_bind_localhost_serves_on_127_0_0_1) {
     if (skip_without_dataset(__func__)) return;
@@ -1541,6 +1570,7 @@ Suite *check_teacher_serve_suite(void) {
     tcase_add_test(tcase, test_bad_options_and_missing_checkpoint);
     tcase_add_test(tcase, test_http_port_taken_exits_1_and_names_the_option);
     tcase_add_test(tcase, test_bind_localhost_serves_on_127_0_0_1);
+    tcase_add_test(tcase, test_probes_answer_under_200_slow_clients);
     tcase_add_test(tcase, test_error_messages_are_valid_utf8);
     tcase_add_test(tcase, test_http_public_is_allowed_with_a_warning);
     suite_add_tcase(suite, tcase);
