@@ -511,6 +511,56 @@ START_TEST(test_allowed_trainer_learns_and_others_are_refused) {
 }
 END_TEST
 
+/*
+ * One refusal, one count and its share of one line: refused peers retry about ten times a
+ * second, so the repeats of a refusal are summed up in one "refused N more connections like the
+ * last one" line, and the refused lines plus those N add up to the UNAUTHORIZED count exactly.
+ */
+START_TEST(test_every_refusal_is_counted_once_and_logged_once) {
+    REQUIRE_DATA();
+    serve_fixture_t server;
+    char endpoint[300], command[3000];
+    start_curve_teacher(&server, endpoint, sizeof endpoint);
+    /* Three kinds of refused peers, each retrying for a while; each ends before the next. */
+    const char *keys[3][2] = {
+        {trainer_key, stranger_pub}, {NULL, NULL}, {stranger_key, teacher_pub}};
+    for (int kind = 0; kind < 3; kind++) {
+        char key_options[1000] = "";
+        if (keys[kind][0])
+            snprintf(key_options, sizeof key_options, "--curve-secret-key %s --teacher-key %s",
+                     keys[kind][0], keys[kind][1]);
+        snprintf(command, sizeof command, "%s query --connect %s --timeout-ms 1500 %s",
+                 test_util_bin("teacher-server"), endpoint, key_options);
+        ck_assert_int_ne(test_util_run(command, output, sizeof output), 0);
+    }
+    double counted = unauthorized_count(&server);
+    ck_assert_int_eq(serve_fixture_stop(&server, SIGTERM, WAIT_MS), 0); /* writes the summaries */
+    char log[65536];
+    serve_fixture_log(&server, log, sizeof log);
+    int refused_lines = 0, decrypt_lines = 0, summarized = 0;
+    for (const char *line = log; line && *line;
+         line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+        const char *refused = strstr(line, " warn: refused ");
+        const char *end = strchr(line, '\n');
+        if (!refused || (end && refused > end)) continue;
+        int more = 0;
+        if (sscanf(refused, " warn: refused %d more connection", &more) == 1) {
+            summarized += more;
+        } else {
+            refused_lines++;
+            const char *decrypt = strstr(refused, "did not decrypt");
+            decrypt_lines += decrypt && (!end || decrypt < end);
+        }
+    }
+    ck_assert_msg(refused_lines + summarized == (int)counted,
+                  "%d refused lines and %d summed up, but %.0f counted (log: %s)", refused_lines,
+                  summarized, counted, server.log_path);
+    ck_assert_msg(decrypt_lines == 1 && summarized > 0,
+                  "the retries of one peer with the wrong teacher key gave %d lines (log: %s)",
+                  decrypt_lines, server.log_path);
+}
+END_TEST
+
 START_TEST(test_bad_keys_and_options) {
     REQUIRE_DATA();
     char teacher[512], command[3000];
@@ -585,6 +635,7 @@ Suite *check_curve_suite(void) {
     tcase_add_test(end_to_end, test_binaries_keygen);
     tcase_add_test(end_to_end, test_allowed_trainer_learns_and_others_are_refused);
     tcase_add_test(end_to_end, test_bad_keys_and_options);
+    tcase_add_test(end_to_end, test_every_refusal_is_counted_once_and_logged_once);
     suite_add_tcase(suite, end_to_end);
     return suite;
 }
