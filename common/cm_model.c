@@ -104,6 +104,7 @@ struct cm_model {
     /* cnn: the stages, then global average pooling into the dense stack */
     cnn_stage_t stages[CM_MODEL_MAX_STAGES];
     float *gap, *d_gap;       /* [batch][last channels] */
+    const float *head_input;  /* the dense stack's input: gap, or the last map (flatten) */
     float *cnn_tokens;        /* [batch][positions][last channels], the "tokens" feature */
     float *cols;              /* im2col scratch of the largest stage, one example */
     float *d_map_a, *d_map_b; /* gradient ping-pong buffers, the largest map */
@@ -364,13 +365,23 @@ static cm_status_t parse_cnn(const char *whole, slice_t body, cm_model_spec_t *s
     spec->kernel = 3;
     spec->classes = 10;
     int hidden[CM_MODEL_MAX_LAYERS] = {256}, hidden_count = 1;
-    spec_key_t keys[] = {{.name = "image"},  {.name = "channels"}, {.name = "conv"},
-                         {.name = "kernel"}, {.name = "pool"},     {.name = "fc"},
-                         {.name = "classes"}};
+    spec_key_t keys[] = {{.name = "image"},   {.name = "channels"}, {.name = "conv"},
+                         {.name = "kernel"},  {.name = "pool"},     {.name = "fc"},
+                         {.name = "classes"}, {.name = "head"}};
     cm_status_t status = CM_OK;
     if (body.text)
-        status =
-            split_keys(whole, body, keys, 7, "image, channels, conv, kernel, pool, fc, classes");
+        status = split_keys(whole, body, keys, 8,
+                            "image, channels, conv, kernel, pool, head, fc, classes");
+    if (status == CM_OK && keys[7].seen) {
+        slice_t head = keys[7].value;
+        if (head.length == 7 && memcmp(head.text, "flatten", 7) == 0)
+            spec->flatten = 1;
+        else if (!(head.length == 3 && memcmp(head.text, "gap", 3) == 0))
+            status = cm_fail(CM_ERR_INVALID_ARG,
+                             "model spec '%s': head must be gap (global average pooling) or "
+                             "flatten, not '%.*s'",
+                             whole, (int)head.length, head.text);
+    }
     if (status == CM_OK) status = parse_image(whole, &keys[0], spec);
     if (status == CM_OK) status = key_number(whole, &keys[1], 1, MAX_DIM, &spec->channels);
     if (status == CM_OK && keys[2].seen)
@@ -415,7 +426,7 @@ static cm_status_t parse_cnn(const char *whole, slice_t body, cm_model_spec_t *s
         height /= 2;
         width /= 2;
     }
-    spec->widths[0] = spec->conv_channels[spec->stages - 1];
+    spec->widths[0] = spec->conv_channels[spec->stages - 1] * (spec->flatten ? height * width : 1);
     for (int index = 0; index < hidden_count; index++) spec->widths[index + 1] = hidden[index];
     spec->layers = hidden_count + 1;
     spec->widths[spec->layers] = spec->classes;
@@ -498,7 +509,7 @@ void cm_model_spec_format(const cm_model_spec_t *spec, char *text, size_t size) 
         append(text, size, &used, ",kernel=%d,pool=", spec->kernel);
         for (int stage = 0; stage < spec->stages; stage++)
             append(text, size, &used, stage ? "-%d" : "%d", spec->pool[stage]);
-        append(text, size, &used, ",fc=");
+        append(text, size, &used, ",head=%s,fc=", spec->flatten ? "flatten" : "gap");
         if (spec->layers == 1) append(text, size, &used, "0");
         for (int layer = 1; layer < spec->layers; layer++)
             append(text, size, &used, layer > 1 ? "-%d" : "%d", spec->widths[layer]);
@@ -1079,7 +1090,8 @@ static const float *cnn_forward(cm_model_t *model, const float *inputs, int batc
                 target[(size_t)position * channels + channel] =
                     source[(size_t)channel * positions + position];
     }
-    return mlp_forward(model, model->gap, batch);
+    model->head_input = spec->flatten ? map : model->gap;
+    return mlp_forward(model, model->head_input, batch);
 }
 
 const float *cm_model_forward(cm_model_t *model, const float *inputs, int batch) {
@@ -1117,7 +1129,7 @@ const float *cm_model_feature(const cm_model_t *model, const char *name, int *pe
     if (strcmp(name, "hidden") == 0) {
         if (has_dense_stack(model)) {
             *per_example = spec->widths[spec->layers - 1];
-            return spec->layers >= 2 ? model->act[spec->layers - 2] : model->gap;
+            return spec->layers >= 2 ? model->act[spec->layers - 2] : model->head_input;
         }
         *per_example = spec->dim;
         return model->pooled;
@@ -1296,14 +1308,18 @@ static void cnn_backward(cm_model_t *model, const float *d_logits, const float *
     const cm_model_spec_t *spec = &model->spec;
     const cnn_stage_t *last = &model->stages[spec->stages - 1];
     int last_channels = last->out_channels;
-    memset(model->d_gap, 0, sizeof(float) * (size_t)batch * (size_t)last_channels);
-    mlp_backward(model, model->gap, model->d_gap, d_logits, d_hidden, batch);
     float *d_map = model->d_map_a, *d_next = model->d_map_b, *swap;
     size_t last_count =
         (size_t)batch * (size_t)last_channels * (size_t)last->out_height * (size_t)last->out_width;
     memset(d_map, 0, sizeof(float) * last_count);
-    cm_layers_global_avg_pool_backward(d_map, model->d_gap, batch, last_channels,
-                                       last->out_height * last->out_width);
+    if (spec->flatten) {
+        mlp_backward(model, model->head_input, d_map, d_logits, d_hidden, batch);
+    } else {
+        memset(model->d_gap, 0, sizeof(float) * (size_t)batch * (size_t)last_channels);
+        mlp_backward(model, model->gap, model->d_gap, d_logits, d_hidden, batch);
+        cm_layers_global_avg_pool_backward(d_map, model->d_gap, batch, last_channels,
+                                           last->out_height * last->out_width);
+    }
     for (int index = spec->stages - 1; index >= 0; index--) {
         cnn_stage_t *stage = &model->stages[index];
         int channels = stage->out_channels, plane = stage->height * stage->width;

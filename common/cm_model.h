@@ -31,12 +31,14 @@
  *    len, vocab and out are required; dim 64, depth 2, heads 4, mlp 2*dim
  *    and pad 0 are the defaults.  A sequence of pads only pools to zeros.
  *  - Convolutional network (a vision foundation teacher), spec
- *    "cnn:image=28x28,channels=1,conv=32-64-128,kernel=3,pool=1-1-1,fc=256,classes=10":
- *    one stage per '-'-separated conv width, each conv (kernel x kernel,
- *    stride 1, "same" zero padding kernel/2, no bias) -> batch norm -> ReLU,
- *    then a 2x2 max pool where the stage's pool flag (0 or 1, one per stage)
- *    is 1; global average pooling over the last feature map; a dense stack
- *    with ReLU through the fc widths ("fc=0": none) to `classes` outputs.
+ *    "cnn:image=28x28,channels=1,conv=32-64-128,kernel=3,pool=1-1-1,head=gap,fc=256,
+ *    classes=10": one stage per '-'-separated conv width, each conv (kernel x
+ *    kernel, stride 1, "same" zero padding kernel/2, no bias) -> batch norm ->
+ *    ReLU, then a 2x2 max pool where the stage's pool flag (0 or 1, one per
+ *    stage) is 1; the last feature map is either averaged per channel
+ *    (head=gap, global average pooling) or flattened in NCHW order
+ *    (head=flatten, as torch.flatten(x, 1)); a dense stack with ReLU through
+ *    the fc widths ("fc=0": none) to `classes` outputs.
  *    Inputs are NCHW images, channels*height*width floats per example.
  *    Every key has a default (those shown; pool defaults to 1 for every
  *    stage); "cnn" alone is valid.  kernel is odd, 1..7; a pooled map side
@@ -136,6 +138,7 @@ typedef struct {
     int conv_channels[CM_MODEL_MAX_STAGES]; /* output channels of each stage */
     int pool[CM_MODEL_MAX_STAGES];          /* 1: the stage ends with a 2x2 max pool */
     int kernel;                             /* odd square conv kernel side */
+    int flatten;                            /* 1: head=flatten, 0: head=gap */
 } cm_model_spec_t;
 
 /*

@@ -187,11 +187,14 @@ START_TEST(test_spec_round_trip_all_families) {
          "tok:len=64,vocab=20000,dim=64,depth=2,heads=4,mlp=128,pad=0,out=1"},
         {"tok:out=3,vocab=100,len=16,dim=32,pad=99",
          "tok:len=16,vocab=100,dim=32,depth=2,heads=4,mlp=64,pad=99,out=3"},
-        {"cnn", "cnn:image=28x28,channels=1,conv=32-64-128,kernel=3,pool=1-1-1,fc=256,classes=10"},
+        {"cnn", "cnn:image=28x28,channels=1,conv=32-64-128,kernel=3,pool=1-1-1,head=gap,fc=256,"
+                "classes=10"},
         {"cnn:fc=0,conv=16-32,pool=0-1,kernel=5,channels=3,image=32x32,classes=100",
-         "cnn:image=32x32,channels=3,conv=16-32,kernel=5,pool=0-1,fc=0,classes=100"},
+         "cnn:image=32x32,channels=3,conv=16-32,kernel=5,pool=0-1,head=gap,fc=0,classes=100"},
         {"cnn:conv=8,fc=64-32",
-         "cnn:image=28x28,channels=1,conv=8,kernel=3,pool=1,fc=64-32,classes=10"},
+         "cnn:image=28x28,channels=1,conv=8,kernel=3,pool=1,head=gap,fc=64-32,classes=10"},
+        {"cnn:head=flatten,conv=8-4,pool=1-1",
+         "cnn:image=28x28,channels=1,conv=8-4,kernel=3,pool=1-1,head=flatten,fc=256,classes=10"},
     };
     for (size_t index = 0; index < sizeof cases / sizeof cases[0]; index++) {
         cm_model_spec_t spec, again;
@@ -695,6 +698,8 @@ START_TEST(test_head_reads_hidden) {
     check_head("tok:len=6,vocab=9,dim=8,depth=1,heads=2,out=3", "head.weight", "head.bias");
     check_head("cnn:image=6x6,conv=3-4,pool=1-0,fc=5,classes=3", "fc1.weight", "fc1.bias");
     check_head("cnn:image=6x6,conv=3-4,pool=1-0,fc=0,classes=3", "fc0.weight", "fc0.bias");
+    check_head("cnn:image=6x6,conv=3-4,pool=1-0,head=flatten,fc=0,classes=3", "fc0.weight",
+               "fc0.bias");
 }
 END_TEST
 
@@ -824,6 +829,8 @@ START_TEST(test_cnn_spec) {
     ck_assert_int_eq(cm_model_spec_parse("cnn:image=16x12,channels=3,fc=32-16", &spec), CM_OK);
     ck_assert_int_eq(cm_model_spec_inputs(&spec), 3 * 16 * 12);
     ck_assert_int_eq(spec.layers, 3);
+    ck_assert_int_eq(cm_model_spec_parse("cnn:conv=8-16,pool=1-1,head=flatten,fc=0", &spec), CM_OK);
+    ck_assert_int_eq(spec.widths[0], 16 * 7 * 7);
     const char *refused[][2] = {
         {"cnn:conv=8-16,pool=1", "gives 1 pool flags for 2 conv stages"},
         {"cnn:pool=1-2-1", "pool flag must be a whole number from 0 to 1, not '2'"},
@@ -838,6 +845,7 @@ START_TEST(test_cnn_spec) {
         {"cnn:conv=1-2-3-4-5-6-7-8-9", "more than 8 conv widths"},
         {"cnn:classes=10,classes=3", "gives 'classes' twice"},
         {"cnn:", "empty field"},
+        {"cnn:head=max", "head must be gap (global average pooling) or flatten, not 'max'"},
     };
     for (size_t index = 0; index < sizeof refused / sizeof refused[0]; index++) {
         ck_assert_msg(cm_model_spec_parse(refused[index][0], &spec) == CM_ERR_INVALID_ARG,
@@ -856,6 +864,10 @@ START_TEST(test_cnn_gradients) {
     check_model_gradients("cnn:image=6x5,channels=2,conv=3-4,kernel=3,pool=1-0,fc=5,classes=3", 4,
                           1e-3f, 1);
     check_model_gradients("cnn:image=4x4,channels=1,conv=3,kernel=1,pool=0,fc=0,classes=2", 3,
+                          1e-3f, 1);
+    check_model_gradients("cnn:image=6x6,channels=1,conv=3-2,pool=1-0,head=flatten,fc=4,classes=3",
+                          3, 1e-3f, 1);
+    check_model_gradients("cnn:image=4x6,channels=2,conv=3,pool=1,head=flatten,fc=0,classes=2", 3,
                           1e-3f, 1);
     /* eval mode: batch norm is a fixed affine map of the running statistics */
     check_model_gradients("cnn:image=6x5,channels=2,conv=3-4,kernel=3,pool=1-0,fc=5,classes=3", 4,
@@ -991,7 +1003,8 @@ START_TEST(test_cnn_checkpoint_round_trip) {
     make_temp_dir();
     char path[128];
     snprintf(path, sizeof path, "%s/cnn.safetensors", temp_dir);
-    const char *spec_text = "cnn:image=6x6,channels=1,conv=4-6,kernel=3,pool=1-0,fc=7,classes=3";
+    const char *spec_text =
+        "cnn:image=6x6,channels=1,conv=4-6,kernel=3,pool=1-0,head=gap,fc=7,classes=3";
     cm_model_spec_t spec;
     ck_assert_int_eq(cm_model_spec_parse(spec_text, &spec), CM_OK);
     cm_model_t *model = NULL, *loaded = NULL;
