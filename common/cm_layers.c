@@ -525,35 +525,99 @@ void cm_layers_maxpool2x2_backward(float *d_in, const float *d_out, const int32_
     }
 }
 
-/* Per-channel statistics accumulate in double: a channel has batch*spatial values (100 000 for
- * a 28x28 map at batch 128), too many for a float sum to keep its last digits. */
+/* Sums of one row in eight float lanes: no single chain of dependent additions (the
+ * latency of one add per element), and each lane adds at most a row / 8 values. */
+enum { LANES = 8 };
+
+static double row_sum(const float *row, int count) {
+    float lanes[LANES] = {0};
+    int index = 0;
+    for (; index + LANES <= count; index += LANES)
+        for (int lane = 0; lane < LANES; lane++) lanes[lane] += row[index + lane];
+    double sum = 0.0;
+    for (; index < count; index++) sum += row[index];
+    for (int lane = 0; lane < LANES; lane++) sum += lanes[lane];
+    return sum;
+}
+
+static double row_centred_squares(const float *row, int count, float mean) {
+    float lanes[LANES] = {0};
+    int index = 0;
+    for (; index + LANES <= count; index += LANES)
+        for (int lane = 0; lane < LANES; lane++) {
+            float centred = row[index + lane] - mean;
+            lanes[lane] += centred * centred;
+        }
+    double sum = 0.0;
+    for (; index < count; index++) sum += (double)(row[index] - mean) * (row[index] - mean);
+    for (int lane = 0; lane < LANES; lane++) sum += lanes[lane];
+    return sum;
+}
+
+/* d_sum += sum(g), d_dot += sum(g * (x - mean) * rstd) over one row, where g = d_out, gated by
+ * relu_out > 0 when relu_out is not NULL (the fused ReLU's backward). */
+static void row_gradient_sums(const float *d_out, const float *relu_out, const float *in, int count,
+                              float mean, float rstd, double *d_sum, double *d_dot) {
+    float sum_lanes[LANES] = {0}, dot_lanes[LANES] = {0};
+    int index = 0;
+    for (; index + LANES <= count; index += LANES)
+        for (int lane = 0; lane < LANES; lane++) {
+            int at = index + lane;
+            float gradient = !relu_out || relu_out[at] > 0.0f ? d_out[at] : 0.0f;
+            sum_lanes[lane] += gradient;
+            dot_lanes[lane] += gradient * (in[at] - mean) * rstd;
+        }
+    for (; index < count; index++) {
+        float gradient = !relu_out || relu_out[index] > 0.0f ? d_out[index] : 0.0f;
+        *d_sum += gradient;
+        *d_dot += (double)gradient * (in[index] - mean) * rstd;
+    }
+    for (int lane = 0; lane < LANES; lane++) {
+        *d_sum += sum_lanes[lane];
+        *d_dot += dot_lanes[lane];
+    }
+}
+
+/* out[count] = in * scale + shift, then max(., 0) when relu. */
+static void affine_row(float *out, const float *in, int count, float scale, float shift, int relu) {
+    /* In blocks of eight (a fixed inner loop the compiler turns into vector instructions at
+     * -O2), the ReLU as a mask rather than a branch: signs are random, branches mispredict. */
+    float floor = relu ? 0.0f : -INFINITY;
+    int index = 0;
+    for (; index + LANES <= count; index += LANES)
+        for (int lane = 0; lane < LANES; lane++) {
+            float value = in[index + lane] * scale + shift;
+            out[index + lane] = value > floor ? value : floor;
+        }
+    for (; index < count; index++) {
+        float value = in[index] * scale + shift;
+        out[index] = value > floor ? value : floor;
+    }
+}
+
+/* Per-channel statistics: float lanes per row (at most one map, 784 values for 28x28), rows
+ * summed in double (a channel has batch*spatial values, 100 000 at batch 128). */
 void cm_layers_batchnorm_train_forward(float *out, float *mean, float *rstd, float *running_mean,
                                        float *running_var, const float *in, const float *gamma,
                                        const float *beta, int batch, int channels, int spatial,
-                                       float momentum) {
+                                       float momentum, int relu) {
     size_t values = (size_t)batch * (size_t)spatial;
     for (int channel = 0; channel < channels; channel++) {
         double sum = 0.0;
-        for (int example = 0; example < batch; example++) {
-            const float *row = in + ((size_t)example * channels + channel) * spatial;
-            for (int index = 0; index < spatial; index++) sum += row[index];
-        }
-        double channel_mean = sum / (double)values, squares = 0.0;
-        for (int example = 0; example < batch; example++) {
-            const float *row = in + ((size_t)example * channels + channel) * spatial;
-            for (int index = 0; index < spatial; index++) {
-                double centred = row[index] - channel_mean;
-                squares += centred * centred;
-            }
-        }
+        for (int example = 0; example < batch; example++)
+            sum += row_sum(in + ((size_t)example * channels + channel) * spatial, spatial);
+        float mean_float = (float)(sum / (double)values);
+        double squares = 0.0;
+        for (int example = 0; example < batch; example++)
+            squares += row_centred_squares(in + ((size_t)example * channels + channel) * spatial,
+                                           spatial, mean_float);
         double variance = squares / (double)values;
         float channel_rstd = (float)(1.0 / sqrt(variance + batchnorm_epsilon));
-        float scale = channel_rstd * gamma[channel], shift = beta[channel];
-        float mean_float = (float)channel_mean;
+        float scale = channel_rstd * gamma[channel];
+        float shift = beta[channel] - mean_float * scale;
         for (int example = 0; example < batch; example++) {
             size_t offset = ((size_t)example * channels + channel) * spatial;
-            for (int index = 0; index < spatial; index++)
-                out[offset + index] = (in[offset + index] - mean_float) * scale + shift;
+            affine_row(out + offset, in + offset, spatial, scale, shift, relu);
         }
         mean[channel] = mean_float;
         rstd[channel] = channel_rstd;
@@ -568,22 +632,19 @@ void cm_layers_batchnorm_train_forward(float *out, float *mean, float *rstd, flo
 }
 
 void cm_layers_batchnorm_train_backward(float *d_in, float *d_gamma, float *d_beta,
-                                        const float *d_out, const float *in, const float *gamma,
-                                        const float *mean, const float *rstd, int batch,
-                                        int channels, int spatial) {
+                                        const float *d_out, const float *relu_out, const float *in,
+                                        const float *gamma, const float *mean, const float *rstd,
+                                        int batch, int channels, int spatial) {
     double values = (double)batch * (double)spatial;
     for (int channel = 0; channel < channels; channel++) {
         float channel_mean = mean[channel], channel_rstd = rstd[channel];
-        /* With n = normalised input: d_in = gamma * rstd * (d_out - mean(d_out)
-         * - n * mean(d_out * n)), the layer-norm formula over the channel's values. */
+        /* With n = normalised input and g = d_out (gated by the ReLU): d_in = gamma * rstd *
+         * (g - mean(g) - n * mean(g * n)), the layer-norm formula over the channel's values. */
         double d_sum = 0.0, d_dot_norm = 0.0;
         for (int example = 0; example < batch; example++) {
             size_t offset = ((size_t)example * channels + channel) * spatial;
-            for (int index = 0; index < spatial; index++) {
-                double norm = (in[offset + index] - channel_mean) * channel_rstd;
-                d_sum += d_out[offset + index];
-                d_dot_norm += d_out[offset + index] * norm;
-            }
+            row_gradient_sums(d_out + offset, relu_out ? relu_out + offset : NULL, in + offset,
+                              spatial, channel_mean, channel_rstd, &d_sum, &d_dot_norm);
         }
         if (d_gamma) d_gamma[channel] += (float)d_dot_norm;
         if (d_beta) d_beta[channel] += (float)d_sum;
@@ -592,10 +653,30 @@ void cm_layers_batchnorm_train_backward(float *d_in, float *d_gamma, float *d_be
         float scale = gamma[channel] * channel_rstd;
         for (int example = 0; example < batch; example++) {
             size_t offset = ((size_t)example * channels + channel) * spatial;
-            for (int index = 0; index < spatial; index++) {
-                float norm = (in[offset + index] - channel_mean) * channel_rstd;
-                d_in[offset + index] +=
-                    scale * (d_out[offset + index] - d_mean - norm * d_dot_norm_mean);
+            const float *d_row = d_out + offset, *in_row = in + offset;
+            const float *relu_row = relu_out ? relu_out + offset : NULL;
+            float *d_in_row = d_in + offset;
+            /* d_in = scale * (g - d_mean - (in - mean) * rstd * d_dot_norm_mean), as
+             * d_in += g * scale + (in * slope + intercept), in blocks of eight (see affine_row) */
+            float slope = -scale * channel_rstd * d_dot_norm_mean;
+            float intercept = -scale * d_mean - slope * channel_mean;
+            int index = 0;
+            if (relu_row)
+                for (; index + LANES <= spatial; index += LANES)
+                    for (int lane = 0; lane < LANES; lane++) {
+                        int at = index + lane;
+                        float gradient = relu_row[at] > 0.0f ? d_row[at] : 0.0f;
+                        d_in_row[at] += gradient * scale + (in_row[at] * slope + intercept);
+                    }
+            else
+                for (; index + LANES <= spatial; index += LANES)
+                    for (int lane = 0; lane < LANES; lane++) {
+                        int at = index + lane;
+                        d_in_row[at] += d_row[at] * scale + (in_row[at] * slope + intercept);
+                    }
+            for (; index < spatial; index++) {
+                float gradient = !relu_row || relu_row[index] > 0.0f ? d_row[index] : 0.0f;
+                d_in_row[index] += gradient * scale + (in_row[index] * slope + intercept);
             }
         }
     }
@@ -604,34 +685,35 @@ void cm_layers_batchnorm_train_backward(float *d_in, float *d_gamma, float *d_be
 void cm_layers_batchnorm_eval_forward(float *out, const float *in, const float *gamma,
                                       const float *beta, const float *running_mean,
                                       const float *running_var, int batch, int channels,
-                                      int spatial) {
+                                      int spatial, int relu) {
     for (int channel = 0; channel < channels; channel++) {
         float scale = gamma[channel] / sqrtf(running_var[channel] + batchnorm_epsilon);
         float shift = beta[channel] - running_mean[channel] * scale;
         for (int example = 0; example < batch; example++) {
             size_t offset = ((size_t)example * channels + channel) * spatial;
-            for (int index = 0; index < spatial; index++)
-                out[offset + index] = in[offset + index] * scale + shift;
+            affine_row(out + offset, in + offset, spatial, scale, shift, relu);
         }
     }
 }
 
 void cm_layers_batchnorm_eval_backward(float *d_in, float *d_gamma, float *d_beta,
-                                       const float *d_out, const float *in, const float *gamma,
-                                       const float *running_mean, const float *running_var,
-                                       int batch, int channels, int spatial) {
+                                       const float *d_out, const float *relu_out, const float *in,
+                                       const float *gamma, const float *running_mean,
+                                       const float *running_var, int batch, int channels,
+                                       int spatial) {
     for (int channel = 0; channel < channels; channel++) {
         float channel_rstd = 1.0f / sqrtf(running_var[channel] + batchnorm_epsilon);
         float scale = gamma[channel] * channel_rstd;
         double d_sum = 0.0, d_dot_norm = 0.0;
         for (int example = 0; example < batch; example++) {
             size_t offset = ((size_t)example * channels + channel) * spatial;
+            const float *relu_row = relu_out ? relu_out + offset : NULL;
+            row_gradient_sums(d_out + offset, relu_row, in + offset, spatial, running_mean[channel],
+                              channel_rstd, &d_sum, &d_dot_norm);
+            if (!d_in) continue;
             for (int index = 0; index < spatial; index++) {
-                float gradient = d_out[offset + index];
-                d_sum += gradient;
-                d_dot_norm +=
-                    gradient * (in[offset + index] - running_mean[channel]) * channel_rstd;
-                if (d_in) d_in[offset + index] += gradient * scale;
+                float gradient = !relu_row || relu_row[index] > 0.0f ? d_out[offset + index] : 0.0f;
+                d_in[offset + index] += gradient * scale;
             }
         }
         if (d_gamma) d_gamma[channel] += (float)d_dot_norm;

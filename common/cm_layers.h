@@ -135,30 +135,36 @@ void cm_layers_maxpool2x2_backward(float *d_in, const float *d_out, const int32_
 
 /* Batch norm over in[batch][channels][spatial] (spatial = h*w; 1 for a dense layer), eps 1e-5,
  * training mode: per channel the batch mean and biased variance over batch*spatial values,
- * out = (in - mean) * rstd * gamma[channels] + beta[channels]; saves mean[channels] and
- * rstd[channels] for backward, and updates running_mean[channels] and running_var[channels]
- * (the unbiased variance, as PyTorch) as running = (1 - momentum) running + momentum batch.
- * running_mean and running_var may be NULL (no update). */
+ * out = (in - mean) * rstd * gamma[channels] + beta[channels], followed by a fused ReLU
+ * (out = max(out, 0)) when relu is 1; saves mean[channels] and rstd[channels] for backward,
+ * and updates running_mean[channels] and running_var[channels] (the unbiased variance, as
+ * PyTorch) as running = (1 - momentum) running + momentum batch.  running_mean and running_var
+ * may be NULL (no update).  out may not alias in. */
 void cm_layers_batchnorm_train_forward(float *out, float *mean, float *rstd, float *running_mean,
                                        float *running_var, const float *in, const float *gamma,
                                        const float *beta, int batch, int channels, int spatial,
-                                       float momentum);
+                                       float momentum, int relu);
 /* Backward of the training-mode forward (the batch statistics depend on in):
- * d_in[batch][channels][spatial], d_gamma[channels], d_beta[channels] += gradients. */
+ * d_in[batch][channels][spatial], d_gamma[channels], d_beta[channels] += gradients for d_out.
+ * relu_out: the forward's output when it fused the ReLU (d_out then passes only where
+ * relu_out > 0), NULL without. */
 void cm_layers_batchnorm_train_backward(float *d_in, float *d_gamma, float *d_beta,
-                                        const float *d_out, const float *in, const float *gamma,
-                                        const float *mean, const float *rstd, int batch,
-                                        int channels, int spatial);
-/* Evaluation mode: out = (in - running_mean) / sqrt(running_var + eps) * gamma + beta. */
+                                        const float *d_out, const float *relu_out, const float *in,
+                                        const float *gamma, const float *mean, const float *rstd,
+                                        int batch, int channels, int spatial);
+/* Evaluation mode: out = (in - running_mean) / sqrt(running_var + eps) * gamma + beta, then
+ * the fused ReLU when relu is 1. */
 void cm_layers_batchnorm_eval_forward(float *out, const float *in, const float *gamma,
                                       const float *beta, const float *running_mean,
                                       const float *running_var, int batch, int channels,
-                                      int spatial);
-/* Backward of the evaluation-mode forward (a fixed affine map per channel). */
+                                      int spatial, int relu);
+/* Backward of the evaluation-mode forward (a fixed affine map per channel); relu_out as for
+ * the training-mode backward. */
 void cm_layers_batchnorm_eval_backward(float *d_in, float *d_gamma, float *d_beta,
-                                       const float *d_out, const float *in, const float *gamma,
-                                       const float *running_mean, const float *running_var,
-                                       int batch, int channels, int spatial);
+                                       const float *d_out, const float *relu_out, const float *in,
+                                       const float *gamma, const float *running_mean,
+                                       const float *running_var, int batch, int channels,
+                                       int spatial);
 
 /* Global average pooling: out[batch][channels] = mean of in[batch][channels][spatial]. */
 void cm_layers_global_avg_pool_forward(float *out, const float *in, int batch, int channels,

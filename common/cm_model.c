@@ -62,9 +62,10 @@ typedef struct {
     /* parameters and buffers */
     float *conv_weight, *bn_gamma, *bn_beta, *running_mean, *running_var;
     /* activations */
-    float *conv_out, *bn_out, *relu_out, *pooled; /* pooled: NULL without a pool */
-    int32_t *argmax;                              /* [batch][out_channels][out_h][out_w] */
-    float *mean, *rstd;                           /* [out_channels], training mode */
+    float *conv_out, *relu_out,
+        *pooled;        /* relu_out = relu(bn(conv_out)); pooled: NULL without a pool */
+    int32_t *argmax;    /* [batch][out_channels][out_h][out_w] */
+    float *mean, *rstd; /* [out_channels], training mode */
 } cnn_stage_t;
 
 struct cm_model {
@@ -791,12 +792,10 @@ static int alloc_cnn_activations(cm_model_t *model) {
         if (in_map > largest_map) largest_map = in_map;
         if (cols > largest_cols) largest_cols = cols;
         stage->conv_out = new_buffer(model, map);
-        stage->bn_out = new_buffer(model, map);
         stage->relu_out = new_buffer(model, map);
         stage->mean = new_buffer(model, (size_t)stage->out_channels);
         stage->rstd = new_buffer(model, (size_t)stage->out_channels);
-        if (!stage->conv_out || !stage->bn_out || !stage->relu_out || !stage->mean || !stage->rstd)
-            return 0;
+        if (!stage->conv_out || !stage->relu_out || !stage->mean || !stage->rstd) return 0;
         if (spec->pool[index]) {
             size_t pooled = batch * (size_t)stage->out_channels * (size_t)stage->out_height *
                             (size_t)stage->out_width;
@@ -1061,16 +1060,16 @@ static const float *cnn_forward(cm_model_t *model, const float *inputs, int batc
         cm_layers_conv2d_forward(stage->conv_out, model->cols, map, stage->conv_weight, NULL, batch,
                                  stage->in_channels, stage->height, stage->width, channels,
                                  spec->kernel, 1, spec->kernel / 2);
+        /* batch norm and ReLU fused: one pass, no pre-activation buffer */
         if (model->training)
-            cm_layers_batchnorm_train_forward(stage->bn_out, stage->mean, stage->rstd,
+            cm_layers_batchnorm_train_forward(stage->relu_out, stage->mean, stage->rstd,
                                               stage->running_mean, stage->running_var,
                                               stage->conv_out, stage->bn_gamma, stage->bn_beta,
-                                              batch, channels, plane, batchnorm_momentum);
+                                              batch, channels, plane, batchnorm_momentum, 1);
         else
-            cm_layers_batchnorm_eval_forward(stage->bn_out, stage->conv_out, stage->bn_gamma,
+            cm_layers_batchnorm_eval_forward(stage->relu_out, stage->conv_out, stage->bn_gamma,
                                              stage->bn_beta, stage->running_mean,
-                                             stage->running_var, batch, channels, plane);
-        cm_layers_relu_forward(stage->relu_out, stage->bn_out, batch * channels * plane);
+                                             stage->running_var, batch, channels, plane, 1);
         map = stage->relu_out;
         if (stage->pooled) {
             cm_layers_maxpool2x2_forward(stage->pooled, stage->argmax, stage->relu_out,
@@ -1330,18 +1329,16 @@ static void cnn_backward(cm_model_t *model, const float *d_logits, const float *
                                           stage->height, stage->width);
             swap = d_map, d_map = d_next, d_next = swap;
         }
-        memset(d_next, 0, map_bytes); /* -> gradient of bn_out */
-        cm_layers_relu_backward(d_next, d_map, stage->bn_out, batch * channels * plane);
-        swap = d_map, d_map = d_next, d_next = swap;
-        memset(d_next, 0, map_bytes); /* -> gradient of conv_out */
+        memset(d_next, 0, map_bytes); /* relu_out's gradient -> conv_out's (fused ReLU + BN) */
         if (model->training)
-            cm_layers_batchnorm_train_backward(
-                d_next, GRAD(model, stage->bn_gamma), GRAD(model, stage->bn_beta), d_map,
-                stage->conv_out, stage->bn_gamma, stage->mean, stage->rstd, batch, channels, plane);
+            cm_layers_batchnorm_train_backward(d_next, GRAD(model, stage->bn_gamma),
+                                               GRAD(model, stage->bn_beta), d_map, stage->relu_out,
+                                               stage->conv_out, stage->bn_gamma, stage->mean,
+                                               stage->rstd, batch, channels, plane);
         else
             cm_layers_batchnorm_eval_backward(d_next, GRAD(model, stage->bn_gamma),
-                                              GRAD(model, stage->bn_beta), d_map, stage->conv_out,
-                                              stage->bn_gamma, stage->running_mean,
+                                              GRAD(model, stage->bn_beta), d_map, stage->relu_out,
+                                              stage->conv_out, stage->bn_gamma, stage->running_mean,
                                               stage->running_var, batch, channels, plane);
         swap = d_map, d_map = d_next, d_next = swap;
         /* -> gradient of the stage's input map (not needed for the images) */

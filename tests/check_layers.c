@@ -1070,7 +1070,7 @@ START_TEST(test_maxpool_gradient) {
 END_TEST
 
 typedef struct {
-    int batch, channels, spatial, eval;
+    int batch, channels, spatial, eval, relu; /* relu: the fused ReLU */
     float *in, *gamma, *beta, *out, *d_out, *mean, *rstd, *running_mean, *running_var;
     float *d_in, *d_gamma, *d_beta;
 } bn_case_t;
@@ -1106,44 +1106,93 @@ static double bn_loss(void *context) {
     if (test->eval)
         cm_layers_batchnorm_eval_forward(test->out, test->in, test->gamma, test->beta,
                                          test->running_mean, test->running_var, test->batch,
-                                         test->channels, test->spatial);
+                                         test->channels, test->spatial, test->relu);
     else /* no running update: the loss is called many times */
         cm_layers_batchnorm_train_forward(test->out, test->mean, test->rstd, NULL, NULL, test->in,
                                           test->gamma, test->beta, test->batch, test->channels,
-                                          test->spatial, 0.1f);
+                                          test->spatial, 0.1f, test->relu);
     return gradcheck_dot(test->d_out, test->out, test->batch * test->channels * test->spatial);
 }
 
 static void bn_backward(void *context) {
     bn_case_t *test = context;
+    const float *relu_out = test->relu ? test->out : NULL;
     if (test->eval)
         cm_layers_batchnorm_eval_backward(
-            test->d_in, test->d_gamma, test->d_beta, test->d_out, test->in, test->gamma,
+            test->d_in, test->d_gamma, test->d_beta, test->d_out, relu_out, test->in, test->gamma,
             test->running_mean, test->running_var, test->batch, test->channels, test->spatial);
     else
         cm_layers_batchnorm_train_backward(test->d_in, test->d_gamma, test->d_beta, test->d_out,
-                                           test->in, test->gamma, test->mean, test->rstd,
+                                           relu_out, test->in, test->gamma, test->mean, test->rstd,
                                            test->batch, test->channels, test->spatial);
 }
 
+/* Train and eval mode, without and with the fused ReLU (a smaller step there: the ReLU's kink
+ * must stay out of reach of the perturbation for these seeds). Rows of 9 and 17 values also
+ * cover the eight-lane sums' tails. */
 START_TEST(test_batchnorm_gradients) {
-    static const int shapes[][3] = {{3, 2, 5}, {4, 3, 1}, {2, 1, 7}};
+    static const int shapes[][3] = {{3, 2, 5}, {4, 3, 1}, {2, 1, 7}, {2, 2, 9}, {1, 2, 17}};
     cm_rng_t rng;
     cm_rng_seed(&rng, 304);
-    for (int eval = 0; eval < 2; eval++)
+    for (int variant = 0; variant < 4; variant++)
         for (size_t shape = 0; shape < sizeof shapes / sizeof shapes[0]; shape++) {
+            int eval = variant & 1, relu = variant >> 1;
             bn_case_t test;
             bn_case_init(&test, &rng, shapes[shape][0], shapes[shape][1], shapes[shape][2], eval);
+            test.relu = relu;
+            gradcheck_tolerance_t tolerance = gradcheck_default_tolerance();
+            if (relu) tolerance.step = 1e-3;
             gradcheck_param_t params[] = {
                 {eval ? "bn eval in" : "bn train in", test.in, test.d_in,
                  test.batch * test.channels * test.spatial},
                 {"bn gamma", test.gamma, test.d_gamma, test.channels},
                 {"bn beta", test.beta, test.d_beta, test.channels},
             };
-            gradcheck_run(&rng, params, 3, bn_loss, bn_backward, &test,
-                          gradcheck_default_tolerance());
+            gradcheck_run(&rng, params, 3, bn_loss, bn_backward, &test, tolerance);
             bn_case_deinit(&test);
         }
+}
+END_TEST
+
+/* The fused path equals the composition: bn+relu forward == bn then cm_layers_relu_forward,
+ * and its backward == cm_layers_relu_backward then the plain bn backward, in both modes. */
+START_TEST(test_batchnorm_relu_fused_equals_composition) {
+    enum { batch = 5, channels = 3, spatial = 13, count = batch * channels * spatial };
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 307);
+    for (int eval = 0; eval < 2; eval++) {
+        bn_case_t fused, plain;
+        bn_case_init(&fused, &rng, batch, channels, spatial, eval);
+        bn_case_init(&plain, &rng, batch, channels, spatial, eval);
+        float *arrays_from[] = {fused.in,    fused.gamma,        fused.beta,
+                                fused.d_out, fused.running_mean, fused.running_var};
+        float *arrays_to[] = {plain.in,    plain.gamma,        plain.beta,
+                              plain.d_out, plain.running_mean, plain.running_var};
+        int sizes[] = {count, channels, channels, count, channels, channels};
+        for (int index = 0; index < 6; index++)
+            memcpy(arrays_to[index], arrays_from[index], sizeof(float) * (size_t)sizes[index]);
+        fused.relu = 1;
+        bn_loss(&fused);
+        bn_backward(&fused);
+        bn_loss(&plain); /* plain.out: bn without relu */
+        float *relu_out = floats(count), *d_bn = floats(count);
+        cm_layers_relu_forward(relu_out, plain.out, count);
+        cm_layers_relu_backward(d_bn, plain.d_out, plain.out, count);
+        memcpy(plain.d_out, d_bn, sizeof(float) * count);
+        bn_backward(&plain);
+        for (int index = 0; index < count; index++) {
+            ck_assert_float_eq(fused.out[index], relu_out[index]);
+            ck_assert_float_eq_tol(fused.d_in[index], plain.d_in[index], 1e-5);
+        }
+        for (int channel = 0; channel < channels; channel++) {
+            ck_assert_float_eq_tol(fused.d_gamma[channel], plain.d_gamma[channel], 1e-5);
+            ck_assert_float_eq_tol(fused.d_beta[channel], plain.d_beta[channel], 1e-5);
+        }
+        free(relu_out);
+        free(d_bn);
+        bn_case_deinit(&fused);
+        bn_case_deinit(&plain);
+    }
 }
 END_TEST
 
@@ -1170,7 +1219,7 @@ START_TEST(test_batchnorm_statistics) {
     for (int index = 0; index < count; index++) test.in[index] = 3.0f * test.in[index] + 2.0f;
     cm_layers_batchnorm_train_forward(test.out, test.mean, test.rstd, test.running_mean,
                                       test.running_var, test.in, test.gamma, test.beta, batch,
-                                      channels, spatial, 0.1f);
+                                      channels, spatial, 0.1f, 0);
     for (int channel = 0; channel < channels; channel++) {
         double sum = 0.0, squares = 0.0, in_sum = 0.0, in_squares = 0.0;
         for (int example = 0; example < batch; example++)
@@ -1193,16 +1242,16 @@ START_TEST(test_batchnorm_statistics) {
     for (int pass = 0; pass < 200; pass++)
         cm_layers_batchnorm_train_forward(test.out, test.mean, test.rstd, test.running_mean,
                                           test.running_var, test.in, test.gamma, test.beta, batch,
-                                          channels, spatial, 0.1f);
+                                          channels, spatial, 0.1f, 0);
     float *eval_out = floats(count);
     cm_layers_batchnorm_eval_forward(eval_out, test.in, test.gamma, test.beta, test.running_mean,
-                                     test.running_var, batch, channels, spatial);
+                                     test.running_var, batch, channels, spatial, 0);
     for (int index = 0; index < count; index++)
         ck_assert_float_eq_tol(eval_out[index], test.out[index], 5e-3);
     /* ... and only the running statistics: changing them changes the eval output */
     test.running_mean[1] += 1.0f;
     cm_layers_batchnorm_eval_forward(eval_out, test.in, test.gamma, test.beta, test.running_mean,
-                                     test.running_var, batch, channels, spatial);
+                                     test.running_var, batch, channels, spatial, 0);
     ck_assert_float_eq_tol(eval_out[spatial], test.out[spatial] - test.rstd[1], 1e-2);
     free(eval_out);
     bn_case_deinit(&test);
@@ -1344,6 +1393,7 @@ Suite *check_layers_suite(void) {
     tcase_add_test(forward, test_add_aliases);
     tcase_add_test(forward, test_conv2d_forward_matches_reference);
     tcase_add_test(forward, test_batchnorm_statistics);
+    tcase_add_test(forward, test_batchnorm_relu_fused_equals_composition);
     suite_add_tcase(suite, forward);
     TCase *model = tcase_create("model");
     tcase_add_test(model, test_tiny_mlp_overfits_one_batch);
