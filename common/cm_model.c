@@ -254,6 +254,20 @@ static cm_status_t parse_transformer_keys(const char *whole, const spec_key_t *k
     return CM_OK;
 }
 
+/* An image=HxW value into the spec's sides. */
+static cm_status_t parse_image(const char *whole, const spec_key_t *key, cm_model_spec_t *spec) {
+    if (!key->seen) return CM_OK;
+    int sides[2] = {0, 0}, count = 0;
+    cm_status_t status =
+        parse_list(whole, "image side", key->value, 'x', 1, MAX_IMAGE_SIDE, 2, sides, &count);
+    if (status == CM_OK && count != 2)
+        status = cm_fail(CM_ERR_INVALID_ARG, "model spec '%s': image must be HxW, not '%.*s'",
+                         whole, (int)key->value.length, key->value.text);
+    spec->image_height = sides[0];
+    spec->image_width = sides[1];
+    return status;
+}
+
 static cm_status_t parse_vit(const char *whole, slice_t body, cm_model_spec_t *spec) {
     spec->kind = CM_MODEL_VIT;
     spec->image_height = spec->image_width = 28;
@@ -268,16 +282,7 @@ static cm_status_t parse_vit(const char *whole, slice_t body, cm_model_spec_t *s
     if (body.text)
         status = split_keys(whole, body, keys, 7, "image, patch, dim, depth, heads, mlp, classes");
     if (status == CM_OK) status = parse_transformer_keys(whole, keys, spec);
-    if (status == CM_OK && keys[4].seen) {
-        int sides[2] = {0, 0}, count = 0;
-        status = parse_list(whole, "image side", keys[4].value, 'x', 1, MAX_IMAGE_SIDE, 2, sides,
-                            &count);
-        if (status == CM_OK && count != 2)
-            status = cm_fail(CM_ERR_INVALID_ARG, "model spec '%s': image must be HxW, not '%.*s'",
-                             whole, (int)keys[4].value.length, keys[4].value.text);
-        spec->image_height = sides[0];
-        spec->image_width = sides[1];
-    }
+    if (status == CM_OK) status = parse_image(whole, &keys[4], spec);
     if (status == CM_OK) status = key_number(whole, &keys[5], 1, MAX_IMAGE_SIDE, &spec->patch);
     if (status == CM_OK) status = key_number(whole, &keys[6], 1, MAX_WIDTH, &spec->classes);
     if (status != CM_OK) return status;
@@ -339,20 +344,6 @@ static cm_status_t parse_tok(const char *whole, slice_t body, cm_model_spec_t *s
                        "model spec '%s': pad %d is not a token id below vocab %d", whole, spec->pad,
                        spec->vocab);
     return CM_OK;
-}
-
-/* An image=HxW value into the spec's sides. */
-static cm_status_t parse_image(const char *whole, const spec_key_t *key, cm_model_spec_t *spec) {
-    if (!key->seen) return CM_OK;
-    int sides[2] = {0, 0}, count = 0;
-    cm_status_t status =
-        parse_list(whole, "image side", key->value, 'x', 1, MAX_IMAGE_SIDE, 2, sides, &count);
-    if (status == CM_OK && count != 2)
-        status = cm_fail(CM_ERR_INVALID_ARG, "model spec '%s': image must be HxW, not '%.*s'",
-                         whole, (int)key->value.length, key->value.text);
-    spec->image_height = sides[0];
-    spec->image_width = sides[1];
-    return status;
 }
 
 static cm_status_t parse_cnn(const char *whole, slice_t body, cm_model_spec_t *spec) {

@@ -130,12 +130,6 @@ static cm_status_t fit(const fit_options_t *options) {
     if (status != CM_OK) goto done;
     cm_schedule_t schedule = cm_schedule_defaults(schedule_kind, options->lr);
     schedule.warmup_steps = options->warmup_steps;
-    cm_log_info("schedule %s, peak lr %g, %ld warm-up steps", cm_schedule_kind_name(schedule_kind),
-                (double)options->lr,
-                cm_schedule_warmup(
-                    &schedule, (long)options->epochs *
-                                   ((dataset->splits[CM_SPLIT_TRAIN].count + options->batch - 1) /
-                                    options->batch)));
     cm_adamw_config_t adamw = cm_adamw_defaults();
     adamw.weight_decay = options->weight_decay;
     cm_rng_t rng;
@@ -143,6 +137,10 @@ static cm_status_t fit(const fit_options_t *options) {
     for (int index = 0; index < train->count; index++) order[index] = index;
     long batches_per_epoch = (train->count + options->batch - 1) / options->batch;
     long total_steps = batches_per_epoch * options->epochs, step = 0;
+    cm_log_info("schedule %s, peak lr %g, %ld warm-up steps", cm_schedule_kind_name(schedule_kind),
+                (double)options->lr, cm_schedule_warmup(&schedule, total_steps));
+    /* Training mode for the steps; cm_model_evaluate switches to eval mode and back. */
+    cm_model_set_training(model, 1);
     double test_accuracy = 0.0, test_loss = 0.0, train_seconds = 0.0;
 
     for (int epoch = 1; epoch <= options->epochs; epoch++) {
@@ -172,7 +170,6 @@ static cm_status_t fit(const fit_options_t *options) {
                 batch_labels[row] = train->labels[id];
             }
             cm_model_zero_grads(model);
-            cm_model_set_training(model, 1);
             const float *logits = cm_model_forward(model, batch_inputs, batch);
             int labelled = 0;
             loss_sum += cm_loss_cross_entropy_forward(probs, logits, batch_labels, batch, classes,
