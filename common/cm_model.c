@@ -799,6 +799,8 @@ static int alloc_cnn_activations(cm_model_t *model) {
     size_t last_map =
         batch * (size_t)last->out_channels * (size_t)last->out_height * (size_t)last->out_width;
     model->gap = new_buffer(model, batch * (size_t)last->out_channels);
+    /* set before any forward, so "hidden" (fc=0) is never a NULL feature */
+    model->head_input = spec->flatten ? (last->pooled ? last->pooled : last->relu_out) : model->gap;
     model->d_gap = new_buffer(model, batch * (size_t)last->out_channels);
     model->cnn_tokens = new_buffer(model, last_map);
     model->cols = new_buffer(model, largest_cols);

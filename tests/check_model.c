@@ -14,6 +14,7 @@
 #include "cm_model.h"
 #include "cm_rng.h"
 #include "cm_safetensors.h"
+#include "serve_fixture.h"
 #include "test_util.h"
 
 #include <check.h>
@@ -1057,7 +1058,9 @@ START_TEST(test_cnn_checkpoint_round_trip) {
 END_TEST
 
 /* teacher-server fit trains a cnn with a one-cycle schedule: the log names the schedule and
- * warm-up, the checkpoint holds trained running statistics and beats chance on the test split. */
+ * warm-up, the checkpoint holds trained running statistics and beats chance on the test split;
+ * teacher-server serve runs it in eval mode (the accuracy `query` measures on the same 200 test
+ * examples is the one fit reported) and serves "hidden" and "tokens" [positions x channels]. */
 START_TEST(test_fit_cnn_onecycle) {
     char directory[256], command[1024], output[8192], checkpoint[320];
     test_util_temp_dir(directory, sizeof directory);
@@ -1080,6 +1083,27 @@ START_TEST(test_fit_cnn_onecycle) {
     const char *accuracy = strstr(output, "test_accuracy=");
     ck_assert_ptr_nonnull(accuracy);
     ck_assert_msg(atof(accuracy + 14) > 0.3, "%s", output);
+    char fit_accuracy[16]; /* "0.4650" */
+    snprintf(fit_accuracy, sizeof fit_accuracy, "%.6s", accuracy + strlen("test_accuracy="));
+
+    serve_fixture_t server;
+    char why[4096];
+    const char *arguments[] = {"--http", "off", NULL};
+    ck_assert_msg(serve_fixture_start(&server, directory, checkpoint, arguments, why, sizeof why) ==
+                      0,
+                  "%s", why);
+    snprintf(command, sizeof command,
+             "%s query --connect %s --outputs logits,hidden,tokens --ids 0-199 --rows 1",
+             test_util_bin("teacher-server"), server.endpoint);
+    code = test_util_run(command, output, sizeof output);
+    serve_fixture_stop(&server, SIGTERM, SERVE_FIXTURE_TIMEOUT_MS);
+    ck_assert_msg(code == 0, "exit %d: %s", code, output);
+    ck_assert_msg(strstr(output, "logits[10] hidden[16] tokens[49x16]"), "%s", output);
+    ck_assert_msg(strstr(output, "tokens (dense, F32) shape [200,49,16]"), "%s", output);
+    char served[64];
+    snprintf(served, sizeof served, "accuracy on these 200 examples: %s", fit_accuracy);
+    ck_assert_msg(strstr(output, served), "fit measured %s, the served model: %s", fit_accuracy,
+                  output);
 
     snprintf(command, sizeof command,
              "%s fit --model mlp:784-8-10 --max-train 10 --epochs 1 --schedule linear --out %s",
