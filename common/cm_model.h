@@ -113,8 +113,9 @@ typedef enum {
 typedef struct {
     cm_model_kind_t kind;
     int classes; /* output width (classes, or regression targets) */
-    /* MLP, emb and cnn: widths[0] inputs of the dense stack (emb: columns*dim) ... widths[layers]
-     * == classes; cnn: the last conv width ... classes) */
+    /* MLP, emb and cnn: widths[0] inputs of the dense stack (emb: columns*dim; cnn: the last
+     * conv width, times the last map's positions with head=flatten) ... widths[layers] ==
+     * classes */
     int layers;
     int widths[CM_MODEL_MAX_LAYERS + 1];
     /* ViT and cnn */
@@ -183,7 +184,8 @@ float *cm_model_params(cm_model_t *model);
 float *cm_model_grads(cm_model_t *model);
 size_t cm_model_param_count(const cm_model_t *model);
 
-/* Number of named parameter tensors and the index-th one as a view into the parameters. */
+/* Number of named parameter tensors and the index-th one as a view into the parameters (1-D to
+ * 4-D; the cnn's batch-norm running statistics are among them, see the file comment). */
 int cm_model_tensor_count(const cm_model_t *model);
 cm_tensor_t cm_model_tensor(const cm_model_t *model, int index);
 
