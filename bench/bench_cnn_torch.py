@@ -63,6 +63,7 @@ def main():
     spec_text = sys.argv[1] if len(sys.argv) > 1 else "cnn:conv=32-64,pool=1-1,head=flatten,fc=256"
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 128
     torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
     torch.manual_seed(1)
     height, width, channels, *rest = parse_spec(spec_text)
     model = build(height, width, channels, *rest)
