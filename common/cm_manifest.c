@@ -109,7 +109,10 @@ static void put_value(text_t *out, const json_t *value) {
         put(out, number, strlen(number));
         return;
     case JSON_REAL:
-        snprintf(number, sizeof number, "%.17g", json_real_value(value));
+        /* -0.0 would print "-0", which reads back as the integer 0: write it as 0, so the
+         * canonical text of a canonical text is itself. */
+        snprintf(number, sizeof number, "%.17g",
+                 json_real_value(value) == 0.0 ? 0.0 : json_real_value(value));
         put(out, number, strlen(number));
         return;
     case JSON_TRUE:

@@ -23,7 +23,7 @@
  * The canonical form (cm_manifest_canonical) is what the fingerprint hashes:
  * JSON without whitespace, object keys sorted by their bytes, strings with
  * only '"', '\' and control characters escaped ("\u00XX", lower-case hex),
- * integers in decimal, reals as C's printf("%.17g"), true/false/null.
+ * integers in decimal, reals as C's printf("%.17g") (-0.0 as 0), true/false/null.
  *
  * cm_manifest_parse works on text in memory (tests, fuzzing); the caller
  * reads the file.  Every failure is one sentence naming `source` (the path).
