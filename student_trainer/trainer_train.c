@@ -158,9 +158,8 @@ typedef struct {
     float *teacher_logits[TRAINER_MAX_TEACHERS], *teacher_hidden[TRAINER_MAX_TEACHERS];
     float *teacher_feature[TRAINER_MAX_TEACHERS]; /* DiverseDistill: [batch][L_i * d_i] */
     uint8_t *teacher_present[TRAINER_MAX_TEACHERS];
-    int tickets[MAX_WINDOW][TRAINER_MAX_TEACHERS][8]; /* per lookahead slot and teacher */
-    int ticket_counts[MAX_WINDOW][TRAINER_MAX_TEACHERS];
-    int submitted_upto; /* batches of this epoch whose tickets are out */
+    int pending[MAX_WINDOW]; /* tickets of each lookahead slot not yet answered or given up */
+    int submitted_upto;      /* batches of this epoch whose tickets are out */
     long step;
     int epoch;      /* 1-based epoch in progress */
     int next_batch; /* cursor inside the epoch */
@@ -507,6 +506,23 @@ static void filter_batch(run_t *run, int batch_index, int slot, int rows, const 
     }
 }
 
+/* The owner of every ticket: keeps the answered rows in the cache, counts the slot down. */
+static void store_reply(void *owner, int slot, const trainer_reply_t *reply) {
+    run_t *run = owner;
+    run->pending[slot]--;
+    if (!reply) return; /* given up: the rows stay missing */
+    for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
+        if (!((reply->outputs >> output) & 1)) continue;
+        int width = reply->width[output];
+        for (int row = 0; row < reply->count; row++) {
+            memcpy(trainer_cache_row(run->cache, reply->teacher, output, reply->rows[row]),
+                   reply->values[output] + (size_t)row * (size_t)width,
+                   sizeof(float) * (size_t)width);
+            trainer_cache_set_has(run->cache, reply->teacher, output, reply->rows[row], 1);
+        }
+    }
+}
+
 /* Submits requests for the rows of batch `batch_index` that the cache lacks. */
 static cm_status_t submit_batch(run_t *run, int batch_index) {
     int slot = batch_index % run->options.window;
@@ -516,8 +532,8 @@ static cm_status_t submit_batch(run_t *run, int batch_index) {
         memset(run->kept[slot][teacher], 1, (size_t)rows);
     if (run->filtering) filter_batch(run, batch_index, slot, rows, ids);
     int32_t missing[4096];
+    run->pending[slot] = 0;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        run->ticket_counts[slot][teacher] = 0;
         if (!run->needs[teacher] || !run->committee) continue;
         int count = 0;
         for (int row = 0; row < rows; row++) {
@@ -540,10 +556,11 @@ static cm_status_t submit_batch(run_t *run, int batch_index) {
         if (per_request > 4096) per_request = 4096;
         for (int start = 0; start < count; start += per_request) {
             int chunk = count - start < per_request ? count - start : per_request;
-            int ticket = trainer_committee_submit(run->committee, teacher, missing + start, chunk,
-                                                  run->needs[teacher]);
-            if (ticket < 0) return cm_fail(CM_ERR_NOMEM, "out of memory submitting a request");
-            run->tickets[slot][teacher][run->ticket_counts[slot][teacher]++] = ticket;
+            cm_status_t status =
+                trainer_committee_submit(run->committee, teacher, missing + start, chunk,
+                                         run->needs[teacher], store_reply, run, slot);
+            if (status != CM_OK) return status;
+            run->pending[slot]++;
         }
     }
     return CM_OK;
@@ -556,23 +573,12 @@ static void update_metrics(run_t *run);
 static cm_status_t await_batch(run_t *run, int batch_index) {
     int slot = batch_index % run->options.window;
     double started = cm_progress_now();
-    for (;;) {
-        int pending = 0;
-        for (int teacher = 0; teacher < run->teacher_count; teacher++)
-            for (int index = 0; index < run->ticket_counts[slot][teacher]; index++)
-                pending += trainer_committee_ticket(run->committee,
-                                                    run->tickets[slot][teacher][index]) == 0;
-        if (!pending) break;
+    while (run->pending[slot] > 0) {
         cm_status_t status = trainer_committee_pump(run->committee, 100);
         update_metrics(run); /* /metrics shows BUSY, timeouts and bad replies while it waits */
         if (status != CM_OK) return status;
     }
     run->wait_seconds += cm_progress_now() - started;
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        for (int index = 0; index < run->ticket_counts[slot][teacher]; index++)
-            trainer_committee_release(run->committee, run->tickets[slot][teacher][index]);
-        run->ticket_counts[slot][teacher] = 0;
-    }
     return CM_OK;
 }
 
@@ -1054,10 +1060,11 @@ static cm_status_t set_up_teachers(run_t *run) {
     config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
                     : strcmp(options->failure_policy, "skip") == 0 ? TRAINER_POLICY_SKIP
                                                                    : TRAINER_POLICY_FAIL;
-    status = trainer_committee_new(addresses, count, &config, run->cache, &run->committee);
+    status = trainer_committee_new(addresses, count, &config, &run->committee);
     if (status != CM_OK) return status;
     for (int teacher = 0; teacher < count; teacher++) {
         const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
+        trainer_cache_set_teacher(run->cache, teacher, info->name, info->model_sha256);
         snprintf(run->teacher_names[teacher], sizeof run->teacher_names[teacher], "%s", info->name);
         snprintf(run->teacher_sha256[teacher], sizeof run->teacher_sha256[teacher], "%s",
                  info->model_sha256);
