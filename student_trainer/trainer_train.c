@@ -1,14 +1,13 @@
 /*
  * trainer_train: the training loop of student-trainer.
  *
- * An epoch is a seeded permutation of the training ids (seed and epoch
- * number alone decide it, so a resumed run sees the same batches) cut into
- * batches.  Before the step on batch b the loop has already submitted the
- * teacher requests for batches b .. b+window-1, so teachers compute and
- * send while the student trains; it then pumps the committee until batch b
- * is complete (or the failure policy gave a teacher up for some rows),
- * gathers the batch, runs the method's loss, backward, and AdamW on the
- * student and on the method's own parameters.
+ * The step reads: the feed (trainer_feed) hands out the next batch once
+ * its teacher outputs are present or given up (it owns the epoch plan, the
+ * look-ahead window of requests, the filtering decisions and the ledger of
+ * tickets, and decides what the cache keeps); the loop gathers the batch,
+ * runs the student forward, zeroes the gradients, runs the method's loss
+ * and backward, steps AdamW on the student and on the method's own
+ * parameters, tells the feed the batch is trained and checkpoints.
  *
  * Every example is trained exactly once per epoch; the loop counts it (a
  * bitmap per epoch) and reports duplicates and misses in the metrics.
@@ -52,6 +51,7 @@
 #include "trainer_cache.h"
 #include "trainer_committee.h"
 #include "trainer_dd.h"
+#include "trainer_feed.h"
 #include "trainer_http.h"
 #include "trainer_method.h"
 
@@ -62,8 +62,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-enum { MAX_WINDOW = 16 };
 
 typedef struct {
     const char *data;
@@ -131,26 +129,24 @@ typedef struct {
     int replay;
     cm_dataset_t *dataset;
     cm_model_t *student;
-    trainer_method_t *method;                        /* the baselines */
-    trainer_dd_t *dd;                                /* --method diversedistill */
-    int dd_feature_output[TRAINER_MAX_TEACHERS];     /* TRAINER_OUTPUT_TOKENS or _HIDDEN */
-    trainer_head_t dd_heads[TRAINER_MAX_TEACHERS];   /* --dd-interactive: the lent heads */
-    float *route_inputs, *alpha;                     /* filtering scratch */
-    uint8_t *kept[MAX_WINDOW][TRAINER_MAX_TEACHERS]; /* filtering decision per row */
-    int filtering;                                   /* this epoch asks only the kept pairs */
+    trainer_method_t *method;                      /* the baselines */
+    trainer_dd_t *dd;                              /* --method diversedistill */
+    int dd_feature_output[TRAINER_MAX_TEACHERS];   /* TRAINER_OUTPUT_TOKENS or _HIDDEN */
+    trainer_head_t dd_heads[TRAINER_MAX_TEACHERS]; /* --dd-interactive: the lent heads */
+    float *route_inputs, *alpha;                   /* filtering scratch */
+    int filtering;                                 /* this epoch asks only the kept pairs */
     int forwarded_batch;           /* batch whose forward pass filtering already ran, or -1 */
     const float *forwarded_logits; /* its logits (the model's, valid until the next forward) */
-    long filter_needed[TRAINER_MAX_TEACHERS], filter_skipped[TRAINER_MAX_TEACHERS];
     double answer_sum, router_sum, align_sum, probe_match_sum, probe_answer_sum;
     double valid_accuracy; /* on the --holdout examples, after the last epoch */
     trainer_committee_t *committee;
     trainer_cache_t *cache;
+    trainer_feed_t *feed; /* the batches, and the teacher outputs they need */
     int teacher_count;
     char teacher_names[TRAINER_MAX_TEACHERS][64];
     char teacher_sha256[TRAINER_MAX_TEACHERS][65];
     unsigned needs[TRAINER_MAX_TEACHERS]; /* output bit sets per teacher */
     int32_t *labels;                      /* [train] the labels the student may see (-1: hidden) */
-    int32_t *order;                       /* [train] this epoch's permutation */
     uint8_t *trained;                     /* [train] trained this epoch */
     float *moment1, *moment2;
     float *batch_inputs, *d_logits, *d_hidden;
@@ -158,11 +154,9 @@ typedef struct {
     float *teacher_logits[TRAINER_MAX_TEACHERS], *teacher_hidden[TRAINER_MAX_TEACHERS];
     float *teacher_feature[TRAINER_MAX_TEACHERS]; /* DiverseDistill: [batch][L_i * d_i] */
     uint8_t *teacher_present[TRAINER_MAX_TEACHERS];
-    int pending[MAX_WINDOW]; /* tickets of each lookahead slot not yet answered or given up */
-    int submitted_upto;      /* batches of this epoch whose tickets are out */
     long step;
     int epoch;      /* 1-based epoch in progress */
-    int next_batch; /* cursor inside the epoch */
+    int next_batch; /* cursor inside the epoch (the feed's, as saved in the state) */
     FILE *metrics;
     char state_path[1024];
     /* Prometheus metrics served on --http */
@@ -235,12 +229,11 @@ static cm_status_t allocate_buffers(run_t *run) {
     run->d_logits = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
     run->d_hidden = cm_alloc_floats((size_t)batch * (size_t)hidden);
     run->batch_labels = malloc(sizeof(int32_t) * (size_t)batch);
-    run->order = malloc(sizeof(int32_t) * (size_t)train);
     run->trained = calloc((size_t)train, 1);
     run->alpha = calloc((size_t)batch * (size_t)(run->teacher_count ? run->teacher_count : 1),
                         sizeof(float));
     int ok = run->alpha && run->moment1 && run->moment2 && run->batch_inputs && run->d_logits &&
-             run->d_hidden && run->batch_labels && run->order && run->trained;
+             run->d_hidden && run->batch_labels && run->trained;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         int teacher_hidden = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
         run->teacher_logits[teacher] = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
@@ -250,10 +243,6 @@ static cm_status_t allocate_buffers(run_t *run) {
         int feature_width = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_TOKENS);
         run->teacher_feature[teacher] =
             cm_alloc_floats((size_t)batch * (size_t)(feature_width ? feature_width : 1));
-        for (int slot = 0; slot < MAX_WINDOW; slot++) {
-            run->kept[slot][teacher] = calloc((size_t)batch, 1);
-            ok = ok && run->kept[slot][teacher];
-        }
         ok = ok && run->teacher_feature[teacher];
         ok = ok && run->teacher_logits[teacher] && run->teacher_hidden[teacher] &&
              run->teacher_present[teacher];
@@ -264,6 +253,7 @@ static cm_status_t allocate_buffers(run_t *run) {
 static void free_run(run_t *run) {
     trainer_http_stop(&run->http);
     cm_metrics_free(&run->registry);
+    trainer_feed_free(&run->feed);
     trainer_committee_free(&run->committee);
     for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++)
         trainer_head_free(&run->dd_heads[teacher]);
@@ -282,14 +272,12 @@ static void free_run(run_t *run) {
     cm_free_aligned(run->d_hidden);
     free(run->batch_labels);
     free(run->labels);
-    free(run->order);
     free(run->trained);
     for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++) {
         cm_free_aligned(run->teacher_logits[teacher]);
         cm_free_aligned(run->teacher_hidden[teacher]);
         cm_free_aligned(run->teacher_feature[teacher]);
         free(run->teacher_present[teacher]);
-        for (int slot = 0; slot < MAX_WINDOW; slot++) free(run->kept[slot][teacher]);
     }
     if (run->metrics) fclose(run->metrics); /* after a failure; train() closes it checked */
 }
@@ -460,26 +448,15 @@ static int trainable_count(const run_t *run) {
     return run->dataset->splits[CM_SPLIT_TRAIN].count - run->options.holdout;
 }
 
-static void epoch_order(run_t *run) {
-    int train = trainable_count(run);
-    for (int id = 0; id < train; id++) run->order[id] = id;
-    cm_rng_t rng;
-    cm_rng_seed(&rng, (uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch);
-    cm_rng_shuffle(&rng, run->order, (size_t)train);
-}
-
-static int batch_rows(const run_t *run, int batch_index) {
-    int train = trainable_count(run);
-    int start = batch_index * run->options.batch;
-    return train - start < run->options.batch ? train - start : run->options.batch;
-}
-
 /*
- * DiverseDistill filtering: runs the current student and router on the batch and decides,
- * per (row, teacher), whether the teacher is asked: alpha >= theta, or the row's top teacher,
- * or a seeded exploration draw.  Rows already in the cache are free and always used.
+ * DiverseDistill filtering, the feed's choose hook: runs the current student and router on
+ * the batch and decides, per (row, teacher), whether the teacher is asked: alpha >= theta, or
+ * the row's top teacher, or a seeded exploration draw.  Rows already in the cache are free
+ * and always used.
  */
-static void filter_batch(run_t *run, int batch_index, int slot, int rows, const int32_t *ids) {
+static void choose_pairs(void *context, int batch_index, const int32_t *ids, int rows,
+                         uint8_t *const *kept) {
+    run_t *run = context;
     int teachers = run->teacher_count;
     cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     /* Filtering asks one batch ahead, right after the previous step: no update comes between
@@ -499,94 +476,23 @@ static void filter_batch(run_t *run, int batch_index, int slot, int rows, const 
             if (alpha[teacher] > alpha[top]) top = teacher;
         for (int teacher = 0; teacher < teachers; teacher++) {
             float draw = cm_rng_uniform(&rng);
-            run->kept[slot][teacher][row] =
+            kept[teacher][row] =
                 (uint8_t)(teacher == top || alpha[teacher] >= run->options.dd_filter ||
                           draw < run->options.dd_explore);
         }
     }
 }
 
-/* The owner of every ticket: keeps the answered rows in the cache, counts the slot down. */
-static void store_reply(void *owner, int slot, const trainer_reply_t *reply) {
-    run_t *run = owner;
-    run->pending[slot]--;
-    if (!reply) return; /* given up: the rows stay missing */
-    for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
-        if (!((reply->outputs >> output) & 1)) continue;
-        int width = reply->width[output];
-        for (int row = 0; row < reply->count; row++) {
-            memcpy(trainer_cache_row(run->cache, reply->teacher, output, reply->rows[row]),
-                   reply->values[output] + (size_t)row * (size_t)width,
-                   sizeof(float) * (size_t)width);
-            trainer_cache_set_has(run->cache, reply->teacher, output, reply->rows[row], 1);
-        }
-    }
-}
-
-/* Submits requests for the rows of batch `batch_index` that the cache lacks. */
-static cm_status_t submit_batch(run_t *run, int batch_index) {
-    int slot = batch_index % run->options.window;
-    const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
-    int rows = batch_rows(run, batch_index);
-    for (int teacher = 0; teacher < run->teacher_count; teacher++)
-        memset(run->kept[slot][teacher], 1, (size_t)rows);
-    if (run->filtering) filter_batch(run, batch_index, slot, rows, ids);
-    int32_t missing[4096];
-    run->pending[slot] = 0;
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        if (!run->needs[teacher] || !run->committee) continue;
-        int count = 0;
-        for (int row = 0; row < rows; row++) {
-            int absent = 0;
-            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
-                if ((run->needs[teacher] & (1u << output)) &&
-                    !trainer_cache_has(run->cache, teacher, output, ids[row]))
-                    absent = 1;
-            if (!absent) continue;
-            if (run->filtering) {
-                run->filter_needed[teacher]++;
-                if (!run->kept[slot][teacher][row]) {
-                    run->filter_skipped[teacher]++;
-                    continue;
-                }
-            }
-            missing[count++] = ids[row];
-        }
-        int per_request = trainer_committee_info(run->committee, teacher)->max_examples;
-        if (per_request > 4096) per_request = 4096;
-        for (int start = 0; start < count; start += per_request) {
-            int chunk = count - start < per_request ? count - start : per_request;
-            cm_status_t status =
-                trainer_committee_submit(run->committee, teacher, missing + start, chunk,
-                                         run->needs[teacher], store_reply, run, slot);
-            if (status != CM_OK) return status;
-            run->pending[slot]++;
-        }
-    }
-    return CM_OK;
-}
-
 static void update_metrics(run_t *run);
 
-/* Pumps the committee until every ticket of batch `batch_index` is answered or given up
- * (CM_ERR_CANCELLED when a signal interrupts the wait). */
-static cm_status_t await_batch(run_t *run, int batch_index) {
-    int slot = batch_index % run->options.window;
-    double started = cm_progress_now();
-    while (run->pending[slot] > 0) {
-        cm_status_t status = trainer_committee_pump(run->committee, 100);
-        update_metrics(run); /* /metrics shows BUSY, timeouts and bad replies while it waits */
-        if (status != CM_OK) return status;
-    }
-    run->wait_seconds += cm_progress_now() - started;
-    return CM_OK;
-}
+/* The feed's waiting hook: /metrics shows BUSY, timeouts and bad replies while it waits. */
+static void show_waiting(void *context) { update_metrics(context); }
 
 /* ---------------------------------------------------------------- one step */
 
-static cm_status_t train_batch(run_t *run, int batch_index) {
-    int rows = batch_rows(run, batch_index);
-    const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
+static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
+    int rows = next->rows, batch_index = next->index;
+    const int32_t *ids = next->ids;
     trainer_batch_t batch = {.rows = rows, .labels = run->batch_labels};
     cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     for (int row = 0; row < rows; row++) {
@@ -691,11 +597,6 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
     run->epoch_steps++;
     cm_metrics_counter_add(run->steps_total, 1);
     cm_metrics_counter_add(run->examples_total, (uint64_t)rows);
-    if (strcmp(run->options.cache, "off") == 0 && run->committee) /* forget: ask again next epoch */
-        for (int teacher = 0; teacher < run->teacher_count; teacher++)
-            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
-                for (int row = 0; row < rows; row++)
-                    trainer_cache_set_has(run->cache, teacher, output, ids[row], 0);
     return CM_OK;
 }
 
@@ -733,8 +634,9 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
             teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
             stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
             stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
-            run->missing_rows[teacher], run->filter_needed[teacher], run->filter_skipped[teacher],
-            stats->busy_timeouts, stats->protocol_errors, stats->nonfinite_replies);
+            run->missing_rows[teacher], trainer_feed_filter_needed(run->feed, teacher),
+            trainer_feed_filter_skipped(run->feed, teacher), stats->busy_timeouts,
+            stats->protocol_errors, stats->nonfinite_replies);
     }
     fprintf(run->metrics, "}}\n");
     /* A full disk shows at the flush (or already in the stream's error flag). */
@@ -851,47 +753,42 @@ static cm_status_t stop_here(run_t *run, double accuracy, int *was_interrupted) 
 static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     int trainable = trainable_count(run);
-    int batches = (trainable + run->options.batch - 1) / run->options.batch;
     double accuracy = 0.0, test_loss = 0.0;
     cm_status_t status = CM_OK;
     for (; run->epoch <= run->options.epochs; run->epoch++, run->next_batch = 0) {
-        epoch_order(run);
         memset(run->trained, 0, (size_t)train->count);
         run->loss_sum = run->ce_sum = run->kd_sum = run->fitnet_sum = run->wait_seconds = 0.0;
         run->answer_sum = run->router_sum = run->align_sum = 0.0;
         run->probe_match_sum = run->probe_answer_sum = 0.0;
         run->forwarded_batch = -1;
-        memset(run->filter_needed, 0, sizeof run->filter_needed);
-        memset(run->filter_skipped, 0, sizeof run->filter_skipped);
-        /* Filtering decides per batch with the current student, so it asks one batch ahead only. */
+        /* Filtering decides per batch with the current student (the feed asks one batch ahead). */
         run->filtering = run->dd && run->options.dd_filter > 0 && run->committee &&
                          run->epoch > run->options.dd_filter_warmup;
         run->epoch_examples = run->epoch_duplicates = run->epoch_steps = 0;
         memset(run->skipped_batches, 0, sizeof run->skipped_batches);
         memset(run->missing_rows, 0, sizeof run->missing_rows);
+        trainer_feed_start_epoch(run->feed, run->epoch, run->next_batch, run->filtering);
         /* A resumed epoch: the rows before the cursor were trained before the interruption. */
+        const int32_t *order = trainer_feed_order(run->feed);
         for (int index = 0; index < run->next_batch * run->options.batch && index < trainable;
              index++)
-            run->trained[run->order[index]] = 1;
-        run->submitted_upto = run->next_batch;
+            run->trained[order[index]] = 1;
         char label[64];
         snprintf(label, sizeof label, "epoch %d/%d", run->epoch, run->options.epochs);
         cm_progress_t progress;
         cm_progress_start(&progress, label, trainable);
         double started = cm_progress_now();
-        for (int batch_index = run->next_batch; batch_index < batches; batch_index++) {
-            while (run->submitted_upto < batches &&
-                   run->submitted_upto < batch_index + (run->filtering ? 1 : run->options.window)) {
-                if ((status = submit_batch(run, run->submitted_upto)) != CM_OK) return status;
-                run->submitted_upto++;
-            }
-            if (run->committee && (status = await_batch(run, batch_index)) != CM_OK) {
+        while (trainer_feed_cursor(run->feed) < trainer_feed_batches(run->feed)) {
+            trainer_feed_batch_t batch;
+            if ((status = trainer_feed_next(run->feed, &batch)) != CM_OK) {
                 if (status != CM_ERR_CANCELLED || !interrupted) return status;
                 cm_progress_finish(&progress); /* a signal while it waited for teachers */
                 return stop_here(run, accuracy, was_interrupted);
             }
-            if ((status = train_batch(run, batch_index)) != CM_OK) return status;
-            run->next_batch = batch_index + 1;
+            run->wait_seconds += batch.waited;
+            if ((status = train_batch(run, &batch)) != CM_OK) return status;
+            trainer_feed_done(run->feed, &batch);
+            run->next_batch = trainer_feed_cursor(run->feed);
             update_metrics(run);
             char text[64];
             snprintf(text, sizeof text, "loss %.4f", run->loss_sum / (double)run->epoch_examples);
@@ -1262,6 +1159,25 @@ static cm_status_t load_cache_file(run_t *run, const char *path) {
     return CM_OK;
 }
 
+/* The feed over the trainable rows, asking the committee for what the method needs. */
+static cm_status_t set_up_feed(run_t *run) {
+    trainer_feed_config_t config = {
+        .trainable = trainable_count(run),
+        .batch = run->options.batch,
+        .window = run->options.window,
+        .seed = run->options.seed,
+        .teacher_count = run->teacher_count,
+        .forget = strcmp(run->options.cache, "off") == 0,
+        .choose = run->dd ? choose_pairs : NULL, /* DiverseDistill's filtering */
+        .choose_context = run,
+        .waiting = show_waiting,
+        .waiting_context = run,
+    };
+    for (int teacher = 0; teacher < run->teacher_count; teacher++)
+        config.needs[teacher] = run->needs[teacher];
+    return trainer_feed_new(&config, run->committee, run->cache, &run->feed);
+}
+
 static cm_status_t train(run_t *run, int *was_interrupted) {
     train_options_t *options = &run->options;
     cm_model_spec_t spec;
@@ -1304,6 +1220,7 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if ((status = prepare_outputs(run)) != CM_OK) return status;
     if ((status = load_cache_file(run, options->cache)) != CM_OK) return status;
     if ((status = allocate_buffers(run)) != CM_OK) return status;
+    if ((status = set_up_feed(run)) != CM_OK) return status;
     snprintf(run->state_path, sizeof run->state_path, "%s.state", options->out);
     run->epoch = 1;
     if (options->resume) {
@@ -1531,11 +1448,11 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     if (diversedistill) kind = TRAINER_METHOD_KD; /* needs teachers, like kd */
     if (status == CM_OK &&
         (options->epochs < 1 || options->batch < 1 || options->threads < 1 || options->window < 1 ||
-         options->window > MAX_WINDOW || options->batch > 4096))
+         options->window > TRAINER_FEED_MAX_WINDOW || options->batch > TRAINER_FEED_MAX_BATCH))
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--epochs, --batch (up to 4096), --threads and --window "
                          "(up to %d) must be at least 1",
-                         MAX_WINDOW);
+                         TRAINER_FEED_MAX_WINDOW);
     if (status == CM_OK &&
         (!(options->lr > 0) || options->weight_decay < 0 || !(options->temperature > 0) ||
          options->kd_weight < 0 || options->kd_weight > 1 || options->fitnet_weight < 0 ||
