@@ -301,28 +301,19 @@ static cm_status_t fashion_read_images(gzip_reader_t *reader, uint32_t count, ui
     return gzip_reader_finish(reader, count, "images");
 }
 
-/*
- * Reads one split's two files into a uint8 [N,28,28] pixel array and an
- * int64 [N] label array (wrapped as cm_npy_t in *pixels_out, *labels_out).
- */
-static cm_status_t fashion_load_split(const char *directory, int which, cm_npy_t **pixels_out,
-                                      cm_npy_t **labels_out) {
-    char images_path[PATH_MAX], labels_path[PATH_MAX];
-    uint8_t *images_raw = NULL, *labels_raw = NULL, *pixels = NULL;
+cm_status_t cm_dataset_parse_fashion(const char *images_path, const uint8_t *images_raw,
+                                     size_t images_size, const char *labels_path,
+                                     const uint8_t *labels_raw, size_t labels_size,
+                                     const char *split_name, cm_npy_t **pixels_out,
+                                     cm_npy_t **labels_out) {
+    *pixels_out = NULL;
+    *labels_out = NULL;
+    uint8_t *pixels = NULL;
     int64_t *labels = NULL;
-    size_t images_size = 0, labels_size = 0;
     gzip_reader_t images = {0}, label_reader = {0};
     uint8_t images_header[IDX_IMAGES_HEADER_BYTES], labels_header[IDX_LABELS_HEADER_BYTES];
 
-    cm_status_t status =
-        fashion_path(images_path, sizeof images_path, directory, fashion_image_files[which]);
-    if (status == CM_OK)
-        status =
-            fashion_path(labels_path, sizeof labels_path, directory, fashion_label_files[which]);
-    if (status == CM_OK) status = read_whole_file(images_path, &images_raw, &images_size);
-    if (status == CM_OK) status = read_whole_file(labels_path, &labels_raw, &labels_size);
-    if (status == CM_OK)
-        status = gzip_reader_open(&label_reader, labels_path, labels_raw, labels_size);
+    cm_status_t status = gzip_reader_open(&label_reader, labels_path, labels_raw, labels_size);
     if (status == CM_OK)
         status = read_idx_header(&label_reader, labels_header, sizeof labels_header,
                                  IDX_LABELS_MAGIC, "labels", labels_size, 1);
@@ -363,20 +354,44 @@ static cm_status_t fashion_load_split(const char *directory, int which, cm_npy_t
     char name[64];
     int64_t pixel_shape[3] = {image_count, FASHION_MNIST_SIDE, FASHION_MNIST_SIDE};
     int64_t label_shape[1] = {label_count};
-    snprintf(name, sizeof name, "fashion-mnist %s/full.npy", split_names[which]);
+    snprintf(name, sizeof name, "fashion-mnist %s/full.npy", split_name);
     status = cm_npy_wrap(name, CM_NPY_U8, 3, pixel_shape, pixels, pixels_out);
     pixels = NULL;
     if (status != CM_OK) goto done;
-    snprintf(name, sizeof name, "fashion-mnist %s/labels.npy", split_names[which]);
+    snprintf(name, sizeof name, "fashion-mnist %s/labels.npy", split_name);
     status = cm_npy_wrap(name, CM_NPY_I64, 1, label_shape, labels, labels_out);
     labels = NULL;
+    if (status != CM_OK) cm_npy_free(pixels_out);
 done:
     gzip_reader_close(&images);
     gzip_reader_close(&label_reader);
-    free(images_raw);
-    free(labels_raw);
     free(pixels);
     free(labels);
+    return status;
+}
+
+/*
+ * Reads one split's two files into a uint8 [N,28,28] pixel array and an
+ * int64 [N] label array (wrapped as cm_npy_t in *pixels_out, *labels_out).
+ */
+static cm_status_t fashion_load_split(const char *directory, int which, cm_npy_t **pixels_out,
+                                      cm_npy_t **labels_out) {
+    char images_path[PATH_MAX], labels_path[PATH_MAX];
+    uint8_t *images_raw = NULL, *labels_raw = NULL;
+    size_t images_size = 0, labels_size = 0;
+    cm_status_t status =
+        fashion_path(images_path, sizeof images_path, directory, fashion_image_files[which]);
+    if (status == CM_OK)
+        status =
+            fashion_path(labels_path, sizeof labels_path, directory, fashion_label_files[which]);
+    if (status == CM_OK) status = read_whole_file(images_path, &images_raw, &images_size);
+    if (status == CM_OK) status = read_whole_file(labels_path, &labels_raw, &labels_size);
+    if (status == CM_OK)
+        status =
+            cm_dataset_parse_fashion(images_path, images_raw, images_size, labels_path, labels_raw,
+                                     labels_size, split_names[which], pixels_out, labels_out);
+    free(images_raw);
+    free(labels_raw);
     return status;
 }
 

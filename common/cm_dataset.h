@@ -184,4 +184,18 @@ cm_status_t cm_dataset_export(const cm_dataset_t *dataset, const char *directory
 /* The cache directory in use (see above) into out[size]; 0 when there is none. */
 int cm_dataset_cache_dir(char *out, size_t size);
 
+/*
+ * Parses one Fashion-MNIST split from its two gzip-compressed IDX files held in memory (what the
+ * built-in loader reads from disk; exported for tests and the fuzzer): on CM_OK, *pixels_out is
+ * a uint8 [N,28,28] array and *labels_out an int64 [N] array named after `split_name`, both
+ * owned by the caller (cm_npy_free).  The *_path arguments only name the files in error
+ * sentences.  Bad gzip data, magic numbers, dimensions, counts, truncation and labels out of
+ * range are CM_ERR_* with a sentence; then both outputs are NULL.
+ */
+cm_status_t cm_dataset_parse_fashion(const char *images_path, const uint8_t *images_raw,
+                                     size_t images_size, const char *labels_path,
+                                     const uint8_t *labels_raw, size_t labels_size,
+                                     const char *split_name, cm_npy_t **pixels_out,
+                                     cm_npy_t **labels_out);
+
 #endif

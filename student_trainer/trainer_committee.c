@@ -34,10 +34,12 @@
  */
 #include "trainer_committee.h"
 
+#include "cm_endpoint.h"
 #include "cm_log.h"
 #include "cm_progress.h"
 #include "cm_zwire.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -150,6 +152,14 @@ cm_status_t trainer_committee_parse_teacher(char *text, trainer_teacher_address_
         if (address->endpoint_count == TRAINER_MAX_ENDPOINTS)
             return cm_fail(CM_ERR_INVALID_ARG, "teacher '%s' has more than %d endpoints",
                            address->name, TRAINER_MAX_ENDPOINTS);
+        char option[80], checked[CM_ENDPOINT_MAX];
+        snprintf(option, sizeof option, "--teacher %s", address->name);
+        cm_status_t status =
+            cm_endpoint_check(endpoint, CM_ENDPOINT_CONNECT, option, checked, sizeof checked);
+        if (status != CM_OK) return status;
+        /* The only rewrite (localhost -> 127.0.0.1) keeps the length: it fits in place. */
+        assert(strlen(checked) <= strlen(endpoint));
+        memcpy(endpoint, checked, strlen(checked) + 1);
         address->endpoints[address->endpoint_count++] = endpoint;
     }
     return CM_OK;

@@ -129,16 +129,12 @@ typedef struct {
     int replay;
     cm_dataset_t *dataset;
     cm_model_t *student;
-    trainer_method_t *method;                      /* the baselines */
-    trainer_dd_t *dd;                              /* --method diversedistill */
-    int dd_feature_output[TRAINER_MAX_TEACHERS];   /* TRAINER_OUTPUT_TOKENS or _HIDDEN */
+    trainer_method_t *method;                      /* --method, whichever it is */
     trainer_head_t dd_heads[TRAINER_MAX_TEACHERS]; /* --dd-interactive: the lent heads */
-    float *route_inputs, *alpha;                   /* filtering scratch */
     int filtering;                                 /* this epoch asks only the kept pairs */
     int forwarded_batch;           /* batch whose forward pass filtering already ran, or -1 */
     const float *forwarded_logits; /* its logits (the model's, valid until the next forward) */
-    double answer_sum, router_sum, align_sum, probe_match_sum, probe_answer_sum;
-    double valid_accuracy; /* on the --holdout examples, after the last epoch */
+    double valid_accuracy;         /* on the --holdout examples, after the last epoch */
     trainer_committee_t *committee;
     trainer_cache_t *cache;
     trainer_feed_t *feed; /* the batches, and the teacher outputs they need */
@@ -146,11 +142,14 @@ typedef struct {
     char teacher_names[TRAINER_MAX_TEACHERS][64];
     char teacher_sha256[TRAINER_MAX_TEACHERS][65];
     unsigned needs[TRAINER_MAX_TEACHERS]; /* output bit sets per teacher */
-    int32_t *labels;                      /* [train] the labels the student may see (-1: hidden) */
-    uint8_t *trained;                     /* [train] trained this epoch */
+    int32_t *labels;  /* [train] the labels the student may see (-1: hidden); for regression 0
+                         marks a visible row, whose targets are the split's */
+    uint8_t *trained; /* [train] trained this epoch */
     float *moment1, *moment2;
     float *batch_inputs, *d_logits, *d_hidden;
     int32_t *batch_labels;
+    float *batch_targets;    /* regression: [batch][targets] */
+    uint8_t *batch_labelled; /* regression: [batch] 1 = the row's targets are visible */
     float *teacher_logits[TRAINER_MAX_TEACHERS], *teacher_hidden[TRAINER_MAX_TEACHERS];
     float *teacher_feature[TRAINER_MAX_TEACHERS]; /* DiverseDistill: [batch][L_i * d_i] */
     uint8_t *teacher_present[TRAINER_MAX_TEACHERS];
@@ -177,7 +176,7 @@ typedef struct {
                                            */
     cm_curve_keypair_t curve_keys;        /* with --curve-secret-key; the committee borrows them */
     /* per-epoch counters */
-    double loss_sum, ce_sum, kd_sum, fitnet_sum, wait_seconds;
+    double loss_sum, term_sums[TRAINER_MAX_TERMS], wait_seconds; /* sums of loss·rows */
     long epoch_examples, epoch_duplicates, epoch_steps;
     long skipped_batches[TRAINER_MAX_TEACHERS], missing_rows[TRAINER_MAX_TEACHERS];
 } run_t;
@@ -199,7 +198,8 @@ static cm_status_t build_labels(run_t *run) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     run->labels = malloc(sizeof(int32_t) * (size_t)train->count);
     if (!run->labels) return cm_fail(CM_ERR_NOMEM, "out of memory for labels");
-    for (int id = 0; id < train->count; id++) run->labels[id] = train->labels[id];
+    for (int id = 0; id < train->count; id++)
+        run->labels[id] = train->labels ? train->labels[id] : 0;
     float fraction = run->options.label_fraction;
     if (fraction >= 1.0f) return CM_OK;
     /* A fixed, seeded subset keeps its labels: the same for every method and training seed. */
@@ -229,11 +229,11 @@ static cm_status_t allocate_buffers(run_t *run) {
     run->d_logits = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
     run->d_hidden = cm_alloc_floats((size_t)batch * (size_t)hidden);
     run->batch_labels = malloc(sizeof(int32_t) * (size_t)batch);
+    run->batch_targets = cm_alloc_floats((size_t)batch * (size_t)(run->dataset->targets + 1));
+    run->batch_labelled = malloc((size_t)batch);
     run->trained = calloc((size_t)train, 1);
-    run->alpha = calloc((size_t)batch * (size_t)(run->teacher_count ? run->teacher_count : 1),
-                        sizeof(float));
-    int ok = run->alpha && run->moment1 && run->moment2 && run->batch_inputs && run->d_logits &&
-             run->d_hidden && run->batch_labels && run->trained;
+    int ok = run->moment1 && run->moment2 && run->batch_inputs && run->d_logits && run->d_hidden &&
+             run->batch_labels && run->batch_targets && run->batch_labelled && run->trained;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         int teacher_hidden = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
         run->teacher_logits[teacher] = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
@@ -260,9 +260,6 @@ static void free_run(run_t *run) {
     for (int index = 0; index < CM_CLI_LIST_MAX; index++) free(run->teacher_texts[index]);
     trainer_cache_free(&run->cache);
     trainer_method_free(&run->method);
-    trainer_dd_free(&run->dd);
-    cm_free_aligned(run->route_inputs);
-    free(run->alpha);
     cm_model_free(&run->student);
     cm_dataset_free(&run->dataset);
     cm_free_aligned(run->moment1);
@@ -271,6 +268,8 @@ static void free_run(run_t *run) {
     cm_free_aligned(run->d_logits);
     cm_free_aligned(run->d_hidden);
     free(run->batch_labels);
+    cm_free_aligned(run->batch_targets);
+    free(run->batch_labelled);
     free(run->labels);
     free(run->trained);
     for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++) {
@@ -280,23 +279,6 @@ static void free_run(run_t *run) {
         free(run->teacher_present[teacher]);
     }
     if (run->metrics) fclose(run->metrics); /* after a failure; train() closes it checked */
-}
-
-/* ---------------------------------------------------------------- method parameters */
-
-/* The trainer-side parameters (FitNet projection or the Distillation Module). */
-static size_t method_param_count(const run_t *run) {
-    return run->dd ? trainer_dd_param_count(run->dd) : trainer_method_param_count(run->method);
-}
-
-static float *method_block(run_t *run, int which) {
-    if (run->dd)
-        return which == 0   ? trainer_dd_params(run->dd)
-               : which == 1 ? trainer_dd_moment1(run->dd)
-                            : trainer_dd_moment2(run->dd);
-    return which == 0   ? trainer_method_params(run->method)
-           : which == 1 ? trainer_method_moment1(run->method)
-                        : trainer_method_moment2(run->method);
 }
 
 /* ---------------------------------------------------------------- state */
@@ -318,12 +300,17 @@ static cm_status_t save_state(run_t *run) {
     snprintf(seed_text, sizeof seed_text, "%ld", run->options.seed);
     manifest_text(run, manifest, sizeof manifest);
     cm_model_spec_format(cm_model_spec(run->student), spec_text, sizeof spec_text);
-    size_t params = cm_model_param_count(run->student), method_params = method_param_count(run);
+    size_t params = cm_model_param_count(run->student);
+    size_t method_params = trainer_method_param_count(run->method);
     cm_tensor_t tensors[6];
     const char *names[6] = {"student.params", "student.m", "student.v",
                             "method.params",  "method.m",  "method.v"};
-    float *blocks[6] = {cm_model_params(run->student), run->moment1,         run->moment2,
-                        method_block(run, 0),          method_block(run, 1), method_block(run, 2)};
+    float *blocks[6] = {cm_model_params(run->student),
+                        run->moment1,
+                        run->moment2,
+                        trainer_method_params(run->method),
+                        trainer_method_moment1(run->method),
+                        trainer_method_moment2(run->method)};
     int count = 0;
     for (int index = 0; index < 6; index++) {
         size_t elements = index < 3 ? params : method_params;
@@ -416,9 +403,14 @@ static cm_status_t load_state(run_t *run) {
     }
     const char *names[6] = {"student.params", "student.m", "student.v",
                             "method.params",  "method.m",  "method.v"};
-    float *blocks[6] = {cm_model_params(run->student), run->moment1,         run->moment2,
-                        method_block(run, 0),          method_block(run, 1), method_block(run, 2)};
-    size_t params = cm_model_param_count(run->student), method_params = method_param_count(run);
+    float *blocks[6] = {cm_model_params(run->student),
+                        run->moment1,
+                        run->moment2,
+                        trainer_method_params(run->method),
+                        trainer_method_moment1(run->method),
+                        trainer_method_moment2(run->method)};
+    size_t params = cm_model_param_count(run->student);
+    size_t method_params = trainer_method_param_count(run->method);
     for (int index = 0; status == CM_OK && index < 6; index++) {
         size_t elements = index < 3 ? params : method_params;
         if (!elements) continue;
@@ -449,38 +441,44 @@ static int trainable_count(const run_t *run) {
 }
 
 /*
- * DiverseDistill filtering, the feed's choose hook: runs the current student and router on
- * the batch and decides, per (row, teacher), whether the teacher is asked: alpha >= theta, or
- * the row's top teacher, or a seeded exploration draw.  Rows already in the cache are free
- * and always used.
+ * The student of the last forward pass, whose outputs are `outputs`, as the method sees it:
+ * its "hidden" feature and its head found by name, the gradients the method writes.
+ */
+static trainer_student_t student_view(run_t *run, const float *outputs) {
+    cm_tensor_t head_weight, head_bias;
+    cm_model_head(run->student, &head_weight, &head_bias);
+    float *params = cm_model_params(run->student), *grads = cm_model_grads(run->student);
+    int hidden = 0;
+    return (trainer_student_t){
+        .outputs = outputs,
+        .hidden = cm_model_feature(run->student, "hidden", &hidden, NULL),
+        .head_weight = head_weight.data,
+        .head_bias = head_bias.data,
+        .d_outputs = run->d_logits,
+        .d_hidden = run->d_hidden,
+        .d_head_weight = grads + ((const float *)head_weight.data - params),
+        .d_head_bias = grads + ((const float *)head_bias.data - params),
+    };
+}
+
+/*
+ * Filtering, the feed's choose hook (a method that chooses, e.g. diversedistill with
+ * --dd-filter): runs the current student on the batch and lets the method decide, per (row,
+ * teacher), whether the teacher is asked, with a seed of its own per batch.  Rows already in
+ * the cache are free and always used.
  */
 static void choose_pairs(void *context, int batch_index, const int32_t *ids, int rows,
                          uint8_t *const *kept) {
     run_t *run = context;
-    int teachers = run->teacher_count;
     cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     /* Filtering asks one batch ahead, right after the previous step: no update comes between
      * this forward pass and the training step on this batch, which reuses it. */
     run->forwarded_logits = cm_model_forward(run->student, run->batch_inputs, rows);
     run->forwarded_batch = batch_index;
-    int hidden = 0;
-    const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
-    trainer_dd_route(run->dd, student_hidden, rows, NULL, run->alpha);
-    cm_rng_t rng;
-    cm_rng_seed(&rng, ((uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch) * 65537ull +
-                          (uint64_t)batch_index);
-    for (int row = 0; row < rows; row++) {
-        const float *alpha = run->alpha + (size_t)row * (size_t)teachers;
-        int top = 0;
-        for (int teacher = 1; teacher < teachers; teacher++)
-            if (alpha[teacher] > alpha[top]) top = teacher;
-        for (int teacher = 0; teacher < teachers; teacher++) {
-            float draw = cm_rng_uniform(&rng);
-            kept[teacher][row] =
-                (uint8_t)(teacher == top || alpha[teacher] >= run->options.dd_filter ||
-                          draw < run->options.dd_explore);
-        }
-    }
+    trainer_student_t student = student_view(run, run->forwarded_logits);
+    uint64_t seed = ((uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch) * 65537ull +
+                    (uint64_t)batch_index;
+    trainer_method_choose(run->method, &student, rows, seed, kept);
 }
 
 static void update_metrics(run_t *run);
@@ -490,6 +488,12 @@ static void show_waiting(void *context) { update_metrics(context); }
 
 /* ---------------------------------------------------------------- one step */
 
+/*
+ * One step: next batch (inputs, labels, the teachers' outputs the method asked for, from the
+ * cache), forward, zero_grad, the method's loss and its backward into d_logits / d_hidden,
+ * the student's backward, AdamW on the student and the method's own update.  Whatever
+ * --method is, it is only trainer_method_* calls here.
+ */
 static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
     int rows = next->rows, batch_index = next->index;
     const int32_t *ids = next->ids;
@@ -501,7 +505,17 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
         if (run->trained[id]) run->epoch_duplicates++;
         run->trained[id] = 1;
     }
-    trainer_dd_batch_t dd_batch = {.rows = rows, .labels = run->batch_labels};
+    if (run->dataset->task == CM_TASK_REGRESSION) { /* the rows' targets, and which are visible */
+        size_t targets = (size_t)run->dataset->targets;
+        for (int row = 0; row < rows; row++) {
+            run->batch_labelled[row] = run->labels[ids[row]] >= 0;
+            memcpy(run->batch_targets + (size_t)row * targets,
+                   run->dataset->splits[CM_SPLIT_TRAIN].targets + (size_t)ids[row] * targets,
+                   sizeof(float) * targets);
+        }
+        batch = (trainer_batch_t){
+            .rows = rows, .targets = run->batch_targets, .labelled = run->batch_labelled};
+    }
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         if (!run->needs[teacher]) continue;
         float *destination[TRAINER_OUTPUT_COUNT] = {run->teacher_logits[teacher],
@@ -534,48 +548,22 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
             run->skipped_batches[teacher]++;
             run->missing_rows[teacher] += missing;
         }
-        int wants_hidden = (run->needs[teacher] >> TRAINER_OUTPUT_HIDDEN) & 1;
-        batch.teacher_logits[teacher] = run->teacher_logits[teacher];
         batch.teacher_present[teacher] = run->teacher_present[teacher];
-        batch.teacher_hidden[teacher] = wants_hidden ? run->teacher_hidden[teacher] : NULL;
-        dd_batch.teacher_logits[teacher] = run->teacher_logits[teacher];
-        dd_batch.teacher_present[teacher] = run->teacher_present[teacher];
-        dd_batch.teacher_feature[teacher] = destination[run->dd_feature_output[teacher]];
-        dd_batch.teacher_head_input[teacher] = run->teacher_hidden[teacher];
+        batch.teacher_logits[teacher] = destination[TRAINER_OUTPUT_LOGITS];
+        if ((run->needs[teacher] >> TRAINER_OUTPUT_HIDDEN) & 1)
+            batch.teacher_hidden[teacher] = destination[TRAINER_OUTPUT_HIDDEN];
+        if ((run->needs[teacher] >> TRAINER_OUTPUT_TOKENS) & 1)
+            batch.teacher_tokens[teacher] = destination[TRAINER_OUTPUT_TOKENS];
     }
     cm_model_zero_grads(run->student);
+    trainer_method_zero_grad(run->method);
     const float *logits = run->forwarded_batch == batch_index
                               ? run->forwarded_logits
                               : cm_model_forward(run->student, run->batch_inputs, rows);
     run->forwarded_batch = -1;
-    int hidden = 0;
-    const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
-    trainer_loss_t loss = {0};
-    if (run->dd) {
-        /* The answer term runs through the student's own classifier: its last dense layer. */
-        int last = cm_model_tensor_count(run->student) - 2;
-        cm_tensor_t head_weight = cm_model_tensor(run->student, last);
-        cm_tensor_t head_bias = cm_model_tensor(run->student, last + 1);
-        float *params = cm_model_params(run->student), *grads = cm_model_grads(run->student);
-        trainer_dd_loss_t dd_loss;
-        trainer_dd_zero_grads(run->dd);
-        trainer_dd_loss(run->dd, &dd_batch, logits, student_hidden, head_weight.data,
-                        head_bias.data, run->d_logits, run->d_hidden,
-                        grads + ((float *)head_weight.data - params),
-                        grads + ((float *)head_bias.data - params), &dd_loss);
-        loss.total = dd_loss.total;
-        loss.ce = dd_loss.ce;
-        loss.kd = dd_loss.kd;
-        run->answer_sum += dd_loss.answer * rows;
-        run->router_sum += dd_loss.router * rows;
-        run->align_sum += dd_loss.align * rows;
-        run->probe_match_sum += dd_loss.probe_match * rows;
-        run->probe_answer_sum += dd_loss.probe_answer * rows;
-    } else {
-        trainer_method_zero_grads(run->method);
-        trainer_method_loss(run->method, &batch, logits, student_hidden, run->d_logits,
-                            run->d_hidden, &loss);
-    }
+    trainer_student_t student = student_view(run, logits);
+    trainer_loss_t loss;
+    trainer_method_loss(run->method, &batch, &student, &loss);
     if (!isfinite(loss.total))
         return cm_fail(CM_ERR_INTERNAL, "the loss is not finite at step %ld; lower --lr",
                        run->step + 1);
@@ -585,14 +573,10 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
     adamw.weight_decay = run->options.weight_decay;
     run->step++;
     cm_model_adamw_step(run->student, run->moment1, run->moment2, &adamw, run->step);
-    if (run->dd)
-        trainer_dd_adamw_step(run->dd, &adamw, run->step);
-    else
-        trainer_method_adamw_step(run->method, &adamw, run->step);
+    trainer_method_update(run->method, &adamw, run->step);
     run->loss_sum += loss.total * rows;
-    run->ce_sum += loss.ce * rows;
-    run->kd_sum += loss.kd * rows;
-    run->fitnet_sum += loss.fitnet * rows;
+    for (int term = 0; term < TRAINER_MAX_TERMS; term++)
+        run->term_sums[term] += loss.term[term] * rows;
     run->epoch_examples += rows;
     run->epoch_steps++;
     cm_metrics_counter_add(run->steps_total, 1);
@@ -608,19 +592,19 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
                                  double accuracy, double test_loss) {
     if (!run->metrics) return CM_OK;
     double examples = run->epoch_examples ? (double)run->epoch_examples : 1.0;
+    fprintf(run->metrics, "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,", epoch, run->step,
+            run->loss_sum / examples);
+    for (int term = 0; term < trainer_method_term_count(run->method); term++)
+        fprintf(run->metrics, "\"%s\":%.6f,", trainer_method_term_name(run->method, term),
+                run->term_sums[term] / examples);
     fprintf(run->metrics,
-            "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"kd\":%.6f,\"fitnet\":%.6f,"
             "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
             "\"valid_accuracy\":%.6f,\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,"
             "\"examples_per_second\":%.1f,"
-            "\"wait_seconds\":%.3f,\"dd_answer\":%.6f,\"dd_router\":%.6f,\"dd_probe_match\":%.6f,"
-            "\"dd_probe_answer\":%.6f,\"teachers\":{",
-            epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
-            run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, distinct,
-            run->epoch_duplicates, run->valid_accuracy, accuracy, test_loss, seconds,
-            seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds,
-            run->answer_sum / examples, run->router_sum / examples, run->probe_match_sum / examples,
-            run->probe_answer_sum / examples);
+            "\"wait_seconds\":%.3f,\"teachers\":{",
+            run->epoch_examples, distinct, run->epoch_duplicates, run->valid_accuracy, accuracy,
+            test_loss, seconds, seconds > 0 ? (double)run->epoch_examples / seconds : 0.0,
+            run->wait_seconds);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         trainer_teacher_stats_t none = {0};
         const trainer_teacher_stats_t *stats =
@@ -757,12 +741,11 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     cm_status_t status = CM_OK;
     for (; run->epoch <= run->options.epochs; run->epoch++, run->next_batch = 0) {
         memset(run->trained, 0, (size_t)train->count);
-        run->loss_sum = run->ce_sum = run->kd_sum = run->fitnet_sum = run->wait_seconds = 0.0;
-        run->answer_sum = run->router_sum = run->align_sum = 0.0;
-        run->probe_match_sum = run->probe_answer_sum = 0.0;
+        run->loss_sum = run->wait_seconds = 0.0;
+        memset(run->term_sums, 0, sizeof run->term_sums);
         run->forwarded_batch = -1;
         /* Filtering decides per batch with the current student (the feed asks one batch ahead). */
-        run->filtering = run->dd && run->options.dd_filter > 0 && run->committee &&
+        run->filtering = trainer_method_chooses(run->method) && run->committee &&
                          run->epoch > run->options.dd_filter_warmup;
         run->epoch_examples = run->epoch_duplicates = run->epoch_steps = 0;
         memset(run->skipped_batches, 0, sizeof run->skipped_batches);
@@ -818,16 +801,21 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         run->valid_accuracy = valid_score.accuracy;
         long distinct = 0;
         for (int id = 0; id < trainable; id++) distinct += run->trained[id];
-        cm_log_info(
-            "epoch %d/%d  loss %.4f (ce %.4f kd %.4f fit %.4f)  test acc %.4f  %.0f examples/s  "
-            "waited %.2f s  %ld/%d examples once%s",
-            run->epoch, run->options.epochs,
-            run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-            run->ce_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-            run->kd_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-            run->fitnet_sum / (double)(run->epoch_examples ? run->epoch_examples : 1), accuracy,
-            seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds, distinct,
-            trainable, run->epoch_duplicates ? " (DUPLICATES!)" : "");
+        char terms[256];
+        size_t used = 0;
+        terms[0] = '\0';
+        for (int term = 0; term < trainer_method_term_count(run->method) && used < sizeof terms;
+             term++)
+            used += (size_t)snprintf(terms + used, sizeof terms - used, "%s%s %.4f",
+                                     term ? " " : "", trainer_method_term_name(run->method, term),
+                                     run->term_sums[term] /
+                                         (double)(run->epoch_examples ? run->epoch_examples : 1));
+        cm_log_info("epoch %d/%d  loss %.4f (%s)  test acc %.4f  %.0f examples/s  "
+                    "waited %.2f s  %ld/%d examples once%s",
+                    run->epoch, run->options.epochs,
+                    run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1), terms,
+                    accuracy, seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds,
+                    distinct, trainable, run->epoch_duplicates ? " (DUPLICATES!)" : "");
         for (int teacher = 0; teacher < run->teacher_count; teacher++)
             if (run->skipped_batches[teacher])
                 cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
@@ -852,8 +840,11 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         if (status != CM_OK) return status;
         run->epoch = finished_epoch;
     }
-    if (printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out) < 0 ||
-        fflush(stdout) != 0)
+    /* For regression test_loss is the MSE per target. */
+    int written = run->dataset->task == CM_TASK_REGRESSION
+                      ? printf("test_rmse=%.4f checkpoint=%s\n", sqrt(test_loss), run->options.out)
+                      : printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out);
+    if (written < 0 || fflush(stdout) != 0)
         return cm_fail(CM_ERR_IO, "cannot write the summary to standard output: %s",
                        strerror(errno ? errno : EIO));
     return CM_OK;
@@ -969,16 +960,101 @@ static cm_status_t set_up_teachers(run_t *run) {
     return CM_OK;
 }
 
-static cm_status_t set_up_baseline(run_t *run) {
+/* Width (floats per example) and token count of a teacher output, from its Hello or the record. */
+static int teacher_width(const run_t *run, int teacher, int output, int *tokens) {
+    if (run->committee) {
+        const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
+        if (tokens) *tokens = output == TRAINER_OUTPUT_TOKENS ? info->tokens : 1;
+        return info->width[output];
+    }
+    if (tokens)
+        *tokens = output == TRAINER_OUTPUT_TOKENS ? trainer_cache_tokens(run->cache, teacher) : 1;
+    return trainer_cache_width(run->cache, teacher, output);
+}
+
+/*
+ * --dd-interactive: fetches every teacher's frozen head (the dense layer over its "hidden"
+ * vector) and hands it to the module; the probes' targets are the teachers' hidden vectors,
+ * so the method asks for them too.
+ */
+static cm_status_t borrow_heads(run_t *run, trainer_dd_config_t *config) {
+    config->interactive = 1;
+    config->probe_match_weight = run->options.dd_probe_match_weight;
+    config->probe_answer_weight = run->options.dd_probe_answer_weight;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        trainer_head_t *head = &run->dd_heads[teacher];
+        cm_status_t status = trainer_committee_fetch_head(run->committee, teacher, "hidden", head);
+        if (status != CM_OK) return status;
+        config->head_inputs[teacher] = head->inputs;
+        config->head_weight[teacher] = head->weight;
+        config->head_bias[teacher] = head->bias;
+        cm_log_info("teacher '%s' lends its head (%d x %d) for the interactive probes",
+                    run->teacher_names[teacher], head->classes, head->inputs);
+    }
+    return CM_OK;
+}
+
+/* The Distillation Module's own settings (trainer_method_new fills in the shared ones). */
+static cm_status_t diversedistill_settings(run_t *run, trainer_dd_config_t *config) {
+    train_options_t *options = &run->options;
+    if (options->dd_interactive && !run->committee)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--dd-interactive needs the live teachers (their heads are not in a "
+                       "record); train against the committee instead of replaying");
+    /* The answer runs head(ReLU(k)) through the student's own head (cm_model_head), which
+     * reads a ReLU vector only in the dense-stack families. */
+    cm_model_kind_t family = cm_model_spec(run->student)->kind;
+    if (family != CM_MODEL_MLP && family != CM_MODEL_EMB)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--method diversedistill needs an mlp or emb student, whose head reads a "
+                       "ReLU hidden vector (the committee's answer goes through that head); "
+                       "model '%s' is not one",
+                       options->model);
+    *config = trainer_dd_defaults();
+    cm_status_t status = trainer_dd_router_parse(options->dd_router, &config->router);
+    if (status != CM_OK) return status;
+    config->answer_weight = options->dd_answer_weight;
+    config->router_weight = options->dd_router_weight;
+    config->router_tau = options->dd_tau;
+    config->align_weight = options->dd_align_weight;
+    config->filter_threshold = options->dd_filter;
+    config->filter_explore = options->dd_explore;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        int tokens = 1,
+            has_tokens = teacher_width(run, teacher, TRAINER_OUTPUT_TOKENS, &tokens) > 0;
+        int output = TRAINER_OUTPUT_HIDDEN;
+        if (!strcmp(options->dd_feature, "tokens") ||
+            (!strcmp(options->dd_feature, "auto") && has_tokens))
+            output = TRAINER_OUTPUT_TOKENS;
+        int width = teacher_width(run, teacher, output, &tokens);
+        if (width <= 0)
+            return cm_fail(CM_ERR_NOT_FOUND,
+                           "teacher '%s' offers no '%s' feature for DiverseDistill",
+                           run->teacher_names[teacher], trainer_cache_output_name(output));
+        config->feature_output[teacher] = output;
+        config->teacher_tokens[teacher] = tokens;
+        config->teacher_dim[teacher] = width / tokens;
+        cm_log_info("DiverseDistill listens to teacher '%s' through its %s (%d x %d)",
+                    run->teacher_names[teacher], trainer_cache_output_name(output), tokens,
+                    width / tokens);
+    }
+    if (options->dd_interactive && (status = borrow_heads(run, config)) != CM_OK) return status;
+    return CM_OK;
+}
+
+/* Builds --method and records what it needs of every teacher. */
+static cm_status_t set_up_method(run_t *run) {
     train_options_t *options = &run->options;
     trainer_method_config_t config = {0};
     cm_status_t status = trainer_method_parse(options->method, &config.kind);
     if (status != CM_OK) return status;
+    config.task = run->dataset->task == CM_TASK_REGRESSION ? TRAINER_TASK_REGRESSION
+                                                           : TRAINER_TASK_CLASSIFICATION;
+    config.outputs = run->dataset->classes; /* the classes, or the regression targets */
     config.temperature = options->temperature;
     config.kd_weight = options->kd_weight;
     config.fitnet_weight = options->fitnet_weight;
     config.teacher_count = run->teacher_count;
-    config.classes = run->dataset->classes;
     config.max_batch = options->batch;
     cm_model_feature(run->student, "hidden", &config.student_hidden, NULL);
     if (config.kind != TRAINER_METHOD_CE && run->teacher_count == 0)
@@ -999,106 +1075,18 @@ static cm_status_t set_up_baseline(run_t *run) {
         if ((status = find_teacher(run, name, "--fitnet-teacher", &config.fitnet_teacher)))
             return status;
     }
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        int width =
-            run->committee
-                ? trainer_committee_info(run->committee, teacher)->width[TRAINER_OUTPUT_HIDDEN]
-                : trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
-        config.teacher_hidden[teacher] = width;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++)
+        config.teacher_hidden[teacher] = teacher_width(run, teacher, TRAINER_OUTPUT_HIDDEN, NULL);
+    trainer_dd_config_t dd;
+    if (config.kind == TRAINER_METHOD_DIVERSEDISTILL) {
+        if ((status = diversedistill_settings(run, &dd)) != CM_OK) return status;
+        config.dd = &dd;
     }
     status = trainer_method_new(&config, (uint64_t)options->seed, &run->method);
     if (status != CM_OK) return status;
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        int logits = 0, hidden = 0;
-        trainer_method_needs(run->method, teacher, &logits, &hidden);
-        run->needs[teacher] =
-            (logits ? 1u << TRAINER_OUTPUT_LOGITS : 0) | (hidden ? 1u << TRAINER_OUTPUT_HIDDEN : 0);
-        if (run->needs[teacher] && hidden) run->needs[teacher] |= 1u << TRAINER_OUTPUT_LOGITS;
-    }
+    for (int teacher = 0; teacher < run->teacher_count; teacher++)
+        run->needs[teacher] = trainer_method_needs(run->method, teacher);
     return CM_OK;
-}
-
-/* Width (floats per example) and token count of a teacher output, from its Hello or the record. */
-static int teacher_width(const run_t *run, int teacher, int output, int *tokens) {
-    if (run->committee) {
-        const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
-        if (tokens) *tokens = output == TRAINER_OUTPUT_TOKENS ? info->tokens : 1;
-        return info->width[output];
-    }
-    if (tokens)
-        *tokens = output == TRAINER_OUTPUT_TOKENS ? trainer_cache_tokens(run->cache, teacher) : 1;
-    return trainer_cache_width(run->cache, teacher, output);
-}
-
-/*
- * --dd-interactive: fetches every teacher's frozen head (the dense layer over its "hidden"
- * vector) and hands it to the module; the probes' targets are the teachers' hidden vectors,
- * so they are requested too.
- */
-static cm_status_t borrow_heads(run_t *run, trainer_dd_config_t *config) {
-    config->interactive = 1;
-    config->probe_match_weight = run->options.dd_probe_match_weight;
-    config->probe_answer_weight = run->options.dd_probe_answer_weight;
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        trainer_head_t *head = &run->dd_heads[teacher];
-        cm_status_t status = trainer_committee_fetch_head(run->committee, teacher, "hidden", head);
-        if (status != CM_OK) return status;
-        config->head_inputs[teacher] = head->inputs;
-        config->head_weight[teacher] = head->weight;
-        config->head_bias[teacher] = head->bias;
-        run->needs[teacher] |= 1u << TRAINER_OUTPUT_HIDDEN;
-        cm_log_info("teacher '%s' lends its head (%d x %d) for the interactive probes",
-                    run->teacher_names[teacher], head->classes, head->inputs);
-    }
-    return CM_OK;
-}
-
-static cm_status_t set_up_diversedistill(run_t *run) {
-    train_options_t *options = &run->options;
-    if (run->teacher_count == 0)
-        return cm_fail(CM_ERR_INVALID_ARG, "--method diversedistill needs at least one --teacher");
-    if (options->dd_interactive && !run->committee)
-        return cm_fail(CM_ERR_INVALID_ARG,
-                       "--dd-interactive needs the live teachers (their heads are not in a "
-                       "record); train against the committee instead of replaying");
-    if (cm_model_spec(run->student)->kind != CM_MODEL_MLP)
-        return cm_fail(CM_ERR_INVALID_ARG, "--method diversedistill needs an MLP student (its "
-                                           "answer term uses the student's last layer)");
-    trainer_dd_config_t config = trainer_dd_defaults();
-    cm_status_t status = trainer_dd_router_parse(options->dd_router, &config.router);
-    if (status != CM_OK) return status;
-    config.teacher_count = run->teacher_count;
-    config.classes = run->dataset->classes;
-    cm_model_feature(run->student, "hidden", &config.student_hidden, NULL);
-    config.temperature = options->temperature;
-    config.kd_weight = options->kd_weight;
-    config.answer_weight = options->dd_answer_weight;
-    config.router_weight = options->dd_router_weight;
-    config.router_tau = options->dd_tau;
-    config.align_weight = options->dd_align_weight;
-    config.max_batch = options->batch;
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        int tokens = 1,
-            has_tokens = teacher_width(run, teacher, TRAINER_OUTPUT_TOKENS, &tokens) > 0;
-        int output = TRAINER_OUTPUT_HIDDEN;
-        if (!strcmp(options->dd_feature, "tokens") ||
-            (!strcmp(options->dd_feature, "auto") && has_tokens))
-            output = TRAINER_OUTPUT_TOKENS;
-        int width = teacher_width(run, teacher, output, &tokens);
-        if (width <= 0)
-            return cm_fail(CM_ERR_NOT_FOUND,
-                           "teacher '%s' offers no '%s' feature for DiverseDistill",
-                           run->teacher_names[teacher], trainer_cache_output_name(output));
-        run->dd_feature_output[teacher] = output;
-        config.teacher_tokens[teacher] = tokens;
-        config.teacher_dim[teacher] = width / tokens;
-        run->needs[teacher] = 1u << TRAINER_OUTPUT_LOGITS | 1u << output;
-        cm_log_info("DiverseDistill listens to teacher '%s' through its %s (%d x %d)",
-                    run->teacher_names[teacher], trainer_cache_output_name(output), tokens,
-                    width / tokens);
-    }
-    if (options->dd_interactive && (status = borrow_heads(run, &config)) != CM_OK) return status;
-    return trainer_dd_new(&config, (uint64_t)options->seed, &run->dd);
 }
 
 /* Makes room in the cache for every output the method needs, or says what is missing. */
@@ -1168,7 +1156,7 @@ static cm_status_t set_up_feed(run_t *run) {
         .seed = run->options.seed,
         .teacher_count = run->teacher_count,
         .forget = strcmp(run->options.cache, "off") == 0,
-        .choose = run->dd ? choose_pairs : NULL, /* DiverseDistill's filtering */
+        .choose = trainer_method_chooses(run->method) ? choose_pairs : NULL, /* --dd-filter */
         .choose_context = run,
         .waiting = show_waiting,
         .waiting_context = run,
@@ -1191,12 +1179,6 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if ((status = cm_dataset_load(&run->dataset, options->data, options->view, &data_options)) !=
         CM_OK)
         return status;
-    if (run->dataset->task == CM_TASK_REGRESSION)
-        return cm_fail(CM_ERR_INVALID_ARG,
-                       "dataset %s is a regression task; regression needs the trainer's method "
-                       "interface (MSE losses), which this build of student-trainer train lacks: "
-                       "use teacher-server fit for regression models for now",
-                       run->dataset->name);
     if (cm_model_spec_inputs(&spec) != run->dataset->features ||
         spec.classes != run->dataset->classes)
         return cm_fail(CM_ERR_SHAPE,
@@ -1214,9 +1196,7 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if (!run->cache &&
         (status = trainer_cache_new(0, run->dataset->splits[CM_SPLIT_TRAIN].count, &run->cache)))
         return status;
-    status = strcmp(options->method, "diversedistill") == 0 ? set_up_diversedistill(run)
-                                                            : set_up_baseline(run);
-    if (status != CM_OK) return status;
+    if ((status = set_up_method(run)) != CM_OK) return status;
     if ((status = prepare_outputs(run)) != CM_OK) return status;
     if ((status = load_cache_file(run, options->cache)) != CM_OK) return status;
     if ((status = allocate_buffers(run)) != CM_OK) return status;
@@ -1332,7 +1312,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
          "the teacher kd and fitnet distill from (needed with several teachers)", 0},
         {"fitnet-teacher", CM_CLI_STRING, &options->fitnet_teacher, "NAME",
          "the teacher whose hidden vector fitnet regresses onto [default: --kd-teacher]", 0},
-        {"temperature", CM_CLI_FLOAT, &options->temperature, "T", "distillation temperature", 0},
+        {"temperature", CM_CLI_FLOAT, &options->temperature, "T",
+         "distillation temperature (classification; regression distils by MSE, without T)", 0},
         {"kd-weight", CM_CLI_FLOAT, &options->kd_weight, "W",
          "weight w of the distillation term; CE gets 1-w", 0},
         {"fitnet-weight", CM_CLI_FLOAT, &options->fitnet_weight, "X", "weight of fitnet's MSE term",
@@ -1443,9 +1424,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     cm_log_level_t level = CM_LOG_INFO;
     trainer_method_kind_t kind;
     if (status == CM_OK) status = cm_log_level_parse(options->log_level, &level);
-    int diversedistill = strcmp(options->method, "diversedistill") == 0;
-    if (status == CM_OK && !diversedistill) status = trainer_method_parse(options->method, &kind);
-    if (diversedistill) kind = TRAINER_METHOD_KD; /* needs teachers, like kd */
+    if (status == CM_OK) status = trainer_method_parse(options->method, &kind);
     if (status == CM_OK &&
         (options->epochs < 1 || options->batch < 1 || options->threads < 1 || options->window < 1 ||
          options->window > TRAINER_FEED_MAX_WINDOW || options->batch > TRAINER_FEED_MAX_BATCH))

@@ -11,6 +11,7 @@
 
 #include "cm_cli.h"
 #include "cm_curve.h"
+#include "cm_endpoint.h"
 #include "cm_dataset.h"
 #include "cm_log.h"
 #include "cm_wire.h"
@@ -262,7 +263,11 @@ static cm_status_t query(const query_options_t *options) {
         if (status == CM_OK) status = cm_curve_make_client(socket, &keys, server_key);
         if (status != CM_OK) goto done;
     }
-    if (zmq_connect(socket, options->connect) != 0) {
+    char endpoint[CM_ENDPOINT_MAX];
+    status = cm_endpoint_check(options->connect, CM_ENDPOINT_CONNECT, "--connect", endpoint,
+                               sizeof endpoint);
+    if (status != CM_OK) goto done;
+    if (zmq_connect(socket, endpoint) != 0) {
         status = cm_fail(CM_ERR_INVALID_ARG, "cannot connect to '%s': %s", options->connect,
                          zmq_strerror(zmq_errno()));
         goto done;

@@ -4,7 +4,8 @@
  * folder (with ids.npy) fitted, served and distilled into a student with
  * kd on a subset (--max-train) while the teacher serves the whole dataset,
  * then evaluated; a synthetic regression folder fitted and evaluated (RMSE,
- * MAE) and refused by `train` with a clear sentence; and, when
+ * MAE), served and distilled with kd and diversedistill (MSE losses), the students
+ * evaluated, an interrupted diversedistill run resumed bit for bit; and, when
  * Fashion-MNIST is installed, a teacher and a student fitted from the
  * exported folder byte-identical to ones fitted from the built-in name.
  */
@@ -156,11 +157,93 @@ START_TEST(test_regression_folder_end_to_end) {
              test_util_bin("student-trainer"), model, folder);
     ck_assert_int_eq(run(command), 1);
     ck_assert_msg(strstr(output, "has no split 'valid'") != NULL, "%s", output);
+
+    /* Distilled: the teacher serves, the student learns with kd, ca-mkd, fitnet and
+     * diversedistill (every loss an MSE, the router's targets squared errors: trainer_dd.h),
+     * then eval scores it. */
+    char endpoint[500], log[500], student[500], metrics[500];
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/reg.sock", directory);
+    snprintf(log, sizeof log, "%s/reg-teacher.log", directory);
     snprintf(command, sizeof command,
-             "%s train --data %s --view pool --model mlp:16-8-2 --epochs 1 --out %s/s.safetensors",
-             test_util_bin("student-trainer"), folder, directory);
-    ck_assert_int_eq(run(command), 1);
-    ck_assert_msg(strstr(output, "regression needs") != NULL, "%s", output);
+             "%s serve --model %s --name reg --bind %s --http off --data %s",
+             test_util_bin("teacher-server"), model, endpoint, folder);
+    pid_t server = test_process_start(command, log);
+    ck_assert_int_gt(server, 0);
+    ck_assert_msg(test_process_await_text(log, "serving", 20000), "the teacher did not start");
+    static const char *const methods[] = {"kd", "ca-mkd", "fitnet", "diversedistill"};
+    /* ca-mkd sees half the targets (its weights need them; the other rows get uniform ones) */
+    static const char *const extra[] = {"", "--label-fraction 0.5", "", ""};
+    static const char *const terms[][2] = {{"\"mse\":", "\"kd\":"},
+                                           {"\"mse\":", "\"kd\":"},
+                                           {"\"kd\":", "\"fitnet\":"},
+                                           {"\"kd\":", "\"dd_answer\":"}};
+    for (int m = 0; m < 4; m++) {
+        snprintf(student, sizeof student, "%s/%s.safetensors", directory, methods[m]);
+        snprintf(metrics, sizeof metrics, "%s/%s.jsonl", directory, methods[m]);
+        snprintf(command, sizeof command,
+                 "%s train --data %s --view pool --model mlp:16-16-2 --teacher reg=%s "
+                 "--method %s %s --epochs 8 --lr 3e-3 --batch 32 --http off --metrics %s --out %s",
+                 test_util_bin("student-trainer"), folder, endpoint, methods[m], extra[m], metrics,
+                 student);
+        int status = run(command);
+        if (status != 0) test_process_stop(server, SIGTERM, 5000);
+        ck_assert_msg(status == 0, "--method %s on regression:\n%s", methods[m], output);
+        ck_assert_msg(m != 1 || strstr(output, "300 of 600 training labels visible"), "%s", output);
+        double train_rmse = value_after("test_rmse=");
+        ck_assert_msg(train_rmse >= 0 && train_rmse < 0.2, "--method %s: %s", methods[m], output);
+        snprintf(command, sizeof command, "tail -n 1 %s", metrics);
+        run(command);
+        for (int t = 0; t < 2; t++)
+            ck_assert_msg(value_after(terms[m][t]) > 0.0, "--method %s: no %s term in %s",
+                          methods[m], terms[m][t], output);
+        ck_assert_msg(strstr(output, "\"ce\":") == NULL, "a CE term on regression: %s", output);
+        snprintf(command, sizeof command, "%s eval --model %s --data %s",
+                 test_util_bin("student-trainer"), student, folder);
+        ck_assert_msg(run(command) == 0, "%s", output);
+        double student_rmse = value_after("rmse=");
+        ck_assert_msg(student_rmse >= 0 && student_rmse < 0.2 && strstr(output, "mae="),
+                      "--method %s: the student learned little:\n%s", methods[m], output);
+    }
+
+    /* A recommender-style student on the categorical view distils by diversedistill too; a
+     * token-model student cannot (its head does not read a ReLU vector). */
+    snprintf(command, sizeof command,
+             "%s train --data %s --view cat --model emb:cards=5x7,dim=4,mlp=8,out=2 "
+             "--teacher reg=%s --method diversedistill --epochs 2 --batch 32 --http off "
+             "--out %s/emb.safetensors",
+             test_util_bin("student-trainer"), folder, endpoint, directory);
+    int status = run(command);
+    if (status != 0) test_process_stop(server, SIGTERM, 5000);
+    ck_assert_msg(status == 0 && value_after("test_rmse=") >= 0, "emb student:\n%s", output);
+    snprintf(
+        command, sizeof command,
+        "%s train --data %s --view text --model tok:len=6,vocab=50,dim=8,depth=1,heads=2,out=2 "
+        "--teacher reg=%s --method diversedistill --epochs 1 --http off "
+        "--out %s/tok.safetensors",
+        test_util_bin("student-trainer"), folder, endpoint, directory);
+    status = run(command);
+    if (status != 1) test_process_stop(server, SIGTERM, 5000);
+    ck_assert_msg(status == 1 && strstr(output, "needs an mlp or emb student") &&
+                      strstr(output, "tok:len=6"),
+                  "tok student: %d\n%s", status, output);
+
+    /* Interrupted and resumed, diversedistill on regression continues bit for bit. */
+    char resumed[500];
+    snprintf(resumed, sizeof resumed, "%s/resumed.safetensors", directory);
+    const char *again[2] = {"--stop-after 30", "--resume"};
+    for (int part = 0; part < 2; part++) {
+        snprintf(command, sizeof command,
+                 "%s train --data %s --view pool --model mlp:16-16-2 --teacher reg=%s "
+                 "--method diversedistill --epochs 8 --lr 3e-3 --batch 32 --http off %s --out %s",
+                 test_util_bin("student-trainer"), folder, endpoint, again[part], resumed);
+        status = run(command);
+        int expected = part == 0 ? 130 : 0; /* --stop-after is an interruption */
+        if (status != expected) test_process_stop(server, SIGTERM, 5000);
+        ck_assert_msg(status == expected, "%s: exit %d\n%s", again[part], status, output);
+    }
+    test_process_stop(server, SIGTERM, 5000);
+    snprintf(command, sizeof command, "cmp %s/diversedistill.safetensors %s", directory, resumed);
+    ck_assert_msg(run(command) == 0, "the resumed student differs: %s", output);
 }
 END_TEST
 

@@ -54,7 +54,7 @@ static void prepare_directory(void) {
     if (!have_data) return;
     test_util_temp_dir(directory, sizeof directory);
     cm_dataset_t *dataset = NULL;
-    cm_dataset_options_t options = {NULL, 2000, 500};
+    cm_dataset_options_t options = {.max_train = 2000, .max_test = 500};
     if (cm_dataset_load(&dataset, "fashion-mnist", "pool7", &options) == CM_OK)
         snprintf(fingerprint, sizeof fingerprint, "%s", dataset->fingerprint);
     else
@@ -292,6 +292,26 @@ static void write_other_folder(const char *folder) {
         ck_assert_int_eq(cm_npy_write(path, CM_NPY_I64, 1, shape, labels), CM_OK);
     }
 }
+
+/* Issue 11 item 12: a mistyped --teacher endpoint is refused before ZeroMQ sees it. */
+START_TEST(test_refuses_bad_teacher_endpoints) {
+    static const char *const cases[][2] = {
+        {"fm=tcp://127.0.0.1:99999", "port 99999 is not in 1..65535"},
+        {"fm=tcp://127.0.0.1", "--teacher fm"},
+        {"fm=udp://127.0.0.1:5555", "--teacher fm"},
+    };
+    for (size_t index = 0; index < sizeof cases / sizeof cases[0]; index++) {
+        char command[1024];
+        snprintf(command, sizeof command,
+                 "%s train --view pool7 --model mlp:49-32-10 --teacher %s --method kd "
+                 "--epochs 1 --out %s/bad-endpoint.safetensors",
+                 test_util_bin("student-trainer"), cases[index][0], directory);
+        ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+        ck_assert_msg(strstr(output, cases[index][1]), "%s: unclear refusal: %s", cases[index][0],
+                      output);
+    }
+}
+END_TEST
 
 START_TEST(test_refuses_other_dataset) {
     REQUIRE_DATA();
@@ -891,6 +911,7 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_exactly_once_with_restart);
     tcase_add_test(tcase, test_skip_without_teacher);
     tcase_add_test(tcase, test_refuses_other_dataset);
+    tcase_add_test(tcase, test_refuses_bad_teacher_endpoints);
     tcase_add_test(tcase, test_resume_and_replay_are_exact);
     tcase_add_test(tcase, test_diversedistill_filtering_saves_real_work);
     tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);

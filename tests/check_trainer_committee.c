@@ -360,8 +360,9 @@ START_TEST(test_silent_replicas_time_out_and_answer_later) {
              servers[1].endpoint, HANDSHAKE_MS);
     expect_no_head(0, "hidden", CM_ERR_UNAVAILABLE, sentence);
     double waited = cm_progress_now() - started;
-    ck_assert_msg(waited >= 2 * HANDSHAKE_MS / 1000.0 - 0.1 && waited < 8.0, "gave up after %.2f s",
-                  waited);
+    /* A lower bound only: a loaded machine may be late, never early (no wall-clock upper bounds
+     * in make check). */
+    ck_assert_msg(waited >= 2 * HANDSHAKE_MS / 1000.0 - 0.1, "gave up after %.2f s", waited);
 
     /* The second replica wakes up: it answers its old request first, then the new one, which
      * is the one taken; the first replica is still asleep and only costs its deadline. */
@@ -380,10 +381,7 @@ START_TEST(test_stopped_teacher_is_unavailable) {
     trainer_teacher_address_t address = address_of("fm", 0, 1);
     ck_assert_msg(new_committee(&address, 1) == CM_OK, "%s", cm_last_error());
     ck_assert_int_eq(serve_fixture_stop(&servers[0], SIGTERM, WAIT_MS), 0); /* it says Bye */
-    double started = cm_progress_now();
     expect_no_head(0, "hidden", CM_ERR_UNAVAILABLE, "teacher 'fm' at ipc://");
-    ck_assert_msg(cm_progress_now() - started <= HANDSHAKE_MS / 1000.0 + 1.0, "%s",
-                  cm_last_error());
 }
 END_TEST
 
