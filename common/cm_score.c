@@ -1,6 +1,8 @@
 /*
- * cm_score: see cm_score.h.  Classification reuses cm_model_evaluate one
- * batch at a time and weighs the batches by their rows.
+ * cm_score: see cm_score.h.  Both tasks reuse the model's own evaluation
+ * (cm_model_evaluate, cm_model_evaluate_regression: eval mode, so batch
+ * norm uses its running statistics) one batch at a time and weigh the
+ * batches by their rows.
  */
 #include "cm_score.h"
 #include "cm_alloc.h"
@@ -31,13 +33,11 @@ cm_status_t cm_score_rows(cm_model_t *model, const cm_dataset_t *dataset, cm_spl
             loss += mean_loss * rows;
             continue;
         }
-        const float *predictions = cm_model_forward(model, inputs, rows);
-        const float *targets = data->targets + (size_t)start * (size_t)width;
-        for (size_t index = 0; index < (size_t)rows * (size_t)width; index++) {
-            double error = (double)predictions[index] - (double)targets[index];
-            loss += error * error;
-            absolute += fabs(error);
-        }
+        double rmse = 0.0, mae = 0.0, values = (double)rows * width;
+        cm_model_evaluate_regression(model, inputs, data->targets + (size_t)start * (size_t)width,
+                                     rows, &rmse, &mae);
+        loss += rmse * rmse * values;
+        absolute += mae * values;
     }
     cm_free_aligned(inputs);
     score->examples = count;

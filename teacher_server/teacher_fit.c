@@ -5,9 +5,13 @@
  * and the trainer can check what they are given.
  *
  * Training is plain minibatch AdamW on cross-entropy (classification) or
- * mean squared error (regression) with a seeded shuffle per epoch; the learning rate warms up
- * linearly and then follows a cosine down to 10% (or stays constant with --schedule constant).
- * Everything is determined by --seed: the same command gives the same checkpoint.
+ * mean squared error (regression) with a seeded shuffle per epoch; the
+ * learning rate follows a cm_schedule (by default it warms up linearly and
+ * then follows a cosine down to 10%; --schedule constant or onecycle,
+ * --warmup-steps).  Training mode is on for the optimizer steps (batch norm
+ * uses and updates batch statistics); evaluation runs in eval mode, and the
+ * checkpoint holds the running statistics.  Everything is determined by
+ * --seed: the same command gives the same checkpoint.
  */
 #include "teacher_fit.h"
 
@@ -20,6 +24,7 @@
 #include "cm_model.h"
 #include "cm_progress.h"
 #include "cm_rng.h"
+#include "cm_schedule.h"
 #include "cm_score.h"
 
 #include <math.h>
@@ -44,17 +49,8 @@ typedef struct {
     int max_train;
     int max_test;
     int shift;
+    long warmup_steps; /* < 0: the schedule's default */
 } fit_options_t;
-
-static float learning_rate_at(const fit_options_t *options, long step, long total_steps) {
-    if (strcmp(options->schedule, "constant") == 0) return options->lr;
-    long warmup = total_steps / 20 < 200 ? total_steps / 20 : 200;
-    if (step < warmup) return options->lr * (float)(step + 1) / (float)warmup;
-    double progress =
-        (double)(step - warmup) / (double)(total_steps - warmup > 0 ? total_steps - warmup : 1);
-    double cosine = 0.5 * (1.0 + cos(3.14159265358979 * progress));
-    return options->lr * (float)(0.1 + 0.9 * cosine);
-}
 
 /*
  * Copies one training image into `out`, shifted by (dy, dx) pixels with the background value
@@ -142,6 +138,11 @@ static cm_status_t fit(const fit_options_t *options) {
                 options->batch, options->epochs, (double)options->lr, options->seed,
                 cm_blas_threads());
 
+    cm_schedule_kind_t schedule_kind = CM_SCHEDULE_COSINE;
+    status = cm_schedule_parse_kind(options->schedule, &schedule_kind);
+    if (status != CM_OK) goto done;
+    cm_schedule_t schedule = cm_schedule_defaults(schedule_kind, options->lr);
+    schedule.warmup_steps = options->warmup_steps;
     cm_adamw_config_t adamw = cm_adamw_defaults();
     adamw.weight_decay = options->weight_decay;
     cm_rng_t rng;
@@ -149,6 +150,10 @@ static cm_status_t fit(const fit_options_t *options) {
     for (int index = 0; index < train->count; index++) order[index] = index;
     long batches_per_epoch = (train->count + options->batch - 1) / options->batch;
     long total_steps = batches_per_epoch * options->epochs, step = 0;
+    cm_log_info("schedule %s, peak lr %g, %ld warm-up steps", cm_schedule_kind_name(schedule_kind),
+                (double)options->lr, cm_schedule_warmup(&schedule, total_steps));
+    /* Training mode for the steps; scoring switches to eval mode and back. */
+    cm_model_set_training(model, 1);
     double train_seconds = 0.0;
     cm_score_t test_score = {0};
 
@@ -200,7 +205,7 @@ static cm_status_t fit(const fit_options_t *options) {
                                                1.0f / (float)(labelled ? labelled : 1));
             }
             cm_model_backward(model, d_logits, NULL, batch);
-            adamw.learning_rate = learning_rate_at(options, step, total_steps);
+            adamw.learning_rate = cm_schedule_lr(&schedule, step, total_steps);
             cm_model_adamw_step(model, moment1, moment2, &adamw, ++step);
             char loss_text[48];
             snprintf(loss_text, sizeof loss_text, "loss %.4f",
@@ -231,13 +236,12 @@ static cm_status_t fit(const fit_options_t *options) {
                         (double)train->count / epoch_seconds, epoch_seconds);
     }
 
-    char epochs_text[16], seed_text[24], accuracy_text[32], examples_text[24], seconds_text[32];
+    char epochs_text[16], seed_text[24], accuracy_text[32], examples_text[24];
     snprintf(epochs_text, sizeof epochs_text, "%d", options->epochs);
     snprintf(seed_text, sizeof seed_text, "%ld", options->seed);
     snprintf(accuracy_text, sizeof accuracy_text, "%.4f",
              regression ? test_score.rmse : test_score.accuracy);
     snprintf(examples_text, sizeof examples_text, "%d", train->count);
-    snprintf(seconds_text, sizeof seconds_text, "%.1f", train_seconds);
     /* The dataset's name, not its path: a checkpoint fitted from a folder equals one fitted
      * from the built-in it was exported from. */
     const char *metadata[] = {"view",
@@ -260,8 +264,6 @@ static cm_status_t fit(const fit_options_t *options) {
                               accuracy_text,
                               "train_examples",
                               examples_text,
-                              "train_seconds",
-                              seconds_text,
                               "format",
                               "committee-checkpoint-1"};
     status = cm_model_save(model, options->out, metadata,
@@ -311,6 +313,7 @@ int teacher_fit_main(int argc, char **argv, int first) {
         .threads = 1,
         .max_train = 0,
         .max_test = 0,
+        .warmup_steps = -1,
     };
     const cm_cli_option_t table[] = {
         {"data", CM_CLI_STRING, &options.data, "DATA",
@@ -328,7 +331,9 @@ int teacher_fit_main(int argc, char **argv, int first) {
         {"weight-decay", CM_CLI_FLOAT, &options.weight_decay, "X", "AdamW decoupled weight decay",
          0},
         {"schedule", CM_CLI_STRING, &options.schedule, "NAME",
-         "learning rate schedule: cosine (warm-up, cosine to 10%) or constant", 0},
+         "learning rate schedule: cosine (warm-up, cosine to 10%), onecycle or constant", 0},
+        {"warmup-steps", CM_CLI_LONG, &options.warmup_steps, "N",
+         "warm-up steps [default: cosine 5% capped at 200, onecycle 30%, constant 0]", 0},
         {"seed", CM_CLI_LONG, &options.seed, "S", "seed for initialization and shuffling", 0},
         {"shift", CM_CLI_INT, &options.shift, "PIXELS",
          "augment: shift each training image by up to PIXELS in x and y (0: off)", 0},
@@ -364,9 +369,13 @@ int teacher_fit_main(int argc, char **argv, int first) {
         status = cm_fail(CM_ERR_INVALID_ARG, "--shift must be 0..8 pixels");
     if (status == CM_OK && (options.max_train < 0 || options.max_test < 0))
         status = cm_fail(CM_ERR_INVALID_ARG, "--max-train and --max-test must not be negative");
-    if (status == CM_OK && strcmp(options.schedule, "cosine") &&
-        strcmp(options.schedule, "constant"))
-        status = cm_fail(CM_ERR_INVALID_ARG, "--schedule must be cosine or constant");
+    cm_schedule_kind_t schedule_kind;
+    if (status == CM_OK && cm_schedule_parse_kind(options.schedule, &schedule_kind) != CM_OK)
+        status =
+            cm_fail(CM_ERR_INVALID_ARG, "--schedule must be cosine, onecycle or constant, not '%s'",
+                    options.schedule);
+    if (status == CM_OK && options.warmup_steps < -1)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--warmup-steps must not be negative");
     if (status != CM_OK) {
         fprintf(stderr, "teacher-server fit: %s\n", cm_last_error());
         return 2;

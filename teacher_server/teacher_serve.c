@@ -1186,7 +1186,9 @@ static cm_status_t load_teacher(server_t *server) {
     cm_model_spec_format(spec, server->spec_text, sizeof server->spec_text);
     if (!options->role)
         server->role =
-            spec->kind == CM_MODEL_VIT ? CM_WIRE_ROLE_FOUNDATION : CM_WIRE_ROLE_COMPLEMENTARY;
+            spec->kind == CM_MODEL_VIT || spec->kind == CM_MODEL_CNN || spec->kind == CM_MODEL_TOK
+                ? CM_WIRE_ROLE_FOUNDATION
+                : CM_WIRE_ROLE_COMPLEMENTARY;
     server->available[OUTPUT_LOGITS] = 1;
     server->width[OUTPUT_LOGITS] = spec->classes;
     server->available[OUTPUT_HIDDEN] = 1;
@@ -1429,7 +1431,9 @@ int teacher_serve_main(int argc, char **argv, int first) {
          "address of /healthz, /readyz and /metrics, or 'off'", 0},
         {"name", CM_CLI_STRING, &options.name, "NAME", "teacher name [default: the file name]", 0},
         {"role", CM_CLI_STRING, &options.role, "ROLE",
-         "foundation or complementary [default: foundation for a ViT, else complementary]", 0},
+         "foundation or complementary [default: foundation for a ViT, CNN or token model, "
+         "else complementary]",
+         0},
         {"threads", CM_CLI_INT, &options.threads, "N", "OpenBLAS threads of the compute thread", 0},
         {"max-examples", CM_CLI_INT, &options.max_examples, "N", "most example ids per request", 0},
         {"queue", CM_CLI_INT, &options.queue, "N",
