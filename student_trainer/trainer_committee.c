@@ -2,9 +2,11 @@
  * trainer_committee: see trainer_committee.h.
  *
  * Bookkeeping: tickets live in a growable array (slot reuse through a free
- * list); a ticket is QUEUED until a request for it is sent, SENT while that
- * request is in flight, then DONE or FAILED.  Each in-flight request
- * remembers its request id, ticket, endpoint and deadline.  Replies are
+ * list); a ticket is QUEUED until a request for it is sent and SENT while
+ * that request is in flight; when it is answered or given up, finish()
+ * tells its owner and frees the slot at once (the owner keeps the ledger).
+ * Each in-flight request remembers its request id, ticket, endpoint and
+ * deadline.  Replies are
  * matched by request id; a reply to a request that was already given up
  * (a late answer after a deadline) is dropped.
  *
@@ -46,15 +48,18 @@
 #include <time.h>
 #include <zmq.h>
 
-enum { TICKET_FREE, TICKET_QUEUED, TICKET_SENT, TICKET_DONE, TICKET_FAILED };
+enum { TICKET_FREE, TICKET_QUEUED, TICKET_SENT };
 enum { MAX_INFLIGHT = 256, WAIT_SLICE_MS = 100 };
 
 typedef struct {
     int state;
     int teacher;
     int count;
-    int32_t *ids; /* [2 * count]: the rows (for the cache), then their dataset ids (the wire's) */
+    int32_t *ids; /* [2 * count]: the rows (for the owner), then their dataset ids (the wire's) */
     unsigned outputs;
+    trainer_reply_fn done; /* the owner, told once */
+    void *owner;
+    int tag;
     int attempts;
     double not_before;    /* monotonic seconds: back-off */
     double busy_deadline; /* monotonic seconds: a BUSY streak fails here (0: no streak) */
@@ -98,7 +103,6 @@ typedef struct {
 
 struct trainer_committee {
     trainer_committee_config_t config;
-    trainer_cache_t *cache;
     void *context;
     int teacher_count;
     teacher_t teachers[TRAINER_COMMITTEE_MAX];
@@ -107,8 +111,8 @@ struct trainer_committee {
     int free_ticket;
     inflight_t inflight[MAX_INFLIGHT];
     uint64_t next_request_id;
-    float *convert; /* scratch for f16/bf16 rows */
-    size_t convert_capacity;
+    float *convert[TRAINER_OUTPUT_COUNT]; /* scratch for f16/bf16 rows, per output */
+    size_t convert_capacity[TRAINER_OUTPUT_COUNT];
 };
 
 static int interrupted(const trainer_committee_t *committee) {
@@ -463,7 +467,7 @@ static cm_status_t handshake(trainer_committee_t *committee, teacher_t *teacher,
 }
 
 cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, int count,
-                                  const trainer_committee_config_t *config, trainer_cache_t *cache,
+                                  const trainer_committee_config_t *config,
                                   trainer_committee_t **out) {
     *out = NULL;
     if (count < 1 || count > TRAINER_COMMITTEE_MAX)
@@ -472,7 +476,6 @@ cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, in
     trainer_committee_t *committee = calloc(1, sizeof *committee);
     if (!committee) return cm_fail(CM_ERR_NOMEM, "out of memory for the committee");
     committee->config = *config;
-    committee->cache = cache;
     committee->free_ticket = -1;
     committee->next_request_id = 1;
     committee->teacher_count = count;
@@ -527,7 +530,6 @@ cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, in
                 goto fail;
             }
         }
-        trainer_cache_set_teacher(cache, index, teacher->info.name, teacher->info.model_sha256);
         for (int other = 0; other < index; other++)
             if (!strcmp(committee->teachers[other].info.model_sha256, teacher->info.model_sha256))
                 cm_log_warn("teachers '%s' and '%s' serve the same model (%.12s...); is one "
@@ -567,7 +569,7 @@ void trainer_committee_free(trainer_committee_t **committee_pointer) {
     for (int index = 0; index < committee->ticket_capacity; index++)
         free(committee->tickets[index].ids);
     free(committee->tickets);
-    free(committee->convert);
+    for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) free(committee->convert[output]);
     free(committee);
     *committee_pointer = NULL;
 }
@@ -588,12 +590,13 @@ const trainer_teacher_stats_t *trainer_committee_stats(const trainer_committee_t
 
 /* ---------------------------------------------------------------- tickets */
 
-int trainer_committee_submit(trainer_committee_t *committee, int teacher, const int32_t *ids,
-                             int count, unsigned outputs) {
+cm_status_t trainer_committee_submit(trainer_committee_t *committee, int teacher,
+                                     const int32_t *rows, int count, unsigned outputs,
+                                     trainer_reply_fn done, void *owner, int tag) {
     if (committee->free_ticket < 0) {
         int capacity = committee->ticket_capacity ? 2 * committee->ticket_capacity : 64;
         ticket_t *grown = realloc(committee->tickets, sizeof *grown * (size_t)capacity);
-        if (!grown) return -1;
+        if (!grown) return cm_fail(CM_ERR_NOMEM, "out of memory submitting a request");
         for (int index = committee->ticket_capacity; index < capacity; index++) {
             grown[index] = (ticket_t){.state = TICKET_FREE, .next_free = committee->free_ticket};
             committee->free_ticket = index;
@@ -604,32 +607,32 @@ int trainer_committee_submit(trainer_committee_t *committee, int teacher, const 
     int number = committee->free_ticket;
     ticket_t *ticket = &committee->tickets[number];
     int32_t *copy = realloc(ticket->ids, sizeof(int32_t) * (2 * (size_t)count + 1));
-    if (!copy) return -1;
+    if (!copy) return cm_fail(CM_ERR_NOMEM, "out of memory submitting a request");
     committee->free_ticket = ticket->next_free;
     ticket->ids = copy;
-    memcpy(copy, ids, sizeof(int32_t) * (size_t)count);
+    memcpy(copy, rows, sizeof(int32_t) * (size_t)count);
     for (int row = 0; row < count; row++)
         copy[count + row] =
-            committee->config.example_ids ? committee->config.example_ids[ids[row]] : ids[row];
+            committee->config.example_ids ? committee->config.example_ids[rows[row]] : rows[row];
     ticket->state = TICKET_QUEUED;
     ticket->teacher = teacher;
     ticket->count = count;
     ticket->outputs = outputs;
+    ticket->done = done;
+    ticket->owner = owner;
+    ticket->tag = tag;
     ticket->attempts = 0;
     ticket->not_before = 0.0;
     ticket->busy_deadline = 0.0;
     ticket->busy_retries = 0;
     ticket->avoid_endpoint = -1;
-    return number;
+    return CM_OK;
 }
 
-int trainer_committee_ticket(const trainer_committee_t *committee, int ticket) {
-    int state = committee->tickets[ticket].state;
-    return state == TICKET_DONE ? 1 : state == TICKET_FAILED ? -1 : 0;
-}
-
-void trainer_committee_release(trainer_committee_t *committee, int number) {
+/* Tells the ticket's owner its outcome (`reply`, or NULL: given up) and frees the slot. */
+static void finish(trainer_committee_t *committee, int number, const trainer_reply_t *reply) {
     ticket_t *ticket = &committee->tickets[number];
+    if (ticket->done) ticket->done(ticket->owner, ticket->tag, reply); /* rows point into it */
     ticket->state = TICKET_FREE;
     ticket->next_free = committee->free_ticket;
     committee->free_ticket = number;
@@ -709,13 +712,16 @@ static cm_status_t request_failed(trainer_committee_t *committee, int number, co
     ticket->busy_deadline = 0.0;
     ticket->busy_retries = 0;
     switch (committee->config.policy) {
-    case TRAINER_POLICY_FAIL:
-        ticket->state = TICKET_FAILED;
-        return cm_fail(CM_ERR_UNAVAILABLE, "teacher '%s' %s and --on-teacher-failure is fail",
-                       teacher->info.name, why);
+    case TRAINER_POLICY_FAIL: {
+        cm_status_t status =
+            cm_fail(CM_ERR_UNAVAILABLE, "teacher '%s' %s and --on-teacher-failure is fail",
+                    teacher->info.name, why);
+        finish(committee, number, NULL);
+        return status;
+    }
     case TRAINER_POLICY_SKIP:
-        ticket->state = TICKET_FAILED;
         teacher->stats.failed_tickets++;
+        finish(committee, number, NULL);
         return CM_OK;
     case TRAINER_POLICY_WAIT:
         ticket->state = TICKET_QUEUED;
@@ -813,8 +819,8 @@ static cm_status_t send_queued(trainer_committee_t *committee) {
         if (!up && committee->config.policy == TRAINER_POLICY_SKIP) {
             /* Down: train without it at once; Hello probes (probe_down_endpoints) notice its
              * return without holding any batch up. */
-            ticket->state = TICKET_FAILED;
             teacher->stats.failed_tickets++;
+            finish(committee, number, NULL);
             continue;
         }
         int window = up ? committee->config.window : 1;
@@ -823,8 +829,8 @@ static cm_status_t send_queued(trainer_committee_t *committee) {
         cm_status_t status = send_ticket(committee, number, &sent);
         if (status != CM_OK) return status;
         if (!sent && !up && committee->config.policy == TRAINER_POLICY_SKIP) {
-            ticket->state = TICKET_FAILED;
             teacher->stats.failed_tickets++;
+            finish(committee, number, NULL);
         } else if (!sent && ticket->not_before <= now) {
             /* Not sendable now (no connection): give the transport a moment. */
             ticket->not_before = now + 0.05;
@@ -841,20 +847,22 @@ static cm_status_t send_queued(trainer_committee_t *committee) {
     return CM_OK;
 }
 
-static float *convert_rows(trainer_committee_t *committee, const cm_wire_tensor_t *tensor,
-                           size_t elements) {
-    if (tensor->encoding == CM_DTYPE_F32) return (float *)tensor->data;
-    if (committee->convert_capacity < elements) {
-        float *grown = realloc(committee->convert, sizeof(float) * elements);
+/* The floats of `tensor` as F32: its own bytes, or converted into the scratch of `output`
+ * (valid until the next reply).  NULL when out of memory. */
+static const float *convert_rows(trainer_committee_t *committee, int output,
+                                 const cm_wire_tensor_t *tensor, size_t elements) {
+    if (tensor->encoding == CM_DTYPE_F32) return (const float *)tensor->data;
+    if (committee->convert_capacity[output] < elements) {
+        float *grown = realloc(committee->convert[output], sizeof(float) * elements);
         if (!grown) return NULL;
-        committee->convert = grown;
-        committee->convert_capacity = elements;
+        committee->convert[output] = grown;
+        committee->convert_capacity[output] = elements;
     }
     if (tensor->encoding == CM_DTYPE_F16)
-        cm_wire_f16_to_f32(committee->convert, tensor->data, elements);
+        cm_wire_f16_to_f32(committee->convert[output], tensor->data, elements);
     else
-        cm_wire_bf16_to_f32(committee->convert, tensor->data, elements);
-    return committee->convert;
+        cm_wire_bf16_to_f32(committee->convert[output], tensor->data, elements);
+    return committee->convert[output];
 }
 
 /* Index of the first NaN or infinity among `elements` floats encoded as `encoding` (F32, F16
@@ -880,10 +888,10 @@ static long first_nonfinite(const void *data, cm_dtype_t encoding, size_t elemen
 
 /*
  * Checks that a BatchReply answers the ticket of `slot` (the same examples, every output asked
- * for once, each of the right size, every float finite) and only then stores its rows in the
- * cache.  CM_ERR_PROTOCOL when it does not answer the ticket, CM_ERR_OUT_OF_RANGE when a value
- * is NaN or infinite; the sentence continues "teacher 'NAME' at EP ...".  On failure the cache
- * is untouched.
+ * for once, each of the right size, every float finite) and only then hands it to the ticket's
+ * owner, which finishes the ticket.  CM_ERR_PROTOCOL when it does not answer the ticket,
+ * CM_ERR_OUT_OF_RANGE when a value is NaN or infinite; the sentence continues "teacher 'NAME' at
+ * EP ...".  On failure the owner has heard nothing and the ticket is still open.
  */
 static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot,
                                 const cm_wire_batch_reply_t *reply, size_t bytes) {
@@ -900,7 +908,7 @@ static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot
         if (output < 0 || !(ticket->outputs & (1u << output))) continue;
         if (found[output])
             return cm_fail(CM_ERR_PROTOCOL, "sent '%s' twice in one reply", tensor->name);
-        int width = trainer_cache_width(committee->cache, slot->teacher, output);
+        int width = teacher->info.width[output];
         size_t elements = (size_t)ticket->count * (size_t)width;
         size_t per_element = cm_dtype_size(tensor->encoding);
         int floats = tensor->encoding == CM_DTYPE_F32 || tensor->encoding == CM_DTYPE_F16 ||
@@ -919,23 +927,22 @@ static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot
         if ((ticket->outputs & (1u << output)) && !found[output])
             return cm_fail(CM_ERR_PROTOCOL, "left out '%s', which it was asked for",
                            trainer_cache_output_name(output));
+    trainer_reply_t answer = {.teacher = slot->teacher,
+                              .count = ticket->count,
+                              .rows = ticket->ids,
+                              .outputs = ticket->outputs};
     for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
         if (!found[output]) continue;
-        int width = trainer_cache_width(committee->cache, slot->teacher, output);
-        size_t elements = (size_t)ticket->count * (size_t)width;
-        const float *values = convert_rows(committee, found[output], elements);
-        if (!values) return cm_fail(CM_ERR_NOMEM, "out of memory converting a reply");
-        for (int row = 0; row < ticket->count; row++) {
-            int id = ticket->ids[row];
-            memcpy(trainer_cache_row(committee->cache, slot->teacher, output, id),
-                   values + (size_t)row * (size_t)width, sizeof(float) * (size_t)width);
-            trainer_cache_set_has(committee->cache, slot->teacher, output, id, 1);
-        }
+        answer.width[output] = teacher->info.width[output];
+        size_t elements = (size_t)ticket->count * (size_t)answer.width[output];
+        answer.values[output] = convert_rows(committee, output, found[output], elements);
+        if (!answer.values[output])
+            return cm_fail(CM_ERR_NOMEM, "out of memory converting a reply");
     }
-    ticket->state = TICKET_DONE;
     teacher->stats.replies++;
     teacher->stats.examples += ticket->count;
     teacher->stats.bytes += bytes;
+    finish(committee, slot->ticket, &answer);
     return CM_OK;
 }
 
@@ -1055,7 +1062,7 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
             return nonfinite_reply(committee, teacher_index, slot_index, slot, cm_last_error());
         drop_inflight(committee, slot);
         if (status != CM_OK) {
-            committee->tickets[ticket].state = TICKET_FAILED;
+            finish(committee, ticket, NULL);
             return status;
         }
         endpoint->bad_replies = 0;
@@ -1076,8 +1083,8 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
         asked->avoid_endpoint = slot_index;
         if (endpoint->busy_episode && committee->config.policy == TRAINER_POLICY_SKIP &&
             !other_live_endpoint(teacher, slot_index)) {
-            asked->state = TICKET_FAILED; /* still busy: train on without it */
             teacher->stats.failed_tickets++;
+            finish(committee, ticket, NULL); /* still busy: train on without it */
             return CM_OK;
         }
         if (asked->busy_deadline == 0.0)
@@ -1105,10 +1112,12 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
         asked->avoid_endpoint = slot_index;
         return request_failed(committee, ticket, why);
     }
-    default:
-        asked->state = TICKET_FAILED;
-        return cm_fail(message->error.code, "teacher '%s' refused a request: %s",
-                       teacher->info.name, message->error.message);
+    default: {
+        cm_status_t status = cm_fail(message->error.code, "teacher '%s' refused a request: %s",
+                                     teacher->info.name, message->error.message);
+        finish(committee, ticket, NULL);
+        return status;
+    }
     }
 }
 

@@ -7,16 +7,20 @@
  * version (cm_wire), the dataset fingerprint and the class count against
  * the student's data, and that replicas of one teacher hold the same model.
  *
- * The training loop submits *tickets* ("teacher i: outputs O of these
- * training examples") and pumps the client between optimizer steps.  The
+ * The feed (trainer_feed) submits *tickets* ("teacher i: outputs O of
+ * these training rows") and pumps the client between optimizer steps.  The
  * pump is an event-driven state machine over zmq_poll: it sends queued
  * tickets while the teacher has credits (a window of requests in flight),
- * receives replies straight into the trainer_cache, and enforces a deadline
- * per request.  A request fails when it is past its deadline, when the
+ * checks every reply, and hands it to the ticket's owner (the callback given
+ * at submit), which decides what to keep; the client stores no teacher
+ * output itself and forgets a ticket once its owner heard the outcome, so
+ * the owner's ledger is the only one of what is asked.  Every ticket is
+ * completed exactly once: answered, or given up (policy skip).  It enforces
+ * a deadline per request.  A request fails when it is past its deadline, when the
  * teacher answered BUSY to every retry of it for deadline_ms (retries back
  * off 10 ms .. 1 s, preferring another replica), when it said Bye, or when
  * its reply holds a NaN or an infinity (checked on receipt, every float of
- * every output, before anything reaches the cache).  A deadline marks the
+ * every output, before anything reaches the owner).  A deadline marks the
  * endpoint down; BUSY past the deadline is logged once per episode (the
  * teacher is alive) and, under skip, later BUSY answers give tickets up at
  * once until it replies again.  A failed request follows the failure
@@ -64,7 +68,7 @@
 #include "cm_status.h"
 #include "cm_tensor.h"
 #include "cm_wire.h"
-#include "trainer_cache.h"
+#include "trainer_cache.h" /* TRAINER_OUTPUT_* */
 
 #include <signal.h>
 #include <stdint.h>
@@ -144,13 +148,12 @@ typedef struct {
 typedef struct trainer_committee trainer_committee_t;
 
 /*
- * Connects to every endpoint, handshakes and checks the committee (see above).  Teacher
- * outputs land in `cache` (borrowed), whose teachers are named here.  On failure nothing is
- * left open and cm_last_error() names the teacher and the values that disagree;
+ * Connects to every endpoint, handshakes and checks the committee (see above).  On failure
+ * nothing is left open and cm_last_error() names the teacher and the values that disagree;
  * CM_ERR_CANCELLED when config->interrupted was set while it waited.
  */
 cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, int count,
-                                  const trainer_committee_config_t *config, trainer_cache_t *cache,
+                                  const trainer_committee_config_t *config,
                                   trainer_committee_t **out);
 
 /* Says Bye to every endpoint, closes the sockets, frees; NULL-safe. */
@@ -188,19 +191,37 @@ cm_status_t trainer_committee_fetch_head(trainer_committee_t *committee, int tea
 void trainer_head_free(trainer_head_t *head);
 
 /*
- * Asks `teacher` for the outputs in the bit set `outputs` (1 << TRAINER_OUTPUT_*) of the
- * training rows ids[0..count) (copied; the request carries their dataset ids, see
- * config.example_ids).  Returns a ticket number, or -1 when out of
- * memory.  The answer lands in the cache; see trainer_committee_ticket.
+ * A checked answer to one ticket, handed to its owner: for every output asked for (bit set
+ * `outputs`), values[output] holds rows[0..count) x width[output] floats (converted to F32;
+ * width from the teacher's Hello).  Valid only during the call.
  */
-int trainer_committee_submit(trainer_committee_t *committee, int teacher, const int32_t *ids,
-                             int count, unsigned outputs);
+typedef struct {
+    int teacher;
+    int count;
+    const int32_t *rows; /* the training rows asked for, in the order asked */
+    unsigned outputs;
+    int width[TRAINER_OUTPUT_COUNT];
+    const float *values[TRAINER_OUTPUT_COUNT];
+} trainer_reply_t;
 
-/* 0 while pending, 1 when answered, -1 when given up (policy skip). */
-int trainer_committee_ticket(const trainer_committee_t *committee, int ticket);
+/*
+ * The owner of a ticket hears its outcome once: `reply` when the teacher answered, NULL when
+ * the ticket was given up (policy skip, or a failure that stops training).  `tag` is the
+ * owner's name for the ticket.  Called from inside trainer_committee_pump or _fetch_head; it
+ * must not call the committee.
+ */
+typedef void (*trainer_reply_fn)(void *owner, int tag, const trainer_reply_t *reply);
 
-/* Forgets a finished ticket. */
-void trainer_committee_release(trainer_committee_t *committee, int ticket);
+/*
+ * Asks `teacher` for the outputs in the bit set `outputs` (1 << TRAINER_OUTPUT_*) of the
+ * training rows rows[0..count) (copied; the request carries their dataset ids, see
+ * config.example_ids).  The outcome goes to done(owner, tag, ...) exactly once; tickets still
+ * open when the committee is freed are dropped without a call.  CM_ERR_NOMEM when out of
+ * memory (nothing submitted).
+ */
+cm_status_t trainer_committee_submit(trainer_committee_t *committee, int teacher,
+                                     const int32_t *rows, int count, unsigned outputs,
+                                     trainer_reply_fn done, void *owner, int tag);
 
 /*
  * Does the network work for at most timeout_ms (0: only what is ready now; at most 100 ms

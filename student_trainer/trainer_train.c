@@ -1,14 +1,13 @@
 /*
  * trainer_train: the training loop of student-trainer.
  *
- * An epoch is a seeded permutation of the training ids (seed and epoch
- * number alone decide it, so a resumed run sees the same batches) cut into
- * batches.  Before the step on batch b the loop has already submitted the
- * teacher requests for batches b .. b+window-1, so teachers compute and
- * send while the student trains; it then pumps the committee until batch b
- * is complete (or the failure policy gave a teacher up for some rows),
- * gathers the batch, runs the method's loss, backward, and AdamW on the
- * student and on the method's own parameters.
+ * The step reads: the feed (trainer_feed) hands out the next batch once
+ * its teacher outputs are present or given up (it owns the epoch plan, the
+ * look-ahead window of requests, the filtering decisions and the ledger of
+ * tickets, and decides what the cache keeps); the loop gathers the batch,
+ * runs the student forward, zeroes the gradients, runs the method's loss
+ * and backward, steps AdamW on the student and on the method's own
+ * parameters, tells the feed the batch is trained and checkpoints.
  *
  * Every example is trained exactly once per epoch; the loop counts it (a
  * bitmap per epoch) and reports duplicates and misses in the metrics.
@@ -52,6 +51,7 @@
 #include "trainer_cache.h"
 #include "trainer_committee.h"
 #include "trainer_dd.h"
+#include "trainer_feed.h"
 #include "trainer_http.h"
 #include "trainer_method.h"
 
@@ -62,8 +62,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-enum { MAX_WINDOW = 16 };
 
 typedef struct {
     const char *data;
@@ -131,23 +129,21 @@ typedef struct {
     int replay;
     cm_dataset_t *dataset;
     cm_model_t *student;
-    trainer_method_t *method;                        /* --method, whichever it is */
-    trainer_head_t dd_heads[TRAINER_MAX_TEACHERS];   /* --dd-interactive: the lent heads */
-    uint8_t *kept[MAX_WINDOW][TRAINER_MAX_TEACHERS]; /* filtering decision per row */
-    int filtering;                                   /* this epoch asks only the kept pairs */
+    trainer_method_t *method;                      /* --method, whichever it is */
+    trainer_head_t dd_heads[TRAINER_MAX_TEACHERS]; /* --dd-interactive: the lent heads */
+    int filtering;                                 /* this epoch asks only the kept pairs */
     int forwarded_batch;           /* batch whose forward pass filtering already ran, or -1 */
     const float *forwarded_logits; /* its logits (the model's, valid until the next forward) */
-    long filter_needed[TRAINER_MAX_TEACHERS], filter_skipped[TRAINER_MAX_TEACHERS];
-    double valid_accuracy; /* on the --holdout examples, after the last epoch */
+    double valid_accuracy;         /* on the --holdout examples, after the last epoch */
     trainer_committee_t *committee;
     trainer_cache_t *cache;
+    trainer_feed_t *feed; /* the batches, and the teacher outputs they need */
     int teacher_count;
     char teacher_names[TRAINER_MAX_TEACHERS][64];
     char teacher_sha256[TRAINER_MAX_TEACHERS][65];
     unsigned needs[TRAINER_MAX_TEACHERS]; /* output bit sets per teacher */
     int32_t *labels;  /* [train] the labels the student may see (-1: hidden); for regression 0
                          marks a visible row, whose targets are the split's */
-    int32_t *order;   /* [train] this epoch's permutation */
     uint8_t *trained; /* [train] trained this epoch */
     float *moment1, *moment2;
     float *batch_inputs, *d_logits, *d_hidden;
@@ -157,12 +153,9 @@ typedef struct {
     float *teacher_logits[TRAINER_MAX_TEACHERS], *teacher_hidden[TRAINER_MAX_TEACHERS];
     float *teacher_feature[TRAINER_MAX_TEACHERS]; /* DiverseDistill: [batch][L_i * d_i] */
     uint8_t *teacher_present[TRAINER_MAX_TEACHERS];
-    int tickets[MAX_WINDOW][TRAINER_MAX_TEACHERS][8]; /* per lookahead slot and teacher */
-    int ticket_counts[MAX_WINDOW][TRAINER_MAX_TEACHERS];
-    int submitted_upto; /* batches of this epoch whose tickets are out */
     long step;
     int epoch;      /* 1-based epoch in progress */
-    int next_batch; /* cursor inside the epoch */
+    int next_batch; /* cursor inside the epoch (the feed's, as saved in the state) */
     FILE *metrics;
     char state_path[1024];
     /* Prometheus metrics served on --http */
@@ -238,11 +231,9 @@ static cm_status_t allocate_buffers(run_t *run) {
     run->batch_labels = malloc(sizeof(int32_t) * (size_t)batch);
     run->batch_targets = cm_alloc_floats((size_t)batch * (size_t)(run->dataset->targets + 1));
     run->batch_labelled = malloc((size_t)batch);
-    run->order = malloc(sizeof(int32_t) * (size_t)train);
     run->trained = calloc((size_t)train, 1);
     int ok = run->moment1 && run->moment2 && run->batch_inputs && run->d_logits && run->d_hidden &&
-             run->batch_labels && run->batch_targets && run->batch_labelled && run->order &&
-             run->trained;
+             run->batch_labels && run->batch_targets && run->batch_labelled && run->trained;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         int teacher_hidden = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
         run->teacher_logits[teacher] = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
@@ -252,10 +243,6 @@ static cm_status_t allocate_buffers(run_t *run) {
         int feature_width = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_TOKENS);
         run->teacher_feature[teacher] =
             cm_alloc_floats((size_t)batch * (size_t)(feature_width ? feature_width : 1));
-        for (int slot = 0; slot < MAX_WINDOW; slot++) {
-            run->kept[slot][teacher] = calloc((size_t)batch, 1);
-            ok = ok && run->kept[slot][teacher];
-        }
         ok = ok && run->teacher_feature[teacher];
         ok = ok && run->teacher_logits[teacher] && run->teacher_hidden[teacher] &&
              run->teacher_present[teacher];
@@ -266,6 +253,7 @@ static cm_status_t allocate_buffers(run_t *run) {
 static void free_run(run_t *run) {
     trainer_http_stop(&run->http);
     cm_metrics_free(&run->registry);
+    trainer_feed_free(&run->feed);
     trainer_committee_free(&run->committee);
     for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++)
         trainer_head_free(&run->dd_heads[teacher]);
@@ -283,14 +271,12 @@ static void free_run(run_t *run) {
     cm_free_aligned(run->batch_targets);
     free(run->batch_labelled);
     free(run->labels);
-    free(run->order);
     free(run->trained);
     for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++) {
         cm_free_aligned(run->teacher_logits[teacher]);
         cm_free_aligned(run->teacher_hidden[teacher]);
         cm_free_aligned(run->teacher_feature[teacher]);
         free(run->teacher_present[teacher]);
-        for (int slot = 0; slot < MAX_WINDOW; slot++) free(run->kept[slot][teacher]);
     }
     if (run->metrics) fclose(run->metrics); /* after a failure; train() closes it checked */
 }
@@ -454,20 +440,6 @@ static int trainable_count(const run_t *run) {
     return run->dataset->splits[CM_SPLIT_TRAIN].count - run->options.holdout;
 }
 
-static void epoch_order(run_t *run) {
-    int train = trainable_count(run);
-    for (int id = 0; id < train; id++) run->order[id] = id;
-    cm_rng_t rng;
-    cm_rng_seed(&rng, (uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch);
-    cm_rng_shuffle(&rng, run->order, (size_t)train);
-}
-
-static int batch_rows(const run_t *run, int batch_index) {
-    int train = trainable_count(run);
-    int start = batch_index * run->options.batch;
-    return train - start < run->options.batch ? train - start : run->options.batch;
-}
-
 /*
  * The student of the last forward pass, whose outputs are `outputs`, as the method sees it:
  * its "hidden" feature and its head found by name, the gradients the method writes.
@@ -490,12 +462,14 @@ static trainer_student_t student_view(run_t *run, const float *outputs) {
 }
 
 /*
- * Filtering (a method that chooses, e.g. diversedistill with --dd-filter): runs the current
- * student on the batch and lets the method decide, per (row, teacher), whether the teacher
- * is asked, with a seed of its own per batch.  Rows already in the cache are free and
- * always used.
+ * Filtering, the feed's choose hook (a method that chooses, e.g. diversedistill with
+ * --dd-filter): runs the current student on the batch and lets the method decide, per (row,
+ * teacher), whether the teacher is asked, with a seed of its own per batch.  Rows already in
+ * the cache are free and always used.
  */
-static void filter_batch(run_t *run, int batch_index, int slot, int rows, const int32_t *ids) {
+static void choose_pairs(void *context, int batch_index, const int32_t *ids, int rows,
+                         uint8_t *const *kept) {
+    run_t *run = context;
     cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     /* Filtering asks one batch ahead, right after the previous step: no update comes between
      * this forward pass and the training step on this batch, which reuses it. */
@@ -504,77 +478,13 @@ static void filter_batch(run_t *run, int batch_index, int slot, int rows, const 
     trainer_student_t student = student_view(run, run->forwarded_logits);
     uint64_t seed = ((uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch) * 65537ull +
                     (uint64_t)batch_index;
-    trainer_method_choose(run->method, &student, rows, seed, run->kept[slot]);
-}
-
-/* Submits requests for the rows of batch `batch_index` that the cache lacks. */
-static cm_status_t submit_batch(run_t *run, int batch_index) {
-    int slot = batch_index % run->options.window;
-    const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
-    int rows = batch_rows(run, batch_index);
-    for (int teacher = 0; teacher < run->teacher_count; teacher++)
-        memset(run->kept[slot][teacher], 1, (size_t)rows);
-    if (run->filtering) filter_batch(run, batch_index, slot, rows, ids);
-    int32_t missing[4096];
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        run->ticket_counts[slot][teacher] = 0;
-        if (!run->needs[teacher] || !run->committee) continue;
-        int count = 0;
-        for (int row = 0; row < rows; row++) {
-            int absent = 0;
-            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
-                if ((run->needs[teacher] & (1u << output)) &&
-                    !trainer_cache_has(run->cache, teacher, output, ids[row]))
-                    absent = 1;
-            if (!absent) continue;
-            if (run->filtering) {
-                run->filter_needed[teacher]++;
-                if (!run->kept[slot][teacher][row]) {
-                    run->filter_skipped[teacher]++;
-                    continue;
-                }
-            }
-            missing[count++] = ids[row];
-        }
-        int per_request = trainer_committee_info(run->committee, teacher)->max_examples;
-        if (per_request > 4096) per_request = 4096;
-        for (int start = 0; start < count; start += per_request) {
-            int chunk = count - start < per_request ? count - start : per_request;
-            int ticket = trainer_committee_submit(run->committee, teacher, missing + start, chunk,
-                                                  run->needs[teacher]);
-            if (ticket < 0) return cm_fail(CM_ERR_NOMEM, "out of memory submitting a request");
-            run->tickets[slot][teacher][run->ticket_counts[slot][teacher]++] = ticket;
-        }
-    }
-    return CM_OK;
+    trainer_method_choose(run->method, &student, rows, seed, kept);
 }
 
 static void update_metrics(run_t *run);
 
-/* Pumps the committee until every ticket of batch `batch_index` is answered or given up
- * (CM_ERR_CANCELLED when a signal interrupts the wait). */
-static cm_status_t await_batch(run_t *run, int batch_index) {
-    int slot = batch_index % run->options.window;
-    double started = cm_progress_now();
-    for (;;) {
-        int pending = 0;
-        for (int teacher = 0; teacher < run->teacher_count; teacher++)
-            for (int index = 0; index < run->ticket_counts[slot][teacher]; index++)
-                pending += trainer_committee_ticket(run->committee,
-                                                    run->tickets[slot][teacher][index]) == 0;
-        if (!pending) break;
-        cm_status_t status = trainer_committee_pump(run->committee, 100);
-        update_metrics(run); /* /metrics shows BUSY, timeouts and bad replies while it waits */
-        if (status != CM_OK) return status;
-    }
-    run->wait_seconds += cm_progress_now() - started;
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        for (int index = 0; index < run->ticket_counts[slot][teacher]; index++)
-            trainer_committee_release(run->committee, run->tickets[slot][teacher][index]);
-        run->ticket_counts[slot][teacher] = 0;
-    }
-    return CM_OK;
-}
+/* The feed's waiting hook: /metrics shows BUSY, timeouts and bad replies while it waits. */
+static void show_waiting(void *context) { update_metrics(context); }
 
 /* ---------------------------------------------------------------- one step */
 
@@ -584,9 +494,9 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
  * the student's backward, AdamW on the student and the method's own update.  Whatever
  * --method is, it is only trainer_method_* calls here.
  */
-static cm_status_t train_batch(run_t *run, int batch_index) {
-    int rows = batch_rows(run, batch_index);
-    const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
+static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
+    int rows = next->rows, batch_index = next->index;
+    const int32_t *ids = next->ids;
     trainer_batch_t batch = {.rows = rows, .labels = run->batch_labels};
     cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     for (int row = 0; row < rows; row++) {
@@ -671,11 +581,6 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
     run->epoch_steps++;
     cm_metrics_counter_add(run->steps_total, 1);
     cm_metrics_counter_add(run->examples_total, (uint64_t)rows);
-    if (strcmp(run->options.cache, "off") == 0 && run->committee) /* forget: ask again next epoch */
-        for (int teacher = 0; teacher < run->teacher_count; teacher++)
-            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
-                for (int row = 0; row < rows; row++)
-                    trainer_cache_set_has(run->cache, teacher, output, ids[row], 0);
     return CM_OK;
 }
 
@@ -713,8 +618,9 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
             teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
             stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
             stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
-            run->missing_rows[teacher], run->filter_needed[teacher], run->filter_skipped[teacher],
-            stats->busy_timeouts, stats->protocol_errors, stats->nonfinite_replies);
+            run->missing_rows[teacher], trainer_feed_filter_needed(run->feed, teacher),
+            trainer_feed_filter_skipped(run->feed, teacher), stats->busy_timeouts,
+            stats->protocol_errors, stats->nonfinite_replies);
     }
     fprintf(run->metrics, "}}\n");
     /* A full disk shows at the flush (or already in the stream's error flag). */
@@ -831,46 +737,41 @@ static cm_status_t stop_here(run_t *run, double accuracy, int *was_interrupted) 
 static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     int trainable = trainable_count(run);
-    int batches = (trainable + run->options.batch - 1) / run->options.batch;
     double accuracy = 0.0, test_loss = 0.0;
     cm_status_t status = CM_OK;
     for (; run->epoch <= run->options.epochs; run->epoch++, run->next_batch = 0) {
-        epoch_order(run);
         memset(run->trained, 0, (size_t)train->count);
         run->loss_sum = run->wait_seconds = 0.0;
         memset(run->term_sums, 0, sizeof run->term_sums);
         run->forwarded_batch = -1;
-        memset(run->filter_needed, 0, sizeof run->filter_needed);
-        memset(run->filter_skipped, 0, sizeof run->filter_skipped);
-        /* Filtering decides per batch with the current student, so it asks one batch ahead only. */
+        /* Filtering decides per batch with the current student (the feed asks one batch ahead). */
         run->filtering = trainer_method_chooses(run->method) && run->committee &&
                          run->epoch > run->options.dd_filter_warmup;
         run->epoch_examples = run->epoch_duplicates = run->epoch_steps = 0;
         memset(run->skipped_batches, 0, sizeof run->skipped_batches);
         memset(run->missing_rows, 0, sizeof run->missing_rows);
+        trainer_feed_start_epoch(run->feed, run->epoch, run->next_batch, run->filtering);
         /* A resumed epoch: the rows before the cursor were trained before the interruption. */
+        const int32_t *order = trainer_feed_order(run->feed);
         for (int index = 0; index < run->next_batch * run->options.batch && index < trainable;
              index++)
-            run->trained[run->order[index]] = 1;
-        run->submitted_upto = run->next_batch;
+            run->trained[order[index]] = 1;
         char label[64];
         snprintf(label, sizeof label, "epoch %d/%d", run->epoch, run->options.epochs);
         cm_progress_t progress;
         cm_progress_start(&progress, label, trainable);
         double started = cm_progress_now();
-        for (int batch_index = run->next_batch; batch_index < batches; batch_index++) {
-            while (run->submitted_upto < batches &&
-                   run->submitted_upto < batch_index + (run->filtering ? 1 : run->options.window)) {
-                if ((status = submit_batch(run, run->submitted_upto)) != CM_OK) return status;
-                run->submitted_upto++;
-            }
-            if (run->committee && (status = await_batch(run, batch_index)) != CM_OK) {
+        while (trainer_feed_cursor(run->feed) < trainer_feed_batches(run->feed)) {
+            trainer_feed_batch_t batch;
+            if ((status = trainer_feed_next(run->feed, &batch)) != CM_OK) {
                 if (status != CM_ERR_CANCELLED || !interrupted) return status;
                 cm_progress_finish(&progress); /* a signal while it waited for teachers */
                 return stop_here(run, accuracy, was_interrupted);
             }
-            if ((status = train_batch(run, batch_index)) != CM_OK) return status;
-            run->next_batch = batch_index + 1;
+            run->wait_seconds += batch.waited;
+            if ((status = train_batch(run, &batch)) != CM_OK) return status;
+            trainer_feed_done(run->feed, &batch);
+            run->next_batch = trainer_feed_cursor(run->feed);
             update_metrics(run);
             char text[64];
             snprintf(text, sizeof text, "loss %.4f", run->loss_sum / (double)run->epoch_examples);
@@ -1047,10 +948,11 @@ static cm_status_t set_up_teachers(run_t *run) {
     config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
                     : strcmp(options->failure_policy, "skip") == 0 ? TRAINER_POLICY_SKIP
                                                                    : TRAINER_POLICY_FAIL;
-    status = trainer_committee_new(addresses, count, &config, run->cache, &run->committee);
+    status = trainer_committee_new(addresses, count, &config, &run->committee);
     if (status != CM_OK) return status;
     for (int teacher = 0; teacher < count; teacher++) {
         const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
+        trainer_cache_set_teacher(run->cache, teacher, info->name, info->model_sha256);
         snprintf(run->teacher_names[teacher], sizeof run->teacher_names[teacher], "%s", info->name);
         snprintf(run->teacher_sha256[teacher], sizeof run->teacher_sha256[teacher], "%s",
                  info->model_sha256);
@@ -1245,6 +1147,25 @@ static cm_status_t load_cache_file(run_t *run, const char *path) {
     return CM_OK;
 }
 
+/* The feed over the trainable rows, asking the committee for what the method needs. */
+static cm_status_t set_up_feed(run_t *run) {
+    trainer_feed_config_t config = {
+        .trainable = trainable_count(run),
+        .batch = run->options.batch,
+        .window = run->options.window,
+        .seed = run->options.seed,
+        .teacher_count = run->teacher_count,
+        .forget = strcmp(run->options.cache, "off") == 0,
+        .choose = trainer_method_chooses(run->method) ? choose_pairs : NULL, /* --dd-filter */
+        .choose_context = run,
+        .waiting = show_waiting,
+        .waiting_context = run,
+    };
+    for (int teacher = 0; teacher < run->teacher_count; teacher++)
+        config.needs[teacher] = run->needs[teacher];
+    return trainer_feed_new(&config, run->committee, run->cache, &run->feed);
+}
+
 static cm_status_t train(run_t *run, int *was_interrupted) {
     train_options_t *options = &run->options;
     cm_model_spec_t spec;
@@ -1279,6 +1200,7 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if ((status = prepare_outputs(run)) != CM_OK) return status;
     if ((status = load_cache_file(run, options->cache)) != CM_OK) return status;
     if ((status = allocate_buffers(run)) != CM_OK) return status;
+    if ((status = set_up_feed(run)) != CM_OK) return status;
     snprintf(run->state_path, sizeof run->state_path, "%s.state", options->out);
     run->epoch = 1;
     if (options->resume) {
@@ -1505,11 +1427,11 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     if (status == CM_OK) status = trainer_method_parse(options->method, &kind);
     if (status == CM_OK &&
         (options->epochs < 1 || options->batch < 1 || options->threads < 1 || options->window < 1 ||
-         options->window > MAX_WINDOW || options->batch > 4096))
+         options->window > TRAINER_FEED_MAX_WINDOW || options->batch > TRAINER_FEED_MAX_BATCH))
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--epochs, --batch (up to 4096), --threads and --window "
                          "(up to %d) must be at least 1",
-                         MAX_WINDOW);
+                         TRAINER_FEED_MAX_WINDOW);
     if (status == CM_OK &&
         (!(options->lr > 0) || options->weight_decay < 0 || !(options->temperature > 0) ||
          options->kd_weight < 0 || options->kd_weight > 1 || options->fitnet_weight < 0 ||

@@ -222,6 +222,10 @@ START_TEST(test_exactly_once_with_restart) {
         down = teacher_metric(line, "comp", "down_events");
     }
     ck_assert_msg(down >= 1, "the trainer never noticed the teacher was gone");
+    /* --cache off: the feed forgets every batch once trained, so each epoch asks again. */
+    double received = teacher_metric(json_array_get(lines, 2), "fm", "examples_received");
+    ck_assert_msg(received >= 3 * 2000, "with --cache off fm sent %.0f outputs in 3 epochs",
+                  received);
     json_decref(lines);
 }
 END_TEST

@@ -15,7 +15,7 @@
  * Covers: info->heads from the Hello (the HIDDEN bit only when lending);
  * trainer_committee_fetch_head returns the checkpoint's head bit for bit
  * for both families, with heartbeats and a ticket's reply queued in front
- * of the answer (the ticket is answered on the way), and tickets still work
+ * of the answer (the ticket's owner is told on the way, once), and tickets still work
  * afterwards; a head the teacher does not lend
  * (another feature, --lend-head off) is CM_ERR_NOT_FOUND with a sentence
  * naming the teacher; replicas that disagree on lending are refused at
@@ -70,6 +70,45 @@ static serve_fixture_t servers[MAX_SERVERS];
 static trainer_cache_t *cache;
 static trainer_committee_t *committee;
 
+/* The tests' tickets: the owner keeps answers in `cache` and notes how each ticket ended. */
+enum { MAX_TICKETS = 64 };
+static int outcome[MAX_TICKETS]; /* 0: open, 1: answered, -1: given up */
+static int heard[MAX_TICKETS];   /* times the owner was told (exactly once) */
+static int tickets_made;
+
+static void keep_reply(void *owner, int tag, const trainer_reply_t *reply) {
+    trainer_cache_t *kept = owner;
+    heard[tag]++;
+    outcome[tag] = reply ? 1 : -1;
+    if (!reply) return;
+    for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
+        if (!((reply->outputs >> output) & 1)) continue;
+        for (int row = 0; row < reply->count; row++) {
+            memcpy(trainer_cache_row(kept, reply->teacher, output, reply->rows[row]),
+                   reply->values[output] + (size_t)row * (size_t)reply->width[output],
+                   sizeof(float) * (size_t)reply->width[output]);
+            trainer_cache_set_has(kept, reply->teacher, output, reply->rows[row], 1);
+        }
+    }
+}
+
+/* Submits a ticket for the logits of rows ids[0..count) of teacher 0; returns its tag. */
+static int submit_logits(const int32_t *ids, int count) {
+    ck_assert_int_lt(tickets_made, MAX_TICKETS);
+    int tag = tickets_made++;
+    outcome[tag] = heard[tag] = 0;
+    ck_assert_int_eq(trainer_committee_submit(committee, 0, ids, count, 1u << TRAINER_OUTPUT_LOGITS,
+                                              keep_reply, cache, tag),
+                     CM_OK);
+    return tag;
+}
+
+/* The outcome of ticket `tag`, asserting that its owner was told at most once. */
+static int ticket_outcome(int tag) {
+    ck_assert_int_le(heard[tag], 1);
+    return outcome[tag];
+}
+
 static const char *const subset[] = {"--max-train", "512", "--max-test", "256", NULL};
 
 /* ---------------------------------------------------------------- fixtures */
@@ -103,6 +142,7 @@ static void setup_test(void) {
 static void teardown_test(void) {
     trainer_committee_free(&committee);
     trainer_cache_free(&cache);
+    tickets_made = 0;
     for (int index = 0; index < MAX_SERVERS; index++) {
         if (servers[index].pid <= 0) continue;
         kill(servers[index].pid, SIGCONT); /* in case a test left it stopped */
@@ -154,7 +194,7 @@ static trainer_committee_config_t committee_config(void) {
 static cm_status_t new_committee(const trainer_teacher_address_t *addresses, int count) {
     ck_assert_int_eq(trainer_cache_new(count, MAX_TRAIN, &cache), CM_OK);
     trainer_committee_config_t config = committee_config();
-    return trainer_committee_new(addresses, count, &config, cache, &committee);
+    return trainer_committee_new(addresses, count, &config, &committee);
 }
 
 /* A teacher `name` at the endpoints of servers[first .. first + count). */
@@ -244,15 +284,13 @@ START_TEST(test_fetch_head_matches_checkpoints) {
      * fetching handles them as the pump would, so the ticket is answered without a pump. */
     ck_assert_int_eq(trainer_cache_add_output(cache, 0, TRAINER_OUTPUT_LOGITS, CLASSES), CM_OK);
     const int32_t ids[] = {0, 1, 2, 3};
-    int ticket = trainer_committee_submit(committee, 0, ids, 4, 1u << TRAINER_OUTPUT_LOGITS);
-    ck_assert_int_ge(ticket, 0);
+    int ticket = submit_logits(ids, 4);
     ck_assert_msg(trainer_committee_pump(committee, 0) == CM_OK, "%s", cm_last_error());
-    ck_assert_int_eq(trainer_committee_ticket(committee, ticket), 0); /* sent, not answered */
+    ck_assert_int_eq(ticket_outcome(ticket), 0); /* sent, not answered */
     usleep(400 * 1000);
     expect_head(0, vit_checkpoint, "head", VIT_HIDDEN);
-    ck_assert_int_eq(trainer_committee_ticket(committee, ticket), 1);
+    ck_assert_int_eq(ticket_outcome(ticket), 1);
     ck_assert(trainer_cache_has(cache, 0, TRAINER_OUTPUT_LOGITS, 3));
-    trainer_committee_release(committee, ticket);
     expect_head(1, mlp_checkpoint, "fc1", MLP_HIDDEN);
     expect_head(0, vit_checkpoint, "head", VIT_HIDDEN); /* again: the same head */
 
@@ -264,15 +302,13 @@ START_TEST(test_fetch_head_matches_checkpoints) {
     trainer_head_free(NULL);
 
     /* The committee still teaches after all that. */
-    ticket = trainer_committee_submit(committee, 0, ids + 1, 3, 1u << TRAINER_OUTPUT_LOGITS);
-    ck_assert_int_ge(ticket, 0);
+    ticket = submit_logits(ids + 1, 3);
     trainer_cache_set_has(cache, 0, TRAINER_OUTPUT_LOGITS, 3, 0);
     double give_up = cm_progress_now() + WAIT_MS / 1000.0;
-    while (trainer_committee_ticket(committee, ticket) == 0 && cm_progress_now() < give_up)
+    while (ticket_outcome(ticket) == 0 && cm_progress_now() < give_up)
         ck_assert_msg(trainer_committee_pump(committee, 50) == CM_OK, "%s", cm_last_error());
-    ck_assert_int_eq(trainer_committee_ticket(committee, ticket), 1);
+    ck_assert_int_eq(ticket_outcome(ticket), 1);
     ck_assert(trainer_cache_has(cache, 0, TRAINER_OUTPUT_LOGITS, 3));
-    trainer_committee_release(committee, ticket);
 }
 END_TEST
 
@@ -370,7 +406,7 @@ static trainer_teacher_stats_t answered_despite(fake_teacher_mode_t mode) {
     ck_assert_int_eq(trainer_cache_new(1, MAX_TRAIN, &cache), CM_OK);
     trainer_committee_config_t config = committee_config();
     config.deadline_ms = 600000; /* waiting one out would trip the test's timeout */
-    ck_assert_msg(trainer_committee_new(&address, 1, &config, cache, &committee) == CM_OK, "%s",
+    ck_assert_msg(trainer_committee_new(&address, 1, &config, &committee) == CM_OK, "%s",
                   cm_last_error());
     ck_assert_int_eq(trainer_cache_add_output(cache, 0, TRAINER_OUTPUT_LOGITS, CLASSES), CM_OK);
     enum { TICKETS = 8, IDS = 16 };
@@ -378,9 +414,7 @@ static trainer_teacher_stats_t answered_despite(fake_teacher_mode_t mode) {
     for (int index = 0; index < TICKETS; index++) {
         int32_t ids[IDS];
         for (int row = 0; row < IDS; row++) ids[row] = index * IDS + row;
-        tickets[index] =
-            trainer_committee_submit(committee, 0, ids, IDS, 1u << TRAINER_OUTPUT_LOGITS);
-        ck_assert_int_ge(tickets[index], 0);
+        tickets[index] = submit_logits(ids, IDS);
     }
     double give_up = cm_progress_now() + 30.0;
     int pending = TICKETS;
@@ -388,12 +422,10 @@ static trainer_teacher_stats_t answered_despite(fake_teacher_mode_t mode) {
         ck_assert_msg(trainer_committee_pump(committee, 50) == CM_OK, "%s", cm_last_error());
         pending = 0;
         for (int index = 0; index < TICKETS; index++)
-            pending += trainer_committee_ticket(committee, tickets[index]) == 0;
+            pending += ticket_outcome(tickets[index]) == 0;
     }
-    for (int index = 0; index < TICKETS; index++) {
-        ck_assert_int_eq(trainer_committee_ticket(committee, tickets[index]), 1);
-        trainer_committee_release(committee, tickets[index]);
-    }
+    for (int index = 0; index < TICKETS; index++)
+        ck_assert_int_eq(ticket_outcome(tickets[index]), 1);
     for (int id = 0; id < TICKETS * IDS; id++) { /* the honest teacher's values, nothing else */
         ck_assert(trainer_cache_has(cache, 0, TRAINER_OUTPUT_LOGITS, id));
         const float *row = trainer_cache_row(cache, 0, TRAINER_OUTPUT_LOGITS, id);
@@ -440,7 +472,7 @@ START_TEST(test_interruption_ends_the_waits) {
     trainer_committee_config_t config = committee_config();
     config.handshake_ms = 600000;
     config.interrupted = &flag;
-    cm_status_t status = trainer_committee_new(&address, 1, &config, cache, &committee);
+    cm_status_t status = trainer_committee_new(&address, 1, &config, &committee);
     ck_assert_msg(status == CM_ERR_CANCELLED, "%s: %s", cm_status_name(status), cm_last_error());
     ck_assert_ptr_null(committee);
     ck_assert_str_eq(cm_last_error(), "interrupted by a signal");
@@ -452,15 +484,15 @@ START_TEST(test_interruption_ends_the_waits) {
     ck_assert_ptr_nonnull(silent);
     flag = 0;
     config.deadline_ms = 600000;
-    ck_assert_msg(trainer_committee_new(&address, 1, &config, cache, &committee) == CM_OK, "%s",
+    ck_assert_msg(trainer_committee_new(&address, 1, &config, &committee) == CM_OK, "%s",
                   cm_last_error());
     ck_assert_int_eq(trainer_cache_add_output(cache, 0, TRAINER_OUTPUT_LOGITS, CLASSES), CM_OK);
     const int32_t ids[] = {1, 2, 3};
-    int ticket = trainer_committee_submit(committee, 0, ids, 3, 1u << TRAINER_OUTPUT_LOGITS);
+    int ticket = submit_logits(ids, 3);
     ck_assert_msg(trainer_committee_pump(committee, 0) == CM_OK, "%s", cm_last_error());
     flag = 1;
     ck_assert_int_eq(trainer_committee_pump(committee, 600000), CM_ERR_CANCELLED);
-    ck_assert_int_eq(trainer_committee_ticket(committee, ticket), 0);
+    ck_assert_int_eq(ticket_outcome(ticket), 0);
     trainer_committee_free(&committee);
     fake_teacher_stop(&silent);
 }
