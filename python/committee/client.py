@@ -47,8 +47,12 @@ class Client:
         self.byes = []
 
     def close(self, bye=True):
-        if bye:
-            self.send(wire.envelope(0, bye=pb.Bye(reason="client closing")))
+        if bye:  # never blocks: a teacher that never completed the handshake gets none
+            try:
+                self.socket.send(wire.envelope(0, bye=pb.Bye(reason="client closing"))
+                                 .SerializeToString(), zmq.NOBLOCK)
+            except zmq.Again:
+                pass
         self.socket.close()
         if self._own_context:
             self.context.term()

@@ -15,6 +15,7 @@ import numpy as np
 from . import safetensors
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+CHUNK = 256  # rows per product, teacher_serve.c's COMPUTE_BATCH
 
 
 def _openblas():
@@ -70,8 +71,15 @@ class Mlp:
         return out
 
     def forward(self, rows):
-        """{"logits": [n, classes], "hidden": [n, width]} for float32 rows [n, inputs]."""
-        activation = np.asarray(rows, dtype=np.float32)
+        """{"logits": [n, classes], "hidden": [n, width]} for float32 rows [n, inputs].
+        Exact mode runs 256 rows at a time from the first row, as the C teacher does:
+        OpenBLAS's results for a row depend on how many rows share the call."""
+        rows = np.asarray(rows, dtype=np.float32)
+        if self.blas is not None and len(rows) > CHUNK:
+            parts = [self.forward(rows[start:start + CHUNK])
+                     for start in range(0, len(rows), CHUNK)]
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        activation = rows
         hidden = activation
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             pre = self._dense(activation, weight, bias)
