@@ -72,6 +72,7 @@ check: deps
 
 check-run: $(CHECK_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
 	COMMITTEE_BIN_DIR=$(BUILD)/bin $(CHECK_BIN)
+	@$(MAKE) --no-print-directory check-python
 
 check-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=1 check-run
