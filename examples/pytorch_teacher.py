@@ -2,7 +2,7 @@
 """A PyTorch CNN foundation teacher for committee, trained and served from one script.
 
     PYTHONPATH=python:build/python /usr/bin/python3 examples/pytorch_teacher.py train \
-        --out cnn.pt [--epochs 12] [--threads 2]
+        --out cnn.pt [--epochs 8] [--threads 1]
     PYTHONPATH=python:build/python /usr/bin/python3 examples/pytorch_teacher.py serve \
         --weights cnn.pt --bind tcp://127.0.0.1:5557 --http 127.0.0.1:9103
 
@@ -10,8 +10,9 @@ The network reads the `full` view of Fashion-MNIST (784 normalized pixels, compu
 by committee.data exactly as the C trainer computes them), so it answers for the
 same example ids as every other teacher; it exposes `logits` [10] and `hidden` [128]
 and lends its head (the last dense layer, hidden -> logits).  Training uses random
-shifts of up to 2 pixels, AdamW and a one-cycle schedule; it reaches about 92-93 %
-test accuracy in about 12 epochs.
+shifts of up to 2 pixels, AdamW and a one-cycle schedule; 8 epochs reached 92.59 %
+test accuracy here (1139 s on one thread of a shared 2-core machine; two OpenMP
+threads on a loaded machine were 4x slower, so the default is one).
 """
 import argparse
 import hashlib
@@ -135,11 +136,11 @@ def main():
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("train", help="train the CNN and save its weights")
     fit.add_argument("--out", required=True)
-    fit.add_argument("--epochs", type=int, default=12)
+    fit.add_argument("--epochs", type=int, default=8)
     fit.add_argument("--batch", type=int, default=128)
     fit.add_argument("--lr", type=float, default=3e-3)
     fit.add_argument("--seed", type=int, default=1)
-    fit.add_argument("--threads", type=int, default=2)
+    fit.add_argument("--threads", type=int, default=1)
     fit.add_argument("--data-dir", default=None)
     run = commands.add_parser("serve", help="serve trained weights as a committee teacher")
     run.add_argument("--weights", required=True)
