@@ -7,6 +7,7 @@
 #   make bench         benchmark programs (bench/), prints their tables
 #   make format        clang-format every source; make format-check fails on drift
 #   make deps          install the Debian packages listed in deploy/packages.txt
+#   make fuzz          libFuzzer harnesses of tests/fuzz (build-fuzz/); make fuzz-run runs them
 #
 # Variables: BUILD (output dir), SANITIZE=1, WERROR=1, CC.
 
@@ -187,3 +188,68 @@ check-python: python $(TEACHER_BIN) $(TRAINER_BIN)
 
 bench-python: python $(TEACHER_BIN)
 	$(PY_ENV) $(PYTHON) bench/bench_python.py
+
+# Fuzzing (issue 11): `make fuzz` builds every tests/fuzz/fuzz_*.c into a libFuzzer harness
+# build-fuzz/fuzz_NAME with clang, linked with common/ compiled with the same sanitizers;
+# `make fuzz-run FUZZ_SECONDS=60` runs each for that long over its seeds tests/fuzz/corpus/NAME/
+# (read only; new inputs go to build-fuzz/corpus/NAME/) and fails on the first crash, leak,
+# undefined behaviour or hang, leaving the input in build-fuzz/crashes/.  Reproduce one with
+# `build-fuzz/fuzz_NAME build-fuzz/crashes/NAME-crash-...`.  tests/fuzz/NAME.dict, when it
+# exists, is the harness's libFuzzer dictionary.  `make fuzz-corpus` rewrites the committed
+# seeds with tests/fuzz/make_corpus.c.
+.PHONY: fuzz fuzz-run fuzz-corpus
+FUZZ_BUILD    := build-fuzz
+FUZZ_CC       ?= clang
+FUZZ_SECONDS  ?= 60
+FUZZ_MAX_LEN  ?= 16384
+FUZZ_SANITIZE := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS   := -O1 -g -std=c11 -D_GNU_SOURCE -pthread -fno-strict-aliasing $(FUZZ_SANITIZE)
+FUZZ_SRC      := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN      := $(patsubst tests/fuzz/%.c,$(FUZZ_BUILD)/%,$(FUZZ_SRC))
+FUZZ_LIB_OBJ  := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(COMMON_SRC)) \
+                 $(patsubst $(GEN_DIR)/%.c,$(FUZZ_BUILD)/obj/gen/%.o,$(PROTO_C))
+FUZZ_LIB      := $(FUZZ_BUILD)/libcommittee-fuzz.a
+
+fuzz:
+	@command -v $(FUZZ_CC) >/dev/null || { echo "$(FUZZ_CC) missing: run make deps as root"; exit 1; }
+	@$(MAKE) --no-print-directory $(FUZZ_BIN)
+
+fuzz-run: fuzz
+	@mkdir -p $(FUZZ_BUILD)/crashes
+	@for harness in $(FUZZ_BIN); do name=$${harness##*/fuzz_}; \
+	    mkdir -p $(FUZZ_BUILD)/corpus/$$name; \
+	    seeds=""; [ -d tests/fuzz/corpus/$$name ] && seeds=tests/fuzz/corpus/$$name; \
+	    dict=""; [ -f tests/fuzz/$$name.dict ] && dict=-dict=tests/fuzz/$$name.dict; \
+	    echo "== $$harness for $(FUZZ_SECONDS) s, seeds: $${seeds:-none}"; \
+	    $$harness -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 \
+	        -max_len=$(FUZZ_MAX_LEN) -print_final_stats=1 $$dict \
+	        -artifact_prefix=$(FUZZ_BUILD)/crashes/$$name- $(FUZZ_BUILD)/corpus/$$name $$seeds \
+	        || { echo "fuzz-run: $$harness failed (input in $(FUZZ_BUILD)/crashes/)"; exit 1; }; \
+	done
+
+fuzz-corpus: $(FUZZ_BUILD)/make_corpus
+	$(FUZZ_BUILD)/make_corpus tests/fuzz/corpus
+
+$(FUZZ_BUILD)/obj/gen/%.o: $(GEN_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/obj/%.o: %.c | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+$(FUZZ_LIB): $(FUZZ_LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $^ $(LDLIBS) -o $@
+
+$(FUZZ_BUILD)/make_corpus: $(FUZZ_BUILD)/obj/tests/fuzz/make_corpus.o $(FUZZ_LIB)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $^ $(LDLIBS) -o $@
+
+clean: clean-fuzz
+.PHONY: clean-fuzz
+clean-fuzz:
+	rm -rf $(FUZZ_BUILD)
+
+-include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)

@@ -314,7 +314,7 @@ int main(void) {
     snprintf(teacher_base, sizeof teacher_base, "%s/teacher", directory);
     snprintf(trainer_base, sizeof trainer_base, "%s/trainer", directory);
     cm_dataset_t *dataset = NULL;
-    cm_dataset_options_t options = {NULL, SERVED_TRAIN, SERVED_TEST};
+    cm_dataset_options_t options = {.max_train = SERVED_TRAIN, .max_test = SERVED_TEST};
     cm_curve_keypair_t teacher_keys, trainer_keys;
     cm_status_t status = cm_dataset_load(&dataset, "fashion-mnist", "full", &options);
     if (status == CM_OK) status = write_checkpoint(checkpoint, dataset);

@@ -19,22 +19,26 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
 #define ZAP_ENDPOINT "inproc://zeromq.zap.01"
 
 enum {
-    ZAP_MAX_FRAMES = 8,    /* RFC 27 requests have 6 frames plus the credentials */
-    KEY_BYTES = 32,        /* a binary CURVE key */
-    ADDRESS_TEXT = 64,     /* an IPv6 address fits */
-    MECHANISM_TEXT = 32,   /* "CURVE", "NULL", "PLAIN" */
-    START_ERROR_TEXT = 256 /* the handler thread's start-up failure */
+    ZAP_MAX_FRAMES = 8,          /* RFC 27 requests have 6 frames plus the credentials */
+    KEY_BYTES = 32,              /* a binary CURVE key */
+    ADDRESS_TEXT = 64,           /* an IPv6 address fits */
+    MECHANISM_TEXT = 32,         /* "CURVE", "NULL", "PLAIN" */
+    START_ERROR_TEXT = 256,      /* the handler thread's start-up failure */
+    REFUSAL_TEXT = 320,          /* one refusal's sentence */
+    REFUSAL_SUMMARY_SECONDS = 10 /* repeats of a refusal are summed up this long after it */
 };
 
 static const char z85_alphabet[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -60,6 +64,10 @@ struct cm_curve_zap {
     cm_curve_allowlist_t *allowlist;
     cm_curve_refused_fn *on_refused;
     void *user;
+    /* Refusal log lines, handler thread only (see log_refusal). */
+    char last_refusal[REFUSAL_TEXT]; /* the sentence of the last refusal logged */
+    int repeats;                     /* refusals like it since, not logged yet */
+    double summary_due;              /* monotonic seconds: when the repeats get their line */
     /* Start-up report from the handler thread, under lock. */
     pthread_mutex_t lock;
     pthread_cond_t reported;
@@ -457,6 +465,47 @@ static void send_reply(void *socket, zmq_msg_t *request_id, const char *status_c
     zmq_send(socket, "", 0, 0); /* no metadata */
 }
 
+static double monotonic_seconds(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+
+/* Logs the line that sums up the repeats of the last refusal, if there are any. */
+static void flush_refusals(cm_curve_zap_t *zap) {
+    if (zap->repeats == 0) return;
+    cm_log_warn("refused %d more connection%s like the last one (%s)", zap->repeats,
+                zap->repeats == 1 ? "" : "s", zap->last_refusal);
+    zap->repeats = 0;
+}
+
+/*
+ * One refusal: one count (on_refused) and its share of exactly one line.  A peer that is
+ * refused retries about ten times a second (ZeroMQ reconnects), so a refusal that repeats the
+ * last one logged is not logged again but counted into a summary line, "refused N more
+ * connections like the last one (...)", written REFUSAL_SUMMARY_SECONDS after it (or when
+ * another refusal comes, or the handler stops).  The refused lines plus the N of every summary
+ * line add up to committee_teacher_errors_total{code="UNAUTHORIZED"} exactly.
+ */
+static void log_refusal(cm_curve_zap_t *zap, const char *key, const char *address,
+                        const char *format, ...) __attribute__((format(printf, 4, 5)));
+static void log_refusal(cm_curve_zap_t *zap, const char *key, const char *address,
+                        const char *format, ...) {
+    char sentence[REFUSAL_TEXT];
+    va_list arguments;
+    va_start(arguments, format);
+    vsnprintf(sentence, sizeof sentence, format, arguments);
+    va_end(arguments);
+    if (zap->last_refusal[0] && strcmp(sentence, zap->last_refusal) == 0) {
+        if (zap->repeats++ == 0) zap->summary_due = monotonic_seconds() + REFUSAL_SUMMARY_SECONDS;
+    } else {
+        flush_refusals(zap);
+        cm_log_warn("%s", sentence);
+        snprintf(zap->last_refusal, sizeof zap->last_refusal, "%s", sentence);
+    }
+    if (zap->on_refused) zap->on_refused(key, address, zap->user);
+}
+
 /* Receives one ZAP request (RFC 27) and answers it. */
 static void answer_request(cm_curve_zap_t *zap, void *socket) {
     zmq_msg_t frames[ZAP_MAX_FRAMES];
@@ -485,10 +534,10 @@ static void answer_request(cm_curve_zap_t *zap, void *socket) {
         send_reply(socket, count >= 2 ? &frames[1] : NULL, "500", "malformed ZAP request", "");
     } else if (strcmp(mechanism, "CURVE") != 0 || count < 7 ||
                zmq_msg_size(&frames[6]) != KEY_BYTES) {
-        cm_log_warn("refused a trainer from %s: it did not use CURVE (mechanism %s)", address,
-                    mechanism);
         send_reply(socket, &frames[1], "400", "CURVE required", "");
-        if (zap->on_refused) zap->on_refused("", address, zap->user);
+        log_refusal(zap, "", address,
+                    "refused a trainer from %s: it did not use CURVE (mechanism %s)", address,
+                    mechanism);
     } else {
         char key[CM_CURVE_KEY_TEXT];
         zmq_z85_encode(key, zmq_msg_data(&frames[6]), KEY_BYTES);
@@ -498,9 +547,9 @@ static void answer_request(cm_curve_zap_t *zap, void *socket) {
                         name, name[0] ? "' " : "", key, address);
             send_reply(socket, &frames[1], "200", "OK", name[0] ? name : key);
         } else {
-            cm_log_warn("refused a trainer with unknown public key %s from %s", key, address);
             send_reply(socket, &frames[1], "400", "unknown public key", "");
-            if (zap->on_refused) zap->on_refused(key, address, zap->user);
+            log_refusal(zap, key, address, "refused a trainer with unknown public key %s from %s",
+                        key, address);
         }
     }
     for (int index = 0; index < count; index++) zmq_msg_close(&frames[index]);
@@ -528,19 +577,20 @@ static void report_handshake_failure(cm_curve_zap_t *zap, void *monitor) {
     zmq_msg_close(&frame);
     if (event != ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) return;
     if (value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
-        cm_log_warn("refused a connection on %s that does not use CURVE (a trainer without "
+        log_refusal(zap, "", endpoint,
+                    "refused a connection on %s that does not use CURVE (a trainer without "
                     "--curve-secret-key?)",
                     endpoint);
     else if (value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC)
-        cm_log_warn("refused a connection on %s whose CURVE handshake did not decrypt (a trainer "
+        log_refusal(zap, "", endpoint,
+                    "refused a connection on %s whose CURVE handshake did not decrypt (a trainer "
                     "with the wrong --teacher-key for this teacher?)",
                     endpoint);
-    else if (value >= ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED)
-        return; /* between libzmq and our own handler; answered above */
-    else
-        cm_log_warn("refused a connection on %s: protocol error 0x%x in the handshake", endpoint,
-                    value);
-    if (zap->on_refused) zap->on_refused("", endpoint, zap->user);
+    else if (value < ZMQ_PROTOCOL_ERROR_ZAP_UNSPECIFIED) /* those are between libzmq and us */
+        log_refusal(zap, "", endpoint,
+                    "refused a connection on %s: protocol error 0x%x in the "
+                    "handshake",
+                    endpoint, value);
 }
 
 static void report_start(cm_curve_zap_t *zap, cm_status_t status) {
@@ -578,7 +628,12 @@ static void *zap_thread(void *argument) {
     while (status == CM_OK) {
         zmq_pollitem_t items[3] = {
             {handler, 0, ZMQ_POLLIN, 0}, {stop, 0, ZMQ_POLLIN, 0}, {monitor, 0, ZMQ_POLLIN, 0}};
-        if (zmq_poll(items, 3, -1) < 0) {
+        long wait_ms = -1; /* a summary line that is due is written even when nothing happens */
+        if (zap->repeats > 0) {
+            double left = zap->summary_due - monotonic_seconds();
+            wait_ms = left > 0 ? (long)(left * 1000.0) + 1 : 0;
+        }
+        if (zmq_poll(items, 3, wait_ms) < 0) {
             if (zmq_errno() == EINTR) continue;
             cm_log_error("the ZAP handler stopped: %s", zmq_strerror(zmq_errno()));
             break;
@@ -586,7 +641,9 @@ static void *zap_thread(void *argument) {
         if (items[1].revents & ZMQ_POLLIN) break;
         if (items[0].revents & ZMQ_POLLIN) answer_request(zap, handler);
         if (items[2].revents & ZMQ_POLLIN) report_handshake_failure(zap, monitor);
+        if (zap->repeats > 0 && monotonic_seconds() >= zap->summary_due) flush_refusals(zap);
     }
+    flush_refusals(zap); /* every refusal has its line before the handler stops */
     if (handler) zmq_close(handler);
     if (stop) zmq_close(stop);
     if (monitor) zmq_close(monitor);

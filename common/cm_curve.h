@@ -24,7 +24,13 @@
  * thread with its own REP socket bound to inproc://zeromq.zap.01 in the
  * server's context, so the server's CURVE sockets ask it about every new
  * connection.  It answers 200 for CURVE clients whose public key is in the
- * allowlist and 400 for everyone else, and logs one line per refusal.  It
+ * allowlist and 400 for everyone else, and logs the refusals: a refused peer
+ * retries about ten times a second, so a refusal that repeats the last one
+ * logged is summed up in one line "refused N more connections like the last
+ * one (...)" ten seconds later (or when another refusal comes, or the
+ * handler stops) instead of a line each; every refusal is reported to the
+ * owner exactly once (on_refused), so the owner's count equals the refused
+ * lines plus the N of the summary lines.  It
  * also watches the server socket's handshakes that fail before ZAP is asked
  * (a peer that encrypts for another server key, and a peer without CURVE
  * when the server notices the mismatch before the peer hangs up) and logs

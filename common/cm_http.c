@@ -65,11 +65,12 @@ typedef struct http_connection {
     struct http_connection *previous, *next;
     connection_state_t state;
     int open_handles;
-    uint64_t timeout;     /* milliseconds, for reading the request, then for the answer */
-    bool client_finished; /* EOF seen while writing */
-    size_t received;      /* bytes of request[] in use while reading */
-    size_t discarded;     /* bytes read and dropped after the request */
-    const char *body;     /* of the answer being written, until released */
+    uint64_t timeout;                /* milliseconds, for writing and lingering over the answer */
+    struct sockaddr_storage address; /* the client's; only family and address are compared */
+    bool client_finished;            /* EOF seen while writing */
+    size_t received;                 /* bytes of request[] in use while reading */
+    size_t discarded;                /* bytes read and dropped after the request */
+    const char *body;                /* of the answer being written, until released */
     void (*body_release)(void *body);
     char head[HEAD_CAPACITY];
     char request[CM_HTTP_MAX_HEADER];
@@ -85,7 +86,9 @@ struct cm_http {
     int open_handles; /* the listener and two per connection */
     int connection_count;
     http_connection_t *connections;
-    uint64_t request_timeout; /* milliseconds */
+    uint64_t request_timeout; /* milliseconds, for the answer */
+    uint64_t header_timeout;  /* milliseconds, for the request header */
+    uint64_t evictions;
     int port;
 };
 
@@ -360,6 +363,52 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buffer) 
 
 /* ---- listening ------------------------------------------------------------------------- */
 
+static bool same_address(const struct sockaddr_storage *one, const struct sockaddr_storage *two) {
+    if (one->ss_family != two->ss_family) return false;
+    if (one->ss_family == AF_INET)
+        return ((const struct sockaddr_in *)one)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)two)->sin_addr.s_addr;
+    if (one->ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)one)->sin6_addr,
+                      &((const struct sockaddr_in6 *)two)->sin6_addr, sizeof(struct in6_addr)) == 0;
+    return false;
+}
+
+/*
+ * Makes room for `fresh` (just accepted): when its address or the server is at its limit,
+ * closes the oldest idle connection (still reading its request, or lingering after its answer)
+ * of that address or of any.  Returns false when there is no room and nothing to close.
+ */
+static bool make_room(cm_http_t *server, http_connection_t *fresh) {
+    int open = 0, same = 0;
+    http_connection_t *oldest_idle = NULL, *oldest_idle_same = NULL;
+    for (http_connection_t *connection = server->connections; connection;
+         connection = connection->next) { /* newest first: the last idle one seen is oldest */
+        if (connection == fresh || connection->state == CONNECTION_CLOSING) continue;
+        bool idle =
+            connection->state == CONNECTION_READING || connection->state == CONNECTION_LINGERING;
+        bool from_same = same_address(&connection->address, &fresh->address);
+        open++;
+        same += from_same;
+        if (idle) oldest_idle = connection;
+        if (idle && from_same) oldest_idle_same = connection;
+    }
+    http_connection_t *victim = NULL;
+    if (same >= CM_HTTP_MAX_PER_ADDRESS)
+        victim = oldest_idle_same;
+    else if (open >= CM_HTTP_MAX_CONNECTIONS)
+        victim = oldest_idle;
+    else
+        return true;
+    if (!victim) return false;
+    if (server->evictions++ == 0)
+        cm_log_warn("http: more than %d connections on port %d (or %d from one address); "
+                    "closing the oldest idle ones so that new requests get answered",
+                    CM_HTTP_MAX_CONNECTIONS, server->port, CM_HTTP_MAX_PER_ADDRESS);
+    connection_close(victim);
+    return true;
+}
+
 static void on_connection(uv_stream_t *listener, int status) {
     cm_http_t *server = listener->data;
     if (status < 0) {
@@ -374,6 +423,7 @@ static void on_connection(uv_stream_t *listener, int status) {
     }
     connection->server = server;
     connection->timeout = server->request_timeout;
+    connection->address.ss_family = AF_UNSPEC;
     connection->state = CONNECTION_READING;
     uv_tcp_init(server->loop, &connection->tcp);
     uv_timer_init(server->loop, &connection->timer);
@@ -393,13 +443,17 @@ static void on_connection(uv_stream_t *listener, int status) {
         connection_close(connection);
         return;
     }
-    if (server->connection_count > CM_HTTP_MAX_CONNECTIONS) {
-        cm_log_warn("http: more than %d connections on port %d; dropping a new one",
+    int address_length = (int)sizeof connection->address;
+    if (uv_tcp_getpeername(&connection->tcp, (struct sockaddr *)&connection->address,
+                           &address_length) != 0)
+        connection->address.ss_family = AF_UNSPEC; /* counts as an address of its own */
+    if (!make_room(server, connection)) {
+        cm_log_warn("http: %d connections on port %d are all busy answering; dropping a new one",
                     CM_HTTP_MAX_CONNECTIONS, server->port);
         connection_close(connection);
         return;
     }
-    uv_timer_start(&connection->timer, on_timeout, connection->timeout, 0);
+    uv_timer_start(&connection->timer, on_timeout, server->header_timeout, 0);
     if (uv_read_start((uv_stream_t *)&connection->tcp, on_alloc, on_read) != 0)
         connection_close(connection);
 }
@@ -484,6 +538,7 @@ cm_status_t cm_http_new(uv_loop_t *loop, const char *listen_address, cm_http_han
     server->handler = handler;
     server->user = user;
     server->request_timeout = CM_HTTP_REQUEST_TIMEOUT;
+    server->header_timeout = CM_HTTP_HEADER_TIMEOUT;
     int fd = -1;
     cm_status_t status = listen_socket(listen_address, &address, &fd, &server->port);
     if (status != CM_OK) {
@@ -514,9 +569,12 @@ int cm_http_port(const cm_http_t *server) { return server->port; }
 
 int cm_http_connections(const cm_http_t *server) { return server->connection_count; }
 
+uint64_t cm_http_evictions(const cm_http_t *server) { return server->evictions; }
+
 void cm_http_set_request_timeout(cm_http_t *server, uint64_t milliseconds) {
     assert(milliseconds > 0);
     server->request_timeout = milliseconds;
+    server->header_timeout = milliseconds;
 }
 
 static void on_listener_closed(uv_handle_t *listener) {

@@ -5,12 +5,21 @@
  * One request per connection: the server reads until the blank line that
  * ends the header (at most CM_HTTP_MAX_HEADER bytes, else 431), answers GET
  * through the owner's handler (other methods get 405, unparseable requests
- * 400, requests not complete within the request timeout 408), always with
- * Content-Length and "Connection: close", then half-closes and drops the
- * connection.  Request bodies are not read.  Clients that send garbage, stall
- * or vanish midway cost a connection slot until the timeout, never a crash
- * or a leak; at most CM_HTTP_MAX_CONNECTIONS are open at once, further ones
- * are accepted and closed at once.
+ * 400, requests whose header is not complete within the header deadline
+ * 408), always with Content-Length and "Connection: close", then half-closes
+ * and drops the connection.  Request bodies are not read.  Clients that send
+ * garbage, stall or vanish midway cost a connection slot until the deadline,
+ * never a crash or a leak.
+ *
+ * Slow clients never starve new ones (a probe must get through 200 slowloris
+ * connections): at most CM_HTTP_MAX_PER_ADDRESS connections per client IP
+ * address and CM_HTTP_MAX_CONNECTIONS in all are open at once, and a new
+ * connection beyond either limit closes the oldest connection that is idle
+ * (it has not sent a whole request, or its answer is already sent) of that
+ * address, or of any address for the global limit, rather than being turned
+ * away.  Only when every open connection is busy writing an answer is the
+ * new one closed at once.  Evictions log one warning per server and are
+ * counted (cm_http_evictions).
  *
  * Everything runs on the loop's thread: the handler is called there and
  * must not block.  The server owns its handles (a listener, and a TCP handle
@@ -30,7 +39,9 @@
 enum {
     CM_HTTP_MAX_HEADER = 8192,      /* bytes of request line + header fields */
     CM_HTTP_MAX_CONNECTIONS = 64,   /* open at the same time */
-    CM_HTTP_REQUEST_TIMEOUT = 10000 /* milliseconds, default */
+    CM_HTTP_MAX_PER_ADDRESS = 16,   /* open at the same time from one client IP address */
+    CM_HTTP_HEADER_TIMEOUT = 3000,  /* milliseconds to send the whole header, default */
+    CM_HTTP_REQUEST_TIMEOUT = 10000 /* milliseconds to read the answer, default */
 };
 
 typedef struct cm_http cm_http_t;
@@ -90,9 +101,12 @@ int cm_http_port(const cm_http_t *server);
 /* Connections open right now (reading, writing or closing). */
 int cm_http_connections(const cm_http_t *server);
 
+/* Idle connections closed so far to make room for new ones (see above). */
+uint64_t cm_http_evictions(const cm_http_t *server);
+
 /*
- * Sets the time a client has to send its request and then to read the answer
- * (milliseconds, > 0) for connections accepted from now on.
+ * Sets the time a client has to send its request header and then to read the
+ * answer (milliseconds, > 0, both) for connections accepted from now on.
  */
 void cm_http_set_request_timeout(cm_http_t *server, uint64_t milliseconds);
 

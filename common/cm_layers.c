@@ -342,3 +342,400 @@ void cm_layers_mean_pool_backward(float *d_in, const float *d_out, const unsigne
 void cm_layers_add_forward(float *out, const float *a, const float *b, int count) {
     for (int i = 0; i < count; i++) out[i] = a[i] + b[i];
 }
+
+/* ---------------------------------------------------------------- convolutional layers */
+
+static const float batchnorm_epsilon = 1e-5f;
+
+int cm_layers_conv2d_out_side(int side, int kernel, int stride, int padding) {
+    return (side + 2 * padding - kernel) / stride + 1;
+}
+
+/* The range [*first, *last) of output columns ox whose input column ox*stride + offset lies in
+ * [0, width). */
+static void valid_range(int offset, int stride, int width, int out_width, int *first, int *last) {
+    int start = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    int stop = width - offset <= 0 ? 0 : (width - offset + stride - 1) / stride;
+    if (stop > out_width) stop = out_width;
+    if (start > stop) start = stop;
+    *first = start;
+    *last = stop;
+}
+
+/* cols[channels*kernel*kernel][out_h*out_w]: row (c, ky, kx), column (oy, ox) holds
+ * image[c][oy*stride - padding + ky][ox*stride - padding + kx], 0 outside the image. */
+static void im2col(float *cols, const float *image, int channels, int height, int width, int kernel,
+                   int stride, int padding, int out_height, int out_width) {
+    size_t positions = (size_t)out_height * (size_t)out_width;
+    for (int channel = 0; channel < channels; channel++)
+        for (int ky = 0; ky < kernel; ky++)
+            for (int kx = 0; kx < kernel; kx++) {
+                float *row = cols + ((size_t)(channel * kernel + ky) * kernel + kx) * positions;
+                int first, last;
+                valid_range(kx - padding, stride, width, out_width, &first, &last);
+                for (int oy = 0; oy < out_height; oy++) {
+                    float *out_row = row + (size_t)oy * out_width;
+                    int iy = oy * stride - padding + ky;
+                    if (iy < 0 || iy >= height) {
+                        memset(out_row, 0, sizeof(float) * (size_t)out_width);
+                        continue;
+                    }
+                    const float *in_row =
+                        image + ((size_t)channel * height + (size_t)iy) * (size_t)width;
+                    for (int ox = 0; ox < first; ox++) out_row[ox] = 0.0f;
+                    if (stride == 1)
+                        memcpy(out_row + first, in_row + first + kx - padding,
+                               sizeof(float) * (size_t)(last - first));
+                    else
+                        for (int ox = first; ox < last; ox++)
+                            out_row[ox] = in_row[ox * stride - padding + kx];
+                    for (int ox = last; ox < out_width; ox++) out_row[ox] = 0.0f;
+                }
+            }
+}
+
+/* The adjoint of im2col: d_image[channels][height][width] += every column entry at its pixel. */
+static void col2im_add(float *d_image, const float *cols, int channels, int height, int width,
+                       int kernel, int stride, int padding, int out_height, int out_width) {
+    size_t positions = (size_t)out_height * (size_t)out_width;
+    for (int channel = 0; channel < channels; channel++)
+        for (int ky = 0; ky < kernel; ky++)
+            for (int kx = 0; kx < kernel; kx++) {
+                const float *row =
+                    cols + ((size_t)(channel * kernel + ky) * kernel + kx) * positions;
+                int first, last;
+                valid_range(kx - padding, stride, width, out_width, &first, &last);
+                for (int oy = 0; oy < out_height; oy++) {
+                    int iy = oy * stride - padding + ky;
+                    if (iy < 0 || iy >= height) continue;
+                    const float *col_row = row + (size_t)oy * out_width;
+                    float *d_row =
+                        d_image + ((size_t)channel * height + (size_t)iy) * (size_t)width;
+                    for (int ox = first; ox < last; ox++)
+                        d_row[ox * stride - padding + kx] += col_row[ox];
+                }
+            }
+}
+
+/* A 1x1 convolution with stride 1 and no padding needs no columns: the image is its own. */
+static int is_pointwise(int kernel, int stride, int padding) {
+    return kernel == 1 && stride == 1 && padding == 0;
+}
+
+void cm_layers_conv2d_forward(float *out, float *cols, const float *in, const float *weight,
+                              const float *bias, int batch, int in_channels, int height, int width,
+                              int out_channels, int kernel, int stride, int padding) {
+    int out_height = cm_layers_conv2d_out_side(height, kernel, stride, padding);
+    int out_width = cm_layers_conv2d_out_side(width, kernel, stride, padding);
+    int positions = out_height * out_width, patch = in_channels * kernel * kernel;
+    for (int example = 0; example < batch; example++) {
+        const float *image = in + (size_t)example * in_channels * height * width;
+        float *out_example = out + (size_t)example * out_channels * positions;
+        const float *columns = image;
+        if (!is_pointwise(kernel, stride, padding)) {
+            im2col(cols, image, in_channels, height, width, kernel, stride, padding, out_height,
+                   out_width);
+            columns = cols;
+        }
+        float beta = 0.0f;
+        if (bias) {
+            for (int channel = 0; channel < out_channels; channel++)
+                for (int position = 0; position < positions; position++)
+                    out_example[(size_t)channel * positions + position] = bias[channel];
+            beta = 1.0f;
+        }
+        /* out_e[out_channels][positions] = weight[out_channels][patch] · cols[patch][positions] */
+        cm_blas_sgemm(false, false, out_channels, positions, patch, 1.0f, weight, patch, columns,
+                      positions, beta, out_example, positions);
+    }
+}
+
+void cm_layers_conv2d_backward(float *d_in, float *d_weight, float *d_bias, float *cols,
+                               const float *d_out, const float *in, const float *weight, int batch,
+                               int in_channels, int height, int width, int out_channels, int kernel,
+                               int stride, int padding) {
+    int out_height = cm_layers_conv2d_out_side(height, kernel, stride, padding);
+    int out_width = cm_layers_conv2d_out_side(width, kernel, stride, padding);
+    int positions = out_height * out_width, patch = in_channels * kernel * kernel;
+    int pointwise = is_pointwise(kernel, stride, padding);
+    for (int example = 0; example < batch; example++) {
+        size_t image_offset = (size_t)example * in_channels * height * width;
+        const float *d_out_example = d_out + (size_t)example * out_channels * positions;
+        if (d_bias)
+            for (int channel = 0; channel < out_channels; channel++) {
+                const float *d_row = d_out_example + (size_t)channel * positions;
+                float sum = 0.0f;
+                for (int position = 0; position < positions; position++) sum += d_row[position];
+                d_bias[channel] += sum;
+            }
+        if (d_weight) {
+            const float *columns = in + image_offset;
+            if (!pointwise) {
+                im2col(cols, in + image_offset, in_channels, height, width, kernel, stride, padding,
+                       out_height, out_width);
+                columns = cols;
+            }
+            /* d_weight[out_channels][patch] += d_out_e · cols^T */
+            cm_blas_sgemm(false, true, out_channels, patch, positions, 1.0f, d_out_example,
+                          positions, columns, positions, 1.0f, d_weight, patch);
+        }
+        if (d_in) {
+            /* d_cols[patch][positions] = weight^T · d_out_e, then scattered back to pixels. */
+            if (pointwise) {
+                cm_blas_sgemm(true, false, patch, positions, out_channels, 1.0f, weight, patch,
+                              d_out_example, positions, 1.0f, d_in + image_offset, positions);
+                continue;
+            }
+            cm_blas_sgemm(true, false, patch, positions, out_channels, 1.0f, weight, patch,
+                          d_out_example, positions, 0.0f, cols, positions);
+            col2im_add(d_in + image_offset, cols, in_channels, height, width, kernel, stride,
+                       padding, out_height, out_width);
+        }
+    }
+}
+
+void cm_layers_maxpool2x2_forward(float *out, int32_t *argmax, const float *in, int planes,
+                                  int height, int width) {
+    int out_height = height / 2, out_width = width / 2;
+    for (int plane = 0; plane < planes; plane++) {
+        const float *in_plane = in + (size_t)plane * height * width;
+        size_t out_offset = (size_t)plane * out_height * out_width;
+        for (int oy = 0; oy < out_height; oy++)
+            for (int ox = 0; ox < out_width; ox++) {
+                int best = 2 * oy * width + 2 * ox;
+                const int candidates[3] = {best + 1, best + width, best + width + 1};
+                for (int index = 0; index < 3; index++)
+                    if (in_plane[candidates[index]] > in_plane[best]) best = candidates[index];
+                size_t at = out_offset + (size_t)oy * out_width + ox;
+                out[at] = in_plane[best];
+                argmax[at] = best;
+            }
+    }
+}
+
+void cm_layers_maxpool2x2_backward(float *d_in, const float *d_out, const int32_t *argmax,
+                                   int planes, int height, int width) {
+    int outputs = (height / 2) * (width / 2);
+    for (int plane = 0; plane < planes; plane++) {
+        float *d_plane = d_in + (size_t)plane * height * width;
+        const float *d_out_plane = d_out + (size_t)plane * outputs;
+        const int32_t *argmax_plane = argmax + (size_t)plane * outputs;
+        for (int index = 0; index < outputs; index++)
+            d_plane[argmax_plane[index]] += d_out_plane[index];
+    }
+}
+
+/* Sums of one row in eight float lanes: no single chain of dependent additions (the
+ * latency of one add per element), and each lane adds at most a row / 8 values. */
+enum { LANES = 8 };
+
+static double row_sum(const float *row, int count) {
+    float lanes[LANES] = {0};
+    int index = 0;
+    for (; index + LANES <= count; index += LANES)
+        for (int lane = 0; lane < LANES; lane++) lanes[lane] += row[index + lane];
+    double sum = 0.0;
+    for (; index < count; index++) sum += row[index];
+    for (int lane = 0; lane < LANES; lane++) sum += lanes[lane];
+    return sum;
+}
+
+static double row_centred_squares(const float *row, int count, float mean) {
+    float lanes[LANES] = {0};
+    int index = 0;
+    for (; index + LANES <= count; index += LANES)
+        for (int lane = 0; lane < LANES; lane++) {
+            float centred = row[index + lane] - mean;
+            lanes[lane] += centred * centred;
+        }
+    double sum = 0.0;
+    for (; index < count; index++) sum += (double)(row[index] - mean) * (row[index] - mean);
+    for (int lane = 0; lane < LANES; lane++) sum += lanes[lane];
+    return sum;
+}
+
+/* d_sum += sum(g), d_dot += sum(g * (x - mean) * rstd) over one row, where g = d_out, gated by
+ * relu_out > 0 when relu_out is not NULL (the fused ReLU's backward). */
+static void row_gradient_sums(const float *d_out, const float *relu_out, const float *in, int count,
+                              float mean, float rstd, double *d_sum, double *d_dot) {
+    float sum_lanes[LANES] = {0}, dot_lanes[LANES] = {0};
+    int index = 0;
+    for (; index + LANES <= count; index += LANES)
+        for (int lane = 0; lane < LANES; lane++) {
+            int at = index + lane;
+            float gradient = !relu_out || relu_out[at] > 0.0f ? d_out[at] : 0.0f;
+            sum_lanes[lane] += gradient;
+            dot_lanes[lane] += gradient * (in[at] - mean) * rstd;
+        }
+    for (; index < count; index++) {
+        float gradient = !relu_out || relu_out[index] > 0.0f ? d_out[index] : 0.0f;
+        *d_sum += gradient;
+        *d_dot += (double)gradient * (in[index] - mean) * rstd;
+    }
+    for (int lane = 0; lane < LANES; lane++) {
+        *d_sum += sum_lanes[lane];
+        *d_dot += dot_lanes[lane];
+    }
+}
+
+/* out[count] = in * scale + shift, then max(., 0) when relu. */
+static void affine_row(float *out, const float *in, int count, float scale, float shift, int relu) {
+    /* In blocks of eight (a fixed inner loop the compiler turns into vector instructions at
+     * -O2), the ReLU as a mask rather than a branch: signs are random, branches mispredict. */
+    float floor = relu ? 0.0f : -INFINITY;
+    int index = 0;
+    for (; index + LANES <= count; index += LANES)
+        for (int lane = 0; lane < LANES; lane++) {
+            float value = in[index + lane] * scale + shift;
+            out[index + lane] = value > floor ? value : floor;
+        }
+    for (; index < count; index++) {
+        float value = in[index] * scale + shift;
+        out[index] = value > floor ? value : floor;
+    }
+}
+
+/* Per-channel statistics: float lanes per row (at most one map, 784 values for 28x28), rows
+ * summed in double (a channel has batch*spatial values, 100 000 at batch 128). */
+void cm_layers_batchnorm_train_forward(float *out, float *mean, float *rstd, float *running_mean,
+                                       float *running_var, const float *in, const float *gamma,
+                                       const float *beta, int batch, int channels, int spatial,
+                                       float momentum, int relu) {
+    size_t values = (size_t)batch * (size_t)spatial;
+    for (int channel = 0; channel < channels; channel++) {
+        double sum = 0.0;
+        for (int example = 0; example < batch; example++)
+            sum += row_sum(in + ((size_t)example * channels + channel) * spatial, spatial);
+        float mean_float = (float)(sum / (double)values);
+        double squares = 0.0;
+        for (int example = 0; example < batch; example++)
+            squares += row_centred_squares(in + ((size_t)example * channels + channel) * spatial,
+                                           spatial, mean_float);
+        double variance = squares / (double)values;
+        float channel_rstd = (float)(1.0 / sqrt(variance + batchnorm_epsilon));
+        float scale = channel_rstd * gamma[channel];
+        float shift = beta[channel] - mean_float * scale;
+        for (int example = 0; example < batch; example++) {
+            size_t offset = ((size_t)example * channels + channel) * spatial;
+            affine_row(out + offset, in + offset, spatial, scale, shift, relu);
+        }
+        mean[channel] = mean_float;
+        rstd[channel] = channel_rstd;
+        if (running_mean && running_var) {
+            double unbiased = values > 1 ? squares / (double)(values - 1) : variance;
+            running_mean[channel] =
+                (1.0f - momentum) * running_mean[channel] + momentum * mean_float;
+            running_var[channel] =
+                (1.0f - momentum) * running_var[channel] + momentum * (float)unbiased;
+        }
+    }
+}
+
+void cm_layers_batchnorm_train_backward(float *d_in, float *d_gamma, float *d_beta,
+                                        const float *d_out, const float *relu_out, const float *in,
+                                        const float *gamma, const float *mean, const float *rstd,
+                                        int batch, int channels, int spatial) {
+    double values = (double)batch * (double)spatial;
+    for (int channel = 0; channel < channels; channel++) {
+        float channel_mean = mean[channel], channel_rstd = rstd[channel];
+        /* With n = normalised input and g = d_out (gated by the ReLU): d_in = gamma * rstd *
+         * (g - mean(g) - n * mean(g * n)), the layer-norm formula over the channel's values. */
+        double d_sum = 0.0, d_dot_norm = 0.0;
+        for (int example = 0; example < batch; example++) {
+            size_t offset = ((size_t)example * channels + channel) * spatial;
+            row_gradient_sums(d_out + offset, relu_out ? relu_out + offset : NULL, in + offset,
+                              spatial, channel_mean, channel_rstd, &d_sum, &d_dot_norm);
+        }
+        if (d_gamma) d_gamma[channel] += (float)d_dot_norm;
+        if (d_beta) d_beta[channel] += (float)d_sum;
+        if (!d_in) continue;
+        float d_mean = (float)(d_sum / values), d_dot_norm_mean = (float)(d_dot_norm / values);
+        float scale = gamma[channel] * channel_rstd;
+        for (int example = 0; example < batch; example++) {
+            size_t offset = ((size_t)example * channels + channel) * spatial;
+            const float *d_row = d_out + offset, *in_row = in + offset;
+            const float *relu_row = relu_out ? relu_out + offset : NULL;
+            float *d_in_row = d_in + offset;
+            /* d_in = scale * (g - d_mean - (in - mean) * rstd * d_dot_norm_mean), as
+             * d_in += g * scale + (in * slope + intercept), in blocks of eight (see affine_row) */
+            float slope = -scale * channel_rstd * d_dot_norm_mean;
+            float intercept = -scale * d_mean - slope * channel_mean;
+            int index = 0;
+            if (relu_row)
+                for (; index + LANES <= spatial; index += LANES)
+                    for (int lane = 0; lane < LANES; lane++) {
+                        int at = index + lane;
+                        float gradient = relu_row[at] > 0.0f ? d_row[at] : 0.0f;
+                        d_in_row[at] += gradient * scale + (in_row[at] * slope + intercept);
+                    }
+            else
+                for (; index + LANES <= spatial; index += LANES)
+                    for (int lane = 0; lane < LANES; lane++) {
+                        int at = index + lane;
+                        d_in_row[at] += d_row[at] * scale + (in_row[at] * slope + intercept);
+                    }
+            for (; index < spatial; index++) {
+                float gradient = !relu_row || relu_row[index] > 0.0f ? d_row[index] : 0.0f;
+                d_in_row[index] += gradient * scale + (in_row[index] * slope + intercept);
+            }
+        }
+    }
+}
+
+void cm_layers_batchnorm_eval_forward(float *out, const float *in, const float *gamma,
+                                      const float *beta, const float *running_mean,
+                                      const float *running_var, int batch, int channels,
+                                      int spatial, int relu) {
+    for (int channel = 0; channel < channels; channel++) {
+        float scale = gamma[channel] / sqrtf(running_var[channel] + batchnorm_epsilon);
+        float shift = beta[channel] - running_mean[channel] * scale;
+        for (int example = 0; example < batch; example++) {
+            size_t offset = ((size_t)example * channels + channel) * spatial;
+            affine_row(out + offset, in + offset, spatial, scale, shift, relu);
+        }
+    }
+}
+
+void cm_layers_batchnorm_eval_backward(float *d_in, float *d_gamma, float *d_beta,
+                                       const float *d_out, const float *relu_out, const float *in,
+                                       const float *gamma, const float *running_mean,
+                                       const float *running_var, int batch, int channels,
+                                       int spatial) {
+    for (int channel = 0; channel < channels; channel++) {
+        float channel_rstd = 1.0f / sqrtf(running_var[channel] + batchnorm_epsilon);
+        float scale = gamma[channel] * channel_rstd;
+        double d_sum = 0.0, d_dot_norm = 0.0;
+        for (int example = 0; example < batch; example++) {
+            size_t offset = ((size_t)example * channels + channel) * spatial;
+            const float *relu_row = relu_out ? relu_out + offset : NULL;
+            row_gradient_sums(d_out + offset, relu_row, in + offset, spatial, running_mean[channel],
+                              channel_rstd, &d_sum, &d_dot_norm);
+            if (!d_in) continue;
+            for (int index = 0; index < spatial; index++) {
+                float gradient = !relu_row || relu_row[index] > 0.0f ? d_out[offset + index] : 0.0f;
+                d_in[offset + index] += gradient * scale;
+            }
+        }
+        if (d_gamma) d_gamma[channel] += (float)d_dot_norm;
+        if (d_beta) d_beta[channel] += (float)d_sum;
+    }
+}
+
+void cm_layers_global_avg_pool_forward(float *out, const float *in, int batch, int channels,
+                                       int spatial) {
+    for (size_t plane = 0; plane < (size_t)batch * channels; plane++) {
+        const float *row = in + plane * spatial;
+        float sum = 0.0f;
+        for (int index = 0; index < spatial; index++) sum += row[index];
+        out[plane] = sum / (float)spatial;
+    }
+}
+
+void cm_layers_global_avg_pool_backward(float *d_in, const float *d_out, int batch, int channels,
+                                        int spatial) {
+    for (size_t plane = 0; plane < (size_t)batch * channels; plane++) {
+        float share = d_out[plane] / (float)spatial;
+        float *row = d_in + plane * spatial;
+        for (int index = 0; index < spatial; index++) row[index] += share;
+    }
+}

@@ -102,4 +102,75 @@ void cm_layers_mean_pool_backward(float *d_in, const float *d_out, const unsigne
 /* out[count] = a[count] + b[count] (residual connections); out may alias a or b. */
 void cm_layers_add_forward(float *out, const float *a, const float *b, int count);
 
+/* ---- convolutional layers: images are NCHW, [batch][channels][height][width], as PyTorch. */
+
+/* Output side of a convolution over `side` pixels: (side + 2*padding - kernel) / stride + 1. */
+int cm_layers_conv2d_out_side(int side, int kernel, int stride, int padding);
+
+/* 2-D convolution by im2col and one GEMM per example (zero padding, square kernel):
+ * out[batch][out_channels][out_h][out_w] = weight[out_channels][in_channels*kernel*kernel]
+ * (PyTorch's [out][in][kh][kw], flattened) applied to in[batch][in_channels][height][width],
+ * plus bias[out_channels] (may be NULL); out_h, out_w from cm_layers_conv2d_out_side.
+ * cols is scratch of in_channels*kernel*kernel*out_h*out_w floats (one example's columns). */
+void cm_layers_conv2d_forward(float *out, float *cols, const float *in, const float *weight,
+                              const float *bias, int batch, int in_channels, int height, int width,
+                              int out_channels, int kernel, int stride, int padding);
+/* d_in[batch][in_channels][height][width], d_weight[out_channels][in_channels*kernel*kernel],
+ * d_bias[out_channels] += gradients for d_out[batch][out_channels][out_h][out_w]; any may be
+ * NULL.  cols: the forward's scratch size (the columns are rebuilt, not saved). */
+void cm_layers_conv2d_backward(float *d_in, float *d_weight, float *d_bias, float *cols,
+                               const float *d_out, const float *in, const float *weight, int batch,
+                               int in_channels, int height, int width, int out_channels, int kernel,
+                               int stride, int padding);
+
+/* 2x2 max pooling, stride 2, over planes[planes][height][width] (planes = batch*channels):
+ * out[planes][height/2][width/2] (an odd last row or column is dropped, as PyTorch's floor
+ * mode); argmax[planes][height/2][width/2] saves the index inside its plane (y*width + x) of
+ * the maximum (the first one on ties). */
+void cm_layers_maxpool2x2_forward(float *out, int32_t *argmax, const float *in, int planes,
+                                  int height, int width);
+/* d_in[planes][height][width] += d_out routed to the saved argmax of each window. */
+void cm_layers_maxpool2x2_backward(float *d_in, const float *d_out, const int32_t *argmax,
+                                   int planes, int height, int width);
+
+/* Batch norm over in[batch][channels][spatial] (spatial = h*w; 1 for a dense layer), eps 1e-5,
+ * training mode: per channel the batch mean and biased variance over batch*spatial values,
+ * out = (in - mean) * rstd * gamma[channels] + beta[channels], followed by a fused ReLU
+ * (out = max(out, 0)) when relu is 1; saves mean[channels] and rstd[channels] for backward,
+ * and updates running_mean[channels] and running_var[channels] (the unbiased variance, as
+ * PyTorch) as running = (1 - momentum) running + momentum batch.  running_mean and running_var
+ * may be NULL (no update).  out may not alias in. */
+void cm_layers_batchnorm_train_forward(float *out, float *mean, float *rstd, float *running_mean,
+                                       float *running_var, const float *in, const float *gamma,
+                                       const float *beta, int batch, int channels, int spatial,
+                                       float momentum, int relu);
+/* Backward of the training-mode forward (the batch statistics depend on in):
+ * d_in[batch][channels][spatial], d_gamma[channels], d_beta[channels] += gradients for d_out.
+ * relu_out: the forward's output when it fused the ReLU (d_out then passes only where
+ * relu_out > 0), NULL without. */
+void cm_layers_batchnorm_train_backward(float *d_in, float *d_gamma, float *d_beta,
+                                        const float *d_out, const float *relu_out, const float *in,
+                                        const float *gamma, const float *mean, const float *rstd,
+                                        int batch, int channels, int spatial);
+/* Evaluation mode: out = (in - running_mean) / sqrt(running_var + eps) * gamma + beta, then
+ * the fused ReLU when relu is 1. */
+void cm_layers_batchnorm_eval_forward(float *out, const float *in, const float *gamma,
+                                      const float *beta, const float *running_mean,
+                                      const float *running_var, int batch, int channels,
+                                      int spatial, int relu);
+/* Backward of the evaluation-mode forward (a fixed affine map per channel); relu_out as for
+ * the training-mode backward. */
+void cm_layers_batchnorm_eval_backward(float *d_in, float *d_gamma, float *d_beta,
+                                       const float *d_out, const float *relu_out, const float *in,
+                                       const float *gamma, const float *running_mean,
+                                       const float *running_var, int batch, int channels,
+                                       int spatial);
+
+/* Global average pooling: out[batch][channels] = mean of in[batch][channels][spatial]. */
+void cm_layers_global_avg_pool_forward(float *out, const float *in, int batch, int channels,
+                                       int spatial);
+/* d_in[batch][channels][spatial] += d_out[batch][channels] / spatial. */
+void cm_layers_global_avg_pool_backward(float *d_in, const float *d_out, int batch, int channels,
+                                        int spatial);
+
 #endif

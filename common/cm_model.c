@@ -35,12 +35,13 @@ enum { MAX_TENSORS = 256, MAX_BUFFERS = 512, MAX_VIT_DEPTH = 24 };
 typedef struct {
     char name[CM_TENSOR_MAX_NAME];
     int ndim;
-    int64_t shape[2];
+    int64_t shape[4];
     size_t offset;  /* in floats, into params and grads */
     size_t count;   /* floats */
     int decay;      /* 1: AdamW weight decay applies */
     float init_std; /* N(0, init_std); 0 with init_one: filled with 1 */
     int init_one;
+    int buffer;   /* 1: a batch-norm running statistic: no gradient, no AdamW update */
     float **slot; /* where the parameter pointer goes once allocated */
 } param_entry_t;
 
@@ -53,9 +54,24 @@ typedef struct {
     float *ln2_out, *ln2_mean, *ln2_rstd, *fc1_pre, *fc1_act, *x_out;
 } vit_block_t;
 
+/* One conv-bn-relu(-pool) stage of the CNN; maps are NCHW for the stage's batch. */
+typedef struct {
+    int in_channels, height, width; /* the stage's input map */
+    int out_channels;          /* the conv, bn and relu maps are out_channels x height x width */
+    int out_height, out_width; /* after the optional pool */
+    /* parameters and buffers */
+    float *conv_weight, *bn_gamma, *bn_beta, *running_mean, *running_var;
+    /* activations */
+    float *conv_out, *relu_out,
+        *pooled;        /* relu_out = relu(bn(conv_out)); pooled: NULL without a pool */
+    int32_t *argmax;    /* [batch][out_channels][out_h][out_w] */
+    float *mean, *rstd; /* [out_channels], training mode */
+} cnn_stage_t;
+
 struct cm_model {
     cm_model_spec_t spec;
     int max_batch;
+    int training; /* 1: training mode (batch norm uses and updates batch statistics) */
     int tensor_count;
     param_entry_t tensors[MAX_TENSORS];
     size_t param_count;
@@ -85,6 +101,14 @@ struct cm_model {
     /* tok */
     float *token_table;   /* [vocab][dim] */
     unsigned char *valid; /* [batch][len]: 1 for a real token, 0 for pad */
+
+    /* cnn: the stages, then global average pooling into the dense stack */
+    cnn_stage_t stages[CM_MODEL_MAX_STAGES];
+    float *gap, *d_gap;       /* [batch][last channels] */
+    const float *head_input;  /* the dense stack's input: gap, or the last map (flatten) */
+    float *cnn_tokens;        /* [batch][positions][last channels], the "tokens" feature */
+    float *cols;              /* im2col scratch of the largest stage, one example */
+    float *d_map_a, *d_map_b; /* gradient ping-pong buffers, the largest map */
 };
 
 /* ---------------------------------------------------------------- spec */
@@ -230,6 +254,20 @@ static cm_status_t parse_transformer_keys(const char *whole, const spec_key_t *k
     return CM_OK;
 }
 
+/* An image=HxW value into the spec's sides. */
+static cm_status_t parse_image(const char *whole, const spec_key_t *key, cm_model_spec_t *spec) {
+    if (!key->seen) return CM_OK;
+    int sides[2] = {0, 0}, count = 0;
+    cm_status_t status =
+        parse_list(whole, "image side", key->value, 'x', 1, MAX_IMAGE_SIDE, 2, sides, &count);
+    if (status == CM_OK && count != 2)
+        status = cm_fail(CM_ERR_INVALID_ARG, "model spec '%s': image must be HxW, not '%.*s'",
+                         whole, (int)key->value.length, key->value.text);
+    spec->image_height = sides[0];
+    spec->image_width = sides[1];
+    return status;
+}
+
 static cm_status_t parse_vit(const char *whole, slice_t body, cm_model_spec_t *spec) {
     spec->kind = CM_MODEL_VIT;
     spec->image_height = spec->image_width = 28;
@@ -244,16 +282,7 @@ static cm_status_t parse_vit(const char *whole, slice_t body, cm_model_spec_t *s
     if (body.text)
         status = split_keys(whole, body, keys, 7, "image, patch, dim, depth, heads, mlp, classes");
     if (status == CM_OK) status = parse_transformer_keys(whole, keys, spec);
-    if (status == CM_OK && keys[4].seen) {
-        int sides[2] = {0, 0}, count = 0;
-        status = parse_list(whole, "image side", keys[4].value, 'x', 1, MAX_IMAGE_SIDE, 2, sides,
-                            &count);
-        if (status == CM_OK && count != 2)
-            status = cm_fail(CM_ERR_INVALID_ARG, "model spec '%s': image must be HxW, not '%.*s'",
-                             whole, (int)keys[4].value.length, keys[4].value.text);
-        spec->image_height = sides[0];
-        spec->image_width = sides[1];
-    }
+    if (status == CM_OK) status = parse_image(whole, &keys[4], spec);
     if (status == CM_OK) status = key_number(whole, &keys[5], 1, MAX_IMAGE_SIDE, &spec->patch);
     if (status == CM_OK) status = key_number(whole, &keys[6], 1, MAX_WIDTH, &spec->classes);
     if (status != CM_OK) return status;
@@ -317,6 +346,85 @@ static cm_status_t parse_tok(const char *whole, slice_t body, cm_model_spec_t *s
     return CM_OK;
 }
 
+static cm_status_t parse_cnn(const char *whole, slice_t body, cm_model_spec_t *spec) {
+    spec->kind = CM_MODEL_CNN;
+    spec->image_height = spec->image_width = 28;
+    spec->channels = 1;
+    spec->stages = 3;
+    spec->conv_channels[0] = 32;
+    spec->conv_channels[1] = 64;
+    spec->conv_channels[2] = 128;
+    spec->kernel = 3;
+    spec->classes = 10;
+    int hidden[CM_MODEL_MAX_LAYERS] = {256}, hidden_count = 1;
+    spec_key_t keys[] = {{.name = "image"},   {.name = "channels"}, {.name = "conv"},
+                         {.name = "kernel"},  {.name = "pool"},     {.name = "fc"},
+                         {.name = "classes"}, {.name = "head"}};
+    cm_status_t status = CM_OK;
+    if (body.text)
+        status = split_keys(whole, body, keys, 8,
+                            "image, channels, conv, kernel, pool, head, fc, classes");
+    if (status == CM_OK && keys[7].seen) {
+        slice_t head = keys[7].value;
+        if (head.length == 7 && memcmp(head.text, "flatten", 7) == 0)
+            spec->flatten = 1;
+        else if (!(head.length == 3 && memcmp(head.text, "gap", 3) == 0))
+            status = cm_fail(CM_ERR_INVALID_ARG,
+                             "model spec '%s': head must be gap (global average pooling) or "
+                             "flatten, not '%.*s'",
+                             whole, (int)head.length, head.text);
+    }
+    if (status == CM_OK) status = parse_image(whole, &keys[0], spec);
+    if (status == CM_OK) status = key_number(whole, &keys[1], 1, MAX_DIM, &spec->channels);
+    if (status == CM_OK && keys[2].seen)
+        status = parse_list(whole, "conv width", keys[2].value, '-', 1, MAX_DIM,
+                            CM_MODEL_MAX_STAGES, spec->conv_channels, &spec->stages);
+    if (status == CM_OK) status = key_number(whole, &keys[3], 1, 7, &spec->kernel);
+    for (int stage = 0; stage < spec->stages; stage++) spec->pool[stage] = 1;
+    if (status == CM_OK && keys[4].seen) {
+        int count = 0;
+        status = parse_list(whole, "pool flag", keys[4].value, '-', 0, 1, CM_MODEL_MAX_STAGES,
+                            spec->pool, &count);
+        if (status == CM_OK && count != spec->stages)
+            status = cm_fail(CM_ERR_INVALID_ARG,
+                             "model spec '%s' gives %d pool flags for %d conv stages (one 0 or 1 "
+                             "per stage, e.g. pool=1-1-0)",
+                             whole, count, spec->stages);
+    }
+    if (status == CM_OK && keys[5].seen) {
+        status = parse_list(whole, "fc width", keys[5].value, '-', 0, MAX_WIDTH,
+                            CM_MODEL_MAX_LAYERS - 1, hidden, &hidden_count);
+        if (status == CM_OK && hidden_count == 1 && hidden[0] == 0) hidden_count = 0;
+        for (int index = 0; status == CM_OK && index < hidden_count; index++)
+            if (hidden[index] == 0)
+                status = cm_fail(CM_ERR_INVALID_ARG,
+                                 "model spec '%s': an fc width is 0 (fc=0 alone means no hidden "
+                                 "dense layer)",
+                                 whole);
+    }
+    if (status == CM_OK) status = key_number(whole, &keys[6], 1, MAX_WIDTH, &spec->classes);
+    if (status != CM_OK) return status;
+    if (spec->kernel % 2 == 0)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "model spec '%s': kernel %d must be odd (\"same\" padding of kernel/2)",
+                       whole, spec->kernel);
+    int height = spec->image_height, width = spec->image_width;
+    for (int stage = 0; stage < spec->stages; stage++) {
+        if (!spec->pool[stage]) continue;
+        if (height < 2 || width < 2)
+            return cm_fail(CM_ERR_INVALID_ARG,
+                           "model spec '%s': stage %d pools a %dx%d map (too small to pool)", whole,
+                           stage, height, width);
+        height /= 2;
+        width /= 2;
+    }
+    spec->widths[0] = spec->conv_channels[spec->stages - 1] * (spec->flatten ? height * width : 1);
+    for (int index = 0; index < hidden_count; index++) spec->widths[index + 1] = hidden[index];
+    spec->layers = hidden_count + 1;
+    spec->widths[spec->layers] = spec->classes;
+    return CM_OK;
+}
+
 cm_status_t cm_model_spec_parse(const char *text, cm_model_spec_t *spec) {
     memset(spec, 0, sizeof *spec);
     size_t length = strlen(text);
@@ -327,6 +435,7 @@ cm_status_t cm_model_spec_parse(const char *text, cm_model_spec_t *spec) {
     size_t family_length = colon ? (size_t)(colon - text) : length;
     slice_t body = {colon ? colon + 1 : NULL, colon ? length - family_length - 1 : 0};
     if (family_length == 3 && memcmp(text, "vit", 3) == 0) return parse_vit(text, body, spec);
+    if (family_length == 3 && memcmp(text, "cnn", 3) == 0) return parse_cnn(text, body, spec);
     if (colon && family_length == 3) {
         if (memcmp(text, "mlp", 3) == 0) return parse_mlp(text, body, spec);
         if (memcmp(text, "emb", 3) == 0) return parse_emb(text, body, spec);
@@ -335,8 +444,10 @@ cm_status_t cm_model_spec_parse(const char *text, cm_model_spec_t *spec) {
     return cm_fail(CM_ERR_INVALID_ARG,
                    "model spec '%s' is none of 'mlp:IN-HIDDEN-...-OUT', "
                    "'vit:image=HxW,patch=P,dim=D,depth=L,heads=H,mlp=M,classes=C', "
-                   "'emb:cards=AxB...,dim=D,mlp=H1-H2...,out=O' or "
-                   "'tok:len=L,vocab=V,dim=D,depth=L,heads=H,mlp=M,pad=P,out=O'",
+                   "'emb:cards=AxB...,dim=D,mlp=H1-H2...,out=O', "
+                   "'tok:len=L,vocab=V,dim=D,depth=L,heads=H,mlp=M,pad=P,out=O' or "
+                   "'cnn:image=HxW,channels=C,conv=C1-C2...,kernel=K,pool=P1-P2...,fc=F1-F2...,"
+                   "classes=N'",
                    text);
 }
 
@@ -382,6 +493,20 @@ void cm_model_spec_format(const cm_model_spec_t *spec, char *text, size_t size) 
                spec->sequence_length, spec->vocab, spec->dim, spec->depth, spec->heads,
                spec->mlp_dim, spec->pad, spec->classes);
         return;
+    case CM_MODEL_CNN:
+        append(text, size, &used, "cnn:image=%dx%d,channels=%d,conv=", spec->image_height,
+               spec->image_width, spec->channels);
+        for (int stage = 0; stage < spec->stages; stage++)
+            append(text, size, &used, stage ? "-%d" : "%d", spec->conv_channels[stage]);
+        append(text, size, &used, ",kernel=%d,pool=", spec->kernel);
+        for (int stage = 0; stage < spec->stages; stage++)
+            append(text, size, &used, stage ? "-%d" : "%d", spec->pool[stage]);
+        append(text, size, &used, ",head=%s,fc=", spec->flatten ? "flatten" : "gap");
+        if (spec->layers == 1) append(text, size, &used, "0");
+        for (int layer = 1; layer < spec->layers; layer++)
+            append(text, size, &used, layer > 1 ? "-%d" : "%d", spec->widths[layer]);
+        append(text, size, &used, ",classes=%d", spec->classes);
+        return;
     }
 }
 
@@ -395,28 +520,42 @@ int cm_model_spec_inputs(const cm_model_spec_t *spec) {
         return spec->columns;
     case CM_MODEL_TOK:
         return spec->sequence_length;
+    case CM_MODEL_CNN:
+        return spec->channels * spec->image_height * spec->image_width;
     }
     return 0;
 }
 
 /* ---------------------------------------------------------------- building */
 
-static void add_param(cm_model_t *model, float **slot, const char *name, int rows, int cols,
-                      int decay, float init_std, int init_one) {
-    assert(model->tensor_count < MAX_TENSORS);
+/* Registers a tensor of ndim (1..4) dimensions; buffer: a running statistic (see param_entry_t). */
+static void add_param_shape(cm_model_t *model, float **slot, const char *name, int ndim,
+                            const int64_t *shape, int decay, float init_std, int init_one,
+                            int buffer) {
+    assert(model->tensor_count < MAX_TENSORS && ndim >= 1 && ndim <= 4);
     param_entry_t *entry = &model->tensors[model->tensor_count++];
     snprintf(entry->name, sizeof entry->name, "%s", name);
-    entry->ndim = cols > 0 ? 2 : 1;
-    entry->shape[0] = rows;
-    entry->shape[1] = cols;
-    entry->count = (size_t)rows * (size_t)(cols > 0 ? cols : 1);
+    entry->ndim = ndim;
+    entry->count = 1;
+    for (int axis = 0; axis < ndim; axis++) {
+        entry->shape[axis] = shape[axis];
+        entry->count *= (size_t)shape[axis];
+    }
     entry->offset = model->param_count;
     entry->decay = decay;
     entry->init_std = init_std;
     entry->init_one = init_one;
+    entry->buffer = buffer;
     entry->slot = slot;
     /* Keep every tensor 16-float (64-byte) aligned inside the block. */
     model->param_count += (entry->count + 15) / 16 * 16;
+}
+
+/* A matrix [rows][cols], or a vector [rows] when cols is 0. */
+static void add_param(cm_model_t *model, float **slot, const char *name, int rows, int cols,
+                      int decay, float init_std, int init_one) {
+    int64_t shape[2] = {rows, cols};
+    add_param_shape(model, slot, name, cols > 0 ? 2 : 1, shape, decay, init_std, init_one, 0);
 }
 
 static void add_dense(cm_model_t *model, float **weight, float **bias, const char *prefix,
@@ -594,6 +733,83 @@ static int alloc_tok_activations(cm_model_t *model) {
     return model->ids && model->valid && alloc_transformer_activations(model);
 }
 
+/* cnn: per stage "stages.<s>.conv.weight" [out][in][k][k] and "stages.<s>.bn.{weight, bias,
+ * running_mean, running_var}", then the dense stack fc0 .. fc<layers-1> over the pooled
+ * channels.  Also fills in every stage's map sizes. */
+static void register_cnn(cm_model_t *model) {
+    const cm_model_spec_t *spec = &model->spec;
+    int channels = spec->channels, height = spec->image_height, width = spec->image_width;
+    int kernel = spec->kernel;
+    for (int index = 0; index < spec->stages; index++) {
+        cnn_stage_t *stage = &model->stages[index];
+        stage->in_channels = channels;
+        stage->height = height;
+        stage->width = width;
+        stage->out_channels = spec->conv_channels[index];
+        stage->out_height = spec->pool[index] ? height / 2 : height;
+        stage->out_width = spec->pool[index] ? width / 2 : width;
+        char name[CM_TENSOR_MAX_NAME];
+        snprintf(name, sizeof name, "stages.%d.conv.weight", index);
+        int64_t shape[4] = {stage->out_channels, channels, kernel, kernel};
+        /* He normal: the conv feeds batch norm and a ReLU. */
+        add_param_shape(model, &stage->conv_weight, name, 4, shape, 1,
+                        sqrtf(2.0f / (float)(channels * kernel * kernel)), 0, 0);
+        int64_t per_channel[1] = {stage->out_channels};
+        snprintf(name, sizeof name, "stages.%d.bn.weight", index);
+        add_param_shape(model, &stage->bn_gamma, name, 1, per_channel, 0, 0.0f, 1, 0);
+        snprintf(name, sizeof name, "stages.%d.bn.bias", index);
+        add_param_shape(model, &stage->bn_beta, name, 1, per_channel, 0, 0.0f, 0, 0);
+        snprintf(name, sizeof name, "stages.%d.bn.running_mean", index);
+        add_param_shape(model, &stage->running_mean, name, 1, per_channel, 0, 0.0f, 0, 1);
+        snprintf(name, sizeof name, "stages.%d.bn.running_var", index);
+        add_param_shape(model, &stage->running_var, name, 1, per_channel, 0, 0.0f, 1, 1);
+        channels = stage->out_channels;
+        height = stage->out_height;
+        width = stage->out_width;
+    }
+    register_mlp(model);
+}
+
+static int alloc_cnn_activations(cm_model_t *model) {
+    const cm_model_spec_t *spec = &model->spec;
+    size_t batch = (size_t)model->max_batch, largest_map = 0, largest_cols = 0;
+    for (int index = 0; index < spec->stages; index++) {
+        cnn_stage_t *stage = &model->stages[index];
+        size_t plane = (size_t)stage->height * (size_t)stage->width;
+        size_t map = batch * (size_t)stage->out_channels * plane;
+        size_t in_map = batch * (size_t)stage->in_channels * plane;
+        size_t cols = (size_t)stage->in_channels * (size_t)(spec->kernel * spec->kernel) * plane;
+        if (map > largest_map) largest_map = map;
+        if (in_map > largest_map) largest_map = in_map;
+        if (cols > largest_cols) largest_cols = cols;
+        stage->conv_out = new_buffer(model, map);
+        stage->relu_out = new_buffer(model, map);
+        stage->mean = new_buffer(model, (size_t)stage->out_channels);
+        stage->rstd = new_buffer(model, (size_t)stage->out_channels);
+        if (!stage->conv_out || !stage->relu_out || !stage->mean || !stage->rstd) return 0;
+        if (spec->pool[index]) {
+            size_t pooled = batch * (size_t)stage->out_channels * (size_t)stage->out_height *
+                            (size_t)stage->out_width;
+            stage->pooled = new_buffer(model, pooled);
+            stage->argmax = cm_alloc_aligned(pooled, sizeof *stage->argmax);
+            if (!stage->pooled || !stage->argmax) return 0;
+        }
+    }
+    const cnn_stage_t *last = &model->stages[spec->stages - 1];
+    size_t last_map =
+        batch * (size_t)last->out_channels * (size_t)last->out_height * (size_t)last->out_width;
+    model->gap = new_buffer(model, batch * (size_t)last->out_channels);
+    /* set before any forward, so "hidden" (fc=0) is never a NULL feature */
+    model->head_input = spec->flatten ? (last->pooled ? last->pooled : last->relu_out) : model->gap;
+    model->d_gap = new_buffer(model, batch * (size_t)last->out_channels);
+    model->cnn_tokens = new_buffer(model, last_map);
+    model->cols = new_buffer(model, largest_cols);
+    model->d_map_a = new_buffer(model, largest_map);
+    model->d_map_b = new_buffer(model, largest_map);
+    return model->gap && model->d_gap && model->cnn_tokens && model->cols && model->d_map_a &&
+           model->d_map_b && alloc_mlp_activations(model);
+}
+
 cm_status_t cm_model_new(const cm_model_spec_t *spec, int max_batch, cm_model_t **out) {
     *out = NULL;
     if (max_batch < 1) return cm_fail(CM_ERR_INVALID_ARG, "batch size must be at least 1");
@@ -618,6 +834,9 @@ cm_status_t cm_model_new(const cm_model_spec_t *spec, int max_batch, cm_model_t 
         model->tokens = spec->sequence_length;
         register_tok(model);
         break;
+    case CM_MODEL_CNN:
+        register_cnn(model);
+        break;
     }
     model->params = cm_alloc_floats(model->param_count);
     model->grads = cm_alloc_floats(model->param_count);
@@ -637,6 +856,9 @@ cm_status_t cm_model_new(const cm_model_spec_t *spec, int max_batch, cm_model_t 
     case CM_MODEL_TOK:
         activations_ok = alloc_tok_activations(model);
         break;
+    case CM_MODEL_CNN:
+        activations_ok = alloc_cnn_activations(model);
+        break;
     }
     if (!activations_ok) goto fail;
     *out = model;
@@ -655,6 +877,8 @@ void cm_model_free(cm_model_t **model_pointer) {
     cm_free_aligned(model->grads);
     cm_free_aligned(model->ids);
     cm_free_aligned(model->valid);
+    for (int stage = 0; stage < CM_MODEL_MAX_STAGES; stage++)
+        cm_free_aligned(model->stages[stage].argmax);
     free(model);
     *model_pointer = NULL;
 }
@@ -671,6 +895,8 @@ void cm_model_init(cm_model_t *model, uint64_t seed) {
 }
 
 const cm_model_spec_t *cm_model_spec(const cm_model_t *model) { return &model->spec; }
+void cm_model_set_training(cm_model_t *model, int training) { model->training = training != 0; }
+int cm_model_training(const cm_model_t *model) { return model->training; }
 int cm_model_max_batch(const cm_model_t *model) { return model->max_batch; }
 float *cm_model_params(cm_model_t *model) { return model->params; }
 float *cm_model_grads(cm_model_t *model) { return model->grads; }
@@ -681,8 +907,7 @@ cm_tensor_t cm_model_tensor(const cm_model_t *model, int index) {
     const param_entry_t *entry = &model->tensors[index];
     cm_tensor_t tensor = {.dtype = CM_DTYPE_F32, .ndim = entry->ndim};
     snprintf(tensor.name, sizeof tensor.name, "%s", entry->name);
-    tensor.shape[0] = entry->shape[0];
-    tensor.shape[1] = entry->shape[1];
+    for (int axis = 0; axis < entry->ndim; axis++) tensor.shape[axis] = entry->shape[axis];
     tensor.data = model->params + entry->offset;
     return tensor;
 }
@@ -816,6 +1041,51 @@ static const float *tok_forward(cm_model_t *model, const float *inputs, int batc
     return transformer_forward(model, batch, model->valid);
 }
 
+static const float batchnorm_momentum = 0.1f; /* PyTorch's default */
+
+/* The stages over NCHW images, global average pooling, the dense stack. */
+static const float *cnn_forward(cm_model_t *model, const float *inputs, int batch) {
+    const cm_model_spec_t *spec = &model->spec;
+    const float *map = inputs;
+    for (int index = 0; index < spec->stages; index++) {
+        cnn_stage_t *stage = &model->stages[index];
+        int channels = stage->out_channels, plane = stage->height * stage->width;
+        cm_layers_conv2d_forward(stage->conv_out, model->cols, map, stage->conv_weight, NULL, batch,
+                                 stage->in_channels, stage->height, stage->width, channels,
+                                 spec->kernel, 1, spec->kernel / 2);
+        /* batch norm and ReLU fused: one pass, no pre-activation buffer */
+        if (model->training)
+            cm_layers_batchnorm_train_forward(stage->relu_out, stage->mean, stage->rstd,
+                                              stage->running_mean, stage->running_var,
+                                              stage->conv_out, stage->bn_gamma, stage->bn_beta,
+                                              batch, channels, plane, batchnorm_momentum, 1);
+        else
+            cm_layers_batchnorm_eval_forward(stage->relu_out, stage->conv_out, stage->bn_gamma,
+                                             stage->bn_beta, stage->running_mean,
+                                             stage->running_var, batch, channels, plane, 1);
+        map = stage->relu_out;
+        if (stage->pooled) {
+            cm_layers_maxpool2x2_forward(stage->pooled, stage->argmax, stage->relu_out,
+                                         batch * channels, stage->height, stage->width);
+            map = stage->pooled;
+        }
+    }
+    const cnn_stage_t *last = &model->stages[spec->stages - 1];
+    int channels = last->out_channels, positions = last->out_height * last->out_width;
+    cm_layers_global_avg_pool_forward(model->gap, map, batch, channels, positions);
+    /* "tokens": cnn_tokens[batch][positions][channels], the last map transposed per example. */
+    for (int example = 0; example < batch; example++) {
+        const float *source = map + (size_t)example * channels * positions;
+        float *target = model->cnn_tokens + (size_t)example * channels * positions;
+        for (int channel = 0; channel < channels; channel++)
+            for (int position = 0; position < positions; position++)
+                target[(size_t)position * channels + channel] =
+                    source[(size_t)channel * positions + position];
+    }
+    model->head_input = spec->flatten ? map : model->gap;
+    return mlp_forward(model, model->head_input, batch);
+}
+
 const float *cm_model_forward(cm_model_t *model, const float *inputs, int batch) {
     assert(batch >= 1 && batch <= model->max_batch);
     model->last_input = inputs;
@@ -829,12 +1099,15 @@ const float *cm_model_forward(cm_model_t *model, const float *inputs, int batch)
         return vit_forward(model, inputs, batch);
     case CM_MODEL_TOK:
         return tok_forward(model, inputs, batch);
+    case CM_MODEL_CNN:
+        return cnn_forward(model, inputs, batch);
     }
     return NULL;
 }
 
 static int has_dense_stack(const cm_model_t *model) {
-    return model->spec.kind == CM_MODEL_MLP || model->spec.kind == CM_MODEL_EMB;
+    cm_model_kind_t kind = model->spec.kind;
+    return kind == CM_MODEL_MLP || kind == CM_MODEL_EMB || kind == CM_MODEL_CNN;
 }
 
 static const float *trunk_last_tokens(const cm_model_t *model) {
@@ -848,10 +1121,17 @@ const float *cm_model_feature(const cm_model_t *model, const char *name, int *pe
     if (strcmp(name, "hidden") == 0) {
         if (has_dense_stack(model)) {
             *per_example = spec->widths[spec->layers - 1];
-            return model->act[spec->layers - 2];
+            return spec->layers >= 2 ? model->act[spec->layers - 2] : model->head_input;
         }
         *per_example = spec->dim;
         return model->pooled;
+    }
+    if (strcmp(name, "tokens") == 0 && spec->kind == CM_MODEL_CNN) {
+        const cnn_stage_t *last = &model->stages[spec->stages - 1];
+        int positions = last->out_height * last->out_width;
+        *per_example = positions * last->out_channels;
+        if (tokens_out) *tokens_out = positions;
+        return model->cnn_tokens;
     }
     if (strcmp(name, "tokens") == 0 && !has_dense_stack(model)) {
         *per_example = model->tokens * spec->dim;
@@ -862,7 +1142,7 @@ const float *cm_model_feature(const cm_model_t *model, const char *name, int *pe
 }
 
 const char *cm_model_feature_names(const cm_model_t *model) {
-    return has_dense_stack(model) ? "hidden" : "hidden,tokens";
+    return has_dense_stack(model) && model->spec.kind != CM_MODEL_CNN ? "hidden" : "hidden,tokens";
 }
 
 /* The tensor whose parameter pointer lives in `slot`. */
@@ -900,9 +1180,14 @@ static void mlp_backward(cm_model_t *model, const float *input, float *d_input_o
     int hidden_width = spec->widths[last];
     memset(d_act, 0, sizeof(float) * (size_t)batch * (size_t)hidden_width);
     cm_layers_dense_backward(d_act, GRAD(model, model->dense_weight[last]),
-                             GRAD(model, model->dense_bias[last]), d_logits, model->act[last - 1],
-                             model->dense_weight[last], batch, hidden_width, spec->classes);
+                             GRAD(model, model->dense_bias[last]), d_logits,
+                             last == 0 ? input : model->act[last - 1], model->dense_weight[last],
+                             batch, hidden_width, spec->classes);
     if (d_hidden) add_into(d_act, d_hidden, batch * hidden_width);
+    if (last == 0) { /* one layer (a cnn with fc=0): "hidden" is the stack's input */
+        if (d_input_of_stack) add_into(d_input_of_stack, d_act, batch * hidden_width);
+        return;
+    }
     for (int layer = last - 1; layer >= 0; layer--) {
         int in_dim = spec->widths[layer], out_dim = spec->widths[layer + 1];
         memset(d_pre, 0, sizeof(float) * (size_t)batch * (size_t)out_dim);
@@ -1008,6 +1293,66 @@ static void tok_backward(cm_model_t *model, const float *d_logits, const float *
                  model->d_res + (size_t)example * (size_t)tokens * (size_t)dim, tokens * dim);
 }
 
+/* Backward of cnn_forward: the dense stack into d_gap, then every stage from the last, the
+ * map gradient moving between the two ping-pong buffers (each step writes the other one). */
+static void cnn_backward(cm_model_t *model, const float *d_logits, const float *d_hidden,
+                         int batch) {
+    const cm_model_spec_t *spec = &model->spec;
+    const cnn_stage_t *last = &model->stages[spec->stages - 1];
+    int last_channels = last->out_channels;
+    float *d_map = model->d_map_a, *d_next = model->d_map_b, *swap;
+    size_t last_count =
+        (size_t)batch * (size_t)last_channels * (size_t)last->out_height * (size_t)last->out_width;
+    memset(d_map, 0, sizeof(float) * last_count);
+    if (spec->flatten) {
+        mlp_backward(model, model->head_input, d_map, d_logits, d_hidden, batch);
+    } else {
+        memset(model->d_gap, 0, sizeof(float) * (size_t)batch * (size_t)last_channels);
+        mlp_backward(model, model->gap, model->d_gap, d_logits, d_hidden, batch);
+        cm_layers_global_avg_pool_backward(d_map, model->d_gap, batch, last_channels,
+                                           last->out_height * last->out_width);
+    }
+    for (int index = spec->stages - 1; index >= 0; index--) {
+        cnn_stage_t *stage = &model->stages[index];
+        int channels = stage->out_channels, plane = stage->height * stage->width;
+        size_t map_bytes = sizeof(float) * (size_t)batch * (size_t)channels * (size_t)plane;
+        if (stage->pooled) { /* d_map: gradient of the pooled map -> of relu_out */
+            memset(d_next, 0, map_bytes);
+            cm_layers_maxpool2x2_backward(d_next, d_map, stage->argmax, batch * channels,
+                                          stage->height, stage->width);
+            swap = d_map, d_map = d_next, d_next = swap;
+        }
+        memset(d_next, 0, map_bytes); /* relu_out's gradient -> conv_out's (fused ReLU + BN) */
+        if (model->training)
+            cm_layers_batchnorm_train_backward(d_next, GRAD(model, stage->bn_gamma),
+                                               GRAD(model, stage->bn_beta), d_map, stage->relu_out,
+                                               stage->conv_out, stage->bn_gamma, stage->mean,
+                                               stage->rstd, batch, channels, plane);
+        else
+            cm_layers_batchnorm_eval_backward(d_next, GRAD(model, stage->bn_gamma),
+                                              GRAD(model, stage->bn_beta), d_map, stage->relu_out,
+                                              stage->conv_out, stage->bn_gamma, stage->running_mean,
+                                              stage->running_var, batch, channels, plane);
+        swap = d_map, d_map = d_next, d_next = swap;
+        /* -> gradient of the stage's input map (not needed for the images) */
+        float *d_input = NULL;
+        if (index > 0) {
+            d_input = d_next;
+            memset(d_input, 0,
+                   sizeof(float) * (size_t)batch * (size_t)stage->in_channels * (size_t)plane);
+        }
+        const float *stage_input = index == 0 ? model->last_input
+                                   : model->stages[index - 1].pooled
+                                       ? model->stages[index - 1].pooled
+                                       : model->stages[index - 1].relu_out;
+        cm_layers_conv2d_backward(d_input, GRAD(model, stage->conv_weight), NULL, model->cols,
+                                  d_map, stage_input, stage->conv_weight, batch, stage->in_channels,
+                                  stage->height, stage->width, channels, spec->kernel, 1,
+                                  spec->kernel / 2);
+        swap = d_map, d_map = d_next, d_next = swap;
+    }
+}
+
 void cm_model_backward(cm_model_t *model, const float *d_logits, const float *d_hidden, int batch) {
     assert(batch == model->last_batch);
     switch (model->spec.kind) {
@@ -1023,6 +1368,9 @@ void cm_model_backward(cm_model_t *model, const float *d_logits, const float *d_
     case CM_MODEL_TOK:
         tok_backward(model, d_logits, d_hidden, batch);
         break;
+    case CM_MODEL_CNN:
+        cnn_backward(model, d_logits, d_hidden, batch);
+        break;
     }
 }
 
@@ -1034,6 +1382,7 @@ void cm_model_adamw_step(cm_model_t *model, float *m, float *v, const cm_adamw_c
                          long step) {
     for (int index = 0; index < model->tensor_count; index++) {
         const param_entry_t *entry = &model->tensors[index];
+        if (entry->buffer) continue; /* running statistics are not trained */
         cm_adamw_update(model->params + entry->offset, model->grads + entry->offset,
                         m + entry->offset, v + entry->offset, entry->count, config, step,
                         entry->decay);
@@ -1100,14 +1449,17 @@ cm_status_t cm_model_load(const char *path, int max_batch, cm_model_t **out,
             status = cm_fail(CM_ERR_FORMAT, "%s: tensor '%s' is missing", path, entry->name);
             goto fail;
         }
-        int shape_ok = stored->dtype == CM_DTYPE_F32 && stored->ndim == entry->ndim &&
-                       stored->shape[0] == entry->shape[0] &&
-                       (entry->ndim == 1 || stored->shape[1] == entry->shape[1]);
+        int shape_ok = stored->dtype == CM_DTYPE_F32 && stored->ndim == entry->ndim;
+        for (int axis = 0; shape_ok && axis < entry->ndim; axis++)
+            shape_ok = stored->shape[axis] == entry->shape[axis];
         if (!shape_ok) {
-            status =
-                cm_fail(CM_ERR_SHAPE, "%s: tensor '%s' should be F32 [%lld%s%lld] for model '%s'",
-                        path, entry->name, (long long)entry->shape[0], entry->ndim == 2 ? "," : "",
-                        entry->ndim == 2 ? (long long)entry->shape[1] : 0LL, spec_text);
+            char shape_text[96];
+            size_t used = 0;
+            for (int axis = 0; axis < entry->ndim; axis++)
+                append(shape_text, sizeof shape_text, &used, axis ? ",%lld" : "%lld",
+                       (long long)entry->shape[axis]);
+            status = cm_fail(CM_ERR_SHAPE, "%s: tensor '%s' should be F32 [%s] for model '%s'",
+                             path, entry->name, shape_text, spec_text);
             goto fail;
         }
         memcpy(model->params + entry->offset, stored->data, sizeof(float) * entry->count);
@@ -1129,6 +1481,8 @@ fail:
 void cm_model_evaluate(cm_model_t *model, const float *inputs, const int32_t *labels, int count,
                        double *accuracy, double *mean_loss) {
     int features = cm_model_spec_inputs(&model->spec), classes = model->spec.classes;
+    int training = model->training;
+    model->training = 0;
     long correct = 0;
     double loss_sum = 0.0;
     for (int start = 0; start < count; start += model->max_batch) {
@@ -1149,6 +1503,7 @@ void cm_model_evaluate(cm_model_t *model, const float *inputs, const int32_t *la
             correct += best == label;
         }
     }
+    model->training = training;
     if (accuracy) *accuracy = count ? (double)correct / count : 0.0;
     if (mean_loss) *mean_loss = count ? loss_sum / count : 0.0;
 }
@@ -1156,6 +1511,8 @@ void cm_model_evaluate(cm_model_t *model, const float *inputs, const int32_t *la
 void cm_model_evaluate_regression(cm_model_t *model, const float *inputs, const float *targets,
                                   int count, double *rmse, double *mae) {
     int features = cm_model_spec_inputs(&model->spec), outputs = model->spec.classes;
+    int training = model->training;
+    model->training = 0;
     double squared_sum = 0.0, absolute_sum = 0.0;
     for (int start = 0; start < count; start += model->max_batch) {
         int batch = count - start < model->max_batch ? count - start : model->max_batch;
@@ -1168,6 +1525,7 @@ void cm_model_evaluate_regression(cm_model_t *model, const float *inputs, const 
             absolute_sum += fabs(error);
         }
     }
+    model->training = training;
     double values = (double)count * (double)outputs;
     if (rmse) *rmse = count ? sqrt(squared_sum / values) : 0.0;
     if (mae) *mae = count ? absolute_sum / values : 0.0;

@@ -30,6 +30,19 @@
  *    mean pooling over the non-pad tokens, a dense head to `out` outputs.
  *    len, vocab and out are required; dim 64, depth 2, heads 4, mlp 2*dim
  *    and pad 0 are the defaults.  A sequence of pads only pools to zeros.
+ *  - Convolutional network (a vision foundation teacher), spec
+ *    "cnn:image=28x28,channels=1,conv=32-64-128,kernel=3,pool=1-1-1,head=gap,fc=256,
+ *    classes=10": one stage per '-'-separated conv width, each conv (kernel x
+ *    kernel, stride 1, "same" zero padding kernel/2, no bias) -> batch norm ->
+ *    ReLU, then a 2x2 max pool where the stage's pool flag (0 or 1, one per
+ *    stage) is 1; the last feature map is either averaged per channel
+ *    (head=gap, global average pooling) or flattened in NCHW order
+ *    (head=flatten, as torch.flatten(x, 1)); a dense stack with ReLU through
+ *    the fc widths ("fc=0": none) to `classes` outputs.
+ *    Inputs are NCHW images, channels*height*width floats per example.
+ *    Every key has a default (those shown; pool defaults to 1 for every
+ *    stage); "cnn" alone is valid.  kernel is odd, 1..7; a pooled map side
+ *    must be at least 2 (odd sides drop their last row/column, as PyTorch).
  *
  * Inputs are always floats [batch][cm_model_spec_inputs]: features for mlp
  * and vit, category ids (one per column) for emb, token ids (len of them) for
@@ -42,6 +55,9 @@
  * teacher serves: "hidden" (the penultimate vector: the last ReLU output of
  * an MLP or emb model, the pooled vector of a ViT or tok model) and, for the
  * ViT and tok models, "tokens" (the last block's token matrix, tokens x dim).
+ * The CNN's "hidden" is its last fc ReLU output (the pooled vector with fc=0)
+ * and its "tokens" the last feature map as [positions][channels], position
+ * y*width + x of the map, so it reads like a ViT's tokens.
  * `classes` is the output width whatever the task: for regression the caller
  * applies MSE to the outputs, and cm_model_evaluate_regression reports RMSE
  * and MAE.
@@ -52,6 +68,16 @@
  * "emb.0.weight", "tok_embed.weight") with dense weights stored [out][in].
  * Activations (and the id and mask buffers of emb and tok) are allocated
  * once for `max_batch` examples, so forward/backward never allocate.
+ *
+ * Train and eval mode.  A new or loaded model is in eval mode (what serving and
+ * evaluation want); training code calls cm_model_set_training(model, 1).  The
+ * mode matters only to batch norm: training mode normalizes by the batch
+ * statistics and updates the running mean and variance (momentum 0.1, as
+ * PyTorch), eval mode uses the running statistics.  Running statistics are
+ * buffers, not parameters: they live in the parameter block (so they are
+ * saved and loaded as "stages.<s>.bn.running_mean" / ".running_var", like a
+ * PyTorch state dict) but never get a gradient or an AdamW update.  Conv
+ * weights are 4-D tensors [out][in][k][k], as torch.nn.Conv2d.
  *
  * Checkpoints are safetensors files: the tensors plus __metadata__ with
  * "model" (the spec), "view", "dataset", "fingerprint" and whatever the
@@ -72,19 +98,27 @@ enum {
     CM_MODEL_MAX_LAYERS = 16,
     CM_MODEL_MAX_COLUMNS = 64,
     CM_MODEL_MAX_ID = 1 << 24,
+    CM_MODEL_MAX_STAGES = 8,
     CM_MODEL_SPEC_MAX = 1024
 };
 
-typedef enum { CM_MODEL_MLP, CM_MODEL_VIT, CM_MODEL_EMB, CM_MODEL_TOK } cm_model_kind_t;
+typedef enum {
+    CM_MODEL_MLP,
+    CM_MODEL_VIT,
+    CM_MODEL_EMB,
+    CM_MODEL_TOK,
+    CM_MODEL_CNN
+} cm_model_kind_t;
 
 typedef struct {
     cm_model_kind_t kind;
     int classes; /* output width (classes, or regression targets) */
-    /* MLP and emb: widths[0] inputs of the dense stack (emb: columns*dim) ... widths[layers]
-     * == classes */
+    /* MLP, emb and cnn: widths[0] inputs of the dense stack (emb: columns*dim; cnn: the last
+     * conv width, times the last map's positions with head=flatten) ... widths[layers] ==
+     * classes */
     int layers;
     int widths[CM_MODEL_MAX_LAYERS + 1];
-    /* ViT */
+    /* ViT and cnn */
     int image_height, image_width; /* pixels */
     int patch;                     /* square patch side, divides both image sides */
     /* ViT, tok (dim also emb) */
@@ -99,6 +133,13 @@ typedef struct {
     int sequence_length; /* tokens per example */
     int vocab;           /* token ids 0..vocab-1 */
     int pad;             /* the padding id, below vocab */
+    /* cnn */
+    int channels;                           /* input channels (NCHW) */
+    int stages;                             /* conv-bn-relu(-pool) stages */
+    int conv_channels[CM_MODEL_MAX_STAGES]; /* output channels of each stage */
+    int pool[CM_MODEL_MAX_STAGES];          /* 1: the stage ends with a 2x2 max pool */
+    int kernel;                             /* odd square conv kernel side */
+    int flatten;                            /* 1: head=flatten, 0: head=gap */
 } cm_model_spec_t;
 
 /*
@@ -124,11 +165,18 @@ cm_status_t cm_model_new(const cm_model_spec_t *spec, int max_batch, cm_model_t 
 /* Frees the model and sets *model to NULL; NULL-safe. */
 void cm_model_free(cm_model_t **model);
 
-/* Random initialization from `seed`: He-normal dense stacks (MLP, emb), N(0, 1) emb tables
- * (as torch.nn.Embedding), N(0, 0.02) for the ViT and tok (embeddings, positions, blocks). */
+/* Random initialization from `seed`: He-normal dense stacks (MLP, emb, cnn) and convolutions,
+ * N(0, 1) emb tables (as torch.nn.Embedding), N(0, 0.02) for the ViT and tok (embeddings,
+ * positions, blocks); batch norm gains 1, shifts 0, running mean 0 and variance 1. */
 void cm_model_init(cm_model_t *model, uint64_t seed);
 
 const cm_model_spec_t *cm_model_spec(const cm_model_t *model);
+
+/* Switches between training mode (training = 1) and eval mode (0); see the file comment.
+ * Cheap; a model starts in eval mode. */
+void cm_model_set_training(cm_model_t *model, int training);
+/* 1 in training mode, 0 in eval mode. */
+int cm_model_training(const cm_model_t *model);
 int cm_model_max_batch(const cm_model_t *model);
 
 /* The flat parameter and gradient blocks (borrowed, valid for the model's life). */
@@ -136,7 +184,8 @@ float *cm_model_params(cm_model_t *model);
 float *cm_model_grads(cm_model_t *model);
 size_t cm_model_param_count(const cm_model_t *model);
 
-/* Number of named parameter tensors and the index-th one as a view into the parameters. */
+/* Number of named parameter tensors and the index-th one as a view into the parameters (1-D to
+ * 4-D; the cnn's batch-norm running statistics are among them, see the file comment). */
 int cm_model_tensor_count(const cm_model_t *model);
 cm_tensor_t cm_model_tensor(const cm_model_t *model, int index);
 
@@ -156,7 +205,7 @@ cm_status_t cm_model_check_inputs(const cm_model_t *model, const float *inputs, 
 const float *cm_model_forward(cm_model_t *model, const float *inputs, int batch);
 
 /*
- * A named feature of the last forward pass ("hidden" or, for the ViT and tok, "tokens"), as
+ * A named feature of the last forward pass ("hidden" or, for the ViT, tok and cnn, "tokens"), as
  * [batch][*per_example] floats, borrowed until the next forward; NULL if the model has
  * no such output.  For "tokens", *tokens_out (may be NULL) receives the token count.
  */
@@ -168,7 +217,7 @@ const char *cm_model_feature_names(const cm_model_t *model);
 
 /*
  * The dense head that maps the "hidden" feature to the logits, logits = weight . hidden + bias
- * (an MLP's or emb's last layer "fc<layers-1>", a ViT's or tok's "head"): *weight
+ * (an MLP's, emb's or cnn's last layer "fc<layers-1>", a ViT's or tok's "head"): *weight
  * [classes][hidden] (stored
  * [out][in]) and *bias [classes], views into the parameters like cm_model_tensor's, valid for
  * the model's life.
@@ -186,8 +235,9 @@ void cm_model_backward(cm_model_t *model, const float *d_logits, const float *d_
 void cm_model_zero_grads(cm_model_t *model);
 
 /*
- * One AdamW step over all parameters (weight decay on matrices and embeddings, not on
- * biases, norms, positions or the class token).  m and v are caller-owned moment
+ * One AdamW step over all parameters (weight decay on matrices, convolutions and embeddings,
+ * not on biases, norms, positions or the class token; batch-norm running statistics are
+ * buffers and never change here).  m and v are caller-owned moment
  * blocks of cm_model_param_count floats.
  */
 void cm_model_adamw_step(cm_model_t *model, float *m, float *v, const cm_adamw_config_t *config,
@@ -213,7 +263,8 @@ cm_status_t cm_model_load(const char *path, int max_batch, cm_model_t **out,
 
 /*
  * Accuracy and mean cross-entropy of the model on inputs[count][inputs] with labels,
- * in batches of the model's max_batch.  Either output may be NULL.
+ * in batches of the model's max_batch, in eval mode (the model's mode is restored after).
+ * Either output may be NULL.
  */
 void cm_model_evaluate(cm_model_t *model, const float *inputs, const int32_t *labels, int count,
                        double *accuracy, double *mean_loss);
@@ -221,7 +272,8 @@ void cm_model_evaluate(cm_model_t *model, const float *inputs, const int32_t *la
 /*
  * Regression quality of the model on inputs[count][inputs] against targets[count][classes],
  * in batches of the model's max_batch: the root mean squared error and the mean absolute error
- * over every output of every example (both 0 when count is 0).  Either output may be NULL.
+ * over every output of every example (both 0 when count is 0), in eval mode like
+ * cm_model_evaluate.  Either output may be NULL.
  */
 void cm_model_evaluate_regression(cm_model_t *model, const float *inputs, const float *targets,
                                   int count, double *rmse, double *mae);

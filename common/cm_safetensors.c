@@ -18,6 +18,18 @@
  * Keys of an entry other than dtype, shape and data_offsets are ignored, as
  * the reference reader does.
  *
+ * Checksums (see the header for the keys): one CRC-32 per tensor, so a
+ * damaged file names the tensor that is damaged, plus one over the metadata
+ * pairs, so a flipped digit in "epoch" or "fingerprint" is caught too.  The
+ * metadata checksum covers every pair except the "crc32:" ones, in byte
+ * order of their keys (key, NUL, value, NUL each), so it does not depend on
+ * the JSON key order another writer might choose.  What no checksum covers
+ * is the rest of the header (names, dtypes, shapes, offsets); a flip there
+ * almost always breaks the JSON or the size and tiling checks instead.
+ * CRC-32 is an error-detecting code, not a signature: it catches bit rot and
+ * torn copies, not someone who edits the file on purpose.  zlib computes it
+ * at over 1 GB/s, a small cost next to reading the file.
+ *
  * Tensor bytes are stored little-endian, and this module copies them as they
  * are, so it assumes a little-endian host.
  */
@@ -25,6 +37,7 @@
 
 #include "cm_alloc.h"
 #include "cm_file.h"
+#include "cm_log.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -34,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "safetensors data is little-endian and is copied without byte swapping");
@@ -43,13 +57,19 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 
 enum { HEADER_LENGTH_BYTES = 8, HEADER_ALIGNMENT = 8, ARENA_ALIGNMENT = 64 };
 
+/* "crc32:" + a tensor name (or "__metadata__") + NUL. */
+enum { CHECKSUM_KEY_CAPACITY = 8 + CM_TENSOR_MAX_NAME, CHECKSUM_TEXT_DIGITS = 8 };
+
 static const char metadata_key[] = "__metadata__";
+static const char checksum_prefix[] = "crc32:";
+enum { CHECKSUM_PREFIX_LENGTH = sizeof checksum_prefix - 1 };
 
 struct cm_safetensors {
     int count;
     cm_tensor_t *tensors; /* `count` entries in data order */
     unsigned char *arena; /* owns every tensor's data (cm_alloc_aligned) */
     json_t *metadata;     /* the __metadata__ object, or NULL */
+    bool verified;        /* every checksum was present and matched */
 };
 
 /* A tensor from the header, before its bytes are copied out of the file. */
@@ -203,6 +223,141 @@ static cm_status_t check_metadata(const char *path, json_t *metadata) {
     return CM_OK;
 }
 
+static bool is_checksum_key(const char *key) {
+    return strncmp(key, checksum_prefix, CHECKSUM_PREFIX_LENGTH) == 0;
+}
+
+/* "crc32:<name>" into key[CHECKSUM_KEY_CAPACITY]; names are shorter than CM_TENSOR_MAX_NAME. */
+static const char *checksum_key(char *key, const char *name) {
+    snprintf(key, CHECKSUM_KEY_CAPACITY, "%s%s", checksum_prefix, name);
+    return key;
+}
+
+static uint32_t bytes_crc32(const void *data, uint64_t bytes) {
+    uLong crc = crc32_z(0L, Z_NULL, 0);
+    if (bytes > 0) crc = crc32_z(crc, data, (z_size_t)bytes);
+    return (uint32_t)crc;
+}
+
+/* Parses exactly 8 lowercase hex digits; false for anything else. */
+static bool parse_checksum(const char *text, uint32_t *value) {
+    uint32_t result = 0;
+    for (int digit = 0; digit < CHECKSUM_TEXT_DIGITS; digit++) {
+        char c = text[digit];
+        if (c >= '0' && c <= '9')
+            result = result << 4 | (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            result = result << 4 | (uint32_t)(c - 'a' + 10);
+        else
+            return false;
+    }
+    *value = result;
+    return text[CHECKSUM_TEXT_DIGITS] == '\0';
+}
+
+static int compare_keys(const void *left, const void *right) {
+    return strcmp(*(const char *const *)left, *(const char *const *)right);
+}
+
+/*
+ * The CRC-32 of the metadata pairs other than the checksums, in byte order of their keys
+ * (key, NUL, value, NUL each); 0 pairs give the CRC of nothing.  `metadata` may be NULL.
+ */
+static cm_status_t metadata_crc32(const char *path, const json_t *metadata, uint32_t *out) {
+    size_t count = 0, capacity = metadata ? json_object_size(metadata) : 0;
+    const char **keys = calloc(capacity ? capacity : 1, sizeof *keys);
+    if (!keys) return cm_fail(CM_ERR_NOMEM, "out of memory checking the metadata of %s", path);
+    const char *key;
+    const json_t *value;
+    if (metadata) {
+        json_object_foreach((json_t *)metadata, key, value) {
+            if (!is_checksum_key(key)) keys[count++] = key;
+        }
+    }
+    qsort(keys, count, sizeof *keys, compare_keys);
+    uLong crc = crc32_z(0L, Z_NULL, 0);
+    for (size_t index = 0; index < count; index++) {
+        const char *text = json_string_value(json_object_get(metadata, keys[index]));
+        crc = crc32_z(crc, (const Bytef *)keys[index], strlen(keys[index]) + 1);
+        crc = crc32_z(crc, (const Bytef *)text, strlen(text) + 1);
+    }
+    free(keys);
+    *out = (uint32_t)crc;
+    return CM_OK;
+}
+
+/* The checksum stored under `key` into *stored; *present is false when there is none. */
+static cm_status_t stored_checksum(const char *path, const json_t *metadata, const char *key,
+                                   bool *present, uint32_t *stored) {
+    const char *text = metadata ? json_string_value(json_object_get(metadata, key)) : NULL;
+    *present = text != NULL;
+    if (text && !parse_checksum(text, stored))
+        return cm_fail(CM_ERR_FORMAT,
+                       "%s: __metadata__ value of \"%s\" is \"%.20s\", not 8 lowercase hex digits",
+                       path, key, text);
+    return CM_OK;
+}
+
+/*
+ * Decides whether the file's checksums can be verified: none at all (unverified, fine), or
+ * one for the metadata and one per tensor, each naming something the file holds (anything
+ * in between is a damaged header).  Checks the metadata checksum; the tensors' are checked
+ * as their bytes are copied.
+ */
+static cm_status_t check_checksum_set(cm_safetensors_t *file, const char *path, const json_t *root,
+                                      const header_entry_t *entries, int count) {
+    size_t checksums = 0;
+    const char *key;
+    const json_t *value;
+    if (file->metadata) {
+        json_object_foreach(file->metadata, key, value) {
+            if (!is_checksum_key(key)) continue;
+            const char *name = key + CHECKSUM_PREFIX_LENGTH;
+            if (strcmp(name, metadata_key) != 0 && !json_object_get(root, name))
+                return cm_fail(CM_ERR_FORMAT,
+                               "%s: __metadata__ holds a checksum of tensor \"%s\", which the "
+                               "file does not have (its header is damaged)",
+                               path, name);
+            checksums++;
+        }
+    }
+    if (checksums == 0) {
+        file->verified = count == 0 && !file->metadata;
+        return CM_OK;
+    }
+    char checksum_name[CHECKSUM_KEY_CAPACITY];
+    bool present;
+    uint32_t stored = 0, computed;
+    cm_status_t status = stored_checksum(
+        path, file->metadata, checksum_key(checksum_name, metadata_key), &present, &stored);
+    if (status != CM_OK) return status;
+    if (!present)
+        return cm_fail(CM_ERR_FORMAT,
+                       "%s: __metadata__ holds checksums of tensors but none of itself (its "
+                       "header is damaged)",
+                       path);
+    if ((status = metadata_crc32(path, file->metadata, &computed)) != CM_OK) return status;
+    if (computed != stored)
+        return cm_fail(CM_ERR_FORMAT,
+                       "%s: the __metadata__ values are corrupt: their CRC-32 is %08" PRIx32
+                       " but the file records %08" PRIx32
+                       " (the file was damaged after it was written)",
+                       path, computed, stored);
+    for (int index = 0; index < count; index++) {
+        status = stored_checksum(path, file->metadata,
+                                 checksum_key(checksum_name, entries[index].tensor.name), &present,
+                                 &stored);
+        if (status != CM_OK) return status;
+        if (!present)
+            return cm_fail(CM_ERR_FORMAT,
+                           "%s: tensor \"%s\" has no checksum although the file has checksums "
+                           "(its header is damaged)",
+                           path, entries[index].tensor.name);
+    }
+    file->verified = true;
+    return CM_OK;
+}
+
 static int compare_by_offsets(const void *left, const void *right) {
     const header_entry_t *a = left, *b = right;
     if (a->begin != b->begin) return a->begin < b->begin ? -1 : 1;
@@ -236,7 +391,7 @@ static cm_status_t check_tiling(const char *path, const header_entry_t *entries,
     return CM_OK;
 }
 
-/* Parses and checks the whole file image `contents[0..size)` into `file`. */
+/* Parses, checks and verifies the whole file image `contents[0..size)` into `file`. */
 static cm_status_t parse_file(cm_safetensors_t *file, const char *path,
                               const unsigned char *contents, size_t size) {
     if (size < HEADER_LENGTH_BYTES)
@@ -300,6 +455,8 @@ static cm_status_t parse_file(cm_safetensors_t *file, const char *path,
     qsort(entries, (size_t)count, sizeof *entries, compare_by_offsets);
     status = check_tiling(path, entries, count, data_bytes);
     if (status != CM_OK) goto done;
+    status = check_checksum_set(file, path, root, entries, count);
+    if (status != CM_OK) goto done;
 
     /* Each tensor gets its own 64-byte aligned slot in one arena. */
     uint64_t arena_bytes = 0;
@@ -318,6 +475,22 @@ static cm_status_t parse_file(cm_safetensors_t *file, const char *path,
         file->tensors[index] = entries[index].tensor;
         file->tensors[index].data = file->arena + slot;
         memcpy(file->arena + slot, data_area + entries[index].begin, (size_t)bytes);
+        if (file->verified) {
+            char key[CHECKSUM_KEY_CAPACITY];
+            uint32_t stored = 0, computed = bytes_crc32(file->arena + slot, bytes);
+            parse_checksum(json_string_value(json_object_get(
+                               file->metadata, checksum_key(key, entries[index].tensor.name))),
+                           &stored); /* present and well-formed: check_checksum_set said so */
+            if (computed != stored) {
+                status =
+                    cm_fail(CM_ERR_FORMAT,
+                            "%s: the data of tensor \"%s\" is corrupt: its CRC-32 is %08" PRIx32
+                            " but the file records %08" PRIx32
+                            " (the file was damaged after it was written)",
+                            path, entries[index].tensor.name, computed, stored);
+                goto done;
+            }
+        }
         slot += round_up(bytes, ARENA_ALIGNMENT);
     }
     file->count = count;
@@ -328,19 +501,12 @@ done:
     return status;
 }
 
-cm_status_t cm_safetensors_read(cm_safetensors_t **out, const char *path) {
+cm_status_t cm_safetensors_parse(cm_safetensors_t **out, const uint8_t *contents, size_t size,
+                                 const char *name) {
     *out = NULL;
-    void *contents;
-    size_t size;
-    cm_status_t status = cm_file_read_all(path, &contents, &size);
-    if (status != CM_OK) return status;
     cm_safetensors_t *file = calloc(1, sizeof *file);
-    if (!file) {
-        free(contents);
-        return cm_fail(CM_ERR_NOMEM, "out of memory reading %s", path);
-    }
-    status = parse_file(file, path, contents, size);
-    free(contents);
+    if (!file) return cm_fail(CM_ERR_NOMEM, "out of memory reading %s", name);
+    cm_status_t status = parse_file(file, name, contents, size);
     if (status != CM_OK) {
         cm_safetensors_free(&file);
         return status;
@@ -348,6 +514,23 @@ cm_status_t cm_safetensors_read(cm_safetensors_t **out, const char *path) {
     *out = file;
     return CM_OK;
 }
+
+cm_status_t cm_safetensors_read(cm_safetensors_t **out, const char *path) {
+    *out = NULL;
+    void *contents;
+    size_t size;
+    cm_status_t status = cm_file_read_all(path, &contents, &size);
+    if (status != CM_OK) return status;
+    status = cm_safetensors_parse(out, contents, size, path);
+    free(contents);
+    if (status == CM_OK && !(*out)->verified)
+        cm_log_warn("%s carries no checksums (another program or an older committee wrote it), "
+                    "so its data is loaded without being verified",
+                    path);
+    return status;
+}
+
+int cm_safetensors_verified(const cm_safetensors_t *file) { return file->verified; }
 
 void cm_safetensors_free(cm_safetensors_t **file) {
     if (!file || !*file) return;
@@ -423,32 +606,51 @@ static json_t *entry_json(const cm_tensor_t *tensor, uint64_t begin, uint64_t en
     return entry;
 }
 
-/* Builds the header object: "__metadata__" first, then tensors in order. */
+/* Sets metadata[key] to `crc` as 8 lowercase hex digits. */
+static cm_status_t set_checksum(json_t *metadata, const char *path, const char *key, uint32_t crc) {
+    char text[CHECKSUM_TEXT_DIGITS + 1];
+    snprintf(text, sizeof text, "%08" PRIx32, crc);
+    if (json_object_set_new(metadata, key, json_string(text)) != 0)
+        return cm_fail(CM_ERR_NOMEM, "out of memory building the header of %s", path);
+    return CM_OK;
+}
+
+/*
+ * Builds the header object: "__metadata__" first (the caller's pairs, then a checksum per
+ * tensor, then the metadata checksum), then the tensors in order.
+ */
 static cm_status_t build_header(json_t *root, const char *path, const cm_tensor_t *tensors,
                                 int count, const char *const *metadata, int pairs) {
-    if (pairs > 0) {
-        json_t *object = json_object();
-        if (!object || json_object_set_new(root, metadata_key, object) != 0)
-            return cm_fail(CM_ERR_NOMEM, "out of memory building the header of %s", path);
-        for (int pair = 0; pair < pairs; pair++) {
-            const char *key = metadata[2 * pair], *value = metadata[2 * pair + 1];
-            if (!key || !value)
-                return cm_fail(CM_ERR_INVALID_ARG, "metadata pair %d for %s has a NULL %s", pair,
-                               path, key ? "value" : "key");
-            if (json_object_get(object, key))
-                return cm_fail(CM_ERR_INVALID_ARG, "metadata key \"%s\" for %s appears twice", key,
-                               path);
-            json_t *string = json_string(value);
-            if (!string || json_object_set_new(object, key, string) != 0)
-                return cm_fail(CM_ERR_INVALID_ARG, "metadata pair \"%s\" for %s is not valid UTF-8",
-                               key, path);
-        }
+    json_t *object = json_object();
+    if (!object || json_object_set_new(root, metadata_key, object) != 0)
+        return cm_fail(CM_ERR_NOMEM, "out of memory building the header of %s", path);
+    for (int pair = 0; pair < pairs; pair++) {
+        const char *key = metadata[2 * pair], *value = metadata[2 * pair + 1];
+        if (!key || !value)
+            return cm_fail(CM_ERR_INVALID_ARG, "metadata pair %d for %s has a NULL %s", pair, path,
+                           key ? "value" : "key");
+        if (is_checksum_key(key))
+            return cm_fail(CM_ERR_INVALID_ARG,
+                           "metadata key \"%s\" for %s begins with \"%s\", which is reserved for "
+                           "checksums",
+                           key, path, checksum_prefix);
+        if (json_object_get(object, key))
+            return cm_fail(CM_ERR_INVALID_ARG, "metadata key \"%s\" for %s appears twice", key,
+                           path);
+        json_t *string = json_string(value);
+        if (!string || json_object_set_new(object, key, string) != 0)
+            return cm_fail(CM_ERR_INVALID_ARG, "metadata pair \"%s\" for %s is not valid UTF-8",
+                           key, path);
     }
+    uint32_t crc;
+    cm_status_t status = metadata_crc32(path, object, &crc);
+    if (status != CM_OK) return status;
     uint64_t offset = 0;
+    char key[CHECKSUM_KEY_CAPACITY];
     for (int index = 0; index < count; index++) {
         const cm_tensor_t *tensor = &tensors[index];
         uint64_t bytes = 0;
-        cm_status_t status = check_tensor_to_write(path, tensor, index, &bytes);
+        status = check_tensor_to_write(path, tensor, index, &bytes);
         if (status != CM_OK) return status;
         if (json_object_get(root, tensor->name))
             return cm_fail(CM_ERR_INVALID_ARG, "tensor name \"%s\" for %s appears twice",
@@ -458,9 +660,12 @@ static cm_status_t build_header(json_t *root, const char *path, const cm_tensor_
         if (json_object_set_new(root, tensor->name, entry) != 0)
             return cm_fail(CM_ERR_INVALID_ARG, "tensor name \"%s\" for %s is not valid UTF-8",
                            tensor->name, path);
+        status = set_checksum(object, path, checksum_key(key, tensor->name),
+                              bytes_crc32(tensor->data, bytes));
+        if (status != CM_OK) return status;
         offset += bytes;
     }
-    return CM_OK;
+    return set_checksum(object, path, checksum_key(key, metadata_key), crc);
 }
 
 cm_status_t cm_safetensors_write(const char *path, const cm_tensor_t *tensors, int count,

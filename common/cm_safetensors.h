@@ -9,6 +9,18 @@
  * syntax, dtype names, shapes, offsets inside the data area, sizes equal to
  * dtype*shape, no overlaps; any failure is CM_ERR_FORMAT with a sentence
  * naming the file and the problem.  Writing is atomic (cm_file).
+ *
+ * Integrity: a file this module writes carries, in __metadata__, the CRC-32
+ * (zlib's, as 8 lowercase hex digits) of every tensor's bytes under the key
+ * "crc32:<tensor name>" and of the other metadata pairs under
+ * "crc32:__metadata__" (see cm_safetensors.c for what it covers).  Metadata
+ * values are strings, so other readers (PyTorch's safetensors) still load
+ * the file and see a few extra entries.  Reading verifies every checksum; a
+ * mismatch is CM_ERR_FORMAT naming the file and the damaged tensor.  A file
+ * with no checksum at all (written by another program, or by committee
+ * before it wrote them) loads unverified and cm_safetensors_read logs one
+ * warning; a file with some checksums but not all is refused, since the
+ * writer always stores every one and a partial set means a damaged header.
  */
 #ifndef CM_SAFETENSORS_H
 #define CM_SAFETENSORS_H
@@ -16,10 +28,33 @@
 #include "cm_status.h"
 #include "cm_tensor.h"
 
+#include <stddef.h>
+#include <stdint.h>
+
 typedef struct cm_safetensors cm_safetensors_t;
 
-/* Reads and validates a whole file.  On success *out owns the tensors' data. */
+/*
+ * Reads, validates and verifies a whole file (cm_safetensors_parse on its
+ * bytes); logs a warning when the file carries no checksums.  On success
+ * *out owns the tensors' data; on failure *out is NULL.
+ */
 cm_status_t cm_safetensors_read(cm_safetensors_t **out, const char *path);
+
+/*
+ * The same on a file image in memory, contents[0..size) (borrowed for the
+ * call; nothing points into it afterwards); `name` stands for the file in
+ * every message (a path, "<stdin>").  Never logs.  This is the code
+ * cm_safetensors_read runs, and what tests/fuzz/fuzz_safetensors.c fuzzes.
+ */
+cm_status_t cm_safetensors_parse(cm_safetensors_t **out, const uint8_t *contents, size_t size,
+                                 const char *name);
+
+/*
+ * 1 when the file carried the checksums of all its tensors and its metadata
+ * and they all matched (also for a file of no tensors and no metadata); 0
+ * when it had none and its data could not be verified.
+ */
+int cm_safetensors_verified(const cm_safetensors_t *file);
 
 /* Frees a loaded file and sets *file to NULL; NULL-safe. */
 void cm_safetensors_free(cm_safetensors_t **file);
@@ -36,7 +71,9 @@ const char *cm_safetensors_metadata(const cm_safetensors_t *file, const char *ke
 
 /*
  * Writes `count` tensors and the metadata pairs metadata[0..2*pairs) (key, value,
- * key, value, ...) atomically to `path`.  Tensor data is borrowed for the call.
+ * key, value, ...) atomically to `path`, with the checksums described above.
+ * Tensor data is borrowed for the call.  Keys beginning with "crc32:" are
+ * reserved (CM_ERR_INVALID_ARG).
  */
 cm_status_t cm_safetensors_write(const char *path, const cm_tensor_t *tensors, int count,
                                  const char *const *metadata, int pairs);

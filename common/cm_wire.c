@@ -356,7 +356,7 @@ static cm_status_t check_example_ids(const char *owner, const int32_t *ids, int 
 static cm_status_t check_batch_request(const cm_wire_batch_request_t *request,
                                        const cm_wire_limits_t *limits) {
     cm_status_t status;
-    if ((unsigned)request->split >= CM_SPLIT_COUNT)
+    if ((unsigned)request->split > CM_SPLIT_TEST) /* the wire carries train and test */
         return cm_fail(CM_ERR_FORMAT, "BatchRequest field split is %d; expected train or test",
                        (int)request->split);
     if ((status = check_example_ids("BatchRequest", request->example_ids, request->example_count,
@@ -438,7 +438,7 @@ static cm_status_t check_tensor(const cm_wire_tensor_t *tensor, int example_coun
 static cm_status_t check_batch_reply(const cm_wire_batch_reply_t *reply,
                                      const cm_wire_limits_t *limits, uint64_t max_bytes) {
     cm_status_t status;
-    if ((unsigned)reply->split >= CM_SPLIT_COUNT)
+    if ((unsigned)reply->split > CM_SPLIT_TEST)
         return cm_fail(CM_ERR_FORMAT, "BatchReply field split is %d; expected train or test",
                        (int)reply->split);
     if ((status =
@@ -620,9 +620,82 @@ typedef struct {
     char *head_names[CM_WIRE_MAX_OUTPUTS];
     Committee__V1__HeadRequest head_request;
     Committee__V1__HeadReply head_reply; /* its descriptors are tensors[0 .. HEAD_TENSORS) */
+    /* Valid UTF-8 copies of the strings that were not (see proto_string): malloc'd on first
+     * need, SANITIZED_STRINGS slots of CM_WIRE_MAX_STRING + 1 bytes, freed by builder_deinit. */
+    char *sanitized;
+    int sanitized_count;
 } header_builder_t;
 
-static char *proto_string(const char *value) { return (char *)text(value); }
+enum { SANITIZED_STRINGS = 6 + 2 * CM_WIRE_MAX_OUTPUTS }; /* the most strings a header holds */
+
+static void builder_deinit(header_builder_t *builder) {
+    free(builder->sanitized);
+    builder->sanitized = NULL;
+}
+
+/*
+ * Length of the UTF-8 sequence at text[0 .. length) (1..4), or 0 when it is not one: a stray
+ * continuation byte, an overlong form, a surrogate, beyond U+10FFFF, or cut short.
+ */
+static size_t utf8_sequence(const unsigned char *text, size_t length) {
+    unsigned char lead = text[0];
+    if (lead < 0x80) return 1;
+    size_t size = lead >= 0xc2 && lead <= 0xdf   ? 2
+                  : lead >= 0xe0 && lead <= 0xef ? 3
+                  : lead >= 0xf0 && lead <= 0xf4 ? 4
+                                                 : 0;
+    if (size == 0 || size > length) return 0;
+    for (size_t index = 1; index < size; index++)
+        if ((text[index] & 0xc0) != 0x80) return 0;
+    if (lead == 0xe0 && text[1] < 0xa0) return 0; /* overlong */
+    if (lead == 0xed && text[1] > 0x9f) return 0; /* UTF-16 surrogates */
+    if (lead == 0xf0 && text[1] < 0x90) return 0; /* overlong */
+    if (lead == 0xf4 && text[1] > 0x8f) return 0; /* beyond U+10FFFF */
+    return size;
+}
+
+int cm_wire_utf8_valid(const char *text, size_t length) {
+    const unsigned char *bytes = (const unsigned char *)text;
+    for (size_t at = 0; at < length;) {
+        size_t size = utf8_sequence(bytes + at, length - at);
+        if (size == 0) return 0;
+        at += size;
+    }
+    return 1;
+}
+
+/*
+ * The one place strings go on the wire: protobuf's `string` must be UTF-8, and strict parsers
+ * (Python's) reject a whole message that is not.  Strings can carry bytes a peer sent (an
+ * Error naming an unknown output) or be cut by snprintf inside a character, so each is
+ * checked; a valid one is used as it is (no copy), an invalid one is copied with every bad byte
+ * replaced by U+FFFD, cut at a character boundary to CM_WIRE_MAX_STRING bytes.  If no copy can
+ * be made (out of memory), a fixed sentence stands in.
+ */
+static char *proto_string(header_builder_t *builder, const char *value) {
+    const char *source = text(value);
+    size_t length = strlen(source);
+    if (cm_wire_utf8_valid(source, length)) return (char *)source;
+    static const char replaced[] = "(text that was not UTF-8)";
+    enum { SLOT = CM_WIRE_MAX_STRING + 1 };
+    if (!builder->sanitized) builder->sanitized = malloc((size_t)SANITIZED_STRINGS * SLOT);
+    if (!builder->sanitized || builder->sanitized_count == SANITIZED_STRINGS)
+        return (char *)replaced;
+    char *copy = builder->sanitized + (size_t)builder->sanitized_count++ * SLOT;
+    size_t used = 0;
+    const unsigned char *bytes = (const unsigned char *)source;
+    for (size_t at = 0; at < length;) {
+        size_t size = utf8_sequence(bytes + at, length - at);
+        const char *piece = size ? source + at : "\xef\xbf\xbd"; /* U+FFFD */
+        size_t piece_size = size ? size : 3;
+        if (used + piece_size > CM_WIRE_MAX_STRING) break;
+        memcpy(copy + used, piece, piece_size);
+        used += piece_size;
+        at += size ? size : 1;
+    }
+    copy[used] = '\0';
+    return copy;
+}
 
 static void copy_shape(uint64_t *out, const int64_t *shape, int ndim) {
     for (int dim = 0; dim < ndim; dim++) out[dim] = (uint64_t)shape[dim];
@@ -632,19 +705,19 @@ static void build_hello(header_builder_t *builder, const cm_wire_hello_t *hello)
     Committee__V1__Hello *proto = &builder->hello;
     committee__v1__hello__init(proto);
     proto->peer_kind = (Committee__V1__PeerKind)hello->peer;
-    proto->peer_name = proto_string(hello->peer_name);
+    proto->peer_name = proto_string(builder, hello->peer_name);
     proto->role = (Committee__V1__Role)hello->role;
-    proto->model_id = proto_string(hello->model_id);
-    proto->model_sha256 = proto_string(hello->model_sha256);
-    proto->view = proto_string(hello->view);
-    proto->dataset_name = proto_string(hello->dataset_name);
-    proto->dataset_fingerprint = proto_string(hello->dataset_fingerprint);
+    proto->model_id = proto_string(builder, hello->model_id);
+    proto->model_sha256 = proto_string(builder, hello->model_sha256);
+    proto->view = proto_string(builder, hello->view);
+    proto->dataset_name = proto_string(builder, hello->dataset_name);
+    proto->dataset_fingerprint = proto_string(builder, hello->dataset_fingerprint);
     proto->classes = (uint32_t)hello->classes;
     for (int i = 0; i < hello->output_count; i++) {
         const cm_wire_output_t *output = &hello->outputs[i];
         Committee__V1__OutputSpec *spec = &builder->outputs[i];
         committee__v1__output_spec__init(spec);
-        spec->name = proto_string(output->name);
+        spec->name = proto_string(builder, output->name);
         spec->dtype = dtype_to_proto(output->dtype);
         copy_shape(builder->output_shapes[i], output->shape, output->ndim);
         spec->n_shape = (size_t)output->ndim;
@@ -659,7 +732,7 @@ static void build_hello(header_builder_t *builder, const cm_wire_hello_t *hello)
     builder->limits.max_in_flight_requests = hello->limits.max_in_flight;
     proto->limits = &builder->limits;
     for (int i = 0; i < hello->head_count; i++)
-        builder->head_names[i] = proto_string(hello->heads[i]);
+        builder->head_names[i] = proto_string(builder, hello->heads[i]);
     proto->n_heads = (size_t)hello->head_count;
     proto->heads = builder->head_names;
     builder->envelope.body_case = COMMITTEE__V1__ENVELOPE__BODY_HELLO;
@@ -673,7 +746,7 @@ static void build_batch_request(header_builder_t *builder, const cm_wire_batch_r
     proto->n_example_ids = (size_t)request->example_count;
     proto->example_ids = (int32_t *)request->example_ids;
     for (int i = 0; i < request->output_count; i++)
-        builder->output_names[i] = proto_string(request->outputs[i]);
+        builder->output_names[i] = proto_string(builder, request->outputs[i]);
     proto->n_outputs = (size_t)request->output_count;
     proto->outputs = builder->output_names;
     proto->encoding = encoding_to_proto(request->encoding);
@@ -692,7 +765,7 @@ static void build_batch_reply(header_builder_t *builder, const cm_wire_batch_rep
         const cm_wire_tensor_t *tensor = &reply->tensors[i];
         Committee__V1__TensorDesc *desc = &builder->tensors[i];
         committee__v1__tensor_desc__init(desc);
-        desc->name = proto_string(tensor->name);
+        desc->name = proto_string(builder, tensor->name);
         desc->dtype = dtype_to_proto(tensor->dtype);
         desc->encoding = encoding_to_proto(tensor->encoding);
         desc->layout = (Committee__V1__Layout)tensor->layout;
@@ -713,7 +786,7 @@ static void build_dense_f32(header_builder_t *builder, int index, const char *na
                             const int64_t *shape, uint64_t bytes) {
     Committee__V1__TensorDesc *desc = &builder->tensors[index];
     committee__v1__tensor_desc__init(desc);
-    desc->name = proto_string(name);
+    desc->name = proto_string(builder, name);
     desc->dtype = COMMITTEE__V1__DTYPE__DTYPE_F32;
     desc->encoding = COMMITTEE__V1__ENCODING__ENCODING_F32;
     desc->layout = COMMITTEE__V1__LAYOUT__LAYOUT_DENSE;
@@ -727,7 +800,7 @@ static void build_dense_f32(header_builder_t *builder, int index, const char *na
 static void build_head_reply(header_builder_t *builder, const cm_wire_head_reply_t *reply) {
     Committee__V1__HeadReply *proto = &builder->head_reply;
     committee__v1__head_reply__init(proto);
-    proto->feature = proto_string(reply->feature);
+    proto->feature = proto_string(builder, reply->feature);
     proto->kind = COMMITTEE__V1__HEAD_KIND__HEAD_KIND_DENSE;
     int64_t shapes[HEAD_TENSORS][2];
     head_shapes(reply->classes, reply->inputs, shapes);
@@ -748,6 +821,8 @@ static cm_status_t build_header(header_builder_t *builder, const cm_wire_message
     if (status) return status;
     Committee__V1__Envelope *envelope = &builder->envelope;
     committee__v1__envelope__init(envelope);
+    builder->sanitized = NULL;
+    builder->sanitized_count = 0;
     envelope->version_major = CM_WIRE_VERSION_MAJOR;
     envelope->version_minor = CM_WIRE_VERSION_MINOR;
     envelope->request_id = message->request_id;
@@ -769,20 +844,20 @@ static cm_status_t build_header(header_builder_t *builder, const cm_wire_message
         break;
     case CM_WIRE_ERROR:
         committee__v1__error__init(&builder->error);
-        builder->error.code = proto_string(cm_status_name(message->error.code));
-        builder->error.message = proto_string(message->error.message);
+        builder->error.code = proto_string(builder, cm_status_name(message->error.code));
+        builder->error.message = proto_string(builder, message->error.message);
         envelope->body_case = COMMITTEE__V1__ENVELOPE__BODY_ERROR;
         envelope->error = &builder->error;
         break;
     case CM_WIRE_BYE:
         committee__v1__bye__init(&builder->bye);
-        builder->bye.reason = proto_string(message->bye.reason);
+        builder->bye.reason = proto_string(builder, message->bye.reason);
         envelope->body_case = COMMITTEE__V1__ENVELOPE__BODY_BYE;
         envelope->bye = &builder->bye;
         break;
     case CM_WIRE_HEAD_REQUEST:
         committee__v1__head_request__init(&builder->head_request);
-        builder->head_request.feature = proto_string(message->head_request.feature);
+        builder->head_request.feature = proto_string(builder, message->head_request.feature);
         envelope->body_case = COMMITTEE__V1__ENVELOPE__BODY_HEAD_REQUEST;
         envelope->head_request = &builder->head_request;
         break;
@@ -800,6 +875,7 @@ cm_status_t cm_wire_header_size(const cm_wire_message_t *message, size_t *header
     cm_status_t status = build_header(&builder, message);
     if (status) return status;
     *header_bytes = committee__v1__envelope__get_packed_size(&builder.envelope);
+    builder_deinit(&builder);
     return CM_OK;
 }
 
@@ -810,10 +886,11 @@ cm_status_t cm_wire_pack_header(const cm_wire_message_t *message, void *buffer, 
     if (status) return status;
     size_t needed = committee__v1__envelope__get_packed_size(&builder.envelope);
     *header_bytes = needed;
+    if (needed <= capacity) committee__v1__envelope__pack(&builder.envelope, buffer);
+    builder_deinit(&builder);
     if (needed > capacity)
         return cm_fail(CM_ERR_TOO_LARGE, "%s header needs %zu bytes but the buffer holds %zu",
                        kind_names[message->kind], needed, capacity);
-    committee__v1__envelope__pack(&builder.envelope, buffer);
     return CM_OK;
 }
 
@@ -824,10 +901,11 @@ cm_status_t cm_wire_encode(cm_wire_encoded_t *encoded, const cm_wire_message_t *
     if (status) return status;
     size_t header_bytes = committee__v1__envelope__get_packed_size(&builder.envelope);
     encoded->header = malloc(header_bytes);
+    if (encoded->header) committee__v1__envelope__pack(&builder.envelope, encoded->header);
+    builder_deinit(&builder);
     if (!encoded->header)
         return cm_fail(CM_ERR_NOMEM, "cannot allocate a %zu-byte %s header", header_bytes,
                        kind_names[message->kind]);
-    committee__v1__envelope__pack(&builder.envelope, encoded->header);
     encoded->frames[0] = (cm_wire_frame_t){encoded->header, header_bytes};
     encoded->frame_count = 1 + cm_wire_tensor_frames(message, encoded->frames + 1);
     return CM_OK;

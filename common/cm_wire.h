@@ -252,6 +252,18 @@ cm_status_t cm_wire_pack_header(const cm_wire_message_t *message, void *buffer, 
                                 size_t *header_bytes);
 
 /*
+ * Every string a header carries goes out as valid UTF-8 (protobuf's `string`; strict parsers
+ * such as Python's reject a message that is not): cm_wire_header_size, cm_wire_pack_header and
+ * cm_wire_encode send a string that is not as a copy with each bad byte replaced by U+FFFD, cut
+ * at a character boundary to CM_WIRE_MAX_STRING bytes.  That copy is the one allocation
+ * "allocates nothing" does not count (only for strings that need it).
+ *
+ * cm_wire_utf8_valid: 1 when text[0 .. length) is UTF-8 (no overlong forms, surrogates or code
+ * points beyond U+10FFFF), else 0.
+ */
+int cm_wire_utf8_valid(const char *text, size_t length);
+
+/*
  * Checks *message and fills *encoded with the frames to send: a freshly
  * allocated header, then each tensor's data (borrowed from the message).
  * Release with cm_wire_encoded_deinit(), also after a failure.

@@ -3,7 +3,8 @@
  * servers (`train`), from recorded teacher outputs (`replay`), and
  * evaluates checkpoints (`eval`); `keygen` makes the CURVE key pair of a
  * trainer.
- * Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted (state saved).
+ * Exit codes: 0 success, 1 failure, 2 usage error, 130 interrupted by a signal or
+ * --stop-after (state saved).
  */
 #include "cm_curve.h"
 #include "trainer_eval.h"

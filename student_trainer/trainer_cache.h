@@ -9,6 +9,9 @@
  * safetensors file (`--cache FILE`, `--record FILE`), with the dataset
  * fingerprint and each teacher's name and model hash in the metadata, so a
  * cache recorded against one committee is never replayed against another.
+ * cm_safetensors stores a CRC-32 of every array and of the metadata, so a
+ * cache or record damaged on disk is refused on load, naming the file and
+ * the array, instead of feeding wrong teacher outputs to the student.
  */
 #ifndef TRAINER_CACHE_H
 #define TRAINER_CACHE_H

@@ -12,6 +12,19 @@
  * a PAIR socket of the same (training) thread; it is read without waiting
  * while the first Hello is being sent and at every pump.
  *
+ * Retries: a ticket remembers the endpoint that last failed it and goes to
+ * another live replica first; a BUSY streak has its own deadline (first
+ * BUSY + deadline_ms) and back-off, reset whenever the ticket fails.  A
+ * teacher that answers BUSY is alive, so it is not marked down: the first
+ * streak that lasts a whole deadline starts a "busy episode" of the
+ * endpoint (logged once, ended by its next reply); during one, under skip,
+ * a BUSY from the only live endpoint gives the ticket up at once, so
+ * training goes on at full speed without it, as with a teacher that is
+ * down, while every ticket still probes whether it answers again.
+ *
+ * Waits: no zmq_poll or sleep lasts longer than WAIT_SLICE_MS, and every
+ * loop that waits looks at config.interrupted between slices.
+ *
  * Heads: fetching one is a blocking exchange like the handshake: one
  * HeadRequest to an endpoint, then every message from it goes through
  * handle_message (as in the pump) until the answer with that request id
@@ -19,10 +32,12 @@
  */
 #include "trainer_committee.h"
 
+#include "cm_endpoint.h"
 #include "cm_log.h"
 #include "cm_progress.h"
 #include "cm_zwire.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,16 +47,19 @@
 #include <zmq.h>
 
 enum { TICKET_FREE, TICKET_QUEUED, TICKET_SENT, TICKET_DONE, TICKET_FAILED };
-enum { MAX_INFLIGHT = 256 };
+enum { MAX_INFLIGHT = 256, WAIT_SLICE_MS = 100 };
 
 typedef struct {
     int state;
     int teacher;
     int count;
-    int32_t *ids;
+    int32_t *ids; /* [2 * count]: the rows (for the cache), then their dataset ids (the wire's) */
     unsigned outputs;
     int attempts;
-    double not_before; /* monotonic seconds: back-off */
+    double not_before;    /* monotonic seconds: back-off */
+    double busy_deadline; /* monotonic seconds: a BUSY streak fails here (0: no streak) */
+    int busy_retries;     /* BUSY answers in the current streak (back-off) */
+    int avoid_endpoint;   /* the endpoint that last failed it (-1: none) */
     int next_free;
 } ticket_t;
 
@@ -57,6 +75,8 @@ typedef struct {
     void *monitor;     /* PAIR receiving the socket's connection and handshake events */
     int connections;   /* transport connections made (monitor) */
     unsigned heads;    /* features it lends a head for (1u << TRAINER_OUTPUT_*), last Hello */
+    int bad_replies;   /* protocol errors in a row (reset by a good reply or going down) */
+    int busy_episode;  /* answered BUSY for a whole deadline, and no reply since (logged once) */
 } endpoint_t;
 
 typedef struct {
@@ -91,6 +111,20 @@ struct trainer_committee {
     size_t convert_capacity;
 };
 
+static int interrupted(const trainer_committee_t *committee) {
+    return committee->config.interrupted && *committee->config.interrupted;
+}
+
+static cm_status_t interruption(void) {
+    return cm_fail(CM_ERR_CANCELLED, "interrupted by a signal");
+}
+
+/* Milliseconds to wait for in one slice when `left_seconds` remain. */
+static long slice_ms(double left_seconds) {
+    long left = (long)(left_seconds * 1000) + 1;
+    return left < WAIT_SLICE_MS ? left : WAIT_SLICE_MS;
+}
+
 static uint64_t wall_clock_ns(void) {
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -114,6 +148,14 @@ cm_status_t trainer_committee_parse_teacher(char *text, trainer_teacher_address_
         if (address->endpoint_count == TRAINER_MAX_ENDPOINTS)
             return cm_fail(CM_ERR_INVALID_ARG, "teacher '%s' has more than %d endpoints",
                            address->name, TRAINER_MAX_ENDPOINTS);
+        char option[80], checked[CM_ENDPOINT_MAX];
+        snprintf(option, sizeof option, "--teacher %s", address->name);
+        cm_status_t status =
+            cm_endpoint_check(endpoint, CM_ENDPOINT_CONNECT, option, checked, sizeof checked);
+        if (status != CM_OK) return status;
+        /* The only rewrite (localhost -> 127.0.0.1) keeps the length: it fits in place. */
+        assert(strlen(checked) <= strlen(endpoint));
+        memcpy(endpoint, checked, strlen(checked) + 1);
         address->endpoints[address->endpoint_count++] = endpoint;
     }
     return CM_OK;
@@ -235,13 +277,19 @@ static cm_status_t await_hello(trainer_committee_t *committee, teacher_t *teache
                                endpoint_t *endpoint, int first) {
     double give_up = cm_progress_now() + committee->config.handshake_ms / 1000.0;
     for (;;) {
+        if (interrupted(committee)) return interruption();
         double left = give_up - cm_progress_now();
-        zmq_pollitem_t item = {endpoint->socket, 0, ZMQ_POLLIN, 0};
-        if (left <= 0 || zmq_poll(&item, 1, (long)(left * 1000) + 1) <= 0)
+        if (left <= 0)
             return cm_fail(CM_ERR_UNAVAILABLE,
                            "teacher '%s' at %s did not answer Hello within %d ms; is it running "
                            "and reachable?",
                            teacher->info.name, endpoint->address, committee->config.handshake_ms);
+        zmq_pollitem_t item = {endpoint->socket, 0, ZMQ_POLLIN, 0};
+        int ready = zmq_poll(&item, 1, slice_ms(left));
+        if (ready < 0 && zmq_errno() != EINTR)
+            return cm_fail(CM_ERR_IO, "waiting for teacher '%s' at %s failed: %s",
+                           teacher->info.name, endpoint->address, zmq_strerror(zmq_errno()));
+        if (ready <= 0) continue;
         cm_zwire_received_t received;
         cm_wire_message_t message;
         cm_wire_limits_t limits = receive_limits();
@@ -391,6 +439,7 @@ static cm_status_t handshake(trainer_committee_t *committee, teacher_t *teacher,
     cm_status_t status;
     while ((status = send_hello(committee, endpoint)) == CM_ERR_BUSY &&
            cm_progress_now() < give_up) {
+        if (interrupted(committee)) return interruption();
         cm_status_t refused = check_handshake_events(committee, teacher, endpoint);
         if (refused != CM_OK) return refused;
         struct timespec pause = {0, 10 * 1000 * 1000};
@@ -462,6 +511,8 @@ cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, in
         teacher_t *teacher = &committee->teachers[index];
         for (int slot = 0; slot < teacher->endpoint_count; slot++) {
             endpoint_t *endpoint = &teacher->endpoints[slot];
+            cm_log_info("greeting teacher '%s' at %s (up to %d ms)", teacher->info.name,
+                        endpoint->address, config->handshake_ms);
             if ((status = handshake(committee, teacher, endpoint)) != CM_OK) goto fail;
             endpoint->up = 1;
             if (endpoint->heads != teacher->info.heads) {
@@ -552,17 +603,23 @@ int trainer_committee_submit(trainer_committee_t *committee, int teacher, const 
     }
     int number = committee->free_ticket;
     ticket_t *ticket = &committee->tickets[number];
-    int32_t *copy = realloc(ticket->ids, sizeof(int32_t) * (size_t)count);
+    int32_t *copy = realloc(ticket->ids, sizeof(int32_t) * (2 * (size_t)count + 1));
     if (!copy) return -1;
     committee->free_ticket = ticket->next_free;
     ticket->ids = copy;
     memcpy(copy, ids, sizeof(int32_t) * (size_t)count);
+    for (int row = 0; row < count; row++)
+        copy[count + row] =
+            committee->config.example_ids ? committee->config.example_ids[ids[row]] : ids[row];
     ticket->state = TICKET_QUEUED;
     ticket->teacher = teacher;
     ticket->count = count;
     ticket->outputs = outputs;
     ticket->attempts = 0;
     ticket->not_before = 0.0;
+    ticket->busy_deadline = 0.0;
+    ticket->busy_retries = 0;
+    ticket->avoid_endpoint = -1;
     return number;
 }
 
@@ -580,6 +637,13 @@ void trainer_committee_release(trainer_committee_t *committee, int number) {
 
 /* ---------------------------------------------------------------- the pump */
 
+/* 1 when `teacher` has a live endpoint other than `slot`. */
+static int other_live_endpoint(const teacher_t *teacher, int slot) {
+    for (int other = 0; other < teacher->endpoint_count; other++)
+        if (other != slot && teacher->endpoints[other].up) return 1;
+    return 0;
+}
+
 static int teacher_is_up(const teacher_t *teacher) {
     for (int slot = 0; slot < teacher->endpoint_count; slot++)
         if (teacher->endpoints[slot].up) return 1;
@@ -591,6 +655,26 @@ static double backoff_seconds(int attempts) {
     return delay > 5.0 ? 5.0 : delay;
 }
 
+/* Between retries of a request the teacher answered BUSY: 10 ms, doubling, at most 1 s. */
+static double busy_backoff_seconds(int retries) {
+    double delay = 0.01 * pow(2.0, retries > 7 ? 7 : retries);
+    return delay > 1.0 ? 1.0 : delay;
+}
+
+/* 1 for the counts worth a log line: 1, 10, 100, ... (a teacher that keeps failing the same
+ * way does not flood the log; the counters have every one). */
+static int worth_logging(long count) {
+    while (count >= 10 && count % 10 == 0) count /= 10;
+    return count == 1;
+}
+
+/* What the failure policy does with a failed request, for log lines. */
+static const char *policy_action(const trainer_committee_t *committee) {
+    return committee->config.policy == TRAINER_POLICY_WAIT   ? "asking again"
+           : committee->config.policy == TRAINER_POLICY_SKIP ? "training without it"
+                                                             : "stopping";
+}
+
 static inflight_t *find_inflight(trainer_committee_t *committee, uint64_t request_id) {
     for (int index = 0; index < MAX_INFLIGHT; index++)
         if (committee->inflight[index].request_id == request_id) return &committee->inflight[index];
@@ -599,6 +683,7 @@ static inflight_t *find_inflight(trainer_committee_t *committee, uint64_t reques
 
 static void mark_down(trainer_committee_t *committee, teacher_t *teacher, endpoint_t *endpoint,
                       const char *why) {
+    endpoint->bad_replies = 0; /* counted afresh once it is back */
     if (endpoint->up) {
         endpoint->up = 0;
         endpoint->needs_hello = 1;
@@ -612,17 +697,22 @@ static void mark_down(trainer_committee_t *committee, teacher_t *teacher, endpoi
     }
 }
 
-/* A request was lost (deadline, Bye, refused send): apply the failure policy to its ticket. */
-static cm_status_t request_failed(trainer_committee_t *committee, int number) {
+/*
+ * A request was lost (deadline, BUSY past the deadline, Bye, refused send, repeated malformed
+ * replies, NaN or Inf): apply the failure policy to its ticket.  `why` continues "teacher
+ * 'NAME' ..." in the sentence of policy fail (e.g. "did not answer within 400 ms").
+ */
+static cm_status_t request_failed(trainer_committee_t *committee, int number, const char *why) {
     ticket_t *ticket = &committee->tickets[number];
     teacher_t *teacher = &committee->teachers[ticket->teacher];
     ticket->attempts++;
+    ticket->busy_deadline = 0.0;
+    ticket->busy_retries = 0;
     switch (committee->config.policy) {
     case TRAINER_POLICY_FAIL:
         ticket->state = TICKET_FAILED;
-        return cm_fail(CM_ERR_UNAVAILABLE,
-                       "teacher '%s' did not answer within %d ms and --on-teacher-failure is fail",
-                       teacher->info.name, committee->config.deadline_ms);
+        return cm_fail(CM_ERR_UNAVAILABLE, "teacher '%s' %s and --on-teacher-failure is fail",
+                       teacher->info.name, why);
     case TRAINER_POLICY_SKIP:
         ticket->state = TICKET_FAILED;
         teacher->stats.failed_tickets++;
@@ -646,15 +736,17 @@ static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *
     ticket_t *ticket = &committee->tickets[number];
     teacher_t *teacher = &committee->teachers[ticket->teacher];
     *sent = 0;
-    /* Pick an endpoint: round robin over the live ones; when none is live, probe one. */
+    /* Pick an endpoint: round robin over the live ones, another than the one that last failed
+     * this ticket if there is one; when none is live, probe one. */
     int chosen = -1;
-    for (int step = 0; step < teacher->endpoint_count; step++) {
-        int slot = (teacher->next_endpoint + step) % teacher->endpoint_count;
-        if (teacher->endpoints[slot].up) {
-            chosen = slot;
-            break;
+    for (int pass = 0; pass < 2 && chosen < 0; pass++)
+        for (int step = 0; step < teacher->endpoint_count; step++) {
+            int slot = (teacher->next_endpoint + step) % teacher->endpoint_count;
+            if (teacher->endpoints[slot].up && (pass || slot != ticket->avoid_endpoint)) {
+                chosen = slot;
+                break;
+            }
         }
-    }
     if (chosen < 0) chosen = teacher->next_endpoint % teacher->endpoint_count;
     teacher->next_endpoint = chosen + 1;
     endpoint_t *endpoint = &teacher->endpoints[chosen];
@@ -670,7 +762,7 @@ static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *
     cm_wire_batch_request_t *request = &message.batch_request;
     request->split = CM_SPLIT_TRAIN;
     request->example_count = ticket->count;
-    request->example_ids = ticket->ids;
+    request->example_ids = ticket->ids + ticket->count;
     request->encoding = committee->config.encoding;
     for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
         if (ticket->outputs & (1u << output))
@@ -687,6 +779,7 @@ static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *
     slot->endpoint = chosen;
     slot->deadline = cm_progress_now() + committee->config.deadline_ms / 1000.0;
     ticket->state = TICKET_SENT;
+    ticket->avoid_endpoint = -1;
     teacher->inflight++;
     endpoint->inflight++;
     teacher->stats.requests++;
@@ -737,7 +830,10 @@ static cm_status_t send_queued(trainer_committee_t *committee) {
             ticket->not_before = now + 0.05;
             if (committee->config.policy != TRAINER_POLICY_WAIT &&
                 (ticket->attempts++ * 0.05) * 1000 > committee->config.deadline_ms) {
-                cm_status_t failed = request_failed(committee, number);
+                char why[96];
+                snprintf(why, sizeof why, "could not be reached within %d ms",
+                         committee->config.deadline_ms);
+                cm_status_t failed = request_failed(committee, number, why);
                 if (failed != CM_OK) return failed;
             }
         }
@@ -761,49 +857,147 @@ static float *convert_rows(trainer_committee_t *committee, const cm_wire_tensor_
     return committee->convert;
 }
 
-/* Stores a BatchReply's rows in the cache after checking it answers the ticket. */
+/* Index of the first NaN or infinity among `elements` floats encoded as `encoding` (F32, F16
+ * or BF16, little-endian, any alignment), or -1: an all-ones exponent in every encoding. */
+static long first_nonfinite(const void *data, cm_dtype_t encoding, size_t elements) {
+    const unsigned char *bytes = data;
+    if (encoding == CM_DTYPE_F32) {
+        for (size_t index = 0; index < elements; index++) {
+            uint32_t bits;
+            memcpy(&bits, bytes + 4 * index, sizeof bits);
+            if ((bits & 0x7f800000u) == 0x7f800000u) return (long)index;
+        }
+        return -1;
+    }
+    uint16_t exponent = encoding == CM_DTYPE_F16 ? 0x7c00u : 0x7f80u;
+    for (size_t index = 0; index < elements; index++) {
+        uint16_t bits;
+        memcpy(&bits, bytes + 2 * index, sizeof bits);
+        if ((bits & exponent) == exponent) return (long)index;
+    }
+    return -1;
+}
+
+/*
+ * Checks that a BatchReply answers the ticket of `slot` (the same examples, every output asked
+ * for once, each of the right size, every float finite) and only then stores its rows in the
+ * cache.  CM_ERR_PROTOCOL when it does not answer the ticket, CM_ERR_OUT_OF_RANGE when a value
+ * is NaN or infinite; the sentence continues "teacher 'NAME' at EP ...".  On failure the cache
+ * is untouched.
+ */
 static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot,
                                 const cm_wire_batch_reply_t *reply, size_t bytes) {
     ticket_t *ticket = &committee->tickets[slot->ticket];
     teacher_t *teacher = &committee->teachers[slot->teacher];
     if (reply->example_count != ticket->count ||
-        memcmp(reply->example_ids, ticket->ids, sizeof(int32_t) * (size_t)ticket->count) != 0)
-        return cm_fail(CM_ERR_PROTOCOL,
-                       "teacher '%s' answered other examples than it was asked for",
-                       teacher->info.name);
-    unsigned received = 0;
+        memcmp(reply->example_ids, ticket->ids + ticket->count,
+               sizeof(int32_t) * (size_t)ticket->count) != 0)
+        return cm_fail(CM_ERR_PROTOCOL, "answered other examples than it was asked for");
+    const cm_wire_tensor_t *found[TRAINER_OUTPUT_COUNT] = {NULL};
     for (int index = 0; index < reply->tensor_count; index++) {
         const cm_wire_tensor_t *tensor = &reply->tensors[index];
-        for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
-            if (!(ticket->outputs & (1u << output)) ||
-                strcmp(tensor->name, trainer_cache_output_name(output)))
-                continue;
-            int width = trainer_cache_width(committee->cache, slot->teacher, output);
-            size_t elements = (size_t)ticket->count * (size_t)width;
-            size_t per_element = cm_dtype_size(tensor->encoding);
-            if (tensor->layout != CM_WIRE_DENSE || tensor->bytes != elements * per_element)
-                return cm_fail(CM_ERR_PROTOCOL, "teacher '%s' sent '%s' of %zu bytes, expected %zu",
-                               teacher->info.name, tensor->name, tensor->bytes,
-                               elements * per_element);
-            const float *values = convert_rows(committee, tensor, elements);
-            if (!values) return cm_fail(CM_ERR_NOMEM, "out of memory converting a reply");
-            for (int row = 0; row < ticket->count; row++) {
-                int id = ticket->ids[row];
-                memcpy(trainer_cache_row(committee->cache, slot->teacher, output, id),
-                       values + (size_t)row * (size_t)width, sizeof(float) * (size_t)width);
-                trainer_cache_set_has(committee->cache, slot->teacher, output, id, 1);
-            }
-            received |= 1u << output;
+        int output = output_of(tensor->name);
+        if (output < 0 || !(ticket->outputs & (1u << output))) continue;
+        if (found[output])
+            return cm_fail(CM_ERR_PROTOCOL, "sent '%s' twice in one reply", tensor->name);
+        int width = trainer_cache_width(committee->cache, slot->teacher, output);
+        size_t elements = (size_t)ticket->count * (size_t)width;
+        size_t per_element = cm_dtype_size(tensor->encoding);
+        int floats = tensor->encoding == CM_DTYPE_F32 || tensor->encoding == CM_DTYPE_F16 ||
+                     tensor->encoding == CM_DTYPE_BF16;
+        if (tensor->layout != CM_WIRE_DENSE || !floats || tensor->bytes != elements * per_element)
+            return cm_fail(CM_ERR_PROTOCOL, "sent '%s' of %zu bytes, expected %zu dense floats",
+                           tensor->name, tensor->bytes, elements);
+        long bad = first_nonfinite(tensor->data, tensor->encoding, elements);
+        if (bad >= 0)
+            return cm_fail(CM_ERR_OUT_OF_RANGE,
+                           "sent a non-finite value (NaN or Inf) in its '%s' of example %d",
+                           tensor->name, ticket->ids[ticket->count + bad / width]);
+        found[output] = tensor;
+    }
+    for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
+        if ((ticket->outputs & (1u << output)) && !found[output])
+            return cm_fail(CM_ERR_PROTOCOL, "left out '%s', which it was asked for",
+                           trainer_cache_output_name(output));
+    for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
+        if (!found[output]) continue;
+        int width = trainer_cache_width(committee->cache, slot->teacher, output);
+        size_t elements = (size_t)ticket->count * (size_t)width;
+        const float *values = convert_rows(committee, found[output], elements);
+        if (!values) return cm_fail(CM_ERR_NOMEM, "out of memory converting a reply");
+        for (int row = 0; row < ticket->count; row++) {
+            int id = ticket->ids[row];
+            memcpy(trainer_cache_row(committee->cache, slot->teacher, output, id),
+                   values + (size_t)row * (size_t)width, sizeof(float) * (size_t)width);
+            trainer_cache_set_has(committee->cache, slot->teacher, output, id, 1);
         }
     }
-    if (received != ticket->outputs)
-        return cm_fail(CM_ERR_PROTOCOL, "teacher '%s' left out outputs it was asked for",
-                       teacher->info.name);
     ticket->state = TICKET_DONE;
     teacher->stats.replies++;
     teacher->stats.examples += ticket->count;
     teacher->stats.bytes += bytes;
     return CM_OK;
+}
+
+/*
+ * A reply from endpoint slot_index of teacher_index that this trainer cannot use; `what`
+ * continues "teacher 'NAME' at EP ...".  Counted, and answered at once: the request it
+ * answered (`slot`; NULL when that cannot be told: then every request in flight on the
+ * endpoint) is asked again, on another replica when there is one.  The
+ * TRAINER_BAD_REPLIES_IN_A_ROW-th in a row marks the endpoint down and hands those requests to
+ * the failure policy instead.
+ */
+static cm_status_t protocol_error(trainer_committee_t *committee, int teacher_index, int slot_index,
+                                  inflight_t *slot, const char *what) {
+    teacher_t *teacher = &committee->teachers[teacher_index];
+    endpoint_t *endpoint = &teacher->endpoints[slot_index];
+    teacher->stats.protocol_errors++;
+    int bad = ++endpoint->bad_replies >= TRAINER_BAD_REPLIES_IN_A_ROW;
+    char reason[700], why[1024];
+    snprintf(reason, sizeof reason, "sent %d malformed replies in a row (the last: it %.600s)",
+             endpoint->bad_replies, what);
+    snprintf(why, sizeof why, "at %s %s", endpoint->address, reason);
+    if (bad)
+        mark_down(committee, teacher, endpoint, reason);
+    else
+        cm_log_warn("teacher '%s' at %s sent a reply this trainer cannot use: it %s; asking again",
+                    teacher->info.name, endpoint->address, what);
+    for (int index = 0; index < MAX_INFLIGHT; index++) {
+        inflight_t *other = &committee->inflight[index];
+        if (!other->request_id || other->teacher != teacher_index ||
+            other->endpoint != slot_index || (slot && other != slot))
+            continue;
+        int number = other->ticket;
+        drop_inflight(committee, other);
+        ticket_t *ticket = &committee->tickets[number];
+        ticket->avoid_endpoint = slot_index;
+        if (bad) {
+            cm_status_t status = request_failed(committee, number, why);
+            if (status != CM_OK) return status;
+        } else {
+            ticket->state = TICKET_QUEUED;
+            ticket->not_before = 0.0;
+        }
+    }
+    return CM_OK;
+}
+
+/* A reply holding NaN or Inf (`what` continues "teacher 'NAME' at EP ..."): counted, logged
+ * (the first, the tenth, ...), and the request fails: the policy decides. */
+static cm_status_t nonfinite_reply(trainer_committee_t *committee, int teacher_index,
+                                   int slot_index, inflight_t *slot, const char *what) {
+    teacher_t *teacher = &committee->teachers[teacher_index];
+    endpoint_t *endpoint = &teacher->endpoints[slot_index];
+    long count = ++teacher->stats.nonfinite_replies;
+    char why[768];
+    snprintf(why, sizeof why, "at %s %.600s", endpoint->address, what);
+    if (worth_logging(count))
+        cm_log_warn("teacher '%s' %s (%ld such replies so far); %s", teacher->info.name, why, count,
+                    policy_action(committee));
+    int number = slot->ticket;
+    drop_inflight(committee, slot);
+    committee->tickets[number].avoid_endpoint = slot_index;
+    return request_failed(committee, number, why);
 }
 
 static cm_status_t handle_message(trainer_committee_t *committee, int teacher_index, int slot_index,
@@ -822,7 +1016,9 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
                 slot->endpoint == slot_index) {
                 int ticket = slot->ticket;
                 drop_inflight(committee, slot);
-                cm_status_t status = request_failed(committee, ticket);
+                committee->tickets[ticket].avoid_endpoint = slot_index;
+                cm_status_t status =
+                    request_failed(committee, ticket, "said bye with requests in flight");
                 if (status != CM_OK) return status;
             }
         }
@@ -835,28 +1031,82 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
     }
     if (message->kind != CM_WIRE_BATCH_REPLY && message->kind != CM_WIRE_ERROR) return CM_OK;
     inflight_t *slot = message->request_id ? find_inflight(committee, message->request_id) : NULL;
+    if (slot && (slot->teacher != teacher_index || slot->endpoint != slot_index))
+        slot = NULL; /* not asked of this endpoint */
     if (!slot) {
         if (message->kind == CM_WIRE_ERROR)
             cm_log_warn("teacher '%s' reported %s: %s", teacher->info.name,
                         cm_status_name(message->error.code), message->error.message);
+        if (message->kind == CM_WIRE_BATCH_REPLY &&
+            (!message->request_id || message->request_id >= committee->next_request_id)) {
+            char what[128];
+            snprintf(what, sizeof what, "answered request %llu, which was never sent",
+                     (unsigned long long)message->request_id);
+            return protocol_error(committee, teacher_index, slot_index, NULL, what);
+        }
         return CM_OK; /* a late answer to a request already given up */
     }
     int ticket = slot->ticket;
-    drop_inflight(committee, slot);
-    if (message->kind == CM_WIRE_BATCH_REPLY)
-        return accept_reply(committee, slot, &message->batch_reply, bytes);
-    switch (message->error.code) {
-    case CM_ERR_BUSY:
-        teacher->stats.busy++;
-        committee->tickets[ticket].state = TICKET_QUEUED;
-        committee->tickets[ticket].not_before = cm_progress_now() + 0.02;
+    if (message->kind == CM_WIRE_BATCH_REPLY) {
+        cm_status_t status = accept_reply(committee, slot, &message->batch_reply, bytes);
+        if (status == CM_ERR_PROTOCOL)
+            return protocol_error(committee, teacher_index, slot_index, slot, cm_last_error());
+        if (status == CM_ERR_OUT_OF_RANGE)
+            return nonfinite_reply(committee, teacher_index, slot_index, slot, cm_last_error());
+        drop_inflight(committee, slot);
+        if (status != CM_OK) {
+            committee->tickets[ticket].state = TICKET_FAILED;
+            return status;
+        }
+        endpoint->bad_replies = 0;
+        if (endpoint->busy_episode)
+            cm_log_info("teacher '%s' at %s answers again after being busy", teacher->info.name,
+                        endpoint->address);
+        endpoint->busy_episode = 0;
         return CM_OK;
+    }
+    drop_inflight(committee, slot);
+    ticket_t *asked = &committee->tickets[ticket];
+    switch (message->error.code) {
+    case CM_ERR_BUSY: {
+        /* Overloaded: ask again after a back-off, elsewhere if possible, until the streak has
+         * lasted a whole deadline; then it is a failed request like a silent one. */
+        teacher->stats.busy++;
+        double now = cm_progress_now();
+        asked->avoid_endpoint = slot_index;
+        if (endpoint->busy_episode && committee->config.policy == TRAINER_POLICY_SKIP &&
+            !other_live_endpoint(teacher, slot_index)) {
+            asked->state = TICKET_FAILED; /* still busy: train on without it */
+            teacher->stats.failed_tickets++;
+            return CM_OK;
+        }
+        if (asked->busy_deadline == 0.0)
+            asked->busy_deadline = now + committee->config.deadline_ms / 1000.0;
+        if (now >= asked->busy_deadline) {
+            char why[160];
+            snprintf(why, sizeof why, "at %s answered BUSY to every retry for %d ms",
+                     endpoint->address, committee->config.deadline_ms);
+            teacher->stats.busy_timeouts++;
+            if (!endpoint->busy_episode)
+                cm_log_warn("teacher '%s' %s; %s", teacher->info.name, why,
+                            policy_action(committee));
+            endpoint->busy_episode = 1;
+            return request_failed(committee, ticket, why);
+        }
+        asked->state = TICKET_QUEUED;
+        asked->not_before = now + busy_backoff_seconds(asked->busy_retries++);
+        return CM_OK;
+    }
     case CM_ERR_UNAVAILABLE:
-    case CM_ERR_CANCELLED:
+    case CM_ERR_CANCELLED: {
+        char why[CM_WIRE_MAX_STRING + 32];
+        snprintf(why, sizeof why, "is unavailable (%s)", message->error.message);
         mark_down(committee, teacher, endpoint, message->error.message);
-        return request_failed(committee, ticket);
+        asked->avoid_endpoint = slot_index;
+        return request_failed(committee, ticket, why);
+    }
     default:
-        committee->tickets[ticket].state = TICKET_FAILED;
+        asked->state = TICKET_FAILED;
         return cm_fail(message->error.code, "teacher '%s' refused a request: %s",
                        teacher->info.name, message->error.message);
     }
@@ -874,6 +1124,7 @@ static cm_status_t receive_from(trainer_committee_t *committee, int teacher_inde
         for (int part = 0; part < received.part_count; part++)
             bytes += zmq_msg_size(&received.parts[part]);
         cm_wire_message_t message;
+        cm_wire_message_init(&message, CM_WIRE_HEARTBEAT, 0);
         status = received.truncated
                      ? cm_fail(CM_ERR_FORMAT, "a message had too many frames")
                      : cm_zwire_decode(&message, received.parts, received.part_count, &limits);
@@ -881,9 +1132,15 @@ static cm_status_t receive_from(trainer_committee_t *committee, int teacher_inde
             status = handle_message(committee, teacher_index, slot_index, &message, bytes);
             cm_wire_message_deinit(&message);
         } else {
-            cm_log_warn("dropping a malformed message from teacher '%s': %s",
-                        committee->teachers[teacher_index].info.name, cm_last_error());
-            status = CM_OK;
+            /* The request it answers, when its header said (and it is ours, on this endpoint). */
+            inflight_t *slot =
+                message.request_id ? find_inflight(committee, message.request_id) : NULL;
+            if (slot && (slot->teacher != teacher_index || slot->endpoint != slot_index))
+                slot = NULL;
+            char what[600];
+            snprintf(what, sizeof what, "sent a message that does not decode (%.500s)",
+                     cm_last_error());
+            status = protocol_error(committee, teacher_index, slot_index, slot, what);
         }
         cm_zwire_received_close(&received);
         if (status != CM_OK) return status;
@@ -901,8 +1158,10 @@ static cm_status_t check_deadlines(trainer_committee_t *committee) {
         mark_down(committee, teacher, &teacher->endpoints[slot->endpoint], why);
         teacher->stats.timeouts++;
         int ticket = slot->ticket;
+        committee->tickets[ticket].avoid_endpoint = slot->endpoint;
         drop_inflight(committee, slot);
-        cm_status_t status = request_failed(committee, ticket);
+        snprintf(why, sizeof why, "did not answer within %d ms", committee->config.deadline_ms);
+        cm_status_t status = request_failed(committee, ticket, why);
         if (status != CM_OK) return status;
     }
     return CM_OK;
@@ -938,6 +1197,7 @@ static void check_reconnections(trainer_committee_t *committee) {
 }
 
 cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_ms) {
+    if (interrupted(committee)) return interruption();
     if (committee->config.policy == TRAINER_POLICY_SKIP) probe_down_endpoints(committee);
     cm_status_t status = send_queued(committee);
     if (status != CM_OK) return status;
@@ -967,6 +1227,7 @@ cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_m
                        : now;
     long wait_ms = (long)ceil((wake - now) * 1000.0);
     if (wait_ms < 0) wait_ms = 0;
+    if (wait_ms > WAIT_SLICE_MS) wait_ms = WAIT_SLICE_MS;
     if (zmq_poll(items, count, wait_ms) < 0 && zmq_errno() != EINTR)
         return cm_fail(CM_ERR_IO, "polling the teachers failed: %s", zmq_strerror(zmq_errno()));
     for (int index = 0; index < count; index++)
@@ -976,7 +1237,9 @@ cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_m
         }
     status = check_deadlines(committee);
     if (status != CM_OK) return status;
-    return send_queued(committee);
+    status = send_queued(committee);
+    if (status == CM_OK && interrupted(committee)) return interruption();
+    return status;
 }
 
 /* ---------------------------------------------------------------- heads */
@@ -1057,6 +1320,7 @@ static cm_status_t request_head(trainer_committee_t *committee, int teacher_inde
     double give_up = cm_progress_now() + committee->config.handshake_ms / 1000.0;
     cm_wire_limits_t limits = receive_limits();
     for (;;) {
+        if (interrupted(committee)) return interruption();
         double left = give_up - cm_progress_now();
         if (left <= 0) {
             mark_down(committee, teacher, endpoint, "no answer to a HeadRequest");
@@ -1066,7 +1330,7 @@ static cm_status_t request_head(trainer_committee_t *committee, int teacher_inde
                            name, endpoint->address, feature, committee->config.handshake_ms);
         }
         zmq_pollitem_t item = {endpoint->socket, 0, ZMQ_POLLIN, 0};
-        int ready = zmq_poll(&item, 1, (long)(left * 1000) + 1);
+        int ready = zmq_poll(&item, 1, slice_ms(left));
         if (ready < 0 && zmq_errno() != EINTR)
             return cm_fail(CM_ERR_IO, "waiting for teacher '%s' at %s failed: %s", name,
                            endpoint->address, zmq_strerror(zmq_errno()));

@@ -11,15 +11,29 @@
  * training examples") and pumps the client between optimizer steps.  The
  * pump is an event-driven state machine over zmq_poll: it sends queued
  * tickets while the teacher has credits (a window of requests in flight),
- * receives replies straight into the trainer_cache, retries BUSY answers
- * later without counting them as failures, and enforces a deadline per
- * request.  A request past its deadline marks its endpoint down and then
- * follows the failure policy:
+ * receives replies straight into the trainer_cache, and enforces a deadline
+ * per request.  A request fails when it is past its deadline, when the
+ * teacher answered BUSY to every retry of it for deadline_ms (retries back
+ * off 10 ms .. 1 s, preferring another replica), when it said Bye, or when
+ * its reply holds a NaN or an infinity (checked on receipt, every float of
+ * every output, before anything reaches the cache).  A deadline marks the
+ * endpoint down; BUSY past the deadline is logged once per episode (the
+ * teacher is alive) and, under skip, later BUSY answers give tickets up at
+ * once until it replies again.  A failed request follows the failure
+ * policy:
  *   wait  retry with exponential back-off (100 ms .. 5 s) until it answers;
  *   skip  give the ticket up (the rows stay missing; the method masks them)
  *         and, while the teacher is down, give new tickets up at once while
  *         Hello probes (back-off 0.1 s .. 2 s) notice when it returns;
  *   fail  stop: the pump returns CM_ERR_UNAVAILABLE with a sentence.
+ * A reply this trainer cannot use (it does not decode, answers other
+ * examples, has rows of the wrong size, lacks an output, or answers a
+ * request id never sent) is a protocol error of that teacher: counted, and
+ * answered at once by asking again (another replica when there is one);
+ * the request it answered, when that cannot be told, is every request in
+ * flight on that endpoint (their late answers are dropped).  After
+ * TRAINER_BAD_REPLIES_IN_A_ROW of them in a row the endpoint is marked down
+ * and the failure policy applies.
  * An endpoint that went down is greeted with Hello again when it comes back,
  * and must still hold the same model.  ZeroMQ itself reconnects TCP with
  * back-off (ZMQ_RECONNECT_IVL .. _MAX).  Every outcome is counted per
@@ -36,6 +50,11 @@
  * key is not in its allowlist, it wants CURVE and we do not, or the other
  * way round) into a sentence at once, instead of a silent wait for Hello.
  *
+ * Signals: every wait (the handshake, a head, the pump) looks at the
+ * caller's flag (config.interrupted) at least every 100 ms and returns
+ * CM_ERR_CANCELLED ("interrupted by a signal") once it is set, so a
+ * SIGINT/SIGTERM is honoured within a second whatever the deadlines.
+ *
  * Single-threaded: all calls come from the training thread.
  */
 #ifndef TRAINER_COMMITTEE_H
@@ -47,9 +66,14 @@
 #include "cm_wire.h"
 #include "trainer_cache.h"
 
+#include <signal.h>
 #include <stdint.h>
 
-enum { TRAINER_MAX_ENDPOINTS = 4, TRAINER_COMMITTEE_MAX = 8 };
+enum {
+    TRAINER_MAX_ENDPOINTS = 4,
+    TRAINER_COMMITTEE_MAX = 8,
+    TRAINER_BAD_REPLIES_IN_A_ROW = 3 /* malformed replies before an endpoint is marked down */
+};
 
 typedef enum { TRAINER_POLICY_WAIT, TRAINER_POLICY_SKIP, TRAINER_POLICY_FAIL } trainer_policy_t;
 
@@ -73,14 +97,19 @@ typedef struct {
     int handshake_ms; /* for the first Hello of every endpoint */
     int heartbeat_ms; /* heartbeat to endpoints idle this long */
     trainer_policy_t policy;
-    cm_dtype_t encoding;     /* F32 (exact), F16 or BF16 */
-    int max_examples;        /* ids per request (also capped by the teacher's limit) */
-    const char *fingerprint; /* the student's dataset fingerprint */
-    int classes;             /* the student's classes */
-    int train_examples;      /* size of the training split (ids are checked against it) */
-    const cm_curve_keypair_t *curve_keys; /* the trainer's keys (borrowed for the committee's
-                                             life); NULL: plaintext, else every teacher needs its
-                                             server_key */
+    cm_dtype_t encoding;        /* F32 (exact), F16 or BF16 */
+    int max_examples;           /* ids per request (also capped by the teacher's limit) */
+    const char *fingerprint;    /* the student's dataset fingerprint */
+    int classes;                /* the student's classes */
+    int train_examples;         /* size of the training split (ids are checked against it) */
+    const int32_t *example_ids; /* [train_examples] the dataset id of each training row, sent
+                                   on the wire instead of the row (borrowed); NULL: id = row */
+    const cm_curve_keypair_t *curve_keys;     /* the trainer's keys (borrowed for the committee's
+                                                 life); NULL: plaintext, else every teacher needs its
+                                                 server_key */
+    const volatile sig_atomic_t *interrupted; /* set by the caller's signal handler: every wait
+                                                 ends with CM_ERR_CANCELLED (borrowed; NULL:
+                                                 never) */
 } trainer_committee_config_t;
 
 /* What a teacher said about itself. */
@@ -99,14 +128,17 @@ typedef struct {
 
 /* Outcomes per teacher since the start. */
 typedef struct {
-    long requests;       /* BatchRequests sent */
-    long replies;        /* BatchReplies accepted */
-    long busy;           /* Error{BUSY} answers (retried) */
-    long timeouts;       /* requests past their deadline */
-    long failed_tickets; /* tickets given up (policy skip) */
-    long examples;       /* example outputs received */
-    uint64_t bytes;      /* bytes received */
-    long down_events;    /* times the teacher went down */
+    long requests;          /* BatchRequests sent */
+    long replies;           /* BatchReplies accepted */
+    long busy;              /* Error{BUSY} answers (retried) */
+    long busy_timeouts;     /* requests answered BUSY for the whole deadline (then failed) */
+    long timeouts;          /* requests past their deadline */
+    long protocol_errors;   /* replies this trainer could not use (asked again) */
+    long nonfinite_replies; /* replies holding NaN or Inf (failed requests, never cached) */
+    long failed_tickets;    /* tickets given up (policy skip) */
+    long examples;          /* example outputs received */
+    uint64_t bytes;         /* bytes received */
+    long down_events;       /* times the teacher went down */
 } trainer_teacher_stats_t;
 
 typedef struct trainer_committee trainer_committee_t;
@@ -114,7 +146,8 @@ typedef struct trainer_committee trainer_committee_t;
 /*
  * Connects to every endpoint, handshakes and checks the committee (see above).  Teacher
  * outputs land in `cache` (borrowed), whose teachers are named here.  On failure nothing is
- * left open and cm_last_error() names the teacher and the values that disagree.
+ * left open and cm_last_error() names the teacher and the values that disagree;
+ * CM_ERR_CANCELLED when config->interrupted was set while it waited.
  */
 cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, int count,
                                   const trainer_committee_config_t *config, trainer_cache_t *cache,
@@ -144,9 +177,9 @@ typedef struct {
  * == the committee's classes and inputs == the width of that feature in the teacher's Hello.
  * CM_ERR_NOT_FOUND with a sentence naming the teacher when it lends none ("teacher 'fm' at EP
  * does not lend its head for 'hidden'; start it with --lend-head on, or train without
- * --dd-interactive"), CM_ERR_UNAVAILABLE / timeout sentence when nobody answers,
- * CM_ERR_MISMATCH when the shapes disagree.  On success *head holds the copies (release with
- * trainer_head_free); on failure it is empty.
+ * --dd-interactive"), CM_ERR_UNAVAILABLE / timeout sentence when nobody answers, CM_ERR_CANCELLED
+ * when interrupted, CM_ERR_MISMATCH when the shapes disagree.  On success *head holds the copies
+ * (release with trainer_head_free); on failure it is empty.
  */
 cm_status_t trainer_committee_fetch_head(trainer_committee_t *committee, int teacher,
                                          const char *feature, trainer_head_t *head);
@@ -156,7 +189,8 @@ void trainer_head_free(trainer_head_t *head);
 
 /*
  * Asks `teacher` for the outputs in the bit set `outputs` (1 << TRAINER_OUTPUT_*) of the
- * training examples ids[0..count) (copied).  Returns a ticket number, or -1 when out of
+ * training rows ids[0..count) (copied; the request carries their dataset ids, see
+ * config.example_ids).  Returns a ticket number, or -1 when out of
  * memory.  The answer lands in the cache; see trainer_committee_ticket.
  */
 int trainer_committee_submit(trainer_committee_t *committee, int teacher, const int32_t *ids,
@@ -169,9 +203,11 @@ int trainer_committee_ticket(const trainer_committee_t *committee, int ticket);
 void trainer_committee_release(trainer_committee_t *committee, int ticket);
 
 /*
- * Does the network work for at most timeout_ms (0: only what is ready now).  Returns
- * CM_OK, or a failure that must stop training: CM_ERR_UNAVAILABLE (policy fail), or the
- * teacher's own refusal of a request (e.g. OUT_OF_RANGE), or a changed teacher.
+ * Does the network work for at most timeout_ms (0: only what is ready now; at most 100 ms
+ * pass between two looks at config.interrupted).  Returns CM_OK, or a failure that must stop
+ * training: CM_ERR_UNAVAILABLE (policy fail, the sentence names the teacher and what went
+ * wrong), CM_ERR_CANCELLED (interrupted), the teacher's own refusal of a request (e.g.
+ * OUT_OF_RANGE), or a changed teacher.
  */
 cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_ms);
 

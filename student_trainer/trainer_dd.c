@@ -15,6 +15,9 @@
  * learnability router term over the rows with at least one teacher, the reliability
  * router term over the labelled ones among them.
  *
+ * Regression swaps each CE and KL for a row's squared error (trainer_dd.h) in the same
+ * places; teacher_soft is then not filled, and pair_kl holds SE(s, z_i) for learnability.
+ *
  * Teacher activations are COMPACT: teacher i's buffers hold only its present rows, in
  * batch order (present_rows maps back), so an absent row's garbage (often NaN) is never
  * read, not even as NaN·0 inside a BLAS call, and filtered-out pairs cost nothing.
@@ -147,6 +150,7 @@ struct trainer_dd {
     int *int_block;         /* backs row_teachers and every teacher's present_rows */
     int *row_teachers;      /* [max_batch] teachers present per row */
     int32_t *answer_labels; /* [max_batch] label on labelled rows with a teacher, else -1 */
+    uint8_t *answer_rows;   /* [max_batch] 1 on labelled rows with a teacher (regression) */
     float *arena;           /* backs every float buffer below and the teacher states */
 
     /* Router. */
@@ -278,7 +282,17 @@ static cm_status_t check_config(const trainer_dd_config_t *config) {
                        "DiverseDistill needs 1 to %d teachers, the committee has %d",
                        TRAINER_MAX_TEACHERS, config->teacher_count);
     cm_status_t status = CM_OK;
-    if ((status = check_positive("the number of classes", config->classes)) != CM_OK ||
+    if (config->task != TRAINER_TASK_CLASSIFICATION && config->task != TRAINER_TASK_REGRESSION)
+        return cm_fail(CM_ERR_INVALID_ARG, "DiverseDistill: unknown task kind %d",
+                       (int)config->task);
+    if (!(config->filter_threshold >= 0.0f && config->filter_threshold <= 1.0f) ||
+        !(config->filter_explore >= 0.0f && config->filter_explore <= 1.0f))
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--dd-filter and --dd-explore must be in [0, 1], got %g and %g",
+                       (double)config->filter_threshold, (double)config->filter_explore);
+    if ((status = check_positive(config->task == TRAINER_TASK_REGRESSION ? "the number of targets"
+                                                                         : "the number of classes",
+                                 config->classes)) != CM_OK ||
         (status = check_positive("the student's hidden width", config->student_hidden)) != CM_OK ||
         (status = check_positive("the teacher embedding width (d_e)", config->embed_dim)) !=
             CM_OK ||
@@ -583,7 +597,8 @@ cm_status_t trainer_dd_new(const trainer_dd_config_t *config, uint64_t seed, tra
     size_t batch = (size_t)config->max_batch, teachers = (size_t)config->teacher_count;
     dd->int_block = cm_alloc_aligned(batch * (teachers + 1), sizeof(int));
     dd->answer_labels = cm_alloc_aligned(batch, sizeof(int32_t));
-    if (!dd->int_block || !dd->answer_labels) goto fail;
+    dd->answer_rows = cm_alloc_aligned(batch, 1);
+    if (!dd->int_block || !dd->answer_labels || !dd->answer_rows) goto fail;
     for (size_t teacher = 0; teacher < teachers; teacher++)
         dd->teacher[teacher].present_rows = dd->int_block + teacher * batch;
     dd->row_teachers = dd->int_block + teachers * batch;
@@ -614,6 +629,7 @@ void trainer_dd_free(trainer_dd_t **dd_pointer) {
     cm_free_aligned(dd->block);
     cm_free_aligned(dd->int_block);
     cm_free_aligned(dd->answer_labels);
+    cm_free_aligned(dd->answer_rows);
     cm_free_aligned(dd->arena);
     cm_free_aligned(dd);
     *dd_pointer = NULL;
@@ -725,6 +741,12 @@ static double log_sum_exp(const float *logits, int classes) {
     return max_value + log(sum);
 }
 
+/* Whether `row` has a label: labels[row] >= 0, or labelled[row] for regression. */
+static int row_labelled(const trainer_dd_t *dd, const trainer_dd_batch_t *batch, int row) {
+    return dd->config.task == TRAINER_TASK_REGRESSION ? batch->labelled[row] != 0
+                                                      : batch->labels[row] >= 0;
+}
+
 static float dot(const float *a, const float *b, int count) {
     float sum = 0.0f;
     for (int i = 0; i < count; i++) sum += a[i] * b[i];
@@ -831,9 +853,11 @@ static int index_present_pairs(trainer_dd_t *dd, const trainer_dd_batch_t *batch
 }
 
 /*
- * w·T²·Σ_i sg(alpha_i)·KL(softmax(z_i/T) ‖ softmax(s/T)), a mean over the rows with a
- * teacher: adds its gradient into d_logits [rows][C], leaves every present pair's KL in
- * pair_kl, returns the term.
+ * The importance-weighted KD term, a mean over the rows with a teacher:
+ *   classification  w·T²·Σ_i sg(alpha_i)·KL(softmax(z_i/T) ‖ softmax(s/T))
+ *   regression      w·Σ_i sg(alpha_i)·mean_k (s - z_i)²
+ * Adds its gradient into d_logits [rows][C], leaves every present pair's KL (or squared
+ * error) in pair_kl for the learnability target, returns the term.
  */
 static double kd_term(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
                       const float *student_logits, int rows_with_teacher, float *d_logits) {
@@ -841,6 +865,7 @@ static double kd_term(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
     int classes = config->classes, teachers = config->teacher_count;
     float temperature = config->temperature;
     float scale = config->kd_weight / (float)rows_with_teacher;
+    int regression = config->task == TRAINER_TASK_REGRESSION;
     double weighted_sum = 0.0;
     for (int teacher = 0; teacher < teachers; teacher++) {
         const teacher_state_t *state = &dd->teacher[teacher];
@@ -848,9 +873,18 @@ static double kd_term(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
             int row = state->present_rows[index];
             size_t offset = (size_t)row * classes;
             size_t pair = (size_t)row * teachers + teacher;
+            const float *teacher_logits = batch->teacher_logits[teacher] + offset;
+            if (regression) {
+                double squared_error =
+                    trainer_method_squared_error(student_logits + offset, teacher_logits, classes);
+                dd->pair_kl[pair] = (float)squared_error;
+                weighted_sum += dd->alpha[pair] * squared_error;
+                cm_loss_mse_backward(d_logits + offset, student_logits + offset, teacher_logits,
+                                     classes, scale * dd->alpha[pair] / (float)classes);
+                continue;
+            }
             float *teacher_soft = dd->teacher_soft + pair * classes;
-            cm_loss_softmax(teacher_soft, batch->teacher_logits[teacher] + offset, temperature, 1,
-                            classes);
+            cm_loss_softmax(teacher_soft, teacher_logits, temperature, 1, classes);
             double scaled_kl =
                 cm_loss_kl_forward(dd->student_soft, student_logits + offset, teacher_soft, NULL,
                                    temperature, 1, classes); /* T²·KL */
@@ -874,21 +908,25 @@ static double router_term(trainer_dd_t *dd, const trainer_dd_batch_t *batch) {
     int reliability = config->router == TRAINER_DD_ROUTER_RELIABILITY;
     int target_rows = 0;
     for (int row = 0; row < batch->rows; row++)
-        target_rows += dd->row_teachers[row] > 0 && (!reliability || batch->labels[row] >= 0);
+        target_rows += dd->row_teachers[row] > 0 && (!reliability || row_labelled(dd, batch, row));
     if (target_rows == 0) return 0.0;
 
     float scale = config->router_weight / (float)target_rows;
     double inverse_tau = 1.0 / config->router_tau, sum = 0.0;
     for (int row = 0; row < batch->rows; row++) {
-        int32_t label = batch->labels[row];
-        if (dd->row_teachers[row] == 0 || (reliability && label < 0)) continue;
+        if (dd->row_teachers[row] == 0 || (reliability && !row_labelled(dd, batch, row))) continue;
         double target_logit[TRAINER_MAX_TEACHERS], max_logit = -HUGE_VAL, normaliser = 0.0;
         for (int teacher = 0; teacher < teachers; teacher++) {
             if (!batch->teacher_present[teacher][row]) continue;
-            if (reliability) {
-                const float *logits = batch->teacher_logits[teacher] + (size_t)row * classes;
+            const float *logits = batch->teacher_logits[teacher] + (size_t)row * classes;
+            if (reliability && config->task == TRAINER_TASK_REGRESSION) {
                 target_logit[teacher] =
-                    (logits[label] - log_sum_exp(logits, classes)) * inverse_tau;
+                    -trainer_method_squared_error(logits, batch->targets + (size_t)row * classes,
+                                                  classes) *
+                    inverse_tau;
+            } else if (reliability) {
+                target_logit[teacher] =
+                    (logits[batch->labels[row]] - log_sum_exp(logits, classes)) * inverse_tau;
             } else {
                 target_logit[teacher] =
                     -dd->pair_kl[(size_t)row * teachers + teacher] * inverse_tau;
@@ -1171,41 +1209,52 @@ static void module_backward(trainer_dd_t *dd, const float *student_hidden, int r
 }
 
 /*
- * λ_ans·CE(head(ReLU(k)), y) over the labelled rows with a teacher, head_weight [C][d_s],
- * head_bias [C].  Fills d_knowledge [rows][d_s] and adds into the head's gradients; sets
- * loss->answer and answer_accuracy; returns whether any gradient flows into the module.
+ * λ_ans·CE(head(ReLU(k)), y) (regression: λ_ans·MSE(head(ReLU(k)), y)) over the labelled rows
+ * with a teacher, head_weight [C][d_s], head_bias [C].  Fills d_knowledge [rows][d_s] and adds
+ * into the head's gradients; sets loss->answer and (classification) answer_accuracy; returns
+ * whether any gradient flows into the module.
  */
 static int answer_term(trainer_dd_t *dd, const trainer_dd_batch_t *batch, const float *head_weight,
                        const float *head_bias, float *d_head_weight, float *d_head_bias,
                        trainer_dd_loss_t *loss) {
     const trainer_dd_config_t *config = &dd->config;
     int rows = batch->rows, classes = config->classes, width = config->student_hidden;
+    int regression = config->task == TRAINER_TASK_REGRESSION;
     size_t knowledge_floats = (size_t)rows * width;
-    for (int row = 0; row < rows; row++)
-        dd->answer_labels[row] = dd->row_teachers[row] > 0 ? batch->labels[row] : -1;
     cm_layers_relu_forward(dd->knowledge_act, dd->knowledge, (int)knowledge_floats);
     cm_layers_dense_forward(dd->answer_logits, dd->knowledge_act, head_weight, head_bias, rows,
                             width, classes);
     int answer_rows = 0;
-    double ce_sum = cm_loss_cross_entropy_forward(dd->answer_probs, dd->answer_logits,
-                                                  dd->answer_labels, rows, classes, &answer_rows);
-    if (answer_rows == 0) return 0;
-    int correct = 0;
-    for (int row = 0; row < rows; row++) {
-        if (dd->answer_labels[row] < 0) continue;
-        const float *logits = dd->answer_logits + (size_t)row * classes;
-        int best = 0;
-        for (int c = 1; c < classes; c++)
-            if (logits[c] > logits[best]) best = c;
-        correct += best == dd->answer_labels[row];
-    }
-    loss->answer_accuracy = (double)correct / answer_rows;
-    if (config->answer_weight == 0.0f) return 0;
-
-    loss->answer = config->answer_weight * ce_sum / answer_rows;
     memset(dd->d_answer_logits, 0, sizeof(float) * (size_t)rows * classes);
-    cm_loss_cross_entropy_backward(dd->d_answer_logits, dd->answer_probs, dd->answer_labels, rows,
-                                   classes, config->answer_weight / (float)answer_rows);
+    if (regression) {
+        for (int row = 0; row < rows; row++)
+            dd->answer_rows[row] = dd->row_teachers[row] > 0 && batch->labelled[row];
+        loss->answer = trainer_method_regression_term(
+            dd->answer_logits, batch->targets, dd->answer_rows, rows, classes,
+            config->answer_weight, dd->d_answer_logits, &answer_rows);
+        if (answer_rows == 0 || config->answer_weight == 0.0f) return 0;
+    } else {
+        for (int row = 0; row < rows; row++)
+            dd->answer_labels[row] = dd->row_teachers[row] > 0 ? batch->labels[row] : -1;
+        double ce_sum = cm_loss_cross_entropy_forward(
+            dd->answer_probs, dd->answer_logits, dd->answer_labels, rows, classes, &answer_rows);
+        if (answer_rows == 0) return 0;
+        int correct = 0;
+        for (int row = 0; row < rows; row++) {
+            if (dd->answer_labels[row] < 0) continue;
+            const float *logits = dd->answer_logits + (size_t)row * classes;
+            int best = 0;
+            for (int c = 1; c < classes; c++)
+                if (logits[c] > logits[best]) best = c;
+            correct += best == dd->answer_labels[row];
+        }
+        loss->answer_accuracy = (double)correct / answer_rows;
+        if (config->answer_weight == 0.0f) return 0;
+
+        loss->answer = config->answer_weight * ce_sum / answer_rows;
+        cm_loss_cross_entropy_backward(dd->d_answer_logits, dd->answer_probs, dd->answer_labels,
+                                       rows, classes, config->answer_weight / (float)answer_rows);
+    }
     memset(dd->d_knowledge_act, 0, sizeof(float) * knowledge_floats);
     cm_layers_dense_backward(dd->d_knowledge_act, d_head_weight, d_head_bias, dd->d_answer_logits,
                              dd->knowledge_act, head_weight, rows, width, classes);
@@ -1295,6 +1344,16 @@ static void probe_terms(trainer_dd_t *dd, const trainer_dd_batch_t *batch, int r
         float answer_scale = config->probe_answer_weight / (float)rows_with_teacher;
         for (int index = 0; index < count; index++) {
             size_t offset = (size_t)index * classes;
+            if (config->task == TRAINER_TASK_REGRESSION) { /* mean_k (g_i(p_i) - z_i)² */
+                const float *teacher_logits =
+                    batch->teacher_logits[teacher] + (size_t)state->present_rows[index] * classes;
+                answer_sum += trainer_method_squared_error(state->probe_logits + offset,
+                                                           teacher_logits, classes);
+                memset(dd->d_probe_logits + offset, 0, sizeof(float) * (size_t)classes);
+                cm_loss_mse_backward(dd->d_probe_logits + offset, state->probe_logits + offset,
+                                     teacher_logits, classes, answer_scale / (float)classes);
+                continue;
+            }
             size_t pair = (size_t)state->present_rows[index] * config->teacher_count + teacher;
             const float *teacher_soft = dd->teacher_soft + pair * classes; /* from kd_term */
             answer_sum +=
@@ -1321,8 +1380,12 @@ void trainer_dd_loss(trainer_dd_t *dd, const trainer_dd_batch_t *batch, const fl
     const trainer_dd_config_t *config = &dd->config;
     int rows = batch->rows, classes = config->classes, teachers = config->teacher_count;
     assert(rows >= 0 && rows <= config->max_batch);
-    assert(batch->labels || rows == 0);
-    for (int row = 0; row < rows; row++) assert(batch->labels[row] < classes);
+    int regression = config->task == TRAINER_TASK_REGRESSION;
+    if (regression)
+        assert((batch->targets && batch->labelled) || rows == 0);
+    else
+        assert(batch->labels || rows == 0);
+    for (int row = 0; !regression && row < rows; row++) assert(batch->labels[row] < classes);
     for (int teacher = 0; teacher < teachers; teacher++)
         assert(batch->teacher_logits[teacher] && batch->teacher_feature[teacher] &&
                batch->teacher_present[teacher] &&
@@ -1333,12 +1396,18 @@ void trainer_dd_loss(trainer_dd_t *dd, const trainer_dd_batch_t *batch, const fl
     memset(d_hidden, 0, sizeof(float) * (size_t)rows * config->student_hidden);
     if (rows == 0) return;
 
-    double ce_sum = cm_loss_cross_entropy_forward(dd->label_probs, student_logits, batch->labels,
-                                                  rows, classes, &loss->labelled);
-    if (loss->labelled > 0) {
-        loss->ce = (1.0 - config->kd_weight) * ce_sum / loss->labelled;
-        cm_loss_cross_entropy_backward(d_logits, dd->label_probs, batch->labels, rows, classes,
-                                       (1.0f - config->kd_weight) / (float)loss->labelled);
+    if (regression) {
+        loss->ce = trainer_method_regression_term(student_logits, batch->targets, batch->labelled,
+                                                  rows, classes, 1.0f - config->kd_weight, d_logits,
+                                                  &loss->labelled);
+    } else {
+        double ce_sum = cm_loss_cross_entropy_forward(
+            dd->label_probs, student_logits, batch->labels, rows, classes, &loss->labelled);
+        if (loss->labelled > 0) {
+            loss->ce = (1.0 - config->kd_weight) * ce_sum / loss->labelled;
+            cm_loss_cross_entropy_backward(d_logits, dd->label_probs, batch->labels, rows, classes,
+                                           (1.0f - config->kd_weight) / (float)loss->labelled);
+        }
     }
     int rows_with_teacher = index_present_pairs(dd, batch);
     if (rows_with_teacher == 0) {
@@ -1396,4 +1465,135 @@ void trainer_dd_adamw_step(trainer_dd_t *dd, const cm_adamw_config_t *config, lo
     cm_adamw_update(params, grads, moment1, moment2, decayed, config, step, 1);
     cm_adamw_update(params + decayed, grads + decayed, moment1 + decayed, moment2 + decayed, rest,
                     config, step, 0);
+}
+
+/* ---------------------------------------------------------------- the method interface */
+
+static const char *const dd_term_names[2][7] = {
+    {"ce", "kd", "dd_answer", "dd_router", "dd_align", "dd_probe_match", "dd_probe_answer"},
+    {"mse", "kd", "dd_answer", "dd_router", "dd_align", "dd_probe_match", "dd_probe_answer"},
+};
+
+static int feature_is_tokens(const trainer_dd_config_t *config, int teacher) {
+    return config->feature_output[teacher] == TRAINER_OUTPUT_TOKENS;
+}
+
+static unsigned dd_needs(const void *self, int teacher) {
+    const trainer_dd_t *dd = self;
+    assert(teacher >= 0 && teacher < dd->config.teacher_count);
+    unsigned needs = 1u << TRAINER_OUTPUT_LOGITS;
+    needs |= feature_is_tokens(&dd->config, teacher) ? 1u << TRAINER_OUTPUT_TOKENS
+                                                     : 1u << TRAINER_OUTPUT_HIDDEN;
+    if (dd->teacher[teacher].head_inputs) needs |= 1u << TRAINER_OUTPUT_HIDDEN;
+    return needs;
+}
+
+static const char *dd_term_name(const void *self, int term) {
+    const trainer_dd_t *dd = self;
+    if (term >= 7) return NULL;
+    return dd_term_names[dd->config.task == TRAINER_TASK_REGRESSION][term];
+}
+
+static void dd_method_loss(void *self, const trainer_batch_t *batch,
+                           const trainer_student_t *student, trainer_loss_t *loss) {
+    trainer_dd_t *dd = self;
+    const trainer_dd_config_t *config = &dd->config;
+    trainer_dd_batch_t dd_batch = {.rows = batch->rows,
+                                   .labels = batch->labels,
+                                   .targets = batch->targets,
+                                   .labelled = batch->labelled};
+    for (int teacher = 0; teacher < config->teacher_count; teacher++) {
+        dd_batch.teacher_logits[teacher] = batch->teacher_logits[teacher];
+        dd_batch.teacher_present[teacher] = batch->teacher_present[teacher];
+        dd_batch.teacher_feature[teacher] = feature_is_tokens(config, teacher)
+                                                ? batch->teacher_tokens[teacher]
+                                                : batch->teacher_hidden[teacher];
+        dd_batch.teacher_head_input[teacher] = batch->teacher_hidden[teacher];
+    }
+    trainer_dd_loss_t terms;
+    trainer_dd_loss(dd, &dd_batch, student->outputs, student->hidden, student->head_weight,
+                    student->head_bias, student->d_outputs, student->d_hidden,
+                    student->d_head_weight, student->d_head_bias, &terms);
+    *loss = (trainer_loss_t){.total = terms.total,
+                             .term = {terms.ce, terms.kd, terms.answer, terms.router, terms.align,
+                                      terms.probe_match, terms.probe_answer},
+                             .labelled = terms.labelled};
+}
+
+/* --dd-filter: the router on the student's hidden vector alone, before any teacher is asked. */
+static void dd_choose(void *self, const trainer_student_t *student, int rows, uint64_t seed,
+                      uint8_t *const *ask) {
+    trainer_dd_t *dd = self;
+    const trainer_dd_config_t *config = &dd->config;
+    int teachers = config->teacher_count;
+    assert(student->hidden && rows >= 0 && rows <= config->max_batch);
+    route_forward(dd, student->hidden, rows, NULL);
+    cm_rng_t rng;
+    cm_rng_seed(&rng, seed);
+    for (int row = 0; row < rows; row++) {
+        const float *alpha = dd->alpha + (size_t)row * (size_t)teachers;
+        int top = 0;
+        for (int teacher = 1; teacher < teachers; teacher++)
+            if (alpha[teacher] > alpha[top]) top = teacher;
+        for (int teacher = 0; teacher < teachers; teacher++) {
+            float draw = cm_rng_uniform(&rng);
+            ask[teacher][row] =
+                (uint8_t)(teacher == top || alpha[teacher] >= config->filter_threshold ||
+                          draw < config->filter_explore);
+        }
+    }
+}
+
+static size_t dd_param_count(const void *self) { return trainer_dd_param_count(self); }
+
+static float *dd_section(void *self, int which) {
+    trainer_dd_t *dd = self;
+    return dd->block + (size_t)which * dd->section_floats;
+}
+
+static void dd_zero_grad(void *self) { trainer_dd_zero_grads(self); }
+
+static void dd_update(void *self, const cm_adamw_config_t *config, long step) {
+    trainer_dd_adamw_step(self, config, step);
+}
+
+static void dd_free(void *self) {
+    trainer_dd_t *dd = self;
+    trainer_dd_free(&dd);
+}
+
+static const trainer_method_ops_t dd_ops = {
+    .needs = dd_needs,
+    .term_name = dd_term_name,
+    .loss = dd_method_loss,
+    .choose = NULL,
+    .param_count = dd_param_count,
+    .section = dd_section,
+    .zero_grad = dd_zero_grad,
+    .update = dd_update,
+    .free = dd_free,
+};
+
+static const trainer_method_ops_t dd_filtering_ops = {
+    .needs = dd_needs,
+    .term_name = dd_term_name,
+    .loss = dd_method_loss,
+    .choose = dd_choose,
+    .param_count = dd_param_count,
+    .section = dd_section,
+    .zero_grad = dd_zero_grad,
+    .update = dd_update,
+    .free = dd_free,
+};
+
+cm_status_t trainer_dd_method_new(const trainer_dd_config_t *config, uint64_t seed,
+                                  trainer_method_t **out) {
+    assert(config && out);
+    *out = NULL;
+    trainer_dd_t *dd = NULL;
+    cm_status_t status = trainer_dd_new(config, seed, &dd);
+    if (status != CM_OK) return status;
+    return trainer_method_wrap(TRAINER_METHOD_DIVERSEDISTILL,
+                               config->filter_threshold > 0.0f ? &dd_filtering_ops : &dd_ops, dd,
+                               out);
 }

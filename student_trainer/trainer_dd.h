@@ -35,6 +35,17 @@
  * + λ_a·T²·KL(softmax(z_i/T) ‖ softmax(g_i(p_i)/T))        rows and teachers present
  * Gradients flow through the frozen head and the question into the student; G_i, c_i, H_i
  * and z_i never change.
+ * Regression (config.task; the student's k outputs are predictions, y the targets, z_i the
+ * teachers' predictions): every CE becomes the MSE of DIVERSEDISTILL.md's regression
+ * counterpart and T does not apply:
+ *   (1-w)·MSE(s, y);  w·Σ_i sg(alpha_i)·SE(s, z_i);  λ_ans·MSE(head(act(k)), y);
+ *   reliability:  r = softmax_i(-SE(z_i, y)/τ);  learnability: r = softmax_i(-SE(sg(s), z_i)/τ);
+ *   probe answer: λ_a·SE(g_i(p_i), z_i)
+ * with SE(a, b) = mean_k (a_k - b_k)², a row's squared error (the analogue of a row's CE or
+ * KL), and each term still a mean over its rows.  So the router's targets stay per-example
+ * distributions over the teachers: reliability prefers the teacher nearest the label,
+ * learnability the teacher whose prediction the student is nearest to now.
+ * answer_accuracy stays 0 (there are no classes to be right about).
  * Absent (row, teacher) pairs are masked out of every sum and alpha is
  * renormalized over the present ones; a row with no teacher present gets
  * only the CE term.
@@ -63,9 +74,10 @@ typedef enum {
 cm_status_t trainer_dd_router_parse(const char *text, trainer_dd_router_t *router);
 const char *trainer_dd_router_name(trainer_dd_router_t router);
 
-typedef struct {
+typedef struct trainer_dd_config {
+    trainer_task_t task;                      /* classification (default) or regression */
     int teacher_count;                        /* n, 1 .. TRAINER_MAX_TEACHERS */
-    int classes;                              /* C */
+    int classes;                              /* C, or k regression targets */
     int student_hidden;                       /* d_s */
     int teacher_tokens[TRAINER_MAX_TEACHERS]; /* L_i (1 for a "hidden" vector) */
     int teacher_dim[TRAINER_MAX_TEACHERS];    /* d_i */
@@ -88,6 +100,11 @@ typedef struct {
     int head_inputs[TRAINER_MAX_TEACHERS];          /* d_h^i; 0: teacher i lends no head */
     const float *head_weight[TRAINER_MAX_TEACHERS]; /* G_i [C][d_h^i], borrowed, frozen */
     const float *head_bias[TRAINER_MAX_TEACHERS];   /* c_i [C], borrowed, frozen */
+    /* Read only by the method interface (trainer_dd_method_new). */
+    int feature_output[TRAINER_MAX_TEACHERS]; /* F_i is this output: TRAINER_OUTPUT_TOKENS, or
+                                                 "hidden" for any other value */
+    float filter_threshold; /* --dd-filter θ in [0, 1]; 0: the method chooses no pairs */
+    float filter_explore;   /* --dd-explore: share of skipped pairs still asked for */
 } trainer_dd_config_t;
 
 /* Defaults of DIVERSEDISTILL.md §2 (T=2, w=0.9, λ_ans=1, λ_α=1, τ=1, d_e=32, d_k=64,
@@ -98,7 +115,9 @@ trainer_dd_config_t trainer_dd_defaults(void);
 /* One batch as the module sees it; absent (row, teacher) pairs hold garbage. */
 typedef struct {
     int rows;
-    const int32_t *labels;                                 /* [rows]; negative = unlabelled */
+    const int32_t *labels;   /* classification [rows]; negative = unlabelled */
+    const float *targets;    /* regression [rows][k] */
+    const uint8_t *labelled; /* regression [rows]; 1 = labelled */
     const float *teacher_logits[TRAINER_MAX_TEACHERS];     /* [rows][C] */
     const float *teacher_feature[TRAINER_MAX_TEACHERS];    /* [rows][L_i][d_i] */
     const uint8_t *teacher_present[TRAINER_MAX_TEACHERS];  /* [rows] */
@@ -136,6 +155,19 @@ void trainer_dd_loss(trainer_dd_t *dd, const trainer_dd_batch_t *batch, const fl
                      const float *student_hidden, const float *head_weight, const float *head_bias,
                      float *d_logits, float *d_hidden, float *d_head_weight, float *d_head_bias,
                      trainer_dd_loss_t *loss);
+
+/*
+ * The module as a trainer_method_t (trainer_method.h), usually reached through
+ * trainer_method_new with kind TRAINER_METHOD_DIVERSEDISTILL.  Needs: each teacher's logits,
+ * its feature_output, and its "hidden" when it lends a head.  Terms: "ce" (or "mse"), "kd",
+ * "dd_answer", "dd_router", "dd_align", "dd_probe_match", "dd_probe_answer".  The loss reads
+ * F_i from the batch's teacher_tokens or teacher_hidden as feature_output says, H_i from
+ * teacher_hidden, and the student's head from trainer_student_t.  With filter_threshold > 0
+ * it chooses: teacher i is asked for row j if alpha_ji >= θ, or i is j's top teacher, or a
+ * draw (seeded per call, one per pair in row-major order) falls below filter_explore.
+ */
+cm_status_t trainer_dd_method_new(const trainer_dd_config_t *config, uint64_t seed,
+                                  trainer_method_t **out);
 
 size_t trainer_dd_param_count(const trainer_dd_t *dd);
 float *trainer_dd_params(trainer_dd_t *dd);

@@ -1,7 +1,7 @@
 /*
  * trainer_eval: loads a checkpoint (student or teacher: the format is the
  * same), the view its metadata names, and prints accuracy and mean
- * cross-entropy on one split.
+ * cross-entropy (classification) or RMSE and MAE (regression) on one split.
  */
 #include "trainer_eval.h"
 
@@ -11,6 +11,7 @@
 #include "cm_log.h"
 #include "cm_model.h"
 #include "cm_safetensors.h"
+#include "cm_score.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -31,19 +32,38 @@ static cm_status_t evaluate(const char *path, const char *data, const char *data
                          path);
         goto done;
     }
-    cm_dataset_options_t options = {data_dir, max_train, max_test};
+    cm_dataset_options_t options = {
+        .directory = data_dir, .max_train = max_train, .max_test = max_test};
     if ((status = cm_dataset_load(&dataset, name, view, &options)) != CM_OK) goto done;
+    if (!dataset->manifest->has_split[split]) {
+        status =
+            cm_fail(CM_ERR_INVALID_ARG, "dataset %s has no split '%s'", dataset->name, split_name);
+        goto done;
+    }
+    const char *trained_on = cm_safetensors_metadata(file, "fingerprint");
+    if (trained_on && strcmp(trained_on, dataset->fingerprint) != 0)
+        cm_log_warn("%s was trained on dataset %.12s..., evaluating on %.12s... (other data)", path,
+                    trained_on, dataset->fingerprint);
+    if (cm_model_spec(model)->classes != dataset->classes) {
+        status = cm_fail(CM_ERR_SHAPE, "%s has %d outputs but dataset %s has %d %s", path,
+                         cm_model_spec(model)->classes, dataset->name, dataset->classes,
+                         dataset->task == CM_TASK_REGRESSION ? "targets" : "classes");
+        goto done;
+    }
     if (cm_model_spec_inputs(cm_model_spec(model)) != dataset->features) {
         status = cm_fail(CM_ERR_SHAPE, "%s expects %d inputs, view '%s' gives %d", path,
                          cm_model_spec_inputs(cm_model_spec(model)), view, dataset->features);
         goto done;
     }
-    const cm_split_data_t *data_split = &dataset->splits[split];
-    double accuracy = 0.0, loss = 0.0;
-    cm_model_evaluate(model, data_split->inputs, data_split->labels, data_split->count, &accuracy,
-                      &loss);
-    printf("accuracy=%.4f loss=%.4f examples=%d split=%s view=%s model=%s\n", accuracy, loss,
-           data_split->count, split_name, view, cm_safetensors_metadata(file, "model"));
+    cm_score_t score;
+    if ((status = cm_score_split(model, dataset, split, &score)) != CM_OK) goto done;
+    if (dataset->task == CM_TASK_REGRESSION)
+        printf("rmse=%.4f mae=%.4f examples=%d split=%s view=%s model=%s\n", score.rmse, score.mae,
+               score.examples, split_name, view, cm_safetensors_metadata(file, "model"));
+    else
+        printf("accuracy=%.4f loss=%.4f examples=%d split=%s view=%s model=%s\n", score.accuracy,
+               score.loss, score.examples, split_name, view,
+               cm_safetensors_metadata(file, "model"));
 done:
     cm_dataset_free(&dataset);
     cm_safetensors_free(&file);
@@ -56,9 +76,10 @@ int trainer_eval_main(int argc, char **argv, int first) {
     int max_train = 0, max_test = 0;
     const cm_cli_option_t table[] = {
         {"model", CM_CLI_STRING, &model, "FILE", "checkpoint to evaluate (.safetensors)", 1},
-        {"data", CM_CLI_STRING, &data, "NAME", "dataset [default: the checkpoint's]", 0},
-        {"data-dir", CM_CLI_STRING, &data_dir, "DIR", "dataset files", 0},
-        {"split", CM_CLI_STRING, &split, "SPLIT", "train or test", 0},
+        {"data", CM_CLI_STRING, &data, "DATA",
+         "dataset folder or built-in name [default: the checkpoint's]", 0},
+        {"data-dir", CM_CLI_STRING, &data_dir, "DIR", "files of a built-in dataset", 0},
+        {"split", CM_CLI_STRING, &split, "SPLIT", "train, test, valid or transfer", 0},
         {"max-train", CM_CLI_INT, &max_train, "N", "use only the first N training examples", 0},
         {"max-test", CM_CLI_INT, &max_test, "N", "use only the first N test examples", 0},
     };
@@ -68,8 +89,8 @@ int trainer_eval_main(int argc, char **argv, int first) {
     if (help) {
         cm_cli_usage(
             stdout, "student-trainer eval --model FILE [--split test] [options]",
-            "Prints the accuracy and mean cross-entropy of a checkpoint on a split of the\n"
-            "dataset view its metadata names.",
+            "Prints the accuracy and mean cross-entropy (classification) or the RMSE and MAE\n"
+            "(regression) of a checkpoint on a split of the dataset view its metadata names.",
             table, count);
         return 0;
     }

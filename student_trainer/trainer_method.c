@@ -1,14 +1,20 @@
 /*
- * trainer_method: the §3 baselines as one loss-and-gradient step.  See trainer_method.h.
+ * trainer_method: the method interface and the §3 baselines behind it.  See trainer_method.h.
  *
- * Every method is the same three terms with different targets:
- *   total = (1-w)·CE(s, y) + w·T²·KL(target ‖ softmax(s/T)) + λ_fit·MSE(P·h_s + b, h_t)
+ * A trainer_method_t is an implementation's object and its table of functions
+ * (trainer_method_ops_t); every trainer_method_* call goes through the table, so the
+ * trainer holds one kind of method whatever --method says.  The baselines' table is at the
+ * bottom of this file, diversedistill's in trainer_dd.c.
+ *
+ * Every baseline is the same three terms with different targets:
+ *   total = task term + kd term + λ_fit·MSE(P·h_s + b, h_t)
  * where ce is w = 0 with no other term, kd / avg-kd / ca-mkd differ only in how the
- * per-row target mixes the teachers' softened outputs, and fitnet adds the projection
- * term.  A row whose target does not exist (no mixed teacher present) keeps a row
- * weight of 0 and a finite placeholder target (uniform), so cm_loss_kl_* can run over
- * the whole batch while the garbage a caller leaves in absent teacher rows is never
- * read: only rows marked present are ever touched, for logits and hidden alike.
+ * per-row target mixes the teachers' outputs (softened distributions for classification,
+ * predictions for regression), and fitnet adds the projection term.  A row whose target
+ * does not exist (no mixed teacher present) keeps a row weight of 0 and a finite
+ * placeholder target, so the KL kernels can run over the whole batch while the garbage a
+ * caller leaves in absent teacher rows is never read: only rows marked present are ever
+ * touched, for logits and hidden alike.
  *
  * The FitNet projection lives in one 64-byte aligned block of four sections (params,
  * grads, first and second AdamW moments), each section rounded up to a whole number
@@ -21,41 +27,20 @@
 #include "cm_layers.h"
 #include "cm_loss.h"
 #include "cm_rng.h"
+#include "trainer_dd.h"
 
 #include <assert.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { FLOATS_PER_CACHE_LINE = 64 / sizeof(float) };
 
-struct trainer_method {
-    trainer_method_config_t config;
-    int fit_hidden; /* teacher_hidden[fitnet_teacher] for fitnet, else 0 */
-
-    /* Own parameters: block [4][section_floats] = params, grads, moment1, moment2. */
-    size_t param_count;    /* floats in use per section: fit_hidden*student_hidden + fit_hidden */
-    size_t section_floats; /* param_count rounded up to a cache line */
-    float *block;
-    float *projection_weight;      /* P [fit_hidden][student_hidden], inside params */
-    float *projection_bias;        /* b [fit_hidden], inside params */
-    float *projection_weight_grad; /* [fit_hidden][student_hidden], inside grads */
-    float *projection_bias_grad;   /* [fit_hidden], inside grads */
-
-    /* Scratch, sized for max_batch rows. */
-    float *label_probs;   /* [max_batch][classes] softmax(s), saved by the CE forward */
-    float *student_probs; /* [max_batch][classes] softmax(s/T), saved by the KL forward */
-    float *target;        /* [max_batch][classes] the mixed softened teacher distribution */
-    float *row_weights;   /* [max_batch] 1 where the row has a target, else 0 */
-    float *teacher_probs; /* [classes] one teacher's softened row, before mixing */
-    float *projection;    /* [max_batch][fit_hidden] P·h_s + b */
-    float *d_projection;  /* [max_batch][fit_hidden] dLoss/d(projection) */
-};
-
 static const char *const method_names[TRAINER_METHOD_COUNT] = {
     [TRAINER_METHOD_CE] = "ce",         [TRAINER_METHOD_KD] = "kd",
     [TRAINER_METHOD_AVG_KD] = "avg-kd", [TRAINER_METHOD_CA_MKD] = "ca-mkd",
-    [TRAINER_METHOD_FITNET] = "fitnet",
+    [TRAINER_METHOD_FITNET] = "fitnet", [TRAINER_METHOD_DIVERSEDISTILL] = "diversedistill",
 };
 
 const char *trainer_method_name(trainer_method_kind_t kind) {
@@ -71,12 +56,168 @@ cm_status_t trainer_method_parse(const char *text, trainer_method_kind_t *kind) 
             return CM_OK;
         }
     return cm_fail(CM_ERR_INVALID_ARG,
-                   "unknown --method '%s': expected one of ce, kd, avg-kd, ca-mkd, fitnet", text);
+                   "unknown --method '%s': expected one of ce, kd, avg-kd, ca-mkd, fitnet, "
+                   "diversedistill",
+                   text);
 }
 
-/* ---------------------------------------------------------------- construction */
+/* ---------------------------------------------------------------- the interface */
 
-/* Which teachers a method mixes into its KL target: the range [*first, *end). */
+struct trainer_method {
+    trainer_method_kind_t kind;
+    const trainer_method_ops_t *ops;
+    void *self;
+};
+
+cm_status_t trainer_method_wrap(trainer_method_kind_t kind, const trainer_method_ops_t *ops,
+                                void *self, trainer_method_t **out) {
+    assert(ops && ops->needs && ops->term_name && ops->loss && ops->param_count && ops->free);
+    assert(out);
+    *out = malloc(sizeof **out);
+    if (!*out) {
+        ops->free(self);
+        return cm_fail(CM_ERR_NOMEM, "out of memory building --method %s",
+                       trainer_method_name(kind));
+    }
+    **out = (trainer_method_t){.kind = kind, .ops = ops, .self = self};
+    return CM_OK;
+}
+
+void trainer_method_free(trainer_method_t **method_pointer) {
+    if (!method_pointer || !*method_pointer) return;
+    trainer_method_t *method = *method_pointer;
+    method->ops->free(method->self);
+    free(method);
+    *method_pointer = NULL;
+}
+
+trainer_method_kind_t trainer_method_kind(const trainer_method_t *method) { return method->kind; }
+
+unsigned trainer_method_needs(const trainer_method_t *method, int teacher) {
+    return method->ops->needs(method->self, teacher);
+}
+
+int trainer_method_term_count(const trainer_method_t *method) {
+    int count = 0;
+    while (count < TRAINER_MAX_TERMS && method->ops->term_name(method->self, count)) count++;
+    return count;
+}
+
+const char *trainer_method_term_name(const trainer_method_t *method, int term) {
+    if (term < 0 || term >= TRAINER_MAX_TERMS) return NULL;
+    return method->ops->term_name(method->self, term);
+}
+
+double trainer_method_term(const trainer_method_t *method, const trainer_loss_t *loss,
+                           const char *name) {
+    for (int term = 0; term < TRAINER_MAX_TERMS; term++) {
+        const char *term_name = method->ops->term_name(method->self, term);
+        if (!term_name) break;
+        if (strcmp(term_name, name) == 0) return loss->term[term];
+    }
+    return 0.0;
+}
+
+void trainer_method_loss(trainer_method_t *method, const trainer_batch_t *batch,
+                         const trainer_student_t *student, trainer_loss_t *loss) {
+    assert(method && batch && student && loss);
+    method->ops->loss(method->self, batch, student, loss);
+}
+
+int trainer_method_chooses(const trainer_method_t *method) { return method->ops->choose != NULL; }
+
+void trainer_method_choose(trainer_method_t *method, const trainer_student_t *student, int rows,
+                           uint64_t seed, uint8_t *const *ask) {
+    if (method->ops->choose) method->ops->choose(method->self, student, rows, seed, ask);
+}
+
+size_t trainer_method_param_count(const trainer_method_t *method) {
+    return method->ops->param_count(method->self);
+}
+
+static float *section(trainer_method_t *method, int which) {
+    return trainer_method_param_count(method) ? method->ops->section(method->self, which) : NULL;
+}
+
+float *trainer_method_params(trainer_method_t *method) { return section(method, 0); }
+float *trainer_method_grads(trainer_method_t *method) { return section(method, 1); }
+float *trainer_method_moment1(trainer_method_t *method) { return section(method, 2); }
+float *trainer_method_moment2(trainer_method_t *method) { return section(method, 3); }
+
+void trainer_method_zero_grad(trainer_method_t *method) {
+    if (trainer_method_param_count(method)) method->ops->zero_grad(method->self);
+}
+
+void trainer_method_update(trainer_method_t *method, const cm_adamw_config_t *config, long step) {
+    if (trainer_method_param_count(method)) method->ops->update(method->self, config, step);
+}
+
+/* ---------------------------------------------------------------- shared pieces */
+
+/* Whether `row` has a label: labels[row] >= 0 (classification) or labelled[row] (regression). */
+static int row_labelled(const trainer_batch_t *batch, trainer_task_t task, int row) {
+    return task == TRAINER_TASK_REGRESSION ? batch->labelled[row] != 0 : batch->labels[row] >= 0;
+}
+
+double trainer_method_regression_term(const float *predictions, const float *targets,
+                                      const uint8_t *rows_in, int rows, int outputs, float weight,
+                                      float *d_predictions, int *rows_used) {
+    int used = 0;
+    double sum = 0.0;
+    for (int row = 0; row < rows; row++) {
+        if (!rows_in[row]) continue;
+        size_t offset = (size_t)row * (size_t)outputs;
+        sum += cm_loss_mse_forward(predictions + offset, targets + offset, outputs);
+        used++;
+    }
+    if (rows_used) *rows_used = used;
+    if (used == 0) return 0.0;
+    double elements = (double)used * outputs;
+    float scale = (float)(weight / elements);
+    for (int row = 0; row < rows; row++) {
+        if (!rows_in[row]) continue;
+        size_t offset = (size_t)row * (size_t)outputs;
+        cm_loss_mse_backward(d_predictions + offset, predictions + offset, targets + offset,
+                             outputs, scale);
+    }
+    return weight * sum / elements;
+}
+
+double trainer_method_squared_error(const float *prediction, const float *target, int outputs) {
+    return cm_loss_mse_forward(prediction, target, outputs) / outputs;
+}
+
+/* ---------------------------------------------------------------- the baselines */
+
+enum { TERM_TASK, TERM_KD, TERM_FITNET };
+
+typedef struct {
+    trainer_method_config_t config;
+    int fit_hidden; /* teacher_hidden[fitnet_teacher] for fitnet, else 0 */
+
+    /* Own parameters: block [4][section_floats] = params, grads, moment1, moment2. */
+    size_t param_count;    /* floats in use per section: fit_hidden*student_hidden + fit_hidden */
+    size_t section_floats; /* param_count rounded up to a cache line */
+    float *block;
+    float *projection_weight;      /* P [fit_hidden][student_hidden], inside params */
+    float *projection_bias;        /* b [fit_hidden], inside params */
+    float *projection_weight_grad; /* [fit_hidden][student_hidden], inside grads */
+    float *projection_bias_grad;   /* [fit_hidden], inside grads */
+
+    /* Scratch, sized for max_batch rows. */
+    float *label_probs;   /* [max_batch][outputs] softmax(s), saved by the CE forward */
+    float *student_probs; /* [max_batch][outputs] softmax(s/T), saved by the KL forward */
+    float *target;        /* [max_batch][outputs] the mixed teacher target */
+    float *row_weights;   /* [max_batch] 1 where the row has a target, else 0 */
+    uint8_t *has_target;  /* [max_batch] the same as bytes (regression) */
+    float *teacher_probs; /* [outputs] one teacher's softened row, before mixing */
+    float *projection;    /* [max_batch][fit_hidden] P·h_s + b */
+    float *d_projection;  /* [max_batch][fit_hidden] dLoss/d(projection) */
+} baseline_t;
+
+static const trainer_method_ops_t baseline_ops;
+
+/* Which teachers a method mixes into its target: the range [*first, *end). */
 static void mixed_teachers(const trainer_method_config_t *config, int *first, int *end) {
     switch (config->kind) {
     case TRAINER_METHOD_KD:
@@ -103,12 +244,17 @@ static cm_status_t check_teacher_index(const trainer_method_config_t *config, co
                    config->teacher_count, config->teacher_count == 1 ? "" : "s");
 }
 
-/* Checks everything trainer_method_new relies on; one sentence per failure. */
+/* Checks everything the baselines rely on; one sentence per failure. */
 static cm_status_t check_config(const trainer_method_config_t *config) {
     const char *name = trainer_method_name(config->kind);
     if (!name)
         return cm_fail(CM_ERR_INVALID_ARG, "unknown method kind %d: expected 0..%d",
                        (int)config->kind, TRAINER_METHOD_COUNT - 1);
+    if (config->task != TRAINER_TASK_CLASSIFICATION && config->task != TRAINER_TASK_REGRESSION)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "unknown task kind %d: expected classification (0) or "
+                       "regression (1)",
+                       (int)config->task);
     if (!(config->temperature > 0.0f) || !isfinite(config->temperature))
         return cm_fail(CM_ERR_INVALID_ARG, "--temperature must be a positive number, got %g",
                        (double)config->temperature);
@@ -122,9 +268,10 @@ static cm_status_t check_config(const trainer_method_config_t *config) {
         return cm_fail(CM_ERR_INVALID_ARG,
                        "the committee has %d teachers: at most %d are supported",
                        config->teacher_count, TRAINER_MAX_TEACHERS);
-    if (config->classes < 1)
-        return cm_fail(CM_ERR_INVALID_ARG, "the method needs at least one class, got %d",
-                       config->classes);
+    if (config->outputs < 1)
+        return cm_fail(CM_ERR_INVALID_ARG, "the method needs at least one %s, got %d",
+                       config->task == TRAINER_TASK_REGRESSION ? "target" : "class",
+                       config->outputs);
     if (config->max_batch < 1)
         return cm_fail(CM_ERR_INVALID_ARG, "batch size must be at least 1, got %d",
                        config->max_batch);
@@ -160,24 +307,39 @@ static cm_status_t check_config(const trainer_method_config_t *config) {
     return CM_OK;
 }
 
-cm_status_t trainer_method_new(const trainer_method_config_t *config, uint64_t seed,
-                               trainer_method_t **out) {
-    assert(config && out);
-    *out = NULL;
+static void baseline_free(void *self) {
+    baseline_t *method = self;
+    if (!method) return;
+    cm_free_aligned(method->block);
+    cm_free_aligned(method->label_probs);
+    cm_free_aligned(method->student_probs);
+    cm_free_aligned(method->target);
+    cm_free_aligned(method->row_weights);
+    cm_free_aligned(method->has_target);
+    cm_free_aligned(method->teacher_probs);
+    cm_free_aligned(method->projection);
+    cm_free_aligned(method->d_projection);
+    cm_free_aligned(method);
+}
+
+static cm_status_t baseline_new(const trainer_method_config_t *config, uint64_t seed,
+                                trainer_method_t **out) {
     cm_status_t status = check_config(config);
     if (status != CM_OK) return status;
 
-    trainer_method_t *method = cm_alloc_aligned(1, sizeof *method);
+    baseline_t *method = cm_alloc_aligned(1, sizeof *method);
     if (!method) goto fail;
     method->config = *config;
-    size_t batch_floats = (size_t)config->max_batch * (size_t)config->classes;
+    method->config.dd = NULL;
+    size_t batch_floats = (size_t)config->max_batch * (size_t)config->outputs;
     method->label_probs = cm_alloc_floats(batch_floats);
     method->student_probs = cm_alloc_floats(batch_floats);
     method->target = cm_alloc_floats(batch_floats);
     method->row_weights = cm_alloc_floats((size_t)config->max_batch);
-    method->teacher_probs = cm_alloc_floats((size_t)config->classes);
+    method->has_target = cm_alloc_aligned((size_t)config->max_batch, 1);
+    method->teacher_probs = cm_alloc_floats((size_t)config->outputs);
     if (!method->label_probs || !method->student_probs || !method->target || !method->row_weights ||
-        !method->teacher_probs)
+        !method->has_target || !method->teacher_probs)
         goto fail;
 
     if (config->kind == TRAINER_METHOD_FITNET) {
@@ -204,42 +366,55 @@ cm_status_t trainer_method_new(const trainer_method_config_t *config, uint64_t s
         for (size_t i = 0; i < weight_count; i++)
             method->projection_weight[i] = init_std * cm_rng_normal(&rng);
     }
-    *out = method;
-    return CM_OK;
+    return trainer_method_wrap(config->kind, &baseline_ops, method, out);
 
 fail:
-    trainer_method_free(&method);
+    baseline_free(method);
     return cm_fail(CM_ERR_NOMEM, "out of memory building --method %s for batch %d",
                    trainer_method_name(config->kind), config->max_batch);
 }
 
-void trainer_method_free(trainer_method_t **method_pointer) {
-    if (!method_pointer || !*method_pointer) return;
-    trainer_method_t *method = *method_pointer;
-    cm_free_aligned(method->block);
-    cm_free_aligned(method->label_probs);
-    cm_free_aligned(method->student_probs);
-    cm_free_aligned(method->target);
-    cm_free_aligned(method->row_weights);
-    cm_free_aligned(method->teacher_probs);
-    cm_free_aligned(method->projection);
-    cm_free_aligned(method->d_projection);
-    cm_free_aligned(method);
-    *method_pointer = NULL;
+cm_status_t trainer_method_new(const trainer_method_config_t *config, uint64_t seed,
+                               trainer_method_t **out) {
+    assert(config && out);
+    *out = NULL;
+    if (config->kind != TRAINER_METHOD_DIVERSEDISTILL) return baseline_new(config, seed, out);
+    if (!config->dd)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--method diversedistill needs the Distillation Module's settings");
+    trainer_dd_config_t dd = *config->dd;
+    dd.task = config->task;
+    dd.classes = config->outputs;
+    dd.temperature = config->temperature;
+    dd.kd_weight = config->kd_weight;
+    dd.teacher_count = config->teacher_count;
+    dd.student_hidden = config->student_hidden;
+    dd.max_batch = config->max_batch;
+    return trainer_dd_method_new(&dd, seed, out);
 }
 
-/* teacher must be in [0, teacher_count); logits and hidden may each be NULL. */
-void trainer_method_needs(const trainer_method_t *method, int teacher, int *logits, int *hidden) {
-    assert(method && teacher >= 0 && teacher < method->config.teacher_count);
+/* teacher must be in [0, teacher_count).  The fitnet teacher's logits come with its hidden
+ * vector, so a record of a fitnet run also holds them. */
+static unsigned baseline_needs(const void *self, int teacher) {
+    const baseline_t *method = self;
+    assert(teacher >= 0 && teacher < method->config.teacher_count);
     int first, end;
     mixed_teachers(&method->config, &first, &end);
-    if (logits) *logits = teacher >= first && teacher < end;
-    if (hidden)
-        *hidden = method->config.kind == TRAINER_METHOD_FITNET &&
-                  teacher == method->config.fitnet_teacher;
+    unsigned needs = teacher >= first && teacher < end ? 1u << TRAINER_OUTPUT_LOGITS : 0u;
+    if (method->config.kind == TRAINER_METHOD_FITNET && teacher == method->config.fitnet_teacher)
+        needs |= 1u << TRAINER_OUTPUT_HIDDEN | 1u << TRAINER_OUTPUT_LOGITS;
+    return needs;
 }
 
-/* ---------------------------------------------------------------- the step */
+static const char *baseline_term_name(const void *self, int term) {
+    const baseline_t *method = self;
+    int terms = method->config.kind == TRAINER_METHOD_CE       ? 1
+                : method->config.kind == TRAINER_METHOD_FITNET ? 3
+                                                               : 2;
+    if (term >= terms) return NULL;
+    if (term == TERM_TASK) return method->config.task == TRAINER_TASK_REGRESSION ? "mse" : "ce";
+    return term == TERM_KD ? "kd" : "fitnet";
+}
 
 /* log sum_c exp(logits[c]), max-subtracted, in double. */
 static double log_sum_exp(const float *logits, int classes) {
@@ -255,25 +430,29 @@ static double log_sum_exp(const float *logits, int classes) {
  * mixture[TRAINER_MAX_TEACHERS] = how much each mixed teacher contributes to this row's
  * target (0 for the absent ones and those outside the method's range); returns how many
  * are present.  Uniform over the present teachers, except ca-mkd on a labelled row:
- * softmax over present teachers of -CE(z_i, y) = log softmax(z_i)[y], each teacher's
- * confidence in the true label.
+ * softmax over present teachers of minus each teacher's loss on the label, -CE(z_i, y) =
+ * log softmax(z_i)[y] (its confidence in the true label) or -mean_k (z_i - y)².
  */
-static int row_mixture(const trainer_method_t *method, const trainer_batch_t *batch, int row,
+static int row_mixture(const baseline_t *method, const trainer_batch_t *batch, int row,
                        float mixture[TRAINER_MAX_TEACHERS]) {
-    int classes = method->config.classes, first, end, present = 0;
-    mixed_teachers(&method->config, &first, &end);
+    const trainer_method_config_t *config = &method->config;
+    int outputs = config->outputs, first, end, present = 0;
+    mixed_teachers(config, &first, &end);
     memset(mixture, 0, sizeof(float) * TRAINER_MAX_TEACHERS);
     for (int teacher = first; teacher < end; teacher++)
         if (batch->teacher_present[teacher][row]) present++;
     if (present == 0) return 0;
 
-    int32_t label = batch->labels[row];
-    if (method->config.kind == TRAINER_METHOD_CA_MKD && label >= 0) {
+    if (config->kind == TRAINER_METHOD_CA_MKD && row_labelled(batch, config->task, row)) {
         double log_confidence[TRAINER_MAX_TEACHERS], best = -HUGE_VAL, sum = 0.0;
         for (int teacher = first; teacher < end; teacher++) {
             if (!batch->teacher_present[teacher][row]) continue;
-            const float *logits = batch->teacher_logits[teacher] + (size_t)row * classes;
-            log_confidence[teacher] = logits[label] - log_sum_exp(logits, classes);
+            const float *logits = batch->teacher_logits[teacher] + (size_t)row * outputs;
+            if (config->task == TRAINER_TASK_REGRESSION)
+                log_confidence[teacher] = -trainer_method_squared_error(
+                    logits, batch->targets + (size_t)row * outputs, outputs);
+            else
+                log_confidence[teacher] = logits[batch->labels[row]] - log_sum_exp(logits, outputs);
             if (log_confidence[teacher] > best) best = log_confidence[teacher];
         }
         for (int teacher = first; teacher < end; teacher++)
@@ -288,29 +467,35 @@ static int row_mixture(const trainer_method_t *method, const trainer_batch_t *ba
     return present;
 }
 
-/* Fills target[rows][classes] and row_weights[rows]; returns the rows that have a target. */
-static int build_targets(trainer_method_t *method, const trainer_batch_t *batch) {
-    int classes = method->config.classes, rows_with_target = 0;
-    float temperature = method->config.temperature;
+/* Fills target[rows][outputs], row_weights and has_target [rows]; returns the rows that have
+ * a target.  Classification mixes softmax(z_i/T), regression the predictions z_i. */
+static int build_targets(baseline_t *method, const trainer_batch_t *batch) {
+    const trainer_method_config_t *config = &method->config;
+    int outputs = config->outputs, rows_with_target = 0;
+    int regression = config->task == TRAINER_TASK_REGRESSION;
     for (int row = 0; row < batch->rows; row++) {
-        float *target_row = method->target + (size_t)row * classes;
+        float *target_row = method->target + (size_t)row * outputs;
         float mixture[TRAINER_MAX_TEACHERS];
         if (row_mixture(method, batch, row, mixture) == 0) {
             /* A finite placeholder: with row weight 0 it adds exactly nothing. */
-            for (int c = 0; c < classes; c++) target_row[c] = 1.0f / (float)classes;
+            for (int c = 0; c < outputs; c++) target_row[c] = 1.0f / (float)outputs;
             method->row_weights[row] = 0.0f;
+            method->has_target[row] = 0;
             continue;
         }
-        memset(target_row, 0, sizeof(float) * (size_t)classes);
-        for (int teacher = 0; teacher < method->config.teacher_count; teacher++) {
+        memset(target_row, 0, sizeof(float) * (size_t)outputs);
+        for (int teacher = 0; teacher < config->teacher_count; teacher++) {
             if (mixture[teacher] == 0.0f) continue;
-            cm_loss_softmax(method->teacher_probs,
-                            batch->teacher_logits[teacher] + (size_t)row * classes, temperature, 1,
-                            classes);
-            for (int c = 0; c < classes; c++)
-                target_row[c] += mixture[teacher] * method->teacher_probs[c];
+            const float *logits = batch->teacher_logits[teacher] + (size_t)row * outputs;
+            const float *source = logits;
+            if (!regression) {
+                cm_loss_softmax(method->teacher_probs, logits, config->temperature, 1, outputs);
+                source = method->teacher_probs;
+            }
+            for (int c = 0; c < outputs; c++) target_row[c] += mixture[teacher] * source[c];
         }
         method->row_weights[row] = 1.0f;
+        method->has_target[row] = 1;
         rows_with_target++;
     }
     return rows_with_target;
@@ -318,7 +503,7 @@ static int build_targets(trainer_method_t *method, const trainer_batch_t *batch)
 
 /* λ_fit·MSE(P·h_s + b, h_t) over the rows where fitnet_teacher is present; adds its gradient
  * into d_hidden [rows][student_hidden] and the projection's gradients.  Returns the term. */
-static double fitnet_term(trainer_method_t *method, const trainer_batch_t *batch,
+static double fitnet_term(baseline_t *method, const trainer_batch_t *batch,
                           const float *student_hidden, float *d_hidden) {
     const trainer_method_config_t *config = &method->config;
     int rows = batch->rows, fit_hidden = method->fit_hidden;
@@ -353,91 +538,108 @@ static double fitnet_term(trainer_method_t *method, const trainer_batch_t *batch
     return config->fitnet_weight * squared_error / elements;
 }
 
-void trainer_method_loss(trainer_method_t *method, const trainer_batch_t *batch,
-                         const float *student_logits, const float *student_hidden, float *d_logits,
-                         float *d_hidden, trainer_loss_t *loss) {
-    assert(method && batch && student_logits && d_logits && loss);
+static void baseline_loss(void *self, const trainer_batch_t *batch,
+                          const trainer_student_t *student, trainer_loss_t *loss) {
+    baseline_t *method = self;
     const trainer_method_config_t *config = &method->config;
-    int rows = batch->rows, classes = config->classes;
+    int rows = batch->rows, outputs = config->outputs;
+    int regression = config->task == TRAINER_TASK_REGRESSION;
+    const float *student_outputs = student->outputs;
+    float *d_outputs = student->d_outputs;
+    assert(student_outputs && d_outputs);
     assert(rows >= 0 && rows <= config->max_batch);
-    assert(batch->labels || rows == 0);
-    for (int row = 0; row < rows; row++) assert(batch->labels[row] < classes);
+    if (regression)
+        assert((batch->targets && batch->labelled) || rows == 0);
+    else
+        assert(batch->labels || rows == 0);
+    for (int row = 0; !regression && row < rows; row++) assert(batch->labels[row] < outputs);
     int first, end;
     mixed_teachers(config, &first, &end);
     for (int teacher = first; teacher < end; teacher++)
         assert(batch->teacher_logits[teacher] && batch->teacher_present[teacher]);
 
     memset(loss, 0, sizeof *loss);
-    memset(d_logits, 0, sizeof(float) * (size_t)rows * (size_t)classes);
+    memset(d_outputs, 0, sizeof(float) * (size_t)rows * (size_t)outputs);
     if (config->student_hidden > 0) {
-        assert(d_hidden);
-        memset(d_hidden, 0, sizeof(float) * (size_t)rows * (size_t)config->student_hidden);
+        assert(student->d_hidden);
+        memset(student->d_hidden, 0, sizeof(float) * (size_t)rows * (size_t)config->student_hidden);
     }
     if (rows == 0) return;
 
     float kd_weight = config->kind == TRAINER_METHOD_CE ? 0.0f : config->kd_weight;
-    double ce_sum = cm_loss_cross_entropy_forward(method->label_probs, student_logits,
-                                                  batch->labels, rows, classes, &loss->labelled);
-    if (loss->labelled > 0) {
-        loss->ce = (1.0 - kd_weight) * ce_sum / loss->labelled;
-        cm_loss_cross_entropy_backward(d_logits, method->label_probs, batch->labels, rows, classes,
-                                       (1.0f - kd_weight) / (float)loss->labelled);
+    if (regression) {
+        loss->term[TERM_TASK] =
+            trainer_method_regression_term(student_outputs, batch->targets, batch->labelled, rows,
+                                           outputs, 1.0f - kd_weight, d_outputs, &loss->labelled);
+    } else {
+        double ce_sum = cm_loss_cross_entropy_forward(
+            method->label_probs, student_outputs, batch->labels, rows, outputs, &loss->labelled);
+        if (loss->labelled > 0) {
+            loss->term[TERM_TASK] = (1.0 - kd_weight) * ce_sum / loss->labelled;
+            cm_loss_cross_entropy_backward(d_outputs, method->label_probs, batch->labels, rows,
+                                           outputs, (1.0f - kd_weight) / (float)loss->labelled);
+        }
     }
 
     if (config->kind != TRAINER_METHOD_CE) {
         int rows_with_target = build_targets(method, batch);
-        if (rows_with_target > 0) {
+        if (rows_with_target > 0 && regression) {
+            loss->term[TERM_KD] =
+                trainer_method_regression_term(student_outputs, method->target, method->has_target,
+                                               rows, outputs, kd_weight, d_outputs, NULL);
+        } else if (rows_with_target > 0) {
             double kl_sum =
-                cm_loss_kl_forward(method->student_probs, student_logits, method->target,
-                                   method->row_weights, config->temperature, rows, classes);
-            loss->kd = kd_weight * kl_sum / rows_with_target;
-            cm_loss_kl_backward(d_logits, method->student_probs, method->target,
-                                method->row_weights, config->temperature, rows, classes,
+                cm_loss_kl_forward(method->student_probs, student_outputs, method->target,
+                                   method->row_weights, config->temperature, rows, outputs);
+            loss->term[TERM_KD] = kd_weight * kl_sum / rows_with_target;
+            cm_loss_kl_backward(d_outputs, method->student_probs, method->target,
+                                method->row_weights, config->temperature, rows, outputs,
                                 kd_weight / (float)rows_with_target);
         }
     }
 
     if (config->kind == TRAINER_METHOD_FITNET) {
-        assert(student_hidden && batch->teacher_present[config->fitnet_teacher] &&
+        assert(student->hidden && batch->teacher_present[config->fitnet_teacher] &&
                batch->teacher_hidden[config->fitnet_teacher]);
-        loss->fitnet = fitnet_term(method, batch, student_hidden, d_hidden);
+        loss->term[TERM_FITNET] = fitnet_term(method, batch, student->hidden, student->d_hidden);
     }
-    loss->total = loss->ce + loss->kd + loss->fitnet;
+    loss->total = loss->term[TERM_TASK] + loss->term[TERM_KD] + loss->term[TERM_FITNET];
 }
 
-/* ---------------------------------------------------------------- own parameters */
-
-/* The pointers below are NULL when the method has no parameters (every method but fitnet);
- * otherwise they stay valid until trainer_method_free. */
-size_t trainer_method_param_count(const trainer_method_t *method) { return method->param_count; }
-
-float *trainer_method_params(trainer_method_t *method) { return method->block; }
-
-float *trainer_method_grads(trainer_method_t *method) {
-    return method->block ? method->block + method->section_floats : NULL;
+/* Only fitnet has parameters; the interface asks for them only then. */
+static size_t baseline_param_count(const void *self) {
+    return ((const baseline_t *)self)->param_count;
 }
 
-float *trainer_method_moment1(trainer_method_t *method) {
-    return method->block ? method->block + 2 * method->section_floats : NULL;
+static float *baseline_section(void *self, int which) {
+    baseline_t *method = self;
+    return method->block + (size_t)which * method->section_floats;
 }
 
-float *trainer_method_moment2(trainer_method_t *method) {
-    return method->block ? method->block + 3 * method->section_floats : NULL;
-}
-
-void trainer_method_zero_grads(trainer_method_t *method) {
-    if (method->param_count > 0)
-        memset(trainer_method_grads(method), 0, sizeof(float) * method->param_count);
+static void baseline_zero_grad(void *self) {
+    baseline_t *method = self;
+    memset(baseline_section(method, 1), 0, sizeof(float) * method->param_count);
 }
 
 /* P is a matrix, so weight decay applies to it; b is a bias, so it does not. */
-void trainer_method_adamw_step(trainer_method_t *method, const cm_adamw_config_t *config,
-                               long step) {
-    if (method->param_count == 0) return;
+static void baseline_update(void *self, const cm_adamw_config_t *config, long step) {
+    baseline_t *method = self;
     size_t weight_count = (size_t)method->fit_hidden * (size_t)method->config.student_hidden;
-    float *params = trainer_method_params(method), *grads = trainer_method_grads(method);
-    float *moment1 = trainer_method_moment1(method), *moment2 = trainer_method_moment2(method);
+    float *params = baseline_section(method, 0), *grads = baseline_section(method, 1);
+    float *moment1 = baseline_section(method, 2), *moment2 = baseline_section(method, 3);
     cm_adamw_update(params, grads, moment1, moment2, weight_count, config, step, 1);
     cm_adamw_update(params + weight_count, grads + weight_count, moment1 + weight_count,
                     moment2 + weight_count, (size_t)method->fit_hidden, config, step, 0);
 }
+
+static const trainer_method_ops_t baseline_ops = {
+    .needs = baseline_needs,
+    .term_name = baseline_term_name,
+    .loss = baseline_loss,
+    .choose = NULL,
+    .param_count = baseline_param_count,
+    .section = baseline_section,
+    .zero_grad = baseline_zero_grad,
+    .update = baseline_update,
+    .free = baseline_free,
+};

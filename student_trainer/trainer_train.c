@@ -21,6 +21,19 @@
  * epoch, every --checkpoint-every steps and on SIGINT/SIGTERM.  --resume
  * continues exactly; resuming against another committee is refused unless
  * --force-resume.
+ *
+ * Interruptions: SIGINT/SIGTERM set a flag that the step loop reads after
+ * every batch and the committee client reads in every wait (at least every
+ * 100 ms), so a signal is honoured within a second even while a teacher is
+ * down or the handshake waits: the state reached so far (the cursor stays at
+ * the batch that was being waited for) is saved and the run exits 130.
+ * --stop-after is an interruption too (exit 130).  A signal before training
+ * starts (during the handshake) saves nothing and exits 130.
+ *
+ * Writes the user asked for are checked: a metrics line that cannot be
+ * written (flushed or closed), a record, a cache or the summary on standard
+ * output fails the run with one sentence naming the file (exit 1), after
+ * the state is saved.
  */
 #include "trainer_train.h"
 
@@ -29,6 +42,7 @@
 #include "cm_cli.h"
 #include "cm_curve.h"
 #include "cm_dataset.h"
+#include "cm_score.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_model.h"
@@ -41,6 +55,7 @@
 #include "trainer_http.h"
 #include "trainer_method.h"
 
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -116,17 +131,13 @@ typedef struct {
     int replay;
     cm_dataset_t *dataset;
     cm_model_t *student;
-    trainer_method_t *method;                        /* the baselines */
-    trainer_dd_t *dd;                                /* --method diversedistill */
-    int dd_feature_output[TRAINER_MAX_TEACHERS];     /* TRAINER_OUTPUT_TOKENS or _HIDDEN */
+    trainer_method_t *method;                        /* --method, whichever it is */
     trainer_head_t dd_heads[TRAINER_MAX_TEACHERS];   /* --dd-interactive: the lent heads */
-    float *route_inputs, *alpha;                     /* filtering scratch */
     uint8_t *kept[MAX_WINDOW][TRAINER_MAX_TEACHERS]; /* filtering decision per row */
     int filtering;                                   /* this epoch asks only the kept pairs */
     int forwarded_batch;           /* batch whose forward pass filtering already ran, or -1 */
     const float *forwarded_logits; /* its logits (the model's, valid until the next forward) */
     long filter_needed[TRAINER_MAX_TEACHERS], filter_skipped[TRAINER_MAX_TEACHERS];
-    double answer_sum, router_sum, align_sum, probe_match_sum, probe_answer_sum;
     double valid_accuracy; /* on the --holdout examples, after the last epoch */
     trainer_committee_t *committee;
     trainer_cache_t *cache;
@@ -134,12 +145,15 @@ typedef struct {
     char teacher_names[TRAINER_MAX_TEACHERS][64];
     char teacher_sha256[TRAINER_MAX_TEACHERS][65];
     unsigned needs[TRAINER_MAX_TEACHERS]; /* output bit sets per teacher */
-    int32_t *labels;                      /* [train] the labels the student may see (-1: hidden) */
-    int32_t *order;                       /* [train] this epoch's permutation */
-    uint8_t *trained;                     /* [train] trained this epoch */
+    int32_t *labels;  /* [train] the labels the student may see (-1: hidden); for regression 0
+                         marks a visible row, whose targets are the split's */
+    int32_t *order;   /* [train] this epoch's permutation */
+    uint8_t *trained; /* [train] trained this epoch */
     float *moment1, *moment2;
     float *batch_inputs, *d_logits, *d_hidden;
     int32_t *batch_labels;
+    float *batch_targets;    /* regression: [batch][targets] */
+    uint8_t *batch_labelled; /* regression: [batch] 1 = the row's targets are visible */
     float *teacher_logits[TRAINER_MAX_TEACHERS], *teacher_hidden[TRAINER_MAX_TEACHERS];
     float *teacher_feature[TRAINER_MAX_TEACHERS]; /* DiverseDistill: [batch][L_i * d_i] */
     uint8_t *teacher_present[TRAINER_MAX_TEACHERS];
@@ -159,6 +173,9 @@ typedef struct {
     cm_metrics_counter_t *teacher_bytes[TRAINER_MAX_TEACHERS],
         *teacher_examples[TRAINER_MAX_TEACHERS];
     cm_metrics_counter_t *teacher_skipped[TRAINER_MAX_TEACHERS];
+    cm_metrics_counter_t *teacher_busy_timeouts[TRAINER_MAX_TEACHERS],
+        *teacher_protocol_errors[TRAINER_MAX_TEACHERS], *teacher_nonfinite[TRAINER_MAX_TEACHERS],
+        *teacher_timeouts[TRAINER_MAX_TEACHERS];
     cm_metrics_gauge_t *teacher_down[TRAINER_MAX_TEACHERS];
     trainer_teacher_stats_t reported[TRAINER_MAX_TEACHERS]; /* what the counters hold so far */
     double waited_total;
@@ -166,7 +183,7 @@ typedef struct {
                                            */
     cm_curve_keypair_t curve_keys;        /* with --curve-secret-key; the committee borrows them */
     /* per-epoch counters */
-    double loss_sum, ce_sum, kd_sum, fitnet_sum, wait_seconds;
+    double loss_sum, term_sums[TRAINER_MAX_TERMS], wait_seconds; /* sums of loss·rows */
     long epoch_examples, epoch_duplicates, epoch_steps;
     long skipped_batches[TRAINER_MAX_TEACHERS], missing_rows[TRAINER_MAX_TEACHERS];
 } run_t;
@@ -188,7 +205,8 @@ static cm_status_t build_labels(run_t *run) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     run->labels = malloc(sizeof(int32_t) * (size_t)train->count);
     if (!run->labels) return cm_fail(CM_ERR_NOMEM, "out of memory for labels");
-    for (int id = 0; id < train->count; id++) run->labels[id] = train->labels[id];
+    for (int id = 0; id < train->count; id++)
+        run->labels[id] = train->labels ? train->labels[id] : 0;
     float fraction = run->options.label_fraction;
     if (fraction >= 1.0f) return CM_OK;
     /* A fixed, seeded subset keeps its labels: the same for every method and training seed. */
@@ -218,12 +236,13 @@ static cm_status_t allocate_buffers(run_t *run) {
     run->d_logits = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
     run->d_hidden = cm_alloc_floats((size_t)batch * (size_t)hidden);
     run->batch_labels = malloc(sizeof(int32_t) * (size_t)batch);
+    run->batch_targets = cm_alloc_floats((size_t)batch * (size_t)(run->dataset->targets + 1));
+    run->batch_labelled = malloc((size_t)batch);
     run->order = malloc(sizeof(int32_t) * (size_t)train);
     run->trained = calloc((size_t)train, 1);
-    run->alpha = calloc((size_t)batch * (size_t)(run->teacher_count ? run->teacher_count : 1),
-                        sizeof(float));
-    int ok = run->alpha && run->moment1 && run->moment2 && run->batch_inputs && run->d_logits &&
-             run->d_hidden && run->batch_labels && run->order && run->trained;
+    int ok = run->moment1 && run->moment2 && run->batch_inputs && run->d_logits && run->d_hidden &&
+             run->batch_labels && run->batch_targets && run->batch_labelled && run->order &&
+             run->trained;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         int teacher_hidden = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
         run->teacher_logits[teacher] = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
@@ -253,9 +272,6 @@ static void free_run(run_t *run) {
     for (int index = 0; index < CM_CLI_LIST_MAX; index++) free(run->teacher_texts[index]);
     trainer_cache_free(&run->cache);
     trainer_method_free(&run->method);
-    trainer_dd_free(&run->dd);
-    cm_free_aligned(run->route_inputs);
-    free(run->alpha);
     cm_model_free(&run->student);
     cm_dataset_free(&run->dataset);
     cm_free_aligned(run->moment1);
@@ -264,6 +280,8 @@ static void free_run(run_t *run) {
     cm_free_aligned(run->d_logits);
     cm_free_aligned(run->d_hidden);
     free(run->batch_labels);
+    cm_free_aligned(run->batch_targets);
+    free(run->batch_labelled);
     free(run->labels);
     free(run->order);
     free(run->trained);
@@ -274,24 +292,7 @@ static void free_run(run_t *run) {
         free(run->teacher_present[teacher]);
         for (int slot = 0; slot < MAX_WINDOW; slot++) free(run->kept[slot][teacher]);
     }
-    if (run->metrics) fclose(run->metrics);
-}
-
-/* ---------------------------------------------------------------- method parameters */
-
-/* The trainer-side parameters (FitNet projection or the Distillation Module). */
-static size_t method_param_count(const run_t *run) {
-    return run->dd ? trainer_dd_param_count(run->dd) : trainer_method_param_count(run->method);
-}
-
-static float *method_block(run_t *run, int which) {
-    if (run->dd)
-        return which == 0   ? trainer_dd_params(run->dd)
-               : which == 1 ? trainer_dd_moment1(run->dd)
-                            : trainer_dd_moment2(run->dd);
-    return which == 0   ? trainer_method_params(run->method)
-           : which == 1 ? trainer_method_moment1(run->method)
-                        : trainer_method_moment2(run->method);
+    if (run->metrics) fclose(run->metrics); /* after a failure; train() closes it checked */
 }
 
 /* ---------------------------------------------------------------- state */
@@ -313,12 +314,17 @@ static cm_status_t save_state(run_t *run) {
     snprintf(seed_text, sizeof seed_text, "%ld", run->options.seed);
     manifest_text(run, manifest, sizeof manifest);
     cm_model_spec_format(cm_model_spec(run->student), spec_text, sizeof spec_text);
-    size_t params = cm_model_param_count(run->student), method_params = method_param_count(run);
+    size_t params = cm_model_param_count(run->student);
+    size_t method_params = trainer_method_param_count(run->method);
     cm_tensor_t tensors[6];
     const char *names[6] = {"student.params", "student.m", "student.v",
                             "method.params",  "method.m",  "method.v"};
-    float *blocks[6] = {cm_model_params(run->student), run->moment1,         run->moment2,
-                        method_block(run, 0),          method_block(run, 1), method_block(run, 2)};
+    float *blocks[6] = {cm_model_params(run->student),
+                        run->moment1,
+                        run->moment2,
+                        trainer_method_params(run->method),
+                        trainer_method_moment1(run->method),
+                        trainer_method_moment2(run->method)};
     int count = 0;
     for (int index = 0; index < 6; index++) {
         size_t elements = index < 3 ? params : method_params;
@@ -349,14 +355,28 @@ static cm_status_t save_student(run_t *run, double test_accuracy) {
     snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_accuracy);
     snprintf(epochs_text, sizeof epochs_text, "%d", run->options.epochs);
     manifest_text(run, manifest, sizeof manifest);
-    const char *metadata[] = {"view",          run->dataset->view,
-                              "dataset",       run->dataset->name,
-                              "fingerprint",   run->dataset->fingerprint,
-                              "method",        run->options.method,
-                              "committee",     manifest,
-                              "epochs",        epochs_text,
-                              "test_accuracy", accuracy_text,
-                              "format",        "committee-checkpoint-1"};
+    const char *metadata[] = {"view",
+                              run->dataset->view,
+                              "dataset",
+                              run->dataset->name,
+                              "fingerprint",
+                              run->dataset->fingerprint,
+                              "task",
+                              run->dataset->task_json,
+                              "preprocessing",
+                              run->dataset->view_json,
+                              "manifest_sha256",
+                              run->dataset->manifest_sha256,
+                              "method",
+                              run->options.method,
+                              "committee",
+                              manifest,
+                              "epochs",
+                              epochs_text,
+                              "test_accuracy",
+                              accuracy_text,
+                              "format",
+                              "committee-checkpoint-1"};
     return cm_model_save(run->student, run->options.out, metadata,
                          (int)(sizeof metadata / sizeof metadata[0]) / 2);
 }
@@ -397,9 +417,14 @@ static cm_status_t load_state(run_t *run) {
     }
     const char *names[6] = {"student.params", "student.m", "student.v",
                             "method.params",  "method.m",  "method.v"};
-    float *blocks[6] = {cm_model_params(run->student), run->moment1,         run->moment2,
-                        method_block(run, 0),          method_block(run, 1), method_block(run, 2)};
-    size_t params = cm_model_param_count(run->student), method_params = method_param_count(run);
+    float *blocks[6] = {cm_model_params(run->student),
+                        run->moment1,
+                        run->moment2,
+                        trainer_method_params(run->method),
+                        trainer_method_moment1(run->method),
+                        trainer_method_moment2(run->method)};
+    size_t params = cm_model_param_count(run->student);
+    size_t method_params = trainer_method_param_count(run->method);
     for (int index = 0; status == CM_OK && index < 6; index++) {
         size_t elements = index < 3 ? params : method_params;
         if (!elements) continue;
@@ -444,39 +469,42 @@ static int batch_rows(const run_t *run, int batch_index) {
 }
 
 /*
- * DiverseDistill filtering: runs the current student and router on the batch and decides,
- * per (row, teacher), whether the teacher is asked: alpha >= theta, or the row's top teacher,
- * or a seeded exploration draw.  Rows already in the cache are free and always used.
+ * The student of the last forward pass, whose outputs are `outputs`, as the method sees it:
+ * its "hidden" feature and its head found by name, the gradients the method writes.
+ */
+static trainer_student_t student_view(run_t *run, const float *outputs) {
+    cm_tensor_t head_weight, head_bias;
+    cm_model_head(run->student, &head_weight, &head_bias);
+    float *params = cm_model_params(run->student), *grads = cm_model_grads(run->student);
+    int hidden = 0;
+    return (trainer_student_t){
+        .outputs = outputs,
+        .hidden = cm_model_feature(run->student, "hidden", &hidden, NULL),
+        .head_weight = head_weight.data,
+        .head_bias = head_bias.data,
+        .d_outputs = run->d_logits,
+        .d_hidden = run->d_hidden,
+        .d_head_weight = grads + ((const float *)head_weight.data - params),
+        .d_head_bias = grads + ((const float *)head_bias.data - params),
+    };
+}
+
+/*
+ * Filtering (a method that chooses, e.g. diversedistill with --dd-filter): runs the current
+ * student on the batch and lets the method decide, per (row, teacher), whether the teacher
+ * is asked, with a seed of its own per batch.  Rows already in the cache are free and
+ * always used.
  */
 static void filter_batch(run_t *run, int batch_index, int slot, int rows, const int32_t *ids) {
-    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    int features = run->dataset->features, teachers = run->teacher_count;
-    for (int row = 0; row < rows; row++)
-        memcpy(run->batch_inputs + (size_t)row * (size_t)features,
-               train->inputs + (size_t)ids[row] * (size_t)features,
-               sizeof(float) * (size_t)features);
+    cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     /* Filtering asks one batch ahead, right after the previous step: no update comes between
      * this forward pass and the training step on this batch, which reuses it. */
     run->forwarded_logits = cm_model_forward(run->student, run->batch_inputs, rows);
     run->forwarded_batch = batch_index;
-    int hidden = 0;
-    const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
-    trainer_dd_route(run->dd, student_hidden, rows, NULL, run->alpha);
-    cm_rng_t rng;
-    cm_rng_seed(&rng, ((uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch) * 65537ull +
-                          (uint64_t)batch_index);
-    for (int row = 0; row < rows; row++) {
-        const float *alpha = run->alpha + (size_t)row * (size_t)teachers;
-        int top = 0;
-        for (int teacher = 1; teacher < teachers; teacher++)
-            if (alpha[teacher] > alpha[top]) top = teacher;
-        for (int teacher = 0; teacher < teachers; teacher++) {
-            float draw = cm_rng_uniform(&rng);
-            run->kept[slot][teacher][row] =
-                (uint8_t)(teacher == top || alpha[teacher] >= run->options.dd_filter ||
-                          draw < run->options.dd_explore);
-        }
-    }
+    trainer_student_t student = student_view(run, run->forwarded_logits);
+    uint64_t seed = ((uint64_t)run->options.seed * 1000003ull + (uint64_t)run->epoch) * 65537ull +
+                    (uint64_t)batch_index;
+    trainer_method_choose(run->method, &student, rows, seed, run->kept[slot]);
 }
 
 /* Submits requests for the rows of batch `batch_index` that the cache lacks. */
@@ -521,7 +549,10 @@ static cm_status_t submit_batch(run_t *run, int batch_index) {
     return CM_OK;
 }
 
-/* Pumps the committee until every ticket of batch `batch_index` is answered or given up. */
+static void update_metrics(run_t *run);
+
+/* Pumps the committee until every ticket of batch `batch_index` is answered or given up
+ * (CM_ERR_CANCELLED when a signal interrupts the wait). */
 static cm_status_t await_batch(run_t *run, int batch_index) {
     int slot = batch_index % run->options.window;
     double started = cm_progress_now();
@@ -533,6 +564,7 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
                                                     run->tickets[slot][teacher][index]) == 0;
         if (!pending) break;
         cm_status_t status = trainer_committee_pump(run->committee, 100);
+        update_metrics(run); /* /metrics shows BUSY, timeouts and bad replies while it waits */
         if (status != CM_OK) return status;
     }
     run->wait_seconds += cm_progress_now() - started;
@@ -546,20 +578,34 @@ static cm_status_t await_batch(run_t *run, int batch_index) {
 
 /* ---------------------------------------------------------------- one step */
 
+/*
+ * One step: next batch (inputs, labels, the teachers' outputs the method asked for, from the
+ * cache), forward, zero_grad, the method's loss and its backward into d_logits / d_hidden,
+ * the student's backward, AdamW on the student and the method's own update.  Whatever
+ * --method is, it is only trainer_method_* calls here.
+ */
 static cm_status_t train_batch(run_t *run, int batch_index) {
-    const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    int features = run->dataset->features, rows = batch_rows(run, batch_index);
+    int rows = batch_rows(run, batch_index);
     const int32_t *ids = run->order + (size_t)batch_index * (size_t)run->options.batch;
     trainer_batch_t batch = {.rows = rows, .labels = run->batch_labels};
+    cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
     for (int row = 0; row < rows; row++) {
         int id = ids[row];
-        memcpy(run->batch_inputs + (size_t)row * (size_t)features,
-               train->inputs + (size_t)id * (size_t)features, sizeof(float) * (size_t)features);
         run->batch_labels[row] = run->labels[id];
         if (run->trained[id]) run->epoch_duplicates++;
         run->trained[id] = 1;
     }
-    trainer_dd_batch_t dd_batch = {.rows = rows, .labels = run->batch_labels};
+    if (run->dataset->task == CM_TASK_REGRESSION) { /* the rows' targets, and which are visible */
+        size_t targets = (size_t)run->dataset->targets;
+        for (int row = 0; row < rows; row++) {
+            run->batch_labelled[row] = run->labels[ids[row]] >= 0;
+            memcpy(run->batch_targets + (size_t)row * targets,
+                   run->dataset->splits[CM_SPLIT_TRAIN].targets + (size_t)ids[row] * targets,
+                   sizeof(float) * targets);
+        }
+        batch = (trainer_batch_t){
+            .rows = rows, .targets = run->batch_targets, .labelled = run->batch_labelled};
+    }
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         if (!run->needs[teacher]) continue;
         float *destination[TRAINER_OUTPUT_COUNT] = {run->teacher_logits[teacher],
@@ -592,48 +638,22 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
             run->skipped_batches[teacher]++;
             run->missing_rows[teacher] += missing;
         }
-        int wants_hidden = (run->needs[teacher] >> TRAINER_OUTPUT_HIDDEN) & 1;
-        batch.teacher_logits[teacher] = run->teacher_logits[teacher];
         batch.teacher_present[teacher] = run->teacher_present[teacher];
-        batch.teacher_hidden[teacher] = wants_hidden ? run->teacher_hidden[teacher] : NULL;
-        dd_batch.teacher_logits[teacher] = run->teacher_logits[teacher];
-        dd_batch.teacher_present[teacher] = run->teacher_present[teacher];
-        dd_batch.teacher_feature[teacher] = destination[run->dd_feature_output[teacher]];
-        dd_batch.teacher_head_input[teacher] = run->teacher_hidden[teacher];
+        batch.teacher_logits[teacher] = destination[TRAINER_OUTPUT_LOGITS];
+        if ((run->needs[teacher] >> TRAINER_OUTPUT_HIDDEN) & 1)
+            batch.teacher_hidden[teacher] = destination[TRAINER_OUTPUT_HIDDEN];
+        if ((run->needs[teacher] >> TRAINER_OUTPUT_TOKENS) & 1)
+            batch.teacher_tokens[teacher] = destination[TRAINER_OUTPUT_TOKENS];
     }
     cm_model_zero_grads(run->student);
+    trainer_method_zero_grad(run->method);
     const float *logits = run->forwarded_batch == batch_index
                               ? run->forwarded_logits
                               : cm_model_forward(run->student, run->batch_inputs, rows);
     run->forwarded_batch = -1;
-    int hidden = 0;
-    const float *student_hidden = cm_model_feature(run->student, "hidden", &hidden, NULL);
-    trainer_loss_t loss = {0};
-    if (run->dd) {
-        /* The answer term runs through the student's own classifier: its last dense layer. */
-        int last = cm_model_tensor_count(run->student) - 2;
-        cm_tensor_t head_weight = cm_model_tensor(run->student, last);
-        cm_tensor_t head_bias = cm_model_tensor(run->student, last + 1);
-        float *params = cm_model_params(run->student), *grads = cm_model_grads(run->student);
-        trainer_dd_loss_t dd_loss;
-        trainer_dd_zero_grads(run->dd);
-        trainer_dd_loss(run->dd, &dd_batch, logits, student_hidden, head_weight.data,
-                        head_bias.data, run->d_logits, run->d_hidden,
-                        grads + ((float *)head_weight.data - params),
-                        grads + ((float *)head_bias.data - params), &dd_loss);
-        loss.total = dd_loss.total;
-        loss.ce = dd_loss.ce;
-        loss.kd = dd_loss.kd;
-        run->answer_sum += dd_loss.answer * rows;
-        run->router_sum += dd_loss.router * rows;
-        run->align_sum += dd_loss.align * rows;
-        run->probe_match_sum += dd_loss.probe_match * rows;
-        run->probe_answer_sum += dd_loss.probe_answer * rows;
-    } else {
-        trainer_method_zero_grads(run->method);
-        trainer_method_loss(run->method, &batch, logits, student_hidden, run->d_logits,
-                            run->d_hidden, &loss);
-    }
+    trainer_student_t student = student_view(run, logits);
+    trainer_loss_t loss;
+    trainer_method_loss(run->method, &batch, &student, &loss);
     if (!isfinite(loss.total))
         return cm_fail(CM_ERR_INTERNAL, "the loss is not finite at step %ld; lower --lr",
                        run->step + 1);
@@ -643,14 +663,10 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
     adamw.weight_decay = run->options.weight_decay;
     run->step++;
     cm_model_adamw_step(run->student, run->moment1, run->moment2, &adamw, run->step);
-    if (run->dd)
-        trainer_dd_adamw_step(run->dd, &adamw, run->step);
-    else
-        trainer_method_adamw_step(run->method, &adamw, run->step);
+    trainer_method_update(run->method, &adamw, run->step);
     run->loss_sum += loss.total * rows;
-    run->ce_sum += loss.ce * rows;
-    run->kd_sum += loss.kd * rows;
-    run->fitnet_sum += loss.fitnet * rows;
+    for (int term = 0; term < TRAINER_MAX_TERMS; term++)
+        run->term_sums[term] += loss.term[term] * rows;
     run->epoch_examples += rows;
     run->epoch_steps++;
     cm_metrics_counter_add(run->steps_total, 1);
@@ -665,24 +681,25 @@ static cm_status_t train_batch(run_t *run, int batch_index) {
 
 /* ---------------------------------------------------------------- epochs */
 
-/* One JSON line for the finished epoch; `distinct` examples were trained in it. */
-static void write_metrics(run_t *run, long distinct, double seconds, double accuracy,
-                          double test_loss) {
-    if (!run->metrics) return;
+/* One JSON line for the finished `epoch`; `distinct` examples were trained in it.  CM_ERR_IO
+ * naming --metrics when the line could not be written and flushed. */
+static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double seconds,
+                                 double accuracy, double test_loss) {
+    if (!run->metrics) return CM_OK;
     double examples = run->epoch_examples ? (double)run->epoch_examples : 1.0;
+    fprintf(run->metrics, "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,", epoch, run->step,
+            run->loss_sum / examples);
+    for (int term = 0; term < trainer_method_term_count(run->method); term++)
+        fprintf(run->metrics, "\"%s\":%.6f,", trainer_method_term_name(run->method, term),
+                run->term_sums[term] / examples);
     fprintf(run->metrics,
-            "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,\"ce\":%.6f,\"kd\":%.6f,\"fitnet\":%.6f,"
             "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
             "\"valid_accuracy\":%.6f,\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,"
             "\"examples_per_second\":%.1f,"
-            "\"wait_seconds\":%.3f,\"dd_answer\":%.6f,\"dd_router\":%.6f,\"dd_probe_match\":%.6f,"
-            "\"dd_probe_answer\":%.6f,\"teachers\":{",
-            run->epoch, run->step, run->loss_sum / examples, run->ce_sum / examples,
-            run->kd_sum / examples, run->fitnet_sum / examples, run->epoch_examples, distinct,
-            run->epoch_duplicates, run->valid_accuracy, accuracy, test_loss, seconds,
-            seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds,
-            run->answer_sum / examples, run->router_sum / examples, run->probe_match_sum / examples,
-            run->probe_answer_sum / examples);
+            "\"wait_seconds\":%.3f,\"teachers\":{",
+            run->epoch_examples, distinct, run->epoch_duplicates, run->valid_accuracy, accuracy,
+            test_loss, seconds, seconds > 0 ? (double)run->epoch_examples / seconds : 0.0,
+            run->wait_seconds);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         trainer_teacher_stats_t none = {0};
         const trainer_teacher_stats_t *stats =
@@ -692,14 +709,19 @@ static void write_metrics(run_t *run, long distinct, double seconds, double accu
             "%s\"%s\":{\"requests\":%ld,\"replies\":%ld,\"examples_received\":%ld,\"bytes\":%llu,"
             "\"busy\":%ld,\"timeouts\":%ld,\"down_events\":%ld,\"failed_requests\":%ld,"
             "\"skipped_batches\":%ld,\"missing_rows\":%ld,\"filter_needed\":%ld,\"filter_skipped\":"
-            "%ld}",
+            "%ld,\"busy_timeouts\":%ld,\"protocol_errors\":%ld,\"nonfinite_replies\":%ld}",
             teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
             stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
             stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
-            run->missing_rows[teacher], run->filter_needed[teacher], run->filter_skipped[teacher]);
+            run->missing_rows[teacher], run->filter_needed[teacher], run->filter_skipped[teacher],
+            stats->busy_timeouts, stats->protocol_errors, stats->nonfinite_replies);
     }
     fprintf(run->metrics, "}}\n");
-    fflush(run->metrics);
+    /* A full disk shows at the flush (or already in the stream's error flag). */
+    if (fflush(run->metrics) != 0 || ferror(run->metrics))
+        return cm_fail(CM_ERR_IO, "cannot write metrics to %s: %s", run->options.metrics,
+                       strerror(errno ? errno : EIO));
+    return CM_OK;
 }
 
 /* Registers the Prometheus metrics and starts --http (a failure to listen is only a warning). */
@@ -733,6 +755,20 @@ static cm_status_t start_metrics(run_t *run) {
         cm_metrics_register_gauge(run->registry, "committee_trainer_teacher_down_events",
                                   "Times a teacher was found down.", &label,
                                   &run->teacher_down[teacher]);
+        cm_metrics_register_counter(run->registry, "committee_trainer_teacher_timeouts_total",
+                                    "Requests a teacher did not answer within the deadline.",
+                                    &label, &run->teacher_timeouts[teacher]);
+        cm_metrics_register_counter(run->registry, "committee_trainer_teacher_busy_timeouts_total",
+                                    "Requests a teacher answered BUSY for a whole deadline.",
+                                    &label, &run->teacher_busy_timeouts[teacher]);
+        cm_metrics_register_counter(
+            run->registry, "committee_trainer_teacher_protocol_errors_total",
+            "Replies of a teacher this trainer could not use (asked again).", &label,
+            &run->teacher_protocol_errors[teacher]);
+        cm_metrics_register_counter(run->registry,
+                                    "committee_trainer_teacher_nonfinite_replies_total",
+                                    "Replies of a teacher holding NaN or Inf (not used).", &label,
+                                    &run->teacher_nonfinite[teacher]);
     }
     if (strcmp(run->options.http, "off") != 0 &&
         trainer_http_start(run->options.http, run->registry, &run->http) != CM_OK)
@@ -752,6 +788,14 @@ static void update_metrics(run_t *run) {
         cm_metrics_counter_add(run->teacher_examples[teacher],
                                (uint64_t)(stats->examples - reported->examples));
         cm_metrics_gauge_set(run->teacher_down[teacher], (double)stats->down_events);
+        cm_metrics_counter_add(run->teacher_timeouts[teacher],
+                               (uint64_t)(stats->timeouts - reported->timeouts));
+        cm_metrics_counter_add(run->teacher_busy_timeouts[teacher],
+                               (uint64_t)(stats->busy_timeouts - reported->busy_timeouts));
+        cm_metrics_counter_add(run->teacher_protocol_errors[teacher],
+                               (uint64_t)(stats->protocol_errors - reported->protocol_errors));
+        cm_metrics_counter_add(run->teacher_nonfinite[teacher],
+                               (uint64_t)(stats->nonfinite_replies - reported->nonfinite_replies));
         *reported = *stats;
     }
 }
@@ -762,9 +806,30 @@ static cm_status_t save_all(run_t *run, double accuracy) {
     return status;
 }
 
+/*
+ * Stops the run where it is (a signal or --stop-after): saves the student and the state at the
+ * cursor (the batches before run->next_batch are trained), and the teacher outputs fetched so
+ * far beside the state, so --resume continues bit for bit.  Sets *was_interrupted.
+ */
+static cm_status_t stop_here(run_t *run, double accuracy, int *was_interrupted) {
+    cm_status_t status = save_all(run, accuracy);
+    if (status != CM_OK) return status;
+    if (run->committee && strcmp(run->options.cache, "off")) {
+        char cache_path[1100];
+        snprintf(cache_path, sizeof cache_path, "%s.cache", run->state_path);
+        if ((status = trainer_cache_save(run->cache, cache_path, run->dataset->fingerprint)))
+            return status;
+    }
+    cm_log_info("stopped at epoch %d, batch %d (step %ld)%s; state saved to %s; continue with "
+                "--resume",
+                run->epoch, run->next_batch, run->step, interrupted ? " by a signal" : "",
+                run->state_path);
+    *was_interrupted = 1;
+    return CM_OK;
+}
+
 static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    const cm_split_data_t *test = &run->dataset->splits[CM_SPLIT_TEST];
     int trainable = trainable_count(run);
     int batches = (trainable + run->options.batch - 1) / run->options.batch;
     double accuracy = 0.0, test_loss = 0.0;
@@ -772,14 +837,13 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     for (; run->epoch <= run->options.epochs; run->epoch++, run->next_batch = 0) {
         epoch_order(run);
         memset(run->trained, 0, (size_t)train->count);
-        run->loss_sum = run->ce_sum = run->kd_sum = run->fitnet_sum = run->wait_seconds = 0.0;
-        run->answer_sum = run->router_sum = run->align_sum = 0.0;
-        run->probe_match_sum = run->probe_answer_sum = 0.0;
+        run->loss_sum = run->wait_seconds = 0.0;
+        memset(run->term_sums, 0, sizeof run->term_sums);
         run->forwarded_batch = -1;
         memset(run->filter_needed, 0, sizeof run->filter_needed);
         memset(run->filter_skipped, 0, sizeof run->filter_skipped);
         /* Filtering decides per batch with the current student, so it asks one batch ahead only. */
-        run->filtering = run->dd && run->options.dd_filter > 0 && run->committee &&
+        run->filtering = trainer_method_chooses(run->method) && run->committee &&
                          run->epoch > run->options.dd_filter_warmup;
         run->epoch_examples = run->epoch_duplicates = run->epoch_steps = 0;
         memset(run->skipped_batches, 0, sizeof run->skipped_batches);
@@ -800,7 +864,11 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
                 if ((status = submit_batch(run, run->submitted_upto)) != CM_OK) return status;
                 run->submitted_upto++;
             }
-            if (run->committee && (status = await_batch(run, batch_index)) != CM_OK) return status;
+            if (run->committee && (status = await_batch(run, batch_index)) != CM_OK) {
+                if (status != CM_ERR_CANCELLED || !interrupted) return status;
+                cm_progress_finish(&progress); /* a signal while it waited for teachers */
+                return stop_here(run, accuracy, was_interrupted);
+            }
             if ((status = train_batch(run, batch_index)) != CM_OK) return status;
             run->next_batch = batch_index + 1;
             update_metrics(run);
@@ -809,72 +877,75 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
             cm_progress_update(&progress, (long)run->next_batch * run->options.batch, text);
             int stop_now = interrupted ||
                            (run->options.stop_after > 0 && run->step >= run->options.stop_after);
-            if (stop_now || (run->options.checkpoint_every > 0 &&
-                             run->step % run->options.checkpoint_every == 0)) {
+            if (!stop_now && run->options.checkpoint_every > 0 &&
+                run->step % run->options.checkpoint_every == 0) {
                 if ((status = save_all(run, accuracy)) != CM_OK) return status;
             }
             if (stop_now) {
                 cm_progress_finish(&progress);
-                if (run->committee && strcmp(run->options.cache, "off")) {
-                    char cache_path[1100];
-                    snprintf(cache_path, sizeof cache_path, "%s.cache", run->state_path);
-                    if ((status =
-                             trainer_cache_save(run->cache, cache_path, run->dataset->fingerprint)))
-                        return status;
-                }
-                cm_log_info("stopped at epoch %d, batch %d (step %ld); state saved to %s; continue "
-                            "with --resume",
-                            run->epoch, run->next_batch, run->step, run->state_path);
-                *was_interrupted = 1;
-                return CM_OK;
+                return stop_here(run, accuracy, was_interrupted);
             }
         }
         cm_progress_finish(&progress);
         double seconds = cm_progress_now() - started;
-        cm_model_evaluate(run->student, test->inputs, test->labels, test->count, &accuracy,
-                          &test_loss);
-        run->valid_accuracy = 0.0;
-        if (run->options.holdout > 0) /* the held-out tail of the training split */
-            cm_model_evaluate(
-                run->student, train->inputs + (size_t)trainable * (size_t)run->dataset->features,
-                train->labels + trainable, run->options.holdout, &run->valid_accuracy, NULL);
+        cm_score_t test_score, valid_score = {0};
+        if ((status = cm_score_split(run->student, run->dataset, CM_SPLIT_TEST, &test_score)))
+            return status;
+        accuracy = test_score.accuracy;
+        test_loss = test_score.loss;
+        if (run->options.holdout > 0 && /* the held-out tail of the training split */
+            (status = cm_score_rows(run->student, run->dataset, CM_SPLIT_TRAIN, trainable,
+                                    run->options.holdout, &valid_score)))
+            return status;
+        run->valid_accuracy = valid_score.accuracy;
         long distinct = 0;
         for (int id = 0; id < trainable; id++) distinct += run->trained[id];
-        cm_log_info(
-            "epoch %d/%d  loss %.4f (ce %.4f kd %.4f fit %.4f)  test acc %.4f  %.0f examples/s  "
-            "waited %.2f s  %ld/%d examples once%s",
-            run->epoch, run->options.epochs,
-            run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-            run->ce_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-            run->kd_sum / (double)(run->epoch_examples ? run->epoch_examples : 1),
-            run->fitnet_sum / (double)(run->epoch_examples ? run->epoch_examples : 1), accuracy,
-            seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds, distinct,
-            trainable, run->epoch_duplicates ? " (DUPLICATES!)" : "");
+        char terms[256];
+        size_t used = 0;
+        terms[0] = '\0';
+        for (int term = 0; term < trainer_method_term_count(run->method) && used < sizeof terms;
+             term++)
+            used += (size_t)snprintf(terms + used, sizeof terms - used, "%s%s %.4f",
+                                     term ? " " : "", trainer_method_term_name(run->method, term),
+                                     run->term_sums[term] /
+                                         (double)(run->epoch_examples ? run->epoch_examples : 1));
+        cm_log_info("epoch %d/%d  loss %.4f (%s)  test acc %.4f  %.0f examples/s  "
+                    "waited %.2f s  %ld/%d examples once%s",
+                    run->epoch, run->options.epochs,
+                    run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1), terms,
+                    accuracy, seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds,
+                    distinct, trainable, run->epoch_duplicates ? " (DUPLICATES!)" : "");
         for (int teacher = 0; teacher < run->teacher_count; teacher++)
             if (run->skipped_batches[teacher])
                 cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
                             run->teacher_names[teacher], run->skipped_batches[teacher],
                             run->missing_rows[teacher]);
-        write_metrics(run, distinct, seconds, accuracy, test_loss);
         cm_metrics_gauge_set(run->loss_gauge,
                              run->loss_sum /
                                  (double)(run->epoch_examples ? run->epoch_examples : 1));
         cm_metrics_gauge_set(run->accuracy_gauge, accuracy);
         run->waited_total += run->wait_seconds;
-        run->next_batch = batches;
+        /* From here on the state says "continue with the next epoch", also when a write below
+         * fails and train() saves the state once more. */
         int finished_epoch = run->epoch;
-        run->epoch = finished_epoch + 1; /* the state says where to continue */
+        run->epoch = finished_epoch + 1;
         run->next_batch = 0;
         status = save_all(run, accuracy);
-        run->epoch = finished_epoch;
-        if (status != CM_OK) return status;
-        if (strcmp(run->options.cache, "memory") && strcmp(run->options.cache, "off") &&
-            run->committee) {
+        if (status == CM_OK)
+            status = write_metrics(run, finished_epoch, distinct, seconds, accuracy, test_loss);
+        if (status == CM_OK && strcmp(run->options.cache, "memory") &&
+            strcmp(run->options.cache, "off") && run->committee)
             status = trainer_cache_save(run->cache, run->options.cache, run->dataset->fingerprint);
-            if (status != CM_OK) return status;
-        }
+        if (status != CM_OK) return status;
+        run->epoch = finished_epoch;
     }
-    printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out);
+    /* For regression test_loss is the MSE per target. */
+    int written = run->dataset->task == CM_TASK_REGRESSION
+                      ? printf("test_rmse=%.4f checkpoint=%s\n", sqrt(test_loss), run->options.out)
+                      : printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out);
+    if (written < 0 || fflush(stdout) != 0)
+        return cm_fail(CM_ERR_IO, "cannot write the summary to standard output: %s",
+                       strerror(errno ? errno : EIO));
     return CM_OK;
 }
 
@@ -969,7 +1040,9 @@ static cm_status_t set_up_teachers(run_t *run) {
         .fingerprint = run->dataset->fingerprint,
         .classes = run->dataset->classes,
         .train_examples = train_count,
+        .example_ids = run->dataset->splits[CM_SPLIT_TRAIN].ids,
         .curve_keys = options->curve_secret_key ? &run->curve_keys : NULL,
+        .interrupted = &interrupted,
     };
     config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
                     : strcmp(options->failure_policy, "skip") == 0 ? TRAINER_POLICY_SKIP
@@ -985,16 +1058,101 @@ static cm_status_t set_up_teachers(run_t *run) {
     return CM_OK;
 }
 
-static cm_status_t set_up_baseline(run_t *run) {
+/* Width (floats per example) and token count of a teacher output, from its Hello or the record. */
+static int teacher_width(const run_t *run, int teacher, int output, int *tokens) {
+    if (run->committee) {
+        const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
+        if (tokens) *tokens = output == TRAINER_OUTPUT_TOKENS ? info->tokens : 1;
+        return info->width[output];
+    }
+    if (tokens)
+        *tokens = output == TRAINER_OUTPUT_TOKENS ? trainer_cache_tokens(run->cache, teacher) : 1;
+    return trainer_cache_width(run->cache, teacher, output);
+}
+
+/*
+ * --dd-interactive: fetches every teacher's frozen head (the dense layer over its "hidden"
+ * vector) and hands it to the module; the probes' targets are the teachers' hidden vectors,
+ * so the method asks for them too.
+ */
+static cm_status_t borrow_heads(run_t *run, trainer_dd_config_t *config) {
+    config->interactive = 1;
+    config->probe_match_weight = run->options.dd_probe_match_weight;
+    config->probe_answer_weight = run->options.dd_probe_answer_weight;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        trainer_head_t *head = &run->dd_heads[teacher];
+        cm_status_t status = trainer_committee_fetch_head(run->committee, teacher, "hidden", head);
+        if (status != CM_OK) return status;
+        config->head_inputs[teacher] = head->inputs;
+        config->head_weight[teacher] = head->weight;
+        config->head_bias[teacher] = head->bias;
+        cm_log_info("teacher '%s' lends its head (%d x %d) for the interactive probes",
+                    run->teacher_names[teacher], head->classes, head->inputs);
+    }
+    return CM_OK;
+}
+
+/* The Distillation Module's own settings (trainer_method_new fills in the shared ones). */
+static cm_status_t diversedistill_settings(run_t *run, trainer_dd_config_t *config) {
+    train_options_t *options = &run->options;
+    if (options->dd_interactive && !run->committee)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--dd-interactive needs the live teachers (their heads are not in a "
+                       "record); train against the committee instead of replaying");
+    /* The answer runs head(ReLU(k)) through the student's own head (cm_model_head), which
+     * reads a ReLU vector only in the dense-stack families. */
+    cm_model_kind_t family = cm_model_spec(run->student)->kind;
+    if (family != CM_MODEL_MLP && family != CM_MODEL_EMB)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--method diversedistill needs an mlp or emb student, whose head reads a "
+                       "ReLU hidden vector (the committee's answer goes through that head); "
+                       "model '%s' is not one",
+                       options->model);
+    *config = trainer_dd_defaults();
+    cm_status_t status = trainer_dd_router_parse(options->dd_router, &config->router);
+    if (status != CM_OK) return status;
+    config->answer_weight = options->dd_answer_weight;
+    config->router_weight = options->dd_router_weight;
+    config->router_tau = options->dd_tau;
+    config->align_weight = options->dd_align_weight;
+    config->filter_threshold = options->dd_filter;
+    config->filter_explore = options->dd_explore;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        int tokens = 1,
+            has_tokens = teacher_width(run, teacher, TRAINER_OUTPUT_TOKENS, &tokens) > 0;
+        int output = TRAINER_OUTPUT_HIDDEN;
+        if (!strcmp(options->dd_feature, "tokens") ||
+            (!strcmp(options->dd_feature, "auto") && has_tokens))
+            output = TRAINER_OUTPUT_TOKENS;
+        int width = teacher_width(run, teacher, output, &tokens);
+        if (width <= 0)
+            return cm_fail(CM_ERR_NOT_FOUND,
+                           "teacher '%s' offers no '%s' feature for DiverseDistill",
+                           run->teacher_names[teacher], trainer_cache_output_name(output));
+        config->feature_output[teacher] = output;
+        config->teacher_tokens[teacher] = tokens;
+        config->teacher_dim[teacher] = width / tokens;
+        cm_log_info("DiverseDistill listens to teacher '%s' through its %s (%d x %d)",
+                    run->teacher_names[teacher], trainer_cache_output_name(output), tokens,
+                    width / tokens);
+    }
+    if (options->dd_interactive && (status = borrow_heads(run, config)) != CM_OK) return status;
+    return CM_OK;
+}
+
+/* Builds --method and records what it needs of every teacher. */
+static cm_status_t set_up_method(run_t *run) {
     train_options_t *options = &run->options;
     trainer_method_config_t config = {0};
     cm_status_t status = trainer_method_parse(options->method, &config.kind);
     if (status != CM_OK) return status;
+    config.task = run->dataset->task == CM_TASK_REGRESSION ? TRAINER_TASK_REGRESSION
+                                                           : TRAINER_TASK_CLASSIFICATION;
+    config.outputs = run->dataset->classes; /* the classes, or the regression targets */
     config.temperature = options->temperature;
     config.kd_weight = options->kd_weight;
     config.fitnet_weight = options->fitnet_weight;
     config.teacher_count = run->teacher_count;
-    config.classes = run->dataset->classes;
     config.max_batch = options->batch;
     cm_model_feature(run->student, "hidden", &config.student_hidden, NULL);
     if (config.kind != TRAINER_METHOD_CE && run->teacher_count == 0)
@@ -1015,106 +1173,18 @@ static cm_status_t set_up_baseline(run_t *run) {
         if ((status = find_teacher(run, name, "--fitnet-teacher", &config.fitnet_teacher)))
             return status;
     }
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        int width =
-            run->committee
-                ? trainer_committee_info(run->committee, teacher)->width[TRAINER_OUTPUT_HIDDEN]
-                : trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
-        config.teacher_hidden[teacher] = width;
+    for (int teacher = 0; teacher < run->teacher_count; teacher++)
+        config.teacher_hidden[teacher] = teacher_width(run, teacher, TRAINER_OUTPUT_HIDDEN, NULL);
+    trainer_dd_config_t dd;
+    if (config.kind == TRAINER_METHOD_DIVERSEDISTILL) {
+        if ((status = diversedistill_settings(run, &dd)) != CM_OK) return status;
+        config.dd = &dd;
     }
     status = trainer_method_new(&config, (uint64_t)options->seed, &run->method);
     if (status != CM_OK) return status;
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        int logits = 0, hidden = 0;
-        trainer_method_needs(run->method, teacher, &logits, &hidden);
-        run->needs[teacher] =
-            (logits ? 1u << TRAINER_OUTPUT_LOGITS : 0) | (hidden ? 1u << TRAINER_OUTPUT_HIDDEN : 0);
-        if (run->needs[teacher] && hidden) run->needs[teacher] |= 1u << TRAINER_OUTPUT_LOGITS;
-    }
+    for (int teacher = 0; teacher < run->teacher_count; teacher++)
+        run->needs[teacher] = trainer_method_needs(run->method, teacher);
     return CM_OK;
-}
-
-/* Width (floats per example) and token count of a teacher output, from its Hello or the record. */
-static int teacher_width(const run_t *run, int teacher, int output, int *tokens) {
-    if (run->committee) {
-        const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
-        if (tokens) *tokens = output == TRAINER_OUTPUT_TOKENS ? info->tokens : 1;
-        return info->width[output];
-    }
-    if (tokens)
-        *tokens = output == TRAINER_OUTPUT_TOKENS ? trainer_cache_tokens(run->cache, teacher) : 1;
-    return trainer_cache_width(run->cache, teacher, output);
-}
-
-/*
- * --dd-interactive: fetches every teacher's frozen head (the dense layer over its "hidden"
- * vector) and hands it to the module; the probes' targets are the teachers' hidden vectors,
- * so they are requested too.
- */
-static cm_status_t borrow_heads(run_t *run, trainer_dd_config_t *config) {
-    config->interactive = 1;
-    config->probe_match_weight = run->options.dd_probe_match_weight;
-    config->probe_answer_weight = run->options.dd_probe_answer_weight;
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        trainer_head_t *head = &run->dd_heads[teacher];
-        cm_status_t status = trainer_committee_fetch_head(run->committee, teacher, "hidden", head);
-        if (status != CM_OK) return status;
-        config->head_inputs[teacher] = head->inputs;
-        config->head_weight[teacher] = head->weight;
-        config->head_bias[teacher] = head->bias;
-        run->needs[teacher] |= 1u << TRAINER_OUTPUT_HIDDEN;
-        cm_log_info("teacher '%s' lends its head (%d x %d) for the interactive probes",
-                    run->teacher_names[teacher], head->classes, head->inputs);
-    }
-    return CM_OK;
-}
-
-static cm_status_t set_up_diversedistill(run_t *run) {
-    train_options_t *options = &run->options;
-    if (run->teacher_count == 0)
-        return cm_fail(CM_ERR_INVALID_ARG, "--method diversedistill needs at least one --teacher");
-    if (options->dd_interactive && !run->committee)
-        return cm_fail(CM_ERR_INVALID_ARG,
-                       "--dd-interactive needs the live teachers (their heads are not in a "
-                       "record); train against the committee instead of replaying");
-    if (cm_model_spec(run->student)->kind != CM_MODEL_MLP)
-        return cm_fail(CM_ERR_INVALID_ARG, "--method diversedistill needs an MLP student (its "
-                                           "answer term uses the student's last layer)");
-    trainer_dd_config_t config = trainer_dd_defaults();
-    cm_status_t status = trainer_dd_router_parse(options->dd_router, &config.router);
-    if (status != CM_OK) return status;
-    config.teacher_count = run->teacher_count;
-    config.classes = run->dataset->classes;
-    cm_model_feature(run->student, "hidden", &config.student_hidden, NULL);
-    config.temperature = options->temperature;
-    config.kd_weight = options->kd_weight;
-    config.answer_weight = options->dd_answer_weight;
-    config.router_weight = options->dd_router_weight;
-    config.router_tau = options->dd_tau;
-    config.align_weight = options->dd_align_weight;
-    config.max_batch = options->batch;
-    for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        int tokens = 1,
-            has_tokens = teacher_width(run, teacher, TRAINER_OUTPUT_TOKENS, &tokens) > 0;
-        int output = TRAINER_OUTPUT_HIDDEN;
-        if (!strcmp(options->dd_feature, "tokens") ||
-            (!strcmp(options->dd_feature, "auto") && has_tokens))
-            output = TRAINER_OUTPUT_TOKENS;
-        int width = teacher_width(run, teacher, output, &tokens);
-        if (width <= 0)
-            return cm_fail(CM_ERR_NOT_FOUND,
-                           "teacher '%s' offers no '%s' feature for DiverseDistill",
-                           run->teacher_names[teacher], trainer_cache_output_name(output));
-        run->dd_feature_output[teacher] = output;
-        config.teacher_tokens[teacher] = tokens;
-        config.teacher_dim[teacher] = width / tokens;
-        run->needs[teacher] = 1u << TRAINER_OUTPUT_LOGITS | 1u << output;
-        cm_log_info("DiverseDistill listens to teacher '%s' through its %s (%d x %d)",
-                    run->teacher_names[teacher], trainer_cache_output_name(output), tokens,
-                    width / tokens);
-    }
-    if (options->dd_interactive && (status = borrow_heads(run, &config)) != CM_OK) return status;
-    return trainer_dd_new(&config, (uint64_t)options->seed, &run->dd);
 }
 
 /* Makes room in the cache for every output the method needs, or says what is missing. */
@@ -1180,7 +1250,11 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     cm_model_spec_t spec;
     cm_status_t status = cm_model_spec_parse(options->model, &spec);
     if (status != CM_OK) return status;
-    cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
+    cm_dataset_options_t data_options = {
+        .directory = options->data_dir,
+        .max_train = options->max_train,
+        .max_test = options->max_test,
+    };
     if ((status = cm_dataset_load(&run->dataset, options->data, options->view, &data_options)) !=
         CM_OK)
         return status;
@@ -1201,9 +1275,7 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if (!run->cache &&
         (status = trainer_cache_new(0, run->dataset->splits[CM_SPLIT_TRAIN].count, &run->cache)))
         return status;
-    status = strcmp(options->method, "diversedistill") == 0 ? set_up_diversedistill(run)
-                                                            : set_up_baseline(run);
-    if (status != CM_OK) return status;
+    if ((status = set_up_method(run)) != CM_OK) return status;
     if ((status = prepare_outputs(run)) != CM_OK) return status;
     if ((status = load_cache_file(run, options->cache)) != CM_OK) return status;
     if ((status = allocate_buffers(run)) != CM_OK) return status;
@@ -1241,6 +1313,13 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if (status == CM_OK && options->record && run->committee) {
         status = trainer_cache_save(run->cache, options->record, run->dataset->fingerprint);
         if (status == CM_OK) cm_log_info("recorded teacher outputs to %s", options->record);
+    }
+    if (run->metrics) { /* the last buffered bytes land now: a failure here loses them */
+        int closed = fclose(run->metrics);
+        run->metrics = NULL;
+        if (closed != 0 && status == CM_OK)
+            status = cm_fail(CM_ERR_IO, "cannot write metrics to %s: %s", options->metrics,
+                             strerror(errno));
     }
     return status;
 }
@@ -1286,11 +1365,12 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .threads = 1,
     };
     const cm_cli_option_t table[] = {
-        {"data", CM_CLI_STRING, &options->data, "NAME", "dataset (fashion-mnist)", 0},
+        {"data", CM_CLI_STRING, &options->data, "DATA",
+         "dataset: a dataset folder (dataset.json + .npy files) or fashion-mnist", 0},
         {"data-dir", CM_CLI_STRING, &options->data_dir, "DIR",
          "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
-        {"view", CM_CLI_STRING, &options->view, "VIEW", "the student's view: full, pool14, pool7",
-         0},
+        {"view", CM_CLI_STRING, &options->view, "VIEW",
+         "the student's view (fashion-mnist: full, pool14, pool7)", 0},
         {"model", CM_CLI_STRING, &options->model, "SPEC",
          "student model spec, e.g. mlp:49-64-64-10", 1},
         {"teacher", CM_CLI_LIST, &options->teachers, "NAME=ENDPOINT",
@@ -1310,7 +1390,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
          "the teacher kd and fitnet distill from (needed with several teachers)", 0},
         {"fitnet-teacher", CM_CLI_STRING, &options->fitnet_teacher, "NAME",
          "the teacher whose hidden vector fitnet regresses onto [default: --kd-teacher]", 0},
-        {"temperature", CM_CLI_FLOAT, &options->temperature, "T", "distillation temperature", 0},
+        {"temperature", CM_CLI_FLOAT, &options->temperature, "T",
+         "distillation temperature (classification; regression distils by MSE, without T)", 0},
         {"kd-weight", CM_CLI_FLOAT, &options->kd_weight, "W",
          "weight w of the distillation term; CE gets 1-w", 0},
         {"fitnet-weight", CM_CLI_FLOAT, &options->fitnet_weight, "X", "weight of fitnet's MSE term",
@@ -1328,7 +1409,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"on-teacher-failure", CM_CLI_STRING, &options->failure_policy, "POLICY",
          "when a teacher is down or late: wait, skip or fail", 0},
         {"teacher-timeout-ms", CM_CLI_INT, &options->teacher_timeout_ms, "MS",
-         "deadline of the handshake and of each request", 0},
+         "deadline of the handshake and of each request (BUSY retries included)", 0},
         {"window", CM_CLI_INT, &options->window, "N", "batches requested ahead from each teacher",
          0},
         {"encoding", CM_CLI_STRING, &options->encoding, "ENC",
@@ -1347,7 +1428,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"checkpoint-every", CM_CLI_INT, &options->checkpoint_every, "STEPS",
          "also save the resumable state every STEPS steps (0: each epoch only)", 0},
         {"stop-after", CM_CLI_LONG, &options->stop_after, "STEPS",
-         "stop as if interrupted after STEPS optimizer steps (0: never)", 0},
+         "stop as if interrupted after STEPS optimizer steps: state saved, exit 130 (0: never)", 0},
         {"dd-router", CM_CLI_STRING, &options->dd_router, "MODE",
          "diversedistill router target: learnability, reliability or end-to-end", 0},
         {"dd-feature", CM_CLI_STRING, &options->dd_feature, "WHICH",
@@ -1421,9 +1502,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     cm_log_level_t level = CM_LOG_INFO;
     trainer_method_kind_t kind;
     if (status == CM_OK) status = cm_log_level_parse(options->log_level, &level);
-    int diversedistill = strcmp(options->method, "diversedistill") == 0;
-    if (status == CM_OK && !diversedistill) status = trainer_method_parse(options->method, &kind);
-    if (diversedistill) kind = TRAINER_METHOD_KD; /* needs teachers, like kd */
+    if (status == CM_OK) status = trainer_method_parse(options->method, &kind);
     if (status == CM_OK &&
         (options->epochs < 1 || options->batch < 1 || options->threads < 1 || options->window < 1 ||
          options->window > MAX_WINDOW || options->batch > 4096))
@@ -1464,9 +1543,13 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     status = train(run, &was_interrupted);
     free_run(run);
     free(run);
+    if (status == CM_ERR_CANCELLED && interrupted) { /* a signal while it set up the committee */
+        cm_log_info("%s interrupted by a signal before training started; nothing to save", command);
+        return 130;
+    }
     if (status != CM_OK) {
         cm_log_error("%s failed: %s", command, cm_last_error());
         return 1;
     }
-    return was_interrupted && interrupted ? 130 : 0;
+    return was_interrupted ? 130 : 0; /* a signal or --stop-after: the state is saved */
 }

@@ -5,6 +5,7 @@
  * Exit codes: 0 success, 1 runtime failure, 2 usage error.
  */
 #include "cm_curve.h"
+#include "teacher_data.h"
 #include "teacher_fit.h"
 #include "teacher_query.h"
 #include "teacher_serve.h"
@@ -21,6 +22,7 @@ static void usage(FILE *out) {
                  "  fit      train a teacher checkpoint on a dataset view\n"
                  "  serve    serve a frozen teacher to trainers over ZeroMQ\n"
                  "  query    ask a running teacher for its outputs on some examples\n"
+                 "  data     check a dataset folder, or export a built-in dataset as one\n"
                  "  keygen   make a CURVE key pair (serve --curve-secret-key encrypts links)\n"
                  "\n"
                  "Run 'teacher-server COMMAND --help' for the options of a command.\n"
@@ -42,6 +44,7 @@ int main(int argc, char **argv) {
     if (strcmp(command, "fit") == 0) return teacher_fit_main(argc, argv, 2);
     if (strcmp(command, "serve") == 0) return teacher_serve_main(argc, argv, 2);
     if (strcmp(command, "query") == 0) return teacher_query_main(argc, argv, 2);
+    if (strcmp(command, "data") == 0) return teacher_data_main(argc, argv, 2);
     if (strcmp(command, "keygen") == 0)
         return cm_curve_keygen_command("teacher-server", argc, argv, 2);
     fprintf(stderr, "teacher-server: unknown command '%s' (try --help)\n", command);

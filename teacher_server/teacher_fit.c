@@ -4,10 +4,14 @@
  * spec, view, dataset and dataset fingerprint, so `teacher-server serve`
  * and the trainer can check what they are given.
  *
- * Training is plain minibatch AdamW on cross-entropy with a seeded shuffle
- * per epoch; the learning rate warms up linearly and then follows a cosine
- * down to 10% (or stays constant with --schedule constant).  Everything is
- * determined by --seed: the same command gives the same checkpoint.
+ * Training is plain minibatch AdamW on cross-entropy (classification) or
+ * mean squared error (regression) with a seeded shuffle per epoch; the
+ * learning rate follows a cm_schedule (by default it warms up linearly and
+ * then follows a cosine down to 10%; --schedule constant or onecycle,
+ * --warmup-steps).  Training mode is on for the optimizer steps (batch norm
+ * uses and updates batch statistics); evaluation runs in eval mode, and the
+ * checkpoint holds the running statistics.  Everything is determined by
+ * --seed: the same command gives the same checkpoint.
  */
 #include "teacher_fit.h"
 
@@ -20,6 +24,8 @@
 #include "cm_model.h"
 #include "cm_progress.h"
 #include "cm_rng.h"
+#include "cm_schedule.h"
+#include "cm_score.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -43,17 +49,8 @@ typedef struct {
     int max_train;
     int max_test;
     int shift;
+    long warmup_steps; /* < 0: the schedule's default */
 } fit_options_t;
-
-static float learning_rate_at(const fit_options_t *options, long step, long total_steps) {
-    if (strcmp(options->schedule, "constant") == 0) return options->lr;
-    long warmup = total_steps / 20 < 200 ? total_steps / 20 : 200;
-    if (step < warmup) return options->lr * (float)(step + 1) / (float)warmup;
-    double progress =
-        (double)(step - warmup) / (double)(total_steps - warmup > 0 ? total_steps - warmup : 1);
-    double cosine = 0.5 * (1.0 + cos(3.14159265358979 * progress));
-    return options->lr * (float)(0.1 + 0.9 * cosine);
-}
 
 /*
  * Copies one training image into `out`, shifted by (dy, dx) pixels with the background value
@@ -74,8 +71,9 @@ static void shifted_copy(float *out, const float *image, int height, int width, 
 static cm_status_t check_model_fits_view(const cm_model_spec_t *spec, const cm_dataset_t *dataset,
                                          const char *spec_text) {
     if (spec->classes != dataset->classes)
-        return cm_fail(CM_ERR_SHAPE, "model '%s' has %d classes but %s has %d", spec_text,
-                       spec->classes, dataset->name, dataset->classes);
+        return cm_fail(CM_ERR_SHAPE, "model '%s' has %d outputs but %s has %d %s", spec_text,
+                       spec->classes, dataset->name, dataset->classes,
+                       dataset->task == CM_TASK_REGRESSION ? "targets" : "classes");
     if (spec->kind == CM_MODEL_VIT &&
         (spec->image_height != dataset->height || spec->image_width != dataset->width))
         return cm_fail(CM_ERR_SHAPE, "model '%s' expects %dx%d images but view '%s' gives %dx%d",
@@ -93,11 +91,16 @@ static cm_status_t fit(const fit_options_t *options) {
     cm_model_spec_t spec;
     cm_status_t status = cm_model_spec_parse(options->model, &spec);
     if (status != CM_OK) return status;
-    cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
+    cm_dataset_options_t data_options = {
+        .directory = options->data_dir,
+        .max_train = options->max_train,
+        .max_test = options->max_test,
+    };
     cm_dataset_t *dataset = NULL;
     cm_model_t *model = NULL;
     float *moment1 = NULL, *moment2 = NULL, *batch_inputs = NULL, *probs = NULL, *d_logits = NULL;
-    int32_t *order = NULL, *batch_labels = NULL;
+    float *one_row = NULL, *batch_targets = NULL;
+    int32_t *order = NULL, *batch_labels = NULL, *batch_rows = NULL;
 
     status = cm_dataset_load(&dataset, options->data, options->view, &data_options);
     if (status != CM_OK) goto done;
@@ -118,7 +121,12 @@ static cm_status_t fit(const fit_options_t *options) {
     d_logits = cm_alloc_floats((size_t)options->batch * (size_t)classes);
     order = malloc(sizeof *order * (size_t)train->count);
     batch_labels = malloc(sizeof *batch_labels * (size_t)options->batch);
-    if (!moment1 || !moment2 || !batch_inputs || !probs || !d_logits || !order || !batch_labels) {
+    batch_rows = malloc(sizeof *batch_rows * (size_t)options->batch);
+    one_row = cm_alloc_floats((size_t)features);
+    batch_targets = cm_alloc_floats((size_t)options->batch * (size_t)classes);
+    int regression = dataset->task == CM_TASK_REGRESSION;
+    if (!moment1 || !moment2 || !batch_inputs || !probs || !d_logits || !order || !batch_labels ||
+        !batch_rows || !one_row || !batch_targets) {
         status = cm_fail(CM_ERR_NOMEM, "out of memory allocating training buffers");
         goto done;
     }
@@ -130,6 +138,11 @@ static cm_status_t fit(const fit_options_t *options) {
                 options->batch, options->epochs, (double)options->lr, options->seed,
                 cm_blas_threads());
 
+    cm_schedule_kind_t schedule_kind = CM_SCHEDULE_COSINE;
+    status = cm_schedule_parse_kind(options->schedule, &schedule_kind);
+    if (status != CM_OK) goto done;
+    cm_schedule_t schedule = cm_schedule_defaults(schedule_kind, options->lr);
+    schedule.warmup_steps = options->warmup_steps;
     cm_adamw_config_t adamw = cm_adamw_defaults();
     adamw.weight_decay = options->weight_decay;
     cm_rng_t rng;
@@ -137,7 +150,12 @@ static cm_status_t fit(const fit_options_t *options) {
     for (int index = 0; index < train->count; index++) order[index] = index;
     long batches_per_epoch = (train->count + options->batch - 1) / options->batch;
     long total_steps = batches_per_epoch * options->epochs, step = 0;
-    double test_accuracy = 0.0, test_loss = 0.0, train_seconds = 0.0;
+    cm_log_info("schedule %s, peak lr %g, %ld warm-up steps", cm_schedule_kind_name(schedule_kind),
+                (double)options->lr, cm_schedule_warmup(&schedule, total_steps));
+    /* Training mode for the steps; scoring switches to eval mode and back. */
+    cm_model_set_training(model, 1);
+    double train_seconds = 0.0;
+    cm_score_t test_score = {0};
 
     for (int epoch = 1; epoch <= options->epochs; epoch++) {
         cm_rng_shuffle(&rng, order, (size_t)train->count);
@@ -150,32 +168,44 @@ static cm_status_t fit(const fit_options_t *options) {
         for (int start = 0; start < train->count; start += options->batch) {
             int batch =
                 train->count - start < options->batch ? train->count - start : options->batch;
-            for (int row = 0; row < batch; row++) {
-                int id = order[start + row];
-                const float *image = train->inputs + (size_t)id * (size_t)features;
-                float *target = batch_inputs + (size_t)row * (size_t)features;
-                if (options->shift > 0) {
+            for (int row = 0; row < batch; row++) batch_rows[row] = order[start + row];
+            if (options->shift > 0) {
+                for (int row = 0; row < batch; row++) {
                     int span = 2 * options->shift + 1;
                     int dy = (int)cm_rng_below(&rng, (uint32_t)span) - options->shift;
                     int dx = (int)cm_rng_below(&rng, (uint32_t)span) - options->shift;
-                    shifted_copy(target, image, dataset->height, dataset->width, dy, dx,
+                    cm_dataset_gather(dataset, CM_SPLIT_TRAIN, &batch_rows[row], 1, one_row);
+                    shifted_copy(batch_inputs + (size_t)row * (size_t)features, one_row,
+                                 dataset->height, dataset->width, dy, dx,
                                  cm_dataset_background(dataset));
-                } else {
-                    memcpy(target, image, sizeof(float) * (size_t)features);
                 }
-                batch_labels[row] = train->labels[id];
+            } else {
+                cm_dataset_gather(dataset, CM_SPLIT_TRAIN, batch_rows, batch, batch_inputs);
             }
             cm_model_zero_grads(model);
             const float *logits = cm_model_forward(model, batch_inputs, batch);
-            int labelled = 0;
-            loss_sum += cm_loss_cross_entropy_forward(probs, logits, batch_labels, batch, classes,
-                                                      &labelled);
-            labelled_total += labelled;
             memset(d_logits, 0, sizeof(float) * (size_t)batch * (size_t)classes);
-            cm_loss_cross_entropy_backward(d_logits, probs, batch_labels, batch, classes,
-                                           1.0f / (float)(labelled ? labelled : 1));
+            if (regression) {
+                for (int row = 0; row < batch; row++)
+                    memcpy(batch_targets + (size_t)row * (size_t)classes,
+                           train->targets + (size_t)batch_rows[row] * (size_t)classes,
+                           sizeof(float) * (size_t)classes);
+                int values = batch * classes;
+                loss_sum += cm_loss_mse_forward(logits, batch_targets, values) / classes;
+                labelled_total += batch;
+                cm_loss_mse_backward(d_logits, logits, batch_targets, values, 1.0f / (float)values);
+            } else {
+                for (int row = 0; row < batch; row++)
+                    batch_labels[row] = train->labels[batch_rows[row]];
+                int labelled = 0;
+                loss_sum += cm_loss_cross_entropy_forward(probs, logits, batch_labels, batch,
+                                                          classes, &labelled);
+                labelled_total += labelled;
+                cm_loss_cross_entropy_backward(d_logits, probs, batch_labels, batch, classes,
+                                               1.0f / (float)(labelled ? labelled : 1));
+            }
             cm_model_backward(model, d_logits, NULL, batch);
-            adamw.learning_rate = learning_rate_at(options, step, total_steps);
+            adamw.learning_rate = cm_schedule_lr(&schedule, step, total_steps);
             cm_model_adamw_step(model, moment1, moment2, &adamw, ++step);
             char loss_text[48];
             snprintf(loss_text, sizeof loss_text, "loss %.4f",
@@ -185,8 +215,8 @@ static cm_status_t fit(const fit_options_t *options) {
         cm_progress_finish(&progress);
         double epoch_seconds = cm_progress_now() - epoch_start;
         train_seconds += epoch_seconds;
-        cm_model_evaluate(model, test->inputs, test->labels, test->count, &test_accuracy,
-                          &test_loss);
+        if ((status = cm_score_split(model, dataset, CM_SPLIT_TEST, &test_score)) != CM_OK)
+            goto done;
         double train_loss = loss_sum / (double)(labelled_total ? labelled_total : 1);
         if (!isfinite(train_loss)) {
             status =
@@ -194,30 +224,61 @@ static cm_status_t fit(const fit_options_t *options) {
                         "training diverged in epoch %d (loss is not finite); lower --lr", epoch);
             goto done;
         }
-        cm_log_info("epoch %d/%d  train loss %.4f  test acc %.4f  test loss %.4f  "
-                    "%.0f examples/s  %.1f s",
-                    epoch, options->epochs, train_loss, test_accuracy, test_loss,
-                    (double)train->count / epoch_seconds, epoch_seconds);
+        if (regression)
+            cm_log_info("epoch %d/%d  train mse %.4f  test rmse %.4f  test mae %.4f  "
+                        "%.0f examples/s  %.1f s",
+                        epoch, options->epochs, train_loss, test_score.rmse, test_score.mae,
+                        (double)train->count / epoch_seconds, epoch_seconds);
+        else
+            cm_log_info("epoch %d/%d  train loss %.4f  test acc %.4f  test loss %.4f  "
+                        "%.0f examples/s  %.1f s",
+                        epoch, options->epochs, train_loss, test_score.accuracy, test_score.loss,
+                        (double)train->count / epoch_seconds, epoch_seconds);
     }
 
-    char epochs_text[16], seed_text[24], accuracy_text[32], examples_text[24], seconds_text[32];
+    char epochs_text[16], seed_text[24], accuracy_text[32], examples_text[24];
     snprintf(epochs_text, sizeof epochs_text, "%d", options->epochs);
     snprintf(seed_text, sizeof seed_text, "%ld", options->seed);
-    snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_accuracy);
+    snprintf(accuracy_text, sizeof accuracy_text, "%.4f",
+             regression ? test_score.rmse : test_score.accuracy);
     snprintf(examples_text, sizeof examples_text, "%d", train->count);
-    snprintf(seconds_text, sizeof seconds_text, "%.1f", train_seconds);
-    const char *metadata[] = {"view",           dataset->view,   "dataset",
-                              dataset->name,    "fingerprint",   dataset->fingerprint,
-                              "epochs",         epochs_text,     "seed",
-                              seed_text,        "test_accuracy", accuracy_text,
-                              "train_examples", examples_text,   "train_seconds",
-                              seconds_text,     "format",        "committee-checkpoint-1"};
+    /* The dataset's name, not its path: a checkpoint fitted from a folder equals one fitted
+     * from the built-in it was exported from. */
+    const char *metadata[] = {"view",
+                              dataset->view,
+                              "dataset",
+                              dataset->name,
+                              "fingerprint",
+                              dataset->fingerprint,
+                              "task",
+                              dataset->task_json,
+                              "preprocessing",
+                              dataset->view_json,
+                              "manifest_sha256",
+                              dataset->manifest_sha256,
+                              "epochs",
+                              epochs_text,
+                              "seed",
+                              seed_text,
+                              regression ? "test_rmse" : "test_accuracy",
+                              accuracy_text,
+                              "train_examples",
+                              examples_text,
+                              "format",
+                              "committee-checkpoint-1"};
     status = cm_model_save(model, options->out, metadata,
                            (int)(sizeof metadata / sizeof metadata[0]) / 2);
     if (status != CM_OK) goto done;
-    cm_log_info("wrote %s (test accuracy %.4f, %.1f s training)", options->out, test_accuracy,
-                train_seconds);
-    printf("test_accuracy=%.4f checkpoint=%s\n", test_accuracy, options->out);
+    if (regression) {
+        cm_log_info("wrote %s (test rmse %.4f, mae %.4f, %.1f s training)", options->out,
+                    test_score.rmse, test_score.mae, train_seconds);
+        printf("test_rmse=%.4f test_mae=%.4f checkpoint=%s\n", test_score.rmse, test_score.mae,
+               options->out);
+    } else {
+        cm_log_info("wrote %s (test accuracy %.4f, %.1f s training)", options->out,
+                    test_score.accuracy, train_seconds);
+        printf("test_accuracy=%.4f checkpoint=%s\n", test_score.accuracy, options->out);
+    }
 
 done:
     cm_free_aligned(moment1);
@@ -225,8 +286,11 @@ done:
     cm_free_aligned(batch_inputs);
     cm_free_aligned(probs);
     cm_free_aligned(d_logits);
+    cm_free_aligned(one_row);
+    cm_free_aligned(batch_targets);
     free(order);
     free(batch_labels);
+    free(batch_rows);
     cm_model_free(&model);
     cm_dataset_free(&dataset);
     return status;
@@ -249,12 +313,15 @@ int teacher_fit_main(int argc, char **argv, int first) {
         .threads = 1,
         .max_train = 0,
         .max_test = 0,
+        .warmup_steps = -1,
     };
     const cm_cli_option_t table[] = {
-        {"data", CM_CLI_STRING, &options.data, "NAME", "dataset (fashion-mnist)", 0},
+        {"data", CM_CLI_STRING, &options.data, "DATA",
+         "dataset: a dataset folder (dataset.json + .npy files) or fashion-mnist", 0},
         {"data-dir", CM_CLI_STRING, &options.data_dir, "DIR",
-         "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
-        {"view", CM_CLI_STRING, &options.view, "VIEW", "input view: full, pool14, pool7", 0},
+         "files of a built-in dataset [default: /usr/share/datasets/fashion-mnist]", 0},
+        {"view", CM_CLI_STRING, &options.view, "VIEW",
+         "input view (fashion-mnist: full, pool14, pool7)", 0},
         {"model", CM_CLI_STRING, &options.model, "SPEC",
          "model spec, e.g. mlp:784-256-256-10 or vit:image=28x28,patch=7,dim=64,depth=2,heads=4",
          1},
@@ -264,7 +331,9 @@ int teacher_fit_main(int argc, char **argv, int first) {
         {"weight-decay", CM_CLI_FLOAT, &options.weight_decay, "X", "AdamW decoupled weight decay",
          0},
         {"schedule", CM_CLI_STRING, &options.schedule, "NAME",
-         "learning rate schedule: cosine (warm-up, cosine to 10%) or constant", 0},
+         "learning rate schedule: cosine (warm-up, cosine to 10%), onecycle or constant", 0},
+        {"warmup-steps", CM_CLI_LONG, &options.warmup_steps, "N",
+         "warm-up steps [default: cosine 5% capped at 200, onecycle 30%, constant 0]", 0},
         {"seed", CM_CLI_LONG, &options.seed, "S", "seed for initialization and shuffling", 0},
         {"shift", CM_CLI_INT, &options.shift, "PIXELS",
          "augment: shift each training image by up to PIXELS in x and y (0: off)", 0},
@@ -300,9 +369,13 @@ int teacher_fit_main(int argc, char **argv, int first) {
         status = cm_fail(CM_ERR_INVALID_ARG, "--shift must be 0..8 pixels");
     if (status == CM_OK && (options.max_train < 0 || options.max_test < 0))
         status = cm_fail(CM_ERR_INVALID_ARG, "--max-train and --max-test must not be negative");
-    if (status == CM_OK && strcmp(options.schedule, "cosine") &&
-        strcmp(options.schedule, "constant"))
-        status = cm_fail(CM_ERR_INVALID_ARG, "--schedule must be cosine or constant");
+    cm_schedule_kind_t schedule_kind;
+    if (status == CM_OK && cm_schedule_parse_kind(options.schedule, &schedule_kind) != CM_OK)
+        status =
+            cm_fail(CM_ERR_INVALID_ARG, "--schedule must be cosine, onecycle or constant, not '%s'",
+                    options.schedule);
+    if (status == CM_OK && options.warmup_steps < -1)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--warmup-steps must not be negative");
     if (status != CM_OK) {
         fprintf(stderr, "teacher-server fit: %s\n", cm_last_error());
         return 2;

@@ -11,6 +11,7 @@
 
 #include "cm_cli.h"
 #include "cm_curve.h"
+#include "cm_endpoint.h"
 #include "cm_dataset.h"
 #include "cm_log.h"
 #include "cm_wire.h"
@@ -30,6 +31,7 @@ typedef struct {
     const char *ids;
     const char *outputs;
     const char *encoding;
+    const char *data;
     const char *data_dir;
     const char *curve_secret_key;
     const char *teacher_key;
@@ -207,17 +209,21 @@ static void print_reply(const cm_wire_batch_reply_t *reply, int rows, const cm_d
                 printf(" %8.4f", (double)values[(size_t)row * width + column]);
             printf(width > 10 ? " ...\n" : "\n");
         }
-        if (dataset && strcmp(tensor->name, "logits") == 0 && tensor->layout == CM_WIRE_DENSE) {
-            int correct = 0;
+        if (dataset && dataset->splits[split].labels && strcmp(tensor->name, "logits") == 0 &&
+            tensor->layout == CM_WIRE_DENSE) {
+            int correct = 0, known = 0;
             for (int row = 0; row < reply->example_count; row++) {
                 const float *logits = values + (size_t)row * width;
                 size_t best = 0;
                 for (size_t class = 1; class < width; class ++)
                     if (logits[class] > logits[best]) best = class;
-                correct += (int)best == dataset->splits[split].labels[reply->example_ids[row]];
+                int data_row = cm_dataset_row(dataset, split, reply->example_ids[row]);
+                if (data_row < 0) continue;
+                known++;
+                correct += (int)best == dataset->splits[split].labels[data_row];
             }
-            printf("accuracy on these %d examples: %.4f\n", reply->example_count,
-                   (double)correct / reply->example_count);
+            if (known)
+                printf("accuracy on these %d examples: %.4f\n", known, (double)correct / known);
         }
         free(values);
     }
@@ -257,7 +263,11 @@ static cm_status_t query(const query_options_t *options) {
         if (status == CM_OK) status = cm_curve_make_client(socket, &keys, server_key);
         if (status != CM_OK) goto done;
     }
-    if (zmq_connect(socket, options->connect) != 0) {
+    char endpoint[CM_ENDPOINT_MAX];
+    status = cm_endpoint_check(options->connect, CM_ENDPOINT_CONNECT, "--connect", endpoint,
+                               sizeof endpoint);
+    if (status != CM_OK) goto done;
+    if (zmq_connect(socket, endpoint) != 0) {
         status = cm_fail(CM_ERR_INVALID_ARG, "cannot connect to '%s': %s", options->connect,
                          zmq_strerror(zmq_errno()));
         goto done;
@@ -278,10 +288,12 @@ static cm_status_t query(const query_options_t *options) {
     }
     print_hello(&hello.hello);
     /* Labels for the accuracy line, if this machine has the teacher's dataset. */
-    cm_dataset_options_t data_options = {options->data_dir, 0, 0};
-    if (cm_dataset_load(&dataset, hello.hello.dataset_name, "pool7", &data_options) == CM_OK &&
-        strcmp(dataset->fingerprint, hello.hello.dataset_fingerprint) != 0)
-        cm_dataset_free(&dataset); /* another subset: its labels would not line up */
+    cm_dataset_options_t data_options = {.directory = options->data_dir};
+    if (cm_dataset_load(&dataset, options->data ? options->data : hello.hello.dataset_name, NULL,
+                        &data_options) != CM_OK)
+        cm_clear_error(); /* not on this machine: no accuracy line */
+    else if (strcmp(dataset->fingerprint, hello.hello.dataset_fingerprint) != 0)
+        cm_dataset_free(&dataset); /* other data: its labels would not line up */
     cm_zwire_release(&hello_frames, &hello);
 
     if (options->head) {
@@ -358,8 +370,12 @@ int teacher_query_main(int argc, char **argv, int first) {
          "our key pair, to talk to a CURVE teacher (from `student-trainer keygen`)", 0},
         {"teacher-key", CM_CLI_STRING, &options.teacher_key, "FILE",
          "the teacher's public key file (.pub), with --curve-secret-key", 0},
+        {"data", CM_CLI_STRING, &options.data, "DATA",
+         "the teacher's dataset on this machine (folder or built-in name), for the accuracy line "
+         "[default: the name in its Hello]",
+         0},
         {"data-dir", CM_CLI_STRING, &options.data_dir, "DIR",
-         "local dataset files, for the accuracy line", 0},
+         "files of a built-in dataset, for the accuracy line", 0},
     };
     const int count = (int)(sizeof table / sizeof table[0]);
     int help = 0;

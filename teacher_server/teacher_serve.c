@@ -12,6 +12,26 @@
  * ZeroMQ without a copy.  The queue is bounded: a request that finds it full
  * is answered Error{BUSY} at once, so memory never grows with load.
  *
+ * Unread replies.  A reply stays in memory until ZeroMQ has written it to the
+ * network (it calls the frames' free function then), so a peer that sends
+ * requests and never reads its replies would pile them up in its ZeroMQ
+ * pipe.  Every accepted request therefore reserves the bytes of its reply
+ * (estimated from the request, corrected when the reply is made) in its
+ * peer's ledger and in the server's total, and gives them back when ZeroMQ
+ * releases the last frame (or the request ends without a reply).  A request
+ * is answered BUSY when its peer already has --max-in-flight requests
+ * reserved (the limit the Hello advertises as max_in_flight_requests), when
+ * its reply would take the peer past --max-peer-queued-mb, or the whole
+ * server past --max-queued-mb; a first request is always taken, however
+ * large, so any request within --max-message-mb can be served.  Reserved
+ * bytes and requests are gauges in /metrics, with their peaks, and BUSY
+ * answers are counted by reason.  The ROUTER runs with ZMQ_ROUTER_MANDATORY:
+ * a message ZeroMQ cannot queue (its peer is gone, or the pipe is at the
+ * send high-water mark, which with these limits only floods of small Errors
+ * can reach) is dropped and counted in replies_dropped_total instead of
+ * vanishing silently, and a peer that is gone when its heartbeat is due is
+ * forgotten.
+ *
  * Failure model.  Every message is decoded and checked by cm_wire before it
  * is trusted.  Anything wrong with it (a malformed header, another protocol
  * major version, frame lengths that lie, ids out of range, unknown outputs)
@@ -42,6 +62,7 @@
 #include "cm_cli.h"
 #include "cm_curve.h"
 #include "cm_dataset.h"
+#include "cm_endpoint.h"
 #include "cm_file.h"
 #include "cm_http.h"
 #include "cm_log.h"
@@ -54,8 +75,10 @@
 #include "cm_zloop.h"
 #include "cm_zwire.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +98,13 @@ enum {
 
 static const char *const output_names[OUTPUT_COUNT] = {"logits", "hidden", "tokens"};
 
+/* Why a BatchRequest was answered BUSY: the label of committee_teacher_busy_total. */
+enum { BUSY_QUEUE, BUSY_PEER_IN_FLIGHT, BUSY_PEER_BYTES, BUSY_SERVER_BYTES, BUSY_REASONS };
+static const char *const busy_reasons[BUSY_REASONS] = {"queue", "peer_in_flight", "peer_bytes",
+                                                       "server_bytes"};
+
+static const char default_bind[] = "tcp://127.0.0.1:5555", default_http[] = "127.0.0.1:9100";
+
 typedef struct {
     const char *model_path;
     const char *data;
@@ -92,11 +122,38 @@ typedef struct {
     int max_test;
     int heartbeat_ms;
     int insecure_public;
+    int http_public;
+    int max_in_flight;                    /* per peer; 0: --queue */
+    int max_peer_queued_mb;               /* reply bytes reserved per peer */
+    int max_queued_mb;                    /* reply bytes reserved by the whole server */
+    int bind_is_default, http_is_default; /* the default address, given or not */
     int compute_delay_ms;
     const char *curve_secret_key; /* NULL: plaintext */
     const char *allow_keys;
     const char *lend_head; /* "on" or "off" */
 } serve_options_t;
+
+/*
+ * What one peer has reserved (see "Unread replies" above).  Shared with ZeroMQ's I/O threads,
+ * which give reservations back when they release reply frames, so it is atomic and counted:
+ * the peer table holds one reference and every reservation one more, and the last one frees it
+ * (a forgotten peer's replies may still be in ZeroMQ).
+ */
+typedef struct {
+    _Atomic int references;
+    _Atomic int64_t in_flight; /* requests */
+    _Atomic int64_t bytes;     /* reply bytes */
+} ledger_t;
+
+struct server;
+
+/* The hint of every tensor frame of one reply: the last frame released gives the bytes back. */
+typedef struct {
+    struct server *server;
+    ledger_t *ledger; /* one reference, for the reservation */
+    int64_t bytes;
+    _Atomic int frames; /* not yet released by ZeroMQ */
+} reply_hold_t;
 
 /* One request on its way through the compute thread. */
 typedef struct job {
@@ -105,7 +162,8 @@ typedef struct job {
     uint64_t request_id;
     cm_split_t split;
     int count;
-    int32_t *ids; /* [count], checked against the split */
+    int32_t *ids;  /* [count], as the request gave them */
+    int32_t *rows; /* [count], the ids' rows in the served split (same allocation as ids) */
     int wanted[OUTPUT_COUNT];
     cm_dtype_t encoding;
     int top_k;
@@ -114,6 +172,8 @@ typedef struct job {
     char error[256];
     int tensor_count;
     cm_wire_tensor_t tensors[CM_WIRE_MAX_TENSORS]; /* data: malloc'd frames, ours until sent */
+    ledger_t *ledger; /* the requester's, with `reserved` bytes and one request reserved */
+    int64_t reserved;
 } job_t;
 
 typedef struct {
@@ -121,9 +181,10 @@ typedef struct {
     size_t id_length;
     char name[64];
     double last_seen, last_sent; /* monotonic seconds */
+    ledger_t *ledger;
 } peer_t;
 
-typedef struct {
+typedef struct server {
     serve_options_t options;
     uv_loop_t loop;
     void *context, *socket;
@@ -163,6 +224,8 @@ typedef struct {
     int head_classes, head_inputs;
 
     /* Loop thread only. */
+    int loop_ready;    /* uv_loop_init succeeded: the loop must be run down and closed */
+    int handles_ready; /* the timer, signal and async handles are initialised */
     peer_t peers[MAX_PEERS];
     int peer_count;
     int ready, stopping, closing, signals_seen;
@@ -172,7 +235,15 @@ typedef struct {
     cm_curve_allowlist_t *allowlist; /* until the ZAP handler takes it */
     cm_curve_zap_t *zap;
 
+    /* Reservations of all peers (see "Unread replies"); updated from ZeroMQ's threads too. */
+    _Atomic int64_t reserved_requests, reserved_bytes, peak_requests, peak_bytes;
+    int64_t max_peer_bytes, max_bytes; /* --max-peer-queued-mb, --max-queued-mb in bytes */
+    int max_in_flight;                 /* per peer */
+
     cm_metrics_counter_t *requests, *head_requests, *examples, *bytes_out, *replies_dropped;
+    cm_metrics_gauge_t *reserved_requests_gauge, *reserved_bytes_gauge, *peak_requests_gauge,
+        *peak_bytes_gauge;
+    cm_metrics_counter_t *busy[BUSY_REASONS]; /* committee_teacher_busy_total by busy_reasons */
     cm_metrics_histogram_t *queue_seconds, *compute_seconds;
     cm_metrics_gauge_t *queue_depth, *peers_gauge;
 } server_t;
@@ -190,9 +261,57 @@ static void release_frame(void *data, void *hint) {
     free(data);
 }
 
-static void job_free(job_t *job) {
+/* ---------------------------------------------------------------- reservations */
+
+static ledger_t *ledger_new(void) {
+    ledger_t *ledger = calloc(1, sizeof *ledger);
+    if (ledger) atomic_init(&ledger->references, 1);
+    return ledger;
+}
+
+static void ledger_unref(ledger_t *ledger) {
+    if (ledger && atomic_fetch_sub(&ledger->references, 1) == 1) free(ledger);
+}
+
+static void raise_peak(_Atomic int64_t *peak, int64_t value, cm_metrics_gauge_t *gauge) {
+    int64_t seen = atomic_load(peak);
+    while (value > seen && !atomic_compare_exchange_weak(peak, &seen, value)) {
+    }
+    if (value > seen) cm_metrics_gauge_set(gauge, (double)value);
+}
+
+/* Reserves `requests` and `bytes` (either may be negative: a correction) for `ledger`. */
+static void reserve(server_t *server, ledger_t *ledger, int64_t requests, int64_t bytes) {
+    atomic_fetch_add(&ledger->in_flight, requests);
+    atomic_fetch_add(&ledger->bytes, bytes);
+    int64_t total_requests = atomic_fetch_add(&server->reserved_requests, requests) + requests;
+    int64_t total_bytes = atomic_fetch_add(&server->reserved_bytes, bytes) + bytes;
+    cm_metrics_gauge_add(server->reserved_requests_gauge, (double)requests);
+    cm_metrics_gauge_add(server->reserved_bytes_gauge, (double)bytes);
+    raise_peak(&server->peak_requests, total_requests, server->peak_requests_gauge);
+    raise_peak(&server->peak_bytes, total_bytes, server->peak_bytes_gauge);
+}
+
+/* Gives back one request's reservation and the ledger reference it held; any thread. */
+static void unreserve(server_t *server, ledger_t *ledger, int64_t bytes) {
+    reserve(server, ledger, -1, -bytes);
+    ledger_unref(ledger);
+}
+
+/* ZeroMQ's free function for the frames of a reply with a hold (see reply_hold_t). */
+static void release_held_frame(void *data, void *hint) {
+    free(data);
+    reply_hold_t *hold = hint;
+    if (atomic_fetch_sub(&hold->frames, 1) == 1) {
+        unreserve(hold->server, hold->ledger, hold->bytes);
+        free(hold);
+    }
+}
+
+static void job_free(server_t *server, job_t *job) {
     if (!job) return;
     for (int index = 0; index < job->tensor_count; index++) free((void *)job->tensors[index].data);
+    if (job->ledger) unreserve(server, job->ledger, job->reserved);
     zmq_msg_close(&job->routing);
     free(job->ids);
     free(job);
@@ -210,17 +329,19 @@ static void count_error(server_t *server, cm_status_t code) {
 
 /*
  * Sends `message` behind `routing`.  With `release` its tensor frames are handed to ZeroMQ,
- * which frees them with it (also when anything fails); without, they are copied.
+ * which calls release(data, hint) for each (also when anything fails); without, they are
+ * copied.
  */
 static cm_status_t send_message(server_t *server, zmq_msg_t *routing,
-                                const cm_wire_message_t *message, zmq_free_fn *release) {
+                                const cm_wire_message_t *message, zmq_free_fn *release,
+                                void *hint) {
     cm_wire_encoded_t encoded;
     cm_status_t status = cm_wire_encode(&encoded, message);
     if (status != CM_OK) {
         cm_wire_frame_t tensors[CM_WIRE_MAX_TENSORS];
         int tensor_count = release ? cm_wire_tensor_frames(message, tensors) : 0;
         for (int index = 0; index < tensor_count; index++)
-            release((void *)tensors[index].data, NULL);
+            release((void *)tensors[index].data, hint);
         cm_wire_encoded_deinit(&encoded);
         return status;
     }
@@ -233,7 +354,7 @@ static cm_status_t send_message(server_t *server, zmq_msg_t *routing,
         int is_tensor = index > 0;
         frames[frame_count++] =
             (cm_zloop_frame_t){encoded.frames[index].data, encoded.frames[index].bytes,
-                               is_tensor ? release : NULL, NULL};
+                               is_tensor ? release : NULL, is_tensor ? hint : NULL};
         bytes += encoded.frames[index].bytes;
     }
     status = cm_zloop_send(server->zloop, frames, frame_count);
@@ -252,7 +373,7 @@ static void reply_error(server_t *server, zmq_msg_t *routing, uint64_t request_i
                  cm_status_name(code), sentence);
     cm_wire_message_t reply;
     cm_wire_message_error(&reply, request_id, code, sentence);
-    send_message(server, routing, &reply, NULL);
+    send_message(server, routing, &reply, NULL, NULL);
 }
 
 /* ---------------------------------------------------------------- peers */
@@ -269,32 +390,38 @@ static peer_t *find_peer(server_t *server, zmq_msg_t *routing) {
 static peer_t *touch_peer(server_t *server, zmq_msg_t *routing) {
     peer_t *peer = find_peer(server, routing);
     size_t length = zmq_msg_size(routing);
-    if (!peer && server->peer_count < MAX_PEERS && length <= MAX_ROUTING_ID) {
+    ledger_t *ledger = peer ? NULL : ledger_new();
+    if (!peer && ledger && server->peer_count < MAX_PEERS && length <= MAX_ROUTING_ID) {
         peer = &server->peers[server->peer_count++];
         memset(peer, 0, sizeof *peer);
+        peer->ledger = ledger;
+        ledger = NULL;
         memcpy(peer->id, zmq_msg_data(routing), length);
         peer->id_length = length;
         snprintf(peer->name, sizeof peer->name, "unnamed");
         peer->last_sent = cm_progress_now();
         cm_metrics_gauge_set(server->peers_gauge, server->peer_count);
     }
+    ledger_unref(ledger); /* not needed after all */
     if (peer) peer->last_seen = cm_progress_now();
     return peer;
 }
 
 static void forget_peer(server_t *server, peer_t *peer) {
+    ledger_unref(peer->ledger);
     *peer = server->peers[--server->peer_count];
     cm_metrics_gauge_set(server->peers_gauge, server->peer_count);
 }
 
-/* Sends a body-less message (Heartbeat or Bye) to one peer. */
-static void send_to_peer(server_t *server, peer_t *peer, const cm_wire_message_t *message) {
+/* Sends a body-less message (Heartbeat or Bye) to one peer; CM_ERR_UNAVAILABLE: it is gone. */
+static cm_status_t send_to_peer(server_t *server, peer_t *peer, const cm_wire_message_t *message) {
     zmq_msg_t routing;
     zmq_msg_init_size(&routing, peer->id_length);
     memcpy(zmq_msg_data(&routing), peer->id, peer->id_length);
-    send_message(server, &routing, message, NULL);
+    cm_status_t status = send_message(server, &routing, message, NULL, NULL);
     zmq_msg_close(&routing);
     peer->last_sent = cm_progress_now();
+    return status;
 }
 
 /* ---------------------------------------------------------------- compute thread */
@@ -384,8 +511,6 @@ static int add_top_k(job_t *job, const float *logits, int classes) {
 
 /* Runs the model over the job's examples and fills its tensors. */
 static void compute_job(server_t *server, job_t *job) {
-    const cm_split_data_t *split = &server->dataset->splits[job->split];
-    int features = server->dataset->features;
     float *staging[OUTPUT_COUNT] = {NULL, NULL, NULL};
     int ok = 1;
     for (int output = 0; output < OUTPUT_COUNT; output++)
@@ -396,10 +521,8 @@ static void compute_job(server_t *server, job_t *job) {
         }
     for (int start = 0; ok && start < job->count; start += COMPUTE_BATCH) {
         int batch = job->count - start < COMPUTE_BATCH ? job->count - start : COMPUTE_BATCH;
-        for (int row = 0; row < batch; row++)
-            memcpy(server->batch_inputs + (size_t)row * (size_t)features,
-                   split->inputs + (size_t)job->ids[start + row] * (size_t)features,
-                   sizeof(float) * (size_t)features);
+        cm_dataset_gather(server->dataset, job->split, job->rows + start, batch,
+                          server->batch_inputs);
         const float *logits = cm_model_forward(server->model, server->batch_inputs, batch);
         for (int output = 0; output < OUTPUT_COUNT; output++) {
             if (!staging[output]) continue;
@@ -497,8 +620,21 @@ static void send_reply(server_t *server, job_t *job) {
     reply.batch_reply.tensor_count = job->tensor_count;
     memcpy(reply.batch_reply.tensors, job->tensors,
            sizeof(cm_wire_tensor_t) * (size_t)job->tensor_count);
+    /* The reservation moves to a hold on the frames, corrected to their real size; ZeroMQ
+     * gives it back when it has written (or dropped) the last of them. */
+    int64_t bytes = 0;
+    for (int index = 0; index < job->tensor_count; index++)
+        bytes += (int64_t)job->tensors[index].bytes;
+    reply_hold_t *hold = job->ledger && job->tensor_count > 0 ? malloc(sizeof *hold) : NULL;
+    if (hold) {
+        reserve(server, job->ledger, 0, bytes - job->reserved);
+        *hold = (reply_hold_t){.server = server, .ledger = job->ledger, .bytes = bytes};
+        atomic_init(&hold->frames, job->tensor_count);
+        job->ledger = NULL;
+    }
     job->tensor_count = 0; /* the frames now belong to send_message / ZeroMQ */
-    cm_status_t status = send_message(server, &job->routing, &reply, release_frame);
+    cm_status_t status = send_message(server, &job->routing, &reply,
+                                      hold ? release_held_frame : release_frame, hold);
     if (status != CM_OK) {
         cm_log_warn("could not send the reply to request %llu: %s",
                     (unsigned long long)job->request_id, cm_last_error());
@@ -519,7 +655,7 @@ static void on_jobs_done(uv_async_t *handle) {
     while (job) {
         job_t *next = job->next;
         send_reply(server, job);
-        job_free(job);
+        job_free(server, job);
         job = next;
     }
     maybe_finish_stop(server);
@@ -531,7 +667,58 @@ static int output_index(const char *name) {
     return -1;
 }
 
-static void handle_batch_request(server_t *server, zmq_msg_t *routing,
+/* Bytes of the reply to `job` (its tensor frames), from what it asks for. */
+static int64_t estimate_reply_bytes(const server_t *server, const job_t *job) {
+    int64_t count = job->count, size = (int64_t)cm_dtype_size(job->encoding), bytes = 0;
+    for (int output = 0; output < OUTPUT_COUNT; output++) {
+        if (!job->wanted[output]) continue;
+        if (output == OUTPUT_LOGITS && job->top_k)
+            bytes += count * job->top_k * (size + (int64_t)sizeof(int32_t)) + count * size;
+        else
+            bytes += count * server->width[output] * size;
+    }
+    return bytes;
+}
+
+/*
+ * The sentence of a BUSY answer when `peer` may not reserve `bytes` more now (see "Unread
+ * replies"), counted by reason; NULL when it may.
+ */
+static const char *refuse_reservation(server_t *server, const peer_t *peer, int64_t bytes,
+                                      char *sentence, size_t size) {
+    int reason = -1;
+    const double mb = 1024.0 * 1024.0;
+    int64_t peer_requests = atomic_load(&peer->ledger->in_flight);
+    int64_t peer_bytes = atomic_load(&peer->ledger->bytes);
+    int64_t total_bytes = atomic_load(&server->reserved_bytes);
+    if (peer_requests >= server->max_in_flight) {
+        reason = BUSY_PEER_IN_FLIGHT;
+        snprintf(sentence, size,
+                 "teacher '%s' holds %lld requests of yours that are unanswered or whose replies "
+                 "you have not read yet (at most %d per peer, --max-in-flight): read replies "
+                 "before sending more",
+                 server->name, (long long)peer_requests, server->max_in_flight);
+    } else if (peer_bytes > 0 && peer_bytes + bytes > server->max_peer_bytes) {
+        reason = BUSY_PEER_BYTES;
+        snprintf(sentence, size,
+                 "teacher '%s' holds %.1f MB of replies for you that you have not read yet; "
+                 "this one (%.1f MB) would pass the %lld MB per peer (--max-peer-queued-mb)",
+                 server->name, (double)peer_bytes / mb, (double)bytes / mb,
+                 (long long)(server->max_peer_bytes >> 20));
+    } else if (total_bytes > 0 && total_bytes + bytes > server->max_bytes) {
+        reason = BUSY_SERVER_BYTES;
+        snprintf(sentence, size,
+                 "teacher '%s' holds %.1f MB of unread replies for all its peers; this one "
+                 "(%.1f MB) would pass its %lld MB (--max-queued-mb); try again later",
+                 server->name, (double)total_bytes / mb, (double)bytes / mb,
+                 (long long)(server->max_bytes >> 20));
+    }
+    if (reason < 0) return NULL;
+    cm_metrics_counter_add(server->busy[reason], 1);
+    return sentence;
+}
+
+static void handle_batch_request(server_t *server, peer_t *peer, zmq_msg_t *routing,
                                  const cm_wire_message_t *message) {
     const cm_wire_batch_request_t *request = &message->batch_request;
     cm_metrics_counter_add(server->requests, 1);
@@ -541,13 +728,23 @@ static void handle_batch_request(server_t *server, zmq_msg_t *routing,
         reply_error(server, routing, message->request_id, CM_ERR_UNAVAILABLE, sentence);
         return;
     }
-    const cm_split_data_t *split = &server->dataset->splits[request->split];
-    cm_status_t status =
-        cm_wire_check_ids(request->example_ids, request->example_count, split->count);
+    job_t *job = calloc(1, sizeof *job);
+    int32_t *ids = job ? malloc(sizeof(int32_t) * (2 * (size_t)request->example_count + 1)) : NULL;
+    if (!job || !ids) {
+        free(job);
+        free(ids);
+        reply_error(server, routing, message->request_id, CM_ERR_NOMEM, "teacher is out of memory");
+        return;
+    }
+    /* The ids are the dataset's (ids.npy, or the row numbers without it): the teacher finds
+     * their rows, so a trainer on a subset asks for the same examples a full one would. */
+    cm_status_t status = cm_dataset_rows(server->dataset, request->split, request->example_ids,
+                                         request->example_count, ids + request->example_count);
     if (status != CM_OK) {
+        free(job);
+        free(ids);
         char sentence[512];
-        snprintf(sentence, sizeof sentence, "%s split '%s' of teacher '%s' has %d examples",
-                 cm_last_error(), cm_split_name(request->split), server->name, split->count);
+        snprintf(sentence, sizeof sentence, "%s (teacher '%s')", cm_last_error(), server->name);
         reply_error(server, routing, message->request_id, status, sentence);
         return;
     }
@@ -555,20 +752,15 @@ static void handle_batch_request(server_t *server, zmq_msg_t *routing,
         char sentence[160];
         snprintf(sentence, sizeof sentence, "top_k %d is not in 0..%d (the number of classes)",
                  request->top_k, server->width[OUTPUT_LOGITS]);
-        reply_error(server, routing, message->request_id, CM_ERR_OUT_OF_RANGE, sentence);
-        return;
-    }
-    job_t *job = calloc(1, sizeof *job);
-    int32_t *ids = job ? malloc(sizeof(int32_t) * (size_t)request->example_count) : NULL;
-    if (!job || !ids) {
         free(job);
         free(ids);
-        reply_error(server, routing, message->request_id, CM_ERR_NOMEM, "teacher is out of memory");
+        reply_error(server, routing, message->request_id, CM_ERR_OUT_OF_RANGE, sentence);
         return;
     }
     zmq_msg_init(&job->routing);
     zmq_msg_copy(&job->routing, routing);
     job->ids = ids;
+    job->rows = ids + request->example_count;
     memcpy(ids, request->example_ids, sizeof(int32_t) * (size_t)request->example_count);
     job->request_id = message->request_id;
     job->split = request->split;
@@ -585,11 +777,27 @@ static void handle_batch_request(server_t *server, zmq_msg_t *routing,
                      server->available[OUTPUT_TOKENS] ? "logits, hidden, tokens"
                                                       : "logits, hidden");
             reply_error(server, routing, message->request_id, CM_ERR_NOT_FOUND, sentence);
-            job_free(job);
+            job_free(server, job);
             return;
         }
         job->wanted[output] = 1;
     }
+    char refusal[512];
+    int64_t estimate = estimate_reply_bytes(server, job);
+    const char *busy =
+        peer ? refuse_reservation(server, peer, estimate, refusal, sizeof refusal) : refusal;
+    if (!peer)
+        snprintf(refusal, sizeof refusal, "teacher '%s' serves %d peers already; try again later",
+                 server->name, MAX_PEERS);
+    if (busy) {
+        reply_error(server, routing, message->request_id, CM_ERR_BUSY, busy);
+        job_free(server, job);
+        return;
+    }
+    atomic_fetch_add(&peer->ledger->references, 1); /* for the reservation */
+    job->ledger = peer->ledger;
+    job->reserved = estimate;
+    reserve(server, job->ledger, 1, estimate);
     pthread_mutex_lock(&server->lock);
     int accepted = server->pending_count < server->options.queue;
     if (accepted) {
@@ -608,8 +816,9 @@ static void handle_batch_request(server_t *server, zmq_msg_t *routing,
         char sentence[160];
         snprintf(sentence, sizeof sentence, "teacher '%s' has %d requests queued; try again later",
                  server->name, depth);
+        cm_metrics_counter_add(server->busy[BUSY_QUEUE], 1);
         reply_error(server, routing, message->request_id, CM_ERR_BUSY, sentence);
-        job_free(job);
+        job_free(server, job);
     }
 }
 
@@ -649,7 +858,7 @@ static void handle_head_request(server_t *server, zmq_msg_t *routing,
                                               .inputs = server->head_inputs,
                                               .weight = server->head_weight,
                                               .bias = server->head_bias};
-    if (send_message(server, routing, &reply, NULL) != CM_OK)
+    if (send_message(server, routing, &reply, NULL, NULL) != CM_OK)
         cm_log_warn("could not send the head to request %llu: %s",
                     (unsigned long long)message->request_id, cm_last_error());
 }
@@ -711,7 +920,7 @@ static void on_message(cm_zloop_t *zloop, zmq_msg_t *frames, int frame_count, vo
         cm_wire_message_t hello;
         fill_hello(server, &hello);
         hello.request_id = message.request_id;
-        send_message(server, routing, &hello, NULL);
+        send_message(server, routing, &hello, NULL, NULL);
         break;
     }
     case CM_WIRE_HEARTBEAT:
@@ -723,7 +932,7 @@ static void on_message(cm_zloop_t *zloop, zmq_msg_t *frames, int frame_count, vo
         }
         break;
     case CM_WIRE_BATCH_REQUEST:
-        handle_batch_request(server, routing, &message);
+        handle_batch_request(server, peer, routing, &message);
         break;
     case CM_WIRE_HEAD_REQUEST:
         handle_head_request(server, routing, &message);
@@ -751,7 +960,10 @@ static void on_heartbeat_timer(uv_timer_t *timer) {
         }
         if (now - peer->last_sent >= interval) {
             heartbeat.heartbeat.sent_unix_ns = wall_clock_ns();
-            send_to_peer(server, peer, &heartbeat);
+            if (send_to_peer(server, peer, &heartbeat) == CM_ERR_UNAVAILABLE) {
+                cm_log_info("'%s' has disconnected; forgetting it", peer->name);
+                forget_peer(server, peer);
+            }
         }
     }
 }
@@ -801,6 +1013,7 @@ static void maybe_finish_stop(server_t *server) {
     cm_log_info("said bye to %d peer(s); closing", server->peer_count);
     cm_zloop_close(server->zloop, on_zloop_closed);
     if (server->http) cm_http_close(server->http, NULL);
+    if (!server->handles_ready) return; /* start-up failed before they were made */
     close_handle((uv_handle_t *)&server->heartbeat_timer);
     close_handle((uv_handle_t *)&server->signal_int);
     close_handle((uv_handle_t *)&server->signal_term);
@@ -824,7 +1037,7 @@ static void on_signal(uv_signal_t *handle, int signal_number) {
             job_t *next = job->next;
             reply_error(server, &job->routing, job->request_id, CM_ERR_CANCELLED,
                         "the teacher was stopped before this request ran");
-            job_free(job);
+            job_free(server, job);
             job = next;
         }
     }
@@ -832,14 +1045,6 @@ static void on_signal(uv_signal_t *handle, int signal_number) {
 }
 
 /* ---------------------------------------------------------------- start-up */
-
-static int is_loopback_endpoint(const char *endpoint) {
-    if (strncmp(endpoint, "ipc://", 6) == 0 || strncmp(endpoint, "inproc://", 9) == 0) return 1;
-    if (strncmp(endpoint, "tcp://", 6) != 0) return 0;
-    const char *host = endpoint + 6;
-    return strncmp(host, "127.", 4) == 0 || strncmp(host, "localhost:", 10) == 0 ||
-           strncmp(host, "[::1]:", 6) == 0;
-}
 
 static cm_status_t hash_file(const char *path, char hex[65]) {
     void *data = NULL;
@@ -888,7 +1093,33 @@ static cm_status_t register_metrics(server_t *server) {
     if (status == CM_OK)
         status = cm_metrics_register_counter(
             server->metrics, "committee_teacher_replies_dropped_total",
-            "Replies ZeroMQ could not take (peer gone or full).", NULL, &server->replies_dropped);
+            "Messages ZeroMQ could not take (the peer is gone, or its pipe is at the send "
+            "high-water mark): dropped.",
+            NULL, &server->replies_dropped);
+    static const struct {
+        const char *name, *help;
+    } reservation_gauges[4] = {
+        {"committee_teacher_reserved_requests",
+         "Requests accepted whose replies are not yet written to the network (all peers)."},
+        {"committee_teacher_reserved_reply_bytes",
+         "Bytes of replies not yet written to the network, reserved at acceptance (all peers)."},
+        {"committee_teacher_reserved_requests_peak", "The highest reserved_requests so far."},
+        {"committee_teacher_reserved_reply_bytes_peak", "The highest reserved_reply_bytes so far."},
+    };
+    cm_metrics_gauge_t **gauges[4] = {&server->reserved_requests_gauge,
+                                      &server->reserved_bytes_gauge, &server->peak_requests_gauge,
+                                      &server->peak_bytes_gauge};
+    for (int index = 0; status == CM_OK && index < 4; index++)
+        status = cm_metrics_register_gauge(server->metrics, reservation_gauges[index].name,
+                                           reservation_gauges[index].help, NULL, gauges[index]);
+    for (int reason = 0; status == CM_OK && reason < BUSY_REASONS; reason++) {
+        cm_metrics_label_t label = {"reason", busy_reasons[reason]};
+        status = cm_metrics_register_counter(
+            server->metrics, "committee_teacher_busy_total",
+            "BatchRequests answered BUSY, by reason: queue (the compute queue is full), "
+            "peer_in_flight, peer_bytes, server_bytes (reservations for unread replies).",
+            &label, &server->busy[reason]);
+    }
     if (status == CM_OK)
         status = cm_metrics_register_histogram(server->metrics, "committee_teacher_queue_seconds",
                                                "Time requests waited for the compute thread.", NULL,
@@ -925,8 +1156,17 @@ static cm_status_t load_teacher(server_t *server) {
         cm_safetensors_free(&file);
         return status;
     }
-    cm_dataset_options_t data_options = {options->data_dir, options->max_train, options->max_test};
+    cm_dataset_options_t data_options = {
+        .directory = options->data_dir,
+        .max_train = options->max_train,
+        .max_test = options->max_test,
+    };
     status = cm_dataset_load(&server->dataset, dataset_name, view, &data_options);
+    if (status == CM_OK && cm_model_spec(server->model)->classes != server->dataset->classes)
+        status = cm_fail(CM_ERR_SHAPE, "%s has %d outputs but dataset %s has %d %s",
+                         options->model_path, cm_model_spec(server->model)->classes,
+                         server->dataset->name, server->dataset->classes,
+                         server->dataset->task == CM_TASK_REGRESSION ? "targets" : "classes");
     if (status == CM_OK &&
         cm_model_spec_inputs(cm_model_spec(server->model)) != server->dataset->features)
         status = cm_fail(CM_ERR_SHAPE, "%s expects %d input features but view '%s' gives %d",
@@ -934,8 +1174,8 @@ static cm_status_t load_teacher(server_t *server) {
                          view, server->dataset->features);
     if (status == CM_OK && trained_fingerprint &&
         strcmp(trained_fingerprint, server->dataset->fingerprint) != 0)
-        cm_log_warn("%s was trained on dataset %.12s..., serving dataset %.12s... (a different "
-                    "subset or files)",
+        cm_log_warn("%s was trained on dataset %.12s..., serving dataset %.12s... (other "
+                    "data)",
                     options->model_path, trained_fingerprint, server->dataset->fingerprint);
     cm_safetensors_free(&file);
     if (status != CM_OK) return status;
@@ -946,7 +1186,9 @@ static cm_status_t load_teacher(server_t *server) {
     cm_model_spec_format(spec, server->spec_text, sizeof server->spec_text);
     if (!options->role)
         server->role =
-            spec->kind == CM_MODEL_VIT ? CM_WIRE_ROLE_FOUNDATION : CM_WIRE_ROLE_COMPLEMENTARY;
+            spec->kind == CM_MODEL_VIT || spec->kind == CM_MODEL_CNN || spec->kind == CM_MODEL_TOK
+                ? CM_WIRE_ROLE_FOUNDATION
+                : CM_WIRE_ROLE_COMPLEMENTARY;
     server->available[OUTPUT_LOGITS] = 1;
     server->width[OUTPUT_LOGITS] = spec->classes;
     server->available[OUTPUT_HIDDEN] = 1;
@@ -1022,10 +1264,14 @@ static cm_status_t start_server(server_t *server) {
     if (status != CM_OK) return status;
     server->limits.max_examples = (uint32_t)options->max_examples;
     server->limits.max_message_bytes = (uint64_t)options->max_message_mb << 20;
-    server->limits.max_in_flight = (uint32_t)options->queue;
+    server->max_in_flight = options->max_in_flight > 0 ? options->max_in_flight : options->queue;
+    server->limits.max_in_flight = (uint32_t)server->max_in_flight;
+    server->max_peer_bytes = (int64_t)options->max_peer_queued_mb << 20;
+    server->max_bytes = (int64_t)options->max_queued_mb << 20;
 
     if (uv_loop_init(&server->loop) != 0)
         return cm_fail(CM_ERR_INTERNAL, "cannot start the event loop");
+    server->loop_ready = 1;
     server->context = zmq_ctx_new();
     server->socket = server->context ? zmq_socket(server->context, ZMQ_ROUTER) : NULL;
     if (!server->socket)
@@ -1035,14 +1281,37 @@ static cm_status_t start_server(server_t *server) {
     /* ZeroMQ's own cap is twice ours: messages between the two get a proper TOO_LARGE answer. */
     status = cm_zloop_configure_socket(server->socket, 1000, 1000,
                                        (int64_t)server->limits.max_message_bytes * 2);
+    int mandatory = 1; /* a message ZeroMQ cannot queue fails the send: dropped and counted */
+    if (status == CM_OK &&
+        zmq_setsockopt(server->socket, ZMQ_ROUTER_MANDATORY, &mandatory, sizeof mandatory) != 0)
+        status =
+            cm_fail(CM_ERR_IO, "cannot set ZMQ_ROUTER_MANDATORY: %s", zmq_strerror(zmq_errno()));
     if (status == CM_OK) status = secure_socket(server);
     if (status != CM_OK) return status;
-    if (zmq_bind(server->socket, options->bind) != 0)
-        return cm_fail(CM_ERR_IO, "cannot bind %s: %s", options->bind, zmq_strerror(zmq_errno()));
+    if (zmq_bind(server->socket, options->bind) != 0) {
+        int error = zmq_errno();
+        return cm_fail(CM_ERR_IO, "cannot bind %s: %s%s", options->bind, zmq_strerror(error),
+                       error != EADDRINUSE ? ""
+                       : options->bind_is_default
+                           ? " (the default --bind, probably another teacher-server's: give "
+                             "each teacher its own, e.g. --bind tcp://127.0.0.1:5556, or "
+                             "tcp://127.0.0.1:* for any free port)"
+                           : " (another process listens there: choose another --bind)");
+    }
     status = cm_zloop_new(&server->loop, server->socket, on_message, server, &server->zloop);
     if (status != CM_OK) return status;
     if (strcmp(options->http, "off") != 0) {
         status = cm_http_new(&server->loop, options->http, on_http, server, &server->http);
+        char reason[512];
+        snprintf(reason, sizeof reason, "%s", cm_last_error()); /* cm_fail overwrites it */
+        if (status == CM_ERR_IO)
+            status = cm_fail(status, "%s%s", reason,
+                             options->http_is_default
+                                 ? " (the default --http address, probably another "
+                                   "teacher-server's: give each teacher its own with --http "
+                                   "127.0.0.1:0 or another port, or --http off)"
+                                 : " (choose another --http HOST:PORT, 127.0.0.1:0 for any free "
+                                   "port, or --http off)");
         if (status != CM_OK) return status;
     }
     uv_timer_init(&server->loop, &server->heartbeat_timer);
@@ -1056,6 +1325,7 @@ static cm_status_t start_server(server_t *server) {
     uv_signal_start(&server->signal_term, on_signal, SIGTERM);
     uv_async_init(&server->loop, &server->done_async, on_jobs_done);
     server->done_async.data = server;
+    server->handles_ready = 1;
     if (pthread_create(&server->worker, NULL, compute_thread, server) != 0)
         return cm_fail(CM_ERR_INTERNAL, "cannot start the compute thread");
     server->worker_started = 1;
@@ -1072,10 +1342,9 @@ static int serve(server_t *server) {
         cm_log_error("cannot serve: %s", cm_last_error());
         exit_code = 1;
         server->stopping = 1;
-        /* Close whatever was opened; nothing is queued yet. */
-        if (server->zloop) {
-            maybe_finish_stop(server);
-        }
+        /* Close whatever was opened (maybe_finish_stop knows which handles exist); nothing is
+         * queued yet. */
+        if (server->zloop) maybe_finish_stop(server);
     } else {
         /* The addresses actually bound, so that whoever started us with port 0 or
          * "tcp://127.0.0.1:*" learns the ports from this line. */
@@ -1094,7 +1363,7 @@ static int serve(server_t *server) {
                     server->spec_text, endpoint, server->dataset->view, server->dataset->name,
                     server->dataset->fingerprint, http_address);
     }
-    if (server->zloop) {
+    if (server->loop_ready) { /* also after a failed start: handles being closed finish here */
         uv_run(&server->loop, UV_RUN_DEFAULT);
         if (server->worker_started) pthread_join(server->worker, NULL);
         cm_zloop_free(&server->zloop);
@@ -1109,9 +1378,12 @@ static int serve(server_t *server) {
     job_t *job = server->done_head;
     while (job) {
         job_t *next = job->next;
-        job_free(job);
+        job_free(server, job);
         job = next;
     }
+    for (int index = 0; index < server->peer_count; index++)
+        ledger_unref(server->peers[index].ledger);
+    server->peer_count = 0;
     cm_model_free(&server->model);
     cm_dataset_free(&server->dataset);
     cm_metrics_free(&server->metrics);
@@ -1129,8 +1401,8 @@ int teacher_serve_main(int argc, char **argv, int first) {
         .model_path = NULL,
         .data = NULL,
         .data_dir = NULL,
-        .bind = "tcp://127.0.0.1:5555",
-        .http = "127.0.0.1:9100",
+        .bind = default_bind,
+        .http = default_http,
         .name = NULL,
         .role = NULL,
         .log_level = "info",
@@ -1142,12 +1414,16 @@ int teacher_serve_main(int argc, char **argv, int first) {
         .max_test = 0,
         .heartbeat_ms = 1000,
         .insecure_public = 0,
+        .max_in_flight = 0,
+        .max_peer_queued_mb = 256,
+        .max_queued_mb = 1024,
         .lend_head = "on",
     };
     const cm_cli_option_t table[] = {
         {"model", CM_CLI_STRING, &options.model_path, "FILE", "teacher checkpoint (.safetensors)",
          1},
-        {"data", CM_CLI_STRING, &options.data, "NAME", "dataset [default: the checkpoint's]", 0},
+        {"data", CM_CLI_STRING, &options.data, "DATA",
+         "dataset folder or built-in name [default: the checkpoint's]", 0},
         {"data-dir", CM_CLI_STRING, &options.data_dir, "DIR",
          "dataset files [default: /usr/share/datasets/fashion-mnist]", 0},
         {"bind", CM_CLI_STRING, &options.bind, "ENDPOINT", "ZeroMQ endpoint to serve on", 0},
@@ -1155,13 +1431,25 @@ int teacher_serve_main(int argc, char **argv, int first) {
          "address of /healthz, /readyz and /metrics, or 'off'", 0},
         {"name", CM_CLI_STRING, &options.name, "NAME", "teacher name [default: the file name]", 0},
         {"role", CM_CLI_STRING, &options.role, "ROLE",
-         "foundation or complementary [default: foundation for a ViT, else complementary]", 0},
+         "foundation or complementary [default: foundation for a ViT, CNN or token model, "
+         "else complementary]",
+         0},
         {"threads", CM_CLI_INT, &options.threads, "N", "OpenBLAS threads of the compute thread", 0},
         {"max-examples", CM_CLI_INT, &options.max_examples, "N", "most example ids per request", 0},
         {"queue", CM_CLI_INT, &options.queue, "N",
          "requests queued before new ones are answered BUSY", 0},
         {"max-message-mb", CM_CLI_INT, &options.max_message_mb, "MB", "largest message accepted",
          0},
+        {"max-in-flight", CM_CLI_INT, &options.max_in_flight, "N",
+         "requests one peer may have unanswered or unread before it is answered BUSY "
+         "(advertised in the Hello; 0: --queue)",
+         0},
+        {"max-peer-queued-mb", CM_CLI_INT, &options.max_peer_queued_mb, "MB",
+         "reply bytes one peer may have unread (not yet written to the network) before it is "
+         "answered BUSY",
+         0},
+        {"max-queued-mb", CM_CLI_INT, &options.max_queued_mb, "MB",
+         "reply bytes all peers together may have unread before requests are answered BUSY", 0},
         {"max-train", CM_CLI_INT, &options.max_train, "N",
          "serve only the first N training examples (0: all)", 0},
         {"max-test", CM_CLI_INT, &options.max_test, "N",
@@ -1175,7 +1463,9 @@ int teacher_serve_main(int argc, char **argv, int first) {
         {"allow-keys", CM_CLI_STRING, &options.allow_keys, "FILE|DIR",
          "trainer public keys admitted: a file of keys (one per line) or a directory of *.pub", 0},
         {"insecure-public", CM_CLI_FLAG, &options.insecure_public, NULL,
-         "allow binding a non-loopback address without encryption", 0},
+         "allow a non-loopback --bind without encryption (and a non-loopback --http)", 0},
+        {"http-public", CM_CLI_FLAG, &options.http_public, NULL,
+         "allow a non-loopback --http (its endpoints are never encrypted)", 0},
         {"lend-head", CM_CLI_STRING, &options.lend_head, "on|off",
          "lend the frozen head (the dense layer from 'hidden' to the logits) to trainers that "
          "ask for it",
@@ -1201,7 +1491,19 @@ int teacher_serve_main(int argc, char **argv, int first) {
         "encrypted and only trainers whose public keys are allowed may connect; the others are\n"
         "refused with a log line and counted as errors_total{code=\"UNAUTHORIZED\"}. Then any\n"
         "address may be bound. Without keys the bind must be loopback (or ipc://) unless\n"
-        "--insecure-public. Make keys with `teacher-server keygen --out BASENAME`.";
+        "--insecure-public. Make keys with `teacher-server keygen --out BASENAME`.\n"
+        "\n"
+        "Unread replies: a reply counts against its peer until ZeroMQ has written it to the\n"
+        "network. Beyond --max-in-flight requests or --max-peer-queued-mb per peer, or\n"
+        "--max-queued-mb for all peers, requests are answered BUSY (counted in /metrics as\n"
+        "committee_teacher_busy_total by reason). A message ZeroMQ cannot queue (its peer is\n"
+        "gone, or its pipe holds 1000 messages) is dropped and counted in\n"
+        "committee_teacher_replies_dropped_total, never lost silently.\n"
+        "\n"
+        "Endpoints: --bind is tcp://HOST:PORT (HOST an IP address, '*', localhost, which means\n"
+        "127.0.0.1, or an interface; PORT 1-65535, or '*' or 0 for any free port), ipc://PATH\n"
+        "or inproc://NAME. HTTP is never encrypted: a --http that is not loopback needs\n"
+        "--http-public (or --insecure-public), and is logged as a warning.";
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     if (help) {
@@ -1210,11 +1512,14 @@ int teacher_serve_main(int argc, char **argv, int first) {
     }
     cm_log_level_t level = CM_LOG_INFO;
     if (status == CM_OK) status = cm_log_level_parse(options.log_level, &level);
-    if (status == CM_OK && (options.threads < 1 || options.max_examples < 1 || options.queue < 1 ||
-                            options.max_message_mb < 1 || options.heartbeat_ms < 10))
-        status =
-            cm_fail(CM_ERR_INVALID_ARG, "--threads, --max-examples, --queue and --max-message-mb "
-                                        "must be at least 1, --heartbeat-ms at least 10");
+    if (status == CM_OK &&
+        (options.threads < 1 || options.max_examples < 1 || options.queue < 1 ||
+         options.max_message_mb < 1 || options.heartbeat_ms < 10 || options.max_in_flight < 0 ||
+         options.max_peer_queued_mb < 1 || options.max_queued_mb < 1))
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--threads, --max-examples, --queue, --max-message-mb, "
+                         "--max-peer-queued-mb and --max-queued-mb must be at least 1, "
+                         "--max-in-flight at least 0, --heartbeat-ms at least 10");
     if (status == CM_OK && strcmp(options.lend_head, "on") && strcmp(options.lend_head, "off"))
         status = cm_fail(CM_ERR_INVALID_ARG, "--lend-head must be on or off, not '%s'",
                          options.lend_head);
@@ -1227,7 +1532,23 @@ int teacher_serve_main(int argc, char **argv, int first) {
                              ? "--curve-secret-key needs --allow-keys (the trainer public keys to "
                                "admit): authentication needs an allowlist"
                              : "--allow-keys needs --curve-secret-key (the teacher's own keys)");
-    if (status == CM_OK && !is_loopback_endpoint(options.bind) && !options.insecure_public &&
+    options.bind_is_default = strcmp(options.bind, default_bind) == 0;
+    options.http_is_default = strcmp(options.http, default_http) == 0;
+    char bind_endpoint[CM_ENDPOINT_MAX];
+    if (status == CM_OK)
+        status = cm_endpoint_check(options.bind, CM_ENDPOINT_BIND, "--bind", bind_endpoint,
+                                   sizeof bind_endpoint);
+    if (status == CM_OK) options.bind = bind_endpoint; /* localhost is 127.0.0.1 from here on */
+    int http_on = strcmp(options.http, "off") != 0;
+    if (status == CM_OK && http_on && strchr(options.http, ':') &&
+        !cm_endpoint_http_is_loopback(options.http) && !options.insecure_public &&
+        !options.http_public)
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--http %s is not a loopback address; /healthz, /readyz and /metrics "
+                         "are never encrypted, so that needs --http-public (or "
+                         "--insecure-public)",
+                         options.http);
+    if (status == CM_OK && !cm_endpoint_is_loopback(options.bind) && !options.insecure_public &&
         !options.curve_secret_key)
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--bind %s is not a loopback address; that needs encryption "
@@ -1238,9 +1559,13 @@ int teacher_serve_main(int argc, char **argv, int first) {
         return 2;
     }
     cm_log_init("teacher-server", level);
-    if (!is_loopback_endpoint(options.bind) && !options.curve_secret_key)
+    if (!cm_endpoint_is_loopback(options.bind) && !options.curve_secret_key)
         cm_log_warn("serving %s without encryption: anyone who can reach it can query the teacher",
                     options.bind);
+    if (http_on && strchr(options.http, ':') && !cm_endpoint_http_is_loopback(options.http))
+        cm_log_warn("serving HTTP on %s: anyone who can reach it can read /metrics (the teacher's "
+                    "name, model and counters)",
+                    options.http);
     cm_blas_set_threads(options.threads);
     server_t *server = calloc(1, sizeof *server);
     if (!server) {

@@ -399,9 +399,8 @@ static void start_curve_teacher(serve_fixture_t *server, char *endpoint, size_t 
     snprintf(endpoint, size, "tcp://127.0.0.1%s", port);
 }
 
-/* Runs a KD trainer against `endpoint` with `keys` (extra options); returns its exit status and
- * how long it took in *seconds. */
-static int run_trainer(const char *endpoint, const char *keys, double *seconds) {
+/* Runs a KD trainer against `endpoint` with `keys` (extra options); returns its exit status. */
+static int run_trainer(const char *endpoint, const char *keys) {
     char command[3000], out[320];
     path_in(out, sizeof out, "student.safetensors");
     snprintf(
@@ -409,10 +408,7 @@ static int run_trainer(const char *endpoint, const char *keys, double *seconds) 
         "%s train --view pool7 --model mlp:49-16-10 --teacher fm=%s --method kd --epochs 1 " SUBSET
         " --http off --teacher-timeout-ms 8000 --out %s %s",
         test_util_bin("student-trainer"), endpoint, out, keys);
-    double started = cm_progress_now();
-    int status = test_util_run(command, output, sizeof output);
-    *seconds = cm_progress_now() - started;
-    return status;
+    return test_util_run(command, output, sizeof output);
 }
 
 static double unauthorized_count(const serve_fixture_t *server) {
@@ -450,11 +446,10 @@ START_TEST(test_allowed_trainer_learns_and_others_are_refused) {
     serve_fixture_t server;
     char endpoint[300], keys[1000];
     start_curve_teacher(&server, endpoint, sizeof endpoint);
-    double seconds = 0;
 
     snprintf(keys, sizeof keys, "--curve-secret-key %s --teacher-key fm=%s", trainer_key,
              teacher_pub);
-    int status = run_trainer(endpoint, keys, &seconds);
+    int status = run_trainer(endpoint, keys);
     ck_assert_msg(status == 0 && strstr(output, "test_accuracy="), "allowed trainer: %s", output);
     char log[16384];
     serve_fixture_log(&server, log, sizeof log);
@@ -476,14 +471,16 @@ START_TEST(test_allowed_trainer_learns_and_others_are_refused) {
                       strstr(output, "head 'hidden' (dense, F32): weight shape [10,16]"),
                   "query --head with keys: %s", output);
 
-    /* An unknown key: refused at once on both sides, long before the 8 s handshake deadline. */
+    /* An unknown key: refused on both sides.  The trainer's sentence says "refused our key", which
+     * it only writes when the teacher's refusal arrived, never after its handshake deadline ran
+     * out, so no clock is needed to tell the two apart (no wall-clock assertion: a loaded
+     * machine must not fail make check; timings belong in bench/). */
     snprintf(keys, sizeof keys, "--curve-secret-key %s --teacher-key fm=%s", stranger_key,
              teacher_pub);
-    status = run_trainer(endpoint, keys, &seconds);
+    status = run_trainer(endpoint, keys);
     ck_assert_msg(status == 1 && strstr(output, "teacher 'fm'") &&
                       strstr(output, "refused our key (authentication failed"),
                   "unknown key: exit %d: %s", status, output);
-    ck_assert_msg(seconds < 4.0, "the refusal took %.1f s", seconds);
     char stranger[CM_CURVE_KEY_TEXT], expected[200];
     ck_assert_int_eq(cm_curve_load_public(stranger_pub, stranger), CM_OK);
     ck_assert_msg(strstr(output, stranger), "the trainer does not show its key: %s", output);
@@ -493,18 +490,16 @@ START_TEST(test_allowed_trainer_learns_and_others_are_refused) {
                   expected, server.log_path);
 
     /* A plaintext trainer. */
-    status = run_trainer(endpoint, "", &seconds);
+    status = run_trainer(endpoint, "");
     ck_assert_msg(status == 1 && strstr(output, "--curve-secret-key and --teacher-key"),
                   "plaintext: exit %d: %s", status, output);
-    ck_assert_msg(seconds < 4.0, "the plaintext failure took %.1f s", seconds);
 
     /* A trainer that has the wrong public key for the teacher. */
     snprintf(keys, sizeof keys, "--curve-secret-key %s --teacher-key fm=%s", trainer_key,
              stranger_pub);
-    status = run_trainer(endpoint, keys, &seconds);
+    status = run_trainer(endpoint, keys);
     ck_assert_msg(status == 1 && strstr(output, "is --teacher-key"),
                   "wrong teacher key: exit %d: %s", status, output);
-    ck_assert_msg(seconds < 4.0, "the wrong-key failure took %.1f s", seconds);
     ck_assert(test_process_await_text(server.log_path, "did not decrypt", WAIT_MS));
 
     /* The unknown key and the wrong teacher key at least (a plaintext peer is counted when libzmq
@@ -513,6 +508,56 @@ START_TEST(test_allowed_trainer_learns_and_others_are_refused) {
     int exit_status = serve_fixture_stop(&server, SIGTERM, WAIT_MS);
     serve_fixture_log(&server, log, sizeof log);
     ck_assert_msg(exit_status == 0 && strstr(log, " stopped\n"), "exit %d: %s", exit_status, log);
+}
+END_TEST
+
+/*
+ * One refusal, one count and its share of one line: refused peers retry about ten times a
+ * second, so the repeats of a refusal are summed up in one "refused N more connections like the
+ * last one" line, and the refused lines plus those N add up to the UNAUTHORIZED count exactly.
+ */
+START_TEST(test_every_refusal_is_counted_once_and_logged_once) {
+    REQUIRE_DATA();
+    serve_fixture_t server;
+    char endpoint[300], command[3000];
+    start_curve_teacher(&server, endpoint, sizeof endpoint);
+    /* Three kinds of refused peers, each retrying for a while; each ends before the next. */
+    const char *keys[3][2] = {
+        {trainer_key, stranger_pub}, {NULL, NULL}, {stranger_key, teacher_pub}};
+    for (int kind = 0; kind < 3; kind++) {
+        char key_options[1000] = "";
+        if (keys[kind][0])
+            snprintf(key_options, sizeof key_options, "--curve-secret-key %s --teacher-key %s",
+                     keys[kind][0], keys[kind][1]);
+        snprintf(command, sizeof command, "%s query --connect %s --timeout-ms 1500 %s",
+                 test_util_bin("teacher-server"), endpoint, key_options);
+        ck_assert_int_ne(test_util_run(command, output, sizeof output), 0);
+    }
+    double counted = unauthorized_count(&server);
+    ck_assert_int_eq(serve_fixture_stop(&server, SIGTERM, WAIT_MS), 0); /* writes the summaries */
+    char log[65536];
+    serve_fixture_log(&server, log, sizeof log);
+    int refused_lines = 0, decrypt_lines = 0, summarized = 0;
+    for (const char *line = log; line && *line;
+         line = strchr(line, '\n'), line = line ? line + 1 : NULL) {
+        const char *refused = strstr(line, " warn: refused ");
+        const char *end = strchr(line, '\n');
+        if (!refused || (end && refused > end)) continue;
+        int more = 0;
+        if (sscanf(refused, " warn: refused %d more connection", &more) == 1) {
+            summarized += more;
+        } else {
+            refused_lines++;
+            const char *decrypt = strstr(refused, "did not decrypt");
+            decrypt_lines += decrypt && (!end || decrypt < end);
+        }
+    }
+    ck_assert_msg(refused_lines + summarized == (int)counted,
+                  "%d refused lines and %d summed up, but %.0f counted (log: %s)", refused_lines,
+                  summarized, counted, server.log_path);
+    ck_assert_msg(decrypt_lines == 1 && summarized > 0,
+                  "the retries of one peer with the wrong teacher key gave %d lines (log: %s)",
+                  decrypt_lines, server.log_path);
 }
 END_TEST
 
@@ -559,17 +604,16 @@ START_TEST(test_bad_keys_and_options) {
     char broken[320];
     path_in(broken, sizeof broken, "broken.pub");
     write_file(broken, "not a key\n");
-    double seconds;
     char keys[1000];
     snprintf(keys, sizeof keys, "--curve-secret-key %s --teacher-key fm=%s", trainer_key, broken);
-    ck_assert_int_eq(run_trainer("tcp://127.0.0.1:1", keys, &seconds), 1);
+    ck_assert_int_eq(run_trainer("tcp://127.0.0.1:1", keys), 1);
     ck_assert_msg(strstr(output, broken) && strstr(output, "not a CURVE public key"), "%s", output);
     snprintf(keys, sizeof keys, "--curve-secret-key %s --teacher-key comp=%s", trainer_key,
              teacher_pub);
-    ck_assert_int_eq(run_trainer("tcp://127.0.0.1:1", keys, &seconds), 1);
+    ck_assert_int_eq(run_trainer("tcp://127.0.0.1:1", keys), 1);
     ck_assert_msg(strstr(output, "names a teacher that no --teacher gives"), "%s", output);
     snprintf(keys, sizeof keys, "--curve-secret-key %s", trainer_key);
-    ck_assert_int_eq(run_trainer("tcp://127.0.0.1:1", keys, &seconds), 1);
+    ck_assert_int_eq(run_trainer("tcp://127.0.0.1:1", keys), 1);
     ck_assert_msg(strstr(output, "teacher 'fm' has no public key"), "%s", output);
 }
 END_TEST
@@ -591,6 +635,7 @@ Suite *check_curve_suite(void) {
     tcase_add_test(end_to_end, test_binaries_keygen);
     tcase_add_test(end_to_end, test_allowed_trainer_learns_and_others_are_refused);
     tcase_add_test(end_to_end, test_bad_keys_and_options);
+    tcase_add_test(end_to_end, test_every_refusal_is_counted_once_and_logged_once);
     suite_add_tcase(suite, end_to_end);
     return suite;
 }

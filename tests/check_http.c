@@ -444,8 +444,8 @@ START_TEST(test_request_timeout) {
         (double)(end.tv_sec - start.tv_sec) + 1e-9 * (double)(end.tv_nsec - start.tv_nsec);
     ck_assert_ptr_nonnull(strstr(idle_answer, "HTTP/1.1 408 Request Timeout\r\n"));
     ck_assert_ptr_nonnull(strstr(stalled_answer, "HTTP/1.1 408 Request Timeout\r\n"));
-    ck_assert_double_ge(seconds, 0.1);
-    ck_assert_double_lt(seconds, 2.0);
+    ck_assert_double_ge(seconds, 0.1); /* never before the deadline; no upper bound: a loaded
+                                          machine may be late, and read_until_closed guards hangs */
     free(idle_answer);
     free(stalled_answer);
     close(idle);
@@ -464,25 +464,50 @@ START_TEST(test_request_timeout) {
 }
 END_TEST
 
+/*
+ * At the cap of one address, a new connection closes the oldest idle one instead of being
+ * turned away: the stalled client first connected gets EOF, the newcomer its answer.
+ */
 START_TEST(test_connection_cap) {
     fixture_t fixture;
     fixture_start(&fixture, 0);
-    int clients[CM_HTTP_MAX_CONNECTIONS];
-    for (int i = 0; i < CM_HTTP_MAX_CONNECTIONS; i++) {
+    int clients[CM_HTTP_MAX_PER_ADDRESS];
+    for (int i = 0; i < CM_HTTP_MAX_PER_ADDRESS; i++) {
         clients[i] = connect_client(&fixture);
         send_all(clients[i], "GET", 3);
     }
-    wait_for_connections(&fixture, CM_HTTP_MAX_CONNECTIONS);
-    int extra = connect_client(&fixture); /* accepted and closed at once, without an answer */
+    wait_for_connections(&fixture, CM_HTTP_MAX_PER_ADDRESS);
+    expect(get(&fixture, "/healthz"), 200, "ok\n");
     size_t length;
-    char *nothing = read_until_closed(extra, &length);
+    char *nothing = read_until_closed(clients[0], &length); /* the oldest: closed, unanswered */
     ck_assert_uint_eq(length, 0);
     free(nothing);
-    close(extra);
-    for (int i = 0; i < CM_HTTP_MAX_CONNECTIONS; i++) close(clients[i]);
+    for (int i = 0; i < CM_HTTP_MAX_PER_ADDRESS; i++) close(clients[i]);
     wait_for_connections(&fixture, 0);
     expect(get(&fixture, "/healthz"), 200, "ok\n");
     fixture_stop(&fixture);
+}
+END_TEST
+
+/*
+ * Slowloris: 200 clients each send half a header and stall.  A probe that comes after them
+ * is still answered (the read timeout of get() only guards against a hang), and the server
+ * never holds more than its caps.
+ */
+START_TEST(test_slow_clients_do_not_starve_probes) {
+    fixture_t fixture;
+    fixture_start(&fixture, 0); /* the default deadlines */
+    enum { SLOW_CLIENTS = 200 };
+    int clients[SLOW_CLIENTS];
+    for (int i = 0; i < SLOW_CLIENTS; i++) {
+        clients[i] = connect_client(&fixture);
+        send_all(clients[i], "GET /healthz HTTP/1.1\r\nHost: x\r\n", 33);
+    }
+    for (int probe = 0; probe < 3; probe++) expect(get(&fixture, "/healthz"), 200, "ok\n");
+    ck_assert_int_le(atomic_load(&fixture.connections), CM_HTTP_MAX_PER_ADDRESS + 1);
+    for (int i = 0; i < SLOW_CLIENTS; i++) close(clients[i]);
+    fixture_stop(&fixture);
+    ck_assert_int_eq(fixture.handler_calls, 3);
 }
 END_TEST
 
@@ -573,6 +598,7 @@ Suite *check_http_suite(void) {
     tcase_add_test(server, test_clients_that_vanish);
     tcase_add_test(server, test_request_timeout);
     tcase_add_test(server, test_connection_cap);
+    tcase_add_test(server, test_slow_clients_do_not_starve_probes);
     tcase_add_test(server, test_shutdown_with_open_connections);
     tcase_add_test(server, test_close_from_handler);
     tcase_add_test(server, test_listen_failures);

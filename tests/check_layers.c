@@ -842,6 +842,460 @@ START_TEST(test_add_aliases) {
 }
 END_TEST
 
+/* ---- convolution, pooling, batch norm ------------------------------------------------- */
+
+typedef struct {
+    int batch, in_channels, height, width, out_channels, kernel, stride, padding;
+    int out_height, out_width;
+    float *in, *weight, *bias, *out, *d_out, *cols, *d_in, *d_weight, *d_bias;
+} conv_case_t;
+
+static void conv_case_init(conv_case_t *test, cm_rng_t *rng, const int shape[8]) {
+    test->batch = shape[0];
+    test->in_channels = shape[1];
+    test->height = shape[2];
+    test->width = shape[3];
+    test->out_channels = shape[4];
+    test->kernel = shape[5];
+    test->stride = shape[6];
+    test->padding = shape[7];
+    test->out_height =
+        cm_layers_conv2d_out_side(test->height, test->kernel, test->stride, test->padding);
+    test->out_width =
+        cm_layers_conv2d_out_side(test->width, test->kernel, test->stride, test->padding);
+    int in_count = test->batch * test->in_channels * test->height * test->width;
+    int patch = test->in_channels * test->kernel * test->kernel;
+    int out_count = test->batch * test->out_channels * test->out_height * test->out_width;
+    test->in = random_floats(rng, in_count, -1.0f, 1.0f);
+    test->weight = random_floats(rng, test->out_channels * patch, -1.0f, 1.0f);
+    test->bias = random_floats(rng, test->out_channels, -1.0f, 1.0f);
+    test->out = floats(out_count);
+    test->d_out = random_floats(rng, out_count, -1.0f, 1.0f);
+    test->cols = floats(patch * test->out_height * test->out_width);
+    test->d_in = floats(in_count);
+    test->d_weight = floats(test->out_channels * patch);
+    test->d_bias = floats(test->out_channels);
+}
+
+static void conv_case_deinit(conv_case_t *test) {
+    float *buffers[] = {test->in,   test->weight, test->bias,     test->out,   test->d_out,
+                        test->cols, test->d_in,   test->d_weight, test->d_bias};
+    for (size_t index = 0; index < sizeof buffers / sizeof buffers[0]; index++)
+        free(buffers[index]);
+}
+
+static int conv_out_count(const conv_case_t *test) {
+    return test->batch * test->out_channels * test->out_height * test->out_width;
+}
+
+static double conv_loss(void *context) {
+    conv_case_t *test = context;
+    cm_layers_conv2d_forward(test->out, test->cols, test->in, test->weight, test->bias, test->batch,
+                             test->in_channels, test->height, test->width, test->out_channels,
+                             test->kernel, test->stride, test->padding);
+    return gradcheck_dot(test->d_out, test->out, conv_out_count(test));
+}
+
+static void conv_backward(void *context) {
+    conv_case_t *test = context;
+    cm_layers_conv2d_backward(test->d_in, test->d_weight, test->d_bias, test->cols, test->d_out,
+                              test->in, test->weight, test->batch, test->in_channels, test->height,
+                              test->width, test->out_channels, test->kernel, test->stride,
+                              test->padding);
+}
+
+/* batch, in_channels, height, width, out_channels, kernel, stride, padding: "same" 3x3,
+ * strided without padding, a 5x5 kernel with padding 2 and stride 2 on odd sides, 1x1. */
+static const int conv_shapes[][8] = {{2, 3, 5, 6, 4, 3, 1, 1},
+                                     {3, 2, 7, 5, 3, 3, 2, 0},
+                                     {1, 2, 9, 7, 3, 5, 2, 2},
+                                     {2, 5, 3, 4, 3, 1, 1, 0},
+                                     {1, 1, 4, 4, 2, 3, 1, 2}};
+
+START_TEST(test_conv2d_gradients) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 301);
+    for (size_t shape = 0; shape < sizeof conv_shapes / sizeof conv_shapes[0]; shape++) {
+        conv_case_t test;
+        conv_case_init(&test, &rng, conv_shapes[shape]);
+        int patch = test.in_channels * test.kernel * test.kernel;
+        gradcheck_param_t params[] = {
+            {"conv in", test.in, test.d_in,
+             test.batch * test.in_channels * test.height * test.width},
+            {"conv weight", test.weight, test.d_weight, test.out_channels * patch},
+            {"conv bias", test.bias, test.d_bias, test.out_channels},
+        };
+        gradcheck_run(&rng, params, 3, conv_loss, conv_backward, &test,
+                      gradcheck_default_tolerance());
+        conv_case_deinit(&test);
+    }
+}
+END_TEST
+
+/* im2col + GEMM against the textbook six-loop convolution in double, on every shape; and a
+ * 1x1 convolution (the pointwise path that skips im2col) equals a dense layer applied to every
+ * pixel's channel vector. */
+START_TEST(test_conv2d_forward_matches_reference) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 302);
+    for (size_t shape = 0; shape < sizeof conv_shapes / sizeof conv_shapes[0]; shape++) {
+        conv_case_t test;
+        conv_case_init(&test, &rng, conv_shapes[shape]);
+        for (int index = 0; index < conv_out_count(&test); index++) test.out[index] = NAN;
+        conv_loss(&test);
+        int k = test.kernel;
+        for (int example = 0; example < test.batch; example++)
+            for (int out_channel = 0; out_channel < test.out_channels; out_channel++)
+                for (int oy = 0; oy < test.out_height; oy++)
+                    for (int ox = 0; ox < test.out_width; ox++) {
+                        double want = test.bias[out_channel];
+                        for (int channel = 0; channel < test.in_channels; channel++)
+                            for (int ky = 0; ky < k; ky++)
+                                for (int kx = 0; kx < k; kx++) {
+                                    int iy = oy * test.stride - test.padding + ky;
+                                    int ix = ox * test.stride - test.padding + kx;
+                                    if (iy < 0 || iy >= test.height || ix < 0 || ix >= test.width)
+                                        continue;
+                                    want +=
+                                        (double)test.weight
+                                            [((out_channel * test.in_channels + channel) * k + ky) *
+                                                 k +
+                                             kx] *
+                                        test.in[((example * test.in_channels + channel) *
+                                                     test.height +
+                                                 iy) *
+                                                    test.width +
+                                                ix];
+                                }
+                        double got = test.out[((example * test.out_channels + out_channel) *
+                                                   test.out_height +
+                                               oy) *
+                                                  test.out_width +
+                                              ox];
+                        ck_assert_msg(fabs(got - want) <= 1e-5 * (1.0 + fabs(want)),
+                                      "conv shape %zu out[%d][%d][%d][%d] %.7g, reference %.7g",
+                                      shape, example, out_channel, oy, ox, got, want);
+                    }
+        conv_case_deinit(&test);
+    }
+
+    /* pointwise == dense over channels, pixel by pixel */
+    enum { batch = 2, channels = 5, pixels = 12, outs = 3 };
+    float in[batch * channels * pixels], weight[outs * channels], bias[outs];
+    float out[batch * outs * pixels], pixel_in[channels], pixel_out[outs];
+    gradcheck_fill(&rng, in, batch * channels * pixels, -1.0f, 1.0f);
+    gradcheck_fill(&rng, weight, outs * channels, -1.0f, 1.0f);
+    gradcheck_fill(&rng, bias, outs, -1.0f, 1.0f);
+    cm_layers_conv2d_forward(out, NULL, in, weight, bias, batch, channels, 3, 4, outs, 1, 1, 0);
+    for (int example = 0; example < batch; example++)
+        for (int pixel = 0; pixel < pixels; pixel++) {
+            for (int channel = 0; channel < channels; channel++)
+                pixel_in[channel] = in[(example * channels + channel) * pixels + pixel];
+            cm_layers_dense_forward(pixel_out, pixel_in, weight, bias, 1, channels, outs);
+            for (int channel = 0; channel < outs; channel++)
+                ck_assert_float_eq_tol(out[(example * outs + channel) * pixels + pixel],
+                                       pixel_out[channel], 1e-5f);
+        }
+}
+END_TEST
+
+typedef struct {
+    int planes, height, width;
+    float *in, *out, *d_out, *d_in;
+    int32_t *argmax;
+} maxpool_case_t;
+
+static double maxpool_loss(void *context) {
+    maxpool_case_t *test = context;
+    cm_layers_maxpool2x2_forward(test->out, test->argmax, test->in, test->planes, test->height,
+                                 test->width);
+    return gradcheck_dot(test->d_out, test->out,
+                         test->planes * (test->height / 2) * (test->width / 2));
+}
+
+static void maxpool_backward(void *context) {
+    maxpool_case_t *test = context;
+    cm_layers_maxpool2x2_backward(test->d_in, test->d_out, test->argmax, test->planes, test->height,
+                                  test->width);
+}
+
+/* Inputs are a shuffled ladder with steps of 0.1, so a perturbation of 1e-2 never changes
+ * which element of a window is the maximum (the kink of max is out of reach); odd sides drop
+ * their last row/column, which must get no gradient. */
+START_TEST(test_maxpool_gradient) {
+    static const int shapes[][3] = {{3, 4, 6}, {2, 5, 7}, {1, 2, 2}};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 303);
+    for (size_t shape = 0; shape < sizeof shapes / sizeof shapes[0]; shape++) {
+        maxpool_case_t test = {
+            .planes = shapes[shape][0], .height = shapes[shape][1], .width = shapes[shape][2]};
+        int count = test.planes * test.height * test.width;
+        int outputs = test.planes * (test.height / 2) * (test.width / 2);
+        int32_t *order = malloc(sizeof(int32_t) * (size_t)count);
+        ck_assert_ptr_nonnull(order);
+        for (int index = 0; index < count; index++) order[index] = index;
+        cm_rng_shuffle(&rng, order, (size_t)count);
+        test.in = floats(count);
+        for (int index = 0; index < count; index++)
+            test.in[index] = 0.1f * (float)order[index] - 1.0f;
+        test.out = floats(outputs);
+        test.d_out = random_floats(&rng, outputs, -1.0f, 1.0f);
+        test.d_in = floats(count);
+        test.argmax = malloc(sizeof(int32_t) * (size_t)outputs);
+        ck_assert_ptr_nonnull(test.argmax);
+        gradcheck_param_t params[] = {{"maxpool in", test.in, test.d_in, count}};
+        gradcheck_run(&rng, params, 1, maxpool_loss, maxpool_backward, &test,
+                      gradcheck_default_tolerance());
+        /* each window's output is its maximum, found at the saved index */
+        for (int plane = 0; plane < test.planes; plane++)
+            for (int oy = 0; oy < test.height / 2; oy++)
+                for (int ox = 0; ox < test.width / 2; ox++) {
+                    const float *window = test.in + (plane * test.height + 2 * oy) * test.width;
+                    float best =
+                        fmaxf(fmaxf(window[2 * ox], window[2 * ox + 1]),
+                              fmaxf(window[test.width + 2 * ox], window[test.width + 2 * ox + 1]));
+                    int at = (plane * (test.height / 2) + oy) * (test.width / 2) + ox;
+                    ck_assert_float_eq(test.out[at], best);
+                    ck_assert_float_eq(test.in[plane * test.height * test.width + test.argmax[at]],
+                                       best);
+                }
+        free(order);
+        free(test.in);
+        free(test.out);
+        free(test.d_out);
+        free(test.d_in);
+        free(test.argmax);
+    }
+}
+END_TEST
+
+typedef struct {
+    int batch, channels, spatial, eval, relu; /* relu: the fused ReLU */
+    float *in, *gamma, *beta, *out, *d_out, *mean, *rstd, *running_mean, *running_var;
+    float *d_in, *d_gamma, *d_beta;
+} bn_case_t;
+
+static void bn_case_init(bn_case_t *test, cm_rng_t *rng, int batch, int channels, int spatial,
+                         int eval) {
+    int count = batch * channels * spatial;
+    *test = (bn_case_t){.batch = batch, .channels = channels, .spatial = spatial, .eval = eval};
+    test->in = random_floats(rng, count, -2.0f, 3.0f);
+    test->gamma = random_floats(rng, channels, 0.5f, 1.5f);
+    test->beta = random_floats(rng, channels, -1.0f, 1.0f);
+    test->out = floats(count);
+    test->d_out = random_floats(rng, count, -1.0f, 1.0f);
+    test->mean = floats(channels);
+    test->rstd = floats(channels);
+    test->running_mean = random_floats(rng, channels, -0.5f, 0.5f);
+    test->running_var = random_floats(rng, channels, 0.5f, 2.0f);
+    test->d_in = floats(count);
+    test->d_gamma = floats(channels);
+    test->d_beta = floats(channels);
+}
+
+static void bn_case_deinit(bn_case_t *test) {
+    float *buffers[] = {test->in,          test->gamma, test->beta,    test->out,
+                        test->d_out,       test->mean,  test->rstd,    test->running_mean,
+                        test->running_var, test->d_in,  test->d_gamma, test->d_beta};
+    for (size_t index = 0; index < sizeof buffers / sizeof buffers[0]; index++)
+        free(buffers[index]);
+}
+
+static double bn_loss(void *context) {
+    bn_case_t *test = context;
+    if (test->eval)
+        cm_layers_batchnorm_eval_forward(test->out, test->in, test->gamma, test->beta,
+                                         test->running_mean, test->running_var, test->batch,
+                                         test->channels, test->spatial, test->relu);
+    else /* no running update: the loss is called many times */
+        cm_layers_batchnorm_train_forward(test->out, test->mean, test->rstd, NULL, NULL, test->in,
+                                          test->gamma, test->beta, test->batch, test->channels,
+                                          test->spatial, 0.1f, test->relu);
+    return gradcheck_dot(test->d_out, test->out, test->batch * test->channels * test->spatial);
+}
+
+static void bn_backward(void *context) {
+    bn_case_t *test = context;
+    const float *relu_out = test->relu ? test->out : NULL;
+    if (test->eval)
+        cm_layers_batchnorm_eval_backward(
+            test->d_in, test->d_gamma, test->d_beta, test->d_out, relu_out, test->in, test->gamma,
+            test->running_mean, test->running_var, test->batch, test->channels, test->spatial);
+    else
+        cm_layers_batchnorm_train_backward(test->d_in, test->d_gamma, test->d_beta, test->d_out,
+                                           relu_out, test->in, test->gamma, test->mean, test->rstd,
+                                           test->batch, test->channels, test->spatial);
+}
+
+/* Train and eval mode, without and with the fused ReLU (a smaller step there: the ReLU's kink
+ * must stay out of reach of the perturbation for these seeds). Rows of 9 and 17 values also
+ * cover the eight-lane sums' tails. */
+START_TEST(test_batchnorm_gradients) {
+    static const int shapes[][3] = {{3, 2, 5}, {4, 3, 1}, {2, 1, 7}, {2, 2, 9}, {1, 2, 17}};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 304);
+    for (int variant = 0; variant < 4; variant++)
+        for (size_t shape = 0; shape < sizeof shapes / sizeof shapes[0]; shape++) {
+            int eval = variant & 1, relu = variant >> 1;
+            bn_case_t test;
+            bn_case_init(&test, &rng, shapes[shape][0], shapes[shape][1], shapes[shape][2], eval);
+            test.relu = relu;
+            gradcheck_tolerance_t tolerance = gradcheck_default_tolerance();
+            if (relu) tolerance.step = 1e-3;
+            gradcheck_param_t params[] = {
+                {eval ? "bn eval in" : "bn train in", test.in, test.d_in,
+                 test.batch * test.channels * test.spatial},
+                {"bn gamma", test.gamma, test.d_gamma, test.channels},
+                {"bn beta", test.beta, test.d_beta, test.channels},
+            };
+            gradcheck_run(&rng, params, 3, bn_loss, bn_backward, &test, tolerance);
+            bn_case_deinit(&test);
+        }
+}
+END_TEST
+
+/* The fused path equals the composition: bn+relu forward == bn then cm_layers_relu_forward,
+ * and its backward == cm_layers_relu_backward then the plain bn backward, in both modes. */
+START_TEST(test_batchnorm_relu_fused_equals_composition) {
+    enum { batch = 5, channels = 3, spatial = 13, count = batch * channels * spatial };
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 307);
+    for (int eval = 0; eval < 2; eval++) {
+        bn_case_t fused, plain;
+        bn_case_init(&fused, &rng, batch, channels, spatial, eval);
+        bn_case_init(&plain, &rng, batch, channels, spatial, eval);
+        float *arrays_from[] = {fused.in,    fused.gamma,        fused.beta,
+                                fused.d_out, fused.running_mean, fused.running_var};
+        float *arrays_to[] = {plain.in,    plain.gamma,        plain.beta,
+                              plain.d_out, plain.running_mean, plain.running_var};
+        int sizes[] = {count, channels, channels, count, channels, channels};
+        for (int index = 0; index < 6; index++)
+            memcpy(arrays_to[index], arrays_from[index], sizeof(float) * (size_t)sizes[index]);
+        fused.relu = 1;
+        bn_loss(&fused);
+        bn_backward(&fused);
+        bn_loss(&plain); /* plain.out: bn without relu */
+        float *relu_out = floats(count), *d_bn = floats(count);
+        cm_layers_relu_forward(relu_out, plain.out, count);
+        cm_layers_relu_backward(d_bn, plain.d_out, plain.out, count);
+        memcpy(plain.d_out, d_bn, sizeof(float) * count);
+        bn_backward(&plain);
+        for (int index = 0; index < count; index++) {
+            ck_assert_float_eq(fused.out[index], relu_out[index]);
+            ck_assert_float_eq_tol(fused.d_in[index], plain.d_in[index], 1e-5);
+        }
+        for (int channel = 0; channel < channels; channel++) {
+            ck_assert_float_eq_tol(fused.d_gamma[channel], plain.d_gamma[channel], 1e-5);
+            ck_assert_float_eq_tol(fused.d_beta[channel], plain.d_beta[channel], 1e-5);
+        }
+        free(relu_out);
+        free(d_bn);
+        bn_case_deinit(&fused);
+        bn_case_deinit(&plain);
+    }
+}
+END_TEST
+
+/*
+ * Training mode: with gamma 1 and beta 0 every channel of the output has mean 0 and variance
+ * 1 over batch and positions; the running statistics move by `momentum` towards the batch mean
+ * and the unbiased batch variance.  Evaluation mode uses the running statistics only: repeated
+ * training passes over one batch drive them to that batch's statistics, after which the eval
+ * output matches the train output (up to the biased/unbiased variance factor, which is why
+ * the batch is large).
+ */
+START_TEST(test_batchnorm_statistics) {
+    enum { batch = 50, channels = 3, spatial = 20, count = batch * channels * spatial };
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 305);
+    bn_case_t test;
+    bn_case_init(&test, &rng, batch, channels, spatial, 0);
+    for (int channel = 0; channel < channels; channel++) {
+        test.gamma[channel] = 1.0f;
+        test.beta[channel] = 0.0f;
+        test.running_mean[channel] = 0.0f;
+        test.running_var[channel] = 1.0f;
+    }
+    for (int index = 0; index < count; index++) test.in[index] = 3.0f * test.in[index] + 2.0f;
+    cm_layers_batchnorm_train_forward(test.out, test.mean, test.rstd, test.running_mean,
+                                      test.running_var, test.in, test.gamma, test.beta, batch,
+                                      channels, spatial, 0.1f, 0);
+    for (int channel = 0; channel < channels; channel++) {
+        double sum = 0.0, squares = 0.0, in_sum = 0.0, in_squares = 0.0;
+        for (int example = 0; example < batch; example++)
+            for (int index = 0; index < spatial; index++) {
+                int at = (example * channels + channel) * spatial + index;
+                sum += test.out[at];
+                squares += (double)test.out[at] * test.out[at];
+                in_sum += test.in[at];
+                in_squares += (double)test.in[at] * test.in[at];
+            }
+        double n = batch * spatial, mean = sum / n, variance = squares / n - mean * mean;
+        ck_assert_msg(fabs(mean) < 1e-5, "channel %d output mean %g", channel, mean);
+        ck_assert_msg(fabs(variance - 1.0) < 1e-3, "channel %d output variance %g", channel,
+                      variance);
+        double in_mean = in_sum / n;
+        double unbiased = (in_squares - n * in_mean * in_mean) / (n - 1);
+        ck_assert_float_eq_tol(test.running_mean[channel], 0.1 * in_mean, 1e-5);
+        ck_assert_float_eq_tol(test.running_var[channel], 0.9 + 0.1 * unbiased, 1e-4);
+    }
+    for (int pass = 0; pass < 200; pass++)
+        cm_layers_batchnorm_train_forward(test.out, test.mean, test.rstd, test.running_mean,
+                                          test.running_var, test.in, test.gamma, test.beta, batch,
+                                          channels, spatial, 0.1f, 0);
+    float *eval_out = floats(count);
+    cm_layers_batchnorm_eval_forward(eval_out, test.in, test.gamma, test.beta, test.running_mean,
+                                     test.running_var, batch, channels, spatial, 0);
+    for (int index = 0; index < count; index++)
+        ck_assert_float_eq_tol(eval_out[index], test.out[index], 5e-3);
+    /* ... and only the running statistics: changing them changes the eval output */
+    test.running_mean[1] += 1.0f;
+    cm_layers_batchnorm_eval_forward(eval_out, test.in, test.gamma, test.beta, test.running_mean,
+                                     test.running_var, batch, channels, spatial, 0);
+    ck_assert_float_eq_tol(eval_out[spatial], test.out[spatial] - test.rstd[1], 1e-2);
+    free(eval_out);
+    bn_case_deinit(&test);
+}
+END_TEST
+
+typedef struct {
+    int batch, channels, spatial;
+    float *in, *out, *d_out, *d_in;
+} gap_case_t;
+
+static double gap_loss(void *context) {
+    gap_case_t *test = context;
+    cm_layers_global_avg_pool_forward(test->out, test->in, test->batch, test->channels,
+                                      test->spatial);
+    return gradcheck_dot(test->d_out, test->out, test->batch * test->channels);
+}
+
+static void gap_backward(void *context) {
+    gap_case_t *test = context;
+    cm_layers_global_avg_pool_backward(test->d_in, test->d_out, test->batch, test->channels,
+                                       test->spatial);
+}
+
+START_TEST(test_global_avg_pool_gradient) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 306);
+    gap_case_t test = {.batch = 3, .channels = 4, .spatial = 5};
+    test.in = random_floats(&rng, 60, -1.0f, 1.0f);
+    test.out = floats(12);
+    test.d_out = random_floats(&rng, 12, -1.0f, 1.0f);
+    test.d_in = floats(60);
+    gradcheck_param_t params[] = {{"global average pool in", test.in, test.d_in, 60}};
+    gradcheck_run(&rng, params, 1, gap_loss, gap_backward, &test, gradcheck_default_tolerance());
+    double sum = 0.0;
+    for (int index = 0; index < 5; index++) sum += test.in[5 * 7 + index];
+    ck_assert_float_eq_tol(test.out[7], sum / 5.0, 1e-6);
+    free(test.in);
+    free(test.out);
+    free(test.d_out);
+    free(test.d_in);
+}
+END_TEST
+
 /* ---- a tiny model --------------------------------------------------------------------- */
 
 /* An 8-16-4 ReLU MLP, built straight from the kernels, must memorise 16 random examples with
@@ -922,6 +1376,10 @@ Suite *check_layers_suite(void) {
     tcase_add_test(gradients, test_patch_embed_gradients);
     tcase_add_test(gradients, test_mean_pool);
     tcase_add_test(gradients, test_mean_pool_masked);
+    tcase_add_test(gradients, test_conv2d_gradients);
+    tcase_add_test(gradients, test_maxpool_gradient);
+    tcase_add_test(gradients, test_batchnorm_gradients);
+    tcase_add_test(gradients, test_global_avg_pool_gradient);
     suite_add_tcase(suite, gradients);
     TCase *forward = tcase_create("forward");
     tcase_add_test(forward, test_dense_forward_matches_reference);
@@ -933,6 +1391,9 @@ Suite *check_layers_suite(void) {
     tcase_add_test(forward, test_attention_masked_keys_get_no_weight);
     tcase_add_test(forward, test_patch_embed_forward_matches_reference);
     tcase_add_test(forward, test_add_aliases);
+    tcase_add_test(forward, test_conv2d_forward_matches_reference);
+    tcase_add_test(forward, test_batchnorm_statistics);
+    tcase_add_test(forward, test_batchnorm_relu_fused_equals_composition);
     suite_add_tcase(suite, forward);
     TCase *model = tcase_create("model");
     tcase_add_test(model, test_tiny_mlp_overfits_one_batch);

@@ -14,6 +14,7 @@
 #include "cm_model.h"
 #include "cm_rng.h"
 #include "cm_safetensors.h"
+#include "serve_fixture.h"
 #include "test_util.h"
 
 #include <check.h>
@@ -187,6 +188,14 @@ START_TEST(test_spec_round_trip_all_families) {
          "tok:len=64,vocab=20000,dim=64,depth=2,heads=4,mlp=128,pad=0,out=1"},
         {"tok:out=3,vocab=100,len=16,dim=32,pad=99",
          "tok:len=16,vocab=100,dim=32,depth=2,heads=4,mlp=64,pad=99,out=3"},
+        {"cnn", "cnn:image=28x28,channels=1,conv=32-64-128,kernel=3,pool=1-1-1,head=gap,fc=256,"
+                "classes=10"},
+        {"cnn:fc=0,conv=16-32,pool=0-1,kernel=5,channels=3,image=32x32,classes=100",
+         "cnn:image=32x32,channels=3,conv=16-32,kernel=5,pool=0-1,head=gap,fc=0,classes=100"},
+        {"cnn:conv=8,fc=64-32",
+         "cnn:image=28x28,channels=1,conv=8,kernel=3,pool=1,head=gap,fc=64-32,classes=10"},
+        {"cnn:head=flatten,conv=8-4,pool=1-1",
+         "cnn:image=28x28,channels=1,conv=8-4,kernel=3,pool=1-1,head=flatten,fc=256,classes=10"},
     };
     for (size_t index = 0; index < sizeof cases / sizeof cases[0]; index++) {
         cm_model_spec_t spec, again;
@@ -238,12 +247,13 @@ static double probe_loss(cm_model_t *model, const float *inputs, const int32_t *
 }
 
 /* `step` is the finite-difference step: 1e-2 unless a ReLU kink lies that close (see emb). */
-static void check_model_gradients(const char *spec_text, int batch, float step) {
+static void check_model_gradients(const char *spec_text, int batch, float step, int training) {
     cm_model_spec_t spec;
     ck_assert_int_eq(cm_model_spec_parse(spec_text, &spec), CM_OK);
     cm_model_t *model = NULL;
     ck_assert_int_eq(cm_model_new(&spec, batch, &model), CM_OK);
     cm_model_init(model, 3);
+    cm_model_set_training(model, training);
     cm_rng_t rng;
     cm_rng_seed(&rng, 11);
     float *params = cm_model_params(model);
@@ -278,6 +288,9 @@ static void check_model_gradients(const char *spec_text, int batch, float step) 
     double worst = 0.0;
     for (int tensor_index = 0; tensor_index < cm_model_tensor_count(model); tensor_index++) {
         cm_tensor_t tensor = cm_model_tensor(model, tensor_index);
+        /* batch-norm running statistics are buffers: no gradient by design (in eval mode the
+         * loss depends on them; the test for that is the fixed-statistics check above) */
+        if (strstr(tensor.name, "running_")) continue;
         size_t offset = (size_t)((float *)tensor.data - params);
         int64_t elements = cm_tensor_elements(&tensor);
         for (int probe_index = 0; probe_index < 4; probe_index++) {
@@ -309,11 +322,12 @@ static void check_model_gradients(const char *spec_text, int batch, float step) 
     ck_assert_ptr_null(model);
 }
 
-START_TEST(test_mlp_gradients) { check_model_gradients("mlp:6-9-7-5", 4, 1e-2f); }
+START_TEST(test_mlp_gradients) { check_model_gradients("mlp:6-9-7-5", 4, 1e-2f, 1); }
 END_TEST
 
 START_TEST(test_vit_gradients) {
-    check_model_gradients("vit:image=8x8,patch=4,dim=8,depth=2,heads=2,mlp=12,classes=3", 3, 1e-2f);
+    check_model_gradients("vit:image=8x8,patch=4,dim=8,depth=2,heads=2,mlp=12,classes=3", 3, 1e-2f,
+                          1);
 }
 END_TEST
 
@@ -323,15 +337,16 @@ END_TEST
  * (a step of 1e-2 then measures the kink, not the gradient).
  */
 START_TEST(test_emb_gradients) {
-    check_model_gradients("emb:cards=5x3x4,dim=3,mlp=7-6,out=4", 5, 1e-3f);
-    check_model_gradients("emb:cards=6,dim=4,mlp=5,out=1", 4, 1e-3f);
+    check_model_gradients("emb:cards=5x3x4,dim=3,mlp=7-6,out=4", 5, 1e-3f, 1);
+    check_model_gradients("emb:cards=6,dim=4,mlp=5,out=1", 4, 1e-3f, 1);
 }
 END_TEST
 
 /* Token embedding, positions, masked blocks, masked pooling; the last example is all pads. */
 START_TEST(test_tok_gradients) {
-    check_model_gradients("tok:len=5,vocab=6,dim=8,depth=2,heads=2,mlp=12,pad=0,out=3", 4, 1e-2f);
-    check_model_gradients("tok:len=4,vocab=5,dim=4,depth=1,heads=1,mlp=6,pad=4,out=2", 3, 1e-2f);
+    check_model_gradients("tok:len=5,vocab=6,dim=8,depth=2,heads=2,mlp=12,pad=0,out=3", 4, 1e-2f,
+                          1);
+    check_model_gradients("tok:len=4,vocab=5,dim=4,depth=1,heads=1,mlp=6,pad=4,out=2", 3, 1e-2f, 1);
 }
 END_TEST
 
@@ -342,6 +357,7 @@ static void overfit(const char *spec_text, float lr) {
     cm_model_t *model = NULL;
     ck_assert_int_eq(cm_model_new(&spec, BATCH, &model), CM_OK);
     cm_model_init(model, 5);
+    cm_model_set_training(model, 1);
     cm_rng_t rng;
     cm_rng_seed(&rng, 9);
     int inputs_per_example = cm_model_spec_inputs(&spec);
@@ -681,6 +697,10 @@ START_TEST(test_head_reads_hidden) {
                "head.bias");
     check_head("emb:cards=5x4,dim=3,mlp=8-6,out=2", "fc2.weight", "fc2.bias");
     check_head("tok:len=6,vocab=9,dim=8,depth=1,heads=2,out=3", "head.weight", "head.bias");
+    check_head("cnn:image=6x6,conv=3-4,pool=1-0,fc=5,classes=3", "fc1.weight", "fc1.bias");
+    check_head("cnn:image=6x6,conv=3-4,pool=1-0,fc=0,classes=3", "fc0.weight", "fc0.bias");
+    check_head("cnn:image=6x6,conv=3-4,pool=1-0,head=flatten,fc=0,classes=3", "fc0.weight",
+               "fc0.bias");
 }
 END_TEST
 
@@ -793,6 +813,309 @@ START_TEST(test_checkpoint_round_trip_emb_tok) {
 }
 END_TEST
 
+/* ---- cnn ------------------------------------------------------------------------------ */
+
+/* Strict cnn specs: every refusal names the spec and the problem. */
+START_TEST(test_cnn_spec) {
+    cm_model_spec_t spec;
+    ck_assert_int_eq(cm_model_spec_parse("cnn:conv=8-16,pool=1-0,fc=0,classes=4", &spec), CM_OK);
+    ck_assert_int_eq(spec.kind, CM_MODEL_CNN);
+    ck_assert_int_eq(spec.stages, 2);
+    ck_assert_int_eq(spec.pool[0], 1);
+    ck_assert_int_eq(spec.pool[1], 0);
+    ck_assert_int_eq(spec.layers, 1);
+    ck_assert_int_eq(spec.widths[0], 16);
+    ck_assert_int_eq(spec.widths[1], 4);
+    ck_assert_int_eq(cm_model_spec_inputs(&spec), 784);
+    ck_assert_int_eq(cm_model_spec_parse("cnn:image=16x12,channels=3,fc=32-16", &spec), CM_OK);
+    ck_assert_int_eq(cm_model_spec_inputs(&spec), 3 * 16 * 12);
+    ck_assert_int_eq(spec.layers, 3);
+    ck_assert_int_eq(cm_model_spec_parse("cnn:conv=8-16,pool=1-1,head=flatten,fc=0", &spec), CM_OK);
+    ck_assert_int_eq(spec.widths[0], 16 * 7 * 7);
+    const char *refused[][2] = {
+        {"cnn:conv=8-16,pool=1", "gives 1 pool flags for 2 conv stages"},
+        {"cnn:pool=1-2-1", "pool flag must be a whole number from 0 to 1, not '2'"},
+        {"cnn:kernel=4", "kernel 4 must be odd"},
+        {"cnn:kernel=9", "kernel must be a whole number from 1 to 7"},
+        {"cnn:fc=0-16", "an fc width is 0"},
+        {"cnn:fc=", "has an empty fc width"},
+        {"cnn:conv=8-", "has an empty conv width"},
+        {"cnn:image=4x4,conv=2-2-2", "stage 2 pools a 1x1 map"},
+        {"cnn:image=28", "image must be HxW"},
+        {"cnn:depth=3", "unknown key 'depth'"},
+        {"cnn:conv=1-2-3-4-5-6-7-8-9", "more than 8 conv widths"},
+        {"cnn:classes=10,classes=3", "gives 'classes' twice"},
+        {"cnn:", "empty field"},
+        {"cnn:head=max", "head must be gap (global average pooling) or flatten, not 'max'"},
+    };
+    for (size_t index = 0; index < sizeof refused / sizeof refused[0]; index++) {
+        ck_assert_msg(cm_model_spec_parse(refused[index][0], &spec) == CM_ERR_INVALID_ARG,
+                      "accepted %s", refused[index][0]);
+        ck_assert_msg(strstr(cm_last_error(), refused[index][1]) &&
+                          strstr(cm_last_error(), refused[index][0]),
+                      "%s: '%s' does not say '%s'", refused[index][0], cm_last_error(),
+                      refused[index][1]);
+    }
+}
+END_TEST
+
+/* Train-mode batch norm couples the examples of a batch; every gradient still matches (a
+ * small step: max pooling and ReLU have kinks). */
+START_TEST(test_cnn_gradients) {
+    check_model_gradients("cnn:image=6x5,channels=2,conv=3-4,kernel=3,pool=1-0,fc=5,classes=3", 4,
+                          1e-3f, 1);
+    check_model_gradients("cnn:image=4x4,channels=1,conv=3,kernel=1,pool=0,fc=0,classes=2", 3,
+                          1e-3f, 1);
+    check_model_gradients("cnn:image=6x6,channels=1,conv=3-2,pool=1-0,head=flatten,fc=4,classes=3",
+                          3, 1e-3f, 1);
+    check_model_gradients("cnn:image=4x6,channels=2,conv=3,pool=1,head=flatten,fc=0,classes=2", 3,
+                          1e-3f, 1);
+    /* eval mode: batch norm is a fixed affine map of the running statistics */
+    check_model_gradients("cnn:image=6x5,channels=2,conv=3-4,kernel=3,pool=1-0,fc=5,classes=3", 4,
+                          1e-3f, 0);
+}
+END_TEST
+
+START_TEST(test_cnn_overfits_one_batch) {
+    overfit("cnn:image=8x8,channels=1,conv=8-16,pool=1-1,fc=16,classes=4", 1e-2f);
+}
+END_TEST
+
+/*
+ * Train and eval mode: a model starts in eval mode; a training forward updates the running
+ * statistics, an eval forward does not and treats every example alone (the same logits for an
+ * example in a batch of 4 and alone), while training-mode logits depend on the batch.  AdamW
+ * never moves the running statistics; cm_model_evaluate runs in eval mode and restores the mode.
+ */
+START_TEST(test_cnn_train_eval_modes) {
+    enum { BATCH = 4 };
+    cm_model_spec_t spec;
+    ck_assert_int_eq(
+        cm_model_spec_parse("cnn:image=6x6,channels=1,conv=4-6,pool=1-0,fc=0,classes=3", &spec),
+        CM_OK);
+    cm_model_t *model = NULL;
+    ck_assert_int_eq(cm_model_new(&spec, BATCH, &model), CM_OK);
+    cm_model_init(model, 21);
+    ck_assert_int_eq(cm_model_training(model), 0);
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 22);
+    float inputs[BATCH * 36];
+    random_inputs(&spec, &rng, BATCH, -1, inputs);
+    for (int index = 0; index < BATCH * 36; index++) inputs[index] = 2.0f * inputs[index] + 1.0f;
+    const float *running = NULL;
+    for (int index = 0; index < cm_model_tensor_count(model); index++)
+        if (strcmp(cm_model_tensor(model, index).name, "stages.1.bn.running_mean") == 0)
+            running = cm_model_tensor(model, index).data;
+    ck_assert_ptr_nonnull(running);
+    float eval_batch[BATCH * 3], eval_alone[3], train_batch[BATCH * 3];
+    memcpy(eval_batch, cm_model_forward(model, inputs, BATCH), sizeof eval_batch);
+    ck_assert_float_eq(running[0], 0.0f);
+    memcpy(eval_alone, cm_model_forward(model, inputs + 36, 1), sizeof eval_alone);
+    for (int class = 0; class < 3; class ++)
+        ck_assert_float_eq_tol(eval_alone[class], eval_batch[3 + class], 1e-5f);
+    cm_model_set_training(model, 1);
+    memcpy(train_batch, cm_model_forward(model, inputs, BATCH), sizeof train_batch);
+    ck_assert_float_ne(running[0], 0.0f);
+    const float *alone = cm_model_forward(model, inputs + 36, 1);
+    int differs = 0;
+    for (int class = 0; class < 3; class ++)
+        differs |= fabsf(alone[class] - train_batch[3 + class]) > 1e-4f;
+    ck_assert_msg(differs, "training-mode logits do not depend on the batch");
+
+    size_t count = cm_model_param_count(model);
+    float *params_before = malloc(sizeof(float) * count), *m = cm_alloc_floats(count),
+          *v = cm_alloc_floats(count);
+    ck_assert_ptr_nonnull(params_before);
+    float probs[BATCH * 3], d_logits[BATCH * 3];
+    int32_t labels[BATCH] = {0, 1, 2, 1};
+    cm_model_zero_grads(model);
+    cm_model_forward(model, inputs, BATCH);
+    cm_loss_cross_entropy_forward(probs, cm_model_forward(model, inputs, BATCH), labels, BATCH, 3,
+                                  NULL);
+    memset(d_logits, 0, sizeof d_logits);
+    cm_loss_cross_entropy_backward(d_logits, probs, labels, BATCH, 3, 1.0f);
+    cm_model_backward(model, d_logits, NULL, BATCH);
+    memcpy(params_before, cm_model_params(model), sizeof(float) * count);
+    cm_adamw_config_t config = cm_adamw_defaults();
+    cm_model_adamw_step(model, m, v, &config, 1);
+    for (int index = 0; index < cm_model_tensor_count(model); index++) {
+        cm_tensor_t tensor = cm_model_tensor(model, index);
+        size_t offset = (size_t)((float *)tensor.data - cm_model_params(model));
+        int moved = memcmp(params_before + offset, tensor.data,
+                           sizeof(float) * (size_t)cm_tensor_elements(&tensor)) != 0;
+        int statistic = strstr(tensor.name, "running_") != NULL;
+        ck_assert_msg(moved != statistic, "%s %s by AdamW", tensor.name,
+                      moved ? "was moved" : "was not moved");
+    }
+    double accuracy = 0.0;
+    cm_model_evaluate(model, inputs, labels, BATCH, &accuracy, NULL);
+    ck_assert_int_eq(cm_model_training(model), 1);
+    free(params_before);
+    cm_free_aligned(m);
+    cm_free_aligned(v);
+    cm_model_free(&model);
+}
+END_TEST
+
+/* "hidden" and "tokens": the tokens are the last map as [positions][channels], so with fc=0
+ * their mean over positions is the hidden (pooled) vector, and every position differs. */
+START_TEST(test_cnn_features) {
+    enum { BATCH = 2 };
+    cm_model_spec_t spec;
+    ck_assert_int_eq(
+        cm_model_spec_parse("cnn:image=8x6,channels=2,conv=4-5,pool=1-0,fc=0,classes=3", &spec),
+        CM_OK);
+    cm_model_t *model = NULL;
+    ck_assert_int_eq(cm_model_new(&spec, BATCH, &model), CM_OK);
+    cm_model_init(model, 31);
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 32);
+    float inputs[BATCH * 96];
+    random_inputs(&spec, &rng, BATCH, -1, inputs);
+    cm_model_forward(model, inputs, BATCH);
+    ck_assert_str_eq(cm_model_feature_names(model), "hidden,tokens");
+    int width = 0, tokens = 0, hidden_width = 0;
+    const float *token_matrix = cm_model_feature(model, "tokens", &width, &tokens);
+    const float *hidden = cm_model_feature(model, "hidden", &hidden_width, NULL);
+    ck_assert_ptr_nonnull(token_matrix);
+    ck_assert_ptr_nonnull(hidden);
+    ck_assert_int_eq(tokens, 4 * 3);
+    ck_assert_int_eq(width, 12 * 5);
+    ck_assert_int_eq(hidden_width, 5);
+    for (int example = 0; example < BATCH; example++)
+        for (int channel = 0; channel < 5; channel++) {
+            double sum = 0.0;
+            for (int position = 0; position < tokens; position++)
+                sum += token_matrix[example * width + position * 5 + channel];
+            ck_assert_float_eq_tol(sum / tokens, hidden[example * 5 + channel], 1e-5);
+        }
+    ck_assert_str_eq(cm_model_tensor(model, 0).name, "stages.0.conv.weight");
+    ck_assert_int_eq(cm_model_tensor(model, 0).ndim, 4);
+    ck_assert_int_eq(cm_model_tensor(model, 0).shape[1], 2);
+    ck_assert_int_eq(cm_model_tensor(model, 0).shape[3], 3);
+    cm_model_free(&model);
+}
+END_TEST
+
+/* Running statistics survive a checkpoint: trained ones are saved as tensors, loaded back, and
+ * the loaded model's eval outputs equal the original's bit for bit. */
+START_TEST(test_cnn_checkpoint_round_trip) {
+    enum { BATCH = 3 };
+    make_temp_dir();
+    char path[128];
+    snprintf(path, sizeof path, "%s/cnn.safetensors", temp_dir);
+    const char *spec_text =
+        "cnn:image=6x6,channels=1,conv=4-6,kernel=3,pool=1-0,head=gap,fc=7,classes=3";
+    cm_model_spec_t spec;
+    ck_assert_int_eq(cm_model_spec_parse(spec_text, &spec), CM_OK);
+    cm_model_t *model = NULL, *loaded = NULL;
+    ck_assert_int_eq(cm_model_new(&spec, BATCH, &model), CM_OK);
+    cm_model_init(model, 41);
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 42);
+    float inputs[BATCH * 36];
+    random_inputs(&spec, &rng, BATCH, -1, inputs);
+    cm_model_set_training(model, 1);
+    for (int pass = 0; pass < 3; pass++) cm_model_forward(model, inputs, BATCH);
+    cm_model_set_training(model, 0);
+    ck_assert_int_eq(cm_model_save(model, path, NULL, 0), CM_OK);
+    cm_safetensors_t *file = NULL;
+    ck_assert_int_eq(cm_model_load(path, BATCH, &loaded, &file), CM_OK);
+    ck_assert_str_eq(cm_safetensors_metadata(file, "model"), spec_text);
+    const cm_tensor_t *stored = cm_safetensors_find(file, "stages.1.bn.running_var");
+    ck_assert_ptr_nonnull(stored);
+    ck_assert_int_eq(stored->ndim, 1);
+    ck_assert_int_eq(stored->shape[0], 6);
+    ck_assert_float_ne(((const float *)stored->data)[0], 1.0f);
+    stored = cm_safetensors_find(file, "stages.0.conv.weight");
+    ck_assert_ptr_nonnull(stored);
+    ck_assert_int_eq(stored->ndim, 4);
+    ck_assert_int_eq(memcmp(cm_model_params(model), cm_model_params(loaded),
+                            sizeof(float) * cm_model_param_count(model)),
+                     0);
+    ck_assert_int_eq(cm_model_training(loaded), 0);
+    float first[BATCH * 3];
+    memcpy(first, cm_model_forward(model, inputs, BATCH), sizeof first);
+    ck_assert_int_eq(memcmp(first, cm_model_forward(loaded, inputs, BATCH), sizeof first), 0);
+    cm_safetensors_free(&file);
+    cm_model_free(&loaded);
+
+    /* a conv weight of the wrong 4-D shape is refused with its name and shape */
+    cm_tensor_t tensors[64];
+    int count = cm_model_tensor_count(model);
+    for (int index = 0; index < count; index++) tensors[index] = cm_model_tensor(model, index);
+    tensors[0].shape[2] = 1;
+    tensors[0].shape[3] = 9;
+    const char *metadata[] = {"model", spec_text};
+    ck_assert_int_eq(cm_safetensors_write(path, tensors, count, metadata, 1), CM_OK);
+    ck_assert_int_eq(cm_model_load(path, BATCH, &loaded, NULL), CM_ERR_SHAPE);
+    ck_assert_ptr_nonnull(
+        strstr(cm_last_error(), "'stages.0.conv.weight' should be F32 [4,1,3,3]"));
+    cm_model_free(&model);
+    unlink(path);
+    rmdir(temp_dir);
+}
+END_TEST
+
+/* teacher-server fit trains a cnn with a one-cycle schedule: the log names the schedule and
+ * warm-up, the checkpoint holds trained running statistics and beats chance on the test split;
+ * teacher-server serve runs it in eval mode (the accuracy `query` measures on the same 200 test
+ * examples is the one fit reported) and serves "hidden" and "tokens" [positions x channels]. */
+START_TEST(test_fit_cnn_onecycle) {
+    char directory[256], command[1024], output[8192], checkpoint[320];
+    test_util_temp_dir(directory, sizeof directory);
+    snprintf(checkpoint, sizeof checkpoint, "%s/cnn.safetensors", directory);
+    snprintf(command, sizeof command,
+             "%s fit --model cnn:conv=8-16,pool=1-1,fc=0 --max-train 1024 --max-test 200 "
+             "--epochs 3 --batch 32 --lr 1e-2 --schedule onecycle --warmup-steps 5 --out %s",
+             test_util_bin("teacher-server"), checkpoint);
+    int code = test_util_run(command, output, sizeof output);
+    ck_assert_msg(code == 0, "exit %d: %s", code, output);
+    ck_assert_msg(strstr(output, "schedule onecycle, peak lr 0.01, 5 warm-up steps"), "%s", output);
+    cm_model_t *model = NULL;
+    ck_assert_int_eq(cm_model_load(checkpoint, 8, &model, NULL), CM_OK);
+    for (int index = 0; index < cm_model_tensor_count(model); index++) {
+        cm_tensor_t tensor = cm_model_tensor(model, index);
+        if (strcmp(tensor.name, "stages.1.bn.running_var") == 0)
+            ck_assert_float_ne(((const float *)tensor.data)[0], 1.0f);
+    }
+    cm_model_free(&model);
+    const char *accuracy = strstr(output, "test_accuracy=");
+    ck_assert_ptr_nonnull(accuracy);
+    ck_assert_msg(atof(accuracy + 14) > 0.3, "%s", output);
+    char fit_accuracy[16]; /* "0.4650" */
+    snprintf(fit_accuracy, sizeof fit_accuracy, "%.6s", accuracy + strlen("test_accuracy="));
+
+    serve_fixture_t server;
+    char why[4096];
+    const char *arguments[] = {"--http", "off", NULL};
+    ck_assert_msg(serve_fixture_start(&server, directory, checkpoint, arguments, why, sizeof why) ==
+                      0,
+                  "%s", why);
+    snprintf(command, sizeof command,
+             "%s query --connect %s --outputs logits,hidden,tokens --ids 0-199 --rows 1",
+             test_util_bin("teacher-server"), server.endpoint);
+    code = test_util_run(command, output, sizeof output);
+    serve_fixture_stop(&server, SIGTERM, SERVE_FIXTURE_TIMEOUT_MS);
+    ck_assert_msg(code == 0, "exit %d: %s", code, output);
+    ck_assert_msg(strstr(output, "logits[10] hidden[16] tokens[49x16]"), "%s", output);
+    ck_assert_msg(strstr(output, "tokens (dense, F32) shape [200,49,16]"), "%s", output);
+    char served[64];
+    snprintf(served, sizeof served, "accuracy on these 200 examples: %s", fit_accuracy);
+    ck_assert_msg(strstr(output, served), "fit measured %s, the served model: %s", fit_accuracy,
+                  output);
+
+    snprintf(command, sizeof command,
+             "%s fit --model mlp:784-8-10 --max-train 10 --epochs 1 --schedule linear --out %s",
+             test_util_bin("teacher-server"), checkpoint);
+    code = test_util_run(command, output, sizeof output);
+    ck_assert_msg(code == 2 && strstr(output, "--schedule must be cosine, onecycle or constant, "
+                                              "not 'linear'"),
+                  "exit %d: %s", code, output);
+    test_util_remove_tree(directory);
+}
+END_TEST
+
 Suite *check_model_suite(void);
 Suite *check_model_suite(void) {
     Suite *suite = suite_create("model");
@@ -818,6 +1141,13 @@ Suite *check_model_suite(void) {
     tcase_add_test(tcase, test_head_reads_hidden);
     tcase_add_test(tcase, test_checkpoint_round_trip);
     tcase_add_test(tcase, test_checkpoint_round_trip_emb_tok);
+    tcase_add_test(tcase, test_cnn_spec);
+    tcase_add_test(tcase, test_cnn_gradients);
+    tcase_add_test(tcase, test_cnn_overfits_one_batch);
+    tcase_add_test(tcase, test_cnn_train_eval_modes);
+    tcase_add_test(tcase, test_cnn_features);
+    tcase_add_test(tcase, test_cnn_checkpoint_round_trip);
+    tcase_add_test(tcase, test_fit_cnn_onecycle);
     suite_add_tcase(suite, tcase);
     return suite;
 }

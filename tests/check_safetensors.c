@@ -4,14 +4,20 @@
  * library writes, files from other writers (unpadded headers, any key order)
  * load, and every malformed file is refused with CM_ERR_FORMAT and a
  * sentence naming the file and the problem, never a crash: truncations at
- * every length, random byte flips, and one hand-made file per rule.
+ * every length, random byte flips, and one hand-made file per rule.  The
+ * checksums catch a flipped byte in the data, here and end to end: the real
+ * binaries refuse a damaged checkpoint (teacher-server serve, student-trainer
+ * eval), a damaged .state and a damaged .state.cache (--resume).
  */
 #include "cm_file.h"
 #include "cm_rng.h"
 #include "cm_safetensors.h"
+#include "test_process.h"
+#include "test_util.h"
 
 #include <check.h>
 #include <ftw.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,10 +164,12 @@ START_TEST(test_without_metadata_and_without_tensors) {
     unsigned char *bytes;
     size_t size;
     ck_assert_int_eq(cm_file_read_all(path, (void **)&bytes, &size), CM_OK);
-    static const unsigned char expected[16] = {8,   0,   0,   0,   0,   0,   0,   0,
-                                               '{', '}', ' ', ' ', ' ', ' ', ' ', ' '};
-    ck_assert_uint_eq(size, sizeof expected);
-    ck_assert(memcmp(bytes, expected, sizeof expected) == 0);
+    /* Even an empty file carries the checksum of its (empty) metadata. */
+    static const char expected_json[] = "{\"__metadata__\":{\"crc32:__metadata__\":\"00000000\"}}"
+                                        "      ";
+    ck_assert_uint_eq(size, 8 + strlen(expected_json));
+    ck_assert_int_eq(bytes[0], 56);
+    ck_assert(memcmp(bytes + 8, expected_json, strlen(expected_json)) == 0);
     free(bytes);
 
     cm_safetensors_t *file;
@@ -214,9 +222,22 @@ START_TEST(test_reads_reference_bytes) {
 }
 END_TEST
 
+/*
+ * What this module writes for the same tensor and metadata: the reference layout with the
+ * checksums added to __metadata__ after the caller's pairs (the CRC-32 of the data bytes, and
+ * of "k\0v\0" for the metadata).
+ */
+static const char checksummed_json[] =
+    "{\"__metadata__\":{\"k\":\"v\",\"crc32:a\":\"2e3fa576\",\"crc32:__metadata__\":\"b406716e\"},"
+    "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}    ";
+
 START_TEST(test_writes_reference_bytes) {
-    unsigned char golden[96];
-    size_t golden_size = golden_file(golden);
+    unsigned char golden[8 + sizeof checksummed_json - 1 + 8];
+    size_t golden_size = sizeof golden;
+    ck_assert_uint_eq(strlen(checksummed_json), 136);
+    memcpy(golden, (unsigned char[8]){136}, 8);
+    memcpy(golden + 8, checksummed_json, 136);
+    memcpy(golden + 8 + 136, golden_data, 8);
     float values[2] = {1.0f, 2.0f};
     const int64_t shape[] = {2};
     cm_tensor_t tensor = make_tensor("a", CM_DTYPE_F32, 1, shape, values);
@@ -228,7 +249,7 @@ START_TEST(test_writes_reference_bytes) {
     size_t size;
     ck_assert_int_eq(cm_file_read_all(path, (void **)&bytes, &size), CM_OK);
     ck_assert_uint_eq(size, golden_size);
-    ck_assert_msg(memcmp(bytes, golden, size) == 0, "header written: %.88s", bytes + 8);
+    ck_assert_msg(memcmp(bytes, golden, size) == 0, "header written: %.136s", bytes + 8);
     free(bytes);
 }
 END_TEST
@@ -427,41 +448,295 @@ START_TEST(test_every_truncation_fails_cleanly) {
 }
 END_TEST
 
-/* Random byte flips (seeded) either load or fail cleanly; ASan watches the rest. */
+/*
+ * Random byte flips (seeded) either fail cleanly or load exactly the data that was written:
+ * with the checksums nothing loads damaged.  A flip only in the tensor data is always
+ * caught.  ASan watches the rest.
+ */
 START_TEST(test_random_corruption_never_crashes) {
     char path[128], bad_path[128];
     path_in_temp(path, sizeof path, "whole.safetensors");
     path_in_temp(bad_path, sizeof bad_path, "flipped.safetensors");
     size_t size;
     unsigned char *bytes = valid_file_bytes(path, &size);
+    size_t data_start = 8 + (size_t)bytes[0] + ((size_t)bytes[1] << 8);
+    cm_safetensors_t *original;
+    ck_assert_int_eq(cm_safetensors_read(&original, path), CM_OK);
+    ck_assert(cm_safetensors_verified(original));
     unsigned char *flipped = malloc(size);
     ck_assert_ptr_nonnull(flipped);
     cm_rng_t rng;
     cm_rng_seed(&rng, 99);
-    int loaded = 0;
+    int data_only = 0;
     for (int trial = 0; trial < 400; trial++) {
         memcpy(flipped, bytes, size);
-        int flips = 1 + (int)cm_rng_below(&rng, 3);
-        for (int flip = 0; flip < flips; flip++)
-            flipped[cm_rng_below(&rng, (uint32_t)size)] ^=
-                (unsigned char)(1 + cm_rng_below(&rng, 255));
+        int flips = 1 + (int)cm_rng_below(&rng, 3), in_data = 1;
+        for (int flip = 0; flip < flips; flip++) {
+            size_t at = cm_rng_below(&rng, (uint32_t)size);
+            flipped[at] ^= (unsigned char)(1 + cm_rng_below(&rng, 255));
+            in_data = in_data && at >= data_start;
+        }
+        data_only += in_data;
         write_raw(bad_path, flipped, size);
         cm_safetensors_t *file = NULL;
         cm_status_t status = cm_safetensors_read(&file, bad_path);
         if (status == CM_OK) {
-            loaded++;
-            for (int index = 0; index < cm_safetensors_count(file); index++)
-                ck_assert_ptr_nonnull(cm_safetensors_tensor(file, index)->data);
+            ck_assert_msg(!in_data, "trial %d: a flip in the data loaded", trial);
+            for (int index = 0; index < cm_safetensors_count(file); index++) {
+                const cm_tensor_t *tensor = cm_safetensors_tensor(file, index);
+                const cm_tensor_t *want = cm_safetensors_find(original, tensor->name);
+                ck_assert_msg(want != NULL, "trial %d: tensor \"%s\" appeared", trial,
+                              tensor->name);
+                assert_same_tensor(tensor, want);
+            }
             cm_safetensors_free(&file);
         } else {
             ck_assert_int_eq(status, CM_ERR_FORMAT);
             ck_assert_ptr_null(file);
+            if (in_data)
+                ck_assert_msg(strstr(cm_last_error(), "is corrupt"), "trial %d: %s", trial,
+                              cm_last_error());
         }
     }
-    ck_assert_int_gt(loaded, 0); /* flips in the tensor data are harmless */
-    ck_assert_int_lt(loaded, 400);
+    ck_assert_int_gt(data_only, 5);
+    cm_safetensors_free(&original);
     free(flipped);
     free(bytes);
+}
+END_TEST
+
+/* Offset of tensor `name`'s first data byte in the file image `bytes`. */
+static size_t data_offset_of(const unsigned char *bytes, size_t size, const char *name) {
+    cm_safetensors_t *file;
+    ck_assert_int_eq(cm_safetensors_parse(&file, bytes, size, "image"), CM_OK);
+    size_t header_end = 8 + (size_t)bytes[0] + ((size_t)bytes[1] << 8), offset = 0;
+    int found = 0;
+    for (int index = 0; index < cm_safetensors_count(file) && !found; index++) {
+        const cm_tensor_t *tensor = cm_safetensors_tensor(file, index);
+        if (strcmp(tensor->name, name) == 0)
+            found = 1;
+        else
+            offset += cm_tensor_bytes(tensor); /* data order, packed back to back */
+    }
+    ck_assert(found);
+    cm_safetensors_free(&file);
+    return header_end + offset;
+}
+
+/* One flipped byte in any tensor's data is refused, naming the file and that tensor. */
+START_TEST(test_checksums_name_the_damaged_tensor) {
+    char path[128], bad_path[128];
+    path_in_temp(path, sizeof path, "whole.safetensors");
+    path_in_temp(bad_path, sizeof bad_path, "damaged.safetensors");
+    size_t size;
+    unsigned char *bytes = valid_file_bytes(path, &size);
+    cm_safetensors_t *file;
+    ck_assert_int_eq(cm_safetensors_parse(&file, bytes, size, path), CM_OK);
+    ck_assert_int_eq(cm_safetensors_verified(file), 1);
+    ck_assert_ptr_nonnull(cm_safetensors_metadata(file, "crc32:weights"));
+    cm_safetensors_free(&file);
+    static const char *const names[] = {"weights", "flags", "counter"};
+    for (int index = 0; index < 3; index++) {
+        size_t at = data_offset_of(bytes, size, names[index]) + 1;
+        bytes[at] ^= 0x10;
+        write_raw(bad_path, bytes, size);
+        bytes[at] ^= 0x10;
+        char needle[64];
+        snprintf(needle, sizeof needle, "the data of tensor \"%s\" is corrupt", names[index]);
+        assert_rejected(bad_path, CM_ERR_FORMAT, needle);
+    }
+    /* A changed metadata value ("text/tokens" -> "text/tokenz") is caught too. */
+    unsigned char *value = memmem(bytes, size, "tokens", 6);
+    ck_assert_ptr_nonnull(value);
+    value[5] = 'z';
+    write_raw(bad_path, bytes, size);
+    assert_rejected(bad_path, CM_ERR_FORMAT, "the __metadata__ values are corrupt");
+    free(bytes);
+}
+END_TEST
+
+/*
+ * Files without checksums (PyTorch's, older committee ones) load unverified; a partial or
+ * malformed set of checksums is a damaged header and refused.
+ */
+START_TEST(test_checksum_set_rules) {
+    char path[128];
+    path_in_temp(path, sizeof path, "set.safetensors");
+    const char *tensor = "\"a\":{\"dtype\":\"U8\",\"shape\":[2],\"data_offsets\":[0,2]}";
+    char json[512];
+    snprintf(json, sizeof json, "{\"__metadata__\":{\"k\":\"v\"},%s}", tensor);
+    write_with_header(path, json, 2);
+    cm_safetensors_t *file;
+    ck_assert_msg(cm_safetensors_read(&file, path) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(cm_safetensors_verified(file), 0);
+    cm_safetensors_free(&file);
+
+    /* The checksum of the data bytes 00 01, as the writer computes it. */
+    uint8_t data[2] = {0, 1};
+    char good[16];
+    {
+        cm_tensor_t written = make_tensor("a", CM_DTYPE_U8, 1, (const int64_t[]){2}, data);
+        const char *metadata[] = {"k", "v"};
+        ck_assert_int_eq(cm_safetensors_write(path, &written, 1, metadata, 1), CM_OK);
+        ck_assert_int_eq(cm_safetensors_read(&file, path), CM_OK);
+        snprintf(good, sizeof good, "%s", cm_safetensors_metadata(file, "crc32:a"));
+        cm_safetensors_free(&file);
+    }
+    static const struct {
+        const char *metadata;
+        const char *needle;
+    } cases[] = {
+        {"\"crc32:__metadata__\":\"b406716e\"", "tensor \"a\" has no checksum"},
+        {"\"crc32:a\":\"%s\"", "none of itself"},
+        {"\"crc32:a\":\"%s\",\"crc32:b\":\"00000000\",\"crc32:__metadata__\":\"b406716e\"",
+         "checksum of tensor \"b\", which the file does not have"},
+        {"\"crc32:a\":\"%s\",\"crc32:__metadata__\":\"B406716E\"", "not 8 lowercase hex digits"},
+        {"\"crc32:a\":\"123\",\"crc32:__metadata__\":\"b406716e\"", "not 8 lowercase hex digits"},
+        {"\"crc32:a\":\"%s\",\"crc32:__metadata__\":\"b406716e0\"", "not 8 lowercase hex digits"},
+        {"\"crc32:a\":\"00000000\",\"crc32:__metadata__\":\"b406716e\"",
+         "the data of tensor \"a\" is corrupt"},
+    };
+    for (size_t index = 0; index < sizeof cases / sizeof cases[0]; index++) {
+        char pairs[256];
+        snprintf(pairs, sizeof pairs, cases[index].metadata, good);
+        snprintf(json, sizeof json, "{\"__metadata__\":{\"k\":\"v\",%s},%s}", pairs, tensor);
+        write_with_header(path, json, 2);
+        assert_rejected(path, CM_ERR_FORMAT, cases[index].needle);
+    }
+    /* Key order does not matter to the metadata checksum. */
+    snprintf(json, sizeof json,
+             "{%s,\"__metadata__\":{\"crc32:__metadata__\":\"b406716e\","
+             "\"crc32:a\":\"%s\",\"k\":\"v\"}}",
+             tensor, good);
+    write_with_header(path, json, 2);
+    ck_assert_msg(cm_safetensors_read(&file, path) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(cm_safetensors_verified(file), 1);
+    cm_safetensors_free(&file);
+}
+END_TEST
+
+/* The in-memory entry point is the reader: same result, the name given stands for the file. */
+START_TEST(test_parse_in_memory) {
+    char path[128];
+    path_in_temp(path, sizeof path, "memory.safetensors");
+    size_t size;
+    unsigned char *bytes = valid_file_bytes(path, &size);
+    cm_safetensors_t *from_memory, *from_file;
+    ck_assert_int_eq(cm_safetensors_parse(&from_memory, bytes, size, "<memory>"), CM_OK);
+    ck_assert_int_eq(cm_safetensors_read(&from_file, path), CM_OK);
+    ck_assert_int_eq(cm_safetensors_count(from_memory), cm_safetensors_count(from_file));
+    for (int index = 0; index < cm_safetensors_count(from_file); index++)
+        assert_same_tensor(cm_safetensors_tensor(from_memory, index),
+                           cm_safetensors_tensor(from_file, index));
+    cm_safetensors_free(&from_memory);
+    cm_safetensors_free(&from_file);
+    cm_safetensors_t *file = (cm_safetensors_t *)bytes;
+    ck_assert_int_eq(cm_safetensors_parse(&file, bytes, 5, "<memory>"), CM_ERR_FORMAT);
+    ck_assert_ptr_null(file);
+    ck_assert_msg(strstr(cm_last_error(), "<memory> is 5 bytes"), "%s", cm_last_error());
+    free(bytes);
+}
+END_TEST
+
+/* XORs the byte `from_end` bytes before the end of `path` (tensor data comes last) with 0x10. */
+static void flip_byte_near_end(const char *path, long from_end) {
+    FILE *stream = fopen(path, "r+b");
+    ck_assert_msg(stream != NULL, "cannot open %s", path);
+    ck_assert_int_eq(fseek(stream, -from_end, SEEK_END), 0);
+    int byte = fgetc(stream);
+    ck_assert_int_ne(byte, EOF);
+    ck_assert_int_eq(fseek(stream, -from_end, SEEK_END), 0);
+    ck_assert_int_ne(fputc(byte ^ 0x10, stream), EOF);
+    ck_assert_int_eq(fclose(stream), 0);
+}
+
+static char e2e_output[65536];
+
+/* Runs `command` (under a 120 s timeout), expecting exit 1 and a sentence naming `path`. */
+static void assert_refused_naming(const char *what, const char *command, const char *path) {
+    char bounded[4096];
+    snprintf(bounded, sizeof bounded, "timeout 120 %s", command);
+    int status = test_util_run(bounded, e2e_output, sizeof e2e_output);
+    ck_assert_msg(status == 1, "%s: exit %d, expected 1: %s", what, status, e2e_output);
+    char needle[600];
+    snprintf(needle, sizeof needle, "%s: the data of tensor", path);
+    ck_assert_msg(strstr(e2e_output, needle) && strstr(e2e_output, "is corrupt"),
+                  "%s: the refusal does not name %s and the damage: %s", what, path, e2e_output);
+}
+
+#define E2E_SUBSET "--max-train 256 --max-test 64"
+
+/*
+ * A checkpoint from teacher-server fit, a .state and a .state.cache from student-trainer
+ * train --stop-after, each with one byte flipped in its tensor data: every binary that loads
+ * one refuses it with exit 1 and a sentence naming the file; restored, the run resumes.
+ */
+START_TEST(test_binaries_refuse_damaged_files) {
+    if (!test_util_have_fashion_mnist()) {
+        fprintf(stderr, "skipping %s: Fashion-MNIST is not installed (make deps)\n", __func__);
+        return;
+    }
+    char checkpoint[128], damaged[128], endpoint[160], log[128], student[128], state[160],
+        cache[160], command[4096];
+    path_in_temp(checkpoint, sizeof checkpoint, "teacher.safetensors");
+    path_in_temp(damaged, sizeof damaged, "damaged.safetensors");
+    path_in_temp(log, sizeof log, "teacher.log");
+    path_in_temp(student, sizeof student, "student.safetensors");
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/teacher.sock", temp_dir);
+    snprintf(state, sizeof state, "%s.state", student);
+    snprintf(cache, sizeof cache, "%s.state.cache", student);
+
+    snprintf(command, sizeof command,
+             "%s fit --view pool7 --model mlp:49-16-10 --epochs 1 " E2E_SUBSET " --out %s",
+             test_util_bin("teacher-server"), checkpoint);
+    ck_assert_msg(test_util_run(command, e2e_output, sizeof e2e_output) == 0, "fit: %s",
+                  e2e_output);
+    snprintf(command, sizeof command, "cp %s %s", checkpoint, damaged);
+    ck_assert_int_eq(test_util_run(command, e2e_output, sizeof e2e_output), 0);
+    flip_byte_near_end(damaged, 7);
+    snprintf(command, sizeof command,
+             "%s serve --model %s --bind ipc://%s/refused.sock --http off " E2E_SUBSET,
+             test_util_bin("teacher-server"), damaged, temp_dir);
+    assert_refused_naming("teacher-server serve", command, damaged);
+    snprintf(command, sizeof command, "%s eval --model %s " E2E_SUBSET,
+             test_util_bin("student-trainer"), damaged);
+    assert_refused_naming("student-trainer eval", command, damaged);
+
+    snprintf(command, sizeof command,
+             "%s serve --model %s --name t --bind %s --http off " E2E_SUBSET,
+             test_util_bin("teacher-server"), checkpoint, endpoint);
+    pid_t teacher = test_process_start(command, log);
+    ck_assert_int_gt(teacher, 0);
+    if (!test_process_await_text(log, "serving", 30000)) {
+        test_process_stop(teacher, SIGKILL, 5000);
+        ck_abort_msg("the teacher did not start: %s", log);
+    }
+    char train[2048];
+    snprintf(train, sizeof train,
+             "timeout 120 %s train --view pool7 --model mlp:49-8-10 --teacher t=%s --method kd "
+             "--epochs 2 --batch 32 " E2E_SUBSET " --out %s",
+             test_util_bin("student-trainer"), endpoint, student);
+    snprintf(command, sizeof command, "%s --stop-after 3", train);
+    int status = test_util_run(command, e2e_output, sizeof e2e_output);
+    /* --stop-after is an interruption: 130 (it exited 0 before issue 11 item 6) */
+    ck_assert_msg(status == 0 || status == 130, "stop-after: exit %d: %s", status, e2e_output);
+    ck_assert_msg(access(state, R_OK) == 0 && access(cache, R_OK) == 0,
+                  "no state or cache after --stop-after: %s", e2e_output);
+
+    snprintf(command, sizeof command, "%s --resume", train);
+    const char *const damaged_files[] = {state, cache};
+    for (int index = 0; index < 2; index++) {
+        char backup[200], copy[600];
+        snprintf(backup, sizeof backup, "%s.intact", damaged_files[index]);
+        snprintf(copy, sizeof copy, "cp %s %s", damaged_files[index], backup);
+        ck_assert_int_eq(test_util_run(copy, e2e_output, sizeof e2e_output), 0);
+        flip_byte_near_end(damaged_files[index], 3);
+        assert_refused_naming("student-trainer train --resume", command, damaged_files[index]);
+        ck_assert_int_eq(rename(backup, damaged_files[index]), 0);
+    }
+    status = test_util_run(command, e2e_output, sizeof e2e_output);
+    test_process_stop(teacher, SIGTERM, 10000);
+    ck_assert_msg(status == 0, "resume from the restored files: exit %d: %s", status, e2e_output);
 }
 END_TEST
 
@@ -500,6 +775,8 @@ START_TEST(test_write_refuses_bad_input) {
     assert_write_refused(twins, 1, null_value, 1, "NULL value");
     const char *bad_utf8[] = {"k", "\xff\xfe"};
     assert_write_refused(twins, 1, bad_utf8, 1, "UTF-8");
+    const char *reserved_key[] = {"crc32:w", "00000000"};
+    assert_write_refused(twins, 1, reserved_key, 1, "reserved for checksums");
 
     char path[128];
     path_in_temp(path, sizeof path, "missing-dir/x.safetensors");
@@ -527,6 +804,15 @@ Suite *check_safetensors_suite(void) {
     tcase_add_test(reject_case, test_rejects_bad_header_length);
     tcase_add_test(reject_case, test_every_truncation_fails_cleanly);
     tcase_add_test(reject_case, test_random_corruption_never_crashes);
+    tcase_add_test(reject_case, test_checksums_name_the_damaged_tensor);
+    tcase_add_test(reject_case, test_checksum_set_rules);
+    tcase_add_test(reject_case, test_parse_in_memory);
     suite_add_tcase(suite, reject_case);
+
+    TCase *binaries = tcase_create("binaries");
+    tcase_add_checked_fixture(binaries, make_temp_dir, remove_temp_dir);
+    tcase_set_timeout(binaries, 600);
+    tcase_add_test(binaries, test_binaries_refuse_damaged_files);
+    suite_add_tcase(suite, binaries);
     return suite;
 }

@@ -36,8 +36,10 @@
 #include "cm_wire.h"
 #include "cm_zwire.h"
 #include "serve_fixture.h"
+#include "test_process.h"
 #include "test_util.h"
 
+#include <arpa/inet.h>
 #include <check.h>
 #include <math.h>
 #include <pthread.h>
@@ -45,6 +47,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define TEACHER_SPEC "vit:image=28x28,patch=7,dim=16,depth=1,heads=2,mlp=32"
 #define MLP_SPEC     "mlp:784-32-16-10" /* two hidden layers: its head is fc2, not fc1 */
@@ -94,7 +98,7 @@ static void setup_teacher(void) {
     snprintf(checkpoint, sizeof checkpoint, "%s/teacher.safetensors", directory);
     snprintf(mlp_checkpoint, sizeof mlp_checkpoint, "%s/mlp.safetensors", directory);
     if (!test_util_have_fashion_mnist()) return;
-    cm_dataset_options_t options = {NULL, MAX_TRAIN, MAX_TEST};
+    cm_dataset_options_t options = {.max_train = MAX_TRAIN, .max_test = MAX_TEST};
     ck_assert_msg(cm_dataset_load(&dataset, "fashion-mnist", "full", &options) == CM_OK, "%s",
                   cm_last_error());
     ck_assert_msg(serve_fixture_write_checkpoint(checkpoint, TEACHER_SPEC, dataset, 11) == CM_OK,
@@ -340,10 +344,7 @@ static void reference_forward(cm_model_t *model, cm_split_t split, const int32_t
     int features = dataset->features;
     float *inputs = malloc(sizeof(float) * (size_t)count * (size_t)features);
     ck_assert_ptr_nonnull(inputs);
-    for (int row = 0; row < count; row++)
-        memcpy(inputs + (size_t)row * (size_t)features,
-               dataset->splits[split].inputs + (size_t)ids[row] * (size_t)features,
-               sizeof(float) * (size_t)features);
+    cm_dataset_gather(dataset, split, ids, count, inputs); /* ids are rows: no ids.npy */
     const float *logits = cm_model_forward(model, inputs, count);
     int hidden_width = 0, tokens_width = 0, token_count = 0;
     const float *hidden = cm_model_feature(model, "hidden", &hidden_width, NULL);
@@ -701,16 +702,18 @@ START_TEST(test_two_clients_get_their_own_replies) {
     if (skip_without_dataset(__func__)) return;
     start_teacher(standard_options);
     cm_model_t *model = load_teacher_in_process();
-    float *references[CM_SPLIT_COUNT];
-    for (int split = 0; split < CM_SPLIT_COUNT; split++) {
+    float *references[2]; /* train and test, the splits the wire carries */
+    for (int split = 0; split < 2; split++) {
         int count = split_size((cm_split_t)split);
         references[split] = malloc(sizeof(float) * (size_t)count * CLASSES);
         ck_assert_ptr_nonnull(references[split]);
         for (int start = 0; start < count; start += MAX_BATCH) {
             int batch = count - start < MAX_BATCH ? count - start : MAX_BATCH;
-            const float *logits = cm_model_forward(
-                model, dataset->splits[split].inputs + (size_t)start * (size_t)dataset->features,
-                batch);
+            float *inputs = malloc(sizeof(float) * (size_t)batch * (size_t)dataset->features);
+            ck_assert_ptr_nonnull(inputs);
+            cm_dataset_gather_range(dataset, (cm_split_t)split, start, batch, inputs);
+            const float *logits = cm_model_forward(model, inputs, batch);
+            free(inputs);
             memcpy(references[split] + (size_t)start * CLASSES, logits,
                    sizeof(float) * (size_t)batch * CLASSES);
         }
@@ -730,7 +733,7 @@ START_TEST(test_two_clients_get_their_own_replies) {
         ck_assert_int_eq(pthread_create(&threads[index], NULL, run_client, &runs[index]), 0);
     }
     for (int index = 0; index < 2; index++) pthread_join(threads[index], NULL);
-    for (int split = 0; split < CM_SPLIT_COUNT; split++) free(references[split]);
+    for (int split = 0; split < 2; split++) free(references[split]);
     for (int index = 0; index < 2; index++) {
         ck_assert_msg(!runs[index].failure[0], "client %d: %s", index, runs[index].failure);
         ck_assert_int_eq(runs[index].replies, CLIENT_REQUESTS);
@@ -1162,6 +1165,136 @@ START_TEST(test_busy_when_the_queue_is_full) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- 5b. peers that never read */
+
+/* The server's resident memory in bytes (VmRSS), or -1. */
+static long long resident_bytes(pid_t pid) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *file = fopen(path, "r");
+    long long kilobytes = -1;
+    while (file && fgets(line, sizeof line, file))
+        if (strncmp(line, "VmRSS:", 6) == 0) kilobytes = atoll(line + 6);
+    if (file) fclose(file);
+    return kilobytes < 0 ? -1 : kilobytes * 1024;
+}
+
+/* /metrics now into metrics[METRICS_BYTES]. */
+static void read_metrics(char *metrics) {
+    ck_assert_int_eq(test_util_http_get(server.http_port, "/metrics", metrics, METRICS_BYTES,
+                                        SERVE_FIXTURE_TIMEOUT_MS),
+                     200);
+}
+
+/*
+ * A DEALER that takes at most one message off the wire and never reads it: whatever the
+ * teacher sends it beyond that stays in the teacher's ZeroMQ pipe (an ipc:// link, so the
+ * kernel buffers only a little).
+ */
+static void *silent_peer(void) {
+    void *socket = zmq_socket(context, ZMQ_DEALER);
+    ck_assert_ptr_nonnull(socket);
+    int one = 1, small = 4096, linger_ms = 0;
+    zmq_setsockopt(socket, ZMQ_RCVHWM, &one, sizeof one);
+    zmq_setsockopt(socket, ZMQ_RCVBUF, &small, sizeof small);
+    zmq_setsockopt(socket, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
+    ck_assert_int_eq(zmq_connect(socket, server.endpoint), 0);
+    return socket;
+}
+
+/*
+ * Sends `requests` requests of `count` ids one at a time from `peer`, waiting after each until
+ * the teacher has answered it (with a reply handed to ZeroMQ, counted in examples_total, or
+ * BUSY), so nothing is refused for a full compute queue.  Returns the BUSY answers.
+ */
+static int send_unread_requests(void *peer, int requests, int count) {
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)count);
+    ck_assert_ptr_nonnull(ids);
+    for (int index = 0; index < count; index++) ids[index] = index % MAX_TRAIN;
+    char metrics[METRICS_BYTES];
+    read_metrics(metrics);
+    double examples_before = metric_value(metrics, "committee_teacher_examples_total");
+    double busy_before = metric_value(metrics, "committee_teacher_errors_total{code=\"BUSY\"}");
+    if (busy_before < 0) busy_before = 0;
+    double busy = 0;
+    for (int request = 1; request <= requests; request++) {
+        send_request(peer, (uint64_t)request, CM_SPLIT_TRAIN, ids, count,
+                     (const char *[]){"logits", "hidden", "tokens", NULL}, CM_DTYPE_F32, 0);
+        double handled = 0;
+        for (int polls = 0; handled < request; polls++) { /* a hang guard, not a clock */
+            ck_assert_msg(polls < 1000, "request %d was never answered", request);
+            if (polls) test_process_sleep_ms(20);
+            read_metrics(metrics);
+            double examples = metric_value(metrics, "committee_teacher_examples_total");
+            busy = metric_value(metrics, "committee_teacher_errors_total{code=\"BUSY\"}");
+            busy = busy < 0 ? -busy_before : busy - busy_before;
+            handled = (examples - examples_before) / count + busy;
+        }
+    }
+    free(ids);
+    return (int)busy;
+}
+
+/*
+ * A peer that sends requests and never reads the replies: beyond --max-in-flight requests or
+ * --max-peer-queued-mb of unread replies it is answered BUSY, so the teacher's memory stays
+ * bounded (before: every reply piled up in ZeroMQ, +1 GB for 256 unread replies).
+ */
+START_TEST(test_a_peer_that_never_reads_is_answered_busy) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher((const char *[]){"--max-in-flight", "4", "--max-peer-queued-mb", "12",
+                                   "--max-message-mb", "16", NULL});
+    enum { BIG_IDS = 4096, SMALL_IDS = 64, REQUESTS = 40 };
+    const long long per_example = sizeof(float) * (CLASSES + HIDDEN + TOKENS * HIDDEN);
+    const long long big_reply = BIG_IDS * per_example, small_reply = SMALL_IDS * per_example;
+    long long resident_before = resident_bytes(server.pid);
+    ck_assert_int_gt(resident_before, 0);
+
+    /* Big replies (4.9 MB): the bytes per peer run out first. */
+    void *big = silent_peer();
+    int busy = send_unread_requests(big, REQUESTS, BIG_IDS);
+    char metrics[METRICS_BYTES];
+    read_metrics(metrics);
+    double peak_bytes = metric_value(metrics, "committee_teacher_reserved_reply_bytes_peak");
+    ck_assert_msg(peak_bytes > 0 && peak_bytes <= (12 << 20) + big_reply,
+                  "%.0f bytes reserved at the peak for one peer limited to 12 MB", peak_bytes);
+    ck_assert_msg(busy >= REQUESTS - 8, "only %d of %d unread big requests answered BUSY", busy,
+                  REQUESTS);
+    ck_assert_int_eq(
+        (int)metric_value(metrics, "committee_teacher_busy_total{reason=\"peer_bytes\"}"), busy);
+    long long resident_after = resident_bytes(server.pid);
+    ck_assert_msg(resident_after - resident_before < 8 * big_reply,
+                  "the teacher grew by %lld bytes for %d unread replies of %lld bytes",
+                  resident_after - resident_before, REQUESTS, big_reply);
+
+    /* Small replies from another peer: its in-flight requests run out first. */
+    void *small = silent_peer();
+    busy = send_unread_requests(small, REQUESTS, SMALL_IDS);
+    read_metrics(metrics);
+    double reserved = metric_value(metrics, "committee_teacher_reserved_requests");
+    ck_assert_msg(reserved >= 1 && reserved <= 8, "%.0f requests reserved by two peers of 4",
+                  reserved);
+    ck_assert_msg(metric_value(metrics, "committee_teacher_reserved_requests_peak") <= 8,
+                  "more than 4 requests per peer reserved at once");
+    ck_assert_msg(busy >= REQUESTS - 16, "only %d of %d unread small requests answered BUSY", busy,
+                  REQUESTS);
+    ck_assert_int_eq(
+        (int)metric_value(metrics, "committee_teacher_busy_total{reason=\"peer_in_flight\"}"),
+        busy);
+    (void)small_reply;
+
+    /* A peer that reads is still served, and the Hello advertises the per-peer limit. */
+    cm_zwire_received_t received;
+    cm_wire_message_t answer;
+    greet(1, &received, &answer);
+    ck_assert_uint_eq(answer.hello.limits.max_in_flight, 4);
+    serve_fixture_release(&received, &answer);
+    expect_alive(client, "two peers that never read");
+    zmq_close(big);
+    zmq_close(small);
+}
+END_TEST
+
 /* ---------------------------------------------------------------- 6. graceful stop */
 
 START_TEST(test_sigterm_finishes_work_says_bye_and_exits_0) {
@@ -1235,6 +1368,39 @@ START_TEST(test_bad_options_and_missing_checkpoint) {
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
     ck_assert_msg(strstr(output, "--insecure-public") && is_one_line(output), "%s", output);
 
+    /* Endpoints are checked before ZeroMQ sees them: one sentence, exit 2. */
+    static const struct {
+        const char *bind, *sentence;
+    } bad_binds[] = {
+        {"tcp://127.0.0.1:99999", "port 99999 is not in 1..65535"},
+        {"tcp://127.0.0.1", "has no port"},
+        {"udp://127.0.0.1:5555", "must start with tcp://, ipc:// or inproc://"},
+        {"tcp://no-such-interface:5555", "neither an IP address, '*' nor a network interface"},
+        {"tcp://127.0.0.1:55x", "the port '55x' is not a number"},
+        {"ipc://", "has no path"},
+    };
+    for (size_t index = 0; index < sizeof bad_binds / sizeof bad_binds[0]; index++) {
+        snprintf(command, sizeof command, "%s serve --model %s --bind %s --http off", binary,
+                 checkpoint, bad_binds[index].bind);
+        ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+        ck_assert_msg(strstr(output, bad_binds[index].sentence) &&
+                          strstr(output, bad_binds[index].bind) && is_one_line(output),
+                      "--bind %s: %s", bad_binds[index].bind, output);
+    }
+
+    /* A public --http is refused like a public --bind, and allowed by --http-public (or
+     * --insecure-public) with a warning. */
+    snprintf(command, sizeof command, "%s serve --model %s --bind ipc://%s/none.sock --http %s",
+             binary, checkpoint, directory, "0.0.0.0:0");
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "--http 0.0.0.0:0 is not a loopback address") &&
+                      strstr(output, "--http-public") && is_one_line(output),
+                  "%s", output);
+    snprintf(command, sizeof command, "%s serve --model %s --bind ipc://%s/none.sock --http *:0",
+             binary, checkpoint, directory);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "--http-public"), "%s", output);
+
     snprintf(command, sizeof command,
              "%s serve --model %s/missing.safetensors --bind ipc://%s/none.sock --http 127.0.0.1:0",
              binary, directory, directory);
@@ -1258,6 +1424,131 @@ START_TEST(test_bad_options_and_missing_checkpoint) {
 }
 END_TEST
 
+static const char default_http_hint[] = "give each teacher its own with --http 127.0.0.1:0";
+
+/*
+ * Two teachers on one host without --http: both want the default port, and the one that
+ * does not get it exits 1 with a sentence that names the option, cleanly (before the fix it
+ * aborted in uv_close: exit 134).  Whoever else uses this host may hold the default port
+ * already; then the first teacher is the refused one and its sentence is checked instead.
+ */
+START_TEST(test_http_port_taken_exits_1_and_names_the_option) {
+    if (skip_without_dataset(__func__)) return;
+    char output[4096], why[4096], command[2048];
+    if (serve_fixture_start(&server, directory, checkpoint,
+                            (const char *[]){"--http", "127.0.0.1:9100", "--max-train", "512",
+                                             "--max-test", "256", NULL},
+                            why, sizeof why) == 0) {
+        snprintf(command, sizeof command,
+                 "%s serve --model %s --max-train 512 --max-test 256 --bind ipc://%s/second.sock",
+                 test_util_bin("teacher-server"), checkpoint, directory);
+        int status = test_util_run(command, output, sizeof output);
+        ck_assert_msg(status == 1 && strstr(output, "Address already in use") &&
+                          strstr(output, default_http_hint) && !strstr(output, "Assertion"),
+                      "the second teacher: exit %d: %s", status, output);
+        ck_assert_int_eq(serve_fixture_stop(&server, SIGTERM, SERVE_FIXTURE_TIMEOUT_MS), 0);
+    } else {
+        ck_assert_msg(strstr(why, default_http_hint) && !strstr(why, "Assertion"),
+                      "a teacher on a taken default port: %s", why);
+    }
+
+    /* An explicit --http that is taken: exit 1 too, and the sentence says what to do. */
+    start_teacher(NULL);
+    snprintf(command, sizeof command,
+             "%s serve --model %s --max-train 512 --max-test 256 --bind ipc://%s/third.sock --http "
+             "127.0.0.1:%d",
+             test_util_bin("teacher-server"), checkpoint, directory, server.http_port);
+    int status = test_util_run(command, output, sizeof output);
+    ck_assert_msg(status == 1 && strstr(output, "choose another --http HOST:PORT") &&
+                      !strstr(output, "Assertion"),
+                  "exit %d: %s", status, output);
+}
+END_TEST
+
+/*
+ * Every string the teacher sends is UTF-8, also when its Error quotes bytes from the request
+ * that are not (strict protobuf parsers reject the whole reply otherwise), and when its
+ * sentence cuts a quoted name inside a character.
+ */
+START_TEST(test_error_messages_are_valid_utf8) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher(NULL);
+    char long_name[1001]; /* 500 two-byte characters: the sentence cuts one in half */
+    for (int index = 0; index < 500; index++) memcpy(long_name + 2 * index, "\xc3\xa9", 2);
+    long_name[1000] = '\0';
+    const char *const names[] = {"\xff\xfelogits\xc3", long_name, "hidden\xed\xa0\x80"};
+    for (int index = 0; index < 3; index++) {
+        send_request(client, (uint64_t)index + 1, CM_SPLIT_TEST, (const int32_t[]){0}, 1,
+                     (const char *[]){names[index], NULL}, CM_DTYPE_F32, 0);
+        cm_zwire_received_t received;
+        cm_wire_message_t answer;
+        receive(client, &received, &answer);
+        ck_assert_int_eq(answer.kind, CM_WIRE_ERROR);
+        ck_assert_int_eq(answer.error.code, CM_ERR_NOT_FOUND);
+        ck_assert_msg(cm_wire_utf8_valid(answer.error.message, strlen(answer.error.message)),
+                      "request %d: the Error's message is not UTF-8: %s", index + 1,
+                      answer.error.message);
+        ck_assert_msg(strstr(answer.error.message, "has no output"), "%s", answer.error.message);
+        serve_fixture_release(&received, &answer);
+    }
+    expect_alive(client, "names that are not UTF-8");
+}
+END_TEST
+
+/* 200 slow HTTP clients (half a header each, then nothing): the probes still answer. */
+START_TEST(test_probes_answer_under_200_slow_clients) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher(NULL);
+    enum { SLOW_CLIENTS = 200 };
+    int clients[SLOW_CLIENTS];
+    struct sockaddr_in address = {.sin_family = AF_INET,
+                                  .sin_port = htons((uint16_t)server.http_port)};
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+    for (int index = 0; index < SLOW_CLIENTS; index++) {
+        clients[index] = socket(AF_INET, SOCK_STREAM, 0);
+        ck_assert_int_ge(clients[index], 0);
+        ck_assert_int_eq(connect(clients[index], (struct sockaddr *)&address, sizeof address), 0);
+        const char *partial = "GET /metrics HTTP/1.1\r\nHost:";
+        ck_assert_int_gt(send(clients[index], partial, strlen(partial), MSG_NOSIGNAL), 0);
+    }
+    static const char *const probes[] = {"/healthz", "/readyz", "/metrics"};
+    char body[METRICS_BYTES];
+    for (int index = 0; index < 3; index++)
+        ck_assert_msg(test_util_http_get(server.http_port, probes[index], body, sizeof body,
+                                         SERVE_FIXTURE_TIMEOUT_MS) == 200,
+                      "%s did not answer behind %d slow clients", probes[index], SLOW_CLIENTS);
+    for (int index = 0; index < SLOW_CLIENTS; index++) close(clients[index]);
+}
+END_TEST
+
+/* `localhost` in --bind means 127.0.0.1 (ZeroMQ's bind alone says "No such device"). */
+START_TEST(test_bind_localhost_serves_on_127_0_0_1) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher((const char *[]){"--bind", "tcp://localhost:*", NULL});
+    ck_assert_msg(strncmp(server.endpoint, "tcp://127.0.0.1:", 16) == 0, "serving on %s",
+                  server.endpoint);
+    cm_zwire_received_t received;
+    cm_wire_message_t answer;
+    greet(1, &received, &answer);
+    serve_fixture_release(&received, &answer);
+}
+END_TEST
+
+/* A public --http with --http-public serves, with a warning in the log. */
+START_TEST(test_http_public_is_allowed_with_a_warning) {
+    if (skip_without_dataset(__func__)) return;
+    start_teacher((const char *[]){"--http", "0.0.0.0:0", "--http-public", NULL});
+    char log[8192];
+    serve_fixture_log(&server, log, sizeof log);
+    ck_assert_msg(strstr(log, "warn: serving HTTP on 0.0.0.0:0: anyone who can reach it"), "%s",
+                  log);
+    char body[256];
+    ck_assert_int_eq(test_util_http_get(server.http_port, "/healthz", body, sizeof body,
+                                        SERVE_FIXTURE_TIMEOUT_MS),
+                     200);
+}
+END_TEST
+
 Suite *check_teacher_serve_suite(void);
 Suite *check_teacher_serve_suite(void) {
     Suite *suite = suite_create("teacher_serve");
@@ -1273,8 +1564,14 @@ Suite *check_teacher_serve_suite(void) {
     tcase_add_test(tcase, test_lend_head_off_refuses_and_keeps_serving);
     tcase_add_test(tcase, test_query_prints_the_head);
     tcase_add_test(tcase, test_busy_when_the_queue_is_full);
+    tcase_add_test(tcase, test_a_peer_that_never_reads_is_answered_busy);
     tcase_add_test(tcase, test_sigterm_finishes_work_says_bye_and_exits_0);
     tcase_add_test(tcase, test_bad_options_and_missing_checkpoint);
+    tcase_add_test(tcase, test_http_port_taken_exits_1_and_names_the_option);
+    tcase_add_test(tcase, test_bind_localhost_serves_on_127_0_0_1);
+    tcase_add_test(tcase, test_probes_answer_under_200_slow_clients);
+    tcase_add_test(tcase, test_error_messages_are_valid_utf8);
+    tcase_add_test(tcase, test_http_public_is_allowed_with_a_warning);
     suite_add_tcase(suite, tcase);
     return suite;
 }

@@ -6,16 +6,37 @@
  * killed and restarted (wait), training on without a teacher (skip), the
  * fingerprint check, bit-exact resume and replay, and clear errors for
  * corrupt state and record files.
+ *
+ * Hostile teachers (fake_teacher, in a thread of the test) and hostile
+ * disks: a teacher answering BUSY forever costs one deadline per request,
+ * then the policy applies (skip trains on, fail stops with a sentence); a
+ * signal ends every wait (handshake with a mute teacher, a teacher nobody
+ * runs, a teacher gone silent mid-run under wait with a 600 s deadline):
+ * exit 130, the state saved and resumable exactly once; malformed replies
+ * are asked again at once (the deadline is 600 s, so waiting it out would
+ * hang) and counted, three in a row mark the teacher bad; NaN/Inf in a
+ * teacher's outputs follow the policy and name the teacher; a metrics file
+ * or standard output on a full disk (/dev/full) fails the run (exit 1) with
+ * the state saved.  Hang guards are generous (30-60 s); no test measures
+ * time.
  */
+#include "cm_dataset.h"
+#include "fake_teacher.h"
 #include "test_process.h"
 #include "test_util.h"
 
+#include "cm_npy.h"
+
+#include <arpa/inet.h>
 #include <check.h>
 #include <jansson.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SUBSET "--max-train 2000 --max-test 500"
@@ -24,11 +45,26 @@ static char directory[256];
 static char fm_path[320], comp_path[320];
 static int have_data;
 static char output[65536];
+static char fingerprint[65]; /* of Fashion-MNIST, for the fake teachers */
 
-static void fit_teachers(void) {
+/* The temp directory and the dataset fingerprint (for the fake teachers); have_data says if
+ * Fashion-MNIST is there. */
+static void prepare_directory(void) {
     have_data = test_util_have_fashion_mnist();
     if (!have_data) return;
     test_util_temp_dir(directory, sizeof directory);
+    cm_dataset_t *dataset = NULL;
+    cm_dataset_options_t options = {.max_train = 2000, .max_test = 500};
+    if (cm_dataset_load(&dataset, "fashion-mnist", "pool7", &options) == CM_OK)
+        snprintf(fingerprint, sizeof fingerprint, "%s", dataset->fingerprint);
+    else
+        have_data = 0;
+    cm_dataset_free(&dataset);
+}
+
+static void fit_teachers(void) {
+    prepare_directory();
+    if (!have_data) return;
     snprintf(fm_path, sizeof fm_path, "%s/fm.safetensors", directory);
     snprintf(comp_path, sizeof comp_path, "%s/comp.safetensors", directory);
     char command[2048];
@@ -225,14 +261,67 @@ START_TEST(test_skip_without_teacher) {
 }
 END_TEST
 
+/* A dataset folder that is not Fashion-MNIST but has its shape: 10 classes, u8 [N,28,28]. */
+static void write_other_folder(const char *folder) {
+    char path[600];
+    mkdir(folder, 0755);
+    snprintf(path, sizeof path, "%s/dataset.json", folder);
+    FILE *file = fopen(path, "w");
+    ck_assert_ptr_nonnull(file);
+    fputs("{\"format\": \"committee-dataset/1\", \"name\": \"other\", \"task\": {\"type\": "
+          "\"classification\", \"classes\": 10}, \"splits\": [\"train\", \"test\"], "
+          "\"views\": {\"full\": {\"kind\": \"dense\"}}}",
+          file);
+    fclose(file);
+    static uint8_t pixels[2000 * 784];
+    static int64_t labels[2000];
+    for (int i = 0; i < 2000; i++) labels[i] = i % 10;
+    for (int i = 0; i < 2000 * 784; i++) pixels[i] = (uint8_t)(i * 31);
+    const char *splits[2] = {"train", "test"};
+    for (int split = 0; split < 2; split++) {
+        snprintf(path, sizeof path, "%s/%s", folder, splits[split]);
+        mkdir(path, 0755);
+        int64_t shape[3] = {split ? 500 : 2000, 28, 28};
+        snprintf(path, sizeof path, "%s/%s/full.npy", folder, splits[split]);
+        ck_assert_int_eq(cm_npy_write(path, CM_NPY_U8, 3, shape, pixels), CM_OK);
+        snprintf(path, sizeof path, "%s/%s/labels.npy", folder, splits[split]);
+        ck_assert_int_eq(cm_npy_write(path, CM_NPY_I64, 1, shape, labels), CM_OK);
+    }
+}
+
+/* Issue 11 item 12: a mistyped --teacher endpoint is refused before ZeroMQ sees it. */
+START_TEST(test_refuses_bad_teacher_endpoints) {
+    static const char *const cases[][2] = {
+        {"fm=tcp://127.0.0.1:99999", "port 99999 is not in 1..65535"},
+        {"fm=tcp://127.0.0.1", "--teacher fm"},
+        {"fm=udp://127.0.0.1:5555", "--teacher fm"},
+    };
+    for (size_t index = 0; index < sizeof cases / sizeof cases[0]; index++) {
+        char command[1024];
+        snprintf(command, sizeof command,
+                 "%s train --view pool7 --model mlp:49-32-10 --teacher %s --method kd "
+                 "--epochs 1 --out %s/bad-endpoint.safetensors",
+                 test_util_bin("student-trainer"), cases[index][0], directory);
+        ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+        ck_assert_msg(strstr(output, cases[index][1]), "%s: unclear refusal: %s", cases[index][0],
+                      output);
+    }
+}
+END_TEST
+
 START_TEST(test_refuses_other_dataset) {
     REQUIRE_DATA();
+    /* Subsets no longer make another dataset (the fingerprint is the whole dataset's): the
+     * teacher serves a different folder. */
+    char other[400];
+    snprintf(other, sizeof other, "%s/other-data", directory);
+    write_other_folder(other);
     teacher_process_t fm;
     snprintf(fm.endpoint, sizeof fm.endpoint, "ipc://%s/fm-other.sock", directory);
     snprintf(fm.log, sizeof fm.log, "%s/fm-other.log", directory);
     snprintf(fm.command, sizeof fm.command,
-             "%s serve --model %s --name fm --bind %s --http off --max-train 1000 --max-test 500",
-             test_util_bin("teacher-server"), fm_path, fm.endpoint);
+             "%s serve --model %s --name fm --bind %s --http off --data %s",
+             test_util_bin("teacher-server"), fm_path, fm.endpoint, other);
     fm.pid = test_process_start(fm.command, fm.log);
     ck_assert(test_process_await_text(fm.log, "serving", 10000));
     char command[4096];
@@ -266,7 +355,8 @@ START_TEST(test_resume_and_replay_are_exact) {
     ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "train: %s", output);
     snprintf(command, sizeof command, "%s train %s --teacher comp=%s --out %s --stop-after 40",
              test_util_bin("student-trainer"), common, comp.endpoint, resumed);
-    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "stop-after: %s", output);
+    /* --stop-after is an interruption: state saved, exit 130 (as the README says). */
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 130, "stop-after: %s", output);
     ck_assert_ptr_nonnull(strstr(output, "continue with --resume"));
     snprintf(command, sizeof command, "%s train %s --teacher comp=%s --out %s --resume",
              test_util_bin("student-trainer"), common, comp.endpoint, resumed);
@@ -448,7 +538,7 @@ START_TEST(test_diversedistill_interactive) {
 
     snprintf(command, sizeof command, "%s train %s --out %s --stop-after 50",
              test_util_bin("student-trainer"), common, resumed);
-    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "stop-after: %s", output);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 130, "stop-after: %s", output);
     snprintf(command, sizeof command, "%s train %s --out %s --resume",
              test_util_bin("student-trainer"), common, resumed);
     ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "resume: %s", output);
@@ -468,6 +558,318 @@ START_TEST(test_diversedistill_interactive) {
     ck_assert_int_eq(status, 1);
     ck_assert_msg(strstr(output, "'comp'") && strstr(output, "--lend-head"),
                   "the refusal does not name the teacher and the remedy: %s", output);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- hostile teachers and disks */
+
+/* Starts a fake teacher `name` in `mode` at ipc://DIRECTORY/NAME.sock, its endpoint into
+ * endpoint[400]. */
+static fake_teacher_t *start_fake(const char *name, fake_teacher_mode_t mode, int normal,
+                                  char *endpoint) {
+    snprintf(endpoint, 400, "ipc://%s/%s.sock", directory, name);
+    fake_teacher_t *teacher = fake_teacher_start(endpoint, name, fingerprint, mode, normal);
+    ck_assert_msg(teacher != NULL, "cannot start the fake teacher at %s", endpoint);
+    return teacher;
+}
+
+/* Waits up to timeout_ms until count(teacher) >= at_least; 1 if it got there. */
+static int await_count(int (*count)(fake_teacher_t *), fake_teacher_t *teacher, int at_least,
+                       int timeout_ms) {
+    for (int waited = 0; waited <= timeout_ms; waited += 20) {
+        if (count(teacher) >= at_least) return 1;
+        test_process_sleep_ms(20);
+    }
+    return 0;
+}
+
+/* Runs the trainer in the background with `arguments` (after "train"), logging to `log`, and
+ * waits up to 60 s for it; a trainer still running then is killed and the test fails. */
+static int run_trainer(const char *arguments, const char *log) {
+    char command[4096];
+    snprintf(command, sizeof command, "%s train %s", test_util_bin("student-trainer"), arguments);
+    unlink(log); /* an old log could satisfy the waits below */
+    pid_t trainer = test_process_start(command, log);
+    ck_assert_int_gt(trainer, 0);
+    int status = test_process_wait(trainer, 60000);
+    if (status < 0) test_process_stop(trainer, SIGKILL, 2000);
+    ck_assert_msg(status >= 0, "the trainer hung (killed after 60 s); see %s", log);
+    return status;
+}
+
+#define FAKE_RUN "--view pool7 --model mlp:49-32-10 --method kd --epochs 1 --batch 100 --http off "
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+static int free_port(void) {
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in address = {
+        .sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t size = sizeof address;
+    ck_assert_int_ge(listener, 0);
+    ck_assert_int_eq(bind(listener, (struct sockaddr *)&address, sizeof address), 0);
+    ck_assert_int_eq(getsockname(listener, (struct sockaddr *)&address, &size), 0);
+    close(listener);
+    return ntohs(address.sin_port);
+}
+
+/* Sends SIGTERM once `ready` holds and expects exit 130 well before the 600 s deadline. */
+static void interrupt_trainer(pid_t trainer, const char *log, int ready) {
+    ck_assert_msg(ready, "the trainer never got to the wait; see %s", log);
+    test_process_sleep_ms(300); /* well inside the wait */
+    kill(trainer, SIGTERM);
+    int status = test_process_wait(trainer, 30000);
+    if (status < 0) test_process_stop(trainer, SIGKILL, 2000);
+    ck_assert_msg(status == 130,
+                  "SIGTERM while waiting: exit %d (-1: still waiting after 30 s); "
+                  "see %s",
+                  status, log);
+}
+
+START_TEST(test_busy_teacher_has_a_deadline) {
+    REQUIRE_DATA();
+    char endpoint[400], arguments[2048], log[400], metrics[400];
+    fake_teacher_t *teacher = start_fake("busy", FAKE_TEACHER_BUSY, 0, endpoint);
+    snprintf(log, sizeof log, "%s/busy.log", directory);
+    snprintf(metrics, sizeof metrics, "%s/busy.jsonl", directory);
+    /* skip: every request costs at most its deadline of BUSY answers, then trains without it. */
+    snprintf(arguments, sizeof arguments,
+             FAKE_RUN "--teacher fm=%s --on-teacher-failure skip --teacher-timeout-ms 300 " SUBSET
+                      " --out %s/busy.safetensors --metrics %s",
+             endpoint, directory, metrics);
+    int status = run_trainer(arguments, log);
+    ck_assert_msg(status == 0, "skip: the trainer exited %d; see %s", status, log);
+    json_t *lines = read_metrics(metrics);
+    json_t *line = json_array_get(lines, 0);
+    ck_assert_msg(teacher_metric(line, "fm", "busy_timeouts") >= 1, "no BUSY timeout counted");
+    ck_assert_msg(teacher_metric(line, "fm", "busy") >= 2, "BUSY answers were not retried");
+    ck_assert_int_eq((int)teacher_metric(line, "fm", "missing_rows"), 2000);
+    ck_assert_int_eq((int)metric(line, "distinct_examples"), 2000);
+    json_decref(lines);
+    ck_assert(test_process_await_text(log, "answered BUSY to every retry for 300 ms", 0));
+    /* fail: one sentence naming the teacher and what it did. */
+    snprintf(arguments, sizeof arguments,
+             FAKE_RUN "--teacher fm=%s --on-teacher-failure fail --teacher-timeout-ms 300 " SUBSET
+                      " --out %s/busy-fail.safetensors",
+             endpoint, directory);
+    status = run_trainer(arguments, log);
+    ck_assert_msg(status == 1, "fail: the trainer exited %d; see %s", status, log);
+    char sentence[600];
+    snprintf(sentence, sizeof sentence,
+             "teacher 'fm' at %s answered BUSY to every retry for 300 ms and "
+             "--on-teacher-failure is fail",
+             endpoint);
+    ck_assert_msg(test_process_await_text(log, sentence, 0),
+                  "no sentence naming the BUSY teacher; see %s", log);
+    /* wait: it keeps asking (that is the policy), /metrics counts it while it waits, and a
+     * signal still ends the run. */
+    char command[4096];
+    int port = free_port();
+    snprintf(command, sizeof command,
+             "%s train " FAKE_RUN "--teacher fm=%s --on-teacher-failure wait "
+             "--teacher-timeout-ms 300 --http 127.0.0.1:%d " SUBSET
+             " --out %s/busy-wait.safetensors",
+             test_util_bin("student-trainer"), endpoint, port, directory);
+    unlink(log); /* an old log could satisfy the waits below */
+    pid_t trainer = test_process_start(command, log);
+    int waiting = test_process_await_text(log, "answered BUSY to every retry", 30000);
+    char body[65536] = "";
+    int counted = 0;
+    for (int attempt = 0; attempt < 100 && !counted; attempt++) { /* up to ~10 s */
+        if (test_util_http_get(port, "/metrics", body, sizeof body, 2000) == 200)
+            counted =
+                strstr(body, "committee_trainer_teacher_busy_timeouts_total{teacher=\"fm\"} ") &&
+                !strstr(body, "committee_trainer_teacher_busy_timeouts_total{teacher=\"fm\"} 0\n");
+        if (!counted) test_process_sleep_ms(100);
+    }
+    interrupt_trainer(trainer, log, waiting);
+    ck_assert_msg(counted, "/metrics does not count the BUSY timeouts: %s", body);
+    fake_teacher_stop(&teacher);
+    ck_assert(test_process_await_text(log, "; asking again", 0));
+    ck_assert(test_process_await_text(log, "state saved to", 0));
+}
+END_TEST
+
+START_TEST(test_signal_ends_every_wait) {
+    REQUIRE_DATA();
+    char endpoint[400], command[4096], log[400], out[400], state[420], metrics[400];
+    snprintf(log, sizeof log, "%s/signal.log", directory);
+    snprintf(out, sizeof out, "%s/signal.safetensors", directory);
+    snprintf(state, sizeof state, "%s.state", out);
+    snprintf(metrics, sizeof metrics, "%s/signal.jsonl", directory);
+    const char *trainer_binary = test_util_bin("student-trainer");
+
+    /* The handshake: a teacher that takes the Hello and never answers. */
+    fake_teacher_t *teacher = start_fake("mute", FAKE_TEACHER_MUTE, 0, endpoint);
+    snprintf(command, sizeof command,
+             "%s train " FAKE_RUN "--teacher fm=%s --teacher-timeout-ms 600000 " SUBSET " --out %s",
+             trainer_binary, endpoint, out);
+    unlink(log); /* an old log could satisfy the waits below */
+    pid_t trainer = test_process_start(command, log);
+    interrupt_trainer(trainer, log, await_count(fake_teacher_hellos, teacher, 1, 30000));
+    ck_assert(test_process_await_text(log, "interrupted by a signal before training started", 0));
+    ck_assert_int_ne(access(state, F_OK), 0); /* nothing learned, nothing written */
+    fake_teacher_stop(&teacher);
+
+    /* The handshake with nobody there (ZeroMQ keeps reconnecting). */
+    snprintf(command, sizeof command,
+             "%s train " FAKE_RUN "--teacher fm=ipc://%s/nobody-at-all.sock "
+             "--teacher-timeout-ms 600000 " SUBSET " --out %s",
+             trainer_binary, directory, out);
+    unlink(log); /* an old log could satisfy the waits below */
+    trainer = test_process_start(command, log);
+    interrupt_trainer(trainer, log, test_process_await_text(log, "greeting teacher 'fm'", 30000));
+
+    /* Mid-run under wait: the teacher answers 5 requests, then nothing; the state is saved at
+     * the batch being waited for, and a resume trains every example exactly once. */
+    teacher = start_fake("silent", FAKE_TEACHER_SILENT_AFTER, 5, endpoint);
+    char common[2048];
+    snprintf(common, sizeof common,
+             FAKE_RUN "--teacher fm=%s --on-teacher-failure wait --teacher-timeout-ms 600000 "
+                      "--window 2 --seed 7 " SUBSET,
+             endpoint);
+    snprintf(command, sizeof command, "%s train %s --out %s --metrics %s", trainer_binary, common,
+             out, metrics);
+    unlink(log); /* an old log could satisfy the waits below */
+    trainer = test_process_start(command, log);
+    interrupt_trainer(trainer, log, await_count(fake_teacher_requests, teacher, 6, 30000));
+    fake_teacher_stop(&teacher);
+    ck_assert_msg(access(state, F_OK) == 0, "no state at %s after SIGTERM", state);
+    ck_assert_msg(test_process_await_text(log, "by a signal; state saved to", 0),
+                  "the trainer did not say it saved its state; see %s", log);
+    teacher = start_fake("silent", FAKE_TEACHER_NORMAL, 0, endpoint); /* the same model */
+    snprintf(command, sizeof command, "%s train %s --out %s --metrics %s --resume", trainer_binary,
+             common, out, metrics);
+    int status = test_util_run(command, output, sizeof output);
+    ck_assert_msg(status == 0, "resume after SIGTERM: %s", output);
+    /* ... to the same bytes as a run that was never interrupted. */
+    snprintf(command, sizeof command, "%s train %s --out %s/straight-signal.safetensors",
+             trainer_binary, common, directory);
+    status = test_util_run(command, output, sizeof output);
+    fake_teacher_stop(&teacher);
+    ck_assert_msg(status == 0, "straight run: %s", output);
+    snprintf(command, sizeof command, "cmp %s %s/straight-signal.safetensors", out, directory);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0,
+                  "the run interrupted while waiting and resumed differs from a straight run: %s",
+                  output);
+    json_t *lines = read_metrics(metrics);
+    ck_assert_int_eq((int)json_array_size(lines), 1);
+    json_t *line = json_array_get(lines, 0);
+    ck_assert_int_eq((int)metric(line, "distinct_examples"), 2000);
+    ck_assert_int_eq((int)metric(line, "duplicates"), 0);
+    ck_assert_int_eq((int)teacher_metric(line, "fm", "missing_rows"), 0);
+    json_decref(lines);
+}
+END_TEST
+
+START_TEST(test_malformed_replies_are_asked_again) {
+    REQUIRE_DATA();
+    char endpoint[400], arguments[2048], log[400], metrics[400];
+    snprintf(log, sizeof log, "%s/malformed.log", directory);
+    snprintf(metrics, sizeof metrics, "%s/malformed.jsonl", directory);
+    /* One garbage frame, one reply with rows of the wrong width, one answer to an id never
+     * sent: each is asked again at once (waiting out the 600 s deadline would trip the hang
+     * guard), counted, and the teacher stays up. */
+    const fake_teacher_mode_t modes[] = {FAKE_TEACHER_GARBAGE_ONCE, FAKE_TEACHER_SHORT_ROWS_ONCE,
+                                         FAKE_TEACHER_UNKNOWN_ID_ONCE};
+    const char *says[] = {"it sent a message that does not decode", "expected 1000 dense floats",
+                          "which was never sent"};
+    for (int index = 0; index < 3; index++) {
+        fake_teacher_t *teacher = start_fake("bad-once", modes[index], 0, endpoint);
+        snprintf(arguments, sizeof arguments,
+                 FAKE_RUN
+                 "--teacher fm=%s --on-teacher-failure wait --teacher-timeout-ms 600000 " SUBSET
+                 " --out %s/malformed.safetensors --metrics %s",
+                 endpoint, directory, metrics);
+        unlink(metrics);
+        int status = run_trainer(arguments, log);
+        fake_teacher_stop(&teacher);
+        ck_assert_msg(status == 0, "mode %d: the trainer exited %d; see %s", index, status, log);
+        json_t *lines = read_metrics(metrics);
+        json_t *line = json_array_get(lines, 0);
+        ck_assert_int_eq((int)teacher_metric(line, "fm", "protocol_errors"), 1);
+        ck_assert_int_eq((int)teacher_metric(line, "fm", "timeouts"), 0);
+        ck_assert_int_eq((int)teacher_metric(line, "fm", "down_events"), 0);
+        ck_assert_int_eq((int)teacher_metric(line, "fm", "missing_rows"), 0);
+        ck_assert_int_eq((int)metric(line, "distinct_examples"), 2000);
+        json_decref(lines);
+        ck_assert_msg(test_process_await_text(log, "sent a reply this trainer cannot use", 0) &&
+                          test_process_await_text(log, says[index], 0),
+                      "mode %d: no warning saying '%s'; see %s", index, says[index], log);
+    }
+
+    /* Nothing but garbage: the third in a row marks it bad, and policy fail says so. */
+    fake_teacher_t *teacher = start_fake("garbage", FAKE_TEACHER_GARBAGE, 0, endpoint);
+    snprintf(arguments, sizeof arguments,
+             FAKE_RUN
+             "--teacher fm=%s --on-teacher-failure fail --teacher-timeout-ms 600000 " SUBSET
+             " --out %s/garbage.safetensors",
+             endpoint, directory);
+    int status = run_trainer(arguments, log);
+    fake_teacher_stop(&teacher);
+    ck_assert_msg(status == 1, "the trainer exited %d; see %s", status, log);
+    ck_assert_msg(test_process_await_text(log, "sent 3 malformed replies in a row", 0) &&
+                      test_process_await_text(log, "and --on-teacher-failure is fail", 0),
+                  "no sentence about the malformed replies; see %s", log);
+}
+END_TEST
+
+START_TEST(test_nonfinite_outputs_follow_the_policy) {
+    REQUIRE_DATA();
+    char endpoint[400], arguments[2048], log[400], metrics[400];
+    snprintf(log, sizeof log, "%s/nan.log", directory);
+    snprintf(metrics, sizeof metrics, "%s/nan.jsonl", directory);
+    fake_teacher_t *teacher = start_fake("nan", FAKE_TEACHER_NAN, 0, endpoint);
+    /* skip: trains without it, says which teacher, never "the loss is not finite". */
+    snprintf(arguments, sizeof arguments,
+             FAKE_RUN "--teacher fm=%s --on-teacher-failure skip " SUBSET
+                      " --out %s/nan.safetensors --metrics %s",
+             endpoint, directory, metrics);
+    int status = run_trainer(arguments, log);
+    ck_assert_msg(status == 0, "skip: the trainer exited %d; see %s", status, log);
+    json_t *lines = read_metrics(metrics);
+    json_t *line = json_array_get(lines, 0);
+    ck_assert_int_eq((int)teacher_metric(line, "fm", "nonfinite_replies"), 20);
+    ck_assert_int_eq((int)teacher_metric(line, "fm", "missing_rows"), 2000);
+    ck_assert_msg(metric(line, "test_accuracy") > 0.3, "the student learned nothing");
+    json_decref(lines);
+    ck_assert(test_process_await_text(log, "teacher 'fm' at ipc://", 0));
+    ck_assert(
+        test_process_await_text(log, "sent a non-finite value (NaN or Inf) in its 'logits'", 0));
+    /* fail: one sentence naming the teacher. */
+    snprintf(arguments, sizeof arguments,
+             FAKE_RUN "--teacher fm=%s --on-teacher-failure fail " SUBSET
+                      " --out %s/nan-fail.safetensors",
+             endpoint, directory);
+    status = run_trainer(arguments, log);
+    fake_teacher_stop(&teacher);
+    ck_assert_msg(status == 1, "fail: the trainer exited %d; see %s", status, log);
+    ck_assert_msg(test_process_await_text(log, "(NaN or Inf) in its 'logits' of example", 0) &&
+                      test_process_await_text(log, "and --on-teacher-failure is fail", 0),
+                  "no sentence naming the NaN teacher; see %s", log);
+    ck_assert_msg(!test_process_await_text(log, "the loss is not finite", 0),
+                  "NaN reached the loss; see %s", log);
+}
+END_TEST
+
+START_TEST(test_full_disk_fails_the_run) {
+    REQUIRE_DATA();
+    char command[4096], out[400], state[420];
+    snprintf(out, sizeof out, "%s/full.safetensors", directory);
+    snprintf(state, sizeof state, "%s.state", out);
+    const char *common = "--view pool7 --model mlp:49-32-10 --method ce --epochs 2 --batch 100 "
+                         "--http off " SUBSET;
+    snprintf(command, sizeof command, "%s train %s --out %s --metrics /dev/full",
+             test_util_bin("student-trainer"), common, out);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "cannot write metrics to /dev/full: No space left on device"),
+                  "no sentence naming the metrics file: %s", output);
+    ck_assert_msg(access(state, F_OK) == 0, "no state saved at %s", state);
+    /* The summary line on standard output is a write the user asked for too. */
+    snprintf(command, sizeof command, "%s train %s --epochs 1 --out %s >/dev/full",
+             test_util_bin("student-trainer"), common, out);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "cannot write the summary to standard output"),
+                  "a lost summary went unnoticed: %s", output);
 }
 END_TEST
 
@@ -505,10 +907,20 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_exactly_once_with_restart);
     tcase_add_test(tcase, test_skip_without_teacher);
     tcase_add_test(tcase, test_refuses_other_dataset);
+    tcase_add_test(tcase, test_refuses_bad_teacher_endpoints);
     tcase_add_test(tcase, test_resume_and_replay_are_exact);
     tcase_add_test(tcase, test_diversedistill_filtering_saves_real_work);
     tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);
     tcase_add_test(tcase, test_diversedistill_interactive);
     suite_add_tcase(suite, tcase);
+    TCase *hostile = tcase_create("hostile");
+    tcase_add_unchecked_fixture(hostile, prepare_directory, remove_teachers);
+    tcase_set_timeout(hostile, 150);
+    tcase_add_test(hostile, test_busy_teacher_has_a_deadline);
+    tcase_add_test(hostile, test_signal_ends_every_wait);
+    tcase_add_test(hostile, test_malformed_replies_are_asked_again);
+    tcase_add_test(hostile, test_nonfinite_outputs_follow_the_policy);
+    tcase_add_test(hostile, test_full_disk_fails_the_run);
+    suite_add_tcase(suite, hostile);
     return suite;
 }

@@ -22,7 +22,12 @@
  * teacher with only the KD term is trainer_method's kd; end-to-end has no router term; the
  * stop-gradients hold; outputs are overwritten and parameter gradients added), the
  * configuration checks, the parameter block and AdamW's decay, and a learning check: the
- * router alone learns which teacher is right for which example.  Seeded; well under 10 s.
+ * router alone learns which teacher is right for which example.  Regression: the reference
+ * has the regression terms too (squared errors in place of CE and KL), and the loss and
+ * gradient tests run again on the same fixture as a regression batch (int labels gone);
+ * with only the task and KD terms it is trainer_method's regression kd.  Through the method
+ * interface the module gives bit for bit what trainer_dd_loss gives, needs what its
+ * features and heads say, and chooses pairs as --dd-filter says.  Seeded; well under 10 s.
  */
 #include "trainer_dd.h"
 
@@ -78,7 +83,9 @@ typedef struct {
     float teacher_head_input[ROWS * MAX_HEAD]; /* teacher 0's H (teacher 1's is its feature) */
     float teacher_head_weight[TEACHERS][CLASSES * MAX_HEAD]; /* frozen G_i */
     float teacher_head_bias[TEACHERS][CLASSES];              /* frozen c_i */
-    trainer_dd_batch_t batch; /* points into this fixture: never copy one */
+    float targets[ROWS * CLASSES]; /* regression: CLASSES targets per row */
+    uint8_t labelled[ROWS];        /* regression: the rows whose label is not -1 */
+    trainer_dd_batch_t batch;      /* points into this fixture: never copy one */
 } fixture_t;
 
 /* Writes `garbage` into every absent pair's logits and feature. */
@@ -127,6 +134,19 @@ static void fixture_init(fixture_t *fixture, uint64_t seed) {
     }
     fixture->batch.teacher_head_input[0] = fixture->teacher_head_input;
     fixture->batch.teacher_head_input[1] = fixture->teacher_feature[1];
+    /* Regression targets from a stream of their own: the classification fixture is as it was. */
+    cm_rng_seed(&rng, seed ^ 0x7a7a7a7aull);
+    gradcheck_fill(&rng, fixture->targets, ROWS * CLASSES, -2.5f, 2.5f);
+    for (int row = 0; row < ROWS; row++) fixture->labelled[row] = fixture->labels[row] >= 0;
+    fixture->batch.targets = fixture->targets;
+    fixture->batch.labelled = fixture->labelled;
+}
+
+/* Makes the fixture and config a regression problem: the teachers' logits are their CLASSES
+ * predictions, and the int labels are gone from the batch (a module reading them crashes). */
+static void make_regression(fixture_t *fixture, trainer_dd_config_t *config) {
+    config->task = TRAINER_TASK_REGRESSION;
+    fixture->batch.labels = NULL;
 }
 
 /* Turns the interactive variant on, with the fixture's heads for the teachers in
@@ -413,6 +433,13 @@ static double reference_kl(const double *teacher, const double *student, double 
     return kl;
 }
 
+/* mean_k (a[k] - b[k])², a row's squared error. */
+static double reference_squared_error(const double *a, const double *b) {
+    double sum = 0.0;
+    for (int k = 0; k < CLASSES; k++) sum += (a[k] - b[k]) * (a[k] - b[k]);
+    return sum / CLASSES;
+}
+
 /* q_i [d_k] of one pair, from the variable vector x. */
 static void reference_question(const reference_t *reference, const double *x, int row, int teacher,
                                double *question) {
@@ -495,6 +522,7 @@ static reference_terms_t reference_loss(const reference_t *reference, const doub
     double temperature = config->temperature, w = config->kd_weight;
     int end_to_end = config->router == TRAINER_DD_ROUTER_END_TO_END;
     int reliability = config->router == TRAINER_DD_ROUTER_RELIABILITY;
+    int regression = config->task == TRAINER_TASK_REGRESSION;
     reference_terms_t terms = {0};
     frozen_t live;
     memset(&live, 0, sizeof live);
@@ -503,10 +531,13 @@ static reference_terms_t reference_loss(const reference_t *reference, const doub
     for (int row = 0; row < ROWS; row++) {
         const double *logits = x + reference->logits_at + row * CLASSES;
         const double *hidden = x + reference->hidden_at + row * WIDTH;
-        int32_t label = fixture->labels[row];
+        int32_t label = fixture->labels[row]; /* regression: >= 0 on the labelled rows */
+        double label_target[CLASSES];
         for (int c = 0; c < CLASSES; c++) live.logits[row][c] = logits[c];
+        for (int c = 0; c < CLASSES; c++) label_target[c] = fixture->targets[row * CLASSES + c];
         if (label >= 0) {
-            terms.ce -= reference_log_softmax(logits, 1.0, label);
+            terms.ce += regression ? reference_squared_error(logits, label_target)
+                                   : -reference_log_softmax(logits, 1.0, label);
             labelled++;
         }
         int present = 0;
@@ -545,9 +576,19 @@ static reference_terms_t reference_loss(const reference_t *reference, const doub
             if (!fixture->present[t][row]) continue;
             for (int c = 0; c < CLASSES; c++)
                 teacher_logits[t][c] = fixture->teacher_logits[t][row * CLASSES + c];
+            const double *target_student = frozen ? frozen->logits[row] : logits;
+            if (regression) {
+                terms.kd += kd_alpha[row][t] * reference_squared_error(logits, teacher_logits[t]);
+                target_logit[t] =
+                    reliability && label >= 0
+                        ? -reference_squared_error(teacher_logits[t], label_target) /
+                              config->router_tau
+                        : -reference_squared_error(target_student, teacher_logits[t]) /
+                              config->router_tau;
+                continue;
+            }
             terms.kd += kd_alpha[row][t] * temperature * temperature *
                         reference_kl(teacher_logits[t], logits, temperature);
-            const double *target_student = frozen ? frozen->logits[row] : logits;
             target_logit[t] =
                 reliability && label >= 0
                     ? reference_log_softmax(teacher_logits[t], 1.0, label) / config->router_tau
@@ -583,8 +624,10 @@ static reference_terms_t reference_loss(const reference_t *reference, const doub
             for (int i = 0; i < CLASSES * inputs; i++) head_weight[i] = config->head_weight[t][i];
             for (int c = 0; c < CLASSES; c++) head_bias[c] = config->head_bias[t][c];
             reference_dense(probe_logits, head_weight, head_bias, probe, inputs, CLASSES);
-            terms.probe_answer += temperature * temperature *
-                                  reference_kl(teacher_logits[t], probe_logits, temperature);
+            terms.probe_answer +=
+                regression ? reference_squared_error(probe_logits, teacher_logits[t])
+                           : temperature * temperature *
+                                 reference_kl(teacher_logits[t], probe_logits, temperature);
             /* Var(H_t) over every value of the present rows */
             const float *target = fixture->batch.teacher_head_input[t];
             double sum = 0.0, squares = 0.0, match = 0.0;
@@ -619,7 +662,8 @@ static reference_terms_t reference_loss(const reference_t *reference, const doub
             for (int u = 0; u < WIDTH; u++) act[u] = fmax(knowledge[u], 0.0);
             reference_dense(answer_logits, x + reference->head_weight_at,
                             x + reference->head_bias_at, act, WIDTH, CLASSES);
-            terms.answer -= reference_log_softmax(answer_logits, 1.0, label);
+            terms.answer += regression ? reference_squared_error(answer_logits, label_target)
+                                       : -reference_log_softmax(answer_logits, 1.0, label);
             answer_rows++;
         }
         if (config->align_weight > 0.0f) {
@@ -673,10 +717,11 @@ static void assert_close(double expected, double actual, double tolerance, const
 }
 
 /* The module's loss terms equal the reference's, for every mode. */
-START_TEST(test_loss_matches_reference) {
+static void check_loss_matches_reference(int loop, trainer_task_t task) {
     fixture_t fixture;
     fixture_init(&fixture, 101);
-    trainer_dd_config_t config = looped_config(_i, &fixture);
+    trainer_dd_config_t config = looped_config(loop, &fixture);
+    if (task == TRAINER_TASK_REGRESSION) make_regression(&fixture, &config);
     trainer_dd_t *dd = new_dd(&config, 7);
     randomize_params(dd, 8);
     reference_t reference = reference_for(&config, &fixture);
@@ -704,6 +749,16 @@ START_TEST(test_loss_matches_reference) {
     free(x);
     trainer_dd_free(&dd);
 }
+
+START_TEST(test_loss_matches_reference) {
+    check_loss_matches_reference(_i, TRAINER_TASK_CLASSIFICATION);
+}
+END_TEST
+
+/* The same with the regression terms (trainer_dd.h): squared errors in place of CE and KL. */
+START_TEST(test_regression_loss_matches_reference) {
+    check_loss_matches_reference(_i, TRAINER_TASK_REGRESSION);
+}
 END_TEST
 
 /*
@@ -712,10 +767,11 @@ END_TEST
  * is exact double, so h = 1e-5 is far from every ReLU kink and the tolerance is set by the
  * module's float arithmetic.
  */
-START_TEST(test_gradients_match_reference) {
+static void check_gradients_match_reference(int loop, trainer_task_t task) {
     fixture_t fixture;
     fixture_init(&fixture, 102);
-    trainer_dd_config_t config = looped_config(_i, &fixture);
+    trainer_dd_config_t config = looped_config(loop, &fixture);
+    if (task == TRAINER_TASK_REGRESSION) make_regression(&fixture, &config);
     trainer_dd_t *dd = new_dd(&config, 9);
     randomize_params(dd, 10);
     reference_t reference = reference_for(&config, &fixture);
@@ -765,10 +821,11 @@ START_TEST(test_gradients_match_reference) {
                 if (i >= tensor->offset && i < tensor->offset + tensor->count)
                     name = tensor->name, element = i - tensor->offset;
             }
-        ck_abort_msg("config %d (%s router, align %g, interactive %d): d %s [%zu]: analytic %.7g, "
-                     "numeric %.7g",
-                     _i, trainer_dd_router_name(config.router), (double)config.align_weight,
-                     config.interactive, name, element, (double)analytic[i], numeric);
+        ck_abort_msg("config %d, task %d (%s router, align %g, interactive %d): d %s [%zu]: "
+                     "analytic %.7g, numeric %.7g",
+                     loop, (int)task, trainer_dd_router_name(config.router),
+                     (double)config.align_weight, config.interactive, name, element,
+                     (double)analytic[i], numeric);
     }
     /* Most of the gradient is non-trivial, so the comparison above means something (without
      * the answer term only the question and probe paths carry one). */
@@ -778,6 +835,16 @@ START_TEST(test_gradients_match_reference) {
     free(analytic);
     free(x);
     trainer_dd_free(&dd);
+}
+
+START_TEST(test_gradients_match_reference) {
+    check_gradients_match_reference(_i, TRAINER_TASK_CLASSIFICATION);
+}
+END_TEST
+
+/* The same for regression, every mode: the stopped quantities stay stopped. */
+START_TEST(test_regression_gradients_match_reference) {
+    check_gradients_match_reference(_i, TRAINER_TASK_REGRESSION);
 }
 END_TEST
 
@@ -976,7 +1043,7 @@ START_TEST(test_only_kd_is_trainer_method_kd) {
                                          .temperature = config.temperature,
                                          .kd_weight = config.kd_weight,
                                          .teacher_count = 1,
-                                         .classes = CLASSES,
+                                         .outputs = CLASSES,
                                          .max_batch = MAX_BATCH};
     trainer_method_t *kd = NULL;
     ck_assert(trainer_method_new(&kd_config, 1, &kd) == CM_OK);
@@ -985,20 +1052,234 @@ START_TEST(test_only_kd_is_trainer_method_kd) {
     kd_batch.teacher_present[0] = fixture.present[0];
     trainer_loss_t kd_loss;
     float kd_d_logits[ROWS * CLASSES];
-    trainer_method_loss(kd, &kd_batch, fixture.student_logits, NULL, kd_d_logits, NULL, &kd_loss);
+    trainer_student_t kd_student = {.outputs = fixture.student_logits, .d_outputs = kd_d_logits};
+    trainer_method_loss(kd, &kd_batch, &kd_student, &kd_loss);
 
     step_result_t step;
     trainer_dd_zero_grads(dd);
     run_step(dd, &fixture, &step);
     ck_assert_double_eq_tol(step.loss.total, kd_loss.total, 1e-6 * kd_loss.total);
-    ck_assert_double_eq_tol(step.loss.ce, kd_loss.ce, 1e-6);
-    ck_assert_double_eq_tol(step.loss.kd, kd_loss.kd, 1e-6 * kd_loss.kd);
+    double kd_ce = trainer_method_term(kd, &kd_loss, "ce");
+    double kd_kd = trainer_method_term(kd, &kd_loss, "kd");
+    ck_assert_double_eq_tol(step.loss.ce, kd_ce, 1e-6);
+    ck_assert_double_eq_tol(step.loss.kd, kd_kd, 1e-6 * kd_kd);
     for (int i = 0; i < ROWS * CLASSES; i++)
         ck_assert_float_eq_tol(step.d_logits[i], kd_d_logits[i], 1e-6f);
     assert_all_zero(step.d_hidden, ROWS * WIDTH, "d_hidden");
     assert_all_zero(step.d_head_weight, CLASSES * WIDTH, "d_head_weight");
     assert_all_zero(trainer_dd_grads(dd), trainer_dd_param_count(dd), "module gradients");
     trainer_method_free(&kd);
+    trainer_dd_free(&dd);
+}
+END_TEST
+
+/* Regression, one teacher on every row, only the task and KD terms: trainer_method's kd for
+ * regression, (1-w)·MSE(s, y) + w·MSE(s, z). */
+START_TEST(test_regression_only_kd_is_trainer_method_kd) {
+    fixture_t fixture;
+    fixture_init(&fixture, 117);
+    memset(fixture.present[0], 1, ROWS);
+    for (int i = 0; i < ROWS * CLASSES; i++)
+        if (!isfinite(fixture.teacher_logits[0][i])) fixture.teacher_logits[0][i] = (float)(i % 5);
+    for (int i = 0; i < ROWS * MAX_FEATURE; i++)
+        if (!isfinite(fixture.teacher_feature[0][i])) fixture.teacher_feature[0][i] = 0.25f;
+    trainer_dd_config_t config = fixture_config(TRAINER_DD_ROUTER_LEARNABILITY, 0.0f);
+    make_regression(&fixture, &config);
+    config.teacher_count = 1;
+    config.answer_weight = config.router_weight = 0.0f;
+    trainer_dd_t *dd = new_dd(&config, 19);
+    randomize_params(dd, 20);
+
+    trainer_method_config_t kd_config = {.kind = TRAINER_METHOD_KD,
+                                         .task = TRAINER_TASK_REGRESSION,
+                                         .temperature = config.temperature,
+                                         .kd_weight = config.kd_weight,
+                                         .teacher_count = 1,
+                                         .outputs = CLASSES,
+                                         .max_batch = MAX_BATCH};
+    trainer_method_t *kd = NULL;
+    ck_assert(trainer_method_new(&kd_config, 1, &kd) == CM_OK);
+    trainer_batch_t kd_batch = {
+        .rows = ROWS, .targets = fixture.targets, .labelled = fixture.labelled};
+    kd_batch.teacher_logits[0] = fixture.teacher_logits[0];
+    kd_batch.teacher_present[0] = fixture.present[0];
+    trainer_loss_t kd_loss;
+    float kd_d_logits[ROWS * CLASSES];
+    trainer_student_t kd_student = {.outputs = fixture.student_logits, .d_outputs = kd_d_logits};
+    trainer_method_loss(kd, &kd_batch, &kd_student, &kd_loss);
+
+    step_result_t step;
+    trainer_dd_zero_grads(dd);
+    run_step(dd, &fixture, &step);
+    ck_assert(kd_loss.total > 0.0 && step.loss.kd > 0.0);
+    ck_assert_double_eq_tol(step.loss.total, kd_loss.total, 1e-6 * kd_loss.total);
+    ck_assert_double_eq_tol(step.loss.ce, trainer_method_term(kd, &kd_loss, "mse"), 1e-6);
+    ck_assert_double_eq_tol(step.loss.kd, trainer_method_term(kd, &kd_loss, "kd"),
+                            1e-6 * step.loss.kd);
+    for (int i = 0; i < ROWS * CLASSES; i++)
+        ck_assert_float_eq_tol(step.d_logits[i], kd_d_logits[i], 1e-6f);
+    assert_all_zero(step.d_hidden, ROWS * WIDTH, "d_hidden");
+    ck_assert(step.loss.answer_accuracy == 0.0);
+    trainer_method_free(&kd);
+    trainer_dd_free(&dd);
+}
+END_TEST
+
+/* ---- the method interface ----------------------------------------------------------------- */
+
+/* The fixture as the trainer hands it to a method: teacher 0's feature is its "tokens",
+ * teacher 1's its "hidden", which is also teacher 1's head input (and teacher 0's head input
+ * is a "hidden" of its own). */
+static trainer_batch_t interface_batch(const fixture_t *fixture) {
+    trainer_batch_t batch = {.rows = ROWS,
+                             .labels = fixture->batch.labels,
+                             .targets = fixture->targets,
+                             .labelled = fixture->labelled};
+    for (int t = 0; t < TEACHERS; t++) {
+        batch.teacher_logits[t] = fixture->teacher_logits[t];
+        batch.teacher_present[t] = fixture->present[t];
+    }
+    batch.teacher_tokens[0] = fixture->teacher_feature[0];
+    batch.teacher_hidden[0] = fixture->teacher_head_input;
+    batch.teacher_hidden[1] = fixture->teacher_feature[1];
+    return batch;
+}
+
+static trainer_method_t *new_dd_method(const trainer_dd_config_t *config, uint64_t seed) {
+    trainer_method_config_t method_config = {.kind = TRAINER_METHOD_DIVERSEDISTILL,
+                                             .task = config->task,
+                                             .outputs = config->classes,
+                                             .temperature = config->temperature,
+                                             .kd_weight = config->kd_weight,
+                                             .teacher_count = config->teacher_count,
+                                             .student_hidden = config->student_hidden,
+                                             .max_batch = config->max_batch,
+                                             .dd = config};
+    trainer_method_t *method = NULL;
+    cm_status_t status = trainer_method_new(&method_config, seed, &method);
+    ck_assert_msg(status == CM_OK, "trainer_method_new: %s", cm_last_error());
+    ck_assert_int_eq(trainer_method_kind(method), TRAINER_METHOD_DIVERSEDISTILL);
+    return method;
+}
+
+/*
+ * Through trainer_method_new and trainer_method_loss, DiverseDistill gives bit for bit what
+ * trainer_dd_loss gives, every term under its name, the head's gradients included, for both
+ * tasks and with the interactive probes; its parameters are the module's.
+ */
+START_TEST(test_interface_is_the_module) {
+    trainer_task_t task = _i ? TRAINER_TASK_REGRESSION : TRAINER_TASK_CLASSIFICATION;
+    fixture_t fixture;
+    fixture_init(&fixture, 120);
+    trainer_dd_config_t config = looped_config(7, &fixture); /* end-to-end, align, both heads */
+    if (task == TRAINER_TASK_REGRESSION) make_regression(&fixture, &config);
+    config.feature_output[0] = TRAINER_OUTPUT_TOKENS;
+    config.feature_output[1] = TRAINER_OUTPUT_HIDDEN;
+    trainer_dd_t *dd = new_dd(&config, 21);
+    trainer_method_t *method = new_dd_method(&config, 21);
+    ck_assert_uint_eq(trainer_method_param_count(method), trainer_dd_param_count(dd));
+    ck_assert(memcmp(trainer_method_params(method), trainer_dd_params(dd),
+                     sizeof(float) * trainer_dd_param_count(dd)) == 0);
+
+    step_result_t direct;
+    trainer_dd_zero_grads(dd);
+    run_step(dd, &fixture, &direct);
+
+    step_result_t through;
+    memset(&through, 0, sizeof through);
+    trainer_batch_t batch = interface_batch(&fixture);
+    trainer_student_t student = {.outputs = fixture.student_logits,
+                                 .hidden = fixture.student_hidden,
+                                 .head_weight = fixture.head_weight,
+                                 .head_bias = fixture.head_bias,
+                                 .d_outputs = through.d_logits,
+                                 .d_hidden = through.d_hidden,
+                                 .d_head_weight = through.d_head_weight,
+                                 .d_head_bias = through.d_head_bias};
+    trainer_loss_t loss;
+    trainer_method_zero_grad(method);
+    trainer_method_loss(method, &batch, &student, &loss);
+    ck_assert_int_eq(trainer_method_term_count(method), 7);
+    ck_assert_str_eq(trainer_method_term_name(method, 0), _i ? "mse" : "ce");
+    through.loss =
+        (trainer_dd_loss_t){.total = loss.total,
+                            .ce = trainer_method_term(method, &loss, _i ? "mse" : "ce"),
+                            .kd = trainer_method_term(method, &loss, "kd"),
+                            .answer = trainer_method_term(method, &loss, "dd_answer"),
+                            .router = trainer_method_term(method, &loss, "dd_router"),
+                            .align = trainer_method_term(method, &loss, "dd_align"),
+                            .probe_match = trainer_method_term(method, &loss, "dd_probe_match"),
+                            .probe_answer = trainer_method_term(method, &loss, "dd_probe_answer"),
+                            .answer_accuracy = direct.loss.answer_accuracy, /* not a term */
+                            .labelled = loss.labelled};
+    assert_same_step(&direct, &through);
+    ck_assert(memcmp(trainer_method_grads(method), trainer_dd_grads(dd),
+                     sizeof(float) * trainer_dd_param_count(dd)) == 0);
+
+    /* needs: logits, the feature, and "hidden" for a head */
+    ck_assert_uint_eq(trainer_method_needs(method, 0), 1u << TRAINER_OUTPUT_LOGITS |
+                                                           1u << TRAINER_OUTPUT_TOKENS |
+                                                           1u << TRAINER_OUTPUT_HIDDEN);
+    ck_assert_uint_eq(trainer_method_needs(method, 1),
+                      1u << TRAINER_OUTPUT_LOGITS | 1u << TRAINER_OUTPUT_HIDDEN);
+    trainer_method_free(&method);
+    config.interactive = 0;
+    method = new_dd_method(&config, 21);
+    ck_assert_uint_eq(trainer_method_needs(method, 0),
+                      1u << TRAINER_OUTPUT_LOGITS | 1u << TRAINER_OUTPUT_TOKENS);
+    ck_assert(!trainer_method_chooses(method));
+    trainer_method_free(&method);
+    trainer_dd_free(&dd);
+}
+END_TEST
+
+/*
+ * --dd-filter: the method chooses only with θ > 0; a row's top teacher is always asked, the
+ * others when alpha >= θ; exploration 1 asks for everything; the same seed, the same choice.
+ */
+START_TEST(test_interface_chooses_pairs) {
+    fixture_t fixture;
+    fixture_init(&fixture, 121);
+    trainer_dd_config_t config = fixture_config(TRAINER_DD_ROUTER_LEARNABILITY, 0.0f);
+    trainer_dd_t *dd = new_dd(&config, 22); /* the same module, to read alpha from */
+    randomize_params(dd, 23);
+    float alpha[ROWS * TEACHERS];
+    trainer_dd_route(dd, fixture.student_hidden, ROWS, NULL, alpha);
+    trainer_student_t student = {.outputs = fixture.student_logits,
+                                 .hidden = fixture.student_hidden};
+    static const float explores[] = {0.0f, 1.0f, 0.3f};
+    for (int e = 0; e < 3; e++) {
+        /* θ between the two weights of row 0, so that "alpha >= θ" decides something */
+        config.filter_threshold =
+            fminf(alpha[0], alpha[1]) + 0.5f * fabsf(alpha[0] - alpha[1]) * 0.5f;
+        config.filter_explore = explores[e];
+        trainer_method_t *method = new_dd_method(&config, 22);
+        ck_assert(trainer_method_chooses(method));
+        memcpy(trainer_method_params(method), trainer_dd_params(dd),
+               sizeof(float) * trainer_dd_param_count(dd));
+        uint8_t ask_storage[TEACHERS][ROWS], again_storage[TEACHERS][ROWS];
+        uint8_t *ask[TEACHERS] = {ask_storage[0], ask_storage[1]};
+        uint8_t *again[TEACHERS] = {again_storage[0], again_storage[1]};
+        trainer_method_choose(method, &student, ROWS, 99, ask);
+        trainer_method_choose(method, &student, ROWS, 99, again);
+        ck_assert(memcmp(ask_storage, again_storage, sizeof ask_storage) == 0);
+        int asked = 0;
+        for (int row = 0; row < ROWS; row++) {
+            const float *weights = alpha + row * TEACHERS;
+            int top = weights[1] > weights[0];
+            for (int t = 0; t < TEACHERS; t++) {
+                asked += ask[t][row];
+                if (t == top || weights[t] >= config.filter_threshold || e == 1)
+                    ck_assert_msg(ask[t][row] == 1, "row %d teacher %d not asked (explore %g)", row,
+                                  t, (double)explores[e]);
+                else if (e == 0)
+                    ck_assert_msg(ask[t][row] == 0, "row %d teacher %d asked (alpha %g < %g)", row,
+                                  t, (double)weights[t], (double)config.filter_threshold);
+            }
+        }
+        ck_assert(e == 1 ? asked == ROWS * TEACHERS : asked < ROWS * TEACHERS);
+        trainer_method_free(&method);
+    }
     trainer_dd_free(&dd);
 }
 END_TEST
@@ -1398,13 +1679,18 @@ END_TEST
  * about 0.98 (reliability) and 0.92 (learnability, KL 0 against 1.23 at T = 2, tau = 0.5) on
  * the right teacher; with a hesitant student and tau = 1 the learnability target itself stays
  * near 0.65, and the router can only follow it.  Only the module trains.  Afterwards, on
- * fresh examples, alpha must put most of its weight on the right teacher.
+ * fresh examples, alpha must put most of its weight on the right teacher.  The same as a
+ * regression problem: both targets are then softmax(-SE/τ), about 0.99 on the right teacher.
  */
 START_TEST(test_router_learns_which_teacher_is_right) {
     enum { EXAMPLES = 128, LEARN_WIDTH = 8, LEARN_CLASSES = 4, STEPS = 300 };
     trainer_dd_router_t router =
-        _i == 0 ? TRAINER_DD_ROUTER_RELIABILITY : TRAINER_DD_ROUTER_LEARNABILITY;
+        _i % 2 == 0 ? TRAINER_DD_ROUTER_RELIABILITY : TRAINER_DD_ROUTER_LEARNABILITY;
+    /* Loops 2 and 3: regression, 4 targets; the right teacher predicts them, the wrong one
+     * misses each by 1.5, the student predicts them (squared errors 0 and 2.25). */
+    int regression = _i >= 2;
     trainer_dd_config_t config = trainer_dd_defaults();
+    config.task = regression ? TRAINER_TASK_REGRESSION : TRAINER_TASK_CLASSIFICATION;
     config.teacher_count = 2;
     config.classes = LEARN_CLASSES;
     config.student_hidden = LEARN_WIDTH;
@@ -1421,6 +1707,7 @@ START_TEST(test_router_learns_which_teacher_is_right) {
 
     static int32_t labels[EXAMPLES];
     static uint8_t present[EXAMPLES];
+    static float targets[EXAMPLES * LEARN_CLASSES];
     static float teacher_logits[2][EXAMPLES * LEARN_CLASSES], features[2][EXAMPLES * 6];
     static float student_logits[EXAMPLES * LEARN_CLASSES], hidden[EXAMPLES * LEARN_WIDTH];
     static float head_weight[LEARN_CLASSES * LEARN_WIDTH], head_bias[LEARN_CLASSES];
@@ -1432,6 +1719,9 @@ START_TEST(test_router_learns_which_teacher_is_right) {
     gradcheck_fill(&rng, head_weight, LEARN_CLASSES * LEARN_WIDTH, -0.5f, 0.5f);
     memset(present, 1, sizeof present);
     trainer_dd_batch_t batch = {.rows = EXAMPLES, .labels = labels};
+    if (regression)
+        batch = (trainer_dd_batch_t){
+            .rows = EXAMPLES, .targets = targets, .labelled = present /* all labelled */};
     for (int t = 0; t < 2; t++) {
         batch.teacher_logits[t] = teacher_logits[t];
         batch.teacher_feature[t] = features[t];
@@ -1453,14 +1743,22 @@ START_TEST(test_router_learns_which_teacher_is_right) {
             float *hidden_row = hidden + row * LEARN_WIDTH;
             hidden_row[0] = 2.0f * x;
             for (int u = 1; u < LEARN_WIDTH; u++) hidden_row[u] = cm_rng_normal(&rng);
+            for (int c = 0; c < LEARN_CLASSES; c++)
+                targets[row * LEARN_CLASSES + c] = c == label ? 1.0f : -0.5f;
             for (int t = 0; t < 2; t++) {
                 int right = (t == 0) == (x > 0.0f);
                 int32_t peak = right ? label : (label + 1 + t) % LEARN_CLASSES;
                 for (int c = 0; c < LEARN_CLASSES; c++)
-                    teacher_logits[t][row * LEARN_CLASSES + c] = c == peak ? 4.0f : 0.0f;
+                    teacher_logits[t][row * LEARN_CLASSES + c] =
+                        regression  ? targets[row * LEARN_CLASSES + c] + (right ? 0.0f : 1.5f)
+                        : c == peak ? 4.0f
+                                    : 0.0f;
             }
             for (int c = 0; c < LEARN_CLASSES; c++)
-                student_logits[row * LEARN_CLASSES + c] = c == label ? 4.0f : 0.0f;
+                student_logits[row * LEARN_CLASSES + c] = regression
+                                                              ? targets[row * LEARN_CLASSES + c]
+                                                          : c == label ? 4.0f
+                                                                       : 0.0f;
             gradcheck_fill(&rng, features[0] + row * 4, 4, -1.0f, 1.0f);
             gradcheck_fill(&rng, features[1] + row * 6, 6, -1.0f, 1.0f);
         }
@@ -1479,8 +1777,8 @@ START_TEST(test_router_learns_which_teacher_is_right) {
         ck_assert(isfinite(loss.total));
         trainer_dd_adamw_step(dd, &adamw, step);
     }
-    ck_assert_msg(right_weight > 0.7, "%s router: mean alpha of the right teacher %.3f",
-                  trainer_dd_router_name(router), right_weight);
+    ck_assert_msg(right_weight > 0.7, "%s router (task %d): mean alpha of the right teacher %.3f",
+                  trainer_dd_router_name(router), (int)config.task, right_weight);
     trainer_dd_free(&dd);
 }
 END_TEST
@@ -1493,6 +1791,8 @@ Suite *check_trainer_dd_suite(void) {
     tcase_add_loop_test(gradients, test_loss_matches_reference, 0, LOOPED_CONFIGS);
     tcase_add_loop_test(gradients, test_gradients_match_reference, 0, LOOPED_CONFIGS);
     tcase_add_loop_test(gradients, test_gradients_match_own_loss, 0, 3);
+    tcase_add_loop_test(gradients, test_regression_loss_matches_reference, 0, LOOPED_CONFIGS);
+    tcase_add_loop_test(gradients, test_regression_gradients_match_reference, 0, LOOPED_CONFIGS);
     suite_add_tcase(suite, gradients);
 
     TCase *semantics = tcase_create("semantics");
@@ -1500,6 +1800,9 @@ Suite *check_trainer_dd_suite(void) {
     tcase_add_loop_test(semantics, test_one_teacher_has_alpha_one, 0, 3);
     tcase_add_loop_test(semantics, test_absent_pairs_change_nothing, 0, 6);
     tcase_add_loop_test(semantics, test_only_kd_is_trainer_method_kd, 0, 2);
+    tcase_add_test(semantics, test_regression_only_kd_is_trainer_method_kd);
+    tcase_add_loop_test(semantics, test_interface_is_the_module, 0, 2);
+    tcase_add_test(semantics, test_interface_chooses_pairs);
     tcase_add_test(semantics, test_end_to_end_has_no_router_term);
     tcase_add_test(semantics, test_stop_gradients_hold);
     tcase_add_loop_test(semantics, test_overwrites_outputs_and_adds_gradients, 0, LOOPED_CONFIGS);
@@ -1517,7 +1820,7 @@ Suite *check_trainer_dd_suite(void) {
 
     TCase *learning = tcase_create("learning");
     tcase_set_timeout(learning, 30);
-    tcase_add_loop_test(learning, test_router_learns_which_teacher_is_right, 0, 2);
+    tcase_add_loop_test(learning, test_router_learns_which_teacher_is_right, 0, 4);
     suite_add_tcase(suite, learning);
     return suite;
 }

@@ -11,6 +11,10 @@
  * overwritten while the projection's gradients are added; the config is validated with
  * a sentence; needs() per method; AdamW decays P but not b; and two tiny end-to-end runs
  * (a projection learning a linear map, a 2-layer student learning a teacher by kd).
+ * Regression: the same gradient checks and reference for every method with float targets
+ * and teacher predictions, kd to itself is zero at any T, the mixture weights of avg-kd and
+ * ca-mkd sum to 1 on every row (a common shift of everything changes nothing), ca-mkd
+ * follows the teacher nearest the label, and the term names follow the task.
  * Everything is seeded and runs in well under a second.
  */
 #include "trainer_method.h"
@@ -28,6 +32,8 @@
 #include <string.h>
 
 enum {
+    BASELINES = TRAINER_METHOD_DIVERSEDISTILL, /* kinds 0 .. BASELINES-1 are built from this
+                                                  file's config alone */
     ROWS = 6,
     MAX_BATCH = 8,
     CLASSES = 5,
@@ -48,6 +54,8 @@ typedef struct {
     float teacher_hidden[TEACHERS][ROWS * WIDEST_TEACHER_HIDDEN];
     float student_logits[ROWS * CLASSES];
     float student_hidden[ROWS * STUDENT_HIDDEN];
+    float targets[ROWS * CLASSES]; /* regression: CLASSES targets per row */
+    uint8_t labelled[ROWS];        /* regression: the rows whose label is not -1 */
     trainer_batch_t batch;
 } fixture_t;
 
@@ -96,6 +104,21 @@ static void fixture_init(fixture_t *fixture, uint64_t seed) {
     }
 }
 
+/*
+ * The same batch as a regression problem: the teachers' "logits" are their CLASSES
+ * predictions, the rows labelled before now have float targets, and the int labels are gone
+ * (NULL, so a method that read them would crash).
+ */
+static void fixture_make_regression(fixture_t *fixture, uint64_t seed) {
+    cm_rng_t rng;
+    cm_rng_seed(&rng, seed);
+    gradcheck_fill(&rng, fixture->targets, ROWS * CLASSES, -2.5f, 2.5f);
+    for (int row = 0; row < ROWS; row++) fixture->labelled[row] = fixture->labels[row] >= 0;
+    fixture->batch.labels = NULL;
+    fixture->batch.targets = fixture->targets;
+    fixture->batch.labelled = fixture->labelled;
+}
+
 static trainer_method_config_t fixture_config(trainer_method_kind_t kind) {
     trainer_method_config_t config = {
         .kind = kind,
@@ -105,7 +128,7 @@ static trainer_method_config_t fixture_config(trainer_method_kind_t kind) {
         .fitnet_teacher = FITNET_TEACHER,
         .fitnet_weight = 0.5f,
         .teacher_count = TEACHERS,
-        .classes = CLASSES,
+        .outputs = CLASSES,
         .student_hidden = STUDENT_HIDDEN,
         .max_batch = MAX_BATCH,
     };
@@ -121,16 +144,36 @@ static trainer_method_t *new_method(const trainer_method_config_t *config) {
     return method;
 }
 
+/* The loss of one step by term name (0 for a term the method does not have). */
+typedef struct {
+    double total, ce, kd, fitnet; /* ce: the task term, "ce" or (regression) "mse" */
+    int labelled;
+} step_loss_t;
+
+static step_loss_t named_terms(const trainer_method_t *method, const trainer_loss_t *loss) {
+    return (step_loss_t){.total = loss->total,
+                         .ce = trainer_method_term(method, loss, "ce") +
+                               trainer_method_term(method, loss, "mse"),
+                         .kd = trainer_method_term(method, loss, "kd"),
+                         .fitnet = trainer_method_term(method, loss, "fitnet"),
+                         .labelled = loss->labelled};
+}
+
 /* The outputs of one call of trainer_method_loss. */
 typedef struct {
-    trainer_loss_t loss;
+    step_loss_t loss;
     float d_logits[ROWS * CLASSES];
     float d_hidden[ROWS * STUDENT_HIDDEN];
 } step_result_t;
 
 static void run_step(trainer_method_t *method, const fixture_t *fixture, step_result_t *result) {
-    trainer_method_loss(method, &fixture->batch, fixture->student_logits, fixture->student_hidden,
-                        result->d_logits, result->d_hidden, &result->loss);
+    trainer_student_t student = {.outputs = fixture->student_logits,
+                                 .hidden = fixture->student_hidden,
+                                 .d_outputs = result->d_logits,
+                                 .d_hidden = result->d_hidden};
+    trainer_loss_t loss;
+    trainer_method_loss(method, &fixture->batch, &student, &loss);
+    result->loss = named_terms(method, &loss);
 }
 
 static void assert_all_finite(const float *values, int count, const char *what) {
@@ -163,6 +206,9 @@ static double reference_log_softmax(const float *logits, double temperature, int
     for (int i = 0; i < CLASSES; i++) sum += exp((logits[i] - max_value) / temperature);
     return (logits[c] - max_value) / temperature - log(sum);
 }
+
+static double reference_fitnet(const trainer_method_config_t *config, const fixture_t *fixture,
+                               const float *projection);
 
 /* The whole loss from the definitions, in double; projection is P then b (fitnet only). */
 static double reference_loss(const trainer_method_config_t *config, const fixture_t *fixture,
@@ -206,8 +252,13 @@ static double reference_loss(const trainer_method_config_t *config, const fixtur
     double total = labelled > 0 ? (1.0 - kd_weight) * ce / labelled : 0.0;
     if (rows_with_target > 0)
         total += kd_weight * temperature * temperature * kl / rows_with_target;
-    if (config->kind != TRAINER_METHOD_FITNET) return total;
+    return total + reference_fitnet(config, fixture, projection);
+}
 
+/* λ_fit·MSE(P·h_s + b, h_t) from the definitions (0 unless fitnet). */
+static double reference_fitnet(const trainer_method_config_t *config, const fixture_t *fixture,
+                               const float *projection) {
+    if (config->kind != TRAINER_METHOD_FITNET) return 0.0;
     int width = config->teacher_hidden[config->fitnet_teacher];
     const float *bias = projection + width * STUDENT_HIDDEN;
     double squared_error = 0.0;
@@ -225,7 +276,55 @@ static double reference_loss(const trainer_method_config_t *config, const fixtur
             squared_error += error * error;
         }
     }
-    return total + config->fitnet_weight * squared_error / ((double)present_rows * width);
+    return config->fitnet_weight * squared_error / ((double)present_rows * width);
+}
+
+/*
+ * The regression loss from trainer_method.h, in double: (1-w)·MSE(s, y) over the labelled
+ * rows, w·MSE(s, Σ_i a_i z_i) over the rows with a teacher (a_i uniform over the present
+ * mixed teachers, softmax_i(-mean_k (z_i - y)²) for ca-mkd on labelled rows), the fitnet term.
+ */
+static double reference_regression_loss(const trainer_method_config_t *config,
+                                        const fixture_t *fixture, const float *projection) {
+    double kd_weight = config->kind == TRAINER_METHOD_CE ? 0.0 : config->kd_weight;
+    double task = 0.0, kd = 0.0;
+    int labelled = 0, rows_with_target = 0;
+    for (int row = 0; row < ROWS; row++) {
+        const float *student = fixture->student_logits + row * CLASSES;
+        const float *target = fixture->targets + row * CLASSES;
+        if (fixture->labelled[row]) {
+            for (int k = 0; k < CLASSES; k++) task += pow((double)student[k] - target[k], 2);
+            labelled++;
+        }
+        if (config->kind == TRAINER_METHOD_CE) continue;
+        int single = config->kind == TRAINER_METHOD_KD || config->kind == TRAINER_METHOD_FITNET;
+        double mixture[TEACHERS] = {0}, mixture_sum = 0.0;
+        for (int teacher = 0; teacher < TEACHERS; teacher++) {
+            if (single && teacher != config->kd_teacher) continue;
+            if (!fixture->present[teacher][row]) continue;
+            double squared_error = 0.0;
+            for (int k = 0; k < CLASSES; k++)
+                squared_error +=
+                    pow((double)fixture->teacher_logits[teacher][row * CLASSES + k] - target[k], 2);
+            mixture[teacher] = config->kind == TRAINER_METHOD_CA_MKD && fixture->labelled[row]
+                                   ? exp(-squared_error / CLASSES)
+                                   : 1.0;
+            mixture_sum += mixture[teacher];
+        }
+        if (mixture_sum == 0.0) continue;
+        rows_with_target++;
+        for (int k = 0; k < CLASSES; k++) {
+            double mixed = 0.0;
+            for (int teacher = 0; teacher < TEACHERS; teacher++)
+                if (mixture[teacher] > 0.0)
+                    mixed += mixture[teacher] / mixture_sum *
+                             fixture->teacher_logits[teacher][row * CLASSES + k];
+            kd += pow((double)student[k] - mixed, 2);
+        }
+    }
+    double total = labelled > 0 ? (1.0 - kd_weight) * task / (labelled * CLASSES) : 0.0;
+    if (rows_with_target > 0) total += kd_weight * kd / (rows_with_target * CLASSES);
+    return total + reference_fitnet(config, fixture, projection);
 }
 
 /* ---- gradients against finite differences ------------------------------------------------ */
@@ -269,11 +368,12 @@ static void method_gradcheck_backward(void *context) {
  * so an absolute tolerance of 2e-4 (tighter than the kernels' 1e-3) plus 1e-2 relative
  * leaves no room for a missing T, 1-w, λ or 1/rows.
  */
-START_TEST(test_gradients_match_finite_differences) {
-    trainer_method_kind_t kind = (trainer_method_kind_t)_i;
+static void check_gradients(trainer_method_kind_t kind, trainer_task_t task, uint64_t seed) {
     fixture_t fixture;
-    fixture_init(&fixture, 1000 + (uint64_t)_i);
+    fixture_init(&fixture, 1000 + seed);
     trainer_method_config_t config = fixture_config(kind);
+    config.task = task;
+    if (task == TRAINER_TASK_REGRESSION) fixture_make_regression(&fixture, 3000 + seed);
     trainer_method_t *method = new_method(&config);
 
     method_gradcheck_t check = {.method = method, .fixture = &fixture};
@@ -304,16 +404,19 @@ START_TEST(test_gradients_match_finite_differences) {
 
     /* The forward value first, against the definitions. */
     double loss = method_gradcheck_loss(&check);
-    double want = reference_loss(&config, &fixture, trainer_method_params(method));
-    ck_assert_msg(fabs(loss - want) <= 1e-5 * (1.0 + fabs(want)), "%s: loss %.9g, reference %.9g",
-                  trainer_method_name(kind), loss, want);
+    double want = task == TRAINER_TASK_REGRESSION
+                      ? reference_regression_loss(&config, &fixture, trainer_method_params(method))
+                      : reference_loss(&config, &fixture, trainer_method_params(method));
+    ck_assert_msg(fabs(loss - want) <= 1e-5 * (1.0 + fabs(want)),
+                  "%s (task %d): loss %.9g, reference %.9g", trainer_method_name(kind), (int)task,
+                  loss, want);
     ck_assert_double_eq_tol(
         check.scratch.loss.total,
         check.scratch.loss.ce + check.scratch.loss.kd + check.scratch.loss.fitnet, 1e-12);
     ck_assert_int_eq(check.scratch.loss.labelled, 4);
 
     cm_rng_t rng;
-    cm_rng_seed(&rng, 2000 + (uint64_t)_i);
+    cm_rng_seed(&rng, 2000 + seed);
     gradcheck_tolerance_t tolerance = {.step = 1e-2, .relative = 1e-2, .absolute = 2e-4};
     gradcheck_run(&rng, params, param_total, method_gradcheck_loss, method_gradcheck_backward,
                   &check, tolerance);
@@ -321,6 +424,16 @@ START_TEST(test_gradients_match_finite_differences) {
     free(check.saved_grads);
     trainer_method_free(&method);
     ck_assert_ptr_null(method);
+}
+
+START_TEST(test_gradients_match_finite_differences) {
+    check_gradients((trainer_method_kind_t)_i, TRAINER_TASK_CLASSIFICATION, (uint64_t)_i);
+}
+END_TEST
+
+/* The same for regression: MSE task term, MSE to the mixed predictions, the fitnet term. */
+START_TEST(test_regression_gradients_match_finite_differences) {
+    check_gradients((trainer_method_kind_t)_i, TRAINER_TASK_REGRESSION, 100 + (uint64_t)_i);
 }
 END_TEST
 
@@ -461,7 +574,7 @@ START_TEST(test_absent_rows_change_nothing) {
     trainer_method_t *method = new_method(&config);
     static const float garbage[] = {0.0f, 1e30f, -INFINITY};
     step_result_t with_nan, with_garbage;
-    trainer_method_zero_grads(method);
+    trainer_method_zero_grad(method);
     run_step(method, &fixture, &with_nan);
     ck_assert(isfinite(with_nan.loss.total));
     assert_all_finite(with_nan.d_logits, ROWS * CLASSES, "d_logits");
@@ -475,7 +588,7 @@ START_TEST(test_absent_rows_change_nothing) {
     }
     for (size_t g = 0; g < sizeof garbage / sizeof garbage[0]; g++) {
         fixture_set_garbage(&fixture, garbage[g]);
-        trainer_method_zero_grads(method);
+        trainer_method_zero_grad(method);
         run_step(method, &fixture, &with_garbage);
         assert_same_step(&with_nan, &with_garbage);
         if (param_count)
@@ -521,7 +634,7 @@ START_TEST(test_overwrites_inputs_and_adds_parameters) {
     memset(&clean, 0, sizeof clean);
     for (int i = 0; i < ROWS * CLASSES; i++) dirty.d_logits[i] = NAN;
     for (int i = 0; i < ROWS * STUDENT_HIDDEN; i++) dirty.d_hidden[i] = 7.0f;
-    trainer_method_zero_grads(method);
+    trainer_method_zero_grad(method);
     run_step(method, &fixture, &clean);
     size_t param_count = trainer_method_param_count(method);
     float *once = calloc(param_count + 1, sizeof(float));
@@ -533,7 +646,7 @@ START_TEST(test_overwrites_inputs_and_adds_parameters) {
         assert_all_zero(clean.d_hidden, ROWS * STUDENT_HIDDEN, "d_hidden of a method without it");
     for (size_t i = 0; i < param_count; i++)
         ck_assert_float_eq_tol(trainer_method_grads(method)[i], 2.0f * once[i], 1e-6f);
-    trainer_method_zero_grads(method);
+    trainer_method_zero_grad(method);
     if (param_count) assert_all_zero(trainer_method_grads(method), (int)param_count, "grads");
     free(once);
     trainer_method_free(&method);
@@ -550,6 +663,166 @@ START_TEST(test_empty_batch) {
     run_step(method, &fixture, &step);
     ck_assert(step.loss.total == 0.0);
     ck_assert_int_eq(step.loss.labelled, 0);
+    trainer_method_free(&method);
+}
+END_TEST
+
+/* ---- regression --------------------------------------------------------------------------- */
+
+static trainer_method_config_t regression_config(trainer_method_kind_t kind) {
+    trainer_method_config_t config = fixture_config(kind);
+    config.task = TRAINER_TASK_REGRESSION;
+    return config;
+}
+
+/* Terms are named by the task: the task term is "mse" for regression, "ce" otherwise. */
+START_TEST(test_term_names) {
+    static const char *const expected[BASELINES][3] = {
+        [TRAINER_METHOD_CE] = {"ce", NULL, NULL},
+        [TRAINER_METHOD_KD] = {"ce", "kd", NULL},
+        [TRAINER_METHOD_AVG_KD] = {"ce", "kd", NULL},
+        [TRAINER_METHOD_CA_MKD] = {"ce", "kd", NULL},
+        [TRAINER_METHOD_FITNET] = {"ce", "kd", "fitnet"},
+    };
+    for (int kind = 0; kind < BASELINES; kind++)
+        for (int task = 0; task < 2; task++) {
+            trainer_method_config_t config = fixture_config((trainer_method_kind_t)kind);
+            config.task = (trainer_task_t)task;
+            trainer_method_t *method = new_method(&config);
+            int count = 0;
+            while (count < 3 && expected[kind][count]) count++;
+            ck_assert_int_eq(trainer_method_term_count(method), count);
+            for (int term = 0; term < count; term++) {
+                const char *want =
+                    term == 0 && task == TRAINER_TASK_REGRESSION ? "mse" : expected[kind][term];
+                ck_assert_str_eq(trainer_method_term_name(method, term), want);
+            }
+            ck_assert_ptr_null(trainer_method_term_name(method, count));
+            ck_assert_ptr_null(trainer_method_term_name(method, -1));
+            trainer_method_free(&method);
+        }
+}
+END_TEST
+
+/* kd with the teacher's predictions as the student's outputs: the kd term and its gradient
+ * are exactly zero, whatever the temperature (it does not apply to regression). */
+START_TEST(test_regression_kd_against_itself_is_zero) {
+    fixture_t fixture;
+    fixture_init(&fixture, 41);
+    fixture_make_regression(&fixture, 42);
+    memset(fixture.present[KD_TEACHER], 1, ROWS);
+    for (int i = 0; i < ROWS * CLASSES; i++) {
+        if (!isfinite(fixture.teacher_logits[KD_TEACHER][i]))
+            fixture.teacher_logits[KD_TEACHER][i] = (float)(i % 7) - 3.0f;
+        fixture.student_logits[i] = fixture.teacher_logits[KD_TEACHER][i];
+    }
+    trainer_method_config_t config = regression_config(TRAINER_METHOD_KD);
+    config.kd_weight = 1.0f;
+    for (int t = 0; t < 2; t++) {
+        config.temperature = t ? 7.0f : 1.0f;
+        trainer_method_t *method = new_method(&config);
+        step_result_t step;
+        run_step(method, &fixture, &step);
+        ck_assert(step.loss.kd == 0.0 && step.loss.ce == 0.0 && step.loss.total == 0.0);
+        assert_all_zero(step.d_logits, ROWS * CLASSES, "kd-to-itself d_outputs");
+        trainer_method_free(&method);
+    }
+}
+END_TEST
+
+/*
+ * Shifting everything (student outputs, targets, every teacher's prediction) by the same
+ * constant leaves every squared error, so every ca-mkd weight, unchanged; the target
+ * Σ_i a_i (z_i + δ) moves by δ·Σ_i a_i, so the loss and gradients stay the same exactly when
+ * the weights of every row sum to 1.  avg-kd the same.
+ */
+START_TEST(test_regression_mixture_weights_sum_to_one) {
+    trainer_method_kind_t kind = _i ? TRAINER_METHOD_CA_MKD : TRAINER_METHOD_AVG_KD;
+    fixture_t fixture;
+    fixture_init(&fixture, 43);
+    fixture_make_regression(&fixture, 44);
+    trainer_method_config_t config = regression_config(kind);
+    trainer_method_t *method = new_method(&config);
+    step_result_t before, after;
+    run_step(method, &fixture, &before);
+    ck_assert(before.loss.kd > 0.0);
+    const float shift = 3.0f;
+    for (int i = 0; i < ROWS * CLASSES; i++) {
+        fixture.student_logits[i] += shift;
+        fixture.targets[i] += shift;
+        for (int teacher = 0; teacher < TEACHERS; teacher++)
+            fixture.teacher_logits[teacher][i] += shift; /* NaN stays NaN */
+    }
+    run_step(method, &fixture, &after);
+    ck_assert_double_eq_tol(after.loss.kd, before.loss.kd, 1e-5 * before.loss.kd);
+    ck_assert_double_eq_tol(after.loss.total, before.loss.total, 1e-5 * before.loss.total);
+    for (int i = 0; i < ROWS * CLASSES; i++)
+        ck_assert_float_eq_tol(after.d_logits[i], before.d_logits[i], 1e-5f);
+    trainer_method_free(&method);
+}
+END_TEST
+
+/* Teacher 0 predicts every label exactly, teacher 1 misses by 5 on every target: ca-mkd's
+ * weights are (1, e^-25), so it is kd from teacher 0; without labels it is avg-kd. */
+START_TEST(test_regression_ca_mkd_follows_the_teacher_that_is_right) {
+    fixture_t fixture;
+    fixture_init(&fixture, 45);
+    fixture_make_regression(&fixture, 46);
+    for (int row = 0; row < ROWS; row++) {
+        fixture.labelled[row] = 1;
+        fixture.present[0][row] = fixture.present[1][row] = 1;
+        for (int k = 0; k < CLASSES; k++) {
+            fixture.teacher_logits[0][row * CLASSES + k] = fixture.targets[row * CLASSES + k];
+            fixture.teacher_logits[1][row * CLASSES + k] =
+                fixture.targets[row * CLASSES + k] + 5.0f;
+        }
+    }
+    trainer_method_config_t config = regression_config(TRAINER_METHOD_CA_MKD);
+    config.teacher_count = 2;
+    config.kd_teacher = 0;
+    trainer_method_t *ca = new_method(&config);
+    config.kind = TRAINER_METHOD_KD;
+    trainer_method_t *kd_right = new_method(&config);
+    config.kind = TRAINER_METHOD_AVG_KD;
+    trainer_method_t *avg = new_method(&config);
+    step_result_t ca_step, right_step, avg_step;
+    run_step(ca, &fixture, &ca_step);
+    run_step(kd_right, &fixture, &right_step);
+    run_step(avg, &fixture, &avg_step);
+    ck_assert_double_eq_tol(ca_step.loss.kd, right_step.loss.kd, 1e-5 * right_step.loss.kd);
+    for (int i = 0; i < ROWS * CLASSES; i++)
+        ck_assert_float_eq_tol(ca_step.d_logits[i], right_step.d_logits[i], 1e-6f);
+    ck_assert(fabs(ca_step.loss.kd - avg_step.loss.kd) > 0.1);
+    memset(fixture.labelled, 0, sizeof fixture.labelled);
+    run_step(ca, &fixture, &ca_step);
+    run_step(avg, &fixture, &avg_step);
+    assert_same_step(&ca_step, &avg_step);
+    ck_assert(ca_step.loss.ce == 0.0 && ca_step.loss.labelled == 0);
+    trainer_method_free(&ca);
+    trainer_method_free(&kd_right);
+    trainer_method_free(&avg);
+}
+END_TEST
+
+/* Loop over every method: NaN or a huge value in absent teacher rows and in the targets of
+ * unlabelled rows changes nothing. */
+START_TEST(test_regression_absent_rows_change_nothing) {
+    fixture_t fixture;
+    fixture_init(&fixture, 47);
+    fixture_make_regression(&fixture, 48);
+    trainer_method_config_t config = regression_config((trainer_method_kind_t)_i);
+    trainer_method_t *method = new_method(&config);
+    step_result_t clean, dirty;
+    run_step(method, &fixture, &clean);
+    ck_assert(isfinite(clean.loss.total));
+    assert_all_finite(clean.d_logits, ROWS * CLASSES, "d_outputs");
+    assert_all_finite(clean.d_hidden, ROWS * STUDENT_HIDDEN, "d_hidden");
+    for (int row = 0; row < ROWS; row++)
+        if (!fixture.labelled[row])
+            for (int k = 0; k < CLASSES; k++) fixture.targets[row * CLASSES + k] = NAN;
+    fixture_set_garbage(&fixture, 1e30f);
+    run_step(method, &fixture, &dirty);
+    assert_same_step(&clean, &dirty);
     trainer_method_free(&method);
 }
 END_TEST
@@ -571,7 +844,8 @@ START_TEST(test_names_round_trip) {
     trainer_method_kind_t parsed;
     ck_assert_int_eq(trainer_method_parse("hinton", &parsed), CM_ERR_INVALID_ARG);
     ck_assert_str_eq(cm_last_error(),
-                     "unknown --method 'hinton': expected one of ce, kd, avg-kd, ca-mkd, fitnet");
+                     "unknown --method 'hinton': expected one of ce, kd, avg-kd, ca-mkd, fitnet, "
+                     "diversedistill");
 }
 END_TEST
 
@@ -609,7 +883,9 @@ static const bad_config_t bad_configs[] = {
     {TRAINER_METHOD_AVG_KD, "kd_weight", -0.25f, "--kd-weight must be in [0, 1], got -0.25"},
     {TRAINER_METHOD_KD, "classes", 0, "the method needs at least one class, got 0"},
     {TRAINER_METHOD_KD, "max_batch", 0, "batch size must be at least 1, got 0"},
-    {TRAINER_METHOD_COUNT, "kind", 0, "unknown method kind 5: expected 0..4"},
+    {TRAINER_METHOD_COUNT, "kind", 0, "unknown method kind 6: expected 0..5"},
+    {TRAINER_METHOD_DIVERSEDISTILL, "dd", 0,
+     "--method diversedistill needs the Distillation Module's settings"},
 };
 
 START_TEST(test_config_validation) {
@@ -625,8 +901,9 @@ START_TEST(test_config_validation) {
     if (strcmp(bad->field, "teacher_count") == 0) config.teacher_count = value;
     if (strcmp(bad->field, "temperature") == 0) config.temperature = bad->value;
     if (strcmp(bad->field, "kd_weight") == 0) config.kd_weight = bad->value;
-    if (strcmp(bad->field, "classes") == 0) config.classes = value;
+    if (strcmp(bad->field, "classes") == 0) config.outputs = value;
     if (strcmp(bad->field, "max_batch") == 0) config.max_batch = value;
+    if (strcmp(bad->field, "dd") == 0) config.dd = NULL;
     trainer_method_t *method = (trainer_method_t *)&config; /* any non-NULL: _new resets it */
     ck_assert_int_eq(trainer_method_new(&config, 1, &method), CM_ERR_INVALID_ARG);
     ck_assert_ptr_null(method);
@@ -659,20 +936,24 @@ START_TEST(test_config_accepts_edges) {
 END_TEST
 
 START_TEST(test_needs) {
-    /* {logits, hidden} per method and teacher, with kd_teacher 1 and fitnet_teacher 0. */
-    static const int expected[TRAINER_METHOD_COUNT][TEACHERS][2] = {
+    /* {logits, hidden} per method and teacher, with kd_teacher 1 and fitnet_teacher 0; the
+     * fitnet teacher's logits come with its hidden vector (so a record holds them). */
+    static const int expected[BASELINES][TEACHERS][2] = {
         [TRAINER_METHOD_CE] = {{0, 0}, {0, 0}, {0, 0}},
         [TRAINER_METHOD_KD] = {{0, 0}, {1, 0}, {0, 0}},
         [TRAINER_METHOD_AVG_KD] = {{1, 0}, {1, 0}, {1, 0}},
         [TRAINER_METHOD_CA_MKD] = {{1, 0}, {1, 0}, {1, 0}},
-        [TRAINER_METHOD_FITNET] = {{0, 1}, {1, 0}, {0, 0}},
+        [TRAINER_METHOD_FITNET] = {{1, 1}, {1, 0}, {0, 0}},
     };
-    for (int kind = 0; kind < TRAINER_METHOD_COUNT; kind++) {
+    for (int kind = 0; kind < BASELINES; kind++) {
         trainer_method_config_t config = fixture_config((trainer_method_kind_t)kind);
         trainer_method_t *method = new_method(&config);
+        ck_assert(!trainer_method_chooses(method));
         for (int teacher = 0; teacher < TEACHERS; teacher++) {
-            int logits = -1, hidden = -1;
-            trainer_method_needs(method, teacher, &logits, &hidden);
+            unsigned needs = trainer_method_needs(method, teacher);
+            ck_assert_uint_eq(needs & (1u << TRAINER_OUTPUT_TOKENS), 0);
+            int logits = (needs >> TRAINER_OUTPUT_LOGITS) & 1;
+            int hidden = (needs >> TRAINER_OUTPUT_HIDDEN) & 1;
             ck_assert_msg(
                 logits == expected[kind][teacher][0] && hidden == expected[kind][teacher][1],
                 "%s, teacher %d: needs logits %d hidden %d",
@@ -714,9 +995,9 @@ START_TEST(test_parameter_block) {
     ck_assert_uint_eq(trainer_method_param_count(method), 0);
     ck_assert_ptr_null(trainer_method_params(method));
     ck_assert_ptr_null(trainer_method_grads(method));
-    trainer_method_zero_grads(method);
+    trainer_method_zero_grad(method);
     cm_adamw_config_t adamw = cm_adamw_defaults();
-    trainer_method_adamw_step(method, &adamw, 1); /* nothing to update */
+    trainer_method_update(method, &adamw, 1); /* nothing to update */
     trainer_method_free(&method);
 }
 END_TEST
@@ -733,8 +1014,8 @@ START_TEST(test_adamw_decays_projection_not_bias) {
     cm_adamw_config_t adamw = cm_adamw_defaults();
     adamw.learning_rate = 0.1f;
     adamw.weight_decay = 0.5f;
-    trainer_method_zero_grads(method);
-    trainer_method_adamw_step(method, &adamw, 1);
+    trainer_method_zero_grad(method);
+    trainer_method_update(method, &adamw, 1);
     for (size_t i = 0; i < weight_count; i++)
         ck_assert_float_eq_tol(params[i], before[i] * (1.0f - 0.05f), 1e-7f);
     for (size_t i = weight_count; i < count; i++) ck_assert_float_eq(params[i], 0.5f);
@@ -765,10 +1046,10 @@ START_TEST(test_fitnet_projection_learns_a_linear_map) {
     step_result_t step;
     double first = 0.0;
     for (long iteration = 1; iteration <= 400; iteration++) {
-        trainer_method_zero_grads(method);
+        trainer_method_zero_grad(method);
         run_step(method, &fixture, &step);
         if (iteration == 1) first = step.loss.fitnet;
-        trainer_method_adamw_step(method, &adamw, iteration);
+        trainer_method_update(method, &adamw, iteration);
     }
     run_step(method, &fixture, &step);
     ck_assert_msg(step.loss.fitnet < 1e-3 * first, "fitnet loss %g -> %g", first, step.loss.fitnet);
@@ -812,18 +1093,19 @@ START_TEST(test_student_learns_teacher_by_kd) {
                                       .temperature = 2.0f,
                                       .kd_weight = 1.0f,
                                       .teacher_count = 1,
-                                      .classes = OUT,
+                                      .outputs = OUT,
                                       .max_batch = EXAMPLES};
     trainer_method_t *method = new_method(&config);
     cm_adamw_config_t adamw = cm_adamw_defaults();
     adamw.learning_rate = 1e-2f;
     trainer_loss_t loss;
+    trainer_student_t student = {.outputs = logits, .d_outputs = d_logits};
     double first = 0.0;
     for (long step = 1; step <= STEPS + 1; step++) {
         cm_layers_dense_forward(pre, inputs, params + W1, params + B1, EXAMPLES, INPUTS, HIDDEN);
         cm_layers_relu_forward(act, pre, EXAMPLES * HIDDEN);
         cm_layers_dense_forward(logits, act, params + W2, params + B2, EXAMPLES, HIDDEN, OUT);
-        trainer_method_loss(method, &batch, logits, NULL, d_logits, NULL, &loss);
+        trainer_method_loss(method, &batch, &student, &loss);
         if (step == 1) first = loss.total;
         if (step == STEPS + 1) break;
         memset(grads, 0, sizeof grads);
@@ -853,8 +1135,9 @@ Suite *check_trainer_method_suite(void);
 Suite *check_trainer_method_suite(void) {
     Suite *suite = suite_create("trainer_method");
     TCase *gradients = tcase_create("gradients");
-    tcase_add_loop_test(gradients, test_gradients_match_finite_differences, 0,
-                        TRAINER_METHOD_COUNT);
+    tcase_add_loop_test(gradients, test_gradients_match_finite_differences, 0, BASELINES);
+    tcase_add_loop_test(gradients, test_regression_gradients_match_finite_differences, 0,
+                        BASELINES);
     suite_add_tcase(suite, gradients);
 
     TCase *semantics = tcase_create("semantics");
@@ -863,12 +1146,19 @@ Suite *check_trainer_method_suite(void) {
     tcase_add_test(semantics, test_kd_against_itself_is_zero);
     tcase_add_test(semantics, test_avg_kd_of_one_teacher_is_kd);
     tcase_add_test(semantics, test_ca_mkd_follows_the_teacher_that_is_right);
-    tcase_add_loop_test(semantics, test_absent_rows_change_nothing, 0, TRAINER_METHOD_COUNT);
-    tcase_add_loop_test(semantics, test_unlabelled_batch_has_no_ce, 0, TRAINER_METHOD_COUNT);
-    tcase_add_loop_test(semantics, test_overwrites_inputs_and_adds_parameters, 0,
-                        TRAINER_METHOD_COUNT);
+    tcase_add_loop_test(semantics, test_absent_rows_change_nothing, 0, BASELINES);
+    tcase_add_loop_test(semantics, test_unlabelled_batch_has_no_ce, 0, BASELINES);
+    tcase_add_loop_test(semantics, test_overwrites_inputs_and_adds_parameters, 0, BASELINES);
     tcase_add_test(semantics, test_empty_batch);
     suite_add_tcase(suite, semantics);
+
+    TCase *regression = tcase_create("regression");
+    tcase_add_test(regression, test_term_names);
+    tcase_add_test(regression, test_regression_kd_against_itself_is_zero);
+    tcase_add_loop_test(regression, test_regression_mixture_weights_sum_to_one, 0, 2);
+    tcase_add_test(regression, test_regression_ca_mkd_follows_the_teacher_that_is_right);
+    tcase_add_loop_test(regression, test_regression_absent_rows_change_nothing, 0, BASELINES);
+    suite_add_tcase(suite, regression);
 
     TCase *configuration = tcase_create("configuration");
     tcase_add_test(configuration, test_names_round_trip);
