@@ -1,7 +1,7 @@
 """python3 -m committee serve|query: a teacher without a server script of one's own.
 
     python3 -m committee serve --forward MODULE:CALLABLE --name NAME --role ROLE \
-        --data fashion-mnist --view VIEW --outputs logits:10[,hidden:64] --bind EP [--http H:P]
+        --data fashion-mnist|DIR --view VIEW --outputs logits:10[,hidden:64] --bind EP [--http H:P]
     python3 -m committee serve --mlp CHECKPOINT.safetensors --name NAME ...
     python3 -m committee query --connect EP --ids 0-9 [--outputs logits] [--split test]
 
@@ -23,7 +23,8 @@ queue answering BUSY, heartbeats, Bye and exit 0 on SIGINT/SIGTERM, /healthz /re
 
 The forward callable (--forward MODULE:CALLABLE, MODULE a module name on PYTHONPATH or a
 .py file) receives a float32 NumPy array of the view's rows [batch, features] (784 for
-fashion-mnist's full view, 196 for pool14, 49 for pool7, normalized as the C code does)
+fashion-mnist's full view, 196 for pool14, 49 for pool7; any view of a dataset folder
+--data DIR, dense, categorical or tokens; computed as the C code does, bit for bit)
 and returns a dict {output name: array [batch, *shape]} with at least the outputs asked
 for. --mlp FILE serves a C MLP checkpoint from teacher-server fit instead, bit for bit
 as teacher-server serve would, with its spec, hash, view and head.
@@ -118,7 +119,9 @@ def main(argv=None):
     run.add_argument("--name", help="teacher name")
     run.add_argument("--role", choices=("foundation", "complementary"),
                      help="[default: complementary with --mlp, else foundation]")
-    run.add_argument("--data", default="fashion-mnist", help="dataset [default: fashion-mnist]")
+    run.add_argument("--data", default="fashion-mnist",
+                     help="dataset: a dataset folder (dataset.json + .npy files) or "
+                     "fashion-mnist [default: fashion-mnist]")
     run.add_argument("--data-dir", help="dataset files [default: $COMMITTEE_DATA_DIR or "
                      "/usr/share/datasets/fashion-mnist]")
     run.add_argument("--view", help="view the model reads: full, pool14, pool7")

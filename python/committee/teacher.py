@@ -106,8 +106,8 @@ def is_loopback(endpoint):
 class Teacher:
     """A frozen teacher: metadata, a dataset view and a forward function.
 
-    name, role ("foundation" or "complementary"); data (a dataset name, "fashion-mnist")
-    and view, or dataset (a committee.data.Dataset already loaded); outputs, an ordered
+    name, role ("foundation" or "complementary"); data (a dataset folder or
+    "fashion-mnist") and view, or dataset (a committee.data.Dataset already loaded); outputs, an ordered
     mapping of output name to per-example shape ({"logits": (10,), "hidden": (64,)} or
     "logits:10,hidden:64"), which must include "logits" of width `classes`; forward, a
     function from a float32 array of the view's rows [batch, features] (takes="rows")
@@ -278,7 +278,8 @@ class Teacher:
         if self.takes == "ids":
             result = self.forward(split, ids)
         else:
-            result = self.forward(self.dataset.splits[split].inputs[ids])
+            data = self.dataset.splits[split]
+            result = self.forward(data.gather(data.rows(ids)))
         return result
 
     def _compute(self, job):
@@ -432,11 +433,12 @@ class Teacher:
         split = wire.SPLIT_NAMES[request.split]
         size = self.dataset.splits[split].count
         ids = np.asarray(request.example_ids, dtype=np.int32)
-        if ids.max() >= size:
-            position = int(np.argmax(ids >= size))
+        missing = self.dataset.splits[split].rows(ids) < 0
+        if missing.any():
+            position = int(np.argmax(missing))
             return self._error(routing, request_id, "OUT_OF_RANGE",
-                               f"example id {ids[position]} (position {position}) is outside the "
-                               f"split's {size} examples: split '{split}' of teacher "
+                               f"example id {ids[position]} (position {position}) is not among "
+                               f"the split's {size} examples: split '{split}' of teacher "
                                f"'{self.name}' has {size} examples")
         classes = self.dataset.classes
         if request.top_k > classes:

@@ -1,5 +1,8 @@
 """committee.data computes the same fingerprint and the same view features as the C code."""
+import hashlib
+import json
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -7,9 +10,16 @@ import pytest
 
 import committee
 import processes
-from committee.data import DatasetError, load_fashion_mnist
+from committee.data import DatasetError, load, load_fashion_mnist, npy_header
 from committee.mlp import Mlp
 from committee.safetensors import load as load_safetensors
+
+
+def c_fingerprint(data):
+    """The fingerprint `teacher-server data check DATA` prints."""
+    done = subprocess.run([os.path.join(processes.BIN, "teacher-server"), "data", "check", data],
+                          capture_output=True, text=True, check=True)
+    return re.search(r"^fingerprint\s+([0-9a-f]{64})$", done.stdout, re.M).group(1)
 
 
 def test_fingerprint_of_a_subset_matches_the_c_checkpoint(workdir):
@@ -17,16 +27,186 @@ def test_fingerprint_of_a_subset_matches_the_c_checkpoint(workdir):
     _, metadata = load_safetensors(path)
     data = load_fashion_mnist("pool14", max_train=2000, max_test=500)  # any view: the same
     assert metadata["fingerprint"] == data.fingerprint
+    assert data.fingerprint == load_fashion_mnist("pool7").fingerprint  # subsets: the same
+    assert not any(key.startswith("crc32:") for key in metadata)
 
 
-def test_worked_example_of_proto_readme():
-    data = load_fashion_mnist("pool7")
+def test_builtin_fingerprint_is_that_of_data_check_and_of_its_export(workdir):
+    builtin = load_fashion_mnist("pool7")
+    assert builtin.fingerprint == c_fingerprint("fashion-mnist")
+    exported = os.path.join(workdir, "fashion-mnist-export")
+    if not os.path.exists(exported):
+        subprocess.run([os.path.join(processes.BIN, "teacher-server"), "data", "export",
+                        "fashion-mnist", exported], check=True, capture_output=True)
+    folder = load(exported, "pool7")
+    assert folder.fingerprint == builtin.fingerprint
+    rows = np.arange(0, 60000, 611)
+    assert np.array_equal(folder.splits["train"].gather(rows),
+                          builtin.splits["train"].gather(rows))
+    assert np.array_equal(folder.splits["train"].labels, builtin.splits["train"].labels)
+
+
+def readme_block(readme, opening, after=""):
+    """The text of the first code block opened by `opening` after the text `after`."""
+    begin = readme.index(opening, readme.index(after)) + len(opening)
+    return readme[begin:readme.index("```", begin)]
+
+
+def test_worked_example_of_proto_readme(tmp_path):
+    """Builds the folder proto/README.md section 12 describes; C, Python and the page agree
+    on the canonical manifest, every file line and the fingerprint."""
     with open(os.path.join(processes.ROOT, "proto", "README.md")) as file:
         readme = file.read()
-    assert data.fingerprint == "b98a5543b2d653ce97a6e05bbbaf3809b71b00acedc5ce08ea9bb1dcbafbe89e"
-    assert data.fingerprint in readme
-    subset = load_fashion_mnist("pool7", max_train=2000)
-    assert subset.fingerprint in readme
+    section = readme[readme.index("## 12. The dataset fingerprint"):]
+    folder = tmp_path / "tiny"
+    for split in ("train", "test"):
+        (folder / split).mkdir(parents=True)
+    (folder / "dataset.json").write_text(readme_block(section, "```json\n"))
+    table = re.findall(r"^\| `(\w+/\w+\.npy)` \| `([<>\w]+)`, `\(([\d, ]*)\)` \| ([-\d, ]+) \|$",
+                       section, re.M)
+    assert len(table) == 4
+    for name, dtype, shape, values in table:
+        shape = tuple(int(dim) for dim in shape.split(",") if dim.strip())
+        array = np.array([float(v) for v in values.split(",")], dtype=dtype).reshape(shape)
+        (folder / name).write_bytes(npy_header(array.dtype, shape) + array.tobytes())
+    hashed = readme_block(section, "```\n", "The text hashed").splitlines()
+    documented = re.search(r"^fingerprint: `([0-9a-f]{64})`$", section, re.M).group(1)
+    data = load(str(folder), "x")
+    assert hashed[0] == "committee-dataset-fingerprint/1"
+    assert hashed[1] == data.manifest.canonical
+    for line in hashed[2:]:
+        name, size, digest = line.split()
+        content = (folder / name).read_bytes()
+        assert (int(size), digest) == (len(content), hashlib.sha256(content).hexdigest())
+    assert hashlib.sha256(("\n".join(hashed) + "\n").encode()).hexdigest() == documented
+    assert data.fingerprint == documented == c_fingerprint(str(folder))
+    assert load_fashion_mnist("pool7").fingerprint in section
+
+
+def write_npy(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+
+
+def synthetic_folder(root):
+    """A folder exercising every view kind, ids, a valid split and canonical escaping."""
+    rng = np.random.default_rng(7)
+    manifest = {
+        "format": "committee-dataset/1", "name": "synthetic",
+        "task": {"type": "classification", "classes": 3,
+                 "class_names": ["a\tb", "\u00fcber", "\"q\\\u0001"]},
+        "splits": ["valid", "test", "train"],
+        "views": {
+            "img": {"kind": "dense", "normalize": {"mean": [0.5, -1.25], "std": [2, 0.75]}},
+            "pix": {"kind": "dense", "normalize": {"divide": 255, "mean": [0.1], "std": [0.3]}},
+            "half": {"kind": "dense", "normalize": {"divide": 3, "mean": [1e-7], "std": [1.5]}},
+            "pool": {"from": "img", "transform": "avgpool:2"},
+            "ppool": {"from": "pix", "transform": "avgpool:2"},
+            "cat": {"kind": "categorical", "cardinality": [3, 5]},
+            "tok": {"kind": "tokens", "vocab": 7, "pad": 0}}}
+    root.mkdir()
+    (root / "dataset.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    for split, rows in (("train", 40), ("test", 12), ("valid", 5)):
+        write_npy(root / split / "labels.npy", rng.integers(0, 3, rows).astype(np.int16))
+        if split == "train":
+            write_npy(root / split / "ids.npy", (rng.permutation(rows) * 1000 + 3).astype("<i8"))
+        write_npy(root / split / "img.npy", rng.normal(size=(rows, 2, 4, 4)).astype("<f4"))
+        write_npy(root / split / "pix.npy", rng.integers(0, 256, (rows, 4, 4)).astype("u1"))
+        write_npy(root / split / "half.npy", rng.normal(size=(rows, 6)).astype("<f2"))
+        write_npy(root / split / "cat.npy",
+                  np.stack([rng.integers(0, 3, rows), rng.integers(0, 5, rows)], 1).astype("<i4"))
+        write_npy(root / split / "tok.npy", rng.integers(0, 7, (rows, 3)).astype("<i4"))
+    return root
+
+
+def reference_features(data, split, view):
+    """The features of `view` computed straightforwardly in double (slow, obviously right)."""
+    stored = {"pool": "img", "ppool": "pix"}.get(view, view)
+    array = np.load(os.path.join(data.source, split, stored + ".npy")).astype(np.float64)
+    spec = data.manifest.views[stored]
+    if spec.kind != "dense":
+        return array.reshape(len(array), -1).astype(np.float32)
+    array = array / spec.divide
+    if len(spec.mean) > 1:
+        shape = (1, len(spec.mean)) + (1,) * (array.ndim - 2)
+        array = (array - np.reshape(spec.mean, shape)) / np.reshape(spec.std, shape)
+    elif spec.mean:
+        array = (array - spec.mean[0]) / spec.std[0]
+    if view in ("pool", "ppool"):
+        *lead, h, w = array.shape
+        array = array.reshape(*lead, h // 2, 2, w // 2, 2).mean(axis=(-3, -1))
+    return array.reshape(len(array), -1).astype(np.float32)
+
+
+def test_folder_fingerprint_and_views_match_data_check(tmp_path):
+    folder = str(synthetic_folder(tmp_path / "synthetic"))
+    data = load(folder, "img")
+    assert data.fingerprint == c_fingerprint(folder)
+    assert data.name == "synthetic" and data.classes == 3
+    assert '"class_names":["a\\u0009b","\u00fcber","\\"q\\\\\\u0001"]' in data.manifest.canonical
+    assert sorted(data.splits) == ["test", "train", "valid"]
+    for view, features in (("img", 32), ("pix", 16), ("half", 6), ("pool", 8), ("ppool", 4),
+                           ("cat", 2), ("tok", 3)):
+        viewed = load(folder, view, max_train=10)
+        assert viewed.fingerprint == data.fingerprint  # never the view nor the subset
+        assert viewed.features == features and viewed.splits["train"].count == 10
+        for split in ("train", "valid"):
+            got = viewed.splits[split].inputs
+            assert got.dtype == np.float32
+            expected = reference_features(viewed, split, view)[:len(got)]
+            assert np.allclose(got, expected, rtol=1e-6, atol=1e-6), view
+    train = data.splits["train"]
+    assert train.rows([train.ids[5], 999999, train.ids[0]]).tolist() == [5, -1, 0]
+
+
+def test_folder_features_match_the_c_teacher_bit_for_bit(tmp_path, workdir):
+    """An MLP fitted by teacher-server on a folder view: teacher-server serve's logits
+    equal the exact Python forward on committee.data's features, so the bits agree."""
+    folder = str(synthetic_folder(tmp_path / "bits"))
+    for view, features in (("img", 32), ("pool", 8), ("ppool", 4), ("half", 6)):
+        path = str(tmp_path / f"{view}.safetensors")
+        subprocess.run([os.path.join(processes.BIN, "teacher-server"), "fit", "--data", folder,
+                        "--model", f"mlp:{features}-8-3", "--view", view, "--epochs", "1",
+                        "--out", path], check=True, capture_output=True)
+        data = load(folder, view)
+        model = Mlp(path, exact=True)
+        teacher = processes.c_teacher(path, workdir, "--data", folder)
+        try:
+            with committee.Client(teacher.endpoint, timeout_ms=60000) as client:
+                assert client.hello().dataset_fingerprint == data.fingerprint
+                ids = data.splits["train"].ids[:17]
+                served = client.query(ids, ["logits"], "train")
+                local = model.forward(data.splits["train"].gather(data.splits["train"].rows(ids)))
+                assert np.array_equal(served["logits"], local["logits"]), view
+        finally:
+            assert teacher.stop() == 0
+
+
+def test_python_teacher_serves_a_folder(tmp_path, workdir):
+    folder = str(synthetic_folder(tmp_path / "served"))
+    path = str(tmp_path / "pool.safetensors")
+    subprocess.run([os.path.join(processes.BIN, "teacher-server"), "fit", "--data", folder,
+                    "--model", "mlp:8-8-3", "--view", "pool", "--epochs", "1", "--out", path],
+                   check=True, capture_output=True)
+    c_teacher = processes.c_teacher(path, workdir, "--data", folder)
+    py_teacher = processes.python_teacher(workdir, "--mlp", path, "--data", folder)
+    try:
+        with committee.Client(c_teacher.endpoint, timeout_ms=60000) as c_client, \
+                committee.Client(py_teacher.endpoint, timeout_ms=60000) as py_client:
+            c_hello, py_hello = c_client.hello(), py_client.hello()
+            assert py_hello.dataset_fingerprint == c_hello.dataset_fingerprint
+            assert py_hello.dataset_fingerprint == c_fingerprint(folder)
+            ids = load(folder, "pool").splits["train"].ids[::3]
+            for split, wanted in (("train", ids), ("test", np.arange(12))):
+                served = py_client.query(wanted, ["logits", "hidden"], split)
+                reference = c_client.query(wanted, ["logits", "hidden"], split)
+                assert np.array_equal(served["logits"], reference["logits"])
+                assert np.array_equal(served["hidden"], reference["hidden"])
+            with pytest.raises(committee.TeacherError, match="OUT_OF_RANGE|not among"):
+                py_client.query([1], ["logits"], "train")  # not an id of the folder
+    finally:
+        assert py_teacher.stop() == 0
+        assert c_teacher.stop() == 0
 
 
 @pytest.mark.parametrize("view", ["full", "pool14", "pool7"])
