@@ -99,11 +99,3 @@ def pytest_sessionfinish(session, exitstatus):
     for process in _started.values():
         process.stop()
 
-
-def xfail_for_c(target, rule):
-    """Marks the running test as an expected failure of the C teacher for `rule` (the
-    hardening of teacher_serve.c that fixes it is being merged separately)."""
-    if target.kind == "c":
-        return pytest.mark.xfail(reason=f"teacher-server serve does not yet follow: {rule}",
-                                 strict=False)
-    return None

@@ -252,3 +252,37 @@ def test_corrupt_file_named(tmp_path):
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8bnot really gzip")
     with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz"):
         load_fashion_mnist("pool7", directory=str(tmp_path))
+
+
+def test_safetensors_checksums_are_verified(workdir, tmp_path):
+    """A checkpoint of teacher-server fit loads with its crc32: keys verified and hidden; a
+    flipped byte in a tensor or in the metadata is named; a file without any checksum loads."""
+    path = processes.fit_mlp(workdir, "mlp:49-8-10", "pool7", "crc")
+    blob = open(path, "rb").read()
+    tensors, metadata = load_safetensors(path)
+    assert metadata["fingerprint"] and not any(key.startswith("crc32:") for key in metadata)
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + length])
+    assert any(key.startswith("crc32:") for key in header["__metadata__"])
+    damaged = bytearray(blob)
+    damaged[-1] ^= 1  # the last tensor's last byte
+    (tmp_path / "tensor.safetensors").write_bytes(bytes(damaged))
+    with pytest.raises(committee.safetensors.SafetensorsError, match="tensor .* is damaged"):
+        load_safetensors(str(tmp_path / "tensor.safetensors"))
+
+    def rewrite(name, edit):
+        changed = json.loads(blob[8:8 + length])
+        edit(changed["__metadata__"])
+        text = json.dumps(changed).encode()
+        (tmp_path / name).write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + length:])
+        return str(tmp_path / name)
+
+    with pytest.raises(committee.safetensors.SafetensorsError, match="metadata is damaged"):
+        load_safetensors(rewrite("meta.safetensors",
+                                 lambda meta: meta.update(view=meta["view"] + "x")))
+    with pytest.raises(committee.safetensors.SafetensorsError, match="none for"):
+        load_safetensors(rewrite("partial.safetensors",
+                                 lambda meta: meta.pop("crc32:__metadata__")))
+    bare = rewrite("bare.safetensors", lambda meta: [meta.pop(key) for key in list(meta)
+                                                    if key.startswith("crc32:")])
+    assert all(np.array_equal(tensors[name], load_safetensors(bare)[0][name]) for name in tensors)
