@@ -106,17 +106,17 @@ def is_loopback(endpoint):
 class Teacher:
     """A frozen teacher: metadata, a dataset view and a forward function.
 
-    name, role ("foundation" or "complementary"); data (a dataset folder or
-    "fashion-mnist") and view, or dataset (a committee.data.Dataset already loaded); outputs, an ordered
+    name, role ("foundation" or "complementary"); data (a dataset folder or "fashion-mnist")
+    and view, or dataset (a committee.data.Dataset already loaded); outputs, an ordered
     mapping of output name to per-example shape ({"logits": (10,), "hidden": (64,)} or
     "logits:10,hidden:64"), which must include "logits" of width `classes`; forward, a
-    function from a float32 array of the view's rows [batch, features] (takes="rows")
-    or from (split name, int32 ids [batch]) (takes="ids") to a dict of arrays
-    [batch, *shape] for at least the outputs asked for.  model_id names the model in the
-    Hello (default "python:NAME"); model_sha256 identifies its weights (64 hex digits;
-    replicas and restarts must agree; default: SHA-256 of model_file when given, else of
-    name and model_id).  head: {"hidden": (weight [classes, width], bias [classes])}
-    lends the dense layer from that output to the logits.
+    function from a float32 array of the view's rows [batch, features] (takes="rows") or
+    from (split name, int32 example ids [batch]) (takes="ids") to a dict of arrays [batch,
+    *shape] for at least the outputs asked for. model_id names the model in the Hello
+    (default "python:NAME"); model_sha256 identifies its weights (64 hex digits; replicas
+    and restarts must agree; default: SHA-256 of model_file when given, else of name and
+    model_id). head: {"hidden": (weight [classes, width], bias [classes])} lends the dense
+    layer from that output to the logits.
     """
 
     def __init__(self, name, role, forward, outputs, data="fashion-mnist", view="full",
