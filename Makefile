@@ -73,6 +73,7 @@ check: deps
 
 check-run: $(CHECK_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
 	COMMITTEE_BIN_DIR=$(BUILD)/bin $(CHECK_BIN)
+	@$(MAKE) --no-print-directory check-python
 
 check-asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan SANITIZE=1 check-run
@@ -167,6 +168,26 @@ check-docker: deps
 check-netns: deps
 	@$(MAKE) --no-print-directory all
 	deploy/netns-test.sh
+
+# Python SDK (python/committee) and the conformance suite (tests/conformance), on Debian's
+# python3-* packages only: `make python` generates committee_pb2 from proto/ into
+# $(BUILD)/python (never committed); `make check-python` runs pytest against teacher-server
+# serve and the Python teacher; `make bench-python` compares their served examples/s.
+.PHONY: python check-python bench-python
+PYTHON ?= /usr/bin/python3
+PY_ENV  = PYTHONPATH=$(CURDIR)/python:$(CURDIR)/$(BUILD)/python COMMITTEE_BIN_DIR=$(CURDIR)/$(BUILD)/bin
+
+python: $(BUILD)/python/committee_pb2.py
+
+$(BUILD)/python/committee_pb2.py: proto/committee.proto
+	@mkdir -p $(dir $@)
+	protoc --proto_path=proto --python_out=$(dir $@) $<
+
+check-python: python $(TEACHER_BIN) $(TRAINER_BIN)
+	$(PY_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/python tests/conformance
+
+bench-python: python $(TEACHER_BIN)
+	$(PY_ENV) $(PYTHON) bench/bench_python.py
 
 # Fuzzing (issue 11): `make fuzz` builds every tests/fuzz/fuzz_*.c into a libFuzzer harness
 # build-fuzz/fuzz_NAME with clang, linked with common/ compiled with the same sanitizers;

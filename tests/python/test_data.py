@@ -1,0 +1,288 @@
+"""committee.data computes the same fingerprint and the same view features as the C code."""
+import hashlib
+import json
+import os
+import re
+import subprocess
+
+import numpy as np
+import pytest
+
+import committee
+import processes
+from committee.data import DatasetError, load, load_fashion_mnist, npy_header
+from committee.mlp import Mlp
+from committee.safetensors import load as load_safetensors
+
+
+def c_fingerprint(data):
+    """The fingerprint `teacher-server data check DATA` prints."""
+    done = subprocess.run([os.path.join(processes.BIN, "teacher-server"), "data", "check", data],
+                          capture_output=True, text=True, check=True)
+    return re.search(r"^fingerprint\s+([0-9a-f]{64})$", done.stdout, re.M).group(1)
+
+
+def test_fingerprint_of_a_subset_matches_the_c_checkpoint(workdir):
+    path = processes.fit_mlp(workdir, "mlp:49-8-10", "pool7", "fp-subset", "--max-test", "500")
+    _, metadata = load_safetensors(path)
+    data = load_fashion_mnist("pool14", max_train=2000, max_test=500)  # any view: the same
+    assert metadata["fingerprint"] == data.fingerprint
+    assert data.fingerprint == load_fashion_mnist("pool7").fingerprint  # subsets: the same
+    assert not any(key.startswith("crc32:") for key in metadata)
+
+
+def test_builtin_fingerprint_is_that_of_data_check_and_of_its_export(workdir):
+    builtin = load_fashion_mnist("pool7")
+    assert builtin.fingerprint == c_fingerprint("fashion-mnist")
+    exported = os.path.join(workdir, "fashion-mnist-export")
+    if not os.path.exists(exported):
+        subprocess.run([os.path.join(processes.BIN, "teacher-server"), "data", "export",
+                        "fashion-mnist", exported], check=True, capture_output=True)
+    folder = load(exported, "pool7")
+    assert folder.fingerprint == builtin.fingerprint
+    rows = np.arange(0, 60000, 611)
+    assert np.array_equal(folder.splits["train"].gather(rows),
+                          builtin.splits["train"].gather(rows))
+    assert np.array_equal(folder.splits["train"].labels, builtin.splits["train"].labels)
+
+
+def readme_block(readme, opening, after=""):
+    """The text of the first code block opened by `opening` after the text `after`."""
+    begin = readme.index(opening, readme.index(after)) + len(opening)
+    return readme[begin:readme.index("```", begin)]
+
+
+def test_worked_example_of_proto_readme(tmp_path):
+    """Builds the folder proto/README.md section 12 describes; C, Python and the page agree
+    on the canonical manifest, every file line and the fingerprint."""
+    with open(os.path.join(processes.ROOT, "proto", "README.md")) as file:
+        readme = file.read()
+    section = readme[readme.index("## 12. The dataset fingerprint"):]
+    folder = tmp_path / "tiny"
+    for split in ("train", "test"):
+        (folder / split).mkdir(parents=True)
+    (folder / "dataset.json").write_text(readme_block(section, "```json\n"))
+    table = re.findall(r"^\| `(\w+/\w+\.npy)` \| `([<>\w]+)`, `\(([\d, ]*)\)` \| ([-\d, ]+) \|$",
+                       section, re.M)
+    assert len(table) == 4
+    for name, dtype, shape, values in table:
+        shape = tuple(int(dim) for dim in shape.split(",") if dim.strip())
+        array = np.array([float(v) for v in values.split(",")], dtype=dtype).reshape(shape)
+        (folder / name).write_bytes(npy_header(array.dtype, shape) + array.tobytes())
+    hashed = readme_block(section, "```\n", "The text hashed").splitlines()
+    documented = re.search(r"^fingerprint: `([0-9a-f]{64})`$", section, re.M).group(1)
+    data = load(str(folder), "x")
+    assert hashed[0] == "committee-dataset-fingerprint/1"
+    assert hashed[1] == data.manifest.canonical
+    for line in hashed[2:]:
+        name, size, digest = line.split()
+        content = (folder / name).read_bytes()
+        assert (int(size), digest) == (len(content), hashlib.sha256(content).hexdigest())
+    assert hashlib.sha256(("\n".join(hashed) + "\n").encode()).hexdigest() == documented
+    assert data.fingerprint == documented == c_fingerprint(str(folder))
+    assert load_fashion_mnist("pool7").fingerprint in section
+
+
+def write_npy(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+
+
+def synthetic_folder(root):
+    """A folder exercising every view kind, ids, a valid split and canonical escaping."""
+    rng = np.random.default_rng(7)
+    manifest = {
+        "format": "committee-dataset/1", "name": "synthetic",
+        "task": {"type": "classification", "classes": 3,
+                 "class_names": ["a\tb", "\u00fcber", "\"q\\\u0001"]},
+        "splits": ["valid", "test", "train"],
+        "views": {
+            "img": {"kind": "dense", "normalize": {"mean": [0.5, -1.25], "std": [2, 0.75]}},
+            "pix": {"kind": "dense", "normalize": {"divide": 255, "mean": [0.1], "std": [0.3]}},
+            "half": {"kind": "dense", "normalize": {"divide": 3, "mean": [1e-7], "std": [1.5]}},
+            "pool": {"from": "img", "transform": "avgpool:2"},
+            "ppool": {"from": "pix", "transform": "avgpool:2"},
+            "cat": {"kind": "categorical", "cardinality": [3, 5]},
+            "tok": {"kind": "tokens", "vocab": 7, "pad": 0}}}
+    root.mkdir()
+    (root / "dataset.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    for split, rows in (("train", 40), ("test", 12), ("valid", 5)):
+        write_npy(root / split / "labels.npy", rng.integers(0, 3, rows).astype(np.int16))
+        if split == "train":
+            write_npy(root / split / "ids.npy", (rng.permutation(rows) * 1000 + 3).astype("<i8"))
+        write_npy(root / split / "img.npy", rng.normal(size=(rows, 2, 4, 4)).astype("<f4"))
+        write_npy(root / split / "pix.npy", rng.integers(0, 256, (rows, 4, 4)).astype("u1"))
+        write_npy(root / split / "half.npy", rng.normal(size=(rows, 6)).astype("<f2"))
+        write_npy(root / split / "cat.npy",
+                  np.stack([rng.integers(0, 3, rows), rng.integers(0, 5, rows)], 1).astype("<i4"))
+        write_npy(root / split / "tok.npy", rng.integers(0, 7, (rows, 3)).astype("<i4"))
+    return root
+
+
+def reference_features(data, split, view):
+    """The features of `view` computed straightforwardly in double (slow, obviously right)."""
+    stored = {"pool": "img", "ppool": "pix"}.get(view, view)
+    array = np.load(os.path.join(data.source, split, stored + ".npy")).astype(np.float64)
+    spec = data.manifest.views[stored]
+    if spec.kind != "dense":
+        return array.reshape(len(array), -1).astype(np.float32)
+    array = array / spec.divide
+    if len(spec.mean) > 1:
+        shape = (1, len(spec.mean)) + (1,) * (array.ndim - 2)
+        array = (array - np.reshape(spec.mean, shape)) / np.reshape(spec.std, shape)
+    elif spec.mean:
+        array = (array - spec.mean[0]) / spec.std[0]
+    if view in ("pool", "ppool"):
+        *lead, h, w = array.shape
+        array = array.reshape(*lead, h // 2, 2, w // 2, 2).mean(axis=(-3, -1))
+    return array.reshape(len(array), -1).astype(np.float32)
+
+
+def test_folder_fingerprint_and_views_match_data_check(tmp_path):
+    folder = str(synthetic_folder(tmp_path / "synthetic"))
+    data = load(folder, "img")
+    assert data.fingerprint == c_fingerprint(folder)
+    assert data.name == "synthetic" and data.classes == 3
+    assert '"class_names":["a\\u0009b","\u00fcber","\\"q\\\\\\u0001"]' in data.manifest.canonical
+    assert sorted(data.splits) == ["test", "train", "valid"]
+    for view, features in (("img", 32), ("pix", 16), ("half", 6), ("pool", 8), ("ppool", 4),
+                           ("cat", 2), ("tok", 3)):
+        viewed = load(folder, view, max_train=10)
+        assert viewed.fingerprint == data.fingerprint  # never the view nor the subset
+        assert viewed.features == features and viewed.splits["train"].count == 10
+        for split in ("train", "valid"):
+            got = viewed.splits[split].inputs
+            assert got.dtype == np.float32
+            expected = reference_features(viewed, split, view)[:len(got)]
+            assert np.allclose(got, expected, rtol=1e-6, atol=1e-6), view
+    train = data.splits["train"]
+    assert train.rows([train.ids[5], 999999, train.ids[0]]).tolist() == [5, -1, 0]
+
+
+def test_folder_features_match_the_c_teacher_bit_for_bit(tmp_path, workdir):
+    """An MLP fitted by teacher-server on a folder view: teacher-server serve's logits
+    equal the exact Python forward on committee.data's features, so the bits agree."""
+    folder = str(synthetic_folder(tmp_path / "bits"))
+    for view, features in (("img", 32), ("pool", 8), ("ppool", 4), ("half", 6)):
+        path = str(tmp_path / f"{view}.safetensors")
+        subprocess.run([os.path.join(processes.BIN, "teacher-server"), "fit", "--data", folder,
+                        "--model", f"mlp:{features}-8-3", "--view", view, "--epochs", "1",
+                        "--out", path], check=True, capture_output=True)
+        data = load(folder, view)
+        model = Mlp(path, exact=True)
+        teacher = processes.c_teacher(path, workdir, "--data", folder)
+        try:
+            with committee.Client(teacher.endpoint, timeout_ms=60000) as client:
+                assert client.hello().dataset_fingerprint == data.fingerprint
+                ids = data.splits["train"].ids[:17]
+                served = client.query(ids, ["logits"], "train")
+                local = model.forward(data.splits["train"].gather(data.splits["train"].rows(ids)))
+                assert np.array_equal(served["logits"], local["logits"]), view
+        finally:
+            assert teacher.stop() == 0
+
+
+def test_python_teacher_serves_a_folder(tmp_path, workdir):
+    folder = str(synthetic_folder(tmp_path / "served"))
+    path = str(tmp_path / "pool.safetensors")
+    subprocess.run([os.path.join(processes.BIN, "teacher-server"), "fit", "--data", folder,
+                    "--model", "mlp:8-8-3", "--view", "pool", "--epochs", "1", "--out", path],
+                   check=True, capture_output=True)
+    c_teacher = processes.c_teacher(path, workdir, "--data", folder)
+    py_teacher = processes.python_teacher(workdir, "--mlp", path, "--data", folder)
+    try:
+        with committee.Client(c_teacher.endpoint, timeout_ms=60000) as c_client, \
+                committee.Client(py_teacher.endpoint, timeout_ms=60000) as py_client:
+            c_hello, py_hello = c_client.hello(), py_client.hello()
+            assert py_hello.dataset_fingerprint == c_hello.dataset_fingerprint
+            assert py_hello.dataset_fingerprint == c_fingerprint(folder)
+            ids = load(folder, "pool").splits["train"].ids[::3]
+            for split, wanted in (("train", ids), ("test", np.arange(12))):
+                served = py_client.query(wanted, ["logits", "hidden"], split)
+                reference = c_client.query(wanted, ["logits", "hidden"], split)
+                assert np.array_equal(served["logits"], reference["logits"])
+                assert np.array_equal(served["hidden"], reference["hidden"])
+            with pytest.raises(committee.TeacherError, match="OUT_OF_RANGE|not among"):
+                py_client.query([1], ["logits"], "train")  # not an id of the folder
+    finally:
+        assert py_teacher.stop() == 0
+        assert c_teacher.stop() == 0
+
+
+@pytest.mark.parametrize("view", ["full", "pool14", "pool7"])
+def test_views_match_the_c_teacher_bit_for_bit(workdir, view):
+    """The C teacher's logits on its own view equal the exact Python MLP forward on the view
+    committee.data computes: the features are the same bits (and so is the forward)."""
+    inputs = {"full": 784, "pool14": 196, "pool7": 49}[view]
+    path = processes.fit_mlp(workdir, f"mlp:{inputs}-16-10", view, f"view-{view}")
+    data = load_fashion_mnist(view)
+    model = Mlp(path, exact=True)
+    teacher = processes.c_teacher(path, workdir)
+    try:
+        with committee.Client(teacher.endpoint, timeout_ms=60000) as client:
+            hello = client.hello()
+            assert hello.dataset_fingerprint == data.fingerprint
+            for split in ("train", "test"):
+                ids = np.arange(0, data.splits[split].count, 97)[:300]
+                served = client.query(ids, ["logits", "hidden"], split)
+                local = model.forward(data.splits[split].inputs[ids])
+                assert np.array_equal(served["logits"], local["logits"])
+                assert np.array_equal(served["hidden"], local["hidden"])
+    finally:
+        assert teacher.stop() == 0
+    assert data.splits["train"].inputs.dtype == np.float32
+    assert data.splits["train"].inputs.shape == (60000, inputs)
+
+
+def test_missing_files_name_the_file(tmp_path):
+    with pytest.raises(DatasetError, match="train-images-idx3-ubyte.gz"):
+        load_fashion_mnist("full", directory=str(tmp_path))
+
+
+def test_unknown_view_lists_the_views():
+    with pytest.raises(DatasetError, match="full,pool14,pool7"):
+        load_fashion_mnist("pool3")
+
+
+def test_corrupt_file_named(tmp_path):
+    source = "/usr/share/datasets/fashion-mnist"
+    for name in os.listdir(source):
+        os.symlink(os.path.join(source, name), tmp_path / name)
+    os.unlink(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8bnot really gzip")
+    with pytest.raises(DatasetError, match="t10k-labels-idx1-ubyte.gz"):
+        load_fashion_mnist("pool7", directory=str(tmp_path))
+
+
+def test_safetensors_checksums_are_verified(workdir, tmp_path):
+    """A checkpoint of teacher-server fit loads with its crc32: keys verified and hidden; a
+    flipped byte in a tensor or in the metadata is named; a file without any checksum loads."""
+    path = processes.fit_mlp(workdir, "mlp:49-8-10", "pool7", "crc")
+    blob = open(path, "rb").read()
+    tensors, metadata = load_safetensors(path)
+    assert metadata["fingerprint"] and not any(key.startswith("crc32:") for key in metadata)
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + length])
+    assert any(key.startswith("crc32:") for key in header["__metadata__"])
+    damaged = bytearray(blob)
+    damaged[-1] ^= 1  # the last tensor's last byte
+    (tmp_path / "tensor.safetensors").write_bytes(bytes(damaged))
+    with pytest.raises(committee.safetensors.SafetensorsError, match="tensor .* is damaged"):
+        load_safetensors(str(tmp_path / "tensor.safetensors"))
+
+    def rewrite(name, edit):
+        changed = json.loads(blob[8:8 + length])
+        edit(changed["__metadata__"])
+        text = json.dumps(changed).encode()
+        (tmp_path / name).write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + length:])
+        return str(tmp_path / name)
+
+    with pytest.raises(committee.safetensors.SafetensorsError, match="metadata is damaged"):
+        load_safetensors(rewrite("meta.safetensors",
+                                 lambda meta: meta.update(view=meta["view"] + "x")))
+    with pytest.raises(committee.safetensors.SafetensorsError, match="none for"):
+        load_safetensors(rewrite("partial.safetensors",
+                                 lambda meta: meta.pop("crc32:__metadata__")))
+    bare = rewrite("bare.safetensors", lambda meta: [meta.pop(key) for key in list(meta)
+                                                    if key.startswith("crc32:")])
+    assert all(np.array_equal(tensors[name], load_safetensors(bare)[0][name]) for name in tensors)
