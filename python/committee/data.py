@@ -72,7 +72,7 @@ def _canonical_string(text):
 def canonical_json(value):
     """The canonical text of a parsed JSON value (common/cm_manifest.h): no whitespace,
     keys sorted by their UTF-8 bytes, only '"', '\\\\' and control characters escaped,
-    integers in decimal, reals as printf("%.17g")."""
+    integers in decimal, reals as printf("%.17g") (-0.0 as 0)."""
     if isinstance(value, dict):
         keys = sorted(value, key=lambda key: key.encode("utf-8"))
         return "{" + ",".join(_canonical_string(key) + ":" + canonical_json(value[key])
@@ -89,7 +89,7 @@ def canonical_json(value):
         return "null"
     if isinstance(value, int):
         return str(value)
-    return "%.17g" % value
+    return "%.17g" % (0.0 if value == 0.0 else value)
 
 
 def npy_header(dtype, shape):
