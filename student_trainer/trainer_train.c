@@ -134,7 +134,8 @@ typedef struct {
     int filtering;                                 /* this epoch asks only the kept pairs */
     int forwarded_batch;           /* batch whose forward pass filtering already ran, or -1 */
     const float *forwarded_logits; /* its logits (the model's, valid until the next forward) */
-    double valid_accuracy;         /* on the --holdout examples, after the last epoch */
+    cm_score_t test_score;         /* of the last finished epoch, on the test split */
+    cm_score_t valid_score;        /* on the --holdout examples, after the last epoch */
     trainer_committee_t *committee;
     trainer_cache_t *cache;
     trainer_feed_t *feed; /* the batches, and the teacher outputs they need */
@@ -336,9 +337,10 @@ static cm_status_t save_state(run_t *run) {
                                 (int)(sizeof metadata / sizeof metadata[0]) / 2);
 }
 
-static cm_status_t save_student(run_t *run, double test_accuracy) {
+/* `test_metric` is the test accuracy (classification) or RMSE (regression). */
+static cm_status_t save_student(run_t *run, double test_metric) {
     char accuracy_text[32], manifest[1024], epochs_text[16];
-    snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_accuracy);
+    snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_metric);
     snprintf(epochs_text, sizeof epochs_text, "%d", run->options.epochs);
     manifest_text(run, manifest, sizeof manifest);
     const char *metadata[] = {"view",
@@ -359,7 +361,8 @@ static cm_status_t save_student(run_t *run, double test_accuracy) {
                               manifest,
                               "epochs",
                               epochs_text,
-                              "test_accuracy",
+                              run->dataset->task == CM_TASK_REGRESSION ? "test_rmse"
+                                                                       : "test_accuracy",
                               accuracy_text,
                               "format",
                               "committee-checkpoint-1"};
@@ -586,10 +589,10 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
 
 /* ---------------------------------------------------------------- epochs */
 
-/* One JSON line for the finished `epoch`; `distinct` examples were trained in it.  CM_ERR_IO
- * naming --metrics when the line could not be written and flushed. */
-static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double seconds,
-                                 double accuracy, double test_loss) {
+/* One JSON line for the finished `epoch`; `distinct` examples were trained in it; the scores
+ * are run->test_score and run->valid_score (accuracy and loss, or RMSE and MAE for regression).
+ * CM_ERR_IO naming --metrics when the line could not be written and flushed. */
+static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double seconds) {
     if (!run->metrics) return CM_OK;
     double examples = run->epoch_examples ? (double)run->epoch_examples : 1.0;
     fprintf(run->metrics, "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,", epoch, run->step,
@@ -597,14 +600,21 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
     for (int term = 0; term < trainer_method_term_count(run->method); term++)
         fprintf(run->metrics, "\"%s\":%.6f,", trainer_method_term_name(run->method, term),
                 run->term_sums[term] / examples);
+    fprintf(run->metrics, "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,",
+            run->epoch_examples, distinct, run->epoch_duplicates);
+    if (run->dataset->task == CM_TASK_REGRESSION)
+        fprintf(run->metrics,
+                "\"valid_rmse\":%.6f,\"valid_mae\":%.6f,\"test_rmse\":%.6f,\"test_mae\":%.6f,"
+                "\"test_loss\":%.6f,",
+                run->valid_score.rmse, run->valid_score.mae, run->test_score.rmse,
+                run->test_score.mae, run->test_score.loss);
+    else
+        fprintf(run->metrics, "\"valid_accuracy\":%.6f,\"test_accuracy\":%.6f,\"test_loss\":%.6f,",
+                run->valid_score.accuracy, run->test_score.accuracy, run->test_score.loss);
     fprintf(run->metrics,
-            "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,"
-            "\"valid_accuracy\":%.6f,\"test_accuracy\":%.6f,\"test_loss\":%.6f,\"seconds\":%.3f,"
-            "\"examples_per_second\":%.1f,"
-            "\"wait_seconds\":%.3f,\"teachers\":{",
-            run->epoch_examples, distinct, run->epoch_duplicates, run->valid_accuracy, accuracy,
-            test_loss, seconds, seconds > 0 ? (double)run->epoch_examples / seconds : 0.0,
-            run->wait_seconds);
+            "\"seconds\":%.3f,\"examples_per_second\":%.1f,\"wait_seconds\":%.3f,"
+            "\"teachers\":{",
+            seconds, seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         trainer_teacher_stats_t none = {0};
         const trainer_teacher_stats_t *stats =
@@ -737,7 +747,7 @@ static cm_status_t stop_here(run_t *run, double accuracy, int *was_interrupted) 
 static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     int trainable = trainable_count(run);
-    double accuracy = 0.0, test_loss = 0.0;
+    double accuracy = 0.0; /* the test accuracy, or RMSE for regression */
     cm_status_t status = CM_OK;
     for (; run->epoch <= run->options.epochs; run->epoch++, run->next_batch = 0) {
         memset(run->trained, 0, (size_t)train->count);
@@ -789,16 +799,15 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         }
         cm_progress_finish(&progress);
         double seconds = cm_progress_now() - started;
-        cm_score_t test_score, valid_score = {0};
-        if ((status = cm_score_split(run->student, run->dataset, CM_SPLIT_TEST, &test_score)))
+        int regression = run->dataset->task == CM_TASK_REGRESSION;
+        memset(&run->valid_score, 0, sizeof run->valid_score);
+        if ((status = cm_score_split(run->student, run->dataset, CM_SPLIT_TEST, &run->test_score)))
             return status;
-        accuracy = test_score.accuracy;
-        test_loss = test_score.loss;
+        accuracy = regression ? run->test_score.rmse : run->test_score.accuracy;
         if (run->options.holdout > 0 && /* the held-out tail of the training split */
             (status = cm_score_rows(run->student, run->dataset, CM_SPLIT_TRAIN, trainable,
-                                    run->options.holdout, &valid_score)))
+                                    run->options.holdout, &run->valid_score)))
             return status;
-        run->valid_accuracy = valid_score.accuracy;
         long distinct = 0;
         for (int id = 0; id < trainable; id++) distinct += run->trained[id];
         char terms[256];
@@ -810,12 +819,13 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
                                      term ? " " : "", trainer_method_term_name(run->method, term),
                                      run->term_sums[term] /
                                          (double)(run->epoch_examples ? run->epoch_examples : 1));
-        cm_log_info("epoch %d/%d  loss %.4f (%s)  test acc %.4f  %.0f examples/s  "
+        cm_log_info("epoch %d/%d  loss %.4f (%s)  test %s %.4f  %.0f examples/s  "
                     "waited %.2f s  %ld/%d examples once%s",
                     run->epoch, run->options.epochs,
                     run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1), terms,
-                    accuracy, seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds,
-                    distinct, trainable, run->epoch_duplicates ? " (DUPLICATES!)" : "");
+                    regression ? "rmse" : "acc", accuracy,
+                    seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds, distinct,
+                    trainable, run->epoch_duplicates ? " (DUPLICATES!)" : "");
         for (int teacher = 0; teacher < run->teacher_count; teacher++)
             if (run->skipped_batches[teacher])
                 cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
@@ -824,7 +834,7 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         cm_metrics_gauge_set(run->loss_gauge,
                              run->loss_sum /
                                  (double)(run->epoch_examples ? run->epoch_examples : 1));
-        cm_metrics_gauge_set(run->accuracy_gauge, accuracy);
+        if (!regression) cm_metrics_gauge_set(run->accuracy_gauge, accuracy);
         run->waited_total += run->wait_seconds;
         /* From here on the state says "continue with the next epoch", also when a write below
          * fails and train() saves the state once more. */
@@ -832,17 +842,16 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         run->epoch = finished_epoch + 1;
         run->next_batch = 0;
         status = save_all(run, accuracy);
-        if (status == CM_OK)
-            status = write_metrics(run, finished_epoch, distinct, seconds, accuracy, test_loss);
+        if (status == CM_OK) status = write_metrics(run, finished_epoch, distinct, seconds);
         if (status == CM_OK && strcmp(run->options.cache, "memory") &&
             strcmp(run->options.cache, "off") && run->committee)
             status = trainer_cache_save(run->cache, run->options.cache, run->dataset->fingerprint);
         if (status != CM_OK) return status;
         run->epoch = finished_epoch;
     }
-    /* For regression test_loss is the MSE per target. */
     int written = run->dataset->task == CM_TASK_REGRESSION
-                      ? printf("test_rmse=%.4f checkpoint=%s\n", sqrt(test_loss), run->options.out)
+                      ? printf("test_rmse=%.4f test_mae=%.4f checkpoint=%s\n", run->test_score.rmse,
+                               run->test_score.mae, run->options.out)
                       : printf("test_accuracy=%.4f checkpoint=%s\n", accuracy, run->options.out);
     if (written < 0 || fflush(stdout) != 0)
         return cm_fail(CM_ERR_IO, "cannot write the summary to standard output: %s",

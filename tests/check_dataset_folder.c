@@ -14,6 +14,7 @@
 #include "test_util.h"
 
 #include <check.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,6 +198,11 @@ START_TEST(test_regression_folder_end_to_end) {
             ck_assert_msg(value_after(terms[m][t]) > 0.0, "--method %s: no %s term in %s",
                           methods[m], terms[m][t], output);
         ck_assert_msg(strstr(output, "\"ce\":") == NULL, "a CE term on regression: %s", output);
+        double logged_rmse = value_after("\"test_rmse\":");
+        ck_assert_msg(
+            logged_rmse > 0.0 && fabs(logged_rmse - train_rmse) < 1e-3 &&
+                strstr(output, "\"test_mae\":") && strstr(output, "\"test_accuracy\"") == NULL,
+            "--method %s: the metrics line lacks the regression scores: %s", methods[m], output);
         snprintf(command, sizeof command, "%s eval --model %s --data %s",
                  test_util_bin("student-trainer"), student, folder);
         ck_assert_msg(run(command) == 0, "%s", output);
