@@ -292,6 +292,25 @@ static void manifest_text(const run_t *run, char *text, size_t size) {
                                  run->teacher_names[teacher], run->teacher_sha256[teacher]);
 }
 
+enum { STATE_BLOCKS = 6 };
+
+/* The float blocks of the resumable state with their tensor names, in file order: the
+ * student's parameters and AdamW moments, then the method's. */
+static void state_blocks(run_t *run, const char *names[STATE_BLOCKS], float *blocks[STATE_BLOCKS]) {
+    static const char *const block_names[STATE_BLOCKS] = {
+        "student.params", "student.m", "student.v", "method.params", "method.m", "method.v"};
+    float *const block_data[STATE_BLOCKS] = {cm_model_params(run->student),
+                                             run->moment1,
+                                             run->moment2,
+                                             trainer_method_params(run->method),
+                                             trainer_method_moment1(run->method),
+                                             trainer_method_moment2(run->method)};
+    for (int index = 0; index < STATE_BLOCKS; index++) {
+        names[index] = block_names[index];
+        blocks[index] = block_data[index];
+    }
+}
+
 static cm_status_t save_state(run_t *run) {
     char epoch_text[16], batch_text[16], step_text[32], seed_text[32], manifest[1024],
         spec_text[CM_MODEL_SPEC_MAX];
@@ -303,17 +322,12 @@ static cm_status_t save_state(run_t *run) {
     cm_model_spec_format(cm_model_spec(run->student), spec_text, sizeof spec_text);
     size_t params = cm_model_param_count(run->student);
     size_t method_params = trainer_method_param_count(run->method);
-    cm_tensor_t tensors[6];
-    const char *names[6] = {"student.params", "student.m", "student.v",
-                            "method.params",  "method.m",  "method.v"};
-    float *blocks[6] = {cm_model_params(run->student),
-                        run->moment1,
-                        run->moment2,
-                        trainer_method_params(run->method),
-                        trainer_method_moment1(run->method),
-                        trainer_method_moment2(run->method)};
+    cm_tensor_t tensors[STATE_BLOCKS];
+    const char *names[STATE_BLOCKS];
+    float *blocks[STATE_BLOCKS];
+    state_blocks(run, names, blocks);
     int count = 0;
-    for (int index = 0; index < 6; index++) {
+    for (int index = 0; index < STATE_BLOCKS; index++) {
         size_t elements = index < 3 ? params : method_params;
         if (!elements) continue;
         memset(&tensors[count], 0, sizeof tensors[count]);
@@ -404,17 +418,12 @@ static cm_status_t load_state(run_t *run) {
                          "continue anyway",
                          run->state_path, committee, manifest);
     }
-    const char *names[6] = {"student.params", "student.m", "student.v",
-                            "method.params",  "method.m",  "method.v"};
-    float *blocks[6] = {cm_model_params(run->student),
-                        run->moment1,
-                        run->moment2,
-                        trainer_method_params(run->method),
-                        trainer_method_moment1(run->method),
-                        trainer_method_moment2(run->method)};
+    const char *names[STATE_BLOCKS];
+    float *blocks[STATE_BLOCKS];
+    state_blocks(run, names, blocks);
     size_t params = cm_model_param_count(run->student);
     size_t method_params = trainer_method_param_count(run->method);
-    for (int index = 0; status == CM_OK && index < 6; index++) {
+    for (int index = 0; status == CM_OK && index < STATE_BLOCKS; index++) {
         size_t elements = index < 3 ? params : method_params;
         if (!elements) continue;
         const cm_tensor_t *tensor = cm_safetensors_find(file, names[index]);
