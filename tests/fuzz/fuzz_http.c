@@ -80,14 +80,42 @@ static bool header_complete(const uint8_t *data, size_t size) {
     return false;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (!server) start_server();
-    int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (client < 0) abort();
+/*
+ * A client socket connected to the server.  Thousands of connections a second leave their
+ * closed ends in TIME_WAIT for a minute, which would use up the ephemeral ports of one
+ * source address within seconds: each connection comes from the next of 250 loopback source
+ * addresses (127.0.0.2 ...), and a connect that still finds no free port is retried for a few
+ * seconds before the harness gives up.
+ */
+static int connect_client(void) {
+    static unsigned next_source;
     struct sockaddr_in address = {.sin_family = AF_INET,
                                   .sin_port = htons((uint16_t)cm_http_port(server))};
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(client, (struct sockaddr *)&address, sizeof address) != 0) abort();
+    for (int attempt = 0; attempt < 500; attempt++) {
+        int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (client < 0) abort();
+        struct sockaddr_in source = {.sin_family = AF_INET};
+        source.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1 + next_source++ % 250);
+        if (bind(client, (struct sockaddr *)&source, sizeof source) == 0 &&
+            connect(client, (struct sockaddr *)&address, sizeof address) == 0)
+            return client;
+        int error = errno;
+        close(client);
+        if (error != EADDRNOTAVAIL && error != EADDRINUSE && error != EAGAIN) {
+            fprintf(stderr, "fuzz_http: cannot connect to the server: %s\n", strerror(error));
+            abort();
+        }
+        uv_run(&loop, UV_RUN_NOWAIT);
+        usleep(10000);
+    }
+    fprintf(stderr, "fuzz_http: no local port to connect from for 5 s\n");
+    abort();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (!server) start_server();
+    int client = connect_client();
 
     size_t chunk = 1 + size % 613, sent = 0, received = 0;
     char answer[ANSWER_CAPACITY + 1];
