@@ -34,6 +34,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -399,6 +400,64 @@ START_TEST(test_resume_and_replay_are_exact) {
              test_util_bin("student-trainer"), common, record, replayed);
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
     ck_assert_msg(strstr(output, record), "error does not name the record: %s", output);
+}
+END_TEST
+
+/*
+ * --schedule through the real binary: the metrics line carries the rate of the epoch's last
+ * step, which stays at --lr under the constant default and decays under cosine; a cosine run
+ * interrupted with --stop-after and resumed writes the same bytes as a straight run (the rate
+ * is a function of the step); a resume with another schedule is refused with a sentence.
+ */
+START_TEST(test_schedule_decays_and_resumes_exactly) {
+    REQUIRE_DATA();
+    char command[4096], metrics[400], straight[400], resumed[400], flat[400];
+    snprintf(metrics, sizeof metrics, "%s/schedule.jsonl", directory);
+    snprintf(straight, sizeof straight, "%s/cosine.safetensors", directory);
+    snprintf(resumed, sizeof resumed, "%s/cosine-resumed.safetensors", directory);
+    snprintf(flat, sizeof flat, "%s/constant.safetensors", directory);
+    const char *common = "--view pool7 --model mlp:49-32-10 --method ce --epochs 3 --batch 100 "
+                         "--lr 2e-3 --seed 3 --http off " SUBSET;
+    snprintf(command, sizeof command, "%s train %s --schedule cosine --out %s --metrics %s",
+             test_util_bin("student-trainer"), common, straight, metrics);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "cosine: %s", output);
+    json_t *lines = read_metrics(metrics);
+    ck_assert_int_eq((int)json_array_size(lines), 3);
+    double lr[3];
+    for (int epoch = 0; epoch < 3; epoch++) lr[epoch] = metric(json_array_get(lines, epoch), "lr");
+    json_decref(lines);
+    ck_assert_msg(lr[0] < 2e-3 && lr[1] < lr[0] && lr[2] < lr[1] && lr[2] >= 2e-4 * 0.999,
+                  "cosine rates %g %g %g", lr[0], lr[1], lr[2]);
+    snprintf(command, sizeof command, "%s train %s --out %s --metrics %s",
+             test_util_bin("student-trainer"), common, flat, metrics);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "constant: %s", output);
+    lines = read_metrics(metrics);
+    for (int epoch = 0; epoch < 3; epoch++)
+        ck_assert_msg(fabs(metric(json_array_get(lines, epoch), "lr") - 2e-3) < 1e-9,
+                      "constant rate of epoch %d is %g", epoch + 1,
+                      metric(json_array_get(lines, epoch), "lr"));
+    json_decref(lines);
+
+    snprintf(command, sizeof command, "%s train %s --schedule cosine --out %s --stop-after 25",
+             test_util_bin("student-trainer"), common, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 130, "stop-after: %s", output);
+    snprintf(command, sizeof command, "%s train %s --schedule onecycle --out %s --resume",
+             test_util_bin("student-trainer"), common, resumed);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "was trained with --schedule cosine") &&
+                      strstr(output, "must keep its schedule"),
+                  "resume with another schedule: %s", output);
+    snprintf(command, sizeof command, "%s train %s --schedule cosine --out %s --resume",
+             test_util_bin("student-trainer"), common, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "resume: %s", output);
+    snprintf(command, sizeof command, "cmp %s %s", straight, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0,
+                  "interrupted + resumed cosine run differs from the straight run: %s", output);
+    snprintf(command, sizeof command, "%s train %s --schedule linear --out %s",
+             test_util_bin("student-trainer"), common, flat);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "--schedule must be constant, cosine or onecycle"),
+                  "unknown schedule: %s", output);
 }
 END_TEST
 
@@ -913,6 +972,7 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_refuses_other_dataset);
     tcase_add_test(tcase, test_refuses_bad_teacher_endpoints);
     tcase_add_test(tcase, test_resume_and_replay_are_exact);
+    tcase_add_test(tcase, test_schedule_decays_and_resumes_exactly);
     tcase_add_test(tcase, test_diversedistill_filtering_saves_real_work);
     tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);
     tcase_add_test(tcase, test_diversedistill_interactive);
