@@ -26,6 +26,8 @@
 #include "test_util.h"
 
 #include "cm_npy.h"
+#include "cm_safetensors.h"
+#include "test_folder.h"
 
 #include <arpa/inet.h>
 #include <check.h>
@@ -458,6 +460,37 @@ START_TEST(test_schedule_decays_and_resumes_exactly) {
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
     ck_assert_msg(strstr(output, "--schedule must be constant, cosine or onecycle"),
                   "unknown schedule: %s", output);
+}
+END_TEST
+
+/*
+ * A dataset folder's "standardize" view through the real binary: the student trains on it
+ * and its checkpoint's preprocessing carries the train statistics it was fed with.
+ */
+START_TEST(test_standardized_view_reaches_the_checkpoint) {
+    char data[400], manifest[450], out[400], command[4096];
+    snprintf(data, sizeof data, "%s/standardized", directory);
+    snprintf(manifest, sizeof manifest, "%s/dataset.json", data);
+    snprintf(out, sizeof out, "%s/standardized.safetensors", directory);
+    test_folder_write(data, &(test_folder_options_t){.train_rows = 60, .test_rows = 20, .seed = 2});
+    test_folder_write_text(manifest,
+                           "{\"format\": \"committee-dataset/1\", \"name\": \"standardized\",\n"
+                           " \"task\": {\"type\": \"classification\", \"classes\": 3},\n"
+                           " \"splits\": [\"train\", \"test\"],\n"
+                           " \"views\": {\"grid\": {\"kind\": \"dense\"},\n"
+                           "   \"std\": {\"from\": \"grid\", \"transform\": \"standardize\"}}}\n");
+    snprintf(command, sizeof command,
+             "%s train --data %s --view std --model mlp:64-16-3 --method ce --epochs 2 --batch 20 "
+             "--http off --out %s",
+             test_util_bin("student-trainer"), data, out);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "train: %s", output);
+    cm_safetensors_t *file = NULL;
+    ck_assert_int_eq(cm_safetensors_read(&file, out), CM_OK);
+    const char *preprocessing = cm_safetensors_metadata(file, "preprocessing");
+    ck_assert_msg(preprocessing && strstr(preprocessing, "\"transform\":\"standardize\"") &&
+                      strstr(preprocessing, "\"standardize\":{\"mean\":["),
+                  "preprocessing %s", preprocessing ? preprocessing : "(none)");
+    cm_safetensors_free(&file);
 }
 END_TEST
 
@@ -976,6 +1009,7 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_diversedistill_filtering_saves_real_work);
     tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);
     tcase_add_test(tcase, test_diversedistill_interactive);
+    tcase_add_test(tcase, test_standardized_view_reaches_the_checkpoint);
     suite_add_tcase(suite, tcase);
     TCase *hostile = tcase_create("hostile");
     tcase_add_unchecked_fixture(hostile, prepare_directory, remove_teachers);
