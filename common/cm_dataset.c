@@ -25,6 +25,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
@@ -1166,8 +1167,8 @@ static double normalize(const cm_dataset_t *dataset, double raw, int64_t stored_
     return (value - stored->mean[channel]) / stored->std[channel];
 }
 
-/* One example's features: out[features] <- row `row` of the stored array. */
-static void gather_row(const cm_dataset_t *dataset, const uint8_t *row, float *out) {
+/* One example's features before "standardize": out[features] <- row `row` of the stored array. */
+static void gather_source_row(const cm_dataset_t *dataset, const uint8_t *row, float *out) {
     cm_npy_dtype_t dtype = dataset->view_dtype;
     int features = dataset->features, pool = dataset->pool;
     if (dataset->view_kind != CM_VIEW_DENSE) {
@@ -1210,6 +1211,85 @@ static void gather_row(const cm_dataset_t *dataset, const uint8_t *row, float *o
                                              (uint64_t)(first + (int64_t)dy * source_width + dx));
                 *target = (float)normalize(dataset, sum / (pool * pool), first);
             }
+}
+
+/* One example's features: the source's, then standardized when the view says so. */
+static void gather_row(const cm_dataset_t *dataset, const uint8_t *row, float *out) {
+    gather_source_row(dataset, row, out);
+    if (!dataset->standard_mean) return;
+    for (int feature = 0; feature < dataset->features; feature++)
+        out[feature] =
+            (out[feature] - dataset->standard_mean[feature]) / dataset->standard_std[feature];
+}
+
+/*
+ * "standardize": each feature's mean and population std over every stored train row (one
+ * streaming pass, Welford's update in double), recorded in view_json.  A feature whose std
+ * is 0 (or not finite) gets std 1, so it stays finite (its value becomes 0 on train).
+ */
+static cm_status_t standardize_view(cm_dataset_t *dataset) {
+    const cm_split_data_t *train = &dataset->splits[CM_SPLIT_TRAIN];
+    if (!train->view_data || train->stored < 1)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "view \"%s\" standardizes with train statistics, but %s has no "
+                       "training examples",
+                       dataset->view, dataset->name);
+    int features = dataset->features;
+    double *mean = calloc((size_t)features, sizeof *mean);
+    double *square = calloc((size_t)features, sizeof *square);
+    float *row = malloc(sizeof(float) * (size_t)features);
+    dataset->standard_mean = malloc(sizeof(float) * (size_t)features);
+    dataset->standard_std = malloc(sizeof(float) * (size_t)features);
+    json_t *object = NULL, *means = json_array(), *stds = json_array();
+    cm_status_t status = CM_OK;
+    if (!mean || !square || !row || !dataset->standard_mean || !dataset->standard_std || !means ||
+        !stds) {
+        status = cm_fail(CM_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    const uint8_t *base = cm_npy_data(train->view_data);
+    size_t row_bytes = cm_npy_row_bytes(train->view_data);
+    for (int index = 0; index < train->stored; index++) {
+        gather_source_row(dataset, base + (size_t)index * row_bytes, row);
+        for (int feature = 0; feature < features; feature++) {
+            double delta = row[feature] - mean[feature];
+            mean[feature] += delta / (index + 1);
+            square[feature] += delta * (row[feature] - mean[feature]);
+        }
+    }
+    for (int feature = 0; feature < features; feature++) {
+        double std = sqrt(square[feature] / train->stored);
+        if (!(std > 1e-12) || !isfinite(std)) std = 1.0;
+        dataset->standard_mean[feature] = (float)mean[feature];
+        dataset->standard_std[feature] = (float)std;
+        json_array_append_new(means, json_real(dataset->standard_mean[feature]));
+        json_array_append_new(stds, json_real(dataset->standard_std[feature]));
+    }
+    object = json_loads(dataset->view_json, 0, NULL);
+    if (!object) {
+        status = cm_fail(CM_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    json_t *statistics = json_object();
+    json_object_set_new(statistics, "mean", means);
+    json_object_set_new(statistics, "std", stds);
+    means = stds = NULL;
+    json_object_set_new(object, "standardize", statistics);
+    char *text = cm_manifest_canonical(object);
+    if (!text) {
+        status = cm_fail(CM_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    free(dataset->view_json);
+    dataset->view_json = text;
+done:
+    json_decref(object);
+    json_decref(means);
+    json_decref(stds);
+    free(mean);
+    free(square);
+    free(row);
+    return status;
 }
 
 void cm_dataset_gather(const cm_dataset_t *dataset, cm_split_t split, const int32_t *rows,
@@ -1333,6 +1413,7 @@ static cm_status_t assemble(cm_dataset_t *dataset, const char *view_name,
         dataset->view_json = strdup("");
     }
     if (!dataset->view_json) return cm_fail(CM_ERR_NOMEM, "out of memory");
+    if (view_name && dataset->view_spec->standardize) return standardize_view(dataset);
     return CM_OK;
 }
 
@@ -1388,6 +1469,8 @@ void cm_dataset_free(cm_dataset_t **dataset) {
     free_files(d->files, d->file_count);
     cm_manifest_free(&d->manifest);
     free(d->lookup);
+    free(d->standard_mean);
+    free(d->standard_std);
     free(d->task_json);
     free(d->view_json);
     free(d);
@@ -1431,7 +1514,9 @@ void cm_dataset_describe(const cm_dataset_t *dataset, FILE *out) {
         }
         if (header->rank == 1) snprintf(shape, sizeof shape, "1");
         char detail[160] = "";
-        if (view->from[0])
+        if (view->from[0] && view->standardize)
+            snprintf(detail, sizeof detail, ", from %s standardized", view->from);
+        else if (view->from[0])
             snprintf(detail, sizeof detail, ", from %s by avgpool:%d", view->from, view->pool);
         else if (view->kind == CM_VIEW_DENSE && view->normalize_count)
             snprintf(detail, sizeof detail, ", normalized (%d mean%s)", view->normalize_count,

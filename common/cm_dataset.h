@@ -19,6 +19,13 @@
  *
  * Files are memory-mapped, never copied: a view's features are produced on
  * demand by cm_dataset_gather (dtype conversion, normalization, transform).
+ * The one exception is the "standardize" transform: its per-feature mean
+ * and std are computed once at load, in one streaming pass over every
+ * stored row of the source's train split (2 x features doubles of memory,
+ * the time of reading the split once; --max-train does not change them, so
+ * a subset run is fed like a full one), applied to every split, and
+ * recorded in view_json ("standardize": {"mean": [...], "std": [...]}) so a
+ * checkpoint says how its inputs were made.  A constant feature gets std 1.
  * Labels (as int32), targets (as float) and ids are read into memory.
  *
  * THE FINGERPRINT identifies the dataset, never a view or a subset.  It is
@@ -116,7 +123,8 @@ typedef struct {
     const cm_manifest_view_t *view_spec, *stored_spec;
     int pool, channel_span;
     float *lookup; /* uint8 views with one normalization: feature by block sum */
-    void *files;   /* every data file, for cm_dataset_describe */
+    float *standard_mean, *standard_std; /* [features] "standardize" statistics, or NULL */
+    void *files;                         /* every data file, for cm_dataset_describe */
     int file_count;
 } cm_dataset_t;
 

@@ -268,10 +268,14 @@ static cm_status_t parse_view(cm_manifest_view_t *view, const json_t *object, co
                            source, where);
         snprintf(view->from, sizeof view->from, "%s", json_string_value(from));
         int pool = 0, consumed = 0;
-        if (sscanf(transform, "avgpool:%d%n", &pool, &consumed) != 1 ||
-            consumed != (int)strlen(transform) || pool < 1 || pool > 64)
+        if (strcmp(transform, "standardize") == 0) {
+            pool = 1;
+            view->standardize = 1;
+        } else if (sscanf(transform, "avgpool:%d%n", &pool, &consumed) != 1 ||
+                   consumed != (int)strlen(transform) || pool < 1 || pool > 64)
             return cm_fail(CM_ERR_FORMAT,
-                           "%s: %s has transform \"%s\"; known transforms: avgpool:K (K 1..64)",
+                           "%s: %s has transform \"%s\"; known transforms: avgpool:K (K 1..64), "
+                           "standardize",
                            source, where, transform);
         view->pool = pool;
         for (const char *const *key = keys; *key; key++)
@@ -530,7 +534,10 @@ char *cm_manifest_view_json(const cm_manifest_t *manifest, const cm_manifest_vie
     json_object_set_new(object, "kind", json_string(cm_view_kind_name(view->kind)));
     if (view->from[0]) {
         char transform[32];
-        snprintf(transform, sizeof transform, "avgpool:%d", view->pool);
+        if (view->standardize)
+            snprintf(transform, sizeof transform, "standardize");
+        else
+            snprintf(transform, sizeof transform, "avgpool:%d", view->pool);
         json_object_set_new(object, "from", json_string(view->from));
         json_object_set_new(object, "transform", json_string(transform));
     }

@@ -18,7 +18,11 @@
  * one; divide defaults to 1, no normalize means mean 0, std 1.  A derived
  * view ("from" + "transform") reads another, stored, dense view: its
  * normalization is the source's, then "avgpool:K" averages K x K blocks of
- * the last two axes.  Unknown keys are errors (a typo must not be ignored).
+ * the last two axes, or "standardize" subtracts each feature's mean and
+ * divides by its standard deviation, both over the train split of the
+ * source after its normalization (cm_dataset computes them once at load; a
+ * constant feature gets std 1).  Unknown keys are errors (a typo must not
+ * be ignored).
  *
  * The canonical form (cm_manifest_canonical) is what the fingerprint hashes:
  * JSON without whitespace, object keys sorted by their bytes, strings with
@@ -53,6 +57,7 @@ typedef struct {
     char from[CM_MANIFEST_NAME_MAX]; /* "" for a stored view (its own <split>/<name>.npy) */
     cm_view_kind_t kind;             /* a derived view's is its source's */
     int pool;                        /* avgpool:K of a derived view; 0: none */
+    int standardize;                 /* "standardize": per-feature train statistics (pool 1) */
     /* dense */
     double divide;
     int normalize_count; /* entries of mean and std; 0: no normalization */

@@ -7,7 +7,11 @@
  * tickets, and decides what the cache keeps); the loop gathers the batch,
  * runs the student forward, zeroes the gradients, runs the method's loss
  * and backward, steps AdamW on the student and on the method's own
- * parameters, tells the feed the batch is trained and checkpoints.
+ * parameters, tells the feed the batch is trained and checkpoints.  The
+ * learning rate of both AdamW steps follows a cm_schedule (--schedule,
+ * --warmup-steps; constant by default) over epochs x batches-per-epoch
+ * steps: a pure function of the step, so a resumed run keeps its rates; the
+ * state records the schedule and a resume with another one is refused.
  *
  * Every example is trained exactly once per epoch; the loop counts it (a
  * bitmap per epoch) and reports duplicates and misses in the metrics.
@@ -48,6 +52,7 @@
 #include "cm_progress.h"
 #include "cm_rng.h"
 #include "cm_safetensors.h"
+#include "cm_schedule.h"
 #include "trainer_cache.h"
 #include "trainer_committee.h"
 #include "trainer_dd.h"
@@ -78,6 +83,7 @@ typedef struct {
     const char *record;
     const char *encoding;
     const char *log_level;
+    const char *schedule;
     const char *http;
     const char *dd_router;
     const char *dd_feature;
@@ -87,6 +93,7 @@ typedef struct {
     int epochs;
     int batch;
     float lr;
+    long warmup_steps; /* < 0: the schedule's default */
     float weight_decay;
     long seed;
     float temperature;
@@ -155,8 +162,10 @@ typedef struct {
     float *teacher_feature[TRAINER_MAX_TEACHERS]; /* DiverseDistill: [batch][L_i * d_i] */
     uint8_t *teacher_present[TRAINER_MAX_TEACHERS];
     long step;
-    int epoch;      /* 1-based epoch in progress */
-    int next_batch; /* cursor inside the epoch (the feed's, as saved in the state) */
+    cm_schedule_t schedule; /* --schedule: the learning rate of each step */
+    long total_steps;       /* epochs x batches per epoch, the schedule's length */
+    int epoch;              /* 1-based epoch in progress */
+    int next_batch;         /* cursor inside the epoch (the feed's, as saved in the state) */
     FILE *metrics;
     char state_path[1024];
     /* Prometheus metrics served on --http */
@@ -312,9 +321,10 @@ static void state_blocks(run_t *run, const char *names[STATE_BLOCKS], float *blo
 }
 
 static cm_status_t save_state(run_t *run) {
-    char epoch_text[16], batch_text[16], step_text[32], seed_text[32], manifest[1024],
-        spec_text[CM_MODEL_SPEC_MAX];
+    char epoch_text[16], batch_text[16], step_text[32], seed_text[32], warmup_text[32],
+        manifest[1024], spec_text[CM_MODEL_SPEC_MAX];
     snprintf(epoch_text, sizeof epoch_text, "%d", run->epoch);
+    snprintf(warmup_text, sizeof warmup_text, "%ld", run->options.warmup_steps);
     snprintf(batch_text, sizeof batch_text, "%d", run->next_batch);
     snprintf(step_text, sizeof step_text, "%ld", run->step);
     snprintf(seed_text, sizeof seed_text, "%ld", run->options.seed);
@@ -338,15 +348,17 @@ static cm_status_t save_state(run_t *run) {
         tensors[count].data = blocks[index];
         count++;
     }
-    const char *metadata[] = {"kind",        "committee-trainer-state-1",
-                              "model",       spec_text,
-                              "method",      run->options.method,
-                              "epoch",       epoch_text,
-                              "batch",       batch_text,
-                              "step",        step_text,
-                              "seed",        seed_text,
-                              "fingerprint", run->dataset->fingerprint,
-                              "committee",   manifest};
+    const char *metadata[] = {"kind",         "committee-trainer-state-1",
+                              "model",        spec_text,
+                              "method",       run->options.method,
+                              "epoch",        epoch_text,
+                              "batch",        batch_text,
+                              "step",         step_text,
+                              "seed",         seed_text,
+                              "schedule",     run->options.schedule,
+                              "warmup_steps", warmup_text,
+                              "fingerprint",  run->dataset->fingerprint,
+                              "committee",    manifest};
     return cm_safetensors_write(run->state_path, tensors, count, metadata,
                                 (int)(sizeof metadata / sizeof metadata[0]) / 2);
 }
@@ -397,6 +409,11 @@ static cm_status_t load_state(run_t *run) {
     const char *batch = cm_safetensors_metadata(file, "batch");
     const char *step = cm_safetensors_metadata(file, "step");
     const char *seed = cm_safetensors_metadata(file, "seed");
+    /* States written before --schedule existed trained with a constant rate. */
+    const char *schedule = cm_safetensors_metadata(file, "schedule");
+    const char *warmup = cm_safetensors_metadata(file, "warmup_steps");
+    if (!schedule) schedule = "constant";
+    if (!warmup) warmup = "-1";
     char spec_text[CM_MODEL_SPEC_MAX], manifest[1024];
     cm_model_spec_format(cm_model_spec(run->student), spec_text, sizeof spec_text);
     manifest_text(run, manifest, sizeof manifest);
@@ -409,6 +426,14 @@ static cm_status_t load_state(run_t *run) {
                          "%s is a state of model %s, method %s, seed %s; this run is %s, %s, %ld",
                          run->state_path, model, method, seed, spec_text, run->options.method,
                          run->options.seed);
+    } else if (strcmp(schedule, run->options.schedule) ||
+               atol(warmup) != run->options.warmup_steps) {
+        status = cm_fail(CM_ERR_MISMATCH,
+                         "%s was trained with --schedule %s and --warmup-steps %s; this run asks "
+                         "for --schedule %s and --warmup-steps %ld (-1: the schedule's default), "
+                         "and a resumed run must keep its schedule",
+                         run->state_path, schedule, warmup, run->options.schedule,
+                         run->options.warmup_steps);
     } else if (strcmp(fingerprint, run->dataset->fingerprint)) {
         status = cm_fail(CM_ERR_MISMATCH, "%s was trained on dataset %s, this run uses %s",
                          run->state_path, fingerprint, run->dataset->fingerprint);
@@ -581,7 +606,8 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
                        run->step + 1);
     cm_model_backward(run->student, run->d_logits, run->d_hidden, rows);
     cm_adamw_config_t adamw = cm_adamw_defaults();
-    adamw.learning_rate = run->options.lr;
+    /* A pure function of the step (0-based here): a resumed run gets the same rates. */
+    adamw.learning_rate = cm_schedule_lr(&run->schedule, run->step, run->total_steps);
     adamw.weight_decay = run->options.weight_decay;
     run->step++;
     cm_model_adamw_step(run->student, run->moment1, run->moment2, &adamw, run->step);
@@ -604,7 +630,8 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
 static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double seconds) {
     if (!run->metrics) return CM_OK;
     double examples = run->epoch_examples ? (double)run->epoch_examples : 1.0;
-    fprintf(run->metrics, "{\"epoch\":%d,\"steps\":%ld,\"loss\":%.6f,", epoch, run->step,
+    fprintf(run->metrics, "{\"epoch\":%d,\"steps\":%ld,\"lr\":%.9g,\"loss\":%.6f,", epoch,
+            run->step, (double)cm_schedule_lr(&run->schedule, run->step - 1, run->total_steps),
             run->loss_sum / examples);
     for (int term = 0; term < trainer_method_term_count(run->method); term++)
         fprintf(run->metrics, "\"%s\":%.6f,", trainer_method_term_name(run->method, term),
@@ -1219,6 +1246,13 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if ((status = load_cache_file(run, options->cache)) != CM_OK) return status;
     if ((status = allocate_buffers(run)) != CM_OK) return status;
     if ((status = set_up_feed(run)) != CM_OK) return status;
+    cm_schedule_kind_t schedule_kind = CM_SCHEDULE_CONSTANT;
+    if ((status = cm_schedule_parse_kind(options->schedule, &schedule_kind)) != CM_OK)
+        return status;
+    run->schedule = cm_schedule_defaults(schedule_kind, options->lr);
+    run->schedule.warmup_steps = options->warmup_steps;
+    run->total_steps = (long)options->epochs * trainer_feed_batches(run->feed);
+    if (run->total_steps < 1) run->total_steps = 1;
     snprintf(run->state_path, sizeof run->state_path, "%s.state", options->out);
     run->epoch = 1;
     if (options->resume) {
@@ -1245,6 +1279,9 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
                 run->dataset->splits[CM_SPLIT_TRAIN].count,
                 run->dataset->splits[CM_SPLIT_TEST].count, run->teacher_count, options->batch,
                 options->epochs, (double)options->lr, options->seed);
+    cm_log_info("schedule %s, peak lr %g, %ld warm-up steps of %ld", options->schedule,
+                (double)options->lr, cm_schedule_warmup(&run->schedule, run->total_steps),
+                run->total_steps);
     status = run_epochs(run, was_interrupted);
     if (status != CM_OK && run->step > 0) { /* keep what was learned */
         cm_status_t saved = save_all(run, 0.0);
@@ -1293,6 +1330,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .epochs = 10,
         .batch = 128,
         .lr = 1e-3f,
+        .schedule = "constant",
+        .warmup_steps = -1,
         .weight_decay = 0.01f,
         .seed = 1,
         .temperature = 2.0f,
@@ -1338,7 +1377,11 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
          0},
         {"epochs", CM_CLI_INT, &options->epochs, "N", "passes over the training split", 0},
         {"batch", CM_CLI_INT, &options->batch, "B", "examples per optimizer step", 0},
-        {"lr", CM_CLI_FLOAT, &options->lr, "X", "AdamW learning rate", 0},
+        {"lr", CM_CLI_FLOAT, &options->lr, "X", "peak AdamW learning rate", 0},
+        {"schedule", CM_CLI_STRING, &options->schedule, "NAME",
+         "learning rate schedule: constant, cosine (warm-up, cosine to 10%) or onecycle", 0},
+        {"warmup-steps", CM_CLI_LONG, &options->warmup_steps, "N",
+         "warm-up steps [default: cosine 5% capped at 200, onecycle 30%, constant 0]", 0},
         {"weight-decay", CM_CLI_FLOAT, &options->weight_decay, "X", "AdamW decoupled weight decay",
          0},
         {"seed", CM_CLI_LONG, &options->seed, "S", "seed of initialization and batch order", 0},
@@ -1457,6 +1500,13 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         status =
             cm_fail(CM_ERR_INVALID_ARG, "--lr and --temperature must be positive, --kd-weight and "
                                         "--label-fraction in (0, 1], weights not negative");
+    cm_schedule_kind_t schedule_kind;
+    if (status == CM_OK && cm_schedule_parse_kind(options->schedule, &schedule_kind) != CM_OK)
+        status =
+            cm_fail(CM_ERR_INVALID_ARG, "--schedule must be constant, cosine or onecycle, not '%s'",
+                    options->schedule);
+    if (status == CM_OK && options->warmup_steps < -1)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--warmup-steps must not be negative");
     if (status == CM_OK && strcmp(options->failure_policy, "wait") &&
         strcmp(options->failure_policy, "skip") && strcmp(options->failure_policy, "fail"))
         status = cm_fail(CM_ERR_INVALID_ARG, "--on-teacher-failure must be wait, skip or fail");

@@ -11,6 +11,7 @@
  * dataset-fashion-mnist is installed, the real "pool7" view is loaded too.
  */
 #include "cm_dataset.h"
+#include "cm_npy.h"
 #include "cm_rng.h"
 #include "cm_sha256.h"
 #include "test_folder.h"
@@ -1029,6 +1030,89 @@ static void write_manifest(const folder_t *folder, const char *text) {
     test_folder_write_text(path, text);
 }
 
+/*
+ * The "standardize" transform: per-feature mean 0 and std 1 on the train split, the test split
+ * fed with the train statistics (not its own), a constant feature finite (std 1), and the
+ * statistics recorded in the view's preprocessing JSON.
+ */
+START_TEST(test_folder_standardize) {
+    folder_t folder;
+    folder_setup(&folder, &small_classification);
+    write_manifest(&folder,
+                   "{\"format\": \"committee-dataset/1\", \"name\": \"standardized\",\n"
+                   " \"task\": {\"type\": \"classification\", \"classes\": 3},\n"
+                   " \"splits\": [\"train\", \"test\"],\n"
+                   " \"views\": {\"grid\": {\"kind\": \"dense\", \"normalize\": {\"mean\": "
+                   "[0.25], \"std\": [0.5]}},\n"
+                   "   \"std\": {\"from\": \"grid\", \"transform\": \"standardize\"}}}\n");
+    /* Feature f of row r: an offset and a scale of its own, so no two features agree; feature
+     * 0 is constant. */
+    const int rows[2] = {40, 12};
+    const char *const files[2] = {"train/grid.npy", "test/grid.npy"};
+    for (int split = 0; split < 2; split++) {
+        float *grid = malloc(sizeof(float) * (size_t)rows[split] * 64);
+        for (int row = 0; row < rows[split]; row++)
+            for (int feature = 0; feature < 64; feature++)
+                grid[row * 64 + feature] =
+                    feature == 0 ? 7.0f
+                                 : (float)(feature * 3 - 50) +
+                                       (float)(feature + 1) * (float)((row * 13 + feature) % 17) /
+                                           (split ? 5.0f : 4.0f);
+        char path[512];
+        folder_path(&folder, files[split], path, sizeof path);
+        int64_t shape[3] = {rows[split], 8, 8};
+        ck_assert_int_eq(cm_npy_write(path, CM_NPY_F32, 3, shape, grid), CM_OK);
+        free(grid);
+    }
+    cm_dataset_t *plain = NULL, *standard = NULL;
+    ck_assert_msg(cm_dataset_load(&plain, folder.data, "grid", NULL) == CM_OK, "%s",
+                  cm_last_error());
+    ck_assert_msg(cm_dataset_load(&standard, folder.data, "std", NULL) == CM_OK, "%s",
+                  cm_last_error());
+    ck_assert_int_eq(standard->features, 64);
+    ck_assert_str_eq(standard->fingerprint, plain->fingerprint); /* the same folder */
+    float *train = gather_all(standard, CM_SPLIT_TRAIN), *raw = gather_all(plain, CM_SPLIT_TRAIN);
+    float *test = gather_all(standard, CM_SPLIT_TEST), *raw_test = gather_all(plain, CM_SPLIT_TEST);
+    for (int feature = 0; feature < 64; feature++) {
+        double sum = 0, square = 0, raw_sum = 0, raw_square = 0;
+        for (int row = 0; row < 40; row++) {
+            double value = train[row * 64 + feature], source = raw[row * 64 + feature];
+            ck_assert(isfinite(value));
+            sum += value;
+            square += value * value;
+            raw_sum += source;
+            raw_square += source * source;
+        }
+        double mean = sum / 40, std = sqrt(square / 40 - mean * mean);
+        ck_assert_msg(fabs(mean) < 1e-4, "feature %d: train mean %g", feature, mean);
+        if (feature == 0) {
+            ck_assert_msg(fabs(std) < 1e-6, "constant feature: std %g", std);
+        } else {
+            ck_assert_msg(fabs(std - 1) < 1e-3, "feature %d: train std %g", feature, std);
+        }
+        /* The test split uses the train statistics. */
+        double raw_mean = raw_sum / 40, raw_std = sqrt(raw_square / 40 - raw_mean * raw_mean);
+        if (feature == 0) raw_std = 1;
+        for (int row = 0; row < 12; row++) {
+            double want = (raw_test[row * 64 + feature] - raw_mean) / raw_std;
+            ck_assert_msg(fabs(test[row * 64 + feature] - want) < 1e-3 * (1 + fabs(want)),
+                          "test row %d feature %d: %g, want %g", row, feature,
+                          test[row * 64 + feature], want);
+        }
+    }
+    ck_assert_msg(strstr(standard->view_json, "\"transform\":\"standardize\"") &&
+                      strstr(standard->view_json, "\"standardize\":{\"mean\":["),
+                  "preprocessing %s", standard->view_json);
+    free(train);
+    free(raw);
+    free(test);
+    free(raw_test);
+    cm_dataset_free(&plain);
+    cm_dataset_free(&standard);
+    folder_teardown(&folder);
+}
+END_TEST
+
 #define FOLDER_CASE(name)                                                                          \
     START_TEST(name) {                                                                             \
         folder_t folder;                                                                           \
@@ -1268,6 +1352,7 @@ Suite *check_dataset_suite(void) {
 
     TCase *folders = tcase_create("folders");
     tcase_add_test(folders, test_folder_views_values);
+    tcase_add_test(folders, test_folder_standardize);
     tcase_add_test(folders, test_folder_ids_and_subsets);
     tcase_add_test(folders, test_folder_regression);
     tcase_add_test(folders, test_fashion_export_equals_builtin);

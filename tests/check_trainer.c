@@ -26,6 +26,8 @@
 #include "test_util.h"
 
 #include "cm_npy.h"
+#include "cm_safetensors.h"
+#include "test_folder.h"
 
 #include <arpa/inet.h>
 #include <check.h>
@@ -34,6 +36,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -399,6 +402,95 @@ START_TEST(test_resume_and_replay_are_exact) {
              test_util_bin("student-trainer"), common, record, replayed);
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
     ck_assert_msg(strstr(output, record), "error does not name the record: %s", output);
+}
+END_TEST
+
+/*
+ * --schedule through the real binary: the metrics line carries the rate of the epoch's last
+ * step, which stays at --lr under the constant default and decays under cosine; a cosine run
+ * interrupted with --stop-after and resumed writes the same bytes as a straight run (the rate
+ * is a function of the step); a resume with another schedule is refused with a sentence.
+ */
+START_TEST(test_schedule_decays_and_resumes_exactly) {
+    REQUIRE_DATA();
+    char command[4096], metrics[400], straight[400], resumed[400], flat[400];
+    snprintf(metrics, sizeof metrics, "%s/schedule.jsonl", directory);
+    snprintf(straight, sizeof straight, "%s/cosine.safetensors", directory);
+    snprintf(resumed, sizeof resumed, "%s/cosine-resumed.safetensors", directory);
+    snprintf(flat, sizeof flat, "%s/constant.safetensors", directory);
+    const char *common = "--view pool7 --model mlp:49-32-10 --method ce --epochs 3 --batch 100 "
+                         "--lr 2e-3 --seed 3 --http off " SUBSET;
+    snprintf(command, sizeof command, "%s train %s --schedule cosine --out %s --metrics %s",
+             test_util_bin("student-trainer"), common, straight, metrics);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "cosine: %s", output);
+    json_t *lines = read_metrics(metrics);
+    ck_assert_int_eq((int)json_array_size(lines), 3);
+    double lr[3];
+    for (int epoch = 0; epoch < 3; epoch++) lr[epoch] = metric(json_array_get(lines, epoch), "lr");
+    json_decref(lines);
+    ck_assert_msg(lr[0] < 2e-3 && lr[1] < lr[0] && lr[2] < lr[1] && lr[2] >= 2e-4 * 0.999,
+                  "cosine rates %g %g %g", lr[0], lr[1], lr[2]);
+    snprintf(command, sizeof command, "%s train %s --out %s --metrics %s",
+             test_util_bin("student-trainer"), common, flat, metrics);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "constant: %s", output);
+    lines = read_metrics(metrics);
+    for (int epoch = 0; epoch < 3; epoch++)
+        ck_assert_msg(fabs(metric(json_array_get(lines, epoch), "lr") - 2e-3) < 1e-9,
+                      "constant rate of epoch %d is %g", epoch + 1,
+                      metric(json_array_get(lines, epoch), "lr"));
+    json_decref(lines);
+
+    snprintf(command, sizeof command, "%s train %s --schedule cosine --out %s --stop-after 25",
+             test_util_bin("student-trainer"), common, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 130, "stop-after: %s", output);
+    snprintf(command, sizeof command, "%s train %s --schedule onecycle --out %s --resume",
+             test_util_bin("student-trainer"), common, resumed);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "was trained with --schedule cosine") &&
+                      strstr(output, "must keep its schedule"),
+                  "resume with another schedule: %s", output);
+    snprintf(command, sizeof command, "%s train %s --schedule cosine --out %s --resume",
+             test_util_bin("student-trainer"), common, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "resume: %s", output);
+    snprintf(command, sizeof command, "cmp %s %s", straight, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0,
+                  "interrupted + resumed cosine run differs from the straight run: %s", output);
+    snprintf(command, sizeof command, "%s train %s --schedule linear --out %s",
+             test_util_bin("student-trainer"), common, flat);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "--schedule must be constant, cosine or onecycle"),
+                  "unknown schedule: %s", output);
+}
+END_TEST
+
+/*
+ * A dataset folder's "standardize" view through the real binary: the student trains on it
+ * and its checkpoint's preprocessing carries the train statistics it was fed with.
+ */
+START_TEST(test_standardized_view_reaches_the_checkpoint) {
+    char data[400], manifest[450], out[400], command[4096];
+    snprintf(data, sizeof data, "%s/standardized", directory);
+    snprintf(manifest, sizeof manifest, "%s/dataset.json", data);
+    snprintf(out, sizeof out, "%s/standardized.safetensors", directory);
+    test_folder_write(data, &(test_folder_options_t){.train_rows = 60, .test_rows = 20, .seed = 2});
+    test_folder_write_text(manifest,
+                           "{\"format\": \"committee-dataset/1\", \"name\": \"standardized\",\n"
+                           " \"task\": {\"type\": \"classification\", \"classes\": 3},\n"
+                           " \"splits\": [\"train\", \"test\"],\n"
+                           " \"views\": {\"grid\": {\"kind\": \"dense\"},\n"
+                           "   \"std\": {\"from\": \"grid\", \"transform\": \"standardize\"}}}\n");
+    snprintf(command, sizeof command,
+             "%s train --data %s --view std --model mlp:64-16-3 --method ce --epochs 2 --batch 20 "
+             "--http off --out %s",
+             test_util_bin("student-trainer"), data, out);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "train: %s", output);
+    cm_safetensors_t *file = NULL;
+    ck_assert_int_eq(cm_safetensors_read(&file, out), CM_OK);
+    const char *preprocessing = cm_safetensors_metadata(file, "preprocessing");
+    ck_assert_msg(preprocessing && strstr(preprocessing, "\"transform\":\"standardize\"") &&
+                      strstr(preprocessing, "\"standardize\":{\"mean\":["),
+                  "preprocessing %s", preprocessing ? preprocessing : "(none)");
+    cm_safetensors_free(&file);
 }
 END_TEST
 
@@ -913,9 +1005,11 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_refuses_other_dataset);
     tcase_add_test(tcase, test_refuses_bad_teacher_endpoints);
     tcase_add_test(tcase, test_resume_and_replay_are_exact);
+    tcase_add_test(tcase, test_schedule_decays_and_resumes_exactly);
     tcase_add_test(tcase, test_diversedistill_filtering_saves_real_work);
     tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);
     tcase_add_test(tcase, test_diversedistill_interactive);
+    tcase_add_test(tcase, test_standardized_view_reaches_the_checkpoint);
     suite_add_tcase(suite, tcase);
     TCase *hostile = tcase_create("hostile");
     tcase_add_unchecked_fixture(hostile, prepare_directory, remove_teachers);
