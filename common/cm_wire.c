@@ -255,12 +255,14 @@ static cm_status_t check_limits(const cm_wire_limits_t *limits) {
     return CM_OK;
 }
 
+static int same_on_the_wire(const char *a, const char *b);
+
 /* Refuses a name that appears twice in names[0 .. count); `what` is "output" or "head". */
 static cm_status_t check_unique(const char *owner, const char *what, const char *const *names,
                                 int count) {
     for (int i = 0; i < count; i++)
         for (int j = 0; j < i; j++)
-            if (strcmp(text(names[i]), text(names[j])) == 0)
+            if (same_on_the_wire(text(names[i]), text(names[j])))
                 return cm_fail(CM_ERR_FORMAT, "%s names %s '%s' twice", owner, what,
                                text(names[i]));
     return CM_OK;
@@ -452,7 +454,7 @@ static cm_status_t check_batch_reply(const cm_wire_batch_reply_t *reply,
         if ((status = check_tensor(tensor, reply->example_count, max_bytes))) return status;
         for (int j = 0; j < i; j++)
             if (reply->tensors[j].layout == tensor->layout &&
-                strcmp(reply->tensors[j].name, tensor->name) == 0)
+                same_on_the_wire(reply->tensors[j].name, tensor->name))
                 return cm_fail(CM_ERR_FORMAT, "BatchReply carries tensor '%s' (layout %d) twice",
                                tensor->name, (int)tensor->layout);
     }
@@ -664,6 +666,37 @@ int cm_wire_utf8_valid(const char *text, size_t length) {
     return 1;
 }
 
+/* Writes `source` with every byte that is not UTF-8 replaced by U+FFFD, cut at a character
+ * boundary to CM_WIRE_MAX_STRING bytes, into out[CM_WIRE_MAX_STRING + 1]. */
+static void utf8_sanitize(const char *source, char *out) {
+    size_t length = strlen(source), used = 0;
+    const unsigned char *bytes = (const unsigned char *)source;
+    for (size_t at = 0; at < length;) {
+        size_t size = utf8_sequence(bytes + at, length - at);
+        const char *piece = size ? source + at : "\xef\xbf\xbd"; /* U+FFFD */
+        size_t piece_size = size ? size : 3;
+        if (used + piece_size > CM_WIRE_MAX_STRING) break;
+        memcpy(out + used, piece, piece_size);
+        used += piece_size;
+        at += size ? size : 1;
+    }
+    out[used] = '\0';
+}
+
+/*
+ * Whether two strings are the same once packed (utf8_sanitize): names that differ only in
+ * bytes that are not UTF-8 would arrive as one name, so a message holding both is refused as
+ * naming it twice (what decodes must encode to a message that decodes again).
+ */
+static int same_on_the_wire(const char *a, const char *b) {
+    if (strcmp(a, b) == 0) return 1;
+    if (cm_wire_utf8_valid(a, strlen(a)) && cm_wire_utf8_valid(b, strlen(b))) return 0;
+    char packed_a[CM_WIRE_MAX_STRING + 1], packed_b[CM_WIRE_MAX_STRING + 1];
+    utf8_sanitize(a, packed_a);
+    utf8_sanitize(b, packed_b);
+    return strcmp(packed_a, packed_b) == 0;
+}
+
 /*
  * The one place strings go on the wire: protobuf's `string` must be UTF-8, and strict parsers
  * (Python's) reject a whole message that is not.  Strings can carry bytes a peer sent (an
@@ -682,18 +715,7 @@ static char *proto_string(header_builder_t *builder, const char *value) {
     if (!builder->sanitized || builder->sanitized_count == SANITIZED_STRINGS)
         return (char *)replaced;
     char *copy = builder->sanitized + (size_t)builder->sanitized_count++ * SLOT;
-    size_t used = 0;
-    const unsigned char *bytes = (const unsigned char *)source;
-    for (size_t at = 0; at < length;) {
-        size_t size = utf8_sequence(bytes + at, length - at);
-        const char *piece = size ? source + at : "\xef\xbf\xbd"; /* U+FFFD */
-        size_t piece_size = size ? size : 3;
-        if (used + piece_size > CM_WIRE_MAX_STRING) break;
-        memcpy(copy + used, piece, piece_size);
-        used += piece_size;
-        at += size ? size : 1;
-    }
-    copy[used] = '\0';
+    utf8_sanitize(source, copy);
     return copy;
 }
 
