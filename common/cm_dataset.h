@@ -206,4 +206,14 @@ cm_status_t cm_dataset_parse_fashion(const char *images_path, const uint8_t *ima
                                      const char *split_name, cm_npy_t **pixels_out,
                                      cm_npy_t **labels_out);
 
+/*
+ * The metadata pairs every checkpoint carries about its data, so a checkpoint says what it was
+ * trained on and how to feed it: view, dataset name, fingerprint, task, preprocessing and the
+ * manifest's hash, as key, value, ... initializers of a `const char *metadata[]`.
+ */
+#define CM_DATASET_METADATA(dataset)                                                               \
+    "view", (dataset)->view, "dataset", (dataset)->name, "fingerprint", (dataset)->fingerprint,    \
+        "task", (dataset)->task_json, "preprocessing", (dataset)->view_json, "manifest_sha256",    \
+        (dataset)->manifest_sha256
+
 #endif

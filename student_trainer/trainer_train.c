@@ -369,18 +369,7 @@ static cm_status_t save_student(run_t *run, double test_metric) {
     snprintf(accuracy_text, sizeof accuracy_text, "%.4f", test_metric);
     snprintf(epochs_text, sizeof epochs_text, "%d", run->options.epochs);
     manifest_text(run, manifest, sizeof manifest);
-    const char *metadata[] = {"view",
-                              run->dataset->view,
-                              "dataset",
-                              run->dataset->name,
-                              "fingerprint",
-                              run->dataset->fingerprint,
-                              "task",
-                              run->dataset->task_json,
-                              "preprocessing",
-                              run->dataset->view_json,
-                              "manifest_sha256",
-                              run->dataset->manifest_sha256,
+    const char *metadata[] = {CM_DATASET_METADATA(run->dataset),
                               "method",
                               run->options.method,
                               "committee",

@@ -244,18 +244,7 @@ static cm_status_t fit(const fit_options_t *options) {
     snprintf(examples_text, sizeof examples_text, "%d", train->count);
     /* The dataset's name, not its path: a checkpoint fitted from a folder equals one fitted
      * from the built-in it was exported from. */
-    const char *metadata[] = {"view",
-                              dataset->view,
-                              "dataset",
-                              dataset->name,
-                              "fingerprint",
-                              dataset->fingerprint,
-                              "task",
-                              dataset->task_json,
-                              "preprocessing",
-                              dataset->view_json,
-                              "manifest_sha256",
-                              dataset->manifest_sha256,
+    const char *metadata[] = {CM_DATASET_METADATA(dataset),
                               "epochs",
                               epochs_text,
                               "seed",
