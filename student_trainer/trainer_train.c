@@ -192,6 +192,8 @@ typedef struct {
     cm_curve_keypair_t curve_keys;        /* with --curve-secret-key; the committee borrows them */
     /* per-epoch counters */
     double loss_sum, term_sums[TRAINER_MAX_TERMS], wait_seconds; /* sums of loss·rows */
+    double weight_sums[TRAINER_MAX_TEACHERS]; /* sums of router weight·rows (weighted methods) */
+    long weighted_rows;                       /* rows those sums cover; -1: not weighted */
     long epoch_examples, epoch_duplicates, epoch_steps;
     long skipped_batches[TRAINER_MAX_TEACHERS], missing_rows[TRAINER_MAX_TEACHERS];
 } run_t;
@@ -609,6 +611,12 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
     run->loss_sum += loss.total * rows;
     for (int term = 0; term < TRAINER_MAX_TERMS; term++)
         run->term_sums[term] += loss.term[term] * rows;
+    if (loss.weighted) {
+        if (run->weighted_rows < 0) run->weighted_rows = 0;
+        run->weighted_rows += loss.weighted_rows;
+        for (int teacher = 0; teacher < run->teacher_count; teacher++)
+            run->weight_sums[teacher] += loss.teacher_weight[teacher] * loss.weighted_rows;
+    }
     run->epoch_examples += rows;
     run->epoch_steps++;
     cm_metrics_counter_add(run->steps_total, 1);
@@ -654,13 +662,19 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
             "%s\"%s\":{\"requests\":%ld,\"replies\":%ld,\"examples_received\":%ld,\"bytes\":%llu,"
             "\"busy\":%ld,\"timeouts\":%ld,\"down_events\":%ld,\"failed_requests\":%ld,"
             "\"skipped_batches\":%ld,\"missing_rows\":%ld,\"filter_needed\":%ld,\"filter_skipped\":"
-            "%ld,\"busy_timeouts\":%ld,\"protocol_errors\":%ld,\"nonfinite_replies\":%ld}",
+            "%ld,\"busy_timeouts\":%ld,\"protocol_errors\":%ld,\"nonfinite_replies\":%ld",
             teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
             stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
             stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
             run->missing_rows[teacher], trainer_feed_filter_needed(run->feed, teacher),
             trainer_feed_filter_skipped(run->feed, teacher), stats->busy_timeouts,
             stats->protocol_errors, stats->nonfinite_replies);
+        if (run->weighted_rows >= 0) /* the router's mean weight, over the rows with a teacher */
+            fprintf(run->metrics, ",\"router_weight\":%.6f}",
+                    run->weighted_rows ? run->weight_sums[teacher] / (double)run->weighted_rows
+                                       : 0.0);
+        else
+            fputc('}', run->metrics);
     }
     fprintf(run->metrics, "}}\n");
     /* A full disk shows at the flush (or already in the stream's error flag). */
@@ -810,6 +824,8 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         memset(run->trained, 0, (size_t)train->count);
         run->loss_sum = run->wait_seconds = 0.0;
         memset(run->term_sums, 0, sizeof run->term_sums);
+        memset(run->weight_sums, 0, sizeof run->weight_sums);
+        run->weighted_rows = -1;
         run->forwarded_batch = -1;
         /* Filtering decides per batch with the current student (the feed asks one batch ahead). */
         run->filtering = trainer_method_chooses(run->method) && run->committee &&
