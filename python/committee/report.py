@@ -179,6 +179,17 @@ def _draw(path, title, label, lines):
     pyplot.close(figure)
 
 
+def _method(config, records):
+    """The run's --method from its configuration line (at the top or one level down), else
+    the loss terms its epochs carry."""
+    if isinstance(config, dict):
+        for place in [config] + [value for value in config.values() if isinstance(value, dict)]:
+            if isinstance(place.get("method"), str):
+                return place["method"]
+    terms = [term for term in TERMS if term in records[-1]]
+    return "terms " + "+".join(terms) if terms else ""
+
+
 def _summary_rows(runs):
     rows = []
     for name, records, config in runs:
@@ -189,7 +200,7 @@ def _summary_rows(runs):
             score = f"test accuracy {last['test_accuracy']:.4f}"
         else:
             score = ""
-        method = config.get("method", "") if isinstance(config, dict) else ""
+        method = _method(config, records)
         seconds = sum(_number(record.get("seconds")) or 0 for record in records)
         rows.append((name, str(method), str(len(records)), score, f"{seconds:.1f}"))
     return rows

@@ -78,6 +78,8 @@ def test_report_page_and_plots_load_in_chromium(runs, workdir):
         with open(os.path.join(out, plot), "rb") as file:
             assert file.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "report-dd.jsonl" in text and "report-ce.jsonl" in text
+    assert "<td>ce</td>" in text  # from the configuration line
+    assert "<td>terms ce+kd+dd_answer+dd_router" in text  # no configuration: the terms
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         pytest.skip("chromium is not installed (deploy/packages.txt lists it): the page was "
