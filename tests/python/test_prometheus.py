@@ -99,7 +99,7 @@ def test_teacher_server_and_trainer_follow_the_conventions(workdir):
     with open(log_path, "w") as log:
         trainer = subprocess.Popen(
             [os.path.join(processes.BIN, "student-trainer"), "train", "--view", "pool7",
-             "--model", "mlp:49-32-10", "--batch", "64", *SUBSET, "--epochs", "4",
+             "--model", "mlp:49-32-10", "--batch", "64", *SUBSET, "--epochs", "5",
              "--method", "kd", "--cache", "off", "--teacher-timeout-ms", "120000",
              "--teacher", f"comp=tcp://127.0.0.1:{teacher_port}", "--http", trainer_http,
              "--out", os.path.join(workdir, "prom.safetensors"), "--metrics",
@@ -117,11 +117,11 @@ def test_teacher_server_and_trainer_follow_the_conventions(workdir):
                     open(log_path).read()
                 time.sleep(0.05)
         assert (status, reason) == (503, "waiting for every teacher's Hello\n")
-        # A slow teacher (30 ms a request, nothing cached): the run lasts a few seconds.
+        # A slow teacher (50 ms a request, nothing cached): the run lasts several seconds.
         teacher = processes.Process(
             [os.path.join(processes.BIN, "teacher-server"), "serve", "--model", path,
              "--bind", f"tcp://127.0.0.1:{teacher_port}", "--http", "127.0.0.1:0",
-             "--name", "comp", "--compute-delay-ms", "30", *SUBSET],
+             "--name", "comp", "--compute-delay-ms", "50", *SUBSET],
             os.path.join(workdir, "prom-teacher.log"))
         status, text = processes.http_get(teacher.http, "/metrics")
         assert status == 200
@@ -144,7 +144,7 @@ def test_teacher_server_and_trainer_follow_the_conventions(workdir):
         assert samples(families, "committee_trainer_teacher_timeouts_total") == \
             {(("teacher", "comp"),): 0.0}
         if "committee_trainer_test_accuracy" in families:  # only once an epoch was scored
-            assert re.search(r"epoch [1-4]/4 .* test acc", open(log_path).read())
+            assert re.search(r"epoch [1-5]/5 .* test acc", open(log_path).read())
         assert trainer.wait(600) == 0, open(log_path).read()
         status, text = processes.http_get(teacher.http, "/metrics")
         check_conventions(text)
