@@ -60,10 +60,11 @@ void cm_log(cm_log_level_t level, const char *format, ...) {
 
 void cm_log_status(const char *text) {
     pthread_mutex_lock(&log_lock);
+    int shown = status_text[0] != '\0';
     snprintf(status_text, sizeof status_text, "%s", text ? text : "");
     if (status_text[0])
         fprintf(stderr, "\r%s\033[K", status_text);
-    else
+    else if (shown) /* erasing nothing writes nothing: safe to call when no line is shown */
         fputs("\r\033[K", stderr);
     fflush(stderr);
     pthread_mutex_unlock(&log_lock);

@@ -26,8 +26,9 @@ cm_status_t cm_log_level_parse(const char *text, cm_log_level_t *level);
 void cm_log(cm_log_level_t level, const char *format, ...) __attribute__((format(printf, 2, 3)));
 
 /* Shows `text` as the status line on stderr (redrawn in place, "\r" and erase to the end of
- * the line); NULL or "" erases it, leaving the cursor at the start of a clean line.  For a
- * terminal only: the caller decides (cm_progress does). */
+ * the line); NULL or "" erases it, leaving the cursor at the start of a clean line, and
+ * writes nothing when no status line is shown.  For a terminal only: the caller decides
+ * (cm_progress does). */
 void cm_log_status(const char *text);
 
 #define cm_log_debug(...) cm_log(CM_LOG_DEBUG, __VA_ARGS__)

@@ -1331,6 +1331,7 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
                 run->total_steps);
     trainer_http_set_ready(run->http, NULL);
     status = run_epochs(run, was_interrupted);
+    cm_log_status(NULL); /* the bar of an epoch that failed half-way: the error starts clean */
     trainer_http_set_ready(run->http, status == CM_OK && !*was_interrupted ? "training finished"
                                                                            : "training stopped");
     if (status != CM_OK && run->step > 0) { /* keep what was learned */
