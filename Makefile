@@ -160,8 +160,8 @@ $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o $(call obj,$(BENCH_LIB_SRC)) $(LIB)
 .PHONY: demo check-docker check-netns
 
 demo: deps
-	@$(MAKE) --no-print-directory all
-	deploy/demo.sh
+	@$(MAKE) --no-print-directory all python
+	PYTHON=$(PYTHON) deploy/demo.sh
 
 check-docker: deps
 	@$(MAKE) --no-print-directory all

@@ -1,10 +1,12 @@
 /*
  * cm_log: timestamped lines on stderr.  The whole line is formatted into a
- * local buffer first and written with one fputs, so lines from different
- * threads do not interleave.
+ * local buffer first and written under one lock, so lines from different
+ * threads do not interleave, and a status line (see cm_log_status) is erased
+ * before and redrawn after each of them.
  */
 #include "cm_log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +15,8 @@
 static const char *log_program = "committee";
 static cm_log_level_t log_min_level = CM_LOG_INFO;
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static char status_text[512]; /* the status line shown, "" when none */
 
 void cm_log_init(const char *program, cm_log_level_t level) {
     log_program = program;
@@ -46,5 +50,22 @@ void cm_log(cm_log_level_t level, const char *format, ...) {
     if (length + 2 > sizeof line) length = sizeof line - 2;
     line[length] = '\n';
     line[length + 1] = '\0';
+    pthread_mutex_lock(&log_lock);
+    if (status_text[0]) fputs("\r\033[K", stderr);
     fputs(line, stderr);
+    if (status_text[0]) fprintf(stderr, "\r%s\033[K", status_text);
+    fflush(stderr);
+    pthread_mutex_unlock(&log_lock);
+}
+
+void cm_log_status(const char *text) {
+    pthread_mutex_lock(&log_lock);
+    int shown = status_text[0] != '\0';
+    snprintf(status_text, sizeof status_text, "%s", text ? text : "");
+    if (status_text[0])
+        fprintf(stderr, "\r%s\033[K", status_text);
+    else if (shown) /* erasing nothing writes nothing: safe to call when no line is shown */
+        fputs("\r\033[K", stderr);
+    fflush(stderr);
+    pthread_mutex_unlock(&log_lock);
 }

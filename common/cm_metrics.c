@@ -22,9 +22,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { METRIC_COUNTER, METRIC_GAUGE, METRIC_HISTOGRAM } metric_type_t;
+/* A float counter keeps a double (a gauge's handle) but is a counter to Prometheus; an info
+ * metric is a gauge fixed at 1 whose series carry several labels, kept rendered. */
+typedef enum {
+    METRIC_COUNTER,
+    METRIC_GAUGE,
+    METRIC_HISTOGRAM,
+    METRIC_FLOAT_COUNTER,
+    METRIC_INFO
+} metric_type_t;
 
-static const char *const type_names[] = {"counter", "gauge", "histogram"};
+static const char *const type_names[] = {"counter", "gauge", "histogram", "counter", "gauge"};
 
 static const double default_duration_bounds[] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -49,7 +57,7 @@ struct cm_metrics_histogram {
 
 typedef struct metric_series {
     struct metric_series *next;
-    char *label_value; /* NULL when the family has no label */
+    char *label_value; /* NULL when the family has no label; info: the rendered labels */
     union {
         cm_metrics_counter_t *counter;
         cm_metrics_gauge_t *gauge;
@@ -181,8 +189,9 @@ static metric_family_t *family_create(metric_type_t type, const char *name, cons
     family->series_tail = &family->series_head;
     family->name = strdup(name);
     family->help = strdup(help);
-    family->label_name = label ? strdup(label->name) : NULL;
-    if (!family->name || !family->help || (label && !family->label_name)) goto fail;
+    int named = label && type != METRIC_INFO;
+    family->label_name = named ? strdup(label->name) : NULL;
+    if (!family->name || !family->help || (named && !family->label_name)) goto fail;
     if (type == METRIC_HISTOGRAM) {
         family->bound_count = bound_count;
         memcpy(family->bounds, bounds, sizeof(double) * (size_t)bound_count);
@@ -196,6 +205,7 @@ fail:
 static bool family_matches(const metric_family_t *family, metric_type_t type, const char *help,
                            const cm_metrics_label_t *label, const double *bounds, int bound_count) {
     if (family->type != type || strcmp(family->help, help) != 0) return false;
+    if (type == METRIC_INFO) return true;
     if (!same_text(family->label_name, label ? label->name : NULL)) return false;
     if (type != METRIC_HISTOGRAM) return true;
     return family->bound_count == bound_count &&
@@ -212,6 +222,8 @@ static metric_series_t *series_create(const metric_family_t *family,
         series->handle.counter = cm_alloc_aligned(1, sizeof(cm_metrics_counter_t));
         break;
     case METRIC_GAUGE:
+    case METRIC_FLOAT_COUNTER:
+    case METRIC_INFO:
         series->handle.gauge = cm_alloc_aligned(1, sizeof(cm_metrics_gauge_t));
         break;
     case METRIC_HISTOGRAM:
@@ -328,6 +340,44 @@ cm_status_t cm_metrics_register_histogram(cm_metrics_t *metrics, const char *nam
     cm_status_t status =
         register_series(metrics, METRIC_HISTOGRAM, name, help, label, bounds, bound_count, &series);
     *out = status == CM_OK ? series->handle.histogram : NULL;
+    return status;
+}
+
+cm_status_t cm_metrics_register_float_counter(cm_metrics_t *metrics, const char *name,
+                                              const char *help, const cm_metrics_label_t *label,
+                                              cm_metrics_gauge_t **out) {
+    metric_series_t *series;
+    cm_status_t status =
+        register_series(metrics, METRIC_FLOAT_COUNTER, name, help, label, NULL, 0, &series);
+    *out = status == CM_OK ? series->handle.gauge : NULL;
+    return status;
+}
+
+/* Appends `name="value"` pairs, values escaped, comma-separated (defined with rendering). */
+static char *render_labels(const cm_metrics_label_t *labels, int label_count);
+
+cm_status_t cm_metrics_register_info(cm_metrics_t *metrics, const char *name, const char *help,
+                                     const cm_metrics_label_t *labels, int label_count) {
+    if (label_count < 1 || !labels)
+        return cm_fail(CM_ERR_INVALID_ARG, "info metric %s needs at least one label",
+                       name ? name : "(null)");
+    for (int index = 0; index < label_count; index++) {
+        cm_status_t status =
+            check_arguments(METRIC_INFO, name, help ? help : "", &labels[index], NULL, 0);
+        if (status != CM_OK) return status;
+        for (int other = 0; other < index; other++)
+            if (strcmp(labels[other].name, labels[index].name) == 0)
+                return cm_fail(CM_ERR_INVALID_ARG, "info metric %s has label %s twice", name,
+                               labels[index].name);
+    }
+    char *rendered = render_labels(labels, label_count);
+    if (!rendered) return cm_fail(CM_ERR_NOMEM, "no memory to register metric %s", name);
+    cm_metrics_label_t whole = {"info", rendered}; /* the family's label name stays NULL */
+    metric_series_t *series;
+    cm_status_t status =
+        register_series(metrics, METRIC_INFO, name, help, &whole, NULL, 0, &series);
+    free(rendered);
+    if (status == CM_OK) cm_metrics_gauge_set(series->handle.gauge, 1.0);
     return status;
 }
 
@@ -460,6 +510,12 @@ static void text_series_name(text_t *text, const char *name, const char *suffix,
                              const char *le) {
     text_string(text, name);
     text_string(text, suffix);
+    if (family->type == METRIC_INFO) {
+        text_string(text, "{");
+        text_string(text, series->label_value);
+        text_string(text, "} ");
+        return;
+    }
     if (family->label_name || le) {
         text_string(text, "{");
         if (family->label_name) {
@@ -518,6 +574,8 @@ static void render_all(cm_metrics_t *metrics, text_t *text) {
                             (unsigned long long)cm_metrics_counter_value(series->handle.counter));
                 break;
             case METRIC_GAUGE:
+            case METRIC_FLOAT_COUNTER:
+            case METRIC_INFO:
                 text_series_name(text, family->name, "", family, series, NULL);
                 text_double(text, cm_metrics_gauge_value(series->handle.gauge));
                 text_string(text, "\n");
@@ -529,6 +587,24 @@ static void render_all(cm_metrics_t *metrics, text_t *text) {
         }
     }
     pthread_mutex_unlock(&metrics->mutex);
+}
+
+static char *render_labels(const cm_metrics_label_t *labels, int label_count) {
+    text_t text = {.growable = true};
+    for (int index = 0; index < label_count; index++) {
+        if (index) text_string(&text, ",");
+        text_string(&text, labels[index].name);
+        text_string(&text, "=\"");
+        text_escaped(&text, labels[index].value, true);
+        text_string(&text, "\"");
+    }
+    text_append(&text, "", 0);
+    if (text.out_of_memory) {
+        free(text.data);
+        return NULL;
+    }
+    text.data[text.length] = '\0';
+    return text.data;
 }
 
 cm_status_t cm_metrics_render(cm_metrics_t *metrics, char *buffer, size_t capacity,

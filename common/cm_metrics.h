@@ -86,6 +86,25 @@ cm_status_t cm_metrics_register_histogram(cm_metrics_t *metrics, const char *nam
                                           const cm_metrics_label_t *label, const double *bounds,
                                           int bound_count, cm_metrics_histogram_t **out);
 
+/*
+ * Registers a counter of a real quantity (seconds waited, say): rendered as a Prometheus
+ * counter, updated with cm_metrics_gauge_add and non-negative deltas through the gauge handle
+ * in *out.  Arguments and failures as for counters.
+ */
+cm_status_t cm_metrics_register_float_counter(cm_metrics_t *metrics, const char *name,
+                                              const char *help, const cm_metrics_label_t *label,
+                                              cm_metrics_gauge_t **out);
+
+/*
+ * Registers one series of an info metric (by convention named "..._info"): a gauge fixed at
+ * 1 whose `label_count` labels (at least one, distinct names) describe something, e.g.
+ * committee_teacher_info{name="fm",role="foundation",model="...",view="full"} 1.  Series
+ * differ by their label values; registering the same values again changes nothing.  Fails
+ * as the other registrations do.
+ */
+cm_status_t cm_metrics_register_info(cm_metrics_t *metrics, const char *name, const char *help,
+                                     const cm_metrics_label_t *labels, int label_count);
+
 /* Adds `amount` to a counter.  Any thread; lock-free; a NULL counter is ignored. */
 void cm_metrics_counter_add(cm_metrics_counter_t *counter, uint64_t amount);
 

@@ -11,7 +11,9 @@
 #      seed, epochs and labels: once alone (--method ce) and once distilled
 #      from the committee ($DISTILL_METHOD below);
 #   5. prints one table: every model's test accuracy and where its
-#      checkpoint and metrics are.
+#      checkpoint and metrics are;
+#   6. writes a report of the three students' runs with plots
+#      (python3 -m committee report): $DEMO_DIR/report/index.html.
 # The servers are stopped however the script ends (trap on EXIT, INT, TERM).
 #
 # Settings (environment): DEMO_DIR (default runs/demo), DEMO_FM_EPOCHS,
@@ -238,6 +240,12 @@ comp_acc=$(eval_accuracy "$comp")
 ce_acc=$(eval_accuracy "$dir/student-ce.safetensors")
 kd_acc=$(eval_accuracy "$dir/student-$DISTILL_METHOD.safetensors")
 dd_acc=$(eval_accuracy "$dir/student-dd.safetensors")
+say "writing the report of the students' runs"
+PYTHONPATH="$root/python:$root/build/python${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-/usr/bin/python3}" \
+    -m committee report "$dir/student-ce.jsonl" "$dir/student-$DISTILL_METHOD.jsonl" \
+    "$dir/student-dd.jsonl" --out "$dir/report" \
+    --title "committee demo: students on pool7 with $LABEL_FRACTION of the labels" >/dev/null ||
+    die "python3 -m committee report failed"
 total_seconds=$(since "$t_start")
 
 row() { printf '%-50s %-6s %-9s %-38s %s\n' "$@"; }
@@ -254,4 +262,5 @@ row() { printf '%-50s %-6s %-9s %-38s %s\n' "$@"; }
     echo "timings: fit ${fit_seconds}s, serve-ready ${serve_seconds}s, student ce ${ce_seconds}s," \
         "student $DISTILL_METHOD ${distill_seconds}s, student diversedistill ${dd_seconds}s, total ${total_seconds}s"
     echo "teacher logs: $dir/fm.serve.log $dir/comp.serve.log"
+    echo "report (plots of the students' runs): $dir/report/index.html"
 } | tee "$dir/summary.txt"

@@ -1517,7 +1517,19 @@ static void dd_method_loss(void *self, const trainer_batch_t *batch,
     *loss = (trainer_loss_t){.total = terms.total,
                              .term = {terms.ce, terms.kd, terms.answer, terms.router, terms.align,
                                       terms.probe_match, terms.probe_answer},
-                             .labelled = terms.labelled};
+                             .labelled = terms.labelled,
+                             .weighted = 1};
+    /* The router's mean weights over the rows that had a teacher (alpha is this batch's only
+     * when some row had one: the loss routes them and no others). */
+    int teachers = config->teacher_count;
+    for (int row = 0; row < batch->rows; row++) {
+        if (dd->row_teachers[row] == 0) continue; /* index_present_pairs counted them */
+        loss->weighted_rows++;
+        for (int teacher = 0; teacher < teachers; teacher++)
+            loss->teacher_weight[teacher] += dd->alpha[(size_t)row * (size_t)teachers + teacher];
+    }
+    for (int teacher = 0; loss->weighted_rows && teacher < teachers; teacher++)
+        loss->teacher_weight[teacher] /= loss->weighted_rows;
 }
 
 /* --dd-filter: the router on the student's hidden vector alone, before any teacher is asked. */

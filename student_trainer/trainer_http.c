@@ -6,6 +6,8 @@
 #include "cm_http.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -16,13 +18,30 @@ struct trainer_http {
     cm_http_t *server;
     cm_metrics_t *metrics;
     pthread_t thread;
+    _Atomic(const char *) not_ready; /* NULL: ready */
 };
+
+void trainer_http_set_ready(trainer_http_t *http, const char *reason) {
+    if (http) atomic_store(&http->not_ready, reason);
+}
 
 static void on_request(const cm_http_request_t *request, cm_http_response_t *response, void *user) {
     trainer_http_t *http = user;
     if (strcmp(request->path, "/healthz") == 0) {
         response->status = 200;
         response->body = "ok\n";
+    } else if (strcmp(request->path, "/readyz") == 0) {
+        const char *reason = atomic_load(&http->not_ready);
+        response->status = reason ? 503 : 200;
+        char text[256];
+        snprintf(text, sizeof text, "%s\n", reason ? reason : "ready");
+        char *body = strdup(text); /* each answer its own: requests may overlap */
+        if (body) {
+            response->body = body;
+            response->body_release = free;
+        } else {
+            response->body = reason ? "not ready\n" : "ready\n";
+        }
     } else if (strcmp(request->path, "/metrics") == 0) {
         cm_http_respond_metrics(response, http->metrics);
     }
@@ -45,6 +64,7 @@ cm_status_t trainer_http_start(const char *address, cm_metrics_t *metrics, train
     trainer_http_t *http = calloc(1, sizeof *http);
     if (!http) return cm_fail(CM_ERR_NOMEM, "out of memory for the HTTP server");
     http->metrics = metrics;
+    atomic_init(&http->not_ready, "starting");
     if (uv_loop_init(&http->loop) != 0) {
         free(http);
         return cm_fail(CM_ERR_INTERNAL, "cannot start an event loop for HTTP");

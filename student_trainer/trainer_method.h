@@ -128,6 +128,11 @@ typedef struct {
     double total;
     double term[TRAINER_MAX_TERMS];
     int labelled;
+    /* Methods that weigh teachers per row (diversedistill's router): weighted = 1 and
+     * teacher_weight[i] the mean weight of teacher i over the rows that had a teacher
+     * (weighted_rows of them); 0 otherwise. */
+    int weighted, weighted_rows;
+    double teacher_weight[TRAINER_MAX_TEACHERS];
 } trainer_loss_t;
 
 typedef struct trainer_method trainer_method_t;

@@ -85,6 +85,9 @@ typedef struct {
     const char *log_level;
     const char *schedule;
     const char *http;
+    const char *progress;    /* --progress auto, bar, lines or off */
+    float progress_interval; /* --progress-interval: least seconds between two progress lines */
+    cm_progress_mode_t progress_mode;
     const char *dd_router;
     const char *dd_feature;
     cm_cli_list_t teachers;
@@ -172,14 +175,16 @@ typedef struct {
     cm_metrics_t *registry;
     trainer_http_t *http;
     cm_metrics_counter_t *steps_total, *examples_total;
-    cm_metrics_gauge_t *epoch_gauge, *loss_gauge, *accuracy_gauge, *wait_gauge;
+    cm_metrics_gauge_t *epoch_gauge;
+    cm_metrics_gauge_t *wait_counter; /* committee_trainer_wait_seconds_total (a float counter) */
+    double wait_reported;             /* seconds of waiting it counts so far */
     cm_metrics_counter_t *teacher_bytes[TRAINER_MAX_TEACHERS],
         *teacher_examples[TRAINER_MAX_TEACHERS];
     cm_metrics_counter_t *teacher_skipped[TRAINER_MAX_TEACHERS];
     cm_metrics_counter_t *teacher_busy_timeouts[TRAINER_MAX_TEACHERS],
         *teacher_protocol_errors[TRAINER_MAX_TEACHERS], *teacher_nonfinite[TRAINER_MAX_TEACHERS],
         *teacher_timeouts[TRAINER_MAX_TEACHERS];
-    cm_metrics_gauge_t *teacher_down[TRAINER_MAX_TEACHERS];
+    cm_metrics_counter_t *teacher_down[TRAINER_MAX_TEACHERS];
     trainer_teacher_stats_t reported[TRAINER_MAX_TEACHERS]; /* what the counters hold so far */
     double waited_total;
     char *teacher_texts[CM_CLI_LIST_MAX]; /* --teacher values, parsed in place; endpoints point here
@@ -187,6 +192,8 @@ typedef struct {
     cm_curve_keypair_t curve_keys;        /* with --curve-secret-key; the committee borrows them */
     /* per-epoch counters */
     double loss_sum, term_sums[TRAINER_MAX_TERMS], wait_seconds; /* sums of loss·rows */
+    double weight_sums[TRAINER_MAX_TEACHERS]; /* sums of router weight·rows (weighted methods) */
+    long weighted_rows;                       /* rows those sums cover; -1: not weighted */
     long epoch_examples, epoch_duplicates, epoch_steps;
     long skipped_batches[TRAINER_MAX_TEACHERS], missing_rows[TRAINER_MAX_TEACHERS];
 } run_t;
@@ -604,6 +611,12 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
     run->loss_sum += loss.total * rows;
     for (int term = 0; term < TRAINER_MAX_TERMS; term++)
         run->term_sums[term] += loss.term[term] * rows;
+    if (loss.weighted) {
+        if (run->weighted_rows < 0) run->weighted_rows = 0;
+        run->weighted_rows += loss.weighted_rows;
+        for (int teacher = 0; teacher < run->teacher_count; teacher++)
+            run->weight_sums[teacher] += loss.teacher_weight[teacher] * loss.weighted_rows;
+    }
     run->epoch_examples += rows;
     run->epoch_steps++;
     cm_metrics_counter_add(run->steps_total, 1);
@@ -649,13 +662,19 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
             "%s\"%s\":{\"requests\":%ld,\"replies\":%ld,\"examples_received\":%ld,\"bytes\":%llu,"
             "\"busy\":%ld,\"timeouts\":%ld,\"down_events\":%ld,\"failed_requests\":%ld,"
             "\"skipped_batches\":%ld,\"missing_rows\":%ld,\"filter_needed\":%ld,\"filter_skipped\":"
-            "%ld,\"busy_timeouts\":%ld,\"protocol_errors\":%ld,\"nonfinite_replies\":%ld}",
+            "%ld,\"busy_timeouts\":%ld,\"protocol_errors\":%ld,\"nonfinite_replies\":%ld",
             teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
             stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
             stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
             run->missing_rows[teacher], trainer_feed_filter_needed(run->feed, teacher),
             trainer_feed_filter_skipped(run->feed, teacher), stats->busy_timeouts,
             stats->protocol_errors, stats->nonfinite_replies);
+        if (run->weighted_rows >= 0) /* the router's mean weight, over the rows with a teacher */
+            fprintf(run->metrics, ",\"router_weight\":%.6f}",
+                    run->weighted_rows ? run->weight_sums[teacher] / (double)run->weighted_rows
+                                       : 0.0);
+        else
+            fputc('}', run->metrics);
     }
     fprintf(run->metrics, "}}\n");
     /* A full disk shows at the flush (or already in the stream's error flag). */
@@ -665,25 +684,46 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
     return CM_OK;
 }
 
-/* Registers the Prometheus metrics and starts --http (a failure to listen is only a warning). */
-static cm_status_t start_metrics(run_t *run) {
+/* Creates the Prometheus registry and starts --http (a failure to listen is only a warning)
+ * before the teachers are asked: /readyz tells what the trainer waits for. */
+static cm_status_t start_http(run_t *run) {
     cm_status_t status = cm_metrics_new(&run->registry);
     if (status != CM_OK) return status;
+    if (strcmp(run->options.http, "off") != 0 &&
+        trainer_http_start(run->options.http, run->registry, &run->http) != CM_OK)
+        cm_log_warn("no /metrics: %s", cm_last_error());
+    trainer_http_set_ready(run->http, run->replay ? "loading the recorded teacher outputs"
+                                                  : "waiting for every teacher's Hello");
+    return CM_OK;
+}
+
+/* Registers the Prometheus metrics known once the teachers said Hello: counters and error
+ * counters from 0, and committee_teacher_info per teacher.  Gauges without a value yet (the
+ * loss, the test accuracy) are registered when they get one. */
+static void register_metrics(run_t *run) {
     cm_metrics_register_counter(run->registry, "committee_trainer_steps_total",
                                 "Optimizer steps taken.", NULL, &run->steps_total);
     cm_metrics_register_counter(run->registry, "committee_trainer_examples_total",
                                 "Training examples processed.", NULL, &run->examples_total);
     cm_metrics_register_gauge(run->registry, "committee_trainer_epoch", "Epoch in progress.", NULL,
                               &run->epoch_gauge);
-    cm_metrics_register_gauge(run->registry, "committee_trainer_loss",
-                              "Mean loss of the last epoch.", NULL, &run->loss_gauge);
-    cm_metrics_register_gauge(run->registry, "committee_trainer_test_accuracy",
-                              "Test accuracy after the last epoch.", NULL, &run->accuracy_gauge);
-    cm_metrics_register_gauge(run->registry, "committee_trainer_wait_seconds",
-                              "Seconds the training loop waited for teachers.", NULL,
-                              &run->wait_gauge);
+    cm_metrics_gauge_set(run->epoch_gauge, run->epoch);
+    cm_metrics_register_float_counter(run->registry, "committee_trainer_wait_seconds_total",
+                                      "Seconds the training loop waited for teachers.", NULL,
+                                      &run->wait_counter);
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         cm_metrics_label_t label = {"teacher", run->teacher_names[teacher]};
+        if (run->committee) {
+            const trainer_teacher_info_t *info = trainer_committee_info(run->committee, teacher);
+            cm_metrics_label_t labels[4] = {
+                {"name", info->name},
+                {"role", info->role == CM_WIRE_ROLE_FOUNDATION ? "foundation" : "complementary"},
+                {"model", info->model_id},
+                {"view", info->view}};
+            cm_metrics_register_info(run->registry, "committee_teacher_info",
+                                     "A teacher of the committee, as its Hello describes it.",
+                                     labels, 4);
+        }
         cm_metrics_register_counter(run->registry, "committee_trainer_teacher_bytes_total",
                                     "Bytes received from a teacher.", &label,
                                     &run->teacher_bytes[teacher]);
@@ -693,9 +733,9 @@ static cm_status_t start_metrics(run_t *run) {
         cm_metrics_register_counter(run->registry, "committee_trainer_skipped_batches_total",
                                     "Batches trained without (some rows of) a teacher.", &label,
                                     &run->teacher_skipped[teacher]);
-        cm_metrics_register_gauge(run->registry, "committee_trainer_teacher_down_events",
-                                  "Times a teacher was found down.", &label,
-                                  &run->teacher_down[teacher]);
+        cm_metrics_register_counter(run->registry, "committee_trainer_teacher_down_events_total",
+                                    "Times a teacher was found down.", &label,
+                                    &run->teacher_down[teacher]);
         cm_metrics_register_counter(run->registry, "committee_trainer_teacher_timeouts_total",
                                     "Requests a teacher did not answer within the deadline.",
                                     &label, &run->teacher_timeouts[teacher]);
@@ -711,16 +751,21 @@ static cm_status_t start_metrics(run_t *run) {
                                     "Replies of a teacher holding NaN or Inf (not used).", &label,
                                     &run->teacher_nonfinite[teacher]);
     }
-    if (strcmp(run->options.http, "off") != 0 &&
-        trainer_http_start(run->options.http, run->registry, &run->http) != CM_OK)
-        cm_log_warn("no /metrics: %s", cm_last_error());
-    return CM_OK;
+}
+
+/* Sets a gauge first known now (registered on first use, so no scrape sees a made-up 0). */
+static void set_known_gauge(run_t *run, const char *name, const char *help, double value) {
+    cm_metrics_gauge_t *gauge = NULL;
+    if (cm_metrics_register_gauge(run->registry, name, help, NULL, &gauge) == CM_OK)
+        cm_metrics_gauge_set(gauge, value);
 }
 
 /* Brings the counters up to date with the committee's statistics. */
 static void update_metrics(run_t *run) {
     cm_metrics_gauge_set(run->epoch_gauge, run->epoch);
-    cm_metrics_gauge_set(run->wait_gauge, run->waited_total + run->wait_seconds);
+    double waited = run->waited_total + run->wait_seconds;
+    cm_metrics_gauge_add(run->wait_counter, waited - run->wait_reported);
+    run->wait_reported = waited;
     if (!run->committee) return;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         const trainer_teacher_stats_t *stats = trainer_committee_stats(run->committee, teacher);
@@ -728,7 +773,8 @@ static void update_metrics(run_t *run) {
         cm_metrics_counter_add(run->teacher_bytes[teacher], stats->bytes - reported->bytes);
         cm_metrics_counter_add(run->teacher_examples[teacher],
                                (uint64_t)(stats->examples - reported->examples));
-        cm_metrics_gauge_set(run->teacher_down[teacher], (double)stats->down_events);
+        cm_metrics_counter_add(run->teacher_down[teacher],
+                               (uint64_t)(stats->down_events - reported->down_events));
         cm_metrics_counter_add(run->teacher_timeouts[teacher],
                                (uint64_t)(stats->timeouts - reported->timeouts));
         cm_metrics_counter_add(run->teacher_busy_timeouts[teacher],
@@ -778,6 +824,8 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         memset(run->trained, 0, (size_t)train->count);
         run->loss_sum = run->wait_seconds = 0.0;
         memset(run->term_sums, 0, sizeof run->term_sums);
+        memset(run->weight_sums, 0, sizeof run->weight_sums);
+        run->weighted_rows = -1;
         run->forwarded_batch = -1;
         /* Filtering decides per batch with the current student (the feed asks one batch ahead). */
         run->filtering = trainer_method_chooses(run->method) && run->committee &&
@@ -794,7 +842,10 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         char label[64];
         snprintf(label, sizeof label, "epoch %d/%d", run->epoch, run->options.epochs);
         cm_progress_t progress;
-        cm_progress_start(&progress, label, trainable);
+        long already = (long)run->next_batch * run->options.batch;
+        cm_progress_start(&progress, run->options.progress_mode, label, "examples", trainable,
+                          already < trainable ? already : trainable,
+                          (double)run->options.progress_interval);
         double started = cm_progress_now();
         while (trainer_feed_cursor(run->feed) < trainer_feed_batches(run->feed)) {
             trainer_feed_batch_t batch;
@@ -810,7 +861,8 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
             update_metrics(run);
             char text[64];
             snprintf(text, sizeof text, "loss %.4f", run->loss_sum / (double)run->epoch_examples);
-            cm_progress_update(&progress, (long)run->next_batch * run->options.batch, text);
+            cm_progress_update(&progress, (long)run->next_batch * run->options.batch,
+                               run->committee ? run->wait_seconds : -1.0, text);
             int stop_now = interrupted ||
                            (run->options.stop_after > 0 && run->step >= run->options.stop_after);
             if (!stop_now && run->options.checkpoint_every > 0 &&
@@ -856,10 +908,14 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
                 cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
                             run->teacher_names[teacher], run->skipped_batches[teacher],
                             run->missing_rows[teacher]);
-        cm_metrics_gauge_set(run->loss_gauge,
-                             run->loss_sum /
-                                 (double)(run->epoch_examples ? run->epoch_examples : 1));
-        if (!regression) cm_metrics_gauge_set(run->accuracy_gauge, accuracy);
+        set_known_gauge(run, "committee_trainer_loss", "Mean training loss of the last epoch.",
+                        run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1));
+        if (regression)
+            set_known_gauge(run, "committee_trainer_test_rmse", "Test RMSE after the last epoch.",
+                            accuracy);
+        else
+            set_known_gauge(run, "committee_trainer_test_accuracy",
+                            "Test accuracy after the last epoch.", accuracy);
         run->waited_total += run->wait_seconds;
         /* From here on the state says "continue with the next epoch", also when a write below
          * fails and train() saves the state once more. */
@@ -1226,7 +1282,9 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if ((status = cm_model_new(&spec, options->batch, &run->student)) != CM_OK) return status;
     cm_model_init(run->student, (uint64_t)options->seed);
     if ((status = build_labels(run)) != CM_OK) return status;
+    if ((status = start_http(run)) != CM_OK) return status;
     if ((status = set_up_teachers(run)) != CM_OK) return status;
+    trainer_http_set_ready(run->http, "preparing the run");
     if (!run->cache &&
         (status = trainer_cache_new(0, run->dataset->splits[CM_SPLIT_TRAIN].count, &run->cache)))
         return status;
@@ -1254,7 +1312,7 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         snprintf(cache_path, sizeof cache_path, "%s.cache", run->state_path);
         if ((status = load_cache_file(run, cache_path)) != CM_OK) return status;
     }
-    if ((status = start_metrics(run)) != CM_OK) return status;
+    register_metrics(run);
     if (options->metrics) {
         run->metrics = fopen(options->metrics, options->resume ? "a" : "w");
         if (!run->metrics)
@@ -1271,7 +1329,11 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     cm_log_info("schedule %s, peak lr %g, %ld warm-up steps of %ld", options->schedule,
                 (double)options->lr, cm_schedule_warmup(&run->schedule, run->total_steps),
                 run->total_steps);
+    trainer_http_set_ready(run->http, NULL);
     status = run_epochs(run, was_interrupted);
+    cm_log_status(NULL); /* the bar of an epoch that failed half-way: the error starts clean */
+    trainer_http_set_ready(run->http, status == CM_OK && !*was_interrupted ? "training finished"
+                                                                           : "training stopped");
     if (status != CM_OK && run->step > 0) { /* keep what was learned */
         cm_status_t saved = save_all(run, 0.0);
         if (saved == CM_OK) cm_log_info("saved the state reached so far to %s", run->state_path);
@@ -1331,6 +1393,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .window = 8,
         .teacher_timeout_ms = 10000,
         .threads = 1,
+        .progress = "auto",
+        .progress_interval = 10.0f,
     };
     const cm_cli_option_t table[] = {
         {"data", CM_CLI_STRING, &options->data, "DATA",
@@ -1396,7 +1460,14 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"metrics", CM_CLI_STRING, &options->metrics, "FILE",
          "JSON-lines metrics, one line per epoch", 0},
         {"http", CM_CLI_STRING, &options->http, "HOST:PORT",
-         "address of /healthz and Prometheus /metrics, or 'off'", 0},
+         "address of /healthz, /readyz and Prometheus /metrics, or 'off'", 0},
+        {"progress", CM_CLI_STRING, &options->progress, "MODE",
+         "progress inside each epoch: bar (redrawn in place), lines (log lines), off, or auto "
+         "(bar on a terminal, else lines) [default: auto]",
+         0},
+        {"progress-interval", CM_CLI_FLOAT, &options->progress_interval, "SECONDS",
+         "lines: a line when SECONDS and a tenth of the epoch passed since the last [default: 10]",
+         0},
         {"checkpoint-every", CM_CLI_INT, &options->checkpoint_every, "STEPS",
          "also save the resumable state every STEPS steps (0: each epoch only)", 0},
         {"stop-after", CM_CLI_LONG, &options->stop_after, "STEPS",
@@ -1494,6 +1565,11 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         status =
             cm_fail(CM_ERR_INVALID_ARG, "--schedule must be constant, cosine or onecycle, not '%s'",
                     options->schedule);
+    if (status == CM_OK)
+        status = cm_progress_mode_parse(options->progress, "--progress", &options->progress_mode);
+    if (status == CM_OK && !(options->progress_interval >= 0))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--progress-interval must not be negative, not %g",
+                         (double)options->progress_interval);
     if (status == CM_OK && options->warmup_steps < -1)
         status = cm_fail(CM_ERR_INVALID_ARG, "--warmup-steps must not be negative");
     if (status == CM_OK && strcmp(options->failure_policy, "wait") &&

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     const char *data;
@@ -162,7 +163,9 @@ static cm_status_t fit(const fit_options_t *options) {
         char label[64];
         snprintf(label, sizeof label, "epoch %d/%d", epoch, options->epochs);
         cm_progress_t progress;
-        cm_progress_start(&progress, label, train->count);
+        /* A bar on a terminal only: fit logs one line per epoch elsewhere. */
+        cm_progress_start(&progress, isatty(STDERR_FILENO) ? CM_PROGRESS_BAR : CM_PROGRESS_OFF,
+                          label, "examples", train->count, 0, 0.0);
         double epoch_start = cm_progress_now(), loss_sum = 0.0;
         long labelled_total = 0;
         for (int start = 0; start < train->count; start += options->batch) {
@@ -210,7 +213,7 @@ static cm_status_t fit(const fit_options_t *options) {
             char loss_text[48];
             snprintf(loss_text, sizeof loss_text, "loss %.4f",
                      loss_sum / (double)(labelled_total ? labelled_total : 1));
-            cm_progress_update(&progress, start + batch, loss_text);
+            cm_progress_update(&progress, start + batch, -1.0, loss_text);
         }
         cm_progress_finish(&progress);
         double epoch_seconds = cm_progress_now() - epoch_start;

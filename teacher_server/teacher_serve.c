@@ -317,13 +317,15 @@ static void job_free(server_t *server, job_t *job) {
     free(job);
 }
 
+#define ERRORS_NAME "committee_teacher_errors_total"
+#define ERRORS_HELP "Requests or messages answered with an Error (or dropped), by code."
+
+/* Every code's series exists from the start (register_metrics registers them at 0). */
 static void count_error(server_t *server, cm_status_t code) {
     cm_metrics_label_t label = {"code", cm_status_name(code)};
     cm_metrics_counter_t *counter = NULL;
-    if (cm_metrics_register_counter(server->metrics, "committee_teacher_errors_total",
-                                    "Requests or messages answered with an Error (or dropped), by "
-                                    "code.",
-                                    &label, &counter) == CM_OK)
+    if (cm_metrics_register_counter(server->metrics, ERRORS_NAME, ERRORS_HELP, &label, &counter) ==
+        CM_OK)
         cm_metrics_counter_add(counter, 1);
 }
 
@@ -1087,7 +1089,7 @@ static cm_status_t register_metrics(server_t *server) {
                                              "Examples run through the model (forward passes).",
                                              NULL, &server->examples);
     if (status == CM_OK)
-        status = cm_metrics_register_counter(server->metrics, "committee_teacher_bytes_out_total",
+        status = cm_metrics_register_counter(server->metrics, "committee_teacher_sent_bytes_total",
                                              "Bytes of replies handed to ZeroMQ.", NULL,
                                              &server->bytes_out);
     if (status == CM_OK)
@@ -1104,7 +1106,7 @@ static cm_status_t register_metrics(server_t *server) {
         {"committee_teacher_reserved_reply_bytes",
          "Bytes of replies not yet written to the network, reserved at acceptance (all peers)."},
         {"committee_teacher_reserved_requests_peak", "The highest reserved_requests so far."},
-        {"committee_teacher_reserved_reply_bytes_peak", "The highest reserved_reply_bytes so far."},
+        {"committee_teacher_reserved_reply_peak_bytes", "The highest reserved_reply_bytes so far."},
     };
     cm_metrics_gauge_t **gauges[4] = {&server->reserved_requests_gauge,
                                       &server->reserved_bytes_gauge, &server->peak_requests_gauge,
@@ -1119,6 +1121,12 @@ static cm_status_t register_metrics(server_t *server) {
             "BatchRequests answered BUSY, by reason: queue (the compute queue is full), "
             "peer_in_flight, peer_bytes, server_bytes (reservations for unread replies).",
             &label, &server->busy[reason]);
+    }
+    for (int code = CM_OK + 1; status == CM_OK && code < CM_STATUS_COUNT; code++) {
+        cm_metrics_label_t label = {"code", cm_status_name((cm_status_t)code)};
+        cm_metrics_counter_t *counter;
+        status = cm_metrics_register_counter(server->metrics, ERRORS_NAME, ERRORS_HELP, &label,
+                                             &counter);
     }
     if (status == CM_OK)
         status = cm_metrics_register_histogram(server->metrics, "committee_teacher_queue_seconds",
@@ -1261,6 +1269,14 @@ static cm_status_t start_server(server_t *server) {
     status = load_curve(server);
     if (status != CM_OK) return status;
     status = load_teacher(server);
+    if (status != CM_OK) return status;
+    cm_metrics_label_t info[4] = {
+        {"name", server->name},
+        {"role", server->role == CM_WIRE_ROLE_FOUNDATION ? "foundation" : "complementary"},
+        {"model", server->spec_text},
+        {"view", server->dataset->view}};
+    status = cm_metrics_register_info(server->metrics, "committee_teacher_info",
+                                      "This teacher, as its Hello describes it.", info, 4);
     if (status != CM_OK) return status;
     server->limits.max_examples = (uint32_t)options->max_examples;
     server->limits.max_message_bytes = (uint64_t)options->max_message_mb << 20;

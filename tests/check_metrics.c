@@ -269,6 +269,46 @@ START_TEST(test_registration_rules) {
 }
 END_TEST
 
+START_TEST(test_float_counter_and_info) {
+    cm_metrics_t *metrics = new_registry();
+    cm_metrics_gauge_t *waited;
+    ck_assert_int_eq(cm_metrics_register_float_counter(metrics, "wait_seconds_total",
+                                                       "Seconds waited.", NULL, &waited),
+                     CM_OK);
+    cm_metrics_gauge_add(waited, 0.25);
+    cm_metrics_gauge_add(waited, 1.5);
+    cm_metrics_label_t fm[2] = {{"name", "fm"}, {"model", "vit:\"x\"\\y"}};
+    cm_metrics_label_t comp[2] = {{"name", "comp"}, {"model", "mlp:49-10"}};
+    ck_assert_int_eq(cm_metrics_register_info(metrics, "teacher_info", "A teacher.", fm, 2), CM_OK);
+    ck_assert_int_eq(cm_metrics_register_info(metrics, "teacher_info", "A teacher.", comp, 2),
+                     CM_OK);
+    ck_assert_int_eq(cm_metrics_register_info(metrics, "teacher_info", "A teacher.", fm, 2), CM_OK);
+    char *text = render(metrics);
+    ck_assert_str_eq(text, "# HELP wait_seconds_total Seconds waited.\n"
+                           "# TYPE wait_seconds_total counter\n"
+                           "wait_seconds_total 1.75\n"
+                           "# HELP teacher_info A teacher.\n"
+                           "# TYPE teacher_info gauge\n"
+                           "teacher_info{name=\"fm\",model=\"vit:\\\"x\\\"\\\\y\"} 1\n"
+                           "teacher_info{name=\"comp\",model=\"mlp:49-10\"} 1\n");
+    free(text);
+    /* No labels, a label twice, a bad label name, and a counter under the info's name fail. */
+    ck_assert_int_eq(cm_metrics_register_info(metrics, "other_info", "x.", fm, 0),
+                     CM_ERR_INVALID_ARG);
+    cm_metrics_label_t twice[2] = {{"name", "a"}, {"name", "b"}};
+    ck_assert_int_eq(cm_metrics_register_info(metrics, "other_info", "x.", twice, 2),
+                     CM_ERR_INVALID_ARG);
+    cm_metrics_label_t bad[1] = {{"__name", "a"}};
+    ck_assert_int_eq(cm_metrics_register_info(metrics, "other_info", "x.", bad, 1),
+                     CM_ERR_INVALID_ARG);
+    cm_metrics_counter_t *counter;
+    ck_assert_int_eq(
+        cm_metrics_register_counter(metrics, "teacher_info", "A teacher.", NULL, &counter),
+        CM_ERR_MISMATCH);
+    cm_metrics_free(&metrics);
+}
+END_TEST
+
 START_TEST(test_render_into_buffer) {
     cm_metrics_t *metrics = new_registry();
     char buffer[256];
@@ -411,6 +451,7 @@ Suite *check_metrics_suite(void) {
     tcase_add_test(text, test_default_buckets);
     tcase_add_test(text, test_escaping);
     tcase_add_test(text, test_registration_rules);
+    tcase_add_test(text, test_float_counter_and_info);
     tcase_add_test(text, test_render_into_buffer);
     tcase_add_test(text, test_large_registry_grows);
     suite_add_tcase(suite, text);

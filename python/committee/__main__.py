@@ -1,9 +1,11 @@
-"""python3 -m committee serve|query: a teacher without a server script of one's own.
+"""python3 -m committee serve|query|report: a teacher without a server script of one's own,
+and a report with plots of training runs.
 
     python3 -m committee serve --forward MODULE:CALLABLE --name NAME --role ROLE \
         --data fashion-mnist|DIR --view VIEW --outputs logits:10[,hidden:64] --bind EP [--http H:P]
     python3 -m committee serve --mlp CHECKPOINT.safetensors --name NAME ...
     python3 -m committee query --connect EP --ids 0-9 [--outputs logits] [--split test]
+    python3 -m committee report RUN.jsonl... --out DIR
 
 Exit codes: 0 success, 1 failure, 2 usage error.
 """
@@ -155,7 +157,14 @@ def main(argv=None):
     ask.add_argument("--encoding", choices=("f32", "f16", "bf16"), default="f32")
     ask.add_argument("--top-k", type=int, default=0)
     ask.add_argument("--timeout-ms", type=int, default=10000)
+    from . import report
+    shown = commands.add_parser("report", help="an HTML page with plots of training runs",
+                                description=report.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_arguments(shown)
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return report.main(args)
     try:
         return serve(args) if args.command == "serve" else query(args)
     except (ValueError, OSError) as error:

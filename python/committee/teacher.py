@@ -186,7 +186,10 @@ class Teacher:
     # ------------------------------------------------------------ metrics and HTTP
 
     def _make_metrics(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        # The same families as teacher-server's /metrics (README, "Prometheus"): no extra
+        # *_created series (the client reads this when it is first imported).
+        os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
         registry = self.registry = CollectorRegistry()
         bounds = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
         prefix = "committee_teacher_"
@@ -197,13 +200,15 @@ class Teacher:
         self.m_examples = Counter(prefix + "examples",
                                   "Examples run through the model (forward passes).",
                                   registry=registry)
-        self.m_bytes_out = Counter(prefix + "bytes_out", "Bytes of replies handed to ZeroMQ.",
+        self.m_bytes_out = Counter(prefix + "sent_bytes", "Bytes of replies handed to ZeroMQ.",
                                    registry=registry)
         self.m_dropped = Counter(prefix + "replies_dropped",
                                  "Replies ZeroMQ could not take (peer gone or full).",
                                  registry=registry)
         self.m_errors = Counter(prefix + "errors", "Requests or messages answered with an Error "
                                 "(or dropped), by code.", ["code"], registry=registry)
+        for code in wire.CODES:  # every code from the start, at 0
+            self.m_errors.labels(code=code)
         self.m_queue_seconds = Histogram(prefix + "queue_seconds", "Time requests waited for "
                                          "the compute thread.", buckets=bounds, registry=registry)
         self.m_compute_seconds = Histogram(prefix + "compute_seconds", "Time of the forward "
@@ -213,6 +218,9 @@ class Teacher:
                                    "thread.", registry=registry)
         self.m_peers = Gauge(prefix + "peers", "Peers (trainers) the teacher currently knows.",
                              registry=registry)
+        Info("committee_teacher", "This teacher, as its Hello describes it.",
+             registry=registry).info({"name": self.name, "role": self.role,
+                                      "model": self.model_id, "view": self.dataset.view})
 
     def _start_http(self, address):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
