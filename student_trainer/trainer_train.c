@@ -103,6 +103,7 @@ typedef struct {
     long label_seed;
     int window;
     int teacher_timeout_ms;
+    int resolve_ms;
     int threads;
     int max_train;
     int max_test;
@@ -649,13 +650,25 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
             "%s\"%s\":{\"requests\":%ld,\"replies\":%ld,\"examples_received\":%ld,\"bytes\":%llu,"
             "\"busy\":%ld,\"timeouts\":%ld,\"down_events\":%ld,\"failed_requests\":%ld,"
             "\"skipped_batches\":%ld,\"missing_rows\":%ld,\"filter_needed\":%ld,\"filter_skipped\":"
-            "%ld,\"busy_timeouts\":%ld,\"protocol_errors\":%ld,\"nonfinite_replies\":%ld}",
+            "%ld,\"busy_timeouts\":%ld,\"protocol_errors\":%ld,\"nonfinite_replies\":%ld",
             teacher ? "," : "", run->teacher_names[teacher], stats->requests, stats->replies,
             stats->examples, (unsigned long long)stats->bytes, stats->busy, stats->timeouts,
             stats->down_events, stats->failed_tickets, run->skipped_batches[teacher],
             run->missing_rows[teacher], trainer_feed_filter_needed(run->feed, teacher),
             trainer_feed_filter_skipped(run->feed, teacher), stats->busy_timeouts,
             stats->protocol_errors, stats->nonfinite_replies);
+        if (run->committee) { /* the replies of each replica address, live or gone */
+            trainer_endpoint_stats_t seen[TRAINER_MAX_SEEN];
+            int count =
+                trainer_committee_endpoints(run->committee, teacher, seen, TRAINER_MAX_SEEN);
+            fprintf(run->metrics, ",\"endpoints\":{");
+            for (int index = 0; index < count; index++)
+                fprintf(run->metrics, "%s\"%s\":{\"replies\":%ld,\"examples\":%ld,\"live\":%s}",
+                        index ? "," : "", seen[index].address, seen[index].replies,
+                        seen[index].examples, seen[index].live ? "true" : "false");
+            fprintf(run->metrics, "}");
+        }
+        fprintf(run->metrics, "}");
     }
     fprintf(run->metrics, "}}\n");
     /* A full disk shows at the flush (or already in the stream's error flag). */
@@ -978,6 +991,7 @@ static cm_status_t set_up_teachers(run_t *run) {
         .example_ids = run->dataset->splits[CM_SPLIT_TRAIN].ids,
         .curve_keys = options->curve_secret_key ? &run->curve_keys : NULL,
         .interrupted = &interrupted,
+        .resolve_ms = options->resolve_ms,
     };
     config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
                     : strcmp(options->failure_policy, "skip") == 0 ? TRAINER_POLICY_SKIP
@@ -1330,6 +1344,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .label_seed = 0,
         .window = 8,
         .teacher_timeout_ms = 10000,
+        .resolve_ms = 5000,
         .threads = 1,
     };
     const cm_cli_option_t table[] = {
@@ -1380,6 +1395,10 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
          "seed choosing which labels stay visible (the same for every method)", 0},
         {"on-teacher-failure", CM_CLI_STRING, &options->failure_policy, "POLICY",
          "when a teacher is down or late: wait, skip or fail", 0},
+        {"resolve-ms", CM_CLI_INT, &options->resolve_ms, "MS",
+         "ask DNS this often for every replica behind a teacher's host name (tcp://tasks.fm:5555 "
+         "in Docker Swarm); 0: connect to the name as given",
+         0},
         {"teacher-timeout-ms", CM_CLI_INT, &options->teacher_timeout_ms, "MS",
          "deadline of the handshake and of each request (BUSY retries included)", 0},
         {"window", CM_CLI_INT, &options->window, "N", "batches requested ahead from each teacher",
@@ -1501,6 +1520,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         status = cm_fail(CM_ERR_INVALID_ARG, "--on-teacher-failure must be wait, skip or fail");
     if (status == CM_OK && options->teacher_timeout_ms < 10)
         status = cm_fail(CM_ERR_INVALID_ARG, "--teacher-timeout-ms must be at least 10");
+    if (status == CM_OK && options->resolve_ms < 0)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--resolve-ms must not be negative (0: never)");
     if (status == CM_OK && options->teacher_keys.count && !options->curve_secret_key)
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--teacher-key needs --curve-secret-key (this trainer's own keys)");
