@@ -157,7 +157,7 @@ $(BUILD)/bin/%: $(BUILD)/obj/bench/%.o $(call obj,$(BENCH_LIB_SRC)) $(LIB)
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
 
 # Deployment: the demo, the compose end-to-end check, the network-namespace check.
-.PHONY: demo check-docker check-netns
+.PHONY: demo check-docker check-swarm check-k8s check-netns
 
 demo: deps
 	@$(MAKE) --no-print-directory all python
@@ -166,6 +166,16 @@ demo: deps
 check-docker: deps
 	@$(MAKE) --no-print-directory all
 	deploy/check-docker.sh
+
+# deploy/stack.yml on a single-node Docker Swarm: three teacher replicas, scaled to one and back
+# mid-run (deploy/check-swarm.sh says what it checks).  SKIP when no Docker engine answers.
+check-swarm: deps
+	@$(MAKE) --no-print-directory all
+	deploy/check-swarm.sh
+
+# deploy/k8s (Kubernetes manifests), rendered and checked offline (deploy/k8s/check-k8s.sh).
+check-k8s:
+	deploy/k8s/check-k8s.sh
 
 check-netns: deps
 	@$(MAKE) --no-print-directory all

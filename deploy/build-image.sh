@@ -3,6 +3,8 @@
 # repository, whatever the caller's working directory:
 #   1. deploy/make-base-image.sh  (local bookworm base; skipped if it exists)
 #   2. docker build -f deploy/Dockerfile  with the repository root as context
+#   3. docker build -f deploy/Dockerfile.prometheus  (committee-prometheus:latest,
+#      the compose demo's Prometheus; COMMITTEE_PROMETHEUS_IMAGE names it)
 #
 #   deploy/build-image.sh [--tag NAME] [--force-base] [-- DOCKER_BUILD_ARGS...]
 #
@@ -50,6 +52,13 @@ tar -C "$root" --exclude-from="$excludes" -cf - . |
     { say "docker build of $tag failed"; exit 1; }
 t2=$(date +%s)
 
-say "base image: $((t1 - t0))s, committee image: $((t2 - t1))s"
+prometheus=${COMMITTEE_PROMETHEUS_IMAGE:-committee-prometheus:latest}
+say "docker build -f deploy/Dockerfile.prometheus -t $prometheus (Debian's prometheus package)"
+tar -C "$here" -cf - Dockerfile.prometheus prometheus.yml |
+    docker build --force-rm -f Dockerfile.prometheus --build-arg "BASE_IMAGE=$base" -t "$prometheus" - ||
+    { say "docker build of $prometheus failed"; exit 1; }
+t3=$(date +%s)
+
+say "base image: $((t1 - t0))s, committee image: $((t2 - t1))s, prometheus image: $((t3 - t2))s"
 docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' |
-    awk -v a="$tag" -v b="$base" '$1 == a || $1 == b { print "build-image:   " $1 "  " $2 }' >&2
+    awk -v a="$tag" -v b="$base" -v c="$prometheus" '$1 == a || $1 == b || $1 == c { print "build-image:   " $1 "  " $2 }' >&2

@@ -5,7 +5,9 @@
 #   2. scenario "end to end": `up` fits a small committee into the models
 #      volume, starts both teachers, the trainer starts once both are healthy
 #      (/readyz) and distills a student; its reported test accuracy must
-#      reach $CHECK_MIN_ACCURACY;
+#      reach $CHECK_MIN_ACCURACY, and the compose Prometheus must have scraped
+#      the trainer (committee_trainer_steps_total > 0) and both teachers (up),
+#      asked through Prometheus's HTTP API;
 #   3. scenario "teacher restart": a second trainer (ca-mkd, which asks both
 #      teachers, --cache off so every epoch asks again, --on-teacher-failure
 #      skip) runs while the `comp` container is stopped after epoch 2 and
@@ -34,6 +36,7 @@ min_accuracy=${CHECK_MIN_ACCURACY:-0.70}
 project=committee-check-$$
 image=${COMMITTEE_IMAGE:-committee:latest}
 export COMMITTEE_IMAGE=$image
+export PROMETHEUS_PORT=${PROMETHEUS_PORT:-0} # the host port of Prometheus's UI: any free one
 
 say() { printf '== check-docker: %s\n' "$*" >&2; }
 now() { date +%s; }
@@ -142,6 +145,25 @@ if fetch student.jsonl && [ "$(wc -l <"$work/student.jsonl")" -eq "$STUDENT_EPOC
 else
     fail "scenario 1: student.jsonl missing or short in the runs volume"
 fi
+
+# Prometheus (the compose service) scraped the trainer during the run: ask its
+# HTTP API from inside its container (bash's /dev/tcp; no port is needed).
+prom_query() { # PROMQL -> the JSON answer
+    local query
+    query=$("${PYTHON:-/usr/bin/python3}" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$1")
+    docker exec "$(cid prometheus)" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9090 &&
+        printf "GET /api/v1/query?query=%s HTTP/1.0\r\n\r\n" "$1" >&3 && sed "1,/^\r*$/d" <&3' _ "$query" 2>/dev/null
+}
+steps=$(prom_query 'max_over_time(committee_trainer_steps_total{job="trainer"}[15m])' |
+    sed -n 's/.*"value":\[[0-9.]*,"\([0-9.e+]*\)"\].*/\1/p')
+teachers_up=$(prom_query 'sum(max_over_time(up{job="teachers"}[15m]))' |
+    sed -n 's/.*"value":\[[0-9.]*,"\([0-9.e+]*\)"\].*/\1/p')
+if [ -n "$steps" ] && awk -v s="$steps" 'BEGIN { exit !(s > 0) }'; then
+    ok "scenario 1: Prometheus scraped the trainer (committee_trainer_steps_total reached $steps) and ${teachers_up:-0} teachers"
+else
+    fail "scenario 1: Prometheus has no committee_trainer_steps_total of the trainer (answer: $(prom_query 'committee_trainer_steps_total' | head -c 300))"
+fi
+[ "${teachers_up:-0}" = 2 ] || fail "scenario 1: Prometheus saw ${teachers_up:-0} of 2 teachers up"
 
 # ------------------------------------------------------------------ scenario 2
 export STUDENT=failover METHOD=ca-mkd STUDENT_EPOCHS=14 CACHE=off

@@ -69,7 +69,11 @@ typedef struct {
 } ticket_t;
 
 typedef struct {
-    const char *address;
+    char address[CM_ENDPOINT_MAX];
+    int origin;   /* the given endpoint it stands for (teacher->origins) */
+    int seen;     /* its counters (teacher->seen) */
+    int greeting; /* found by DNS: Hello still to be sent */
+    int ever_up;  /* has answered at least once */
     void *socket;
     int up;            /* answered since it last missed a deadline */
     int needs_hello;   /* greet again before trusting it */
@@ -84,11 +88,25 @@ typedef struct {
     int busy_episode;  /* answered BUSY for a whole deadline, and no reply since (logged once) */
 } endpoint_t;
 
+/* An endpoint as given; a host name in it (dynamic) is resolved to the replicas' addresses. */
+typedef struct {
+    char host[256], port[16]; /* dynamic only */
+    int dynamic;
+    trainer_lookup_t *lookup; /* the system resolver's query (config.resolve NULL) */
+    double next_resolve;      /* monotonic seconds */
+    int failures_logged;      /* temporary DNS failures in a row, for the log */
+} origin_t;
+
 typedef struct {
     trainer_teacher_info_t info;
     trainer_teacher_stats_t stats;
+    char server_key[CM_CURVE_KEY_TEXT];
+    int origin_count;
+    origin_t origins[TRAINER_MAX_ENDPOINTS];
     int endpoint_count;
-    endpoint_t endpoints[TRAINER_MAX_ENDPOINTS];
+    endpoint_t endpoints[TRAINER_MAX_CONNECTIONS];
+    int seen_count;
+    trainer_endpoint_stats_t seen[TRAINER_MAX_SEEN];
     int next_endpoint; /* round robin */
     int inflight;
 } teacher_t;
@@ -113,6 +131,7 @@ struct trainer_committee {
     uint64_t next_request_id;
     float *convert[TRAINER_OUTPUT_COUNT]; /* scratch for f16/bf16 rows, per output */
     size_t convert_capacity[TRAINER_OUTPUT_COUNT];
+    unsigned monitors; /* socket monitors made (each gets its own inproc address) */
 };
 
 static int interrupted(const trainer_committee_t *committee) {
@@ -326,7 +345,8 @@ enum {
 /* Starts a socket monitor on endpoint->socket, read through endpoint->monitor. */
 static cm_status_t monitor_endpoint(trainer_committee_t *committee, endpoint_t *endpoint) {
     char address[64];
-    snprintf(address, sizeof address, "inproc://trainer-monitor-%p", (void *)endpoint);
+    snprintf(address, sizeof address, "inproc://trainer-monitor-%p-%u", (void *)committee,
+             committee->monitors++);
     int linger = 0;
     if (zmq_socket_monitor(endpoint->socket, address, MONITORED_EVENTS) != 0 ||
         !(endpoint->monitor = zmq_socket(committee->context, ZMQ_PAIR)) ||
@@ -413,6 +433,7 @@ static cm_status_t open_endpoint(trainer_committee_t *committee, endpoint_t *end
     if (!endpoint->socket)
         return cm_fail(CM_ERR_IO, "cannot create a socket: %s", zmq_strerror(zmq_errno()));
     int hwm = 1000, linger = 200, reconnect = 100, reconnect_max = 5000, immediate = 1;
+    int ipv6 = strchr(endpoint->address, '[') != NULL; /* tcp://[ADDRESS]:PORT */
     int handshake_ms = committee->config.handshake_ms;
     int64_t max_message = 1ll << 30;
     zmq_setsockopt(endpoint->socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
@@ -421,6 +442,7 @@ static cm_status_t open_endpoint(trainer_committee_t *committee, endpoint_t *end
     zmq_setsockopt(endpoint->socket, ZMQ_RECONNECT_IVL, &reconnect, sizeof reconnect);
     zmq_setsockopt(endpoint->socket, ZMQ_RECONNECT_IVL_MAX, &reconnect_max, sizeof reconnect_max);
     zmq_setsockopt(endpoint->socket, ZMQ_MAXMSGSIZE, &max_message, sizeof max_message);
+    if (ipv6) zmq_setsockopt(endpoint->socket, ZMQ_IPV6, &ipv6, sizeof ipv6);
     /* Queue only on live connections: a send to a dead teacher fails at once instead of
      * piling up behind a connection that may never come back. */
     zmq_setsockopt(endpoint->socket, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
@@ -466,6 +488,231 @@ static cm_status_t handshake(trainer_committee_t *committee, teacher_t *teacher,
     return await_hello(committee, teacher, endpoint, teacher->info.model_sha256[0] == '\0');
 }
 
+/* ---------------------------------------------------------------- replicas found by DNS */
+
+static int teacher_is_up(const teacher_t *teacher) {
+    for (int slot = 0; slot < teacher->endpoint_count; slot++)
+        if (teacher->endpoints[slot].up) return 1;
+    return 0;
+}
+
+/* 1 for the counts worth a log line: 1, 10, 100, ... (a teacher that keeps failing the same
+ * way does not flood the log; the counters have every one). */
+static int worth_logging(long count) {
+    while (count >= 10 && count % 10 == 0) count /= 10;
+    return count == 1;
+}
+
+/* What the failure policy does with a failed request, for log lines. */
+static const char *policy_action(const trainer_committee_t *committee) {
+    return committee->config.policy == TRAINER_POLICY_WAIT   ? "asking again"
+           : committee->config.policy == TRAINER_POLICY_SKIP ? "training without it"
+                                                             : "stopping";
+}
+
+/* The counters of `address` in teacher->seen (a new entry the first time); -1 when full. */
+static int seen_entry(teacher_t *teacher, const char *address) {
+    for (int index = 0; index < teacher->seen_count; index++)
+        if (strcmp(teacher->seen[index].address, address) == 0) return index;
+    if (teacher->seen_count == TRAINER_MAX_SEEN) return -1;
+    trainer_endpoint_stats_t *entry = &teacher->seen[teacher->seen_count];
+    memset(entry, 0, sizeof *entry);
+    snprintf(entry->address, sizeof entry->address, "%s", address);
+    return teacher->seen_count++;
+}
+
+/* Opens one more connection of `teacher`, to `address`, standing for origins[origin]. */
+static cm_status_t add_endpoint(trainer_committee_t *committee, teacher_t *teacher, int origin,
+                                const char *address) {
+    if (teacher->endpoint_count == TRAINER_MAX_CONNECTIONS)
+        return cm_fail(CM_ERR_INVALID_ARG, "teacher '%s' has more than %d replicas",
+                       teacher->info.name, TRAINER_MAX_CONNECTIONS);
+    endpoint_t *endpoint = &teacher->endpoints[teacher->endpoint_count];
+    memset(endpoint, 0, sizeof *endpoint);
+    snprintf(endpoint->address, sizeof endpoint->address, "%s", address);
+    endpoint->origin = origin;
+    endpoint->seen = seen_entry(teacher, address);
+    if (endpoint->seen >= 0) teacher->seen[endpoint->seen].live = 1;
+    teacher->endpoint_count++; /* counted before opening: a failure is closed with the rest */
+    return open_endpoint(committee, endpoint, teacher->server_key);
+}
+
+/*
+ * Closes connection `slot` of teacher `index` (DNS lists its address no more).  Its requests
+ * in flight are asked again elsewhere at once: a replica leaving is not a failure.  The
+ * connections after it move down one place; every index into them follows.
+ */
+static void remove_endpoint(trainer_committee_t *committee, int index, int slot) {
+    teacher_t *teacher = &committee->teachers[index];
+    endpoint_t *endpoint = &teacher->endpoints[slot];
+    int was_up = 0;
+    for (int other = 0; other < teacher->endpoint_count; other++)
+        was_up |= teacher->endpoints[other].up;
+    for (int number = 0; number < MAX_INFLIGHT; number++) {
+        inflight_t *flying = &committee->inflight[number];
+        if (!flying->request_id || flying->teacher != index) continue;
+        if (flying->endpoint == slot) {
+            ticket_t *ticket = &committee->tickets[flying->ticket];
+            teacher->inflight--;
+            flying->request_id = 0;
+            ticket->state = TICKET_QUEUED;
+            ticket->not_before = 0.0;
+            ticket->avoid_endpoint = -1;
+        } else if (flying->endpoint > slot) {
+            flying->endpoint--;
+        }
+    }
+    for (int number = 0; number < committee->ticket_capacity; number++) {
+        ticket_t *ticket = &committee->tickets[number];
+        if (ticket->state == TICKET_FREE || ticket->teacher != index) continue;
+        if (ticket->avoid_endpoint == slot) ticket->avoid_endpoint = -1;
+        if (ticket->avoid_endpoint > slot) ticket->avoid_endpoint--;
+    }
+    cm_log_info("teacher '%s': replica %s left (DNS lists it no more)", teacher->info.name,
+                endpoint->address);
+    if (endpoint->seen >= 0) teacher->seen[endpoint->seen].live = 0;
+    if (endpoint->monitor) zmq_close(endpoint->monitor);
+    if (endpoint->socket) zmq_close(endpoint->socket);
+    memmove(endpoint, endpoint + 1,
+            sizeof *endpoint * (size_t)(teacher->endpoint_count - slot - 1));
+    teacher->endpoint_count--;
+    if (teacher->next_endpoint > slot) teacher->next_endpoint--;
+    if (was_up && !teacher_is_up(teacher)) {
+        teacher->stats.down_events++;
+        cm_log_warn("teacher '%s' has no live replica; %s", teacher->info.name,
+                    policy_action(committee));
+    }
+}
+
+/* One lookup of origin `origin` of teacher `index`: the config's function or the system's. */
+static trainer_resolve_state_t lookup(trainer_committee_t *committee, teacher_t *teacher,
+                                      int origin, char addresses[][TRAINER_RESOLVE_ADDRESS],
+                                      int *count, const char **error) {
+    origin_t *given = &teacher->origins[origin];
+    *error = NULL;
+    if (committee->config.resolve)
+        return committee->config.resolve(committee->config.resolve_context, given->host, addresses,
+                                         count);
+    if (!given->lookup && !(given->lookup = trainer_lookup_new(given->host))) {
+        *count = 0;
+        *error = "out of memory";
+        return TRAINER_RESOLVE_FAILED;
+    }
+    return trainer_lookup_poll(given->lookup, addresses, count, error);
+}
+
+/* "tcp://ADDRESS:PORT" (brackets around an IPv6 address) into text[CM_ENDPOINT_MAX]. */
+static void format_address(const origin_t *given, const char *address, char *text) {
+    snprintf(text, CM_ENDPOINT_MAX, strchr(address, ':') ? "tcp://[%s]:%s" : "tcp://%s:%s", address,
+             given->port);
+}
+
+/* Makes the connections of origin `origin` of teacher `index` those of `addresses`. */
+static cm_status_t apply_addresses(trainer_committee_t *committee, int index, int origin,
+                                   char addresses[][TRAINER_RESOLVE_ADDRESS], int count) {
+    teacher_t *teacher = &committee->teachers[index];
+    char wanted[TRAINER_RESOLVE_MAX][CM_ENDPOINT_MAX];
+    for (int number = 0; number < count; number++)
+        format_address(&teacher->origins[origin], addresses[number], wanted[number]);
+    for (int slot = teacher->endpoint_count - 1; slot >= 0; slot--) {
+        if (teacher->endpoints[slot].origin != origin) continue;
+        int listed = 0;
+        for (int number = 0; number < count && !listed; number++)
+            listed = strcmp(wanted[number], teacher->endpoints[slot].address) == 0;
+        if (!listed) remove_endpoint(committee, index, slot);
+    }
+    for (int number = 0; number < count; number++) {
+        int known = 0;
+        for (int slot = 0; slot < teacher->endpoint_count && !known; slot++)
+            known = strcmp(wanted[number], teacher->endpoints[slot].address) == 0;
+        if (known) continue;
+        if (teacher->endpoint_count == TRAINER_MAX_CONNECTIONS) {
+            cm_log_warn("teacher '%s': DNS lists more than %d replicas; using %d",
+                        teacher->info.name, TRAINER_MAX_CONNECTIONS, TRAINER_MAX_CONNECTIONS);
+            break;
+        }
+        cm_status_t status = add_endpoint(committee, teacher, origin, wanted[number]);
+        if (status != CM_OK) return status;
+        endpoint_t *endpoint = &teacher->endpoints[teacher->endpoint_count - 1];
+        endpoint->greeting = 1;
+        if (teacher->info.model_sha256[0]) /* after the start: a replica joining */
+            cm_log_info("teacher '%s': replica %s found by DNS (%s)", teacher->info.name,
+                        endpoint->address, teacher->origins[origin].host);
+    }
+    return CM_OK;
+}
+
+/*
+ * The discovery step of the pump: asks DNS again for every dynamic origin whose time has come
+ * (never blocking), applies the answers, and greets the connections found since.
+ */
+static cm_status_t discover(trainer_committee_t *committee) {
+    double now = cm_progress_now();
+    for (int index = 0; index < committee->teacher_count; index++) {
+        teacher_t *teacher = &committee->teachers[index];
+        for (int origin = 0; origin < teacher->origin_count; origin++) {
+            origin_t *given = &teacher->origins[origin];
+            if (!given->dynamic || now < given->next_resolve) continue;
+            char addresses[TRAINER_RESOLVE_MAX][TRAINER_RESOLVE_ADDRESS];
+            int count = 0;
+            const char *error = NULL;
+            trainer_resolve_state_t state =
+                lookup(committee, teacher, origin, addresses, &count, &error);
+            if (state == TRAINER_RESOLVE_PENDING) continue;
+            given->next_resolve = now + committee->config.resolve_ms / 1000.0;
+            if (state == TRAINER_RESOLVE_FAILED) {
+                if (worth_logging(++given->failures_logged))
+                    cm_log_warn("teacher '%s': looking up %s failed (%s); keeping its %d known "
+                                "address(es)",
+                                teacher->info.name, given->host, error ? error : "no reason",
+                                teacher->endpoint_count);
+                continue;
+            }
+            given->failures_logged = 0;
+            cm_status_t status = apply_addresses(committee, index, origin, addresses, count);
+            if (status != CM_OK) return status;
+        }
+        for (int slot = 0; slot < teacher->endpoint_count; slot++) {
+            endpoint_t *endpoint = &teacher->endpoints[slot];
+            if (endpoint->greeting && send_hello(committee, endpoint) == CM_OK)
+                endpoint->greeting = endpoint->needs_hello =
+                    0; /* the answer is checked on arrival */
+        }
+    }
+    return CM_OK;
+}
+
+/*
+ * The first answer for a dynamic origin, waited for (up to handshake_ms, watching for
+ * signals): DNS may not list a replica yet while they start.
+ */
+static cm_status_t first_lookup(trainer_committee_t *committee, int index, int origin) {
+    teacher_t *teacher = &committee->teachers[index];
+    origin_t *given = &teacher->origins[origin];
+    double give_up = cm_progress_now() + committee->config.handshake_ms / 1000.0;
+    const char *error = NULL;
+    for (;;) {
+        if (interrupted(committee)) return interruption();
+        char addresses[TRAINER_RESOLVE_MAX][TRAINER_RESOLVE_ADDRESS];
+        int count = 0;
+        trainer_resolve_state_t state =
+            lookup(committee, teacher, origin, addresses, &count, &error);
+        if (state == TRAINER_RESOLVE_DONE && count > 0) {
+            given->next_resolve = cm_progress_now() + committee->config.resolve_ms / 1000.0;
+            cm_log_info("teacher '%s': %s lists %d replica address(es)", teacher->info.name,
+                        given->host, count);
+            return apply_addresses(committee, index, origin, addresses, count);
+        }
+        if (cm_progress_now() >= give_up)
+            return cm_fail(CM_ERR_UNAVAILABLE,
+                           "teacher '%s': the name %s resolves to no address within %d ms%s%s%s",
+                           teacher->info.name, given->host, committee->config.handshake_ms,
+                           error ? " (" : "", error ? error : "", error ? ")" : "");
+        struct timespec pause = {0, (state == TRAINER_RESOLVE_PENDING ? 10 : 200) * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+}
+
 cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, int count,
                                   const trainer_committee_config_t *config,
                                   trainer_committee_t **out) {
@@ -501,23 +748,40 @@ cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, in
                              addresses[index].name, addresses[index].name);
             goto fail;
         }
-        teacher->endpoint_count = addresses[index].endpoint_count;
-        for (int slot = 0; slot < teacher->endpoint_count; slot++) {
-            endpoint_t *endpoint = &teacher->endpoints[slot];
-            endpoint->address = addresses[index].endpoints[slot];
-            status = open_endpoint(committee, endpoint, addresses[index].server_key);
+        snprintf(teacher->server_key, sizeof teacher->server_key, "%s",
+                 addresses[index].server_key);
+        teacher->origin_count = addresses[index].endpoint_count;
+        for (int origin = 0; origin < teacher->origin_count; origin++) {
+            origin_t *given = &teacher->origins[origin];
+            const char *endpoint = addresses[index].endpoints[origin];
+            given->dynamic = config->resolve_ms > 0 &&
+                             trainer_resolve_split(endpoint, given->host, sizeof given->host,
+                                                   given->port, sizeof given->port);
+            status = given->dynamic ? first_lookup(committee, index, origin)
+                                    : add_endpoint(committee, teacher, origin, endpoint);
             if (status != CM_OK) goto fail;
         }
     }
     /* Handshakes: every endpoint, every teacher. */
     for (int index = 0; index < count; index++) {
         teacher_t *teacher = &committee->teachers[index];
+        cm_status_t replica_status = CM_OK;
         for (int slot = 0; slot < teacher->endpoint_count; slot++) {
             endpoint_t *endpoint = &teacher->endpoints[slot];
             cm_log_info("greeting teacher '%s' at %s (up to %d ms)", teacher->info.name,
                         endpoint->address, config->handshake_ms);
-            if ((status = handshake(committee, teacher, endpoint)) != CM_OK) goto fail;
-            endpoint->up = 1;
+            if ((status = handshake(committee, teacher, endpoint)) != CM_OK) {
+                if (!teacher->origins[endpoint->origin].dynamic || status == CM_ERR_CANCELLED ||
+                    status == CM_ERR_MISMATCH)
+                    goto fail;
+                /* A replica found by DNS that does not answer yet: greeted again by the pump. */
+                cm_log_warn("%s; training without that replica until it answers", cm_last_error());
+                replica_status = status;
+                endpoint->greeting = 1;
+                status = CM_OK;
+                continue;
+            }
+            endpoint->up = endpoint->ever_up = 1;
             if (endpoint->heads != teacher->info.heads) {
                 char lent[64], lent_first[64];
                 format_heads(endpoint->heads, lent, sizeof lent);
@@ -529,6 +793,11 @@ cm_status_t trainer_committee_new(const trainer_teacher_address_t *addresses, in
                                  teacher->endpoints[0].address);
                 goto fail;
             }
+        }
+        if (!teacher_is_up(teacher)) {
+            status = cm_fail(replica_status, "no replica of teacher '%s' answered Hello",
+                             teacher->info.name);
+            goto fail;
         }
         for (int other = 0; other < index; other++)
             if (!strcmp(committee->teachers[other].info.model_sha256, teacher->info.model_sha256))
@@ -564,6 +833,8 @@ void trainer_committee_free(trainer_committee_t **committee_pointer) {
             if (endpoint->up) send_on(committee, endpoint, &bye);
             zmq_close(endpoint->socket);
         }
+        for (int origin = 0; origin < teacher->origin_count; origin++)
+            trainer_lookup_free(teacher->origins[origin].lookup);
     }
     if (committee->context) zmq_ctx_term(committee->context);
     for (int index = 0; index < committee->ticket_capacity; index++)
@@ -586,6 +857,14 @@ const trainer_teacher_info_t *trainer_committee_info(const trainer_committee_t *
 const trainer_teacher_stats_t *trainer_committee_stats(const trainer_committee_t *committee,
                                                        int teacher) {
     return &committee->teachers[teacher].stats;
+}
+
+int trainer_committee_endpoints(const trainer_committee_t *committee, int teacher,
+                                trainer_endpoint_stats_t *out, int max) {
+    const teacher_t *member = &committee->teachers[teacher];
+    int count = member->seen_count < max ? member->seen_count : max;
+    memcpy(out, member->seen, sizeof *out * (size_t)count);
+    return count;
 }
 
 /* ---------------------------------------------------------------- tickets */
@@ -647,12 +926,6 @@ static int other_live_endpoint(const teacher_t *teacher, int slot) {
     return 0;
 }
 
-static int teacher_is_up(const teacher_t *teacher) {
-    for (int slot = 0; slot < teacher->endpoint_count; slot++)
-        if (teacher->endpoints[slot].up) return 1;
-    return 0;
-}
-
 static double backoff_seconds(int attempts) {
     double delay = 0.1 * pow(2.0, attempts > 6 ? 6 : attempts);
     return delay > 5.0 ? 5.0 : delay;
@@ -662,20 +935,6 @@ static double backoff_seconds(int attempts) {
 static double busy_backoff_seconds(int retries) {
     double delay = 0.01 * pow(2.0, retries > 7 ? 7 : retries);
     return delay > 1.0 ? 1.0 : delay;
-}
-
-/* 1 for the counts worth a log line: 1, 10, 100, ... (a teacher that keeps failing the same
- * way does not flood the log; the counters have every one). */
-static int worth_logging(long count) {
-    while (count >= 10 && count % 10 == 0) count /= 10;
-    return count == 1;
-}
-
-/* What the failure policy does with a failed request, for log lines. */
-static const char *policy_action(const trainer_committee_t *committee) {
-    return committee->config.policy == TRAINER_POLICY_WAIT   ? "asking again"
-           : committee->config.policy == TRAINER_POLICY_SKIP ? "training without it"
-                                                             : "stopping";
 }
 
 static inflight_t *find_inflight(trainer_committee_t *committee, uint64_t request_id) {
@@ -745,6 +1004,7 @@ static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *
     /* Pick an endpoint: round robin over the live ones, another than the one that last failed
      * this ticket if there is one; when none is live, probe one. */
     int chosen = -1;
+    if (teacher->endpoint_count == 0) return CM_OK; /* every replica left: wait for DNS */
     for (int pass = 0; pass < 2 && chosen < 0; pass++)
         for (int step = 0; step < teacher->endpoint_count; step++) {
             int slot = (teacher->next_endpoint + step) % teacher->endpoint_count;
@@ -941,6 +1201,11 @@ static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot
     }
     teacher->stats.replies++;
     teacher->stats.examples += ticket->count;
+    const endpoint_t *endpoint = &teacher->endpoints[slot->endpoint];
+    if (endpoint->seen >= 0) {
+        teacher->seen[endpoint->seen].replies++;
+        teacher->seen[endpoint->seen].examples += ticket->count;
+    }
     teacher->stats.bytes += bytes;
     finish(committee, slot->ticket, &answer);
     return CM_OK;
@@ -1034,7 +1299,11 @@ static cm_status_t handle_message(trainer_committee_t *committee, int teacher_in
     if (!endpoint->up) {
         endpoint->up = 1;
         endpoint->probes = 0;
-        cm_log_info("teacher '%s' at %s is back", teacher->info.name, endpoint->address);
+        if (endpoint->ever_up)
+            cm_log_info("teacher '%s' at %s is back", teacher->info.name, endpoint->address);
+        else
+            cm_log_info("teacher '%s': replica %s answers", teacher->info.name, endpoint->address);
+        endpoint->ever_up = 1;
     }
     if (message->kind != CM_WIRE_BATCH_REPLY && message->kind != CM_WIRE_ERROR) return CM_OK;
     inflight_t *slot = message->request_id ? find_inflight(committee, message->request_id) : NULL;
@@ -1212,8 +1481,9 @@ cm_status_t trainer_committee_pump(trainer_committee_t *committee, int timeout_m
     if (status != CM_OK) return status;
     check_reconnections(committee);
     send_heartbeats(committee);
-    zmq_pollitem_t items[TRAINER_COMMITTEE_MAX * TRAINER_MAX_ENDPOINTS];
-    int owners[TRAINER_COMMITTEE_MAX * TRAINER_MAX_ENDPOINTS][2];
+    if (committee->config.resolve_ms > 0 && (status = discover(committee)) != CM_OK) return status;
+    zmq_pollitem_t items[TRAINER_COMMITTEE_MAX * TRAINER_MAX_CONNECTIONS];
+    int owners[TRAINER_COMMITTEE_MAX * TRAINER_MAX_CONNECTIONS][2];
     int count = 0;
     for (int index = 0; index < committee->teacher_count; index++)
         for (int slot = 0; slot < committee->teachers[index].endpoint_count; slot++) {

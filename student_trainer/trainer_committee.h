@@ -54,6 +54,16 @@
  * key is not in its allowlist, it wants CURVE and we do not, or the other
  * way round) into a sentence at once, instead of a silent wait for Hello.
  *
+ * Replicas found by DNS: an endpoint tcp://HOST:PORT whose HOST is a name
+ * (Docker Swarm's tasks.NAME, a Kubernetes headless Service) stands for
+ * every address the name resolves to, asked again every resolve_ms without
+ * blocking (trainer_resolve).  Each address is a connection of its own; at
+ * start at least one must answer Hello, the others are greeted as they come.
+ * An address DNS no longer lists is closed and its requests in flight are
+ * asked again elsewhere at once (a replica leaving is not a failure); the
+ * teacher is down only while it has no live address.  A name that stops
+ * resolving temporarily keeps the known addresses.
+ *
  * Signals: every wait (the handshake, a head, the pump) looks at the
  * caller's flag (config.interrupted) at least every 100 ms and returns
  * CM_ERR_CANCELLED ("interrupted by a signal") once it is set, so a
@@ -65,16 +75,20 @@
 #define TRAINER_COMMITTEE_H
 
 #include "cm_curve.h"
+#include "cm_endpoint.h" /* CM_ENDPOINT_MAX */
 #include "cm_status.h"
 #include "cm_tensor.h"
 #include "cm_wire.h"
-#include "trainer_cache.h" /* TRAINER_OUTPUT_* */
+#include "trainer_cache.h"   /* TRAINER_OUTPUT_* */
+#include "trainer_resolve.h" /* trainer_resolve_fn */
 
 #include <signal.h>
 #include <stdint.h>
 
 enum {
-    TRAINER_MAX_ENDPOINTS = 4,
+    TRAINER_MAX_ENDPOINTS = 4,    /* endpoints given for one teacher (--teacher NAME=EP,EP...) */
+    TRAINER_MAX_CONNECTIONS = 16, /* connections of one teacher, replicas found by DNS included */
+    TRAINER_MAX_SEEN = 32,        /* replica addresses whose counters a teacher keeps */
     TRAINER_COMMITTEE_MAX = 8,
     TRAINER_BAD_REPLIES_IN_A_ROW = 3 /* malformed replies before an endpoint is marked down */
 };
@@ -114,6 +128,10 @@ typedef struct {
     const volatile sig_atomic_t *interrupted; /* set by the caller's signal handler: every wait
                                                  ends with CM_ERR_CANCELLED (borrowed; NULL:
                                                  never) */
+    int resolve_ms;             /* ask DNS again this often for the replicas behind a host name (see
+                                   below); 0: never, a name is ZeroMQ's to resolve (one address) */
+    trainer_resolve_fn resolve; /* NULL: the system resolver (tests give their own) */
+    void *resolve_context;      /* resolve's own */
 } trainer_committee_config_t;
 
 /* What a teacher said about itself. */
@@ -145,6 +163,14 @@ typedef struct {
     long down_events;       /* times the teacher went down */
 } trainer_teacher_stats_t;
 
+/* One replica address of a teacher and what it answered (kept after it left). */
+typedef struct {
+    char address[CM_ENDPOINT_MAX];
+    int live;      /* connected now (it may still be down) */
+    long replies;  /* BatchReplies accepted from it */
+    long examples; /* example outputs received from it */
+} trainer_endpoint_stats_t;
+
 typedef struct trainer_committee trainer_committee_t;
 
 /*
@@ -164,6 +190,13 @@ const trainer_teacher_info_t *trainer_committee_info(const trainer_committee_t *
                                                      int teacher);
 const trainer_teacher_stats_t *trainer_committee_stats(const trainer_committee_t *committee,
                                                        int teacher);
+
+/*
+ * The replica addresses of `teacher` seen so far (every endpoint given, and every address DNS
+ * listed for a host name), at most `max` into out; returns how many.
+ */
+int trainer_committee_endpoints(const trainer_committee_t *committee, int teacher,
+                                trainer_endpoint_stats_t *out, int max);
 
 /* A teacher's frozen dense head: logits[classes] = weight[classes][inputs] · feature + bias. */
 typedef struct {

@@ -106,6 +106,7 @@ typedef struct {
     long label_seed;
     int window;
     int teacher_timeout_ms;
+    int resolve_ms;
     int threads;
     int max_train;
     int max_test;
@@ -670,11 +671,21 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
             trainer_feed_filter_skipped(run->feed, teacher), stats->busy_timeouts,
             stats->protocol_errors, stats->nonfinite_replies);
         if (run->weighted_rows >= 0) /* the router's mean weight, over the rows with a teacher */
-            fprintf(run->metrics, ",\"router_weight\":%.6f}",
+            fprintf(run->metrics, ",\"router_weight\":%.6f",
                     run->weighted_rows ? run->weight_sums[teacher] / (double)run->weighted_rows
                                        : 0.0);
-        else
-            fputc('}', run->metrics);
+        if (run->committee) { /* the replies of each replica address, live or gone */
+            trainer_endpoint_stats_t seen[TRAINER_MAX_SEEN];
+            int count =
+                trainer_committee_endpoints(run->committee, teacher, seen, TRAINER_MAX_SEEN);
+            fprintf(run->metrics, ",\"endpoints\":{");
+            for (int index = 0; index < count; index++)
+                fprintf(run->metrics, "%s\"%s\":{\"replies\":%ld,\"examples\":%ld,\"live\":%s}",
+                        index ? "," : "", seen[index].address, seen[index].replies,
+                        seen[index].examples, seen[index].live ? "true" : "false");
+            fprintf(run->metrics, "}");
+        }
+        fprintf(run->metrics, "}");
     }
     fprintf(run->metrics, "}}\n");
     /* A full disk shows at the flush (or already in the stream's error flag). */
@@ -1034,6 +1045,7 @@ static cm_status_t set_up_teachers(run_t *run) {
         .example_ids = run->dataset->splits[CM_SPLIT_TRAIN].ids,
         .curve_keys = options->curve_secret_key ? &run->curve_keys : NULL,
         .interrupted = &interrupted,
+        .resolve_ms = options->resolve_ms,
     };
     config.policy = strcmp(options->failure_policy, "wait") == 0   ? TRAINER_POLICY_WAIT
                     : strcmp(options->failure_policy, "skip") == 0 ? TRAINER_POLICY_SKIP
@@ -1392,6 +1404,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .label_seed = 0,
         .window = 8,
         .teacher_timeout_ms = 10000,
+        .resolve_ms = 5000,
         .threads = 1,
         .progress = "auto",
         .progress_interval = 10.0f,
@@ -1444,6 +1457,10 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
          "seed choosing which labels stay visible (the same for every method)", 0},
         {"on-teacher-failure", CM_CLI_STRING, &options->failure_policy, "POLICY",
          "when a teacher is down or late: wait, skip or fail", 0},
+        {"resolve-ms", CM_CLI_INT, &options->resolve_ms, "MS",
+         "ask DNS this often for every replica behind a teacher's host name (tcp://tasks.fm:5555 "
+         "in Docker Swarm); 0: connect to the name as given",
+         0},
         {"teacher-timeout-ms", CM_CLI_INT, &options->teacher_timeout_ms, "MS",
          "deadline of the handshake and of each request (BUSY retries included)", 0},
         {"window", CM_CLI_INT, &options->window, "N", "batches requested ahead from each teacher",
@@ -1577,6 +1594,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         status = cm_fail(CM_ERR_INVALID_ARG, "--on-teacher-failure must be wait, skip or fail");
     if (status == CM_OK && options->teacher_timeout_ms < 10)
         status = cm_fail(CM_ERR_INVALID_ARG, "--teacher-timeout-ms must be at least 10");
+    if (status == CM_OK && options->resolve_ms < 0)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--resolve-ms must not be negative (0: never)");
     if (status == CM_OK && options->teacher_keys.count && !options->curve_secret_key)
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--teacher-key needs --curve-secret-key (this trainer's own keys)");

@@ -695,19 +695,6 @@ static int run_trainer(const char *arguments, const char *log) {
 
 #define FAKE_RUN "--view pool7 --model mlp:49-32-10 --method kd --epochs 1 --batch 100 --http off "
 
-/* A TCP port on 127.0.0.1 that was free a moment ago. */
-static int free_port(void) {
-    int listener = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in address = {
-        .sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t size = sizeof address;
-    ck_assert_int_ge(listener, 0);
-    ck_assert_int_eq(bind(listener, (struct sockaddr *)&address, sizeof address), 0);
-    ck_assert_int_eq(getsockname(listener, (struct sockaddr *)&address, &size), 0);
-    close(listener);
-    return ntohs(address.sin_port);
-}
-
 /* Sends SIGTERM once `ready` holds and expects exit 130 well before the 600 s deadline. */
 static void interrupt_trainer(pid_t trainer, const char *log, int ready) {
     ck_assert_msg(ready, "the trainer never got to the wait; see %s", log);
@@ -759,7 +746,7 @@ START_TEST(test_busy_teacher_has_a_deadline) {
     /* wait: it keeps asking (that is the policy), /metrics counts it while it waits, and a
      * signal still ends the run. */
     char command[4096];
-    int port = free_port();
+    int port = test_util_free_tcp_port();
     snprintf(command, sizeof command,
              "%s train " FAKE_RUN "--teacher fm=%s --on-teacher-failure wait "
              "--teacher-timeout-ms 300 --http 127.0.0.1:%d " SUBSET

@@ -35,6 +35,7 @@
 #include "cm_progress.h"
 #include "fake_teacher.h"
 #include "serve_fixture.h"
+#include "test_process.h"
 #include "test_util.h"
 #include "trainer_cache.h"
 #include "trainer_committee.h"
@@ -385,6 +386,196 @@ START_TEST(test_stopped_teacher_is_unavailable) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- replicas found by DNS */
+
+/* A resolver for the test: `name` answers the `count` addresses listed now. */
+typedef struct {
+    const char *name;
+    int count;
+    const char *addresses[3];
+    int calls;
+} fake_dns_t;
+
+static trainer_resolve_state_t fake_lookup(void *context, const char *host,
+                                           char addresses[][TRAINER_RESOLVE_ADDRESS], int *count) {
+    fake_dns_t *dns = context;
+    dns->calls++;
+    *count = 0;
+    if (strcmp(host, dns->name) != 0) return TRAINER_RESOLVE_DONE;
+    for (int index = 0; index < dns->count; index++)
+        snprintf(addresses[(*count)++], TRAINER_RESOLVE_ADDRESS, "%s", dns->addresses[index]);
+    return TRAINER_RESOLVE_DONE;
+}
+
+/* Pumps until every ticket of tags[0..count) is answered (30 s to catch a hang). */
+static void pump_until_answered(const int *tags, int count) {
+    double give_up = cm_progress_now() + 30.0;
+    for (;;) {
+        int pending = 0;
+        for (int index = 0; index < count; index++) pending += ticket_outcome(tags[index]) == 0;
+        if (!pending) break;
+        ck_assert_msg(cm_progress_now() < give_up, "%d tickets still unanswered", pending);
+        ck_assert_msg(trainer_committee_pump(committee, 20) == CM_OK, "%s", cm_last_error());
+    }
+    for (int index = 0; index < count; index++) ck_assert_int_eq(ticket_outcome(tags[index]), 1);
+}
+
+/* Submits `count` tickets of 8 rows each and waits for them. */
+static void ask_and_wait(int count) {
+    int tags[16];
+    ck_assert_int_le(count, 16);
+    for (int index = 0; index < count; index++) {
+        int32_t ids[8];
+        for (int row = 0; row < 8; row++) ids[row] = (tickets_made * 8 + row) % MAX_TRAIN;
+        tags[index] = submit_logits(ids, 8);
+    }
+    pump_until_answered(tags, count);
+}
+
+/* The counters of replica `address` ("tcp://A:P") of teacher 0; fails when it was never seen. */
+static trainer_endpoint_stats_t replica(const char *address) {
+    trainer_endpoint_stats_t seen[TRAINER_MAX_SEEN];
+    int count = trainer_committee_endpoints(committee, 0, seen, TRAINER_MAX_SEEN);
+    for (int index = 0; index < count; index++)
+        if (strcmp(seen[index].address, address) == 0) return seen[index];
+    ck_abort_msg("replica %s was never seen", address);
+    return seen[0];
+}
+
+/* Pumps (20 ms slices) until the replica at `address` is live or not, as `live` says. */
+static void pump_until_live(const char *address, int live) {
+    double give_up = cm_progress_now() + 30.0;
+    for (;;) {
+        trainer_endpoint_stats_t seen[TRAINER_MAX_SEEN];
+        int count = trainer_committee_endpoints(committee, 0, seen, TRAINER_MAX_SEEN), now = 0;
+        for (int index = 0; index < count; index++)
+            if (strcmp(seen[index].address, address) == 0) now = seen[index].live;
+        if (now == live) return;
+        ck_assert_msg(cm_progress_now() < give_up, "replica %s never became %s", address,
+                      live ? "live" : "gone");
+        ck_assert_msg(trainer_committee_pump(committee, 20) == CM_OK, "%s", cm_last_error());
+    }
+}
+
+START_TEST(test_replicas_found_by_dns_come_and_go) {
+    if (skip_without_dataset(__func__)) return;
+    /* Three replicas on three loopback addresses, one port: what Swarm's tasks.NAME lists. */
+    const char *hosts[3] = {"127.0.0.1", "127.0.0.2", "127.0.0.3"};
+    fake_teacher_t *fakes[3] = {NULL, NULL, NULL};
+    char endpoints[3][64], given[64];
+    int port = 0;
+    for (int attempt = 0; attempt < 5 && !fakes[2]; attempt++) {
+        for (int index = 0; index < 3; index++) fake_teacher_stop(&fakes[index]);
+        port = test_util_free_tcp_port();
+        for (int index = 0; index < 3; index++) {
+            snprintf(endpoints[index], sizeof endpoints[index], "tcp://%s:%d", hosts[index], port);
+            fakes[index] = fake_teacher_start(endpoints[index], "fm", dataset->fingerprint,
+                                              FAKE_TEACHER_NORMAL, 0);
+            if (!fakes[index]) break;
+        }
+    }
+    ck_assert_msg(fakes[2], "cannot bind three fake replicas on one port");
+    fake_dns_t dns = {.name = "replicas.test", .count = 2, .addresses = {hosts[0], hosts[1]}};
+    snprintf(given, sizeof given, "tcp://replicas.test:%d", port);
+    trainer_teacher_address_t address;
+    memset(&address, 0, sizeof address);
+    snprintf(address.name, sizeof address.name, "fm");
+    address.endpoint_count = 1;
+    address.endpoints[0] = given;
+    ck_assert_int_eq(trainer_cache_new(1, MAX_TRAIN, &cache), CM_OK);
+    trainer_committee_config_t config = committee_config();
+    config.resolve_ms = 50;
+    config.resolve = fake_lookup;
+    config.resolve_context = &dns;
+    ck_assert_msg(trainer_committee_new(&address, 1, &config, &committee) == CM_OK, "%s",
+                  cm_last_error());
+    ck_assert_int_eq(trainer_cache_add_output(cache, 0, TRAINER_OUTPUT_LOGITS, CLASSES), CM_OK);
+
+    /* Two replicas listed: both are used. */
+    ask_and_wait(8);
+    ck_assert_int_gt(replica(endpoints[0]).replies, 0);
+    ck_assert_int_gt(replica(endpoints[1]).replies, 0);
+
+    /* Scaled to three: the new one is greeted and used. */
+    dns.count = 3;
+    dns.addresses[2] = hosts[2];
+    pump_until_live(endpoints[2], 1);
+    double give_up = cm_progress_now() + 30.0;
+    while (replica(endpoints[2]).replies == 0) {
+        ck_assert_msg(cm_progress_now() < give_up, "the third replica was never asked");
+        ask_and_wait(6);
+    }
+
+    /* Scaled to one: the others are closed, nothing is lost, only the last one answers. */
+    dns.count = 1;
+    dns.addresses[0] = hosts[2];
+    pump_until_live(endpoints[0], 0);
+    pump_until_live(endpoints[1], 0);
+    int first = fake_teacher_requests(fakes[0]), second = fake_teacher_requests(fakes[1]);
+    long third = replica(endpoints[2]).replies;
+    ask_and_wait(6);
+    ck_assert_int_eq(fake_teacher_requests(fakes[0]), first);
+    ck_assert_int_eq(fake_teacher_requests(fakes[1]), second);
+    ck_assert_int_eq(replica(endpoints[2]).replies, third + 6);
+    ck_assert(!replica(endpoints[0]).live && replica(endpoints[2]).live);
+
+    /* No replica at all: the teacher is down and (policy wait) a ticket waits for the next. */
+    dns.count = 0;
+    pump_until_live(endpoints[2], 0);
+    ck_assert_int_ge(trainer_committee_stats(committee, 0)->down_events, 1);
+    int32_t ids[4] = {1, 2, 3, 4};
+    int waiting = submit_logits(ids, 4);
+    for (int pumps = 0; pumps < 10; pumps++)
+        ck_assert_int_eq(trainer_committee_pump(committee, 20), CM_OK);
+    ck_assert_int_eq(ticket_outcome(waiting), 0);
+    dns.count = 1;
+    dns.addresses[0] = hosts[0]; /* back, on the first address */
+    pump_until_answered(&waiting, 1);
+    ck_assert_int_gt(dns.calls, 4);
+    trainer_committee_free(&committee); /* before the fakes go */
+    for (int index = 0; index < 3; index++) fake_teacher_stop(&fakes[index]);
+}
+END_TEST
+
+START_TEST(test_system_resolver_finds_localhost_names) {
+    /* The real resolver, never blocking: a numeric address needs no lookup, "localhost" is
+     * answered (numeric, sorted), a name that cannot exist answers no address. */
+    char host[64], port[16];
+    ck_assert(!trainer_resolve_split("tcp://127.0.0.1:5555", host, 64, port, 16));
+    ck_assert(!trainer_resolve_split("tcp://*:5555", host, 64, port, 16));
+    ck_assert(!trainer_resolve_split("ipc:///tmp/x.sock", host, 64, port, 16));
+    ck_assert(!trainer_resolve_split("tcp://[::1]:5555", host, 64, port, 16));
+    ck_assert(trainer_resolve_split("tcp://tasks.fm:5555", host, 64, port, 16));
+    ck_assert_str_eq(host, "tasks.fm");
+    ck_assert_str_eq(port, "5555");
+    const char *names[2] = {"localhost", "no-such-host.invalid"};
+    for (int name = 0; name < 2; name++) {
+        trainer_lookup_t *lookup = trainer_lookup_new(names[name]);
+        ck_assert_ptr_nonnull(lookup);
+        char addresses[TRAINER_RESOLVE_MAX][TRAINER_RESOLVE_ADDRESS];
+        int count = -1;
+        const char *error = NULL;
+        trainer_resolve_state_t state;
+        double give_up = cm_progress_now() + 30.0;
+        while ((state = trainer_lookup_poll(lookup, addresses, &count, &error)) ==
+               TRAINER_RESOLVE_PENDING) {
+            ck_assert_msg(cm_progress_now() < give_up, "the lookup of %s never ended", names[name]);
+            test_process_sleep_ms(5);
+        }
+        if (name == 0) {
+            ck_assert_msg(state == TRAINER_RESOLVE_DONE && count >= 1, "localhost: %s",
+                          error ? error : "no address");
+            for (int index = 0; index < count; index++)
+                ck_assert(trainer_resolve_is_numeric(addresses[index]));
+        } else {
+            /* no such name, or no DNS at all here (a temporary failure): never an address */
+            ck_assert(count == 0);
+        }
+        trainer_lookup_free(lookup);
+    }
+}
+END_TEST
+
 /* Two replicas of teacher "fm": a fake one in `mode` and an honest fake one; every ticket is
  * answered by the honest one although the deadline is 600 s.  Returns the teacher's stats. */
 static trainer_teacher_stats_t answered_despite(fake_teacher_mode_t mode) {
@@ -513,6 +704,8 @@ Suite *check_trainer_committee_suite(void) {
     tcase_add_test(tcase, test_garbage_replica_is_asked_elsewhere);
     tcase_add_test(tcase, test_nan_replica_is_asked_elsewhere);
     tcase_add_test(tcase, test_interruption_ends_the_waits);
+    tcase_add_test(tcase, test_replicas_found_by_dns_come_and_go);
+    tcase_add_test(tcase, test_system_resolver_finds_localhost_names);
     suite_add_tcase(suite, tcase);
     return suite;
 }

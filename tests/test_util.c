@@ -4,6 +4,7 @@
 #include "test_util.h"
 
 #include <arpa/inet.h>
+#include <check.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,4 +103,16 @@ int test_util_http_get(int port, const char *path, char *body, size_t size, int 
     if (!header_end) status = -1;
     free(answer);
     return status;
+}
+
+int test_util_free_tcp_port(void) {
+    int listener = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in address = {
+        .sin_family = AF_INET, .sin_port = 0, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t size = sizeof address;
+    ck_assert_int_ge(listener, 0);
+    ck_assert_int_eq(bind(listener, (struct sockaddr *)&address, sizeof address), 0);
+    ck_assert_int_eq(getsockname(listener, (struct sockaddr *)&address, &size), 0);
+    close(listener);
+    return ntohs(address.sin_port);
 }

@@ -33,6 +33,9 @@ int test_util_have_fashion_mnist(void);
  * body may be NULL).  Returns the HTTP status, or -1 when there was no
  * well-formed answer in time.
  */
+/* A TCP port of 127.0.0.1 that was free a moment ago (another process may take it since). */
+int test_util_free_tcp_port(void);
+
 int test_util_http_get(int port, const char *path, char *body, size_t size, int timeout_ms);
 
 #endif
