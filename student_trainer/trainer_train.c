@@ -16,6 +16,14 @@
  * Every example is trained exactly once per epoch; the loop counts it (a
  * bitmap per epoch) and reports duplicates and misses in the metrics.
  *
+ * --transfer-split NAME (transfer or valid): the split's examples join every
+ * epoch as unlabelled rows (row train_count + r is row r of NAME; the cache,
+ * the record and the plan are indexed so), shuffled in with the training rows
+ * by the feed.  Their label is -1 for every method (the few-label mechanism
+ * of --label-fraction: the label-dependent terms skip them), teachers are
+ * asked for them with split NAME, and the state records NAME so a resume with
+ * another plan is refused; ce is refused (it has nothing to learn from them).
+ *
  * State: the student checkpoint (--out, safetensors, loadable by
  * teacher-server serve) and beside it the resumable state (--out + ".state":
  * student weights, AdamW moments, method parameters, step, epoch and batch
