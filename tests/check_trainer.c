@@ -630,6 +630,73 @@ START_TEST(test_transfer_split_trains_unlabelled_rows) {
         ck_assert_msg(strstr(output, refused[index][2]), "'%s' printed: %s", refused[index][0],
                       output);
     }
+    /* Every method that learns from teachers trains on the unlabelled rows (their labels do not
+     * exist: only the label-free terms can use them). */
+    const char *methods[] = {"avg-kd", "ca-mkd", "fitnet", "diversedistill",
+                             "diversedistill --dd-router reliability --dd-filter 0.4"};
+    for (size_t index = 0; index < sizeof methods / sizeof methods[0]; index++) {
+        snprintf(command, sizeof command,
+                 "%s train --data %s --view grid --model mlp:64-16-3 --epochs 2 --batch 16 "
+                 "--http off --teacher t=%s --transfer-split transfer --method %s --out %s "
+                 "--metrics %s",
+                 test_util_bin("student-trainer"), data, teacher.endpoint, methods[index], replayed,
+                 metrics);
+        ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "%s: %s", methods[index],
+                      output);
+        lines = read_metrics(metrics);
+        ck_assert_int_eq((int)json_array_size(lines), 2);
+        json_t *last = json_array_get(lines, 1);
+        ck_assert_int_eq((int)metric(last, "transfer_examples"), 40);
+        ck_assert_int_eq((int)metric(last, "distinct_examples"), 100);
+        ck_assert_msg(isfinite(metric(last, "loss")), "%s: loss %g", methods[index],
+                      metric(last, "loss"));
+        json_decref(lines);
+    }
+    stop_teacher(&teacher);
+}
+END_TEST
+
+/* Regression with --transfer-split: the transfer rows have no targets, kd trains on them. */
+START_TEST(test_transfer_split_regression) {
+    char data[400], teacher_path[400], command[4096], metrics[400], out[400];
+    snprintf(data, sizeof data, "%s/regression-transfer", directory);
+    snprintf(teacher_path, sizeof teacher_path, "%s/regression-teacher.safetensors", directory);
+    snprintf(metrics, sizeof metrics, "%s/regression-transfer.jsonl", directory);
+    snprintf(out, sizeof out, "%s/regression-student.safetensors", directory);
+    test_folder_write(
+        data,
+        &(test_folder_options_t){
+            .regression = 1, .train_rows = 60, .test_rows = 20, .transfer_rows = 30, .seed = 9});
+    snprintf(command, sizeof command,
+             "%s fit --data %s --view grid --model mlp:64-32-2 --epochs 3 --batch 20 --out %s",
+             test_util_bin("teacher-server"), data, teacher_path);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "fit: %s", output);
+    teacher_process_t teacher = {0};
+    snprintf(teacher.endpoint, sizeof teacher.endpoint, "ipc://%s/regression.sock", directory);
+    snprintf(teacher.log, sizeof teacher.log, "%s/regression-teacher.log", directory);
+    snprintf(teacher.command, sizeof teacher.command,
+             "%s serve --model %s --data %s --name r --bind %s --http off",
+             test_util_bin("teacher-server"), teacher_path, data, teacher.endpoint);
+    teacher.pid = test_process_start(teacher.command, teacher.log);
+    ck_assert_msg(test_process_await_text(teacher.log, "serving", 10000), "teacher did not start");
+    const char *methods[] = {"kd", "ca-mkd", "diversedistill"};
+    for (size_t index = 0; index < sizeof methods / sizeof methods[0]; index++) {
+        snprintf(command, sizeof command,
+                 "%s train --data %s --view grid --model mlp:64-16-2 --epochs 2 --batch 16 "
+                 "--http off --teacher r=%s --transfer-split transfer --method %s --out %s "
+                 "--metrics %s",
+                 test_util_bin("student-trainer"), data, teacher.endpoint, methods[index], out,
+                 metrics);
+        ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "%s: %s", methods[index],
+                      output);
+        json_t *lines = read_metrics(metrics);
+        json_t *last = json_array_get(lines, 1);
+        ck_assert_int_eq((int)metric(last, "transfer_examples"), 30);
+        ck_assert_int_eq((int)metric(last, "train_examples"), 90);
+        ck_assert_msg(isfinite(metric(last, "test_rmse")), "%s: rmse %g", methods[index],
+                      metric(last, "test_rmse"));
+        json_decref(lines);
+    }
     stop_teacher(&teacher);
 }
 END_TEST
@@ -1128,6 +1195,7 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_diversedistill_interactive);
     tcase_add_test(tcase, test_standardized_view_reaches_the_checkpoint);
     tcase_add_test(tcase, test_transfer_split_trains_unlabelled_rows);
+    tcase_add_test(tcase, test_transfer_split_regression);
     suite_add_tcase(suite, tcase);
     TCase *hostile = tcase_create("hostile");
     tcase_add_unchecked_fixture(hostile, prepare_directory, remove_teachers);
