@@ -606,6 +606,14 @@ const trainer_teacher_stats_t *trainer_committee_stats(const trainer_committee_t
 cm_status_t trainer_committee_submit(trainer_committee_t *committee, int teacher,
                                      const int32_t *rows, int count, unsigned outputs,
                                      trainer_reply_fn done, void *owner, int tag) {
+    const trainer_committee_config_t *config = &committee->config;
+    int transfer = config->transfer_examples > 0 && count > 0 && rows[0] >= config->transfer_base;
+    for (int row = 0; row < count; row++)
+        if (config->transfer_examples > 0 && (rows[row] >= config->transfer_base) != transfer)
+            return cm_fail(CM_ERR_INVALID_ARG,
+                           "a ticket mixes training and transfer rows (%d and %d); submit each "
+                           "split apart",
+                           rows[0], rows[row]);
     if (committee->free_ticket < 0) {
         int capacity = committee->ticket_capacity ? 2 * committee->ticket_capacity : 64;
         ticket_t *grown = realloc(committee->tickets, sizeof *grown * (size_t)capacity);
@@ -624,8 +632,6 @@ cm_status_t trainer_committee_submit(trainer_committee_t *committee, int teacher
     committee->free_ticket = ticket->next_free;
     ticket->ids = copy;
     memcpy(copy, rows, sizeof(int32_t) * (size_t)count);
-    const trainer_committee_config_t *config = &committee->config;
-    int transfer = config->transfer_examples > 0 && count > 0 && rows[0] >= config->transfer_base;
     for (int row = 0; row < count; row++) {
         int local = rows[row] - (transfer ? config->transfer_base : 0);
         const int32_t *ids = transfer ? config->transfer_ids : config->example_ids;
