@@ -223,7 +223,8 @@ typedef void (*trainer_reply_fn)(void *owner, int tag, const trainer_reply_t *re
  * training rows rows[0..count) (copied; the request carries their dataset ids, see
  * config.example_ids), or of transfer rows (all rows of one ticket are of one split).  The outcome
  * goes to done(owner, tag, ...) exactly once; tickets still open when the committee is freed are
- * dropped without a call.  CM_ERR_NOMEM when out of memory (nothing submitted).
+ * dropped without a call.  CM_ERR_NOMEM when out of memory, CM_ERR_INVALID_ARG when the rows
+ * mix training and transfer rows (nothing submitted).
  */
 cm_status_t trainer_committee_submit(trainer_committee_t *committee, int teacher,
                                      const int32_t *rows, int count, unsigned outputs,
