@@ -335,6 +335,18 @@ static cm_status_t check_hello(const cm_wire_hello_t *hello, uint64_t max_bytes)
     if ((status = check_unique("Hello", "output", names, hello->output_count)) ||
         (status = check_heads(hello, names)))
         return status;
+    if (hello->split_count < 0 || hello->split_count > CM_SPLIT_COUNT)
+        return cm_fail(CM_ERR_FORMAT, "Hello lists %d splits; at most %d are allowed",
+                       hello->split_count, CM_SPLIT_COUNT);
+    for (int i = 0; i < hello->split_count; i++) {
+        if ((unsigned)hello->splits[i] >= CM_SPLIT_COUNT)
+            return cm_fail(CM_ERR_FORMAT, "Hello lists split %d, which is not a split",
+                           (int)hello->splits[i]);
+        for (int j = 0; j < i; j++)
+            if (hello->splits[j] == hello->splits[i])
+                return cm_fail(CM_ERR_FORMAT, "Hello lists split '%s' twice",
+                               cm_split_name(hello->splits[i]));
+    }
     return check_limits(&hello->limits);
 }
 
@@ -358,8 +370,9 @@ static cm_status_t check_example_ids(const char *owner, const int32_t *ids, int 
 static cm_status_t check_batch_request(const cm_wire_batch_request_t *request,
                                        const cm_wire_limits_t *limits) {
     cm_status_t status;
-    if ((unsigned)request->split > CM_SPLIT_TEST) /* the wire carries train and test */
-        return cm_fail(CM_ERR_FORMAT, "BatchRequest field split is %d; expected train or test",
+    if ((unsigned)request->split >= CM_SPLIT_COUNT)
+        return cm_fail(CM_ERR_FORMAT,
+                       "BatchRequest field split is %d; expected train, test, valid or transfer",
                        (int)request->split);
     if ((status = check_example_ids("BatchRequest", request->example_ids, request->example_count,
                                     limits)))
@@ -440,8 +453,9 @@ static cm_status_t check_tensor(const cm_wire_tensor_t *tensor, int example_coun
 static cm_status_t check_batch_reply(const cm_wire_batch_reply_t *reply,
                                      const cm_wire_limits_t *limits, uint64_t max_bytes) {
     cm_status_t status;
-    if ((unsigned)reply->split > CM_SPLIT_TEST)
-        return cm_fail(CM_ERR_FORMAT, "BatchReply field split is %d; expected train or test",
+    if ((unsigned)reply->split >= CM_SPLIT_COUNT)
+        return cm_fail(CM_ERR_FORMAT,
+                       "BatchReply field split is %d; expected train, test, valid or transfer",
                        (int)reply->split);
     if ((status =
              check_example_ids("BatchReply", reply->example_ids, reply->example_count, limits)))
@@ -535,17 +549,43 @@ static cm_status_t check_message(const cm_wire_message_t *message, const cm_wire
 /* Enumerations between protobuf and C                                      */
 
 static Committee__V1__Split split_to_proto(cm_split_t split) {
-    return split == CM_SPLIT_TRAIN ? COMMITTEE__V1__SPLIT__SPLIT_TRAIN
-                                   : COMMITTEE__V1__SPLIT__SPLIT_TEST;
+    switch (split) {
+    case CM_SPLIT_TRAIN:
+        return COMMITTEE__V1__SPLIT__SPLIT_TRAIN;
+    case CM_SPLIT_TEST:
+        return COMMITTEE__V1__SPLIT__SPLIT_TEST;
+    case CM_SPLIT_VALID:
+        return COMMITTEE__V1__SPLIT__SPLIT_VALID;
+    case CM_SPLIT_TRANSFER:
+        return COMMITTEE__V1__SPLIT__SPLIT_TRANSFER;
+    default:
+        return COMMITTEE__V1__SPLIT__SPLIT_UNSPECIFIED;
+    }
+}
+
+/* The split of a proto value; 0 for values this side does not know (UNSPECIFIED included). */
+static int split_known(Committee__V1__Split value, cm_split_t *split) {
+    switch (value) {
+    case COMMITTEE__V1__SPLIT__SPLIT_TRAIN:
+        *split = CM_SPLIT_TRAIN;
+        return 1;
+    case COMMITTEE__V1__SPLIT__SPLIT_TEST:
+        *split = CM_SPLIT_TEST;
+        return 1;
+    case COMMITTEE__V1__SPLIT__SPLIT_VALID:
+        *split = CM_SPLIT_VALID;
+        return 1;
+    case COMMITTEE__V1__SPLIT__SPLIT_TRANSFER:
+        *split = CM_SPLIT_TRANSFER;
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 static cm_status_t split_from_proto(const char *owner, Committee__V1__Split value,
                                     cm_split_t *split) {
-    if (value == COMMITTEE__V1__SPLIT__SPLIT_TRAIN)
-        *split = CM_SPLIT_TRAIN;
-    else if (value == COMMITTEE__V1__SPLIT__SPLIT_TEST)
-        *split = CM_SPLIT_TEST;
-    else
+    if (!split_known(value, split))
         return cm_fail(CM_ERR_FORMAT, "%s field split has unknown value %d", owner, (int)value);
     return CM_OK;
 }
@@ -620,6 +660,7 @@ typedef struct {
     Committee__V1__Error error;
     Committee__V1__Bye bye;
     char *head_names[CM_WIRE_MAX_OUTPUTS];
+    Committee__V1__Split split_list[CM_SPLIT_COUNT];
     Committee__V1__HeadRequest head_request;
     Committee__V1__HeadReply head_reply; /* its descriptors are tensors[0 .. HEAD_TENSORS) */
     /* Valid UTF-8 copies of the strings that were not (see proto_string): malloc'd on first
@@ -757,6 +798,10 @@ static void build_hello(header_builder_t *builder, const cm_wire_hello_t *hello)
         builder->head_names[i] = proto_string(builder, hello->heads[i]);
     proto->n_heads = (size_t)hello->head_count;
     proto->heads = builder->head_names;
+    for (int i = 0; i < hello->split_count; i++)
+        builder->split_list[i] = split_to_proto(hello->splits[i]);
+    proto->n_splits = (size_t)hello->split_count;
+    proto->splits = builder->split_list;
     builder->envelope.body_case = COMMITTEE__V1__ENVELOPE__BODY_HELLO;
     builder->envelope.hello = proto;
 }
@@ -1015,6 +1060,15 @@ static cm_status_t hello_from_proto(cm_wire_hello_t *hello, const Committee__V1_
                                    &hello->head_count)))
         return status;
     for (int i = 0; i < hello->head_count; i++) hello->heads[i] = proto->heads[i];
+    /* Splits this side does not know (a newer peer's) are skipped; duplicates are refused. */
+    hello->split_count = 0;
+    for (size_t i = 0; i < proto->n_splits; i++) {
+        cm_split_t split;
+        if (!split_known(proto->splits[i], &split)) continue;
+        if (hello->split_count == CM_SPLIT_COUNT)
+            return cm_fail(CM_ERR_FORMAT, "Hello lists more than %d splits", CM_SPLIT_COUNT);
+        hello->splits[hello->split_count++] = split;
+    }
     if (!proto->limits) return cm_fail(CM_ERR_FORMAT, "Hello has no limits");
     hello->limits.max_examples = proto->limits->max_examples_per_request;
     hello->limits.max_message_bytes = proto->limits->max_message_bytes;

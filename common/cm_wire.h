@@ -37,7 +37,8 @@
 
 enum {
     CM_WIRE_VERSION_MAJOR = 1, /* peers must agree on it exactly */
-    CM_WIRE_VERSION_MINOR = 1, /* compatible additions; may differ between peers (1: heads) */
+    CM_WIRE_VERSION_MINOR = 2, /* compatible additions; may differ between peers (1: heads; 2:
+                                  valid and transfer splits, Hello.splits) */
     CM_WIRE_MAX_TENSORS = 16,  /* tensor frames in one BatchReply */
     CM_WIRE_MAX_OUTPUTS = 16,  /* outputs a Hello lists or a BatchRequest names */
     CM_WIRE_MAX_STRING = 1024, /* bytes of any string field, without the NUL */
@@ -112,6 +113,11 @@ typedef struct {
      * outputs, no duplicates; 0 when it lends none, from trainers and from minor-0 peers. */
     int head_count;
     const char *heads[CM_WIRE_MAX_OUTPUTS];
+    /* The splits a teacher answers for (minor 2), each once, in cm_split_t order; 0 from
+     * trainers and from older peers (which answer train and test).  Values this side does not
+     * know are skipped when decoding. */
+    int split_count;
+    cm_split_t splits[CM_SPLIT_COUNT];
 } cm_wire_hello_t;
 
 /* Trainer to teacher: the outputs wanted for some examples of a split. */

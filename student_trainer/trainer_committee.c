@@ -56,6 +56,7 @@ typedef struct {
     int teacher;
     int count;
     int32_t *ids; /* [2 * count]: the rows (for the owner), then their dataset ids (the wire's) */
+    cm_split_t split; /* of every row: train, or config.transfer_split */
     unsigned outputs;
     trainer_reply_fn done; /* the owner, told once */
     void *owner;
@@ -258,6 +259,18 @@ static cm_status_t check_hello(trainer_committee_t *committee, teacher_t *teache
     if (hello->classes != config->classes)
         return cm_fail(CM_ERR_MISMATCH, "teacher '%s' at %s has %d classes but the student has %d",
                        name, endpoint->address, hello->classes, config->classes);
+    if (config->transfer_examples > 0) { /* an empty list: a peer before minor 2, train + test */
+        int serves = 0;
+        for (int index = 0; index < hello->split_count; index++)
+            serves |= hello->splits[index] == config->transfer_split;
+        if (!serves)
+            return cm_fail(CM_ERR_NOT_FOUND,
+                           "teacher '%s' at %s does not serve the '%s' split that "
+                           "--transfer-split asks for (its Hello lists %d splits; teachers of "
+                           "protocol minor version 0 and 1 serve only train and test)",
+                           name, endpoint->address, cm_split_name(config->transfer_split),
+                           hello->split_count);
+    }
     if (!first) {
         if (strcmp(hello->model_sha256, teacher->info.model_sha256) != 0)
             return cm_fail(CM_ERR_MISMATCH,
@@ -872,6 +885,14 @@ int trainer_committee_endpoints(const trainer_committee_t *committee, int teache
 cm_status_t trainer_committee_submit(trainer_committee_t *committee, int teacher,
                                      const int32_t *rows, int count, unsigned outputs,
                                      trainer_reply_fn done, void *owner, int tag) {
+    const trainer_committee_config_t *config = &committee->config;
+    int transfer = config->transfer_examples > 0 && count > 0 && rows[0] >= config->transfer_base;
+    for (int row = 0; row < count; row++)
+        if (config->transfer_examples > 0 && (rows[row] >= config->transfer_base) != transfer)
+            return cm_fail(CM_ERR_INVALID_ARG,
+                           "a ticket mixes training and transfer rows (%d and %d); submit each "
+                           "split apart",
+                           rows[0], rows[row]);
     if (committee->free_ticket < 0) {
         int capacity = committee->ticket_capacity ? 2 * committee->ticket_capacity : 64;
         ticket_t *grown = realloc(committee->tickets, sizeof *grown * (size_t)capacity);
@@ -890,9 +911,12 @@ cm_status_t trainer_committee_submit(trainer_committee_t *committee, int teacher
     committee->free_ticket = ticket->next_free;
     ticket->ids = copy;
     memcpy(copy, rows, sizeof(int32_t) * (size_t)count);
-    for (int row = 0; row < count; row++)
-        copy[count + row] =
-            committee->config.example_ids ? committee->config.example_ids[rows[row]] : rows[row];
+    for (int row = 0; row < count; row++) {
+        int local = rows[row] - (transfer ? config->transfer_base : 0);
+        const int32_t *ids = transfer ? config->transfer_ids : config->example_ids;
+        copy[count + row] = ids ? ids[local] : local;
+    }
+    ticket->split = transfer ? config->transfer_split : CM_SPLIT_TRAIN;
     ticket->state = TICKET_QUEUED;
     ticket->teacher = teacher;
     ticket->count = count;
@@ -1026,7 +1050,7 @@ static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *
     uint64_t request_id = committee->next_request_id++;
     cm_wire_message_init(&message, CM_WIRE_BATCH_REQUEST, request_id);
     cm_wire_batch_request_t *request = &message.batch_request;
-    request->split = CM_SPLIT_TRAIN;
+    request->split = ticket->split;
     request->example_count = ticket->count;
     request->example_ids = ticket->ids + ticket->count;
     request->encoding = committee->config.encoding;
@@ -1157,7 +1181,7 @@ static cm_status_t accept_reply(trainer_committee_t *committee, inflight_t *slot
                                 const cm_wire_batch_reply_t *reply, size_t bytes) {
     ticket_t *ticket = &committee->tickets[slot->ticket];
     teacher_t *teacher = &committee->teachers[slot->teacher];
-    if (reply->example_count != ticket->count ||
+    if (reply->split != ticket->split || reply->example_count != ticket->count ||
         memcmp(reply->example_ids, ticket->ids + ticket->count,
                sizeof(int32_t) * (size_t)ticket->count) != 0)
         return cm_fail(CM_ERR_PROTOCOL, "answered other examples than it was asked for");

@@ -122,6 +122,12 @@ typedef struct {
     int train_examples;         /* size of the training split (ids are checked against it) */
     const int32_t *example_ids; /* [train_examples] the dataset id of each training row, sent
                                    on the wire instead of the row (borrowed); NULL: id = row */
+    /* --transfer-split: rows transfer_base .. transfer_base + transfer_examples - 1 are rows of
+     * split transfer_split (row - transfer_base), asked with that split; every teacher's Hello
+     * must list it.  transfer_examples 0: none. */
+    cm_split_t transfer_split;
+    int transfer_base, transfer_examples;
+    const int32_t *transfer_ids; /* [transfer_examples] their dataset ids; NULL: id = row */
     const cm_curve_keypair_t *curve_keys;     /* the trainer's keys (borrowed for the committee's
                                                  life); NULL: plaintext, else every teacher needs its
                                                  server_key */
@@ -248,9 +254,10 @@ typedef void (*trainer_reply_fn)(void *owner, int tag, const trainer_reply_t *re
 /*
  * Asks `teacher` for the outputs in the bit set `outputs` (1 << TRAINER_OUTPUT_*) of the
  * training rows rows[0..count) (copied; the request carries their dataset ids, see
- * config.example_ids).  The outcome goes to done(owner, tag, ...) exactly once; tickets still
- * open when the committee is freed are dropped without a call.  CM_ERR_NOMEM when out of
- * memory (nothing submitted).
+ * config.example_ids), or of transfer rows (all rows of one ticket are of one split).  The outcome
+ * goes to done(owner, tag, ...) exactly once; tickets still open when the committee is freed are
+ * dropped without a call.  CM_ERR_NOMEM when out of memory, CM_ERR_INVALID_ARG when the rows
+ * mix training and transfer rows (nothing submitted).
  */
 cm_status_t trainer_committee_submit(trainer_committee_t *committee, int teacher,
                                      const int32_t *rows, int count, unsigned outputs,

@@ -25,7 +25,8 @@ struct trainer_feed {
     trainer_feed_config_t config;
     trainer_committee_t *committee;
     trainer_cache_t *cache;
-    int32_t *order; /* [trainable] this epoch's permutation */
+    int32_t *order; /* [rows] this epoch's permutation */
+    int rows;       /* trainable + transfer */
     int batches;
     int epoch;
     int cursor;         /* the next batch to train */
@@ -44,7 +45,8 @@ cm_status_t trainer_feed_new(const trainer_feed_config_t *config, trainer_commit
     *out = NULL;
     if (config->trainable < 1 || config->batch < 1 || config->batch > TRAINER_FEED_MAX_BATCH ||
         config->window < 1 || config->window > TRAINER_FEED_MAX_WINDOW ||
-        config->teacher_count < 0 || config->teacher_count > TRAINER_COMMITTEE_MAX)
+        config->teacher_count < 0 || config->teacher_count > TRAINER_COMMITTEE_MAX ||
+        config->transfer < 0 || (config->transfer > 0 && config->transfer_base < config->trainable))
         return cm_fail(CM_ERR_INVALID_ARG,
                        "a feed needs rows, a batch of 1 to %d rows and a window of 1 to %d",
                        TRAINER_FEED_MAX_BATCH, TRAINER_FEED_MAX_WINDOW);
@@ -54,8 +56,9 @@ cm_status_t trainer_feed_new(const trainer_feed_config_t *config, trainer_commit
     feed->committee = committee;
     feed->cache = cache;
     feed->free_entry = -1;
-    feed->batches = (config->trainable + config->batch - 1) / config->batch;
-    feed->order = malloc(sizeof(int32_t) * (size_t)config->trainable);
+    feed->rows = config->trainable + config->transfer;
+    feed->batches = (feed->rows + config->batch - 1) / config->batch;
+    feed->order = malloc(sizeof(int32_t) * (size_t)feed->rows);
     int ok = feed->order != NULL;
     for (int teacher = 0; teacher < config->teacher_count; teacher++)
         ok = ok && (feed->kept[teacher] = malloc((size_t)config->batch)) != NULL;
@@ -80,9 +83,11 @@ void trainer_feed_free(trainer_feed_t **feed_pointer) {
 void trainer_feed_start_epoch(trainer_feed_t *feed, int epoch, int cursor, int filtering) {
     int trainable = feed->config.trainable;
     for (int row = 0; row < trainable; row++) feed->order[row] = row;
+    for (int row = 0; row < feed->config.transfer; row++)
+        feed->order[trainable + row] = feed->config.transfer_base + row;
     cm_rng_t rng;
     cm_rng_seed(&rng, (uint64_t)feed->config.seed * 1000003ull + (uint64_t)epoch);
-    cm_rng_shuffle(&rng, feed->order, (size_t)trainable);
+    cm_rng_shuffle(&rng, feed->order, (size_t)feed->rows);
     feed->epoch = epoch;
     feed->cursor = feed->submitted_upto = cursor;
     feed->filtering = filtering && feed->committee && feed->config.choose;
@@ -94,10 +99,12 @@ int trainer_feed_batches(const trainer_feed_t *feed) { return feed->batches; }
 
 int trainer_feed_cursor(const trainer_feed_t *feed) { return feed->cursor; }
 
+int trainer_feed_rows(const trainer_feed_t *feed) { return feed->rows; }
+
 const int32_t *trainer_feed_order(const trainer_feed_t *feed) { return feed->order; }
 
 static int batch_rows(const trainer_feed_t *feed, int index) {
-    int left = feed->config.trainable - index * feed->config.batch;
+    int left = feed->rows - index * feed->config.batch;
     return left < feed->config.batch ? left : feed->config.batch;
 }
 
@@ -178,10 +185,11 @@ static cm_status_t submit_batch(trainer_feed_t *feed, int index) {
         memset(feed->kept[teacher], 1, (size_t)rows);
     if (feed->filtering)
         feed->config.choose(feed->config.choose_context, index, ids, rows, feed->kept);
-    int32_t missing[TRAINER_FEED_MAX_BATCH];
+    /* A ticket asks rows of one split: the training rows and the transfer rows go apart. */
+    int32_t missing[2][TRAINER_FEED_MAX_BATCH];
     for (int teacher = 0; teacher < feed->config.teacher_count; teacher++) {
         if (!feed->config.needs[teacher]) continue;
-        int count = 0;
+        int count[2] = {0, 0};
         for (int row = 0; row < rows; row++) {
             if (!absent(feed, teacher, ids[row])) continue;
             if (feed->filtering) {
@@ -191,15 +199,17 @@ static cm_status_t submit_batch(trainer_feed_t *feed, int index) {
                     continue;
                 }
             }
-            missing[count++] = ids[row];
+            int part = feed->config.transfer > 0 && ids[row] >= feed->config.transfer_base;
+            missing[part][count[part]++] = ids[row];
         }
         int per_request = trainer_committee_info(feed->committee, teacher)->max_examples;
         if (per_request > TRAINER_FEED_MAX_BATCH) per_request = TRAINER_FEED_MAX_BATCH;
-        for (int start = 0; start < count; start += per_request) {
-            int chunk = count - start < per_request ? count - start : per_request;
-            cm_status_t status = submit(feed, slot, teacher, missing + start, chunk);
-            if (status != CM_OK) return status;
-        }
+        for (int part = 0; part < 2; part++)
+            for (int start = 0; start < count[part]; start += per_request) {
+                int chunk = count[part] - start < per_request ? count[part] - start : per_request;
+                cm_status_t status = submit(feed, slot, teacher, missing[part] + start, chunk);
+                if (status != CM_OK) return status;
+            }
     }
     return CM_OK;
 }

@@ -4,10 +4,14 @@
  *
  * The feed owns
  *   - the epoch plan: a seeded permutation of the trainable rows 0 ..
- *     trainable-1 (seed and epoch number alone decide it, so a resumed run
- *     sees the same batches; the --holdout tail and rows beyond --max-train
- *     are never in it) cut into batches of `batch` rows, and the cursor:
- *     the next batch to train, which the trainer's state saves;
+ *     trainable-1 and of the transfer rows transfer_base .. transfer_base +
+ *     transfer-1 (--transfer-split: unlabelled rows only teachers annotate),
+ *     shuffled together, so every batch mixes both in proportion (seed and
+ *     epoch number alone decide it, so a resumed run sees the same batches;
+ *     the --holdout tail and rows beyond --max-train are never in it; with
+ *     no transfer rows the permutation is the one of the trainable rows
+ *     alone) cut into batches of `batch` rows, and the cursor: the next
+ *     batch to train, which the trainer's state saves;
  *   - the look-ahead window: before batch b is handed out, the requests of
  *     batches b .. b+window-1 are out, so teachers compute while the student
  *     trains (one batch only in epochs that filter: the decision uses the
@@ -48,6 +52,8 @@ typedef void (*trainer_feed_choose_fn)(void *context, int index, const int32_t *
 
 typedef struct {
     int trainable;     /* rows 0 .. trainable-1 of the training split are trained */
+    int transfer;      /* and the transfer rows transfer_base .. transfer_base+transfer-1 */
+    int transfer_base; /* >= trainable: the first transfer row (rows are the cache's) */
     int batch;         /* rows per batch, 1 .. TRAINER_FEED_MAX_BATCH */
     int window;        /* batches asked ahead, 1 .. TRAINER_FEED_MAX_WINDOW */
     long seed;         /* with the epoch number, decides the permutation */
@@ -86,7 +92,9 @@ void trainer_feed_start_epoch(trainer_feed_t *feed, int epoch, int cursor, int f
 int trainer_feed_batches(const trainer_feed_t *feed);
 int trainer_feed_cursor(const trainer_feed_t *feed);
 
-/* This epoch's permutation of the trainable rows (batch b is order[b * batch ...]). */
+/* Rows in the plan (trainable + transfer), and this epoch's permutation of them (batch b is
+ * order[b * batch ...]). */
+int trainer_feed_rows(const trainer_feed_t *feed);
 const int32_t *trainer_feed_order(const trainer_feed_t *feed);
 
 /*

@@ -16,6 +16,14 @@
  * Every example is trained exactly once per epoch; the loop counts it (a
  * bitmap per epoch) and reports duplicates and misses in the metrics.
  *
+ * --transfer-split NAME (transfer or valid): the split's examples join every
+ * epoch as unlabelled rows (row train_count + r is row r of NAME; the cache,
+ * the record and the plan are indexed so), shuffled in with the training rows
+ * by the feed.  Their label is -1 for every method (the few-label mechanism
+ * of --label-fraction: the label-dependent terms skip them), teachers are
+ * asked for them with split NAME, and the state records NAME so a resume with
+ * another plan is refused; ce is refused (it has nothing to learn from them).
+ *
  * State: the student checkpoint (--out, safetensors, loadable by
  * teacher-server serve) and beside it the resumable state (--out + ".state":
  * student weights, AdamW moments, method parameters, step, epoch and batch
@@ -90,6 +98,7 @@ typedef struct {
     cm_progress_mode_t progress_mode;
     const char *dd_router;
     const char *dd_feature;
+    const char *transfer_split; /* NULL: none */
     cm_cli_list_t teachers;
     const char *curve_secret_key; /* NULL: plaintext */
     cm_cli_list_t teacher_keys;   /* NAME=FILE */
@@ -154,9 +163,15 @@ typedef struct {
     char teacher_names[TRAINER_MAX_TEACHERS][64];
     char teacher_sha256[TRAINER_MAX_TEACHERS][65];
     unsigned needs[TRAINER_MAX_TEACHERS]; /* output bit sets per teacher */
-    int32_t *labels;  /* [train] the labels the student may see (-1: hidden); for regression 0
-                         marks a visible row, whose targets are the split's */
-    uint8_t *trained; /* [train] trained this epoch */
+    /* Rows: 0 .. train-1 are the training split's, train .. train+transfer_count-1 the
+     * --transfer-split's (unlabelled: only teachers annotate them); the cache is indexed so. */
+    cm_split_t transfer_split;
+    int transfer_count;   /* 0: no --transfer-split */
+    int32_t *labels;      /* [rows] the labels the student may see (-1: hidden, always for transfer
+                             rows); for regression 0 marks a visible row, whose targets are the
+                             split's */
+    uint8_t *trained;     /* [rows] trained this epoch */
+    int32_t *gather_rows; /* [batch] scratch: rows of one split */
     float *moment1, *moment2;
     float *batch_inputs, *d_logits, *d_hidden;
     int32_t *batch_labels;
@@ -195,7 +210,7 @@ typedef struct {
     double loss_sum, term_sums[TRAINER_MAX_TERMS], wait_seconds; /* sums of loss·rows */
     double weight_sums[TRAINER_MAX_TEACHERS]; /* sums of router weight·rows (weighted methods) */
     long weighted_rows;                       /* rows those sums cover; -1: not weighted */
-    long epoch_examples, epoch_duplicates, epoch_steps;
+    long epoch_examples, epoch_duplicates, epoch_steps, epoch_transfer;
     long skipped_batches[TRAINER_MAX_TEACHERS], missing_rows[TRAINER_MAX_TEACHERS];
 } run_t;
 
@@ -214,10 +229,12 @@ static cm_status_t find_teacher(const run_t *run, const char *name, const char *
 
 static cm_status_t build_labels(run_t *run) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
-    run->labels = malloc(sizeof(int32_t) * (size_t)train->count);
+    run->labels = malloc(sizeof(int32_t) * ((size_t)train->count + (size_t)run->transfer_count));
     if (!run->labels) return cm_fail(CM_ERR_NOMEM, "out of memory for labels");
     for (int id = 0; id < train->count; id++)
         run->labels[id] = train->labels ? train->labels[id] : 0;
+    for (int row = 0; row < run->transfer_count; row++) /* never read: the split may have none */
+        run->labels[train->count + row] = -1;
     float fraction = run->options.label_fraction;
     if (fraction >= 1.0f) return CM_OK;
     /* A fixed, seeded subset keeps its labels: the same for every method and training seed. */
@@ -237,7 +254,8 @@ static cm_status_t build_labels(run_t *run) {
 
 static cm_status_t allocate_buffers(run_t *run) {
     const cm_model_spec_t *spec = cm_model_spec(run->student);
-    int batch = run->options.batch, train = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    int batch = run->options.batch,
+        train = run->dataset->splits[CM_SPLIT_TRAIN].count + run->transfer_count;
     int hidden = 0;
     cm_model_feature(run->student, "hidden", &hidden, NULL);
     size_t params = cm_model_param_count(run->student);
@@ -250,8 +268,10 @@ static cm_status_t allocate_buffers(run_t *run) {
     run->batch_targets = cm_alloc_floats((size_t)batch * (size_t)(run->dataset->targets + 1));
     run->batch_labelled = malloc((size_t)batch);
     run->trained = calloc((size_t)train, 1);
+    run->gather_rows = malloc(sizeof(int32_t) * (size_t)batch);
     int ok = run->moment1 && run->moment2 && run->batch_inputs && run->d_logits && run->d_hidden &&
-             run->batch_labels && run->batch_targets && run->batch_labelled && run->trained;
+             run->batch_labels && run->batch_targets && run->batch_labelled && run->trained &&
+             run->gather_rows;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         int teacher_hidden = trainer_cache_width(run->cache, teacher, TRAINER_OUTPUT_HIDDEN);
         run->teacher_logits[teacher] = cm_alloc_floats((size_t)batch * (size_t)spec->classes);
@@ -290,6 +310,7 @@ static void free_run(run_t *run) {
     free(run->batch_labelled);
     free(run->labels);
     free(run->trained);
+    free(run->gather_rows);
     for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++) {
         cm_free_aligned(run->teacher_logits[teacher]);
         cm_free_aligned(run->teacher_hidden[teacher]);
@@ -356,17 +377,19 @@ static cm_status_t save_state(run_t *run) {
         tensors[count].data = blocks[index];
         count++;
     }
-    const char *metadata[] = {"kind",         "committee-trainer-state-1",
-                              "model",        spec_text,
-                              "method",       run->options.method,
-                              "epoch",        epoch_text,
-                              "batch",        batch_text,
-                              "step",         step_text,
-                              "seed",         seed_text,
-                              "schedule",     run->options.schedule,
-                              "warmup_steps", warmup_text,
-                              "fingerprint",  run->dataset->fingerprint,
-                              "committee",    manifest};
+    const char *transfer = run->transfer_count ? cm_split_name(run->transfer_split) : "none";
+    const char *metadata[] = {"kind",           "committee-trainer-state-1",
+                              "transfer_split", transfer,
+                              "model",          spec_text,
+                              "method",         run->options.method,
+                              "epoch",          epoch_text,
+                              "batch",          batch_text,
+                              "step",           step_text,
+                              "seed",           seed_text,
+                              "schedule",       run->options.schedule,
+                              "warmup_steps",   warmup_text,
+                              "fingerprint",    run->dataset->fingerprint,
+                              "committee",      manifest};
     return cm_safetensors_write(run->state_path, tensors, count, metadata,
                                 (int)(sizeof metadata / sizeof metadata[0]) / 2);
 }
@@ -411,6 +434,9 @@ static cm_status_t load_state(run_t *run) {
     const char *warmup = cm_safetensors_metadata(file, "warmup_steps");
     if (!schedule) schedule = "constant";
     if (!warmup) warmup = "-1";
+    const char *transfer = cm_safetensors_metadata(file, "transfer_split"); /* since transfer */
+    const char *wanted = run->transfer_count ? cm_split_name(run->transfer_split) : "none";
+    if (!transfer) transfer = "none";
     char spec_text[CM_MODEL_SPEC_MAX], manifest[1024];
     cm_model_spec_format(cm_model_spec(run->student), spec_text, sizeof spec_text);
     manifest_text(run, manifest, sizeof manifest);
@@ -431,6 +457,11 @@ static cm_status_t load_state(run_t *run) {
                          "and a resumed run must keep its schedule",
                          run->state_path, schedule, warmup, run->options.schedule,
                          run->options.warmup_steps);
+    } else if (strcmp(transfer, wanted)) {
+        status = cm_fail(CM_ERR_MISMATCH,
+                         "%s was trained with --transfer-split %s; this run asks for %s, and a "
+                         "resumed run must keep its epoch plan",
+                         run->state_path, transfer, wanted);
     } else if (strcmp(fingerprint, run->dataset->fingerprint)) {
         status = cm_fail(CM_ERR_MISMATCH, "%s was trained on dataset %s, this run uses %s",
                          run->state_path, fingerprint, run->dataset->fingerprint);
@@ -496,6 +527,25 @@ static trainer_student_t student_view(run_t *run, const float *outputs) {
 }
 
 /*
+ * inputs[rows][features] <- the student's view of plan rows ids[rows]: training rows, and
+ * transfer rows (>= the training split's count), gathered one run of same-split rows at a time.
+ */
+static void gather_plan_rows(run_t *run, const int32_t *ids, int rows, float *inputs) {
+    int base = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    size_t features = (size_t)run->dataset->features;
+    for (int start = 0; start < rows;) {
+        int transfer = ids[start] >= base, end = start;
+        while (end < rows && (ids[end] >= base) == transfer) {
+            run->gather_rows[end - start] = ids[end] - (transfer ? base : 0);
+            end++;
+        }
+        cm_dataset_gather(run->dataset, transfer ? run->transfer_split : CM_SPLIT_TRAIN,
+                          run->gather_rows, end - start, inputs + (size_t)start * features);
+        start = end;
+    }
+}
+
+/*
  * Filtering, the feed's choose hook (a method that chooses, e.g. diversedistill with
  * --dd-filter): runs the current student on the batch and lets the method decide, per (row,
  * teacher), whether the teacher is asked, with a seed of its own per batch.  Rows already in
@@ -504,7 +554,7 @@ static trainer_student_t student_view(run_t *run, const float *outputs) {
 static void choose_pairs(void *context, int batch_index, const int32_t *ids, int rows,
                          uint8_t *const *kept) {
     run_t *run = context;
-    cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
+    gather_plan_rows(run, ids, rows, run->batch_inputs);
     /* Filtering asks one batch ahead, right after the previous step: no update comes between
      * this forward pass and the training step on this batch, which reuses it. */
     run->forwarded_logits = cm_model_forward(run->student, run->batch_inputs, rows);
@@ -532,20 +582,25 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
     int rows = next->rows, batch_index = next->index;
     const int32_t *ids = next->ids;
     trainer_batch_t batch = {.rows = rows, .labels = run->batch_labels};
-    cm_dataset_gather(run->dataset, CM_SPLIT_TRAIN, ids, rows, run->batch_inputs);
+    gather_plan_rows(run, ids, rows, run->batch_inputs);
+    int train_count = run->dataset->splits[CM_SPLIT_TRAIN].count;
     for (int row = 0; row < rows; row++) {
         int id = ids[row];
         run->batch_labels[row] = run->labels[id];
         if (run->trained[id]) run->epoch_duplicates++;
         run->trained[id] = 1;
+        run->epoch_transfer += id >= train_count;
     }
     if (run->dataset->task == CM_TASK_REGRESSION) { /* the rows' targets, and which are visible */
         size_t targets = (size_t)run->dataset->targets;
         for (int row = 0; row < rows; row++) {
             run->batch_labelled[row] = run->labels[ids[row]] >= 0;
-            memcpy(run->batch_targets + (size_t)row * targets,
-                   run->dataset->splits[CM_SPLIT_TRAIN].targets + (size_t)ids[row] * targets,
-                   sizeof(float) * targets);
+            if (ids[row] >= train_count) /* a transfer row: no targets, never read */
+                memset(run->batch_targets + (size_t)row * targets, 0, sizeof(float) * targets);
+            else
+                memcpy(run->batch_targets + (size_t)row * targets,
+                       run->dataset->splits[CM_SPLIT_TRAIN].targets + (size_t)ids[row] * targets,
+                       sizeof(float) * targets);
         }
         batch = (trainer_batch_t){
             .rows = rows, .targets = run->batch_targets, .labelled = run->batch_labelled};
@@ -639,8 +694,10 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
     for (int term = 0; term < trainer_method_term_count(run->method); term++)
         fprintf(run->metrics, "\"%s\":%.6f,", trainer_method_term_name(run->method, term),
                 run->term_sums[term] / examples);
-    fprintf(run->metrics, "\"train_examples\":%ld,\"distinct_examples\":%ld,\"duplicates\":%ld,",
-            run->epoch_examples, distinct, run->epoch_duplicates);
+    fprintf(run->metrics,
+            "\"train_examples\":%ld,\"transfer_examples\":%ld,\"distinct_examples\":%ld,"
+            "\"duplicates\":%ld,",
+            run->epoch_examples, run->epoch_transfer, distinct, run->epoch_duplicates);
     if (run->dataset->task == CM_TASK_REGRESSION)
         fprintf(run->metrics,
                 "\"valid_rmse\":%.6f,\"valid_mae\":%.6f,\"test_rmse\":%.6f,\"test_mae\":%.6f,"
@@ -829,10 +886,11 @@ static cm_status_t stop_here(run_t *run, double accuracy, int *was_interrupted) 
 static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
     const cm_split_data_t *train = &run->dataset->splits[CM_SPLIT_TRAIN];
     int trainable = trainable_count(run);
-    double accuracy = 0.0; /* the test accuracy, or RMSE for regression */
+    int planned = trainer_feed_rows(run->feed); /* trainable + the transfer rows */
+    double accuracy = 0.0;                      /* the test accuracy, or RMSE for regression */
     cm_status_t status = CM_OK;
     for (; run->epoch <= run->options.epochs; run->epoch++, run->next_batch = 0) {
-        memset(run->trained, 0, (size_t)train->count);
+        memset(run->trained, 0, (size_t)train->count + (size_t)run->transfer_count);
         run->loss_sum = run->wait_seconds = 0.0;
         memset(run->term_sums, 0, sizeof run->term_sums);
         memset(run->weight_sums, 0, sizeof run->weight_sums);
@@ -841,21 +899,23 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         /* Filtering decides per batch with the current student (the feed asks one batch ahead). */
         run->filtering = trainer_method_chooses(run->method) && run->committee &&
                          run->epoch > run->options.dd_filter_warmup;
-        run->epoch_examples = run->epoch_duplicates = run->epoch_steps = 0;
+        run->epoch_examples = run->epoch_duplicates = run->epoch_steps = run->epoch_transfer = 0;
         memset(run->skipped_batches, 0, sizeof run->skipped_batches);
         memset(run->missing_rows, 0, sizeof run->missing_rows);
         trainer_feed_start_epoch(run->feed, run->epoch, run->next_batch, run->filtering);
         /* A resumed epoch: the rows before the cursor were trained before the interruption. */
         const int32_t *order = trainer_feed_order(run->feed);
-        for (int index = 0; index < run->next_batch * run->options.batch && index < trainable;
-             index++)
+        for (int index = 0; index < run->next_batch * run->options.batch && index < planned;
+             index++) {
             run->trained[order[index]] = 1;
+            run->epoch_transfer += order[index] >= train->count;
+        }
         char label[64];
         snprintf(label, sizeof label, "epoch %d/%d", run->epoch, run->options.epochs);
         cm_progress_t progress;
         long already = (long)run->next_batch * run->options.batch;
-        cm_progress_start(&progress, run->options.progress_mode, label, "examples", trainable,
-                          already < trainable ? already : trainable,
+        cm_progress_start(&progress, run->options.progress_mode, label, "examples", planned,
+                          already < planned ? already : planned,
                           (double)run->options.progress_interval);
         double started = cm_progress_now();
         while (trainer_feed_cursor(run->feed) < trainer_feed_batches(run->feed)) {
@@ -898,6 +958,8 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
             return status;
         long distinct = 0;
         for (int id = 0; id < trainable; id++) distinct += run->trained[id];
+        for (int row = 0; row < run->transfer_count; row++)
+            distinct += run->trained[train->count + row];
         char terms[256];
         size_t used = 0;
         terms[0] = '\0';
@@ -907,13 +969,17 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
                                      term ? " " : "", trainer_method_term_name(run->method, term),
                                      run->term_sums[term] /
                                          (double)(run->epoch_examples ? run->epoch_examples : 1));
+        char transfer_text[96] = "";
+        if (run->transfer_count)
+            snprintf(transfer_text, sizeof transfer_text, " (%ld of them unlabelled %s examples)",
+                     run->epoch_transfer, cm_split_name(run->transfer_split));
         cm_log_info("epoch %d/%d  loss %.4f (%s)  test %s %.4f  %.0f examples/s  "
-                    "waited %.2f s  %ld/%d examples once%s",
+                    "waited %.2f s  %ld/%d examples once%s%s",
                     run->epoch, run->options.epochs,
                     run->loss_sum / (double)(run->epoch_examples ? run->epoch_examples : 1), terms,
                     regression ? "rmse" : "acc", accuracy,
                     seconds > 0 ? run->epoch_examples / seconds : 0.0, run->wait_seconds, distinct,
-                    trainable, run->epoch_duplicates ? " (DUPLICATES!)" : "");
+                    planned, transfer_text, run->epoch_duplicates ? " (DUPLICATES!)" : "");
         for (int teacher = 0; teacher < run->teacher_count; teacher++)
             if (run->skipped_batches[teacher])
                 cm_log_warn("teacher '%s' was missing from %ld batches (%ld rows) this epoch",
@@ -981,14 +1047,19 @@ static cm_status_t load_curve_keys(run_t *run, trainer_teacher_address_t *addres
 static cm_status_t set_up_teachers(run_t *run) {
     train_options_t *options = &run->options;
     int train_count = run->dataset->splits[CM_SPLIT_TRAIN].count;
+    int rows = train_count + run->transfer_count; /* the cache's rows */
     cm_status_t status;
     if (run->replay) {
         if (!options->record) return cm_fail(CM_ERR_INVALID_ARG, "replay needs --record FILE");
         status = trainer_cache_load(options->record, run->dataset->fingerprint, &run->cache);
         if (status != CM_OK) return status;
-        if (trainer_cache_examples(run->cache) != train_count)
-            return cm_fail(CM_ERR_MISMATCH, "%s covers %d training examples, the data has %d",
-                           options->record, trainer_cache_examples(run->cache), train_count);
+        if (trainer_cache_examples(run->cache) != rows)
+            return cm_fail(CM_ERR_MISMATCH,
+                           "%s covers %d examples, the data has %d training examples and %d of "
+                           "--transfer-split (a record of a run with --transfer-split covers "
+                           "both; replay it with the same --transfer-split)",
+                           options->record, trainer_cache_examples(run->cache), train_count,
+                           run->transfer_count);
         run->teacher_count = trainer_cache_teachers(run->cache);
         for (int teacher = 0; teacher < run->teacher_count; teacher++) {
             snprintf(run->teacher_names[teacher], sizeof run->teacher_names[teacher], "%s",
@@ -1027,7 +1098,7 @@ static cm_status_t set_up_teachers(run_t *run) {
     if (count == 0) return CM_OK;
     if (options->curve_secret_key && (status = load_curve_keys(run, addresses, count)) != CM_OK)
         return status;
-    status = trainer_cache_new(count, train_count, &run->cache);
+    status = trainer_cache_new(count, rows, &run->cache);
     if (status != CM_OK) return status;
     cm_dtype_t encoding = cm_dtype_parse(options->encoding);
     if (encoding != CM_DTYPE_F32 && encoding != CM_DTYPE_F16 && encoding != CM_DTYPE_BF16)
@@ -1043,6 +1114,10 @@ static cm_status_t set_up_teachers(run_t *run) {
         .classes = run->dataset->classes,
         .train_examples = train_count,
         .example_ids = run->dataset->splits[CM_SPLIT_TRAIN].ids,
+        .transfer_split = run->transfer_split,
+        .transfer_base = train_count,
+        .transfer_examples = run->transfer_count,
+        .transfer_ids = run->transfer_count ? run->dataset->splits[run->transfer_split].ids : NULL,
         .curve_keys = options->curve_secret_key ? &run->curve_keys : NULL,
         .interrupted = &interrupted,
         .resolve_ms = options->resolve_ms,
@@ -1253,6 +1328,8 @@ static cm_status_t load_cache_file(run_t *run, const char *path) {
 static cm_status_t set_up_feed(run_t *run) {
     trainer_feed_config_t config = {
         .trainable = trainable_count(run),
+        .transfer = run->transfer_count,
+        .transfer_base = run->dataset->splits[CM_SPLIT_TRAIN].count,
         .batch = run->options.batch,
         .window = run->options.window,
         .seed = run->options.seed,
@@ -1291,6 +1368,21 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         return cm_fail(CM_ERR_INVALID_ARG,
                        "--holdout %d must leave training examples (the split has %d)",
                        options->holdout, run->dataset->splits[CM_SPLIT_TRAIN].count);
+    if (options->transfer_split) { /* the name was checked with the options */
+        if ((status = cm_split_parse(options->transfer_split, &run->transfer_split))) return status;
+        if (!run->dataset->manifest->has_split[run->transfer_split])
+            return cm_fail(CM_ERR_NOT_FOUND,
+                           "--transfer-split %s: dataset %s has no '%s' split (its manifest "
+                           "lists the splits a folder holds)",
+                           options->transfer_split, run->dataset->name, options->transfer_split);
+        run->transfer_count = run->dataset->splits[run->transfer_split].count;
+        if (run->transfer_count < 1)
+            return cm_fail(CM_ERR_INVALID_ARG, "--transfer-split %s: the split is empty",
+                           options->transfer_split);
+        cm_log_info("--transfer-split %s: %d unlabelled examples join the %d training examples "
+                    "of every epoch (only teachers annotate them)",
+                    options->transfer_split, run->transfer_count, trainable_count(run));
+    }
     if ((status = cm_model_new(&spec, options->batch, &run->student)) != CM_OK) return status;
     cm_model_init(run->student, (uint64_t)options->seed);
     if ((status = build_labels(run)) != CM_OK) return status;
@@ -1298,7 +1390,8 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     if ((status = set_up_teachers(run)) != CM_OK) return status;
     trainer_http_set_ready(run->http, "preparing the run");
     if (!run->cache &&
-        (status = trainer_cache_new(0, run->dataset->splits[CM_SPLIT_TRAIN].count, &run->cache)))
+        (status = trainer_cache_new(
+             0, run->dataset->splits[CM_SPLIT_TRAIN].count + run->transfer_count, &run->cache)))
         return status;
     if ((status = set_up_method(run)) != CM_OK) return status;
     if ((status = prepare_outputs(run)) != CM_OK) return status;
@@ -1455,6 +1548,10 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
          "fraction of training labels the student sees (few-label regime: 0.1)", 0},
         {"label-seed", CM_CLI_LONG, &options->label_seed, "S",
          "seed choosing which labels stay visible (the same for every method)", 0},
+        {"transfer-split", CM_CLI_STRING, &options->transfer_split, "SPLIT",
+         "also train on this split's examples (transfer or valid) as unlabelled rows that only "
+         "the teachers annotate, shuffled in with the training rows [default: none]",
+         0},
         {"on-teacher-failure", CM_CLI_STRING, &options->failure_policy, "POLICY",
          "when a teacher is down or late: wait, skip or fail", 0},
         {"resolve-ms", CM_CLI_INT, &options->resolve_ms, "MS",
@@ -1599,6 +1696,25 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     if (status == CM_OK && options->teacher_keys.count && !options->curve_secret_key)
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--teacher-key needs --curve-secret-key (this trainer's own keys)");
+    cm_split_t transfer_split;
+    if (options->transfer_split && !strcmp(options->transfer_split, "none"))
+        options->transfer_split = NULL;
+    if (status == CM_OK && options->transfer_split &&
+        cm_split_parse(options->transfer_split, &transfer_split) != CM_OK) {
+        char reason[256];
+        snprintf(reason, sizeof reason, "%s", cm_last_error());
+        status = cm_fail(CM_ERR_INVALID_ARG, "--transfer-split: %s", reason);
+    } else if (status == CM_OK && options->transfer_split) {
+        if (transfer_split == CM_SPLIT_TRAIN || transfer_split == CM_SPLIT_TEST)
+            status = cm_fail(CM_ERR_INVALID_ARG,
+                             "--transfer-split must name the transfer or valid split, not %s "
+                             "(train is trained already, test is never trained on)",
+                             options->transfer_split);
+        else if (kind == TRAINER_METHOD_CE)
+            status = cm_fail(CM_ERR_INVALID_ARG,
+                             "--transfer-split needs a method that learns from teachers: ce "
+                             "learns from labels alone and cannot use unlabelled examples");
+    }
     if (status == CM_OK && !replay && kind != TRAINER_METHOD_CE && options->teachers.count == 0)
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--method %s needs at least one --teacher NAME=ENDPOINT", options->method);

@@ -355,7 +355,7 @@ int teacher_query_main(int argc, char **argv, int first) {
     const cm_cli_option_t table[] = {
         {"connect", CM_CLI_STRING, &options.connect, "ENDPOINT", "the teacher's ZeroMQ endpoint",
          0},
-        {"split", CM_CLI_STRING, &options.split, "SPLIT", "train or test", 0},
+        {"split", CM_CLI_STRING, &options.split, "SPLIT", "train, test, valid or transfer", 0},
         {"ids", CM_CLI_STRING, &options.ids, "RANGES", "example ids, e.g. 0-255,300", 0},
         {"outputs", CM_CLI_STRING, &options.outputs, "LIST",
          "comma-separated: logits,hidden,tokens", 0},

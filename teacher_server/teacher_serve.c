@@ -740,8 +740,13 @@ static void handle_batch_request(server_t *server, peer_t *peer, zmq_msg_t *rout
     }
     /* The ids are the dataset's (ids.npy, or the row numbers without it): the teacher finds
      * their rows, so a trainer on a subset asks for the same examples a full one would. */
-    cm_status_t status = cm_dataset_rows(server->dataset, request->split, request->example_ids,
-                                         request->example_count, ids + request->example_count);
+    cm_status_t status = server->dataset->manifest->has_split[request->split]
+                             ? CM_OK
+                             : cm_fail(CM_ERR_NOT_FOUND, "dataset %s has no '%s' split",
+                                       server->dataset->name, cm_split_name(request->split));
+    if (status == CM_OK)
+        status = cm_dataset_rows(server->dataset, request->split, request->example_ids,
+                                 request->example_count, ids + request->example_count);
     if (status != CM_OK) {
         free(job);
         free(ids);
@@ -893,6 +898,9 @@ static void fill_hello(server_t *server, cm_wire_message_t *hello_message) {
         }
     }
     if (server->lends_head) hello->heads[hello->head_count++] = output_names[OUTPUT_HIDDEN];
+    for (int split = 0; split < CM_SPLIT_COUNT; split++)
+        if (server->dataset->manifest->has_split[split])
+            hello->splits[hello->split_count++] = (cm_split_t)split;
 }
 
 static void on_message(cm_zloop_t *zloop, zmq_msg_t *frames, int frame_count, void *user) {

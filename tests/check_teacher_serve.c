@@ -434,6 +434,9 @@ START_TEST(test_hello_describes_the_teacher) {
     ck_assert_uint_eq(teacher->limits.max_in_flight, 8);
     ck_assert_int_eq(teacher->head_count, 1); /* --lend-head on by default */
     ck_assert_str_eq(teacher->heads[0], "hidden");
+    ck_assert_int_eq(teacher->split_count, 2); /* the splits of its dataset (minor 2) */
+    ck_assert_int_eq(teacher->splits[0], CM_SPLIT_TRAIN);
+    ck_assert_int_eq(teacher->splits[1], CM_SPLIT_TEST);
     serve_fixture_release(&received, &answer);
 
     char body[256];
@@ -889,6 +892,24 @@ START_TEST(test_bad_input_is_answered_counted_and_survived) {
         expect_error(client, 50 + index, requests[index].code, requests[index].what);
         expected[requests[index].code]++;
         expect_alive(client, requests[index].what);
+    }
+
+    /* A split its dataset does not have (Fashion-MNIST has train and test): a sentence naming it.
+     */
+    for (int split = CM_SPLIT_VALID; split <= CM_SPLIT_TRANSFER; split++) {
+        send_request(client, 57 + (uint64_t)split, (cm_split_t)split, good_ids, 3, logits_only,
+                     CM_DTYPE_F32, 0);
+        receive(client, &received, &answer);
+        ck_assert_int_eq(answer.kind, CM_WIRE_ERROR);
+        ck_assert_int_eq(answer.error.code, CM_ERR_NOT_FOUND);
+        ck_assert_uint_eq(answer.request_id, 57 + (uint64_t)split);
+        char wanted[64];
+        snprintf(wanted, sizeof wanted, "has no '%s' split", cm_split_name((cm_split_t)split));
+        ck_assert_msg(strstr(answer.error.message, wanted), "split %d answered: %s", split,
+                      answer.error.message);
+        serve_fixture_release(&received, &answer);
+        expected[CM_ERR_NOT_FOUND]++;
+        expect_alive(client, "a split the dataset lacks");
     }
 
     /*

@@ -517,6 +517,190 @@ static long teacher_examples_computed(const teacher_process_t *teacher) {
     return atol(line + strlen("\ncommittee_teacher_examples_total "));
 }
 
+/*
+ * --transfer-split through the real binaries: a folder with train (60), test (20) and an
+ * unlabelled transfer split (40 rows, no labels.npy at all), a teacher fitted on it and
+ * serving it.  kd trains on 100 rows an epoch, 40 of them transfer rows the teacher annotates
+ * (with --cache off the teacher computes 100 outputs per epoch); an interrupted + resumed run
+ * and a replay of the record (which holds the transfer rows) give the same bytes as a straight
+ * run; bad uses are refused with a sentence.
+ */
+START_TEST(test_transfer_split_trains_unlabelled_rows) {
+    char data[400], teacher_path[400], command[4096], metrics[400], straight[400], resumed[400],
+        replayed[400], record[400], log[400];
+    snprintf(data, sizeof data, "%s/with-transfer", directory);
+    snprintf(teacher_path, sizeof teacher_path, "%s/transfer-teacher.safetensors", directory);
+    snprintf(metrics, sizeof metrics, "%s/transfer.jsonl", directory);
+    snprintf(straight, sizeof straight, "%s/transfer-straight.safetensors", directory);
+    snprintf(resumed, sizeof resumed, "%s/transfer-resumed.safetensors", directory);
+    snprintf(replayed, sizeof replayed, "%s/transfer-replayed.safetensors", directory);
+    snprintf(record, sizeof record, "%s/transfer-record.safetensors", directory);
+    test_folder_write(data, &(test_folder_options_t){
+                                .train_rows = 60, .test_rows = 20, .transfer_rows = 40, .seed = 7});
+    char labels[460];
+    snprintf(labels, sizeof labels, "%s/transfer/labels.npy", data);
+    ck_assert_msg(access(labels, F_OK) != 0, "the transfer split must have no labels");
+    snprintf(command, sizeof command,
+             "%s fit --data %s --view grid --model mlp:64-32-3 --epochs 3 --batch 20 --out %s",
+             test_util_bin("teacher-server"), data, teacher_path);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "fit: %s", output);
+    teacher_process_t teacher = {0};
+    snprintf(teacher.endpoint, sizeof teacher.endpoint, "ipc://%s/transfer.sock", directory);
+    snprintf(teacher.log, sizeof teacher.log, "%s/transfer-teacher.log", directory);
+    snprintf(teacher.command, sizeof teacher.command,
+             "%s serve --model %s --data %s --name t --bind %s --http 127.0.0.1:0",
+             test_util_bin("teacher-server"), teacher_path, data, teacher.endpoint);
+    teacher.pid = test_process_start(teacher.command, teacher.log);
+    ck_assert_msg(test_process_await_text(teacher.log, "serving", 10000), "teacher did not start");
+
+    char common[1024];
+    snprintf(common, sizeof common,
+             "--data %s --view grid --model mlp:64-16-3 --method kd --epochs 2 --batch 16 "
+             "--seed 4 --http off --transfer-split transfer",
+             data);
+    snprintf(log, sizeof log, "%s/transfer-train.log", directory);
+    snprintf(command, sizeof command,
+             "%s train %s --teacher t=%s --cache off --out %s --metrics %s 2>&1",
+             test_util_bin("student-trainer"), common, teacher.endpoint, straight, metrics);
+    long before = teacher_examples_computed(&teacher);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "train: %s", output);
+    ck_assert_msg(strstr(output, "40 unlabelled examples join the 60 training examples"),
+                  "no log of the transfer rows: %s", output);
+    long served = teacher_examples_computed(&teacher) - before;
+    ck_assert_msg(served == 2 * (60 + 40), "the teacher computed %ld outputs in 2 epochs", served);
+    json_t *lines = read_metrics(metrics);
+    ck_assert_int_eq((int)json_array_size(lines), 2);
+    for (int epoch = 0; epoch < 2; epoch++) {
+        json_t *line = json_array_get(lines, epoch);
+        ck_assert_int_eq((int)metric(line, "train_examples"), 100);
+        ck_assert_int_eq((int)metric(line, "transfer_examples"), 40);
+        ck_assert_int_eq((int)metric(line, "distinct_examples"), 100);
+        ck_assert_int_eq((int)metric(line, "duplicates"), 0);
+        ck_assert_int_eq((int)teacher_metric(line, "t", "missing_rows"), 0);
+    }
+    json_decref(lines);
+
+    /* Straight (with a record), interrupted + resumed, replayed: the same bytes. */
+    snprintf(command, sizeof command, "%s train %s --teacher t=%s --out %s --record %s",
+             test_util_bin("student-trainer"), common, teacher.endpoint, straight, record);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "train: %s", output);
+    snprintf(command, sizeof command, "%s train %s --teacher t=%s --out %s --stop-after 5",
+             test_util_bin("student-trainer"), common, teacher.endpoint, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 130, "stop-after: %s", output);
+    snprintf(command, sizeof command, "%s train %s --teacher t=%s --out %s --resume",
+             test_util_bin("student-trainer"), common, teacher.endpoint, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "resume: %s", output);
+    snprintf(command, sizeof command, "cmp %s %s", straight, resumed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0,
+                  "interrupted + resumed run differs from the straight run: %s", output);
+    snprintf(command, sizeof command, "%s replay %s --record %s --out %s",
+             test_util_bin("student-trainer"), common, record, replayed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "replay: %s", output);
+    snprintf(command, sizeof command, "cmp %s %s", straight, replayed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "replay differs: %s", output);
+    /* Without the transfer rows the record, and the state, do not fit the run. */
+    snprintf(command, sizeof command,
+             "%s replay --data %s --view grid --model mlp:64-16-3 --method kd --epochs 2 "
+             "--batch 16 --seed 4 --http off --record %s --out %s",
+             test_util_bin("student-trainer"), data, record, replayed);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "replay it with the same --transfer-split"), "replay: %s", output);
+    snprintf(command, sizeof command,
+             "%s train --data %s --view grid --model mlp:64-16-3 --method kd --epochs 2 "
+             "--batch 16 --seed 4 --http off --teacher t=%s --out %s --resume",
+             test_util_bin("student-trainer"), data, teacher.endpoint, resumed);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "was trained with --transfer-split transfer"), "resume: %s",
+                  output);
+
+    /* Refusals: an unknown split, train or test, ce, a split the folder lacks. */
+    const char *refused[][3] = {
+        {"--method kd --transfer-split bogus", "2", "--transfer-split: split \"bogus\" is unknown"},
+        {"--method kd --transfer-split test", "2", "must name the transfer or valid split"},
+        {"--method ce --transfer-split transfer", "2", "cannot use unlabelled examples"},
+        {"--method kd --transfer-split valid", "1", "has no 'valid' split"},
+    };
+    for (size_t index = 0; index < sizeof refused / sizeof refused[0]; index++) {
+        snprintf(command, sizeof command,
+                 "%s train --data %s --view grid --model mlp:64-16-3 --http off --teacher t=%s "
+                 "--out %s %s",
+                 test_util_bin("student-trainer"), data, teacher.endpoint, replayed,
+                 refused[index][0]);
+        ck_assert_int_eq(test_util_run(command, output, sizeof output), atoi(refused[index][1]));
+        ck_assert_msg(strstr(output, refused[index][2]), "'%s' printed: %s", refused[index][0],
+                      output);
+    }
+    /* Every method that learns from teachers trains on the unlabelled rows (their labels do not
+     * exist: only the label-free terms can use them). */
+    const char *methods[] = {"avg-kd", "ca-mkd", "fitnet", "diversedistill",
+                             "diversedistill --dd-router reliability --dd-filter 0.4"};
+    for (size_t index = 0; index < sizeof methods / sizeof methods[0]; index++) {
+        snprintf(command, sizeof command,
+                 "%s train --data %s --view grid --model mlp:64-16-3 --epochs 2 --batch 16 "
+                 "--http off --teacher t=%s --transfer-split transfer --method %s --out %s "
+                 "--metrics %s",
+                 test_util_bin("student-trainer"), data, teacher.endpoint, methods[index], replayed,
+                 metrics);
+        ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "%s: %s", methods[index],
+                      output);
+        lines = read_metrics(metrics);
+        ck_assert_int_eq((int)json_array_size(lines), 2);
+        json_t *last = json_array_get(lines, 1);
+        ck_assert_int_eq((int)metric(last, "transfer_examples"), 40);
+        ck_assert_int_eq((int)metric(last, "distinct_examples"), 100);
+        ck_assert_msg(isfinite(metric(last, "loss")), "%s: loss %g", methods[index],
+                      metric(last, "loss"));
+        json_decref(lines);
+    }
+    stop_teacher(&teacher);
+}
+END_TEST
+
+/* Regression with --transfer-split: the transfer rows have no targets, kd trains on them. */
+START_TEST(test_transfer_split_regression) {
+    char data[400], teacher_path[400], command[4096], metrics[400], out[400];
+    snprintf(data, sizeof data, "%s/regression-transfer", directory);
+    snprintf(teacher_path, sizeof teacher_path, "%s/regression-teacher.safetensors", directory);
+    snprintf(metrics, sizeof metrics, "%s/regression-transfer.jsonl", directory);
+    snprintf(out, sizeof out, "%s/regression-student.safetensors", directory);
+    test_folder_write(
+        data,
+        &(test_folder_options_t){
+            .regression = 1, .train_rows = 60, .test_rows = 20, .transfer_rows = 30, .seed = 9});
+    snprintf(command, sizeof command,
+             "%s fit --data %s --view grid --model mlp:64-32-2 --epochs 3 --batch 20 --out %s",
+             test_util_bin("teacher-server"), data, teacher_path);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "fit: %s", output);
+    teacher_process_t teacher = {0};
+    snprintf(teacher.endpoint, sizeof teacher.endpoint, "ipc://%s/regression.sock", directory);
+    snprintf(teacher.log, sizeof teacher.log, "%s/regression-teacher.log", directory);
+    snprintf(teacher.command, sizeof teacher.command,
+             "%s serve --model %s --data %s --name r --bind %s --http off",
+             test_util_bin("teacher-server"), teacher_path, data, teacher.endpoint);
+    teacher.pid = test_process_start(teacher.command, teacher.log);
+    ck_assert_msg(test_process_await_text(teacher.log, "serving", 10000), "teacher did not start");
+    const char *methods[] = {"kd", "ca-mkd", "diversedistill"};
+    for (size_t index = 0; index < sizeof methods / sizeof methods[0]; index++) {
+        snprintf(command, sizeof command,
+                 "%s train --data %s --view grid --model mlp:64-16-2 --epochs 2 --batch 16 "
+                 "--http off --teacher r=%s --transfer-split transfer --method %s --out %s "
+                 "--metrics %s",
+                 test_util_bin("student-trainer"), data, teacher.endpoint, methods[index], out,
+                 metrics);
+        ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "%s: %s", methods[index],
+                      output);
+        json_t *lines = read_metrics(metrics);
+        json_t *last = json_array_get(lines, 1);
+        ck_assert_int_eq((int)metric(last, "transfer_examples"), 30);
+        ck_assert_int_eq((int)metric(last, "train_examples"), 90);
+        ck_assert_msg(isfinite(metric(last, "test_rmse")), "%s: rmse %g", methods[index],
+                      metric(last, "test_rmse"));
+        json_decref(lines);
+    }
+    stop_teacher(&teacher);
+}
+END_TEST
+
 START_TEST(test_diversedistill_filtering_saves_real_work) {
     REQUIRE_DATA();
     teacher_process_t fm, comp;
@@ -997,6 +1181,8 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);
     tcase_add_test(tcase, test_diversedistill_interactive);
     tcase_add_test(tcase, test_standardized_view_reaches_the_checkpoint);
+    tcase_add_test(tcase, test_transfer_split_trains_unlabelled_rows);
+    tcase_add_test(tcase, test_transfer_split_regression);
     suite_add_tcase(suite, tcase);
     TCase *hostile = tcase_create("hostile");
     tcase_add_unchecked_fixture(hostile, prepare_directory, remove_teachers);

@@ -16,7 +16,8 @@
  * holds its values; a cached epoch asks nothing; --cache off forgets the
  * batch once trained and asks again; under policy skip the rows of a
  * silent teacher are reported missing; the choose hook's pairs are not
- * asked and are counted as saved.
+ * asked and are counted as saved; transfer rows (--transfer-split) join the plan once each,
+ * and a teacher that does not serve their split is refused at the handshake.
  */
 #include "cm_progress.h"
 #include "fake_teacher.h"
@@ -161,6 +162,92 @@ START_TEST(test_plan_is_deterministic_across_resume) {
 }
 END_TEST
 
+/* --transfer-split: the transfer rows join the plan once each, shuffled in with the trainable
+ * rows, decided by seed and epoch alone; no transfer rows leave the plan as it was. */
+START_TEST(test_transfer_rows_join_the_plan) {
+    enum { TRANSFER = 13, BASE = ROWS };
+    trainer_feed_config_t config = feed_config(0, 1);
+    config.transfer = TRANSFER;
+    config.transfer_base = BASE;
+    ck_assert_int_eq(trainer_feed_new(&config, NULL, NULL, &feed), CM_OK);
+    ck_assert_int_eq(trainer_feed_rows(feed), TRAINABLE + TRANSFER);
+    ck_assert_int_eq(trainer_feed_batches(feed), (TRAINABLE + TRANSFER + BATCH - 1) / BATCH);
+    trainer_feed_start_epoch(feed, 2, 0, 0);
+    int seen[BASE + TRANSFER] = {0}, transfer_in_first_half = 0;
+    const int32_t *order = trainer_feed_order(feed);
+    for (int index = 0; index < TRAINABLE + TRANSFER; index++) {
+        ck_assert(order[index] < TRAINABLE ||
+                  (order[index] >= BASE && order[index] < BASE + TRANSFER));
+        seen[order[index]]++;
+        transfer_in_first_half += index < (TRAINABLE + TRANSFER) / 2 && order[index] >= BASE;
+    }
+    for (int row = 0; row < TRAINABLE; row++) ck_assert_int_eq(seen[row], 1);
+    for (int row = BASE; row < BASE + TRANSFER; row++) ck_assert_int_eq(seen[row], 1);
+    ck_assert_msg(transfer_in_first_half > 0 && transfer_in_first_half < TRANSFER,
+                  "the transfer rows are not shuffled in (%d in the first half)",
+                  transfer_in_first_half);
+    int32_t first[TRAINABLE + TRANSFER];
+    memcpy(first, order, sizeof first);
+    trainer_feed_t *again = NULL;
+    ck_assert_int_eq(trainer_feed_new(&config, NULL, NULL, &again), CM_OK);
+    trainer_feed_start_epoch(again, 2, 3, 0);
+    ck_assert(memcmp(trainer_feed_order(again), first, sizeof first) == 0);
+    trainer_feed_free(&again);
+    int trained = 0;
+    while (trainer_feed_cursor(feed) < trainer_feed_batches(feed)) {
+        trainer_feed_batch_t batch = next_batch();
+        trained += batch.rows;
+        trainer_feed_done(feed, &batch);
+    }
+    ck_assert_int_eq(trained, TRAINABLE + TRANSFER);
+    /* Without transfer rows: the permutation of the trainable rows alone, as before. */
+    trainer_feed_config_t plain = feed_config(0, 1), zero = plain;
+    zero.transfer_base = BASE;
+    trainer_feed_t *without = NULL, *with_zero = NULL;
+    ck_assert_int_eq(trainer_feed_new(&plain, NULL, NULL, &without), CM_OK);
+    ck_assert_int_eq(trainer_feed_new(&zero, NULL, NULL, &with_zero), CM_OK);
+    trainer_feed_start_epoch(without, 2, 0, 0);
+    trainer_feed_start_epoch(with_zero, 2, 0, 0);
+    ck_assert(memcmp(trainer_feed_order(without), trainer_feed_order(with_zero),
+                     sizeof(int32_t) * TRAINABLE) == 0);
+    trainer_feed_free(&without);
+    trainer_feed_free(&with_zero);
+    config.transfer_base = TRAINABLE - 1; /* overlapping the trainable rows */
+    ck_assert_int_eq(trainer_feed_new(&config, NULL, NULL, &again), CM_ERR_INVALID_ARG);
+}
+END_TEST
+
+/* A teacher whose Hello does not list the transfer split (here one that lists none, as peers of
+ * minor version 0 and 1 do) is refused at the handshake with a sentence naming it. */
+START_TEST(test_teacher_without_the_transfer_split_is_refused) {
+    fake = fake_teacher_start(endpoint, "fake", fingerprint, FAKE_TEACHER_NORMAL, 0);
+    ck_assert_ptr_nonnull(fake);
+    trainer_teacher_address_t address;
+    memset(&address, 0, sizeof address);
+    snprintf(address.name, sizeof address.name, "fake");
+    address.endpoint_count = 1;
+    address.endpoints[0] = endpoint;
+    trainer_committee_config_t config = {.window = 4,
+                                         .deadline_ms = 30000,
+                                         .handshake_ms = 30000,
+                                         .heartbeat_ms = 1000,
+                                         .policy = TRAINER_POLICY_WAIT,
+                                         .encoding = CM_DTYPE_F32,
+                                         .max_examples = 4096,
+                                         .fingerprint = fingerprint,
+                                         .classes = CLASSES,
+                                         .train_examples = ROWS,
+                                         .transfer_split = CM_SPLIT_TRANSFER,
+                                         .transfer_base = ROWS,
+                                         .transfer_examples = 5};
+    ck_assert_int_eq(trainer_committee_new(&address, 1, &config, &committee), CM_ERR_NOT_FOUND);
+    ck_assert_msg(strstr(cm_last_error(), "teacher 'fake'") &&
+                      strstr(cm_last_error(), "does not serve the 'transfer' split"),
+                  "%s", cm_last_error());
+    ck_assert_ptr_null(committee);
+}
+END_TEST
+
 START_TEST(test_window_and_ledger) {
     start_teacher(FAKE_TEACHER_NORMAL, 0, TRAINER_POLICY_WAIT, 60000);
     trainer_feed_config_t config = feed_config(1, 3);
@@ -288,6 +375,8 @@ Suite *check_trainer_feed_suite(void) {
     tcase_set_timeout(tcase, 60);
     tcase_add_checked_fixture(tcase, setup, teardown);
     tcase_add_test(tcase, test_plan_is_deterministic_across_resume);
+    tcase_add_test(tcase, test_transfer_rows_join_the_plan);
+    tcase_add_test(tcase, test_teacher_without_the_transfer_split_is_refused);
     tcase_add_test(tcase, test_window_and_ledger);
     tcase_add_test(tcase, test_cache_off_forgets);
     tcase_add_test(tcase, test_skip_reports_missing_rows);

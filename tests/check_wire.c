@@ -185,6 +185,7 @@ enum {
     HELLO_OUTPUTS = 10,
     HELLO_LIMITS = 11,
     HELLO_HEADS = 12,
+    HELLO_SPLITS = 13,
     OUTPUT_NAME = 1,
     OUTPUT_DTYPE = 2,
     OUTPUT_SHAPE = 3,
@@ -669,6 +670,92 @@ START_TEST(test_minor_version_0_hello_has_no_heads) {
     cm_wire_message_deinit(&message);
     craft_minor_0_hello(&header, "hidden");
     expect_refused(&header, NULL, 0, CM_ERR_FORMAT, "head for 'hidden', which is not one");
+}
+END_TEST
+
+/* Minor version 2: the splits a teacher serves, and requests for the valid and transfer splits. */
+START_TEST(test_hello_splits_and_new_splits_round_trip) {
+    cm_wire_message_t message, decoded;
+    cm_wire_encoded_t encoded;
+    teacher_hello(&message);
+    message.hello.split_count = 3;
+    message.hello.splits[0] = CM_SPLIT_TRAIN;
+    message.hello.splits[1] = CM_SPLIT_TEST;
+    message.hello.splits[2] = CM_SPLIT_TRANSFER;
+    round_trip(&message, &encoded, &decoded);
+    ck_assert_int_eq(decoded.hello.split_count, 3);
+    ck_assert_int_eq(decoded.hello.splits[2], CM_SPLIT_TRANSFER);
+    cm_wire_message_deinit(&decoded);
+    cm_wire_encoded_deinit(&encoded);
+    message.hello.splits[2] = CM_SPLIT_TEST;
+    ck_assert_int_eq(cm_wire_encode(&encoded, &message), CM_ERR_FORMAT);
+    assert_error_mentions("Hello lists split 'test' twice");
+
+    /* Values this side does not know (a newer peer's) are skipped; an older peer lists none. */
+    proto_writer_t header;
+    craft_minor_0_hello(&header, NULL);
+    cm_wire_frame_t frame = {header.bytes, header.length};
+    cm_wire_limits_t limits = cm_wire_limits_default();
+    ck_assert_int_eq(cm_wire_decode(&message, &frame, 1, &limits), CM_OK);
+    ck_assert_int_eq(message.hello.split_count, 0);
+    cm_wire_message_deinit(&message);
+    /* A minor-3 peer's Hello: the minor-0 fields, then splits 1, 2, 9 (unknown here) and 4. */
+    uint64_t splits[4] = {1, 2, 9, 4};
+    proto_writer_t crafted = {.length = 0}, inner = {.length = 0}, output = {.length = 0},
+                   limits_writer = {.length = 0};
+    uint64_t width = 10;
+    put_uint(&inner, HELLO_PEER_KIND, 1);
+    put_string(&inner, HELLO_PEER_NAME, "fm");
+    put_uint(&inner, HELLO_ROLE, 1);
+    put_string(&inner, HELLO_MODEL_ID, "mlp:784-64-10");
+    put_string(&inner, HELLO_MODEL_SHA256, model_hash);
+    put_string(&inner, HELLO_VIEW, "full");
+    put_string(&inner, HELLO_DATASET_NAME, "fashion-mnist");
+    put_string(&inner, HELLO_DATASET_FINGERPRINT, fingerprint);
+    put_uint(&inner, HELLO_CLASSES, 10);
+    put_string(&output, OUTPUT_NAME, "logits");
+    put_uint(&output, OUTPUT_DTYPE, 1);
+    put_packed(&output, OUTPUT_SHAPE, &width, 1);
+    put_message(&inner, HELLO_OUTPUTS, &output);
+    put_uint(&limits_writer, LIMITS_MAX_EXAMPLES, 256);
+    put_uint(&limits_writer, LIMITS_MAX_MESSAGE_BYTES, 1u << 20);
+    put_uint(&limits_writer, LIMITS_MAX_IN_FLIGHT, 4);
+    put_message(&inner, HELLO_LIMITS, &limits_writer);
+    put_packed(&inner, HELLO_SPLITS, splits, 4);
+    put_uint(&crafted, ENVELOPE_VERSION_MAJOR, CM_WIRE_VERSION_MAJOR);
+    put_uint(&crafted, ENVELOPE_VERSION_MINOR, 3);
+    put_message(&crafted, ENVELOPE_HELLO, &inner);
+    frame = (cm_wire_frame_t){crafted.bytes, crafted.length};
+    ck_assert_msg(cm_wire_decode(&message, &frame, 1, &limits) == CM_OK, "%s", cm_last_error());
+    ck_assert_int_eq(message.hello.split_count, 3);
+    ck_assert_int_eq(message.hello.splits[0], CM_SPLIT_TRAIN);
+    ck_assert_int_eq(message.hello.splits[1], CM_SPLIT_TEST);
+    ck_assert_int_eq(message.hello.splits[2], CM_SPLIT_TRANSFER);
+    cm_wire_message_deinit(&message);
+
+    /* Requests and replies for the valid and transfer splits; unknown values are FORMAT. */
+    int32_t ids[2] = {4, 1};
+    for (int split = CM_SPLIT_VALID; split <= CM_SPLIT_TRANSFER; split++) {
+        cm_wire_message_init(&message, CM_WIRE_BATCH_REQUEST, 9);
+        message.batch_request = (cm_wire_batch_request_t){.split = (cm_split_t)split,
+                                                          .example_count = 2,
+                                                          .example_ids = ids,
+                                                          .output_count = 1,
+                                                          .outputs = {"logits"},
+                                                          .encoding = CM_DTYPE_F32};
+        round_trip(&message, &encoded, &decoded);
+        ck_assert_int_eq(decoded.batch_request.split, split);
+        cm_wire_message_deinit(&decoded);
+        cm_wire_encoded_deinit(&encoded);
+    }
+    proto_writer_t request = {.length = 0};
+    uint64_t wire_ids[1] = {3};
+    put_uint(&request, REQUEST_SPLIT, 9);
+    put_packed(&request, REQUEST_IDS, wire_ids, 1);
+    put_string(&request, REQUEST_OUTPUTS, "logits");
+    put_uint(&request, REQUEST_ENCODING, 1);
+    put_envelope(&header, CM_WIRE_VERSION_MAJOR, ENVELOPE_BATCH_REQUEST, &request);
+    expect_refused(&header, NULL, 0, CM_ERR_FORMAT, "split has unknown value 9");
 }
 END_TEST
 
@@ -1325,10 +1412,10 @@ START_TEST(test_refuses_unknown_encoding) {
     expect_refused(&header, NULL, 0, CM_ERR_FORMAT, "unknown encoding 77");
 
     request.length = 0;
-    put_uint(&request, REQUEST_SPLIT, 3);
+    put_uint(&request, REQUEST_SPLIT, 5); /* 3 and 4 are valid and transfer since minor 2 */
     put_packed(&request, REQUEST_IDS, ids, 1);
     put_envelope(&header, CM_WIRE_VERSION_MAJOR, ENVELOPE_BATCH_REQUEST, &request);
-    expect_refused(&header, NULL, 0, CM_ERR_FORMAT, "split has unknown value 3");
+    expect_refused(&header, NULL, 0, CM_ERR_FORMAT, "split has unknown value 5");
 }
 END_TEST
 
@@ -1469,6 +1556,7 @@ Suite *check_wire_suite(void) {
     tcase_add_test(round_trips, test_encode_refuses_bad_messages);
     tcase_add_test(round_trips, test_hello_heads_round_trip);
     tcase_add_test(round_trips, test_minor_version_0_hello_has_no_heads);
+    tcase_add_test(round_trips, test_hello_splits_and_new_splits_round_trip);
     tcase_add_test(round_trips, test_head_request_round_trip);
     tcase_add_test(round_trips, test_head_reply_round_trip);
     suite_add_tcase(suite, round_trips);

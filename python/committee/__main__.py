@@ -153,7 +153,7 @@ def main(argv=None):
     ask.add_argument("--connect", required=True, help="teacher endpoint")
     ask.add_argument("--ids", default="0-3", help="ids, e.g. 0-9,42")
     ask.add_argument("--outputs", default="logits")
-    ask.add_argument("--split", choices=("train", "test"), default="train")
+    ask.add_argument("--split", choices=("train", "test", "valid", "transfer"), default="train")
     ask.add_argument("--encoding", choices=("f32", "f16", "bf16"), default="f32")
     ask.add_argument("--top-k", type=int, default=0)
     ask.add_argument("--timeout-ms", type=int, default=10000)

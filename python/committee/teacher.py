@@ -397,7 +397,8 @@ class Teacher:
             limits=pb.Limits(max_examples_per_request=self.max_examples,
                              max_message_bytes=self.max_message_bytes,
                              max_in_flight_requests=self.max_in_flight),
-            heads=list(self.heads))
+            heads=list(self.heads),
+            splits=[wire.SPLITS[split] for split in dataset.splits])  # minor 2
         return wire.envelope(request_id, hello=hello)
 
     def _on_message(self, frames):
@@ -439,6 +440,10 @@ class Teacher:
             return self._error(routing, request_id, "UNAVAILABLE",
                                f"teacher '{self.name}' is shutting down")
         split = wire.SPLIT_NAMES[request.split]
+        if split not in self.dataset.splits:
+            return self._error(routing, request_id, "NOT_FOUND",
+                               f"dataset {self.dataset.name} has no '{split}' split (teacher "
+                               f"'{self.name}')")
         size = self.dataset.splits[split].count
         ids = np.asarray(request.example_ids, dtype=np.int32)
         missing = self.dataset.splits[split].rows(ids) < 0

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 VERSION_MAJOR = 1
-VERSION_MINOR = 1
+VERSION_MINOR = 2  # 1: heads; 2: the valid and transfer splits, Hello.splits
 MAX_TENSORS = 16
 MAX_OUTPUTS = 16
 MAX_STRING = 1024
@@ -47,7 +47,8 @@ def _import_pb2():
 
 pb = _import_pb2()
 
-SPLITS = {"train": pb.SPLIT_TRAIN, "test": pb.SPLIT_TEST}
+SPLITS = {"train": pb.SPLIT_TRAIN, "test": pb.SPLIT_TEST, "valid": pb.SPLIT_VALID,
+          "transfer": pb.SPLIT_TRANSFER}
 SPLIT_NAMES = {value: name for name, value in SPLITS.items()}
 ENCODINGS = {"f32": pb.ENCODING_F32, "f16": pb.ENCODING_F16, "bf16": pb.ENCODING_BF16}
 ENCODING_BYTES = {pb.ENCODING_F32: 4, pb.ENCODING_F16: 2, pb.ENCODING_BF16: 2,
@@ -206,6 +207,8 @@ def check_hello(hello, max_bytes):
             raise WireError("FORMAT", f"Hello lends a head for '{shown(head)}', which is not one "
                                       "of the outputs it lists")
     _check_unique("Hello", "head", list(hello.heads))
+    known = [SPLIT_NAMES[value] for value in hello.splits if value in SPLIT_NAMES]
+    _check_unique("Hello", "split", known)  # values a newer peer added are skipped
     if not hello.HasField("limits"):
         raise WireError("FORMAT", "Hello has no limits")
     limits = hello.limits
@@ -219,8 +222,8 @@ def check_hello(hello, max_bytes):
 
 def check_batch_request(request, max_examples):
     if request.split not in SPLIT_NAMES:
-        raise WireError("FORMAT", f"BatchRequest field split is {request.split}; expected train "
-                                  "or test")
+        raise WireError("FORMAT", f"BatchRequest field split is {request.split}; expected train, "
+                                  "test, valid or transfer")
     count = len(request.example_ids)
     if count < 1:
         raise WireError("FORMAT", "BatchRequest has no example ids")

@@ -132,6 +132,32 @@ def test_newer_minor_version_accepted(teacher):
         assert reply.WhichOneof("body") == "hello"
 
 
+def test_hello_lists_the_splits_it_serves(teacher, hello_info):
+    """Minor version 2: Hello.splits lists train and test and whatever else the teacher's
+    dataset holds, each once, in the order train, test, valid, transfer."""
+    assert hello_info.splits, "a teacher of minor version 2 lists its splits"
+    listed = list(hello_info.splits)
+    assert listed[:2] == [pb.SPLIT_TRAIN, pb.SPLIT_TEST]
+    assert listed == sorted(set(listed))
+    if teacher.kind != "external":  # conftest's teachers serve Fashion-MNIST: train and test
+        data = committee.data.load(hello_info.dataset_name, hello_info.view, max_test=500)
+        assert listed == [wire.SPLITS[split] for split in data.splits]
+
+
+@pytest.mark.parametrize("split", ["valid", "transfer"])
+def test_a_split_it_does_not_serve_is_not_found(teacher, hello_info, split):
+    if wire.SPLITS[split] in hello_info.splits:
+        pytest.skip(f"this teacher serves the {split} split")
+    with client(teacher) as connection:
+        connection.hello()
+        request_id = connection.next_id()
+        connection.send(wire.envelope(request_id, batch_request=batch_request(
+            ids=[0], split=wire.SPLITS[split])))
+        error = expect_error(connection, request_id, "NOT_FOUND")
+        assert split in error.message
+        still_serving(connection)
+
+
 # ---------------------------------------------------------------- section 6: BatchRequest
 
 def test_reply_shapes_order_and_ids(teacher, hello_info):

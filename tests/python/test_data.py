@@ -13,6 +13,7 @@ import processes
 from committee.data import DatasetError, load, load_fashion_mnist, npy_header
 from committee.mlp import Mlp
 from committee.safetensors import load as load_safetensors
+from committee.wire import pb
 
 
 def c_fingerprint(data):
@@ -89,13 +90,14 @@ def write_npy(path, array):
 
 
 def synthetic_folder(root):
-    """A folder exercising every view kind, ids, a valid split and canonical escaping."""
+    """A folder exercising every view kind, ids, a valid split, an unlabelled transfer split
+    and canonical escaping."""
     rng = np.random.default_rng(7)
     manifest = {
         "format": "committee-dataset/1", "name": "synthetic",
         "task": {"type": "classification", "classes": 3,
                  "class_names": ["a\tb", "\u00fcber", "\"q\\\u0001"]},
-        "splits": ["valid", "test", "train"],
+        "splits": ["valid", "transfer", "test", "train"],
         "views": {
             "img": {"kind": "dense", "normalize": {"mean": [0.5, -1.25], "std": [2, 0.75]}},
             "pix": {"kind": "dense", "normalize": {"divide": 255, "mean": [0.1], "std": [0.3]}},
@@ -106,8 +108,9 @@ def synthetic_folder(root):
             "tok": {"kind": "tokens", "vocab": 7, "pad": 0}}}
     root.mkdir()
     (root / "dataset.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-    for split, rows in (("train", 40), ("test", 12), ("valid", 5)):
-        write_npy(root / split / "labels.npy", rng.integers(0, 3, rows).astype(np.int16))
+    for split, rows in (("train", 40), ("test", 12), ("valid", 5), ("transfer", 9)):
+        if split != "transfer":  # the transfer split has no labels file at all
+            write_npy(root / split / "labels.npy", rng.integers(0, 3, rows).astype(np.int16))
         if split == "train":
             write_npy(root / split / "ids.npy", (rng.permutation(rows) * 1000 + 3).astype("<i8"))
         write_npy(root / split / "img.npy", rng.normal(size=(rows, 2, 4, 4)).astype("<f4"))
@@ -144,13 +147,13 @@ def test_folder_fingerprint_and_views_match_data_check(tmp_path):
     assert data.fingerprint == c_fingerprint(folder)
     assert data.name == "synthetic" and data.classes == 3
     assert '"class_names":["a\\u0009b","\u00fcber","\\"q\\\\\\u0001"]' in data.manifest.canonical
-    assert sorted(data.splits) == ["test", "train", "valid"]
+    assert sorted(data.splits) == ["test", "train", "transfer", "valid"]
     for view, features in (("img", 32), ("pix", 16), ("half", 6), ("pool", 8), ("ppool", 4),
                            ("cat", 2), ("tok", 3)):
         viewed = load(folder, view, max_train=10)
         assert viewed.fingerprint == data.fingerprint  # never the view nor the subset
         assert viewed.features == features and viewed.splits["train"].count == 10
-        for split in ("train", "valid"):
+        for split in ("train", "valid", "transfer"):
             got = viewed.splits[split].inputs
             assert got.dtype == np.float32
             expected = reference_features(viewed, split, view)[:len(got)]
@@ -196,8 +199,13 @@ def test_python_teacher_serves_a_folder(tmp_path, workdir):
             c_hello, py_hello = c_client.hello(), py_client.hello()
             assert py_hello.dataset_fingerprint == c_hello.dataset_fingerprint
             assert py_hello.dataset_fingerprint == c_fingerprint(folder)
-            ids = load(folder, "pool").splits["train"].ids[::3]
-            for split, wanted in (("train", ids), ("test", np.arange(12))):
+            every_split = [pb.SPLIT_TRAIN, pb.SPLIT_TEST, pb.SPLIT_VALID, pb.SPLIT_TRANSFER]
+            assert list(c_hello.splits) == list(py_hello.splits) == every_split
+            data = load(folder, "pool")
+            assert data.splits["transfer"].labels is None and data.splits["transfer"].count == 9
+            ids = data.splits["train"].ids[::3]
+            for split, wanted in (("train", ids), ("test", np.arange(12)), ("valid", np.arange(5)),
+                                  ("transfer", np.arange(9)[::-1])):
                 served = py_client.query(wanted, ["logits", "hidden"], split)
                 reference = c_client.query(wanted, ["logits", "hidden"], split)
                 assert np.array_equal(served["logits"], reference["logits"])
