@@ -50,6 +50,7 @@ typedef struct {
     int max_test;
     int shift;
     long warmup_steps; /* < 0: the schedule's default */
+    char *config;      /* every option after precedence, JSON (cm_cli_effective_json) */
 } fit_options_t;
 
 /*
@@ -254,7 +255,9 @@ static cm_status_t fit(const fit_options_t *options) {
                               "train_examples",
                               examples_text,
                               "format",
-                              "committee-checkpoint-1"};
+                              "committee-checkpoint-1",
+                              "config",
+                              options->config};
     status = cm_model_save(model, options->out, metadata,
                            (int)(sizeof metadata / sizeof metadata[0]) / 2);
     if (status != CM_OK) goto done;
@@ -369,9 +372,15 @@ int teacher_fit_main(int argc, char **argv, int first) {
         fprintf(stderr, "teacher-server fit: %s\n", cm_last_error());
         return 2;
     }
+    options.config = cm_cli_effective_json(table, count);
+    if (!options.config) {
+        fprintf(stderr, "teacher-server fit: out of memory\n");
+        return 1;
+    }
     cm_log_init("teacher-server", level);
     cm_blas_set_threads(options.threads);
     status = fit(&options);
+    free(options.config);
     if (status != CM_OK) {
         cm_log_error("fit failed: %s", cm_last_error());
         return 1;
