@@ -116,7 +116,8 @@ static void stop_teacher(teacher_process_t *teacher) {
     teacher->pid = 0;
 }
 
-/* Parses the JSON-lines metrics file into an array (caller json_decref). */
+/* Parses the JSON-lines metrics file into an array of its epoch lines (caller json_decref); the
+ * configuration line each run writes first (key "config") is checked and left out. */
 static json_t *read_metrics(const char *path) {
     json_t *lines = json_array();
     FILE *file = fopen(path, "r");
@@ -126,6 +127,13 @@ static json_t *read_metrics(const char *path) {
         json_error_t error;
         json_t *value = json_loads(line, 0, &error);
         ck_assert_msg(value != NULL, "bad metrics line: %s (%s)", line, error.text);
+        if (json_object_get(value, "config")) {
+            ck_assert_msg(json_is_object(json_object_get(value, "config")) &&
+                              !json_object_get(value, "epoch"),
+                          "bad config line: %s", line);
+            json_decref(value);
+            continue;
+        }
         json_array_append_new(lines, value);
     }
     fclose(file);

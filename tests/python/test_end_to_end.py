@@ -22,7 +22,8 @@ def train(workdir, name, teachers, *method):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     with open(metrics) as file:
-        lines = [json.loads(line) for line in file]
+        # the epoch lines; the first line of a run is its configuration ("config")
+        lines = [json.loads(line) for line in file if '"epoch"' in line]
     with open(out, "rb") as file:
         return file.read(), lines
 
