@@ -5,7 +5,8 @@
  * in checkpoints and as the metrics file's first line, the examples/ files
  * (fit, serve and train run from them), `teacher-server inspect` on every
  * kind of file and on a damaged one, the repeat of a run from the
- * configuration its checkpoint holds, and the usage sentences of train.
+ * configuration its checkpoint holds, the usage sentences of train, and
+ * keygen making the folders of its --out.
  * Runs on 1000-example subsets of Fashion-MNIST; hang guards only.
  */
 #include "cm_cli.h"
@@ -20,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static char output[65536];
 
@@ -68,6 +71,23 @@ START_TEST(test_version) {
                  CM_WIRE_VERSION_MAJOR, CM_WIRE_VERSION_MINOR);
         ck_assert_str_eq(output, expected);
     }
+}
+END_TEST
+
+/* README's `keygen --out keys/fm` in a fresh checkout: the missing folders are made, 0700. */
+START_TEST(test_keygen_makes_folders) {
+    char directory[256], command[800], path[400];
+    test_util_temp_dir(directory, sizeof directory);
+    snprintf(command, sizeof command, "%s keygen --out %s/keys/teachers/fm",
+             test_util_bin("teacher-server"), directory);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "%s", output);
+    snprintf(path, sizeof path, "%s/keys/teachers/fm.pub", directory);
+    ck_assert_msg(access(path, R_OK) == 0, "no %s: %s", path, output);
+    struct stat info;
+    snprintf(path, sizeof path, "%s/keys", directory);
+    ck_assert_int_eq(stat(path, &info), 0);
+    ck_assert_int_eq(info.st_mode & 0777, 0700);
+    test_util_remove_tree(directory);
 }
 END_TEST
 
@@ -391,6 +411,7 @@ Suite *check_cli_suite(void) {
     TCase *tcase = tcase_create("binaries");
     tcase_set_timeout(tcase, 300);
     tcase_add_test(tcase, test_version);
+    tcase_add_test(tcase, test_keygen_makes_folders);
     tcase_add_test(tcase, test_config_errors);
     tcase_add_test(tcase, test_config_precedence);
     tcase_add_test(tcase, test_examples_run_and_repeat);
