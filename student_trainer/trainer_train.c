@@ -1477,7 +1477,12 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         replay
             ? "Trains a student from teacher outputs recorded by `train --record`, with no "
               "teacher\n"
-              "running. Same methods and training options as train (none about reaching teachers)."
+              "running. Same methods and training options as train (none about reaching "
+              "teachers).\n"
+              "\n"
+              "example:\n"
+              "  student-trainer replay --record run.record --view pool7 --model mlp:49-64-10 \\\n"
+              "      --method kd --out replayed.safetensors"
             : "Connects to a committee of teacher servers, checks that they agree with the "
               "student's\n"
               "data, and trains the student with --method, streaming teacher outputs ahead of the\n"
@@ -1489,7 +1494,12 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
               "(this trainer's key pair, from `student-trainer keygen --out BASENAME`; its .pub\n"
               "goes into the teachers' --allow-keys) and --teacher-key NAME=FILE for every\n"
               "teacher (the teacher's .pub). A teacher that refuses our key, or a CURVE/plaintext\n"
-              "mismatch, stops the run at once with a sentence saying so (exit 1).";
+              "mismatch, stops the run at once with a sentence saying so (exit 1).\n"
+              "\n"
+              "examples:\n"
+              "  student-trainer train --view pool7 --model mlp:49-64-64-10 --method kd \\\n"
+              "      --teacher fm=tcp://127.0.0.1:5555 --epochs 10 --out student.safetensors\n"
+              "  student-trainer train --config examples/train.yaml --metrics run.jsonl";
     int help = 0;
     cm_status_t status = cm_cli_parse(used, count, argc, argv, first, &help);
     const char *command = replay ? "replay" : "train";

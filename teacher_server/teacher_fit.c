@@ -342,7 +342,13 @@ int teacher_fit_main(int argc, char **argv, int first) {
     const char *description =
         "Trains a teacher (or any model) on one view of a dataset with AdamW and writes a\n"
         "safetensors checkpoint naming its model spec, view and dataset fingerprint.\n"
-        "Prints per-epoch train loss, test accuracy and examples/s on stderr.";
+        "Prints per-epoch train loss, test accuracy and examples/s on stderr. The checkpoint\n"
+        "keeps the effective options (`teacher-server inspect --print-config FILE`).\n"
+        "\n"
+        "examples:\n"
+        "  teacher-server fit --view pool7 --model mlp:49-512-512-10 --epochs 10 --out "
+        "comp.safetensors\n"
+        "  teacher-server fit --config examples/fit.yaml --epochs 1      (a flag beats the file)";
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     if (help) {
