@@ -8,6 +8,7 @@
 #   make format        clang-format every source; make format-check fails on drift
 #   make deps          install the Debian packages listed in deploy/packages.txt
 #   make fuzz          libFuzzer harnesses of tests/fuzz (build-fuzz/); make fuzz-run runs them
+#   make install       binaries, man pages, Python package, examples (PREFIX, DESTDIR); uninstall
 #
 # Variables: BUILD (output dir), SANITIZE=1, WERROR=1, CC.
 
