@@ -8,12 +8,13 @@
 #   make format        clang-format every source; make format-check fails on drift
 #   make deps          install the Debian packages listed in deploy/packages.txt
 #   make fuzz          libFuzzer harnesses of tests/fuzz (build-fuzz/); make fuzz-run runs them
+#   make install       binaries, man pages, Python package, examples (PREFIX, DESTDIR); uninstall
 #
 # Variables: BUILD (output dir), SANITIZE=1, WERROR=1, CC.
 
 BUILD    ?= build
 CC       ?= cc
-PKGS     := libzmq libprotobuf-c libuv openblas jansson zlib
+PKGS     := libzmq libprotobuf-c libuv openblas jansson zlib yaml-0.1
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
@@ -265,3 +266,38 @@ clean-fuzz:
 	rm -rf $(FUZZ_BUILD)
 
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
+
+# Installing (issue 15): `make install PREFIX=/usr/local DESTDIR=` puts both binaries in
+# PREFIX/bin, their man pages (deploy/man.sh, from each command's --help) in
+# PREFIX/share/man/man1, the Python package with its generated committee_pb2 in
+# PREFIX/share/committee/python (not a site directory: add it to PYTHONPATH; Debian's
+# python3-* packages stay the only dependencies), examples/ in PREFIX/share/committee/examples
+# and the README and docs/ in PREFIX/share/doc/committee.  `make uninstall` removes them.
+.PHONY: install uninstall
+PREFIX  ?= /usr/local
+INSTALL ?= install
+INSTALL_BIN    := $(DESTDIR)$(PREFIX)/bin
+INSTALL_MAN    := $(DESTDIR)$(PREFIX)/share/man/man1
+INSTALL_SHARE  := $(DESTDIR)$(PREFIX)/share/committee
+INSTALL_DOC    := $(DESTDIR)$(PREFIX)/share/doc/committee
+INSTALL_PY_SRC := $(wildcard python/committee/*.py)
+INSTALL_EXAMPLES := $(wildcard examples/*.py examples/*.yaml)
+MAN_PAGES      := $(BUILD)/man/teacher-server.1 $(BUILD)/man/student-trainer.1
+
+$(MAN_PAGES) &: $(TEACHER_BIN) $(TRAINER_BIN) deploy/man.sh
+	deploy/man.sh $(BUILD)/bin $(BUILD)/man
+
+install: $(TEACHER_BIN) $(TRAINER_BIN) $(MAN_PAGES) python
+	$(INSTALL) -d $(INSTALL_BIN) $(INSTALL_MAN) $(INSTALL_SHARE)/python/committee \
+	    $(INSTALL_SHARE)/examples $(INSTALL_DOC)
+	$(INSTALL) -m 0755 $(TEACHER_BIN) $(TRAINER_BIN) $(INSTALL_BIN)/
+	$(INSTALL) -m 0644 $(MAN_PAGES) $(INSTALL_MAN)/
+	$(INSTALL) -m 0644 $(INSTALL_PY_SRC) $(INSTALL_SHARE)/python/committee/
+	$(INSTALL) -m 0644 $(BUILD)/python/committee_pb2.py $(INSTALL_SHARE)/python/
+	$(INSTALL) -m 0644 $(INSTALL_EXAMPLES) $(INSTALL_SHARE)/examples/
+	$(INSTALL) -m 0644 README.md docs/DIVERSEDISTILL.md $(INSTALL_DOC)/
+
+uninstall:
+	rm -f $(INSTALL_BIN)/teacher-server $(INSTALL_BIN)/student-trainer \
+	    $(INSTALL_MAN)/teacher-server.1 $(INSTALL_MAN)/student-trainer.1
+	rm -rf $(INSTALL_SHARE) $(INSTALL_DOC)

@@ -45,8 +45,8 @@ endpoint() { # name -> prints the endpoint the teacher bound
     done
     echo "teacher $1 did not start" >&2; cat "$work/$1.log" >&2; exit 1
 }
-rate() { # metrics file, line number -> examples_per_second
-    sed -n "${2}p" "$1" | grep -o '"examples_per_second":[0-9.]*' | cut -d: -f2
+rate() { # metrics file, epoch number -> examples_per_second (the config line is not an epoch)
+    grep '"epoch"' "$1" | sed -n "${2}p" | grep -o '"examples_per_second":[0-9.]*' | cut -d: -f2
 }
 train() { # label extra-args...
     local label=$1; shift

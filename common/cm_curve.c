@@ -721,6 +721,21 @@ void cm_curve_zap_free(cm_curve_zap_t **zap_pointer) {
 
 /* ---------------------------------------------------------------- keygen command */
 
+/* Creates the folders of `basename` that are missing (mode 0700: they hold secret keys), so
+ * `keygen --out keys/fm` works in a fresh checkout. */
+static cm_status_t make_parent_folders(const char *basename) {
+    char path[1024];
+    if (snprintf(path, sizeof path, "%s", basename) >= (int)sizeof path)
+        return cm_fail(CM_ERR_INVALID_ARG, "--out %s is too long", basename);
+    for (char *slash = strchr(path + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+        *slash = '\0';
+        if (mkdir(path, 0700) != 0 && errno != EEXIST)
+            return cm_fail(CM_ERR_IO, "cannot create the folder %s: %s", path, strerror(errno));
+        *slash = '/';
+    }
+    return CM_OK;
+}
+
 int cm_curve_keygen_command(const char *program, int argc, char **argv, int first) {
     const char *basename = NULL;
     const cm_cli_option_t table[] = {
@@ -735,7 +750,9 @@ int cm_curve_keygen_command(const char *program, int argc, char **argv, int firs
         "trainers. BASENAME.key holds the secret key: it stays on this host, readable by its\n"
         "owner only. BASENAME.pub holds the public key: a teacher's goes to its trainers\n"
         "(--teacher-key NAME=FILE), a trainer's to the teachers' --allow-keys. Existing files\n"
-        "are never overwritten.";
+        "are never overwritten; missing folders of BASENAME are created (mode 0700).\n"
+        "\n"
+        "example: teacher-server keygen --out keys/fm   (writes keys/fm.key and keys/fm.pub)";
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     if (help) {
@@ -747,7 +764,8 @@ int cm_curve_keygen_command(const char *program, int argc, char **argv, int firs
         return 2;
     }
     cm_curve_keypair_t keys;
-    status = cm_curve_keygen(basename, &keys);
+    status = make_parent_folders(basename);
+    if (status == CM_OK) status = cm_curve_keygen(basename, &keys);
     if (status != CM_OK) {
         fprintf(stderr, "%s keygen: %s\n", program, cm_last_error());
         return 1;

@@ -559,6 +559,19 @@ const char *cm_safetensors_metadata(const cm_safetensors_t *file, const char *ke
     return file->metadata ? json_string_value(json_object_get(file->metadata, key)) : NULL;
 }
 
+int cm_safetensors_metadata_keys(const cm_safetensors_t *file, const char **keys, int capacity) {
+    int total = file->metadata ? (int)json_object_size(file->metadata) : 0, stored = 0;
+    const char *key;
+    json_t *value;
+    if (file->metadata) {
+        json_object_foreach(file->metadata, key, value) {
+            if (stored < capacity) keys[stored++] = key;
+        }
+    }
+    qsort(keys, (size_t)stored, sizeof keys[0], compare_keys);
+    return total;
+}
+
 /* Checks one tensor the caller wants written; *bytes is its data size. */
 static cm_status_t check_tensor_to_write(const char *path, const cm_tensor_t *tensor, int index,
                                          uint64_t *bytes) {

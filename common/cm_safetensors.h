@@ -70,6 +70,12 @@ const cm_tensor_t *cm_safetensors_find(const cm_safetensors_t *file, const char 
 const char *cm_safetensors_metadata(const cm_safetensors_t *file, const char *key);
 
 /*
+ * The __metadata__ keys in byte order, at most `capacity` of them into keys[] (borrowed,
+ * valid until free); returns how many the file has (which may exceed `capacity`).
+ */
+int cm_safetensors_metadata_keys(const cm_safetensors_t *file, const char **keys, int capacity);
+
+/*
  * Writes `count` tensors and the metadata pairs metadata[0..2*pairs) (key, value,
  * key, value, ...) atomically to `path`, with the checksums described above.
  * Tensor data is borrowed for the call.  Keys beginning with "crc32:" are

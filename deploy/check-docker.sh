@@ -140,7 +140,7 @@ elif awk -v a="$accuracy" -v m="$min_accuracy" 'BEGIN { exit !(a >= m) }'; then
 else
     fail "scenario 1: test_accuracy=$accuracy below $min_accuracy"
 fi
-if fetch student.jsonl && [ "$(wc -l <"$work/student.jsonl")" -eq "$STUDENT_EPOCHS" ]; then
+if fetch student.jsonl && [ "$(grep -c '"epoch"' "$work/student.jsonl")" -eq "$STUDENT_EPOCHS" ]; then
     ok "scenario 1: metrics volume holds student.jsonl with $STUDENT_EPOCHS epochs"
 else
     fail "scenario 1: student.jsonl missing or short in the runs volume"

@@ -206,10 +206,11 @@ teachers=(--teacher "fm=tcp://127.0.0.1:${zmq_port[fm]}" --teacher "comp=tcp://1
 train() { # TAG METHOD-ARGS...
     local tag=$1
     shift
-    # In the background so that a signal to this script is handled at once.
+    # In the background so that a signal to this script is handled at once.  --http on a free
+    # port: the trainer's default 127.0.0.1:9101 may be taken on the demo's machine.
     ("$bin/student-trainer" train --view pool7 --model "$STUDENT_SPEC" "${teachers[@]}" "$@" \
         --epochs "$STUDENT_EPOCHS" --label-fraction "$LABEL_FRACTION" --seed 1 \
-        --out "$dir/student-$tag.safetensors" --metrics "$dir/student-$tag.jsonl" \
+        --http 127.0.0.1:0 --out "$dir/student-$tag.safetensors" --metrics "$dir/student-$tag.jsonl" \
         2>&1 >"$dir/student-$tag.out" | tee "$dir/student-$tag.log" | sed -u "s/^/[$tag] /" >&2) &
     job_pids+=($!)
     wait $! || die "training the $tag student failed (log $dir/student-$tag.log)"

@@ -90,7 +90,9 @@ int trainer_eval_main(int argc, char **argv, int first) {
         cm_cli_usage(
             stdout, "student-trainer eval --model FILE [--split test] [options]",
             "Prints the accuracy and mean cross-entropy (classification) or the RMSE and MAE\n"
-            "(regression) of a checkpoint on a split of the dataset view its metadata names.",
+            "(regression) of a checkpoint on a split of the dataset view its metadata names.\n"
+            "\n"
+            "example: student-trainer eval --model student.safetensors --split test",
             table, count);
         return 0;
     }

@@ -147,6 +147,7 @@ static void on_interrupt(int signal_number) {
 typedef struct {
     train_options_t options;
     int replay;
+    char *config; /* every option after precedence, JSON (cm_cli_effective_json) */
     cm_dataset_t *dataset;
     cm_model_t *student;
     trainer_method_t *method;                      /* --method, whichever it is */
@@ -318,6 +319,7 @@ static void free_run(run_t *run) {
         free(run->teacher_present[teacher]);
     }
     if (run->metrics) fclose(run->metrics); /* after a failure; train() closes it checked */
+    free(run->config);
 }
 
 /* ---------------------------------------------------------------- state */
@@ -411,7 +413,9 @@ static cm_status_t save_student(run_t *run, double test_metric) {
                                                                        : "test_accuracy",
                               accuracy_text,
                               "format",
-                              "committee-checkpoint-1"};
+                              "committee-checkpoint-1",
+                              "config",
+                              run->config};
     return cm_model_save(run->student, run->options.out, metadata,
                          (int)(sizeof metadata / sizeof metadata[0]) / 2);
 }
@@ -698,15 +702,19 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
             "\"train_examples\":%ld,\"transfer_examples\":%ld,\"distinct_examples\":%ld,"
             "\"duplicates\":%ld,",
             run->epoch_examples, run->epoch_transfer, distinct, run->epoch_duplicates);
-    if (run->dataset->task == CM_TASK_REGRESSION)
-        fprintf(run->metrics,
-                "\"valid_rmse\":%.6f,\"valid_mae\":%.6f,\"test_rmse\":%.6f,\"test_mae\":%.6f,"
-                "\"test_loss\":%.6f,",
-                run->valid_score.rmse, run->valid_score.mae, run->test_score.rmse,
-                run->test_score.mae, run->test_score.loss);
-    else
-        fprintf(run->metrics, "\"valid_accuracy\":%.6f,\"test_accuracy\":%.6f,\"test_loss\":%.6f,",
-                run->valid_score.accuracy, run->test_score.accuracy, run->test_score.loss);
+    /* valid_* only with --holdout: without it there is nothing they were measured on. */
+    if (run->dataset->task == CM_TASK_REGRESSION) {
+        if (run->options.holdout > 0)
+            fprintf(run->metrics, "\"valid_rmse\":%.6f,\"valid_mae\":%.6f,", run->valid_score.rmse,
+                    run->valid_score.mae);
+        fprintf(run->metrics, "\"test_rmse\":%.6f,\"test_mae\":%.6f,\"test_loss\":%.6f,",
+                run->test_score.rmse, run->test_score.mae, run->test_score.loss);
+    } else {
+        if (run->options.holdout > 0)
+            fprintf(run->metrics, "\"valid_accuracy\":%.6f,", run->valid_score.accuracy);
+        fprintf(run->metrics, "\"test_accuracy\":%.6f,\"test_loss\":%.6f,",
+                run->test_score.accuracy, run->test_score.loss);
+    }
     fprintf(run->metrics,
             "\"seconds\":%.3f,\"examples_per_second\":%.1f,\"wait_seconds\":%.3f,"
             "\"teachers\":{",
@@ -1422,6 +1430,13 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         run->metrics = fopen(options->metrics, options->resume ? "a" : "w");
         if (!run->metrics)
             return cm_fail(CM_ERR_IO, "cannot write metrics to %s", options->metrics);
+        /* The first line of each run (a resumed one appends its own): its configuration, under
+         * a key no epoch line has, so readers take the lines that have "epoch". */
+        fprintf(run->metrics,
+                "{\"config\":%s,\"program\":\"student-trainer %s\",\"version\":\"%s\"}\n",
+                run->config, run->replay ? "replay" : "train", CM_VERSION);
+        /* Not checked here: a full disk shows at the first epoch's line (write_metrics checks
+         * the flush and the stream's error flag), with the state saved, as before. */
     }
     char spec_text[CM_MODEL_SPEC_MAX];
     cm_model_spec_format(&spec, spec_text, sizeof spec_text);
@@ -1626,7 +1641,19 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"max-test", CM_CLI_INT, &options->max_test, "N", "use only the first N test examples", 0},
         {"log-level", CM_CLI_STRING, &options->log_level, "LEVEL", "debug, info, warn or error", 0},
     };
-    const int count = (int)(sizeof table / sizeof table[0]);
+    /* replay has no teachers to reach: it neither shows nor takes the options about them. */
+    static const char *const replay_unused[] = {
+        "teacher", "curve-secret-key", "teacher-key", "on-teacher-failure", "teacher-timeout-ms",
+        "window",  "encoding",         "cache"};
+    cm_cli_option_t used[sizeof table / sizeof table[0]];
+    int count = 0;
+    for (size_t index = 0; index < sizeof table / sizeof table[0]; index++) {
+        int unused = 0;
+        for (size_t name = 0; replay && name < sizeof replay_unused / sizeof replay_unused[0];
+             name++)
+            unused |= !strcmp(table[index].name, replay_unused[name]);
+        if (!unused) used[count++] = table[index];
+    }
     const char *usage =
         replay
             ? "student-trainer replay --record FILE --model SPEC --out FILE [options]"
@@ -1635,7 +1662,12 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         replay
             ? "Trains a student from teacher outputs recorded by `train --record`, with no "
               "teacher\n"
-              "running. Same options and methods as train."
+              "running. Same methods and training options as train (none about reaching "
+              "teachers).\n"
+              "\n"
+              "example:\n"
+              "  student-trainer replay --record run.record --view pool7 --model mlp:49-64-10 \\\n"
+              "      --method kd --out replayed.safetensors"
             : "Connects to a committee of teacher servers, checks that they agree with the "
               "student's\n"
               "data, and trains the student with --method, streaming teacher outputs ahead of the\n"
@@ -1647,12 +1679,17 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
               "(this trainer's key pair, from `student-trainer keygen --out BASENAME`; its .pub\n"
               "goes into the teachers' --allow-keys) and --teacher-key NAME=FILE for every\n"
               "teacher (the teacher's .pub). A teacher that refuses our key, or a CURVE/plaintext\n"
-              "mismatch, stops the run at once with a sentence saying so (exit 1).";
+              "mismatch, stops the run at once with a sentence saying so (exit 1).\n"
+              "\n"
+              "examples:\n"
+              "  student-trainer train --view pool7 --model mlp:49-64-64-10 --method kd \\\n"
+              "      --teacher fm=tcp://127.0.0.1:5555 --epochs 10 --out student.safetensors\n"
+              "  student-trainer train --config examples/train.yaml --metrics run.jsonl";
     int help = 0;
-    cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
+    cm_status_t status = cm_cli_parse(used, count, argc, argv, first, &help);
     const char *command = replay ? "replay" : "train";
     if (help) {
-        cm_cli_usage(stdout, usage, description, table, count);
+        cm_cli_usage(stdout, usage, description, used, count);
         free(run);
         return 0;
     }
@@ -1660,20 +1697,44 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     trainer_method_kind_t kind;
     if (status == CM_OK) status = cm_log_level_parse(options->log_level, &level);
     if (status == CM_OK) status = trainer_method_parse(options->method, &kind);
-    if (status == CM_OK &&
-        (options->epochs < 1 || options->batch < 1 || options->threads < 1 || options->window < 1 ||
-         options->window > TRAINER_FEED_MAX_WINDOW || options->batch > TRAINER_FEED_MAX_BATCH))
-        status = cm_fail(CM_ERR_INVALID_ARG,
-                         "--epochs, --batch (up to 4096), --threads and --window "
-                         "(up to %d) must be at least 1",
-                         TRAINER_FEED_MAX_WINDOW);
-    if (status == CM_OK &&
-        (!(options->lr > 0) || options->weight_decay < 0 || !(options->temperature > 0) ||
-         options->kd_weight < 0 || options->kd_weight > 1 || options->fitnet_weight < 0 ||
-         !(options->label_fraction > 0) || options->label_fraction > 1))
+    /* One sentence naming the one option that is out of range. */
+    if (status == CM_OK && options->epochs < 1)
         status =
-            cm_fail(CM_ERR_INVALID_ARG, "--lr and --temperature must be positive, --kd-weight and "
-                                        "--label-fraction in (0, 1], weights not negative");
+            cm_fail(CM_ERR_INVALID_ARG, "--epochs must be at least 1, not %d", options->epochs);
+    if (status == CM_OK && (options->batch < 1 || options->batch > TRAINER_FEED_MAX_BATCH))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--batch must be 1..%d, not %d",
+                         TRAINER_FEED_MAX_BATCH, options->batch);
+    if (status == CM_OK && options->threads < 1)
+        status =
+            cm_fail(CM_ERR_INVALID_ARG, "--threads must be at least 1, not %d", options->threads);
+    if (status == CM_OK && (options->window < 1 || options->window > TRAINER_FEED_MAX_WINDOW))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--window must be 1..%d, not %d",
+                         TRAINER_FEED_MAX_WINDOW, options->window);
+    if (status == CM_OK && !(options->lr > 0))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--lr must be positive, not %g", (double)options->lr);
+    if (status == CM_OK && !(options->temperature > 0))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--temperature must be positive, not %g",
+                         (double)options->temperature);
+    if (status == CM_OK && (options->kd_weight < 0 || options->kd_weight > 1))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--kd-weight must be in [0, 1], not %g",
+                         (double)options->kd_weight);
+    if (status == CM_OK && (!(options->label_fraction > 0) || options->label_fraction > 1))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--label-fraction must be in (0, 1], not %g",
+                         (double)options->label_fraction);
+    if (status == CM_OK && options->weight_decay < 0)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--weight-decay must not be negative, not %g",
+                         (double)options->weight_decay);
+    if (status == CM_OK && options->fitnet_weight < 0)
+        status = cm_fail(CM_ERR_INVALID_ARG, "--fitnet-weight must not be negative, not %g",
+                         (double)options->fitnet_weight);
+    /* --teacher NAME=ENDPOINT is a usage matter, checked before anything connects. */
+    for (int index = 0; status == CM_OK && index < options->teachers.count; index++) {
+        char *copy = strdup(options->teachers.values[index]);
+        trainer_teacher_address_t address;
+        status = copy ? trainer_committee_parse_teacher(copy, &address)
+                      : cm_fail(CM_ERR_NOMEM, "out of memory");
+        free(copy);
+    }
     cm_schedule_kind_t schedule_kind;
     if (status == CM_OK && cm_schedule_parse_kind(options->schedule, &schedule_kind) != CM_OK)
         status =
@@ -1722,6 +1783,12 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         fprintf(stderr, "student-trainer %s: %s\n", command, cm_last_error());
         free(run);
         return 2;
+    }
+    run->config = cm_cli_effective_json(used, count);
+    if (!run->config) {
+        fprintf(stderr, "student-trainer %s: out of memory\n", command);
+        free(run);
+        return 1;
     }
     cm_log_init("student-trainer", level);
     cm_blas_set_threads(options->threads);

@@ -4,9 +4,11 @@
  * what it answers (`query`); `keygen` makes the CURVE key pair of a teacher.
  * Exit codes: 0 success, 1 runtime failure, 2 usage error.
  */
+#include "cm_cli.h"
 #include "cm_curve.h"
 #include "teacher_data.h"
 #include "teacher_fit.h"
+#include "teacher_inspect.h"
 #include "teacher_query.h"
 #include "teacher_serve.h"
 
@@ -24,10 +26,18 @@ static void usage(FILE *out) {
                  "  query    ask a running teacher for its outputs on some examples\n"
                  "  data     check a dataset folder, or export a built-in dataset as one\n"
                  "  keygen   make a CURVE key pair (serve --curve-secret-key encrypts links)\n"
+                 "  inspect  what a checkpoint, state, cache or record file holds\n"
+                 "\n"
+                 "examples:\n"
+                 "  teacher-server fit --config examples/fit.yaml\n"
+                 "  teacher-server serve --model fm.safetensors --bind tcp://127.0.0.1:5555\n"
+                 "  teacher-server inspect fm.safetensors\n"
                  "\n"
                  "Run 'teacher-server COMMAND --help' for the options of a command.\n"
                  "Every option can also be set from the environment as COMMITTEE_<OPTION>\n"
-                 "(upper case, '-' as '_'), e.g. COMMITTEE_EPOCHS=5.\n");
+                 "(upper case, '-' as '_'), e.g. COMMITTEE_EPOCHS=5, or in a YAML file given by\n"
+                 "--config FILE (command line > environment > file > default).\n"
+                 "--version prints the version and the wire protocol version.\n");
 }
 
 int main(int argc, char **argv) {
@@ -41,10 +51,15 @@ int main(int argc, char **argv) {
         usage(stdout);
         return 0;
     }
+    if (strcmp(command, "--version") == 0 || strcmp(command, "version") == 0) {
+        cm_cli_print_version(stdout, "teacher-server");
+        return 0;
+    }
     if (strcmp(command, "fit") == 0) return teacher_fit_main(argc, argv, 2);
     if (strcmp(command, "serve") == 0) return teacher_serve_main(argc, argv, 2);
     if (strcmp(command, "query") == 0) return teacher_query_main(argc, argv, 2);
     if (strcmp(command, "data") == 0) return teacher_data_main(argc, argv, 2);
+    if (strcmp(command, "inspect") == 0) return teacher_inspect_main(argc, argv, 2);
     if (strcmp(command, "keygen") == 0)
         return cm_curve_keygen_command("teacher-server", argc, argv, 2);
     fprintf(stderr, "teacher-server: unknown command '%s' (try --help)\n", command);

@@ -51,6 +51,7 @@ typedef struct {
     int max_test;
     int shift;
     long warmup_steps; /* < 0: the schedule's default */
+    char *config;      /* every option after precedence, JSON (cm_cli_effective_json) */
 } fit_options_t;
 
 /*
@@ -257,7 +258,9 @@ static cm_status_t fit(const fit_options_t *options) {
                               "train_examples",
                               examples_text,
                               "format",
-                              "committee-checkpoint-1"};
+                              "committee-checkpoint-1",
+                              "config",
+                              options->config};
     status = cm_model_save(model, options->out, metadata,
                            (int)(sizeof metadata / sizeof metadata[0]) / 2);
     if (status != CM_OK) goto done;
@@ -342,7 +345,13 @@ int teacher_fit_main(int argc, char **argv, int first) {
     const char *description =
         "Trains a teacher (or any model) on one view of a dataset with AdamW and writes a\n"
         "safetensors checkpoint naming its model spec, view and dataset fingerprint.\n"
-        "Prints per-epoch train loss, test accuracy and examples/s on stderr.";
+        "Prints per-epoch train loss, test accuracy and examples/s on stderr. The checkpoint\n"
+        "keeps the effective options (`teacher-server inspect --print-config FILE`).\n"
+        "\n"
+        "examples:\n"
+        "  teacher-server fit --view pool7 --model mlp:49-512-512-10 --epochs 10 --out "
+        "comp.safetensors\n"
+        "  teacher-server fit --config examples/fit.yaml --epochs 1      (a flag beats the file)";
     int help = 0;
     cm_status_t status = cm_cli_parse(table, count, argc, argv, first, &help);
     if (help) {
@@ -372,9 +381,15 @@ int teacher_fit_main(int argc, char **argv, int first) {
         fprintf(stderr, "teacher-server fit: %s\n", cm_last_error());
         return 2;
     }
+    options.config = cm_cli_effective_json(table, count);
+    if (!options.config) {
+        fprintf(stderr, "teacher-server fit: out of memory\n");
+        return 1;
+    }
     cm_log_init("teacher-server", level);
     cm_blas_set_threads(options.threads);
     status = fit(&options);
+    free(options.config);
     if (status != CM_OK) {
         cm_log_error("fit failed: %s", cm_last_error());
         return 1;

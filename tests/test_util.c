@@ -3,6 +3,8 @@
  */
 #include "test_util.h"
 
+#include "cm_safetensors.h"
+
 #include <arpa/inet.h>
 #include <check.h>
 #include <netinet/in.h>
@@ -115,4 +117,52 @@ int test_util_free_tcp_port(void) {
     ck_assert_int_eq(getsockname(listener, (struct sockaddr *)&address, &size), 0);
     close(listener);
     return ntohs(address.sin_port);
+}
+
+static int metadata_differs(const cm_safetensors_t *a, const cm_safetensors_t *b,
+                            const char *a_name, char *why, size_t size) {
+    static const char *keys[4096];
+    int count = cm_safetensors_metadata_keys(a, keys, 4096);
+    for (int index = 0; index < count && index < 4096; index++) {
+        if (!strcmp(keys[index], "config") || !strcmp(keys[index], "crc32:__metadata__")) continue;
+        const char *other = cm_safetensors_metadata(b, keys[index]);
+        if (!other || strcmp(other, cm_safetensors_metadata(a, keys[index]))) {
+            snprintf(why, size, "metadata \"%s\" differs (or is missing) from %s", keys[index],
+                     a_name);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int test_util_same_checkpoints(const char *left, const char *right, char *why, size_t size) {
+    cm_safetensors_t *a = NULL, *b = NULL;
+    int same = 0;
+    if (cm_safetensors_read(&a, left) != CM_OK || cm_safetensors_read(&b, right) != CM_OK) {
+        snprintf(why, size, "%s", cm_last_error());
+        goto done;
+    }
+    if (cm_safetensors_count(a) != cm_safetensors_count(b)) {
+        snprintf(why, size, "%s has %d tensors, %s %d", left, cm_safetensors_count(a), right,
+                 cm_safetensors_count(b));
+        goto done;
+    }
+    for (int index = 0; index < cm_safetensors_count(a); index++) {
+        const cm_tensor_t *x = cm_safetensors_tensor(a, index);
+        const cm_tensor_t *y = cm_safetensors_find(b, x->name);
+        size_t bytes = cm_dtype_size(x->dtype);
+        for (int dim = 0; dim < x->ndim; dim++) bytes *= (size_t)x->shape[dim];
+        if (!y || y->dtype != x->dtype || y->ndim != x->ndim ||
+            memcmp(x->shape, y->shape, sizeof x->shape) || memcmp(x->data, y->data, bytes)) {
+            snprintf(why, size, "tensor %s differs between %s and %s", x->name, left, right);
+            goto done;
+        }
+    }
+    if (metadata_differs(a, b, left, why, size) || metadata_differs(b, a, right, why, size))
+        goto done;
+    same = 1;
+done:
+    cm_safetensors_free(&a);
+    cm_safetensors_free(&b);
+    return same;
 }

@@ -24,6 +24,14 @@ void test_util_temp_dir(char *path, size_t size);
 /* Removes a directory tree (rm -rf). */
 void test_util_remove_tree(const char *path);
 
+/*
+ * 1 when two safetensors files hold the same tensors (names, dtypes, shapes, bytes) and the
+ * same metadata apart from "config" (the command line a run was given, which names its own
+ * --out) and the metadata checksum that covers it: what `cmp` checked before checkpoints
+ * carried their configuration.  0 with the first difference in why[size].
+ */
+int test_util_same_checkpoints(const char *left, const char *right, char *why, size_t size);
+
 /* 1 when the real Fashion-MNIST files are installed. */
 int test_util_have_fashion_mnist(void);
 

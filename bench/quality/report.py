@@ -43,6 +43,7 @@ def load_run(name):
     if not os.path.exists(path):
         return None
     lines = [json.loads(l) for l in open(path) if l.strip()]
+    lines = [l for l in lines if "epoch" in l]  # not the run's configuration line
     if not lines or lines[-1]["epoch"] != EPOCHS:
         return None
     last = lines[-1]
