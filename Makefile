@@ -191,7 +191,7 @@ check-python: python $(TEACHER_BIN) $(TRAINER_BIN)
 bench-python: python $(TEACHER_BIN)
 	$(PY_ENV) $(PYTHON) bench/bench_python.py
 
-# PyTorch parity (bench/parity/run_parity.py, Debian's python3-torch, ~10 min): teacher fit and
+# PyTorch parity (bench/parity/run_parity.py, Debian's python3-torch, ~4 min): teacher fit and
 # the ce, kd and avg-kd students replayed in PyTorch from the C runs' --save-initial weights,
 # --log-steps batches and --record teacher outputs; prints the table of per-step loss and
 # test accuracy differences (PARITY_ARGS=--quick: 20 steps, as tests/python/test_parity.py).

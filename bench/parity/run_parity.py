@@ -181,8 +181,8 @@ def main(argv=None):
             print(f"{row['method']}: the losses drift past 1e-4 relative at step "
                   f"{row['first_step_beyond_1e-4']} (C {row['c_vs_float64']:.1e} and torch "
                   f"{row['torch_vs_float64']:.1e} from the float64 replay); every resynchronised "
-                  "step agrees, so this is float32 rounding amplified by training (a ReLU "
-                  "input near 0 taking the other sign), not a difference of the recipe")
+                  "step agrees, so this is float32 rounding amplified by training (as when a "
+                  "ReLU input near 0 takes the other sign), not a difference of the recipe")
     failed = [row["method"] for row in rows
               if row["max_rel_lr_diff"] > 1e-6 or
               max((row.get("resync") or {0: 0.0}).values()) > LOSS_TOLERANCE or
