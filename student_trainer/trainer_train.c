@@ -34,9 +34,13 @@
  * starts (during the handshake) saves nothing and exits 130.
  *
  * Writes the user asked for are checked: a metrics line that cannot be
- * written (flushed or closed), a record, a cache or the summary on standard
- * output fails the run with one sentence naming the file (exit 1), after
- * the state is saved.
+ * written (flushed or closed), a --log-steps line, a record, a cache or the
+ * summary on standard output fails the run with one sentence naming the
+ * file (exit 1), after the state is saved.
+ *
+ * Replaying a run elsewhere (bench/parity, PyTorch): --save-initial writes
+ * the seeded student before the first step, --log-steps one JSON line per
+ * step (its rate, loss and terms, and the batch's rows in order).
  */
 #include "trainer_train.h"
 

@@ -11,7 +11,9 @@
  * --warmup-steps).  Training mode is on for the optimizer steps (batch norm
  * uses and updates batch statistics); evaluation runs in eval mode, and the
  * checkpoint holds the running statistics.  Everything is determined by
- * --seed: the same command gives the same checkpoint.
+ * --seed: the same command gives the same checkpoint.  --save-initial and
+ * --log-steps (the seeded model before the first step; one JSON line per
+ * step with its rate, mean loss and rows) let bench/parity replay the fit.
  */
 #include "teacher_fit.h"
 
