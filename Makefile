@@ -202,6 +202,14 @@ check-python: python $(TEACHER_BIN) $(TRAINER_BIN)
 bench-python: python $(TEACHER_BIN)
 	$(PY_ENV) $(PYTHON) bench/bench_python.py
 
+# PyTorch parity (bench/parity/run_parity.py, Debian's python3-torch, ~4 min): teacher fit and
+# the ce, kd and avg-kd students replayed in PyTorch from the C runs' --save-initial weights,
+# --log-steps batches and --record teacher outputs; prints the table of per-step loss and
+# test accuracy differences (PARITY_ARGS=--quick: 20 steps, as tests/python/test_parity.py).
+.PHONY: bench-parity
+bench-parity: python $(TEACHER_BIN) $(TRAINER_BIN)
+	OPENBLAS_NUM_THREADS=1 $(PY_ENV) $(PYTHON) bench/parity/run_parity.py $(PARITY_ARGS)
+
 # Fuzzing (issue 11): `make fuzz` builds every tests/fuzz/fuzz_*.c into a libFuzzer harness
 # build-fuzz/fuzz_NAME with clang, linked with common/ compiled with the same sanitizers;
 # `make fuzz-run FUZZ_SECONDS=60` runs each for that long over its seeds tests/fuzz/corpus/NAME/

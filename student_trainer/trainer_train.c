@@ -42,9 +42,13 @@
  * starts (during the handshake) saves nothing and exits 130.
  *
  * Writes the user asked for are checked: a metrics line that cannot be
- * written (flushed or closed), a record, a cache or the summary on standard
- * output fails the run with one sentence naming the file (exit 1), after
- * the state is saved.
+ * written (flushed or closed), a --log-steps line, a record, a cache or the
+ * summary on standard output fails the run with one sentence naming the
+ * file (exit 1), after the state is saved.
+ *
+ * Replaying a run elsewhere (bench/parity, PyTorch): --save-initial writes
+ * the seeded student before the first step, --log-steps one JSON line per
+ * step (its rate, loss and terms, and the batch's rows in order).
  */
 #include "trainer_train.h"
 
@@ -99,6 +103,8 @@ typedef struct {
     const char *dd_router;
     const char *dd_feature;
     const char *transfer_split; /* NULL: none */
+    const char *save_initial;   /* --save-initial: the student before the first step */
+    const char *log_steps;      /* --log-steps: one JSON line per optimizer step */
     cm_cli_list_t teachers;
     const char *curve_secret_key; /* NULL: plaintext */
     cm_cli_list_t teacher_keys;   /* NAME=FILE */
@@ -187,6 +193,7 @@ typedef struct {
     int epoch;              /* 1-based epoch in progress */
     int next_batch;         /* cursor inside the epoch (the feed's, as saved in the state) */
     FILE *metrics;
+    FILE *log_steps; /* --log-steps */
     char state_path[1024];
     /* Prometheus metrics served on --http */
     cm_metrics_t *registry;
@@ -320,6 +327,7 @@ static void free_run(run_t *run) {
     }
     if (run->metrics) fclose(run->metrics); /* after a failure; train() closes it checked */
     free(run->config);
+    if (run->log_steps) fclose(run->log_steps);
 }
 
 /* ---------------------------------------------------------------- state */
@@ -577,6 +585,30 @@ static void show_waiting(void *context) { update_metrics(context); }
 /* ---------------------------------------------------------------- one step */
 
 /*
+ * --log-steps: one JSON line per optimizer step (1-based), with the epoch, the batch within
+ * it, the learning rate the step used, the loss and its terms as the method computed them,
+ * and the training rows in batch order, so another implementation can replay the same run
+ * (bench/parity).  CM_ERR_IO naming the file when the line cannot be written.
+ */
+static cm_status_t log_step(run_t *run, const trainer_feed_batch_t *batch, float lr,
+                            const trainer_loss_t *loss) {
+    FILE *file = run->log_steps;
+    fprintf(file, "{\"step\":%ld,\"epoch\":%d,\"batch\":%d,\"lr\":%.9g,\"loss\":%.17g,", run->step,
+            run->epoch, batch->index, (double)lr, loss->total);
+    for (int term = 0; term < trainer_method_term_count(run->method); term++)
+        fprintf(file, "\"%s\":%.17g,", trainer_method_term_name(run->method, term),
+                loss->term[term]);
+    fprintf(file, "\"ids\":[");
+    for (int row = 0; row < batch->rows; row++)
+        fprintf(file, row ? ",%d" : "%d", (int)batch->ids[row]);
+    fprintf(file, "]}\n");
+    if (ferror(file))
+        return cm_fail(CM_ERR_IO, "cannot write the per-step log to %s: %s", run->options.log_steps,
+                       strerror(errno ? errno : EIO));
+    return CM_OK;
+}
+
+/*
  * One step: next batch (inputs, labels, the teachers' outputs the method asked for, from the
  * cache), forward, zero_grad, the method's loss and its backward into d_logits / d_hidden,
  * the student's backward, AdamW on the student and the method's own update.  Whatever
@@ -668,6 +700,10 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
     run->step++;
     cm_model_adamw_step(run->student, run->moment1, run->moment2, &adamw, run->step);
     trainer_method_update(run->method, &adamw, run->step);
+    if (run->log_steps) {
+        cm_status_t status = log_step(run, next, adamw.learning_rate, &loss);
+        if (status != CM_OK) return status;
+    }
     run->loss_sum += loss.total * rows;
     for (int term = 0; term < TRAINER_MAX_TERMS; term++)
         run->term_sums[term] += loss.term[term] * rows;
@@ -1393,6 +1429,13 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     }
     if ((status = cm_model_new(&spec, options->batch, &run->student)) != CM_OK) return status;
     cm_model_init(run->student, (uint64_t)options->seed);
+    if (options->save_initial) {
+        const char *metadata[] = {CM_DATASET_METADATA(run->dataset), "epochs", "0", "format",
+                                  "committee-checkpoint-1"};
+        if ((status = cm_model_save(run->student, options->save_initial, metadata,
+                                    (int)(sizeof metadata / sizeof metadata[0]) / 2)) != CM_OK)
+            return status;
+    }
     if ((status = build_labels(run)) != CM_OK) return status;
     if ((status = start_http(run)) != CM_OK) return status;
     if ((status = set_up_teachers(run)) != CM_OK) return status;
@@ -1438,6 +1481,9 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         /* Not checked here: a full disk shows at the first epoch's line (write_metrics checks
          * the flush and the stream's error flag), with the state saved, as before. */
     }
+    if (options->log_steps && !(run->log_steps = fopen(options->log_steps, "w")))
+        return cm_fail(CM_ERR_IO, "cannot write the per-step log to %s: %s", options->log_steps,
+                       strerror(errno));
     char spec_text[CM_MODEL_SPEC_MAX];
     cm_model_spec_format(&spec, spec_text, sizeof spec_text);
     cm_log_info("train %s on %s/%s with %s: %d train / %d test examples, %d teacher(s), batch %d, "
@@ -1468,6 +1514,13 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         if (closed != 0 && status == CM_OK)
             status = cm_fail(CM_ERR_IO, "cannot write metrics to %s: %s", options->metrics,
                              strerror(errno));
+    }
+    if (run->log_steps) {
+        int closed = fclose(run->log_steps);
+        run->log_steps = NULL;
+        if (closed != 0 && status == CM_OK)
+            status = cm_fail(CM_ERR_IO, "cannot write the per-step log to %s: %s",
+                             options->log_steps, strerror(errno));
     }
     return status;
 }
@@ -1588,6 +1641,12 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"out", CM_CLI_STRING, &options->out, "FILE", "student checkpoint (.safetensors)", 1},
         {"metrics", CM_CLI_STRING, &options->metrics, "FILE",
          "JSON-lines metrics, one line per epoch", 0},
+        {"save-initial", CM_CLI_STRING, &options->save_initial, "FILE",
+         "also write the initialized student (before the first step) as a checkpoint", 0},
+        {"log-steps", CM_CLI_STRING, &options->log_steps, "FILE",
+         "JSON-lines log, one line per optimizer step: step, epoch, batch, lr, loss, its terms "
+         "and the batch's training rows",
+         0},
         {"http", CM_CLI_STRING, &options->http, "HOST:PORT",
          "address of /healthz, /readyz and Prometheus /metrics, or 'off'", 0},
         {"progress", CM_CLI_STRING, &options->progress, "MODE",
@@ -1750,6 +1809,10 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
     if (status == CM_OK && strcmp(options->failure_policy, "wait") &&
         strcmp(options->failure_policy, "skip") && strcmp(options->failure_policy, "fail"))
         status = cm_fail(CM_ERR_INVALID_ARG, "--on-teacher-failure must be wait, skip or fail");
+    if (status == CM_OK && options->resume && (options->save_initial || options->log_steps))
+        status = cm_fail(CM_ERR_INVALID_ARG,
+                         "--save-initial and --log-steps describe a run from its start; they "
+                         "cannot be combined with --resume");
     if (status == CM_OK && options->teacher_timeout_ms < 10)
         status = cm_fail(CM_ERR_INVALID_ARG, "--teacher-timeout-ms must be at least 10");
     if (status == CM_OK && options->resolve_ms < 0)

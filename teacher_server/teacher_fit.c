@@ -11,7 +11,9 @@
  * --warmup-steps).  Training mode is on for the optimizer steps (batch norm
  * uses and updates batch statistics); evaluation runs in eval mode, and the
  * checkpoint holds the running statistics.  Everything is determined by
- * --seed: the same command gives the same checkpoint.
+ * --seed: the same command gives the same checkpoint.  --save-initial and
+ * --log-steps (the seeded model before the first step; one JSON line per
+ * step with its rate, mean loss and rows) let bench/parity replay the fit.
  */
 #include "teacher_fit.h"
 
@@ -27,6 +29,7 @@
 #include "cm_schedule.h"
 #include "cm_score.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +44,8 @@ typedef struct {
     const char *out;
     const char *schedule;
     const char *log_level;
+    const char *save_initial; /* --save-initial: the model before the first step */
+    const char *log_steps;    /* --log-steps: one JSON line per optimizer step */
     int epochs;
     int batch;
     float lr;
@@ -89,6 +94,22 @@ static cm_status_t check_model_fits_view(const cm_model_spec_t *spec, const cm_d
     return CM_OK;
 }
 
+/*
+ * --log-steps: the line of optimizer step `step` (1-based): epoch, learning rate, the batch's
+ * mean loss and its training rows in batch order (bench/parity replays them).
+ */
+static cm_status_t log_step(FILE *file, const char *path, long step, int epoch, float lr,
+                            double loss, const int32_t *rows, int count) {
+    fprintf(file, "{\"step\":%ld,\"epoch\":%d,\"lr\":%.9g,\"loss\":%.17g,\"ids\":[", step, epoch,
+            (double)lr, loss);
+    for (int row = 0; row < count; row++) fprintf(file, row ? ",%d" : "%d", (int)rows[row]);
+    fprintf(file, "]}\n");
+    if (ferror(file))
+        return cm_fail(CM_ERR_IO, "cannot write the per-step log to %s: %s", path,
+                       strerror(errno ? errno : EIO));
+    return CM_OK;
+}
+
 static cm_status_t fit(const fit_options_t *options) {
     cm_model_spec_t spec;
     cm_status_t status = cm_model_spec_parse(options->model, &spec);
@@ -103,6 +124,7 @@ static cm_status_t fit(const fit_options_t *options) {
     float *moment1 = NULL, *moment2 = NULL, *batch_inputs = NULL, *probs = NULL, *d_logits = NULL;
     float *one_row = NULL, *batch_targets = NULL;
     int32_t *order = NULL, *batch_labels = NULL, *batch_rows = NULL;
+    FILE *step_log = NULL;
 
     status = cm_dataset_load(&dataset, options->data, options->view, &data_options);
     if (status != CM_OK) goto done;
@@ -111,6 +133,18 @@ static cm_status_t fit(const fit_options_t *options) {
     status = cm_model_new(&spec, options->batch, &model);
     if (status != CM_OK) goto done;
     cm_model_init(model, (uint64_t)options->seed);
+    if (options->save_initial) {
+        const char *metadata[] = {CM_DATASET_METADATA(dataset), "epochs", "0", "format",
+                                  "committee-checkpoint-1"};
+        status = cm_model_save(model, options->save_initial, metadata,
+                               (int)(sizeof metadata / sizeof metadata[0]) / 2);
+        if (status != CM_OK) goto done;
+    }
+    if (options->log_steps && !(step_log = fopen(options->log_steps, "w"))) {
+        status = cm_fail(CM_ERR_IO, "cannot write the per-step log to %s: %s", options->log_steps,
+                         strerror(errno));
+        goto done;
+    }
 
     const cm_split_data_t *train = &dataset->splits[CM_SPLIT_TRAIN];
     const cm_split_data_t *test = &dataset->splits[CM_SPLIT_TEST];
@@ -189,21 +223,26 @@ static cm_status_t fit(const fit_options_t *options) {
             cm_model_zero_grads(model);
             const float *logits = cm_model_forward(model, batch_inputs, batch);
             memset(d_logits, 0, sizeof(float) * (size_t)batch * (size_t)classes);
+            double step_loss = 0.0; /* the batch's mean loss */
             if (regression) {
                 for (int row = 0; row < batch; row++)
                     memcpy(batch_targets + (size_t)row * (size_t)classes,
                            train->targets + (size_t)batch_rows[row] * (size_t)classes,
                            sizeof(float) * (size_t)classes);
                 int values = batch * classes;
-                loss_sum += cm_loss_mse_forward(logits, batch_targets, values) / classes;
+                step_loss = cm_loss_mse_forward(logits, batch_targets, values) / classes;
+                loss_sum += step_loss;
+                step_loss /= batch;
                 labelled_total += batch;
                 cm_loss_mse_backward(d_logits, logits, batch_targets, values, 1.0f / (float)values);
             } else {
                 for (int row = 0; row < batch; row++)
                     batch_labels[row] = train->labels[batch_rows[row]];
                 int labelled = 0;
-                loss_sum += cm_loss_cross_entropy_forward(probs, logits, batch_labels, batch,
+                step_loss = cm_loss_cross_entropy_forward(probs, logits, batch_labels, batch,
                                                           classes, &labelled);
+                loss_sum += step_loss;
+                step_loss /= labelled ? labelled : 1;
                 labelled_total += labelled;
                 cm_loss_cross_entropy_backward(d_logits, probs, batch_labels, batch, classes,
                                                1.0f / (float)(labelled ? labelled : 1));
@@ -211,6 +250,10 @@ static cm_status_t fit(const fit_options_t *options) {
             cm_model_backward(model, d_logits, NULL, batch);
             adamw.learning_rate = cm_schedule_lr(&schedule, step, total_steps);
             cm_model_adamw_step(model, moment1, moment2, &adamw, ++step);
+            if (step_log &&
+                (status = log_step(step_log, options->log_steps, step, epoch, adamw.learning_rate,
+                                   step_loss, batch_rows, batch)) != CM_OK)
+                goto done;
             char loss_text[48];
             snprintf(loss_text, sizeof loss_text, "loss %.4f",
                      loss_sum / (double)(labelled_total ? labelled_total : 1));
@@ -264,6 +307,15 @@ static cm_status_t fit(const fit_options_t *options) {
     status = cm_model_save(model, options->out, metadata,
                            (int)(sizeof metadata / sizeof metadata[0]) / 2);
     if (status != CM_OK) goto done;
+    if (step_log) {
+        int closed = fclose(step_log);
+        step_log = NULL;
+        if (closed != 0) {
+            status = cm_fail(CM_ERR_IO, "cannot write the per-step log to %s: %s",
+                             options->log_steps, strerror(errno));
+            goto done;
+        }
+    }
     if (regression) {
         cm_log_info("wrote %s (test rmse %.4f, mae %.4f, %.1f s training)", options->out,
                     test_score.rmse, test_score.mae, train_seconds);
@@ -276,6 +328,7 @@ static cm_status_t fit(const fit_options_t *options) {
     }
 
 done:
+    if (step_log) fclose(step_log);
     cm_free_aligned(moment1);
     cm_free_aligned(moment2);
     cm_free_aligned(batch_inputs);
@@ -338,6 +391,12 @@ int teacher_fit_main(int argc, char **argv, int first) {
         {"max-test", CM_CLI_INT, &options.max_test, "N",
          "use only the first N test examples (0: all)", 0},
         {"out", CM_CLI_STRING, &options.out, "FILE", "checkpoint to write (.safetensors)", 1},
+        {"save-initial", CM_CLI_STRING, &options.save_initial, "FILE",
+         "also write the initialized model (before the first step) as a checkpoint", 0},
+        {"log-steps", CM_CLI_STRING, &options.log_steps, "FILE",
+         "JSON-lines log, one line per optimizer step: step, epoch, lr, the batch's mean loss "
+         "and its training rows (not the --shift offsets)",
+         0},
         {"log-level", CM_CLI_STRING, &options.log_level, "LEVEL", "debug, info, warn or error", 0},
     };
     const int count = (int)(sizeof table / sizeof table[0]);

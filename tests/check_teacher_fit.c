@@ -9,6 +9,8 @@
 #include "test_util.h"
 
 #include <check.h>
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,8 +24,9 @@ START_TEST(test_help) {
     ck_assert_ptr_nonnull(strstr(output, "fit"));
     snprintf(command, sizeof command, "%s fit --help", test_util_bin("teacher-server"));
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 0);
-    const char *documented[] = {"--model", "--view", "--epochs", "--batch",
-                                "--lr",    "--seed", "--out",    "COMMITTEE_EPOCHS"};
+    const char *documented[] = {"--model",     "--view",          "--epochs", "--batch",
+                                "--lr",        "--seed",          "--out",    "--save-initial",
+                                "--log-steps", "COMMITTEE_EPOCHS"};
     for (size_t index = 0; index < sizeof documented / sizeof documented[0]; index++)
         ck_assert_msg(strstr(output, documented[index]), "fit --help lacks %s", documented[index]);
 }
@@ -114,6 +117,82 @@ START_TEST(test_fit_small_subset) {
 }
 END_TEST
 
+/*
+ * --save-initial and --log-steps: the initial checkpoint is the seeded initialization, the
+ * log one line per step whose rows are every training example once per epoch, with the
+ * cosine rate warming up; an unwritable log fails the fit naming it.
+ */
+START_TEST(test_fit_save_initial_and_log_steps) {
+    if (!test_util_have_fashion_mnist()) {
+        fprintf(stderr, "skipping: Fashion-MNIST is not installed (make deps)\n");
+        return;
+    }
+    char directory[256], command[2048], path[300], initial[300], steps_path[300];
+    test_util_temp_dir(directory, sizeof directory);
+    snprintf(path, sizeof path, "%s/teacher.safetensors", directory);
+    snprintf(initial, sizeof initial, "%s/initial.safetensors", directory);
+    snprintf(steps_path, sizeof steps_path, "%s/steps.jsonl", directory);
+    const char *common = "--model mlp:49-16-10 --view pool7 --max-train 1000 --max-test 200 "
+                         "--batch 100 --epochs 2 --lr 3e-3 --seed 4";
+    snprintf(command, sizeof command, "%s fit %s --out %s --save-initial %s --log-steps %s",
+             test_util_bin("teacher-server"), common, path, initial, steps_path);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "fit failed: %s", output);
+    cm_model_t *saved = NULL, *fresh = NULL;
+    ck_assert_int_eq(cm_model_load(initial, 100, &saved, NULL), CM_OK);
+    ck_assert_int_eq(cm_model_new(cm_model_spec(saved), 100, &fresh), CM_OK);
+    cm_model_init(fresh, 4);
+    ck_assert_int_eq(memcmp(cm_model_params(saved), cm_model_params(fresh),
+                            sizeof(float) * cm_model_param_count(fresh)),
+                     0);
+    cm_model_free(&saved);
+    cm_model_free(&fresh);
+
+    FILE *file = fopen(steps_path, "r");
+    ck_assert_ptr_nonnull(file);
+    static int seen[2][1000];
+    memset(seen, 0, sizeof seen);
+    char line[8192];
+    int lines = 0;
+    double first_lr = 0.0, first_loss = 0.0, last_loss = 0.0;
+    while (fgets(line, sizeof line, file)) {
+        json_error_t error;
+        json_t *value = json_loads(line, 0, &error);
+        ck_assert_msg(value != NULL, "bad step line: %s (%s)", line, error.text);
+        lines++;
+        ck_assert_int_eq((int)json_integer_value(json_object_get(value, "step")), lines);
+        int epoch = (int)json_integer_value(json_object_get(value, "epoch"));
+        ck_assert_int_eq(epoch, (lines - 1) / 10 + 1);
+        double loss = json_number_value(json_object_get(value, "loss"));
+        ck_assert_msg(isfinite(loss) && loss > 0, "step %d: loss %g", lines, loss);
+        if (lines == 1) {
+            first_lr = json_number_value(json_object_get(value, "lr"));
+            first_loss = loss;
+        }
+        last_loss = loss;
+        json_t *ids = json_object_get(value, "ids");
+        ck_assert_int_eq((int)json_array_size(ids), 100);
+        for (size_t row = 0; row < json_array_size(ids); row++) {
+            int id = (int)json_integer_value(json_array_get(ids, row));
+            ck_assert_msg(id >= 0 && id < 1000, "step %d: id %d", lines, id);
+            seen[epoch - 1][id]++;
+        }
+        json_decref(value);
+    }
+    fclose(file);
+    ck_assert_int_eq(lines, 20);
+    for (int epoch = 0; epoch < 2; epoch++)
+        for (int id = 0; id < 1000; id++) ck_assert_int_eq(seen[epoch][id], 1);
+    ck_assert_msg(first_lr > 0 && first_lr <= 3e-3 + 1e-9, "first lr %g", first_lr);
+    ck_assert_msg(last_loss < first_loss, "loss went from %g to %g", first_loss, last_loss);
+
+    snprintf(command, sizeof command, "%s fit %s --out %s --log-steps /dev/full",
+             test_util_bin("teacher-server"), common, path);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "cannot write the per-step log to /dev/full"), "%s", output);
+    test_util_remove_tree(directory);
+}
+END_TEST
+
 Suite *check_teacher_fit_suite(void);
 Suite *check_teacher_fit_suite(void) {
     Suite *suite = suite_create("teacher_fit");
@@ -123,6 +202,7 @@ Suite *check_teacher_fit_suite(void) {
     tcase_add_test(tcase, test_bad_options_exit_2);
     tcase_add_test(tcase, test_bad_data_exit_1);
     tcase_add_test(tcase, test_fit_small_subset);
+    tcase_add_test(tcase, test_fit_save_initial_and_log_steps);
     suite_add_tcase(suite, tcase);
     return suite;
 }

@@ -21,6 +21,7 @@
  * time.
  */
 #include "cm_dataset.h"
+#include "cm_model.h"
 #include "fake_teacher.h"
 #include "test_process.h"
 #include "test_util.h"
@@ -410,6 +411,99 @@ START_TEST(test_resume_and_replay_are_exact) {
              test_util_bin("student-trainer"), common, record, replayed);
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
     ck_assert_msg(strstr(output, record), "error does not name the record: %s", output);
+}
+END_TEST
+
+/*
+ * --save-initial and --log-steps (bench/parity replays runs from them): the initial checkpoint
+ * is the seeded initialization; the log has one line per step, its rows are every training
+ * example once per epoch, its terms add up to the step's loss, and its losses weighted by rows
+ * give the epoch's mean loss and its last rate the epoch's rate in --metrics.  An unwritable
+ * log fails the run naming it; neither option goes with --resume.
+ */
+START_TEST(test_save_initial_and_log_steps) {
+    REQUIRE_DATA();
+    teacher_process_t comp;
+    start_teacher(&comp, "comp-steps", comp_path, "");
+    char command[4096], out[400], initial[400], steps_path[400], metrics_path[400];
+    snprintf(out, sizeof out, "%s/steps.safetensors", directory);
+    snprintf(initial, sizeof initial, "%s/steps-initial.safetensors", directory);
+    snprintf(steps_path, sizeof steps_path, "%s/steps.jsonl", directory);
+    snprintf(metrics_path, sizeof metrics_path, "%s/steps-metrics.jsonl", directory);
+    const char *common = "--view pool7 --model mlp:49-32-10 --method kd --epochs 2 --batch 64 "
+                         "--seed 9 --schedule cosine --lr 3e-3 --http off " SUBSET;
+    snprintf(command, sizeof command,
+             "%s train %s --teacher comp=%s --out %s --save-initial %s --log-steps %s "
+             "--metrics %s",
+             test_util_bin("student-trainer"), common, comp.endpoint, out, initial, steps_path,
+             metrics_path);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "train: %s", output);
+
+    cm_model_t *saved = NULL, *fresh = NULL;
+    ck_assert_int_eq(cm_model_load(initial, 64, &saved, NULL), CM_OK);
+    ck_assert_int_eq(cm_model_new(cm_model_spec(saved), 64, &fresh), CM_OK);
+    cm_model_init(fresh, 9);
+    ck_assert_int_eq(memcmp(cm_model_params(saved), cm_model_params(fresh),
+                            sizeof(float) * cm_model_param_count(fresh)),
+                     0);
+    cm_model_free(&saved);
+    cm_model_free(&fresh);
+
+    json_t *steps = read_metrics(steps_path), *metrics = read_metrics(metrics_path);
+    int per_epoch = (2000 + 63) / 64;
+    ck_assert_int_eq((int)json_array_size(steps), 2 * per_epoch);
+    static int seen[2][2000];
+    memset(seen, 0, sizeof seen);
+    double weighted[2] = {0.0, 0.0};
+    long rows_total[2] = {0, 0};
+    for (size_t index = 0; index < json_array_size(steps); index++) {
+        json_t *line = json_array_get(steps, index);
+        int epoch = (int)json_integer_value(json_object_get(line, "epoch"));
+        ck_assert_int_eq((int)json_integer_value(json_object_get(line, "step")), (int)index + 1);
+        ck_assert_int_eq(epoch, (int)index / per_epoch + 1);
+        ck_assert_int_eq((int)json_integer_value(json_object_get(line, "batch")),
+                         (int)index % per_epoch);
+        double loss = metric(line, "loss");
+        ck_assert_msg(isfinite(loss) && loss > 0, "step %zu: loss %g", index + 1, loss);
+        ck_assert_double_eq_tol(metric(line, "ce") + metric(line, "kd"), loss, 1e-12);
+        json_t *ids = json_object_get(line, "ids");
+        for (size_t row = 0; row < json_array_size(ids); row++) {
+            int id = (int)json_integer_value(json_array_get(ids, row));
+            ck_assert_msg(id >= 0 && id < 2000, "step %zu: id %d", index + 1, id);
+            seen[epoch - 1][id]++;
+        }
+        weighted[epoch - 1] += loss * (double)json_array_size(ids);
+        rows_total[epoch - 1] += (long)json_array_size(ids);
+    }
+    for (int epoch = 0; epoch < 2; epoch++) {
+        for (int id = 0; id < 2000; id++) ck_assert_int_eq(seen[epoch][id], 1);
+        json_t *line = json_array_get(metrics, (size_t)epoch);
+        ck_assert_double_eq_tol(weighted[epoch] / (double)rows_total[epoch], metric(line, "loss"),
+                                2e-6); /* the metrics print 6 decimals */
+        json_t *last = json_array_get(steps, (size_t)(epoch + 1) * (size_t)per_epoch - 1);
+        ck_assert_double_eq_tol(metric(last, "lr"), metric(line, "lr"), 1e-12);
+    }
+    /* The rate warms up: the first step's is below the peak. */
+    ck_assert(metric(json_array_get(steps, 0), "lr") < 3e-3 * 0.5);
+    json_decref(steps);
+    json_decref(metrics);
+
+    snprintf(command, sizeof command,
+             "%s train %s --teacher comp=%s --out %s --log-steps /dev/full",
+             test_util_bin("student-trainer"), common, comp.endpoint, out);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "cannot write the per-step log to /dev/full"), "%s", output);
+    snprintf(command, sizeof command,
+             "%s train %s --teacher comp=%s --out %s --save-initial %s/no/such/dir/x",
+             test_util_bin("student-trainer"), common, comp.endpoint, out, directory);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "no/such/dir/x"), "error does not name the file: %s", output);
+    stop_teacher(&comp);
+    snprintf(command, sizeof command,
+             "%s train %s --teacher comp=%s --out %s --log-steps %s --resume",
+             test_util_bin("student-trainer"), common, comp.endpoint, out, steps_path);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "cannot be combined with --resume"), "%s", output);
 }
 END_TEST
 
@@ -1166,6 +1260,8 @@ START_TEST(test_usage_errors) {
     snprintf(command, sizeof command, "%s train --help", test_util_bin("student-trainer"));
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 0);
     ck_assert_ptr_nonnull(strstr(output, "--on-teacher-failure"));
+    ck_assert_ptr_nonnull(strstr(output, "--save-initial"));
+    ck_assert_ptr_nonnull(strstr(output, "--log-steps"));
     ck_assert_ptr_nonnull(strstr(output, "COMMITTEE_TEACHER"));
 }
 END_TEST
@@ -1184,6 +1280,7 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_refuses_bad_teacher_endpoints);
     tcase_add_test(tcase, test_resume_and_replay_are_exact);
     tcase_add_test(tcase, test_schedule_decays_and_resumes_exactly);
+    tcase_add_test(tcase, test_save_initial_and_log_steps);
     tcase_add_test(tcase, test_diversedistill_filtering_saves_real_work);
     tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);
     tcase_add_test(tcase, test_diversedistill_interactive);
