@@ -12,6 +12,7 @@
 #include "cm_layers.h"
 
 #include "cm_blas.h"
+#include "cm_vec.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -26,46 +27,6 @@ static const float gelu_cubic = 0.044715f;
 /* Sums of one row go to eight float lanes (LANES): no single chain of dependent additions
  * (the latency of one add per element), and each lane adds at most a row / 8 values. */
 enum { LANES = 8 };
-
-/* The element-wise kernels (GELU, layer norm) use GCC's vector extension: four floats, one
- * SSE register on x86-64 (NEON on arm64), so -O2 emits vector code for them whatever its
- * auto-vectorizer decides.  Loads and stores go through memcpy (any alignment); a row's tail
- * of fewer than four floats is copied into a zero-padded vector and back, so the tail runs
- * the very same arithmetic. */
-typedef float vec4_t __attribute__((vector_size(16)));
-typedef int32_t mask4_t __attribute__((vector_size(16)));
-enum { VEC = 4 };
-
-static inline vec4_t vec_splat(float value) { return (vec4_t){value, value, value, value}; }
-
-static inline vec4_t vec_load(const float *source) {
-    vec4_t value;
-    memcpy(&value, source, sizeof value);
-    return value;
-}
-
-static inline void vec_store(float *target, vec4_t value) { memcpy(target, &value, sizeof value); }
-
-/* The first `count` (< VEC) floats of source, zeros after. */
-static inline vec4_t vec_load_tail(const float *source, int count) {
-    vec4_t value = vec_splat(0.0f);
-    memcpy(&value, source, sizeof(float) * (size_t)count);
-    return value;
-}
-
-static inline void vec_store_tail(float *target, vec4_t value, int count) {
-    memcpy(target, &value, sizeof(float) * (size_t)count);
-}
-
-/* mask ? a : b, lane by lane (mask lanes all ones or all zeros, as comparisons give). */
-static inline vec4_t vec_select(mask4_t mask, vec4_t a, vec4_t b) {
-    return (vec4_t)((mask & (mask4_t)a) | (~mask & (mask4_t)b));
-}
-
-/* The four lanes summed in a fixed order. */
-static inline float vec_total(vec4_t value) {
-    return (value[0] + value[1]) + (value[2] + value[3]);
-}
 
 /* tanh(u) as a rational function, odd degree 13 over even degree 6 (the coefficients of
  * Eigen's float tanh), for |u| < 7.9053 and exactly +-1 beyond: no libm call, no branch.
@@ -124,19 +85,35 @@ void cm_layers_dense_backward(float *d_in, float *d_weight, float *d_bias, const
     if (d_weight)
         cm_blas_sgemm(true, false, out_dim, in_dim, rows, 1.0f, d_out, out_dim, in, in_dim, 1.0f,
                       d_weight, in_dim);
-    if (d_bias)
+    if (d_bias) {
+        int body = out_dim - out_dim % VEC;
         for (int row = 0; row < rows; row++) {
             const float *d_out_row = d_out + (size_t)row * out_dim;
-            for (int col = 0; col < out_dim; col++) d_bias[col] += d_out_row[col];
+            for (int col = 0; col < body; col += VEC)
+                vec_store(d_bias + col, vec_load(d_bias + col) + vec_load(d_out_row + col));
+            for (int col = body; col < out_dim; col++) d_bias[col] += d_out_row[col];
         }
+    }
 }
 
 void cm_layers_relu_forward(float *out, const float *in, int count) {
-    for (int i = 0; i < count; i++) out[i] = in[i] > 0.0f ? in[i] : 0.0f;
+    int i = 0;
+    for (; i + VEC <= count; i += VEC) {
+        vec4_t value = vec_load(in + i);
+        vec_store(out + i, vec_select(value > 0.0f, value, vec_splat(0.0f)));
+    }
+    for (; i < count; i++) out[i] = in[i] > 0.0f ? in[i] : 0.0f;
 }
 
+/* d_in + (in > 0 ? d_out : 0): adding +0 where the ReLU is off leaves d_in's bits as they were
+ * (d_in + 0 = d_in, and -0 + +0 = +0 is the one change, a sign of zero no later use sees). */
 void cm_layers_relu_backward(float *d_in, const float *d_out, const float *in, int count) {
-    for (int i = 0; i < count; i++)
+    int i = 0;
+    for (; i + VEC <= count; i += VEC) {
+        vec4_t gradient = vec_select(vec_load(in + i) > 0.0f, vec_load(d_out + i), vec_splat(0.0f));
+        vec_store(d_in + i, vec_load(d_in + i) + gradient);
+    }
+    for (; i < count; i++)
         if (in[i] > 0.0f) d_in[i] += d_out[i];
 }
 
@@ -263,9 +240,33 @@ void cm_layers_embedding_backward(float *d_table, const float *d_out, int out_st
     }
 }
 
+/* exp(x) per lane, Cephes' single-precision method: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in
+ * two parts), exp(r) by a degree-7 polynomial, 2^n put into the exponent bits.  Within 2 ulp
+ * of expf over [-87, 88] (the softmax's arguments are <= 0); below -87 it returns 0. */
+static inline vec4_t vec_exp(vec4_t x) {
+    vec4_t low = vec_splat(-87.0f), high = vec_splat(88.0f);
+    mask4_t underflow = x < low;
+    x = vec_select(x > high, high, vec_select(underflow, low, x));
+    vec4_t scaled = x * 1.44269504088896341f;
+    mask4_t n = __builtin_convertvector(
+        scaled + vec_select(scaled >= 0.0f, vec_splat(0.5f), vec_splat(-0.5f)), mask4_t);
+    vec4_t whole = __builtin_convertvector(n, vec4_t);
+    vec4_t r = x - whole * 0.693359375f - whole * -2.12194440e-4f;
+    vec4_t p = vec_splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    vec4_t power = (vec4_t)((n + 127) << 23);
+    return vec_select(underflow, vec_splat(0.0f), p * power);
+}
+
 /* Stable in-place softmax of each row of scores[rows][cols] over the columns whose valid byte
  * is nonzero (valid NULL: all).  Masked columns, the -inf scores, become exactly 0; a row with
- * no valid column becomes all zeros instead of 0/0. */
+ * no valid column becomes all zeros instead of 0/0.  Four columns at a time (the row's tail
+ * in a zero-padded vector whose extra lanes count as masked). */
 static void softmax_rows(float *scores, const unsigned char *valid, int rows, int cols) {
     for (int row = 0; row < rows; row++) {
         float *values = scores + (size_t)row * cols;
@@ -276,12 +277,22 @@ static void softmax_rows(float *scores, const unsigned char *valid, int rows, in
             memset(values, 0, sizeof(float) * (size_t)cols);
             continue;
         }
-        float sum = 0.0f;
-        for (int col = 0; col < cols; col++) {
-            values[col] = !valid || valid[col] ? expf(values[col] - max_value) : 0.0f;
-            sum += values[col];
+        vec4_t sums = vec_splat(0.0f);
+        for (int col = 0; col < cols; col += VEC) {
+            int width = cols - col < VEC ? cols - col : VEC;
+            mask4_t keep;
+            for (int lane = 0; lane < VEC; lane++)
+                keep[lane] = lane < width && (!valid || valid[col + lane]) ? -1 : 0;
+            vec4_t x = width == VEC ? vec_load(values + col) : vec_load_tail(values + col, width);
+            vec4_t e = vec_select(keep, vec_exp(vec_select(keep, x - max_value, vec_splat(0.0f))),
+                                  vec_splat(0.0f));
+            sums += e;
+            if (width == VEC)
+                vec_store(values + col, e);
+            else
+                vec_store_tail(values + col, e, width);
         }
-        float inverse = 1.0f / sum;
+        float inverse = 1.0f / vec_total(sums);
         for (int col = 0; col < cols; col++) values[col] *= inverse;
     }
 }
@@ -453,7 +464,9 @@ void cm_layers_mean_pool_backward(float *d_in, const float *d_out, const unsigne
 }
 
 void cm_layers_add_forward(float *out, const float *a, const float *b, int count) {
-    for (int i = 0; i < count; i++) out[i] = a[i] + b[i];
+    int i = 0;
+    for (; i + VEC <= count; i += VEC) vec_store(out + i, vec_load(a + i) + vec_load(b + i));
+    for (; i < count; i++) out[i] = a[i] + b[i];
 }
 
 /* ---------------------------------------------------------------- convolutional layers */

@@ -1359,6 +1359,107 @@ START_TEST(test_tiny_mlp_overfits_one_batch) {
 }
 END_TEST
 
+/* GELU and its derivative are computed with a rational tanh (no libm call): over a dense grid
+ * of [-20, 20] (every 1e-4, 400 001 points) they stay within the bounds cm_layers.c states
+ * against the exact tanh form in double: |error| <= 8e-7 (1 + |GELU|) (measured 7.1e-7;
+ * rounding the exact value to float alone costs up to 2.4e-7) and 5e-6 for the derivative
+ * (measured 4.3e-6).  Odd counts exercise the vector kernels' tails. */
+START_TEST(test_gelu_accuracy_dense_grid) {
+    enum { POINTS = 400001 };
+    float *in = floats(POINTS), *out = floats(POINTS), *d_in = floats(POINTS);
+    float *ones = floats(POINTS);
+    for (int i = 0; i < POINTS; i++) {
+        in[i] = -20.0f + 40.0f * (float)i / (float)(POINTS - 1);
+        ones[i] = 1.0f;
+    }
+    cm_layers_gelu_forward(out, in, POINTS);
+    cm_layers_gelu_backward(d_in, ones, in, POINTS);
+    const double scale = sqrt(2.0 / M_PI), cubic = 0.044715;
+    double worst_value = 0.0, worst_derivative = 0.0;
+    for (int i = 0; i < POINTS; i++) {
+        double x = in[i], u = scale * (x + cubic * x * x * x), t = tanh(u);
+        double value = 0.5 * x * (1.0 + t);
+        double derivative =
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * scale * (1.0 + 3.0 * cubic * x * x);
+        double value_error = fabs(out[i] - value) / (1.0 + fabs(value));
+        double derivative_error = fabs(d_in[i] - derivative);
+        if (value_error > worst_value) worst_value = value_error;
+        if (derivative_error > worst_derivative) worst_derivative = derivative_error;
+        ck_assert_msg(value_error <= 8e-7, "gelu(%.7g) = %.9g, want %.9g", x, (double)out[i],
+                      value);
+        ck_assert_msg(derivative_error <= 5e-6, "gelu'(%.7g) = %.9g, want %.9g", x, (double)d_in[i],
+                      derivative);
+    }
+    ck_assert(worst_value > 0.0 && worst_derivative > 0.0); /* the grid did run */
+    /* a tail of 1, 2 and 3 values gives what the same values give inside a full vector */
+    for (int count = 1; count <= 3; count++) {
+        float tail[3];
+        cm_layers_gelu_forward(tail, in + 1000, count);
+        for (int i = 0; i < count; i++) ck_assert_float_eq(tail[i], out[1000 + i]);
+    }
+    free(in);
+    free(out);
+    free(d_in);
+    free(ones);
+}
+END_TEST
+
+/* The attention softmax's vector exp: probabilities of rows whose scores span [-80, 0] after
+ * the max is subtracted (one query, 19 keys: a full vector tail of 3) within 4e-7 (1 + p) of
+ * the softmax in double, and every row sums to 1 within 1e-6. */
+START_TEST(test_attention_softmax_accuracy) {
+    enum { TOKENS = 19, DIM = 1 };
+    float qkv[TOKENS * 3 * DIM], out[TOKENS * DIM], att[TOKENS * TOKENS];
+    for (int token = 0; token < TOKENS; token++) {
+        qkv[token * 3] = 1.0f;                                     /* query */
+        qkv[token * 3 + 1] = -80.0f * (float)token / (TOKENS - 1); /* key: scores 0 .. -80 */
+        qkv[token * 3 + 2] = (float)token;                         /* value */
+    }
+    cm_layers_attention_forward(out, att, qkv, NULL, 1, TOKENS, DIM, 1);
+    for (int row = 0; row < TOKENS; row++) {
+        double normaliser = 0.0, sum = 0.0;
+        for (int col = 0; col < TOKENS; col++) normaliser += exp((double)qkv[col * 3 + 1]);
+        for (int col = 0; col < TOKENS; col++) {
+            double want = exp((double)qkv[col * 3 + 1]) / normaliser;
+            float got = att[row * TOKENS + col];
+            ck_assert_msg(fabs(got - want) <= 4e-7 * (1.0 + want), "p[%d][%d] = %.9g, want %.9g",
+                          row, col, (double)got, want);
+            sum += got;
+        }
+        ck_assert_double_eq_tol(sum, 1.0, 1e-6);
+    }
+}
+END_TEST
+
+/* AdamW's vector loop computes each parameter exactly as its scalar tail does: the same
+ * values updated as one range of 11 and one parameter at a time give the same bits. */
+START_TEST(test_adamw_vector_equals_scalar) {
+    enum { COUNT = 11 };
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 77);
+    float *params = random_floats(&rng, COUNT, -1.0f, 1.0f),
+          *grads = random_floats(&rng, COUNT, -1.0f, 1.0f);
+    float *m = random_floats(&rng, COUNT, -0.1f, 0.1f), *v = random_floats(&rng, COUNT, 0.0f, 0.1f);
+    float one_params[COUNT], one_m[COUNT], one_v[COUNT];
+    memcpy(one_params, params, sizeof one_params);
+    memcpy(one_m, m, sizeof one_m);
+    memcpy(one_v, v, sizeof one_v);
+    cm_adamw_config_t config = cm_adamw_defaults();
+    for (long step = 1; step <= 3; step++) {
+        cm_adamw_update(params, grads, m, v, COUNT, &config, step, 1);
+        for (int i = 0; i < COUNT; i++)
+            cm_adamw_update(one_params + i, grads + i, one_m + i, one_v + i, 1, &config, step, 1);
+    }
+    ck_assert_mem_eq(params, one_params, sizeof one_params);
+    ck_assert_mem_eq(m, one_m, sizeof one_m);
+    ck_assert_mem_eq(v, one_v, sizeof one_v);
+    free(params);
+    free(grads);
+    free(m);
+    free(v);
+}
+END_TEST
+
 Suite *check_layers_suite(void);
 Suite *check_layers_suite(void) {
     Suite *suite = suite_create("layers");
@@ -1385,6 +1486,9 @@ Suite *check_layers_suite(void) {
     tcase_add_test(forward, test_dense_forward_matches_reference);
     tcase_add_test(forward, test_relu_forward_in_place);
     tcase_add_test(forward, test_gelu_forward_values);
+    tcase_add_test(forward, test_gelu_accuracy_dense_grid);
+    tcase_add_test(forward, test_attention_softmax_accuracy);
+    tcase_add_test(forward, test_adamw_vector_equals_scalar);
     tcase_add_test(forward, test_layernorm_normalises_rows);
     tcase_add_test(forward, test_attention_forward_matches_reference);
     tcase_add_test(forward, test_attention_stable_for_large_scores);
