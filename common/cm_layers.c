@@ -268,21 +268,36 @@ static inline vec4_t vec_exp(vec4_t x) {
  * no valid column becomes all zeros instead of 0/0.  Four columns at a time (the row's tail
  * in a zero-padded vector whose extra lanes count as masked). */
 static void softmax_rows(float *scores, const unsigned char *valid, int rows, int cols) {
+    int body = cols - cols % VEC, tail = cols - body;
+    mask4_t tail_lanes = {0 < tail ? -1 : 0, 1 < tail ? -1 : 0, 2 < tail ? -1 : 0, 0};
     for (int row = 0; row < rows; row++) {
         float *values = scores + (size_t)row * cols;
         float max_value = -INFINITY;
-        for (int col = 0; col < cols; col++)
-            if ((!valid || valid[col]) && values[col] > max_value) max_value = values[col];
+        if (!valid) {
+            vec4_t maxima = vec_splat(-INFINITY);
+            for (int col = 0; col < body; col += VEC) {
+                vec4_t x = vec_load(values + col);
+                maxima = vec_select(x > maxima, x, maxima);
+            }
+            for (int lane = 0; lane < VEC; lane++)
+                if (maxima[lane] > max_value) max_value = maxima[lane];
+            for (int col = body; col < cols; col++)
+                if (values[col] > max_value) max_value = values[col];
+        } else {
+            for (int col = 0; col < cols; col++)
+                if (valid[col] && values[col] > max_value) max_value = values[col];
+        }
         if (max_value == -INFINITY) {
             memset(values, 0, sizeof(float) * (size_t)cols);
             continue;
         }
         vec4_t sums = vec_splat(0.0f);
         for (int col = 0; col < cols; col += VEC) {
-            int width = cols - col < VEC ? cols - col : VEC;
-            mask4_t keep;
-            for (int lane = 0; lane < VEC; lane++)
-                keep[lane] = lane < width && (!valid || valid[col + lane]) ? -1 : 0;
+            int width = col < body ? VEC : tail;
+            mask4_t keep = width == VEC ? (mask4_t){-1, -1, -1, -1} : tail_lanes;
+            if (valid)
+                for (int lane = 0; lane < width; lane++)
+                    if (!valid[col + lane]) keep[lane] = 0;
             vec4_t x = width == VEC ? vec_load(values + col) : vec_load_tail(values + col, width);
             vec4_t e = vec_select(keep, vec_exp(vec_select(keep, x - max_value, vec_splat(0.0f))),
                                   vec_splat(0.0f));
@@ -293,7 +308,9 @@ static void softmax_rows(float *scores, const unsigned char *valid, int rows, in
                 vec_store_tail(values + col, e, width);
         }
         float inverse = 1.0f / vec_total(sums);
-        for (int col = 0; col < cols; col++) values[col] *= inverse;
+        for (int col = 0; col < body; col += VEC)
+            vec_store(values + col, vec_load(values + col) * inverse);
+        for (int col = body; col < cols; col++) values[col] *= inverse;
     }
 }
 
