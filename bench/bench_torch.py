@@ -10,7 +10,9 @@ steps in committee and the same number of steps in PyTorch, back to back (the or
 every repetition), so both see the same machine; the table gives the min and the median per
 step over the repetitions (the process's CPU clock), the ratio PyTorch / committee of both,
 and the load average before and after.  Then, in extra repetitions with committee's timer
-around the BLAS seam (cm_blas_timer), the share of committee's time spent outside sgemm.
+around the BLAS seam (cm_blas_timer, the monotonic clock), the share of committee's time
+spent outside sgemm (of the run with the shortest wall time), and the same share by `perf
+record` (samples outside libopenblas, start-up left out) when perf is installed and allowed.
 
 The PyTorch models follow cm_model: the CNN is bench/bench_cnn_torch.py's; the ViT is patch
 embedding (a Linear over the flattened non-overlapping patches), a cls token and learned
@@ -22,9 +24,11 @@ fixed soft targets; teacher steps use cross-entropy; every training step ends wi
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -175,13 +179,43 @@ class CommitteeSide:
         raise SystemExit("bench_torch: no case list")
 
     def run(self, name, steps, timer=False):
-        cpu, _wall, sgemm = (float(value) for value in self.ask(
+        """CPU seconds of the steps, and with the timer the wall seconds of the steps and of
+        the sgemm calls in them."""
+        cpu, wall, sgemm = (float(value) for value in self.ask(
             f"{name} {steps}{' timer' if timer else ''}"))
-        return cpu, sgemm
+        return (cpu, wall, sgemm) if timer else (cpu, sgemm)
 
     def close(self):
         self.process.stdin.close()
         self.process.wait()
+
+
+def perf_share(binary, batch, name, step_seconds):
+    """Share of committee's CPU samples outside OpenBLAS for one case, by `perf record` (no
+    timer in the code), or None when perf is missing or not allowed here.  The first ~2 s
+    (start-up: every model is built, then a second of warm-up steps) are not recorded."""
+    if not shutil.which("perf"):
+        return None
+    warmup, steps = max(3, int(1.5 / step_seconds)), max(10, int(3.0 / step_seconds))
+    with tempfile.TemporaryDirectory() as scratch:
+        data = os.path.join(scratch, "perf.data")
+        recorded = subprocess.run(
+            ["perf", "record", "-q", "-D", "2000", "-F", "999", "-o", data, binary, "--serve",
+             "--batch", str(batch)], input=f"{name} {warmup}\n{name} {steps}\n",
+            capture_output=True, text=True)
+        if recorded.returncode != 0:
+            return None
+        report = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "dso",
+                                 "--stdio"], capture_output=True, text=True)
+    total = blas = 0.0
+    for line in report.stdout.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].endswith("%") and not line.startswith("#"):
+            share = float(fields[0].rstrip("%"))
+            total += share
+            if "openblas" in fields[1] or "libblas" in fields[1]:
+                blas += share
+    return 1.0 - blas / total if total > 0 else None
 
 
 def main():
@@ -216,13 +250,16 @@ def main():
                 times[name][side].append(seconds / steps[name])
     shares = {}
     for name, _, _ in cases:  # the timer's runs apart: its clock reads cost a little
-        best = None
+        best = None  # sgemm's share of the wall clock: preemption hits both alike
         for _ in range(3):
-            cpu, sgemm = committee.run(name, steps[name], timer=True)
-            if best is None or cpu < best[0]:
-                best = (cpu, sgemm)
+            _cpu, wall, sgemm = committee.run(name, steps[name], timer=True)
+            if best is None or wall < best[0]:
+                best = (wall, sgemm)
         shares[name] = 1.0 - best[1] / best[0]
     committee.close()
+    binary = os.path.join(args.bin, "bench_torch")
+    perf_shares = {name: perf_share(binary, args.batch, name, min(times[name]["committee"]))
+                   for name, _, _ in cases}
     load_after = os.getloadavg()
 
     print(f"PyTorch {torch.__version__} eager vs committee, batch {args.batch}, one thread each "
@@ -231,7 +268,7 @@ def main():
           f"{os.cpu_count()} cores")
     print()
     print("| case | model | committee ms (min / median) | PyTorch ms (min / median) "
-          "| PyTorch / committee (min / median) | committee outside sgemm |")
+          "| PyTorch / committee (min / median) | committee outside sgemm (timer / perf) |")
     print("|---|---|---|---|---|---|")
     report = {"torch": torch.__version__, "batch": args.batch, "reps": args.reps,
               "load_before": load_before[0], "load_after": load_after[0], "cases": {}}
@@ -240,14 +277,15 @@ def main():
         row = {"spec": spec, "mode": mode, "steps_per_rep": steps[name],
                "committee_min": min(ours), "committee_median": statistics.median(ours),
                "torch_min": min(theirs), "torch_median": statistics.median(theirs),
-               "non_gemm_share": shares[name]}
+               "non_gemm_share": shares[name], "non_gemm_share_perf": perf_shares[name]}
         row["ratio_min"] = row["torch_min"] / row["committee_min"]
         row["ratio_median"] = row["torch_median"] / row["committee_median"]
         report["cases"][name] = row
+        by_perf = "n/a" if perf_shares[name] is None else f"{100 * perf_shares[name]:.0f}%"
         print(f"| {name} | `{spec}` ({mode}) | {1e3 * row['committee_min']:.2f} / "
               f"{1e3 * row['committee_median']:.2f} | {1e3 * row['torch_min']:.2f} / "
               f"{1e3 * row['torch_median']:.2f} | **{row['ratio_min']:.2f}x** / "
-              f"{row['ratio_median']:.2f}x | {100 * shares[name]:.0f}% |")
+              f"{row['ratio_median']:.2f}x | {100 * shares[name]:.0f}% / {by_perf} |")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=1)
