@@ -76,6 +76,25 @@ void cm_layers_dense_forward(float *out, const float *in, const float *weight, c
                   out_dim);
 }
 
+void cm_layers_dense_forward_residual(float *out, const float *in, const float *weight,
+                                      const float *bias, const float *residual, int rows,
+                                      int in_dim, int out_dim) {
+    int body = out_dim - out_dim % VEC;
+    for (int row = 0; row < rows; row++) {
+        float *out_row = out + (size_t)row * out_dim;
+        const float *residual_row = residual + (size_t)row * out_dim;
+        if (!bias) {
+            memcpy(out_row, residual_row, sizeof(float) * (size_t)out_dim);
+            continue;
+        }
+        for (int col = 0; col < body; col += VEC)
+            vec_store(out_row + col, vec_load(residual_row + col) + vec_load(bias + col));
+        for (int col = body; col < out_dim; col++) out_row[col] = residual_row[col] + bias[col];
+    }
+    cm_blas_sgemm(false, true, rows, out_dim, in_dim, 1.0f, in, in_dim, weight, in_dim, 1.0f, out,
+                  out_dim);
+}
+
 void cm_layers_dense_backward(float *d_in, float *d_weight, float *d_bias, const float *d_out,
                               const float *in, const float *weight, int rows, int in_dim,
                               int out_dim) {

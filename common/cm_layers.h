@@ -22,6 +22,12 @@
  * (bias may be NULL). */
 void cm_layers_dense_forward(float *out, const float *in, const float *weight, const float *bias,
                              int rows, int in_dim, int out_dim);
+/* out[rows][out_dim] = residual[rows][out_dim] + bias[out_dim] + in · weight^T, the dense layer
+ * and a residual connection in one pass over out (bias may be NULL; out may not alias
+ * residual or in). */
+void cm_layers_dense_forward_residual(float *out, const float *in, const float *weight,
+                                      const float *bias, const float *residual, int rows,
+                                      int in_dim, int out_dim);
 /* d_in[rows][in_dim] += d_out · weight; d_weight[out_dim][in_dim] += d_out^T · in;
  * d_bias[out_dim] += column sums of d_out.  Any of d_in, d_weight, d_bias may be NULL. */
 void cm_layers_dense_backward(float *d_in, float *d_weight, float *d_bias, const float *d_out,

@@ -1020,17 +1020,15 @@ static void transformer_forward_chunk(cm_model_t *model, int start, int count,
                                 3 * dim);
         cm_layers_attention_forward(attn_out, block->att + att0, qkv, valid_chunk, count, tokens,
                                     dim, heads);
-        cm_layers_dense_forward(x_mid, attn_out, block->proj_weight, block->proj_bias, rows, dim,
-                                dim);
-        cm_layers_add_forward(x_mid, x_mid, residual, rows * dim);
+        cm_layers_dense_forward_residual(x_mid, attn_out, block->proj_weight, block->proj_bias,
+                                         residual, rows, dim, dim);
         cm_layers_layernorm_forward(ln2_out, block->ln2_mean + row0, block->ln2_rstd + row0, x_mid,
                                     block->ln2_gamma, block->ln2_beta, rows, dim);
         cm_layers_dense_forward(fc1_pre, ln2_out, block->fc1_weight, block->fc1_bias, rows, dim,
                                 mlp_dim);
         cm_layers_gelu_forward(fc1_act, fc1_pre, rows * mlp_dim);
-        cm_layers_dense_forward(x_out, fc1_act, block->fc2_weight, block->fc2_bias, rows, mlp_dim,
-                                dim);
-        cm_layers_add_forward(x_out, x_out, x_mid, rows * dim);
+        cm_layers_dense_forward_residual(x_out, fc1_act, block->fc2_weight, block->fc2_bias, x_mid,
+                                         rows, mlp_dim, dim);
         residual = x_out;
     }
     float *lnf_out = model->lnf_out + row0 * dim, *pooled = model->pooled + (size_t)start * dim;

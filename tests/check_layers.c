@@ -128,6 +128,36 @@ START_TEST(test_dense_forward_matches_reference) {
 }
 END_TEST
 
+/* The fused dense + residual equals the dense layer then the residual add, within a float
+ * rounding of each sum (the bias meets the residual before the product instead of after). */
+START_TEST(test_dense_forward_residual_matches_composition) {
+    static const int shapes[][3] = {{3, 5, 7}, {13, 17, 9}, {34, 24, 96}};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 103);
+    for (size_t shape = 0; shape < sizeof shapes / sizeof shapes[0]; shape++)
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            dense_case_t test;
+            dense_case_init(&test, &rng, shapes[shape][0], shapes[shape][1], shapes[shape][2]);
+            const float *bias = with_bias ? test.bias : NULL;
+            int count = test.rows * test.out_dim;
+            float *residual = random_floats(&rng, count, -2.0f, 2.0f), *fused = floats(count);
+            for (int i = 0; i < count; i++) fused[i] = NAN; /* overwritten, whatever it held */
+            cm_layers_dense_forward_residual(fused, test.in, test.weight, bias, residual, test.rows,
+                                             test.in_dim, test.out_dim);
+            cm_layers_dense_forward(test.out, test.in, test.weight, bias, test.rows, test.in_dim,
+                                    test.out_dim);
+            cm_layers_add_forward(test.out, test.out, residual, count);
+            for (int i = 0; i < count; i++)
+                ck_assert_msg(fabsf(fused[i] - test.out[i]) <= 1e-5f * (1.0f + fabsf(test.out[i])),
+                              "dense+residual %d: %g vs %g", i, (double)fused[i],
+                              (double)test.out[i]);
+            free(residual);
+            free(fused);
+            dense_case_deinit(&test);
+        }
+}
+END_TEST
+
 /* NULL gradient pointers are skipped and do not change the gradients that are computed. */
 START_TEST(test_dense_backward_null_gradients) {
     cm_rng_t rng;
@@ -1488,6 +1518,7 @@ Suite *check_layers_suite(void) {
     suite_add_tcase(suite, gradients);
     TCase *forward = tcase_create("forward");
     tcase_add_test(forward, test_dense_forward_matches_reference);
+    tcase_add_test(forward, test_dense_forward_residual_matches_composition);
     tcase_add_test(forward, test_relu_forward_in_place);
     tcase_add_test(forward, test_gelu_forward_values);
     tcase_add_test(forward, test_gelu_accuracy_dense_grid);
