@@ -210,6 +210,12 @@ bench-python: python $(TEACHER_BIN)
 bench-parity: python $(TEACHER_BIN) $(TRAINER_BIN)
 	OPENBLAS_NUM_THREADS=1 $(PY_ENV) $(PYTHON) bench/parity/run_parity.py $(PARITY_ARGS)
 
+# committee's kernels next to PyTorch eager (Debian's python3-torch), one thread each, in one
+# run with interleaved repetitions (bench/bench_torch.py; BENCH_TORCH_ARGS e.g. --reps 9).
+.PHONY: bench-torch
+bench-torch: $(BUILD)/bin/bench_torch
+	OPENBLAS_NUM_THREADS=1 $(PYTHON) bench/bench_torch.py --bin $(BUILD)/bin $(BENCH_TORCH_ARGS)
+
 # Fuzzing (issue 11): `make fuzz` builds every tests/fuzz/fuzz_*.c into a libFuzzer harness
 # build-fuzz/fuzz_NAME with clang, linked with common/ compiled with the same sanitizers;
 # `make fuzz-run FUZZ_SECONDS=60` runs each for that long over its seeds tests/fuzz/corpus/NAME/

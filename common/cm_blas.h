@@ -28,4 +28,11 @@ void cm_blas_set_threads(int threads);
 /* The number of threads OpenBLAS currently uses. */
 int cm_blas_threads(void);
 
+/* Benchmarks' timer around the seam: while on, every cm_blas_sgemm call adds its duration
+ * (the monotonic clock) to a process-wide total.  Off by default (then a call costs one
+ * branch more); not meant for threads calling sgemm at once.  cm_blas_timer(true) resets it. */
+void cm_blas_timer(bool on);
+/* Seconds spent in cm_blas_sgemm since the timer was switched on. */
+double cm_blas_timer_seconds(void);
+
 #endif

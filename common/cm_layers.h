@@ -22,6 +22,12 @@
  * (bias may be NULL). */
 void cm_layers_dense_forward(float *out, const float *in, const float *weight, const float *bias,
                              int rows, int in_dim, int out_dim);
+/* out[rows][out_dim] = residual[rows][out_dim] + bias[out_dim] + in · weight^T, the dense layer
+ * and a residual connection in one pass over out (bias may be NULL; out may not alias
+ * residual or in). */
+void cm_layers_dense_forward_residual(float *out, const float *in, const float *weight,
+                                      const float *bias, const float *residual, int rows,
+                                      int in_dim, int out_dim);
 /* d_in[rows][in_dim] += d_out · weight; d_weight[out_dim][in_dim] += d_out^T · in;
  * d_bias[out_dim] += column sums of d_out.  Any of d_in, d_weight, d_bias may be NULL. */
 void cm_layers_dense_backward(float *d_in, float *d_weight, float *d_bias, const float *d_out,
@@ -33,7 +39,10 @@ void cm_layers_relu_forward(float *out, const float *in, int count);
 /* d_in[count] += d_out * (in > 0); `in` is the pre-activation. */
 void cm_layers_relu_backward(float *d_in, const float *d_out, const float *in, int count);
 
-/* out[count] = GELU(in), tanh approximation (as GPT-2 / PyTorch approximate="tanh"). */
+/* out[count] = GELU(in), tanh approximation (as GPT-2 / PyTorch approximate="tanh"), the
+ * tanh itself by a rational function (no libm call; cm_layers.c): within 8e-7 (1 + |GELU|)
+ * of the exact tanh form, the derivative within 5e-6 (tests/check_layers.c).  out may equal
+ * in. */
 void cm_layers_gelu_forward(float *out, const float *in, int count);
 /* d_in[count] += d_out * GELU'(in); `in` is the pre-activation. */
 void cm_layers_gelu_backward(float *d_in, const float *d_out, const float *in, int count);

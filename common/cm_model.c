@@ -984,38 +984,68 @@ static const float *emb_forward(cm_model_t *model, const float *inputs, int batc
     return mlp_forward(model, model->concat, batch);
 }
 
+/* The trunk runs over chunks of whole examples (attention mixes tokens within an example only),
+ * each of about TRUNK_CHUNK_ROWS token rows: one chunk's activations, a few hundred KB, stay in
+ * the core's L2 cache from one layer to the next, where the whole batch's (2.5 MB for qkv at
+ * batch 128 in the README's ViT) would go to L3 and memory between every two kernels.  The
+ * per-row kernels give the same values chunk by chunk; the weight gradients add up chunk by
+ * chunk (GEMMs with beta 1). */
+enum { TRUNK_CHUNK_ROWS = 256 };
+
+static int trunk_chunk_examples(const cm_model_t *model) {
+    int examples = TRUNK_CHUNK_ROWS / model->tokens;
+    return examples < 1 ? 1 : examples;
+}
+
+/* The trunk over x0 for examples [start, start + count); valid (NULL: none) masks keys and
+ * pooling.  Writes their logits. */
+static void transformer_forward_chunk(cm_model_t *model, int start, int count,
+                                      const unsigned char *valid) {
+    const cm_model_spec_t *spec = &model->spec;
+    int dim = spec->dim, mlp_dim = spec->mlp_dim, tokens = model->tokens, heads = spec->heads;
+    int rows = count * tokens;
+    size_t row0 = (size_t)start * (size_t)tokens;
+    size_t att0 = (size_t)start * (size_t)heads * (size_t)tokens * (size_t)tokens;
+    const unsigned char *valid_chunk = valid ? valid + row0 : NULL;
+    const float *residual = model->x0 + row0 * dim;
+    for (int depth = 0; depth < spec->depth; depth++) {
+        vit_block_t *block = &model->blocks[depth];
+        float *ln1_out = block->ln1_out + row0 * dim, *qkv = block->qkv + row0 * 3 * dim;
+        float *attn_out = block->attn_out + row0 * dim, *x_mid = block->x_mid + row0 * dim;
+        float *ln2_out = block->ln2_out + row0 * dim, *fc1_pre = block->fc1_pre + row0 * mlp_dim;
+        float *fc1_act = block->fc1_act + row0 * mlp_dim, *x_out = block->x_out + row0 * dim;
+        cm_layers_layernorm_forward(ln1_out, block->ln1_mean + row0, block->ln1_rstd + row0,
+                                    residual, block->ln1_gamma, block->ln1_beta, rows, dim);
+        cm_layers_dense_forward(qkv, ln1_out, block->qkv_weight, block->qkv_bias, rows, dim,
+                                3 * dim);
+        cm_layers_attention_forward(attn_out, block->att + att0, qkv, valid_chunk, count, tokens,
+                                    dim, heads);
+        cm_layers_dense_forward_residual(x_mid, attn_out, block->proj_weight, block->proj_bias,
+                                         residual, rows, dim, dim);
+        cm_layers_layernorm_forward(ln2_out, block->ln2_mean + row0, block->ln2_rstd + row0, x_mid,
+                                    block->ln2_gamma, block->ln2_beta, rows, dim);
+        cm_layers_dense_forward(fc1_pre, ln2_out, block->fc1_weight, block->fc1_bias, rows, dim,
+                                mlp_dim);
+        cm_layers_gelu_forward(fc1_act, fc1_pre, rows * mlp_dim);
+        cm_layers_dense_forward_residual(x_out, fc1_act, block->fc2_weight, block->fc2_bias, x_mid,
+                                         rows, mlp_dim, dim);
+        residual = x_out;
+    }
+    float *lnf_out = model->lnf_out + row0 * dim, *pooled = model->pooled + (size_t)start * dim;
+    cm_layers_layernorm_forward(lnf_out, model->lnf_mean + row0, model->lnf_rstd + row0, residual,
+                                model->lnf_gamma, model->lnf_beta, rows, dim);
+    cm_layers_mean_pool_forward(pooled, lnf_out, valid_chunk, count, tokens, dim);
+    cm_layers_dense_forward(model->logits + (size_t)start * spec->classes, pooled,
+                            model->head_weight, model->head_bias, count, dim, spec->classes);
+}
+
 /* The trunk over x0[batch][tokens][dim]; valid[batch][tokens] masks keys and pooling (NULL:
  * none).  Returns the logits. */
 static const float *transformer_forward(cm_model_t *model, int batch, const unsigned char *valid) {
-    const cm_model_spec_t *spec = &model->spec;
-    int dim = spec->dim, rows = batch * model->tokens;
-    const float *residual = model->x0;
-    for (int depth = 0; depth < spec->depth; depth++) {
-        vit_block_t *block = &model->blocks[depth];
-        cm_layers_layernorm_forward(block->ln1_out, block->ln1_mean, block->ln1_rstd, residual,
-                                    block->ln1_gamma, block->ln1_beta, rows, dim);
-        cm_layers_dense_forward(block->qkv, block->ln1_out, block->qkv_weight, block->qkv_bias,
-                                rows, dim, 3 * dim);
-        cm_layers_attention_forward(block->attn_out, block->att, block->qkv, valid, batch,
-                                    model->tokens, dim, spec->heads);
-        cm_layers_dense_forward(block->x_mid, block->attn_out, block->proj_weight, block->proj_bias,
-                                rows, dim, dim);
-        cm_layers_add_forward(block->x_mid, block->x_mid, residual, rows * dim);
-        cm_layers_layernorm_forward(block->ln2_out, block->ln2_mean, block->ln2_rstd, block->x_mid,
-                                    block->ln2_gamma, block->ln2_beta, rows, dim);
-        cm_layers_dense_forward(block->fc1_pre, block->ln2_out, block->fc1_weight, block->fc1_bias,
-                                rows, dim, spec->mlp_dim);
-        cm_layers_gelu_forward(block->fc1_act, block->fc1_pre, rows * spec->mlp_dim);
-        cm_layers_dense_forward(block->x_out, block->fc1_act, block->fc2_weight, block->fc2_bias,
-                                rows, spec->mlp_dim, dim);
-        cm_layers_add_forward(block->x_out, block->x_out, block->x_mid, rows * dim);
-        residual = block->x_out;
-    }
-    cm_layers_layernorm_forward(model->lnf_out, model->lnf_mean, model->lnf_rstd, residual,
-                                model->lnf_gamma, model->lnf_beta, rows, dim);
-    cm_layers_mean_pool_forward(model->pooled, model->lnf_out, valid, batch, model->tokens, dim);
-    cm_layers_dense_forward(model->logits, model->pooled, model->head_weight, model->head_bias,
-                            batch, dim, spec->classes);
+    int chunk = trunk_chunk_examples(model);
+    for (int start = 0; start < batch; start += chunk)
+        transformer_forward_chunk(model, start, batch - start < chunk ? batch - start : chunk,
+                                  valid);
     return model->logits;
 }
 
@@ -1216,60 +1246,84 @@ static void emb_backward(cm_model_t *model, const float *d_logits, const float *
                                      model->ids + column, columns, batch, dim);
 }
 
-/* Backward of the trunk; leaves the gradient of x0[batch][tokens][dim] in d_res. */
+/* Backward of the trunk for examples [start, start + count), from d_pooled (their rows of it
+ * filled); leaves the gradient of their rows of x0 in d_res. */
+static void transformer_backward_chunk(cm_model_t *model, int start, int count,
+                                       const unsigned char *valid) {
+    const cm_model_spec_t *spec = &model->spec;
+    int dim = spec->dim, mlp_dim = spec->mlp_dim, tokens = model->tokens, heads = spec->heads;
+    int rows = count * tokens;
+    size_t row0 = (size_t)start * (size_t)tokens;
+    size_t att0 = (size_t)start * (size_t)heads * (size_t)tokens * (size_t)tokens;
+    size_t row_bytes = sizeof(float) * (size_t)rows;
+    const unsigned char *valid_chunk = valid ? valid + row0 : NULL;
+    float *d_res = model->d_res + row0 * dim, *d_ln = model->d_ln + row0 * dim;
+    float *d_fc_act = model->d_fc_act + row0 * mlp_dim,
+          *d_fc_pre = model->d_fc_pre + row0 * mlp_dim;
+    float *d_attn = model->d_attn + row0 * dim, *d_qkv = model->d_qkv + row0 * 3 * dim;
+
+    memset(d_ln, 0, row_bytes * (size_t)dim);
+    cm_layers_mean_pool_backward(d_ln, model->d_pooled + (size_t)start * dim, valid_chunk, count,
+                                 tokens, dim);
+    /* d_res: gradient of the residual stream, walked back through the blocks in place. */
+    memset(d_res, 0, row_bytes * (size_t)dim);
+    cm_layers_layernorm_backward(d_res, GRAD(model, model->lnf_gamma), GRAD(model, model->lnf_beta),
+                                 d_ln, trunk_last_tokens(model) + row0 * dim, model->lnf_gamma,
+                                 model->lnf_mean + row0, model->lnf_rstd + row0, rows, dim);
+    for (int depth = spec->depth - 1; depth >= 0; depth--) {
+        vit_block_t *block = &model->blocks[depth];
+        const float *block_input =
+            (depth == 0 ? model->x0 : model->blocks[depth - 1].x_out) + row0 * dim;
+        /* MLP branch: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))) */
+        memset(d_fc_act, 0, row_bytes * (size_t)mlp_dim);
+        cm_layers_dense_backward(
+            d_fc_act, GRAD(model, block->fc2_weight), GRAD(model, block->fc2_bias), d_res,
+            block->fc1_act + row0 * mlp_dim, block->fc2_weight, rows, mlp_dim, dim);
+        memset(d_fc_pre, 0, row_bytes * (size_t)mlp_dim);
+        cm_layers_gelu_backward(d_fc_pre, d_fc_act, block->fc1_pre + row0 * mlp_dim,
+                                rows * mlp_dim);
+        memset(d_ln, 0, row_bytes * (size_t)dim);
+        cm_layers_dense_backward(d_ln, GRAD(model, block->fc1_weight), GRAD(model, block->fc1_bias),
+                                 d_fc_pre, block->ln2_out + row0 * dim, block->fc1_weight, rows,
+                                 dim, mlp_dim);
+        cm_layers_layernorm_backward(d_res, GRAD(model, block->ln2_gamma),
+                                     GRAD(model, block->ln2_beta), d_ln, block->x_mid + row0 * dim,
+                                     block->ln2_gamma, block->ln2_mean + row0,
+                                     block->ln2_rstd + row0, rows, dim);
+        /* Attention branch: x_mid = x_in + proj(attention(qkv(ln1(x_in)))); the masked
+         * probabilities saved in att are 0, so the same backward serves the masked trunk. */
+        memset(d_attn, 0, row_bytes * (size_t)dim);
+        cm_layers_dense_backward(d_attn, GRAD(model, block->proj_weight),
+                                 GRAD(model, block->proj_bias), d_res, block->attn_out + row0 * dim,
+                                 block->proj_weight, rows, dim, dim);
+        memset(d_qkv, 0, row_bytes * 3 * (size_t)dim);
+        cm_layers_attention_backward(d_qkv, model->att_scratch, d_attn, block->qkv + row0 * 3 * dim,
+                                     block->att + att0, count, tokens, dim, heads);
+        memset(d_ln, 0, row_bytes * (size_t)dim);
+        cm_layers_dense_backward(d_ln, GRAD(model, block->qkv_weight), GRAD(model, block->qkv_bias),
+                                 d_qkv, block->ln1_out + row0 * dim, block->qkv_weight, rows, dim,
+                                 3 * dim);
+        cm_layers_layernorm_backward(
+            d_res, GRAD(model, block->ln1_gamma), GRAD(model, block->ln1_beta), d_ln, block_input,
+            block->ln1_gamma, block->ln1_mean + row0, block->ln1_rstd + row0, rows, dim);
+    }
+}
+
+/* Backward of the trunk; leaves the gradient of x0[batch][tokens][dim] in d_res.  Chunks of
+ * examples as the forward (see TRUNK_CHUNK_ROWS), after the head, which sees the whole batch. */
 static void transformer_backward(cm_model_t *model, const float *d_logits, const float *d_hidden,
                                  int batch, const unsigned char *valid) {
     const cm_model_spec_t *spec = &model->spec;
-    int dim = spec->dim, mlp_dim = spec->mlp_dim, tokens = model->tokens;
-    int rows = batch * tokens;
-    size_t row_bytes = sizeof(float) * (size_t)rows;
-
+    int dim = spec->dim;
     memset(model->d_pooled, 0, sizeof(float) * (size_t)batch * (size_t)dim);
     cm_layers_dense_backward(model->d_pooled, GRAD(model, model->head_weight),
                              GRAD(model, model->head_bias), d_logits, model->pooled,
                              model->head_weight, batch, dim, spec->classes);
     if (d_hidden) add_into(model->d_pooled, d_hidden, batch * dim);
-    memset(model->d_ln, 0, row_bytes * (size_t)dim);
-    cm_layers_mean_pool_backward(model->d_ln, model->d_pooled, valid, batch, tokens, dim);
-    /* d_res: gradient of the residual stream, walked back through the blocks in place. */
-    memset(model->d_res, 0, row_bytes * (size_t)dim);
-    cm_layers_layernorm_backward(
-        model->d_res, GRAD(model, model->lnf_gamma), GRAD(model, model->lnf_beta), model->d_ln,
-        trunk_last_tokens(model), model->lnf_gamma, model->lnf_mean, model->lnf_rstd, rows, dim);
-    for (int depth = spec->depth - 1; depth >= 0; depth--) {
-        vit_block_t *block = &model->blocks[depth];
-        const float *block_input = depth == 0 ? model->x0 : model->blocks[depth - 1].x_out;
-        /* MLP branch: x_out = x_mid + fc2(gelu(fc1(ln2(x_mid)))) */
-        memset(model->d_fc_act, 0, row_bytes * (size_t)mlp_dim);
-        cm_layers_dense_backward(model->d_fc_act, GRAD(model, block->fc2_weight),
-                                 GRAD(model, block->fc2_bias), model->d_res, block->fc1_act,
-                                 block->fc2_weight, rows, mlp_dim, dim);
-        memset(model->d_fc_pre, 0, row_bytes * (size_t)mlp_dim);
-        cm_layers_gelu_backward(model->d_fc_pre, model->d_fc_act, block->fc1_pre, rows * mlp_dim);
-        memset(model->d_ln, 0, row_bytes * (size_t)dim);
-        cm_layers_dense_backward(model->d_ln, GRAD(model, block->fc1_weight),
-                                 GRAD(model, block->fc1_bias), model->d_fc_pre, block->ln2_out,
-                                 block->fc1_weight, rows, dim, mlp_dim);
-        cm_layers_layernorm_backward(model->d_res, GRAD(model, block->ln2_gamma),
-                                     GRAD(model, block->ln2_beta), model->d_ln, block->x_mid,
-                                     block->ln2_gamma, block->ln2_mean, block->ln2_rstd, rows, dim);
-        /* Attention branch: x_mid = x_in + proj(attention(qkv(ln1(x_in)))); the masked
-         * probabilities saved in att are 0, so the same backward serves the masked trunk. */
-        memset(model->d_attn, 0, row_bytes * (size_t)dim);
-        cm_layers_dense_backward(model->d_attn, GRAD(model, block->proj_weight),
-                                 GRAD(model, block->proj_bias), model->d_res, block->attn_out,
-                                 block->proj_weight, rows, dim, dim);
-        memset(model->d_qkv, 0, row_bytes * 3 * (size_t)dim);
-        cm_layers_attention_backward(model->d_qkv, model->att_scratch, model->d_attn, block->qkv,
-                                     block->att, batch, tokens, dim, spec->heads);
-        memset(model->d_ln, 0, row_bytes * (size_t)dim);
-        cm_layers_dense_backward(model->d_ln, GRAD(model, block->qkv_weight),
-                                 GRAD(model, block->qkv_bias), model->d_qkv, block->ln1_out,
-                                 block->qkv_weight, rows, dim, 3 * dim);
-        cm_layers_layernorm_backward(model->d_res, GRAD(model, block->ln1_gamma),
-                                     GRAD(model, block->ln1_beta), model->d_ln, block_input,
-                                     block->ln1_gamma, block->ln1_mean, block->ln1_rstd, rows, dim);
-    }
+    int chunk = trunk_chunk_examples(model);
+    for (int start = 0; start < batch; start += chunk)
+        transformer_backward_chunk(model, start, batch - start < chunk ? batch - start : chunk,
+                                   valid);
 }
 
 static void vit_backward(cm_model_t *model, const float *d_logits, const float *d_hidden,

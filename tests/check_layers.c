@@ -128,6 +128,36 @@ START_TEST(test_dense_forward_matches_reference) {
 }
 END_TEST
 
+/* The fused dense + residual equals the dense layer then the residual add, within a float
+ * rounding of each sum (the bias meets the residual before the product instead of after). */
+START_TEST(test_dense_forward_residual_matches_composition) {
+    static const int shapes[][3] = {{3, 5, 7}, {13, 17, 9}, {34, 24, 96}};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 103);
+    for (size_t shape = 0; shape < sizeof shapes / sizeof shapes[0]; shape++)
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            dense_case_t test;
+            dense_case_init(&test, &rng, shapes[shape][0], shapes[shape][1], shapes[shape][2]);
+            const float *bias = with_bias ? test.bias : NULL;
+            int count = test.rows * test.out_dim;
+            float *residual = random_floats(&rng, count, -2.0f, 2.0f), *fused = floats(count);
+            for (int i = 0; i < count; i++) fused[i] = NAN; /* overwritten, whatever it held */
+            cm_layers_dense_forward_residual(fused, test.in, test.weight, bias, residual, test.rows,
+                                             test.in_dim, test.out_dim);
+            cm_layers_dense_forward(test.out, test.in, test.weight, bias, test.rows, test.in_dim,
+                                    test.out_dim);
+            cm_layers_add_forward(test.out, test.out, residual, count);
+            for (int i = 0; i < count; i++)
+                ck_assert_msg(fabsf(fused[i] - test.out[i]) <= 1e-5f * (1.0f + fabsf(test.out[i])),
+                              "dense+residual %d: %g vs %g", i, (double)fused[i],
+                              (double)test.out[i]);
+            free(residual);
+            free(fused);
+            dense_case_deinit(&test);
+        }
+}
+END_TEST
+
 /* NULL gradient pointers are skipped and do not change the gradients that are computed. */
 START_TEST(test_dense_backward_null_gradients) {
     cm_rng_t rng;
@@ -1359,6 +1389,111 @@ START_TEST(test_tiny_mlp_overfits_one_batch) {
 }
 END_TEST
 
+/* GELU and its derivative are computed with a rational tanh (no libm call): over a dense grid
+ * of [-20, 20] (every 1e-4, 400 001 points) they stay within the bounds cm_layers.c states
+ * against the exact tanh form in double: |error| <= 8e-7 (1 + |GELU|) (measured 7.1e-7;
+ * rounding the exact value to float alone costs up to 2.4e-7) and 5e-6 for the derivative
+ * (measured 4.3e-6).  Odd counts exercise the vector kernels' tails. */
+START_TEST(test_gelu_accuracy_dense_grid) {
+    enum { POINTS = 400001 };
+    float *in = floats(POINTS), *out = floats(POINTS), *d_in = floats(POINTS);
+    float *ones = floats(POINTS);
+    for (int i = 0; i < POINTS; i++) {
+        in[i] = -20.0f + 40.0f * (float)i / (float)(POINTS - 1);
+        ones[i] = 1.0f;
+    }
+    cm_layers_gelu_forward(out, in, POINTS);
+    cm_layers_gelu_backward(d_in, ones, in, POINTS);
+    const double scale = sqrt(2.0 / M_PI), cubic = 0.044715;
+    /* the worst point of each, asserted once (an assertion per point is slow under Check) */
+    double worst_value = 0.0, worst_derivative = 0.0;
+    int worst_value_at = 0, worst_derivative_at = 0;
+    for (int i = 0; i < POINTS; i++) {
+        double x = in[i], u = scale * (x + cubic * x * x * x), t = tanh(u);
+        double value = 0.5 * x * (1.0 + t);
+        double derivative =
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * scale * (1.0 + 3.0 * cubic * x * x);
+        double value_error = fabs(out[i] - value) / (1.0 + fabs(value));
+        double derivative_error = fabs(d_in[i] - derivative);
+        if (value_error > worst_value) worst_value = value_error, worst_value_at = i;
+        if (derivative_error > worst_derivative)
+            worst_derivative = derivative_error, worst_derivative_at = i;
+    }
+    ck_assert_msg(worst_value <= 8e-7, "gelu(%.7g) = %.9g: error %.3g (1 + |gelu|)",
+                  (double)in[worst_value_at], (double)out[worst_value_at], worst_value);
+    ck_assert_msg(worst_derivative <= 5e-6, "gelu'(%.7g) = %.9g: error %.3g",
+                  (double)in[worst_derivative_at], (double)d_in[worst_derivative_at],
+                  worst_derivative);
+    ck_assert(worst_value > 0.0 && worst_derivative > 0.0); /* the grid did run */
+    /* a tail of 1, 2 and 3 values gives what the same values give inside a full vector */
+    for (int count = 1; count <= 3; count++) {
+        float tail[3];
+        cm_layers_gelu_forward(tail, in + 1000, count);
+        for (int i = 0; i < count; i++) ck_assert_float_eq(tail[i], out[1000 + i]);
+    }
+    free(in);
+    free(out);
+    free(d_in);
+    free(ones);
+}
+END_TEST
+
+/* The attention softmax's vector exp: probabilities of rows whose scores span [-80, 0] after
+ * the max is subtracted (one query, 19 keys: a full vector tail of 3) within 4e-7 (1 + p) of
+ * the softmax in double, and every row sums to 1 within 1e-6. */
+START_TEST(test_attention_softmax_accuracy) {
+    enum { TOKENS = 19, DIM = 1 };
+    float qkv[TOKENS * 3 * DIM], out[TOKENS * DIM], att[TOKENS * TOKENS];
+    for (int token = 0; token < TOKENS; token++) {
+        qkv[token * 3] = 1.0f;                                     /* query */
+        qkv[token * 3 + 1] = -80.0f * (float)token / (TOKENS - 1); /* key: scores 0 .. -80 */
+        qkv[token * 3 + 2] = (float)token;                         /* value */
+    }
+    cm_layers_attention_forward(out, att, qkv, NULL, 1, TOKENS, DIM, 1);
+    for (int row = 0; row < TOKENS; row++) {
+        double normaliser = 0.0, sum = 0.0;
+        for (int col = 0; col < TOKENS; col++) normaliser += exp((double)qkv[col * 3 + 1]);
+        for (int col = 0; col < TOKENS; col++) {
+            double want = exp((double)qkv[col * 3 + 1]) / normaliser;
+            float got = att[row * TOKENS + col];
+            ck_assert_msg(fabs(got - want) <= 4e-7 * (1.0 + want), "p[%d][%d] = %.9g, want %.9g",
+                          row, col, (double)got, want);
+            sum += got;
+        }
+        ck_assert_double_eq_tol(sum, 1.0, 1e-6);
+    }
+}
+END_TEST
+
+/* AdamW's vector loop computes each parameter exactly as its scalar tail does: the same
+ * values updated as one range of 11 and one parameter at a time give the same bits. */
+START_TEST(test_adamw_vector_equals_scalar) {
+    enum { COUNT = 11 };
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 77);
+    float *params = random_floats(&rng, COUNT, -1.0f, 1.0f),
+          *grads = random_floats(&rng, COUNT, -1.0f, 1.0f);
+    float *m = random_floats(&rng, COUNT, -0.1f, 0.1f), *v = random_floats(&rng, COUNT, 0.0f, 0.1f);
+    float one_params[COUNT], one_m[COUNT], one_v[COUNT];
+    memcpy(one_params, params, sizeof one_params);
+    memcpy(one_m, m, sizeof one_m);
+    memcpy(one_v, v, sizeof one_v);
+    cm_adamw_config_t config = cm_adamw_defaults();
+    for (long step = 1; step <= 3; step++) {
+        cm_adamw_update(params, grads, m, v, COUNT, &config, step, 1);
+        for (int i = 0; i < COUNT; i++)
+            cm_adamw_update(one_params + i, grads + i, one_m + i, one_v + i, 1, &config, step, 1);
+    }
+    ck_assert_mem_eq(params, one_params, sizeof one_params);
+    ck_assert_mem_eq(m, one_m, sizeof one_m);
+    ck_assert_mem_eq(v, one_v, sizeof one_v);
+    free(params);
+    free(grads);
+    free(m);
+    free(v);
+}
+END_TEST
+
 Suite *check_layers_suite(void);
 Suite *check_layers_suite(void) {
     Suite *suite = suite_create("layers");
@@ -1383,8 +1518,12 @@ Suite *check_layers_suite(void) {
     suite_add_tcase(suite, gradients);
     TCase *forward = tcase_create("forward");
     tcase_add_test(forward, test_dense_forward_matches_reference);
+    tcase_add_test(forward, test_dense_forward_residual_matches_composition);
     tcase_add_test(forward, test_relu_forward_in_place);
     tcase_add_test(forward, test_gelu_forward_values);
+    tcase_add_test(forward, test_gelu_accuracy_dense_grid);
+    tcase_add_test(forward, test_attention_softmax_accuracy);
+    tcase_add_test(forward, test_adamw_vector_equals_scalar);
     tcase_add_test(forward, test_layernorm_normalises_rows);
     tcase_add_test(forward, test_attention_forward_matches_reference);
     tcase_add_test(forward, test_attention_stable_for_large_scores);

@@ -1,0 +1,66 @@
+/*
+ * cm_vec: four-float vectors for the element-wise kernels (cm_layers, cm_adamw), in GCC's
+ * vector extension (also clang's): one SSE register on x86-64, NEON on arm64, so -O2 emits
+ * vector code for them whatever its auto-vectorizer (at -O2 the "very cheap" cost model,
+ * which refuses loops that need a scalar remainder or a run-time alias check) decides.
+ * Loads and stores go through memcpy (any alignment).  A row's tail of fewer than four
+ * floats can be copied into a zero-padded vector and back, so the tail runs the very same
+ * arithmetic.  The operations are IEEE single precision lane by lane, exactly as the scalar
+ * code they replace (no reassociation, no contraction: -std=c11 turns FMA contraction off).
+ */
+#ifndef CM_VEC_H
+#define CM_VEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
+
+typedef float vec4_t __attribute__((vector_size(16)));
+typedef int32_t mask4_t __attribute__((vector_size(16)));
+enum { VEC = 4 };
+
+static inline vec4_t vec_splat(float value) { return (vec4_t){value, value, value, value}; }
+
+static inline vec4_t vec_load(const float *source) {
+    vec4_t value;
+    memcpy(&value, source, sizeof value);
+    return value;
+}
+
+static inline void vec_store(float *target, vec4_t value) { memcpy(target, &value, sizeof value); }
+
+/* The first `count` (< VEC) floats of source, zeros after. */
+static inline vec4_t vec_load_tail(const float *source, int count) {
+    vec4_t value = vec_splat(0.0f);
+    memcpy(&value, source, sizeof(float) * (size_t)count);
+    return value;
+}
+
+static inline void vec_store_tail(float *target, vec4_t value, int count) {
+    memcpy(target, &value, sizeof(float) * (size_t)count);
+}
+
+/* mask ? a : b, lane by lane (mask lanes all ones or all zeros, as comparisons give). */
+static inline vec4_t vec_select(mask4_t mask, vec4_t a, vec4_t b) {
+    return (vec4_t)((mask & (mask4_t)a) | (~mask & (mask4_t)b));
+}
+
+/* The four lanes summed in a fixed order. */
+static inline float vec_total(vec4_t value) {
+    return (value[0] + value[1]) + (value[2] + value[3]);
+}
+
+/* Correctly rounded square root of each lane (as sqrtf). */
+static inline vec4_t vec_sqrt(vec4_t value) {
+#if defined(__SSE__)
+    return (vec4_t)_mm_sqrt_ps((__m128)value);
+#else
+    return (vec4_t){__builtin_sqrtf(value[0]), __builtin_sqrtf(value[1]), __builtin_sqrtf(value[2]),
+                    __builtin_sqrtf(value[3])};
+#endif
+}
+
+#endif
