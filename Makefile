@@ -255,3 +255,16 @@ clean-fuzz:
 	rm -rf $(FUZZ_BUILD)
 
 -include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
+
+# MovieLens, the paper's experiment (bench/movielens, README "MovieLens: the paper's
+# experiment"): `make movielens` exports Debian's r-cran-dslabs ratings once with Rscript and
+# converts them into a dataset folder in $(MOVIELENS_DIR) (never committed: GroupLens's terms),
+# then checks it; `make demo-movielens` fits, serves and distills a small committee on it.
+.PHONY: movielens demo-movielens
+MOVIELENS_DIR ?= $(BUILD)/data/movielens
+
+movielens: $(TEACHER_BIN)
+	BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) bench/movielens/prepare.sh $(MOVIELENS_DIR)
+
+demo-movielens: $(TEACHER_BIN) $(TRAINER_BIN)
+	BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) MOVIELENS_DIR=$(MOVIELENS_DIR) bench/movielens/demo.sh
