@@ -259,8 +259,10 @@ clean-fuzz:
 # MovieLens, the paper's experiment (bench/movielens, README "MovieLens: the paper's
 # experiment"): `make movielens` exports Debian's r-cran-dslabs ratings once with Rscript and
 # converts them into a dataset folder in $(MOVIELENS_DIR) (never committed: GroupLens's terms),
-# then checks it; `make demo-movielens` fits, serves and distills a small committee on it.
-.PHONY: movielens demo-movielens
+# then checks it; `make demo-movielens` fits, serves and distills a small committee on it;
+# `make bench-movielens` runs the issue's table (bench/movielens/quality.sh; MOVIELENS_BENCH_ARGS
+# passes its options, e.g. --seeds 1 --methods "ce dd").
+.PHONY: movielens demo-movielens bench-movielens
 MOVIELENS_DIR ?= $(BUILD)/data/movielens
 
 movielens: $(TEACHER_BIN)
@@ -268,3 +270,6 @@ movielens: $(TEACHER_BIN)
 
 demo-movielens: $(TEACHER_BIN) $(TRAINER_BIN)
 	BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) MOVIELENS_DIR=$(MOVIELENS_DIR) bench/movielens/demo.sh
+
+bench-movielens: $(TEACHER_BIN) $(TRAINER_BIN)
+	BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) MOVIELENS_DIR=$(MOVIELENS_DIR) bench/movielens/quality.sh $(MOVIELENS_BENCH_ARGS)
