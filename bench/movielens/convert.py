@@ -248,8 +248,11 @@ def main():
 
     rng = np.random.default_rng(options.seed)
     rated = {(rows[i][0], rows[i][1]) for i in index}
-    if options.transfer > len(users) * len(train_movies) - len(rated):
-        fail(f"--transfer {options.transfer}: only so many unrated pairs exist")
+    train_set = set(train_movies)
+    available = len(users) * len(train_movies) - sum(1 for _, m in rated if m in train_set)
+    if options.transfer > available:
+        fail(f"--transfer {options.transfer}: only {available} unrated (user, movie) pairs "
+             "with a movie rated in train exist")
     examples["transfer"] = []
     chosen = set()
     while len(examples["transfer"]) < options.transfer:

@@ -7,7 +7,8 @@
 Writes PREFIX.md and PREFIX.json: per method, mean +- std (over seeds, sample std) of
 the test RMSE overall and on the long tail, the gap recovered (ce - method) / (ce -
 teacher) against the foundation teacher fm and against the best teacher (lowest
-test RMSE), the share of teacher outputs the filter skipped (sum of filter_skipped /
+test RMSE), the same on the long tail against fm (n/a where ce is not worse than the
+teacher: no gap to recover), the share of teacher outputs the filter skipped (sum of filter_skipped /
 sum of filter_needed, over its runs), the chosen --kd-weight and the wall time.
 """
 import argparse
@@ -52,29 +53,35 @@ def main():
             "filter_skipped": sum(r["filter_skipped"] for r in mine),
         }
     best = min(teachers, key=lambda n: teachers[n]["test_rmse"])
-    ce = rows.get("ce", {}).get("test_rmse", (None,))[0]
 
-    def recovered(value, teacher):
-        gap = ce - teachers[teacher]["test_rmse"] if ce is not None else 0
+    def recovered(value, teacher, key="test_rmse"):
+        """(ce - value) / (ce - teacher) in `key`; None without ce or when ce is not worse."""
+        ce = rows.get("ce", {}).get(key, (None,))[0]
+        gap = ce - teachers[teacher][key] if ce is not None else 0
         return None if ce is None or gap <= 0 else (ce - value) / gap
 
+    def percent(value):
+        return "n/a" if value is None else f"{100 * value:.0f}%"
+
     lines = ["| method | RMSE | long tail | gap recovered vs fm | vs best teacher "
-             f"({best}) | skipped | kd-weight | seconds |", "|---|---|---|---|---|---|---|---|"]
+             f"({best}) | long-tail gap vs fm | skipped | kd-weight | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, teacher in teachers.items():
         lines.append(f"| teacher {name} | {teacher['test_rmse']:.4f} | "
-                     f"{teacher['long_tail_rmse']:.4f} | | | | | |")
+                     f"{teacher['long_tail_rmse']:.4f} | | | | | | |")
     for method, row in rows.items():
         m, s = row["test_rmse"]
         tm, ts = row["long_tail_rmse"]
         fm = recovered(m, "fm") if "fm" in teachers else None
         bt = recovered(m, best)
+        tail = recovered(tm, "fm", "long_tail_rmse") if "fm" in teachers else None
         row["gap_recovered_fm"], row["gap_recovered_best"] = fm, bt
+        row["long_tail_gap_recovered_fm"] = tail
         skipped = (f"{100 * row['filter_skipped'] / row['filter_needed']:.0f}%"
                    if row["filter_needed"] else "")
-        lines.append(f"| {LABELS[method]} | {m:.4f}±{s:.4f} | {tm:.4f}±{ts:.4f} | "
-                     + (f"{100 * fm:.0f}%" if fm is not None else "n/a") + " | "
-                     + (f"{100 * bt:.0f}%" if bt is not None else "n/a")
-                     + f" | {skipped} | {row['kd_weight']:g} | {row['seconds']:.0f} |")
+        lines.append(f"| {LABELS[method]} | {m:.4f}±{s:.4f} | {tm:.4f}±{ts:.4f} | {percent(fm)} | "
+                     f"{percent(bt)} | {percent(tail)} | {skipped} | {row['kd_weight']:g} | "
+                     f"{row['seconds']:.0f} |")
     text = "\n".join(lines) + "\n"
     if options.fit_seconds:
         text += f"\nteachers fitted in {options.fit_seconds:.0f} s (0: existing checkpoints)\n"
