@@ -45,7 +45,8 @@ def dslabs_missing():
     return None
 
 
-pytestmark = pytest.mark.skipif(dslabs_missing() is not None, reason=str(dslabs_missing()))
+MISSING = dslabs_missing()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
 @pytest.fixture(scope="module")
