@@ -315,3 +315,21 @@ uninstall:
 	rm -f $(INSTALL_BIN)/teacher-server $(INSTALL_BIN)/student-trainer \
 	    $(INSTALL_MAN)/teacher-server.1 $(INSTALL_MAN)/student-trainer.1
 	rm -rf $(INSTALL_SHARE) $(INSTALL_DOC)
+
+# MovieLens, the paper's experiment (bench/movielens, README "MovieLens: the paper's
+# experiment"): `make movielens` exports Debian's r-cran-dslabs ratings once with Rscript and
+# converts them into a dataset folder in $(MOVIELENS_DIR) (never committed: GroupLens's terms),
+# then checks it; `make demo-movielens` fits, serves and distills a small committee on it;
+# `make bench-movielens` runs the issue's table (bench/movielens/quality.sh; MOVIELENS_BENCH_ARGS
+# passes its options, e.g. --seeds 1 --methods "ce dd").
+.PHONY: movielens demo-movielens bench-movielens
+MOVIELENS_DIR ?= $(BUILD)/data/movielens
+
+movielens: $(TEACHER_BIN)
+	BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) bench/movielens/prepare.sh $(MOVIELENS_DIR)
+
+demo-movielens: $(TEACHER_BIN) $(TRAINER_BIN)
+	BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) MOVIELENS_DIR=$(MOVIELENS_DIR) bench/movielens/demo.sh
+
+bench-movielens: $(TEACHER_BIN) $(TRAINER_BIN)
+	BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) MOVIELENS_DIR=$(MOVIELENS_DIR) bench/movielens/quality.sh $(MOVIELENS_BENCH_ARGS)
