@@ -143,7 +143,7 @@ run() {
         "$dir/$tag.jsonl" >>"$results" <<'EOF'
 import json, sys
 tag, method, seed, lr, epochs, weight, seconds, test, tail, valid, metrics = sys.argv[1:]
-lines = [json.loads(line) for line in open(metrics)]
+lines = [json.loads(line) for line in open(metrics) if '"epoch"' in line]  # not the config line
 counters = [t for line in lines for t in line["teachers"].values()]
 print(json.dumps({"tag": tag, "method": method, "seed": int(seed), "lr": float(lr),
                   "epochs": int(epochs), "kd_weight": float(weight), "seconds": float(seconds),

@@ -45,7 +45,7 @@ def read_steps(path):
 def read_metrics(path):
     """The per-epoch JSON lines of student-trainer --metrics."""
     with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
+        return [json.loads(line) for line in file if '"epoch"' in line]  # not the config line
 
 
 def teacher_logits(record_path, name):

@@ -250,7 +250,7 @@ def test_tiny_committee_distils_an_id_student_end_to_end(folder, workdir):
     labels = np.load(os.path.join(folder, "train", "labels.npy"))
     test = np.load(os.path.join(folder, "test", "labels.npy"))
     baseline = float(np.sqrt(np.mean((test - labels.mean()) ** 2)))
-    epochs = [json.loads(line)["test_rmse"] for line in open(metrics)]
+    epochs = [json.loads(line)["test_rmse"] for line in open(metrics) if '"epoch"' in line]
     assert len(epochs) == 6 and epochs[-1] == pytest.approx(rmse, abs=1e-4)
     assert epochs[-1] < epochs[0], f"the student's test rmse did not fall: {epochs}"
     assert rmse < baseline, f"student rmse {rmse} is not below the train mean's {baseline}"
