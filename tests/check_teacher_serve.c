@@ -1675,7 +1675,7 @@ static void coalesce_keep(coalesce_request_t plan[COALESCE_PLAN], int client_ind
 static char *coalesce_run(coalesce_request_t plan[COALESCE_PLAN], const char *max_batch,
                           double *forward_batches) {
     const char *const options[] = {
-        "--max-batch",    max_batch, "--compute-delay-ms", "300",   "--queue", "32",
+        "--max-batch",    max_batch, "--compute-delay-ms", "400",   "--queue", "32",
         "--max-examples", "300",     "--log-level",        "debug", NULL};
     start_teacher(options);
     void *sockets[COALESCE_CLIENTS] = {client};
@@ -1683,10 +1683,22 @@ static char *coalesce_run(coalesce_request_t plan[COALESCE_PLAN], const char *ma
         sockets[index] = serve_fixture_connect(context, server.endpoint);
         ck_assert_ptr_nonnull(sockets[index]);
     }
-    for (int index = 0; index < COALESCE_PLAN; index++) {
+    /* The first client's requests are queued (the teacher has counted them) before the
+     * others send theirs, so they are ahead of them in the queue. */
+    char *metrics = malloc(METRICS_BYTES);
+    ck_assert_ptr_nonnull(metrics);
+    for (int order = 0; order < COALESCE_PLAN; order++) {
+        int index = order % COALESCE_REQUESTS * COALESCE_CLIENTS + order / COALESCE_REQUESTS;
         const coalesce_request_t *request = &plan[index];
         send_request(sockets[request->client], request->request_id, CM_SPLIT_TRAIN, request->ids,
                      request->count, request->outputs, request->encoding, request->top_k);
+        for (int poll = 0; order == COALESCE_REQUESTS - 1; poll++) {
+            read_metrics(metrics);
+            if (metric_value(metrics, "committee_teacher_requests_total") >= COALESCE_REQUESTS)
+                break;
+            ck_assert_msg(poll < 5000, "the teacher did not receive the first requests");
+            usleep(1000);
+        }
     }
     for (int index = 0; index < COALESCE_PLAN; index++) {
         int sender = plan[index].client;
@@ -1696,8 +1708,6 @@ static char *coalesce_run(coalesce_request_t plan[COALESCE_PLAN], const char *ma
         coalesce_keep(plan, sender, &answer);
         serve_fixture_release(&received, &answer);
     }
-    char *metrics = malloc(METRICS_BYTES);
-    ck_assert_ptr_nonnull(metrics);
     read_metrics(metrics);
     *forward_batches = metric_value(metrics, "committee_teacher_forward_batches_total");
     free(metrics);
@@ -1777,7 +1787,7 @@ static int coalesce_check_batch(cm_model_t *model, coalesce_request_t plan[COALE
                             &requests, &used),
                      2);
     coalesce_request_t *members[COALESCE_PLAN];
-    int total = 0;
+    int total = 0, taken[COALESCE_CLIENTS] = {0}, repeated = 0;
     const char *cursor = line + used;
     for (int index = 0; index < requests; index++) {
         char *end = NULL;
@@ -1787,6 +1797,12 @@ static int coalesce_check_batch(cm_model_t *model, coalesce_request_t plan[COALE
         members[index] = coalesce_find(plan, id);
         total += members[index]->count;
         in_a_batch[members[index] - plan] = 1;
+        /* Turns over the peers: once one has a second request in, no peer joins late. */
+        int peer = members[index]->client;
+        ck_assert_msg(!(repeated && taken[peer] == 0),
+                      "client %d joins the batch \"%.*s\" after another client's second request",
+                      peer, (int)strcspn(line, "\n"), line);
+        repeated |= taken[peer]++ > 0;
     }
     ck_assert_int_eq(total, examples);
     int features = dataset->features;
@@ -1826,7 +1842,8 @@ START_TEST(test_coalesced_requests_share_a_forward_pass) {
     coalesce_plan(coalesced);
     double alone_batches = 0, coalesced_batches = 0;
     char *alone_log = coalesce_run(alone, "1", &alone_batches);
-    char *log = coalesce_run(coalesced, "1024", &coalesced_batches);
+    /* 200 examples a pass: less than the queue holds, so the batch must be shared fairly. */
+    char *log = coalesce_run(coalesced, "200", &coalesced_batches);
     ck_assert_msg(!strstr(alone_log, "forward batch of"), "--max-batch 1 coalesced requests");
     free(alone_log);
 
