@@ -25,7 +25,12 @@
  * their exit codes; /healthz and /readyz.  Heads: the Hello lists "hidden",
  * a HeadRequest gets the checkpoint's head bit for bit (ViT and MLP), other
  * features and --lend-head off are answered NOT_FOUND and counted, and
- * `teacher-server query --head` prints the head or says why not.
+ * `teacher-server query --head` prints the head or says why not.  Coalescing
+ * (--max-batch): requests of three clients queued behind a slow pass share
+ * forward batches that take turns over the clients, each reply is its rows of
+ * an in-process pass over the batch bit for bit and within float rounding of
+ * the --max-batch 1 reply (byte-identical for a request that ran alone), and
+ * bad requests among them get their Errors.
  */
 #include "cm_blas.h"
 #include "cm_dataset.h"
