@@ -1634,7 +1634,8 @@ int teacher_serve_main(int argc, char **argv, int first) {
          0},
         {"max-batch", CM_CLI_INT, &options.max_batch, "N",
          "run queued requests that ask for the same split, outputs, encoding and top-k in one "
-         "forward pass of up to N examples (0 or 1: each request alone)",
+         "forward pass of up to N examples (0 or 1: each request alone; the model's buffers are "
+         "sized for N)",
          0},
         {"compute-delay-ms", CM_CLI_INT, &options.compute_delay_ms, "MS",
          "sleep this long before each forward batch (simulates a slow teacher in tests)", 0},
