@@ -630,7 +630,8 @@ static void compute_group(server_t *server, job_t *group) {
                           server->batch_inputs + (size_t)rows * (size_t)features);
         rows += job->count;
     }
-    const float *logits = cm_model_forward(server->model, server->batch_inputs, rows);
+    /* rows is 0 only when every job ran out of memory: then there is nothing to run. */
+    const float *logits = rows ? cm_model_forward(server->model, server->batch_inputs, rows) : NULL;
     int first = 0;
     for (job_t *job = group; job; job = job->next) {
         int ok = job->status == CM_OK;
