@@ -51,6 +51,16 @@
  * model at start, so the loop thread answers from that copy at once without
  * touching the compute thread's model.
  *
+ * Coalescing.  With --max-batch N > 1 the compute thread takes, besides the oldest queued
+ * request, the compatible ones (same split, outputs, encoding, top-k) in rounds over the peers
+ * until the group holds N examples, gathers their rows into one input batch, runs one forward
+ * pass and splits the outputs back into one reply per request (take_group, compute_group).
+ * Everything else stays per request: validation and Errors before queueing, reservations,
+ * replies.  A request alone runs 256 rows at a time from its first, as without coalescing:
+ * OpenBLAS's result for a row depends on how many rows share the product (the Python teacher's
+ * exact mode mirrors these chunks), so coalesced replies may differ from lone ones in the last
+ * bits, and the default is 1 (no coalescing).
+ *
  * Encryption.  With --curve-secret-key and --allow-keys the ROUTER is a CURVE
  * server and a ZAP handler (cm_curve, its own thread and socket) admits only
  * trainers whose public keys are in the allowlist; refusals are logged and
@@ -92,7 +102,8 @@ enum {
     OUTPUT_TOKENS,
     OUTPUT_COUNT,
     MAX_PEERS = 256,
-    COMPUTE_BATCH = 256, /* examples per forward pass on the compute thread */
+    COMPUTE_BATCH = 256,   /* examples per forward pass of a request run alone */
+    MAX_COALESCED = 16384, /* the largest --max-batch */
     MAX_ROUTING_ID = 255
 };
 
@@ -128,6 +139,7 @@ typedef struct {
     int max_queued_mb;                    /* reply bytes reserved by the whole server */
     int bind_is_default, http_is_default; /* the default address, given or not */
     int compute_delay_ms;
+    int max_batch; /* examples of queued requests run in one forward pass; <= 1: no coalescing */
     const char *curve_secret_key; /* NULL: plaintext */
     const char *allow_keys;
     const char *lend_head; /* "on" or "off" */
@@ -172,6 +184,7 @@ typedef struct job {
     char error[256];
     int tensor_count;
     cm_wire_tensor_t tensors[CM_WIRE_MAX_TENSORS]; /* data: malloc'd frames, ours until sent */
+    float *staging[OUTPUT_COUNT]; /* compute thread: [count][width] outputs before encoding */
     ledger_t *ledger; /* the requester's, with `reserved` bytes and one request reserved */
     int64_t reserved;
 } job_t;
@@ -209,7 +222,8 @@ typedef struct server {
     /* Read-only after start-up (the model itself belongs to the compute thread). */
     cm_model_t *model;
     cm_dataset_t *dataset;
-    float *batch_inputs; /* compute thread: [COMPUTE_BATCH][features] */
+    float *batch_inputs; /* compute thread: [capacity][features] */
+    int capacity;        /* rows of one forward pass: max(COMPUTE_BATCH, --max-batch) */
     char spec_text[CM_MODEL_SPEC_MAX];
     char model_sha256[65];
     char name[64];
@@ -245,6 +259,8 @@ typedef struct server {
         *peak_bytes_gauge;
     cm_metrics_counter_t *busy[BUSY_REASONS]; /* committee_teacher_busy_total by busy_reasons */
     cm_metrics_histogram_t *queue_seconds, *compute_seconds;
+    cm_metrics_counter_t *forward_batches;
+    cm_metrics_histogram_t *coalesced_requests; /* requests per forward batch */
     cm_metrics_gauge_t *queue_depth, *peers_gauge;
 } server_t;
 
@@ -511,46 +527,60 @@ static int add_top_k(job_t *job, const float *logits, int classes) {
     return 1;
 }
 
-/* Runs the model over the job's examples and fills its tensors. */
-static void compute_job(server_t *server, job_t *job) {
-    float *staging[OUTPUT_COUNT] = {NULL, NULL, NULL};
+/* Allocates the job's staging rows for every output it needs; 0 when out of memory. */
+static int allocate_staging(server_t *server, job_t *job) {
     int ok = 1;
     for (int output = 0; output < OUTPUT_COUNT; output++)
         if (job->wanted[output] || (output == OUTPUT_LOGITS && job->top_k)) {
-            staging[output] =
+            job->staging[output] =
                 malloc(sizeof(float) * (size_t)job->count * (size_t)server->width[output]);
-            ok &= staging[output] != NULL;
+            ok &= job->staging[output] != NULL;
         }
-    for (int start = 0; ok && start < job->count; start += COMPUTE_BATCH) {
-        int batch = job->count - start < COMPUTE_BATCH ? job->count - start : COMPUTE_BATCH;
-        cm_dataset_gather(server->dataset, job->split, job->rows + start, batch,
-                          server->batch_inputs);
-        const float *logits = cm_model_forward(server->model, server->batch_inputs, batch);
-        for (int output = 0; output < OUTPUT_COUNT; output++) {
-            if (!staging[output]) continue;
-            int width = server->width[output], unused = 0;
-            const float *source =
-                output == OUTPUT_LOGITS
-                    ? logits
-                    : cm_model_feature(server->model, output_names[output], &unused, NULL);
-            memcpy(staging[output] + (size_t)start * (size_t)width, source,
-                   sizeof(float) * (size_t)batch * (size_t)width);
-        }
+    return ok;
+}
+
+static void free_staging(job_t *job) {
+    for (int output = 0; output < OUTPUT_COUNT; output++) {
+        free(job->staging[output]);
+        job->staging[output] = NULL;
     }
+}
+
+/*
+ * Copies the outputs of the last forward pass, rows [first, first + rows) of it, into the job's
+ * staging rows from `start` on.
+ */
+static void stage_outputs(server_t *server, job_t *job, const float *logits, int first, int rows,
+                          int start) {
+    for (int output = 0; output < OUTPUT_COUNT; output++) {
+        if (!job->staging[output]) continue;
+        int width = server->width[output], unused = 0;
+        const float *source =
+            output == OUTPUT_LOGITS
+                ? logits
+                : cm_model_feature(server->model, output_names[output], &unused, NULL);
+        memcpy(job->staging[output] + (size_t)start * (size_t)width,
+               source + (size_t)first * (size_t)width,
+               sizeof(float) * (size_t)rows * (size_t)width);
+    }
+}
+
+/* Encodes the job's staging rows into its tensors (or records NOMEM) and frees them. */
+static void encode_job(server_t *server, job_t *job, int ok) {
     for (int output = 0; ok && output < OUTPUT_COUNT; output++) {
         if (!job->wanted[output]) continue;
         if (output == OUTPUT_LOGITS && job->top_k) {
-            ok = add_top_k(job, staging[output], server->width[output]);
+            ok = add_top_k(job, job->staging[output], server->width[output]);
             continue;
         }
         size_t bytes = 0, elements = (size_t)job->count * (size_t)server->width[output];
         void *frame;
         if (job->encoding == CM_DTYPE_F32) { /* the staging rows are the frame: no copy */
-            frame = staging[output];
+            frame = job->staging[output];
             bytes = sizeof(float) * elements;
-            staging[output] = NULL;
+            job->staging[output] = NULL;
         } else {
-            frame = encode_floats(staging[output], elements, job->encoding, &bytes);
+            frame = encode_floats(job->staging[output], elements, job->encoding, &bytes);
         }
         if (output == OUTPUT_TOKENS)
             ok =
@@ -560,12 +590,114 @@ static void compute_job(server_t *server, job_t *job) {
             ok = add_tensor(job, output_names[output], CM_DTYPE_F32, job->encoding, CM_WIRE_DENSE,
                             frame, bytes, 2, server->width[output], 0);
     }
-    for (int output = 0; output < OUTPUT_COUNT; output++) free(staging[output]);
+    free_staging(job);
     if (!ok) {
         job->status = CM_ERR_NOMEM;
         snprintf(job->error, sizeof job->error, "teacher '%s' ran out of memory for %d examples",
                  server->name, job->count);
     }
+}
+
+/* Runs the model over one job's examples alone, COMPUTE_BATCH at a time from its first. */
+static void compute_job(server_t *server, job_t *job) {
+    int ok = allocate_staging(server, job);
+    for (int start = 0; ok && start < job->count; start += COMPUTE_BATCH) {
+        int batch = job->count - start < COMPUTE_BATCH ? job->count - start : COMPUTE_BATCH;
+        cm_dataset_gather(server->dataset, job->split, job->rows + start, batch,
+                          server->batch_inputs);
+        const float *logits = cm_model_forward(server->model, server->batch_inputs, batch);
+        stage_outputs(server, job, logits, 0, batch, start);
+    }
+    encode_job(server, job, ok);
+}
+
+/*
+ * Runs a group of compatible jobs (one split; at most server->capacity examples together) in one
+ * forward pass over their concatenated rows and splits the outputs back; a job whose staging
+ * cannot be allocated is answered NOMEM and left out, the others are served.  A group of one is
+ * compute_job.
+ */
+static void compute_group(server_t *server, job_t *group) {
+    if (!group->next) {
+        compute_job(server, group);
+        return;
+    }
+    int rows = 0, features = server->dataset->features;
+    for (job_t *job = group; job; job = job->next) {
+        if (!allocate_staging(server, job)) {
+            job->status = CM_ERR_NOMEM;
+            continue;
+        }
+        cm_dataset_gather(server->dataset, job->split, job->rows, job->count,
+                          server->batch_inputs + (size_t)rows * (size_t)features);
+        rows += job->count;
+    }
+    /* rows is 0 only when every job ran out of memory: then there is nothing to run. */
+    const float *logits = rows ? cm_model_forward(server->model, server->batch_inputs, rows) : NULL;
+    int first = 0;
+    for (job_t *job = group; job; job = job->next) {
+        int ok = job->status == CM_OK;
+        if (ok) {
+            stage_outputs(server, job, logits, first, job->count, 0);
+            first += job->count;
+        }
+        encode_job(server, job, ok);
+    }
+}
+
+/* Two jobs may share a forward pass when their replies are made the same way. */
+static int compatible(const job_t *one, const job_t *other) {
+    return one->split == other->split && one->encoding == other->encoding &&
+           one->top_k == other->top_k &&
+           memcmp(one->wanted, other->wanted, sizeof one->wanted) == 0;
+}
+
+/*
+ * Takes the next group off the pending queue (under server->lock): the oldest job, then, while
+ * the group holds at most --max-batch examples, compatible jobs in rounds over the peers (each
+ * round takes the oldest untaken compatible job of every peer, in queue order), so one peer's
+ * long queue shares the pass with another's single request instead of filling it.  The oldest
+ * job always goes first, so nothing waits behind younger work.  Returns the group as a list
+ * linked by `next`, in the order its rows run; *count gets its length.
+ */
+static job_t *take_group(server_t *server, int *count) {
+    job_t *head = server->pending_head;
+    server->pending_head = head->next;
+    head->next = NULL;
+    job_t *group = head, *group_tail = head;
+    *count = 1;
+    int examples = head->count, limit = server->options.max_batch;
+    for (int round = 0; limit > 1 && examples < limit; round++) {
+        int taken_this_round = 0;
+        /* Peers (by ledger) already given a job in this round; the head counts for round 0. */
+        const ledger_t *served[MAX_PEERS];
+        int served_count = 0;
+        if (round == 0) served[served_count++] = head->ledger;
+        job_t **link = &server->pending_head;
+        while (*link && served_count < MAX_PEERS) {
+            job_t *job = *link;
+            int seen = 0;
+            for (int index = 0; index < served_count && !seen; index++)
+                seen = served[index] == job->ledger;
+            if (seen || !compatible(job, head) || examples + job->count > limit) {
+                link = &job->next;
+                continue;
+            }
+            served[served_count++] = job->ledger;
+            *link = job->next; /* off the queue, onto the group */
+            job->next = NULL;
+            group_tail->next = job;
+            group_tail = job;
+            examples += job->count;
+            ++*count;
+            taken_this_round++;
+        }
+        if (!taken_this_round) break;
+    }
+    server->pending_tail = NULL;
+    for (job_t *job = server->pending_head; job; job = job->next) server->pending_tail = job;
+    server->pending_count -= *count;
+    return group;
 }
 
 static void *compute_thread(void *argument) {
@@ -575,30 +707,45 @@ static void *compute_thread(void *argument) {
         while (!server->pending_head && !server->worker_exit)
             pthread_cond_wait(&server->wake, &server->lock);
         if (server->worker_exit) break;
-        job_t *job = server->pending_head;
-        server->pending_head = job->next;
-        if (!server->pending_head) server->pending_tail = NULL;
-        server->pending_count--;
-        server->in_progress++;
+        int count = 0;
+        job_t *group = take_group(server, &count);
+        server->in_progress += count;
         pthread_mutex_unlock(&server->lock);
 
-        job->next = NULL;
-        job->started_at = cm_progress_now();
+        double started_at = cm_progress_now();
         if (server->options.compute_delay_ms > 0) { /* a deliberately slow teacher, for tests */
             struct timespec pause = {server->options.compute_delay_ms / 1000,
                                      (server->options.compute_delay_ms % 1000) * 1000000L};
             nanosleep(&pause, NULL);
         }
-        compute_job(server, job);
-        job->finished_at = cm_progress_now();
+        compute_group(server, group);
+        double finished_at = cm_progress_now();
+        int examples = 0;
+        char request_ids[1024] = "";
+        size_t used = 0;
+        for (job_t *job = group; job; job = job->next) {
+            job->started_at = started_at;
+            job->finished_at = finished_at;
+            examples += job->count;
+            if (used < sizeof request_ids)
+                used += (size_t)snprintf(request_ids + used, sizeof request_ids - used, " %llu",
+                                         (unsigned long long)job->request_id);
+        }
+        cm_metrics_counter_add(server->forward_batches, 1);
+        cm_metrics_histogram_observe(server->coalesced_requests, (double)count);
+        if (count > 1) /* the request ids in row order: tests rebuild the pass from them */
+            cm_log_debug("forward batch of %d examples for %d requests:%s", examples, count,
+                         request_ids);
 
         pthread_mutex_lock(&server->lock);
-        server->in_progress--;
+        server->in_progress -= count;
+        job_t *group_tail = group;
+        while (group_tail->next) group_tail = group_tail->next;
         if (server->done_tail)
-            server->done_tail->next = job;
+            server->done_tail->next = group;
         else
-            server->done_head = job;
-        server->done_tail = job;
+            server->done_head = group;
+        server->done_tail = group_tail;
         uv_async_send(&server->done_async);
     }
     pthread_mutex_unlock(&server->lock);
@@ -1145,6 +1292,19 @@ static cm_status_t register_metrics(server_t *server) {
             server->metrics, "committee_teacher_compute_seconds",
             "Time of the forward passes and encoding of a request.", NULL, second_bounds,
             bound_count, &server->compute_seconds);
+    static const double request_bounds[] = {1, 2, 4, 8, 16, 32, 64};
+    if (status == CM_OK)
+        status = cm_metrics_register_counter(
+            server->metrics, "committee_teacher_forward_batches_total",
+            "Forward batches run: groups of queued requests run through the model together (one "
+            "per request without coalescing, --max-batch 1).",
+            NULL, &server->forward_batches);
+    if (status == CM_OK)
+        status = cm_metrics_register_histogram(
+            server->metrics, "committee_teacher_coalesced_requests",
+            "Requests per forward batch (--max-batch); its _sum counts the requests run.", NULL,
+            request_bounds, (int)(sizeof request_bounds / sizeof request_bounds[0]),
+            &server->coalesced_requests);
     if (status == CM_OK)
         status = cm_metrics_register_gauge(server->metrics, "committee_teacher_queue_depth",
                                            "Requests waiting for the compute thread.", NULL,
@@ -1160,7 +1320,9 @@ static cm_status_t register_metrics(server_t *server) {
 static cm_status_t load_teacher(server_t *server) {
     const serve_options_t *options = &server->options;
     cm_safetensors_t *file = NULL;
-    cm_status_t status = cm_model_load(options->model_path, COMPUTE_BATCH, &server->model, &file);
+    server->capacity = options->max_batch > COMPUTE_BATCH ? options->max_batch : COMPUTE_BATCH;
+    cm_status_t status =
+        cm_model_load(options->model_path, server->capacity, &server->model, &file);
     if (status != CM_OK) return status;
     const char *view = cm_safetensors_metadata(file, "view");
     const char *dataset_name =
@@ -1231,7 +1393,7 @@ static cm_status_t load_teacher(server_t *server) {
                     server->head_inputs);
     }
     server->batch_inputs =
-        malloc(sizeof(float) * COMPUTE_BATCH * (size_t)server->dataset->features);
+        malloc(sizeof(float) * (size_t)server->capacity * (size_t)server->dataset->features);
     if (!server->batch_inputs) return cm_fail(CM_ERR_NOMEM, "out of memory for the input batch");
     /* Warm up: one forward pass, so the first request does not pay for page faults. */
     memset(server->batch_inputs, 0, sizeof(float) * (size_t)server->dataset->features);
@@ -1442,6 +1604,7 @@ int teacher_serve_main(int argc, char **argv, int first) {
         .max_peer_queued_mb = 256,
         .max_queued_mb = 1024,
         .lend_head = "on",
+        .max_batch = 1,
     };
     const cm_cli_option_t table[] = {
         {"model", CM_CLI_STRING, &options.model_path, "FILE", "teacher checkpoint (.safetensors)",
@@ -1494,8 +1657,13 @@ int teacher_serve_main(int argc, char **argv, int first) {
          "lend the frozen head (the dense layer from 'hidden' to the logits) to trainers that "
          "ask for it",
          0},
+        {"max-batch", CM_CLI_INT, &options.max_batch, "N",
+         "run queued requests that ask for the same split, outputs, encoding and top-k in one "
+         "forward pass of up to N examples (0 or 1: each request alone; the model's buffers are "
+         "sized for N)",
+         0},
         {"compute-delay-ms", CM_CLI_INT, &options.compute_delay_ms, "MS",
-         "sleep this long before each request (simulates a slow teacher in tests)", 0},
+         "sleep this long before each forward batch (simulates a slow teacher in tests)", 0},
         {"log-level", CM_CLI_STRING, &options.log_level, "LEVEL", "debug, info, warn or error", 0},
     };
     const int count = (int)(sizeof table / sizeof table[0]);
@@ -1528,6 +1696,15 @@ int teacher_serve_main(int argc, char **argv, int first) {
         "gone, or its pipe holds 1000 messages) is dropped and counted in\n"
         "committee_teacher_replies_dropped_total, never lost silently.\n"
         "\n"
+        "Coalescing: with --max-batch N > 1, queued requests (from any trainers) that ask for\n"
+        "the same split, outputs, encoding and top-k run in one forward pass of up to N\n"
+        "examples, taken in turns over the peers; each still gets its own reply. OpenBLAS\n"
+        "rounds a row differently depending on how many rows share a product, so a coalesced\n"
+        "reply can differ from the same request run alone in the last bits: keep the default\n"
+        "1 (every request alone, 256 rows per pass from its first) where trainers must be\n"
+        "bit-reproducible. committee_teacher_forward_batches_total and\n"
+        "committee_teacher_coalesced_requests count the passes.\n"
+        "\n"
         "Endpoints: --bind is tcp://HOST:PORT (HOST an IP address, '*', localhost, which means\n"
         "127.0.0.1, or an interface; PORT 1-65535, or '*' or 0 for any free port), ipc://PATH\n"
         "or inproc://NAME. HTTP is never encrypted: a --http that is not loopback needs\n"
@@ -1548,6 +1725,9 @@ int teacher_serve_main(int argc, char **argv, int first) {
                          "--threads, --max-examples, --queue, --max-message-mb, "
                          "--max-peer-queued-mb and --max-queued-mb must be at least 1, "
                          "--max-in-flight at least 0, --heartbeat-ms at least 10");
+    if (status == CM_OK && (options.max_batch < 0 || options.max_batch > MAX_COALESCED))
+        status = cm_fail(CM_ERR_INVALID_ARG, "--max-batch must be in 0..%d, not %d", MAX_COALESCED,
+                         options.max_batch);
     if (status == CM_OK && strcmp(options.lend_head, "on") && strcmp(options.lend_head, "off"))
         status = cm_fail(CM_ERR_INVALID_ARG, "--lend-head must be on or off, not '%s'",
                          options.lend_head);

@@ -25,7 +25,12 @@
  * their exit codes; /healthz and /readyz.  Heads: the Hello lists "hidden",
  * a HeadRequest gets the checkpoint's head bit for bit (ViT and MLP), other
  * features and --lend-head off are answered NOT_FOUND and counted, and
- * `teacher-server query --head` prints the head or says why not.
+ * `teacher-server query --head` prints the head or says why not.  Coalescing
+ * (--max-batch): requests of three clients queued behind a slow pass share
+ * forward batches that take turns over the clients, each reply is its rows of
+ * an in-process pass over the batch bit for bit and within float rounding of
+ * the --max-batch 1 reply (byte-identical for a request that ran alone), and
+ * bad requests among them get their Errors.
  */
 #include "cm_blas.h"
 #include "cm_dataset.h"
@@ -1389,6 +1394,16 @@ START_TEST(test_bad_options_and_missing_checkpoint) {
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
     ck_assert_msg(strstr(output, "--insecure-public") && is_one_line(output), "%s", output);
 
+    const char *const bad_batches[] = {"-1", "16385"};
+    for (int index = 0; index < 2; index++) {
+        snprintf(command, sizeof command, "%s serve --model %s --max-batch %s --http off", binary,
+                 checkpoint, bad_batches[index]);
+        ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+        ck_assert_msg(strstr(output, "--max-batch must be in 0..16384") &&
+                          strstr(output, bad_batches[index]) && is_one_line(output),
+                      "%s", output);
+    }
+
     /* Endpoints are checked before ZeroMQ sees them: one sentence, exit 2. */
     static const struct {
         const char *bind, *sentence;
@@ -1570,6 +1585,334 @@ START_TEST(test_http_public_is_allowed_with_a_warning) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- 9. coalescing */
+
+enum {
+    COALESCE_CLIENTS = 3,
+    COALESCE_REQUESTS = 5, /* per client */
+    COALESCE_PLAN = COALESCE_CLIENTS * COALESCE_REQUESTS,
+    COALESCE_MAX_IDS = 83,
+    COALESCE_LOG_BYTES = 1 << 17
+};
+
+/* One request of the coalescing plan and what answered it. */
+typedef struct {
+    uint64_t request_id; /* unique across the clients, so the server's log names it */
+    int client;
+    int count;
+    int32_t ids[COALESCE_MAX_IDS];
+    const char *const *outputs;
+    cm_dtype_t encoding;
+    int top_k;
+    /* The answer, copied out of the message. */
+    int answered, is_error;
+    cm_status_t code;
+    int tensor_count;
+    cm_wire_tensor_t tensors[CM_WIRE_MAX_TENSORS]; /* data: malloc'd copies */
+} coalesce_request_t;
+
+static const char *const dense_outputs[] = {"logits", "hidden", "tokens", NULL};
+static const char *const top_k_outputs[] = {"logits", "hidden", NULL};
+static const char *const bogus_outputs[] = {"logits", "bogus", NULL};
+
+/*
+ * The plan: every client sends five requests of 5..83 distinct training ids, most for logits,
+ * hidden and tokens in F32 (one group), one for top-3 logits and hidden in F16 (another
+ * group), one asking for an output the teacher lacks and one with an id out of range (both
+ * answered with an Error while the others are served).
+ */
+static void coalesce_plan(coalesce_request_t plan[COALESCE_PLAN]) {
+    memset(plan, 0, sizeof(coalesce_request_t) * COALESCE_PLAN);
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 77);
+    for (int index = 0; index < COALESCE_PLAN; index++) {
+        coalesce_request_t *request = &plan[index];
+        request->client = index % COALESCE_CLIENTS;
+        request->request_id = 500 + (uint64_t)index;
+        request->count = 5 + 13 * (index % 7);
+        int32_t all[MAX_TRAIN];
+        for (int id = 0; id < MAX_TRAIN; id++) all[id] = id;
+        cm_rng_shuffle(&rng, all, MAX_TRAIN);
+        memcpy(request->ids, all, sizeof(int32_t) * (size_t)request->count);
+        request->outputs = dense_outputs;
+        request->encoding = CM_DTYPE_F32;
+    }
+    plan[4].outputs = top_k_outputs;
+    plan[4].encoding = CM_DTYPE_F16;
+    plan[4].top_k = TOP_K;
+    plan[10].outputs = top_k_outputs;
+    plan[10].encoding = CM_DTYPE_F16;
+    plan[10].top_k = TOP_K;
+    plan[6].outputs = bogus_outputs;
+    plan[8].ids[1] = MAX_TRAIN + 5; /* beyond the served subset */
+}
+
+static void coalesce_forget(coalesce_request_t plan[COALESCE_PLAN]) {
+    for (int index = 0; index < COALESCE_PLAN; index++)
+        for (int tensor = 0; tensor < plan[index].tensor_count; tensor++)
+            free((void *)plan[index].tensors[tensor].data);
+}
+
+/* The tensor name as a string that outlives the message (the names a teacher sends). */
+static const char *output_names_kept(const char *name) {
+    for (int index = 0; dense_outputs[index]; index++)
+        if (strcmp(name, dense_outputs[index]) == 0) return dense_outputs[index];
+    ck_abort_msg("a tensor named '%s'", name);
+    return NULL;
+}
+
+/* Copies an answer into the plan entry it answers; fails the test on a stranger. */
+static void coalesce_keep(coalesce_request_t plan[COALESCE_PLAN], int client_index,
+                          const cm_wire_message_t *answer) {
+    coalesce_request_t *request = NULL;
+    for (int index = 0; index < COALESCE_PLAN; index++)
+        if (plan[index].request_id == answer->request_id && plan[index].client == client_index)
+            request = &plan[index];
+    ck_assert_msg(request && !request->answered, "client %d got an answer to request %llu",
+                  client_index, (unsigned long long)answer->request_id);
+    request->answered = 1;
+    if (answer->kind == CM_WIRE_ERROR) {
+        request->is_error = 1;
+        request->code = answer->error.code;
+        return;
+    }
+    ck_assert_int_eq(answer->kind, CM_WIRE_BATCH_REPLY);
+    const cm_wire_batch_reply_t *reply = &answer->batch_reply;
+    ck_assert_int_eq(reply->example_count, request->count);
+    ck_assert_mem_eq(reply->example_ids, request->ids, sizeof(int32_t) * (size_t)request->count);
+    request->tensor_count = reply->tensor_count;
+    for (int index = 0; index < reply->tensor_count; index++) {
+        cm_wire_tensor_t *kept = &request->tensors[index];
+        *kept = reply->tensors[index];
+        kept->name = output_names_kept(kept->name);
+        void *data = malloc(kept->bytes ? kept->bytes : 1);
+        ck_assert_ptr_nonnull(data);
+        memcpy(data, reply->tensors[index].data, kept->bytes);
+        kept->data = data;
+    }
+}
+
+/*
+ * Runs the plan against a fresh teacher with `max_batch`: all requests are sent, interleaved
+ * over the clients, before any answer is read, to a teacher that sleeps before each forward
+ * batch (so those sent while it sleeps are queued together), then every answer is read.
+ * Returns the teacher's log (malloc'd) and its committee_teacher_forward_batches_total.
+ */
+static char *coalesce_run(coalesce_request_t plan[COALESCE_PLAN], const char *max_batch,
+                          double *forward_batches) {
+    const char *const options[] = {
+        "--max-batch",    max_batch, "--compute-delay-ms", "400",   "--queue", "32",
+        "--max-examples", "300",     "--log-level",        "debug", NULL};
+    start_teacher(options);
+    void *sockets[COALESCE_CLIENTS] = {client};
+    for (int index = 1; index < COALESCE_CLIENTS; index++) {
+        sockets[index] = serve_fixture_connect(context, server.endpoint);
+        ck_assert_ptr_nonnull(sockets[index]);
+    }
+    /* The first client's requests are queued (the teacher has counted them) before the
+     * others send theirs, so they are ahead of them in the queue. */
+    char *metrics = malloc(METRICS_BYTES);
+    ck_assert_ptr_nonnull(metrics);
+    for (int order = 0; order < COALESCE_PLAN; order++) {
+        int index = order % COALESCE_REQUESTS * COALESCE_CLIENTS + order / COALESCE_REQUESTS;
+        const coalesce_request_t *request = &plan[index];
+        send_request(sockets[request->client], request->request_id, CM_SPLIT_TRAIN, request->ids,
+                     request->count, request->outputs, request->encoding, request->top_k);
+        for (int poll = 0; order == COALESCE_REQUESTS - 1; poll++) {
+            read_metrics(metrics);
+            if (metric_value(metrics, "committee_teacher_requests_total") >= COALESCE_REQUESTS)
+                break;
+            ck_assert_msg(poll < 5000, "the teacher did not receive the first requests");
+            usleep(1000);
+        }
+    }
+    for (int index = 0; index < COALESCE_PLAN; index++) {
+        int sender = plan[index].client;
+        cm_zwire_received_t received;
+        cm_wire_message_t answer;
+        receive(sockets[sender], &received, &answer);
+        coalesce_keep(plan, sender, &answer);
+        serve_fixture_release(&received, &answer);
+    }
+    read_metrics(metrics);
+    *forward_batches = metric_value(metrics, "committee_teacher_forward_batches_total");
+    free(metrics);
+    for (int index = 1; index < COALESCE_CLIENTS; index++) zmq_close(sockets[index]);
+    stop_teacher();
+    char *log = malloc(COALESCE_LOG_BYTES);
+    ck_assert_ptr_nonnull(log);
+    serve_fixture_log(&server, log, COALESCE_LOG_BYTES);
+    return log;
+}
+
+static coalesce_request_t *coalesce_find(coalesce_request_t plan[COALESCE_PLAN], uint64_t id) {
+    for (int index = 0; index < COALESCE_PLAN; index++)
+        if (plan[index].request_id == id) return &plan[index];
+    ck_abort_msg("the log names request %llu, which was not sent", (unsigned long long)id);
+    return NULL;
+}
+
+/* The two answers are the same kind, code, tensors (names, layouts, types, shapes, sizes). */
+static void coalesce_same_form(const coalesce_request_t *alone, const coalesce_request_t *got) {
+    ck_assert_msg(alone->answered && got->answered, "request %llu was not answered",
+                  (unsigned long long)got->request_id);
+    ck_assert_msg(alone->is_error == got->is_error && alone->code == got->code,
+                  "request %llu: answered %s alone, %s coalescing",
+                  (unsigned long long)got->request_id,
+                  alone->is_error ? cm_status_name(alone->code) : "with a reply",
+                  got->is_error ? cm_status_name(got->code) : "with a reply");
+    ck_assert_int_eq(alone->tensor_count, got->tensor_count);
+    for (int index = 0; index < got->tensor_count; index++) {
+        const cm_wire_tensor_t *one = &alone->tensors[index], *other = &got->tensors[index];
+        ck_assert_str_eq(one->name, other->name);
+        ck_assert(one->layout == other->layout && one->dtype == other->dtype &&
+                  one->encoding == other->encoding && one->ndim == other->ndim);
+        ck_assert_mem_eq(one->shape, other->shape, sizeof one->shape);
+        ck_assert_uint_eq(one->bytes, other->bytes);
+    }
+}
+
+/* Byte-identical answers. */
+static int coalesce_same_bytes(const coalesce_request_t *alone, const coalesce_request_t *got) {
+    coalesce_same_form(alone, got);
+    for (int index = 0; index < got->tensor_count; index++)
+        if (memcmp(alone->tensors[index].data, got->tensors[index].data, got->tensors[index].bytes))
+            return 0;
+    return 1;
+}
+
+/* Values within float rounding of each other (top-k classes equal). */
+static void coalesce_close(const coalesce_request_t *alone, const coalesce_request_t *got) {
+    coalesce_same_form(alone, got);
+    for (int index = 0; index < got->tensor_count; index++) {
+        const cm_wire_tensor_t *tensor = &got->tensors[index];
+        size_t count = tensor->bytes / cm_dtype_size(tensor->encoding);
+        if (tensor->encoding == CM_DTYPE_I32) {
+            ck_assert_mem_eq(alone->tensors[index].data, tensor->data, tensor->bytes);
+            continue;
+        }
+        float *want = tensor_values(&alone->tensors[index], count);
+        float *values = tensor_values(tensor, count);
+        double relative = tensor->encoding == CM_DTYPE_F32 ? 1e-4 : 2e-3;
+        check_close(values, want, count, relative, 1e-3, tensor->name);
+        free(want);
+        free(values);
+    }
+}
+
+/*
+ * Checks the F32 tensors of every request of one coalesced forward batch (a log line "forward
+ * batch of E examples for K requests: ID ...") against an in-process forward pass over their
+ * rows concatenated in that order: the split-back replies are the pass's rows bit for bit.
+ * Returns the number of requests in the batch and sets in_a_batch[i] for each (plan[i]).
+ */
+static int coalesce_check_batch(cm_model_t *model, coalesce_request_t plan[COALESCE_PLAN],
+                                const char *line, int in_a_batch[COALESCE_PLAN]) {
+    int examples = 0, requests = 0, used = 0;
+    ck_assert_int_eq(sscanf(line, "forward batch of %d examples for %d requests:%n", &examples,
+                            &requests, &used),
+                     2);
+    coalesce_request_t *members[COALESCE_PLAN];
+    int total = 0, taken[COALESCE_CLIENTS] = {0}, repeated = 0;
+    const char *cursor = line + used;
+    for (int index = 0; index < requests; index++) {
+        char *end = NULL;
+        unsigned long long id = strtoull(cursor, &end, 10);
+        ck_assert_ptr_ne(end, cursor);
+        cursor = end;
+        members[index] = coalesce_find(plan, id);
+        total += members[index]->count;
+        in_a_batch[members[index] - plan] = 1;
+        /* Turns over the peers: once one has a second request in, no peer joins late. */
+        int peer = members[index]->client;
+        ck_assert_msg(!(repeated && taken[peer] == 0),
+                      "client %d joins the batch \"%.*s\" after another client's second request",
+                      peer, (int)strcspn(line, "\n"), line);
+        repeated |= taken[peer]++ > 0;
+    }
+    ck_assert_int_eq(total, examples);
+    int features = dataset->features;
+    float *inputs = malloc(sizeof(float) * (size_t)total * (size_t)features);
+    ck_assert_ptr_nonnull(inputs);
+    for (int index = 0, row = 0; index < requests; row += members[index++]->count)
+        cm_dataset_gather(dataset, CM_SPLIT_TRAIN, members[index]->ids, members[index]->count,
+                          inputs + (size_t)row * (size_t)features);
+    const float *sources[3];
+    sources[0] = cm_model_forward(model, inputs, total);
+    int widths[3] = {CLASSES, 0, 0};
+    sources[1] = cm_model_feature(model, "hidden", &widths[1], NULL);
+    sources[2] = cm_model_feature(model, "tokens", &widths[2], NULL);
+    for (int index = 0, row = 0; index < requests; row += members[index++]->count) {
+        const coalesce_request_t *member = members[index];
+        for (int tensor = 0; tensor < member->tensor_count; tensor++) {
+            const cm_wire_tensor_t *got = &member->tensors[tensor];
+            if (got->encoding != CM_DTYPE_F32 || got->layout != CM_WIRE_DENSE) continue;
+            int output = strcmp(got->name, "logits") == 0   ? 0
+                         : strcmp(got->name, "hidden") == 0 ? 1
+                                                            : 2;
+            ck_assert_uint_eq(got->bytes, sizeof(float) * (size_t)member->count * widths[output]);
+            ck_assert_msg(
+                memcmp(got->data, sources[output] + (size_t)row * widths[output], got->bytes) == 0,
+                "request %llu's %s are not rows %d.. of its forward batch bit for bit",
+                (unsigned long long)member->request_id, got->name, row);
+        }
+    }
+    free(inputs);
+    return requests;
+}
+
+START_TEST(test_coalesced_requests_share_a_forward_pass) {
+    if (skip_without_dataset(__func__)) return;
+    static coalesce_request_t alone[COALESCE_PLAN], coalesced[COALESCE_PLAN];
+    coalesce_plan(alone);
+    coalesce_plan(coalesced);
+    double alone_batches = 0, coalesced_batches = 0;
+    char *alone_log = coalesce_run(alone, "1", &alone_batches);
+    /* 200 examples a pass: less than the queue holds, so the batch must be shared fairly. */
+    char *log = coalesce_run(coalesced, "200", &coalesced_batches);
+    ck_assert_msg(!strstr(alone_log, "forward batch of"), "--max-batch 1 coalesced requests");
+    free(alone_log);
+
+    /* The bad requests get their Errors; the 13 others are answered, in fewer passes. */
+    ck_assert_msg(coalesced[6].is_error && coalesced[6].code == CM_ERR_NOT_FOUND,
+                  "the request for an unknown output was not answered NOT_FOUND");
+    ck_assert_msg(coalesced[8].is_error && coalesced[8].code == CM_ERR_OUT_OF_RANGE,
+                  "the request with an id out of range was not answered OUT_OF_RANGE");
+    ck_assert_double_eq(alone_batches, COALESCE_PLAN - 2);
+    ck_assert_msg(coalesced_batches > 0 && coalesced_batches < COALESCE_PLAN - 2,
+                  "%g forward batches for %d requests: nothing was coalesced", coalesced_batches,
+                  COALESCE_PLAN - 2);
+
+    /* Requests of a coalesced batch: exactly the rows of one in-process pass over the batch,
+     * and the values of the lone run within float rounding (OpenBLAS rounds a row by how many
+     * rows share the product).  Requests that ran alone: the lone run's bytes. */
+    cm_model_t *model = NULL;
+    ck_assert_msg(cm_model_load(checkpoint, 1024, &model, NULL) == CM_OK, "%s", cm_last_error());
+    int lines = 0, in_batches = 0, in_a_batch[COALESCE_PLAN] = {0};
+    for (const char *line = strstr(log, "forward batch of"); line;
+         line = strstr(line + 1, "forward batch of")) {
+        int members = coalesce_check_batch(model, coalesced, line, in_a_batch);
+        ck_assert_int_ge(members, 2);
+        in_batches += members;
+        lines++;
+    }
+    cm_model_free(&model);
+    /* Every pass is one logged batch or one request alone. */
+    ck_assert_int_eq((int)coalesced_batches, lines + (COALESCE_PLAN - 2 - in_batches));
+    for (int index = 0; index < COALESCE_PLAN; index++) {
+        if (in_a_batch[index])
+            coalesce_close(&alone[index], &coalesced[index]);
+        else
+            ck_assert_msg(coalesce_same_bytes(&alone[index], &coalesced[index]),
+                          "request %llu ran alone but its reply differs from --max-batch 1's",
+                          (unsigned long long)coalesced[index].request_id);
+    }
+    free(log);
+    coalesce_forget(alone);
+    coalesce_forget(coalesced);
+}
+END_TEST
+
 Suite *check_teacher_serve_suite(void);
 Suite *check_teacher_serve_suite(void) {
     Suite *suite = suite_create("teacher_serve");
@@ -1593,6 +1936,7 @@ Suite *check_teacher_serve_suite(void) {
     tcase_add_test(tcase, test_probes_answer_under_200_slow_clients);
     tcase_add_test(tcase, test_error_messages_are_valid_utf8);
     tcase_add_test(tcase, test_http_public_is_allowed_with_a_warning);
+    tcase_add_test(tcase, test_coalesced_requests_share_a_forward_pass);
     suite_add_tcase(suite, tcase);
     return suite;
 }

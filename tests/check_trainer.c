@@ -1266,6 +1266,80 @@ START_TEST(test_usage_errors) {
 }
 END_TEST
 
+/*
+ * One teacher serving two trainers at once (a sweep against one committee), through the real
+ * binaries.  With --max-batch 1 (the default) each gets the replies it would get alone: both
+ * checkpoints are byte-identical to the same runs made one at a time.  With --max-batch 1024
+ * and a teacher slow enough to queue work, the trainers' requests share forward batches (the
+ * teacher's debug log lists them) and both
+ * runs still see every example exactly once; their checkpoints are not compared, because a
+ * coalesced reply may differ from a lone one in the last bits (see teacher_serve.c).
+ */
+START_TEST(test_two_trainers_share_one_teacher) {
+    REQUIRE_DATA();
+    const char *const runs[2][2] = {{"sweep-a", "--lr 3e-3 --seed 1"},
+                                    {"sweep-b", "--lr 1e-3 --seed 2"}};
+    const char *const settings[3] = {"alone", "together", "coalesced"};
+    char outs[3][2][400], logs[2][400], metrics[2][400], command[4096];
+    for (int setting = 0; setting < 3; setting++) {
+        teacher_process_t teacher;
+        char name[64];
+        snprintf(name, sizeof name, "fm-%s", settings[setting]);
+        start_teacher(&teacher, name, fm_path,
+                      setting == 2 ? "--max-batch 1024 --compute-delay-ms 5 --log-level debug"
+                                   : "--max-batch 1");
+        pid_t trainers[2] = {0, 0};
+        for (int run = 0; run < 2; run++) {
+            snprintf(outs[setting][run], sizeof outs[setting][run], "%s/%s-%s.safetensors",
+                     directory, runs[run][0], settings[setting]);
+            snprintf(logs[run], sizeof logs[run], "%s/%s-%s.log", directory, runs[run][0],
+                     settings[setting]);
+            snprintf(metrics[run], sizeof metrics[run], "%s/%s-%s.jsonl", directory, runs[run][0],
+                     settings[setting]);
+            snprintf(command, sizeof command,
+                     "%s train --view pool7 --model mlp:49-32-10 --teacher fm=%s --method kd "
+                     "--epochs 2 --batch 50 --http off %s " SUBSET " --out %s --metrics %s",
+                     test_util_bin("student-trainer"), teacher.endpoint, runs[run][1],
+                     outs[setting][run], metrics[run]);
+            trainers[run] = test_process_start(command, logs[run]);
+            ck_assert_int_gt(trainers[run], 0);
+            if (setting == 0) { /* one at a time */
+                int status = test_process_wait(trainers[run], 60000);
+                if (status != 0) test_process_stop(trainers[run], SIGKILL, 1000);
+                ck_assert_msg(status == 0, "trainer exited %d; see %s", status, logs[run]);
+            }
+        }
+        for (int run = 0; setting > 0 && run < 2; run++) {
+            int status = test_process_wait(trainers[run], 60000);
+            if (status != 0) test_process_stop(trainers[run], SIGKILL, 1000);
+            ck_assert_msg(status == 0, "trainer exited %d; see %s", status, logs[run]);
+        }
+        stop_teacher(&teacher);
+        for (int run = 0; run < 2; run++) {
+            json_t *lines = read_metrics(metrics[run]);
+            ck_assert_int_eq((int)json_array_size(lines), 2);
+            for (size_t epoch = 0; epoch < 2; epoch++) {
+                json_t *line = json_array_get(lines, epoch);
+                ck_assert_int_eq((int)metric(line, "train_examples"), 2000);
+                ck_assert_int_eq((int)metric(line, "distinct_examples"), 2000);
+                ck_assert_int_eq((int)metric(line, "duplicates"), 0);
+                ck_assert_int_eq((int)teacher_metric(line, "fm", "missing_rows"), 0);
+            }
+            json_decref(lines);
+        }
+        if (setting == 2)
+            ck_assert_msg(test_process_await_text(teacher.log, "forward batch of", 1000),
+                          "the coalescing teacher never ran two requests together; see %s",
+                          teacher.log);
+    }
+    for (int run = 0; run < 2; run++) {
+        ck_assert_msg(test_util_same_checkpoints(outs[0][run], outs[1][run], output, sizeof output),
+                      "%s trained next to another trainer differs from the same run alone: %s",
+                      runs[run][0], output);
+    }
+}
+END_TEST
+
 Suite *check_trainer_suite(void);
 Suite *check_trainer_suite(void) {
     Suite *suite = suite_create("trainer");
@@ -1287,6 +1361,7 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_standardized_view_reaches_the_checkpoint);
     tcase_add_test(tcase, test_transfer_split_trains_unlabelled_rows);
     tcase_add_test(tcase, test_transfer_split_regression);
+    tcase_add_test(tcase, test_two_trainers_share_one_teacher);
     suite_add_tcase(suite, tcase);
     TCase *hostile = tcase_create("hostile");
     tcase_add_unchecked_fixture(hostile, prepare_directory, remove_teachers);
