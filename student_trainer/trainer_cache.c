@@ -308,7 +308,10 @@ static cm_status_t add_output(trainer_cache_t *cache, int teacher, int output, i
             break;
         case TRAINER_SPILL_ASK_AGAIN: {
             pool_rows = cache->config.in_flight > 0 ? cache->config.in_flight : 1;
-            size_t pool = entry->row_bytes * (size_t)pool_rows + 12 * (size_t)pool_rows;
+            size_t table = 2;
+            while (table < 2 * (size_t)pool_rows) table *= 2;
+            size_t pool = (entry->row_bytes + sizeof(int32_t)) * (size_t)pool_rows +
+                          2 * sizeof(int32_t) * table; /* as pool_bytes counts it */
             size_t left = available > pool ? available - pool : 0;
             entry->hot_bytes = left / entry->row_bytes * entry->row_bytes;
             break;
