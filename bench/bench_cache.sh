@@ -6,17 +6,19 @@
 # BENCH_CACHE_ROWS) with a dense float32 view "x" [ROWS, 8] and int64 labels (10 classes; the
 # label is a function of the features), test split 10,000 rows.  A teacher MLP 8-16-10 is
 # fitted on 20,000 of them and served on all; the student (mlp:8-32-10, --method kd, batch
-# 256, 2 epochs: epoch 1 streams every teacher output into the cache, epoch 2 trains from it)
+# 256, 3 epochs: epoch 1 streams every teacher output into the cache, epochs 2 and 3 train
+# from it; the faster of the two counts, as other jobs share the machine)
 # is run four ways:
 #   ce       no teacher, no cache: the trainer's fixed memory for ROWS examples
 #            (labels, the epoch's permutation, per-example flags, the dataset's tables)
 #   memory   the unbounded in-memory cache (ROWS x 10 floats + a mask byte per example)
 #   spill    --cache-memory 64 --cache-spill DIR: the rest in the spill file
-#   spill16  the same with --encoding F16 --cache-dtype f16 (half the bytes, exact)
+#   spillmap the same with --cache-spill-reads map (a memcpy from the mapped file, no pread)
+#   spill16  spill with --encoding F16 --cache-dtype f16 (half the bytes, exact)
 # and reports per run: VmHWM (peak resident set, from /proc/PID/status at the end of the run),
 # the peak of RssAnon (heap and anonymous maps: what the process really holds) and of RssFile
 # (mapped file pages: the dataset folder's mmap'd view, page cache the kernel may reclaim),
-# sampled every 0.1 s, and epoch 2's examples/s; then epoch 2 of spill / memory (goal >= 0.9
+# sampled every 0.1 s, and the cached epochs' examples/s; then spill / memory (goal >= 0.9
 # with the spill file in the page cache, which it is: epoch 1 just wrote it).
 # Everything lives in one temp dir under BENCH_CACHE_DIR (default /tmp), removed at the end.
 set -euo pipefail
@@ -75,7 +77,7 @@ train() {
     local label=$1
     shift
     "$bin/student-trainer" train --data "$work/data" --view x --model mlp:8-32-10 --batch 256 \
-        --epochs 2 --threads 1 --http off --out "$work/$label.safetensors" \
+        --epochs 3 --threads 1 --http off --out "$work/$label.safetensors" \
         --metrics "$work/$label.jsonl" "$@" >/dev/null 2>"$work/$label.err" &
     local pid=$! anon=0 file=0 hwm=0 value
     while kill -0 "$pid" 2>/dev/null; do
@@ -91,21 +93,32 @@ train() {
     done
     wait "$pid" || { echo "bench_cache: $label failed:"; tail -5 "$work/$label.err"; exit 1; }
     local rate
-    rate=$(sed -n 2p "$work/$label.jsonl" | grep -o '"examples_per_second":[0-9.]*' | cut -d: -f2)
+    rate=$(sed -n 2,3p "$work/$label.jsonl" | grep -o '"examples_per_second":[0-9.]*' | cut -d: -f2 |
+        sort -g | tail -1) # the faster of the cached epochs 2 and 3 (the machine is shared)
     eval "rate_$label=$rate"
-    printf "%-8s VmHWM %5d MB   peak RssAnon %5d MB   peak RssFile %5d MB   epoch 2 %9.0f examples/s  %s\n" \
+    printf "%-8s VmHWM %5d MB   peak RssAnon %5d MB   peak RssFile %5d MB   epochs 2-3 %9.0f examples/s  %s\n" \
         "$label" $((hwm / 1024)) $((anon / 1024)) $((file / 1024)) "$rate" \
         "$(grep -o 'teacher cache: .*' "$work/$label.err" | head -1)"
 }
 
 mkdir "$work/spill"
-train ce --method ce
-train memory --method kd --teacher t="ipc://$work/t.sock"
-train spill --method kd --teacher t="ipc://$work/t.sock" --cache-memory 64 --cache-spill "$work/spill"
-train spill16 --method kd --teacher t="ipc://$work/t.sock" --encoding F16 --cache-dtype f16 \
-    --cache-memory 64 --cache-spill "$work/spill"
-cmp -s "$work/memory.safetensors" "$work/spill.safetensors" &&
-    echo "bench_cache: spill gives the byte-identical checkpoint of memory" ||
-    { echo "bench_cache: spill and memory checkpoints differ"; exit 1; }
-awk -v spill="$rate_spill" -v memory="$rate_memory" -v half="$rate_spill16" 'BEGIN {
-    printf "bench_cache: epoch 2 from the spilled cache at %.2fx the in-memory cache (goal >= 0.9x); f16 spilled %.2fx\n", spill / memory, half / memory }'
+runs=" ${BENCH_CACHE_RUNS:-ce memory spill spillmap spill16} " # a subset: BENCH_CACHE_RUNS="memory spill"
+teacher=(--method kd --teacher t="ipc://$work/t.sock")
+spill=(--cache-memory 64 --cache-spill "$work/spill")
+case $runs in *" ce "*) train ce --method ce ;; esac
+case $runs in *" memory "*) train memory "${teacher[@]}" ;; esac
+case $runs in *" spill "*) train spill "${teacher[@]}" "${spill[@]}" ;; esac
+case $runs in *" spillmap "*) train spillmap "${teacher[@]}" "${spill[@]}" --cache-spill-reads map ;; esac
+case $runs in *" spill16 "*) train spill16 "${teacher[@]}" "${spill[@]}" --encoding F16 --cache-dtype f16 ;; esac
+for label in spill spillmap; do
+    [ -e "$work/$label.safetensors" ] && [ -e "$work/memory.safetensors" ] || continue
+    cmp -s "$work/memory.safetensors" "$work/$label.safetensors" ||
+        { echo "bench_cache: $label and memory checkpoints differ"; exit 1; }
+    echo "bench_cache: $label gives the byte-identical checkpoint of memory"
+done
+for label in spill spillmap spill16; do
+    rate=rate_$label
+    [ -n "${!rate:-}" ] && [ -n "${rate_memory:-}" ] || continue
+    awk -v run="${!rate}" -v memory="$rate_memory" -v label="$label" 'BEGIN {
+        printf "bench_cache: cached epochs, %s / memory: %.2fx (goal >= 0.9x)\n", label, run / memory }'
+done

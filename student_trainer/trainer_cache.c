@@ -431,7 +431,7 @@ static cm_status_t get_bytes(const trainer_cache_t *cache, const cache_output_t 
         return CM_OK;
     }
     size_t in_memory = offset < entry->hot_bytes ? entry->hot_bytes - offset : 0;
-    if (in_memory > size) in_memory = size;
+    if (in_memory > size || cache->config.map_reads) in_memory = size; /* the mapping covers it */
     memcpy(bytes, entry->base + offset, in_memory);
     if (in_memory == size) return CM_OK;
     return spill_read(cache, bytes + in_memory, size - in_memory,
@@ -604,7 +604,7 @@ done:
     for (int teacher = 0; teacher < cache->teachers; teacher++)
         for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
             const cache_output_t *entry = &cache->teacher[teacher].output[output];
-            if (entry->spilled)
+            if (entry->spilled && !cache->config.map_reads)
                 madvise(entry->base + entry->hot_bytes, entry->map_bytes - entry->hot_bytes,
                         MADV_DONTNEED);
         }

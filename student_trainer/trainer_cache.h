@@ -20,10 +20,12 @@
  *   - spill (--cache-spill DIR): to slots of one file in DIR, created under a temporary name
  *     and unlinked at once (nothing is left behind, even after a crash), its blocks reserved
  *     with posix_fallocate when an output is added, so a full disk is one ENOSPC sentence at
- *     start and never a SIGBUS later.  Rows are written with pwrite and read with pread
- *     (errors are return values; the page cache, not this process, holds the file's pages);
- *     the range is also mapped read-only, which the save path streams from (its pages are
- *     dropped again after a save);
+ *     start and never a SIGBUS later.  Rows are written with pwrite (errors are return
+ *     values) and read with pread (the page cache, not this process, holds the file's pages)
+ *     or, with map_reads, through a read-only mapping of the file (a memcpy: faster, but the
+ *     pages it touched count as the process's RssFile until the kernel reclaims them; a
+ *     read error there is SIGBUS).  The save path streams from that mapping (its pages are
+ *     dropped again after a save unless reads use it);
  *   - or are asked again (--cache-spill ask-again): a row beyond the bound is kept only while
  *     its batch is in flight (a pool of `in_flight` rows per output), then forgotten, so the
  *     feed asks the teacher again the next epoch (as --cache off does for every row).
@@ -57,6 +59,7 @@ typedef struct {
     const char *spill_dir; /* TRAINER_SPILL_FILE: the directory of the spill file */
     cm_dtype_t dtype;      /* storage: CM_DTYPE_F32, F16 or BF16 */
     int in_flight;         /* ask-again: rows a feed may hold in flight (window x batch) */
+    int map_reads;         /* spilled rows are read through the mapping, not with pread */
 } trainer_cache_config_t;
 
 /* Sets the bound, spill and storage of outputs added from now on. */

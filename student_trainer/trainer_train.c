@@ -83,7 +83,8 @@ typedef struct {
     const char *cache;
     const char *cache_spill; /* DIR or ask-again; NULL: refuse what does not fit */
     const char *cache_dtype;
-    float cache_memory; /* MB; 0: no bound */
+    const char *cache_spill_reads; /* pread or map */
+    float cache_memory;            /* MB; 0: no bound */
     const char *record;
     const char *encoding;
     const char *log_level;
@@ -927,6 +928,7 @@ static cm_status_t configure_cache(run_t *run) {
         .spill_dir = spill,
         .dtype = cm_dtype_parse(options->cache_dtype),
         .in_flight = (options->window + 1) * options->batch,
+        .map_reads = !strcmp(options->cache_spill_reads, "map"),
     };
     return trainer_cache_configure(run->cache, &config);
 }
@@ -1337,6 +1339,9 @@ static cm_status_t check_cache_options(train_options_t *options) {
     if (!known)
         return cm_fail(CM_ERR_INVALID_ARG, "--cache-dtype must be f32, f16 or bf16, not '%s'",
                        options->cache_dtype);
+    if (strcmp(options->cache_spill_reads, "pread") && strcmp(options->cache_spill_reads, "map"))
+        return cm_fail(CM_ERR_INVALID_ARG, "--cache-spill-reads must be pread or map, not '%s'",
+                       options->cache_spill_reads);
     if (spill && !spill[0]) options->cache_spill = spill = NULL; /* an empty environment value */
     if (!spill || !strcmp(spill, "ask-again")) return CM_OK;
     if (stat(spill, &info) != 0)
@@ -1366,6 +1371,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .failure_policy = "wait",
         .cache = "memory",
         .cache_dtype = "f32",
+        .cache_spill_reads = "pread",
         .encoding = "F32",
         .log_level = "info",
         .http = "127.0.0.1:9101",
@@ -1455,6 +1461,10 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"cache-spill", CM_CLI_STRING, &options->cache_spill, "DIR|ask-again",
          "what does not fit in --cache-memory: slots of a file in DIR (removed at exit), or "
          "ask-again (asked every epoch) [default: refuse with a sentence]",
+         0},
+        {"cache-spill-reads", CM_CLI_STRING, &options->cache_spill_reads, "HOW",
+         "spilled rows are read with pread (the trainer's RSS stays bounded) or map (a memcpy "
+         "from the mapped file: faster; the pages count as RssFile, page cache)",
          0},
         {"cache-dtype", CM_CLI_STRING, &options->cache_dtype, "TYPE",
          "teacher cache storage: f32, or f16 / bf16 (half the bytes; exact for that --encoding)",

@@ -1003,6 +1003,11 @@ START_TEST(test_spilled_cache_is_exact) {
     ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 2000); /* exactly once */
     ck_assert_msg(same_file(memory, spilled), "the spilled cache changed the checkpoint");
     ck_assert_int_eq(directory_entries(spill), 0);
+    snprintf(arguments, sizeof arguments,
+             "--out %s --cache-memory 0.05 --cache-spill %s --cache-spill-reads map", spilled,
+             spill);
+    ck_assert_msg(train_with(common, arguments) == 0, "spilled, mapped reads: %s", output);
+    ck_assert_msg(same_file(memory, spilled), "mapped reads changed the checkpoint");
 
     /* Interrupted with the outputs partly spilled, saved to .state.cache, resumed. */
     computed = teacher_examples_computed(&comp);
@@ -1064,6 +1069,8 @@ START_TEST(test_cache_spill_errors) {
     ck_assert_int_eq(train_with(common, "--cache-dtype f8"), 2);
     ck_assert_msg(strstr(output, "--cache-dtype must be f32, f16 or bf16"), "%s", output);
     ck_assert_int_eq(train_with(common, "--cache-memory -1"), 2);
+    ck_assert_int_eq(train_with(common, "--cache-spill-reads mmap"), 2);
+    ck_assert_msg(strstr(output, "--cache-spill-reads must be pread or map"), "%s", output);
     /* The bound is too small and nothing says where the rest goes. */
     ck_assert_int_eq(train_with(common, ""), 1);
     ck_assert_msg(strstr(output, "give --cache-spill DIR"), "%s", output);

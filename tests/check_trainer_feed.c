@@ -347,6 +347,10 @@ START_TEST(test_cache_spills_to_a_file) {
     check_rows(bounded, TRAINER_OUTPUT_LOGITS, 10);
     check_rows(bounded, TRAINER_OUTPUT_HIDDEN, 7);
     ck_assert_int_eq(trainer_cache_save(bounded, path, fingerprint), CM_OK);
+    config.map_reads = 1; /* the same rows read through the mapping */
+    ck_assert_int_eq(trainer_cache_configure(bounded, &config), CM_OK);
+    check_rows(bounded, TRAINER_OUTPUT_LOGITS, 10);
+    check_rows(bounded, TRAINER_OUTPUT_HIDDEN, 7);
     ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
     check_rows(loaded, TRAINER_OUTPUT_LOGITS, 10);
     check_rows(loaded, TRAINER_OUTPUT_HIDDEN, 7);
@@ -356,6 +360,7 @@ START_TEST(test_cache_spills_to_a_file) {
     trainer_cache_set_teacher(half, 0, "t", "00");
     config.dtype = CM_DTYPE_F16;
     config.memory_bytes = 8000;
+    config.map_reads = 0;
     ck_assert_int_eq(trainer_cache_configure(half, &config), CM_OK);
     ck_assert_int_eq(trainer_cache_add_output(half, 0, TRAINER_OUTPUT_LOGITS, 10), CM_OK);
     ck_assert_int_ge(trainer_cache_spilled_bytes(half), CACHE_ROWS * 20 - 8000);
