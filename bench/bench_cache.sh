@@ -102,14 +102,20 @@ train() {
 }
 
 mkdir "$work/spill"
-runs=" ${BENCH_CACHE_RUNS:-ce memory spill spillmap spill16} " # a subset: BENCH_CACHE_RUNS="memory spill"
 teacher=(--method kd --teacher t="ipc://$work/t.sock")
 spill=(--cache-memory 64 --cache-spill "$work/spill")
-case $runs in *" ce "*) train ce --method ce ;; esac
-case $runs in *" memory "*) train memory "${teacher[@]}" ;; esac
-case $runs in *" spill "*) train spill "${teacher[@]}" "${spill[@]}" ;; esac
-case $runs in *" spillmap "*) train spillmap "${teacher[@]}" "${spill[@]}" --cache-spill-reads map ;; esac
-case $runs in *" spill16 "*) train spill16 "${teacher[@]}" "${spill[@]}" --encoding F16 --cache-dtype f16 ;; esac
+# A subset, in the order given, e.g. BENCH_CACHE_RUNS="spillmap memory" (the load of a shared
+# machine drifts: swapping the order shows how much of a ratio is drift).
+for run in ${BENCH_CACHE_RUNS:-ce memory spill spillmap spill16}; do
+    case $run in
+    ce) train ce --method ce ;;
+    memory) train memory "${teacher[@]}" ;;
+    spill) train spill "${teacher[@]}" "${spill[@]}" ;;
+    spillmap) train spillmap "${teacher[@]}" "${spill[@]}" --cache-spill-reads map ;;
+    spill16) train spill16 "${teacher[@]}" "${spill[@]}" --encoding F16 --cache-dtype f16 ;;
+    *) echo "bench_cache: unknown run '$run'"; exit 2 ;;
+    esac
+done
 for label in spill spillmap; do
     [ -e "$work/$label.safetensors" ] && [ -e "$work/memory.safetensors" ] || continue
     cmp -s "$work/memory.safetensors" "$work/$label.safetensors" ||
