@@ -1,37 +1,82 @@
 /*
  * trainer_cache: see trainer_cache.h.  File layout (safetensors):
- *   "<teacher>/<output>"      F32 [examples][width]
+ *   "<teacher>/<output>"      F32, F16 or BF16 [examples][width] (the storage dtype)
  *   "<teacher>/<output>.has"  U8  [examples]
  * metadata: "kind" = "committee-teacher-cache-1", "fingerprint", "teachers" (count),
  *   "teacher.<i>.name", "teacher.<i>.sha256".
+ *
+ * Storage of one output: an address range of examples x row bytes, mapped anonymous
+ * (MAP_NORESERVE: untouched pages cost nothing).  Its first hot_bytes are the rows in memory.
+ * With a spill file the rest of the range is the file's slots, mapped read-only over the
+ * anonymous tail (MAP_FIXED), so the whole array stays one contiguous block for the save path;
+ * rows are written there with pwrite and read with pread, never through the mapping (a write
+ * fault on a full disk would be SIGBUS; the blocks are reserved anyway).  A row may straddle
+ * hot_bytes (kept page-aligned for the mapping): each side goes its own way.  Ask-again keeps
+ * the rows beyond hot_bytes in a pool: an open-addressing table (linear probing, deletion by
+ * backward shift) from example id to a slot of pool_values.
  */
 #include "trainer_cache.h"
 
-#include "cm_alloc.h"
 #include "cm_safetensors.h"
+#include "cm_wire.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 enum { MAX_CACHE_TEACHERS = 8 };
 
 static const char *const output_names[TRAINER_OUTPUT_COUNT] = {"logits", "hidden", "tokens"};
 
 typedef struct {
+    int width;          /* floats per row; 0: not cached */
+    cm_dtype_t dtype;   /* storage */
+    size_t row_bytes;   /* width x dtype size */
+    uint8_t *base;      /* [examples][row_bytes], map_bytes mapped */
+    size_t map_bytes;   /* the region rounded up to pages */
+    size_t hot_bytes;   /* [0, hot_bytes) in anonymous memory */
+    off_t file_offset;  /* spilled: the file offset of base + hot_bytes */
+    int spilled;        /* the rest is in the spill file */
+    uint8_t *has;       /* [examples] */
+    int pool_rows;      /* ask-again: capacity of the pool (0: no pool) */
+    int pool_table;     /* slots of the table, a power of two >= 2 x pool_rows */
+    int32_t *pool_keys; /* [pool_table] example id, -1: empty */
+    int32_t *pool_slot; /* [pool_table] row of pool_values */
+    int32_t *pool_free; /* [pool_rows] stack of free rows */
+    int pool_free_count;
+    uint8_t *pool_values; /* [pool_rows][row_bytes] */
+} cache_output_t;
+
+typedef struct {
     char name[64];
     char sha256[65];
     int tokens; /* rows of "tokens" */
-    int width[TRAINER_OUTPUT_COUNT];
-    float *values[TRAINER_OUTPUT_COUNT]; /* [examples][width] */
-    uint8_t *has[TRAINER_OUTPUT_COUNT];  /* [examples] */
+    cache_output_t output[TRAINER_OUTPUT_COUNT];
 } cache_teacher_t;
 
 struct trainer_cache {
     int teachers;
     int examples;
+    trainer_cache_config_t config;
+    char spill_dir[1024];
+    size_t budget_left; /* of config.memory_bytes (SIZE_MAX: unbounded) */
+    int spill_fd;       /* -1: no spill file yet */
+    off_t spill_size;   /* bytes reserved in it */
+    uint8_t *scratch;   /* a row in the storage dtype (conversions) */
+    size_t scratch_bytes;
     cache_teacher_t teacher[MAX_CACHE_TEACHERS];
 };
+
+static size_t page_size(void) {
+    long size = sysconf(_SC_PAGESIZE);
+    return size > 0 ? (size_t)size : 4096;
+}
+
+static size_t round_up(size_t value, size_t unit) { return (value + unit - 1) / unit * unit; }
 
 const char *trainer_cache_output_name(int output) {
     return output >= 0 && output < TRAINER_OUTPUT_COUNT ? output_names[output] : "?";
@@ -45,18 +90,46 @@ cm_status_t trainer_cache_new(int teachers, int examples, trainer_cache_t **out)
     if (!cache) return cm_fail(CM_ERR_NOMEM, "out of memory for the teacher cache");
     cache->teachers = teachers;
     cache->examples = examples;
+    cache->config.dtype = CM_DTYPE_F32;
+    cache->budget_left = SIZE_MAX;
+    cache->spill_fd = -1;
     *out = cache;
     return CM_OK;
+}
+
+cm_status_t trainer_cache_configure(trainer_cache_t *cache, const trainer_cache_config_t *config) {
+    if (config->dtype != CM_DTYPE_F32 && config->dtype != CM_DTYPE_F16 &&
+        config->dtype != CM_DTYPE_BF16)
+        return cm_fail(CM_ERR_INVALID_ARG, "the teacher cache stores F32, F16 or BF16, not %s",
+                       cm_dtype_name(config->dtype));
+    if (config->spill == TRAINER_SPILL_FILE && (!config->spill_dir || !config->spill_dir[0]))
+        return cm_fail(CM_ERR_INVALID_ARG, "spilling the teacher cache needs a directory");
+    cache->config = *config;
+    if (config->spill_dir)
+        snprintf(cache->spill_dir, sizeof cache->spill_dir, "%s", config->spill_dir);
+    cache->config.spill_dir = cache->spill_dir;
+    cache->budget_left = config->memory_bytes ? config->memory_bytes : SIZE_MAX;
+    return CM_OK;
+}
+
+static void free_output(cache_output_t *entry) {
+    if (entry->base) munmap(entry->base, entry->map_bytes);
+    free(entry->has);
+    free(entry->pool_keys);
+    free(entry->pool_slot);
+    free(entry->pool_free);
+    free(entry->pool_values);
+    memset(entry, 0, sizeof *entry);
 }
 
 void trainer_cache_free(trainer_cache_t **cache_pointer) {
     trainer_cache_t *cache = *cache_pointer;
     if (!cache) return;
     for (int teacher = 0; teacher < cache->teachers; teacher++)
-        for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
-            cm_free_aligned(cache->teacher[teacher].values[output]);
-            free(cache->teacher[teacher].has[output]);
-        }
+        for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
+            free_output(&cache->teacher[teacher].output[output]);
+    if (cache->spill_fd >= 0) close(cache->spill_fd); /* unlinked at creation: gone now */
+    free(cache->scratch);
     free(cache);
     *cache_pointer = NULL;
 }
@@ -68,22 +141,228 @@ void trainer_cache_set_teacher(trainer_cache_t *cache, int teacher, const char *
              model_sha256 ? model_sha256 : "");
 }
 
-cm_status_t trainer_cache_add_output(trainer_cache_t *cache, int teacher, int output, int width) {
-    cache_teacher_t *entry = &cache->teacher[teacher];
-    if (entry->values[output]) {
-        if (entry->width[output] != width)
+/* ---------------------------------------------------------------- the spill file */
+
+static cm_status_t open_spill_file(trainer_cache_t *cache) {
+    if (cache->spill_fd >= 0) return CM_OK;
+    char path[1100];
+    snprintf(path, sizeof path, "%s/committee-cache-XXXXXX", cache->spill_dir);
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return cm_fail(CM_ERR_IO, "cannot create the teacher-cache spill file in %s: %s",
+                       cache->spill_dir, strerror(errno));
+    unlink(path); /* the open descriptor keeps it; it vanishes with the process */
+    cache->spill_fd = fd;
+    cache->spill_size = 0;
+    return CM_OK;
+}
+
+/* Reserves `bytes` more of the spill file for `entry` (its file_offset is set). */
+static cm_status_t grow_spill_file(trainer_cache_t *cache, cache_output_t *entry, size_t bytes) {
+    cm_status_t status = open_spill_file(cache);
+    if (status != CM_OK) return status;
+    int error = posix_fallocate(cache->spill_fd, cache->spill_size, (off_t)bytes);
+    if (error)
+        return cm_fail(CM_ERR_IO,
+                       "cannot reserve %.2f MB for the teacher-cache spill file in %s: %s",
+                       (double)bytes / 1048576.0, cache->spill_dir, strerror(error));
+    entry->file_offset = cache->spill_size;
+    cache->spill_size += (off_t)bytes;
+    void *mapped = mmap(entry->base + entry->hot_bytes, bytes, PROT_READ, MAP_SHARED | MAP_FIXED,
+                        cache->spill_fd, entry->file_offset);
+    if (mapped == MAP_FAILED)
+        return cm_fail(CM_ERR_IO, "cannot map the teacher-cache spill file in %s: %s",
+                       cache->spill_dir, strerror(errno));
+    entry->spilled = 1;
+    return CM_OK;
+}
+
+static cm_status_t spill_write(const trainer_cache_t *cache, const cache_output_t *entry,
+                               const uint8_t *bytes, size_t size, off_t offset) {
+    while (size > 0) {
+        ssize_t wrote = pwrite(cache->spill_fd, bytes, size, offset);
+        if (wrote < 0 && errno == EINTR) continue;
+        if (wrote <= 0)
+            return cm_fail(CM_ERR_IO, "cannot write the teacher-cache spill file in %s: %s",
+                           cache->spill_dir, wrote < 0 ? strerror(errno) : "short write");
+        bytes += wrote;
+        size -= (size_t)wrote;
+        offset += wrote;
+    }
+    (void)entry;
+    return CM_OK;
+}
+
+static cm_status_t spill_read(const trainer_cache_t *cache, uint8_t *bytes, size_t size,
+                              off_t offset) {
+    while (size > 0) {
+        ssize_t got = pread(cache->spill_fd, bytes, size, offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0)
+            return cm_fail(CM_ERR_IO, "cannot read the teacher-cache spill file in %s: %s",
+                           cache->spill_dir, got < 0 ? strerror(errno) : "end of file");
+        bytes += got;
+        size -= (size_t)got;
+        offset += got;
+    }
+    return CM_OK;
+}
+
+/* ---------------------------------------------------------------- the ask-again pool */
+
+static int pool_home(const cache_output_t *entry, int32_t id) {
+    return (int)(((uint32_t)id * 2654435761u) & (uint32_t)(entry->pool_table - 1));
+}
+
+/* The table index holding `id`, or -1. */
+static int pool_find(const cache_output_t *entry, int32_t id) {
+    for (int index = pool_home(entry, id);; index = (index + 1) & (entry->pool_table - 1)) {
+        if (entry->pool_keys[index] == id) return index;
+        if (entry->pool_keys[index] < 0) return -1;
+    }
+}
+
+static void pool_remove(cache_output_t *entry, int32_t id) {
+    int hole = pool_find(entry, id), mask = entry->pool_table - 1;
+    if (hole < 0) return;
+    entry->pool_free[entry->pool_free_count++] = entry->pool_slot[hole];
+    entry->pool_keys[hole] = -1;
+    for (int index = (hole + 1) & mask; entry->pool_keys[index] >= 0; index = (index + 1) & mask) {
+        int home = pool_home(entry, entry->pool_keys[index]);
+        /* The entry may move into the hole unless its home lies cyclically in (hole, index]. */
+        int stays = hole <= index ? (home > hole && home <= index) : (home > hole || home <= index);
+        if (stays) continue;
+        entry->pool_keys[hole] = entry->pool_keys[index];
+        entry->pool_slot[hole] = entry->pool_slot[index];
+        entry->pool_keys[index] = -1;
+        hole = index;
+    }
+}
+
+/* The pool row for `id`, taking a free one if it has none; NULL when the pool is full. */
+static uint8_t *pool_take(cache_output_t *entry, int32_t id) {
+    int index = pool_find(entry, id);
+    if (index < 0) {
+        if (entry->pool_free_count == 0) return NULL;
+        index = pool_home(entry, id);
+        while (entry->pool_keys[index] >= 0) index = (index + 1) & (entry->pool_table - 1);
+        entry->pool_keys[index] = id;
+        entry->pool_slot[index] = entry->pool_free[--entry->pool_free_count];
+    }
+    return entry->pool_values + (size_t)entry->pool_slot[index] * entry->row_bytes;
+}
+
+static cm_status_t make_pool(cache_output_t *entry, int rows) {
+    entry->pool_rows = rows;
+    entry->pool_table = 2;
+    while (entry->pool_table < 2 * rows) entry->pool_table *= 2;
+    entry->pool_keys = malloc(sizeof(int32_t) * (size_t)entry->pool_table);
+    entry->pool_slot = malloc(sizeof(int32_t) * (size_t)entry->pool_table);
+    entry->pool_free = malloc(sizeof(int32_t) * (size_t)rows);
+    entry->pool_values = malloc(entry->row_bytes * (size_t)rows);
+    if (!entry->pool_keys || !entry->pool_slot || !entry->pool_free || !entry->pool_values)
+        return cm_fail(CM_ERR_NOMEM, "out of memory for the teacher cache's rows in flight");
+    for (int index = 0; index < entry->pool_table; index++) entry->pool_keys[index] = -1;
+    for (int row = 0; row < rows; row++) entry->pool_free[row] = rows - 1 - row;
+    entry->pool_free_count = rows;
+    return CM_OK;
+}
+
+/* ---------------------------------------------------------------- outputs */
+
+static size_t pool_bytes(const cache_output_t *entry) {
+    return entry->pool_rows
+               ? entry->row_bytes * (size_t)entry->pool_rows +
+                     sizeof(int32_t) * (2 * (size_t)entry->pool_table + (size_t)entry->pool_rows)
+               : 0;
+}
+
+static cm_status_t add_output(trainer_cache_t *cache, int teacher, int output, int width,
+                              cm_dtype_t dtype) {
+    cache_teacher_t *owner = &cache->teacher[teacher];
+    cache_output_t *entry = &owner->output[output];
+    if (entry->width) {
+        if (entry->width != width)
             return cm_fail(CM_ERR_SHAPE,
-                           "teacher '%s' output '%s' has width %d, the cache holds %d", entry->name,
-                           output_names[output], width, entry->width[output]);
+                           "teacher '%s' output '%s' has width %d, the cache holds %d", owner->name,
+                           output_names[output], width, entry->width);
         return CM_OK;
     }
-    entry->values[output] = cm_alloc_floats((size_t)cache->examples * (size_t)width);
-    entry->has[output] = calloc((size_t)cache->examples ? (size_t)cache->examples : 1, 1);
-    if (!entry->values[output] || !entry->has[output])
-        return cm_fail(CM_ERR_NOMEM, "out of memory caching '%s' of teacher '%s' (%d x %d floats)",
-                       output_names[output], entry->name, cache->examples, width);
-    entry->width[output] = width;
+    if (width <= 0)
+        return cm_fail(CM_ERR_SHAPE, "teacher '%s' output '%s' has width %d", owner->name,
+                       output_names[output], width);
+    size_t examples = (size_t)cache->examples, page = page_size();
+    entry->dtype = dtype;
+    entry->row_bytes = (size_t)width * cm_dtype_size(dtype);
+    size_t region = examples * entry->row_bytes;
+    entry->map_bytes = round_up(region ? region : 1, page);
+    size_t mask = examples ? examples : 1;
+    size_t available = cache->budget_left > mask ? cache->budget_left - mask : 0;
+    entry->hot_bytes = region;
+    int pool_rows = 0;
+    if (region > available) {
+        const char *type = cm_dtype_name(dtype);
+        switch (cache->config.spill) {
+        case TRAINER_SPILL_FILE:
+            entry->hot_bytes = available / page * page;
+            break;
+        case TRAINER_SPILL_ASK_AGAIN: {
+            pool_rows = cache->config.in_flight > 0 ? cache->config.in_flight : 1;
+            size_t table = 2;
+            while (table < 2 * (size_t)pool_rows) table *= 2;
+            size_t pool = (entry->row_bytes + sizeof(int32_t)) * (size_t)pool_rows +
+                          2 * sizeof(int32_t) * table; /* as pool_bytes counts it */
+            size_t left = available > pool ? available - pool : 0;
+            entry->hot_bytes = left / entry->row_bytes * entry->row_bytes;
+            break;
+        }
+        default:
+            return cm_fail(CM_ERR_NOMEM,
+                           "the teacher cache needs %.2f MB for '%s' of teacher '%s' (%d x %d %s) "
+                           "and has %.2f MB of --cache-memory left; give --cache-spill DIR to "
+                           "spill the rest to a file in DIR, or --cache-spill ask-again to ask "
+                           "the teachers again for what does not fit",
+                           (double)(region + mask) / 1048576.0, output_names[output], owner->name,
+                           cache->examples, width, type, (double)(cache->budget_left) / 1048576.0);
+        }
+    }
+    entry->base = mmap(NULL, entry->map_bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    entry->has = calloc(mask, 1);
+    if (entry->base == MAP_FAILED || !entry->has) {
+        if (entry->base == MAP_FAILED) entry->base = NULL;
+        free_output(entry);
+        return cm_fail(CM_ERR_NOMEM, "out of memory caching '%s' of teacher '%s' (%d x %d %s)",
+                       output_names[output], owner->name, cache->examples, width,
+                       cm_dtype_name(dtype));
+    }
+    cm_status_t status = CM_OK;
+    if (entry->hot_bytes < region && cache->config.spill == TRAINER_SPILL_FILE)
+        status = grow_spill_file(cache, entry, entry->map_bytes - entry->hot_bytes);
+    else if (pool_rows)
+        status = make_pool(entry, pool_rows);
+    if (status == CM_OK && cache->scratch_bytes < entry->row_bytes) {
+        uint8_t *grown = realloc(cache->scratch, entry->row_bytes);
+        if (!grown)
+            status = cm_fail(CM_ERR_NOMEM, "out of memory for the teacher cache");
+        else {
+            cache->scratch = grown;
+            cache->scratch_bytes = entry->row_bytes;
+        }
+    }
+    if (status != CM_OK) {
+        free_output(entry);
+        return status;
+    }
+    entry->width = width;
+    size_t used = entry->hot_bytes + mask + pool_bytes(entry);
+    if (cache->budget_left != SIZE_MAX)
+        cache->budget_left = cache->budget_left > used ? cache->budget_left - used : 0;
     return CM_OK;
+}
+
+cm_status_t trainer_cache_add_output(trainer_cache_t *cache, int teacher, int output, int width) {
+    return add_output(cache, teacher, output, width, cache->config.dtype);
 }
 
 void trainer_cache_set_tokens(trainer_cache_t *cache, int teacher, int tokens) {
@@ -95,49 +374,158 @@ int trainer_cache_tokens(const trainer_cache_t *cache, int teacher) {
 }
 
 int trainer_cache_width(const trainer_cache_t *cache, int teacher, int output) {
-    return cache->teacher[teacher].width[output];
+    return cache->teacher[teacher].output[output].width;
+}
+
+static int is_transient(const cache_output_t *entry, int id) {
+    return entry->pool_rows && ((size_t)id + 1) * entry->row_bytes > entry->hot_bytes;
+}
+
+int trainer_cache_transient(const trainer_cache_t *cache, int teacher, int output, int id) {
+    return is_transient(&cache->teacher[teacher].output[output], id);
 }
 
 float *trainer_cache_row(trainer_cache_t *cache, int teacher, int output, int id) {
-    cache_teacher_t *entry = &cache->teacher[teacher];
-    if (!entry->values[output]) return NULL;
-    return entry->values[output] + (size_t)id * (size_t)entry->width[output];
+    cache_output_t *entry = &cache->teacher[teacher].output[output];
+    size_t region = (size_t)cache->examples * entry->row_bytes;
+    if (!entry->width || entry->dtype != CM_DTYPE_F32 || entry->hot_bytes < region) return NULL;
+    return (float *)(void *)(entry->base + (size_t)id * entry->row_bytes);
+}
+
+/* Stores a row already in the storage dtype. */
+static cm_status_t put_bytes(trainer_cache_t *cache, cache_output_t *entry, int id,
+                             const uint8_t *bytes) {
+    size_t offset = (size_t)id * entry->row_bytes, size = entry->row_bytes;
+    if (is_transient(entry, id)) {
+        uint8_t *row = pool_take(entry, id);
+        if (!row)
+            return cm_fail(CM_ERR_INTERNAL, "the teacher cache's %d rows in flight are all taken",
+                           entry->pool_rows);
+        memcpy(row, bytes, size);
+    } else {
+        size_t in_memory = offset < entry->hot_bytes ? entry->hot_bytes - offset : 0;
+        if (in_memory > size) in_memory = size;
+        memcpy(entry->base + offset, bytes, in_memory);
+        if (in_memory < size) {
+            cm_status_t status =
+                spill_write(cache, entry, bytes + in_memory, size - in_memory,
+                            entry->file_offset + (off_t)(offset + in_memory - entry->hot_bytes));
+            if (status != CM_OK) return status;
+        }
+    }
+    entry->has[id] = 1;
+    return CM_OK;
+}
+
+/* Copies a row in the storage dtype into bytes[row_bytes]. */
+static cm_status_t get_bytes(const trainer_cache_t *cache, const cache_output_t *entry, int id,
+                             uint8_t *bytes) {
+    size_t offset = (size_t)id * entry->row_bytes, size = entry->row_bytes;
+    if (is_transient(entry, id)) {
+        int index = pool_find(entry, id);
+        if (index < 0) {
+            memset(bytes, 0, size);
+            return CM_OK;
+        }
+        memcpy(bytes, entry->pool_values + (size_t)entry->pool_slot[index] * size, size);
+        return CM_OK;
+    }
+    size_t in_memory = offset < entry->hot_bytes ? entry->hot_bytes - offset : 0;
+    if (in_memory > size || cache->config.map_reads) in_memory = size; /* the mapping covers it */
+    memcpy(bytes, entry->base + offset, in_memory);
+    if (in_memory == size) return CM_OK;
+    return spill_read(cache, bytes + in_memory, size - in_memory,
+                      entry->file_offset + (off_t)(offset + in_memory - entry->hot_bytes));
+}
+
+cm_status_t trainer_cache_put(trainer_cache_t *cache, int teacher, int output, int id,
+                              const float *values) {
+    cache_output_t *entry = &cache->teacher[teacher].output[output];
+    if (!entry->width) return CM_OK;
+    if (entry->dtype == CM_DTYPE_F32) return put_bytes(cache, entry, id, (const uint8_t *)values);
+    if (entry->dtype == CM_DTYPE_F16)
+        cm_wire_f32_to_f16(cache->scratch, values, (size_t)entry->width);
+    else
+        cm_wire_f32_to_bf16(cache->scratch, values, (size_t)entry->width);
+    return put_bytes(cache, entry, id, cache->scratch);
+}
+
+cm_status_t trainer_cache_get(const trainer_cache_t *cache, int teacher, int output, int id,
+                              float *values) {
+    const cache_output_t *entry = &cache->teacher[teacher].output[output];
+    if (!entry->width) return CM_OK;
+    if (entry->dtype == CM_DTYPE_F32) return get_bytes(cache, entry, id, (uint8_t *)values);
+    cm_status_t status = get_bytes(cache, entry, id, cache->scratch);
+    if (status != CM_OK) return status;
+    if (entry->dtype == CM_DTYPE_F16)
+        cm_wire_f16_to_f32(values, cache->scratch, (size_t)entry->width);
+    else
+        cm_wire_bf16_to_f32(values, cache->scratch, (size_t)entry->width);
+    return CM_OK;
 }
 
 int trainer_cache_has(const trainer_cache_t *cache, int teacher, int output, int id) {
-    const cache_teacher_t *entry = &cache->teacher[teacher];
-    return entry->has[output] ? entry->has[output][id] : 0;
+    const cache_output_t *entry = &cache->teacher[teacher].output[output];
+    return entry->has ? entry->has[id] : 0;
 }
 
 void trainer_cache_set_has(trainer_cache_t *cache, int teacher, int output, int id, int has) {
-    cache_teacher_t *entry = &cache->teacher[teacher];
-    if (entry->has[output]) entry->has[output][id] = (uint8_t)(has != 0);
+    cache_output_t *entry = &cache->teacher[teacher].output[output];
+    if (!entry->has) return;
+    if (is_transient(entry, id)) {
+        if (!has) pool_remove(entry, id);
+        has = has && pool_find(entry, id) >= 0; /* present only with its values */
+    }
+    entry->has[id] = (uint8_t)(has != 0);
 }
 
 long trainer_cache_present(const trainer_cache_t *cache, int teacher, int output) {
-    const cache_teacher_t *entry = &cache->teacher[teacher];
+    const cache_output_t *entry = &cache->teacher[teacher].output[output];
     long present = 0;
-    if (entry->has[output])
-        for (int id = 0; id < cache->examples; id++) present += entry->has[output][id];
+    if (entry->has)
+        for (int id = 0; id < cache->examples; id++) present += entry->has[id];
     return present;
 }
 
-void trainer_cache_merge(trainer_cache_t *cache, const trainer_cache_t *source) {
-    for (int teacher = 0; teacher < cache->teachers && teacher < source->teachers; teacher++)
+size_t trainer_cache_resident_bytes(const trainer_cache_t *cache) {
+    size_t bytes = 0;
+    for (int teacher = 0; teacher < cache->teachers; teacher++)
         for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
-            cache_teacher_t *target = &cache->teacher[teacher];
-            const cache_teacher_t *from = &source->teacher[teacher];
-            if (!target->values[output] || !from->values[output] ||
-                target->width[output] != from->width[output])
-                continue;
-            size_t width = (size_t)target->width[output];
-            for (int id = 0; id < cache->examples && id < source->examples; id++)
-                if (from->has[output][id]) {
-                    memcpy(target->values[output] + (size_t)id * width,
-                           from->values[output] + (size_t)id * width, sizeof(float) * width);
-                    target->has[output][id] = 1;
-                }
+            const cache_output_t *entry = &cache->teacher[teacher].output[output];
+            if (entry->width)
+                bytes += entry->hot_bytes + (size_t)cache->examples + pool_bytes(entry);
         }
+    return bytes;
+}
+
+size_t trainer_cache_spilled_bytes(const trainer_cache_t *cache) {
+    return (size_t)cache->spill_size;
+}
+
+cm_status_t trainer_cache_merge(trainer_cache_t *cache, const trainer_cache_t *source) {
+    float *row = NULL;
+    size_t row_floats = 0;
+    cm_status_t status = CM_OK;
+    for (int teacher = 0; teacher < cache->teachers && teacher < source->teachers; teacher++)
+        for (int output = 0; output < TRAINER_OUTPUT_COUNT && status == CM_OK; output++) {
+            const cache_output_t *target = &cache->teacher[teacher].output[output];
+            const cache_output_t *from = &source->teacher[teacher].output[output];
+            if (!target->width || target->width != from->width) continue;
+            if (row_floats < (size_t)target->width) {
+                free(row);
+                row_floats = (size_t)target->width;
+                if (!(row = malloc(sizeof(float) * row_floats)))
+                    return cm_fail(CM_ERR_NOMEM, "out of memory merging teacher outputs");
+            }
+            for (int id = 0; id < cache->examples && id < source->examples; id++) {
+                if (!from->has[id] || is_transient(target, id)) continue;
+                status = trainer_cache_get(source, teacher, output, id, row);
+                if (status == CM_OK) status = trainer_cache_put(cache, teacher, output, id, row);
+                if (status != CM_OK) break;
+            }
+        }
+    free(row);
+    return status;
 }
 
 int trainer_cache_teachers(const trainer_cache_t *cache) { return cache->teachers; }
@@ -153,26 +541,38 @@ cm_status_t trainer_cache_save(const trainer_cache_t *cache, const char *path,
                                const char *fingerprint) {
     enum { MAX_ENTRIES = 2 * MAX_CACHE_TEACHERS * TRAINER_OUTPUT_COUNT };
     cm_tensor_t tensors[MAX_ENTRIES];
+    uint8_t *masks[MAX_ENTRIES] = {0}; /* ask-again: the masks without the rows in flight */
     int count = 0;
+    cm_status_t status = CM_OK;
     for (int teacher = 0; teacher < cache->teachers; teacher++)
         for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
-            const cache_teacher_t *entry = &cache->teacher[teacher];
-            if (!entry->values[output]) continue;
+            const cache_teacher_t *owner = &cache->teacher[teacher];
+            const cache_output_t *entry = &owner->output[output];
+            if (!entry->width) continue;
             cm_tensor_t *values = &tensors[count++];
             memset(values, 0, sizeof *values);
-            snprintf(values->name, sizeof values->name, "%s/%s", entry->name, output_names[output]);
-            values->dtype = CM_DTYPE_F32;
+            snprintf(values->name, sizeof values->name, "%s/%s", owner->name, output_names[output]);
+            values->dtype = entry->dtype;
             values->ndim = 2;
             values->shape[0] = cache->examples;
-            values->shape[1] = entry->width[output];
-            values->data = entry->values[output];
+            values->shape[1] = entry->width;
+            values->data = entry->base; /* the spilled rows are read through the mapping */
+            uint8_t *mask = entry->has;
+            if (entry->pool_rows) {
+                if (!(mask = masks[count] = malloc((size_t)cache->examples + 1))) {
+                    status = cm_fail(CM_ERR_NOMEM, "out of memory saving the teacher cache");
+                    goto done;
+                }
+                for (int id = 0; id < cache->examples; id++)
+                    mask[id] = is_transient(entry, id) ? 0 : entry->has[id];
+            }
             cm_tensor_t *has = &tensors[count++];
             memset(has, 0, sizeof *has);
-            snprintf(has->name, sizeof has->name, "%s/%s.has", entry->name, output_names[output]);
+            snprintf(has->name, sizeof has->name, "%s/%s.has", owner->name, output_names[output]);
             has->dtype = CM_DTYPE_U8;
             has->ndim = 1;
             has->shape[0] = cache->examples;
-            has->data = entry->has[output];
+            has->data = mask;
         }
     char keys[3 * MAX_CACHE_TEACHERS][32], teachers_text[16], tokens_text[MAX_CACHE_TEACHERS][16];
     const char *metadata[2 * (3 + 3 * MAX_CACHE_TEACHERS)];
@@ -197,7 +597,18 @@ cm_status_t trainer_cache_save(const trainer_cache_t *cache, const char *path,
         metadata[2 * pairs] = keys[3 * teacher + 2];
         metadata[2 * pairs++ + 1] = tokens_text[teacher];
     }
-    return cm_safetensors_write(path, tensors, count, metadata, pairs);
+    status = cm_safetensors_write(path, tensors, count, metadata, pairs);
+done:
+    for (int index = 0; index < MAX_ENTRIES; index++) free(masks[index]);
+    /* The save read the spilled rows through the mapping: give those pages back. */
+    for (int teacher = 0; teacher < cache->teachers; teacher++)
+        for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
+            const cache_output_t *entry = &cache->teacher[teacher].output[output];
+            if (entry->spilled && !cache->config.map_reads)
+                madvise(entry->base + entry->hot_bytes, entry->map_bytes - entry->hot_bytes,
+                        MADV_DONTNEED);
+        }
+    return status;
 }
 
 cm_status_t trainer_cache_load(const char *path, const char *fingerprint, trainer_cache_t **out) {
@@ -255,17 +666,20 @@ cm_status_t trainer_cache_load(const char *path, const char *fingerprint, traine
             snprintf(tensor_name, sizeof tensor_name, "%s/%s.has", name, output_names[output]);
             const cm_tensor_t *has = cm_safetensors_find(file, tensor_name);
             if (!values && !has) continue;
-            if (!values || !has || values->dtype != CM_DTYPE_F32 || values->ndim != 2 ||
-                has->dtype != CM_DTYPE_U8 || has->ndim != 1) {
+            if (!values || !has ||
+                (values->dtype != CM_DTYPE_F32 && values->dtype != CM_DTYPE_F16 &&
+                 values->dtype != CM_DTYPE_BF16) ||
+                values->ndim != 2 || values->shape[1] < 1 || has->dtype != CM_DTYPE_U8 ||
+                has->ndim != 1) {
                 status = cm_fail(CM_ERR_FORMAT, "%s: output '%s' of teacher '%s' is malformed",
                                  path, output_names[output], name);
                 goto fail;
             }
-            status = trainer_cache_add_output(cache, teacher, output, (int)values->shape[1]);
+            status = add_output(cache, teacher, output, (int)values->shape[1], values->dtype);
             if (status != CM_OK) goto fail;
-            memcpy(cache->teacher[teacher].values[output], values->data,
-                   sizeof(float) * (size_t)cache->examples * (size_t)values->shape[1]);
-            memcpy(cache->teacher[teacher].has[output], has->data, (size_t)cache->examples);
+            cache_output_t *entry = &cache->teacher[teacher].output[output];
+            memcpy(entry->base, values->data, (size_t)cache->examples * entry->row_bytes);
+            memcpy(entry->has, has->data, (size_t)cache->examples);
         }
     }
     cm_safetensors_free(&file);

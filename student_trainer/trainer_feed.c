@@ -12,6 +12,7 @@
 #include "cm_progress.h"
 #include "cm_rng.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +38,8 @@ struct trainer_feed {
     entry_t *ledger;
     int ledger_capacity, free_entry, open_tickets;
     long completed, stray;
+    cm_status_t failure; /* a reply the cache could not store (the spill file), or CM_OK */
+    char failure_text[512];
     long filter_needed[TRAINER_COMMITTEE_MAX], filter_skipped[TRAINER_COMMITTEE_MAX];
 };
 
@@ -141,13 +144,13 @@ static void complete(void *owner, int tag, const trainer_reply_t *reply) {
     for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
         if (!((reply->outputs >> output) & 1)) continue;
         int width = reply->width[output];
-        for (int row = 0; row < reply->count; row++) {
-            float *kept = trainer_cache_row(feed->cache, reply->teacher, output, reply->rows[row]);
-            if (!kept) continue; /* an output the cache has no room for: not asked by us */
-            memcpy(kept, reply->values[output] + (size_t)row * (size_t)width,
-                   sizeof(float) * (size_t)width);
-            trainer_cache_set_has(feed->cache, reply->teacher, output, reply->rows[row], 1);
-        }
+        /* An output the cache has no room for was not asked by us. */
+        if (!trainer_cache_width(feed->cache, reply->teacher, output)) continue;
+        for (int row = 0; row < reply->count && feed->failure == CM_OK; row++)
+            feed->failure = trainer_cache_put(feed->cache, reply->teacher, output, reply->rows[row],
+                                              reply->values[output] + (size_t)row * (size_t)width);
+        if (feed->failure != CM_OK)
+            snprintf(feed->failure_text, sizeof feed->failure_text, "%s", cm_last_error());
     }
 }
 
@@ -232,11 +235,12 @@ cm_status_t trainer_feed_next(trainer_feed_t *feed, trainer_feed_batch_t *batch)
         }
         int slot = index % feed->config.window;
         double started = cm_progress_now();
-        while (feed->pending[slot] > 0) {
+        while (feed->pending[slot] > 0 && feed->failure == CM_OK) {
             cm_status_t status = trainer_committee_pump(feed->committee, 100);
             if (feed->config.waiting) feed->config.waiting(feed->config.waiting_context);
             if (status != CM_OK) return status;
         }
+        if (feed->failure != CM_OK) return cm_fail(feed->failure, "%s", feed->failure_text);
         batch->waited = cm_progress_now() - started;
     }
     batch->index = index;
@@ -249,11 +253,14 @@ cm_status_t trainer_feed_next(trainer_feed_t *feed, trainer_feed_batch_t *batch)
 }
 
 void trainer_feed_done(trainer_feed_t *feed, const trainer_feed_batch_t *batch) {
-    if (feed->config.forget && feed->committee) /* ask again next epoch */
+    /* Ask again next epoch: every row (--cache off), or the rows kept only while in flight. */
+    if (feed->committee)
         for (int teacher = 0; teacher < feed->config.teacher_count; teacher++)
             for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
                 for (int row = 0; row < batch->rows; row++)
-                    trainer_cache_set_has(feed->cache, teacher, output, batch->ids[row], 0);
+                    if (feed->config.forget ||
+                        trainer_cache_transient(feed->cache, teacher, output, batch->ids[row]))
+                        trainer_cache_set_has(feed->cache, teacher, output, batch->ids[row], 0);
     feed->cursor = batch->index + 1;
 }
 

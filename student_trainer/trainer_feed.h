@@ -26,7 +26,10 @@
  *     tickets are all complete; rows a teacher was given up for (policy
  *     skip) are reported missing;
  *   - what the cache keeps: everything (--cache memory or FILE), or only
- *     until the batch is trained (--cache off: later epochs ask again).
+ *     until the batch is trained (--cache off: later epochs ask again; with
+ *     --cache-spill ask-again the same for the rows beyond --cache-memory).
+ *     A reply the cache cannot store (the spill file's disk) fails
+ *     trainer_feed_next with the cache's sentence.
  *
  * Without a committee (replay) the cache is the record: nothing is asked.
  * The cache and the committee are borrowed.  Single-threaded.

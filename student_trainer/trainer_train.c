@@ -78,6 +78,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct {
@@ -92,6 +93,10 @@ typedef struct {
     const char *fitnet_teacher;
     const char *failure_policy;
     const char *cache;
+    const char *cache_spill; /* DIR or ask-again; NULL: refuse what does not fit */
+    const char *cache_dtype;
+    const char *cache_spill_reads; /* pread or map */
+    float cache_memory;            /* MB; 0: no bound */
     const char *record;
     const char *encoding;
     const char *log_level;
@@ -658,9 +663,9 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
             for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
                 if (!((run->needs[teacher] >> output) & 1)) continue;
                 int width = trainer_cache_width(run->cache, teacher, output);
-                memcpy(destination[output] + (size_t)row * (size_t)width,
-                       trainer_cache_row(run->cache, teacher, output, id),
-                       sizeof(float) * (size_t)width);
+                cm_status_t status = trainer_cache_get(run->cache, teacher, output, id,
+                                                       destination[output] + (size_t)row * width);
+                if (status != CM_OK) return status;
             }
         }
         if (missing && !run->committee && !run->filtering)
@@ -1088,6 +1093,23 @@ static cm_status_t load_curve_keys(run_t *run, trainer_teacher_address_t *addres
     return status;
 }
 
+/* --cache-memory, --cache-spill and --cache-dtype (checked when parsed). */
+static cm_status_t configure_cache(run_t *run) {
+    const train_options_t *options = &run->options;
+    const char *spill = options->cache_spill;
+    trainer_cache_config_t config = {
+        .memory_bytes = (size_t)((double)options->cache_memory * 1048576.0),
+        .spill = !spill                        ? TRAINER_SPILL_NONE
+                 : !strcmp(spill, "ask-again") ? TRAINER_SPILL_ASK_AGAIN
+                                               : TRAINER_SPILL_FILE,
+        .spill_dir = spill,
+        .dtype = cm_dtype_parse(options->cache_dtype),
+        .in_flight = (options->window + 1) * options->batch,
+        .map_reads = !strcmp(options->cache_spill_reads, "map"),
+    };
+    return trainer_cache_configure(run->cache, &config);
+}
+
 static cm_status_t set_up_teachers(run_t *run) {
     train_options_t *options = &run->options;
     int train_count = run->dataset->splits[CM_SPLIT_TRAIN].count;
@@ -1144,6 +1166,7 @@ static cm_status_t set_up_teachers(run_t *run) {
         return status;
     status = trainer_cache_new(count, rows, &run->cache);
     if (status != CM_OK) return status;
+    if ((status = configure_cache(run)) != CM_OK) return status;
     cm_dtype_t encoding = cm_dtype_parse(options->encoding);
     if (encoding != CM_DTYPE_F32 && encoding != CM_DTYPE_F16 && encoding != CM_DTYPE_BF16)
         return cm_fail(CM_ERR_INVALID_ARG, "--encoding must be F32, F16 or BF16");
@@ -1355,11 +1378,10 @@ static cm_status_t load_cache_file(run_t *run, const char *path) {
     for (int teacher = 0; same && teacher < run->teacher_count; teacher++)
         same = !strcmp(trainer_cache_teacher_name(stored, teacher), run->teacher_names[teacher]) &&
                !strcmp(trainer_cache_teacher_sha256(stored, teacher), run->teacher_sha256[teacher]);
-    if (same) {
-        trainer_cache_merge(run->cache, stored);
+    if (same && (status = trainer_cache_merge(run->cache, stored)) == CM_OK)
         cm_log_info("reusing cached teacher outputs from %s", path);
-    }
     trainer_cache_free(&stored);
+    if (status != CM_OK) return status;
     if (!same)
         return cm_fail(CM_ERR_MISMATCH,
                        "cache %s was recorded with another committee or data; "
@@ -1446,6 +1468,15 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         return status;
     if ((status = set_up_method(run)) != CM_OK) return status;
     if ((status = prepare_outputs(run)) != CM_OK) return status;
+    if (run->committee && options->cache_memory > 0)
+        cm_log_info("teacher cache: %.2f MB in memory (--cache-memory %g), %.2f MB in a spill file "
+                    "in %s",
+                    (double)trainer_cache_resident_bytes(run->cache) / 1048576.0,
+                    (double)options->cache_memory,
+                    (double)trainer_cache_spilled_bytes(run->cache) / 1048576.0,
+                    options->cache_spill && strcmp(options->cache_spill, "ask-again")
+                        ? options->cache_spill
+                        : "no directory (what does not fit is asked again)");
     if ((status = load_cache_file(run, options->cache)) != CM_OK) return status;
     if ((status = allocate_buffers(run)) != CM_OK) return status;
     if ((status = set_up_feed(run)) != CM_OK) return status;
@@ -1525,6 +1556,41 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     return status;
 }
 
+/* Usage errors of --cache-memory, --cache-spill and --cache-dtype. */
+static cm_status_t check_cache_options(train_options_t *options) {
+    struct stat info;
+    const char *spill = options->cache_spill;
+    if (!(options->cache_memory >= 0) || options->cache_memory > 1e9f)
+        return cm_fail(CM_ERR_INVALID_ARG, "--cache-memory %g must be 0 (no bound) to 1e9 MB",
+                       (double)options->cache_memory);
+    const char *dtypes[][2] = {{"f32", "F32"}, {"f16", "F16"}, {"bf16", "BF16"}};
+    int known = 0;
+    for (int index = 0; index < 3; index++)
+        if (!strcmp(options->cache_dtype, dtypes[index][0]) ||
+            !strcmp(options->cache_dtype, dtypes[index][1])) {
+            options->cache_dtype = dtypes[index][1];
+            known = 1;
+        }
+    if (!known)
+        return cm_fail(CM_ERR_INVALID_ARG, "--cache-dtype must be f32, f16 or bf16, not '%s'",
+                       options->cache_dtype);
+    if (strcmp(options->cache_spill_reads, "pread") && strcmp(options->cache_spill_reads, "map"))
+        return cm_fail(CM_ERR_INVALID_ARG, "--cache-spill-reads must be pread or map, not '%s'",
+                       options->cache_spill_reads);
+    if (spill && !spill[0]) options->cache_spill = spill = NULL; /* an empty environment value */
+    if (!spill || !strcmp(spill, "ask-again")) return CM_OK;
+    if (stat(spill, &info) != 0)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--cache-spill %s: %s (give an existing directory, or ask-again)", spill,
+                       strerror(errno));
+    if (!S_ISDIR(info.st_mode))
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "--cache-spill %s is not a directory (give a directory for the spill file, "
+                       "or ask-again)",
+                       spill);
+    return CM_OK;
+}
+
 int trainer_train_main(int argc, char **argv, int first, int replay) {
     run_t *run = calloc(1, sizeof *run);
     if (!run) {
@@ -1539,6 +1605,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         .method = "ce",
         .failure_policy = "wait",
         .cache = "memory",
+        .cache_dtype = "f32",
+        .cache_spill_reads = "pread",
         .encoding = "F32",
         .log_level = "info",
         .http = "127.0.0.1:9101",
@@ -1634,6 +1702,19 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
          "teacher outputs on the wire: F32 (exact), F16 or BF16 (half the bytes)", 0},
         {"cache", CM_CLI_STRING, &options->cache, "WHERE",
          "teacher outputs: memory, off (ask every epoch) or a FILE kept across runs", 0},
+        {"cache-memory", CM_CLI_FLOAT, &options->cache_memory, "MB",
+         "bound on the teacher cache in memory (0: none); beyond it see --cache-spill", 0},
+        {"cache-spill", CM_CLI_STRING, &options->cache_spill, "DIR|ask-again",
+         "what does not fit in --cache-memory: slots of a file in DIR (removed at exit), or "
+         "ask-again (asked every epoch) [default: refuse with a sentence]",
+         0},
+        {"cache-spill-reads", CM_CLI_STRING, &options->cache_spill_reads, "HOW",
+         "spilled rows are read with pread (the trainer's RSS stays bounded) or map (a memcpy "
+         "from the mapped file: faster; the pages count as RssFile, page cache)",
+         0},
+        {"cache-dtype", CM_CLI_STRING, &options->cache_dtype, "TYPE",
+         "teacher cache storage: f32, or f16 / bf16 (half the bytes; exact for that --encoding)",
+         0},
         {"record", CM_CLI_STRING, &options->record, "FILE",
          replay ? "recorded teacher outputs to train from"
                 : "save the teacher outputs for `replay`",
@@ -1813,6 +1894,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--save-initial and --log-steps describe a run from its start; they "
                          "cannot be combined with --resume");
+    if (status == CM_OK) status = check_cache_options(options);
     if (status == CM_OK && options->teacher_timeout_ms < 10)
         status = cm_fail(CM_ERR_INVALID_ARG, "--teacher-timeout-ms must be at least 10");
     if (status == CM_OK && options->resolve_ms < 0)

@@ -1219,6 +1219,151 @@ START_TEST(test_nonfinite_outputs_follow_the_policy) {
 }
 END_TEST
 
+/* Runs `student-trainer train COMMON ARGUMENTS`; its exit status, output in `output`. */
+static int train_with(const char *common, const char *arguments) {
+    char command[4096];
+    snprintf(command, sizeof command, "%s train %s %s", test_util_bin("student-trainer"), common,
+             arguments);
+    return test_util_run(command, output, sizeof output);
+}
+
+static int same_file(const char *one, const char *other) {
+    char command[1000], text[1000];
+    snprintf(command, sizeof command, "cmp %s %s", one, other);
+    return test_util_run(command, text, sizeof text) == 0;
+}
+
+/* Entries of a directory other than . and .. */
+static int directory_entries(const char *path) {
+    char command[600], text[100];
+    snprintf(command, sizeof command, "ls -A %s | wc -l", path);
+    ck_assert_int_eq(test_util_run(command, text, sizeof text), 0);
+    return atoi(text);
+}
+
+/*
+ * A spilled cache (--cache-memory far below the 2000 x 10 logits, so 40% of the rows live in
+ * the spill file, one row straddling the boundary) gives the byte-identical checkpoint of the
+ * in-memory cache, straight and interrupted + resumed, and the teacher computes each example
+ * once per run (its own counter); F16 on the wire stored as F16 (spilled too) is exact: the
+ * same bytes as storing it as F32.  The spill file is gone afterwards.
+ */
+START_TEST(test_spilled_cache_is_exact) {
+    REQUIRE_DATA();
+    teacher_process_t comp;
+    start_teacher(&comp, "comp-spill", comp_path, "--http 127.0.0.1:0");
+    char common[1024], arguments[2048], memory[400], spilled[400], resumed[400], spill[400];
+    snprintf(memory, sizeof memory, "%s/spill-memory.safetensors", directory);
+    snprintf(spilled, sizeof spilled, "%s/spill-file.safetensors", directory);
+    snprintf(resumed, sizeof resumed, "%s/spill-resumed.safetensors", directory);
+    snprintf(spill, sizeof spill, "%s/spill", directory);
+    ck_assert_int_eq(mkdir(spill, 0700), 0);
+    snprintf(common, sizeof common,
+             "--view pool7 --model mlp:49-32-10 --method kd --epochs 2 --batch 64 --seed 5 "
+             "--label-fraction 0.5 --http off " SUBSET " --teacher comp=%s",
+             comp.endpoint);
+    long computed = teacher_examples_computed(&comp);
+    snprintf(arguments, sizeof arguments, "--out %s", memory);
+    ck_assert_msg(train_with(common, arguments) == 0, "in memory: %s", output);
+    ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 2000);
+
+    computed = teacher_examples_computed(&comp);
+    snprintf(arguments, sizeof arguments, "--out %s --cache-memory 0.05 --cache-spill %s", spilled,
+             spill);
+    ck_assert_msg(train_with(common, arguments) == 0, "spilled: %s", output);
+    ck_assert_msg(strstr(output, "0.03 MB in a spill file"), "nothing spilled: %s", output);
+    ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 2000); /* exactly once */
+    ck_assert_msg(same_file(memory, spilled), "the spilled cache changed the checkpoint");
+    ck_assert_int_eq(directory_entries(spill), 0);
+    snprintf(arguments, sizeof arguments,
+             "--out %s --cache-memory 0.05 --cache-spill %s --cache-spill-reads map", spilled,
+             spill);
+    ck_assert_msg(train_with(common, arguments) == 0, "spilled, mapped reads: %s", output);
+    ck_assert_msg(same_file(memory, spilled), "mapped reads changed the checkpoint");
+
+    /* Interrupted with the outputs partly spilled, saved to .state.cache, resumed. */
+    computed = teacher_examples_computed(&comp);
+    snprintf(arguments, sizeof arguments,
+             "--out %s --cache-memory 0.05 --cache-spill %s --stop-after 40", resumed, spill);
+    ck_assert_msg(train_with(common, arguments) == 130, "stop-after: %s", output);
+    snprintf(arguments, sizeof arguments, "--out %s --cache-memory 0.05 --cache-spill %s --resume",
+             resumed, spill);
+    ck_assert_msg(train_with(common, arguments) == 0, "resume: %s", output);
+    ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 2000);
+    ck_assert_msg(same_file(memory, resumed), "the resumed spilled run changed the checkpoint");
+    ck_assert_int_eq(directory_entries(spill), 0);
+
+    /* F16 on the wire: storing F16 (half the bytes, spilled) loses nothing. */
+    snprintf(arguments, sizeof arguments, "--out %s --encoding F16", memory);
+    ck_assert_msg(train_with(common, arguments) == 0, "F16 as F32: %s", output);
+    snprintf(arguments, sizeof arguments,
+             "--out %s --encoding F16 --cache-dtype f16 --cache-memory 0.03 --cache-spill %s",
+             spilled, spill);
+    ck_assert_msg(train_with(common, arguments) == 0, "F16 as F16: %s", output);
+    ck_assert_msg(strstr(output, "0.01 MB in a spill file"), "nothing spilled: %s", output);
+    ck_assert_msg(same_file(memory, spilled), "F16 stored as F16 changed the checkpoint");
+
+    /* ask-again: what does not fit is asked every epoch, nothing is written to disk. */
+    computed = teacher_examples_computed(&comp);
+    snprintf(arguments, sizeof arguments, "--out %s --cache-memory 0.05 --cache-spill ask-again",
+             spilled);
+    ck_assert_msg(train_with(common, arguments) == 0, "ask-again: %s", output);
+    long asked = teacher_examples_computed(&comp) - computed;
+    stop_teacher(&comp);
+    ck_assert_msg(asked > 2000 && asked < 4000, "ask-again: the teacher computed %ld", asked);
+}
+END_TEST
+
+/* Where the spill file cannot go: one sentence naming the directory, exit 2 or 1. */
+START_TEST(test_cache_spill_errors) {
+    REQUIRE_DATA();
+    teacher_process_t comp;
+    start_teacher(&comp, "comp-spill-bad", comp_path, "");
+    char common[1024], arguments[2048], spill[400], file[400];
+    snprintf(spill, sizeof spill, "%s/spill-bad", directory);
+    snprintf(file, sizeof file, "%s/spill-not-a-dir", directory);
+    ck_assert_int_eq(mkdir(spill, 0700), 0);
+    FILE *stream = fopen(file, "w");
+    ck_assert_ptr_nonnull(stream);
+    fclose(stream);
+    snprintf(
+        common, sizeof common,
+        "--view pool7 --model mlp:49-32-10 --method kd --epochs 1 --batch 64 --http off " SUBSET
+        " --teacher comp=%s --out %s/spill-bad.safetensors --cache-memory 0.05",
+        comp.endpoint, directory);
+    /* Usage errors: no such directory, not a directory, a dtype the cache cannot store. */
+    snprintf(arguments, sizeof arguments, "--cache-spill %s/missing", directory);
+    ck_assert_int_eq(train_with(common, arguments), 2);
+    ck_assert_msg(strstr(output, "/missing: No such file or directory"), "%s", output);
+    snprintf(arguments, sizeof arguments, "--cache-spill %s", file);
+    ck_assert_int_eq(train_with(common, arguments), 2);
+    ck_assert_msg(strstr(output, "spill-not-a-dir is not a directory"), "%s", output);
+    ck_assert_int_eq(train_with(common, "--cache-dtype f8"), 2);
+    ck_assert_msg(strstr(output, "--cache-dtype must be f32, f16 or bf16"), "%s", output);
+    ck_assert_int_eq(train_with(common, "--cache-memory -1"), 2);
+    ck_assert_int_eq(train_with(common, "--cache-spill-reads mmap"), 2);
+    ck_assert_msg(strstr(output, "--cache-spill-reads must be pread or map"), "%s", output);
+    /* The bound is too small and nothing says where the rest goes. */
+    ck_assert_int_eq(train_with(common, ""), 1);
+    ck_assert_msg(strstr(output, "give --cache-spill DIR"), "%s", output);
+    /* A directory nobody can create files in (not even root). */
+    ck_assert_int_eq(train_with(common, "--cache-spill /proc"), 1);
+    ck_assert_msg(strstr(output, "cannot create the teacher-cache spill file in /proc"), "%s",
+                  output);
+    /* A full disk, as RLIMIT_FSIZE makes it: the space is reserved at start, so it is EFBIG
+     * (ENOSPC on a real disk) before any teacher work, never a SIGBUS later. */
+    char command[4096];
+    snprintf(command, sizeof command,
+             "sh -c \"trap '' XFSZ; ulimit -f 8; exec %s train %s --cache-spill %s\"",
+             test_util_bin("student-trainer"), common, spill);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "cannot reserve") && strstr(output, "spill-bad: File too large"),
+                  "%s", output);
+    ck_assert_int_eq(directory_entries(spill), 0);
+    stop_teacher(&comp);
+}
+END_TEST
+
 START_TEST(test_full_disk_fails_the_run) {
     REQUIRE_DATA();
     char command[4096], out[400], state[420];
@@ -1362,6 +1507,8 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_transfer_split_trains_unlabelled_rows);
     tcase_add_test(tcase, test_transfer_split_regression);
     tcase_add_test(tcase, test_two_trainers_share_one_teacher);
+    tcase_add_test(tcase, test_spilled_cache_is_exact);
+    tcase_add_test(tcase, test_cache_spill_errors);
     suite_add_tcase(suite, tcase);
     TCase *hostile = tcase_create("hostile");
     tcase_add_unchecked_fixture(hostile, prepare_directory, remove_teachers);

@@ -18,10 +18,14 @@
  * silent teacher are reported missing; the choose hook's pairs are not
  * asked and are counted as saved; transfer rows (--transfer-split) join the plan once each,
  * and a teacher that does not serve their split is refused at the handshake.
+ *
+ * The bounded cache (tcase "cache", no teacher): spilled rows, F16/BF16 storage, the
+ * ask-again pool, saves and loads of each.
  */
 #include "cm_progress.h"
 #include "fake_teacher.h"
 #include "test_util.h"
+#include "cm_wire.h"
 #include "trainer_cache.h"
 #include "trainer_committee.h"
 #include "trainer_feed.h"
@@ -30,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { ROWS = 100, TRAINABLE = 90, BATCH = 8, CLASSES = 10 };
 
@@ -368,6 +373,226 @@ START_TEST(test_bad_config_is_refused) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- the bounded cache */
+
+enum { CACHE_ROWS = 1000 };
+
+static float row_value(int id, int column) { return (float)id * 100.0f + (float)column + 0.25f; }
+
+static void put_rows(trainer_cache_t *target, int output, int width) {
+    float values[16];
+    for (int id = 0; id < CACHE_ROWS; id++) {
+        for (int column = 0; column < width; column++) values[column] = row_value(id, column);
+        ck_assert_int_eq(trainer_cache_put(target, 0, output, id, values), CM_OK);
+    }
+}
+
+static void check_rows(trainer_cache_t *source, int output, int width) {
+    float values[16];
+    for (int id = 0; id < CACHE_ROWS; id++) {
+        ck_assert(trainer_cache_has(source, 0, output, id));
+        ck_assert_int_eq(trainer_cache_get(source, 0, output, id, values), CM_OK);
+        for (int column = 0; column < width; column++)
+            ck_assert_msg(values[column] == row_value(id, column), "row %d column %d: %g", id,
+                          column, (double)values[column]);
+    }
+}
+
+static int entries(const char *path) {
+    char command[600], text[100];
+    snprintf(command, sizeof command, "ls -A %s | wc -l", path);
+    ck_assert_int_eq(test_util_run(command, text, sizeof text), 0);
+    return atoi(text);
+}
+
+/*
+ * Rows beyond the bound go to the spill file and come back intact (a 28-byte row straddles
+ * the page-aligned boundary), the memory used stays under the bound, a save streams the
+ * spilled rows into the file and loads back, merging converts F32 to F16 exactly for
+ * F16-representable values, and the spill file leaves no name behind.
+ */
+START_TEST(test_cache_spills_to_a_file) {
+    char spill[256], path[400];
+    test_util_temp_dir(spill, sizeof spill);
+    snprintf(path, sizeof path, "%s.safetensors", spill);
+    trainer_cache_t *bounded = NULL, *loaded = NULL, *half = NULL;
+    ck_assert_int_eq(trainer_cache_new(1, CACHE_ROWS, &bounded), CM_OK);
+    trainer_cache_set_teacher(bounded, 0, "t", "00");
+    trainer_cache_config_t config = {.memory_bytes = 20000,
+                                     .spill = TRAINER_SPILL_FILE,
+                                     .spill_dir = spill,
+                                     .dtype = CM_DTYPE_F32};
+    ck_assert_int_eq(trainer_cache_configure(bounded, &config), CM_OK);
+    ck_assert_int_eq(trainer_cache_add_output(bounded, 0, TRAINER_OUTPUT_LOGITS, 10), CM_OK);
+    ck_assert_int_eq(trainer_cache_add_output(bounded, 0, TRAINER_OUTPUT_HIDDEN, 7), CM_OK);
+    ck_assert_int_le(trainer_cache_resident_bytes(bounded), 20000);
+    ck_assert_int_ge(trainer_cache_spilled_bytes(bounded), CACHE_ROWS * (40 + 28) - 20000);
+    ck_assert_int_eq(entries(spill), 0); /* unlinked at once */
+    ck_assert_ptr_null(trainer_cache_row(bounded, 0, TRAINER_OUTPUT_LOGITS, 0));
+    put_rows(bounded, TRAINER_OUTPUT_LOGITS, 10);
+    put_rows(bounded, TRAINER_OUTPUT_HIDDEN, 7);
+    check_rows(bounded, TRAINER_OUTPUT_LOGITS, 10);
+    check_rows(bounded, TRAINER_OUTPUT_HIDDEN, 7);
+    ck_assert_int_eq(trainer_cache_save(bounded, path, fingerprint), CM_OK);
+    config.map_reads = 1; /* the same rows read through the mapping */
+    ck_assert_int_eq(trainer_cache_configure(bounded, &config), CM_OK);
+    check_rows(bounded, TRAINER_OUTPUT_LOGITS, 10);
+    check_rows(bounded, TRAINER_OUTPUT_HIDDEN, 7);
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
+    check_rows(loaded, TRAINER_OUTPUT_LOGITS, 10);
+    check_rows(loaded, TRAINER_OUTPUT_HIDDEN, 7);
+    ck_assert_ptr_nonnull(trainer_cache_row(loaded, 0, TRAINER_OUTPUT_LOGITS, 0));
+
+    ck_assert_int_eq(trainer_cache_new(1, CACHE_ROWS, &half), CM_OK);
+    trainer_cache_set_teacher(half, 0, "t", "00");
+    config.dtype = CM_DTYPE_F16;
+    config.memory_bytes = 8000;
+    config.map_reads = 0;
+    ck_assert_int_eq(trainer_cache_configure(half, &config), CM_OK);
+    ck_assert_int_eq(trainer_cache_add_output(half, 0, TRAINER_OUTPUT_LOGITS, 10), CM_OK);
+    ck_assert_int_ge(trainer_cache_spilled_bytes(half), CACHE_ROWS * 20 - 8000);
+    ck_assert_int_eq(trainer_cache_merge(half, loaded), CM_OK);
+    /* Every value below 256 with two fraction bits is a half: those F16 rows are exact. */
+    float values[10];
+    for (int id = 0; id < 3; id++) {
+        ck_assert_int_eq(trainer_cache_get(half, 0, TRAINER_OUTPUT_LOGITS, id, values), CM_OK);
+        for (int column = 0; column < 10; column++)
+            ck_assert(values[column] == row_value(id, column));
+    }
+    ck_assert_int_eq(trainer_cache_save(half, path, fingerprint), CM_OK);
+    trainer_cache_free(&loaded);
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
+    ck_assert_int_eq(trainer_cache_get(loaded, 0, TRAINER_OUTPUT_LOGITS, 3, values), CM_OK);
+    ck_assert(values[9] == row_value(3, 9));
+    ck_assert_ptr_null(trainer_cache_row(loaded, 0, TRAINER_OUTPUT_LOGITS, 3)); /* F16 */
+    trainer_cache_free(&bounded);
+    trainer_cache_free(&half);
+    trainer_cache_free(&loaded);
+    ck_assert_int_eq(entries(spill), 0);
+    unlink(path);
+    test_util_remove_tree(spill);
+}
+END_TEST
+
+/* F16 and BF16 storage round to the nearest half, exactly as the wire encodings do. */
+START_TEST(test_cache_half_storage_rounds_like_the_wire) {
+    const cm_dtype_t types[] = {CM_DTYPE_F16, CM_DTYPE_BF16};
+    for (int type = 0; type < 2; type++) {
+        trainer_cache_t *half = NULL;
+        ck_assert_int_eq(trainer_cache_new(1, 4, &half), CM_OK);
+        trainer_cache_config_t config = {.dtype = types[type]};
+        ck_assert_int_eq(trainer_cache_configure(half, &config), CM_OK);
+        ck_assert_int_eq(trainer_cache_add_output(half, 0, TRAINER_OUTPUT_LOGITS, 3), CM_OK);
+        float in[3] = {1.0f / 3.0f, -1e-3f, 65504.0f}, out[3], wire[3];
+        uint16_t bits[3];
+        ck_assert_int_eq(trainer_cache_put(half, 0, TRAINER_OUTPUT_LOGITS, 2, in), CM_OK);
+        ck_assert_int_eq(trainer_cache_get(half, 0, TRAINER_OUTPUT_LOGITS, 2, out), CM_OK);
+        if (types[type] == CM_DTYPE_F16) {
+            cm_wire_f32_to_f16(bits, in, 3);
+            cm_wire_f16_to_f32(wire, bits, 3);
+        } else {
+            cm_wire_f32_to_bf16(bits, in, 3);
+            cm_wire_bf16_to_f32(wire, bits, 3);
+        }
+        ck_assert(memcmp(out, wire, sizeof out) == 0);
+        ck_assert(out[0] != in[0]); /* it really is stored in 16 bits */
+        trainer_cache_free(&half);
+    }
+    trainer_cache_t *refused = NULL;
+    ck_assert_int_eq(trainer_cache_new(1, 4, &refused), CM_OK);
+    trainer_cache_config_t config = {.dtype = CM_DTYPE_I32};
+    ck_assert_int_eq(trainer_cache_configure(refused, &config), CM_ERR_INVALID_ARG);
+    trainer_cache_free(&refused);
+}
+END_TEST
+
+/*
+ * ask-again: rows beyond the bound live in a pool of `in_flight` rows only while present
+ * (random puts and forgets against a reference), a full pool refuses with a sentence, a save
+ * leaves them out; without a spill policy the bound is refused, naming the options.
+ */
+START_TEST(test_cache_ask_again_pool) {
+    trainer_cache_t *pooled = NULL, *loaded = NULL;
+    enum { IN_FLIGHT = 24 };
+    ck_assert_int_eq(trainer_cache_new(1, CACHE_ROWS, &pooled), CM_OK);
+    trainer_cache_set_teacher(pooled, 0, "t", "00");
+    trainer_cache_config_t config = {.memory_bytes = 8000,
+                                     .spill = TRAINER_SPILL_ASK_AGAIN,
+                                     .dtype = CM_DTYPE_F32,
+                                     .in_flight = IN_FLIGHT};
+    ck_assert_int_eq(trainer_cache_configure(pooled, &config), CM_OK);
+    ck_assert_int_eq(trainer_cache_add_output(pooled, 0, TRAINER_OUTPUT_LOGITS, 10), CM_OK);
+    ck_assert_int_le(trainer_cache_resident_bytes(pooled), 8000);
+    ck_assert_int_eq(trainer_cache_spilled_bytes(pooled), 0);
+    int first = -1;
+    for (int id = 0; id < CACHE_ROWS && first < 0; id++)
+        if (trainer_cache_transient(pooled, 0, TRAINER_OUTPUT_LOGITS, id)) first = id;
+    ck_assert_int_gt(first, 0);
+    ck_assert(!trainer_cache_transient(pooled, 0, TRAINER_OUTPUT_LOGITS, first - 1));
+    float values[10], got[10];
+    static int present[CACHE_ROWS];
+    memset(present, 0, sizeof present);
+    int held = 0;
+    uint32_t state = 12345;
+    for (int step = 0; step < 20000; step++) {
+        state = state * 1664525u + 1013904223u;
+        int id = first + (int)((state >> 8) % (uint32_t)(CACHE_ROWS - first));
+        if (present[id] || held == IN_FLIGHT) { /* forget one */
+            if (!present[id]) continue;
+            trainer_cache_set_has(pooled, 0, TRAINER_OUTPUT_LOGITS, id, 0);
+            present[id] = 0;
+            held--;
+        } else {
+            for (int column = 0; column < 10; column++) values[column] = row_value(id, column);
+            ck_assert_int_eq(trainer_cache_put(pooled, 0, TRAINER_OUTPUT_LOGITS, id, values),
+                             CM_OK);
+            present[id] = 1;
+            held++;
+        }
+        if (step % 97 == 0)
+            for (int row = first; row < CACHE_ROWS; row++) {
+                ck_assert_int_eq(trainer_cache_has(pooled, 0, TRAINER_OUTPUT_LOGITS, row),
+                                 present[row]);
+                if (!present[row]) continue;
+                ck_assert_int_eq(trainer_cache_get(pooled, 0, TRAINER_OUTPUT_LOGITS, row, got),
+                                 CM_OK);
+                ck_assert(got[7] == row_value(row, 7));
+            }
+    }
+    for (int id = first; id < CACHE_ROWS && held < IN_FLIGHT; id++)
+        if (!present[id]) {
+            ck_assert_int_eq(trainer_cache_put(pooled, 0, TRAINER_OUTPUT_LOGITS, id, values),
+                             CM_OK);
+            present[id] = 1;
+            held++;
+        }
+    int spare = first;
+    while (present[spare]) spare++;
+    ck_assert_int_eq(trainer_cache_put(pooled, 0, TRAINER_OUTPUT_LOGITS, spare, values),
+                     CM_ERR_INTERNAL);
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "rows in flight are all taken"));
+    ck_assert_int_eq(trainer_cache_put(pooled, 0, TRAINER_OUTPUT_LOGITS, 0, values), CM_OK);
+    char spill[256], path[400];
+    test_util_temp_dir(spill, sizeof spill);
+    snprintf(path, sizeof path, "%s/pool.safetensors", spill);
+    ck_assert_int_eq(trainer_cache_save(pooled, path, fingerprint), CM_OK);
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
+    ck_assert_int_eq(trainer_cache_present(loaded, 0, TRAINER_OUTPUT_LOGITS), 1); /* row 0 */
+    trainer_cache_free(&loaded);
+    trainer_cache_free(&pooled);
+    test_util_remove_tree(spill);
+
+    trainer_cache_t *refusing = NULL;
+    ck_assert_int_eq(trainer_cache_new(1, CACHE_ROWS, &refusing), CM_OK);
+    config = (trainer_cache_config_t){.memory_bytes = 8000, .dtype = CM_DTYPE_F32};
+    ck_assert_int_eq(trainer_cache_configure(refusing, &config), CM_OK);
+    ck_assert_int_eq(trainer_cache_add_output(refusing, 0, TRAINER_OUTPUT_LOGITS, 10),
+                     CM_ERR_NOMEM);
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "give --cache-spill DIR"));
+    trainer_cache_free(&refusing);
+}
+END_TEST
+
 Suite *check_trainer_feed_suite(void);
 Suite *check_trainer_feed_suite(void) {
     Suite *suite = suite_create("trainer_feed");
@@ -383,5 +608,11 @@ Suite *check_trainer_feed_suite(void) {
     tcase_add_test(tcase, test_filtering_asks_the_chosen_pairs);
     tcase_add_test(tcase, test_bad_config_is_refused);
     suite_add_tcase(suite, tcase);
+    TCase *bounded = tcase_create("cache");
+    tcase_set_timeout(bounded, 60);
+    tcase_add_test(bounded, test_cache_spills_to_a_file);
+    tcase_add_test(bounded, test_cache_half_storage_rounds_like_the_wire);
+    tcase_add_test(bounded, test_cache_ask_again_pool);
+    suite_add_tcase(suite, bounded);
     return suite;
 }
