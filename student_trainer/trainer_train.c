@@ -1781,10 +1781,21 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"max-test", CM_CLI_INT, &options->max_test, "N", "use only the first N test examples", 0},
         {"log-level", CM_CLI_STRING, &options->log_level, "LEVEL", "debug, info, warn or error", 0},
     };
-    /* replay has no teachers to reach: it neither shows nor takes the options about them. */
-    static const char *const replay_unused[] = {
-        "teacher", "curve-secret-key", "teacher-key", "on-teacher-failure", "teacher-timeout-ms",
-        "window",  "encoding",         "cache"};
+    /* replay has no teachers to reach: it neither shows nor takes the options about them, nor
+     * about the cache of their outputs (the record is loaded whole). */
+    static const char *const replay_unused[] = {"teacher",
+                                                "curve-secret-key",
+                                                "teacher-key",
+                                                "on-teacher-failure",
+                                                "teacher-timeout-ms",
+                                                "window",
+                                                "encoding",
+                                                "cache",
+                                                "cache-memory",
+                                                "cache-spill",
+                                                "cache-spill-reads",
+                                                "cache-dtype",
+                                                "resolve-ms"};
     cm_cli_option_t used[sizeof table / sizeof table[0]];
     int count = 0;
     for (size_t index = 0; index < sizeof table / sizeof table[0]; index++) {

@@ -394,7 +394,8 @@ START_TEST(test_train_usage_sentences) {
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 0);
     const char *absent[] = {
         "--teacher ",           "--teacher-key", "--curve-secret-key", "--on-teacher-failure",
-        "--teacher-timeout-ms", "--window",      "--encoding",         "--cache"};
+        "--teacher-timeout-ms", "--window",      "--encoding",         "--cache",
+        "--resolve-ms"};
     for (size_t index = 0; index < sizeof absent / sizeof absent[0]; index++)
         ck_assert_msg(!strstr(output, absent[index]), "replay --help lists %s", absent[index]);
     ck_assert_msg(strstr(output, "--record") && strstr(output, "--config FILE"), "%s", output);
