@@ -1268,13 +1268,24 @@ START_TEST(test_spilled_cache_is_exact) {
     ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 2000);
 
     computed = teacher_examples_computed(&comp);
-    snprintf(arguments, sizeof arguments, "--out %s --cache-memory 0.05 --cache-spill %s", spilled,
-             spill);
+    snprintf(arguments, sizeof arguments,
+             "--out %s --cache-memory 0.05 --cache-spill %s --record %s/spill.record", spilled,
+             spill, directory);
     ck_assert_msg(train_with(common, arguments) == 0, "spilled: %s", output);
     ck_assert_msg(strstr(output, "0.03 MB in a spill file"), "nothing spilled: %s", output);
     ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 2000); /* exactly once */
     ck_assert_msg(same_file(memory, spilled), "the spilled cache changed the checkpoint");
     ck_assert_int_eq(directory_entries(spill), 0);
+    /* Its record (saved through the spill file's mapping) replays to the same student. */
+    char replay[2600];
+    snprintf(replay, sizeof replay,
+             "%s replay --view pool7 --model mlp:49-32-10 --method kd --epochs 2 --batch 64 "
+             "--seed 5 --label-fraction 0.5 --http off " SUBSET
+             " --record %s/spill.record --out %s/spill-replayed.safetensors",
+             test_util_bin("student-trainer"), directory, directory);
+    ck_assert_msg(test_util_run(replay, output, sizeof output) == 0, "replay: %s", output);
+    snprintf(replay, sizeof replay, "%s/spill-replayed.safetensors", directory);
+    ck_assert_msg(same_file(memory, replay), "the spilled run's record replays to another student");
     snprintf(arguments, sizeof arguments,
              "--out %s --cache-memory 0.05 --cache-spill %s --cache-spill-reads map", spilled,
              spill);
