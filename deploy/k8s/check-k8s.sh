@@ -17,7 +17,9 @@ fail() { echo "FAIL check-k8s: $*"; exit 1; }
 
 if ! command -v kubectl >/dev/null; then
     [ "$(id -u)" -eq 0 ] || fail "kubectl is missing (apt-get install kubernetes-client as root)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q kubernetes-client >/dev/null ||
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q kubernetes-client >/dev/null ||
+        { apt-get update -q >/dev/null && apt-get install -y -q kubernetes-client >/dev/null; } ||
         fail "cannot install kubernetes-client"
 fi
 rendered=$(mktemp "${TMPDIR:-/tmp}/committee-k8s.XXXXXX")
