@@ -84,8 +84,8 @@ static bool header_complete(const uint8_t *data, size_t size) {
  * A client socket connected to the server.  Thousands of connections a second leave their
  * closed ends in TIME_WAIT for a minute, which would use up the ephemeral ports of one
  * source address within seconds: each connection comes from the next of 250 loopback source
- * addresses (127.0.0.2 ...), and a connect that still finds no free port is retried for a few
- * seconds before the harness gives up.
+ * addresses (127.0.0.2 ...), and a connect that still finds no free port, or that a signal
+ * interrupted (libFuzzer's timer), is retried for a few seconds before the harness gives up.
  */
 static int connect_client(void) {
     static unsigned next_source;
@@ -102,7 +102,8 @@ static int connect_client(void) {
             return client;
         int error = errno;
         close(client);
-        if (error != EADDRNOTAVAIL && error != EADDRINUSE && error != EAGAIN) {
+        /* EINTR: libFuzzer's timer signal interrupted the connect; start over. */
+        if (error != EADDRNOTAVAIL && error != EADDRINUSE && error != EAGAIN && error != EINTR) {
             fprintf(stderr, "fuzz_http: cannot connect to the server: %s\n", strerror(error));
             abort();
         }
