@@ -19,6 +19,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -81,36 +82,61 @@ static bool header_complete(const uint8_t *data, size_t size) {
 }
 
 /*
- * A client socket connected to the server.  Thousands of connections a second leave their
- * closed ends in TIME_WAIT for a minute, which would use up the ephemeral ports of one
- * source address within seconds: each connection comes from the next of 250 loopback source
- * addresses (127.0.0.2 ...), and a connect that still finds no free port, or that a signal
- * interrupted (libFuzzer's timer), is retried for a few seconds before the harness gives up.
+ * Connects `client` (non-blocking) to `address` within 200 ms, running the server's loop
+ * meanwhile; 0, or -1 with errno (ETIMEDOUT when the handshake did not finish: a SYN that
+ * met a TIME_WAIT of the same four-tuple is only retransmitted after a second, then two...).
+ */
+static int connect_briefly(int client, const struct sockaddr_in *address) {
+    if (connect(client, (const struct sockaddr *)address, sizeof *address) == 0) return 0;
+    if (errno != EINPROGRESS && errno != EINTR) return -1;
+    struct pollfd wait = {.fd = client, .events = POLLOUT};
+    for (int slice = 0; slice < 20; slice++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        if (poll(&wait, 1, 10) > 0) {
+            int error = 0;
+            socklen_t length = sizeof error;
+            if (getsockopt(client, SOL_SOCKET, SO_ERROR, &error, &length) != 0) return -1;
+            if (error == 0) return 0;
+            errno = error;
+            return -1;
+        }
+    }
+    errno = ETIMEDOUT;
+    return -1;
+}
+
+/*
+ * A client socket (non-blocking: the harness sends and receives with MSG_DONTWAIT) connected
+ * to the server.  Thousands of connections a second leave their closed ends in TIME_WAIT for
+ * a minute, which would use up the ephemeral ports of one source address within seconds:
+ * each connection comes from the next of 250 loopback source addresses (127.0.0.2 ...), and a
+ * connect that finds no free port, or does not complete within 200 ms, is tried again from
+ * the next address for a few seconds before the harness gives up.
  */
 static int connect_client(void) {
     static unsigned next_source;
     struct sockaddr_in address = {.sin_family = AF_INET,
                                   .sin_port = htons((uint16_t)cm_http_port(server))};
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    for (int attempt = 0; attempt < 500; attempt++) {
-        int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int client = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (client < 0) abort();
         struct sockaddr_in source = {.sin_family = AF_INET};
         source.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1 + next_source++ % 250);
         if (bind(client, (struct sockaddr *)&source, sizeof source) == 0 &&
-            connect(client, (struct sockaddr *)&address, sizeof address) == 0)
+            connect_briefly(client, &address) == 0)
             return client;
         int error = errno;
         close(client);
-        /* EINTR: libFuzzer's timer signal interrupted the connect; start over. */
-        if (error != EADDRNOTAVAIL && error != EADDRINUSE && error != EAGAIN && error != EINTR) {
+        if (error != EADDRNOTAVAIL && error != EADDRINUSE && error != EAGAIN &&
+            error != ETIMEDOUT && error != EINTR) {
             fprintf(stderr, "fuzz_http: cannot connect to the server: %s\n", strerror(error));
             abort();
         }
         uv_run(&loop, UV_RUN_NOWAIT);
         usleep(10000);
     }
-    fprintf(stderr, "fuzz_http: no local port to connect from for 5 s\n");
+    fprintf(stderr, "fuzz_http: no connection to the server within 100 attempts\n");
     abort();
 }
 
