@@ -7,10 +7,11 @@
 # headless (DNS answers one address per ready pod, which the trainer follows),
 # selects its Deployment's pods and names the ports the pods open; every
 # teacher has /readyz and /healthz probes and Prometheus scrape annotations;
-# the trainer Job's --teacher endpoints name those Services.  Where a cluster
-# answers, `kubectl apply --dry-run=client` runs as well (kubectl needs an API
-# server's discovery even for a client dry run); these manifests have not been
-# run on a live cluster.
+# the trainer Job's --teacher endpoints name those Services; then kubectl's
+# client-side dry run decodes every object offline (`kubectl label --local
+# --dry-run=client`).  Where a cluster answers, `kubectl apply --dry-run=client`
+# runs as well (apply needs an API server's discovery even for a client dry
+# run); these manifests have not been run on a live cluster.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 fail() { echo "FAIL check-k8s: $*"; exit 1; }
@@ -49,6 +50,17 @@ for teacher in fm comp; do
         fail "the trainer Job does not find $teacher through its Service"
 done
 echo "ok   check-k8s: headless Services, probes, scrape annotations, trainer endpoints"
+
+# kubectl's own client-side dry run, offline: `label --local` decodes every rendered object
+# without asking a server; each must come out as kind/name, and all of them.
+names=$(kubectl label --local --dry-run=client -f "$rendered" checked=yes -o name) ||
+    fail "kubectl label --local --dry-run=client refused the rendered manifests"
+expected="deployment.apps/comp deployment.apps/fm job.batch/trainer namespace/committee
+persistentvolumeclaim/committee-models persistentvolumeclaim/committee-runs service/comp
+service/fm"
+[ "$(echo "$names" | sort | xargs)" = "$(echo "$expected" | xargs)" ] ||
+    fail "kubectl --dry-run=client decoded [$(echo "$names" | xargs)], expected [$(echo "$expected" | xargs)]"
+echo "ok   check-k8s: kubectl --dry-run=client (offline, --local) decodes all $(echo "$names" | wc -l) objects"
 if timeout 10 kubectl version >/dev/null 2>&1; then
     kubectl apply --dry-run=client -k "$here" || fail "kubectl apply --dry-run=client failed"
     echo "ok   check-k8s: kubectl apply --dry-run=client"
