@@ -169,9 +169,12 @@ else
     fail "scenario 1: student.jsonl missing or short in the runs volume"
 fi
 
-teachers_up=$(prom_query 'sum(max_over_time(up{job="teachers"}[15m]))' | prom_value)
+# Its first scrape can come after this short run: ask again for up to a minute.
+deadline=$(($(now) + 60))
+until teachers_up=$(prom_query 'sum(max_over_time(up{job="teachers"}[15m]))' | prom_value) &&
+    [ "${teachers_up:-0}" = 2 ] || [ "$(now)" -ge "$deadline" ]; do sleep 1; done
 [ "${teachers_up:-0}" = 2 ] && ok "scenario 1: Prometheus scraped both teachers" ||
-    fail "scenario 1: Prometheus saw ${teachers_up:-0} of 2 teachers up"
+    fail "scenario 1: Prometheus saw ${teachers_up:-0} of 2 teachers up within a minute"
 
 # ------------------------------------------------------------------ scenario 2
 export STUDENT=failover METHOD=ca-mkd STUDENT_EPOCHS=14 CACHE=off
