@@ -21,7 +21,8 @@
 # exits 0.  Exit status: 0 PASS or SKIP, 1 FAIL.
 #
 # Environment: CHECK_SWARM_BUILD=0 (use the existing image), COMMITTEE_IMAGE
-# (committee:latest), CHECK_SWARM_EPOCHS (40), CHECK_SWARM_TRAIN (20000).
+# (committee:latest), CHECK_SWARM_EPOCHS (40), CHECK_SWARM_TRAIN (20000),
+# CHECK_SWARM_DELAY_MS (20: comp's --compute-delay-ms).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -103,6 +104,9 @@ export COMMITTEE_MODELS=$work/models COMMITTEE_RUNS=$work/runs
 export FM_REPLICAS=1 COMP_REPLICAS=3 TRAINER_REPLICAS=0
 export METHOD=kd KD_TEACHER=comp CACHE=off MAX_TRAIN=$examples STUDENT_EPOCHS=$epochs
 export ON_TEACHER_FAILURE=wait TEACHER_TIMEOUT_MS=60000 STUDENT=swarm
+# 20 ms before each forward pass of comp: an epoch then takes about a second with three
+# replicas however fast the machine is, so the run outlasts the scale-down and scale-up.
+export COMP_COMPUTE_DELAY_MS=${CHECK_SWARM_DELAY_MS:-20}
 say "deploying stack $stack: fm x1, comp x3 (the trainer waits)"
 docker stack deploy -c "$here/stack.yml" "$stack" >"$work/deploy.log" 2>&1 ||
     { cat "$work/deploy.log" >&2; die "docker stack deploy failed"; }
