@@ -177,8 +177,8 @@ static cm_status_t grow_spill_file(trainer_cache_t *cache, cache_output_t *entry
     return CM_OK;
 }
 
-static cm_status_t spill_write(const trainer_cache_t *cache, const cache_output_t *entry,
-                               const uint8_t *bytes, size_t size, off_t offset) {
+static cm_status_t spill_write(const trainer_cache_t *cache, const uint8_t *bytes, size_t size,
+                               off_t offset) {
     while (size > 0) {
         ssize_t wrote = pwrite(cache->spill_fd, bytes, size, offset);
         if (wrote < 0 && errno == EINTR) continue;
@@ -189,7 +189,6 @@ static cm_status_t spill_write(const trainer_cache_t *cache, const cache_output_
         size -= (size_t)wrote;
         offset += wrote;
     }
-    (void)entry;
     return CM_OK;
 }
 
@@ -408,7 +407,7 @@ static cm_status_t put_bytes(trainer_cache_t *cache, cache_output_t *entry, int 
         memcpy(entry->base + offset, bytes, in_memory);
         if (in_memory < size) {
             cm_status_t status =
-                spill_write(cache, entry, bytes + in_memory, size - in_memory,
+                spill_write(cache, bytes + in_memory, size - in_memory,
                             entry->file_offset + (off_t)(offset + in_memory - entry->hot_bytes));
             if (status != CM_OK) return status;
         }

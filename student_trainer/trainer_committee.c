@@ -503,6 +503,13 @@ static cm_status_t handshake(trainer_committee_t *committee, teacher_t *teacher,
 
 /* ---------------------------------------------------------------- replicas found by DNS */
 
+static void drop_inflight(trainer_committee_t *committee, inflight_t *slot) {
+    teacher_t *teacher = &committee->teachers[slot->teacher];
+    teacher->inflight--;
+    teacher->endpoints[slot->endpoint].inflight--;
+    slot->request_id = 0;
+}
+
 static int teacher_is_up(const teacher_t *teacher) {
     for (int slot = 0; slot < teacher->endpoint_count; slot++)
         if (teacher->endpoints[slot].up) return 1;
@@ -558,16 +565,13 @@ static cm_status_t add_endpoint(trainer_committee_t *committee, teacher_t *teach
 static void remove_endpoint(trainer_committee_t *committee, int index, int slot) {
     teacher_t *teacher = &committee->teachers[index];
     endpoint_t *endpoint = &teacher->endpoints[slot];
-    int was_up = 0;
-    for (int other = 0; other < teacher->endpoint_count; other++)
-        was_up |= teacher->endpoints[other].up;
+    int was_up = teacher_is_up(teacher);
     for (int number = 0; number < MAX_INFLIGHT; number++) {
         inflight_t *flying = &committee->inflight[number];
         if (!flying->request_id || flying->teacher != index) continue;
         if (flying->endpoint == slot) {
             ticket_t *ticket = &committee->tickets[flying->ticket];
-            teacher->inflight--;
-            flying->request_id = 0;
+            drop_inflight(committee, flying);
             ticket->state = TICKET_QUEUED;
             ticket->not_before = 0.0;
             ticket->avoid_endpoint = -1;
@@ -1012,13 +1016,6 @@ static cm_status_t request_failed(trainer_committee_t *committee, int number, co
         return CM_OK;
     }
     return CM_OK;
-}
-
-static void drop_inflight(trainer_committee_t *committee, inflight_t *slot) {
-    teacher_t *teacher = &committee->teachers[slot->teacher];
-    teacher->inflight--;
-    teacher->endpoints[slot->endpoint].inflight--;
-    slot->request_id = 0;
 }
 
 static cm_status_t send_ticket(trainer_committee_t *committee, int number, int *sent) {
