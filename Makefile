@@ -95,11 +95,26 @@ bench-run: $(BENCH_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
 	@for program in $(BENCH_BIN) $(wildcard bench/bench_*.sh); do echo "== $$program"; \
 	    COMMITTEE_BIN_DIR=$(BUILD)/bin $$program || exit 1; done
 
-# The honest results table (bench/quality.sh, ~1 h on 2 cores): fits the committee unless its
-# checkpoints exist in runs/quality, tunes on a holdout, writes bench/results/quality.{md,json}.
+# The honest results tables, one section each (QUALITY_SECTIONS, default both):
+#   vision     bench/quality.sh (~1 h on 2 cores): fits the committee unless its checkpoints
+#              exist in runs/quality, tunes on a holdout, writes bench/results/quality.{md,json};
+#   movielens  bench/movielens/quality.sh (~1 h): the dataset folder, the teachers' grids, tuning
+#              on valid, 3 seeds, writes bench/results/movielens.{md,json} (MOVIELENS_BENCH_ARGS).
+QUALITY_SECTIONS ?= vision movielens
 bench-quality: deps
 	@$(MAKE) --no-print-directory $(TEACHER_BIN) $(TRAINER_BIN)
-	BIN=$(CURDIR)/$(BUILD)/bin bench/quality.sh $(QUALITY_ARGS)
+	@for section in $(QUALITY_SECTIONS); do \
+	    case $$section in \
+	    vision) echo "== bench-quality: vision (bench/quality.sh)"; \
+	        BIN=$(CURDIR)/$(BUILD)/bin bench/quality.sh $(QUALITY_ARGS) || exit 1 ;; \
+	    movielens) echo "== bench-quality: movielens (bench/movielens/quality.sh)"; \
+	        BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) MOVIELENS_DIR=$(MOVIELENS_DIR) \
+	            bench/movielens/quality.sh --out bench/results/movielens $(MOVIELENS_BENCH_ARGS) \
+	            || exit 1 ;; \
+	    *) echo "bench-quality: unknown section '$$section' in QUALITY_SECTIONS (vision, movielens)"; \
+	        exit 2 ;; \
+	    esac; \
+	done
 
 format:
 	clang-format -i $(COMMON_SRC) $(wildcard common/*.h) $(TEACHER_SRC) $(wildcard teacher_server/*.h) \
@@ -320,8 +335,8 @@ uninstall:
 # experiment"): `make movielens` exports Debian's r-cran-dslabs ratings once with Rscript and
 # converts them into a dataset folder in $(MOVIELENS_DIR) (never committed: GroupLens's terms),
 # then checks it; `make demo-movielens` fits, serves and distills a small committee on it;
-# `make bench-movielens` runs the issue's table (bench/movielens/quality.sh; MOVIELENS_BENCH_ARGS
-# passes its options, e.g. --seeds 1 --methods "ce dd").
+# `make bench-movielens` is bench-quality's MovieLens section alone (bench/movielens/quality.sh;
+# MOVIELENS_BENCH_ARGS passes its options, e.g. --seeds 1 --methods "ce dd").
 .PHONY: movielens demo-movielens bench-movielens
 MOVIELENS_DIR ?= $(BUILD)/data/movielens
 
@@ -331,5 +346,5 @@ movielens: $(TEACHER_BIN)
 demo-movielens: $(TEACHER_BIN) $(TRAINER_BIN)
 	BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) MOVIELENS_DIR=$(MOVIELENS_DIR) bench/movielens/demo.sh
 
-bench-movielens: $(TEACHER_BIN) $(TRAINER_BIN)
-	BIN=$(CURDIR)/$(BUILD)/bin PYTHON=$(PYTHON) MOVIELENS_DIR=$(MOVIELENS_DIR) bench/movielens/quality.sh $(MOVIELENS_BENCH_ARGS)
+bench-movielens:
+	@$(MAKE) --no-print-directory bench-quality QUALITY_SECTIONS=movielens
