@@ -1451,6 +1451,9 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
     }
     if ((status = cm_model_new(&spec, options->batch, &run->student)) != CM_OK) return status;
     cm_model_init(run->student, (uint64_t)options->seed);
+    /* Training mode for the steps (batch norm's batch statistics and running averages);
+     * scoring switches to eval mode and back. */
+    cm_model_set_training(run->student, 1);
     if (options->save_initial) {
         const char *metadata[] = {CM_DATASET_METADATA(run->dataset), "epochs", "0", "format",
                                   "committee-checkpoint-1"};

@@ -595,6 +595,45 @@ START_TEST(test_standardized_view_reaches_the_checkpoint) {
 }
 END_TEST
 
+/*
+ * A CNN student trains in training mode: its batch norm updates the running statistics the
+ * checkpoint carries (a student stuck in eval mode keeps them at 0 and 1, and is scored on
+ * statistics it never learned), and eval of the checkpoint agrees with the trainer's own score.
+ */
+START_TEST(test_cnn_student_trains_its_batch_norm) {
+    REQUIRE_DATA();
+    char out[400], command[4096];
+    snprintf(out, sizeof out, "%s/cnn-student.safetensors", directory);
+    snprintf(command, sizeof command,
+             "%s train --view full --model cnn:conv=4,pool=1,fc=16 --method ce --epochs 3 "
+             "--batch 64 --lr 1e-2 --http off --max-train 1024 --max-test 200 --out %s",
+             test_util_bin("student-trainer"), out);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "train: %s", output);
+    const char *said = strstr(output, "test_accuracy=");
+    ck_assert_msg(said, "no test_accuracy in %s", output);
+    double trained = atof(said + strlen("test_accuracy="));
+    cm_safetensors_t *file = NULL;
+    ck_assert_int_eq(cm_safetensors_read(&file, out), CM_OK);
+    const cm_tensor_t *mean = cm_safetensors_find(file, "stages.0.bn.running_mean");
+    const cm_tensor_t *var = cm_safetensors_find(file, "stages.0.bn.running_var");
+    ck_assert_msg(mean && var && mean->shape[0] == 4 && var->shape[0] == 4,
+                  "no running statistics in the student checkpoint");
+    int moved = 0;
+    for (int channel = 0; channel < 4; channel++)
+        moved += ((const float *)mean->data)[channel] != 0.0f &&
+                 ((const float *)var->data)[channel] != 1.0f;
+    cm_safetensors_free(&file);
+    ck_assert_msg(moved == 4, "%d of 4 channels have running statistics that moved", moved);
+    snprintf(command, sizeof command, "%s eval --model %s --max-test 200",
+             test_util_bin("student-trainer"), out);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "eval: %s", output);
+    said = strstr(output, "accuracy=");
+    ck_assert_msg(said && fabs(atof(said + strlen("accuracy=")) - trained) < 1e-4,
+                  "eval says %s, the trainer said %.4f", output, trained);
+    ck_assert_msg(trained > 0.2, "a CNN student reached only %.4f (chance: 0.1)", trained);
+}
+END_TEST
+
 /* The HTTP port a teacher started with --http 127.0.0.1:0 logged. */
 static int teacher_http_port(const teacher_process_t *teacher) {
     char text[8192] = "";
@@ -1515,6 +1554,7 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_diversedistill_survives_a_lost_teacher);
     tcase_add_test(tcase, test_diversedistill_interactive);
     tcase_add_test(tcase, test_standardized_view_reaches_the_checkpoint);
+    tcase_add_test(tcase, test_cnn_student_trains_its_batch_norm);
     tcase_add_test(tcase, test_transfer_split_trains_unlabelled_rows);
     tcase_add_test(tcase, test_transfer_split_regression);
     tcase_add_test(tcase, test_two_trainers_share_one_teacher);
