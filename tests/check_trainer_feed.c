@@ -438,7 +438,7 @@ START_TEST(test_cache_spills_to_a_file) {
     ck_assert_int_eq(trainer_cache_configure(bounded, &config), CM_OK);
     check_rows(bounded, TRAINER_OUTPUT_LOGITS, 10);
     check_rows(bounded, TRAINER_OUTPUT_HIDDEN, 7);
-    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, NULL, &loaded), CM_OK);
     check_rows(loaded, TRAINER_OUTPUT_LOGITS, 10);
     check_rows(loaded, TRAINER_OUTPUT_HIDDEN, 7);
     ck_assert_ptr_nonnull(trainer_cache_row(loaded, 0, TRAINER_OUTPUT_LOGITS, 0));
@@ -461,7 +461,7 @@ START_TEST(test_cache_spills_to_a_file) {
     }
     ck_assert_int_eq(trainer_cache_save(half, path, fingerprint), CM_OK);
     trainer_cache_free(&loaded);
-    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, NULL, &loaded), CM_OK);
     ck_assert_int_eq(trainer_cache_get(loaded, 0, TRAINER_OUTPUT_LOGITS, 3, values), CM_OK);
     ck_assert(values[9] == row_value(3, 9));
     ck_assert_ptr_null(trainer_cache_row(loaded, 0, TRAINER_OUTPUT_LOGITS, 3)); /* F16 */
@@ -576,7 +576,7 @@ START_TEST(test_cache_ask_again_pool) {
     test_util_temp_dir(spill, sizeof spill);
     snprintf(path, sizeof path, "%s/pool.safetensors", spill);
     ck_assert_int_eq(trainer_cache_save(pooled, path, fingerprint), CM_OK);
-    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, NULL, &loaded), CM_OK);
     ck_assert_int_eq(trainer_cache_present(loaded, 0, TRAINER_OUTPUT_LOGITS), 1); /* row 0 */
     trainer_cache_free(&loaded);
     trainer_cache_free(&pooled);
