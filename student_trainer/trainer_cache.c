@@ -68,7 +68,8 @@ struct trainer_cache {
     off_t spill_size;   /* bytes reserved in it */
     uint8_t *scratch;   /* a row in the storage dtype (conversions) */
     size_t scratch_bytes;
-    size_t load_peak; /* the largest buffers a load of a saved cache held at once */
+    size_t load_peak;    /* the largest buffers a load of a saved cache held at once */
+    size_t load_reserve; /* of the bound, kept for those buffers (a row of any output) */
     cache_teacher_t teacher[MAX_CACHE_TEACHERS];
 };
 
@@ -110,6 +111,7 @@ cm_status_t trainer_cache_configure(trainer_cache_t *cache, const trainer_cache_
         snprintf(cache->spill_dir, sizeof cache->spill_dir, "%s", config->spill_dir);
     cache->config.spill_dir = cache->spill_dir;
     cache->budget_left = config->memory_bytes ? config->memory_bytes : SIZE_MAX;
+    cache->load_reserve = 0;
     return CM_OK;
 }
 
@@ -297,6 +299,16 @@ static cm_status_t add_output(trainer_cache_t *cache, int teacher, int output, i
     size_t region = examples * entry->row_bytes;
     entry->map_bytes = round_up(region ? region : 1, page);
     size_t mask = examples ? examples : 1;
+    /* A load of a saved cache streams through buffers of at least one row (in the file's
+     * dtype, F32 at most, plus its mask byte and a row of floats to convert it): under a bound,
+     * that much of it stays free for them. */
+    size_t reserve = 2 * sizeof(float) * (size_t)width + 1;
+    if (cache->budget_left != SIZE_MAX && reserve > cache->load_reserve) {
+        size_t taken = reserve - cache->load_reserve;
+        if (taken > cache->budget_left) taken = cache->budget_left;
+        cache->budget_left -= taken;
+        cache->load_reserve += taken;
+    }
     size_t available = cache->budget_left > mask ? cache->budget_left - mask : 0;
     entry->hot_bytes = region;
     int pool_rows = 0;
@@ -738,9 +750,9 @@ static cm_status_t stream_rows(trainer_cache_t *cache, int teacher, int output,
     int same = source == entry->dtype;
     size_t source_row = (size_t)width * cm_dtype_size(source);
     size_t extra = same ? 0 : sizeof(float) * (size_t)width;
-    size_t budget = cache->budget_left == SIZE_MAX || cache->budget_left > LOAD_CHUNK_MAX
-                        ? LOAD_CHUNK_MAX
-                        : cache->budget_left;
+    size_t budget = cache->budget_left == SIZE_MAX ? LOAD_CHUNK_MAX
+                                                   : cache->budget_left + cache->load_reserve;
+    if (budget > LOAD_CHUNK_MAX) budget = LOAD_CHUNK_MAX;
     size_t rows = budget > extra ? (budget - extra) / (source_row + 1) : 0;
     if (rows < 1) rows = 1;
     if (rows > (size_t)examples) rows = examples ? (size_t)examples : 1;
