@@ -750,8 +750,8 @@ static cm_status_t stream_rows(trainer_cache_t *cache, int teacher, int output,
     int same = source == entry->dtype;
     size_t source_row = (size_t)width * cm_dtype_size(source);
     size_t extra = same ? 0 : sizeof(float) * (size_t)width;
-    size_t budget = cache->budget_left == SIZE_MAX ? LOAD_CHUNK_MAX
-                                                   : cache->budget_left + cache->load_reserve;
+    size_t budget =
+        cache->budget_left == SIZE_MAX ? LOAD_CHUNK_MAX : cache->budget_left + cache->load_reserve;
     if (budget > LOAD_CHUNK_MAX) budget = LOAD_CHUNK_MAX;
     size_t rows = budget > extra ? (budget - extra) / (source_row + 1) : 0;
     if (rows < 1) rows = 1;

@@ -1373,8 +1373,8 @@ START_TEST(test_loading_a_saved_cache_keeps_the_bound) {
     const size_t bound = (size_t)(0.05 * 1048576.0);
     const char *run = "--view pool7 --model mlp:49-32-10 --method kd --epochs 2 --batch 64 "
                       "--seed 5 --label-fraction 0.5 --http off " SUBSET;
-    char common[1024], arguments[2048], memory[400], out[400], spill[400], metrics[400],
-        cache[400], record[400], bounded[600], command[4096];
+    char common[1024], arguments[2048], memory[400], out[400], spill[400], metrics[400], cache[400],
+        record[400], bounded[600], command[4096];
     snprintf(memory, sizeof memory, "%s/load-memory.safetensors", directory);
     snprintf(out, sizeof out, "%s/load-bounded.safetensors", directory);
     snprintf(spill, sizeof spill, "%s/load-spill", directory);
@@ -1416,8 +1416,8 @@ START_TEST(test_loading_a_saved_cache_keeps_the_bound) {
 
     /* --cache FILE: a second run takes every row from the file, none from the teacher. */
     computed = teacher_examples_computed(&comp);
-    snprintf(arguments, sizeof arguments, "--out %s %s --cache %s --record %s", out, bounded,
-             cache, record);
+    snprintf(arguments, sizeof arguments, "--out %s %s --cache %s --record %s", out, bounded, cache,
+             record);
     ck_assert_msg(train_with(common, arguments) == 0, "--cache, first: %s", output);
     ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 2000);
     ck_assert_msg(same_file(memory, out), "the bounded --cache run changed the checkpoint");
