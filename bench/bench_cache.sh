@@ -8,7 +8,7 @@
 # fitted on 20,000 of them and served on all; the student (mlp:8-32-10, --method kd, batch
 # 256, 3 epochs: epoch 1 streams every teacher output into the cache, epochs 2 and 3 train
 # from it; the faster of the two counts, as other jobs share the machine)
-# is run four ways:
+# is run these ways (BENCH_CACHE_RUNS picks some, in order; BENCH_CACHE_MEMORY sets the bound, 64):
 #   ce       no teacher, no cache: the trainer's fixed memory for ROWS examples
 #            (labels, the epoch's permutation, per-example flags, the dataset's tables)
 #   memory   the unbounded in-memory cache (ROWS x 10 floats + a mask byte per example)
