@@ -8,13 +8,18 @@
 # fitted on 20,000 of them and served on all; the student (mlp:8-32-10, --method kd, batch
 # 256, 3 epochs: epoch 1 streams every teacher output into the cache, epochs 2 and 3 train
 # from it; the faster of the two counts, as other jobs share the machine)
-# is run four ways:
+# is run these ways (BENCH_CACHE_RUNS picks some, in order; BENCH_CACHE_MEMORY sets the bound, 64):
 #   ce       no teacher, no cache: the trainer's fixed memory for ROWS examples
 #            (labels, the epoch's permutation, per-example flags, the dataset's tables)
 #   memory   the unbounded in-memory cache (ROWS x 10 floats + a mask byte per example)
 #   spill    --cache-memory 64 --cache-spill DIR: the rest in the spill file
 #   spillmap the same with --cache-spill-reads map (a memcpy from the mapped file, no pread)
 #   spill16  spill with --encoding F16 --cache-dtype f16 (half the bytes, exact)
+#   resume   spill stopped early in epoch 2 (--stop-after), then --resume: the resumed process
+#            loads the whole .state.cache (ROWS x 10 F32) back under the bound, into memory and
+#            the spill file; its line is the resumed process's memory and its checkpoint must
+#            be memory's
+#   memresume the same without a bound (the whole cache loaded into memory), for contrast
 # and reports per run: VmHWM (peak resident set, from /proc/PID/status at the end of the run),
 # the peak of RssAnon (heap and anonymous maps: what the process really holds) and of RssFile
 # (mapped file pages: the dataset folder's mmap'd view, page cache the kernel may reclaim),
@@ -25,6 +30,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${COMMITTEE_BIN_DIR:-$here/build/bin}
 rows=${BENCH_CACHE_ROWS:-10000000}
+bound=${BENCH_CACHE_MEMORY:-64} # MB, --cache-memory of the bounded runs
 export OPENBLAS_NUM_THREADS=1
 work=$(mktemp -d "${BENCH_CACHE_DIR:-/tmp}/bench_cache.XXXXXX")
 export COMMITTEE_CACHE_DIR=$work/hash-cache # the dataset's hash cache, private to the run
@@ -72,10 +78,12 @@ for _ in $(seq 600); do
 done
 grep -q serving "$work/serve.log" || { cat "$work/serve.log"; exit 1; }
 
-# train LABEL ARGS...: runs the trainer, samples its memory, prints one line.
+# train LABEL ARGS...: runs the trainer, samples its memory, prints one line (STOPPED=1: the
+# run stops itself with --stop-after, exit 130).
 train() {
-    local label=$1
+    local label=$1 expect=0
     shift
+    [ "${STOPPED:-0}" = 1 ] && expect=130
     "$bin/student-trainer" train --data "$work/data" --view x --model mlp:8-32-10 --batch 256 \
         --epochs 3 --threads 1 --http off --out "$work/$label.safetensors" \
         --metrics "$work/$label.jsonl" "$@" >/dev/null 2>"$work/$label.err" &
@@ -91,32 +99,47 @@ train() {
         fi
         sleep 0.1
     done
-    wait "$pid" || { echo "bench_cache: $label failed:"; tail -5 "$work/$label.err"; exit 1; }
+    local status=0
+    wait "$pid" || status=$?
+    [ "$status" = "$expect" ] ||
+        { echo "bench_cache: $label exited $status:"; tail -5 "$work/$label.err"; exit 1; }
     local rate
-    rate=$(sed -n 2,3p "$work/$label.jsonl" | grep -o '"examples_per_second":[0-9.]*' | cut -d: -f2 |
-        sort -g | tail -1) # the faster of the cached epochs 2 and 3 (the machine is shared)
+    rate=$(grep -E '"epoch":(2|3),' "$work/$label.jsonl" | grep -o '"examples_per_second":[0-9.]*' |
+        cut -d: -f2 | sort -g | tail -1 || true) # the faster of the cached epochs 2 and 3 (shared machine)
     eval "rate_$label=$rate"
-    printf "%-8s VmHWM %5d MB   peak RssAnon %5d MB   peak RssFile %5d MB   epochs 2-3 %9.0f examples/s  %s\n" \
-        "$label" $((hwm / 1024)) $((anon / 1024)) $((file / 1024)) "$rate" \
-        "$(grep -o 'teacher cache: .*' "$work/$label.err" | head -1)"
+    [ "$expect" = 130 ] && return # the stopped half of a resume: the resumed half reports
+    printf "%-9s VmHWM %5d MB   peak RssAnon %5d MB   peak RssFile %5d MB   epochs 2-3 %9.0f examples/s  %s\n" \
+        "$label" $((hwm / 1024)) $((anon / 1024)) $((file / 1024)) "${rate:-0}" \
+        "$(grep -o 'teacher cache[ a-z]*: .*' "$work/$label.err" | tail -1)"
+}
+
+# resume LABEL ARGS...: the run stopped 10 steps into epoch 2 (the whole cache fetched), then
+# resumed; the line is the resumed process's.
+resume() {
+    local label=$1
+    shift
+    STOPPED=1 train "$label" "$@" --stop-after $(((rows + 255) / 256 + 10))
+    train "$label" "$@" --resume
 }
 
 mkdir "$work/spill"
 teacher=(--method kd --teacher t="ipc://$work/t.sock")
-spill=(--cache-memory 64 --cache-spill "$work/spill")
+spill=(--cache-memory "$bound" --cache-spill "$work/spill")
 # A subset, in the order given, e.g. BENCH_CACHE_RUNS="spillmap memory" (the load of a shared
 # machine drifts: swapping the order shows how much of a ratio is drift).
-for run in ${BENCH_CACHE_RUNS:-ce memory spill spillmap spill16}; do
+for run in ${BENCH_CACHE_RUNS:-ce memory spill spillmap spill16 resume}; do
     case $run in
     ce) train ce --method ce ;;
     memory) train memory "${teacher[@]}" ;;
     spill) train spill "${teacher[@]}" "${spill[@]}" ;;
     spillmap) train spillmap "${teacher[@]}" "${spill[@]}" --cache-spill-reads map ;;
     spill16) train spill16 "${teacher[@]}" "${spill[@]}" --encoding F16 --cache-dtype f16 ;;
+    resume) resume resume "${teacher[@]}" "${spill[@]}" ;;
+    memresume) resume memresume "${teacher[@]}" ;;
     *) echo "bench_cache: unknown run '$run'"; exit 2 ;;
     esac
 done
-for label in spill spillmap; do
+for label in spill spillmap resume memresume; do
     [ -e "$work/$label.safetensors" ] && [ -e "$work/memory.safetensors" ] || continue
     # the same tensors and metadata, but the saved config (its cache options differ)
     PYTHONPATH="$(dirname "$0")/../python" /usr/bin/python3 - "$work/memory.safetensors" \

@@ -40,6 +40,8 @@
 #include "cm_log.h"
 
 #include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdbool.h>
@@ -47,6 +49,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -70,6 +74,11 @@ struct cm_safetensors {
     unsigned char *arena; /* owns every tensor's data (cm_alloc_aligned) */
     json_t *metadata;     /* the __metadata__ object, or NULL */
     bool verified;        /* every checksum was present and matched */
+    /* Opened for streaming (cm_safetensors_open): no arena, the data stays in the file. */
+    int fd;              /* -1 otherwise */
+    char *path;          /* for messages */
+    uint64_t data_start; /* file offset of the data area */
+    uint64_t *begins;    /* [count] offsets of the tensors in the data area */
 };
 
 /* A tensor from the header, before its bytes are copied out of the file. */
@@ -391,36 +400,55 @@ static cm_status_t check_tiling(const char *path, const header_entry_t *entries,
     return CM_OK;
 }
 
-/* Parses, checks and verifies the whole file image `contents[0..size)` into `file`. */
-static cm_status_t parse_file(cm_safetensors_t *file, const char *path,
-                              const unsigned char *contents, size_t size) {
+/*
+ * Checks the 8-byte header length `header_bytes` of a file of `size` bytes (the data area is
+ * what follows the header).
+ */
+static cm_status_t check_header_length(const char *path, uint64_t header_bytes, uint64_t size) {
     if (size < HEADER_LENGTH_BYTES)
         return cm_fail(CM_ERR_FORMAT,
-                       "%s is %zu bytes, shorter than the 8-byte header length of a safetensors "
-                       "file",
+                       "%s is %" PRIu64 " bytes, shorter than the 8-byte header length of a "
+                       "safetensors file",
                        path, size);
-    uint64_t header_bytes = 0;
-    for (int byte = HEADER_LENGTH_BYTES - 1; byte >= 0; byte--)
-        header_bytes = header_bytes << 8 | contents[byte];
     if (header_bytes > MAX_HEADER_BYTES)
         return cm_fail(CM_ERR_FORMAT, "%s: header length %" PRIu64 " is absurd (limit %" PRIu64 ")",
                        path, header_bytes, MAX_HEADER_BYTES);
     if (header_bytes > size - HEADER_LENGTH_BYTES)
         return cm_fail(CM_ERR_FORMAT,
-                       "%s: header length %" PRIu64 " is larger than the %zu bytes after it", path,
-                       header_bytes, size - HEADER_LENGTH_BYTES);
-    const unsigned char *data_area = contents + HEADER_LENGTH_BYTES + header_bytes;
-    uint64_t data_bytes = size - HEADER_LENGTH_BYTES - header_bytes;
+                       "%s: header length %" PRIu64 " is larger than the %" PRIu64
+                       " bytes after it",
+                       path, header_bytes, size - HEADER_LENGTH_BYTES);
+    return CM_OK;
+}
 
+static uint64_t header_length(const unsigned char *bytes) {
+    uint64_t header_bytes = 0;
+    for (int byte = HEADER_LENGTH_BYTES - 1; byte >= 0; byte--)
+        header_bytes = header_bytes << 8 | bytes[byte];
+    return header_bytes;
+}
+
+/*
+ * Parses and checks the header JSON `json[0..header_bytes)` of a file whose data area has
+ * `data_bytes` bytes: every entry, the tiling, the checksum set and the metadata checksum
+ * (the tensors' checksums are checked as their bytes are read).  Sets file->metadata and
+ * file->verified; *entries (sorted by offset, the caller frees it) and *count.
+ */
+static cm_status_t parse_header(cm_safetensors_t *file, const char *path, const unsigned char *json,
+                                uint64_t header_bytes, uint64_t data_bytes,
+                                header_entry_t **entries_out, int *count_out) {
+    *entries_out = NULL;
+    *count_out = 0;
     json_error_t error;
-    json_t *root = json_loadb((const char *)contents + HEADER_LENGTH_BYTES, (size_t)header_bytes,
-                              JSON_REJECT_DUPLICATES, &error);
+    json_t *root =
+        json_loadb((const char *)json, (size_t)header_bytes, JSON_REJECT_DUPLICATES, &error);
     if (!root)
         return cm_fail(CM_ERR_FORMAT, "%s: header JSON is invalid at line %d, column %d: %s", path,
                        error.line, error.column, error.text);
 
     cm_status_t status = CM_OK;
     header_entry_t *entries = NULL;
+    int count = 0;
     if (!json_is_object(root)) {
         status =
             cm_fail(CM_ERR_FORMAT, "%s: header is %s, not a JSON object", path, json_kind(root));
@@ -443,7 +471,6 @@ static cm_status_t parse_file(cm_safetensors_t *file, const char *path,
         status = cm_fail(CM_ERR_NOMEM, "out of memory reading %s (%zu tensors)", path, entry_count);
         goto done;
     }
-    int count = 0;
     const char *name;
     json_t *entry;
     json_object_foreach(root, name, entry) {
@@ -456,7 +483,49 @@ static cm_status_t parse_file(cm_safetensors_t *file, const char *path,
     status = check_tiling(path, entries, count, data_bytes);
     if (status != CM_OK) goto done;
     status = check_checksum_set(file, path, root, entries, count);
-    if (status != CM_OK) goto done;
+
+done:
+    json_decref(root);
+    if (status != CM_OK) {
+        free(entries);
+        return status;
+    }
+    *entries_out = entries;
+    *count_out = count;
+    return CM_OK;
+}
+
+/* The CRC-32 the (verified) file records for tensor `name`. */
+static uint32_t recorded_crc32(const cm_safetensors_t *file, const char *name) {
+    char key[CHECKSUM_KEY_CAPACITY];
+    uint32_t stored = 0;
+    parse_checksum(json_string_value(json_object_get(file->metadata, checksum_key(key, name))),
+                   &stored); /* present and well-formed: check_checksum_set said so */
+    return stored;
+}
+
+static cm_status_t corrupt_tensor(const char *path, const char *name, uint32_t computed,
+                                  uint32_t stored) {
+    return cm_fail(CM_ERR_FORMAT,
+                   "%s: the data of tensor \"%s\" is corrupt: its CRC-32 is %08" PRIx32
+                   " but the file records %08" PRIx32
+                   " (the file was damaged after it was written)",
+                   path, name, computed, stored);
+}
+
+/* Parses, checks and verifies the whole file image `contents[0..size)` into `file`. */
+static cm_status_t parse_file(cm_safetensors_t *file, const char *path,
+                              const unsigned char *contents, size_t size) {
+    uint64_t header_bytes = size >= HEADER_LENGTH_BYTES ? header_length(contents) : 0;
+    cm_status_t status = check_header_length(path, header_bytes, size);
+    if (status != CM_OK) return status;
+    const unsigned char *data_area = contents + HEADER_LENGTH_BYTES + header_bytes;
+    uint64_t data_bytes = size - HEADER_LENGTH_BYTES - header_bytes;
+    header_entry_t *entries = NULL;
+    int count = 0;
+    status = parse_header(file, path, contents + HEADER_LENGTH_BYTES, header_bytes, data_bytes,
+                          &entries, &count);
+    if (status != CM_OK) return status;
 
     /* Each tensor gets its own 64-byte aligned slot in one arena. */
     uint64_t arena_bytes = 0;
@@ -476,18 +545,10 @@ static cm_status_t parse_file(cm_safetensors_t *file, const char *path,
         file->tensors[index].data = file->arena + slot;
         memcpy(file->arena + slot, data_area + entries[index].begin, (size_t)bytes);
         if (file->verified) {
-            char key[CHECKSUM_KEY_CAPACITY];
-            uint32_t stored = 0, computed = bytes_crc32(file->arena + slot, bytes);
-            parse_checksum(json_string_value(json_object_get(
-                               file->metadata, checksum_key(key, entries[index].tensor.name))),
-                           &stored); /* present and well-formed: check_checksum_set said so */
+            uint32_t computed = bytes_crc32(file->arena + slot, bytes),
+                     stored = recorded_crc32(file, entries[index].tensor.name);
             if (computed != stored) {
-                status =
-                    cm_fail(CM_ERR_FORMAT,
-                            "%s: the data of tensor \"%s\" is corrupt: its CRC-32 is %08" PRIx32
-                            " but the file records %08" PRIx32
-                            " (the file was damaged after it was written)",
-                            path, entries[index].tensor.name, computed, stored);
+                status = corrupt_tensor(path, entries[index].tensor.name, computed, stored);
                 goto done;
             }
         }
@@ -497,7 +558,6 @@ static cm_status_t parse_file(cm_safetensors_t *file, const char *path,
 
 done:
     free(entries);
-    json_decref(root);
     return status;
 }
 
@@ -506,6 +566,7 @@ cm_status_t cm_safetensors_parse(cm_safetensors_t **out, const uint8_t *contents
     *out = NULL;
     cm_safetensors_t *file = calloc(1, sizeof *file);
     if (!file) return cm_fail(CM_ERR_NOMEM, "out of memory reading %s", name);
+    file->fd = -1;
     cm_status_t status = parse_file(file, name, contents, size);
     if (status != CM_OK) {
         cm_safetensors_free(&file);
@@ -530,12 +591,128 @@ cm_status_t cm_safetensors_read(cm_safetensors_t **out, const char *path) {
     return status;
 }
 
+/* Reads exactly `size` bytes at `offset` of the open file (CM_ERR_IO / CM_ERR_FORMAT). */
+static cm_status_t read_at(int fd, const char *path, void *buffer, size_t size, uint64_t offset) {
+    unsigned char *bytes = buffer;
+    while (size > 0) {
+        ssize_t got = pread(fd, bytes, size, (off_t)offset);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return cm_fail(CM_ERR_IO, "cannot read %s: %s", path, strerror(errno));
+        if (got == 0)
+            return cm_fail(CM_ERR_FORMAT,
+                           "%s ended at byte %" PRIu64 " (it shrank while it was read)", path,
+                           offset);
+        bytes += got;
+        size -= (size_t)got;
+        offset += (uint64_t)got;
+    }
+    return CM_OK;
+}
+
+cm_status_t cm_safetensors_open(cm_safetensors_t **out, const char *path) {
+    *out = NULL;
+    cm_safetensors_t *file = calloc(1, sizeof *file);
+    if (!file) return cm_fail(CM_ERR_NOMEM, "out of memory reading %s", path);
+    file->fd = -1;
+    unsigned char *json = NULL;
+    header_entry_t *entries = NULL;
+    int count = 0;
+    cm_status_t status = CM_OK;
+    struct stat info;
+    if (!(file->path = strdup(path))) {
+        status = cm_fail(CM_ERR_NOMEM, "out of memory reading %s", path);
+        goto done;
+    }
+    if ((file->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(file->fd, &info) != 0) {
+        status = cm_fail(errno == ENOENT ? CM_ERR_NOT_FOUND : CM_ERR_IO, "cannot read %s: %s", path,
+                         strerror(errno));
+        goto done;
+    }
+    uint64_t size = (uint64_t)info.st_size;
+    unsigned char length[HEADER_LENGTH_BYTES] = {0};
+    if (size >= HEADER_LENGTH_BYTES &&
+        (status = read_at(file->fd, path, length, sizeof length, 0)) != CM_OK)
+        goto done;
+    uint64_t header_bytes = header_length(length);
+    if ((status = check_header_length(path, header_bytes, size)) != CM_OK) goto done;
+    if (!(json = malloc(header_bytes ? (size_t)header_bytes : 1))) {
+        status = cm_fail(CM_ERR_NOMEM, "out of memory reading the header of %s", path);
+        goto done;
+    }
+    if ((status = read_at(file->fd, path, json, (size_t)header_bytes, HEADER_LENGTH_BYTES)))
+        goto done;
+    file->data_start = HEADER_LENGTH_BYTES + header_bytes;
+    status =
+        parse_header(file, path, json, header_bytes, size - file->data_start, &entries, &count);
+    if (status != CM_OK) goto done;
+    file->tensors = calloc(count ? (size_t)count : 1, sizeof *file->tensors);
+    file->begins = calloc(count ? (size_t)count : 1, sizeof *file->begins);
+    if (!file->tensors || !file->begins) {
+        status = cm_fail(CM_ERR_NOMEM, "out of memory reading %s", path);
+        goto done;
+    }
+    for (int index = 0; index < count; index++) {
+        file->tensors[index] = entries[index].tensor; /* data stays NULL */
+        file->begins[index] = entries[index].begin;
+    }
+    file->count = count;
+    /* One pass from start to end, mostly: tell the kernel to read ahead. */
+    posix_fadvise(file->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+done:
+    free(json);
+    free(entries);
+    if (status != CM_OK) {
+        cm_safetensors_free(&file);
+        return status;
+    }
+    if (!file->verified)
+        cm_log_warn("%s carries no checksums (another program or an older committee wrote it), "
+                    "so its data is loaded without being verified",
+                    path);
+    *out = file;
+    return CM_OK;
+}
+
+void cm_safetensors_reader_start(const cm_safetensors_t *file, const cm_tensor_t *tensor,
+                                 cm_safetensors_reader_t *reader) {
+    memset(reader, 0, sizeof *reader);
+    reader->file = file;
+    reader->index = (int)(tensor - file->tensors);
+    reader->total = cm_tensor_bytes(tensor);
+    reader->crc = (uint32_t)crc32_z(0L, Z_NULL, 0);
+}
+
+cm_status_t cm_safetensors_reader_read(cm_safetensors_reader_t *reader, void *buffer,
+                                       size_t bytes) {
+    const cm_safetensors_t *file = reader->file;
+    const cm_tensor_t *tensor = &file->tensors[reader->index];
+    if (file->fd < 0 || bytes > reader->total - reader->done)
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "%s: reading %zu bytes of tensor \"%s\" at byte %zu of its %zu", file->path,
+                       bytes, tensor->name, reader->done, reader->total);
+    cm_status_t status =
+        read_at(file->fd, file->path, buffer, bytes,
+                file->data_start + file->begins[reader->index] + (uint64_t)reader->done);
+    if (status != CM_OK) return status;
+    if (bytes > 0) reader->crc = (uint32_t)crc32_z(reader->crc, buffer, (z_size_t)bytes);
+    reader->done += bytes;
+    if (reader->done == reader->total && file->verified) {
+        uint32_t stored = recorded_crc32(file, tensor->name);
+        if (reader->crc != stored)
+            return corrupt_tensor(file->path, tensor->name, reader->crc, stored);
+    }
+    return CM_OK;
+}
+
 int cm_safetensors_verified(const cm_safetensors_t *file) { return file->verified; }
 
 void cm_safetensors_free(cm_safetensors_t **file) {
     if (!file || !*file) return;
     free((*file)->tensors);
     cm_free_aligned((*file)->arena);
+    if ((*file)->fd >= 0) close((*file)->fd);
+    free((*file)->path);
+    free((*file)->begins);
     json_decref((*file)->metadata);
     free(*file);
     *file = NULL;

@@ -50,6 +50,33 @@ cm_status_t cm_safetensors_parse(cm_safetensors_t **out, const uint8_t *contents
                                  const char *name);
 
 /*
+ * Opens a file for streaming: reads, validates and verifies its header as cm_safetensors_read
+ * does (the tiling against the file's size, the metadata checksum), but not its data, which
+ * stays in the file: the tensors' `data` is NULL; read them with a reader (below).  Logs the
+ * same warning for a file with no checksums.  The file stays open until cm_safetensors_free.
+ */
+cm_status_t cm_safetensors_open(cm_safetensors_t **out, const char *path);
+
+/*
+ * Sequential reads of one tensor of an opened file (a tensor cm_safetensors_find or
+ * cm_safetensors_tensor gave), in pieces of any size, with no copy of
+ * the whole tensor in memory.  The read that completes the tensor checks its CRC-32: a
+ * mismatch is CM_ERR_FORMAT naming the file and the tensor, and the caller must then discard
+ * every byte the reader gave it.
+ */
+typedef struct {
+    const cm_safetensors_t *file;
+    int index;
+    size_t total, done; /* bytes of the tensor, and read so far */
+    uint32_t crc;       /* of the bytes read so far */
+} cm_safetensors_reader_t;
+
+void cm_safetensors_reader_start(const cm_safetensors_t *file, const cm_tensor_t *tensor,
+                                 cm_safetensors_reader_t *reader);
+/* The next `bytes` of the tensor (CM_ERR_INVALID_ARG past its end, CM_ERR_IO on a read error). */
+cm_status_t cm_safetensors_reader_read(cm_safetensors_reader_t *reader, void *buffer, size_t bytes);
+
+/*
  * 1 when the file carried the checksums of all its tensors and its metadata
  * and they all matched (also for a file of no tensors and no metadata); 0
  * when it had none and its data could not be verified.

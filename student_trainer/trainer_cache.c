@@ -68,6 +68,8 @@ struct trainer_cache {
     off_t spill_size;   /* bytes reserved in it */
     uint8_t *scratch;   /* a row in the storage dtype (conversions) */
     size_t scratch_bytes;
+    size_t load_peak;    /* the largest buffers a load of a saved cache held at once */
+    size_t load_reserve; /* of the bound, kept for those buffers (a row of any output) */
     cache_teacher_t teacher[MAX_CACHE_TEACHERS];
 };
 
@@ -109,6 +111,7 @@ cm_status_t trainer_cache_configure(trainer_cache_t *cache, const trainer_cache_
         snprintf(cache->spill_dir, sizeof cache->spill_dir, "%s", config->spill_dir);
     cache->config.spill_dir = cache->spill_dir;
     cache->budget_left = config->memory_bytes ? config->memory_bytes : SIZE_MAX;
+    cache->load_reserve = 0;
     return CM_OK;
 }
 
@@ -296,6 +299,16 @@ static cm_status_t add_output(trainer_cache_t *cache, int teacher, int output, i
     size_t region = examples * entry->row_bytes;
     entry->map_bytes = round_up(region ? region : 1, page);
     size_t mask = examples ? examples : 1;
+    /* A load of a saved cache streams through buffers of at least one row (in the file's
+     * dtype, F32 at most, plus its mask byte and a row of floats to convert it): under a bound,
+     * that much of it stays free for them. */
+    size_t reserve = 2 * sizeof(float) * (size_t)width + 1;
+    if (cache->budget_left != SIZE_MAX && reserve > cache->load_reserve) {
+        size_t taken = reserve - cache->load_reserve;
+        if (taken > cache->budget_left) taken = cache->budget_left;
+        cache->budget_left -= taken;
+        cache->load_reserve += taken;
+    }
     size_t available = cache->budget_left > mask ? cache->budget_left - mask : 0;
     entry->hot_bytes = region;
     int pool_rows = 0;
@@ -316,6 +329,14 @@ static cm_status_t add_output(trainer_cache_t *cache, int teacher, int output, i
             break;
         }
         default:
+            if (cache->config.no_teachers)
+                return cm_fail(CM_ERR_NOMEM,
+                               "the teacher cache needs %.2f MB for '%s' of teacher '%s' (%d x %d "
+                               "%s) and has %.2f MB of --cache-memory left; give --cache-spill "
+                               "DIR to spill the rest to a file in DIR",
+                               (double)(region + mask) / 1048576.0, output_names[output],
+                               owner->name, cache->examples, width, type,
+                               (double)(cache->budget_left) / 1048576.0);
             return cm_fail(CM_ERR_NOMEM,
                            "the teacher cache needs %.2f MB for '%s' of teacher '%s' (%d x %d %s) "
                            "and has %.2f MB of --cache-memory left; give --cache-spill DIR to "
@@ -391,27 +412,33 @@ float *trainer_cache_row(trainer_cache_t *cache, int teacher, int output, int id
     return (float *)(void *)(entry->base + (size_t)id * entry->row_bytes);
 }
 
+/* Stores the `rows` rows from `id` on (none of them transient), already in the storage dtype:
+ * what lies below hot_bytes by memcpy, the rest with one pwrite. */
+static cm_status_t put_range(trainer_cache_t *cache, cache_output_t *entry, int id, int rows,
+                             const uint8_t *bytes) {
+    size_t offset = (size_t)id * entry->row_bytes, size = (size_t)rows * entry->row_bytes;
+    size_t in_memory = offset < entry->hot_bytes ? entry->hot_bytes - offset : 0;
+    if (in_memory > size) in_memory = size;
+    memcpy(entry->base + offset, bytes, in_memory);
+    if (in_memory < size) {
+        cm_status_t status =
+            spill_write(cache, bytes + in_memory, size - in_memory,
+                        entry->file_offset + (off_t)(offset + in_memory - entry->hot_bytes));
+        if (status != CM_OK) return status;
+    }
+    memset(entry->has + id, 1, (size_t)rows);
+    return CM_OK;
+}
+
 /* Stores a row already in the storage dtype. */
 static cm_status_t put_bytes(trainer_cache_t *cache, cache_output_t *entry, int id,
                              const uint8_t *bytes) {
-    size_t offset = (size_t)id * entry->row_bytes, size = entry->row_bytes;
-    if (is_transient(entry, id)) {
-        uint8_t *row = pool_take(entry, id);
-        if (!row)
-            return cm_fail(CM_ERR_INTERNAL, "the teacher cache's %d rows in flight are all taken",
-                           entry->pool_rows);
-        memcpy(row, bytes, size);
-    } else {
-        size_t in_memory = offset < entry->hot_bytes ? entry->hot_bytes - offset : 0;
-        if (in_memory > size) in_memory = size;
-        memcpy(entry->base + offset, bytes, in_memory);
-        if (in_memory < size) {
-            cm_status_t status =
-                spill_write(cache, bytes + in_memory, size - in_memory,
-                            entry->file_offset + (off_t)(offset + in_memory - entry->hot_bytes));
-            if (status != CM_OK) return status;
-        }
-    }
+    if (!is_transient(entry, id)) return put_range(cache, entry, id, 1, bytes);
+    uint8_t *row = pool_take(entry, id);
+    if (!row)
+        return cm_fail(CM_ERR_INTERNAL, "the teacher cache's %d rows in flight are all taken",
+                       entry->pool_rows);
+    memcpy(row, bytes, entry->row_bytes);
     entry->has[id] = 1;
     return CM_OK;
 }
@@ -499,6 +526,10 @@ size_t trainer_cache_resident_bytes(const trainer_cache_t *cache) {
 
 size_t trainer_cache_spilled_bytes(const trainer_cache_t *cache) {
     return (size_t)cache->spill_size;
+}
+
+size_t trainer_cache_peak_bytes(const trainer_cache_t *cache) {
+    return trainer_cache_resident_bytes(cache) + cache->load_peak;
 }
 
 cm_status_t trainer_cache_merge(trainer_cache_t *cache, const trainer_cache_t *source) {
@@ -610,11 +641,13 @@ done:
     return status;
 }
 
-cm_status_t trainer_cache_load(const char *path, const char *fingerprint, trainer_cache_t **out) {
-    *out = NULL;
+/* ---------------------------------------------------------------- loading a saved cache */
+
+/* Opens a saved cache (its header only) and checks its kind, fingerprint and shapes. */
+static cm_status_t open_saved(const char *path, const char *fingerprint, cm_safetensors_t **out,
+                              int *teachers_out, int *examples_out) {
     cm_safetensors_t *file = NULL;
-    trainer_cache_t *cache = NULL;
-    cm_status_t status = cm_safetensors_read(&file, path);
+    cm_status_t status = cm_safetensors_open(&file, path);
     if (status != CM_OK) return status;
     const char *kind = cm_safetensors_metadata(file, "kind");
     const char *stored_fingerprint = cm_safetensors_metadata(file, "fingerprint");
@@ -635,57 +668,200 @@ cm_status_t trainer_cache_load(const char *path, const char *fingerprint, traine
     for (int index = 0; index < cm_safetensors_count(file); index++) {
         const cm_tensor_t *tensor = cm_safetensors_tensor(file, index);
         if (examples < 0) examples = (int)tensor->shape[0];
-        if (tensor->ndim < 1 || tensor->shape[0] != examples) {
+        if (tensor->ndim < 1 || tensor->shape[0] != examples || tensor->shape[0] > INT32_MAX) {
             status = cm_fail(CM_ERR_FORMAT, "%s: tensor '%s' does not cover %d examples", path,
                              tensor->name, examples);
             goto fail;
         }
     }
-    status = trainer_cache_new(teachers, examples < 0 ? 0 : examples, &cache);
-    if (status != CM_OK) goto fail;
     for (int teacher = 0; teacher < teachers; teacher++) {
         char key[32];
         snprintf(key, sizeof key, "teacher.%d.name", teacher);
-        const char *name = cm_safetensors_metadata(file, key);
-        snprintf(key, sizeof key, "teacher.%d.sha256", teacher);
-        const char *sha256 = cm_safetensors_metadata(file, key);
-        if (!name) {
+        if (!cm_safetensors_metadata(file, key)) {
             status =
                 cm_fail(CM_ERR_FORMAT, "%s: metadata lacks the name of teacher %d", path, teacher);
             goto fail;
         }
-        trainer_cache_set_teacher(cache, teacher, name, sha256);
-        snprintf(key, sizeof key, "teacher.%d.tokens", teacher);
-        const char *tokens = cm_safetensors_metadata(file, key);
-        trainer_cache_set_tokens(cache, teacher, tokens ? atoi(tokens) : 1);
-        for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
-            char tensor_name[160];
-            snprintf(tensor_name, sizeof tensor_name, "%s/%s", name, output_names[output]);
-            const cm_tensor_t *values = cm_safetensors_find(file, tensor_name);
-            snprintf(tensor_name, sizeof tensor_name, "%s/%s.has", name, output_names[output]);
-            const cm_tensor_t *has = cm_safetensors_find(file, tensor_name);
-            if (!values && !has) continue;
-            if (!values || !has ||
-                (values->dtype != CM_DTYPE_F32 && values->dtype != CM_DTYPE_F16 &&
-                 values->dtype != CM_DTYPE_BF16) ||
-                values->ndim != 2 || values->shape[1] < 1 || has->dtype != CM_DTYPE_U8 ||
-                has->ndim != 1) {
-                status = cm_fail(CM_ERR_FORMAT, "%s: output '%s' of teacher '%s' is malformed",
-                                 path, output_names[output], name);
-                goto fail;
-            }
-            status = add_output(cache, teacher, output, (int)values->shape[1], values->dtype);
-            if (status != CM_OK) goto fail;
-            cache_output_t *entry = &cache->teacher[teacher].output[output];
-            memcpy(entry->base, values->data, (size_t)cache->examples * entry->row_bytes);
-            memcpy(entry->has, has->data, (size_t)cache->examples);
-        }
     }
+    *out = file;
+    *teachers_out = teachers;
+    *examples_out = examples < 0 ? 0 : examples;
+    return CM_OK;
+fail:
+    cm_safetensors_free(&file);
+    return status;
+}
+
+static const char *saved_teacher(const cm_safetensors_t *file, int teacher, const char *what) {
+    char key[32];
+    snprintf(key, sizeof key, "teacher.%d.%s", teacher, what);
+    return cm_safetensors_metadata(file, key);
+}
+
+/* The values and mask of `output` of teacher `name` in the file (both NULL: not saved). */
+static cm_status_t find_output(const cm_safetensors_t *file, const char *path, const char *name,
+                               int output, const cm_tensor_t **values_out,
+                               const cm_tensor_t **has_out) {
+    char tensor_name[160];
+    snprintf(tensor_name, sizeof tensor_name, "%s/%s", name, output_names[output]);
+    const cm_tensor_t *values = cm_safetensors_find(file, tensor_name);
+    snprintf(tensor_name, sizeof tensor_name, "%s/%s.has", name, output_names[output]);
+    const cm_tensor_t *has = cm_safetensors_find(file, tensor_name);
+    *values_out = *has_out = NULL;
+    if (!values && !has) return CM_OK;
+    if (!values || !has ||
+        (values->dtype != CM_DTYPE_F32 && values->dtype != CM_DTYPE_F16 &&
+         values->dtype != CM_DTYPE_BF16) ||
+        values->ndim != 2 || values->shape[1] < 1 || values->shape[1] > INT32_MAX ||
+        has->dtype != CM_DTYPE_U8 || has->ndim != 1)
+        return cm_fail(CM_ERR_FORMAT, "%s: output '%s' of teacher '%s' is malformed", path,
+                       output_names[output], name);
+    *values_out = values;
+    *has_out = has;
+    return CM_OK;
+}
+
+/* One saved row in the file's dtype, widened to floats. */
+static void widen_row(float *values, const uint8_t *bytes, cm_dtype_t dtype, int width) {
+    if (dtype == CM_DTYPE_F32)
+        memcpy(values, bytes, sizeof(float) * (size_t)width);
+    else if (dtype == CM_DTYPE_F16)
+        cm_wire_f16_to_f32(values, bytes, (size_t)width);
+    else
+        cm_wire_bf16_to_f32(values, bytes, (size_t)width);
+}
+
+enum { LOAD_CHUNK_MAX = 1 << 20 };
+
+/*
+ * Streams the rows the file holds for `output` of `teacher` (values and mask, same width)
+ * into the cache, a chunk of rows at a time: the buffers take what the bound leaves (at least
+ * one row, at most LOAD_CHUNK_MAX), so at no time is more of the file in anonymous memory.
+ * Rows the file lacks are left as they are; transient rows (ask-again beyond the bound) are
+ * skipped, so the teachers are asked for them again.  Rows in the storage dtype go in runs
+ * (one memcpy / pwrite per run of present rows); others are converted row by row.
+ */
+static cm_status_t stream_rows(trainer_cache_t *cache, int teacher, int output,
+                               const cm_safetensors_t *file, const cm_tensor_t *values,
+                               const cm_tensor_t *has) {
+    cache_output_t *entry = &cache->teacher[teacher].output[output];
+    int width = entry->width, examples = cache->examples;
+    cm_dtype_t source = values->dtype;
+    int same = source == entry->dtype;
+    size_t source_row = (size_t)width * cm_dtype_size(source);
+    size_t extra = same ? 0 : sizeof(float) * (size_t)width;
+    size_t budget =
+        cache->budget_left == SIZE_MAX ? LOAD_CHUNK_MAX : cache->budget_left + cache->load_reserve;
+    if (budget > LOAD_CHUNK_MAX) budget = LOAD_CHUNK_MAX;
+    size_t rows = budget > extra ? (budget - extra) / (source_row + 1) : 0;
+    if (rows < 1) rows = 1;
+    if (rows > (size_t)examples) rows = examples ? (size_t)examples : 1;
+    uint8_t *mask = malloc(rows), *bytes = malloc(rows * source_row);
+    float *floats = same ? NULL : malloc(extra);
+    cm_status_t status = CM_OK;
+    if (!mask || !bytes || (!same && !floats)) {
+        status = cm_fail(CM_ERR_NOMEM, "out of memory loading the teacher cache");
+        goto done;
+    }
+    size_t held = rows * (source_row + 1) + extra;
+    if (held > cache->load_peak) cache->load_peak = held;
+    cm_safetensors_reader_t value_reader, mask_reader;
+    cm_safetensors_reader_start(file, values, &value_reader);
+    cm_safetensors_reader_start(file, has, &mask_reader);
+    for (int first = 0; first < examples && status == CM_OK;) {
+        int count = examples - first < (int)rows ? examples - first : (int)rows;
+        if ((status = cm_safetensors_reader_read(&mask_reader, mask, (size_t)count)) != CM_OK ||
+            (status = cm_safetensors_reader_read(&value_reader, bytes,
+                                                 (size_t)count * source_row)) != CM_OK)
+            break;
+        for (int row = 0; row < count && status == CM_OK;) {
+            int id = first + row;
+            if (!mask[row] || is_transient(entry, id)) {
+                row++;
+                continue;
+            }
+            if (!same) {
+                widen_row(floats, bytes + (size_t)row * source_row, source, width);
+                status = trainer_cache_put(cache, teacher, output, id, floats);
+                row++;
+                continue;
+            }
+            int run = 1;
+            while (row + run < count && mask[row + run] && !is_transient(entry, id + run)) run++;
+            status = put_range(cache, entry, id, run, bytes + (size_t)row * source_row);
+            row += run;
+        }
+        first += count;
+    }
+done:
+    free(mask);
+    free(bytes);
+    free(floats);
+    return status;
+}
+
+cm_status_t trainer_cache_load(const char *path, const char *fingerprint,
+                               const trainer_cache_config_t *config, trainer_cache_t **out) {
+    *out = NULL;
+    cm_safetensors_t *file = NULL;
+    trainer_cache_t *cache = NULL;
+    int teachers = 0, examples = 0;
+    cm_status_t status = open_saved(path, fingerprint, &file, &teachers, &examples);
+    if (status != CM_OK) return status;
+    if ((status = trainer_cache_new(teachers, examples, &cache)) != CM_OK) goto fail;
+    if (config && (status = trainer_cache_configure(cache, config)) != CM_OK) goto fail;
+    /* Every output takes its place under the bound first, then the rows stream in. */
+    for (int pass = 0; pass < 2; pass++)
+        for (int teacher = 0; teacher < teachers; teacher++) {
+            const char *name = saved_teacher(file, teacher, "name");
+            if (pass == 0) {
+                trainer_cache_set_teacher(cache, teacher, name,
+                                          saved_teacher(file, teacher, "sha256"));
+                const char *tokens = saved_teacher(file, teacher, "tokens");
+                trainer_cache_set_tokens(cache, teacher, tokens ? atoi(tokens) : 1);
+            }
+            for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
+                const cm_tensor_t *values, *has;
+                if ((status = find_output(file, path, name, output, &values, &has)) != CM_OK)
+                    goto fail;
+                if (!values) continue;
+                status = pass == 0 ? add_output(cache, teacher, output, (int)values->shape[1],
+                                                values->dtype)
+                                   : stream_rows(cache, teacher, output, file, values, has);
+                if (status != CM_OK) goto fail;
+            }
+        }
     cm_safetensors_free(&file);
     *out = cache;
     return CM_OK;
 fail:
     trainer_cache_free(&cache);
     cm_safetensors_free(&file);
+    return status;
+}
+
+cm_status_t trainer_cache_merge_file(trainer_cache_t *cache, const char *path,
+                                     const char *fingerprint, int *same) {
+    *same = 0;
+    cm_safetensors_t *file = NULL;
+    int teachers = 0, examples = 0;
+    cm_status_t status = open_saved(path, fingerprint, &file, &teachers, &examples);
+    if (status != CM_OK) return status;
+    int matches = teachers == cache->teachers && examples == cache->examples;
+    for (int teacher = 0; matches && teacher < teachers; teacher++) {
+        const char *sha256 = saved_teacher(file, teacher, "sha256");
+        matches = !strcmp(saved_teacher(file, teacher, "name"), cache->teacher[teacher].name) &&
+                  !strcmp(sha256 ? sha256 : "", cache->teacher[teacher].sha256);
+    }
+    for (int teacher = 0; matches && teacher < teachers && status == CM_OK; teacher++)
+        for (int output = 0; output < TRAINER_OUTPUT_COUNT && status == CM_OK; output++) {
+            const cm_tensor_t *values, *has;
+            status = find_output(file, path, cache->teacher[teacher].name, output, &values, &has);
+            int width = cache->teacher[teacher].output[output].width;
+            if (status == CM_OK && values && width && width == values->shape[1])
+                status = stream_rows(cache, teacher, output, file, values, has);
+        }
+    cm_safetensors_free(&file);
+    *same = matches;
     return status;
 }

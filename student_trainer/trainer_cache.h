@@ -60,6 +60,7 @@ typedef struct {
     cm_dtype_t dtype;      /* storage: CM_DTYPE_F32, F16 or BF16 */
     int in_flight;         /* ask-again: rows a feed may hold in flight (window x batch) */
     int map_reads;         /* spilled rows are read through the mapping, not with pread */
+    int no_teachers;       /* replay: nothing can be asked again (the sentences say so) */
 } trainer_cache_config_t;
 
 /* Sets the bound, spill and storage of outputs added from now on. */
@@ -107,6 +108,10 @@ int trainer_cache_transient(const trainer_cache_t *cache, int teacher, int outpu
 /* Bytes of values and masks in anonymous memory, and in the spill file. */
 size_t trainer_cache_resident_bytes(const trainer_cache_t *cache);
 size_t trainer_cache_spilled_bytes(const trainer_cache_t *cache);
+/* The most anonymous memory the cache held: its resident bytes plus the largest buffers a
+ * load of a saved cache (trainer_cache_load, _merge_file) used; within --cache-memory unless
+ * a single row does not fit in what the bound leaves. */
+size_t trainer_cache_peak_bytes(const trainer_cache_t *cache);
 
 /* Whether the row of `id` holds a teacher answer, and marking/forgetting it (forgetting a
  * transient row frees its place in the pool). */
@@ -126,9 +131,25 @@ cm_status_t trainer_cache_save(const trainer_cache_t *cache, const char *path,
 /*
  * Loads a saved cache.  With `fingerprint` not NULL the file must have been recorded on that
  * dataset (CM_ERR_MISMATCH naming both otherwise).  Teacher names and hashes come from the
- * file; see trainer_cache_teacher_name / _sha256.
+ * file; see trainer_cache_teacher_name / _sha256.  `config` (NULL: unbounded) bounds it as
+ * trainer_cache_configure does, the storage dtype staying the file's: the rows stream from
+ * the file (a few rows at a time, never the whole file in memory) into memory up to the bound
+ * and then into the spill file, or are left out (ask-again; asked again by whoever trains), or
+ * the load fails with the sentence of trainer_cache_add_output.  A damaged file is
+ * CM_ERR_FORMAT naming the array (checked as it streams) and no cache.
  */
-cm_status_t trainer_cache_load(const char *path, const char *fingerprint, trainer_cache_t **out);
+cm_status_t trainer_cache_load(const char *path, const char *fingerprint,
+                               const trainer_cache_config_t *config, trainer_cache_t **out);
+
+/*
+ * Streams into `cache` the rows a saved cache holds, as trainer_cache_merge does from a cache
+ * in memory, if the file was saved by the same teachers (names and hashes, in order) over as
+ * many examples (*same = 1); otherwise *same = 0 and nothing is read.  Within the bound the
+ * same way as trainer_cache_load.  On a damaged file (CM_ERR_FORMAT) some rows may have been
+ * stored: the caller must not use the cache.
+ */
+cm_status_t trainer_cache_merge_file(trainer_cache_t *cache, const char *path,
+                                     const char *fingerprint, int *same);
 
 /*
  * Copies into `cache` every row that `source` holds for an output both have with the same

@@ -756,10 +756,14 @@ static cm_status_t write_metrics(run_t *run, int epoch, long distinct, double se
         fprintf(run->metrics, "\"test_accuracy\":%.6f,\"test_loss\":%.6f,",
                 run->test_score.accuracy, run->test_score.loss);
     }
-    fprintf(run->metrics,
-            "\"seconds\":%.3f,\"examples_per_second\":%.1f,\"wait_seconds\":%.3f,"
-            "\"teachers\":{",
+    fprintf(run->metrics, "\"seconds\":%.3f,\"examples_per_second\":%.1f,\"wait_seconds\":%.3f,",
             seconds, seconds > 0 ? (double)run->epoch_examples / seconds : 0.0, run->wait_seconds);
+    /* The teacher cache's anonymous memory: now, and at most (loading a saved cache too). */
+    fprintf(run->metrics,
+            "\"cache\":{\"memory_bytes\":%zu,\"peak_memory_bytes\":%zu,\"spilled_bytes\":%zu},"
+            "\"teachers\":{",
+            trainer_cache_resident_bytes(run->cache), trainer_cache_peak_bytes(run->cache),
+            trainer_cache_spilled_bytes(run->cache));
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
         trainer_teacher_stats_t none = {0};
         const trainer_teacher_stats_t *stats =
@@ -1094,10 +1098,10 @@ static cm_status_t load_curve_keys(run_t *run, trainer_teacher_address_t *addres
 }
 
 /* --cache-memory, --cache-spill and --cache-dtype (checked when parsed). */
-static cm_status_t configure_cache(run_t *run) {
+static trainer_cache_config_t cache_config(const run_t *run) {
     const train_options_t *options = &run->options;
     const char *spill = options->cache_spill;
-    trainer_cache_config_t config = {
+    return (trainer_cache_config_t){
         .memory_bytes = (size_t)((double)options->cache_memory * 1048576.0),
         .spill = !spill                        ? TRAINER_SPILL_NONE
                  : !strcmp(spill, "ask-again") ? TRAINER_SPILL_ASK_AGAIN
@@ -1106,8 +1110,28 @@ static cm_status_t configure_cache(run_t *run) {
         .dtype = cm_dtype_parse(options->cache_dtype),
         .in_flight = (options->window + 1) * options->batch,
         .map_reads = !strcmp(options->cache_spill_reads, "map"),
+        .no_teachers = run->replay,
     };
+}
+
+static cm_status_t configure_cache(run_t *run) {
+    trainer_cache_config_t config = cache_config(run);
     return trainer_cache_configure(run->cache, &config);
+}
+
+/* The cache's bound and where it stands, once it is set up (and loaded). */
+static void log_cache(const run_t *run, const char *loaded) {
+    const train_options_t *options = &run->options;
+    if (!(options->cache_memory > 0) || !run->cache) return;
+    cm_log_info("teacher cache%s: %.2f MB in memory (--cache-memory %g; at most %.2f MB held), "
+                "%.2f MB in a spill file in %s",
+                loaded, (double)trainer_cache_resident_bytes(run->cache) / 1048576.0,
+                (double)options->cache_memory,
+                (double)trainer_cache_peak_bytes(run->cache) / 1048576.0,
+                (double)trainer_cache_spilled_bytes(run->cache) / 1048576.0,
+                options->cache_spill && strcmp(options->cache_spill, "ask-again")
+                    ? options->cache_spill
+                    : "no directory (what does not fit is asked again)");
 }
 
 static cm_status_t set_up_teachers(run_t *run) {
@@ -1117,7 +1141,11 @@ static cm_status_t set_up_teachers(run_t *run) {
     cm_status_t status;
     if (run->replay) {
         if (!options->record) return cm_fail(CM_ERR_INVALID_ARG, "replay needs --record FILE");
-        status = trainer_cache_load(options->record, run->dataset->fingerprint, &run->cache);
+        /* Bounded as training is: the rows stream from the record into memory up to
+         * --cache-memory and into the spill file beyond it. */
+        trainer_cache_config_t config = cache_config(run);
+        status =
+            trainer_cache_load(options->record, run->dataset->fingerprint, &config, &run->cache);
         if (status != CM_OK) return status;
         if (trainer_cache_examples(run->cache) != rows)
             return cm_fail(CM_ERR_MISMATCH,
@@ -1370,18 +1398,13 @@ static cm_status_t load_cache_file(run_t *run, const char *path) {
     if (!strcmp(path, "memory") || !strcmp(path, "off") || !run->committee ||
         access(path, F_OK) != 0)
         return CM_OK;
-    trainer_cache_t *stored = NULL;
-    cm_status_t status = trainer_cache_load(path, run->dataset->fingerprint, &stored);
+    /* Streamed into the run's cache, so its bound holds while loading: rows beyond
+     * --cache-memory go to the spill file, or are asked again. */
+    int same = 0;
+    cm_status_t status =
+        trainer_cache_merge_file(run->cache, path, run->dataset->fingerprint, &same);
     if (status != CM_OK) return status;
-    int same = trainer_cache_teachers(stored) == run->teacher_count &&
-               trainer_cache_examples(stored) == trainer_cache_examples(run->cache);
-    for (int teacher = 0; same && teacher < run->teacher_count; teacher++)
-        same = !strcmp(trainer_cache_teacher_name(stored, teacher), run->teacher_names[teacher]) &&
-               !strcmp(trainer_cache_teacher_sha256(stored, teacher), run->teacher_sha256[teacher]);
-    if (same && (status = trainer_cache_merge(run->cache, stored)) == CM_OK)
-        cm_log_info("reusing cached teacher outputs from %s", path);
-    trainer_cache_free(&stored);
-    if (status != CM_OK) return status;
+    if (same) cm_log_info("reusing cached teacher outputs from %s", path);
     if (!same)
         return cm_fail(CM_ERR_MISMATCH,
                        "cache %s was recorded with another committee or data; "
@@ -1471,15 +1494,7 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         return status;
     if ((status = set_up_method(run)) != CM_OK) return status;
     if ((status = prepare_outputs(run)) != CM_OK) return status;
-    if (run->committee && options->cache_memory > 0)
-        cm_log_info("teacher cache: %.2f MB in memory (--cache-memory %g), %.2f MB in a spill file "
-                    "in %s",
-                    (double)trainer_cache_resident_bytes(run->cache) / 1048576.0,
-                    (double)options->cache_memory,
-                    (double)trainer_cache_spilled_bytes(run->cache) / 1048576.0,
-                    options->cache_spill && strcmp(options->cache_spill, "ask-again")
-                        ? options->cache_spill
-                        : "no directory (what does not fit is asked again)");
+    if (run->committee || run->replay) log_cache(run, "");
     if ((status = load_cache_file(run, options->cache)) != CM_OK) return status;
     if ((status = allocate_buffers(run)) != CM_OK) return status;
     if ((status = set_up_feed(run)) != CM_OK) return status;
@@ -1502,6 +1517,10 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
         snprintf(cache_path, sizeof cache_path, "%s.cache", run->state_path);
         if ((status = load_cache_file(run, cache_path)) != CM_OK) return status;
     }
+    if (run->committee &&
+        (options->resume || (strcmp(options->cache, "memory") && strcmp(options->cache, "off") &&
+                             access(options->cache, F_OK) == 0)))
+        log_cache(run, " after loading");
     register_metrics(run);
     if (options->metrics) {
         run->metrics = fopen(options->metrics, options->resume ? "a" : "w");
@@ -1560,7 +1579,7 @@ static cm_status_t train(run_t *run, int *was_interrupted) {
 }
 
 /* Usage errors of --cache-memory, --cache-spill and --cache-dtype. */
-static cm_status_t check_cache_options(train_options_t *options) {
+static cm_status_t check_cache_options(train_options_t *options, int replay) {
     struct stat info;
     const char *spill = options->cache_spill;
     if (!(options->cache_memory >= 0) || options->cache_memory > 1e9f)
@@ -1581,6 +1600,10 @@ static cm_status_t check_cache_options(train_options_t *options) {
         return cm_fail(CM_ERR_INVALID_ARG, "--cache-spill-reads must be pread or map, not '%s'",
                        options->cache_spill_reads);
     if (spill && !spill[0]) options->cache_spill = spill = NULL; /* an empty environment value */
+    if (replay && spill && !strcmp(spill, "ask-again"))
+        return cm_fail(CM_ERR_INVALID_ARG,
+                       "replay has no teachers to ask again: give --cache-spill DIR for the "
+                       "recorded outputs that do not fit in --cache-memory");
     if (!spill || !strcmp(spill, "ask-again")) return CM_OK;
     if (stat(spill, &info) != 0)
         return cm_fail(CM_ERR_INVALID_ARG,
@@ -1706,10 +1729,12 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"cache", CM_CLI_STRING, &options->cache, "WHERE",
          "teacher outputs: memory, off (ask every epoch) or a FILE kept across runs", 0},
         {"cache-memory", CM_CLI_FLOAT, &options->cache_memory, "MB",
-         "bound on the teacher cache in memory (0: none); beyond it see --cache-spill", 0},
+         "bound on the teacher cache in memory (0: none), also while --resume, --cache FILE "
+         "or replay load a saved one; beyond it see --cache-spill",
+         0},
         {"cache-spill", CM_CLI_STRING, &options->cache_spill, "DIR|ask-again",
          "what does not fit in --cache-memory: slots of a file in DIR (removed at exit), or "
-         "ask-again (asked every epoch) [default: refuse with a sentence]",
+         "ask-again (asked every epoch; not for replay) [default: refuse with a sentence]",
          0},
         {"cache-spill-reads", CM_CLI_STRING, &options->cache_spill_reads, "HOW",
          "spilled rows are read with pread (the trainer's RSS stays bounded) or map (a memcpy "
@@ -1785,20 +1810,11 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"log-level", CM_CLI_STRING, &options->log_level, "LEVEL", "debug, info, warn or error", 0},
     };
     /* replay has no teachers to reach: it neither shows nor takes the options about them, nor
-     * about the cache of their outputs (the record is loaded whole). */
-    static const char *const replay_unused[] = {"teacher",
-                                                "curve-secret-key",
-                                                "teacher-key",
-                                                "on-teacher-failure",
-                                                "teacher-timeout-ms",
-                                                "window",
-                                                "encoding",
-                                                "cache",
-                                                "cache-memory",
-                                                "cache-spill",
-                                                "cache-spill-reads",
-                                                "cache-dtype",
-                                                "resolve-ms"};
+     * those about fetching and storing their outputs (--cache, --cache-dtype: the record's
+     * dtype is kept); --cache-memory and --cache-spill DIR bound the loaded record. */
+    static const char *const replay_unused[] = {
+        "teacher", "curve-secret-key", "teacher-key", "on-teacher-failure", "teacher-timeout-ms",
+        "window",  "encoding",         "cache",       "cache-dtype",        "resolve-ms"};
     cm_cli_option_t used[sizeof table / sizeof table[0]];
     int count = 0;
     for (size_t index = 0; index < sizeof table / sizeof table[0]; index++) {
@@ -1908,7 +1924,7 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         status = cm_fail(CM_ERR_INVALID_ARG,
                          "--save-initial and --log-steps describe a run from its start; they "
                          "cannot be combined with --resume");
-    if (status == CM_OK) status = check_cache_options(options);
+    if (status == CM_OK) status = check_cache_options(options, replay);
     if (status == CM_OK && options->teacher_timeout_ms < 10)
         status = cm_fail(CM_ERR_INVALID_ARG, "--teacher-timeout-ms must be at least 10");
     if (status == CM_OK && options->resolve_ms < 0)

@@ -388,17 +388,20 @@ START_TEST(test_train_usage_sentences) {
         ck_assert_msg(strchr(output, '\n') == output + strlen(output) - 1, "not one line: %s",
                       output);
     }
-    /* replay neither lists nor takes the options about reaching teachers. */
+    /* replay neither lists nor takes the options about reaching teachers, nor --cache and
+     * --cache-dtype (the record keeps its dtype); the bound on the loaded record it takes. */
     char command[800];
     snprintf(command, sizeof command, "%s replay --help", test_util_bin("student-trainer"));
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 0);
-    const char *absent[] = {
-        "--teacher ",           "--teacher-key", "--curve-secret-key", "--on-teacher-failure",
-        "--teacher-timeout-ms", "--window",      "--encoding",         "--cache",
-        "--resolve-ms"};
+    const char *absent[] = {"--teacher ",           "--teacher-key",        "--curve-secret-key",
+                            "--on-teacher-failure", "--teacher-timeout-ms", "--window",
+                            "--encoding",           "--cache WHERE",        "--cache-dtype",
+                            "--resolve-ms"};
     for (size_t index = 0; index < sizeof absent / sizeof absent[0]; index++)
         ck_assert_msg(!strstr(output, absent[index]), "replay --help lists %s", absent[index]);
     ck_assert_msg(strstr(output, "--record") && strstr(output, "--config FILE"), "%s", output);
+    ck_assert_msg(strstr(output, "--cache-memory MB") && strstr(output, "--cache-spill DIR"), "%s",
+                  output);
     snprintf(command, sizeof command, "%s replay %s --record r --teacher fm=ipc://x",
              test_util_bin("student-trainer"), common);
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);

@@ -555,6 +555,77 @@ START_TEST(test_checksums_name_the_damaged_tensor) {
 }
 END_TEST
 
+/* Every tensor of an opened file read in pieces of `piece` bytes; the first failure's status. */
+static cm_status_t stream_all(const char *path, const cm_safetensors_t *original, size_t piece) {
+    cm_safetensors_t *file = NULL;
+    cm_status_t status = cm_safetensors_open(&file, path);
+    if (status != CM_OK) {
+        ck_assert_ptr_null(file);
+        return status;
+    }
+    for (int index = 0; index < cm_safetensors_count(file) && status == CM_OK; index++) {
+        const cm_tensor_t *tensor = cm_safetensors_tensor(file, index);
+        ck_assert_ptr_null(tensor->data); /* nothing of the data is read at open */
+        size_t bytes = cm_tensor_bytes(tensor);
+        unsigned char *data = malloc(bytes + 1);
+        ck_assert_ptr_nonnull(data);
+        cm_safetensors_reader_t reader;
+        cm_safetensors_reader_start(file, tensor, &reader);
+        for (size_t done = 0; done < bytes && status == CM_OK; done += piece)
+            status = cm_safetensors_reader_read(&reader, data + done,
+                                                bytes - done < piece ? bytes - done : piece);
+        if (status == CM_OK) { /* read whole and verified: the bytes written */
+            const cm_tensor_t *want = cm_safetensors_find(original, tensor->name);
+            ck_assert_ptr_nonnull(want);
+            ck_assert_int_eq(memcmp(data, want->data, bytes), 0);
+            ck_assert_int_eq(cm_safetensors_reader_read(&reader, data, 1), CM_ERR_INVALID_ARG);
+        }
+        free(data);
+    }
+    cm_safetensors_free(&file);
+    return status;
+}
+
+/*
+ * cm_safetensors_open + readers (how the trainer loads a big cache without holding it): the
+ * same bytes as cm_safetensors_read in pieces of any size; every truncation is refused at
+ * open; a flipped data byte is caught by the read that completes its tensor, naming it.
+ */
+START_TEST(test_streaming_reads) {
+    char path[128], bad_path[128];
+    path_in_temp(path, sizeof path, "whole.safetensors");
+    path_in_temp(bad_path, sizeof bad_path, "streamed.safetensors");
+    size_t size;
+    unsigned char *bytes = valid_file_bytes(path, &size);
+    cm_safetensors_t *original;
+    ck_assert_int_eq(cm_safetensors_read(&original, path), CM_OK);
+    for (size_t piece = 1; piece <= 50; piece += 7)
+        ck_assert_int_eq(stream_all(path, original, piece), CM_OK);
+    for (size_t cut = 0; cut < size; cut++) {
+        write_raw(bad_path, bytes, cut);
+        cm_status_t status = stream_all(bad_path, original, 5);
+        ck_assert_msg(status == CM_ERR_FORMAT, "cut at %zu: %s", cut, cm_status_name(status));
+        ck_assert_msg(strstr(cm_last_error(), bad_path), "cut at %zu: %s", cut, cm_last_error());
+    }
+    static const char *const names[] = {"weights", "flags", "counter"};
+    for (int index = 0; index < 3; index++) {
+        size_t at = data_offset_of(bytes, size, names[index]);
+        bytes[at] ^= 0x01;
+        write_raw(bad_path, bytes, size);
+        bytes[at] ^= 0x01;
+        ck_assert_int_eq(stream_all(bad_path, original, 2), CM_ERR_FORMAT);
+        char needle[64];
+        snprintf(needle, sizeof needle, "the data of tensor \"%s\" is corrupt", names[index]);
+        ck_assert_msg(strstr(cm_last_error(), needle), "%s", cm_last_error());
+    }
+    cm_safetensors_free(&original);
+    free(bytes);
+    ck_assert_int_eq(cm_safetensors_open(&original, "/nonexistent/x.safetensors"),
+                     CM_ERR_NOT_FOUND);
+    ck_assert_ptr_null(original);
+}
+END_TEST
+
 /*
  * Files without checksums (PyTorch's, older committee ones) load unverified; a partial or
  * malformed set of checksums is a damaged header and refused.
@@ -807,6 +878,7 @@ Suite *check_safetensors_suite(void) {
     tcase_add_test(reject_case, test_checksums_name_the_damaged_tensor);
     tcase_add_test(reject_case, test_checksum_set_rules);
     tcase_add_test(reject_case, test_parse_in_memory);
+    tcase_add_test(reject_case, test_streaming_reads);
     suite_add_tcase(suite, reject_case);
 
     TCase *binaries = tcase_create("binaries");

@@ -1364,6 +1364,149 @@ START_TEST(test_spilled_cache_is_exact) {
 }
 END_TEST
 
+/* Every epoch line of `path` says the cache held at most `bound` bytes in memory (also while
+ * it loaded a saved cache), and, with `spilled`, that some of it was in the spill file. */
+static void assert_cache_within(const char *path, size_t bound, int spilled) {
+    json_t *lines = read_metrics(path);
+    ck_assert_int_gt((int)json_array_size(lines), 0);
+    for (size_t index = 0; index < json_array_size(lines); index++) {
+        json_t *cache = json_object_get(json_array_get(lines, index), "cache");
+        double held = metric(cache, "memory_bytes"), peak = metric(cache, "peak_memory_bytes");
+        ck_assert_msg(held > 0 && held <= (double)bound && peak >= held && peak <= (double)bound,
+                      "%s, line %zu: the cache held %.0f bytes, at most %.0f (bound %zu)", path,
+                      index, held, peak, bound);
+        if (spilled)
+            ck_assert_msg(metric(cache, "spilled_bytes") > 0, "%s: nothing spilled", path);
+        else
+            ck_assert_msg(metric(cache, "spilled_bytes") == 0, "%s: a spill file", path);
+    }
+    json_decref(lines);
+}
+
+/* Flips one byte of `path` at `offset` (a damaged disk). */
+static void flip_byte_at(const char *path, long offset) {
+    FILE *file = fopen(path, "r+b");
+    ck_assert_ptr_nonnull(file);
+    ck_assert_int_eq(fseek(file, offset, SEEK_SET), 0);
+    int byte = fgetc(file);
+    ck_assert_int_ne(byte, EOF);
+    ck_assert_int_eq(fseek(file, offset, SEEK_SET), 0);
+    ck_assert_int_ne(fputc(byte ^ 0x40, file), EOF);
+    ck_assert_int_eq(fclose(file), 0);
+}
+
+/*
+ * Loading a saved cache keeps --cache-memory (the rows stream from the file into memory up to
+ * the bound, then into the spill file, or are asked again): --resume from .state.cache,
+ * --cache FILE across runs and replay of a record each give the checkpoint of the in-memory
+ * run, the teacher computes each example once (none again when --cache FILE has them all), and
+ * the loading process's cache never held more than the bound in memory (its metrics'
+ * peak_memory_bytes, which counts the load's buffers).  ask-again drops the loaded rows beyond
+ * the bound (asked again); replay refuses it, and a bound without a spill directory gets the
+ * sentence of training; a damaged --cache FILE is refused naming the array.
+ */
+START_TEST(test_loading_a_saved_cache_keeps_the_bound) {
+    REQUIRE_DATA();
+    teacher_process_t comp;
+    start_teacher(&comp, "comp-load", comp_path, "--http 127.0.0.1:0");
+    const size_t bound = (size_t)(0.05 * 1048576.0);
+    const char *run = "--view pool7 --model mlp:49-32-10 --method kd --epochs 2 --batch 64 "
+                      "--seed 5 --label-fraction 0.5 --http off " SUBSET;
+    char common[1024], arguments[2048], memory[400], out[400], spill[400], metrics[400], cache[400],
+        record[400], bounded[600], command[4096];
+    snprintf(memory, sizeof memory, "%s/load-memory.safetensors", directory);
+    snprintf(out, sizeof out, "%s/load-bounded.safetensors", directory);
+    snprintf(spill, sizeof spill, "%s/load-spill", directory);
+    snprintf(metrics, sizeof metrics, "%s/load.jsonl", directory);
+    snprintf(cache, sizeof cache, "%s/load.cache", directory);
+    snprintf(record, sizeof record, "%s/load.record", directory);
+    ck_assert_int_eq(mkdir(spill, 0700), 0);
+    snprintf(common, sizeof common, "%s --teacher comp=%s", run, comp.endpoint);
+    snprintf(bounded, sizeof bounded, "--cache-memory 0.05 --cache-spill %s", spill);
+    snprintf(arguments, sizeof arguments, "--out %s", memory);
+    ck_assert_msg(train_with(common, arguments) == 0, "in memory: %s", output);
+
+    /* --resume: .state.cache (all 2000 rows, 40% beyond the bound) goes to the spill file. */
+    long computed = teacher_examples_computed(&comp);
+    snprintf(arguments, sizeof arguments, "--out %s %s --stop-after 40", out, bounded);
+    ck_assert_msg(train_with(common, arguments) == 130, "stop-after: %s", output);
+    snprintf(arguments, sizeof arguments, "--out %s %s --resume --metrics %s", out, bounded,
+             metrics);
+    ck_assert_msg(train_with(common, arguments) == 0, "resume: %s", output);
+    ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 2000);
+    ck_assert_msg(same_file(memory, out), "the bounded resume changed the checkpoint");
+    ck_assert_msg(strstr(output, "teacher cache after loading: 0.05 MB in memory"), "%s", output);
+    assert_cache_within(metrics, bound, 1);
+    ck_assert_int_eq(directory_entries(spill), 0);
+
+    /* --resume with ask-again: the saved rows beyond the bound are dropped and asked again. */
+    computed = teacher_examples_computed(&comp);
+    snprintf(arguments, sizeof arguments,
+             "--out %s --cache-memory 0.05 --cache-spill ask-again --stop-after 40", out);
+    ck_assert_msg(train_with(common, arguments) == 130, "ask-again, stop-after: %s", output);
+    ck_assert_int_eq(unlink(metrics), 0); /* a resumed run appends to its metrics */
+    snprintf(arguments, sizeof arguments,
+             "--out %s --cache-memory 0.05 --cache-spill ask-again --resume --metrics %s", out,
+             metrics);
+    ck_assert_msg(train_with(common, arguments) == 0, "ask-again, resume: %s", output);
+    long asked = teacher_examples_computed(&comp) - computed;
+    ck_assert_msg(asked > 2000 && asked < 4000, "ask-again: the teacher computed %ld", asked);
+    assert_cache_within(metrics, bound, 0);
+
+    /* --cache FILE: a second run takes every row from the file, none from the teacher. */
+    computed = teacher_examples_computed(&comp);
+    snprintf(arguments, sizeof arguments, "--out %s %s --cache %s --record %s", out, bounded, cache,
+             record);
+    ck_assert_msg(train_with(common, arguments) == 0, "--cache, first: %s", output);
+    ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 2000);
+    ck_assert_msg(same_file(memory, out), "the bounded --cache run changed the checkpoint");
+    computed = teacher_examples_computed(&comp);
+    snprintf(arguments, sizeof arguments, "--out %s %s --cache %s --metrics %s", out, bounded,
+             cache, metrics);
+    ck_assert_msg(train_with(common, arguments) == 0, "--cache, again: %s", output);
+    ck_assert_int_eq(teacher_examples_computed(&comp) - computed, 0);
+    ck_assert_msg(strstr(output, "reusing cached teacher outputs"), "%s", output);
+    ck_assert_msg(same_file(memory, out), "the reloaded --cache changed the checkpoint");
+    assert_cache_within(metrics, bound, 1);
+    /* The bound without a spill directory: the sentence of training, before any teacher work. */
+    snprintf(arguments, sizeof arguments, "--out %s --cache-memory 0.05 --cache %s", out, cache);
+    ck_assert_int_eq(train_with(common, arguments), 1);
+    ck_assert_msg(strstr(output, "give --cache-spill DIR"), "%s", output);
+    /* A damaged copy (a byte of the logits): one sentence naming the array, exit 1. */
+    char damaged[420];
+    snprintf(damaged, sizeof damaged, "%s.damaged", cache);
+    snprintf(command, sizeof command, "cp %s %s", cache, damaged);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 0);
+    struct stat info;
+    ck_assert_int_eq(stat(damaged, &info), 0);
+    flip_byte_at(damaged, (long)info.st_size - 2000 - 4000); /* before the 2000-byte mask */
+    snprintf(arguments, sizeof arguments, "--out %s %s --cache %s", out, bounded, damaged);
+    ck_assert_int_eq(train_with(common, arguments), 1);
+    ck_assert_msg(strstr(output, "the data of tensor \"comp/logits\" is corrupt"), "%s", output);
+    ck_assert_int_eq(directory_entries(spill), 0);
+
+    /* replay: the record streams into memory and the spill file the same way. */
+    snprintf(command, sizeof command, "%s replay %s --record %s --out %s %s --metrics %s",
+             test_util_bin("student-trainer"), run, record, out, bounded, metrics);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "replay: %s", output);
+    ck_assert_msg(same_file(memory, out), "the bounded replay changed the checkpoint");
+    ck_assert_msg(strstr(output, "0.03 MB in a spill file"), "nothing spilled: %s", output);
+    assert_cache_within(metrics, bound, 1);
+    snprintf(command, sizeof command, "%s replay %s --record %s --out %s --cache-memory 0.05",
+             test_util_bin("student-trainer"), run, record, out);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
+    ck_assert_msg(strstr(output, "give --cache-spill DIR") && !strstr(output, "ask-again"), "%s",
+                  output);
+    snprintf(command, sizeof command,
+             "%s replay %s --record %s --out %s --cache-memory 0.05 --cache-spill ask-again",
+             test_util_bin("student-trainer"), run, record, out);
+    ck_assert_int_eq(test_util_run(command, output, sizeof output), 2);
+    ck_assert_msg(strstr(output, "replay has no teachers to ask again"), "%s", output);
+    ck_assert_int_eq(directory_entries(spill), 0);
+    stop_teacher(&comp);
+}
+END_TEST
+
 /* Where the spill file cannot go: one sentence naming the directory, exit 2 or 1. */
 START_TEST(test_cache_spill_errors) {
     REQUIRE_DATA();
@@ -1560,6 +1703,7 @@ Suite *check_trainer_suite(void) {
     tcase_add_test(tcase, test_two_trainers_share_one_teacher);
     tcase_add_test(tcase, test_spilled_cache_is_exact);
     tcase_add_test(tcase, test_cache_spill_errors);
+    tcase_add_test(tcase, test_loading_a_saved_cache_keeps_the_bound);
     suite_add_tcase(suite, tcase);
     TCase *hostile = tcase_create("hostile");
     tcase_add_unchecked_fixture(hostile, prepare_directory, remove_teachers);

@@ -438,7 +438,7 @@ START_TEST(test_cache_spills_to_a_file) {
     ck_assert_int_eq(trainer_cache_configure(bounded, &config), CM_OK);
     check_rows(bounded, TRAINER_OUTPUT_LOGITS, 10);
     check_rows(bounded, TRAINER_OUTPUT_HIDDEN, 7);
-    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, NULL, &loaded), CM_OK);
     check_rows(loaded, TRAINER_OUTPUT_LOGITS, 10);
     check_rows(loaded, TRAINER_OUTPUT_HIDDEN, 7);
     ck_assert_ptr_nonnull(trainer_cache_row(loaded, 0, TRAINER_OUTPUT_LOGITS, 0));
@@ -461,7 +461,7 @@ START_TEST(test_cache_spills_to_a_file) {
     }
     ck_assert_int_eq(trainer_cache_save(half, path, fingerprint), CM_OK);
     trainer_cache_free(&loaded);
-    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, NULL, &loaded), CM_OK);
     ck_assert_int_eq(trainer_cache_get(loaded, 0, TRAINER_OUTPUT_LOGITS, 3, values), CM_OK);
     ck_assert(values[9] == row_value(3, 9));
     ck_assert_ptr_null(trainer_cache_row(loaded, 0, TRAINER_OUTPUT_LOGITS, 3)); /* F16 */
@@ -576,7 +576,7 @@ START_TEST(test_cache_ask_again_pool) {
     test_util_temp_dir(spill, sizeof spill);
     snprintf(path, sizeof path, "%s/pool.safetensors", spill);
     ck_assert_int_eq(trainer_cache_save(pooled, path, fingerprint), CM_OK);
-    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &loaded), CM_OK);
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, NULL, &loaded), CM_OK);
     ck_assert_int_eq(trainer_cache_present(loaded, 0, TRAINER_OUTPUT_LOGITS), 1); /* row 0 */
     trainer_cache_free(&loaded);
     trainer_cache_free(&pooled);
@@ -590,6 +590,113 @@ START_TEST(test_cache_ask_again_pool) {
                      CM_ERR_NOMEM);
     ck_assert_ptr_nonnull(strstr(cm_last_error(), "give --cache-spill DIR"));
     trainer_cache_free(&refusing);
+}
+END_TEST
+
+/*
+ * Loading a saved cache under a bound (replay: trainer_cache_load with a config; --resume and
+ * --cache FILE: trainer_cache_merge_file): the rows stream into memory and the spill file with
+ * the memory held (values, masks and the load's buffers) never above the bound, rows the file
+ * lacks stay absent, F32 rows merge into F16 storage exactly, ask-again leaves out the rows
+ * beyond the bound, too small a bound is the sentence of training (without "ask-again" when
+ * there are no teachers), and a file of another teacher is not merged.
+ */
+START_TEST(test_cache_loads_within_the_bound) {
+    char spill[256], path[400];
+    test_util_temp_dir(spill, sizeof spill);
+    snprintf(path, sizeof path, "%s/saved.safetensors", spill);
+    trainer_cache_t *full = NULL, *loaded = NULL;
+    ck_assert_int_eq(trainer_cache_new(1, CACHE_ROWS, &full), CM_OK);
+    trainer_cache_set_teacher(full, 0, "t", "00");
+    ck_assert_int_eq(trainer_cache_add_output(full, 0, TRAINER_OUTPUT_LOGITS, 10), CM_OK);
+    ck_assert_int_eq(trainer_cache_add_output(full, 0, TRAINER_OUTPUT_HIDDEN, 7), CM_OK);
+    put_rows(full, TRAINER_OUTPUT_LOGITS, 10);
+    put_rows(full, TRAINER_OUTPUT_HIDDEN, 7);
+    for (int id = 5; id < CACHE_ROWS; id += 7) /* holes, in memory and beyond the bound */
+        trainer_cache_set_has(full, 0, TRAINER_OUTPUT_LOGITS, id, 0);
+    ck_assert_int_eq(trainer_cache_save(full, path, fingerprint), CM_OK);
+
+    trainer_cache_config_t config = {.memory_bytes = 20000,
+                                     .spill = TRAINER_SPILL_FILE,
+                                     .spill_dir = spill,
+                                     .dtype = CM_DTYPE_F32,
+                                     .no_teachers = 1};
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &config, &loaded), CM_OK);
+    ck_assert_int_le(trainer_cache_peak_bytes(loaded), 20000);
+    ck_assert_int_ge(trainer_cache_peak_bytes(loaded), trainer_cache_resident_bytes(loaded) + 40);
+    ck_assert_int_ge(trainer_cache_spilled_bytes(loaded), CACHE_ROWS * (40 + 28) - 20000);
+    check_rows(loaded, TRAINER_OUTPUT_HIDDEN, 7);
+    float values[16];
+    for (int id = 0; id < CACHE_ROWS; id++) {
+        int hole = id % 7 == 5;
+        ck_assert_int_eq(trainer_cache_has(loaded, 0, TRAINER_OUTPUT_LOGITS, id), !hole);
+        if (hole) continue;
+        ck_assert_int_eq(trainer_cache_get(loaded, 0, TRAINER_OUTPUT_LOGITS, id, values), CM_OK);
+        for (int column = 0; column < 10; column++)
+            ck_assert(values[column] == row_value(id, column));
+    }
+    trainer_cache_free(&loaded);
+
+    /* Merged into a bounded F16 cache of the same teacher (as --resume does). */
+    trainer_cache_t *half = NULL;
+    ck_assert_int_eq(trainer_cache_new(1, CACHE_ROWS, &half), CM_OK);
+    trainer_cache_set_teacher(half, 0, "t", "00");
+    config = (trainer_cache_config_t){.memory_bytes = 8000,
+                                      .spill = TRAINER_SPILL_FILE,
+                                      .spill_dir = spill,
+                                      .dtype = CM_DTYPE_F16};
+    ck_assert_int_eq(trainer_cache_configure(half, &config), CM_OK);
+    ck_assert_int_eq(trainer_cache_add_output(half, 0, TRAINER_OUTPUT_LOGITS, 10), CM_OK);
+    int same = 0;
+    ck_assert_int_eq(trainer_cache_merge_file(half, path, fingerprint, &same), CM_OK);
+    ck_assert_int_eq(same, 1);
+    ck_assert_int_le(trainer_cache_peak_bytes(half), 8000);
+    ck_assert_int_eq(trainer_cache_present(half, 0, TRAINER_OUTPUT_LOGITS),
+                     CACHE_ROWS - (CACHE_ROWS - 5 + 6) / 7);
+    for (int id = 0; id < 3; id++) { /* F16-representable: exact */
+        ck_assert_int_eq(trainer_cache_get(half, 0, TRAINER_OUTPUT_LOGITS, id, values), CM_OK);
+        for (int column = 0; column < 10; column++)
+            ck_assert(values[column] == row_value(id, column));
+    }
+    trainer_cache_free(&half);
+
+    /* ask-again: the rows beyond the bound are left out (the teachers are asked again). */
+    trainer_cache_t *pooled = NULL;
+    ck_assert_int_eq(trainer_cache_new(1, CACHE_ROWS, &pooled), CM_OK);
+    trainer_cache_set_teacher(pooled, 0, "t", "00");
+    config = (trainer_cache_config_t){.memory_bytes = 20000,
+                                      .spill = TRAINER_SPILL_ASK_AGAIN,
+                                      .dtype = CM_DTYPE_F32,
+                                      .in_flight = 16};
+    ck_assert_int_eq(trainer_cache_configure(pooled, &config), CM_OK);
+    ck_assert_int_eq(trainer_cache_add_output(pooled, 0, TRAINER_OUTPUT_LOGITS, 10), CM_OK);
+    ck_assert_int_eq(trainer_cache_merge_file(pooled, path, fingerprint, &same), CM_OK);
+    ck_assert_int_le(trainer_cache_peak_bytes(pooled), 20000);
+    long kept = trainer_cache_present(pooled, 0, TRAINER_OUTPUT_LOGITS);
+    ck_assert_msg(kept > 100 && kept < CACHE_ROWS / 2, "kept %ld rows", kept);
+    for (int id = 0; id < CACHE_ROWS; id++)
+        if (trainer_cache_transient(pooled, 0, TRAINER_OUTPUT_LOGITS, id))
+            ck_assert(!trainer_cache_has(pooled, 0, TRAINER_OUTPUT_LOGITS, id));
+    trainer_cache_free(&pooled);
+
+    /* Too small a bound with nowhere to go; another teacher's file is not merged. */
+    config =
+        (trainer_cache_config_t){.memory_bytes = 8000, .dtype = CM_DTYPE_F32, .no_teachers = 1};
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, &config, &loaded), CM_ERR_NOMEM);
+    ck_assert_ptr_null(loaded);
+    ck_assert_ptr_nonnull(strstr(cm_last_error(), "give --cache-spill DIR"));
+    ck_assert_ptr_null(strstr(cm_last_error(), "ask-again"));
+    trainer_cache_t *other = NULL;
+    ck_assert_int_eq(trainer_cache_new(1, CACHE_ROWS, &other), CM_OK);
+    trainer_cache_set_teacher(other, 0, "u", "00");
+    ck_assert_int_eq(trainer_cache_add_output(other, 0, TRAINER_OUTPUT_LOGITS, 10), CM_OK);
+    ck_assert_int_eq(trainer_cache_merge_file(other, path, fingerprint, &same), CM_OK);
+    ck_assert_int_eq(same, 0);
+    ck_assert_int_eq(trainer_cache_present(other, 0, TRAINER_OUTPUT_LOGITS), 0);
+    trainer_cache_free(&other);
+    trainer_cache_free(&full);
+    ck_assert_int_eq(entries(spill), 1); /* the saved file; no spill file left */
+    test_util_remove_tree(spill);
 }
 END_TEST
 
@@ -613,6 +720,7 @@ Suite *check_trainer_feed_suite(void) {
     tcase_add_test(bounded, test_cache_spills_to_a_file);
     tcase_add_test(bounded, test_cache_half_storage_rounds_like_the_wire);
     tcase_add_test(bounded, test_cache_ask_again_pool);
+    tcase_add_test(bounded, test_cache_loads_within_the_bound);
     suite_add_tcase(suite, bounded);
     return suite;
 }
