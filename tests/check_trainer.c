@@ -1626,6 +1626,10 @@ START_TEST(test_two_trainers_share_one_teacher) {
         start_teacher(&teacher, name, fm_path,
                       setting == 2 ? "--max-batch 1024 --compute-delay-ms 5 --log-level debug"
                                    : "--max-batch 1");
+        /* Coalesced: the teacher is stopped (SIGSTOP) until both trainers are greeting it, so
+         * their streams start together however slowly a loaded machine starts processes (a
+         * lone trainer's requests never share a pass: it would prove nothing). */
+        if (setting == 2) ck_assert_int_eq(kill(teacher.pid, SIGSTOP), 0);
         pid_t trainers[2] = {0, 0};
         for (int run = 0; run < 2; run++) {
             snprintf(outs[setting][run], sizeof outs[setting][run], "%s/%s-%s.safetensors",
@@ -1636,17 +1640,22 @@ START_TEST(test_two_trainers_share_one_teacher) {
                      settings[setting]);
             snprintf(command, sizeof command,
                      "%s train --view pool7 --model mlp:49-32-10 --teacher fm=%s --method kd "
-                     "--epochs 2 --batch 50 --http off %s " SUBSET " --out %s --metrics %s",
+                     "--epochs 2 --batch 50 --http off --teacher-timeout-ms 600000 %s " SUBSET
+                     " --out %s --metrics %s",
                      test_util_bin("student-trainer"), teacher.endpoint, runs[run][1],
                      outs[setting][run], metrics[run]);
             trainers[run] = test_process_start(command, logs[run]);
             ck_assert_int_gt(trainers[run], 0);
+            if (setting == 2)
+                ck_assert_msg(test_process_await_text(logs[run], "greeting teacher", 60000),
+                              "trainer %d never greeted the teacher; see %s", run, logs[run]);
             if (setting == 0) { /* one at a time */
                 int status = test_process_wait(trainers[run], 60000);
                 if (status != 0) test_process_stop(trainers[run], SIGKILL, 1000);
                 ck_assert_msg(status == 0, "trainer exited %d; see %s", status, logs[run]);
             }
         }
+        if (setting == 2) ck_assert_int_eq(kill(teacher.pid, SIGCONT), 0);
         for (int run = 0; setting > 0 && run < 2; run++) {
             int status = test_process_wait(trainers[run], 60000);
             if (status != 0) test_process_stop(trainers[run], SIGKILL, 1000);
