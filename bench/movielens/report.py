@@ -11,8 +11,11 @@ and writes PREFIX.md and PREFIX.json:
   tail, the gap recovered (ce - method) / (ce - teacher) against the foundation teacher fm and
   against the best teacher (lowest test RMSE), the same on the long tail against fm ("n/a"
   where ce is not worse than the teacher: no gap to recover), the share of teacher outputs the
-  filter skipped (sum of filter_skipped / sum of filter_needed, counted by the teachers'
-  replies), the chosen --kd-weight and the wall time summed over seeds;
+  filter skipped in its filtered epochs (sum of filter_skipped / sum of filter_needed; the
+  first epoch is the unfiltered warm-up), the outputs the teachers computed for one run (the
+  rows the trainer received, which the teachers' own counters equal:
+  trainer:test_diversedistill_filtering_saves_real_work; mean over seeds), the chosen
+  --kd-weight and the wall time summed over seeds;
 - DiverseDistill's router ablation (temperature x filter threshold, seed 1, valid split);
 - the five claims, each answered yes or no from those numbers; "by more than one std" means the
   difference of means exceeds the larger of the two stds.
@@ -63,6 +66,8 @@ class Table:
                 "theta": mine[0].get("theta"), "seconds": sum(r["seconds"] for r in mine),
                 "filter_needed": sum(r["filter_needed"] for r in mine),
                 "filter_skipped": sum(r["filter_skipped"] for r in mine),
+                "teacher_outputs": statistics.mean(r.get("teacher_outputs", 0) for r in mine),
+                "asked_unfiltered": statistics.mean(r.get("asked_unfiltered", 0) for r in mine),
             }
         self.best = min(teachers, key=lambda n: teachers[n]["test_rmse"])
         for row in self.rows.values():
@@ -95,12 +100,13 @@ class Table:
 
     def markdown(self):
         lines = ["| method | RMSE | long tail | valid | gap recovered vs fm | vs best teacher "
-                 f"({self.best}) | long-tail gap vs fm | skipped | kd-weight | seconds |",
-                 "|---|---|---|---|---|---|---|---|---|---|"]
+                 f"({self.best}) | long-tail gap vs fm | skipped | teacher outputs | kd-weight | "
+                 "seconds |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, teacher in self.teachers.items():
             lines.append(f"| teacher {name} | {teacher['test_rmse']:.4f} | "
                          f"{teacher['long_tail_rmse']:.4f} | {teacher['valid_rmse']:.4f} "
-                         "| | | | | | |")
+                         "| | | | | | | |")
         for method, row in self.rows.items():
             share = skipped_share(row["filter_needed"], row["filter_skipped"])
             label = LABELS[method]
@@ -113,6 +119,7 @@ class Table:
                          f"{percent(row['gap_recovered_best'])} | "
                          f"{percent(row['long_tail_gap_recovered_fm'])} | "
                          f"{percent(share) if share is not None else ''} | "
+                         f"{row['teacher_outputs'] / 1000:.0f}k | "
                          f"{row['kd_weight']:g} | {row['seconds']:.0f} |")
         return "\n".join(lines) + "\n"
 
@@ -163,10 +170,15 @@ def claims(table):
         share = skipped_share(row["filter_needed"], row["filter_skipped"]) or 0.0
         noise = max(t.std("dd"), t.std("dd-filter"))
         close = abs(t.mean("dd-filter") - t.mean("dd")) <= noise
+        computed = row["teacher_outputs"] / row["asked_unfiltered"] if row["asked_unfiltered"] else 0
         out.append(("filtering skips >= 30% of teacher outputs within noise of unfiltered",
                     share >= 0.3 and close,
                     f"θ {row['theta']:g} skipped {percent(share)} of the (example, teacher) "
-                    f"outputs; filtered {t.text('dd-filter')} vs unfiltered {t.text('dd')} "
+                    f"outputs of its filtered epochs; over the whole run (warm-up epoch included, "
+                    f"--cache off) the teachers computed {row['teacher_outputs'] / 1000:.0f}k of "
+                    f"{row['asked_unfiltered'] / 1000:.0f}k outputs ({percent(computed)}; "
+                    f"unfiltered with the cache on: {t.rows['dd']['teacher_outputs'] / 1000:.0f}k); "
+                    f"filtered {t.text('dd-filter')} vs unfiltered {t.text('dd')} "
                     + ("(within one std)" if close else "(more than one std apart)")))
     return out
 
@@ -175,15 +187,16 @@ def ablation(runs):
     """DiverseDistill's router on seed 1, the valid split: tau x theta (tune-dd*, tune-ddf-*)."""
     rows = [r for r in runs if r["tag"].startswith(("tune-dd-w", "tune-ddf-"))]
     rows.sort(key=lambda r: (r["tau"], r["theta"], r["kd_weight"]))
-    lines = ["| run | τ | θ | kd-weight | valid RMSE | test RMSE | skipped | router weight fm/comp |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | τ | θ | kd-weight | valid RMSE | test RMSE | skipped | teacher outputs | "
+             "router weight fm/comp |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         share = skipped_share(r["filter_needed"], r["filter_skipped"])
         weights = "/".join(f"{r['router_weight'][n]:.3f}" for n in ("fm", "comp")
                            if n in r.get("router_weight", {}))
         lines.append(f"| {r['tag']} | {r['tau']:g} | {r['theta']:g} | {r['kd_weight']:g} | "
                      f"{r['valid_rmse']:.4f} | {r['test_rmse']:.4f} | "
-                     f"{percent(share) if share is not None else ''} | {weights} |")
+                     f"{percent(share) if share is not None else ''} | "
+                     f"{r.get('teacher_outputs', 0) / 1000:.0f}k | {weights} |")
     return "\n".join(lines) + "\n"
 
 
@@ -200,6 +213,11 @@ def main():
     for name in ("fm", "comp"):
         fit = next(f for f in fits if f["tag"] == chosen[name])
         teachers[name] = fit
+    for run in runs:  # what the teachers computed: the trainer's received rows (cumulative)
+        with open(f"{options.dir}/{run['tag']}.jsonl") as handle:
+            epochs = [json.loads(line) for line in handle if '"epoch"' in line]
+        run["teacher_outputs"] = sum(t["examples_received"] for t in epochs[-1]["teachers"].values())
+        run["asked_unfiltered"] = sum(e["train_examples"] * len(e["teachers"]) for e in epochs)
     table = Table([r for r in runs if r["tag"].startswith("final-")], teachers)
     student = chosen["student"]
     text = ["# MovieLens latest-small: the committee's table (issue 16)", "",
