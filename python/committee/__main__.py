@@ -26,7 +26,8 @@ queue answering BUSY, heartbeats, Bye and exit 0 on SIGINT/SIGTERM, /healthz /re
 The forward callable (--forward MODULE:CALLABLE, MODULE a module name on PYTHONPATH or a
 .py file) receives a float32 NumPy array of the view's rows [batch, features] (784 for
 fashion-mnist's full view, 196 for pool14, 49 for pool7; any view of a dataset folder
---data DIR, dense, categorical or tokens; computed as the C code does, bit for bit)
+--data DIR, dense, categorical, tokens or derived (avgpool:K, standardize); computed
+and checked as the C code does, bit for bit)
 and returns a dict {output name: array [batch, *shape]} with at least the outputs asked
 for. --mlp FILE serves a C MLP checkpoint from teacher-server fit instead, bit for bit
 as teacher-server serve would, with its spec, hash, view and head.

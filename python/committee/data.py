@@ -18,7 +18,17 @@ Files are opened with numpy.load(mmap_mode="r"); a view's float32 features are c
 on demand (Split.gather) with the C loader's arithmetic, so both give the same bits:
 uint8 views with one normalization go through the table float32((sum / (divide * K*K)
 - mean) / std) of block sums, everything else through double arithmetic (block sums
-accumulated row by row, column by column) rounded once to float32.
+accumulated row by row, column by column) rounded once to float32.  A view {"from": X,
+"transform": "standardize"} then subtracts each feature's mean and divides by its std in
+float32; both come from one pass over every stored train row of X at load (Welford's
+update in double, population std, a std not above 1e-12 becomes 1, rounded to float32),
+and Dataset.preprocessing holds the view as the C loader records it in checkpoints
+(canonical JSON with those statistics), so the two can be compared.
+
+Loading checks what the C loader checks: headers, counts, ids, labels and targets, and
+the values of the files the view reads (NaN/Inf in dense values, tokens beyond the
+vocabulary, categories beyond their cardinality), each problem one DatasetError sentence
+naming the file, the sentences of cm_dataset.c.
 """
 import gzip
 import hashlib
@@ -103,6 +113,11 @@ def npy_header(dtype, shape):
 
 # ---- The manifest ----
 
+def _is_count(value):
+    """An integer in [1, 2^24] (categories and tokens travel as exact floats)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1 << 24
+
+
 class View:
     """One view of the manifest: kind, source ("from"), pool, normalization, ..."""
 
@@ -112,15 +127,19 @@ class View:
         self.name = name
         self.source = spec.get("from", "")
         self.pool = 0
+        self.standardize = False
         self.kind = spec.get("kind", "dense")
         self.divide, self.mean, self.std = 1.0, [], []
         if self.source:
             transform = str(spec.get("transform", ""))
-            if not transform.startswith("avgpool:") or not transform[8:].isdigit() or \
+            if transform == "standardize":
+                self.pool, self.standardize = 1, True
+            elif not transform.startswith("avgpool:") or not transform[8:].isdigit() or \
                     not 1 <= int(transform[8:]) <= 64:
                 raise DatasetError(f'{source}: view "{name}" has transform "{transform}"; '
-                                   "known transforms: avgpool:K (K 1..64)")
-            self.pool = int(transform[8:])
+                                   "known transforms: avgpool:K (K 1..64), standardize")
+            else:
+                self.pool = int(transform[8:])
         elif self.kind == "dense":
             normalize = spec.get("normalize") or {}
             self.divide = float(normalize.get("divide", 1))
@@ -134,9 +153,20 @@ class View:
                 raise DatasetError(f'{source}: view "{name}" has {len(self.mean)} means but '
                                    f"{len(self.std)} standard deviations")
         elif self.kind == "categorical":
-            self.cardinality = spec.get("cardinality", [])
+            self.cardinality = spec.get("cardinality")
+            if not isinstance(self.cardinality, list) or not 1 <= len(self.cardinality) <= 64 \
+                    or not all(_is_count(value) for value in self.cardinality):
+                raise DatasetError(f'{source}: categorical view "{name}" needs "cardinality": '
+                                   "a list of 1 to 64 integers (one per column)")
         elif self.kind == "tokens":
-            self.vocab, self.pad = spec.get("vocab", 0), spec.get("pad", 0)
+            self.vocab, self.pad = spec.get("vocab"), spec.get("pad")
+            if not _is_count(self.vocab):
+                raise DatasetError(f'{source}: view "{name}" vocab must be an integer in '
+                                   f"[1, {1 << 24}]")
+            if not isinstance(self.pad, int) or isinstance(self.pad, bool) or \
+                    not 0 <= self.pad < self.vocab:
+                raise DatasetError(f'{source}: tokens view "{name}" needs "pad", an integer '
+                                   f"below vocab {self.vocab}")
         else:
             raise DatasetError(f'{source}: view "{name}" has kind "{self.kind}"; known kinds: '
                                "dense, categorical, tokens")
@@ -265,6 +295,10 @@ class Dataset:
         self.background = 0.0
         if view.kind == "dense":
             self.background = float(np.float32(self._normalize(np.zeros(1), np.zeros(1))[0]))
+        self.standard_mean = self.standard_std = None
+        if view.standardize:
+            self.standard_mean, self.standard_std = self._standardize(view, sample)
+        self.preprocessing = self._preprocessing(view, stored)
         self.splits = {}
         for split in manifest.splits:
             if stored.name not in arrays[split]:
@@ -293,7 +327,60 @@ class Dataset:
         channel = (elements // self._span).astype(np.int64)
         return (values - np.asarray(stored.mean)[channel]) / np.asarray(stored.std)[channel]
 
+    def _standardize(self, view, train):
+        """Each feature's mean and population std over every stored train row of the
+        source, as cm_dataset.c's standardize_view: one pass of Welford's update in double
+        over the float32 source features, row by row; a std that is not above 1e-12 (or
+        not finite) becomes 1; both rounded to float32."""
+        count = len(train)
+        if count < 1:
+            raise DatasetError(f'view "{view.name}" standardizes with train statistics, but '
+                               f"{self.name} has no training examples")
+        features = self.features
+        mean, square = np.zeros(features), np.zeros(features)
+        delta, step = np.empty(features), np.empty(features)
+        for first in range(0, count, 4096):
+            block = self._gather_source(np.asarray(train[first:first + 4096]))
+            for index, row in enumerate(block.astype(np.float64), first + 1):
+                np.subtract(row, mean, out=delta)
+                np.divide(delta, float(index), out=step)
+                mean += step
+                np.subtract(row, mean, out=step)
+                step *= delta
+                square += step
+        std = np.sqrt(square / count)
+        std[~(std > 1e-12) | ~np.isfinite(std)] = 1.0
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    def _preprocessing(self, view, stored):
+        """The view as checkpoints record it ("preprocessing", cm_manifest_view_json plus the
+        standardize statistics): the canonical JSON text the C loader gives."""
+        record = {"view": view.name, "kind": view.kind}
+        if view.source:
+            record["from"] = view.source
+            record["transform"] = "standardize" if view.standardize else f"avgpool:{view.pool}"
+        if stored.kind == "dense":
+            normalize = {"divide": float(stored.divide)}
+            if stored.mean:
+                normalize["mean"] = [float(value) for value in stored.mean]
+                normalize["std"] = [float(value) for value in stored.std]
+            record["normalize"] = normalize
+        elif stored.kind == "categorical":
+            record["cardinality"] = [int(value) for value in stored.cardinality]
+        else:
+            record["vocab"], record["pad"] = int(stored.vocab), int(stored.pad)
+        if self.standard_mean is not None:
+            record["standardize"] = {"mean": [float(value) for value in self.standard_mean],
+                                     "std": [float(value) for value in self.standard_std]}
+        return canonical_json(record)
+
     def _gather(self, block):
+        out = self._gather_source(block)
+        if self.standard_mean is None:
+            return out
+        return (out - self.standard_mean) / self.standard_std  # in float32, as the C loop
+
+    def _gather_source(self, block):
         rows = len(block)
         if self.view_kind != "dense":
             return block.reshape(rows, -1).astype(np.int64).astype(np.float32)
@@ -341,6 +428,63 @@ def _open_npy(path):
         raise DatasetError(f"{path}: not a usable .npy file ({error})") from None
 
 
+def _check_values(view, path, array):
+    """The values of a stored view's file, as cm_dataset.c's check_values: dense values
+    finite (uint8 always is), tokens in [0, vocab), categories in [0, cardinality) per
+    column; the first bad value's row and element go into the sentence."""
+    if view.kind == "dense" and array.dtype == np.uint8:
+        return
+    rows = len(array)
+    per_row = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
+    step = max(1, (1 << 20) // max(per_row, 1))
+    for first in range(0, rows, step):
+        block = np.asarray(array[first:first + step]).reshape(-1, per_row)
+        if view.kind == "dense":
+            bad = ~np.isfinite(block)
+        elif view.kind == "tokens":
+            block = block.astype(np.int64)
+            bad = (block < 0) | (block >= view.vocab)
+        else:
+            block = block.astype(np.int64)
+            cardinality = np.asarray(view.cardinality, dtype=np.int64)
+            bad = (block < 0) | (block >= cardinality)
+        if not bad.any():
+            continue
+        row, element = (int(index) for index in np.argwhere(bad)[0])
+        value = block[row, element]
+        row += first
+        if view.kind == "dense":
+            raise DatasetError(f"{path}: row {row} holds {'NaN' if np.isnan(value) else 'Inf'} "
+                               f"at element {element}; a dense view must be finite")
+        if view.kind == "tokens":
+            raise DatasetError(f"{path}: row {row} holds token {value} at position {element}, "
+                               f"outside the vocabulary [0, {view.vocab})")
+        raise DatasetError(f"{path}: row {row} holds category {value} in column {element}, "
+                           f"outside its cardinality [0, {view.cardinality[element]})")
+
+
+def _check_view_header(view, path, array):
+    """A stored view file's dtype and shape against its view, as cm_dataset.c's check_header."""
+    if view.kind == "dense":
+        if array.dtype not in _DENSE:
+            raise DatasetError(f"{path}: dtype {array.dtype}; a dense view is float32, float16 "
+                               "or uint8")
+    elif view.kind == "categorical":
+        if array.dtype not in (np.dtype("<i4"), np.dtype("<i8")):
+            raise DatasetError(f"{path}: dtype {array.dtype}; a categorical view is int32 or "
+                               "int64")
+        columns = 1 if array.ndim == 1 else array.shape[1]
+        if array.ndim > 2 or columns != len(view.cardinality):
+            raise DatasetError(f'{path}: shape does not match view "{view.name}": '
+                               f"{len(view.cardinality)} columns ([N,{len(view.cardinality)}]) "
+                               "declared")
+    else:
+        if array.dtype != np.dtype("<i4"):
+            raise DatasetError(f"{path}: dtype {array.dtype}; a tokens view is int32")
+        if array.ndim != 2 or array.shape[1] < 1:
+            raise DatasetError(f"{path}: a tokens view is [N,L] (L tokens per example)")
+
+
 def _check_labels(manifest, path, labels):
     if manifest.task == "classification":
         if labels.dtype not in _INTEGER or labels.ndim != 1:
@@ -354,7 +498,11 @@ def _check_labels(manifest, path, labels):
         return labels.astype(np.int32)
     if labels.dtype != np.dtype("<f4"):
         raise DatasetError(f"{path}: dtype {labels.dtype}; regression targets are float32")
-    return np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
+    targets = np.asarray(labels, dtype=np.float32).reshape(len(labels), -1)
+    bad = np.argwhere(~np.isfinite(targets))
+    if len(bad):
+        raise DatasetError(f"{path}: target {bad[0][1]} of row {bad[0][0]} is not finite")
+    return targets
 
 
 def _fashion_arrays(directory):
@@ -431,6 +579,10 @@ def load(data, view, directory=None, max_train=0, max_test=0):
         except (OSError, UnicodeDecodeError) as error:
             raise DatasetError(f"{manifest_path}: cannot read: {error}") from None
         manifest = Manifest(text, manifest_path)
+        wanted = manifest.views.get(view)
+        if wanted is not None and wanted.source:
+            wanted = manifest.views[wanted.source]
+        checked = []  # (view, path, array) of the files whose values the view reads
         for split in manifest.splits:
             files = ["labels.npy", "ids.npy"] + [v.name + ".npy" for v in manifest.stored()]
             rows = None
@@ -449,7 +601,7 @@ def load(data, view, directory=None, max_train=0, max_test=0):
                 rows = rows or (len(array), path)
                 lines.append(f"{split}/{file} {os.path.getsize(path)} {_file_sha256(path)}\n")
                 if file == "labels.npy":
-                    labels[split] = _check_labels(manifest, path, array)
+                    labels[split] = (path, array)
                 elif file == "ids.npy":
                     if array.dtype not in (np.dtype("<i4"), np.dtype("<i8")) or array.ndim != 1:
                         raise DatasetError(f"{path}: ids are int32 or int64 [N]")
@@ -457,11 +609,16 @@ def load(data, view, directory=None, max_train=0, max_test=0):
                     if len(np.unique(ids[split])) != len(ids[split]):
                         raise DatasetError(f"{path}: an id appears twice")
                 else:
-                    kind = manifest.views[file[:-4]].kind
-                    if kind == "dense" and array.dtype not in _DENSE:
-                        raise DatasetError(f"{path}: dtype {array.dtype}; a dense view is "
-                                           "float32, float16 or uint8")
+                    stored = manifest.views[file[:-4]]
+                    _check_view_header(stored, path, array)
+                    if stored is wanted:
+                        checked.append((stored, path, array))
                     arrays[split][file[:-4]] = array
+        # As the C loader: every header first, then the values of the view read, then labels.
+        for stored, path, array in checked:
+            _check_values(stored, path, array)
+        for split, (path, array) in list(labels.items()):
+            labels[split] = _check_labels(manifest, path, array)
     digest = hashlib.sha256(PREAMBLE)
     digest.update(manifest.canonical.encode("utf-8") + b"\n")
     for line in lines:

@@ -104,6 +104,9 @@ def synthetic_folder(root):
             "half": {"kind": "dense", "normalize": {"divide": 3, "mean": [1e-7], "std": [1.5]}},
             "pool": {"from": "img", "transform": "avgpool:2"},
             "ppool": {"from": "pix", "transform": "avgpool:2"},
+            "simg": {"from": "img", "transform": "standardize"},
+            "spix": {"from": "pix", "transform": "standardize"},
+            "shalf": {"from": "half", "transform": "standardize"},
             "cat": {"kind": "categorical", "cardinality": [3, 5]},
             "tok": {"kind": "tokens", "vocab": 7, "pad": 0}}}
     root.mkdir()
@@ -113,7 +116,10 @@ def synthetic_folder(root):
             write_npy(root / split / "labels.npy", rng.integers(0, 3, rows).astype(np.int16))
         if split == "train":
             write_npy(root / split / "ids.npy", (rng.permutation(rows) * 1000 + 3).astype("<i8"))
-        write_npy(root / split / "img.npy", rng.normal(size=(rows, 2, 4, 4)).astype("<f4"))
+        img = rng.normal(size=(rows, 2, 4, 4)).astype("<f4")
+        if split == "train":
+            img[:, 1, 2, 3] = 0.75  # a constant train feature: standardize gives it std 1
+        write_npy(root / split / "img.npy", img)
         write_npy(root / split / "pix.npy", rng.integers(0, 256, (rows, 4, 4)).astype("u1"))
         write_npy(root / split / "half.npy", rng.normal(size=(rows, 6)).astype("<f2"))
         write_npy(root / split / "cat.npy",
@@ -122,9 +128,18 @@ def synthetic_folder(root):
     return root
 
 
+STORED = {"pool": "img", "ppool": "pix", "simg": "img", "spix": "pix", "shalf": "half"}
+
+
 def reference_features(data, split, view):
-    """The features of `view` computed straightforwardly in double (slow, obviously right)."""
-    stored = {"pool": "img", "ppool": "pix"}.get(view, view)
+    """The features of `view` computed straightforwardly in double (slow, obviously right);
+    a standardized view with the statistics of the source's whole train split."""
+    if view.startswith("s"):
+        source = reference_features(data, "train", STORED[view])
+        mean, std = source.astype(np.float64).mean(0), source.astype(np.float64).std(0)
+        std[std <= 1e-12] = 1
+        return ((reference_features(data, split, STORED[view]) - mean) / std).astype(np.float32)
+    stored = STORED.get(view, view)
     array = np.load(os.path.join(data.source, split, stored + ".npy")).astype(np.float64)
     spec = data.manifest.views[stored]
     if spec.kind != "dense":
@@ -149,7 +164,7 @@ def test_folder_fingerprint_and_views_match_data_check(tmp_path):
     assert '"class_names":["a\\u0009b","\u00fcber","\\"q\\\\\\u0001"]' in data.manifest.canonical
     assert sorted(data.splits) == ["test", "train", "transfer", "valid"]
     for view, features in (("img", 32), ("pix", 16), ("half", 6), ("pool", 8), ("ppool", 4),
-                           ("cat", 2), ("tok", 3)):
+                           ("cat", 2), ("tok", 3), ("simg", 32), ("spix", 16), ("shalf", 6)):
         viewed = load(folder, view, max_train=10)
         assert viewed.fingerprint == data.fingerprint  # never the view nor the subset
         assert viewed.features == features and viewed.splits["train"].count == 10
@@ -215,6 +230,138 @@ def test_python_teacher_serves_a_folder(tmp_path, workdir):
     finally:
         assert py_teacher.stop() == 0
         assert c_teacher.stop() == 0
+
+
+def test_standardized_views_match_the_c_loader_bit_for_bit(tmp_path, workdir):
+    """Views standardized from float32 (two channel means), uint8 and float16 sources: the
+    checkpoint teacher-server fit writes records exactly the statistics committee.data
+    computes (its "preprocessing" text is Dataset.preprocessing), and teacher-server
+    serve's logits equal the exact Python forward on committee.data's features, on every
+    split; the Python teacher serves the same checkpoint with the same values."""
+    folder = str(synthetic_folder(tmp_path / "standardized"))
+    for view, features in (("simg", 32), ("spix", 16), ("shalf", 6)):
+        path = str(tmp_path / f"{view}.safetensors")
+        subprocess.run([os.path.join(processes.BIN, "teacher-server"), "fit", "--data", folder,
+                        "--model", f"mlp:{features}-8-3", "--view", view, "--epochs", "1",
+                        "--out", path], check=True, capture_output=True)
+        data = load(folder, view, max_train=10)  # a subset: the same statistics
+        model = Mlp(path, exact=True)
+        assert model.metadata["preprocessing"] == data.preprocessing, view
+        assert '"transform":"standardize"' in data.preprocessing
+        if view == "simg":
+            constant = 1 * 16 + 2 * 4 + 3  # img[:, 1, 2, 3] is 0.75 on every train row
+            assert data.standard_std[constant] == 1.0
+            assert not data.splits["train"].inputs[:, constant].any()
+        teachers = [processes.c_teacher(path, workdir, "--data", folder)]
+        if view == "simg":
+            teachers.append(processes.python_teacher(workdir, "--mlp", path, "--data", folder))
+        try:
+            clients = [committee.Client(teacher.endpoint, timeout_ms=60000)
+                       for teacher in teachers]
+            for client in clients:
+                hello = client.hello()
+                assert hello.view == view and hello.dataset_fingerprint == data.fingerprint
+            for split, wanted in (("train", data.splits["train"].ids[:10]),
+                                  ("test", np.arange(12)), ("valid", np.arange(5))):
+                rows = data.splits[split].rows(wanted)
+                local = model.forward(data.splits[split].gather(rows))
+                for client in clients:
+                    served = client.query(wanted, ["logits", "hidden"], split)
+                    assert np.array_equal(served["logits"], local["logits"]), (view, split)
+                    assert np.array_equal(served["hidden"], local["hidden"]), (view, split)
+            for client in clients:
+                client.close()
+        finally:
+            for teacher in teachers:
+                assert teacher.stop() == 0
+
+
+def test_standardize_needs_training_examples(tmp_path):
+    folder = tmp_path / "empty-train"
+    manifest = {"format": "committee-dataset/1", "name": "empty-train",
+                "task": {"type": "classification", "classes": 2}, "splits": ["train", "test"],
+                "views": {"x": {"kind": "dense"}, "s": {"from": "x", "transform": "standardize"}}}
+    folder.mkdir()
+    (folder / "dataset.json").write_text(json.dumps(manifest))
+    for split, rows in (("train", 0), ("test", 3)):
+        write_npy(folder / split / "labels.npy", np.zeros(rows, "<i8"))
+        write_npy(folder / split / "x.npy", np.ones((rows, 4), "<f4"))
+    assert load(str(folder), "x").features == 4
+    with pytest.raises(DatasetError, match='view "s" standardizes with train statistics, but '
+                       "empty-train has no training examples"):
+        load(str(folder), "s")
+
+
+def c_check_error(folder, cache):
+    """The sentence `teacher-server data check` fails with (it checks every view)."""
+    done = subprocess.run([os.path.join(processes.BIN, "teacher-server"), "data", "check",
+                           folder], capture_output=True, text=True,
+                          env=dict(os.environ, COMMITTEE_CACHE_DIR=cache))
+    assert done.returncode == 1, done.stdout
+    prefix = "teacher-server data check: "
+    assert done.stderr.startswith(prefix) and done.stderr.count("\n") == 1, done.stderr
+    return done.stderr[len(prefix):].rstrip("\n")
+
+
+def spoil(file, edit):
+    array = np.load(file)
+    edit(array)
+    np.save(file, array)
+
+
+BAD_VALUES = {
+    "nan": ("train/img.npy", lambda a: a.__setitem__((3, 1, 0, 1), np.nan), ["img", "pool", "simg"],
+            "row 3 holds NaN at element 17; a dense view must be finite"),
+    "inf": ("test/half.npy", lambda a: a.__setitem__((4, 5), -np.inf), ["half", "shalf"],
+            "row 4 holds Inf at element 5; a dense view must be finite"),
+    "token": ("valid/tok.npy", lambda a: a.__setitem__((2, 1), 7), ["tok"],
+              "row 2 holds token 7 at position 1, outside the vocabulary [0, 7)"),
+    "negative token": ("train/tok.npy", lambda a: a.__setitem__((0, 2), -1), ["tok"],
+                       "row 0 holds token -1 at position 2, outside the vocabulary [0, 7)"),
+    "category": ("transfer/cat.npy", lambda a: a.__setitem__((8, 1), 5), ["cat"],
+                 "row 8 holds category 5 in column 1, outside its cardinality [0, 5)"),
+    "negative category": ("test/cat.npy", lambda a: a.__setitem__((1, 0), -2), ["cat"],
+                          "row 1 holds category -2 in column 0, outside its cardinality [0, 3)"),
+    "label": ("valid/labels.npy", lambda a: a.__setitem__(4, 3), ["img", "tok", "spix"],
+              "label 3 of row 4 is outside [0, 3)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_values_are_named_as_the_c_loader_names_them(tmp_path, case):
+    """Each bad value of a file the view reads is one DatasetError sentence naming the file,
+    the sentence `teacher-server data check` prints; views that do not read the file load."""
+    file, edit, views, sentence = BAD_VALUES[case]
+    folder = synthetic_folder(tmp_path / "bad")
+    spoil(folder / file, edit)
+    expected = f"{os.path.realpath(folder / file)}: {sentence}"
+    assert c_check_error(str(folder), str(tmp_path / "cache")) == expected
+    for view in views:
+        with pytest.raises(DatasetError) as raised:
+            load(str(folder), view)
+        assert str(raised.value) == expected, view
+    if not file.endswith("labels.npy"):
+        assert load(str(folder), "pix").features == 16  # pix does not read the spoilt file
+
+
+def test_regression_targets_must_be_finite(tmp_path):
+    folder = tmp_path / "regression"
+    manifest = {"format": "committee-dataset/1", "name": "regression",
+                "task": {"type": "regression", "targets": 2}, "splits": ["train", "test"],
+                "views": {"x": {"kind": "dense"}}}
+    folder.mkdir()
+    (folder / "dataset.json").write_text(json.dumps(manifest))
+    for split, rows in (("train", 6), ("test", 4)):
+        write_npy(folder / split / "labels.npy", np.zeros((rows, 2), "<f4"))
+        write_npy(folder / split / "x.npy", np.ones((rows, 3), "<f4"))
+    assert load(str(folder), "x").splits["test"].targets.shape == (4, 2)
+    spoil(folder / "test" / "labels.npy", lambda a: a.__setitem__((3, 1), np.nan))
+    expected = f"{os.path.realpath(folder / 'test' / 'labels.npy')}: target 1 of row 3 is not " \
+        "finite"
+    assert c_check_error(str(folder), str(tmp_path / "cache")) == expected
+    with pytest.raises(DatasetError) as raised:
+        load(str(folder), "x")
+    assert str(raised.value) == expected
 
 
 @pytest.mark.parametrize("view", ["full", "pool14", "pool7"])
