@@ -38,6 +38,7 @@ FM_WEIGHT_DECAY=1
 COMP_WEIGHT_DECAY=0.5
 STUDENT_LR=0.003
 STUDENT_WEIGHT_DECAY=0.5
+KD_WEIGHT=0.2 # kd(fm)'s and diversedistill's --kd-weight on valid (of 0.2, 0.5, 0.9)
 export OPENBLAS_NUM_THREADS=1
 
 say() { printf '\n== demo-movielens: %s\n' "$*" >&2; }
@@ -158,8 +159,8 @@ train() { # TAG METHOD-ARGS...
     seconds[$tag]=$(since "$t")
 }
 train ce --method ce
-train kd --method kd --kd-teacher fm
-train dd --method diversedistill
+train kd --method kd --kd-teacher fm --kd-weight "$KD_WEIGHT"
+train dd --method diversedistill --kd-weight "$KD_WEIGHT"
 
 # ------------------------------------------------------------------ table
 say "evaluating"

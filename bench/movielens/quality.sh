@@ -22,7 +22,10 @@
 #      the numbers, to PREFIX.md and PREFIX.json (default DIR/movielens).
 # Methods: ce, kd-fm, kd-comp, avg-kd, ca-mkd, fitnet-fm (fitnet from fm, with its kd
 # term), dd-fm (diversedistill, fm only), dd (fm+comp), dd-filter (fm+comp, --dd-filter,
-# --cache off: every epoch asks the teachers, so the filter has outputs to skip).
+# --cache off: every epoch asks the teachers, so the filter has outputs to skip), and
+# kd-fm-transfer, dd-transfer: kd-fm and dd with the unlabelled `transfer` split added
+# (--transfer-split transfer: 20,000 unrated pairs only the teachers annotate), at kd-fm's
+# and dd's chosen settings.
 # A fit or run whose checkpoint and result line exist is not done again.
 # Environment: BIN, PYTHON, MOVIELENS_DIR, and the grids (space-separated):
 #   FM_GRID "WD:EPOCHS ..." (default "0.1:3 0.1:5 1:3 1:5"), COMP_GRID (default
@@ -36,7 +39,7 @@ bin=${BIN:-$root/build/bin}
 python=${PYTHON:-/usr/bin/python3}
 data=${MOVIELENS_DIR:-build/data/movielens}
 seeds="1 2 3"
-methods="ce kd-fm kd-comp avg-kd ca-mkd fitnet-fm dd-fm dd dd-filter"
+methods="ce kd-fm kd-comp avg-kd ca-mkd fitnet-fm dd-fm dd dd-filter kd-fm-transfer dd-transfer"
 dir=runs/quality-movielens
 out=
 while [ $# -gt 0 ]; do
@@ -53,6 +56,7 @@ out=${out:-$dir/movielens}
 for method in $methods; do
     case $method in
     ce | kd-fm | kd-comp | avg-kd | ca-mkd | fitnet-fm | dd-fm | dd | dd-filter) ;;
+    kd-fm-transfer | dd-transfer) ;;
     *) echo "quality.sh: --methods: unknown method $method" >&2; exit 2 ;;
     esac
 done
@@ -170,6 +174,8 @@ method_args() {
     dd-fm) echo --method diversedistill --dd-tau "$TAU" "${fm[@]}" ;;
     dd) echo --method diversedistill --dd-tau "$TAU" "${fm[@]}" "${comp[@]}" ;;
     dd-filter) echo --method diversedistill --dd-tau "$TAU" --dd-filter "$THETA" --cache off "${fm[@]}" "${comp[@]}" ;;
+    kd-fm-transfer) echo --transfer-split transfer "$(method_args kd-fm)" ;;
+    dd-transfer) echo --transfer-split transfer "$(method_args dd)" ;;
     esac
 }
 # run TAG METHOD SEED KD_WEIGHT: trains one student with LR, EPOCHS, WD (and TAU, THETA),
@@ -234,6 +240,7 @@ dd_family() { [[ $1 == dd || $1 == dd-fm || $1 == dd-filter ]]; }
 for method in $methods; do
     [ "$method" = ce ] && { weight[$method]=0.5; continue; }
     [ "$method" = dd-filter ] && continue # dd's weight, below
+    [[ $method == *-transfer ]] && continue # the weight of the method without the split
     for w in $KD_WEIGHTS; do run "tune-$method-w$w" "$method" 1 "$w"; done
     read -r weight[$method] <<<"$(best "tune-$method-w" kd_weight)"
     say "$method: --kd-weight ${weight[$method]} (best on valid)"
@@ -275,6 +282,12 @@ if [[ " $methods " == *" dd "* || " $methods " == *" dd-fm "* || " $methods " ==
     say "filter: --dd-filter $THETA (the largest within $NOISE of unfiltered on valid)"
 fi
 if [[ " $methods " == *" dd-fm "* ]]; then weight[dd-fm]=${weight[dd-fm]:-${weight[dd]}}; fi
+for method in kd-fm dd; do
+    if [[ " $methods " == *" $method-transfer "* ]]; then
+        [ -n "${weight[$method]:-}" ] || die "--methods: $method-transfer needs $method too (its settings)"
+        weight[$method-transfer]=${weight[$method]}
+    fi
+done
 
 # ------------------------------------------------------------------ the table
 say "training every method at seeds $seeds"
@@ -289,4 +302,7 @@ cat >"$dir/chosen.json" <<EOF
  "dd_tau": $TAU, "dd_filter": $THETA, "noise": $NOISE, "seeds": "$seeds",
  "fit_seconds": $fit_seconds, "total_seconds": $total_seconds}
 EOF
+# Every invocation's wall time: a rerun that trains only what is missing adds a line.
+printf '{"date": "%s", "fit_seconds": %s, "total_seconds": %s, "methods": "%s", "seeds": "%s"}\n' \
+    "$(date -u +%Y-%m-%dT%H:%MZ)" "$fit_seconds" "$total_seconds" "$methods" "$seeds" >>"$dir/invocations.jsonl"
 "$python" bench/movielens/report.py --dir "$dir" --out "$out"

@@ -26,7 +26,9 @@ import statistics
 
 LABELS = {"ce": "ce (MSE alone)", "kd-fm": "kd(fm)", "kd-comp": "kd(comp)", "avg-kd": "avg-kd",
           "ca-mkd": "ca-mkd", "fitnet-fm": "fitnet(fm)+kd", "dd-fm": "diversedistill (fm only)",
-          "dd": "diversedistill (fm+comp)", "dd-filter": "diversedistill filtered"}
+          "dd": "diversedistill (fm+comp)", "dd-filter": "diversedistill filtered",
+          "kd-fm-transfer": "kd(fm) + transfer split",
+          "dd-transfer": "diversedistill (fm+comp) + transfer split"}
 BASELINES = ["ce", "kd-fm", "kd-comp", "avg-kd", "ca-mkd", "fitnet-fm"]
 
 
@@ -183,6 +185,21 @@ def claims(table):
     return out
 
 
+def transfer_effect(table):
+    """One sentence per method trained with and without --transfer-split."""
+    t, parts = table, []
+    for method in ("kd-fm", "dd"):
+        if method in t.rows and f"{method}-transfer" in t.rows:
+            with_split = f"{method}-transfer"
+            verdict = ("helps" if t.better(with_split, method) else
+                       "hurts" if t.better(method, with_split) else "changes nothing beyond one std")
+            parts.append(f"{LABELS[method]}: {t.text(with_split)} with the split vs "
+                         f"{t.text(method)} without (long tail "
+                         f"{t.text(with_split, 'long_tail_rmse')} vs "
+                         f"{t.text(method, 'long_tail_rmse')}): it {verdict}")
+    return "; ".join(parts) + "." if parts else ""
+
+
 def ablation(runs):
     """DiverseDistill's router on seed 1, the valid split: tau x theta (tune-dd*, tune-ddf-*)."""
     rows = [r for r in runs if r["tag"].startswith(("tune-dd-w", "tune-ddf-"))]
@@ -220,10 +237,18 @@ def main():
         run["asked_unfiltered"] = sum(e["train_examples"] * len(e["teachers"]) for e in epochs)
     table = Table([r for r in runs if r["tag"].startswith("final-")], teachers)
     student = chosen["student"]
+    try:
+        invocations = lines_of(f"{options.dir}/invocations.jsonl")
+    except FileNotFoundError:
+        invocations = []
+    invocations = invocations or [{"date": "?", "fit_seconds": chosen["fit_seconds"],
+                                   "total_seconds": chosen["total_seconds"]}]
+    timing = "; ".join(f"{i['date']}: {i['total_seconds'] / 60:.1f} min, of which the teachers' "
+                       f"fits {i['fit_seconds'] / 60:.1f} min" for i in invocations)
     text = ["# MovieLens latest-small: the committee's table (issue 16)", "",
-            f"`make bench-quality` (its MovieLens section, bench/movielens/quality.sh): "
-            f"{chosen['total_seconds'] / 60:.0f} min in all, of which the teachers' fits "
-            f"{chosen['fit_seconds'] / 60:.1f} min; seeds {chosen['seeds']}. Everything was "
+            f"`make bench-quality` (its MovieLens section, bench/movielens/quality.sh), "
+            f"{len(invocations)} invocation(s) on this work folder (a rerun trains only what is "
+            f"missing): {timing}; seeds {chosen['seeds']}. Everything was "
             "chosen on the `valid` split (each user's second-to-last rating); test = each "
             "user's last rating (671), long tail = the test ratings whose movie has < 5 train "
             "ratings.", "",
@@ -250,6 +275,10 @@ def main():
     answers = claims(table)
     for number, (claim, answer, sentence) in enumerate(answers):
         text.append(f"{number}. {claim}: **{'yes' if answer else 'no'}**: {sentence}.")
+    transfer = transfer_effect(table)
+    if transfer:
+        text += ["", "## The transfer split (unlabelled pairs only the teachers annotate)", "",
+                 transfer]
     markdown = "\n".join(text) + "\n"
     with open(options.out + ".md", "w") as handle:
         handle.write(markdown)

@@ -277,7 +277,7 @@ def test_quality_section_runs_and_answers_the_claims(folder, workdir):
     runs = [json.loads(line) for line in open(os.path.join(work, "runs.jsonl"))]
     finals = {(r["method"], r["seed"]) for r in runs if r["tag"].startswith("final-")}
     methods = ["ce", "kd-fm", "kd-comp", "avg-kd", "ca-mkd", "fitnet-fm", "dd-fm", "dd",
-               "dd-filter"]
+               "dd-filter", "kd-fm-transfer", "dd-transfer"]
     assert finals == {(m, s) for m in methods for s in (1, 2)}
     # Two teachers and theta 0.5: only each example's top teacher (and --dd-explore's 5%)
     # is asked, so the teachers' counters see close to half of the pairs skipped.
@@ -291,6 +291,12 @@ def test_quality_section_runs_and_answers_the_claims(folder, workdir):
                     "## The paper's claims"):
         assert heading in text, text
     assert len(re.findall(r"^[0-4]\. .*: \*\*(yes|no)\*\*: ", text, re.M)) == 5, text
+    assert re.search(r"^kd\(fm\): .* with the split vs .* without .*; diversedistill", text,
+                     re.M), text
+    # The transfer rows: the teachers annotated the 300 unlabelled pairs too.
+    transfer = [r for r in runs if r["tag"] == "final-kd-fm-transfer-s1"]
+    plain = [r for r in runs if r["tag"] == "final-kd-fm-s1"]
+    assert transfer and plain and transfer[0]["test_rmse"] != plain[0]["test_rmse"]
     # Everything is on disk: a second run fits and trains nothing again.
     run(argv, env=env)
     assert len(open(os.path.join(work, "runs.jsonl")).readlines()) == len(runs)
