@@ -133,9 +133,19 @@ FIT_FM=$!
 
 # ---------------------------------------------------------------- run machinery
 final_epoch() { [[ -s $1 ]] && tail -n 1 "$1" | jq -r .epoch 2>/dev/null; }
-same_args() { # name args...: the finished run used these arguments
+# What a run's result depends on beyond its trainer arguments: the data subset and, for a run
+# that asks teachers or replays a record, the teachers' checkpoints (TEACHERS_KEY, set once
+# the committee is fitted): a refitted teacher reruns its prefill and everything downstream.
+TEACHERS_KEY=""
+run_key() { # command args... -> the line kept in runs/NAME.args
+    local key="$*"
+    ((${#DATA_OPTS[@]})) && key+=" #data ${DATA_OPTS[*]}"
+    [[ " $* " == *" --teacher "* || " $* " == *" --record "* ]] && key+=" #teachers $TEACHERS_KEY"
+    echo "$key"
+}
+same_args() { # name command args...: the finished run used these arguments
     local file=$WORK/runs/$1.args; shift
-    [[ -f $file ]] && [[ $(cat "$file") == "$*" ]]
+    [[ -f $file ]] && [[ $(cat "$file") == "$(run_key "$@")" ]]
 }
 RUN_PIDS=()
 TRAINED=0 # runs started by this invocation (a rerun of a finished script starts none)
@@ -154,7 +164,7 @@ run() { # name epochs train|replay args...; runs in the background, JOBS at a ti
     TRAINED=$((TRAINED + 1))
     (
         rm -f "$dir/$name.jsonl" "$dir/$name.safetensors" "$dir/$name.safetensors.state"*
-        echo "$command $*" >"$dir/$name.args"
+        run_key "$command" "$@" >"$dir/$name.args"
         local extra=()
         [[ $command == train ]] && extra+=(--http off)
         t0=$(date +%s.%N)
@@ -247,6 +257,7 @@ serve() { # name -> endpoint ipc://WORK/sock/name.ipc
     done
     say "teacher server $name did not come up:"; tail -5 "$log"; exit 1
 }
+TEACHERS_KEY=$(cat "$WORK"/teachers/{fm,vit,comp7,comp14}.safetensors | sha256sum | cut -c1-16)
 serve fm; serve vit; serve comp7; serve comp14
 ep() { echo "ipc://$WORK/sock/$1.ipc"; }
 say "teacher servers up (fm, vit, comp7, comp14)"
