@@ -81,7 +81,7 @@ REFIT=0
 for arg in "$@"; do
     case $arg in
     --refit) REFIT=1 ;;
-    -h | --help) sed -n 2,41p "$0"; exit 0 ;;
+    -h | --help) sed -n 2,39p "$0"; exit 0 ;;
     *) echo "quality.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
