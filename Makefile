@@ -96,8 +96,9 @@ bench-run: $(BENCH_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
 	    COMMITTEE_BIN_DIR=$(BUILD)/bin $$program || exit 1; done
 
 # The honest results tables, one section each (QUALITY_SECTIONS, default both):
-#   vision     bench/quality.sh (~1 h on 2 cores): fits the committee unless its checkpoints
-#              exist in runs/quality, tunes on a holdout, writes bench/results/quality.{md,json};
+#   vision     bench/quality.sh (~1.5-2 h on 2 cores, estimated): fits the committee (CNN fm)
+#              unless its checkpoints exist in runs/quality, chooses recipes and hyper-parameters
+#              on a holdout, writes bench/results/quality.{md,json} (QUALITY_ARGS: --refit);
 #   movielens  bench/movielens/quality.sh (~1 h): the dataset folder, the teachers' grids, tuning
 #              on valid, 3 seeds, writes bench/results/movielens.{md,json} (MOVIELENS_BENCH_ARGS).
 QUALITY_SECTIONS ?= vision movielens
@@ -224,6 +225,13 @@ bench-python: python $(TEACHER_BIN)
 .PHONY: bench-parity
 bench-parity: python $(TEACHER_BIN) $(TRAINER_BIN)
 	OPENBLAS_NUM_THREADS=1 $(PY_ENV) $(PYTHON) bench/parity/run_parity.py $(PARITY_ARGS)
+
+# bench-quality's vision section in its smoke mode (QUALITY_SMOKE=1: 2000 images, 1-2 epochs,
+# one seed, one-point grids; ~80 s), run by tests/python/test_quality_vision.py, which also
+# checks the report and that a rerun trains nothing (make check-python runs it too).
+.PHONY: bench-quality-smoke
+bench-quality-smoke: python $(TEACHER_BIN) $(TRAINER_BIN)
+	$(PY_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider tests/python/test_quality_vision.py
 
 # committee's kernels next to PyTorch eager (Debian's python3-torch), one thread each, in one
 # run with interleaved repetitions (bench/bench_torch.py; BENCH_TORCH_ARGS e.g. --reps 9).
