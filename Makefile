@@ -99,7 +99,7 @@ bench-run: $(BENCH_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
 #   vision     bench/quality.sh (~1.5-2 h on 2 cores, estimated): fits the committee (CNN fm)
 #              unless its checkpoints exist in runs/quality, chooses recipes and hyper-parameters
 #              on a holdout, writes bench/results/quality.{md,json} (QUALITY_ARGS: --refit);
-#   movielens  bench/movielens/quality.sh (~1 h): the dataset folder, the teachers' grids, tuning
+#   movielens  bench/movielens/quality.sh (~40 min): the dataset folder, the teachers' grids, tuning
 #              on valid, 3 seeds, writes bench/results/movielens.{md,json} (MOVIELENS_BENCH_ARGS).
 QUALITY_SECTIONS ?= vision movielens
 bench-quality: deps
