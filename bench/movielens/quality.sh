@@ -105,6 +105,7 @@ results=$dir/runs.jsonl
 teachers=$dir/teachers.jsonl
 touch "$results" "$teachers"
 rmse() { "$bin/student-trainer" eval --model "$1" --data "$data" "${@:2}" | sed -n 's/.*rmse=\([0-9.]*\).*/\1/p'; }
+mae() { "$bin/student-trainer" eval --model "$1" --data "$data" "${@:2}" | sed -n 's/.* mae=\([0-9.]*\).*/\1/p'; }
 params() { # a checkpoint's parameters: its F32 tensors' bytes / 4
     "$bin/teacher-server" inspect "$1" | awk '/^tensors:/ { print $3 / 4 }'
 }
@@ -120,9 +121,10 @@ fit_one() {
     t=$(now)
     "$bin/teacher-server" fit --data "$data" "${args[@]}" --epochs "$epochs" --weight-decay "$wd" \
         --out "$file" 2>"$dir/teacher-$tag.fit.log" || die "fitting $tag failed (log $dir/teacher-$tag.fit.log)"
-    printf '{"tag": "%s", "name": "%s", "view": "%s", "spec": "%s", "weight_decay": %s, "epochs": %s, "seconds": %s, "parameters": %s, "valid_rmse": %s, "test_rmse": %s, "long_tail_rmse": %s}\n' \
+    printf '{"tag": "%s", "name": "%s", "view": "%s", "spec": "%s", "weight_decay": %s, "epochs": %s, "seconds": %s, "parameters": %s, "valid_rmse": %s, "test_rmse": %s, "test_mae": %s, "long_tail_rmse": %s}\n' \
         "$tag" "$name" "${args[1]}" "${args[3]}" "$wd" "$epochs" "$(since "$t")" "$(params "$file")" \
-        "$(rmse "$file" --split valid)" "$(rmse "$file")" "$(rmse "$file" --max-test "$long_tail")" >>"$teachers"
+        "$(rmse "$file" --split valid)" "$(rmse "$file")" "$(mae "$file")" \
+        "$(rmse "$file" --max-test "$long_tail")" >>"$teachers"
     echo "quality-movielens: teacher $tag: $(tail -n 1 "$teachers")" >&2
 }
 say "fitting the teachers over their grids (fm: $FM_GRID; comp: $COMP_GRID; WD:EPOCHS)"
@@ -195,10 +197,10 @@ run() {
     seconds=$(since "$t")
     [ "$method" = dd-filter ] && theta=$THETA
     "$python" - "$tag" "$method" "$seed" "$LR" "$EPOCHS" "$WD" "$weight" "$TAU" "$theta" "$seconds" \
-        "$(rmse "$file")" "$(rmse "$file" --max-test "$long_tail")" "$(rmse "$file" --split valid)" \
-        "$dir/$tag.jsonl" >>"$results" <<'EOF'
+        "$(rmse "$file")" "$(mae "$file")" "$(rmse "$file" --max-test "$long_tail")" \
+        "$(rmse "$file" --split valid)" "$dir/$tag.jsonl" >>"$results" <<'EOF'
 import json, sys
-(tag, method, seed, lr, epochs, wd, weight, tau, theta, seconds, test, tail, valid,
+(tag, method, seed, lr, epochs, wd, weight, tau, theta, seconds, test, test_mae, tail, valid,
  metrics) = sys.argv[1:]
 lines = [json.loads(line) for line in open(metrics) if '"epoch"' in line]  # not the config line
 counters = [t for line in lines for t in line["teachers"].values()]
@@ -206,7 +208,8 @@ last = lines[-1]["teachers"] if lines else {}
 print(json.dumps({"tag": tag, "method": method, "seed": int(seed), "lr": float(lr),
                   "epochs": int(epochs), "weight_decay": float(wd), "kd_weight": float(weight),
                   "tau": float(tau), "theta": float(theta), "seconds": float(seconds),
-                  "test_rmse": float(test), "long_tail_rmse": float(tail),
+                  "test_rmse": float(test), "test_mae": float(test_mae),
+                  "long_tail_rmse": float(tail),
                   "valid_rmse": float(valid),
                   "router_weight": {name: t["router_weight"] for name, t in last.items()
                                     if "router_weight" in t},

@@ -62,6 +62,7 @@ class Table:
             self.rows[method] = {
                 "seeds": sorted(r["seed"] for r in mine),
                 "test_rmse": mean_std([r["test_rmse"] for r in mine]),
+                "test_mae": mean_std([r.get("test_mae", float("nan")) for r in mine]),
                 "long_tail_rmse": mean_std([r["long_tail_rmse"] for r in mine]),
                 "valid_rmse": mean_std([r["valid_rmse"] for r in mine]),
                 "kd_weight": mine[0]["kd_weight"], "tau": mine[0].get("tau"),
@@ -101,12 +102,13 @@ class Table:
         return self.mean(b, key) - self.mean(a, key) > max(self.std(a, key), self.std(b, key))
 
     def markdown(self):
-        lines = ["| method | RMSE | long tail | valid | gap recovered vs fm | vs best teacher "
+        lines = ["| method | RMSE | MAE | long tail | valid | gap recovered vs fm | vs best teacher "
                  f"({self.best}) | long-tail gap vs fm | skipped | teacher outputs | kd-weight | "
                  "seconds |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, teacher in self.teachers.items():
             lines.append(f"| teacher {name} | {teacher['test_rmse']:.4f} | "
+                         f"{teacher.get('test_mae', float('nan')):.4f} | "
                          f"{teacher['long_tail_rmse']:.4f} | {teacher['valid_rmse']:.4f} "
                          "| | | | | | | |")
         for method, row in self.rows.items():
@@ -115,6 +117,7 @@ class Table:
             if method == "dd-filter":
                 label += f" (θ {row['theta']:g})"
             lines.append(f"| {label} | {self.text(method)} | "
+                         f"{self.text(method, 'test_mae')} | "
                          f"{self.text(method, 'long_tail_rmse')} | "
                          f"{self.text(method, 'valid_rmse')} | "
                          f"{percent(row['gap_recovered_fm'])} | "

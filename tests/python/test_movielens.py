@@ -279,6 +279,7 @@ def test_quality_section_runs_and_answers_the_claims(folder, workdir):
     methods = ["ce", "kd-fm", "kd-comp", "avg-kd", "ca-mkd", "fitnet-fm", "dd-fm", "dd",
                "dd-filter", "kd-fm-transfer", "dd-transfer"]
     assert finals == {(m, s) for m in methods for s in (1, 2)}
+    assert all(r["test_mae"] > 0 for r in runs) and all(f["test_mae"] > 0 for f in fits)
     # Two teachers and theta 0.5: only each example's top teacher (and --dd-explore's 5%)
     # is asked, so the teachers' counters see close to half of the pairs skipped.
     half = [r for r in runs if r["tag"] == f"tune-ddf-tau{chosen['dd_tau']:g}-th0.5"]
