@@ -476,18 +476,24 @@ cm_status_t trainer_cache_put(trainer_cache_t *cache, int teacher, int output, i
     return put_bytes(cache, entry, id, cache->scratch);
 }
 
+/* One row of F32, F16 or BF16 bytes (a saved file's or the cache's storage), widened to floats. */
+static void widen_row(float *values, const uint8_t *bytes, cm_dtype_t dtype, int width) {
+    if (dtype == CM_DTYPE_F32)
+        memcpy(values, bytes, sizeof(float) * (size_t)width);
+    else if (dtype == CM_DTYPE_F16)
+        cm_wire_f16_to_f32(values, bytes, (size_t)width);
+    else
+        cm_wire_bf16_to_f32(values, bytes, (size_t)width);
+}
+
 cm_status_t trainer_cache_get(const trainer_cache_t *cache, int teacher, int output, int id,
                               float *values) {
     const cache_output_t *entry = &cache->teacher[teacher].output[output];
     if (!entry->width) return CM_OK;
     if (entry->dtype == CM_DTYPE_F32) return get_bytes(cache, entry, id, (uint8_t *)values);
     cm_status_t status = get_bytes(cache, entry, id, cache->scratch);
-    if (status != CM_OK) return status;
-    if (entry->dtype == CM_DTYPE_F16)
-        cm_wire_f16_to_f32(values, cache->scratch, (size_t)entry->width);
-    else
-        cm_wire_bf16_to_f32(values, cache->scratch, (size_t)entry->width);
-    return CM_OK;
+    if (status == CM_OK) widen_row(values, cache->scratch, entry->dtype, entry->width);
+    return status;
 }
 
 int trainer_cache_has(const trainer_cache_t *cache, int teacher, int output, int id) {
@@ -719,16 +725,6 @@ static cm_status_t find_output(const cm_safetensors_t *file, const char *path, c
     *values_out = values;
     *has_out = has;
     return CM_OK;
-}
-
-/* One saved row in the file's dtype, widened to floats. */
-static void widen_row(float *values, const uint8_t *bytes, cm_dtype_t dtype, int width) {
-    if (dtype == CM_DTYPE_F32)
-        memcpy(values, bytes, sizeof(float) * (size_t)width);
-    else if (dtype == CM_DTYPE_F16)
-        cm_wire_f16_to_f32(values, bytes, (size_t)width);
-    else
-        cm_wire_bf16_to_f32(values, bytes, (size_t)width);
 }
 
 enum { LOAD_CHUNK_MAX = 1 << 20 };
