@@ -105,7 +105,8 @@ results=$dir/runs.jsonl
 teachers=$dir/teachers.jsonl
 touch "$results" "$teachers"
 rmse() { "$bin/student-trainer" eval --model "$1" --data "$data" "${@:2}" | sed -n 's/.*rmse=\([0-9.]*\).*/\1/p'; }
-mae() { "$bin/student-trainer" eval --model "$1" --data "$data" "${@:2}" | sed -n 's/.* mae=\([0-9.]*\).*/\1/p'; }
+# test_scores FILE: "RMSE MAE" of a checkpoint on the test split, from one evaluation.
+test_scores() { "$bin/student-trainer" eval --model "$1" --data "$data" | sed -n 's/.*rmse=\([0-9.]*\) mae=\([0-9.]*\).*/\1 \2/p'; }
 params() { # a checkpoint's parameters: its F32 tensors' bytes / 4
     "$bin/teacher-server" inspect "$1" | awk '/^tensors:/ { print $3 / 4 }'
 }
@@ -123,7 +124,7 @@ fit_one() {
         --out "$file" 2>"$dir/teacher-$tag.fit.log" || die "fitting $tag failed (log $dir/teacher-$tag.fit.log)"
     printf '{"tag": "%s", "name": "%s", "view": "%s", "spec": "%s", "weight_decay": %s, "epochs": %s, "seconds": %s, "parameters": %s, "valid_rmse": %s, "test_rmse": %s, "test_mae": %s, "long_tail_rmse": %s}\n' \
         "$tag" "$name" "${args[1]}" "${args[3]}" "$wd" "$epochs" "$(since "$t")" "$(params "$file")" \
-        "$(rmse "$file" --split valid)" "$(rmse "$file")" "$(mae "$file")" \
+        "$(rmse "$file" --split valid)" $(test_scores "$file") \
         "$(rmse "$file" --max-test "$long_tail")" >>"$teachers"
     echo "quality-movielens: teacher $tag: $(tail -n 1 "$teachers")" >&2
 }
@@ -197,7 +198,7 @@ run() {
     seconds=$(since "$t")
     [ "$method" = dd-filter ] && theta=$THETA
     "$python" - "$tag" "$method" "$seed" "$LR" "$EPOCHS" "$WD" "$weight" "$TAU" "$theta" "$seconds" \
-        "$(rmse "$file")" "$(mae "$file")" "$(rmse "$file" --max-test "$long_tail")" \
+        $(test_scores "$file") "$(rmse "$file" --max-test "$long_tail")" \
         "$(rmse "$file" --split valid)" "$dir/$tag.jsonl" >>"$results" <<'EOF'
 import json, sys
 (tag, method, seed, lr, epochs, wd, weight, tau, theta, seconds, test, test_mae, tail, valid,
