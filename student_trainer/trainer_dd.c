@@ -53,6 +53,7 @@
 #include "cm_layers.h"
 #include "cm_loss.h"
 #include "cm_rng.h"
+#include "cm_vec.h"
 
 #include <assert.h>
 #include <limits.h>
@@ -686,7 +687,7 @@ static void cross_attention_forward(float *context, float *probs, const float *q
             for (int token = 0; token < tokens; token++) {
                 weights[token] /= sum;
                 const float *value_head = rows + (size_t)token * stride + key_dim + head * head_dim;
-                for (int c = 0; c < head_dim; c++) out[c] += weights[token] * value_head[c];
+                vec_axpy(out, weights[token], value_head, head_dim);
             }
         }
     }
@@ -721,11 +722,9 @@ static void cross_attention_backward(float *d_query, float *d_keys_values, float
                 float *d_key_head = d_keys_values + token_offset;
                 float *d_value_head = d_key_head + key_dim;
                 float d_score = weights[token] * (d_weights[token] - expected) * scale;
-                for (int c = 0; c < head_dim; c++) {
-                    d_value_head[c] += weights[token] * d_out[c];
-                    d_query_head[c] += d_score * key_head[c];
-                    d_key_head[c] += d_score * query_head[c];
-                }
+                vec_axpy(d_value_head, weights[token], d_out, head_dim);
+                vec_axpy(d_query_head, d_score, key_head, head_dim);
+                vec_axpy(d_key_head, d_score, query_head, head_dim);
             }
         }
     }
@@ -1032,7 +1031,7 @@ static void keys_values_forward(trainer_dd_t *dd, int teacher, const float *feat
         for (int token = 0; token < tokens; token++) {
             float *row = state->keys_values + ((size_t)index * tokens + token) * stride;
             const float *position = own->positions + (size_t)token * key;
-            for (int out = 0; out < key; out++) row[out] = dd->folded_bias[out] + position[out];
+            vec_sum(row, dd->folded_bias, position, key);
             memcpy(row + key, dd->folded_bias + key, sizeof(float) * (size_t)key);
         }
     cm_blas_sgemm(false, true, count * tokens, stride, dim, 1.0f, state->normalized, dim,
@@ -1052,8 +1051,8 @@ static void keys_values_backward(trainer_dd_t *dd, int teacher) {
         for (int token = 0; token < tokens; token++) {
             const float *d_row = dd->d_keys_values + ((size_t)index * tokens + token) * stride;
             float *d_position = grad->positions + (size_t)token * key;
-            for (int out = 0; out < key; out++) d_position[out] += d_row[out];
-            for (int out = 0; out < stride; out++) out_sums[out] += d_row[out];
+            vec_add_into(d_position, d_row, key);
+            vec_add_into(out_sums, d_row, stride);
         }
     /* d_folded [2 d_k][d_i] = d_KV^T · F̂ */
     cm_blas_sgemm(true, false, stride, dim, count * tokens, 1.0f, dd->d_keys_values, stride,

@@ -12,6 +12,7 @@
 #include "cm_layers.h"
 #include "cm_loss.h"
 #include "cm_rng.h"
+#include "cm_vec.h"
 
 #include "check_gradcheck.h"
 
@@ -1465,6 +1466,32 @@ START_TEST(test_attention_softmax_accuracy) {
 }
 END_TEST
 
+/* The cm_vec row helpers give exactly the scalar loops' floats, for every tail length. */
+START_TEST(test_vec_row_helpers_equal_scalar_loops) {
+    enum { MAX = 11 };
+    for (int count = 0; count <= MAX; count++) {
+        float x[MAX], y[MAX], a[MAX], b[MAX], vector[MAX], scalar[MAX];
+        for (int i = 0; i < count; i++) {
+            x[i] = 0.37f * (float)i - 1.3f;
+            y[i] = 1.0f / (float)(i + 3);
+            a[i] = 0.1f * (float)(i * i) - 0.7f;
+            b[i] = -0.29f * (float)i + 0.05f;
+        }
+        memcpy(vector, y, sizeof y);
+        vec_axpy(vector, 0.731f, x, count);
+        for (int i = 0; i < count; i++) scalar[i] = y[i] + 0.731f * x[i];
+        ck_assert_mem_eq(vector, scalar, sizeof(float) * (size_t)count);
+        memcpy(vector, y, sizeof y);
+        vec_add_into(vector, x, count);
+        for (int i = 0; i < count; i++) scalar[i] = y[i] + x[i];
+        ck_assert_mem_eq(vector, scalar, sizeof(float) * (size_t)count);
+        vec_sum(vector, a, b, count);
+        for (int i = 0; i < count; i++) scalar[i] = a[i] + b[i];
+        ck_assert_mem_eq(vector, scalar, sizeof(float) * (size_t)count);
+    }
+}
+END_TEST
+
 /* AdamW's vector loop computes each parameter exactly as its scalar tail does: the same
  * values updated as one range of 11 and one parameter at a time give the same bits. */
 START_TEST(test_adamw_vector_equals_scalar) {
@@ -1524,6 +1551,7 @@ Suite *check_layers_suite(void) {
     tcase_add_test(forward, test_gelu_accuracy_dense_grid);
     tcase_add_test(forward, test_attention_softmax_accuracy);
     tcase_add_test(forward, test_adamw_vector_equals_scalar);
+    tcase_add_test(forward, test_vec_row_helpers_equal_scalar_loops);
     tcase_add_test(forward, test_layernorm_normalises_rows);
     tcase_add_test(forward, test_attention_forward_matches_reference);
     tcase_add_test(forward, test_attention_stable_for_large_scores);
