@@ -93,7 +93,7 @@ void trainer_feed_start_epoch(trainer_feed_t *feed, int epoch, int cursor, int f
     cm_rng_shuffle(&rng, feed->order, (size_t)feed->rows);
     feed->epoch = epoch;
     feed->cursor = feed->submitted_upto = cursor;
-    feed->filtering = filtering && feed->committee && feed->config.choose;
+    feed->filtering = filtering && feed->config.choose;
     memset(feed->filter_needed, 0, sizeof feed->filter_needed);
     memset(feed->filter_skipped, 0, sizeof feed->filter_skipped);
 }
@@ -242,6 +242,21 @@ cm_status_t trainer_feed_next(trainer_feed_t *feed, trainer_feed_batch_t *batch)
         }
         if (feed->failure != CM_OK) return cm_fail(feed->failure, "%s", feed->failure_text);
         batch->waited = cm_progress_now() - started;
+    } else if (feed->filtering) {
+        /* A replay filters the recorded outputs: every pair counts as asked for, as with
+         * --cache off live, and the pairs not kept stay out of this batch. */
+        int rows = batch_rows(feed, index);
+        for (int teacher = 0; teacher < feed->config.teacher_count; teacher++)
+            memset(feed->kept[teacher], 1, (size_t)rows);
+        feed->config.choose(feed->config.choose_context, index, batch_ids(feed, index), rows,
+                            feed->kept);
+        for (int teacher = 0; teacher < feed->config.teacher_count; teacher++) {
+            if (!feed->config.needs[teacher]) continue;
+            batch->kept[teacher] = feed->kept[teacher];
+            feed->filter_needed[teacher] += rows;
+            for (int row = 0; row < rows; row++)
+                feed->filter_skipped[teacher] += !feed->kept[teacher][row];
+        }
     }
     batch->index = index;
     batch->rows = batch_rows(feed, index);

@@ -48,7 +48,9 @@ enum { TRAINER_FEED_MAX_WINDOW = 16, TRAINER_FEED_MAX_BATCH = 4096 };
 /*
  * The method's filtering decision for batch `index` (rows ids[0..rows)): sets
  * kept[teacher][row] to 0 for the pairs not worth asking (all are 1 on entry).  Called when
- * the batch's requests are made, in epochs that filter only.
+ * the batch's requests are made, in epochs that filter only.  In a replay (no committee) it is
+ * called when the batch is handed out, and a pair not kept is left out of the batch as an
+ * unasked one is in a live run with --cache off (batch.kept).
  */
 typedef void (*trainer_feed_choose_fn)(void *context, int index, const int32_t *ids, int rows,
                                        uint8_t *const *kept);
@@ -76,6 +78,8 @@ typedef struct {
     const int32_t *ids;                 /* [rows] training rows */
     int missing[TRAINER_COMMITTEE_MAX]; /* rows lacking an output the teacher is asked for */
     double waited;                      /* seconds spent waiting for its teacher outputs */
+    /* A filtering replay's choice: kept[teacher][row] == 0 leaves that pair out (NULL: none). */
+    const uint8_t *kept[TRAINER_COMMITTEE_MAX];
 } trainer_feed_batch_t;
 
 typedef struct trainer_feed trainer_feed_t;

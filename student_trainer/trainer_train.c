@@ -651,12 +651,14 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
         float *destination[TRAINER_OUTPUT_COUNT] = {run->teacher_logits[teacher],
                                                     run->teacher_hidden[teacher],
                                                     run->teacher_feature[teacher]};
-        int missing = 0;
+        int missing = 0, unrecorded = 0;
         for (int row = 0; row < rows; row++) {
             int id = ids[row], present = 1;
             for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
                 if ((run->needs[teacher] >> output) & 1)
                     present &= trainer_cache_has(run->cache, teacher, output, id);
+            unrecorded += !present;
+            if (next->kept[teacher] && !next->kept[teacher][row]) present = 0; /* filtered out */
             run->teacher_present[teacher][row] = (uint8_t)present;
             missing += !present;
             if (!present) continue;
@@ -668,11 +670,11 @@ static cm_status_t train_batch(run_t *run, const trainer_feed_batch_t *next) {
                 if (status != CM_OK) return status;
             }
         }
-        if (missing && !run->committee && !run->filtering)
+        if (unrecorded && !run->committee)
             return cm_fail(CM_ERR_NOT_FOUND,
                            "the record lacks outputs of teacher '%s' for %d examples of this batch "
                            "(e.g. example %d)",
-                           run->teacher_names[teacher], missing, ids[0]);
+                           run->teacher_names[teacher], unrecorded, ids[0]);
         if (missing && !run->filtering) {
             cm_metrics_counter_add(run->teacher_skipped[teacher], 1);
             run->skipped_batches[teacher]++;
@@ -950,8 +952,8 @@ static cm_status_t run_epochs(run_t *run, int *was_interrupted) {
         run->weighted_rows = -1;
         run->forwarded_batch = -1;
         /* Filtering decides per batch with the current student (the feed asks one batch ahead). */
-        run->filtering = trainer_method_chooses(run->method) && run->committee &&
-                         run->epoch > run->options.dd_filter_warmup;
+        run->filtering =
+            trainer_method_chooses(run->method) && run->epoch > run->options.dd_filter_warmup;
         run->epoch_examples = run->epoch_duplicates = run->epoch_steps = run->epoch_transfer = 0;
         memset(run->skipped_batches, 0, sizeof run->skipped_batches);
         memset(run->missing_rows, 0, sizeof run->missing_rows);
@@ -1790,7 +1792,8 @@ int trainer_train_main(int argc, char **argv, int first, int replay) {
         {"dd-probe-answer-weight", CM_CLI_FLOAT, &options->dd_probe_answer_weight, "X",
          "interactive: weight of T^2 KL(teacher || teacher head on the probe)", 0},
         {"dd-filter", CM_CLI_FLOAT, &options->dd_filter, "THETA",
-         "ask teacher i for example j only if alpha_ji >= THETA or i is j's top teacher (0: off)",
+         "ask teacher i for example j only if alpha_ji >= THETA or i is j's top teacher (0: off; "
+         "replay uses only those recorded outputs, as a live run with --cache off)",
          0},
         {"dd-explore", CM_CLI_FLOAT, &options->dd_explore, "P",
          "share of filtered-out pairs still asked for, so the router sees them", 0},
