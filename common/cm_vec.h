@@ -71,18 +71,4 @@ static inline void vec_axpy(float *y, float a, const float *x, int count) {
     for (int i = body; i < count; i++) y[i] += a * x[i];
 }
 
-/* y[i] += x[i] for i < count. */
-static inline void vec_add_into(float *y, const float *x, int count) {
-    int body = count - count % VEC;
-    for (int i = 0; i < body; i += VEC) vec_store(y + i, vec_load(y + i) + vec_load(x + i));
-    for (int i = body; i < count; i++) y[i] += x[i];
-}
-
-/* out[i] = a[i] + b[i] for i < count. */
-static inline void vec_sum(float *out, const float *a, const float *b, int count) {
-    int body = count - count % VEC;
-    for (int i = 0; i < body; i += VEC) vec_store(out + i, vec_load(a + i) + vec_load(b + i));
-    for (int i = body; i < count; i++) out[i] = a[i] + b[i];
-}
-
 #endif

@@ -1031,7 +1031,7 @@ static void keys_values_forward(trainer_dd_t *dd, int teacher, const float *feat
         for (int token = 0; token < tokens; token++) {
             float *row = state->keys_values + ((size_t)index * tokens + token) * stride;
             const float *position = own->positions + (size_t)token * key;
-            vec_sum(row, dd->folded_bias, position, key);
+            cm_layers_add_forward(row, dd->folded_bias, position, key);
             memcpy(row + key, dd->folded_bias + key, sizeof(float) * (size_t)key);
         }
     cm_blas_sgemm(false, true, count * tokens, stride, dim, 1.0f, state->normalized, dim,
@@ -1051,8 +1051,8 @@ static void keys_values_backward(trainer_dd_t *dd, int teacher) {
         for (int token = 0; token < tokens; token++) {
             const float *d_row = dd->d_keys_values + ((size_t)index * tokens + token) * stride;
             float *d_position = grad->positions + (size_t)token * key;
-            vec_add_into(d_position, d_row, key);
-            vec_add_into(out_sums, d_row, stride);
+            cm_layers_add_forward(d_position, d_position, d_row, key);
+            cm_layers_add_forward(out_sums, out_sums, d_row, stride);
         }
     /* d_folded [2 d_k][d_i] = d_KV^T · F̂ */
     cm_blas_sgemm(true, false, stride, dim, count * tokens, 1.0f, dd->d_keys_values, stride,

@@ -179,15 +179,20 @@ static cm_status_t submit(trainer_feed_t *feed, int slot, int teacher, const int
     return CM_OK;
 }
 
+/* feed->kept for batch `index`: every pair, or (filtering) the pairs the method keeps. */
+static void choose_kept(trainer_feed_t *feed, int index, const int32_t *ids, int rows) {
+    for (int teacher = 0; teacher < feed->config.teacher_count; teacher++)
+        memset(feed->kept[teacher], 1, (size_t)rows);
+    if (feed->filtering)
+        feed->config.choose(feed->config.choose_context, index, ids, rows, feed->kept);
+}
+
 /* Asks for the rows of batch `index` that the cache lacks (and filtering keeps). */
 static cm_status_t submit_batch(trainer_feed_t *feed, int index) {
     int slot = index % feed->config.window, rows = batch_rows(feed, index);
     const int32_t *ids = batch_ids(feed, index);
     feed->pending[slot] = 0;
-    for (int teacher = 0; teacher < feed->config.teacher_count; teacher++)
-        memset(feed->kept[teacher], 1, (size_t)rows);
-    if (feed->filtering)
-        feed->config.choose(feed->config.choose_context, index, ids, rows, feed->kept);
+    choose_kept(feed, index, ids, rows);
     /* A ticket asks rows of one split: the training rows and the transfer rows go apart. */
     int32_t missing[2][TRAINER_FEED_MAX_BATCH];
     for (int teacher = 0; teacher < feed->config.teacher_count; teacher++) {
@@ -246,10 +251,7 @@ cm_status_t trainer_feed_next(trainer_feed_t *feed, trainer_feed_batch_t *batch)
         /* A replay filters the recorded outputs: every pair counts as asked for, as with
          * --cache off live, and the pairs not kept stay out of this batch. */
         int rows = batch_rows(feed, index);
-        for (int teacher = 0; teacher < feed->config.teacher_count; teacher++)
-            memset(feed->kept[teacher], 1, (size_t)rows);
-        feed->config.choose(feed->config.choose_context, index, batch_ids(feed, index), rows,
-                            feed->kept);
+        choose_kept(feed, index, batch_ids(feed, index), rows);
         for (int teacher = 0; teacher < feed->config.teacher_count; teacher++) {
             if (!feed->config.needs[teacher]) continue;
             batch->kept[teacher] = feed->kept[teacher];
