@@ -19,8 +19,11 @@
 #      weight x interactive, mean of holdout seeds 1-2), the filter theta (--cache off);
 #   5. runs 9 methods x 3 seeds x 4 tables, and the three-teacher table (fm+vit+comp14, A14
 #      few labels) where filtering chooses among three teachers; --holdout 0, test read only
-#      here. Live runs: filtered DiverseDistill (--cache off, so the teachers' work is real)
-#      and anything interactive (the teachers' heads are not in a record);
+#      here. Filtered DiverseDistill is a replay with --dd-filter (the router's choice drops
+#      the recorded outputs it does not keep; the report counts the outputs live --cache off
+#      teachers would compute: every example x teacher x epoch less the skipped ones) — the
+#      tuning's theta runs are live (--cache off), so the teachers' own counters check it.
+#      Live runs: anything interactive (the teachers' heads are not in a record);
 #   6. a small DiverseDistill ablation on A14 few labels (QUALITY_ABLATION=0 skips it);
 #   7. writes RESULTS/quality.md and quality.json (bench/quality/report.py).
 #
@@ -285,7 +288,7 @@ done
 phase_done "prefill"
 
 # Method -> command and options for table $1 (A7|A14); uses KD_W KD_T DD_W DD_T DD_ROUTER
-# DD_THETA DD_EXTRA. Replays read the committee's record; interactive and filtered runs go live.
+# DD_THETA DD_EXTRA. Replays read the committee's record; interactive runs go live.
 method_args() {
     local tab=$1 method=$2 pair=fm-$(comp_of "$1")
     local kdopts="--temperature $KD_T --kd-weight $KD_W"
@@ -294,6 +297,12 @@ method_args() {
     [[ $DD_EXTRA == *--dd-interactive* ]] && live=1
     dd_on() { # committee: replay its record, or live when interactive
         if ((live)); then echo "train $(committee "$1") $ddopts"; else echo "replay --record $(record_of "$1") $ddopts"; fi
+    }
+    dd_filter() { # committee: live with --cache off (the teachers' savings are real) when
+        # FILTER_LIVE=1 (the tuning), else a replay of its record with the router's choice
+        # applied to the recorded outputs (report.py counts what live teachers would compute)
+        if ((live || ${FILTER_LIVE:-0})); then echo "train $(committee "$1") $ddopts --dd-filter $DD_THETA --cache off"
+        else echo "replay --record $(record_of "$1") $ddopts --dd-filter $DD_THETA"; fi
     }
     case $method in
     ce) echo "train --method ce" ;;
@@ -304,13 +313,13 @@ method_args() {
     fitnet-fm) echo "replay --record $(record_of fm) --method fitnet --kd-teacher fm --fitnet-teacher fm $kdopts" ;;
     dd-fm) dd_on fm ;;
     dd-both) dd_on "$pair" ;;
-    dd-filter) echo "train $(committee "$pair") $ddopts --dd-filter $DD_THETA --cache off" ;;
+    dd-filter) dd_filter "$pair" ;;
     # the three-teacher table (A14 only)
     kd-vit) echo "replay --record $(record_of fm-vit-comp14) --method kd --kd-teacher vit $kdopts" ;;
     avg-kd3) echo "replay --record $(record_of fm-vit-comp14) --method avg-kd $kdopts" ;;
     ca-mkd3) echo "replay --record $(record_of fm-vit-comp14) --method ca-mkd $kdopts" ;;
     dd-three) dd_on fm-vit-comp14 ;;
-    dd-three-filter) echo "train $(committee fm-vit-comp14) $ddopts --dd-filter $DD_THETA --cache off" ;;
+    dd-three-filter) dd_filter fm-vit-comp14 ;;
     # ablation: the complementary teacher alone (live: no record of comp14 alone; it is cheap)
     dd-comp-only) echo "train --teacher comp=$(ep "$(comp_of "$tab")") $ddopts" ;;
     esac
@@ -395,7 +404,7 @@ done
 DD_EXTRA=$(variant_args "$DD_VARIANT")
 DD_UNFILTERED_VALID=$(last "$(variant_run "$DD_VARIANT" "$TUNE_SEED")" valid_accuracy)
 say "chosen DiverseDistill variant: $DD_VARIANT (mean valid $(printf %.4f "$bestv"); options '${DD_EXTRA}')"
-for th in $THETAS; do DD_THETA=$th tune_run "tune-ddf-$DD_ROUTER-$DD_VARIANT-th$th" $TUNE_SEED dd-filter; done
+for th in $THETAS; do DD_THETA=$th FILTER_LIVE=1 tune_run "tune-ddf-$DD_ROUTER-$DD_VARIANT-th$th" $TUNE_SEED dd-filter; done
 drain
 DD_THETA=""; bestv=-1; besttheta=""
 for th in $(echo $THETAS | tr ' ' '\n' | sort -gr); do # largest first

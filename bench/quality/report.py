@@ -12,8 +12,10 @@ WORK/runs/*.jsonl|*.wall|*.args and WORK/phases.jsonl, and writes:
   of test accuracy over seeds, the gap recovered (acc - acc_ce) / (acc_teacher - acc_ce) against
   the foundation teacher fm and against the best teacher of the committee, the share of
   (example, teacher) outputs the filter skipped in its filtered epochs (the first epoch is an
-  unfiltered warm-up) and the outputs the teachers computed for the run (examples received,
-  which the teachers' own counters equal), mean wall seconds per run;
+  unfiltered warm-up) and the outputs the teachers computed for the run (live: examples
+  received, which the teachers' own counters equal; a filtered replay: every example x teacher
+  x epoch less the pairs its filter skipped, what live --cache off teachers would compute),
+  mean wall seconds per run;
 - the three claims per table, each answered yes or no from those numbers ("by more than one
   std": the difference of means exceeds the larger of the two stds);
 - the tuning runs (valid accuracy) and the ablation (test accuracy), and the phases' wall time.
@@ -99,6 +101,10 @@ def load_run(name, epochs=None):
     # what an unfiltered --cache off run asks: every example from every teacher every epoch
     run["asked_unfiltered"] = len(teachers) * last["train_examples"] * last["epoch"]
     run["train_examples"] = last["train_examples"]
+    if run["replay"] and run["filter_needed"]:
+        # a filtered replay: the outputs live teachers with --cache off would compute
+        run["received"] = {n: run["asked_unfiltered"] // len(teachers) - run["per_teacher_skipped"][n][0]
+                           for n in teachers}
     return run
 
 
@@ -190,7 +196,8 @@ def render(table, specs):
             continue
         skip = (f"{pct(row['skipped_filtered_epochs'])} ({pct(row['saved_whole_run'])} of the run)"
                 if "skipped_filtered_epochs" in row else "—")
-        outputs = ("replay of the record" if row["replay"] else
+        outputs = (f"{row['teacher_outputs'] / 1000:.0f}k (replay)" if row["replay"] and "skipped_filtered_epochs" in row
+                   else "replay of the record" if row["replay"] else
                    f"{row['teacher_outputs'] / 1000:.0f}k" if row["teacher_outputs"] else "—")
         md.append(f"| {label} | {who} | {table.text(method)} | {pct(row.get('gap_recovered_fm'), 0)} | "
                   f"{pct(row.get('gap_recovered_best'), 0)} | {skip} | {outputs} | "
@@ -250,9 +257,13 @@ md.append("Produced by `bench/quality.sh` (`make bench-quality`); machine-readab
           "Table runs use `--holdout 0`; the test set is read only for these tables.\n")
 md.append("Teacher outputs: each committee was asked once, by a one-epoch prefill run with `--record`; "
           "every run marked *replay* trained from that record (`student-trainer replay`, bit-exact with "
-          "`train`), so its teacher outputs cost nothing at run time. Filtered runs ask the live teachers "
-          "with `--cache off`: their *teacher outputs / run* (rows the trainer received, equal to the "
-          "teachers' own counters) is the real work. *wall* = mean wall seconds of one run, two runs at a "
+          "`train`), so its teacher outputs cost nothing at run time. Filtered table runs replay the record "
+          "with `--dd-filter` (the router's choice drops the recorded outputs it does not keep): their "
+          "*teacher outputs / run* is what live teachers with `--cache off` would compute, every example x "
+          "teacher x epoch less the skipped pairs; the tuning's theta runs ran live with `--cache off`, where "
+          "the same number is the rows the teachers' own counters served. Replayed outputs are the recorded "
+          "ones, so a filtered replay is not bit-exact with a live filtered run (live teachers compute the "
+          "kept rows in smaller batches, which moves their outputs by an ulp). *wall* = mean wall seconds of one run, two runs at a "
           "time on the 2-core machine that also served the teachers.\n")
 
 md.append("## Committee\n")

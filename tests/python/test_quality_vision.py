@@ -62,6 +62,8 @@ def test_every_table_row_and_claim_is_there(smoke):
         assert sorted(rows) == sorted(METHODS), key
         assert all(row["seeds_done"] == 1 for row in rows.values())
         assert 0 < rows["dd-filter"]["skipped_filtered_epochs"] < 1
+        filtered = rows["dd-filter"]  # what live --cache off teachers would have computed
+        assert 0 < filtered["teacher_outputs"] < filtered["asked_unfiltered"], key
         claims = report["claims"][key]
         assert len(claims) == 3 and all(isinstance(c["answer"], bool) for c in claims), claims
     three = report["tables"]["A14-few-three"]["rows"]
@@ -86,15 +88,16 @@ def test_choices_never_see_test_and_teachers_are_asked_once(smoke):
     for name in tuning:
         args = args_of(work, name)
         assert int(args[args.index("--holdout") + 1]) > 0, name
+        if name.startswith("tune-ddf-"):  # theta is chosen live, the teachers' savings real
+            assert args[0] == "train" and args[args.index("--cache") + 1] == "off", name
     for name in table:
         args = args_of(work, name)
         assert args[args.index("--holdout") + 1] == "0", name
+        # live: interactive (heads are not in a record), no teacher (ce) and the cheap
+        # comp-only ablation; the rest replays, filtered runs too (--dd-filter on the record)
+        live = name.endswith("-ce-s1") or "comp-only" in name or "--dd-interactive" in args
         if "filter" in name:
-            assert "--cache" in args and args[args.index("--cache") + 1] == "off"
-        # live: filtered (the teachers' work is the point), interactive (heads are not in a
-        # record), no teacher (ce) and the cheap comp-only ablation; the rest replays
-        live = ("filter" in name or name.endswith("-ce-s1") or "comp-only" in name
-                or "--dd-interactive" in args)
+            assert "--dd-filter" in args and ("--cache" in args) == live, name
         assert args[0] == ("train" if live else "replay"), name
         if not live:  # trains from the committee's one prefill record
             record = args[args.index("--record") + 1]
