@@ -23,11 +23,14 @@
  * read, not even as NaN·0 inside a BLAS call, and filtered-out pairs cost nothing.
  *
  * LN_i's affine is folded into the key/value weights: LN_i(F)·W^T = F̂·(W∘gamma)^T + W·beta
- * with F̂ the plain normalization.  Only F̂ [rows][L_i][d_i] is stored, and since teacher
- * features get no gradient, the backward needs one sgemm (dW' = dKV^T·F̂) and
- * [2 d_k][d_i] arithmetic for W, gamma and beta, instead of a second [rows][L_i][d_i]
- * buffer for dLN_i(F).  W_K and W_V sit next to each other as one [2 d_k][d_i] matrix,
- * so keys and values come out of one sgemm as rows of [K | V].
+ * with F̂ the plain normalization; teacher features get no gradient, so the backward ends in
+ * dW' [2 d_k][d_i] and [2 d_k][d_i] arithmetic for W, gamma and beta.  Keys and values are
+ * never formed: with one query per example and head, q_h·K_{t,h} = (W'_{K,h}^T q_h)·F̂_t +
+ * q_h·P_{t,h} + q_h·(W_K beta)_h, whose last term is the same for every token and drops out
+ * of the softmax (its gradient is 0), and Σ_t a_t V_{t,h} = W'_{V,h}·(Σ_t a_t F̂_t) +
+ * (W_V beta)_h.  So each head maps its query into the token space and pools the tokens
+ * there: [heads][d_i] per example instead of [L_i][2 d_k], a factor ~L_i·d_k / (d_k +
+ * heads·L_i) less work (12x for a 7x7 CNN feature map), the same function and gradients.
  *
  * Parameters live in one 64-byte aligned block of four sections (params, grads, AdamW
  * moments), each rounded up to whole cache lines.  Inside a section the matrices that
@@ -53,7 +56,6 @@
 #include "cm_layers.h"
 #include "cm_loss.h"
 #include "cm_rng.h"
-#include "cm_vec.h"
 
 #include <assert.h>
 #include <limits.h>
@@ -119,12 +121,13 @@ typedef struct {
     int present_count;   /* rows of this batch where the teacher is present */
     int *present_rows;   /* [max_batch] their batch rows, ascending */
     float *normalized;   /* [max_batch][L_i][d_i] F̂ = (F - mean) * rstd per token */
-    float *keys_values;  /* [max_batch][L_i][2 d_k] K_i (positions included) | V_i */
+    float *query_tokens; /* [max_batch][heads][d_i] W'_{K,h}^T q_h / sqrt(head_dim) */
+    float *pooled;       /* [max_batch][heads][d_i] Σ_t a_{t,h} F̂_t */
     float *question_pre; /* [max_batch][hid] W_q1·[LN_q(h); e_i] + b_q1 */
     float *question_act; /* [max_batch][hid] GELU of it */
     float *question;     /* [max_batch][d_k] q_i */
     float *attention;    /* [max_batch][heads][L_i] attention probabilities */
-    float *context;      /* [max_batch][d_k] MHA(q_i, K_i, V_i) */
+    float *context;      /* [max_batch][d_k] MHA(q_i, K_i, V_i) = W'_V·pooled + W_V beta */
     float *answer;       /* [max_batch][d_k] a_i */
     float *augment_pre;  /* [max_batch][hid] W_a1·a_i + b_a1 */
     float *augment_act;  /* [max_batch][hid] GELU of it */
@@ -216,8 +219,9 @@ struct trainer_dd {
     float *d_question;     /* [max_batch][d_k] */
     float *d_question_act; /* [max_batch][hid] */
     float *d_question_pre; /* [max_batch][hid] */
-    float *d_keys_values;  /* [max_batch][longest L_i][2 d_k] */
-    float *d_attention;    /* [longest L_i] dLoss/d(attention weight) of one example and head */
+    float *d_pooled;       /* [max_batch][heads][widest d_i] */
+    float *d_query_tokens; /* [max_batch][heads][widest d_i] */
+    float *d_scores;       /* [max_batch][heads][longest L_i] dLoss/d(attention score) */
     float *d_probe_logits; /* [max_batch][C] */
 };
 
@@ -488,7 +492,8 @@ static void carve_scratch(trainer_dd_t *dd, arena_t *arena) {
         teacher_state_t *state = &dd->teacher[teacher];
         size_t tokens = (size_t)state->tokens;
         state->normalized = take(arena, batch * tokens * (size_t)state->dim);
-        state->keys_values = take(arena, batch * tokens * 2 * key);
+        state->query_tokens = take(arena, batch * heads * (size_t)state->dim);
+        state->pooled = take(arena, batch * heads * (size_t)state->dim);
         state->question_pre = take(arena, batch * hidden);
         state->question_act = take(arena, batch * hidden);
         state->question = take(arena, batch * key);
@@ -558,8 +563,9 @@ static void carve_scratch(trainer_dd_t *dd, arena_t *arena) {
     dd->d_question = take(arena, batch * key);
     dd->d_question_act = take(arena, batch * hidden);
     dd->d_question_pre = take(arena, batch * hidden);
-    dd->d_keys_values = take(arena, batch * longest * 2 * key);
-    dd->d_attention = take(arena, longest);
+    dd->d_pooled = take(arena, batch * heads * widest);
+    dd->d_query_tokens = take(arena, batch * heads * widest);
+    dd->d_scores = take(arena, batch * heads * longest);
     dd->d_probe_logits = take(arena, batch * classes);
 }
 
@@ -637,98 +643,6 @@ void trainer_dd_free(trainer_dd_t **dd_pointer) {
 }
 
 /* ---------------------------------------------------------------- kernels */
-
-/*
- * out[tokens] = the first `count` columns of each row of rows[tokens][stride], dotted with
- * vector[count].  The sum runs with the token innermost, so the additions are independent
- * across tokens instead of one dependent chain per token (head_dim is small, 16 for the
- * defaults, and such chains would dominate the attention's time).
- */
-static void strided_dots(float *out, const float *rows, int stride, const float *vector, int count,
-                         int tokens) {
-    for (int token = 0; token < tokens; token++) out[token] = 0.0f;
-    for (int c = 0; c < count; c++) {
-        const float *column = rows + c;
-        for (int token = 0; token < tokens; token++)
-            out[token] += vector[c] * column[(size_t)token * stride];
-    }
-}
-
-/*
- * One-query multi-head attention: each example's query attends over that example's tokens.
- * query [examples][d_k]; keys_values [examples][tokens][2 d_k] (K in columns 0..d_k-1, V in
- * the rest); heads split d_k into head_dim = d_k / heads columns.
- * context [examples][d_k] = concat_h softmax(q_h·K_h^T / sqrt(head_dim))·V_h;
- * probs [examples][heads][tokens] saves the attention weights.
- */
-static void cross_attention_forward(float *context, float *probs, const float *query,
-                                    const float *keys_values, int examples, int tokens, int key_dim,
-                                    int heads) {
-    int head_dim = key_dim / heads, stride = 2 * key_dim;
-    float scale = 1.0f / sqrtf((float)head_dim);
-    for (int example = 0; example < examples; example++) {
-        const float *rows = keys_values + (size_t)example * tokens * stride;
-        for (int head = 0; head < heads; head++) {
-            const float *query_head = query + (size_t)example * key_dim + head * head_dim;
-            float *weights = probs + ((size_t)example * heads + head) * tokens;
-            strided_dots(weights, rows + head * head_dim, stride, query_head, head_dim, tokens);
-            float max_score = -INFINITY;
-            for (int token = 0; token < tokens; token++) {
-                weights[token] *= scale;
-                if (weights[token] > max_score) max_score = weights[token];
-            }
-            float sum = 0.0f;
-            for (int token = 0; token < tokens; token++) {
-                weights[token] = expf(weights[token] - max_score);
-                sum += weights[token];
-            }
-            float *out = context + (size_t)example * key_dim + head * head_dim;
-            memset(out, 0, sizeof(float) * (size_t)head_dim);
-            for (int token = 0; token < tokens; token++) {
-                weights[token] /= sum;
-                const float *value_head = rows + (size_t)token * stride + key_dim + head * head_dim;
-                vec_axpy(out, weights[token], value_head, head_dim);
-            }
-        }
-    }
-}
-
-/* d_query [examples][d_k] and d_keys_values [examples][tokens][2 d_k] += gradients, from
- * d_context [examples][d_k] and what the forward read and saved (shapes as above);
- * d_weights [tokens] is scratch. */
-static void cross_attention_backward(float *d_query, float *d_keys_values, float *d_weights,
-                                     const float *d_context, const float *query,
-                                     const float *keys_values, const float *probs, int examples,
-                                     int tokens, int key_dim, int heads) {
-    int head_dim = key_dim / heads, stride = 2 * key_dim;
-    float scale = 1.0f / sqrtf((float)head_dim);
-    for (int example = 0; example < examples; example++) {
-        size_t row_offset = (size_t)example * tokens * stride;
-        for (int head = 0; head < heads; head++) {
-            size_t head_offset = (size_t)example * key_dim + head * head_dim;
-            const float *query_head = query + head_offset, *d_out = d_context + head_offset;
-            float *d_query_head = d_query + head_offset;
-            const float *weights = probs + ((size_t)example * heads + head) * tokens;
-            /* d_weight[t] = <d_out, V_t>;
-             * d_score[t] = weight[t]·(d_weight[t] - Σ_s weight[s]·d_weight[s]) */
-            strided_dots(d_weights, keys_values + row_offset + key_dim + head * head_dim, stride,
-                         d_out, head_dim, tokens);
-            float expected = 0.0f;
-            for (int token = 0; token < tokens; token++)
-                expected += weights[token] * d_weights[token];
-            for (int token = 0; token < tokens; token++) {
-                size_t token_offset = row_offset + (size_t)token * stride + head * head_dim;
-                const float *key_head = keys_values + token_offset;
-                float *d_key_head = d_keys_values + token_offset;
-                float *d_value_head = d_key_head + key_dim;
-                float d_score = weights[token] * (d_weights[token] - expected) * scale;
-                vec_axpy(d_value_head, weights[token], d_out, head_dim);
-                vec_axpy(d_query_head, d_score, key_head, head_dim);
-                vec_axpy(d_key_head, d_score, query_head, head_dim);
-            }
-        }
-    }
-}
 
 /* log Σ_c exp(logits[c]), max-subtracted, in double. */
 static double log_sum_exp(const float *logits, int classes) {
@@ -1009,55 +923,139 @@ static void question_backward(trainer_dd_t *dd, int teacher) {
     }
 }
 
-/* K_i | V_i [count][L_i][2 d_k] for the present rows of feature [rows][L_i][d_i]. */
-static void keys_values_forward(trainer_dd_t *dd, int teacher, const float *feature) {
-    int key = dd->config.key_dim, stride = 2 * key;
-    teacher_state_t *state = &dd->teacher[teacher];
+/* folded_weight = W_KV ∘ gamma_i and folded_bias = W_KV·beta_i of teacher `teacher` (the
+ * buffers are shared, so the backward folds again). */
+static void fold_key_value(trainer_dd_t *dd, int teacher) {
     const teacher_tensors_t *own = &dd->param.teacher[teacher];
-    int tokens = state->tokens, dim = state->dim, count = state->present_count;
-    size_t example_floats = (size_t)tokens * dim;
-    for (int index = 0; index < count; index++)
-        cm_layers_layernorm_forward(state->normalized + (size_t)index * example_floats,
-                                    dd->token_mean, dd->token_rstd,
-                                    feature + (size_t)state->present_rows[index] * example_floats,
-                                    dd->unit_gamma, dd->zero_beta, tokens, dim);
-    for (int out = 0; out < stride; out++) {
+    int dim = dd->teacher[teacher].dim;
+    for (int out = 0; out < 2 * dd->config.key_dim; out++) {
         const float *weight = own->key_value_weight + (size_t)out * dim;
         float *folded = dd->folded_weight + (size_t)out * dim;
         for (int c = 0; c < dim; c++) folded[c] = weight[c] * own->norm_gamma[c];
         dd->folded_bias[out] = dot(weight, own->norm_beta, dim);
     }
-    for (int index = 0; index < count; index++)
-        for (int token = 0; token < tokens; token++) {
-            float *row = state->keys_values + ((size_t)index * tokens + token) * stride;
-            const float *position = own->positions + (size_t)token * key;
-            cm_layers_add_forward(row, dd->folded_bias, position, key);
-            memcpy(row + key, dd->folded_bias + key, sizeof(float) * (size_t)key);
-        }
-    cm_blas_sgemm(false, true, count * tokens, stride, dim, 1.0f, state->normalized, dim,
-                  dd->folded_weight, dim, 1.0f, state->keys_values, stride);
 }
 
-/* From d_keys_values [count][L_i][2 d_k]: adds into W_KV, LN_i's gamma and beta, and P_i. */
-static void keys_values_backward(trainer_dd_t *dd, int teacher) {
-    int key = dd->config.key_dim, stride = 2 * key;
+/*
+ * Teacher `teacher`'s attention for its present rows of feature [rows][L_i][d_i], one query
+ * per example and head (head_dim = d_k / heads columns of q_i and of each key and value):
+ * attention [count][heads][L_i] = softmax_t((q_h·K_{t,h}) / sqrt(head_dim)) and context
+ * [count][d_k] = concat_h Σ_t a_{t,h} V_{t,h}, computed in the token space (file comment).
+ */
+static void token_attention_forward(trainer_dd_t *dd, int teacher, const float *feature) {
+    const trainer_dd_config_t *config = &dd->config;
+    int key = config->key_dim, heads = config->heads, head_dim = key / heads;
+    teacher_state_t *state = &dd->teacher[teacher];
+    const teacher_tensors_t *own = &dd->param.teacher[teacher];
+    int tokens = state->tokens, dim = state->dim, count = state->present_count;
+    size_t example_floats = (size_t)tokens * dim, head_floats = (size_t)heads * dim;
+    size_t score_floats = (size_t)heads * tokens;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    for (int index = 0; index < count; index++)
+        cm_layers_layernorm_forward(state->normalized + (size_t)index * example_floats,
+                                    dd->token_mean, dd->token_rstd,
+                                    feature + (size_t)state->present_rows[index] * example_floats,
+                                    dd->unit_gamma, dd->zero_beta, tokens, dim);
+    fold_key_value(dd, teacher);
+    const float *value_weight = dd->folded_weight + (size_t)key * dim;
+    for (int head = 0; head < heads; head++) {
+        int column = head * head_dim;
+        /* scores_h [count][L] = q_h·P_h^T / sqrt(head_dim), the positional part */
+        cm_blas_sgemm(false, true, count, tokens, head_dim, scale, state->question + column, key,
+                      own->positions + column, key, 0.0f, state->attention + head * tokens,
+                      (int)score_floats);
+        /* query_tokens_h [count][d_i] = q_h·W'_{K,h} / sqrt(head_dim) */
+        cm_blas_sgemm(false, false, count, dim, head_dim, scale, state->question + column, key,
+                      dd->folded_weight + (size_t)column * dim, dim, 0.0f,
+                      state->query_tokens + (size_t)head * dim, (int)head_floats);
+    }
+    for (int index = 0; index < count; index++) /* scores [heads][L] += query_tokens·F̂^T */
+        cm_blas_sgemm(false, true, heads, tokens, dim, 1.0f,
+                      state->query_tokens + index * head_floats, dim,
+                      state->normalized + index * example_floats, dim, 1.0f,
+                      state->attention + index * score_floats, tokens);
+    cm_loss_softmax(state->attention, state->attention, 1.0f, count * heads, tokens);
+    for (int index = 0; index < count; index++) /* pooled [heads][d_i] = a·F̂ */
+        cm_blas_sgemm(false, false, heads, dim, tokens, 1.0f,
+                      state->attention + index * score_floats, tokens,
+                      state->normalized + index * example_floats, dim, 0.0f,
+                      state->pooled + index * head_floats, dim);
+    for (int index = 0; index < count; index++)
+        memcpy(state->context + (size_t)index * key, dd->folded_bias + key,
+               sizeof(float) * (size_t)key);
+    for (int head = 0; head < heads; head++) /* context_h += pooled_h·W'_{V,h}^T */
+        cm_blas_sgemm(false, true, count, head_dim, dim, 1.0f, state->pooled + (size_t)head * dim,
+                      (int)head_floats, value_weight + (size_t)head * head_dim * dim, dim, 1.0f,
+                      state->context + head * head_dim, key);
+}
+
+/* From d_context [count][d_k]: adds into d_question, W_KV, LN_i's gamma and beta, and P_i. */
+static void token_attention_backward(trainer_dd_t *dd, int teacher) {
+    const trainer_dd_config_t *config = &dd->config;
+    int key = config->key_dim, heads = config->heads, head_dim = key / heads;
     const teacher_state_t *state = &dd->teacher[teacher];
     const teacher_tensors_t *own = &dd->param.teacher[teacher];
     teacher_tensors_t *grad = &dd->grad.teacher[teacher];
     int tokens = state->tokens, dim = state->dim, count = state->present_count;
+    size_t example_floats = (size_t)tokens * dim, head_floats = (size_t)heads * dim;
+    size_t score_floats = (size_t)heads * tokens;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    fold_key_value(dd, teacher);
+    const float *value_weight = dd->folded_weight + (size_t)key * dim;
+    float *d_value_weight = dd->d_folded_weight + (size_t)key * dim;
+    /* The key bias W_K·beta drops out of the softmax: its gradient is 0. */
     float *out_sums = dd->column_sums;
-    memset(out_sums, 0, sizeof(float) * (size_t)stride);
+    memset(out_sums, 0, sizeof(float) * (size_t)(2 * key));
     for (int index = 0; index < count; index++)
-        for (int token = 0; token < tokens; token++) {
-            const float *d_row = dd->d_keys_values + ((size_t)index * tokens + token) * stride;
-            float *d_position = grad->positions + (size_t)token * key;
-            cm_layers_add_forward(d_position, d_position, d_row, key);
-            cm_layers_add_forward(out_sums, out_sums, d_row, stride);
+        cm_layers_add_forward(out_sums + key, out_sums + key, dd->d_context + (size_t)index * key,
+                              key);
+    for (int head = 0; head < heads; head++) {
+        int column = head * head_dim;
+        /* dW'_{V,h} [hd][d_i] = d_context_h^T·pooled_h;  d_pooled_h = d_context_h·W'_{V,h} */
+        cm_blas_sgemm(true, false, head_dim, dim, count, 1.0f, dd->d_context + column, key,
+                      state->pooled + (size_t)head * dim, (int)head_floats, 0.0f,
+                      d_value_weight + (size_t)column * dim, dim);
+        cm_blas_sgemm(false, false, count, dim, head_dim, 1.0f, dd->d_context + column, key,
+                      value_weight + (size_t)column * dim, dim, 0.0f,
+                      dd->d_pooled + (size_t)head * dim, (int)head_floats);
+    }
+    for (int index = 0; index < count; index++) { /* d_a [heads][L] = d_pooled·F̂^T */
+        float *d_scores = dd->d_scores + index * score_floats;
+        const float *weights = state->attention + index * score_floats;
+        cm_blas_sgemm(false, true, heads, tokens, dim, 1.0f, dd->d_pooled + index * head_floats,
+                      dim, state->normalized + index * example_floats, dim, 0.0f, d_scores,
+                      tokens);
+        /* d_score[t] = a[t]·(d_a[t] - Σ_s a[s]·d_a[s]) */
+        for (int head = 0; head < heads; head++) {
+            float *d_row = d_scores + (size_t)head * tokens;
+            const float *weight_row = weights + (size_t)head * tokens;
+            float expected = dot(weight_row, d_row, tokens);
+            for (int token = 0; token < tokens; token++)
+                d_row[token] = weight_row[token] * (d_row[token] - expected);
         }
-    /* d_folded [2 d_k][d_i] = d_KV^T · F̂ */
-    cm_blas_sgemm(true, false, stride, dim, count * tokens, 1.0f, dd->d_keys_values, stride,
-                  state->normalized, dim, 0.0f, dd->d_folded_weight, dim);
-    for (int out = 0; out < stride; out++) {
+        /* d_query_tokens [heads][d_i] = d_scores·F̂ */
+        cm_blas_sgemm(false, false, heads, dim, tokens, 1.0f, d_scores, tokens,
+                      state->normalized + index * example_floats, dim, 0.0f,
+                      dd->d_query_tokens + index * head_floats, dim);
+    }
+    for (int head = 0; head < heads; head++) {
+        int column = head * head_dim;
+        const float *d_scores = dd->d_scores + head * tokens;
+        const float *d_query_tokens = dd->d_query_tokens + (size_t)head * dim;
+        const float *question = state->question + column;
+        float *d_question = dd->d_question + column;
+        /* d_q_h += (d_query_tokens_h·W'_{K,h}^T + d_scores_h·P_h) / sqrt(head_dim) */
+        cm_blas_sgemm(false, true, count, head_dim, dim, scale, d_query_tokens, (int)head_floats,
+                      dd->folded_weight + (size_t)column * dim, dim, 1.0f, d_question, key);
+        cm_blas_sgemm(false, false, count, head_dim, tokens, scale, d_scores, (int)score_floats,
+                      own->positions + column, key, 1.0f, d_question, key);
+        /* dW'_{K,h} = q_h^T·d_query_tokens_h / sqrt(head_dim);  dP_h += d_scores_h^T·q_h / .. */
+        cm_blas_sgemm(true, false, head_dim, dim, count, scale, question, key, d_query_tokens,
+                      (int)head_floats, 0.0f, dd->d_folded_weight + (size_t)column * dim, dim);
+        cm_blas_sgemm(true, false, tokens, head_dim, count, scale, d_scores, (int)score_floats,
+                      question, key, 1.0f, grad->positions + column, key);
+    }
+    for (int out = 0; out < 2 * key; out++) {
         const float *weight = own->key_value_weight + (size_t)out * dim;
         const float *d_folded = dd->d_folded_weight + (size_t)out * dim;
         float *d_weight = grad->key_value_weight + (size_t)out * dim;
@@ -1102,9 +1100,7 @@ static void module_forward(trainer_dd_t *dd, const trainer_dd_batch_t *batch,
                                     config->classes);
         }
         if (!answers) continue;
-        keys_values_forward(dd, teacher, batch->teacher_feature[teacher]);
-        cross_attention_forward(state->context, state->attention, state->question,
-                                state->keys_values, count, state->tokens, key, config->heads);
+        token_attention_forward(dd, teacher, batch->teacher_feature[teacher]);
         cm_layers_dense_forward(state->answer, state->context, own->output_weight, own->output_bias,
                                 count, key, key);
         cm_layers_dense_forward(state->augment_pre, state->answer, own->augment_in_weight,
@@ -1178,11 +1174,7 @@ static void module_backward(trainer_dd_t *dd, const float *student_hidden, int r
         memset(dd->d_context, 0, sizeof(float) * key_floats);
         cm_layers_dense_backward(dd->d_context, grad->output_weight, grad->output_bias,
                                  dd->d_answer, state->context, own->output_weight, count, key, key);
-        memset(dd->d_keys_values, 0, sizeof(float) * (size_t)count * state->tokens * 2 * key);
-        cross_attention_backward(dd->d_question, dd->d_keys_values, dd->d_attention, dd->d_context,
-                                 state->question, state->keys_values, state->attention, count,
-                                 state->tokens, key, config->heads);
-        keys_values_backward(dd, teacher);
+        token_attention_backward(dd, teacher);
         question_backward(dd, teacher);
     }
     /* The shared question path:
