@@ -1023,8 +1023,7 @@ static void token_attention_backward(trainer_dd_t *dd, int teacher) {
         float *d_scores = dd->d_scores + index * score_floats;
         const float *weights = state->attention + index * score_floats;
         cm_blas_sgemm(false, true, heads, tokens, dim, 1.0f, dd->d_pooled + index * head_floats,
-                      dim, state->normalized + index * example_floats, dim, 0.0f, d_scores,
-                      tokens);
+                      dim, state->normalized + index * example_floats, dim, 0.0f, d_scores, tokens);
         /* d_score[t] = a[t]·(d_a[t] - Σ_s a[s]·d_a[s]) */
         for (int head = 0; head < heads; head++) {
             float *d_row = d_scores + (size_t)head * tokens;
