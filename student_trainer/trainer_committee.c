@@ -1272,6 +1272,18 @@ static cm_status_t protocol_error(trainer_committee_t *committee, int teacher_in
             ticket->not_before = 0.0;
         }
     }
+    if (!bad) return CM_OK;
+    /* The requests that the earlier malformed replies put back in the queue were asked of this
+     * endpoint too: they go to the policy with it (else, with nothing in flight when the last
+     * bad reply comes, the endpoint would be greeted again and fed them again and again). */
+    for (int number = 0; number < committee->ticket_capacity; number++) {
+        ticket_t *ticket = &committee->tickets[number];
+        if (ticket->state != TICKET_QUEUED || ticket->teacher != teacher_index ||
+            ticket->avoid_endpoint != slot_index)
+            continue;
+        cm_status_t status = request_failed(committee, number, why);
+        if (status != CM_OK) return status;
+    }
     return CM_OK;
 }
 

@@ -1256,6 +1256,10 @@ START_TEST(test_malformed_replies_are_asked_again) {
     ck_assert_msg(test_process_await_text(log, "sent 3 malformed replies in a row", 0) &&
                       test_process_await_text(log, "and --on-teacher-failure is fail", 0),
                   "no sentence about the malformed replies; see %s", log);
+    /* ... and stopped there: the requests put back in the queue went down with the endpoint,
+     * it was not greeted and fed them again. */
+    ck_assert_msg(!test_process_await_text(log, "is back", 0),
+                  "the endpoint marked down came back; see %s", log);
 }
 END_TEST
 

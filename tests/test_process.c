@@ -64,16 +64,27 @@ int test_process_stop(pid_t pid, int signal_number, int timeout_ms) {
     return status;
 }
 
+/* Whether the file at `path` holds `text` (all of it is read: a log can be long). */
+static int file_holds(const char *path, const char *text) {
+    FILE *file = fopen(path, "r");
+    if (!file) return 0;
+    int found = 0;
+    long size = fseek(file, 0, SEEK_END) == 0 ? ftell(file) : -1;
+    char *buffer = size >= 0 ? malloc((size_t)size + 1) : NULL;
+    if (buffer) {
+        rewind(file);
+        size_t got = fread(buffer, 1, (size_t)size, file);
+        buffer[got] = '\0';
+        found = strstr(buffer, text) != NULL;
+        free(buffer);
+    }
+    fclose(file);
+    return found;
+}
+
 int test_process_await_text(const char *path, const char *text, int timeout_ms) {
-    static char buffer[1 << 16];
     for (int waited = 0; waited <= timeout_ms; waited += 20) {
-        FILE *file = fopen(path, "r");
-        if (file) {
-            size_t got = fread(buffer, 1, sizeof buffer - 1, file);
-            buffer[got] = '\0';
-            fclose(file);
-            if (strstr(buffer, text)) return 1;
-        }
+        if (file_holds(path, text)) return 1;
         test_process_sleep_ms(20);
     }
     return 0;
