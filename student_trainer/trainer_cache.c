@@ -56,6 +56,11 @@ typedef struct {
     char sha256[65];
     int tokens; /* rows of "tokens" */
     cache_output_t output[TRAINER_OUTPUT_COUNT];
+    /* The head it lent for the interactive probes (weight NULL: none): saved with the
+     * outputs, so a record replays --dd-interactive. */
+    float *head_weight; /* [head_classes][head_inputs] */
+    float *head_bias;   /* [head_classes] */
+    int head_classes, head_inputs;
 } cache_teacher_t;
 
 struct trainer_cache {
@@ -128,9 +133,12 @@ static void free_output(cache_output_t *entry) {
 void trainer_cache_free(trainer_cache_t **cache_pointer) {
     trainer_cache_t *cache = *cache_pointer;
     if (!cache) return;
-    for (int teacher = 0; teacher < cache->teachers; teacher++)
+    for (int teacher = 0; teacher < cache->teachers; teacher++) {
         for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++)
             free_output(&cache->teacher[teacher].output[output]);
+        free(cache->teacher[teacher].head_weight);
+        free(cache->teacher[teacher].head_bias);
+    }
     if (cache->spill_fd >= 0) close(cache->spill_fd); /* unlinked at creation: gone now */
     free(cache->scratch);
     free(cache);
@@ -142,6 +150,39 @@ void trainer_cache_set_teacher(trainer_cache_t *cache, int teacher, const char *
     snprintf(cache->teacher[teacher].name, sizeof cache->teacher[teacher].name, "%s", name);
     snprintf(cache->teacher[teacher].sha256, sizeof cache->teacher[teacher].sha256, "%s",
              model_sha256 ? model_sha256 : "");
+}
+
+cm_status_t trainer_cache_set_head(trainer_cache_t *cache, int teacher, const float *weight,
+                                   const float *bias, int classes, int inputs) {
+    cache_teacher_t *owner = &cache->teacher[teacher];
+    size_t weights = (size_t)classes * (size_t)inputs;
+    float *new_weight = malloc(sizeof(float) * weights),
+          *new_bias = malloc(sizeof(float) * classes);
+    if (!new_weight || !new_bias) {
+        free(new_weight);
+        free(new_bias);
+        return cm_fail(CM_ERR_NOMEM, "out of memory keeping the head of teacher '%s'", owner->name);
+    }
+    memcpy(new_weight, weight, sizeof(float) * weights);
+    memcpy(new_bias, bias, sizeof(float) * (size_t)classes);
+    free(owner->head_weight);
+    free(owner->head_bias);
+    owner->head_weight = new_weight;
+    owner->head_bias = new_bias;
+    owner->head_classes = classes;
+    owner->head_inputs = inputs;
+    return CM_OK;
+}
+
+int trainer_cache_head(const trainer_cache_t *cache, int teacher, const float **weight,
+                       const float **bias, int *classes, int *inputs) {
+    const cache_teacher_t *owner = &cache->teacher[teacher];
+    if (!owner->head_weight) return 0;
+    *weight = owner->head_weight;
+    *bias = owner->head_bias;
+    *classes = owner->head_classes;
+    *inputs = owner->head_inputs;
+    return 1;
 }
 
 /* ---------------------------------------------------------------- the spill file */
@@ -575,7 +616,7 @@ const char *trainer_cache_teacher_sha256(const trainer_cache_t *cache, int teach
 
 cm_status_t trainer_cache_save(const trainer_cache_t *cache, const char *path,
                                const char *fingerprint) {
-    enum { MAX_ENTRIES = 2 * MAX_CACHE_TEACHERS * TRAINER_OUTPUT_COUNT };
+    enum { MAX_ENTRIES = 2 * MAX_CACHE_TEACHERS * (TRAINER_OUTPUT_COUNT + 1) };
     cm_tensor_t tensors[MAX_ENTRIES];
     uint8_t *masks[MAX_ENTRIES] = {0}; /* ask-again: the masks without the rows in flight */
     int count = 0;
@@ -610,6 +651,21 @@ cm_status_t trainer_cache_save(const trainer_cache_t *cache, const char *path,
             has->shape[0] = cache->examples;
             has->data = mask;
         }
+    for (int teacher = 0; teacher < cache->teachers; teacher++) {
+        const cache_teacher_t *owner = &cache->teacher[teacher];
+        if (!owner->head_weight) continue;
+        for (int part = 0; part < 2; part++) {
+            cm_tensor_t *tensor = &tensors[count++];
+            memset(tensor, 0, sizeof *tensor);
+            snprintf(tensor->name, sizeof tensor->name, "%s/%s", owner->name,
+                     part ? "head.bias" : "head.weight");
+            tensor->dtype = CM_DTYPE_F32;
+            tensor->ndim = part ? 1 : 2;
+            tensor->shape[0] = owner->head_classes;
+            tensor->shape[1] = part ? 0 : owner->head_inputs;
+            tensor->data = part ? owner->head_bias : owner->head_weight;
+        }
+    }
     char keys[3 * MAX_CACHE_TEACHERS][32], teachers_text[16], tokens_text[MAX_CACHE_TEACHERS][16];
     const char *metadata[2 * (3 + 3 * MAX_CACHE_TEACHERS)];
     int pairs = 0;
@@ -649,6 +705,12 @@ done:
 
 /* ---------------------------------------------------------------- loading a saved cache */
 
+/* Whether a saved tensor is a lent head's weight or bias ("NAME/head.weight", ".bias"). */
+static int is_head_tensor(const char *name) {
+    const char *slash = strrchr(name, '/');
+    return slash && (!strcmp(slash, "/head.weight") || !strcmp(slash, "/head.bias"));
+}
+
 /* Opens a saved cache (its header only) and checks its kind, fingerprint and shapes. */
 static cm_status_t open_saved(const char *path, const char *fingerprint, cm_safetensors_t **out,
                               int *teachers_out, int *examples_out) {
@@ -673,6 +735,7 @@ static cm_status_t open_saved(const char *path, const char *fingerprint, cm_safe
     int examples = -1;
     for (int index = 0; index < cm_safetensors_count(file); index++) {
         const cm_tensor_t *tensor = cm_safetensors_tensor(file, index);
+        if (is_head_tensor(tensor->name)) continue; /* [classes][inputs], not per example */
         if (examples < 0) examples = (int)tensor->shape[0];
         if (tensor->ndim < 1 || tensor->shape[0] != examples || tensor->shape[0] > INT32_MAX) {
             status = cm_fail(CM_ERR_FORMAT, "%s: tensor '%s' does not cover %d examples", path,
@@ -796,6 +859,45 @@ done:
     return status;
 }
 
+/* The head teacher `teacher` lent, if the file holds one: checked and read into the cache. */
+static cm_status_t load_head(trainer_cache_t *cache, int teacher, const cm_safetensors_t *file,
+                             const char *path) {
+    const char *name = cache->teacher[teacher].name;
+    char tensor_name[160];
+    snprintf(tensor_name, sizeof tensor_name, "%s/head.weight", name);
+    const cm_tensor_t *weight = cm_safetensors_find(file, tensor_name);
+    snprintf(tensor_name, sizeof tensor_name, "%s/head.bias", name);
+    const cm_tensor_t *bias = cm_safetensors_find(file, tensor_name);
+    if (!weight && !bias) return CM_OK;
+    if (!weight || !bias || weight->dtype != CM_DTYPE_F32 || bias->dtype != CM_DTYPE_F32 ||
+        weight->ndim != 2 || bias->ndim != 1 || weight->shape[0] != bias->shape[0] ||
+        weight->shape[0] < 1 || weight->shape[0] > 1 << 20 || weight->shape[1] < 1 ||
+        weight->shape[1] > 1 << 20)
+        return cm_fail(CM_ERR_FORMAT, "%s: the head of teacher '%s' is malformed", path, name);
+    int classes = (int)weight->shape[0], inputs = (int)weight->shape[1];
+    size_t weights = (size_t)classes * (size_t)inputs;
+    float *weight_data = malloc(sizeof(float) * weights),
+          *bias_data = malloc(sizeof(float) * classes);
+    cm_status_t status = CM_OK;
+    cm_safetensors_reader_t reader;
+    if (!weight_data || !bias_data) {
+        status = cm_fail(CM_ERR_NOMEM, "out of memory loading the head of teacher '%s'", name);
+    } else {
+        cm_safetensors_reader_start(file, weight, &reader);
+        status = cm_safetensors_reader_read(&reader, weight_data, sizeof(float) * weights);
+        if (status == CM_OK) {
+            cm_safetensors_reader_start(file, bias, &reader);
+            status = cm_safetensors_reader_read(&reader, bias_data, sizeof(float) * classes);
+        }
+        if (status == CM_OK)
+            status =
+                trainer_cache_set_head(cache, teacher, weight_data, bias_data, classes, inputs);
+    }
+    free(weight_data);
+    free(bias_data);
+    return status;
+}
+
 cm_status_t trainer_cache_load(const char *path, const char *fingerprint,
                                const trainer_cache_config_t *config, trainer_cache_t **out) {
     *out = NULL;
@@ -815,6 +917,7 @@ cm_status_t trainer_cache_load(const char *path, const char *fingerprint,
                                           saved_teacher(file, teacher, "sha256"));
                 const char *tokens = saved_teacher(file, teacher, "tokens");
                 trainer_cache_set_tokens(cache, teacher, tokens ? atoi(tokens) : 1);
+                if ((status = load_head(cache, teacher, file, path)) != CM_OK) goto fail;
             }
             for (int output = 0; output < TRAINER_OUTPUT_COUNT; output++) {
                 const cm_tensor_t *values, *has;

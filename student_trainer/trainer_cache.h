@@ -81,6 +81,16 @@ cm_status_t trainer_cache_add_output(trainer_cache_t *cache, int teacher, int ou
 
 /* Rows of a teacher's "tokens" output (its token count; 1 when it has none), kept in the file. */
 void trainer_cache_set_tokens(trainer_cache_t *cache, int teacher, int tokens);
+
+/* Keeps a copy of the head teacher `teacher` lent for the interactive probes (weight
+ * [classes][inputs], bias [classes]); saved with the outputs and loaded back, so a record
+ * replays --dd-interactive.  CM_ERR_NOMEM with a sentence. */
+cm_status_t trainer_cache_set_head(trainer_cache_t *cache, int teacher, const float *weight,
+                                   const float *bias, int classes, int inputs);
+
+/* 1 and the kept head (owned by the cache) when teacher `teacher` has one, else 0. */
+int trainer_cache_head(const trainer_cache_t *cache, int teacher, const float **weight,
+                       const float **bias, int *classes, int *inputs);
 int trainer_cache_tokens(const trainer_cache_t *cache, int teacher);
 
 /* Width of an output (0: not cached). */

@@ -1247,23 +1247,51 @@ static int teacher_width(const run_t *run, int teacher, int output, int *tokens)
 }
 
 /*
- * --dd-interactive: fetches every teacher's frozen head (the dense layer over its "hidden"
- * vector) and hands it to the module; the probes' targets are the teachers' hidden vectors,
- * so the method asks for them too.
+ * --dd-interactive: every teacher's frozen head (the dense layer over its "hidden" vector),
+ * fetched from the teacher (and kept in the cache, so a --record holds it) or, in a replay,
+ * read from the record; handed to the module.  The probes' targets are the teachers' hidden
+ * vectors, so the method asks for them too.
  */
 static cm_status_t borrow_heads(run_t *run, trainer_dd_config_t *config) {
     config->interactive = 1;
     config->probe_match_weight = run->options.dd_probe_match_weight;
     config->probe_answer_weight = run->options.dd_probe_answer_weight;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
-        trainer_head_t *head = &run->dd_heads[teacher];
-        cm_status_t status = trainer_committee_fetch_head(run->committee, teacher, "hidden", head);
-        if (status != CM_OK) return status;
-        config->head_inputs[teacher] = head->inputs;
-        config->head_weight[teacher] = head->weight;
-        config->head_bias[teacher] = head->bias;
-        cm_log_info("teacher '%s' lends its head (%d x %d) for the interactive probes",
-                    run->teacher_names[teacher], head->classes, head->inputs);
+        const float *weight, *bias;
+        int classes, inputs;
+        if (run->committee) {
+            trainer_head_t *head = &run->dd_heads[teacher];
+            cm_status_t status =
+                trainer_committee_fetch_head(run->committee, teacher, "hidden", head);
+            if (status != CM_OK) return status;
+            status = trainer_cache_set_head(run->cache, teacher, head->weight, head->bias,
+                                            head->classes, head->inputs);
+            if (status != CM_OK) return status;
+        }
+        if (!trainer_cache_head(run->cache, teacher, &weight, &bias, &classes, &inputs))
+            return cm_fail(CM_ERR_NOT_FOUND,
+                           "the record %s holds no head of teacher '%s', which --dd-interactive "
+                           "needs: record it with --method diversedistill --dd-interactive "
+                           "(teachers started with --lend-head on)",
+                           run->options.record, run->teacher_names[teacher]);
+        int hidden = teacher_width(run, teacher, TRAINER_OUTPUT_HIDDEN, NULL);
+        if (hidden == 0)
+            return cm_fail(CM_ERR_NOT_FOUND,
+                           "the record %s holds no hidden vectors of teacher '%s', which the "
+                           "interactive probes need as targets",
+                           run->options.record, run->teacher_names[teacher]);
+        if (classes != run->dataset->classes || inputs != hidden)
+            return cm_fail(CM_ERR_MISMATCH,
+                           "the head of teacher '%s' in %s maps %d inputs to %d classes, but the "
+                           "teacher's hidden vector has %d and the data %d classes",
+                           run->teacher_names[teacher], run->options.record, inputs, classes,
+                           hidden, run->dataset->classes);
+        config->head_inputs[teacher] = inputs;
+        config->head_weight[teacher] = weight;
+        config->head_bias[teacher] = bias;
+        cm_log_info("teacher '%s' %s its head (%d x %d) for the interactive probes",
+                    run->teacher_names[teacher], run->committee ? "lends" : "recorded", classes,
+                    inputs);
     }
     return CM_OK;
 }
@@ -1271,10 +1299,6 @@ static cm_status_t borrow_heads(run_t *run, trainer_dd_config_t *config) {
 /* The Distillation Module's own settings (trainer_method_new fills in the shared ones). */
 static cm_status_t diversedistill_settings(run_t *run, trainer_dd_config_t *config) {
     train_options_t *options = &run->options;
-    if (options->dd_interactive && !run->committee)
-        return cm_fail(CM_ERR_INVALID_ARG,
-                       "--dd-interactive needs the live teachers (their heads are not in a "
-                       "record); train against the committee instead of replaying");
     /* The answer runs head(ReLU(k)) through the student's own head (cm_model_head), which
      * reads a ReLU vector only in the dense-stack families. */
     cm_model_kind_t family = cm_model_spec(run->student)->kind;

@@ -387,12 +387,12 @@ START_TEST(test_resume_and_replay_are_exact) {
     ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "replay: %s", output);
     ck_assert_msg(test_util_same_checkpoints(straight, replayed, output, sizeof output),
                   "replay differs: %s", output);
-    /* A record holds outputs, not the heads the interactive variant trains through. */
+    /* A record of a run without --dd-interactive lacks what that variant trains through. */
     snprintf(command, sizeof command,
              "%s replay %s --record %s --out %s --method diversedistill --dd-interactive",
              test_util_bin("student-trainer"), common, record, replayed);
     ck_assert_int_eq(test_util_run(command, output, sizeof output), 1);
-    ck_assert_msg(strstr(output, "--dd-interactive needs the live teachers"),
+    ck_assert_msg(strstr(output, "teacher 'comp' offers no 'hidden' feature"),
                   "replay with --dd-interactive: %s", output);
 
     /* Corrupt files give one clear sentence naming them. */
@@ -961,25 +961,29 @@ END_TEST
  * --dd-interactive through the real binaries: each teacher lends its frozen head (the trainer
  * says so), the probes learn to make that head answer like the teacher (the probe KL falls),
  * the student learns, and an interrupted run resumes to the same bytes (the probe weights
- * travel in the resumable state, the heads are fetched again).  A teacher started with
- * --lend-head off is refused with a sentence naming it.
+ * travel in the resumable state, the heads are fetched again), and its --record (which keeps
+ * the heads) replays to the same bytes with no teacher.  A teacher started with --lend-head off
+ * is refused with a sentence naming it.
  */
 START_TEST(test_diversedistill_interactive) {
     REQUIRE_DATA();
     teacher_process_t fm, comp;
     start_teacher(&fm, "fm-interactive", fm_path, "");
     start_teacher(&comp, "comp-interactive", comp_path, "");
-    char command[4096], metrics[400], straight[400], resumed[400], common[1200];
+    char command[4096], metrics[400], straight[400], resumed[400], common[2000], record[400];
+    char replayed[400], settings[600];
     snprintf(metrics, sizeof metrics, "%s/interactive.jsonl", directory);
+    snprintf(record, sizeof record, "%s/interactive.record", directory);
+    snprintf(replayed, sizeof replayed, "%s/interactive-replayed.safetensors", directory);
     snprintf(straight, sizeof straight, "%s/interactive.safetensors", directory);
     snprintf(resumed, sizeof resumed, "%s/interactive-resumed.safetensors", directory);
-    snprintf(common, sizeof common,
-             "--view pool7 --model mlp:49-32-10 --teacher fm=%s --teacher comp=%s "
-             "--method diversedistill --dd-interactive --epochs 3 --batch 64 --lr 3e-3 --seed 4 "
-             "--http off " SUBSET,
-             fm.endpoint, comp.endpoint);
-    snprintf(command, sizeof command, "%s train %s --out %s --metrics %s",
-             test_util_bin("student-trainer"), common, straight, metrics);
+    snprintf(settings, sizeof settings,
+             "--view pool7 --model mlp:49-32-10 --method diversedistill --dd-interactive "
+             "--epochs 3 --batch 64 --lr 3e-3 --seed 4 --http off " SUBSET);
+    snprintf(common, sizeof common, "%s --teacher fm=%s --teacher comp=%s", settings, fm.endpoint,
+             comp.endpoint);
+    snprintf(command, sizeof command, "%s train %s --out %s --metrics %s --record %s",
+             test_util_bin("student-trainer"), common, straight, metrics, record);
     int status = test_util_run(command, output, sizeof output);
     ck_assert_msg(status == 0, "train failed: %s", output);
     ck_assert_msg(strstr(output, "teacher 'fm' lends its head (10 x 64)") &&
@@ -1004,6 +1008,13 @@ START_TEST(test_diversedistill_interactive) {
     ck_assert_msg(test_util_same_checkpoints(straight, resumed, output, sizeof output),
                   "interrupted + resumed interactive run differs from the straight run: %s",
                   output);
+    snprintf(command, sizeof command, "%s replay %s --record %s --out %s",
+             test_util_bin("student-trainer"), settings, record, replayed);
+    ck_assert_msg(test_util_run(command, output, sizeof output) == 0, "replay: %s", output);
+    ck_assert_msg(strstr(output, "teacher 'fm' recorded its head (10 x 64)"),
+                  "the recorded heads were not announced: %s", output);
+    ck_assert_msg(test_util_same_checkpoints(straight, replayed, output, sizeof output),
+                  "the interactive replay differs from the live run: %s", output);
 
     /* A teacher that keeps its head to itself. */
     stop_teacher(&comp);

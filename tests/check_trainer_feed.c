@@ -601,6 +601,39 @@ END_TEST
  * beyond the bound, too small a bound is the sentence of training (without "ask-again" when
  * there are no teachers), and a file of another teacher is not merged.
  */
+/* A lent head rides with the outputs: saved, loaded back bit for bit, absent when never set. */
+START_TEST(test_cache_keeps_a_lent_head) {
+    char folder[256], path[400];
+    test_util_temp_dir(folder, sizeof folder);
+    snprintf(path, sizeof path, "%s/heads.safetensors", folder);
+    trainer_cache_t *saved = NULL, *loaded = NULL;
+    ck_assert_int_eq(trainer_cache_new(2, CACHE_ROWS, &saved), CM_OK);
+    trainer_cache_set_teacher(saved, 0, "t", "00");
+    trainer_cache_set_teacher(saved, 1, "u", "00");
+    for (int teacher = 0; teacher < 2; teacher++)
+        ck_assert_int_eq(trainer_cache_add_output(saved, teacher, TRAINER_OUTPUT_HIDDEN, 3), CM_OK);
+    float weight[10 * 3], bias[10];
+    for (int i = 0; i < 30; i++) weight[i] = 0.25f * (float)i - 3.0f;
+    for (int i = 0; i < 10; i++) bias[i] = 1.0f / (float)(i + 1);
+    ck_assert_int_eq(trainer_cache_set_head(saved, 1, weight, bias, 10, 3), CM_OK);
+    ck_assert_int_eq(trainer_cache_save(saved, path, fingerprint), CM_OK);
+    trainer_cache_free(&saved);
+
+    ck_assert_int_eq(trainer_cache_load(path, fingerprint, NULL, &loaded), CM_OK);
+    const float *got_weight, *got_bias;
+    int classes = 0, inputs = 0;
+    ck_assert(!trainer_cache_head(loaded, 0, &got_weight, &got_bias, &classes, &inputs));
+    ck_assert(trainer_cache_head(loaded, 1, &got_weight, &got_bias, &classes, &inputs));
+    ck_assert_int_eq(classes, 10);
+    ck_assert_int_eq(inputs, 3);
+    ck_assert(memcmp(got_weight, weight, sizeof weight) == 0);
+    ck_assert(memcmp(got_bias, bias, sizeof bias) == 0);
+    ck_assert_int_eq(trainer_cache_examples(loaded), CACHE_ROWS);
+    trainer_cache_free(&loaded);
+    test_util_remove_tree(folder);
+}
+END_TEST
+
 START_TEST(test_cache_loads_within_the_bound) {
     char spill[256], path[400];
     test_util_temp_dir(spill, sizeof spill);
@@ -721,6 +754,7 @@ Suite *check_trainer_feed_suite(void) {
     tcase_add_test(bounded, test_cache_half_storage_rounds_like_the_wire);
     tcase_add_test(bounded, test_cache_ask_again_pool);
     tcase_add_test(bounded, test_cache_loads_within_the_bound);
+    tcase_add_test(bounded, test_cache_keeps_a_lent_head);
     suite_add_tcase(suite, bounded);
     return suite;
 }

@@ -93,9 +93,9 @@ def test_choices_never_see_test_and_teachers_are_asked_once(smoke):
     for name in table:
         args = args_of(work, name)
         assert args[args.index("--holdout") + 1] == "0", name
-        # live: interactive (heads are not in a record), no teacher (ce) and the cheap
-        # comp-only ablation; the rest replays, filtered runs too (--dd-filter on the record)
-        live = name.endswith("-ce-s1") or "comp-only" in name or "--dd-interactive" in args
+        # live: no teacher (ce) and the cheap comp-only ablation; the rest replays, filtered
+        # and interactive runs too (--dd-filter on the record; the record keeps the heads)
+        live = name.endswith("-ce-s1") or "comp-only" in name
         if "filter" in name:
             assert "--dd-filter" in args and ("--cache" in args) == live, name
         assert args[0] == ("train" if live else "replay"), name
