@@ -11,9 +11,10 @@
 #      that table then uses that recipe;
 #   3. serves the teachers and asks each committee ONCE: one 1-epoch prefill run per
 #      committee ({fm}, {fm,comp7}, {fm,comp14}, {fm,vit,comp14}) with `--record`, fetching
-#      every output (logits, hidden, tokens: --dd-interactive asks for all); every later run
-#      that does not need live teachers is a `student-trainer replay` of that record (bit-exact
-#      with train; the record is only read, so parallel runs share it safely);
+#      every output (logits, hidden, tokens: --dd-interactive asks for all) and the heads the
+#      teachers lend; every later run that does not need live teachers is a `student-trainer
+#      replay` of that record (bit-exact with train, interactive ones too; the record is only
+#      read, so parallel runs share it safely);
 #   4. tunes the distillation hyper-parameters on A14 few labels, --holdout 5000, by valid
 #      accuracy: kd-weight x T (kd(comp)), the DiverseDistill router, its variant (answer
 #      weight x interactive, mean of holdout seeds 1-2), the filter theta (--cache off);
@@ -22,8 +23,7 @@
 #      here. Filtered DiverseDistill is a replay with --dd-filter (the router's choice drops
 #      the recorded outputs it does not keep; the report counts the outputs live --cache off
 #      teachers would compute: every example x teacher x epoch less the skipped ones) — the
-#      tuning's theta runs are live (--cache off), so the teachers' own counters check it.
-#      Live runs: anything interactive (the teachers' heads are not in a record);
+#      tuning's theta runs are live (--cache off), so the teachers' own counters check it;
 #   6. a small DiverseDistill ablation on A14 few labels (QUALITY_ABLATION=0 skips it);
 #   7. writes RESULTS/quality.md and quality.json (bench/quality/report.py).
 #
@@ -288,20 +288,16 @@ done
 phase_done "prefill"
 
 # Method -> command and options for table $1 (A7|A14); uses KD_W KD_T DD_W DD_T DD_ROUTER
-# DD_THETA DD_EXTRA. Replays read the committee's record; interactive runs go live.
+# DD_THETA DD_EXTRA. Replays read the committee's record (its heads too, for --dd-interactive).
 method_args() {
     local tab=$1 method=$2 pair=fm-$(comp_of "$1")
     local kdopts="--temperature $KD_T --kd-weight $KD_W"
     local ddopts="--method diversedistill --temperature $DD_T --kd-weight $DD_W --dd-router $DD_ROUTER${DD_EXTRA:+ $DD_EXTRA}"
-    local live=0
-    [[ $DD_EXTRA == *--dd-interactive* ]] && live=1
-    dd_on() { # committee: replay its record, or live when interactive
-        if ((live)); then echo "train $(committee "$1") $ddopts"; else echo "replay --record $(record_of "$1") $ddopts"; fi
-    }
+    dd_on() { echo "replay --record $(record_of "$1") $ddopts"; } # committee
     dd_filter() { # committee: live with --cache off (the teachers' savings are real) when
         # FILTER_LIVE=1 (the tuning), else a replay of its record with the router's choice
         # applied to the recorded outputs (report.py counts what live teachers would compute)
-        if ((live || ${FILTER_LIVE:-0})); then echo "train $(committee "$1") $ddopts --dd-filter $DD_THETA --cache off"
+        if ((${FILTER_LIVE:-0})); then echo "train $(committee "$1") $ddopts --dd-filter $DD_THETA --cache off"
         else echo "replay --record $(record_of "$1") $ddopts --dd-filter $DD_THETA"; fi
     }
     case $method in
