@@ -533,6 +533,10 @@ class Teacher:
         now = time.monotonic()
         for routing, peer in list(self.peers.items()):
             if now - peer.last_seen > HEARTBEAT_SILENCE * self.heartbeat:
+                if peer.queued_bytes():
+                    # its replies still sit in ZeroMQ's queue: forgetting the peer would forget
+                    # those bytes too, and its next request would start a fresh budget
+                    continue
                 _log("info", f"'{wire.shown(peer.name)}' has been silent for "
                              f"{now - peer.last_seen:.0f} s; forgetting it")
                 self._forget(routing)

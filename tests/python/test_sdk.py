@@ -211,3 +211,25 @@ def test_curve_allowlist(workdir, pool7):
         assert asked.returncode == 0, asked.stderr
         refused = teacher.m_errors.labels(code="UNAUTHORIZED")._value.get()
     assert refused >= 1
+
+
+def test_a_silent_peer_with_unread_replies_is_not_forgotten(pool7):
+    """Forgetting a silent peer whose replies still sit in ZeroMQ's queue would forget those
+    bytes, and its next request would start a fresh --max-queued-mb budget: a peer that never
+    reads and pauses longer than the silence limit could grow the teacher without bound."""
+    from committee import teacher as teacher_module
+
+    class Unsent:
+        done = False
+
+    teacher = make_teacher(pool7, heartbeat_ms=100)
+    teacher.peers = {}  # what serve() starts with
+    long_ago = time.monotonic() - 60
+    flooder = teacher.peers[b"flooder"] = teacher_module._Peer(b"flooder", long_ago)
+    flooder.tracked.append((Unsent(), 1 << 20))
+    teacher.peers[b"gone"] = teacher_module._Peer(b"gone", long_ago)
+    for peer in teacher.peers.values():
+        peer.last_seen = peer.last_sent = long_ago
+    teacher._heartbeats()
+    assert list(teacher.peers) == [b"flooder"]
+    assert teacher.peers[b"flooder"].queued_bytes() == 1 << 20
