@@ -188,10 +188,12 @@ run() {
     local file=$dir/$tag.safetensors
     if [ -s "$file" ] && grep -q "\"tag\": \"$tag\"" "$results"; then return; fi
     t=$(now)
+    # A generous greeting/request deadline (the default is 10 s): once, with a sanitizer suite
+    # sharing the 2 cores, a trainer could not greet the teacher within 10 s and the section died.
     # shellcheck disable=SC2046 # method_args is a list of flags
     "$bin/student-trainer" train --data "$data" --view pair --model "$STUDENT_SPEC" \
         $(method_args "$method") --kd-weight "$weight" --epochs "$EPOCHS" --lr "$LR" \
-        --weight-decay "$WD" --schedule cosine --seed "$seed" \
+        --weight-decay "$WD" --schedule cosine --seed "$seed" --teacher-timeout-ms 60000 \
         --http off --out "$file" --metrics "$dir/$tag.jsonl" >"$dir/$tag.out" 2>"$dir/$tag.log" ||
         die "training $tag failed (log $dir/$tag.log)"
     local seconds theta=0
