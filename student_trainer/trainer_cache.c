@@ -152,25 +152,38 @@ void trainer_cache_set_teacher(trainer_cache_t *cache, int teacher, const char *
              model_sha256 ? model_sha256 : "");
 }
 
+/* Buffers for a head of `classes` x `inputs` (both NULL and a sentence when out of memory). */
+static cm_status_t alloc_head(const cache_teacher_t *owner, int classes, int inputs, float **weight,
+                              float **bias) {
+    *weight = malloc(sizeof(float) * (size_t)classes * (size_t)inputs);
+    *bias = malloc(sizeof(float) * (size_t)classes);
+    if (*weight && *bias) return CM_OK;
+    free(*weight);
+    free(*bias);
+    *weight = *bias = NULL;
+    return cm_fail(CM_ERR_NOMEM, "out of memory keeping the head of teacher '%s'", owner->name);
+}
+
+/* Makes the head buffers (from alloc_head) the teacher's, replacing any it had. */
+static void adopt_head(cache_teacher_t *owner, float *weight, float *bias, int classes,
+                       int inputs) {
+    free(owner->head_weight);
+    free(owner->head_bias);
+    owner->head_weight = weight;
+    owner->head_bias = bias;
+    owner->head_classes = classes;
+    owner->head_inputs = inputs;
+}
+
 cm_status_t trainer_cache_set_head(trainer_cache_t *cache, int teacher, const float *weight,
                                    const float *bias, int classes, int inputs) {
     cache_teacher_t *owner = &cache->teacher[teacher];
-    size_t weights = (size_t)classes * (size_t)inputs;
-    float *new_weight = malloc(sizeof(float) * weights),
-          *new_bias = malloc(sizeof(float) * classes);
-    if (!new_weight || !new_bias) {
-        free(new_weight);
-        free(new_bias);
-        return cm_fail(CM_ERR_NOMEM, "out of memory keeping the head of teacher '%s'", owner->name);
-    }
-    memcpy(new_weight, weight, sizeof(float) * weights);
-    memcpy(new_bias, bias, sizeof(float) * (size_t)classes);
-    free(owner->head_weight);
-    free(owner->head_bias);
-    owner->head_weight = new_weight;
-    owner->head_bias = new_bias;
-    owner->head_classes = classes;
-    owner->head_inputs = inputs;
+    float *kept_weight, *kept_bias;
+    cm_status_t status = alloc_head(owner, classes, inputs, &kept_weight, &kept_bias);
+    if (status != CM_OK) return status;
+    memcpy(kept_weight, weight, sizeof(float) * (size_t)classes * (size_t)inputs);
+    memcpy(kept_bias, bias, sizeof(float) * (size_t)classes);
+    adopt_head(owner, kept_weight, kept_bias, classes, inputs);
     return CM_OK;
 }
 
@@ -875,27 +888,25 @@ static cm_status_t load_head(trainer_cache_t *cache, int teacher, const cm_safet
         weight->shape[1] > 1 << 20)
         return cm_fail(CM_ERR_FORMAT, "%s: the head of teacher '%s' is malformed", path, name);
     int classes = (int)weight->shape[0], inputs = (int)weight->shape[1];
-    size_t weights = (size_t)classes * (size_t)inputs;
-    float *weight_data = malloc(sizeof(float) * weights),
-          *bias_data = malloc(sizeof(float) * classes);
-    cm_status_t status = CM_OK;
+    float *weight_data, *bias_data;
+    cm_status_t status =
+        alloc_head(&cache->teacher[teacher], classes, inputs, &weight_data, &bias_data);
+    if (status != CM_OK) return status;
     cm_safetensors_reader_t reader;
-    if (!weight_data || !bias_data) {
-        status = cm_fail(CM_ERR_NOMEM, "out of memory loading the head of teacher '%s'", name);
-    } else {
-        cm_safetensors_reader_start(file, weight, &reader);
-        status = cm_safetensors_reader_read(&reader, weight_data, sizeof(float) * weights);
-        if (status == CM_OK) {
-            cm_safetensors_reader_start(file, bias, &reader);
-            status = cm_safetensors_reader_read(&reader, bias_data, sizeof(float) * classes);
-        }
-        if (status == CM_OK)
-            status =
-                trainer_cache_set_head(cache, teacher, weight_data, bias_data, classes, inputs);
+    cm_safetensors_reader_start(file, weight, &reader);
+    status = cm_safetensors_reader_read(&reader, weight_data,
+                                        sizeof(float) * (size_t)classes * (size_t)inputs);
+    if (status == CM_OK) {
+        cm_safetensors_reader_start(file, bias, &reader);
+        status = cm_safetensors_reader_read(&reader, bias_data, sizeof(float) * (size_t)classes);
     }
-    free(weight_data);
-    free(bias_data);
-    return status;
+    if (status != CM_OK) {
+        free(weight_data);
+        free(bias_data);
+        return status;
+    }
+    adopt_head(&cache->teacher[teacher], weight_data, bias_data, classes, inputs);
+    return CM_OK;
 }
 
 cm_status_t trainer_cache_load(const char *path, const char *fingerprint,

@@ -161,9 +161,8 @@ typedef struct {
     char *config; /* every option after precedence, JSON (cm_cli_effective_json) */
     cm_dataset_t *dataset;
     cm_model_t *student;
-    trainer_method_t *method;                      /* --method, whichever it is */
-    trainer_head_t dd_heads[TRAINER_MAX_TEACHERS]; /* --dd-interactive: the lent heads */
-    int filtering;                                 /* this epoch asks only the kept pairs */
+    trainer_method_t *method;      /* --method, whichever it is */
+    int filtering;                 /* this epoch asks only the kept pairs */
     int forwarded_batch;           /* batch whose forward pass filtering already ran, or -1 */
     const float *forwarded_logits; /* its logits (the model's, valid until the next forward) */
     cm_score_t test_score;         /* of the last finished epoch, on the test split */
@@ -306,8 +305,6 @@ static void free_run(run_t *run) {
     cm_metrics_free(&run->registry);
     trainer_feed_free(&run->feed);
     trainer_committee_free(&run->committee);
-    for (int teacher = 0; teacher < TRAINER_MAX_TEACHERS; teacher++)
-        trainer_head_free(&run->dd_heads[teacher]);
     for (int index = 0; index < CM_CLI_LIST_MAX; index++) free(run->teacher_texts[index]);
     trainer_cache_free(&run->cache);
     trainer_method_free(&run->method);
@@ -1246,6 +1243,41 @@ static int teacher_width(const run_t *run, int teacher, int output, int *tokens)
     return trainer_cache_width(run->cache, teacher, output);
 }
 
+/* The head of `teacher` into the cache: fetched from the teacher (trainer_committee_fetch_head
+ * checks its shape against the Hello), or checked as the record holds it. */
+static cm_status_t keep_head(run_t *run, int teacher) {
+    const char *name = run->teacher_names[teacher];
+    if (run->committee) {
+        trainer_head_t head = {0};
+        cm_status_t status = trainer_committee_fetch_head(run->committee, teacher, "hidden", &head);
+        if (status == CM_OK)
+            status = trainer_cache_set_head(run->cache, teacher, head.weight, head.bias,
+                                            head.classes, head.inputs);
+        trainer_head_free(&head);
+        return status;
+    }
+    const float *weight, *bias;
+    int classes, inputs;
+    if (!trainer_cache_head(run->cache, teacher, &weight, &bias, &classes, &inputs))
+        return cm_fail(CM_ERR_NOT_FOUND,
+                       "the record %s holds no head of teacher '%s', which --dd-interactive "
+                       "needs: record it with --method diversedistill --dd-interactive "
+                       "(teachers started with --lend-head on)",
+                       run->options.record, name);
+    int hidden = teacher_width(run, teacher, TRAINER_OUTPUT_HIDDEN, NULL);
+    if (hidden == 0)
+        return cm_fail(CM_ERR_NOT_FOUND,
+                       "the record %s holds no hidden vectors of teacher '%s', which the "
+                       "interactive probes need as targets",
+                       run->options.record, name);
+    if (classes != run->dataset->classes || inputs != hidden)
+        return cm_fail(CM_ERR_MISMATCH,
+                       "the head of teacher '%s' in %s maps %d inputs to %d classes, but the "
+                       "teacher's hidden vector has %d and the data %d classes",
+                       name, run->options.record, inputs, classes, hidden, run->dataset->classes);
+    return CM_OK;
+}
+
 /*
  * --dd-interactive: every teacher's frozen head (the dense layer over its "hidden" vector),
  * fetched from the teacher (and kept in the cache, so a --record holds it) or, in a replay,
@@ -1257,35 +1289,11 @@ static cm_status_t borrow_heads(run_t *run, trainer_dd_config_t *config) {
     config->probe_match_weight = run->options.dd_probe_match_weight;
     config->probe_answer_weight = run->options.dd_probe_answer_weight;
     for (int teacher = 0; teacher < run->teacher_count; teacher++) {
+        cm_status_t status = keep_head(run, teacher);
+        if (status != CM_OK) return status;
         const float *weight, *bias;
         int classes, inputs;
-        if (run->committee) {
-            trainer_head_t *head = &run->dd_heads[teacher];
-            cm_status_t status =
-                trainer_committee_fetch_head(run->committee, teacher, "hidden", head);
-            if (status != CM_OK) return status;
-            status = trainer_cache_set_head(run->cache, teacher, head->weight, head->bias,
-                                            head->classes, head->inputs);
-            if (status != CM_OK) return status;
-        }
-        if (!trainer_cache_head(run->cache, teacher, &weight, &bias, &classes, &inputs))
-            return cm_fail(CM_ERR_NOT_FOUND,
-                           "the record %s holds no head of teacher '%s', which --dd-interactive "
-                           "needs: record it with --method diversedistill --dd-interactive "
-                           "(teachers started with --lend-head on)",
-                           run->options.record, run->teacher_names[teacher]);
-        int hidden = teacher_width(run, teacher, TRAINER_OUTPUT_HIDDEN, NULL);
-        if (hidden == 0)
-            return cm_fail(CM_ERR_NOT_FOUND,
-                           "the record %s holds no hidden vectors of teacher '%s', which the "
-                           "interactive probes need as targets",
-                           run->options.record, run->teacher_names[teacher]);
-        if (classes != run->dataset->classes || inputs != hidden)
-            return cm_fail(CM_ERR_MISMATCH,
-                           "the head of teacher '%s' in %s maps %d inputs to %d classes, but the "
-                           "teacher's hidden vector has %d and the data %d classes",
-                           run->teacher_names[teacher], run->options.record, inputs, classes,
-                           hidden, run->dataset->classes);
+        trainer_cache_head(run->cache, teacher, &weight, &bias, &classes, &inputs);
         config->head_inputs[teacher] = inputs;
         config->head_weight[teacher] = weight;
         config->head_bias[teacher] = bias;

@@ -593,14 +593,6 @@ START_TEST(test_cache_ask_again_pool) {
 }
 END_TEST
 
-/*
- * Loading a saved cache under a bound (replay: trainer_cache_load with a config; --resume and
- * --cache FILE: trainer_cache_merge_file): the rows stream into memory and the spill file with
- * the memory held (values, masks and the load's buffers) never above the bound, rows the file
- * lacks stay absent, F32 rows merge into F16 storage exactly, ask-again leaves out the rows
- * beyond the bound, too small a bound is the sentence of training (without "ask-again" when
- * there are no teachers), and a file of another teacher is not merged.
- */
 /* A lent head rides with the outputs: saved, loaded back bit for bit, absent when never set. */
 START_TEST(test_cache_keeps_a_lent_head) {
     char folder[256], path[400];
@@ -634,6 +626,14 @@ START_TEST(test_cache_keeps_a_lent_head) {
 }
 END_TEST
 
+/*
+ * Loading a saved cache under a bound (replay: trainer_cache_load with a config; --resume and
+ * --cache FILE: trainer_cache_merge_file): the rows stream into memory and the spill file with
+ * the memory held (values, masks and the load's buffers) never above the bound, rows the file
+ * lacks stay absent, F32 rows merge into F16 storage exactly, ask-again leaves out the rows
+ * beyond the bound, too small a bound is the sentence of training (without "ask-again" when
+ * there are no teachers), and a file of another teacher is not merged.
+ */
 START_TEST(test_cache_loads_within_the_bound) {
     char spill[256], path[400];
     test_util_temp_dir(spill, sizeof spill);
