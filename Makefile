@@ -91,7 +91,7 @@ valgrind: deps
 bench: deps
 	@$(MAKE) --no-print-directory bench-run
 
-bench-run: $(BENCH_BIN) $(TEACHER_BIN) $(TRAINER_BIN)
+bench-run: $(BENCH_BIN) $(TEACHER_BIN) $(TRAINER_BIN) python
 	@for program in $(BENCH_BIN) $(wildcard bench/bench_*.sh); do echo "== $$program"; \
 	    COMMITTEE_BIN_DIR=$(BUILD)/bin $$program || exit 1; done
 

@@ -142,16 +142,19 @@ done
 for label in spill spillmap resume memresume; do
     [ -e "$work/$label.safetensors" ] && [ -e "$work/memory.safetensors" ] || continue
     # the same tensors and metadata, but the saved config (its cache options differ)
-    PYTHONPATH="$(dirname "$0")/../python" /usr/bin/python3 - "$work/memory.safetensors" \
-        "$work/$label.safetensors" <<'EOF' ||
+    # (exit 3: they differ; any other failure is the comparison's own, its traceback above)
+    status=0
+    PYTHONPATH="$here/python" COMMITTEE_PB2_DIR="${COMMITTEE_PB2_DIR:-$bin/../python}" \
+        /usr/bin/python3 - "$work/memory.safetensors" "$work/$label.safetensors" <<'EOF' || status=$?
 import sys
 from committee import safetensors
 (a, ma), (b, mb) = (safetensors.load(path) for path in sys.argv[1:])
 ma.pop("config", None), mb.pop("config", None)
 same = ma == mb and a.keys() == b.keys() and all((a[k] == b[k]).all() and a[k].dtype == b[k].dtype for k in a)
-sys.exit(0 if same else 1)
+sys.exit(0 if same else 3)
 EOF
-        { echo "bench_cache: $label and memory checkpoints differ"; exit 1; }
+    [ "$status" = 3 ] && { echo "bench_cache: $label and memory checkpoints differ"; exit 1; }
+    [ "$status" = 0 ] || { echo "bench_cache: could not compare the $label and memory checkpoints"; exit 1; }
     echo "bench_cache: $label gives the checkpoint of memory (identical tensors and metadata)"
 done
 for label in spill spillmap spill16; do
