@@ -24,52 +24,63 @@ static const float layernorm_epsilon = 1e-5f;
 static const float gelu_scale = 0.7978845608028654f; /* sqrt(2 / pi) */
 static const float gelu_cubic = 0.044715f;
 
-/* Sums of one row go to eight float lanes (LANES): no single chain of dependent additions
- * (the latency of one add per element), and each lane adds at most a row / 8 values. */
-enum { LANES = 8 };
+/* The element-wise kernels at four, eight and sixteen lanes (cm_layers_wide.h), run at the
+ * widest the CPU has (CM_VEC_DISPATCH). */
+#define WIDE_VEC        vec4_t
+#define WIDE_MASK       mask4_t
+#define WIDE_NAME(name) name##_4
+#include "cm_layers_wide.h"
+#define WIDE_VEC        vec8_t
+#define WIDE_MASK       mask8_t
+#define WIDE_NAME(name) name##_8
+#include "cm_layers_wide.h"
+#define WIDE_VEC        vec16_t
+#define WIDE_MASK       mask16_t
+#define WIDE_NAME(name) name##_16
+#include "cm_layers_wide.h"
+CM_VEC_DISPATCH(gelu_forward, (float *out, const float *in, int count), (out, in, count))
+CM_VEC_DISPATCH(gelu_backward, (float *d_in, const float *d_out, const float *in, int count),
+                (d_in, d_out, in, count))
+CM_VEC_DISPATCH(softmax_columns, (float *scores, const unsigned char *valid, int rows, int cols),
+                (scores, valid, rows, cols))
+CM_VEC_DISPATCH(layernorm_forward,
+                (float *out, float *mean, float *rstd, const float *in, const float *gamma,
+                 const float *beta, int rows, int dim),
+                (out, mean, rstd, in, gamma, beta, rows, dim))
+CM_VEC_DISPATCH(layernorm_backward,
+                (float *d_in, float *d_gamma, float *d_beta, const float *d_out, const float *in,
+                 const float *gamma, const float *mean, const float *rstd, int rows, int dim),
+                (d_in, d_gamma, d_beta, d_out, in, gamma, mean, rstd, rows, dim))
+CM_VEC_DISPATCH(bias_rows,
+                (float *out, const float *residual, const float *bias, int rows, int cols),
+                (out, residual, bias, rows, cols))
+CM_VEC_DISPATCH(batchnorm_channel_moment,
+                (const float *in, int batch, size_t stride, int spatial, float centre, int squares,
+                 double *total),
+                (in, batch, stride, spatial, centre, squares, total))
+CM_VEC_DISPATCH(batchnorm_channel_affine,
+                (float *out, const float *in, int batch, size_t stride, int spatial, float scale,
+                 float shift, int relu),
+                (out, in, batch, stride, spatial, scale, shift, relu))
+CM_VEC_DISPATCH(batchnorm_channel_sums,
+                (const float *d_out, const float *relu_out, const float *in, int batch,
+                 size_t stride, int spatial, float mean, float rstd, double *d_sum, double *d_dot),
+                (d_out, relu_out, in, batch, stride, spatial, mean, rstd, d_sum, d_dot))
+CM_VEC_DISPATCH(batchnorm_channel_d_in,
+                (float *d_in, const float *d_out, const float *relu_out, const float *in, int batch,
+                 size_t stride, int spatial, float scale, float slope, float intercept),
+                (d_in, d_out, relu_out, in, batch, stride, spatial, scale, slope, intercept))
+CM_VEC_DISPATCH(softmax_columns_backward, (float *d, const float *probs, int rows, int cols),
+                (d, probs, rows, cols))
 
-/* tanh(u) as a rational function, odd degree 13 over even degree 6 (the coefficients of
- * Eigen's float tanh), for |u| < 7.9053 and exactly +-1 beyond: no libm call, no branch.
- * Largest absolute error against tanh in double over a dense grid of [-20, 20]: 3.3e-7
- * (tests/check_layers.c gelu_accuracy holds GELU and its derivative to stated bounds). */
-static inline vec4_t tanh_rational(vec4_t u) {
-    const float clamp = 7.90531110763549805f;
-    vec4_t high = vec_splat(clamp), low = vec_splat(-clamp);
-    mask4_t above = u >= high, below = u <= low;
-    vec4_t x = vec_select(above, high, vec_select(below, low, u));
-    vec4_t x2 = x * x;
-    vec4_t p = vec_splat(-2.76076847742355e-16f);
-    p = p * x2 + 2.00018790482477e-13f;
-    p = p * x2 + -8.60467152213735e-11f;
-    p = p * x2 + 5.12229709037114e-08f;
-    p = p * x2 + 1.48572235717979e-05f;
-    p = p * x2 + 6.37261928875436e-04f;
-    p = p * x2 + 4.89352455891786e-03f;
-    vec4_t q = vec_splat(1.19825839466702e-06f);
-    q = q * x2 + 1.18534705686654e-04f;
-    q = q * x2 + 2.26843463243900e-03f;
-    q = q * x2 + 4.89352518554385e-03f;
-    vec4_t t = p * x / q;
-    return vec_select(above, vec_splat(1.0f), vec_select(below, vec_splat(-1.0f), t));
-}
-
-static inline vec4_t gelu_value(vec4_t x) {
-    return 0.5f * x * (1.0f + tanh_rational(gelu_scale * (x + gelu_cubic * x * x * x)));
-}
-
-static inline vec4_t gelu_derivative(vec4_t x) {
-    vec4_t tanh_value = tanh_rational(gelu_scale * (x + gelu_cubic * x * x * x));
-    vec4_t inner_derivative = gelu_scale * (1.0f + 3.0f * gelu_cubic * x * x);
-    return 0.5f * (1.0f + tanh_value) +
-           0.5f * x * (1.0f - tanh_value * tanh_value) * inner_derivative;
-}
+bool cm_vec_baseline_only;
+const int32_t cm_vec_lane_index[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 void cm_layers_dense_forward(float *out, const float *in, const float *weight, const float *bias,
                              int rows, int in_dim, int out_dim) {
     float beta = 0.0f;
     if (bias) {
-        for (int row = 0; row < rows; row++)
-            memcpy(out + (size_t)row * out_dim, bias, sizeof(float) * (size_t)out_dim);
+        bias_rows(out, NULL, bias, rows, out_dim);
         beta = 1.0f;
     }
     cm_blas_sgemm(false, true, rows, out_dim, in_dim, 1.0f, in, in_dim, weight, in_dim, beta, out,
@@ -79,18 +90,10 @@ void cm_layers_dense_forward(float *out, const float *in, const float *weight, c
 void cm_layers_dense_forward_residual(float *out, const float *in, const float *weight,
                                       const float *bias, const float *residual, int rows,
                                       int in_dim, int out_dim) {
-    int body = out_dim - out_dim % VEC;
-    for (int row = 0; row < rows; row++) {
-        float *out_row = out + (size_t)row * out_dim;
-        const float *residual_row = residual + (size_t)row * out_dim;
-        if (!bias) {
-            memcpy(out_row, residual_row, sizeof(float) * (size_t)out_dim);
-            continue;
-        }
-        for (int col = 0; col < body; col += VEC)
-            vec_store(out_row + col, vec_load(residual_row + col) + vec_load(bias + col));
-        for (int col = body; col < out_dim; col++) out_row[col] = residual_row[col] + bias[col];
-    }
+    if (bias)
+        bias_rows(out, residual, bias, rows, out_dim);
+    else
+        memcpy(out, residual, sizeof(float) * (size_t)rows * (size_t)out_dim);
     cm_blas_sgemm(false, true, rows, out_dim, in_dim, 1.0f, in, in_dim, weight, in_dim, 1.0f, out,
                   out_dim);
 }
@@ -137,110 +140,22 @@ void cm_layers_relu_backward(float *d_in, const float *d_out, const float *in, i
 }
 
 void cm_layers_gelu_forward(float *out, const float *in, int count) {
-    int index = 0;
-    for (; index + VEC <= count; index += VEC)
-        vec_store(out + index, gelu_value(vec_load(in + index)));
-    if (index < count)
-        vec_store_tail(out + index, gelu_value(vec_load_tail(in + index, count - index)),
-                       count - index);
+    gelu_forward(out, in, count);
 }
 
 void cm_layers_gelu_backward(float *d_in, const float *d_out, const float *in, int count) {
-    int index = 0;
-    for (; index + VEC <= count; index += VEC)
-        vec_store(d_in + index, vec_load(d_in + index) + vec_load(d_out + index) *
-                                                             gelu_derivative(vec_load(in + index)));
-    int tail = count - index;
-    if (tail > 0)
-        vec_store_tail(d_in + index,
-                       vec_load_tail(d_in + index, tail) +
-                           vec_load_tail(d_out + index, tail) *
-                               gelu_derivative(vec_load_tail(in + index, tail)),
-                       tail);
+    gelu_backward(d_in, d_out, in, count);
 }
 
 void cm_layers_layernorm_forward(float *out, float *mean, float *rstd, const float *in,
                                  const float *gamma, const float *beta, int rows, int dim) {
-    int body = dim - dim % VEC; /* the vector part of a row; the rest runs one by one */
-    for (int row = 0; row < rows; row++) {
-        const float *in_row = in + (size_t)row * dim;
-        float *out_row = out + (size_t)row * dim;
-        /* Two passes over the row (in cache): the variance of centred values loses nothing to
-         * cancellation, which a one-pass sum of squares would for rows far from zero mean. */
-        vec4_t sums = vec_splat(0.0f);
-        for (int i = 0; i < body; i += VEC) sums += vec_load(in_row + i);
-        float sum = vec_total(sums);
-        for (int i = body; i < dim; i++) sum += in_row[i];
-        float row_mean = sum / (float)dim;
-        vec4_t squares = vec_splat(0.0f);
-        for (int i = 0; i < body; i += VEC) {
-            vec4_t centred = vec_load(in_row + i) - row_mean;
-            squares += centred * centred;
-        }
-        float square_sum = vec_total(squares);
-        for (int i = body; i < dim; i++)
-            square_sum += (in_row[i] - row_mean) * (in_row[i] - row_mean);
-        float row_rstd = 1.0f / sqrtf(square_sum / (float)dim + layernorm_epsilon);
-        for (int i = 0; i < body; i += VEC)
-            vec_store(out_row + i,
-                      (vec_load(in_row + i) - row_mean) * row_rstd * vec_load(gamma + i) +
-                          vec_load(beta + i));
-        for (int i = body; i < dim; i++)
-            out_row[i] = (in_row[i] - row_mean) * row_rstd * gamma[i] + beta[i];
-        mean[row] = row_mean;
-        rstd[row] = row_rstd;
-    }
+    layernorm_forward(out, mean, rstd, in, gamma, beta, rows, dim);
 }
 
 void cm_layers_layernorm_backward(float *d_in, float *d_gamma, float *d_beta, const float *d_out,
                                   const float *in, const float *gamma, const float *mean,
                                   const float *rstd, int rows, int dim) {
-    /* The vector loop needs both parameter gradients (the model always passes both); a call
-     * with one of them NULL runs the plain loop over the whole row. */
-    int body = d_gamma && d_beta ? dim - dim % VEC : 0;
-    for (int row = 0; row < rows; row++) {
-        const float *in_row = in + (size_t)row * dim;
-        const float *d_out_row = d_out + (size_t)row * dim;
-        float row_mean = mean[row], row_rstd = rstd[row];
-        /* With n = normalised input and g = gamma * d_out:
-         * d_in = rstd * (g - mean(g) - n * mean(g * n)). */
-        vec4_t sums = vec_splat(0.0f), dots = vec_splat(0.0f);
-        for (int i = 0; i < body; i += VEC) {
-            vec4_t gradient = vec_load(d_out_row + i);
-            vec4_t norm = (vec_load(in_row + i) - row_mean) * row_rstd;
-            vec4_t d_norm = vec_load(gamma + i) * gradient;
-            sums += d_norm;
-            dots += d_norm * norm;
-            vec_store(d_gamma + i, vec_load(d_gamma + i) + norm * gradient);
-            vec_store(d_beta + i, vec_load(d_beta + i) + gradient);
-        }
-        float d_norm_sum = vec_total(sums), d_norm_dot_norm = vec_total(dots);
-        for (int i = body; i < dim; i++) {
-            float norm = (in_row[i] - row_mean) * row_rstd;
-            float d_norm = gamma[i] * d_out_row[i];
-            d_norm_sum += d_norm;
-            d_norm_dot_norm += d_norm * norm;
-            if (d_gamma) d_gamma[i] += norm * d_out_row[i];
-            if (d_beta) d_beta[i] += d_out_row[i];
-        }
-        if (!d_in) continue;
-        float d_norm_mean = d_norm_sum / (float)dim;
-        float d_norm_dot_norm_mean = d_norm_dot_norm / (float)dim;
-        float *d_in_row = d_in + (size_t)row * dim;
-        int d_in_body = dim - dim % VEC;
-        for (int i = 0; i < d_in_body; i += VEC) {
-            vec4_t norm = (vec_load(in_row + i) - row_mean) * row_rstd;
-            vec4_t d_norm = vec_load(gamma + i) * vec_load(d_out_row + i);
-            vec_store(d_in_row + i,
-                      vec_load(d_in_row + i) +
-                          (d_norm - d_norm_mean - norm * d_norm_dot_norm_mean) * row_rstd);
-        }
-        for (int i = d_in_body; i < dim; i++) {
-            float norm = (in_row[i] - row_mean) * row_rstd;
-            float d_norm = gamma[i] * d_out_row[i];
-            d_in_row[i] += (d_norm - d_norm_mean - norm * d_norm_dot_norm_mean) * row_rstd;
-        }
-    }
+    layernorm_backward(d_in, d_gamma, d_beta, d_out, in, gamma, mean, rstd, rows, dim);
 }
 
 void cm_layers_embedding_forward(float *out, int out_stride, const int32_t *ids, int id_stride,
@@ -259,80 +174,10 @@ void cm_layers_embedding_backward(float *d_table, const float *d_out, int out_st
     }
 }
 
-/* exp(x) per lane, Cephes' single-precision method: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in
- * two parts), exp(r) by a degree-7 polynomial, 2^n put into the exponent bits.  Within 2 ulp
- * of expf over [-87, 88] (the softmax's arguments are <= 0); below -87 it returns 0. */
-static inline vec4_t vec_exp(vec4_t x) {
-    vec4_t low = vec_splat(-87.0f), high = vec_splat(88.0f);
-    mask4_t underflow = x < low;
-    x = vec_select(x > high, high, vec_select(underflow, low, x));
-    vec4_t scaled = x * 1.44269504088896341f;
-    mask4_t n = __builtin_convertvector(
-        scaled + vec_select(scaled >= 0.0f, vec_splat(0.5f), vec_splat(-0.5f)), mask4_t);
-    vec4_t whole = __builtin_convertvector(n, vec4_t);
-    vec4_t r = x - whole * 0.693359375f - whole * -2.12194440e-4f;
-    vec4_t p = vec_splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    vec4_t power = (vec4_t)((n + 127) << 23);
-    return vec_select(underflow, vec_splat(0.0f), p * power);
-}
-
-/* Stable in-place softmax of each row of scores[rows][cols] over the columns whose valid byte
- * is nonzero (valid NULL: all).  Masked columns, the -inf scores, become exactly 0; a row with
- * no valid column becomes all zeros instead of 0/0.  Four columns at a time (the row's tail
- * in a zero-padded vector whose extra lanes count as masked). */
-static void softmax_rows(float *scores, const unsigned char *valid, int rows, int cols) {
-    int body = cols - cols % VEC, tail = cols - body;
-    mask4_t tail_lanes = {0 < tail ? -1 : 0, 1 < tail ? -1 : 0, 2 < tail ? -1 : 0, 0};
-    for (int row = 0; row < rows; row++) {
-        float *values = scores + (size_t)row * cols;
-        float max_value = -INFINITY;
-        if (!valid) {
-            vec4_t maxima = vec_splat(-INFINITY);
-            for (int col = 0; col < body; col += VEC) {
-                vec4_t x = vec_load(values + col);
-                maxima = vec_select(x > maxima, x, maxima);
-            }
-            for (int lane = 0; lane < VEC; lane++)
-                if (maxima[lane] > max_value) max_value = maxima[lane];
-            for (int col = body; col < cols; col++)
-                if (values[col] > max_value) max_value = values[col];
-        } else {
-            for (int col = 0; col < cols; col++)
-                if (valid[col] && values[col] > max_value) max_value = values[col];
-        }
-        if (max_value == -INFINITY) {
-            memset(values, 0, sizeof(float) * (size_t)cols);
-            continue;
-        }
-        vec4_t sums = vec_splat(0.0f);
-        for (int col = 0; col < cols; col += VEC) {
-            int width = col < body ? VEC : tail;
-            mask4_t keep = width == VEC ? (mask4_t){-1, -1, -1, -1} : tail_lanes;
-            if (valid)
-                for (int lane = 0; lane < width; lane++)
-                    if (!valid[col + lane]) keep[lane] = 0;
-            vec4_t x = width == VEC ? vec_load(values + col) : vec_load_tail(values + col, width);
-            vec4_t e = vec_select(keep, vec_exp(vec_select(keep, x - max_value, vec_splat(0.0f))),
-                                  vec_splat(0.0f));
-            sums += e;
-            if (width == VEC)
-                vec_store(values + col, e);
-            else
-                vec_store_tail(values + col, e, width);
-        }
-        float inverse = 1.0f / vec_total(sums);
-        for (int col = 0; col < body; col += VEC)
-            vec_store(values + col, vec_load(values + col) * inverse);
-        for (int col = body; col < cols; col++) values[col] *= inverse;
-    }
-}
-
+/* Attention runs key-major: a head's probabilities are kept as probs[keys][queries], each
+ * column a query's softmax over the keys, so the softmax runs lane by lane over the queries
+ * (softmax_columns: no sum across lanes, a mask byte per row) and the products are GEMMs with
+ * the transposes folded into the BLAS call. */
 void cm_layers_attention_forward(float *out, float *att, const float *qkv,
                                  const unsigned char *valid, int batch, int tokens, int dim,
                                  int heads) {
@@ -347,12 +192,12 @@ void cm_layers_attention_forward(float *out, float *att, const float *qkv,
             const float *key = query + dim;
             const float *value = query + 2 * dim;
             float *probs = att + ((size_t)example * heads + head) * tokens * tokens;
-            /* probs[tokens][tokens] = softmax(scale * Q_h K_h^T), masked keys -> 0 */
-            cm_blas_sgemm(false, true, tokens, tokens, head_dim, scale, query, qkv_stride, key,
+            /* probs[keys][queries] = softmax over the keys of scale * K_h Q_h^T */
+            cm_blas_sgemm(false, true, tokens, tokens, head_dim, scale, key, qkv_stride, query,
                           qkv_stride, 0.0f, probs, tokens);
-            softmax_rows(probs, valid_keys, tokens, tokens);
-            /* out_h[tokens][head_dim] = probs · V_h */
-            cm_blas_sgemm(false, false, tokens, head_dim, tokens, 1.0f, probs, tokens, value,
+            softmax_columns(probs, valid_keys, tokens, tokens);
+            /* out_h[queries][head_dim] = probs^T · V_h */
+            cm_blas_sgemm(true, false, tokens, head_dim, tokens, 1.0f, probs, tokens, value,
                           qkv_stride, 0.0f, out_batch + head * head_dim, dim);
         }
     }
@@ -376,25 +221,18 @@ void cm_layers_attention_backward(float *d_qkv, float *scratch, const float *d_o
             float *d_value = d_query + 2 * dim;
             const float *probs = att + ((size_t)example * heads + head) * tokens * tokens;
             const float *d_out_head = d_out_batch + head * head_dim;
-            /* d_probs[tokens][tokens] = d_out_h · V_h^T, into scratch */
-            cm_blas_sgemm(false, true, tokens, tokens, head_dim, 1.0f, d_out_head, dim, value,
-                          qkv_stride, 0.0f, scratch, tokens);
-            /* d_V_h[tokens][head_dim] += probs^T · d_out_h */
-            cm_blas_sgemm(true, false, tokens, head_dim, tokens, 1.0f, probs, tokens, d_out_head,
+            /* d_probs[keys][queries] = V_h · d_out_h^T, into scratch */
+            cm_blas_sgemm(false, true, tokens, tokens, head_dim, 1.0f, value, qkv_stride,
+                          d_out_head, dim, 0.0f, scratch, tokens);
+            /* d_V_h[keys][head_dim] += probs · d_out_h */
+            cm_blas_sgemm(false, false, tokens, head_dim, tokens, 1.0f, probs, tokens, d_out_head,
                           dim, 1.0f, d_value, qkv_stride);
-            /* Softmax backward in place: d_scores = probs * (d_probs - <d_probs, probs>_row). */
-            for (int row = 0; row < tokens; row++) {
-                float *d_row = scratch + (size_t)row * tokens;
-                const float *probs_row = probs + (size_t)row * tokens;
-                float dot = 0.0f;
-                for (int col = 0; col < tokens; col++) dot += d_row[col] * probs_row[col];
-                for (int col = 0; col < tokens; col++)
-                    d_row[col] = probs_row[col] * (d_row[col] - dot);
-            }
-            /* d_Q_h += scale * d_scores · K_h;  d_K_h += scale * d_scores^T · Q_h */
-            cm_blas_sgemm(false, false, tokens, head_dim, tokens, scale, scratch, tokens, key,
+            /* d_scores[keys][queries] = probs * (d_probs - <d_probs, probs>_query), in place */
+            softmax_columns_backward(scratch, probs, tokens, tokens);
+            /* d_Q_h += scale * d_scores^T · K_h;  d_K_h += scale * d_scores · Q_h */
+            cm_blas_sgemm(true, false, tokens, head_dim, tokens, scale, scratch, tokens, key,
                           qkv_stride, 1.0f, d_query, qkv_stride);
-            cm_blas_sgemm(true, false, tokens, head_dim, tokens, scale, scratch, tokens, query,
+            cm_blas_sgemm(false, false, tokens, head_dim, tokens, scale, scratch, tokens, query,
                           qkv_stride, 1.0f, d_key, qkv_stride);
         }
     }
@@ -690,96 +528,26 @@ void cm_layers_maxpool2x2_backward(float *d_in, const float *d_out, const int32_
 /* Sums of one row in eight float lanes: no single chain of dependent additions (the
  * latency of one add per element), and each lane adds at most a row / 8 values. */
 
-static double row_sum(const float *row, int count) {
-    float lanes[LANES] = {0};
-    int index = 0;
-    for (; index + LANES <= count; index += LANES)
-        for (int lane = 0; lane < LANES; lane++) lanes[lane] += row[index + lane];
-    double sum = 0.0;
-    for (; index < count; index++) sum += row[index];
-    for (int lane = 0; lane < LANES; lane++) sum += lanes[lane];
-    return sum;
-}
-
-static double row_centred_squares(const float *row, int count, float mean) {
-    float lanes[LANES] = {0};
-    int index = 0;
-    for (; index + LANES <= count; index += LANES)
-        for (int lane = 0; lane < LANES; lane++) {
-            float centred = row[index + lane] - mean;
-            lanes[lane] += centred * centred;
-        }
-    double sum = 0.0;
-    for (; index < count; index++) sum += (double)(row[index] - mean) * (row[index] - mean);
-    for (int lane = 0; lane < LANES; lane++) sum += lanes[lane];
-    return sum;
-}
-
-/* d_sum += sum(g), d_dot += sum(g * (x - mean) * rstd) over one row, where g = d_out, gated by
- * relu_out > 0 when relu_out is not NULL (the fused ReLU's backward). */
-static void row_gradient_sums(const float *d_out, const float *relu_out, const float *in, int count,
-                              float mean, float rstd, double *d_sum, double *d_dot) {
-    float sum_lanes[LANES] = {0}, dot_lanes[LANES] = {0};
-    int index = 0;
-    for (; index + LANES <= count; index += LANES)
-        for (int lane = 0; lane < LANES; lane++) {
-            int at = index + lane;
-            float gradient = !relu_out || relu_out[at] > 0.0f ? d_out[at] : 0.0f;
-            sum_lanes[lane] += gradient;
-            dot_lanes[lane] += gradient * (in[at] - mean) * rstd;
-        }
-    for (; index < count; index++) {
-        float gradient = !relu_out || relu_out[index] > 0.0f ? d_out[index] : 0.0f;
-        *d_sum += gradient;
-        *d_dot += (double)gradient * (in[index] - mean) * rstd;
-    }
-    for (int lane = 0; lane < LANES; lane++) {
-        *d_sum += sum_lanes[lane];
-        *d_dot += dot_lanes[lane];
-    }
-}
-
-/* out[count] = in * scale + shift, then max(., 0) when relu. */
-static void affine_row(float *out, const float *in, int count, float scale, float shift, int relu) {
-    /* In blocks of eight (a fixed inner loop the compiler turns into vector instructions at
-     * -O2), the ReLU as a mask rather than a branch: signs are random, branches mispredict. */
-    float floor = relu ? 0.0f : -INFINITY;
-    int index = 0;
-    for (; index + LANES <= count; index += LANES)
-        for (int lane = 0; lane < LANES; lane++) {
-            float value = in[index + lane] * scale + shift;
-            out[index + lane] = value > floor ? value : floor;
-        }
-    for (; index < count; index++) {
-        float value = in[index] * scale + shift;
-        out[index] = value > floor ? value : floor;
-    }
-}
-
-/* Per-channel statistics: float lanes per row (at most one map, 784 values for 28x28), rows
- * summed in double (a channel has batch*spatial values, 100 000 at batch 128). */
+/* Per-channel statistics: sixteen float partial sums per row (at most one map, 784 values for
+ * 28x28), rows summed in double (a channel has batch*spatial values, 100 000 at batch 128). */
 void cm_layers_batchnorm_train_forward(float *out, float *mean, float *rstd, float *running_mean,
                                        float *running_var, const float *in, const float *gamma,
                                        const float *beta, int batch, int channels, int spatial,
                                        float momentum, int relu) {
     size_t values = (size_t)batch * (size_t)spatial;
+    size_t stride = (size_t)channels * (size_t)spatial;
     for (int channel = 0; channel < channels; channel++) {
-        double sum = 0.0;
-        for (int example = 0; example < batch; example++)
-            sum += row_sum(in + ((size_t)example * channels + channel) * spatial, spatial);
+        size_t first = (size_t)channel * (size_t)spatial;
+        double sum = 0.0, squares = 0.0;
+        batchnorm_channel_moment(in + first, batch, stride, spatial, 0.0f, 0, &sum);
         float mean_float = (float)(sum / (double)values);
-        double squares = 0.0;
-        for (int example = 0; example < batch; example++)
-            squares += row_centred_squares(in + ((size_t)example * channels + channel) * spatial,
-                                           spatial, mean_float);
+        batchnorm_channel_moment(in + first, batch, stride, spatial, mean_float, 1, &squares);
         double variance = squares / (double)values;
         float channel_rstd = (float)(1.0 / sqrt(variance + batchnorm_epsilon));
         float scale = channel_rstd * gamma[channel];
         float shift = beta[channel] - mean_float * scale;
-        for (int example = 0; example < batch; example++) {
-            size_t offset = ((size_t)example * channels + channel) * spatial;
-            affine_row(out + offset, in + offset, spatial, scale, shift, relu);
-        }
+        batchnorm_channel_affine(out + first, in + first, batch, stride, spatial, scale, shift,
+                                 relu);
         mean[channel] = mean_float;
         rstd[channel] = channel_rstd;
         if (running_mean && running_var) {
@@ -797,49 +565,26 @@ void cm_layers_batchnorm_train_backward(float *d_in, float *d_gamma, float *d_be
                                         const float *gamma, const float *mean, const float *rstd,
                                         int batch, int channels, int spatial) {
     double values = (double)batch * (double)spatial;
+    size_t stride = (size_t)channels * (size_t)spatial;
     for (int channel = 0; channel < channels; channel++) {
         float channel_mean = mean[channel], channel_rstd = rstd[channel];
+        size_t first = (size_t)channel * (size_t)spatial;
         /* With n = normalised input and g = d_out (gated by the ReLU): d_in = gamma * rstd *
          * (g - mean(g) - n * mean(g * n)), the layer-norm formula over the channel's values. */
         double d_sum = 0.0, d_dot_norm = 0.0;
-        for (int example = 0; example < batch; example++) {
-            size_t offset = ((size_t)example * channels + channel) * spatial;
-            row_gradient_sums(d_out + offset, relu_out ? relu_out + offset : NULL, in + offset,
-                              spatial, channel_mean, channel_rstd, &d_sum, &d_dot_norm);
-        }
+        batchnorm_channel_sums(d_out + first, relu_out ? relu_out + first : NULL, in + first, batch,
+                               stride, spatial, channel_mean, channel_rstd, &d_sum, &d_dot_norm);
         if (d_gamma) d_gamma[channel] += (float)d_dot_norm;
         if (d_beta) d_beta[channel] += (float)d_sum;
         if (!d_in) continue;
         float d_mean = (float)(d_sum / values), d_dot_norm_mean = (float)(d_dot_norm / values);
         float scale = gamma[channel] * channel_rstd;
-        for (int example = 0; example < batch; example++) {
-            size_t offset = ((size_t)example * channels + channel) * spatial;
-            const float *d_row = d_out + offset, *in_row = in + offset;
-            const float *relu_row = relu_out ? relu_out + offset : NULL;
-            float *d_in_row = d_in + offset;
-            /* d_in = scale * (g - d_mean - (in - mean) * rstd * d_dot_norm_mean), as
-             * d_in += g * scale + (in * slope + intercept), in blocks of eight (see affine_row) */
-            float slope = -scale * channel_rstd * d_dot_norm_mean;
-            float intercept = -scale * d_mean - slope * channel_mean;
-            int index = 0;
-            if (relu_row)
-                for (; index + LANES <= spatial; index += LANES)
-                    for (int lane = 0; lane < LANES; lane++) {
-                        int at = index + lane;
-                        float gradient = relu_row[at] > 0.0f ? d_row[at] : 0.0f;
-                        d_in_row[at] += gradient * scale + (in_row[at] * slope + intercept);
-                    }
-            else
-                for (; index + LANES <= spatial; index += LANES)
-                    for (int lane = 0; lane < LANES; lane++) {
-                        int at = index + lane;
-                        d_in_row[at] += d_row[at] * scale + (in_row[at] * slope + intercept);
-                    }
-            for (; index < spatial; index++) {
-                float gradient = !relu_row || relu_row[index] > 0.0f ? d_row[index] : 0.0f;
-                d_in_row[index] += gradient * scale + (in_row[index] * slope + intercept);
-            }
-        }
+        /* d_in = scale * (g - d_mean - (in - mean) * rstd * d_dot_norm_mean), as
+         * d_in += g * scale + (in * slope + intercept) */
+        float slope = -scale * channel_rstd * d_dot_norm_mean;
+        float intercept = -scale * d_mean - slope * channel_mean;
+        batchnorm_channel_d_in(d_in + first, d_out + first, relu_out ? relu_out + first : NULL,
+                               in + first, batch, stride, spatial, scale, slope, intercept);
     }
 }
 
@@ -850,10 +595,9 @@ void cm_layers_batchnorm_eval_forward(float *out, const float *in, const float *
     for (int channel = 0; channel < channels; channel++) {
         float scale = gamma[channel] / sqrtf(running_var[channel] + batchnorm_epsilon);
         float shift = beta[channel] - running_mean[channel] * scale;
-        for (int example = 0; example < batch; example++) {
-            size_t offset = ((size_t)example * channels + channel) * spatial;
-            affine_row(out + offset, in + offset, spatial, scale, shift, relu);
-        }
+        size_t first = (size_t)channel * (size_t)spatial;
+        batchnorm_channel_affine(out + first, in + first, batch, (size_t)channels * spatial,
+                                 spatial, scale, shift, relu);
     }
 }
 
@@ -865,18 +609,14 @@ void cm_layers_batchnorm_eval_backward(float *d_in, float *d_gamma, float *d_bet
     for (int channel = 0; channel < channels; channel++) {
         float channel_rstd = 1.0f / sqrtf(running_var[channel] + batchnorm_epsilon);
         float scale = gamma[channel] * channel_rstd;
+        size_t first = (size_t)channel * (size_t)spatial, stride = (size_t)channels * spatial;
+        const float *relu_first = relu_out ? relu_out + first : NULL;
         double d_sum = 0.0, d_dot_norm = 0.0;
-        for (int example = 0; example < batch; example++) {
-            size_t offset = ((size_t)example * channels + channel) * spatial;
-            const float *relu_row = relu_out ? relu_out + offset : NULL;
-            row_gradient_sums(d_out + offset, relu_row, in + offset, spatial, running_mean[channel],
-                              channel_rstd, &d_sum, &d_dot_norm);
-            if (!d_in) continue;
-            for (int index = 0; index < spatial; index++) {
-                float gradient = !relu_row || relu_row[index] > 0.0f ? d_out[offset + index] : 0.0f;
-                d_in[offset + index] += gradient * scale;
-            }
-        }
+        batchnorm_channel_sums(d_out + first, relu_first, in + first, batch, stride, spatial,
+                               running_mean[channel], channel_rstd, &d_sum, &d_dot_norm);
+        if (d_in) /* the statistics are constants here: d_in = g * scale */
+            batchnorm_channel_d_in(d_in + first, d_out + first, relu_first, in + first, batch,
+                                   stride, spatial, scale, 0.0f, 0.0f);
         if (d_gamma) d_gamma[channel] += (float)d_dot_norm;
         if (d_beta) d_beta[channel] += (float)d_sum;
     }

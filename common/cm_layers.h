@@ -70,9 +70,10 @@ void cm_layers_embedding_backward(float *d_table, const float *d_out, int out_st
 /* Non-causal multi-head self-attention core (the projections are dense layers around it).
  * qkv[batch][tokens][3*dim] holds Q, K, V side by side, each split into `heads` heads of
  * dim/heads.  out[batch][tokens][dim] = concat_h softmax(Q_h K_h^T / sqrt(dim/heads)) V_h;
- * att[batch][heads][tokens][tokens] saves the attention probabilities.
+ * att[batch][heads][keys][queries] saves the attention probabilities (key-major: column q
+ * is query q's distribution over the keys).
  * valid[batch][tokens] (NULL: every token) is the padding mask: a key whose valid byte is 0
- * gets score -inf, so probability exactly 0; a query that sees no valid key gets an all-zero
+ * gets probability exactly 0; a query that sees no valid key gets an all-zero
  * attention row and output (never NaN).  Queries are never masked. */
 void cm_layers_attention_forward(float *out, float *att, const float *qkv,
                                  const unsigned char *valid, int batch, int tokens, int dim,

@@ -7,10 +7,13 @@
  * floats can be copied into a zero-padded vector and back, so the tail runs the very same
  * arithmetic.  The operations are IEEE single precision lane by lane, exactly as the scalar
  * code they replace (no reassociation, no contraction: -std=c11 turns FMA contraction off).
+ * Eight- and sixteen-float vectors serve the kernels compiled once per instruction set and
+ * chosen at run time (CM_VEC_DISPATCH, cm_layers_wide.h).
  */
 #ifndef CM_VEC_H
 #define CM_VEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -70,5 +73,49 @@ static inline void vec_axpy(float *y, float a, const float *x, int count) {
     for (int i = 0; i < body; i += VEC) vec_store(y + i, vec_load(y + i) + scale * vec_load(x + i));
     for (int i = body; i < count; i++) y[i] += a * x[i];
 }
+
+/* Wider vectors for the kernels compiled once per instruction set (CM_VEC_DISPATCH): eight
+ * floats, one AVX2 register; sixteen, one AVX-512 register.  A kernel is written once for a
+ * vector type (see cm_layers_wide.h) and instantiated at each width. */
+#if defined(__GNUC__) || defined(__clang__)
+/* Every function taking or returning a wide vector is CM_VEC_INLINE, always inlined into its
+ * kernel: no call passes one by value, so no ABI is at stake (GCC warns that one would change
+ * with AVX).  A helper left out of line would be compiled for the baseline and called from an
+ * AVX-512 kernel with registers it does not expect. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+#define CM_VEC_INLINE static inline __attribute__((always_inline))
+typedef float vec8_t __attribute__((vector_size(32)));
+typedef int32_t mask8_t __attribute__((vector_size(32)));
+typedef float vec16_t __attribute__((vector_size(64)));
+typedef int32_t mask16_t __attribute__((vector_size(64)));
+
+extern const int32_t cm_vec_lane_index[16]; /* 0, 1, ..., 15 */
+extern bool cm_vec_baseline_only; /* true: the four-lane kernels only (tests compare paths) */
+
+/* CM_VEC_DISPATCH(name, params, args): defines `static void name(params)` that runs the
+ * kernel of the running CPU's widest vectors: name##_16 (compiled for AVX-512) or name##_8
+ * (AVX2) on x86-64, else name##_4, the baseline (SSE, NEON), which the caller defined before,
+ * always inline (the check is a load of a flag the C library set at start-up).  Kernels that
+ * sum only lane by lane, in an order that does not depend on the width, give the same bits at
+ * every width, as -std=c11 contracts no multiply-add into an FMA. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CM_VEC_DISPATCH(name, params, args)                                                        \
+    __attribute__((target("avx512f"))) static void name##_avx512 params { name##_16 args; }        \
+    __attribute__((target("avx2"))) static void name##_avx2 params { name##_8 args; }              \
+    static void name params {                                                                      \
+        if (cm_vec_baseline_only)                                                                  \
+            name##_4 args;                                                                         \
+        else if (__builtin_cpu_supports("avx512f"))                                                \
+            name##_avx512 args;                                                                    \
+        else if (__builtin_cpu_supports("avx2"))                                                   \
+            name##_avx2 args;                                                                      \
+        else                                                                                       \
+            name##_4 args;                                                                         \
+    }
+#else
+#define CM_VEC_DISPATCH(name, params, args)                                                        \
+    static void name params { name##_4 args; }
+#endif
 
 #endif

@@ -477,6 +477,12 @@ END_TEST
 
 /* ---- attention ------------------------------------------------------------------------ */
 
+/* Probability of `key` for `query` in head block `block` (example * heads + head) of the
+ * attention's saved att[batch][heads][keys][queries] (key-major). */
+static float att_prob(const float *att, int tokens, int block, int query, int key) {
+    return att[((size_t)block * tokens + key) * tokens + query];
+}
+
 typedef struct {
     int batch, tokens, dim, heads;
     float *qkv, *out, *att, *d_out, *d_qkv, *scratch;
@@ -556,11 +562,10 @@ START_TEST(test_attention_forward_matches_reference) {
                     scores[key] = exp(scores[key] - max_score);
                     sum += scores[key];
                 }
-                const float *att_row =
-                    test.att + ((example * heads + head) * tokens + query) * tokens;
                 for (int key = 0; key < tokens; key++) {
-                    ck_assert_double_eq_tol(att_row[key], scores[key] / sum, 1e-6);
-                    att_sum += att_row[key];
+                    float prob = att_prob(test.att, tokens, example * heads + head, query, key);
+                    ck_assert_double_eq_tol(prob, scores[key] / sum, 1e-6);
+                    att_sum += prob;
                 }
                 ck_assert_double_eq_tol(att_sum, 1.0, 1e-6);
                 for (int i = 0; i < head_dim; i++) {
@@ -588,8 +593,9 @@ START_TEST(test_attention_stable_for_large_scores) {
     for (int row = 0; row < 2 * 6; row++) {
         double sum = 0.0;
         for (int col = 0; col < 6; col++) {
-            ck_assert(isfinite(test.att[row * 6 + col]));
-            sum += test.att[row * 6 + col];
+            float prob = att_prob(test.att, 6, row / 6, row % 6, col);
+            ck_assert(isfinite(prob));
+            sum += prob;
         }
         ck_assert_double_eq_tol(sum, 1.0, 1e-6);
     }
@@ -637,15 +643,15 @@ START_TEST(test_attention_masked_keys_get_no_weight) {
     attention_loss(&test);
     for (int example = 0; example < masked_batch; example++)
         for (int row = 0; row < heads * masked_tokens; row++) {
-            const float *att_row =
-                test.att + ((size_t)example * heads * masked_tokens + row) * masked_tokens;
+            int block = example * heads + row / masked_tokens, query = row % masked_tokens;
             double sum = 0.0;
             int any_valid = 0;
             for (int key = 0; key < masked_tokens; key++) {
                 int valid = masked_valid[example * masked_tokens + key];
+                float prob = att_prob(test.att, masked_tokens, block, query, key);
                 any_valid |= valid;
-                if (!valid) ck_assert_msg(att_row[key] == 0.0f, "masked key got %g", att_row[key]);
-                sum += att_row[key];
+                if (!valid) ck_assert_msg(prob == 0.0f, "masked key got %g", prob);
+                sum += prob;
             }
             ck_assert_double_eq_tol(sum, any_valid ? 1.0 : 0.0, 1e-6);
         }
@@ -666,7 +672,8 @@ START_TEST(test_attention_masked_keys_get_no_weight) {
     attention_loss(&test);
     for (int row = 2 * heads * masked_tokens; row < masked_batch * heads * masked_tokens; row++) {
         double sum = 0.0;
-        for (int key = 0; key < masked_tokens; key++) sum += test.att[row * masked_tokens + key];
+        for (int key = 0; key < masked_tokens; key++)
+            sum += att_prob(test.att, masked_tokens, row / masked_tokens, row % masked_tokens, key);
         ck_assert_double_eq_tol(sum, 1.0, 1e-6);
     }
     free(before);
@@ -1426,9 +1433,9 @@ START_TEST(test_gelu_accuracy_dense_grid) {
                   (double)in[worst_derivative_at], (double)d_in[worst_derivative_at],
                   worst_derivative);
     ck_assert(worst_value > 0.0 && worst_derivative > 0.0); /* the grid did run */
-    /* a tail of 1, 2 and 3 values gives what the same values give inside a full vector */
-    for (int count = 1; count <= 3; count++) {
-        float tail[3];
+    /* a tail of 1 to 15 values gives what the same values give inside a full vector */
+    for (int count = 1; count <= 15; count++) {
+        float tail[15];
         cm_layers_gelu_forward(tail, in + 1000, count);
         for (int i = 0; i < count; i++) ck_assert_float_eq(tail[i], out[1000 + i]);
     }
@@ -1436,6 +1443,152 @@ START_TEST(test_gelu_accuracy_dense_grid) {
     free(out);
     free(d_in);
     free(ones);
+}
+END_TEST
+
+/* GELU runs at the CPU's widest vectors (AVX-512, AVX2 or the four-lane baseline): every
+ * path gives the baseline's bits, forward and backward, for every tail length. */
+START_TEST(test_gelu_widths_give_the_same_bits) {
+    enum { MOST = 70 };
+    float in[MOST], d_out[MOST], wide[2][MOST], narrow[2][MOST];
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 11);
+    for (int i = 0; i < MOST; i++) {
+        in[i] = 12.0f * (cm_rng_uniform(&rng) - 0.5f);
+        d_out[i] = cm_rng_uniform(&rng) - 0.5f;
+    }
+    in[3] = 0.0f, in[5] = 9.0f, in[7] = -9.0f; /* zero and both clamps */
+    for (int count = 0; count <= MOST; count++) {
+        for (int path = 0; path < 2; path++) {
+            float(*out)[MOST] = path ? narrow : wide;
+            cm_vec_baseline_only = path == 1;
+            memset(out, 0, sizeof wide);
+            cm_layers_gelu_forward(out[0], in, count);
+            for (int i = 0; i < count; i++) out[1][i] = 0.25f;
+            cm_layers_gelu_backward(out[1], d_out, in, count);
+        }
+        cm_vec_baseline_only = false;
+        ck_assert_msg(memcmp(wide, narrow, sizeof wide) == 0, "count %d: the paths differ", count);
+    }
+}
+END_TEST
+
+/* The attention's softmax runs at the CPU's widest vectors too, lane by lane: forward and
+ * backward give the baseline's bits, with and without a padding mask, for query counts that
+ * leave tails at every width. */
+START_TEST(test_attention_widths_give_the_same_bits) {
+    enum { BATCH = 2, DIM = 8, HEADS = 2, MOST = 21 };
+    static float qkv[BATCH * MOST * 3 * DIM], d_out[BATCH * MOST * DIM];
+    static float out[2][BATCH * MOST * DIM], att[2][BATCH * HEADS * MOST * MOST];
+    static float d_qkv[2][BATCH * MOST * 3 * DIM], scratch[MOST * MOST];
+    unsigned char valid[BATCH * MOST];
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 12);
+    for (size_t i = 0; i < sizeof qkv / sizeof *qkv; i++) qkv[i] = 3.0f * cm_rng_normal(&rng);
+    for (size_t i = 0; i < sizeof d_out / sizeof *d_out; i++) d_out[i] = cm_rng_normal(&rng);
+    for (int tokens = 1; tokens <= MOST; tokens++) {
+        for (int i = 0; i < BATCH * tokens; i++) valid[i] = i % 3 != 1; /* masks some keys */
+        for (int masked = 0; masked < 2; masked++) {
+            for (int path = 0; path < 2; path++) {
+                cm_vec_baseline_only = path == 1;
+                memset(d_qkv[path], 0, sizeof d_qkv[path]);
+                cm_layers_attention_forward(out[path], att[path], qkv, masked ? valid : NULL, BATCH,
+                                            tokens, DIM, HEADS);
+                cm_layers_attention_backward(d_qkv[path], scratch, d_out, qkv, att[path], BATCH,
+                                             tokens, DIM, HEADS);
+            }
+            cm_vec_baseline_only = false;
+            size_t rows = (size_t)BATCH * tokens;
+            ck_assert_msg(memcmp(out[0], out[1], sizeof(float) * rows * DIM) == 0 &&
+                              memcmp(att[0], att[1], sizeof(float) * rows * HEADS * tokens) == 0 &&
+                              memcmp(d_qkv[0], d_qkv[1], sizeof(float) * rows * 3 * DIM) == 0,
+                          "%d tokens%s: the paths differ", tokens, masked ? ", masked" : "");
+        }
+    }
+}
+END_TEST
+
+/* Layer norm sums in sixteen partial sums at every width: forward and backward give the
+ * baseline's bits for every row length (tails of every size), with and without the
+ * parameter gradients. */
+START_TEST(test_layernorm_widths_give_the_same_bits) {
+    enum { ROWS = 3, MOST = 40 };
+    float in[ROWS * MOST], gamma[MOST], beta[MOST], d_out[ROWS * MOST];
+    float out[2][ROWS * MOST], stats[2][2][ROWS], grads[2][3][ROWS * MOST];
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 13);
+    for (int i = 0; i < ROWS * MOST; i++) {
+        in[i] = 5.0f + 2.0f * cm_rng_normal(&rng); /* far from zero mean */
+        d_out[i] = cm_rng_normal(&rng);
+    }
+    for (int i = 0; i < MOST; i++) gamma[i] = 1.0f + 0.1f * cm_rng_normal(&rng), beta[i] = 0.1f * i;
+    for (int dim = 1; dim <= MOST; dim++)
+        for (int with_params = 0; with_params < 2; with_params++) {
+            for (int path = 0; path < 2; path++) {
+                cm_vec_baseline_only = path == 1;
+                memset(out[path], 0, sizeof out[path]);
+                memset(grads[path], 0, sizeof grads[path]);
+                cm_layers_layernorm_forward(out[path], stats[path][0], stats[path][1], in, gamma,
+                                            beta, ROWS, dim);
+                cm_layers_layernorm_backward(grads[path][0], with_params ? grads[path][1] : NULL,
+                                             with_params ? grads[path][2] : NULL, d_out, in, gamma,
+                                             stats[path][0], stats[path][1], ROWS, dim);
+            }
+            cm_vec_baseline_only = false;
+            ck_assert_msg(memcmp(out[0], out[1], sizeof out[0]) == 0 &&
+                              memcmp(stats[0], stats[1], sizeof stats[0]) == 0 &&
+                              memcmp(grads[0], grads[1], sizeof grads[0]) == 0,
+                          "dim %d: the paths differ", dim);
+        }
+}
+END_TEST
+
+/* Batch norm sums a row in sixteen partial sums at every width: train and eval, forward and
+ * backward, with and without the fused ReLU, give the baseline's bits for maps with tails. */
+START_TEST(test_batchnorm_widths_give_the_same_bits) {
+    enum { BATCH = 3, CHANNELS = 2, MOST = 37 };
+    float in[BATCH * CHANNELS * MOST], d_out[BATCH * CHANNELS * MOST];
+    float relu_out[BATCH * CHANNELS * MOST], grads[2][BATCH * CHANNELS * MOST + 4];
+    float outs[2][BATCH * CHANNELS * MOST + 8];
+    float gamma[CHANNELS] = {1.5f, -0.5f}, mean[CHANNELS] = {0.3f, -0.2f};
+    float rstd[CHANNELS] = {1.2f, 0.8f}, variance[CHANNELS] = {0.7f, 1.6f};
+    cm_rng_t rng;
+    cm_rng_seed(&rng, 14);
+    for (int i = 0; i < BATCH * CHANNELS * MOST; i++) {
+        in[i] = cm_rng_normal(&rng);
+        d_out[i] = cm_rng_normal(&rng);
+        relu_out[i] = cm_rng_normal(&rng);
+    }
+    for (int spatial = 1; spatial <= MOST; spatial += 3)
+        for (int variant = 0; variant < 4; variant++) {
+            const float *relu = variant & 1 ? relu_out : NULL;
+            for (int path = 0; path < 2; path++) {
+                float *d_in = grads[path], *d_gamma = d_in + BATCH * CHANNELS * MOST;
+                cm_vec_baseline_only = path == 1;
+                memset(grads[path], 0, sizeof grads[path]);
+                memset(outs[path], 0, sizeof outs[path]);
+                float *stats = outs[path] + BATCH * CHANNELS * MOST;
+                stats[4] = stats[5] = 0.5f; /* running mean and variance */
+                if (variant & 2)
+                    cm_layers_batchnorm_eval_forward(outs[path], in, gamma, rstd, mean, variance,
+                                                     BATCH, CHANNELS, spatial, variant & 1);
+                else
+                    cm_layers_batchnorm_train_forward(outs[path], stats, stats + 2, stats + 4,
+                                                      stats + 6, in, gamma, rstd, BATCH, CHANNELS,
+                                                      spatial, 0.1f, variant & 1);
+                if (variant & 2)
+                    cm_layers_batchnorm_eval_backward(d_in, d_gamma, d_gamma + 2, d_out, relu, in,
+                                                      gamma, mean, variance, BATCH, CHANNELS,
+                                                      spatial);
+                else
+                    cm_layers_batchnorm_train_backward(d_in, d_gamma, d_gamma + 2, d_out, relu, in,
+                                                       gamma, mean, rstd, BATCH, CHANNELS, spatial);
+            }
+            cm_vec_baseline_only = false;
+            ck_assert_msg(memcmp(grads[0], grads[1], sizeof grads[0]) == 0 &&
+                              memcmp(outs[0], outs[1], sizeof outs[0]) == 0,
+                          "spatial %d, variant %d: the paths differ", spatial, variant);
+        }
 }
 END_TEST
 
@@ -1456,7 +1609,7 @@ START_TEST(test_attention_softmax_accuracy) {
         for (int col = 0; col < TOKENS; col++) normaliser += exp((double)qkv[col * 3 + 1]);
         for (int col = 0; col < TOKENS; col++) {
             double want = exp((double)qkv[col * 3 + 1]) / normaliser;
-            float got = att[row * TOKENS + col];
+            float got = att_prob(att, TOKENS, 0, row, col);
             ck_assert_msg(fabs(got - want) <= 4e-7 * (1.0 + want), "p[%d][%d] = %.9g, want %.9g",
                           row, col, (double)got, want);
             sum += got;
@@ -1552,6 +1705,10 @@ Suite *check_layers_suite(void) {
     tcase_add_test(forward, test_conv2d_forward_matches_reference);
     tcase_add_test(forward, test_batchnorm_statistics);
     tcase_add_test(forward, test_batchnorm_relu_fused_equals_composition);
+    tcase_add_test(forward, test_gelu_widths_give_the_same_bits);
+    tcase_add_test(forward, test_attention_widths_give_the_same_bits);
+    tcase_add_test(forward, test_layernorm_widths_give_the_same_bits);
+    tcase_add_test(forward, test_batchnorm_widths_give_the_same_bits);
     suite_add_tcase(suite, forward);
     TCase *model = tcase_create("model");
     tcase_add_test(model, test_tiny_mlp_overfits_one_batch);
