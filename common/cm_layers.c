@@ -73,7 +73,7 @@ CM_VEC_DISPATCH(batchnorm_channel_d_in,
 CM_VEC_DISPATCH(softmax_columns_backward, (float *d, const float *probs, int rows, int cols),
                 (d, probs, rows, cols))
 
-bool cm_vec_baseline_only;
+int cm_vec_lanes_limit = 16;
 const int32_t cm_vec_lane_index[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 void cm_layers_dense_forward(float *out, const float *in, const float *weight, const float *bias,

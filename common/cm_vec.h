@@ -91,7 +91,9 @@ typedef float vec16_t __attribute__((vector_size(64)));
 typedef int32_t mask16_t __attribute__((vector_size(64)));
 
 extern const int32_t cm_vec_lane_index[16]; /* 0, 1, ..., 15 */
-extern bool cm_vec_baseline_only; /* true: the four-lane kernels only (tests compare paths) */
+/* The widest kernels CM_VEC_DISPATCH may run: 16 (the default), 8 or 4 lanes (tests compare
+ * the paths on one machine). */
+extern int cm_vec_lanes_limit;
 
 /* CM_VEC_DISPATCH(name, params, args): defines `static void name(params)` that runs the
  * kernel of the running CPU's widest vectors: name##_16 (compiled for AVX-512) or name##_8
@@ -104,11 +106,9 @@ extern bool cm_vec_baseline_only; /* true: the four-lane kernels only (tests com
     __attribute__((target("avx512f"))) static void name##_avx512 params { name##_16 args; }        \
     __attribute__((target("avx2"))) static void name##_avx2 params { name##_8 args; }              \
     static void name params {                                                                      \
-        if (cm_vec_baseline_only)                                                                  \
-            name##_4 args;                                                                         \
-        else if (__builtin_cpu_supports("avx512f"))                                                \
+        if (cm_vec_lanes_limit >= 16 && __builtin_cpu_supports("avx512f"))                         \
             name##_avx512 args;                                                                    \
-        else if (__builtin_cpu_supports("avx2"))                                                   \
+        else if (cm_vec_lanes_limit >= 8 && __builtin_cpu_supports("avx2"))                        \
             name##_avx2 args;                                                                      \
         else                                                                                       \
             name##_4 args;                                                                         \

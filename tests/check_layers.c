@@ -1448,7 +1448,7 @@ END_TEST
 
 /* GELU runs at the CPU's widest vectors (AVX-512, AVX2 or the four-lane baseline): every
  * path gives the baseline's bits, forward and backward, for every tail length. */
-START_TEST(test_gelu_widths_give_the_same_bits) {
+static void gelu_widths(int lanes) {
     enum { MOST = 70 };
     float in[MOST], d_out[MOST], wide[2][MOST], narrow[2][MOST];
     cm_rng_t rng;
@@ -1461,22 +1461,28 @@ START_TEST(test_gelu_widths_give_the_same_bits) {
     for (int count = 0; count <= MOST; count++) {
         for (int path = 0; path < 2; path++) {
             float(*out)[MOST] = path ? narrow : wide;
-            cm_vec_baseline_only = path == 1;
+            cm_vec_lanes_limit = path == 1 ? 4 : lanes;
             memset(out, 0, sizeof wide);
             cm_layers_gelu_forward(out[0], in, count);
             for (int i = 0; i < count; i++) out[1][i] = 0.25f;
             cm_layers_gelu_backward(out[1], d_out, in, count);
         }
-        cm_vec_baseline_only = false;
-        ck_assert_msg(memcmp(wide, narrow, sizeof wide) == 0, "count %d: the paths differ", count);
+        cm_vec_lanes_limit = 16;
+        ck_assert_msg(memcmp(wide, narrow, sizeof wide) == 0,
+                      "count %d, %d lanes: the paths differ", count, lanes);
     }
+}
+
+START_TEST(test_gelu_widths_give_the_same_bits) {
+    gelu_widths(16); /* AVX-512 where the CPU has it, else the next */
+    gelu_widths(8);  /* AVX2 where the CPU has it */
 }
 END_TEST
 
 /* The attention's softmax runs at the CPU's widest vectors too, lane by lane: forward and
  * backward give the baseline's bits, with and without a padding mask, for query counts that
  * leave tails at every width. */
-START_TEST(test_attention_widths_give_the_same_bits) {
+static void attention_widths(int lanes) {
     enum { BATCH = 2, DIM = 8, HEADS = 2, MOST = 21 };
     static float qkv[BATCH * MOST * 3 * DIM], d_out[BATCH * MOST * DIM];
     static float out[2][BATCH * MOST * DIM], att[2][BATCH * HEADS * MOST * MOST];
@@ -1490,28 +1496,34 @@ START_TEST(test_attention_widths_give_the_same_bits) {
         for (int i = 0; i < BATCH * tokens; i++) valid[i] = i % 3 != 1; /* masks some keys */
         for (int masked = 0; masked < 2; masked++) {
             for (int path = 0; path < 2; path++) {
-                cm_vec_baseline_only = path == 1;
+                cm_vec_lanes_limit = path == 1 ? 4 : lanes;
                 memset(d_qkv[path], 0, sizeof d_qkv[path]);
                 cm_layers_attention_forward(out[path], att[path], qkv, masked ? valid : NULL, BATCH,
                                             tokens, DIM, HEADS);
                 cm_layers_attention_backward(d_qkv[path], scratch, d_out, qkv, att[path], BATCH,
                                              tokens, DIM, HEADS);
             }
-            cm_vec_baseline_only = false;
+            cm_vec_lanes_limit = 16;
             size_t rows = (size_t)BATCH * tokens;
             ck_assert_msg(memcmp(out[0], out[1], sizeof(float) * rows * DIM) == 0 &&
                               memcmp(att[0], att[1], sizeof(float) * rows * HEADS * tokens) == 0 &&
                               memcmp(d_qkv[0], d_qkv[1], sizeof(float) * rows * 3 * DIM) == 0,
-                          "%d tokens%s: the paths differ", tokens, masked ? ", masked" : "");
+                          "%d tokens%s, %d lanes: the paths differ", tokens,
+                          masked ? ", masked" : "", lanes);
         }
     }
+}
+
+START_TEST(test_attention_widths_give_the_same_bits) {
+    attention_widths(16); /* AVX-512 where the CPU has it, else the next */
+    attention_widths(8);  /* AVX2 where the CPU has it */
 }
 END_TEST
 
 /* Layer norm sums in sixteen partial sums at every width: forward and backward give the
  * baseline's bits for every row length (tails of every size), with and without the
  * parameter gradients. */
-START_TEST(test_layernorm_widths_give_the_same_bits) {
+static void layernorm_widths(int lanes) {
     enum { ROWS = 3, MOST = 40 };
     float in[ROWS * MOST], gamma[MOST], beta[MOST], d_out[ROWS * MOST];
     float out[2][ROWS * MOST], stats[2][2][ROWS], grads[2][3][ROWS * MOST];
@@ -1525,7 +1537,7 @@ START_TEST(test_layernorm_widths_give_the_same_bits) {
     for (int dim = 1; dim <= MOST; dim++)
         for (int with_params = 0; with_params < 2; with_params++) {
             for (int path = 0; path < 2; path++) {
-                cm_vec_baseline_only = path == 1;
+                cm_vec_lanes_limit = path == 1 ? 4 : lanes;
                 memset(out[path], 0, sizeof out[path]);
                 memset(grads[path], 0, sizeof grads[path]);
                 cm_layers_layernorm_forward(out[path], stats[path][0], stats[path][1], in, gamma,
@@ -1534,18 +1546,23 @@ START_TEST(test_layernorm_widths_give_the_same_bits) {
                                              with_params ? grads[path][2] : NULL, d_out, in, gamma,
                                              stats[path][0], stats[path][1], ROWS, dim);
             }
-            cm_vec_baseline_only = false;
+            cm_vec_lanes_limit = 16;
             ck_assert_msg(memcmp(out[0], out[1], sizeof out[0]) == 0 &&
                               memcmp(stats[0], stats[1], sizeof stats[0]) == 0 &&
                               memcmp(grads[0], grads[1], sizeof grads[0]) == 0,
-                          "dim %d: the paths differ", dim);
+                          "dim %d, %d lanes: the paths differ", dim, lanes);
         }
+}
+
+START_TEST(test_layernorm_widths_give_the_same_bits) {
+    layernorm_widths(16); /* AVX-512 where the CPU has it, else the next */
+    layernorm_widths(8);  /* AVX2 where the CPU has it */
 }
 END_TEST
 
 /* Batch norm sums a row in sixteen partial sums at every width: train and eval, forward and
  * backward, with and without the fused ReLU, give the baseline's bits for maps with tails. */
-START_TEST(test_batchnorm_widths_give_the_same_bits) {
+static void batchnorm_widths(int lanes) {
     enum { BATCH = 3, CHANNELS = 2, MOST = 37 };
     float in[BATCH * CHANNELS * MOST], d_out[BATCH * CHANNELS * MOST];
     float relu_out[BATCH * CHANNELS * MOST], grads[2][BATCH * CHANNELS * MOST + 4];
@@ -1564,7 +1581,7 @@ START_TEST(test_batchnorm_widths_give_the_same_bits) {
             const float *relu = variant & 1 ? relu_out : NULL;
             for (int path = 0; path < 2; path++) {
                 float *d_in = grads[path], *d_gamma = d_in + BATCH * CHANNELS * MOST;
-                cm_vec_baseline_only = path == 1;
+                cm_vec_lanes_limit = path == 1 ? 4 : lanes;
                 memset(grads[path], 0, sizeof grads[path]);
                 memset(outs[path], 0, sizeof outs[path]);
                 float *stats = outs[path] + BATCH * CHANNELS * MOST;
@@ -1584,11 +1601,17 @@ START_TEST(test_batchnorm_widths_give_the_same_bits) {
                     cm_layers_batchnorm_train_backward(d_in, d_gamma, d_gamma + 2, d_out, relu, in,
                                                        gamma, mean, rstd, BATCH, CHANNELS, spatial);
             }
-            cm_vec_baseline_only = false;
+            cm_vec_lanes_limit = 16;
             ck_assert_msg(memcmp(grads[0], grads[1], sizeof grads[0]) == 0 &&
                               memcmp(outs[0], outs[1], sizeof outs[0]) == 0,
-                          "spatial %d, variant %d: the paths differ", spatial, variant);
+                          "spatial %d, variant %d, %d lanes: the paths differ", spatial, variant,
+                          lanes);
         }
+}
+
+START_TEST(test_batchnorm_widths_give_the_same_bits) {
+    batchnorm_widths(16); /* AVX-512 where the CPU has it, else the next */
+    batchnorm_widths(8);  /* AVX2 where the CPU has it */
 }
 END_TEST
 
